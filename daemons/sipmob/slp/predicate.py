@@ -1,0 +1,371 @@
+"""SLPv2 predicates: LDAPv3 search filters over service attributes (RFC 2608 §8.1, RFC 2254).
+
+Grammar (RFC 2254 §4), with what SLP adds or leaves out:
+
+    filter     = "(" filtercomp ")"
+    filtercomp = "&" 1*filter / "|" 1*filter / "!" filter / item
+    item       = tag "=*" / tag "=" value-with-wildcards / tag ("~=" / "<=" / ">=") value
+
+- The empty predicate matches every service (RFC 2608 §8.1).
+- Values use ``\\XX`` escapes, the same syntax in RFC 2254 §4 and RFC 2608 §6.4. An unescaped
+  ``*`` in a ``=`` value is a wildcard; ``\\2a`` is a literal star. ``\\FF`` followed by escaped
+  octets is an opaque literal (§5). Extensible matches (``:=``) are not part of SLP.
+- A tag may contain ``*`` wildcards, as tag lists do (RFC 2608 §5 keeps ``*`` out of tags so it
+  is never ambiguous); the item is true when any attribute whose tag matches satisfies it.
+- White space is allowed around filters and tags; in values it is folded like all SLP strings.
+
+Semantics (RFC 2608 §5, §6.4): an attribute with several values satisfies an item if any value
+does. The filter value is read in the type of the registered attribute: integers compare
+numerically (when the filter value is an integer), booleans only for ``=`` and ``~=``, strings
+as folded strings (`sipmob.slp.names.fold`; ``<=``/``>=`` in code-point order of the folded
+form, wildcards only on strings), opaque values bytewise and only with ``=``. ``~=`` is equality
+of folded strings ignoring all white space, as OpenSLP implements it. A missing tag, a keyword
+attribute (except for presence), or a value that cannot be read in the attribute's type makes
+the item FALSE, never an error. RFC 2608 says nothing more; RFC 2251 §4.5.1 evaluates an item
+over an absent attribute to FALSE (Undefined is only for unknown attribute types, which SLP
+does not have), so ``(!(x=1))`` is TRUE when ``x`` is absent, as in OpenSLP.
+
+Not here: caching parsed predicates (the Directory Agent does it), attribute list parsing
+(`sipmob.slp.attrs`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+
+from sipmob.slp.attrs import (
+    BAD_TAG,
+    RESERVED,
+    Attribute,
+    AttrParseError,
+    Opaque,
+    is_bool_spelling,
+    is_int_spelling,
+    parse_opaque,
+)
+from sipmob.slp.names import WHITESPACE, SLPValueError, fold, fold_edges, unescape, wildcard_match
+
+# Nesting beyond this is a parse error: no real predicate comes near it, and the parser's
+# recursion (and the evaluator's) stays far below Python's limit.
+MAX_DEPTH = 64
+
+_OPS = ("=", "~=", "<=", ">=")
+
+
+class PredicateError(SLPValueError):
+    """A malformed predicate (answered with PARSE_ERROR, RFC 2608 §8.1)."""
+
+
+# The filter tree ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TagRef:
+    """The tag of an item: a folded exact key, or the pieces of a folded ``*`` pattern."""
+
+    key: str
+    pattern: tuple[str, ...] | None = None
+
+    def attributes(self, attrs: Mapping[str, Attribute]) -> Iterable[Attribute]:
+        if self.pattern is None:
+            a = attrs.get(self.key)
+            return () if a is None else (a,)
+        return (a for k, a in attrs.items() if wildcard_match(self.pattern, k))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FilterValue:
+    """A filter value, pre-read in every type it could be compared as."""
+
+    folded: str  # comparison form of the text ("" for an opaque literal)
+    as_int: int | None
+    as_bool: bool | None
+    opaque: bytes | None
+    squeezed: str  # folded, with all white space removed, for ~=
+
+    @classmethod
+    def read(cls, raw: str, at: int) -> FilterValue:
+        if raw[:3].upper() == "\\FF":
+            try:
+                data = parse_opaque(raw.strip(WHITESPACE))
+            except AttrParseError as e:
+                raise PredicateError(f"{e.reason} at offset {at}") from None
+            return cls("", None, None, data, "")
+        folded = fold(_unescape(raw, at))
+        as_int = None
+        if is_int_spelling(folded):
+            try:
+                as_int = int(folded)
+            except ValueError:
+                raise PredicateError(f"integer at offset {at} is too long") from None
+        as_bool = (folded == "true") if is_bool_spelling(folded) else None
+        return cls(folded, as_int, as_bool, None, folded.replace(" ", ""))
+
+    def index_key(self) -> str | None:
+        """The key every attribute value equal to this one has (see `attrs.attr_value_key`)."""
+        if self.opaque is not None:
+            return Opaque(self.opaque).wire().lower()
+        # "012" equals the integer 12 (key "12") and the string "012" (key "012"): no single key.
+        if self.as_int is not None and str(self.as_int) != self.folded:
+            return None
+        return self.folded
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class And:
+    children: tuple[Node, ...]
+
+    def matches(self, attrs: Mapping[str, Attribute]) -> bool:
+        return all(c.matches(attrs) for c in self.children)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Or:
+    children: tuple[Node, ...]
+
+    def matches(self, attrs: Mapping[str, Attribute]) -> bool:
+        return any(c.matches(attrs) for c in self.children)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Not:
+    child: Node
+
+    def matches(self, attrs: Mapping[str, Attribute]) -> bool:
+        return not self.child.matches(attrs)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Present:
+    tag: TagRef
+
+    def matches(self, attrs: Mapping[str, Attribute]) -> bool:
+        return any(True for _ in self.tag.attributes(attrs))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Substring:
+    tag: TagRef
+    pieces: tuple[str, ...]  # folded; the filter is pieces[0] * pieces[1] * ... * pieces[-1]
+
+    def matches(self, attrs: Mapping[str, Attribute]) -> bool:
+        for a in self.tag.attributes(attrs):
+            if a.values and isinstance(a.values[0], str):
+                if any(wildcard_match(self.pieces, f) for f in a.folded):
+                    return True
+        return False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Compare:
+    tag: TagRef
+    op: str  # one of "=", "~=", "<=", ">="
+    value: FilterValue
+
+    def matches(self, attrs: Mapping[str, Attribute]) -> bool:
+        return any(self._matches_one(a) for a in self.tag.attributes(attrs))
+
+    def _matches_one(self, a: Attribute) -> bool:
+        if not a.values:
+            return False  # a keyword has no value to compare
+        first, v, op = a.values[0], self.value, self.op
+        if isinstance(first, bool):
+            return op in ("=", "~=") and v.as_bool is not None and v.as_bool in a.values
+        if isinstance(first, int):
+            n = v.as_int
+            if n is None:
+                return False
+            if op in ("=", "~="):
+                return n in a.values
+            ints = [x for x in a.values if isinstance(x, int)]
+            return any(x <= n for x in ints) if op == "<=" else any(x >= n for x in ints)
+        if isinstance(first, Opaque):
+            return op == "=" and v.opaque is not None and any(
+                isinstance(x, Opaque) and x.data == v.opaque for x in a.values)
+        if v.opaque is not None:
+            return False
+        if op == "=":
+            return v.folded in a.folded
+        if op == "~=":
+            return any(f.replace(" ", "") == v.squeezed for f in a.folded)
+        if op == "<=":
+            return any(f <= v.folded for f in a.folded)
+        return any(f >= v.folded for f in a.folded)
+
+
+Node = And | Or | Not | Present | Substring | Compare
+
+
+# The parser -------------------------------------------------------------------------------------
+
+
+def _unescape(raw: str, at: int) -> str:
+    try:
+        return unescape(raw)
+    except SLPValueError as e:
+        raise PredicateError(f"{e.reason} (in text at offset {at})") from None
+
+
+class _Parser:
+    """Recursive descent over the string, one character class test per step, no regular expressions."""
+
+    __slots__ = ("i", "n", "s")
+
+    def __init__(self, s: str) -> None:
+        self.s = s
+        self.i = 0
+        self.n = len(s)
+
+    def skip_ws(self) -> None:
+        s, i, n = self.s, self.i, self.n
+        while i < n and s[i] in WHITESPACE:
+            i += 1
+        self.i = i
+
+    def filter(self, depth: int) -> Node:
+        if depth > MAX_DEPTH:
+            raise PredicateError(f"filters nested deeper than {MAX_DEPTH}")
+        self.skip_ws()
+        if self.i >= self.n or self.s[self.i] != "(":
+            raise PredicateError(f"expected '(' at offset {self.i}")
+        self.i += 1
+        self.skip_ws()
+        if self.i >= self.n:
+            raise PredicateError("unbalanced parentheses: predicate ends inside a filter")
+        c = self.s[self.i]
+        node: Node
+        if c in "&|":
+            self.i += 1
+            children = self.filter_list(depth)
+            node = And(children) if c == "&" else Or(children)
+        elif c == "!":
+            self.i += 1
+            node = Not(self.filter(depth + 1))
+        elif c == ")":
+            raise PredicateError(f"empty filter at offset {self.i - 1}")
+        else:
+            node = self.item()
+        self.skip_ws()
+        if self.i >= self.n:
+            raise PredicateError("unbalanced parentheses: missing ')'")
+        if self.s[self.i] != ")":
+            raise PredicateError(f"expected ')' at offset {self.i}")
+        self.i += 1
+        return node
+
+    def filter_list(self, depth: int) -> tuple[Node, ...]:
+        children = []
+        while True:
+            self.skip_ws()
+            if self.i >= self.n or self.s[self.i] != "(":
+                break
+            children.append(self.filter(depth + 1))
+        if not children:
+            # RFC 2254 §4: filterlist = 1*filter
+            raise PredicateError(f"'&' or '|' without filters at offset {self.i}")
+        return tuple(children)
+
+    def item(self) -> Node:
+        s, start, n = self.s, self.i, self.n
+        i = start
+        while i < n and s[i] not in "=~<>()":
+            i += 1
+        if i >= n or s[i] in "()":
+            raise PredicateError(f"missing operator in filter at offset {start}")
+        if s[i] == "=":
+            op = "="
+        elif i + 1 < n and s[i + 1] == "=":
+            op = s[i] + "="
+        else:
+            raise PredicateError(f"unknown operator {s[i]!r} at offset {i}")
+        tag = self.tag(s[start:i], start)
+        vstart = i + len(op)
+        j = vstart
+        while j < n and s[j] not in "()":
+            j += 1
+        if j >= n:
+            raise PredicateError("unbalanced parentheses: missing ')'")
+        if s[j] == "(":
+            raise PredicateError(f"unescaped '(' in value at offset {j}")
+        self.i = j
+        raw = s[vstart:j]
+        body = raw.strip(WHITESPACE)
+        if not body:
+            raise PredicateError(f"empty value at offset {vstart}")
+        if "*" not in body:
+            return Compare(tag, op, FilterValue.read(body, vstart))
+        if op != "=":
+            raise PredicateError(f"wildcard with {op!r} at offset {vstart} (only '=' takes one)")
+        if body == "*":
+            return Present(tag)
+        parts = raw.split("*")
+        last = len(parts) - 1
+        pieces = tuple(fold_edges(_unescape(p, vstart), left=k == 0, right=k == last)
+                       for k, p in enumerate(parts))
+        return Substring(tag, pieces)
+
+    @staticmethod
+    def tag(raw: str, at: int) -> TagRef:
+        text = raw.strip(WHITESPACE)
+        if not text:
+            raise PredicateError(f"missing attribute tag at offset {at}")
+        if any(c in RESERVED for c in text.replace("\\", "")):
+            raise PredicateError(f"unescaped reserved character in tag {text!r} at offset {at}")
+        parts = [_unescape(p, at) for p in text.split("*")]
+        for p in parts:
+            if BAD_TAG.intersection(p):
+                raise PredicateError(f"tag {text!r} contains a bad-tag character (RFC 2608 §5)")
+        if len(parts) == 1:
+            return TagRef(fold(parts[0]))
+        return TagRef(fold(text), tuple(fold(p) for p in parts))
+
+
+def _collect_terms(node: Node, out: set[tuple[str, str]]) -> None:
+    if isinstance(node, And):
+        for c in node.children:
+            _collect_terms(c, out)
+    elif isinstance(node, Compare) and node.op == "=" and node.tag.pattern is None:
+        key = node.value.index_key()
+        if key is not None:
+            out.add((node.tag.key, key))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Predicate:
+    """A parsed predicate; ``root`` is None for the empty predicate, which matches everything."""
+
+    text: str
+    root: Node | None
+    terms: frozenset[tuple[str, str]] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        out: set[tuple[str, str]] = set()
+        if self.root is not None:
+            _collect_terms(self.root, out)
+        object.__setattr__(self, "terms", frozenset(out))
+
+    @classmethod
+    def parse(cls, s: str) -> Predicate:
+        if not s.strip(WHITESPACE):
+            return cls(s, None)
+        p = _Parser(s)
+        root = p.filter(1)
+        p.skip_ws()
+        if p.i != p.n:
+            raise PredicateError(f"text after the predicate at offset {p.i}")
+        return cls(s, root)
+
+    def matches(self, attrs: Mapping[str, Attribute]) -> bool:
+        """Whether a service with these attributes (keyed by folded tag) satisfies the predicate."""
+        return self.root is None or self.root.matches(attrs)
+
+    def index_terms(self) -> frozenset[tuple[str, str]]:
+        """``(fold(tag), key)`` pairs every matching service has among its `attrs.index_keys`.
+
+        Derived from a top-level equality item without wildcards, or from such items under a
+        top-level ``&`` (and ``&`` nested in it); anything under ``|`` or ``!`` adds nothing.
+        An integer written non-canonically ("012") adds nothing either: it matches the integer
+        12 and the string "012", whose keys differ.
+        """
+        return self.terms
