@@ -1,0 +1,161 @@
+"""The configuration of `sipmob-slpda` (``/etc/sipmob/slpda.toml``): its keys, defaults and checks.
+
+Not here: what the keys do (`sipmob.slpda.app`, `sipmob.slp.da`) or loading the file
+(`sipmob.service.config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import socket
+from pathlib import Path
+
+from sipmob.service.config import each, ip_address, ip_network, non_negative, one_of, port, positive, setting
+from sipmob.slp.da import DAConfig
+from sipmob.slp.messages import SLP_PORT
+
+DEFAULT_STATE_FILE = "/var/lib/sipmob/slpda.json"
+
+# RFC 1918 and RFC 4193 private ranges, link-local and loopback: the home network and the box itself.
+PRIVATE_NETWORKS = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
+                    "127.0.0.0/8", "fc00::/7", "fe80::/10", "::1/128"]
+
+
+def _scope(value: str) -> str | None:
+    # RFC 2608 §6.4.1: scope names are non-empty and cannot contain list or reserved characters.
+    if not value or any(c in value for c in ',()\\!<=>~;*+') or value.strip() != value:
+        return f"must be a scope name without spaces at its ends or any of , ( ) \\ ! < = > ~ ; * +, " \
+               f"got {value!r}"
+    return None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Listen:
+    address: str = setting("0.0.0.0", check=ip_address,
+                           help="address to receive unicast UDP and TCP on (0.0.0.0: every IPv4 address)")
+    port: int = setting(SLP_PORT, check=port, help="UDP and TCP port; RFC 2608 uses 427")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Multicast:
+    enabled: bool = setting(True, help="join 239.255.255.253 to answer multicast requests and send "
+                                       "DAAdverts there; always off when listening on loopback")
+    interface: str = setting("0.0.0.0", check=ip_address,
+                             help="address of the interface to join the group on (0.0.0.0: the default)")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DA:
+    scopes: list[str] = setting(default_factory=lambda: ["DEFAULT"], check=each(_scope),
+                                help="the scopes this DA serves")
+    heartbeat: float = setting(10800.0, check=non_negative,
+                               help="seconds between unsolicited DAAdverts (RFC 2608 CONFIG_DA_BEAT); "
+                                    "0 sends only the one at start")
+    advertise_address: str = setting("", check=lambda v: ip_address(v) if v else None,
+                                     help="address put in the DA's URL; empty: the listen address, "
+                                          "or this host's address when listening on 0.0.0.0")
+    attributes: str = setting("", help="attribute list sent in DAAdverts, such as (min-refresh-interval=0)")
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        if not self.scopes:
+            problems.append(("scopes", "must list at least one scope"))
+        return problems
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limits:
+    udp_reply_limit: int = setting(1400, check=lambda v: None if 100 <= v <= 65000 else
+                                   f"must be 100-65000 bytes, got {v}",
+                                   help="largest UDP reply; longer ones are truncated with OVERFLOW set")
+    max_registrations: int = setting(5000, check=positive, help="registrations kept at most")
+    max_attr_list: int = setting(4096, check=positive, help="largest attribute list of one registration, "
+                                                              "in bytes")
+    rate: float = setting(200.0, check=non_negative,
+                          help="requests per second accepted from one source address; 0: no limit")
+    burst: int = setting(400, check=non_negative, help="requests one source may send at once above the "
+                                                         "rate (token bucket size)")
+    over_rate: str = setting("busy", check=one_of("busy", "drop"),
+                             help="'busy': answer DA_BUSY_NOW (at most once a second per source); "
+                                  "'drop': stay silent")
+    tcp_idle_timeout: float = setting(30.0, check=positive,
+                                      help="seconds before an idle TCP connection is closed")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Registration:
+    allowed_networks: list[str] = setting(default_factory=lambda: list(PRIVATE_NETWORKS),
+                                          check=each(ip_network),
+                                          help="networks whose hosts may register and deregister; "
+                                               "others get AUTHENTICATION_ABSENT")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class State:
+    file: str = setting("", help="where registrations are kept across restarts; empty: "
+                                 "$STATE_DIRECTORY/slpda.json under systemd, else " + DEFAULT_STATE_FILE)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Log:
+    level: str = setting("info", check=one_of("debug", "info", "warning", "error"),
+                         help="debug adds a line per SLP message")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SlpdaConfig:
+    listen: Listen = setting(default_factory=Listen)
+    multicast: Multicast = setting(default_factory=Multicast)
+    da: DA = setting(default_factory=DA)
+    limits: Limits = setting(default_factory=Limits)
+    registration: Registration = setting(default_factory=Registration)
+    state: State = setting(default_factory=State)
+    log: Log = setting(default_factory=Log)
+
+    @property
+    def multicast_enabled(self) -> bool:
+        """Multicast needs a real interface: never on a daemon bound to loopback."""
+        return self.multicast.enabled and not ipaddress.ip_address(self.listen.address).is_loopback
+
+    @property
+    def state_file(self) -> Path:
+        if self.state.file:
+            return Path(self.state.file)
+        directory = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        return Path(directory) / "slpda.json" if directory else Path(DEFAULT_STATE_FILE)
+
+    def advertised_address(self) -> str:
+        if self.da.advertise_address:
+            return self.da.advertise_address
+        if not ipaddress.ip_address(self.listen.address).is_unspecified:
+            return self.listen.address
+        if self.multicast.interface != "0.0.0.0":
+            return self.multicast.interface
+        try:  # name resolution only, nothing is sent
+            for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+                address = str(info[4][0])
+                if not ipaddress.ip_address(address).is_loopback:
+                    return address
+        except OSError:
+            pass
+        return "127.0.0.1"
+
+    def da_config(self) -> DAConfig:
+        address = self.advertised_address()
+        host = f"[{address}]" if ":" in address else address
+        return DAConfig(
+            url=f"service:directory-agent://{host}",
+            scopes=tuple(self.da.scopes),
+            addresses=frozenset({address, self.listen.address}),
+            attr_list=self.da.attributes,
+            heartbeat=self.da.heartbeat,
+            udp_reply_limit=self.limits.udp_reply_limit,
+            max_registrations=self.limits.max_registrations,
+            max_attr_list=self.limits.max_attr_list,
+            rate=self.limits.rate,
+            burst=self.limits.burst,
+            over_rate="drop" if self.limits.over_rate == "drop" else "busy",
+            allowed_networks=tuple(self.registration.allowed_networks),
+        )
