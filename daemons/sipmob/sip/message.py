@@ -501,6 +501,10 @@ class Response(_MessageBase):
 
 _TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
 _VERSION_RE = re.compile(r"SIP/(\d+)\.(\d+)\Z", re.IGNORECASE)
+_DATE_RE = re.compile(
+    r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{2} (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
+    r"[0-9]{4} [0-9]{2}:[0-9]{2}:[0-9]{2} GMT\Z"
+)
 _HEADER_NAME_RE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*:[ \t]*")
 # headers kept in a partial-parse error so that a 400 can still be built
 _RESPONSE_KEYS = ("via", "from", "to", "call-id", "cseq")
@@ -523,8 +527,8 @@ def _check_version(version: str) -> None:
 def _looks_like_start_line(line: str) -> bool:
     if line[:4].upper() == "SIP/":
         return True
-    parts = line.rsplit(" ", 1)
-    return len(parts) == 2 and parts[1].rstrip()[:4].upper() == "SIP/" and _token(line.split(" ", 1)[0])
+    parts = line.rstrip(" \t").rsplit(" ", 1)
+    return len(parts) == 2 and parts[1][:4].upper() == "SIP/" and _token(line.split(" ", 1)[0])
 
 
 def parse_message(data: bytes, *, max_size: int = MAX_MESSAGE_SIZE) -> Request | Response:
@@ -683,6 +687,9 @@ def _validate(msg: Request | Response) -> None:
         msg.contact  # noqa: B018
     if not msg.call_id or not all(c not in " \t" for c in msg.call_id):
         raise SIPParseError("Bad Call-ID")
+    date = h.get("date")
+    if date is not None and not _DATE_RE.match(date):
+        raise SIPParseError("Bad Date")  # §20.17: rfc1123-date, and only in GMT
 
 
 # Responses (§8.2.6) -------------------------------------------------------------------------

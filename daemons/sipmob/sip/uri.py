@@ -198,11 +198,8 @@ class URI:
     def _parse_sip(cls, scheme: str, rest: str) -> URI:
         user: str | None = None
         password: str | None = None
+        # a raw '@' is legal nowhere but between userinfo and host (§25.1), so the last one splits
         at = rest.rfind("@")
-        # '@' may appear escaped only in userinfo, but a '?' header part may hold a raw one
-        q = rest.find("?")
-        if q != -1 and at > q:
-            at = rest.rfind("@", 0, q)
         if at != -1:
             userinfo = rest[:at]
             rest = rest[at + 1 :]
