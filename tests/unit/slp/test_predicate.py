@@ -254,7 +254,8 @@ _values = st.one_of(
     st.just(()),
 )
 _attr_sets = st.lists(st.builds(Attribute, st.sampled_from(_TAGS), _values),
-                      min_size=1, max_size=3, unique_by=lambda a: a.key).map(lambda xs: {a.key: a for a in xs})
+                      min_size=1, max_size=3, unique_by=lambda a: a.key).map(
+                          lambda xs: {a.key: a for a in xs})
 
 
 def _spell(draw: st.DrawFn, v: object) -> str:
