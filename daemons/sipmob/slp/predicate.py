@@ -9,7 +9,9 @@ Grammar (RFC 2254 §4), with what SLP adds or leaves out:
 - The empty predicate matches every service (RFC 2608 §8.1).
 - Values use ``\\XX`` escapes, the same syntax in RFC 2254 §4 and RFC 2608 §6.4. An unescaped
   ``*`` in a ``=`` value is a wildcard; ``\\2a`` is a literal star. ``\\FF`` followed by escaped
-  octets is an opaque literal (§5). Extensible matches (``:=``) are not part of SLP.
+  octets is an opaque literal (§5). RFC 2254 only requires ``*``, ``(``, ``)``, ``\\`` and NUL to
+  be escaped in a value, so the other characters RFC 2608 reserves (``, ! < = > ~``) are accepted
+  unescaped there. Extensible matches (``:=``) are not part of SLP.
 - A tag may contain ``*`` wildcards, as tag lists do (RFC 2608 §5 keeps ``*`` out of tags so it
   is never ambiguous); the item is true when any attribute whose tag matches satisfies it.
 - White space is allowed around filters and tags; in values it is folded like all SLP strings.
