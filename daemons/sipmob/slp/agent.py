@@ -362,13 +362,19 @@ class _Agent:
     # public interface ---------------------------------------------------------------------------
 
     def start(self, now: float) -> list[Outgoing]:
-        """Begin DA discovery: ask each configured DA now; multicast after a random wait (§12.2.1)."""
+        """Begin DA discovery: ask each configured DA now, multicast after a random wait (§12.2.1).
+
+        Discovery then repeats every CONFIG_DA_FIND. Asking the configured DAs again is how an agent
+        without multicast notices that one rebooted (its heartbeat DAAdverts go to the group only).
+        """
         if not self._started:
             self._started = True
             for address in self.config.das:
                 self._discover(now, [address], multicast=False)
             if self.config.multicast:
                 self._discovery_at = now + self._rng.uniform(0.0, self.config.start_wait)
+            elif self.config.das:
+                self._discovery_at = now + self.config.da_find
         return self._take()
 
     def receive(self, data: bytes, source: Address, now: float) -> list[Outgoing]:
@@ -398,7 +404,10 @@ class _Agent:
     def handle_timer(self, now: float) -> list[Outgoing]:
         if self._discovery_at is not None and now >= self._discovery_at:
             self._discovery_at = now + self.config.da_find
-            self._discover(now, [], multicast=True)
+            for address in self.config.das:
+                self._discover(now, [address], multicast=False)
+            if self.config.multicast:
+                self._discover(now, [], multicast=True)
         for t in list(self._transactions.values()):
             if self._transactions.get(t.xid) is not t:
                 continue

@@ -415,6 +415,18 @@ def test_active_multicast_discovery_runs_after_start_wait_and_every_da_find() ->
     assert started[1] == started[0] + 900.0
 
 
+def test_configured_das_are_asked_again_every_da_find() -> None:
+    agent = ua(da_find=900.0)
+    first = only(agent.start(0.0))
+    agent.receive(daadvert("service:directory-agent://127.0.0.1", 5, xid=first.header.xid), DA, 0.1)
+    assert agent.get_timer() == 900.0
+    again = only(agent.handle_timer(900.0))
+    assert isinstance(again, SrvRqst) and again.service_type == DA_SERVICE_TYPE
+    agent.receive(daadvert("service:directory-agent://127.0.0.1", 6, xid=again.header.xid), DA, 900.1)
+    events = [type(e) for e in agent.events() if not isinstance(e, QueryDone)]
+    assert events == [DAFound, DARebooted]
+
+
 def test_discover_das_returns_the_das_that_answered() -> None:
     agent = mc_agent()
     query, out = agent.discover_das(0.0)
