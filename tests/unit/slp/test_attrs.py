@@ -214,20 +214,20 @@ _attr_dicts = st.lists(_attributes, max_size=6, unique_by=lambda a: a.key).map(
 
 
 @given(_attr_dicts)
-@settings(max_examples=150)
+@settings(max_examples=100)
 def test_format_then_parse_gives_back_the_attributes(attrs: dict[str, Attribute]) -> None:
     assert parse_attr_list(format_attr_list(attrs)) == attrs
 
 
 @given(_attr_dicts)
-@settings(max_examples=60)
+@settings(max_examples=40)
 def test_parse_then_format_is_stable(attrs: dict[str, Attribute]) -> None:
     wire = format_attr_list(attrs)
     assert format_attr_list(parse_attr_list(wire)) == wire
 
 
 @given(st.text(max_size=40))
-@settings(max_examples=300)
+@settings(max_examples=200)
 def test_parse_raises_only_attr_parse_error(s: str) -> None:
     try:
         parse_attr_list(s)

@@ -71,7 +71,7 @@ def test_fold_folds_case_beyond_ascii() -> None:
 
 
 @given(st.text(max_size=30))
-@settings(max_examples=200)
+@settings(max_examples=100)
 def test_fold_is_idempotent(s: str) -> None:
     assert fold(fold(s)) == fold(s)
 
@@ -194,7 +194,7 @@ _types = st.builds(
 
 
 @given(_types, _types)
-@settings(max_examples=200)
+@settings(max_examples=100)
 def test_matching_types_share_an_index_key(request_type: str, registered: str) -> None:
     r, g = ServiceType.parse(request_type), ServiceType.parse(registered)
     if r.matches(g):

@@ -203,7 +203,7 @@ def test_ten_thousand_deep_nesting_is_a_parse_error_not_a_crash(op: str) -> None
 
 
 @given(st.text(alphabet="()&|!=~<>*\\ab1F ", max_size=30))
-@settings(max_examples=300)
+@settings(max_examples=200)
 def test_parse_raises_only_predicate_error(text: str) -> None:
     try:
         Predicate.parse(text).matches(ATTRS)
@@ -295,7 +295,7 @@ def _equality_predicates(draw: st.DrawFn, attrs: dict[str, Attribute]) -> str:
 
 
 @given(st.data())
-@settings(max_examples=300)
+@settings(max_examples=200)
 def test_matching_services_have_every_index_term_among_their_keys(data: st.DataObject) -> None:
     attrs = data.draw(_attr_sets)
     pred = Predicate.parse(data.draw(_equality_predicates(attrs)))
