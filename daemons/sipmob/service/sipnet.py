@@ -1,0 +1,241 @@
+"""SIP over UDP and TCP on the Twisted reactor: sockets in, `TransactionLayer` in the middle.
+
+`SIPTransport` binds the listening sockets it is given, feeds every datagram and every message cut
+from a TCP stream into the sans-I/O `sipmob.sip.transaction.TransactionLayer`, writes what the layer
+wants sent, and re-arms one `TimerDriver` for the layer's next deadline. Outgoing TCP reuses the
+open connection to a (host, port), whichever side opened it, and opens one when there is none.
+Events go to one callback, the UA layer above, which answers through `send_response` and friends.
+
+Not here: any SIP rule (matching, retransmission, routing: `sipmob.sip`), DNS, TLS.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IListeningPort
+
+from sipmob.service.timers import TimerDriver
+from sipmob.sip.message import Request, Response, SIPParseError, StreamFramer
+from sipmob.sip.transaction import Event, TransactionKey, TransactionLayer
+from sipmob.sip.transport import Address
+
+log = logging.getLogger("sipmob.sip")
+
+
+class _Datagrams(protocol.DatagramProtocol):
+    def __init__(self, owner: SIPTransport) -> None:
+        self.owner = owner
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.owner._received(data, Address(addr[0], addr[1], "udp"))
+
+
+class _Stream(protocol.Protocol):
+    def __init__(self, owner: SIPTransport) -> None:
+        self.owner = owner
+        self.framer = StreamFramer()
+        self.remote: Address | None = None
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()  # type: ignore[attr-defined]
+        self.remote = Address(peer.host, peer.port, "tcp")
+        self.owner._connected(self.remote, self)
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.remote is not None
+        try:
+            messages = self.framer.feed(data)
+        except SIPParseError as exc:
+            # §18.3: without a trustworthy Content-Length the stream cannot be resynchronised.
+            log.info("closing the TCP connection from %s:%d: %s", self.remote.host, self.remote.port, exc)
+            self.transport.loseConnection()  # type: ignore[attr-defined]
+            return
+        for message in messages:
+            self.owner._received(message, self.remote)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.remote is not None:
+            self.owner._disconnected(self.remote, self)
+
+
+class _StreamFactory(protocol.ClientFactory):
+    def __init__(self, owner: SIPTransport, destination: Address | None = None) -> None:
+        self.owner = owner
+        self.destination = destination
+
+    def buildProtocol(self, addr: Any) -> _Stream:
+        return _Stream(self.owner)
+
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        assert self.destination is not None
+        self.owner._connect_failed(self.destination, reason)
+
+
+class SIPTransport:
+    """The listening sockets and connections of one SIP element, driving a `TransactionLayer`.
+
+    `listen` is a list of ``(host, port, transport)`` with transport "udp" or "tcp"; port 0 binds an
+    ephemeral port (see `addresses` after `start`). The layer must have been made with the same
+    addresses (it stamps them in Via); `start` returns the bound ones so a caller that asked for
+    port 0 can build its layer afterwards with `make_layer`.
+    """
+
+    def __init__(self, reactor: Any, layer: TransactionLayer | None,
+                 listen: Sequence[tuple[str, int, str]],
+                 on_event: Callable[[Event], None] | None = None) -> None:
+        self.reactor = reactor
+        self.layer = layer
+        self.listen = [Address(host, port, transport.lower()) for host, port, transport in listen]
+        self.on_event = on_event
+        self.addresses: list[Address] = []
+        self._ports: list[IListeningPort] = []
+        self._udp: dict[str, _Datagrams] = {}  # by local host
+        self._streams: dict[Address, _Stream] = {}
+        self._pending: dict[Address, list[bytes]] = {}  # TCP connections being opened
+        self._timer: TimerDriver | None = None
+        self._flushing = False
+
+    # Life cycle ---------------------------------------------------------------------------------
+
+    def start(self) -> list[Address]:
+        """Bind every listener (raises twisted's CannotListenError) and return the bound addresses."""
+        for addr in self.listen:
+            if addr.transport == "udp":
+                proto = _Datagrams(self)
+                port = self.reactor.listenUDP(addr.port, proto, interface=addr.host)
+                self._udp[addr.host] = proto
+            elif addr.transport == "tcp":
+                port = self.reactor.listenTCP(addr.port, _StreamFactory(self), interface=addr.host)
+            else:
+                raise ValueError(f"unsupported transport {addr.transport!r}")
+            self._ports.append(port)
+            self.addresses.append(Address(addr.host, port.getHost().port, addr.transport))
+        if self.layer is not None:
+            self._start_timer()
+        return list(self.addresses)
+
+    def use_layer(self, layer: TransactionLayer) -> None:
+        """Attach the layer once the bound addresses are known (for listeners on port 0)."""
+        self.layer = layer
+        self._start_timer()
+
+    def stop(self) -> defer.Deferred[Any]:
+        if self._timer is not None:
+            self._timer.cancel()
+        for stream in list(self._streams.values()):
+            stream.transport.loseConnection()  # type: ignore[attr-defined]
+        done = [defer.maybeDeferred(port.stopListening) for port in self._ports]
+        self._ports = []
+        return defer.DeferredList(done)
+
+    # For the UA layer above ---------------------------------------------------------------------
+
+    def send_request(self, request: Request, destination: Address) -> TransactionKey:
+        key = self._layer.send_request(request, destination, self.reactor.seconds())
+        self.flush()
+        return key
+
+    def send_response(self, response: Response) -> None:
+        self._layer.send_response(response, self.reactor.seconds())
+        self.flush()
+
+    def send_ack(self, ack: Request, destination: Address) -> None:
+        self._layer.send_ack(ack, destination)
+        self.flush()
+
+    def cancel(self, key: TransactionKey) -> TransactionKey:
+        cancel_key = self._layer.cancel(key, self.reactor.seconds())
+        self.flush()
+        return cancel_key
+
+    def flush(self) -> None:
+        """Write what the layer wants sent, hand its events up, re-arm the timer. Re-entrant calls
+        (an event handler that answers at once) are folded into the outer loop."""
+        if self._flushing:
+            return
+        self._flushing = True
+        try:
+            layer = self._layer
+            while True:
+                for data, destination in layer.messages_to_send():
+                    self._write(data, destination)
+                event = layer.next_event()
+                if event is None:
+                    break
+                if self.on_event is not None:
+                    try:
+                        self.on_event(event)
+                    except Exception:
+                        log.exception("the event handler failed on %s", type(event).__name__)
+        finally:
+            self._flushing = False
+        if self._timer is not None:
+            self._timer.update()
+
+    # Internals ----------------------------------------------------------------------------------
+
+    @property
+    def _layer(self) -> TransactionLayer:
+        if self.layer is None:
+            raise RuntimeError("no TransactionLayer attached")
+        return self.layer
+
+    def _start_timer(self) -> None:
+        layer = self._layer
+        self._timer = TimerDriver(self.reactor, layer.get_timer, layer.handle_timer, after=self.flush)
+
+    def _received(self, data: bytes, source: Address) -> None:
+        if self.layer is None:
+            return
+        self.layer.receive(data, source, self.reactor.seconds())
+        self.flush()
+
+    def _write(self, data: bytes, destination: Address) -> None:
+        if destination.transport == "udp":
+            sock = self._udp_for(destination)
+            try:
+                sock.transport.write(data, (destination.host, destination.port))
+            except OSError as exc:
+                log.info("cannot send to %s:%d: %s", destination.host, destination.port, exc)
+                self._layer.transport_error(destination, self.reactor.seconds())
+            return
+        stream = self._streams.get(destination)
+        if stream is not None:
+            stream.transport.write(data)  # type: ignore[attr-defined]
+            return
+        if destination in self._pending:
+            self._pending[destination].append(data)
+            return
+        self._pending[destination] = [data]
+        self.reactor.connectTCP(destination.host, destination.port, _StreamFactory(self, destination))
+
+    def _udp_for(self, destination: Address) -> _Datagrams:
+        if not self._udp:
+            raise RuntimeError("no UDP listener to send from")
+        # the socket bound to the same loopback/any address family as the destination, else any
+        for host, proto in self._udp.items():
+            if (":" in host) == (":" in destination.host):
+                return proto
+        return next(iter(self._udp.values()))
+
+    def _connected(self, remote: Address, stream: _Stream) -> None:
+        self._streams[remote] = stream
+        self._layer.connections.opened(remote)
+        for data in self._pending.pop(remote, []):
+            stream.transport.write(data)  # type: ignore[attr-defined]
+
+    def _disconnected(self, remote: Address, stream: _Stream) -> None:
+        if self._streams.get(remote) is stream:
+            del self._streams[remote]
+            self._layer.connections.closed(remote)
+
+    def _connect_failed(self, destination: Address, reason: Any) -> None:
+        self._pending.pop(destination, None)
+        log.info("cannot connect to %s:%d: %s", destination.host, destination.port,
+                 reason.getErrorMessage())
+        self._layer.transport_error(destination, self.reactor.seconds())
+        self.flush()
