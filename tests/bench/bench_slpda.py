@@ -1,0 +1,165 @@
+"""Benchmark `sipmob-slpda`: SrvRqst throughput and latency over loopback UDP, memory, idle CPU.
+
+Run: .venv/bin/python tests/bench/bench_slpda.py [--seconds 3]
+
+The daemon runs as its own process. It gets 50 and then 1,000 `service:sip-device` registrations,
+ten per room (attribute room=roomN). For each number of requests kept in flight, a separate load
+process sends SrvRqst "(room=roomN)" for rotating rooms on one non-blocking socket, pre-encoded,
+patching only the XID, and sends the next request as soon as a reply arrives. A point is bounded
+by count and by time. Printed: replies/s, p50 and p99 latency, lost requests; then the daemon's
+VmRSS and the CPU time it used during 5 s idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "daemons"), str(ROOT / "tests/integration/slpda")]
+
+from slpda_process import Client, Slpda  # noqa: E402
+
+from sipmob.slp import wire  # noqa: E402
+from sipmob.slp.messages import ErrorCode, FunctionId, Header, SrvRply, SrvRqst  # noqa: E402
+
+MAX_REQUESTS = 200_000
+LOSS_TIMEOUT = 0.5
+
+
+def load(port: int, in_flight: int, rooms: int, seconds: float) -> dict[str, float]:
+    """Keep `in_flight` requests outstanding for `seconds`; runs in its own process."""
+    templates = [wire.encode(SrvRqst(Header(FunctionId.SrvRqst, 0), "", "service:sip-device", "DEFAULT",
+                                     f"(room=room{r})")) for r in range(rooms)]
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    sock.connect(("127.0.0.1", port))
+    sock.setblocking(False)
+    poller = select.epoll()
+    poller.register(sock.fileno(), select.EPOLLIN)
+    sent_at: dict[int, int] = {}
+    latencies: list[int] = []
+    next_xid = 1
+    room = 0
+    errors = lost = 0
+    clock = time.perf_counter_ns
+
+    def send() -> None:
+        nonlocal next_xid, room
+        xid = next_xid
+        next_xid = next_xid % 0xFFFF + 1
+        template = templates[room]
+        room = (room + 1) % rooms
+        sent_at[xid] = clock()
+        sock.send(template[:10] + xid.to_bytes(2, "big") + template[12:])
+
+    for _ in range(in_flight):
+        send()
+    start = clock()
+    deadline = start + int(seconds * 1e9)
+    recv = sock.recv
+    while True:
+        now = clock()
+        if now >= deadline or len(latencies) >= MAX_REQUESTS:
+            break
+        if not poller.poll(LOSS_TIMEOUT):
+            lost += len(sent_at)  # nothing came back for a while: count them lost and start again
+            sent_at.clear()
+            for _ in range(in_flight):
+                send()
+            continue
+        while True:
+            try:
+                data = recv(65535)
+            except BlockingIOError:
+                break
+            t = sent_at.pop(int.from_bytes(data[10:12], "big"), None)
+            if t is None:
+                continue
+            latencies.append(clock() - t)
+            if data[1] != FunctionId.SrvRply or data[14 + int.from_bytes(data[12:14], "big")] != 0 \
+                    or data[15 + int.from_bytes(data[12:14], "big")] != 0:
+                errors += 1
+            send()
+    elapsed = (clock() - start) / 1e9
+    latencies.sort()
+    n = len(latencies)
+    return {"replies": n, "seconds": elapsed, "rate": n / elapsed,
+            "p50_us": latencies[n // 2] / 1e3 if n else 0.0,
+            "p99_us": latencies[min(n - 1, n * 99 // 100)] / 1e3 if n else 0.0,
+            "lost": lost, "errors": errors}
+
+
+def run_point(port: int, in_flight: int, rooms: int, seconds: float) -> dict[str, float]:
+    out = subprocess.run([sys.executable, __file__, "--load", str(port), str(in_flight), str(rooms),
+                          str(seconds)], capture_output=True, text=True, timeout=seconds + 60, check=True)
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def register(client: Client, first: int, count: int) -> None:
+    for i in range(first, first + count):
+        ack = client.register(f"sip:device{i}@192.168.{i // 250}.{i % 250 + 1}",
+                              f"(room=room{i // 10}),(media=audio-sendrecv),(name=Device {i})",
+                              lifetime=3600)
+        assert ack.error == ErrorCode.OK, ack
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=3.0, help="duration of each point")
+    parser.add_argument("--load", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.load:
+        port, in_flight, rooms, seconds = args.load
+        print(json.dumps(load(int(port), int(in_flight), int(rooms), float(seconds))))
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = '[limits]\nrate = 0\nmax_registrations = 10000\n[log]\nlevel = "warning"\n'
+        daemon = Slpda(Path(tmp), config)
+        daemon.start()
+        try:
+            print(f"sipmob-slpda pid {daemon.pid} on 127.0.0.1:{daemon.port}, {args.seconds:g} s per point")
+            print(f"{'services':>8} {'in flight':>9} {'replies/s':>10} {'p50 µs':>8} {'p99 µs':>8} "
+                  f"{'lost':>5} {'errors':>6}")
+            with daemon.client() as client:
+                registered = 0
+                for services in (50, 1000):
+                    register(client, registered, services - registered)
+                    registered = services
+                    check = client.udp(client.srv_rqst(predicate="(room=room3)"))
+                    assert isinstance(check, SrvRply) and len(check.urls) == 10, check
+                    for in_flight in (1, 16, 64):
+                        r = run_point(daemon.port, in_flight, services // 10, args.seconds)
+                        print(f"{services:>8} {in_flight:>9} {r['rate']:>10.0f} {r['p50_us']:>8.0f} "
+                              f"{r['p99_us']:>8.0f} {r['lost']:>5} {r['errors']:>6}", flush=True)
+            print(f"daemon VmRSS: {rss_mb(daemon.pid):.1f} MB")
+            before = cpu_seconds(daemon.pid)
+            time.sleep(5)
+            print(f"daemon CPU time over 5 s idle: {cpu_seconds(daemon.pid) - before:.2f} s")
+        finally:
+            daemon.stop()
+
+
+if __name__ == "__main__":
+    main()
