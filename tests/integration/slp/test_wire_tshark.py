@@ -224,7 +224,8 @@ def fields_of(path: Path, *names: str) -> list[list[str]]:
     args = ["-r", str(path), "-T", "fields", "-E", "separator=/t"]
     for name in names:
         args += ["-e", name]
-    return [line.split("\t") for line in tshark(*args).splitlines()]
+    # Lines end in "\n" only: splitlines() would also split at U+0085 or U+2028 inside a value.
+    return [line.split("\t") for line in tshark(*args).split("\n")[:-1]]
 
 
 Capture = tuple[Path, list[tuple[Message, bytes]]]
