@@ -304,8 +304,9 @@ def _attr_list(attrs: Mapping[str, Attribute] | str) -> str:
 class SLPServiceAgent:
     """Keeps registrations alive in every DA serving their scopes (see `ServiceAgent`).
 
-    ``on_event`` receives every `sipmob.slp.agent` event (DAFound, Registered, RegistrationFailed...);
-    each is also logged, one line per event.
+    ``on_event`` receives the `sipmob.slp.agent` events about DAs and registrations (DAFound,
+    DARebooted, DALost, Registered, RegistrationFailed, Deregistered, DeregistrationFailed); each is
+    also logged, one line per event.
     """
 
     def __init__(self, reactor: Any = None, das: Sequence[Address] = (),
@@ -362,7 +363,7 @@ class SLPServiceAgent:
 
     def _event(self, event: Event) -> None:
         _log_event(event)
-        if self._on_event is not None:
+        if self._on_event is not None and not isinstance(event, QueryDone):  # its own DA discovery
             self._on_event(event)
         self._check_stopped()
 

@@ -97,6 +97,17 @@ def test_attribute_update_reaches_the_daemon(sa: tuple[SLPServiceAgent, list[Eve
     assert wait(client.find_attributes(TV))["room"].values == ("kitchen",)
 
 
+def test_reply_too_big_for_a_datagram_comes_over_tcp(sa: tuple[SLPServiceAgent, list[Event]],
+                                                     client: SLPClient) -> None:
+    agent, events = sa
+    urls = {f"sip:device-with-a-long-name-{i:03d}@127.0.0.1:5070" for i in range(60)}  # ~3 kB
+    for url in urls:
+        agent.register(url, "service:sip-device", lifetime=120)
+    spin_until(lambda: sum(isinstance(e, Registered) for e in events) == len(urls))
+    found = wait(client.find_services("service:sip-device"))
+    assert {u.url for u in found} == urls
+
+
 def test_stop_deregisters_from_the_daemon(sa: tuple[SLPServiceAgent, list[Event]],
                                           client: SLPClient) -> None:
     agent, events = sa
