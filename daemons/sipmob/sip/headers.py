@@ -13,6 +13,7 @@ Not here: whole messages and their mandatory-header rules (`sipmob.sip.message`)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 
 from sipmob.sip.uri import (
@@ -96,6 +97,7 @@ _LIST_HEADERS = frozenset(
 )  # fmt: skip
 
 
+@functools.lru_cache(maxsize=1024)
 def canonical_name(name: str) -> str:
     """The full, conventionally cased name of a header (``i`` -> ``Call-ID``, ``cseq`` -> ``CSeq``).
 
@@ -104,6 +106,7 @@ def canonical_name(name: str) -> str:
     return _CANONICAL.get(name.lower(), name)
 
 
+@functools.lru_cache(maxsize=1024)
 def header_key(name: str) -> str:
     """The lookup key of a header name: its full name in lower case."""
     low = name.lower()

@@ -106,22 +106,25 @@ _HostRe = re.compile(
     r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9.])?|[0-9.]+))"
     r"(?::(?P<port>[0-9]{1,5}))?\Z"
 )
+_NOT_IN_URI = re.compile(r'[ \t\r\n<>"]')
+_USER_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+\Z")
+_PARAMS_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$%;=]*\Z")
 _SchemeRe = re.compile(r"([A-Za-z][A-Za-z0-9+\-.]*):")
 
 
 def _parse_uri_params(s: str) -> _Params:
     if not s:
         return ()
+    if not _PARAMS_RE.match(s):
+        raise SIPParseError("Bad URI parameter")
     out: list[tuple[str, str | None]] = []
     for part in s.split(";"):
         if not part:
             raise SIPParseError("Empty URI parameter")
         name, eq, value = part.partition("=")
-        if not name or not all(c in _PARAM_SAFE or c == "%" for c in name):
+        if not name or "=" in value:
             raise SIPParseError("Bad URI parameter")
         if eq:
-            if not all(c in _PARAM_SAFE or c == "%" for c in value):
-                raise SIPParseError("Bad URI parameter value")
             out.append((unescape(name), unescape(value)))
         else:
             out.append((unescape(name), None))
@@ -183,7 +186,7 @@ class URI:
             raise SIPParseError("Bad URI: no scheme")
         scheme = m.group(1).lower()
         rest = s[m.end() :]
-        if any(c in " \t\r\n<>\"" for c in rest) or not rest:
+        if not rest or _NOT_IN_URI.search(rest):
             raise SIPParseError("Bad URI")
         if scheme in ("sip", "sips"):
             return cls._parse_sip(scheme, rest)
@@ -204,7 +207,7 @@ class URI:
             userinfo = rest[:at]
             rest = rest[at + 1 :]
             u, colon, pw = userinfo.partition(":")
-            if not u or not all(c in _USER_SAFE or c == "%" for c in u):
+            if not _USER_RE.match(u):
                 raise SIPParseError("Bad user part in URI")
             user = unescape(u)
             if colon:
