@@ -113,11 +113,8 @@ class SlpdaApp:
             kept = self.da.restore(state, self.reactor.seconds())
             log.info("restored %d registrations from %s", kept, self.config.state_file)
         listen = self.config.listen
-        unicast = self.reactor.listenUDP(listen.port, _Datagrams(self, "udp"), interface=listen.address)
-        self._ports.append(unicast)
         if self.config.multicast_enabled:
-            # This socket must not see the group's datagrams: they would be answered as unicast.
-            unicast.socket.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
+            self._ports.append(self._shared_unicast_port())
             self._mcast = self.reactor.listenMulticast(listen.port, _Datagrams(self, "mcast"),
                                                        interface=SLP_MCAST_V4, listenMultiple=True)
             self._ports.append(self._mcast)
@@ -125,12 +122,33 @@ class SlpdaApp:
             self._mcast.setOutgoingInterface(self.config.multicast.interface)
             self._mcast.setTTL(MULTICAST_TTL)
             self._mcast.setLoopbackMode(False)
+        else:
+            self._ports.append(self.reactor.listenUDP(listen.port, _Datagrams(self, "udp"),
+                                                      interface=listen.address))
         self._ports.append(self.reactor.listenTCP(listen.port, _TcpFactory(self), interface=listen.address))
         self._multicast(self.da.announce(self.reactor.seconds()))
         self._after_change()
         self.timer.update()
         log.info("listening on %s port %d (UDP, TCP%s) for scopes %s", listen.address, listen.port,
                  ", multicast" if self._mcast is not None else "", ",".join(self.da.scopes))
+
+    def _shared_unicast_port(self) -> Any:
+        """The unicast UDP port when the multicast socket shares its port number.
+
+        Both sockets need SO_REUSEADDR to bind the same port, which `listenUDP` does not set.
+        This one must also not receive the group's datagrams (Linux delivers every joined group
+        to every socket on the port by default): they would be answered as unicast requests.
+        """
+        listen = self.config.listen
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
+            sock.bind((listen.address, listen.port))
+            sock.setblocking(False)
+            return self.reactor.adoptDatagramPort(sock.fileno(), socket.AF_INET, _Datagrams(self, "udp"))
+        finally:
+            sock.close()  # the reactor holds its own duplicate of the descriptor
 
     def reload(self, config: SlpdaConfig) -> None:
         if (config.listen, config.multicast, config.state_file) != (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -224,3 +225,89 @@ def test_real_replies_decode_cleanly_in_wireshark(slpda: Slpda, tmp_path: Path) 
                                timeout=60)
     assert malformed.returncode == 0, malformed.stderr
     assert malformed.stdout == ""
+
+
+MULTICAST_CLIENT = """
+import json, socket, sys
+from sipmob.slp import wire
+from sipmob.slp.messages import Flags, FunctionId, Header, SrvRqst
+group, port, me, da = "239.255.255.253", int(sys.argv[1]), "10.99.0.2", "10.99.0.1"
+out = {}
+heard = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+heard.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+heard.bind((group, port))
+heard.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton(group) + socket.inet_aton(me))
+heard.settimeout(10)
+out["heartbeat"] = wire.decode(heard.recv(2000)).boot_timestamp
+ask = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+ask.bind((me, 0))
+ask.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(me))
+ask.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+ask.settimeout(1.0)
+def replies(service_type, prlist="", to=group):
+    flags = Flags.REQUEST_MCAST if to == group else Flags(0)
+    ask.sendto(wire.encode(SrvRqst(Header(FunctionId.SrvRqst, 5, "en", flags), prlist, service_type, "", "")),
+               (to, port))
+    got = []
+    try:
+        for _ in range(5):
+            got.append(type(wire.decode(ask.recv(2000))).__name__)
+    except socket.timeout:
+        pass
+    return got
+out["discovery"] = replies("service:directory-agent")
+out["discovery_listing_us"] = replies("service:directory-agent", prlist=da)
+out["no_result"] = replies("service:sip-device")
+out["unicast_no_result"] = replies("service:sip-device", to=da)
+print(json.dumps(out), flush=True)
+heard.settimeout(10)
+while True:
+    advert = wire.decode(heard.recv(2000))
+    if getattr(advert, "boot_timestamp", None) == 0:
+        print(json.dumps({"goodbye": True}), flush=True)
+        break
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
+                    reason="needs root and iproute2 for network namespaces")
+def test_multicast_discovery_heartbeat_and_goodbye_between_namespaces(tmp_path: Path) -> None:
+    da_ns, ua_ns = f"slpda-da-{os.getpid()}", f"slpda-ua-{os.getpid()}"
+    setup = [
+        ["ip", "netns", "add", da_ns], ["ip", "netns", "add", ua_ns],
+        ["ip", "-n", da_ns, "link", "add", "v0", "type", "veth", "peer", "name", "v1", "netns", ua_ns],
+        ["ip", "-n", da_ns, "addr", "add", "10.99.0.1/24", "dev", "v0"],
+        ["ip", "-n", ua_ns, "addr", "add", "10.99.0.2/24", "dev", "v1"],
+        ["ip", "-n", da_ns, "link", "set", "v0", "up"], ["ip", "-n", ua_ns, "link", "set", "v1", "up"],
+        ["ip", "-n", da_ns, "link", "set", "lo", "up"], ["ip", "-n", ua_ns, "link", "set", "lo", "up"],
+    ]
+    daemon = Slpda(tmp_path, '[multicast]\ninterface = "10.99.0.1"\n[da]\nheartbeat = 0.5\n')
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "daemons")}
+    client = None
+    try:
+        for command in setup:
+            subprocess.run(command, check=True, capture_output=True, timeout=10)
+        client = subprocess.Popen(["ip", "netns", "exec", ua_ns, sys.executable, "-c", MULTICAST_CLIENT,
+                                   str(daemon.port)], env=env, stdout=subprocess.PIPE, text=True)
+        command = ["ip", "netns", "exec", da_ns, *daemon.command()]
+        command[command.index("--listen") + 1] = f"0.0.0.0:{daemon.port}"
+        with open(daemon.log_path, "ab") as log:
+            daemon_proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            assert client.stdout is not None
+            seen = json.loads(client.stdout.readline())
+        finally:
+            os.kill(daemon_proc.pid, signal.SIGTERM)
+            assert daemon_proc.wait(timeout=10) == 0
+        assert seen["heartbeat"] > 0
+        assert seen["discovery"] == ["DAAdvert"]
+        assert seen["discovery_listing_us"] == []
+        assert seen["no_result"] == []
+        assert seen["unicast_no_result"] == ["SrvRply"]
+        assert json.loads(client.stdout.readline()) == {"goodbye": True}
+    finally:
+        if client is not None and client.poll() is None:
+            os.kill(client.pid, signal.SIGKILL)
+            client.wait(timeout=10)
+        for ns in (da_ns, ua_ns):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
