@@ -1,0 +1,287 @@
+"""The .deb packages, installed and run by a real systemd in a throwaway Debian 12 container.
+
+The tests share one container and run in file order, as an administrator would: install, start,
+query, reload, break the configuration, kill, stop, upgrade, purge. Each checks one behaviour of the
+packaging or of the daemons under systemd. A new daemon joins by adding a line to DAEMONS (plus,
+if it answers a protocol, a probe test of its own).
+
+Needs root, systemd-nspawn and mmdebstrap (`scripts/deps --build`), and network access to the
+Debian mirror the first time only (the root filesystem is cached in /var/cache/sipmob-test). The
+container has no network but its own loopback, so nothing here reaches outside it.
+
+    .venv/bin/python -m pytest -s tests/install     # -s shows the exposure figures and timings
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.install.container import Container, rootfs_tarball, runtime_depends
+
+REPO = Path(__file__).resolve().parents[2]
+WORK = REPO / "build" / "install-test"
+UPGRADE_VERSION = "0.1.0+upgradetest1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Daemon:
+    package: str  # also the unit's and the program's name
+    config: str  # the conffile, /etc/sipmob/<name>.toml
+    state: str  # what the daemon keeps in StateDirectory=
+
+    @property
+    def unit(self) -> str:
+        return f"{self.package}.service"
+
+
+DAEMONS = [
+    Daemon("sipmob-slpda", "/etc/sipmob/slpda.toml", "/var/lib/sipmob/slpda.json"),
+]
+EXPOSURE_LIMIT = 2.0
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to boot a container with systemd-nspawn"),
+    pytest.mark.skipif(not (shutil.which("systemd-nspawn") and shutil.which("mmdebstrap")),
+                       reason="needs systemd-nspawn and mmdebstrap: run scripts/deps --build"),
+]
+
+by_daemon = pytest.mark.parametrize("daemon", DAEMONS, ids=[d.package for d in DAEMONS])
+
+
+def build(out: Path, *extra: str) -> list[Path]:
+    result = subprocess.run([str(REPO / "scripts" / "build-debs"), "--out", str(out), *extra],
+                            capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        pytest.fail(f"scripts/build-debs {' '.join(extra)} failed:\n{result.stderr[-4000:]}")
+    print(f"\nbuild-debs {' '.join(extra)}:\n{result.stderr[-2000:]}")
+    return sorted(out.glob("*.deb"))
+
+
+@pytest.fixture(scope="module")
+def debs() -> dict[str, list[Path]]:
+    """The packages as they are, and rebuilt with a higher version for the upgrade."""
+    started = time.monotonic()
+    first = build(WORK / "debs")  # with lintian: any error or warning fails here
+    upgrade = build(WORK / "debs-upgrade", "--version", UPGRADE_VERSION, "--no-lintian")
+    print(f"both builds: {time.monotonic() - started:.1f} s")
+    return {"first": first, "upgrade": upgrade}
+
+
+@pytest.fixture(scope="module")
+def box(debs: dict[str, list[Path]]) -> Iterator[Container]:
+    started = time.monotonic()
+    tarball = rootfs_tarball(runtime_depends(debs["first"]))
+    print(f"root filesystem {tarball.name}: {time.monotonic() - started:.1f} s")
+    started = time.monotonic()
+    container = Container(tarball, {"/debs": WORK / "debs", "/debs-upgrade": WORK / "debs-upgrade",
+                                    "/probe": Path(__file__).parent})
+    try:
+        container.boot()
+        print(f"container unpacked and booted: {time.monotonic() - started:.1f} s")
+        yield container
+    finally:
+        container.close()
+
+
+@pytest.fixture(autouse=True)
+def explain_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """On failure, show what systemd and the journal say about every daemon."""
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is None or not report.failed or "box" not in request.fixturenames:
+        return
+    container: Container = request.getfixturevalue("box")
+    for daemon in DAEMONS:
+        for argv in (["systemctl", "status", "--no-pager", "-l", daemon.unit],
+                     ["journalctl", "--no-pager", "-n", "60", "-u", daemon.unit]):
+            out = container.run(argv, check=False, timeout=20)
+            print(f"\n$ {' '.join(argv)}\n{out.stdout}{out.stderr}")
+
+
+def show(box: Container, unit: str) -> dict[str, str]:
+    props = "ActiveState,SubState,MainPID,StatusText,Result,ExecMainStatus,NRestarts"
+    out = box.run(["systemctl", "show", "-p", props, unit]).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def wait_for(what: str, predicate, timeout: float = 20.0, interval: float = 0.2):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def probe(box: Container, *args: str) -> dict[str, object]:
+    out = box.run(["python3", "/probe/slp_probe.py", *args], timeout=20)
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+# Installation ---------------------------------------------------------------------------------
+
+
+def test_packages_install_offline_with_dependencies_from_debian(box: Container) -> None:
+    # dpkg refuses a package whose dependencies are missing: the root filesystem must hold them all,
+    # since there is no network to fetch them.
+    box.sh("dpkg -i /debs/*.deb", timeout=180)
+    listed = box.run(["dpkg-query", "-W", "-f", "${Package} ${Status}\n", "sipmob", "sipmob-slpda",
+                      "python3-sipmob"]).stdout
+    assert listed.count("install ok installed") == 3, listed
+
+
+def test_system_user_is_created(box: Container) -> None:
+    entry = box.run(["getent", "passwd", "sipmob"], check=False).stdout
+    assert entry.startswith("sipmob:"), "no sipmob user after installation"
+    uid = int(entry.split(":")[2])
+    assert uid < 1000, f"sipmob is not a system user: uid {uid}"
+
+
+@by_daemon
+def test_unit_is_enabled_and_started_on_install(box: Container, daemon: Daemon) -> None:
+    assert box.run(["systemctl", "is-enabled", daemon.unit], check=False).stdout.strip() == "enabled"
+    state = wait_for(f"{daemon.unit} to be active",
+                     lambda: (s := show(box, daemon.unit))["ActiveState"] == "active" and s)
+    assert state["SubState"] == "running"
+
+
+@by_daemon
+def test_unit_passes_systemd_analyze_verify(box: Container, daemon: Daemon) -> None:
+    # verify warns with exit status 0: any output at all is a finding.
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", f"--root={box.root_view}",
+                             f"/lib/systemd/system/{daemon.unit}"],
+                            capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+@by_daemon
+def test_unit_exposure_is_at_most_2(box: Container, daemon: Daemon) -> None:
+    out = box.run(["systemd-analyze", "security", "--no-pager", daemon.unit]).stdout
+    exposure = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out).group(1))  # type: ignore[union-attr]
+    print(f"\n{daemon.unit}: exposure {exposure}")
+    assert exposure <= EXPOSURE_LIMIT, out
+
+
+@by_daemon
+def test_configuration_is_a_conffile(box: Container, daemon: Daemon) -> None:
+    conffiles = box.run(["dpkg-query", "-W", "-f", "${Conffiles}", daemon.package]).stdout
+    assert daemon.config in conffiles.split()
+
+
+# Running under systemd ------------------------------------------------------------------------
+
+
+@by_daemon
+def test_start_returns_only_once_the_daemon_serves(box: Container, daemon: Daemon) -> None:
+    box.run(["systemctl", "stop", daemon.unit])
+    box.run(["systemctl", "start", daemon.unit], timeout=60)
+    # Type=notify: `start` returns at READY=1, so one request at once, without retrying, must be answered.
+    reply = probe(box, "--timeout", "2")
+    assert show(box, daemon.unit)["SubState"] == "running"
+    assert reply["type"] == "DAAdvert"
+
+
+@by_daemon
+def test_status_text_shows_in_systemctl_status(box: Container, daemon: Daemon) -> None:
+    text = show(box, daemon.unit)["StatusText"]
+    assert text, "the daemon sent no STATUS="
+    status = box.run(["systemctl", "status", "--no-pager", daemon.unit]).stdout
+    assert f'Status: "{text}"' in status
+
+
+def test_slpda_answers_srvrqst_for_directory_agent_with_daadvert(box: Container) -> None:
+    reply = probe(box)
+    assert reply["type"] == "DAAdvert"
+    assert reply["error"] == 0
+    assert reply["xid"] == 4242
+    assert str(reply["url"]).startswith("service:directory-agent://")
+    assert "DEFAULT" in str(reply["scope_list"]).split(",")
+
+
+def test_slpda_reload_applies_edited_scopes(box: Container) -> None:
+    pid = show(box, "sipmob-slpda.service")["MainPID"]
+    # The shipped file lists every key commented out with its default, scopes under [da].
+    box.sh("sed -i 's/^#scopes = .*/scopes = [\"DEFAULT\", \"livingroom\"]/' /etc/sipmob/slpda.toml")
+    assert 'scopes = ["DEFAULT", "livingroom"]' in box.run(["cat", "/etc/sipmob/slpda.toml"]).stdout
+    box.run(["systemctl", "reload", "sipmob-slpda.service"])
+    reply = wait_for("a DAAdvert listing the new scope",
+                     lambda: (r := probe(box, "--scope", "livingroom"))["type"] == "DAAdvert"
+                     and "livingroom" in str(r["scope_list"]).split(",") and r)
+    assert "DEFAULT" in str(reply["scope_list"]).split(",")
+    assert show(box, "sipmob-slpda.service")["MainPID"] == pid, "reload restarted the daemon"
+
+
+@by_daemon
+def test_broken_configuration_fails_start_with_a_clear_message(box: Container, daemon: Daemon) -> None:
+    saved = box.run(["cat", daemon.config]).stdout
+    box.run(["systemctl", "stop", daemon.unit])
+    box.sh(f"echo 'no_such_key = 1' >> {daemon.config}")
+    try:
+        started = box.run(["systemctl", "start", daemon.unit], check=False, timeout=60)
+        assert started.returncode != 0, "started with a broken configuration"
+        # journald takes the line from the stream asynchronously: give it a moment.
+        wait_for("the problem in the journal", lambda: f"{daemon.config}: no_such_key: unknown key"
+                 in box.run(["journalctl", "--no-pager", "-u", daemon.unit]).stdout, timeout=10)
+    finally:
+        box.run(["systemctl", "stop", daemon.unit], check=False)
+        box.run(["tee", daemon.config], input=saved)
+        box.run(["systemctl", "reset-failed", daemon.unit], check=False)
+    box.run(["systemctl", "start", daemon.unit], timeout=60)
+
+
+@by_daemon
+def test_killed_daemon_is_restarted(box: Container, daemon: Daemon) -> None:
+    before = show(box, daemon.unit)
+    assert before["ActiveState"] == "active"
+    box.run(["kill", "-9", before["MainPID"]])
+    after = wait_for("a restart", lambda: (s := show(box, daemon.unit))["ActiveState"] == "active"
+                     and s["MainPID"] not in ("0", before["MainPID"]) and s)
+    assert int(after["NRestarts"]) > int(before["NRestarts"])
+
+
+@by_daemon
+def test_stop_is_clean(box: Container, daemon: Daemon) -> None:
+    pid = show(box, daemon.unit)["MainPID"]
+    box.run(["systemctl", "stop", daemon.unit], timeout=60)
+    state = show(box, daemon.unit)
+    assert (state["ActiveState"], state["Result"], state["ExecMainStatus"]) == ("inactive", "success", "0")
+    journal = box.run(["journalctl", "--no-pager", "-o", "cat", f"_PID={pid}"]).stdout
+    assert f"{daemon.package} stopping" in journal
+    box.run(["systemctl", "start", daemon.unit], timeout=60)
+
+
+# Upgrade and purge ----------------------------------------------------------------------------
+
+
+@by_daemon
+def test_upgrade_keeps_an_edited_conffile_and_restarts(box: Container, daemon: Daemon) -> None:
+    box.sh(f"echo '# edited before the upgrade' >> {daemon.config}")
+    edited = box.run(["cat", daemon.config]).stdout
+    pid = show(box, daemon.unit)["MainPID"]
+    box.sh("dpkg -i /debs-upgrade/*.deb", timeout=180)
+    version = box.run(["dpkg-query", "-W", "-f", "${Version}", daemon.package]).stdout
+    assert version == UPGRADE_VERSION
+    assert box.run(["cat", daemon.config]).stdout == edited
+    state = wait_for("the upgraded daemon", lambda: (s := show(box, daemon.unit))["SubState"] == "running"
+                     and s)
+    assert state["MainPID"] != pid, "the daemon was not restarted on the new code"
+
+
+def test_purge_removes_configuration_and_state(box: Container) -> None:
+    assert (box.root_view / "var/lib/sipmob").is_dir(), "no state directory to purge"
+    box.run(["dpkg", "--purge", "sipmob", *(d.package for d in DAEMONS), "python3-sipmob"], timeout=120)
+    leftovers = [path for d in DAEMONS for path in (d.config, d.state)
+                 if (box.root_view / path.lstrip("/")).exists()]
+    leftovers += [p for p in ("/etc/sipmob", "/var/lib/sipmob") if (box.root_view / p.lstrip("/")).exists()]
+    assert leftovers == []
