@@ -20,6 +20,7 @@ import pytest
 from slpda_process import ROOT, Client, Slpda
 
 from sipmob.service.config import parse_config
+from sipmob.slp import wire
 from sipmob.slp.attrs import parse_attr_list
 from sipmob.slp.messages import (
     AttrRply,
@@ -311,3 +312,37 @@ def test_multicast_discovery_heartbeat_and_goodbye_between_namespaces(tmp_path: 
             client.wait(timeout=10)
         for ns in (da_ns, ua_ns):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+
+
+def test_tcp_stream_carrying_two_requests_gets_two_replies(client: Client, slpda: Slpda) -> None:
+    client.register("sip:tv@192.168.1.20", "(room=kitchen)")
+    first, second = client.srv_rqst(), client.srv_rqst(predicate="(room=hall)")
+    with socket.create_connection(("127.0.0.1", slpda.port), timeout=5) as conn:
+        data = wire.encode(first) + wire.encode(second)
+        for i in range(0, len(data), 7):  # in small pieces, split anywhere
+            conn.sendall(data[i:i + 7])
+        buf = b""
+        replies = []
+        while len(replies) < 2:
+            chunk = conn.recv(65535)
+            assert chunk, "connection closed early"
+            buf += chunk
+            while (length := wire.peek_length(buf)) is not None and len(buf) >= length:
+                replies.append(wire.decode(buf[:length]))
+                buf = buf[length:]
+    assert [r.header.xid for r in replies] == [first.header.xid, second.header.xid]
+    assert [urls(r) for r in replies] == [["sip:tv@192.168.1.20"], []]
+
+
+def test_idle_tcp_connection_is_closed(slpda: Slpda) -> None:
+    slpda.write_config("[limits]\ntcp_idle_timeout = 0.3\n")
+    slpda.start()
+    with socket.create_connection(("127.0.0.1", slpda.port), timeout=10) as conn:
+        assert conn.recv(1) == b""
+
+
+def test_state_file_defaults_to_the_systemd_state_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/private/sipmob")
+    assert SlpdaConfig().state_file == Path("/var/lib/private/sipmob/slpda.json")
+    monkeypatch.delenv("STATE_DIRECTORY")
+    assert SlpdaConfig().state_file == Path("/var/lib/sipmob/slpda.json")
