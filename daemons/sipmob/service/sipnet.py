@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IListeningPort
 
 from sipmob.service.timers import TimerDriver
 from sipmob.sip.message import Request, Response, SIPParseError, StreamFramer
@@ -30,6 +29,10 @@ class _Datagrams(protocol.DatagramProtocol):
     def __init__(self, owner: SIPTransport) -> None:
         self.owner = owner
 
+    @property
+    def wire(self) -> Any:
+        return self.transport
+
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         self.owner._received(data, Address(addr[0], addr[1], "udp"))
 
@@ -40,8 +43,12 @@ class _Stream(protocol.Protocol):
         self.framer = StreamFramer()
         self.remote: Address | None = None
 
+    @property
+    def wire(self) -> Any:
+        return self.transport
+
     def connectionMade(self) -> None:
-        peer = self.transport.getPeer()  # type: ignore[attr-defined]
+        peer = self.wire.getPeer()
         self.remote = Address(peer.host, peer.port, "tcp")
         self.owner._connected(self.remote, self)
 
@@ -52,7 +59,7 @@ class _Stream(protocol.Protocol):
         except SIPParseError as exc:
             # §18.3: without a trustworthy Content-Length the stream cannot be resynchronised.
             log.info("closing the TCP connection from %s:%d: %s", self.remote.host, self.remote.port, exc)
-            self.transport.loseConnection()  # type: ignore[attr-defined]
+            self.wire.loseConnection()
             return
         for message in messages:
             self.owner._received(message, self.remote)
@@ -92,7 +99,7 @@ class SIPTransport:
         self.listen = [Address(host, port, transport.lower()) for host, port, transport in listen]
         self.on_event = on_event
         self.addresses: list[Address] = []
-        self._ports: list[IListeningPort] = []
+        self._ports: list[Any] = []
         self._udp: dict[str, _Datagrams] = {}  # by local host
         self._streams: dict[Address, _Stream] = {}
         self._pending: dict[Address, list[bytes]] = {}  # TCP connections being opened
@@ -127,7 +134,7 @@ class SIPTransport:
         if self._timer is not None:
             self._timer.cancel()
         for stream in list(self._streams.values()):
-            stream.transport.loseConnection()  # type: ignore[attr-defined]
+            stream.wire.loseConnection()
         done = [defer.maybeDeferred(port.stopListening) for port in self._ports]
         self._ports = []
         return defer.DeferredList(done)
@@ -198,14 +205,14 @@ class SIPTransport:
         if destination.transport == "udp":
             sock = self._udp_for(destination)
             try:
-                sock.transport.write(data, (destination.host, destination.port))
+                sock.wire.write(data, (destination.host, destination.port))
             except OSError as exc:
                 log.info("cannot send to %s:%d: %s", destination.host, destination.port, exc)
                 self._layer.transport_error(destination, self.reactor.seconds())
             return
         stream = self._streams.get(destination)
         if stream is not None:
-            stream.transport.write(data)  # type: ignore[attr-defined]
+            stream.wire.write(data)
             return
         if destination in self._pending:
             self._pending[destination].append(data)
@@ -226,7 +233,7 @@ class SIPTransport:
         self._streams[remote] = stream
         self._layer.connections.opened(remote)
         for data in self._pending.pop(remote, []):
-            stream.transport.write(data)  # type: ignore[attr-defined]
+            stream.wire.write(data)
 
     def _disconnected(self, remote: Address, stream: _Stream) -> None:
         if self._streams.get(remote) is stream:

@@ -663,11 +663,11 @@ class TransactionLayer:
             self._outgoing.append((response.to_bytes(), destination))
 
     def _receive_request(self, request: Request, source: Address, now: float) -> None:
-        request = apply_received(request, source)
-        key = _server_key(request)
+        key = _server_key(request)  # before apply_received, which makes the Via parsed anew
         if key is None:  # parse_message guarantees Via and CSeq; this is a belt for the braces
             self._events.append(MessageDiscarded(source, "request without Via or CSeq"))
             return
+        request = apply_received(request, source)
         tx = self._transactions.get(key)
         if tx is not None and not self._legacy_match(tx, request):
             tx = None
