@@ -193,6 +193,12 @@ def test_start_returns_only_once_the_daemon_serves(box: Container, daemon: Daemo
 
 
 @by_daemon
+def test_daemon_runs_as_the_sipmob_user(box: Container, daemon: Daemon) -> None:
+    pid = show(box, daemon.unit)["MainPID"]
+    assert box.run(["ps", "-o", "user=", "-p", pid]).stdout.strip() == "sipmob"
+
+
+@by_daemon
 def test_status_text_shows_in_systemctl_status(box: Container, daemon: Daemon) -> None:
     text = show(box, daemon.unit)["StatusText"]
     assert text, "the daemon sent no STATUS="
@@ -226,7 +232,8 @@ def test_slpda_reload_applies_edited_scopes(box: Container) -> None:
 def test_broken_configuration_fails_start_with_a_clear_message(box: Container, daemon: Daemon) -> None:
     saved = box.run(["cat", daemon.config]).stdout
     box.run(["systemctl", "stop", daemon.unit])
-    box.sh(f"echo 'no_such_key = 1' >> {daemon.config}")
+    # At the top: appended, the key would land in the file's last table.
+    box.run(["sed", "-i", "1i no_such_key = 1", daemon.config])
     try:
         started = box.run(["systemctl", "start", daemon.unit], check=False, timeout=60)
         assert started.returncode != 0, "started with a broken configuration"
@@ -279,7 +286,9 @@ def test_upgrade_keeps_an_edited_conffile_and_restarts(box: Container, daemon: D
 
 
 def test_purge_removes_configuration_and_state(box: Container) -> None:
-    assert (box.root_view / "var/lib/sipmob").is_dir(), "no state directory to purge"
+    # Every daemon has been stopped at least once above, and writes its state when it stops.
+    missing = [d.state for d in DAEMONS if not (box.root_view / d.state.lstrip("/")).exists()]
+    assert missing == [], "no state to purge"
     box.run(["dpkg", "--purge", "sipmob", *(d.package for d in DAEMONS), "python3-sipmob"], timeout=120)
     leftovers = [path for d in DAEMONS for path in (d.config, d.state)
                  if (box.root_view / path.lstrip("/")).exists()]
