@@ -32,7 +32,9 @@ class Daemons:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     def start(self, name: str, args: list[str], ready: str | None = None) -> subprocess.Popen[bytes]:
-        with open(self.workdir / f"{name}.log", "ab") as log:
+        path = self.workdir / f"{name}.log"
+        offset = path.stat().st_size if path.exists() else 0
+        with open(path, "ab") as log:
             proc = subprocess.Popen([PY, "-m", *args], env={**ENV, "STATE_DIRECTORY": str(self.workdir)},
                                     stdout=log, stderr=subprocess.STDOUT)
         self.procs.append((name, proc))
@@ -40,7 +42,7 @@ class Daemons:
         while ready and time.monotonic() < deadline:
             if proc.poll() is not None:
                 sys.exit(f"{name} exited with {proc.returncode}:\n{self.log(name)}")
-            if ready in self.log(name):
+            if ready in self.log(name)[offset:]:
                 break
             time.sleep(0.05)
         else:
