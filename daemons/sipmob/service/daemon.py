@@ -76,6 +76,8 @@ class DaemonSpec(Generic[C]):
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
     # Flags override the file: return the configuration with the given flags applied.
     override: Callable[[C, argparse.Namespace], C] | None = None
+    # A daemon that speaks no TLS keeps pyOpenSSL and cryptography out of its process (see main_for).
+    uses_tls: bool = False
 
     @property
     def program(self) -> str:
@@ -183,6 +185,11 @@ def main_for(spec: DaemonSpec[Any]) -> Callable[[], None]:
     """A console-script entry point for `spec`."""
 
     def main() -> None:
+        if not spec.uses_tls:
+            # Twisted's reactor imports pyOpenSSL and cryptography when it can: some 10 MB of
+            # resident memory on the gateway. Marked unimportable before the reactor loads, they stay
+            # out and Twisted runs without TLS support.
+            sys.modules.setdefault("OpenSSL", None)  # type: ignore[arg-type]
         sys.exit(run(spec))
 
     return main

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
-import sys
 
 from sipmob.service.daemon import DaemonSpec, Runtime, main_for
 from sipmob.slpda.app import SlpdaApp
@@ -45,12 +44,4 @@ spec = DaemonSpec(name="slpda", config_type=SlpdaConfig, build=build,
                   description="SLPv2 Directory Agent for the devices of a home (RFC 2608)",
                   add_arguments=add_arguments, override=override)
 
-_run = main_for(spec)
-
-
-def main() -> None:
-    # The DA speaks no TLS. Twisted's reactor imports pyOpenSSL and cryptography when it can,
-    # some 10 MB of resident memory on the gateway; marked unimportable, they stay out and
-    # Twisted runs without TLS support. Done here, before `run` imports the reactor.
-    sys.modules.setdefault("OpenSSL", None)  # type: ignore[arg-type]
-    _run()
+main = main_for(spec)
