@@ -250,7 +250,7 @@ def test_retrieve_when_everything_is_home_is_refused() -> None:
 def test_transfer_away_from_one_device_to_another_byes_the_old_one() -> None:
     plan = plan_transfer(call((PHONE.uri, MOBILE_NODE)), [AV], "audio")
     assert plan.steps[-2] == ByeDevice(PHONE.uri)
-    assert not any(isinstance(s, (Grace, StopLocalMedia)) for s in plan.steps)
+    assert not any(isinstance(s, Grace | StopLocalMedia) for s in plan.steps)
 
 
 def test_device_already_carrying_another_stream_is_refused() -> None:
@@ -293,7 +293,7 @@ def test_cn_rejecting_releases_every_device_and_keeps_own_media() -> None:
     plan = plan_transfer(call(), [PHONE, AV])
     steps = plan.rollback(Failure(FailureKind.CN_REJECTED), "488 Not Acceptable Here")
     assert steps[:4] == (AckDevice(PHONE.uri), ByeDevice(PHONE.uri), AckDevice(AV.uri), ByeDevice(AV.uri))
-    assert not any(isinstance(s, (StopLocalMedia, ReinviteCN)) for s in steps)
+    assert not any(isinstance(s, StopLocalMedia | ReinviteCN) for s in steps)
     assert isinstance(steps[-1], Report)
     assert "sip:cn@192.0.2.1 refused the new media (488 Not Acceptable Here)" in steps[-1].message
 
