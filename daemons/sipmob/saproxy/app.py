@@ -1,0 +1,301 @@
+"""The `sipmob-saproxy` application: basic SIP devices registered in SLP while they answer OPTIONS.
+
+Responsible for: the SIP UDP socket and transaction layer the OPTIONS go through, the `Prober`'s
+timer, turning probe outcomes and 200 bodies into SLP registrations (`SLPServiceAgent` does the
+RFC 2608 part: every DA, every scope, refresh, re-registration after a DA reboot, deregistration on
+stop), the optional mDNS advertisement, one log line per change of a device's state and per new
+problem with what a device says, the status line, and applying a reloaded device directory.
+
+Not here: the up/down rules and what a 200 means (`sipmob.saproxy.probe`), the device files and the
+attribute schema (`sipmob.saproxy.devices`), SIP itself (`sipmob.sip`).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+from typing import Any
+
+from twisted.internet import defer
+
+from sipmob.saproxy.config import SaproxyConfig, Settings, split_hostport
+from sipmob.saproxy.devices import SERVICE_TYPE, Device
+from sipmob.saproxy.probe import (
+    Capabilities,
+    DeviceState,
+    ProbeConfig,
+    Prober,
+    StateChanged,
+    build_options,
+    merge,
+)
+from sipmob.service.daemon import Runtime
+from sipmob.service.sipnet import SIPTransport
+from sipmob.service.slp import SLPServiceAgent
+from sipmob.service.timers import TimerDriver
+from sipmob.sip.message import make_response
+from sipmob.sip.transaction import (
+    Event,
+    MessageDiscarded,
+    RequestReceived,
+    ResponseReceived,
+    TimerConfig,
+    TransactionKey,
+    TransactionLayer,
+    TransactionTimedOut,
+    TransportError,
+)
+from sipmob.sip.transport import Address
+from sipmob.slp.attrs import format_attr_list
+
+log = logging.getLogger("sipmob.saproxy")
+
+
+def probe_config(config: SaproxyConfig) -> ProbeConfig:
+    p = config.probe
+    return ProbeConfig(interval=p.interval, timeout=p.timeout, retry=p.retry,
+                       down_after=p.down_after, backoff_max=p.backoff_max)
+
+
+def timer_config(config: SaproxyConfig) -> TimerConfig:
+    """Timer F (64*T1, §17.1.2.2) is the probe timeout. T1 is the round-trip estimate (§17.1.1.1):
+    4 s / 64 = 62 ms is still sixty times a home LAN's round trip, and keeps the exponential
+    back-off of retransmissions the RFC requires."""
+    return TimerConfig(t1=config.probe.timeout / 64)
+
+
+class SaproxyApp:
+    def __init__(self, settings: Settings, runtime: Runtime, rng: random.Random | None = None) -> None:
+        self.config = settings.config
+        self.devices: dict[str, Device] = {d.id: d for d in settings.devices}
+        self.runtime = runtime
+        self.reactor = runtime.reactor
+        self.prober = Prober(probe_config(self.config), rng)
+        self.timer = TimerDriver(self.reactor, self.prober.get_timer, self._probe_due)
+        self.sip: SIPTransport | None = None
+        self.sa: SLPServiceAgent | None = None
+        self.mdns: Any = None
+        self._pending: dict[TransactionKey, str] = {}  # OPTIONS in flight -> device id
+        self._caps: dict[str, Capabilities] = {}
+        self._registered: dict[str, tuple[str, str]] = {}  # device id -> (url, attribute list)
+        self._reported: dict[str, set[str]] = {}  # problems already logged, by device
+        self._cseq = 0
+        self._contact = ""
+        self._status = ""
+
+    # App protocol --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        sip = self.config.sip
+        self.sip = SIPTransport(self.reactor, None, [(sip.address, sip.port, "udp")], self._sip_event)
+        (bound,) = self.sip.start()
+        via_host = self._via_host(bound.host)
+        local = Address(via_host, bound.port, "udp")
+        self.sip.use_layer(TransactionLayer([local], timer_config(self.config)))
+        host = f"[{via_host}]" if ":" in via_host else via_host
+        self._contact = f"sip:saproxy@{host}:{bound.port}"
+        slp = self.config.slp
+        self.sa = SLPServiceAgent(self.reactor, das=[split_hostport(d, 427) for d in slp.das],
+                                  scopes=slp.scopes, multicast=slp.multicast)
+        self.sa.start()
+        if self.config.mdns.enabled:
+            from sipmob.saproxy.mdns import MdnsAdvertiser
+
+            self.mdns = MdnsAdvertiser(self.config.mdns.interfaces)
+        now = self.reactor.seconds()
+        for device_id in self.devices:
+            self.prober.add(device_id, now)
+        self.timer.update()
+        self._report_status()
+        log.info("probing %d devices from %s:%d; DAs %s, scopes %s", len(self.devices), via_host,
+                 bound.port, ",".join(slp.das) or "by multicast", ",".join(slp.scopes))
+
+    def reload(self, settings: Settings) -> None:
+        new = settings.config
+        if (new.sip, new.slp, new.mdns) != (self.config.sip, self.config.slp, self.config.mdns):
+            log.warning("[sip], [slp] and [mdns] settings apply at the next restart")
+        self.config = new
+        self.prober.reconfigure(probe_config(new))
+        logging.getLogger().setLevel(new.log.level.upper())
+        now = self.reactor.seconds()
+        incoming = {d.id: d for d in settings.devices}
+        for device_id in [i for i in self.devices if i not in incoming]:
+            log.info("device %s removed", device_id, extra={"SIPMOB_DEVICE": device_id})
+            self._forget(device_id)
+            del self.devices[device_id]
+        for device_id, device in incoming.items():
+            old = self.devices.get(device_id)
+            if old is None:
+                log.info("device %s added: %s", device_id, device.url, extra={"SIPMOB_DEVICE": device_id})
+                self.devices[device_id] = device
+                self.prober.add(device_id, now)
+            elif old != device:
+                log.info("device %s changed", device_id, extra={"SIPMOB_DEVICE": device_id})
+                if old.uri != device.uri:
+                    self._forget(device_id)  # a different device: its state starts afresh
+                    self.devices[device_id] = device
+                    self.prober.add(device_id, now)
+                else:
+                    self.devices[device_id] = device
+                    self._reported.pop(device_id, None)
+                    if self.prober.state(device_id) is DeviceState.UP:
+                        self._register(device_id)
+        self.timer.update()
+        self._report_status()
+
+    def stop(self) -> defer.Deferred[Any]:
+        self.timer.cancel()
+        if self.mdns is not None:
+            self.mdns.close()
+            self.mdns = None
+        waits = []
+        if self.sa is not None:
+            waits.append(self.sa.stop())  # deregisters every device from every DA
+        if self.sip is not None:
+            waits.append(self.sip.stop())
+        return defer.gatherResults(waits)
+
+    def status(self) -> str:
+        counts = self.prober.counts()
+        up, down, unknown = counts[DeviceState.UP], counts[DeviceState.DOWN], counts[DeviceState.UNKNOWN]
+        text = f"{up} device{'' if up == 1 else 's'} up, {down} down"
+        return text + (f", {unknown} not probed yet" if unknown else "")
+
+    # Probing ---------------------------------------------------------------------------------------
+
+    def _probe_due(self, now: float) -> None:
+        assert self.sip is not None
+        for device_id in self.prober.handle_timer(now):
+            device = self.devices[device_id]
+            self._cseq = self._cseq % 2**31 + 1
+            request = build_options(device.uri, self.config.sip.from_uri, self._contact, self._cseq)
+            try:
+                key = self.sip.send_request(request, self._destination(device))
+            except Exception as exc:  # a URI the layer cannot send to: as good as no answer
+                log.debug("cannot probe %s: %s", device_id, exc)
+                self.prober.failed(device_id, f"cannot send OPTIONS: {exc}", now)
+                continue
+            self._pending[key] = device_id
+            log.debug("OPTIONS %s", device.url, extra={"SIPMOB_DEVICE": device_id})
+        self._after_probe()
+
+    def _destination(self, device: Device) -> Address:
+        if device.direct:
+            return Address(device.uri.host.strip("[]"), device.uri.port or 5060, "udp")
+        host, port = split_hostport(self.config.sip.outbound_proxy, 5060)
+        return Address(host, port, "udp")
+
+    def _sip_event(self, event: Event) -> None:
+        now = self.reactor.seconds()
+        if isinstance(event, ResponseReceived):
+            if event.transaction_key is None or event.response.status < 200:
+                return
+            device_id = self._pending.pop(event.transaction_key, None)
+            if device_id is None or device_id not in self.devices:
+                return
+            response = event.response
+            if 200 <= response.status < 300:
+                self._learn(device_id, Capabilities.from_response(response))
+            self.prober.answered(device_id, now, f"answered OPTIONS with {response.status}")
+        elif isinstance(event, TransactionTimedOut | TransportError):
+            device_id = self._pending.pop(event.transaction_key, None)
+            if device_id is not None:
+                reason = "no answer to OPTIONS" if isinstance(event, TransactionTimedOut) else \
+                    "OPTIONS could not be sent"
+                self.prober.failed(device_id, reason, now)
+        elif isinstance(event, RequestReceived):
+            # §11.2: answer OPTIONS like any UA; nothing else is ours to handle
+            status = 200 if event.request.method == "OPTIONS" else 405
+            assert self.sip is not None
+            self.sip.send_response(make_response(event.request, status, headers=[("Allow", "OPTIONS")]))
+        elif isinstance(event, MessageDiscarded):
+            log.debug("discarded from %s:%d: %s", event.source.host, event.source.port, event.reason)
+        self._after_probe()
+
+    def _learn(self, device_id: str, caps: Capabilities) -> None:
+        self._caps[device_id] = caps
+        _, contradictions = merge(self.devices[device_id], caps)
+        reported = self._reported.setdefault(device_id, set())
+        for problem in [*caps.problems, *contradictions]:
+            if problem not in reported:
+                reported.add(problem)
+                log.warning("device %s: %s", device_id, problem, extra={"SIPMOB_DEVICE": device_id})
+        if self.prober.state(device_id) is DeviceState.UP:
+            self._register(device_id)  # only sent when the attributes changed
+
+    def _after_probe(self) -> None:
+        changed = False
+        for event in self.prober.events():
+            changed = True
+            self._state_changed(event)
+        self.timer.update()
+        if changed:
+            self._report_status()
+
+    def _state_changed(self, event: StateChanged) -> None:
+        device = self.devices.get(event.device)
+        if device is None:
+            return
+        if event.new is DeviceState.UP:
+            log.info("device %s is up (%s): %s", event.device, device.url, event.reason,
+                     extra={"SIPMOB_DEVICE": event.device})
+            self._register(event.device)
+        else:
+            log.info("device %s is down (%s): %s", event.device, device.url, event.reason,
+                     extra={"SIPMOB_DEVICE": event.device})
+            self._deregister(event.device)
+
+    # SLP and mDNS ---------------------------------------------------------------------------------
+
+    def _register(self, device_id: str) -> None:
+        assert self.sa is not None
+        device = self.devices[device_id]
+        attrs, _ = merge(device, self._caps.get(device_id))
+        attr_list = format_attr_list(attrs)
+        if self._registered.get(device_id) == (device.url, attr_list):
+            return
+        previous = self._registered.get(device_id)
+        if previous is not None and previous[0] != device.url:
+            self.sa.deregister(previous[0])
+        self._registered[device_id] = (device.url, attr_list)
+        self.sa.register(device.url, SERVICE_TYPE, attr_list, self.config.slp.lifetime)
+        if self.mdns is not None:
+            self.mdns.publish(device, attrs)
+
+    def _deregister(self, device_id: str) -> None:
+        previous = self._registered.pop(device_id, None)
+        if previous is not None and self.sa is not None:
+            self.sa.deregister(previous[0])
+        if self.mdns is not None:
+            self.mdns.withdraw(device_id)
+
+    def _forget(self, device_id: str) -> None:
+        self._deregister(device_id)
+        self.prober.remove(device_id)
+        self._caps.pop(device_id, None)
+        self._reported.pop(device_id, None)
+        for key in [k for k, v in self._pending.items() if v == device_id]:
+            del self._pending[key]
+
+    def _report_status(self) -> None:
+        status = self.status()
+        if status != self._status:
+            self._status = status
+            self.runtime.status_changed(self)
+
+    def _via_host(self, bound: str) -> str:
+        """Our address as devices see it, for Via and Contact: the bound one, or when bound to any
+        address, the one the kernel would send from towards the first device (nothing is sent)."""
+        if bound not in ("0.0.0.0", "::"):
+            return bound
+        targets = [self._destination(d).host for d in self.devices.values()]
+        for target in targets[:1]:
+            family = socket.AF_INET6 if ":" in target else socket.AF_INET
+            try:
+                with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                    probe.connect((target, 9))
+                    return str(probe.getsockname()[0])
+            except OSError:
+                pass
+        return "127.0.0.1"
