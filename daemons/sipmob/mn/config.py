@@ -1,0 +1,134 @@
+"""The configuration of the mobile node (``mn.toml``): its keys, defaults and checks.
+
+Read by ``sipmob phone`` (everything) and by the other ``sipmob`` commands (only the control socket
+path and the SLP settings, so that ``sipmob devices`` asks the same DA as the phone).
+
+Not here: what the keys do (`sipmob.mn.phone`, `sipmob.mn.devices`) or loading the file
+(`sipmob.service.config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from sipmob.service.config import each, ip_address, non_negative, one_of, port, positive, setting
+
+DEFAULT_CONFIG = "/etc/sipmob/mn.toml"
+
+
+def default_control_path() -> Path:
+    """``$XDG_RUNTIME_DIR/sipmob/mn.sock`` for a user session, else ``/run/sipmob/mn.sock``."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    return Path(runtime or "/run") / "sipmob" / "mn.sock"
+
+
+def _user(value: str) -> str | None:
+    # RFC 3261 §25.1 user part, without escapes: what a person types as a phone's name.
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'()&=+$,;?/")
+    if not value or any(c not in allowed for c in value):
+        return f"must be a SIP user name (letters, digits, - _ . and the like), got {value!r}"
+    return None
+
+
+def _hostport(value: str) -> str | None:
+    if not value:
+        return None
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        return f"must be HOST:PORT, got {value!r}"
+    return None
+
+
+def _sip_uri(value: str) -> str | None:
+    if value and not value.startswith(("sip:", "sips:")):
+        return f"must be a sip: or sips: URI, got {value!r}"
+    return None
+
+
+def _audio_in(value: str) -> str | None:
+    if value != "tone" and not value.lower().endswith(".wav"):
+        return f'must be "tone" or the path of a .wav file, got {value!r}'
+    return None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Listen:
+    address: str = setting("127.0.0.1", check=ip_address, help="address for SIP (UDP) and RTP")
+    port: int = setting(5060, check=port, help="SIP UDP port")
+    rtp_port: int = setting(0, check=lambda v: None if v == 0 else port(v),
+                            help="first RTP port; 0: any free port")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Identity:
+    user: str = setting("mn", check=_user, help="user part of our SIP URI")
+    display_name: str = setting("", help="display name in From")
+    registrar: str = setting("", check=_sip_uri, help="registrar URI; empty: do not register")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Media:
+    audio_in: str = setting("tone", check=_audio_in,
+                            help='what we send: "tone" (a 440 Hz sine) or an 8 kHz mono WAV file')
+    record: str = setting("", help="where to record what we receive (a WAV per call); empty: nowhere")
+    codecs: list[str] = setting(default_factory=lambda: ["PCMU", "PCMA"],
+                                check=each(one_of("PCMU", "PCMA", "G722", "opus")),
+                                help="audio codecs we offer, most preferred first")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Calls:
+    auto_answer: bool = setting(False, help="answer incoming calls at once")
+    grace_period: float = setting(1.0, check=non_negative,
+                                  help="seconds we keep sending our own media after a transfer "
+                                       "(draft §7.1: the CN may not hear the devices yet)")
+    device_timeout: float = setting(8.0, check=positive,
+                                    help="seconds a device has to answer our INVITE before the "
+                                         "transfer is rolled back")
+    options_timeout: float = setting(2.0, check=positive,
+                                     help="seconds the CN has to answer OPTIONS (capability check); "
+                                          "without an answer its current description is used")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Slp:
+    da: str = setting("127.0.0.1:427", check=_hostport,
+                      help="the Directory Agent, HOST:PORT; empty: ask by multicast")
+    scopes: list[str] = setting(default_factory=lambda: ["DEFAULT"], help="SLP scopes to search")
+    timeout: float = setting(3.0, check=positive, help="seconds to wait for the DA")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Control:
+    path: str = setting("", help="the control socket; empty: $XDG_RUNTIME_DIR/sipmob/mn.sock, "
+                                 "else /run/sipmob/mn.sock")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Log:
+    level: str = setting("info", check=one_of("debug", "info", "warning", "error"),
+                         help="debug adds SIP and SLP traces")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MnConfig:
+    listen: Listen = setting(default_factory=Listen)
+    identity: Identity = setting(default_factory=Identity)
+    media: Media = setting(default_factory=Media)
+    calls: Calls = setting(default_factory=Calls)
+    slp: Slp = setting(default_factory=Slp)
+    control: Control = setting(default_factory=Control)
+    log: Log = setting(default_factory=Log)
+
+    @property
+    def control_path(self) -> Path:
+        return Path(self.control.path) if self.control.path else default_control_path()
+
+    @property
+    def da_address(self) -> tuple[str, int] | None:
+        if not self.slp.da:
+            return None
+        host, _, port_text = self.slp.da.rpartition(":")
+        return (host.strip("[]"), int(port_text))

@@ -1,0 +1,174 @@
+"""The control protocol between the ``sipmob`` commands and a running ``sipmob phone``.
+
+JSON lines over a unix stream socket (default `sipmob.mn.config.default_control_path`). Each request
+is one line ``{"id": 1, "command": "transfer", "args": {...}}``; each gets exactly one reply line,
+``{"id": 1, "ok": true, "result": ...}`` or ``{"id": 1, "ok": false, "error": "one line"}``, in
+the order the requests finish. A connection may carry many requests. Lines longer than
+`MAX_LINE` close the connection (a client that sends them is not ours).
+
+`ControlServer` is the Twisted side: it owns the socket file (created mode 0600 in a directory it
+creates mode 0700, removed on stop) and hands each request to a `Handler`, which returns a value or
+a Deferred; a `CommandError` becomes ``ok: false`` with its message, any other exception is logged
+and answered "internal error". `request` is the blocking client side the commands use.
+
+Not here: what the commands do (`sipmob.mn.phone`) or their command line (`sipmob.mn.cli`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, protocol
+from twisted.protocols.basic import LineOnlyReceiver
+
+log = logging.getLogger("sipmob.mn.control")
+
+MAX_LINE = 65536
+
+Handler = Callable[[str, Mapping[str, Any]], Any]
+
+
+class CommandError(Exception):
+    """A request that cannot be carried out; the message goes back to the user as it is."""
+
+
+class ControlUnavailable(Exception):
+    """Nothing answers on the control socket (no ``sipmob phone`` running there)."""
+
+
+def encode(message: Mapping[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+class _ControlProtocol(LineOnlyReceiver):
+    delimiter = b"\n"
+    MAX_LENGTH = MAX_LINE
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+
+    def lineReceived(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict) or not isinstance(request.get("command"), str):
+                raise ValueError("a request is an object with a string 'command'")
+            args = request.get("args", {})
+            if not isinstance(args, dict):
+                raise ValueError("'args' must be an object")
+        except ValueError as exc:
+            self._reply({"id": None, "ok": False, "error": f"bad request: {exc}"})
+            return
+        rid = request.get("id")
+        d = defer.maybeDeferred(self.handler, request["command"], args)
+        d.addCallbacks(lambda result: self._reply({"id": rid, "ok": True, "result": result}),
+                       lambda failure: self._failed(rid, request["command"], failure))
+
+    def _failed(self, rid: Any, command: str, failure: Any) -> None:
+        if failure.check(CommandError):
+            self._reply({"id": rid, "ok": False, "error": str(failure.value)})
+        else:
+            log.error("control command %s failed: %s", command, failure.getTraceback())
+            self._reply({"id": rid, "ok": False, "error": f"internal error in {command}"})
+
+    def _reply(self, message: Mapping[str, Any]) -> None:
+        if self.transport is not None and self.connected:
+            self.transport.write(encode(message))
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+
+class _ControlFactory(protocol.Factory):
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+
+    def buildProtocol(self, addr: Any) -> _ControlProtocol:
+        return _ControlProtocol(self.handler)
+
+
+class ControlServer:
+    """Listens on the control socket and answers requests with ``handler``."""
+
+    def __init__(self, reactor: Any, path: str | Path, handler: Handler) -> None:
+        self.reactor = reactor
+        self.path = Path(path)
+        self.handler = handler
+        self._port: Any = None
+
+    def start(self) -> None:
+        """Bind the socket; raises OSError when another live process answers on it."""
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.path.exists() or self.path.is_symlink():
+            if _answers(self.path):
+                raise OSError(f"{self.path} is in use by another sipmob phone")
+            self.path.unlink()  # left behind by a process that died
+        old = os.umask(0o177)
+        try:
+            self._port = self.reactor.listenUNIX(str(self.path), _ControlFactory(self.handler))
+        finally:
+            os.umask(old)
+
+    def stop(self) -> defer.Deferred[Any]:
+        port, self._port = self._port, None
+        if port is None:
+            return defer.succeed(None)
+        d: defer.Deferred[Any] = defer.maybeDeferred(port.stopListening)
+
+        def unlink(result: Any) -> Any:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            return result
+
+        return d.addBoth(unlink)
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        try:
+            s.connect(str(path))
+            return True
+        except OSError:
+            return False
+
+
+def request(path: str | Path, command: str, args: Mapping[str, Any] | None = None, *,
+            timeout: float = 30.0) -> Any:
+    """Send one request and wait for its reply; returns ``result`` or raises `CommandError`
+    (the phone's message) or `ControlUnavailable`. TimeoutError when no reply within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise ControlUnavailable(f"no sipmob phone is running (nothing answers on {path}: "
+                                     f"{exc.strerror})") from None
+        s.sendall(encode({"id": 1, "command": command, "args": dict(args or {})}))
+        buffer = b""
+        while b"\n" not in buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no reply to {command} within {timeout:g} s")
+            s.settimeout(remaining)
+            chunk = s.recv(65536)
+            if not chunk:
+                raise ControlUnavailable(f"the sipmob phone on {path} closed the connection")
+            buffer += chunk
+            if len(buffer) > MAX_LINE and b"\n" not in buffer:
+                raise CommandError("reply too long")
+    reply = json.loads(buffer.split(b"\n", 1)[0])
+    if not reply.get("ok"):
+        raise CommandError(str(reply.get("error", "failed")))
+    return reply.get("result")

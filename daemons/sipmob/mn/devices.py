@@ -1,0 +1,149 @@
+"""Finding the home's devices over SLP, for ``sipmob devices`` and for the phone's transfers.
+
+`predicate` builds the SrvRqst filter for ``service:sip-device`` from a room and a media type
+(docs/slp-schema.md); `discover` asks the DA with `sipmob.service.slp.SLPClient` (one SrvRqst, then
+one AttrRqst per URL, as the draft's Fig. 1) and returns `Found` devices, each with a short name a
+person can type (`sipmob transfer 1 --to tv`): the ``name`` attribute made lower-case with dashes,
+else the user part of its URI, made unique with a number. `table` and `to_json` present them;
+`resolve` finds the devices a person named.
+
+Not here: what a device is to the planner (`sipmob.mn.mobility.Device`, built by `Found.device`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from twisted.internet import defer
+
+from sipmob.mn.mobility import Device
+from sipmob.slp.attrs import Attribute, escape_value
+
+SERVICE_TYPE = "service:sip-device"
+MEDIA_DIRECTIONS = ("sendrecv", "recvonly", "sendonly")
+TAGS = ""  # every attribute: the table shows some, --json all
+
+
+def _filter_value(value: str) -> str:
+    # An unescaped * is a wildcard in a predicate (RFC 2254 §4); a room name means itself.
+    return escape_value(value).replace("*", "\\2a")
+
+
+def predicate(room: str | None = None, media: str | None = None) -> str:
+    """The LDAPv3 filter for devices in ``room`` that handle ``media`` in any direction."""
+    terms: list[str] = []
+    if room:
+        terms.append(f"(room={_filter_value(room)})")
+    if media:
+        terms.append("(|" + "".join(f"(media={media}-{d})" for d in MEDIA_DIRECTIONS) + ")")
+    if len(terms) > 1:
+        return "(&" + "".join(terms) + ")"
+    return terms[0] if terms else ""
+
+
+def _values(attrs: Mapping[str, Attribute], tag: str) -> tuple[str, ...]:
+    attr = attrs.get(tag)
+    return tuple(str(v) for v in attr.values) if attr is not None else ()
+
+
+def _first(attrs: Mapping[str, Attribute], tag: str) -> str:
+    values = _values(attrs, tag)
+    return values[0] if values else ""
+
+
+def _user_part(uri: str) -> str:
+    rest = uri.split(":", 1)[1] if ":" in uri else uri
+    user = rest.split("@", 1)[0] if "@" in rest else rest.split(";", 1)[0]
+    return user or rest
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Found:
+    """One device the DA knows, with its attributes and the short name we give it."""
+
+    short: str
+    uri: str
+    attributes: Mapping[str, tuple[str, ...]]
+
+    @property
+    def name(self) -> str:
+        names = self.attributes.get("name", ())
+        return names[0] if names else _user_part(self.uri)
+
+    def device(self) -> Device:
+        a = self.attributes
+        return Device(self.uri, self.name, frozenset(v.lower() for v in a.get("media", ())),
+                      a.get("audio-codecs", ()), a.get("video-codecs", ()))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"short": self.short, "uri": self.uri, "name": self.name,
+                "attributes": {k: list(v) for k, v in self.attributes.items()}}
+
+
+def build(entries: Sequence[tuple[str, Mapping[str, Attribute]]]) -> list[Found]:
+    """`Found` devices from (URL, attributes) pairs, in order, with unique short names."""
+    out: list[Found] = []
+    used: set[str] = set()
+    for uri, attrs in entries:
+        base = slug(_first(attrs, "name")) or slug(_user_part(uri)) or "device"
+        short, n = base, 2
+        while short in used:
+            short, n = f"{base}-{n}", n + 1
+        used.add(short)
+        out.append(Found(short, uri, {a.tag.lower(): tuple(str(v) for v in a.values)
+                                      for a in attrs.values()}))
+    return out
+
+
+def resolve(found: Sequence[Found], wanted: str) -> Found:
+    """The device a person means by ``wanted``: its short name, URI, URI user part or name."""
+    key = wanted.strip().lower()
+    for test in (lambda f: f.short == key, lambda f: f.uri.lower() == key,
+                 lambda f: _user_part(f.uri).lower() == key, lambda f: f.name.lower() == key):
+        matches = [f for f in found if test(f)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise LookupError(f"{wanted!r} could mean {', '.join(f.short for f in matches)}")
+    known = ", ".join(f.short for f in found) or "none"
+    raise LookupError(f"no device {wanted!r} (known: {known})")
+
+
+@defer.inlineCallbacks
+def discover(client: Any, room: str | None = None, media: str | None = None) -> Any:
+    """SrvRqst then one AttrRqst per URL through ``client`` (an `SLPClient`); Deferred[list[Found]].
+
+    A device whose AttrRqst fails (it deregistered meanwhile, the DA is busy) is listed without
+    attributes rather than dropped: it was there a moment ago.
+    """
+    urls = yield client.find_services(SERVICE_TYPE, predicate(room, media))
+    queries = [client.find_attributes(entry.url, TAGS) for entry in urls]
+    results = yield defer.DeferredList(queries, consumeErrors=True)
+    entries = [(entry.url, attrs if ok else {}) for entry, (ok, attrs) in zip(urls, results, strict=True)]
+    return build(sorted(entries, key=lambda e: e[0]))
+
+
+def table(found: Sequence[Found]) -> str:
+    """A readable table: short name, name, room, media, codecs, URI."""
+    if not found:
+        return "no devices found"
+    rows = [("SHORT", "NAME", "ROOM", "MEDIA", "CODECS", "URI")]
+    for f in found:
+        a = f.attributes
+        codecs = ",".join((*a.get("audio-codecs", ()), *a.get("video-codecs", ())))
+        rows.append((f.short, f.name, ",".join(a.get("room", ())) or "-",
+                     ",".join(a.get("media", ())) or "-", codecs or "-", f.uri))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
+                     for r in rows)
+
+
+def to_json(found: Sequence[Found]) -> list[dict[str, Any]]:
+    return [f.as_dict() for f in found]
