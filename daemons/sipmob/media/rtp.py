@@ -15,6 +15,7 @@ Not here: sockets and clocks (the Twisted adapter `sipmob.service.rtp` passes ``
 from __future__ import annotations
 
 import dataclasses
+import math
 import struct
 
 RTP_VERSION = 2
@@ -192,7 +193,9 @@ class RtpSender:
         """How many packets to send now (0 if none are due yet); skips a backlog that is too long."""
         if self._start is None:
             return 0
-        behind = int((now - self._start) / self.ptime + 1e-9) + 1 - self._slot
+        # A packet counts as due from half an interval before its slot: a timer that fires a hair
+        # early (another clock, rounding) then sends one packet, not none now and two next time.
+        behind = math.floor((now - self._start) / self.ptime + 0.5) + 1 - self._slot
         if behind > self.max_backlog:
             skip = behind - 1
             self._slot += skip
