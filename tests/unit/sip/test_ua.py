@@ -1,0 +1,579 @@
+"""The UA core (RFC 3261 §12-§15, RFC 3515, 3891): two in-memory UAs wired back to back, fake time."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from sipmob.sip.headers import Replaces
+from sipmob.sip.message import Headers, Request, Response, parse_message
+from sipmob.sip.transaction import TimerConfig
+from sipmob.sip.transport import Address
+from sipmob.sip.ua import (
+    CallEstablished,
+    CallFailed,
+    CallProgress,
+    CallTerminated,
+    IncomingInvite,
+    ReferNotified,
+    ReinviteCompleted,
+    ReinviteReceived,
+    RequestCompleted,
+    RequestReceived,
+    UACore,
+    UAError,
+)
+from sipmob.sip.uri import URI, NameAddr
+
+ALICE = Address("127.0.0.1", 5070, "udp")
+BOB = Address("127.0.0.1", 5080, "udp")
+CAROL = Address("127.0.0.1", 5090, "udp")
+SESSION = b"s=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+OFFER = b"v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\n" + SESSION + b"m=audio 4000 RTP/AVP 0\r\n"
+ANSWER = b"v=0\r\no=b 1 1 IN IP4 127.0.0.1\r\n" + SESSION + b"m=audio 5000 RTP/AVP 0\r\n"
+T1 = 0.5
+
+
+def core(addr: Address, name: str, seed: int = 1, **kw: object) -> UACore:
+    counter = itertools.count()
+    return UACore([addr], user=name, token=lambda: f"{name}{next(counter)}", rng=random.Random(seed),
+                  timers=TimerConfig(t1=T1), **kw)  # type: ignore[arg-type]
+
+
+class Net:
+    """Several cores on one fake network and one fake clock (aioquic's transfer/drop style)."""
+
+    def __init__(self, *cores: UACore) -> None:
+        self.by_addr = {c.layer._local["udp"]: c for c in cores}
+        self.now = 0.0
+        self.wire: list[tuple[Address, Address, bytes]] = []  # (from, to, data) of everything moved
+        self.events: dict[int, list[object]] = {id(c): [] for c in cores}
+
+    def addr_of(self, ua: UACore) -> Address:
+        return next(a for a, c in self.by_addr.items() if c is ua)
+
+    def step(self, drop: object = None) -> int:
+        """Deliver every queued message once; `drop(msg)` True loses it. Returns how many moved."""
+        moved = 0
+        for src, ua in list(self.by_addr.items()):
+            for data, dest in ua.messages_to_send():
+                msg = parse_message(data)
+                self.wire.append((src, dest, data))
+                if drop is not None and drop(msg):  # type: ignore[operator]
+                    continue
+                peer = self.by_addr.get(Address(dest.host, dest.port, "udp"))
+                if peer is not None:
+                    peer.receive(data, src, self.now)
+                    moved += 1
+        self.collect()
+        return moved
+
+    def run(self, drop: object = None) -> None:
+        for _ in range(50):
+            if not self.step(drop):
+                return
+
+    def collect(self) -> None:
+        for ua in self.by_addr.values():
+            while (event := ua.next_event()) is not None:
+                self.events[id(ua)].append(event)
+
+    def advance(self, until: float, drop: object = None) -> None:
+        """Fire every timer due up to `until`, delivering what they send."""
+        for _ in range(10000):
+            due = [t for ua in self.by_addr.values() if (t := ua.get_timer()) is not None and t <= until]
+            if not due:
+                break
+            self.now = min(due)
+            for ua in self.by_addr.values():
+                ua.handle_timer(self.now)
+            self.run(drop)
+        self.now = until
+
+    def take(self, ua: UACore, kind: type | None = None) -> list[object]:
+        self.collect()
+        out = [e for e in self.events[id(ua)] if kind is None or isinstance(e, kind)]
+        self.events[id(ua)] = [e for e in self.events[id(ua)] if e not in out]
+        return out
+
+    def sent(self, kind: str) -> list[Request | Response]:
+        """Messages on the wire whose method (request) or CSeq method (response) is `kind`."""
+        out = []
+        for _, _, data in self.wire:
+            m = parse_message(data)
+            if (m.method if isinstance(m, Request) else m.cseq.method) == kind:
+                out.append(m)
+        return out
+
+
+def uri(addr: Address, user: str) -> URI:
+    return URI.parse(f"sip:{user}@{addr.host}:{addr.port}")
+
+
+def one(items: list[object]) -> object:
+    assert len(items) == 1, items
+    return items[0]
+
+
+def establish(net: Net, a: UACore, b: UACore, sdp: bytes | None = OFFER, **kw: object) -> tuple[int, int]:
+    call = a.invite(uri(net.addr_of(b), "b"), sdp, net.now, **kw)  # type: ignore[arg-type]
+    net.run()
+    inc = one(net.take(b, IncomingInvite))
+    assert isinstance(inc, IncomingInvite)
+    b.answer_invite(inc.call, 200, net.now, sdp=ANSWER)
+    net.run()
+    return call, inc.call
+
+
+Pair = tuple[Net, UACore, UACore]
+
+
+@pytest.fixture
+def pair() -> Pair:
+    a, b = core(ALICE, "alice"), core(BOB, "bob", seed=2)
+    return Net(a, b), a, b
+
+
+# Basic calls --------------------------------------------------------------------------------------
+
+
+def test_call_is_established_on_both_sides_with_offer_and_answer(pair: Pair) -> None:
+    net, a, b = pair
+    ca, cb = establish(net, a, b)
+    assert [type(e) for e in net.take(a)] == [CallEstablished]
+    assert one(net.take(b, CallEstablished)) == CallEstablished(cb, OFFER)
+    assert a.sdp(ca) == (OFFER, ANSWER) and b.sdp(cb) == (ANSWER, OFFER)
+    assert a.call_state(ca) == b.call_state(cb) == "confirmed"
+    assert a.dialog(ca).id.call_id == b.dialog(cb).id.call_id  # type: ignore[union-attr]
+
+
+def test_call_in_the_other_direction(pair: Pair) -> None:
+    net, a, b = pair
+    cb, ca = establish(net, b, a)
+    assert a.call_state(ca) == b.call_state(cb) == "confirmed"
+
+
+def test_ringing_reaches_the_caller_as_progress_and_makes_an_early_dialog(pair: Pair) -> None:
+    net, a, b = pair
+    ca = a.invite(uri(BOB, "b"), OFFER, 0.0)
+    net.run()
+    inc = one(net.take(b, IncomingInvite))
+    b.answer_invite(inc.call, 180, net.now)  # type: ignore[attr-defined]
+    net.run()
+    progress = one(net.take(a, CallProgress))
+    assert progress.response.status == 180  # type: ignore[attr-defined]
+    assert a.call_state(ca) == "early" and a.dialog(ca).state.value == "early"  # type: ignore[union-attr]
+
+
+def test_rejected_call_fails_with_the_status_and_leaves_nothing(pair: Pair) -> None:
+    net, a, b = pair
+    ca = a.invite(uri(BOB, "b"), OFFER, 0.0)
+    net.run()
+    inc = one(net.take(b, IncomingInvite))
+    b.answer_invite(inc.call, 486, net.now)  # type: ignore[attr-defined]
+    net.run()
+    assert one(net.take(a, CallFailed)) == CallFailed(ca, 486, "Busy Here")
+    assert len(a) == len(b) == 0
+
+
+def test_invite_to_nobody_fails_with_408_after_timer_b(pair: Pair) -> None:
+    net, a, _ = pair
+    ca = a.invite(uri(CAROL, "c"), OFFER, 0.0)
+    net.advance(64 * T1 + 1)
+    assert one(net.take(a, CallFailed)) == CallFailed(ca, 408, "Request Timeout")
+    assert len(a) == 0
+
+
+def test_bye_ends_the_call_on_both_sides(pair: Pair) -> None:
+    net, a, b = pair
+    ca, cb = establish(net, a, b)
+    net.take(a), net.take(b)
+    op = b.bye(cb, net.now)
+    net.run()
+    assert one(net.take(a, CallTerminated)) == CallTerminated(ca, "bye")
+    assert one(net.take(b, CallTerminated)) == CallTerminated(cb, "local")
+    assert one(net.take(b, RequestCompleted)).op == op  # type: ignore[attr-defined]
+    assert len(a) == len(b) == 0
+
+
+# Late offer, lost ACK ----------------------------------------------------------------------------
+
+
+def test_late_offer_puts_the_offer_in_the_2xx_and_the_answer_in_the_ack(pair: Pair) -> None:
+    net, a, b = pair
+    ca = a.invite(uri(BOB, "b"), None, 0.0, answer_for=lambda offer: ANSWER if offer == OFFER else b"")
+    net.run()
+    inc = one(net.take(b, IncomingInvite))
+    assert inc.offer is None  # type: ignore[attr-defined]
+    b.answer_invite(inc.call, 200, net.now, sdp=OFFER)  # type: ignore[attr-defined]
+    net.run()
+    ack = one(net.sent("ACK"))
+    assert ack.body == ANSWER and ack.content_type == "application/sdp"  # type: ignore[union-attr]
+    assert one(net.take(b, CallEstablished)).remote_sdp == ANSWER  # type: ignore[attr-defined]
+    assert a.sdp(ca) == (ANSWER, OFFER)
+
+
+def test_lost_ack_makes_the_uas_retransmit_its_2xx_until_the_ack_arrives(pair: Pair) -> None:
+    net, a, b = pair
+    a.invite(uri(BOB, "b"), OFFER, 0.0)
+    net.run()
+    inc = one(net.take(b, IncomingInvite))
+    b.answer_invite(inc.call, 200, net.now, sdp=ANSWER)  # type: ignore[attr-defined]
+    acks_lost = [0]
+
+    def lose_two_acks(msg: Request | Response) -> bool:
+        if isinstance(msg, Request) and msg.method == "ACK" and acks_lost[0] < 2:
+            acks_lost[0] += 1
+            return True
+        return False
+
+    net.run(lose_two_acks)
+    net.advance(10.0, lose_two_acks)
+    oks = [m for m in net.sent("INVITE") if isinstance(m, Response) and m.status == 200]
+    assert len(oks) == 3  # the first and one per lost ACK
+    assert one(net.take(b, CallEstablished))
+    assert b.call_state(inc.call) == "confirmed"  # type: ignore[attr-defined]
+
+
+def test_no_ack_at_all_ends_the_call_with_bye_after_64_t1(pair: Pair) -> None:
+    net, a, b = pair
+    ca = a.invite(uri(BOB, "b"), OFFER, 0.0)
+    net.run()
+    inc = one(net.take(b, IncomingInvite))
+    b.answer_invite(inc.call, 200, net.now, sdp=ANSWER)  # type: ignore[attr-defined]
+
+    def no_acks(msg: Request | Response) -> bool:
+        return isinstance(msg, Request) and msg.method == "ACK"
+
+    net.advance(64 * T1 + 5, no_acks)
+    assert one(net.take(b, CallTerminated)) == CallTerminated(inc.call, "no-ack")  # type: ignore[attr-defined]
+    assert one(net.take(a, CallTerminated)) == CallTerminated(ca, "bye")
+    assert len(a) == len(b) == 0
+
+
+# CANCEL -------------------------------------------------------------------------------------------
+
+
+def test_cancel_after_ringing_gets_487_and_ends_the_call_on_both_sides(pair: Pair) -> None:
+    net, a, b = pair
+    ca = a.invite(uri(BOB, "b"), OFFER, 0.0)
+    net.run()
+    inc = one(net.take(b, IncomingInvite))
+    b.answer_invite(inc.call, 180, net.now)  # type: ignore[attr-defined]
+    net.run()
+    a.cancel(ca, net.now)
+    net.run()
+    assert one(net.take(a, CallFailed)) == CallFailed(ca, 487, "Request Terminated")
+    assert one(net.take(b, CallFailed)) == CallFailed(inc.call, 487, "Request Terminated")  # type: ignore[attr-defined]
+    assert [m.status for m in net.sent("CANCEL") if isinstance(m, Response)] == [200]
+    assert len(a) == len(b) == 0
+
+
+def test_cancel_before_any_response_waits_for_the_provisional(pair: Pair) -> None:
+    net, a, b = pair
+    ca = a.invite(uri(BOB, "b"), OFFER, 0.0)
+    a.cancel(ca, 0.0)
+    net.run()
+    assert net.sent("CANCEL") == []  # §9.1: not before a provisional response
+    net.advance(0.3)  # the INVITE server transaction's 100 Trying
+    assert [m.method for m in net.sent("CANCEL") if isinstance(m, Request)] == ["CANCEL"]
+    assert one(net.take(a, CallFailed)) == CallFailed(ca, 487, "Request Terminated")
+
+
+def test_2xx_racing_the_cancel_is_acked_and_the_call_ended_with_bye(pair: Pair) -> None:
+    net, a, b = pair
+    ca = a.invite(uri(BOB, "b"), OFFER, 0.0)
+    net.run()
+    inc = one(net.take(b, IncomingInvite))
+    b.answer_invite(inc.call, 180, net.now)  # type: ignore[attr-defined]
+    net.run()
+    a.cancel(ca, net.now)  # the CANCEL is queued on a's side...
+    # ...and the 200 on b's
+    b.answer_invite(inc.call, 200, net.now, sdp=ANSWER)  # type: ignore[attr-defined]
+    net.run()
+    assert one(net.take(a, CallFailed)) == CallFailed(ca, 487, "Request Terminated")
+    assert len(net.sent("ACK")) == 1
+    assert [m.method for m in net.sent("BYE") if isinstance(m, Request)] == ["BYE"]
+    assert len(a) == len(b) == 0
+
+
+# re-INVITE and glare ------------------------------------------------------------------------------
+
+
+def test_reinvite_changes_the_session_on_both_sides(pair: Pair) -> None:
+    net, a, b = pair
+    ca, cb = establish(net, a, b)
+    new_offer = OFFER.replace(b"4000", b"4002")
+    op = a.reinvite(ca, new_offer, net.now)
+    net.run()
+    rx = one(net.take(b, ReinviteReceived))
+    assert rx.offer == new_offer  # type: ignore[attr-defined]
+    b.answer_reinvite(cb, rx.rid, 200, net.now, sdp=ANSWER)  # type: ignore[attr-defined]
+    net.run()
+    done = one(net.take(a, ReinviteCompleted))
+    assert done.op == op and done.response.status == 200  # type: ignore[attr-defined]
+    assert b.sdp(cb) == (ANSWER, new_offer) and a.sdp(ca)[0] == new_offer
+    assert len(net.sent("ACK")) == 2
+
+
+def test_reinvite_without_sdp_gets_the_offer_in_2xx_and_answers_in_ack(pair: Pair) -> None:
+    net, a, b = pair
+    ca, cb = establish(net, a, b)
+    a.reinvite(ca, None, net.now, answer_for=lambda offer: ANSWER)
+    net.run()
+    rx = one(net.take(b, ReinviteReceived))
+    assert rx.offer is None  # type: ignore[attr-defined]
+    b.answer_reinvite(cb, rx.rid, 200, net.now, sdp=OFFER)  # type: ignore[attr-defined]
+    net.run()
+    assert net.sent("ACK")[-1].body == ANSWER
+    assert b.sdp(cb) == (OFFER, ANSWER)
+
+
+def test_rejected_reinvite_keeps_the_call(pair: Pair) -> None:
+    net, a, b = pair
+    ca, cb = establish(net, a, b)
+    a.reinvite(ca, OFFER, net.now)
+    net.run()
+    rx = one(net.take(b, ReinviteReceived))
+    b.answer_reinvite(cb, rx.rid, 488, net.now)  # type: ignore[attr-defined]
+    net.run()
+    assert one(net.take(a, ReinviteCompleted)).response.status == 488  # type: ignore[attr-defined]
+    assert a.call_state(ca) == b.call_state(cb) == "confirmed"
+
+
+def test_glare_gets_491_on_both_sides_and_the_retries_follow_the_back_off(pair: Pair) -> None:
+    net, a, b = pair
+    ca, cb = establish(net, a, b)  # a owns the Call-ID
+    a.reinvite(ca, OFFER, net.now)
+    b.reinvite(cb, ANSWER, net.now)
+    net.run()
+    start = net.now
+    glare = [m for m in net.sent("INVITE") if isinstance(m, Response) and m.status == 491]
+    assert len(glare) == 2
+    assert net.take(a, ReinviteReceived) == [] and net.take(b, ReinviteReceived) == []
+    # b (not the owner) retries within 0-2 s; a (the owner) only after 2.1 s: b's wins
+    net.advance(start + 2.05)
+    rx = one(net.take(a, ReinviteReceived))
+    a.answer_reinvite(ca, rx.rid, 200, net.now, sdp=OFFER)  # type: ignore[attr-defined]
+    net.run()
+    assert one(net.take(b, ReinviteCompleted)).response.status == 200  # type: ignore[attr-defined]
+    net.advance(start + 4.01)
+    rx = one(net.take(b, ReinviteReceived))
+    b.answer_reinvite(cb, rx.rid, 200, net.now, sdp=ANSWER)  # type: ignore[attr-defined]
+    net.run()
+    assert one(net.take(a, ReinviteCompleted)).response.status == 200  # type: ignore[attr-defined]
+
+
+def test_reinvite_while_ours_is_pending_is_answered_491(pair: Pair) -> None:
+    net, a, b = pair
+    ca, cb = establish(net, a, b)
+    a.reinvite(ca, OFFER, net.now)
+    net.run()
+    one(net.take(b, ReinviteReceived))
+    b.reinvite(cb, ANSWER, net.now)
+    net.run()
+    assert [m.status for m in net.sent("INVITE") if isinstance(m, Response)][-1] == 491
+
+
+def test_second_reinvite_from_the_app_while_one_is_pending_is_refused(pair: Pair) -> None:
+    net, a, b = pair
+    ca, _ = establish(net, a, b)
+    a.reinvite(ca, OFFER, net.now)
+    with pytest.raises(UAError):
+        a.reinvite(ca, OFFER, net.now)
+
+
+# REFER and NOTIFY --------------------------------------------------------------------------------
+
+
+def test_refer_202_then_notifies_100_and_200_end_the_subscription(pair: Pair) -> None:
+    net, a, b = pair
+    ca, cb = establish(net, a, b)
+    op = a.refer(ca, NameAddr(None, uri(CAROL, "carol")), net.now,
+                 referred_by=NameAddr(None, URI.parse("sip:alice@127.0.0.1")))
+    net.run()
+    rx = one(net.take(b, RequestReceived))
+    assert rx.request.method == "REFER"  # type: ignore[attr-defined]
+    assert rx.request.headers.get("Referred-By") == "sip:alice@127.0.0.1"  # type: ignore[attr-defined]
+    refer_id = b.accept_refer(cb, rx.rid, net.now)  # type: ignore[attr-defined]
+    net.run()
+    assert one(net.take(a, RequestCompleted)) == RequestCompleted(op, net.sent("REFER")[-1])  # type: ignore[arg-type]
+    assert one(net.take(a, ReferNotified)) == ReferNotified(ca, op, 100, "Trying", False)
+    b.notify_refer(cb, refer_id, 200, net.now)
+    net.run()
+    assert one(net.take(a, ReferNotified)) == ReferNotified(ca, op, 200, "OK", True)
+    notifies = [m for m in net.sent("NOTIFY") if isinstance(m, Request)]
+    assert [m.headers.get("Event") for m in notifies] == [f"refer;id={refer_id}"] * 2
+    assert notifies[0].headers.get("Subscription-State") == "active;expires=60"
+    assert notifies[1].headers.get("Subscription-State", ) == "terminated;reason=noresource"
+    assert notifies[1].content_type == "message/sipfrag" and notifies[1].body == b"SIP/2.0 200 OK\r\n"
+
+
+def test_notify_for_an_unknown_refer_subscription_gets_481(pair: Pair) -> None:
+    net, a, b = pair
+    ca, cb = establish(net, a, b)
+    b.request_in_call(cb, "NOTIFY", net.now, headers=[("Event", "refer;id=99"),
+                      ("Subscription-State", "active")], body=b"SIP/2.0 100 Trying\r\n",
+                      content_type="message/sipfrag")
+    net.run()
+    assert [m.status for m in net.sent("NOTIFY") if isinstance(m, Response)] == [481]
+
+
+def test_invite_with_replaces_terminates_the_replaced_dialog_with_bye() -> None:
+    a, b, c = core(ALICE, "alice"), core(BOB, "bob"), core(CAROL, "carol")
+    net = Net(a, b, c)
+    ca, cb = establish(net, a, b)
+    d = a.dialog(ca)
+    assert d is not None
+    # carol replaces alice in bob's call: Replaces names bob's dialog from bob's point of view
+    replaces = Replaces(d.call_id, to_tag=d.remote_tag, from_tag=d.local_tag)
+    cc = c.invite(uri(BOB, "b"), OFFER, net.now, headers=[("Replaces", str(replaces)),
+                                                          ("Referred-By", "<sip:alice@127.0.0.1>")])
+    net.run()
+    inc = one(net.take(b, IncomingInvite))
+    assert inc.replaces == replaces and inc.replaces_call == cb  # type: ignore[attr-defined]
+    assert str(inc.referred_by.uri) == "sip:alice@127.0.0.1"  # type: ignore[attr-defined]
+    b.answer_invite(inc.call, 200, net.now, sdp=ANSWER)  # type: ignore[attr-defined]
+    net.run()
+    assert one(net.take(b, CallTerminated)) == CallTerminated(cb, "replaced")
+    assert one(net.take(a, CallTerminated)) == CallTerminated(ca, "bye")
+    assert c.call_state(cc) == "confirmed" and len(b) == 1
+
+
+def test_invite_with_replaces_for_no_dialog_gets_481(pair: Pair) -> None:
+    net, a, b = pair
+    ca = a.invite(uri(BOB, "b"), OFFER, 0.0, headers=[("Replaces", "nope@x;to-tag=1;from-tag=2")])
+    net.run()
+    assert one(net.take(a, CallFailed)) == CallFailed(ca, 481, "Call/Transaction Does Not Exist")
+    assert net.take(b, IncomingInvite) == []
+
+
+# UAS checks ---------------------------------------------------------------------------------------
+
+
+def raw(method: str, *, to_tag: str | None = None, seq: int = 1, call_id: str = "x1",
+        extra: list[tuple[str, str]] | None = None, body: bytes = b"", ctype: str | None = None) -> bytes:
+    to = "<sip:bob@127.0.0.1:5080>" + (f";tag={to_tag}" if to_tag else "")
+    h = Headers([("Via", f"SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKraw{method}{seq}"),
+                 ("Max-Forwards", "70"), ("From", "<sip:alice@127.0.0.1>;tag=a1"), ("To", to),
+                 ("Call-ID", call_id), ("CSeq", f"{seq} {method}"),
+                 ("Contact", "<sip:alice@127.0.0.1:5070>"), *(extra or [])])
+    if ctype:
+        h.add("Content-Type", ctype)
+    return Request(method, URI.parse("sip:bob@127.0.0.1:5080"), h, body).to_bytes()
+
+
+def answers(b: UACore, data: bytes) -> list[Response]:
+    b.receive(data, ALICE, 0.0)
+    out = [parse_message(d) for d, _ in b.messages_to_send()]
+    return [m for m in out if isinstance(m, Response)]
+
+
+@pytest.mark.parametrize("method", ["BYE", "INFO", "REFER", "NOTIFY", "INVITE"])
+def test_request_for_an_unknown_dialog_gets_481(method: str) -> None:
+    b = core(BOB, "bob")
+    assert [r.status for r in answers(b, raw(method, to_tag="gone"))] == [481]
+
+
+def test_in_dialog_request_with_a_lower_cseq_gets_500(pair: Pair) -> None:
+    net, a, b = pair
+    ca, cb = establish(net, a, b)
+    d = a.dialog(ca)
+    assert d is not None
+    d.local_seq = 10
+    a.request_in_call(ca, "INFO", net.now, body=b"x", content_type="text/plain")
+    net.run()
+    one(net.take(b, RequestReceived))
+    d.local_seq = 4
+    a.request_in_call(ca, "INFO", net.now, body=b"y", content_type="text/plain")
+    net.run()
+    assert [m.status for m in net.sent("INFO") if isinstance(m, Response)] == [500]
+    assert net.take(b, RequestReceived) == []
+
+
+def test_unknown_method_gets_405_with_allow() -> None:
+    b = core(BOB, "bob")
+    (resp,) = answers(b, raw("PUBLISH"))
+    assert resp.status == 405 and "INVITE" in (resp.headers.get_all("Allow") or [])
+
+
+def test_invite_with_a_body_that_is_not_sdp_gets_415() -> None:
+    b = core(BOB, "bob")
+    statuses = [r.status for r in answers(b, raw("INVITE", body=b"<x/>", ctype="application/xml"))]
+    assert statuses == [415]
+
+
+def test_require_of_an_unknown_extension_gets_420_with_unsupported() -> None:
+    b = core(BOB, "bob")
+    (resp,) = answers(b, raw("INVITE", extra=[("Require", "100rel, replaces")]))
+    assert resp.status == 420 and resp.headers.get("Unsupported") == "100rel"
+
+
+def test_options_answered_with_allow_accept_supported_and_capabilities() -> None:
+    b = core(BOB, "bob", capabilities_sdp=lambda: ANSWER)
+    (resp,) = answers(b, raw("OPTIONS"))
+    assert resp.status == 200 and resp.body == ANSWER
+    assert "REFER" in resp.headers.get_all("Allow") and "replaces" in resp.headers.get_all("Supported")
+    assert "application/sdp" in resp.headers.get_all("Accept")
+
+
+def test_options_between_two_cores_completes_with_200(pair: Pair) -> None:
+    net, a, _ = pair
+    op = a.request("OPTIONS", uri(BOB, "b"), 0.0)
+    net.run()
+    done = one(net.take(a, RequestCompleted))
+    assert done.op == op and done.response.status == 200  # type: ignore[attr-defined]
+
+
+def test_out_of_dialog_method_the_app_asked_for_is_delivered_and_answered(pair: Pair) -> None:
+    net, a, b = pair
+    b.app_methods.add("MESSAGE")
+    a.request("MESSAGE", uri(BOB, "b"), 0.0, body=b"hi", content_type="text/plain")
+    net.run()
+    rx = one(net.take(b, RequestReceived))
+    b.respond(rx.rid, 202, net.now)  # type: ignore[attr-defined]
+    net.run()
+    assert one(net.take(a, RequestCompleted)).response.status == 202  # type: ignore[attr-defined]
+
+
+def test_garbage_and_malformed_headers_never_raise() -> None:
+    b = core(BOB, "bob")
+    b.receive(b"\x00\xffnot sip", ALICE, 0.0)
+    statuses = [r.status for r in answers(b, raw("INVITE", extra=[("Replaces", "bad")]))]
+    assert statuses == [400]
+
+
+def test_pending_request_of_a_call_that_ends_is_answered_481(pair: Pair) -> None:
+    net, a, b = pair
+    ca, cb = establish(net, a, b)
+    a.request_in_call(ca, "INFO", net.now, body=b"x", content_type="text/plain")
+    net.run()
+    one(net.take(b, RequestReceived))
+    a.bye(ca, net.now)
+    net.run()
+    assert [m.status for m in net.sent("INFO") if isinstance(m, Response)] == [481]
+    assert len(b.layer) <= 3
+
+
+# Route set ---------------------------------------------------------------------------------------
+
+
+def test_record_route_becomes_the_route_set_of_in_dialog_requests(pair: Pair) -> None:
+    # b is reached "through" a proxy that is really b itself: the Record-Route names b's address
+    net, a, b = pair
+    a.invite(uri(BOB, "b"), OFFER, 0.0, headers=[("Record-Route", "<sip:127.0.0.1:5080;lr>")])
+    net.run()
+    inc = one(net.take(b, IncomingInvite))
+    b.answer_invite(inc.call, 200, net.now, sdp=ANSWER)  # type: ignore[attr-defined]
+    net.run()
+    cb = inc.call  # type: ignore[attr-defined]
+    d = b.dialog(cb)
+    assert d is not None and [str(r.uri) for r in d.route_set] == ["sip:127.0.0.1:5080;lr"]
+    b.request_in_call(cb, "INFO", net.now, body=b"x", content_type="text/plain")
+    info = [m for m in net.sent("INFO") if isinstance(m, Request)]
+    b_msgs = [parse_message(data) for data, _ in b.messages_to_send()]
+    (sent_info,) = [m for m in b_msgs if isinstance(m, Request)]
+    assert info == [] and sent_info.headers.get("Route") == "<sip:127.0.0.1:5080;lr>"
+    assert str(sent_info.uri) == "sip:alice@127.0.0.1:5070"
