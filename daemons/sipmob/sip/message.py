@@ -154,17 +154,33 @@ class Headers:
 
     # reading --------------------------------------------------------------------------------
 
+    def _index(self) -> dict[str, list[str]]:
+        """Values by key, built once per version of the headers: most readers ask for several."""
+        cached = self._cache.get(_INDEX)
+        if cached is not None:
+            return cached  # type: ignore[return-value]
+        index: dict[str, list[str]] = {}
+        for k, _, v in self._lines:
+            values = index.get(k)
+            if values is None:
+                index[k] = [v]
+            else:
+                values.append(v)
+        self._cache[_INDEX] = index
+        return index
+
     def get(self, name: str) -> str | None:
         """The first value of ``name`` (the first element when the header is a list), or None."""
         key = header_key(name)
-        for k, _, v in self._lines:
-            if k == key:
-                if key in _SPLIT_KEYS:
-                    parts = split_commas(v)
-                    if parts:
-                        return parts[0]
-                    continue
-                return v
+        values = self._index().get(key)
+        if values is None:
+            return None
+        if key not in _SPLIT_KEYS:
+            return values[0]
+        for v in values:
+            parts = split_commas(v)
+            if parts:
+                return parts[0]
         return None
 
     def get_all(self, name: str) -> list[str]:
@@ -180,14 +196,12 @@ class Headers:
 
     def get_lines(self, name: str) -> list[str]:
         """The values of ``name`` as they appear line by line, without splitting commas."""
-        key = header_key(name)
-        return [v for k, _, v in self._lines if k == key]
+        return list(self._index().get(header_key(name), ()))
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        key = header_key(name)
-        return any(k == key for k, _, _ in self._lines)
+        return header_key(name) in self._index()
 
     def items(self) -> list[tuple[str, str]]:
         """All header lines as (name, value) in order."""
@@ -275,6 +289,8 @@ class Headers:
     def to_str(self) -> str:
         return "".join(f"{n}: {v}\r\n" for _, n, v in self._lines)
 
+
+_INDEX = "\0index"  # the `Headers._index` entry of the cache; no header key starts with NUL
 
 _SPLIT_KEYS = frozenset(
     k for k in ("via", "contact", "route", "record-route", "allow", "supported", "require",
@@ -506,6 +522,7 @@ _DATE_RE = re.compile(
     r"[0-9]{4} [0-9]{2}:[0-9]{2}:[0-9]{2} GMT\Z"
 )
 _HEADER_NAME_RE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*:[ \t]*")
+_HEADER_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
 # headers kept in a partial-parse error so that a 400 can still be built
 _RESPONSE_KEYS = ("via", "from", "to", "call-id", "cseq")
 _MANDATORY = ("to", "from", "call-id", "cseq", "via")
@@ -641,6 +658,41 @@ def _parse_start_line(line: str) -> Request | Response:
 
 
 def _parse_headers(head: str) -> Headers:
+    if "\r\n " in head or "\r\n\t" in head or head[:1] in (" ", "\t"):
+        return _parse_folded_headers(head)
+    lines: list[tuple[str, str, str]] = []
+    raw = head.split("\r\n")
+    if raw and raw[-1] == "":
+        raw.pop()
+    known = _NAMES.get
+    for line in raw:
+        name, colon, value = line.partition(":")
+        names = known(name)
+        if names is None:
+            if not colon:
+                raise SIPParseError("Bad header line")
+            names = _header_names(name)
+        lines.append((names[0], names[1], value.strip(" \t")))
+    return Headers._from_lines(lines)
+
+
+# (key, canonical name) by header name as received (with any blanks before the colon); bounded,
+# as a peer can send any number of different names
+_NAMES: dict[str, tuple[str, str]] = {}
+
+
+def _header_names(raw: str) -> tuple[str, str]:
+    name = raw.rstrip(" \t")
+    if _HEADER_TOKEN_RE.match(name) is None:
+        raise SIPParseError("Bad header line")
+    names = (header_key(name), canonical_name(name))
+    if len(_NAMES) >= 1024:
+        _NAMES.clear()
+    _NAMES[raw] = names
+    return names
+
+
+def _parse_folded_headers(head: str) -> Headers:
     lines: list[tuple[str, str, str]] = []
     raw = head.split("\r\n")
     if raw and raw[-1] == "":
@@ -663,14 +715,33 @@ def _parse_headers(head: str) -> Headers:
     return Headers._from_lines(lines)
 
 
+# The common shapes of name-addr and addr-spec (§20.10, §25.1): plain sip/sips URIs without
+# escapes, passwords or headers. Everything these accept, `NameAddr.parse_at` accepts too, so a
+# value that matches is left to be parsed when someone reads it; one that does not is parsed at
+# once, which either accepts it after all or says why not.
+_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_HOSTPORT = (r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9.])?)"
+             r"(?::(?:[0-9]{1,4}|[1-5][0-9]{4}))?")  # ports above 59999 take the careful path
+_URI_PARAM = r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+"
+_IN_BRACKETS = (rf"[sS][iI][pP][sS]?:(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]+@)?{_HOSTPORT}"
+                rf"(?:;{_URI_PARAM}(?:={_URI_PARAM})?)*")
+_ADDR_SPEC = rf"[sS][iI][pP][sS]?:(?:[A-Za-z0-9\-_.!~*'()&=+$/]+@)?{_HOSTPORT}(?=[ \t;,]|\Z)"
+_GENERIC_PARAM = (rf"[ \t]*;[ \t]*{_TOKEN}(?:[ \t]*=[ \t]*(?:[A-Za-z0-9\-.!%*_+`'~\[\]:]+"
+                  r"|\"(?:[^\"\\]|\\[\s\S])*\"))?(?=[ \t;,]|\Z)")
+_NAME_ADDR = (rf"[ \t]*(?:(?:\"[^\"\\\r\n]*\"|{_TOKEN}(?:[ \t]+{_TOKEN})*)?[ \t]*<{_IN_BRACKETS}>"
+              rf"|{_ADDR_SPEC})(?P<params>(?:{_GENERIC_PARAM})*)[ \t]*")
+_ONE_ADDR_RE = re.compile(rf"{_NAME_ADDR}\Z")
+_ADDR_LIST_RE = re.compile(rf"{_NAME_ADDR}(?:,{_NAME_ADDR.replace('?P<params>', '')})*\Z")
+
+
 def _validate(msg: Request | Response) -> None:
     h = msg.headers
-    keys = [k for k, _, _ in h._lines]
+    keys = h._index()
     for key in _MANDATORY:
         if key not in keys:
             raise SIPParseError(f"Missing {canonical_name(key)}")
     for key in _SINGLE:
-        if keys.count(key) > 1:
+        if len(keys.get(key, ())) > 1:
             raise SIPParseError(f"Multiple {canonical_name(key)} values")
     if isinstance(msg, Request) and "max-forwards" not in keys:
         # §8.1.1.6 makes it a MUST for a UAC; RFC 2543 peers omit it, and we do not serve them
@@ -680,10 +751,14 @@ def _validate(msg: Request | Response) -> None:
         raise SIPParseError("CSeq method does not match request method")
     if not msg.vias:
         raise SIPParseError("Missing Via")
-    msg.from_  # noqa: B018 - parse (and cache) now: a 400 is due if they are malformed
-    msg.to  # noqa: B018
+    # a 400 is due now if they are malformed, so what the quick check cannot vouch for is parsed
+    if _ONE_ADDR_RE.match(keys["from"][0]) is None:
+        msg.from_  # noqa: B018
+    if _ONE_ADDR_RE.match(keys["to"][0]) is None:
+        msg.to  # noqa: B018
     msg.max_forwards  # noqa: B018
-    if "contact" in keys:
+    contacts = keys.get("contact")
+    if contacts is not None and not all(_ADDR_LIST_RE.match(v) for v in contacts):
         msg.contact  # noqa: B018
     if not msg.call_id or not all(c not in " \t" for c in msg.call_id):
         raise SIPParseError("Bad Call-ID")

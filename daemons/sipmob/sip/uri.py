@@ -150,6 +150,10 @@ def _format_params(params: _Params) -> str:
     )
 
 
+_PARSED: dict[str, URI] = {}
+_PARSED_MAX = 2048
+_PARSED_MAX_LEN = 256
+
 # Parameters that, when present in only one URI, make two SIP URIs differ (§19.1.4).
 _SIGNIFICANT_PARAMS = ("user", "ttl", "method", "maddr")
 
@@ -181,6 +185,21 @@ class URI:
     @classmethod
     def parse(cls, s: str) -> URI:
         """Parse a URI in its bare form (no ``<>``, no surrounding whitespace)."""
+        if cls is URI:
+            # The same few URIs (ours, our peers') come back in every message; values are frozen,
+            # so one parse can be shared. Long ones are not kept, so the cache stays small.
+            uri = _PARSED.get(s)
+            if uri is None:
+                uri = cls._parse(s)
+                if len(s) <= _PARSED_MAX_LEN:
+                    if len(_PARSED) >= _PARSED_MAX:
+                        _PARSED.clear()
+                    _PARSED[s] = uri
+            return uri
+        return cls._parse(s)
+
+    @classmethod
+    def _parse(cls, s: str) -> URI:
         m = _SchemeRe.match(s)
         if m is None:
             raise SIPParseError("Bad URI: no scheme")
@@ -391,12 +410,36 @@ def quote(s: str) -> str:
 _WS = " \t"
 
 
+# One generic-param, as `_parse_header_params_slow` reads it; the lookahead leaves anything else to
+# the slow path, which knows what to complain about.
+_GENERIC_PARAM_RE = re.compile(
+    r"[ \t]*;[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)"
+    r"(?:[ \t]*=[ \t]*([A-Za-z0-9\-.!%*_+`'~\[\]:]+|\"(?:[^\"\\]|\\[\s\S])*\"))?"
+    r"(?=[ \t;,]|\Z)"
+)
+
+
 def parse_header_params(s: str, i: int) -> tuple[_Params, int]:
     """Parse ``*( SEMI generic-param )`` from ``s[i:]``; stops at a comma or the end.
 
     Values may be tokens, hosts or quoted strings; quoted values are returned with their quotes so
     that serialisation is exact (use `unquote` to read one).
     """
+    out: list[tuple[str, str | None]] = []
+    match = _GENERIC_PARAM_RE.match
+    j = i
+    while (m := match(s, j)) is not None:
+        out.append((m.group(1), m.group(2)))
+        j = m.end()
+    n = len(s)
+    while j < n and s[j] in _WS:
+        j += 1
+    if j >= n or s[j] == ",":
+        return tuple(out), j
+    return _parse_header_params_slow(s, i)  # malformed: let the careful parser say how
+
+
+def _parse_header_params_slow(s: str, i: int) -> tuple[_Params, int]:
     out: list[tuple[str, str | None]] = []
     n = len(s)
     while True:
