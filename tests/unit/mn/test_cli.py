@@ -1,0 +1,106 @@
+"""The sipmob command line: what each command asks the phone, output, exit codes (no phone needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sipmob.mn import cli, control
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, dict[str, Any]]]:
+    calls: list[tuple[str, str, dict[str, Any]]] = []
+
+    def fake_request(path: Any, command: str, args: Any = None, *, timeout: float = 30.0) -> Any:
+        calls.append((str(path), command, dict(args or {})))
+        if command == "calls":
+            return [{"id": "1", "peer": "sip:cn@192.0.2.1", "state": "confirmed",
+                     "streams": [{"media": "audio", "where": "Desk phone"}]}]
+        return f"call {args.get('call')}: done" if args else None
+
+    monkeypatch.setattr(control, "request", fake_request)
+    return calls
+
+
+def run(tmp_path: Path, *argv: str) -> int:
+    return cli.main(["--config", str(tmp_path / "absent.toml"), "--control", str(tmp_path / "s"), *argv])
+
+
+def test_transfer_sends_every_device_and_the_media(tmp_path: Path, sent: list[Any]) -> None:
+    assert run(tmp_path, "transfer", "1", "--to", "tv, speaker", "--media", "video") == 0
+    assert sent == [(str(tmp_path / "s"), "transfer",
+                     {"call": "1", "to": ["tv", "speaker"], "media": "video"})]
+
+
+def test_transfer_media_defaults_to_all(tmp_path: Path, sent: list[Any]) -> None:
+    run(tmp_path, "transfer", "1", "--to", "tv")
+    assert sent[0][2]["media"] == "all"
+
+
+def test_split_sends_display_camera_and_audio(tmp_path: Path, sent: list[Any]) -> None:
+    run(tmp_path, "split", "2", "--video-out", "tv", "--video-in", "cam", "--audio", "desk")
+    assert sent[0][1:] == ("split", {"call": "2", "video_out": "tv", "video_in": "cam", "audio": "desk"})
+
+
+def test_retrieve_and_call(tmp_path: Path, sent: list[Any]) -> None:
+    run(tmp_path, "retrieve", "3", "--media", "audio")
+    run(tmp_path, "call", "sip:cn@192.0.2.1")
+    assert [s[1:] for s in sent] == [("retrieve", {"call": "3", "media": "audio"}),
+                                     ("call", {"uri": "sip:cn@192.0.2.1"})]
+
+
+def test_phone_message_is_printed(tmp_path: Path, sent: list[Any],
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    run(tmp_path, "retrieve", "3")
+    assert capsys.readouterr().out == "call 3: done\n"
+
+
+def test_calls_are_one_line_each(tmp_path: Path, sent: list[Any], capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(tmp_path, "calls") == 0
+    assert capsys.readouterr().out == "1  sip:cn@192.0.2.1  confirmed  audio: Desk phone\n"
+
+
+def test_no_calls_says_so() -> None:
+    assert cli.format_calls([]) == "no calls"
+
+
+def test_control_path_comes_from_the_config_file(tmp_path: Path, sent: list[Any]) -> None:
+    config = tmp_path / "mn.toml"
+    config.write_text(f'[control]\npath = "{tmp_path / "from-config.sock"}"\n')
+    cli.main(["--config", str(config), "calls"])
+    assert sent[0][0] == str(tmp_path / "from-config.sock")
+
+
+def test_empty_device_list_is_a_usage_error(tmp_path: Path, sent: list[Any],
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(tmp_path, "transfer", "1", "--to", ",") == cli.EXIT_USAGE
+    assert capsys.readouterr().err == "sipmob: --to names no device\n"
+    assert sent == []
+
+
+def test_refusal_is_one_line_on_stderr_and_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    def refuse(*args: Any, **kw: Any) -> Any:
+        raise control.CommandError("no common audio codec: sip:cn@192.0.2.1 has PCMU/8000; "
+                                   "TV has opus/48000/2")
+
+    monkeypatch.setattr(control, "request", refuse)
+    assert run(tmp_path, "transfer", "1", "--to", "tv") == cli.EXIT_FAILED
+    assert capsys.readouterr().err == ("sipmob: no common audio codec: sip:cn@192.0.2.1 has PCMU/8000; "
+                                       "TV has opus/48000/2\n")
+
+
+def test_broken_config_file_is_named_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "mn.toml"
+    config.write_text('[calls]\ngrace_period = "soon"\n')
+    assert cli.main(["--config", str(config), "calls"]) == cli.EXIT_USAGE
+    assert f"{config}: calls.grace_period" in capsys.readouterr().err
+
+
+def test_unknown_media_is_rejected_by_the_parser(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        run(tmp_path, "transfer", "1", "--to", "tv", "--media", "text")
+    assert exc.value.code == 2
