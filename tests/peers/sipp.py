@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.peers.ports import free_udp_port
+
 SIPP = shutil.which("sipp")
 
 
@@ -113,8 +115,9 @@ class SippProcess:
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="sipp-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
-        self.local_port = local_port
-        self.argv = _argv(Path(xml_path).resolve(), target, local_port, calls, timeout, self.workdir,
+        # sipp's own default is 5060, which parallel runs would fight over.
+        self.local_port = local_port or free_udp_port(host)
+        self.argv = _argv(Path(xml_path).resolve(), target, self.local_port, calls, timeout, self.workdir,
                           list(extra_args or []), host)
         self._stdout = (self.workdir / "stdout.log").open("wb")
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._stdout,
@@ -122,8 +125,6 @@ class SippProcess:
 
     def wait_listening(self, timeout: float = 5.0) -> None:
         """Wait until sipp has bound its UDP port (for a UAS the test will send to)."""
-        if self.local_port == 0:
-            raise SippError("wait_listening needs an explicit local_port")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
