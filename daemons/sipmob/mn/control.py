@@ -113,9 +113,11 @@ class ControlServer:
             if _answers(self.path):
                 raise OSError(f"{self.path} is in use by another sipmob phone")
             self.path.unlink()  # left behind by a process that died
+        # Only the phone's user may move its calls. listenUNIX chmods to ``mode`` after binding; the
+        # umask closes the moment between the two.
         old = os.umask(0o177)
         try:
-            self._port = self.reactor.listenUNIX(str(self.path), _ControlFactory(self.handler))
+            self._port = self.reactor.listenUNIX(str(self.path), _ControlFactory(self.handler), mode=0o600)
         finally:
             os.umask(old)
 
