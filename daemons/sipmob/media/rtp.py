@@ -177,9 +177,9 @@ class RtpSender:
 
     def start(self, now: float) -> None:
         """(Re)start the schedule at ``now``; the stream's SSRC, sequence and timestamps carry on."""
-        if self._start is not None:
-            # Resume: the next packet's slot is now, its timestamp continues from where it stopped.
-            self._marker = True
+        # On a resume the next packet's slot is now, its timestamp continues from where it stopped,
+        # and it starts a talkspurt.
+        self._marker = True
         self._start = now - self._slot * self.ptime
 
     def stop(self) -> None:
