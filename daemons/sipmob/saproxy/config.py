@@ -27,8 +27,8 @@ def split_hostport(text: str, default_port: int) -> tuple[str, int]:
     """"HOST", "HOST:PORT" or "[V6]:PORT" with an IP literal HOST; raises ValueError."""
     host, port_text = text, ""
     if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        if rest and not rest.startswith(":"):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
             raise ValueError(f"expected [ADDRESS]:PORT, got {text!r}")
         port_text = rest[1:]
     elif text.count(":") == 1:

@@ -98,9 +98,11 @@ def options_to(port: int, host: str = HOST, timeout: float = 0.3) -> Response | 
         s.settimeout(timeout)
         me = s.getsockname()[1]
         branch = "z9hG4bK" + secrets.token_hex(6)
-        s.sendto((f"OPTIONS sip:saproxy@{host}:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {HOST}:{me};branch={branch}\r\n"
-                  f"Max-Forwards: 70\r\nTo: <sip:saproxy@{host}>\r\nFrom: <sip:test@{HOST}>;tag=1\r\n"
-                  f"Call-ID: {branch}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode(), (host, port))
+        request = (f"OPTIONS sip:saproxy@{host}:{port} SIP/2.0\r\n"
+                   f"Via: SIP/2.0/UDP {HOST}:{me};branch={branch}\r\n"
+                   f"Max-Forwards: 70\r\nTo: <sip:saproxy@{host}>\r\nFrom: <sip:test@{HOST}>;tag=1\r\n"
+                   f"Call-ID: {branch}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+        s.sendto(request.encode(), (host, port))
         try:
             reply = parse_message(s.recv(65535))
         except (TimeoutError, OSError, ValueError):
