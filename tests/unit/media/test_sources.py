@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 import wave
@@ -32,7 +33,7 @@ def test_tone_has_the_requested_frequency_and_amplitude() -> None:
     tone = ToneSource(1000, amplitude=0.5)
     frame = tone.read(8000)
     assert frame is not None
-    crossings = sum(1 for a, b in zip(frame, frame[1:], strict=False) if a < 0 <= b)
+    crossings = sum(1 for a, b in itertools.pairwise(frame) if a < 0 <= b)
     assert crossings == pytest.approx(1000, abs=1)
     assert max(frame) == pytest.approx(0.5 * 32767, rel=0.01)
 
