@@ -553,17 +553,25 @@ class UACore:
 
     # The event pump -------------------------------------------------------------------------------
 
+    def handle_layer_event(self, event: tx.Event, now: float) -> None:
+        """An event of our `layer` that someone else drained (a transport adapter that drives the
+        layer itself); never raises for the peer's mistakes."""
+        self._handle(event, now)
+
     def _pump(self, now: float) -> None:
         while (event := self.layer.next_event()) is not None:
-            try:
-                self._dispatch(event, now)
-            except ValueError as exc:
-                # a header the parser only reads on demand was malformed (SIPParseError), or a
-                # response lacked what a dialog needs
-                log.debug("dropped a message the UA cannot use: %s", exc)
-                if isinstance(event, tx.RequestReceived) and event.request.method != "ACK":
-                    reason = exc.reason if isinstance(exc, SIPParseError) else "Bad Request"
-                    self._reply(event.request, 400, now, reason=reason)
+            self._handle(event, now)
+
+    def _handle(self, event: tx.Event, now: float) -> None:
+        try:
+            self._dispatch(event, now)
+        except ValueError as exc:
+            # a header the parser only reads on demand was malformed (SIPParseError), or a
+            # response lacked what a dialog needs
+            log.debug("dropped a message the UA cannot use: %s", exc)
+            if isinstance(event, tx.RequestReceived) and event.request.method != "ACK":
+                reason = exc.reason if isinstance(exc, SIPParseError) else "Bad Request"
+                self._reply(event.request, 400, now, reason=reason)
 
     def _dispatch(self, event: tx.Event, now: float) -> None:
         if isinstance(event, tx.RequestReceived):

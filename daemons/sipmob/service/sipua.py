@@ -1,0 +1,605 @@
+"""A SIP user agent on the Twisted reactor: `UserAgent`, `IncomingCall`, `Call`.
+
+Maps the sans-I/O `sipmob.sip.ua.UACore` to Deferreds and callbacks: `SIPTransport` carries the
+bytes and drives the transaction timers, one `TimerDriver` drives the core's own deadlines (2xx
+retransmission, glare back-off), and each core event fires the Deferred or handler waiting for it.
+
+Not here: any SIP rule (they are all in `sipmob.sip`), SDP negotiation (the application passes SDP
+bytes in and gets SDP bytes out), media.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet import defer
+
+from sipmob.service.sipnet import SIPTransport
+from sipmob.service.timers import TimerDriver
+from sipmob.sip import ua as core
+from sipmob.sip.dialog import Dialog
+from sipmob.sip.headers import Replaces
+from sipmob.sip.message import Request, Response, reason_phrase
+from sipmob.sip.transaction import Event, TimerConfig
+from sipmob.sip.transport import Address
+from sipmob.sip.uri import URI, NameAddr
+
+__all__ = ["Call", "CallFailed", "IncomingCall", "IncomingRequest", "ReferProgress", "SIPError",
+           "UserAgent"]
+
+log = logging.getLogger("sipmob.sip.ua")
+
+
+class SIPError(Exception):
+    """A SIP failure with its status: raise it from a handler to answer with that status, or get
+    it from a request's Deferred (408 for a timeout)."""
+
+    def __init__(self, status: int, reason: str | None = None, response: Response | None = None) -> None:
+        self.status = status
+        self.reason = reason or reason_phrase(status)
+        self.response = response
+        super().__init__(f"{status} {self.reason}")
+
+
+class CallFailed(SIPError):
+    """An INVITE that made no call: its final status (408 on timeout, 487 when cancelled)."""
+
+
+def _uri(target: str | URI) -> URI:
+    return target if isinstance(target, URI) else URI.parse(target.strip().strip("<>"))
+
+
+class ReferProgress:
+    """A REFER the peer accepted (202). `final` fires with the status of the last NOTIFY's
+    sipfrag (RFC 3515 §2.4.5); `statuses` lists every status reported so far."""
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
+        self.statuses: list[int] = []
+        self.final: defer.Deferred[int] = defer.Deferred()
+
+
+class IncomingRequest:
+    """An out-of-dialog request given to an `UserAgent.on_request` handler."""
+
+    def __init__(self, ua: UserAgent, rid: int, request: Request) -> None:
+        self.ua = ua
+        self.rid = rid
+        self.request = request
+        self.responded = False
+
+    def respond(self, status: int, reason: str | None = None, *, headers: Sequence[tuple[str, str]] = (),
+                body: bytes = b"", content_type: str | None = None) -> None:
+        """Answer the request (once)."""
+        if self.responded:
+            return
+        self.responded = True
+        self.ua._core.respond(self.rid, status, self.ua._now(), reason=reason, headers=headers,
+                              body=body, content_type=content_type)
+        self.ua._flush()
+
+
+class Call:
+    """An established call (a confirmed INVITE dialog)."""
+
+    def __init__(self, ua: UserAgent, handle: int) -> None:
+        self.ua = ua
+        self.handle = handle
+        self.terminated: defer.Deferred[str] = defer.Deferred()
+        self._dialog: Dialog | None = ua._core.dialog(handle)
+        self._sdp: tuple[bytes | None, bytes | None] = (None, None)
+        self._reinvite_handler: Callable[[Call, Request], bytes | defer.Deferred[bytes]] | None = None
+        self._refer_handler: Callable[[Call, Request], Any] | None = None
+        self._request_handlers: dict[str, Callable[[Call, Request], Any]] = {}
+        self._terminated_handlers: list[Callable[[Call, str], None]] = []
+
+    def __repr__(self) -> str:
+        return f"<Call {self.call_id} {self.state}>"
+
+    @property
+    def dialog(self) -> Dialog:
+        d = self.ua._core.dialog(self.handle) or self._dialog
+        assert d is not None
+        self._dialog = d
+        return d
+
+    @property
+    def call_id(self) -> str:
+        return self.dialog.call_id
+
+    @property
+    def state(self) -> str:
+        return self.ua._core.call_state(self.handle)
+
+    @property
+    def local_sdp(self) -> bytes | None:
+        if self.state != "terminated":
+            self._sdp = self.ua._core.sdp(self.handle)
+        return self._sdp[0]
+
+    @property
+    def remote_sdp(self) -> bytes | None:
+        if self.state != "terminated":
+            self._sdp = self.ua._core.sdp(self.handle)
+        return self._sdp[1]
+
+    def reinvite(self, sdp: bytes | None, *,
+                 ack_sdp: Callable[[bytes], bytes] | None = None) -> defer.Deferred[Response]:
+        """Send a re-INVITE with a new offer (or none: then `ack_sdp(offer)` makes the answer the
+        ACK carries). Fires with the 2xx once ACKed; a 491 is retried after the §14.1 back-off;
+        errback `SIPError` for any other final status or a timeout."""
+        op = self.ua._core.reinvite(self.handle, sdp, self.ua._now(), answer_for=ack_sdp)
+        d: defer.Deferred[Response] = defer.Deferred()
+        self.ua._reinvites[op] = d
+        self.ua._flush()
+        return d
+
+    def on_reinvite(self, handler: Callable[[Call, Request], bytes | defer.Deferred[bytes]]) -> None:
+        """Who answers the peer's re-INVITEs: `handler` returns the answer SDP (or our offer when the
+        re-INVITE had none), or a Deferred of it; raising or errbacking `SIPError` rejects it.
+        Without a handler, re-INVITEs are answered with the current local SDP."""
+        self._reinvite_handler = handler
+
+    def bye(self) -> defer.Deferred[None]:
+        """Hang up: fires when the BYE is answered (or has timed out)."""
+        if self.state == "terminated":
+            return defer.succeed(None)
+        op = self.ua._core.bye(self.handle, self.ua._now())
+        d: defer.Deferred[None] = defer.Deferred()
+        if op:
+            self.ua._requests[op] = lambda _response: d.callback(None)
+        else:
+            d.callback(None)
+        self.ua._flush()
+        return d
+
+    def refer(self, refer_to: str | URI, *, replaces: Replaces | None = None,
+              referred_by: str | None = None) -> defer.Deferred[ReferProgress]:
+        """Send a REFER (RFC 3515), with ``?Replaces=`` embedded in Refer-To (RFC 3891) and a
+        Referred-By (RFC 3892) if given. Fires with a `ReferProgress` on 202; errback `SIPError`."""
+        uri = _uri(refer_to)
+        if replaces is not None:
+            uri = uri.replace(headers=(("Replaces", str(replaces)),))
+        by = NameAddr.parse(referred_by) if referred_by else None
+        op = self.ua._core.refer(self.handle, NameAddr(None, uri), self.ua._now(), referred_by=by)
+        d: defer.Deferred[ReferProgress] = defer.Deferred()
+
+        def completed(response: Response | None) -> None:
+            if response is None or response.status >= 300:
+                d.errback(_error(response))
+                return
+            progress = ReferProgress(response)
+            self.ua._refers[op] = progress
+            for status, terminated in self.ua._early_notifies.pop(op, []):
+                self.ua._refer_notified(progress, status, terminated)
+            d.callback(progress)
+
+        self.ua._requests[op] = completed
+        self.ua._flush()
+        return d
+
+    def on_refer(self, handler: Callable[[Call, Request], Any]) -> None:
+        """Who acts on the peer's REFERs. Raising `SIPError` declines; otherwise the REFER gets 202
+        and NOTIFY 100, and the handler's result is the outcome reported in the final NOTIFY: an
+        int status, a `Call` (200), or a Deferred of either (errback `SIPError` gives its status,
+        anything else 503). None leaves the subscription to `notify_refer`. Without a handler,
+        REFERs are declined with 603."""
+        self._refer_handler = handler
+
+    def notify_refer(self, refer_id: int, status: int, reason: str | None = None) -> None:
+        """Report progress of a REFER we accepted (``refer_id`` is the REFER's CSeq number)."""
+        self.ua._core.notify_refer(self.handle, refer_id, status, self.ua._now(), reason=reason)
+        self.ua._flush()
+
+    def on_request(self, method: str, handler: Callable[[Call, Request], Any]) -> None:
+        """Who answers other requests within the call (INFO, SUBSCRIBE, NOTIFY...): `handler`
+        returns a status (or a Deferred of one; None means 200). Without one, INFO and NOTIFY get
+        200 and the rest 405."""
+        self._request_handlers[method.upper()] = handler
+
+    def info(self, body: bytes, content_type: str) -> defer.Deferred[Response]:
+        """Send an INFO within the call; fires with the final response (errback `SIPError` on a
+        timeout)."""
+        return self.ua._in_call(self, "INFO", body=body, content_type=content_type)
+
+    def on_terminated(self, handler: Callable[[Call, str], None]) -> None:
+        """Called once when the call ends, with the reason ("bye", "local", "replaced", "no-ack",
+        "timeout")."""
+        self._terminated_handlers.append(handler)
+
+    def _ended(self, reason: str) -> None:
+        for handler in self._terminated_handlers:
+            try:
+                handler(self, reason)
+            except Exception:
+                log.exception("a terminated handler failed")
+        if not self.terminated.called:
+            self.terminated.callback(reason)
+
+
+class IncomingCall:
+    """An INVITE for us, not answered yet. ``replaced`` is the call its Replaces header names."""
+
+    def __init__(self, ua: UserAgent, event: core.IncomingInvite) -> None:
+        self.ua = ua
+        self.handle = event.call
+        self.request = event.request
+        self.offer = event.offer
+        self.replaces = event.replaces
+        self.referred_by = event.referred_by
+        self.replaced: Call | None = ua._calls.get(event.replaces_call) if event.replaces_call else None
+        self.cancelled: defer.Deferred[None] = defer.Deferred()
+        self._accepted: defer.Deferred[Call] | None = None
+
+    def ringing(self) -> None:
+        """Send 180 Ringing (an early dialog)."""
+        self.ua._core.answer_invite(self.handle, 180, self.ua._now())
+        self.ua._flush()
+
+    def accept(self, sdp: bytes) -> defer.Deferred[Call]:
+        """Answer 200 with `sdp` (our answer, or our offer if the INVITE had none; then the ACK
+        carries their answer). Fires with the `Call` when the ACK arrives; errback `CallFailed`
+        if the caller cancelled first."""
+        d: defer.Deferred[Call] = defer.Deferred()
+        self._accepted = d
+        self.ua._incoming[self.handle] = self
+        self.ua._core.answer_invite(self.handle, 200, self.ua._now(), sdp=sdp)
+        self.ua._flush()
+        return d
+
+    def reject(self, status: int = 486, reason: str | None = None) -> None:
+        """Refuse the call with a final status."""
+        self.ua._core.answer_invite(self.handle, status, self.ua._now(), reason=reason)
+        self.ua._flush()
+
+
+class UserAgent:
+    """A SIP UA on the reactor: calls out and in, re-INVITE, REFER, OPTIONS, INFO.
+
+    `listen` are ``(host, port, transport)``; the first is our Contact. `capabilities_sdp` makes
+    the body of our OPTIONS answers.
+    """
+
+    def __init__(self, reactor: Any = None, *,
+                 listen: Sequence[tuple[str, int, str]] = (("127.0.0.1", 5060, "udp"),),
+                 user: str = "sipmob", display_name: str | None = None, user_agent: str = "sipmob/0.1",
+                 timers: TimerConfig | None = None,
+                 capabilities_sdp: Callable[[], bytes] | None = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+            reactor = default_reactor
+        self.reactor = reactor
+        self._listen = listen
+        self._options = {"user": user, "display_name": display_name, "user_agent": user_agent,
+                         "timers": timers, "capabilities_sdp": capabilities_sdp}
+        self._transport = SIPTransport(reactor, None, listen, on_event=self._on_layer_event)
+        self._core_obj: core.UACore | None = None
+        self._timer: TimerDriver | None = None
+        self._call_handler: Callable[[IncomingCall], None] | None = None
+        self._request_handlers: dict[str, Callable[[IncomingRequest], Any]] = {}
+        self._calls: dict[int, Call] = {}
+        self._incoming: dict[int, IncomingCall] = {}
+        self._outgoing: dict[int, tuple[defer.Deferred[Call], Callable[[Response], Any] | None]] = {}
+        self._reinvites: dict[int, defer.Deferred[Response]] = {}
+        self._requests: dict[int, Callable[[Response | None], Any]] = {}
+        self._refers: dict[int, ReferProgress] = {}
+        self._early_notifies: dict[int, list[tuple[int, bool]]] = {}
+        self._draining = False
+        self.contact: URI | None = None
+        self.aor: URI | None = None
+        self.addresses: list[Address] = []
+
+    # Life cycle ---------------------------------------------------------------------------------
+
+    def start(self) -> defer.Deferred[list[Address]]:
+        """Bind the sockets; afterwards `contact`, `aor` and `addresses` are set."""
+        try:
+            self.addresses = self._transport.start()
+        except Exception:
+            return defer.fail()
+        self._core_obj = core.UACore(self.addresses, **self._options)  # type: ignore[arg-type]
+        self._core_obj.app_methods.update(self._request_handlers)
+        self.contact = self._core_obj.contact_uri
+        self.aor = self._core_obj.aor
+        self._transport.use_layer(self._core_obj.layer)
+        self._timer = TimerDriver(self.reactor, self._core_obj.get_timer, self._core_obj.handle_timer,
+                                  after=self._flush)
+        return defer.succeed(list(self.addresses))
+
+    def stop(self) -> defer.Deferred[None]:
+        """Close the sockets. Calls are not hung up: that is the application's decision."""
+        if self._timer is not None:
+            self._timer.cancel()
+        d = self._transport.stop()
+        return d.addCallback(lambda _: None)
+
+    # Handlers -----------------------------------------------------------------------------------
+
+    def on_incoming_call(self, handler: Callable[[IncomingCall], None]) -> None:
+        """Who hears of new INVITEs; without a handler they get 480."""
+        self._call_handler = handler
+
+    def on_request(self, method: str, handler: Callable[[IncomingRequest], Any]) -> None:
+        """Who answers out-of-dialog requests of `method` (OPTIONS is answered by default).
+        `handler` may respond itself, or return a status, or a Deferred of one; None means 200."""
+        method = method.upper()
+        self._request_handlers[method] = handler
+        if self._core_obj is not None:
+            self._core_obj.app_methods.add(method)
+
+    # Requests -----------------------------------------------------------------------------------
+
+    def invite(self, target: str | URI, sdp: bytes | None, *, headers: Sequence[tuple[str, str]] = (),
+               on_provisional: Callable[[Response], Any] | None = None,
+               ack_sdp: Callable[[bytes], bytes] | None = None) -> defer.Deferred[Call]:
+        """Call `target` with our offer (or none: then `ack_sdp(offer)` makes the ACK's answer).
+        Fires with the `Call` on 2xx, once ACKed; errback `CallFailed(status, reason)`. Cancelling
+        the Deferred sends CANCEL."""
+        handle = self._core.invite(_uri(target), sdp, self._now(), headers=headers, answer_for=ack_sdp)
+
+        def cancel(_: Any) -> None:
+            if self._core.call_state(handle) in ("calling", "early"):
+                self._core.cancel(handle, self._now())
+                self._flush()
+
+        d: defer.Deferred[Call] = defer.Deferred(cancel)
+        self._outgoing[handle] = (d, on_provisional)
+        self._flush()
+        return d
+
+    def options(self, target: str | URI, *, timeout: float | None = None) -> defer.Deferred[Response]:
+        """Send OPTIONS; fires with the final response (any status), errback `SIPError(408)` on a
+        transaction timeout or twisted's TimeoutError after `timeout` seconds."""
+        d = self.request("OPTIONS", target)
+        if timeout is not None:
+            d.addTimeout(timeout, self.reactor)
+        return d
+
+    def request(self, method: str, target: str | URI, *, headers: Sequence[tuple[str, str]] = (),
+                body: bytes = b"", content_type: str | None = None) -> defer.Deferred[Response]:
+        """Send an out-of-dialog request; fires with the final response (any status)."""
+        op = self._core.request(method.upper(), _uri(target), self._now(), headers=headers, body=body,
+                                content_type=content_type)
+        d: defer.Deferred[Response] = defer.Deferred()
+        self._requests[op] = _fire_response(d, any_status=True)
+        self._flush()
+        return d
+
+    # Internals ----------------------------------------------------------------------------------
+
+    @property
+    def _core(self) -> core.UACore:
+        if self._core_obj is None:
+            raise RuntimeError("UserAgent.start() first")
+        return self._core_obj
+
+    def _now(self) -> float:
+        return float(self.reactor.seconds())
+
+    def _in_call(self, call: Call, method: str, **kw: Any) -> defer.Deferred[Response]:
+        op = self._core.request_in_call(call.handle, method, self._now(), **kw)
+        d: defer.Deferred[Response] = defer.Deferred()
+        self._requests[op] = _fire_response(d, any_status=True)
+        self._flush()
+        return d
+
+    def _on_layer_event(self, event: Event) -> None:
+        self._core.handle_layer_event(event, self._now())
+        self._flush()  # folded into the outer loop when one is running
+
+    def _flush(self) -> None:
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            while True:
+                self._transport.flush()
+                event = self._core.next_event()
+                if event is None:
+                    break
+                try:
+                    self._on_event(event)
+                except Exception:
+                    log.exception("handling %s failed", type(event).__name__)
+        finally:
+            self._draining = False
+        if self._timer is not None:
+            self._timer.update()
+
+    def _on_event(self, event: core.UAEvent) -> None:
+        if isinstance(event, core.IncomingInvite):
+            incoming = IncomingCall(self, event)
+            self._incoming[event.call] = incoming
+            if self._call_handler is None:
+                incoming.reject(480)
+            else:
+                self._call_handler(incoming)
+        elif isinstance(event, core.CallProgress):
+            pending = self._outgoing.get(event.call)
+            if pending is not None and pending[1] is not None:
+                pending[1](event.response)
+        elif isinstance(event, core.CallEstablished):
+            call = Call(self, event.call)
+            self._calls[event.call] = call
+            out = self._outgoing.pop(event.call, None)
+            if out is not None:
+                out[0].callback(call)
+            incoming = self._incoming.pop(event.call, None)
+            if incoming is not None and incoming._accepted is not None:
+                incoming._accepted.callback(call)
+        elif isinstance(event, core.CallFailed):
+            self._call_failed(event)
+        elif isinstance(event, core.CallTerminated):
+            call = self._calls.pop(event.call, None)
+            if call is not None:
+                call._ended(event.reason)
+            incoming = self._incoming.pop(event.call, None)
+            if incoming is not None and incoming._accepted is not None and not incoming._accepted.called:
+                incoming._accepted.errback(CallFailed(408, "No ACK"))
+        elif isinstance(event, core.ReinviteReceived):
+            self._answer_reinvite(event)
+        elif isinstance(event, core.ReinviteCompleted):
+            d = self._reinvites.pop(event.op, None)
+            if d is not None:
+                _fire_response(d, any_status=False)(event.response)
+        elif isinstance(event, core.RequestReceived):
+            self._answer_request(event)
+        elif isinstance(event, core.ReferNotified):
+            progress = self._refers.get(event.op)
+            if progress is None:
+                # the NOTIFY overtook the 202 (RFC 3515 §2.4.5 allows it): keep it for later
+                self._early_notifies.setdefault(event.op, []).append((event.status, event.terminated))
+            else:
+                self._refer_notified(progress, event.status, event.terminated)
+                if event.terminated:
+                    self._refers.pop(event.op, None)
+        elif isinstance(event, core.RequestCompleted):
+            callback = self._requests.pop(event.op, None)
+            if callback is not None:
+                callback(event.response)
+
+    def _call_failed(self, event: core.CallFailed) -> None:
+        error = CallFailed(event.status, event.reason)
+        out = self._outgoing.pop(event.call, None)
+        if out is not None and not out[0].called:
+            out[0].errback(error)
+        incoming = self._incoming.pop(event.call, None)
+        if incoming is not None:
+            if not incoming.cancelled.called:
+                incoming.cancelled.callback(None)
+            if incoming._accepted is not None and not incoming._accepted.called:
+                incoming._accepted.errback(error)
+
+    @staticmethod
+    def _refer_notified(progress: ReferProgress, status: int, terminated: bool) -> None:
+        progress.statuses.append(status)
+        if terminated and not progress.final.called:
+            progress.final.callback(status)
+
+    def _answer_reinvite(self, event: core.ReinviteReceived) -> None:
+        call = self._calls.get(event.call)
+        handle, rid = event.call, event.rid
+
+        def answer(sdp: bytes) -> None:
+            self._core.answer_reinvite(handle, rid, 200, self._now(), sdp=sdp)
+            self._flush()
+
+        def reject(failure: Any) -> None:
+            exc = failure.value
+            status = exc.status if isinstance(exc, SIPError) else 500
+            if not isinstance(exc, SIPError):
+                log.error("the re-INVITE handler failed: %s", exc)
+            self._core.answer_reinvite(handle, rid, status, self._now())
+            self._flush()
+
+        if call is None or call._reinvite_handler is None:
+            answer(self._core.sdp(handle)[0] or b"")
+            return
+        d = defer.maybeDeferred(call._reinvite_handler, call, event.request)
+        d.addCallbacks(answer, reject).addErrback(lambda f: log.error("re-INVITE answer: %s", f.value))
+
+    def _answer_request(self, event: core.RequestReceived) -> None:
+        request = event.request
+        method = request.method
+        rid = event.rid
+        if event.call is None:
+            incoming = IncomingRequest(self, rid, request)
+            handler = self._request_handlers.get(method)
+            if handler is None:
+                incoming.respond(405)
+                return
+            self._run_handler(lambda: handler(incoming), incoming.respond,
+                              lambda: incoming.responded)
+            return
+        call = self._calls.get(event.call)
+        if method == "REFER":
+            self._answer_refer(call, event)
+            return
+        respond = lambda status, reason=None: self._respond(rid, status, reason)  # noqa: E731
+        call_handler = call._request_handlers.get(method) if call is not None else None
+        if call is None or call_handler is None:
+            respond(200 if method in ("INFO", "NOTIFY") else 405)
+            return
+        done = [False]
+
+        def respond_once(status: int, reason: str | None = None) -> None:
+            done[0] = True
+            respond(status, reason)
+
+        self._run_handler(lambda: call_handler(call, request), respond_once, lambda: done[0])
+
+    def _run_handler(self, run: Callable[[], Any], respond: Callable[..., None],
+                     responded: Callable[[], bool]) -> None:
+        def ok(result: Any) -> None:
+            if not responded():
+                respond(result if isinstance(result, int) else 200)
+
+        def failed(failure: Any) -> None:
+            exc = failure.value
+            if not isinstance(exc, SIPError):
+                log.error("a request handler failed: %s", exc)
+            if not responded():
+                respond(exc.status if isinstance(exc, SIPError) else 500)
+
+        defer.maybeDeferred(run).addCallbacks(ok, failed)
+
+    def _respond(self, rid: int, status: int, reason: str | None = None) -> None:
+        self._core.respond(rid, status, self._now(), reason=reason)
+        self._flush()
+
+    def _answer_refer(self, call: Call | None, event: core.RequestReceived) -> None:
+        handle, rid = event.call, event.rid
+        assert handle is not None
+        if call is None or call._refer_handler is None:
+            self._respond(rid, 603)
+            return
+        try:
+            result = call._refer_handler(call, event.request)
+        except SIPError as exc:
+            self._respond(rid, exc.status, exc.reason)
+            return
+        except Exception:
+            log.exception("the REFER handler failed")
+            self._respond(rid, 500)
+            return
+        refer_id = self._core.accept_refer(handle, rid, self._now())
+        self._flush()
+
+        def final(status: int) -> None:
+            if self._core.call_state(handle) != "terminated":
+                self._core.notify_refer(handle, refer_id, status, self._now())
+                self._flush()
+
+        def outcome(value: Any) -> None:
+            if isinstance(value, int):
+                final(value)
+            elif isinstance(value, Call):
+                final(200)
+
+        def failed(failure: Any) -> None:
+            exc = failure.value
+            final(exc.status if isinstance(exc, SIPError) else 503)
+
+        if isinstance(result, defer.Deferred):
+            result.addCallbacks(outcome, failed)
+        else:
+            outcome(result)
+
+
+def _error(response: Response | None) -> SIPError:
+    if response is None:
+        return SIPError(408, "Request Timeout")
+    return SIPError(response.status, response.reason, response)
+
+
+def _fire_response(d: defer.Deferred[Any], *, any_status: bool) -> Callable[[Response | None], None]:
+    def fire(response: Response | None) -> None:
+        if d.called:
+            return
+        if response is None or (not any_status and response.status >= 300):
+            d.errback(_error(response))
+        else:
+            d.callback(response)
+    return fire

@@ -1,0 +1,230 @@
+"""The Twisted `UserAgent` on real sockets: against baresip (calls both ways, RTP at the SDP address,
+re-INVITE moving baresip's RTP, late offer, BYE both ways) and against itself on loopback (REFER with
+its NOTIFYs, INVITE with Replaces).
+
+baresip runs through tests/peers/baresip.py (loopback only, stopped by PID); RTP is received with
+tests/peers/rtp.py's probe. Only 127.0.0.1 is used.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.peers.baresip import BARESIP, Baresip
+from tests.peers.rtp import RtpProbe
+from twisted.internet import defer, reactor
+from twisted.python.failure import Failure
+
+from sipmob.service.sipua import Call, CallFailed, IncomingCall, ReferProgress, UserAgent
+from sipmob.sip.headers import Replaces
+from sipmob.sip.message import Request
+
+needs_baresip = pytest.mark.skipif(BARESIP is None, reason="baresip is not installed (apt baresip-core)")
+
+
+def sdp(port: int, version: int = 1) -> bytes:
+    return (f"v=0\r\no=sipmob 1 {version} IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            f"m=audio {port} RTP/AVP 0 8\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n"
+            "a=sendrecv\r\n").encode()
+
+
+def wait(d: defer.Deferred[Any], timeout: float = 10.0) -> Any:
+    results: list[Any] = []
+    d.addBoth(results.append)
+    deadline = time.monotonic() + timeout
+    while not results and time.monotonic() < deadline:
+        reactor.iterate(0.01)  # type: ignore[attr-defined]
+    assert results, "the Deferred did not fire in time"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+def spin_until(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        reactor.iterate(0.01)  # type: ignore[attr-defined]
+    assert condition(), "condition not met in time"
+
+
+def wait_packets(probe: RtpProbe, n: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if probe.wait_for_packets(n, 0.02):
+            return True
+        reactor.iterate(0.01)  # type: ignore[attr-defined]
+    return False
+
+
+@pytest.fixture
+def ua() -> Iterator[UserAgent]:
+    agent = UserAgent(reactor, listen=[("127.0.0.1", 0, "udp")], user="mn")
+    wait(agent.start())
+    yield agent
+    wait(agent.stop())
+
+
+@pytest.fixture
+def probe() -> Iterator[RtpProbe]:
+    with RtpProbe() as p:
+        yield p
+
+
+@pytest.fixture
+def baresip(tmp_path: Path) -> Iterator[Baresip]:
+    if BARESIP is None:
+        pytest.skip("baresip is not installed")
+    peer = Baresip(tmp_path, user="dev1")
+    yield peer
+    peer.stop()
+
+
+@needs_baresip
+def test_call_to_baresip_gets_its_rtp_at_our_sdp_address(ua: UserAgent, baresip: Baresip,
+                                                          probe: RtpProbe) -> None:
+    call = wait(ua.invite(baresip.uri, sdp(probe.port)))
+    assert isinstance(call, Call) and call.state == "confirmed"
+    assert call.remote_sdp is not None and b"m=audio" in call.remote_sdp
+    assert wait_packets(probe, 10)
+    start = len(baresip.events)
+    wait(call.bye())
+    baresip.wait_call_event("CALL_CLOSED", start=start)
+
+
+@needs_baresip
+def test_reinvite_moves_baresip_rtp_to_another_port(ua: UserAgent, baresip: Baresip, probe: RtpProbe) -> None:
+    call = wait(ua.invite(baresip.uri, sdp(probe.port)))
+    assert wait_packets(probe, 5)
+    with RtpProbe() as moved:
+        response = wait(call.reinvite(sdp(moved.port, version=2)))
+        assert response.status == 200
+        assert wait_packets(moved, 10)
+    wait(call.bye())
+
+
+@needs_baresip
+def test_late_offer_call_to_baresip_answers_in_the_ack(ua: UserAgent, baresip: Baresip,
+                                                       probe: RtpProbe) -> None:
+    offers: list[bytes] = []
+
+    def answer(offer: bytes) -> bytes:
+        offers.append(offer)
+        return sdp(probe.port)
+
+    call = wait(ua.invite(baresip.uri, None, ack_sdp=answer))
+    assert offers and b"m=audio" in offers[0] and call.local_sdp == sdp(probe.port)
+    assert wait_packets(probe, 10)
+    wait(call.bye())
+
+
+@needs_baresip
+def test_baresip_calls_us_and_hangs_up(ua: UserAgent, baresip: Baresip, probe: RtpProbe) -> None:
+    calls: list[Call] = []
+
+    def incoming(inc: IncomingCall) -> None:
+        assert inc.offer is not None
+        inc.accept(sdp(probe.port)).addCallback(calls.append)
+
+    ua.on_incoming_call(incoming)
+    baresip.dial(f"sip:mn@127.0.0.1:{ua.addresses[0].port}")
+    spin_until(lambda: bool(calls))
+    assert wait_packets(probe, 10)
+    baresip.hangup()
+    assert wait(calls[0].terminated) == "bye"
+
+
+@needs_baresip
+def test_options_to_baresip_is_answered(ua: UserAgent, baresip: Baresip) -> None:
+    response = wait(ua.options(baresip.uri, timeout=5))
+    assert response.status == 200
+
+
+# UserAgent to UserAgent on loopback -------------------------------------------------------------------
+
+
+@pytest.fixture
+def three() -> Iterator[list[UserAgent]]:
+    agents = [UserAgent(reactor, listen=[("127.0.0.1", 0, "udp")], user=name) for name in ("a", "b", "c")]
+    for agent in agents:
+        wait(agent.start())
+    yield agents
+    for agent in agents:
+        wait(agent.stop())
+
+
+def target(agent: UserAgent) -> str:
+    return str(agent.contact)
+
+
+def answer_all(agent: UserAgent, port: int, calls: list[Call]) -> None:
+    agent.on_incoming_call(lambda inc: inc.accept(sdp(port)).addCallback(calls.append))
+
+
+def test_refer_makes_the_referee_call_the_target_and_reports_200(three: list[UserAgent]) -> None:
+    a, b, c = three
+    at_b: list[Call] = []
+    at_c: list[Call] = []
+    answer_all(b, 4002, at_b)
+    answer_all(c, 4004, at_c)
+    call = wait(a.invite(target(b), sdp(4000)))
+    spin_until(lambda: bool(at_b))
+
+    def on_refer(referred: Call, request: Request) -> defer.Deferred[Call]:
+        assert request.headers.get("Referred-By") == "sip:a@127.0.0.1"
+        refer_to = request.headers.get("Refer-To") or ""
+        return b.invite(refer_to.strip("<>"), sdp(4006))
+
+    at_b[0].on_refer(on_refer)
+    progress = wait(call.refer(target(c), referred_by="<sip:a@127.0.0.1>"))
+    assert isinstance(progress, ReferProgress) and progress.response.status == 202
+    assert wait(progress.final) == 200
+    assert progress.statuses[0] == 100
+    spin_until(lambda: bool(at_c))
+
+
+def test_refer_without_a_handler_is_declined(three: list[UserAgent]) -> None:
+    a, b, _ = three
+    at_b: list[Call] = []
+    answer_all(b, 4002, at_b)
+    call = wait(a.invite(target(b), sdp(4000)))
+    with pytest.raises(Exception) as info:
+        wait(call.refer("sip:x@127.0.0.1"))
+    assert getattr(info.value, "status", None) == 603
+
+
+def test_invite_with_replaces_ends_the_replaced_call(three: list[UserAgent]) -> None:
+    a, b, c = three
+    at_b: list[Call] = []
+    answer_all(b, 4002, at_b)
+    call_ab = wait(a.invite(target(b), sdp(4000)))
+    spin_until(lambda: bool(at_b))
+    d = call_ab.dialog
+    replaces = Replaces(d.call_id, to_tag=d.remote_tag, from_tag=d.local_tag)
+    call_cb = wait(c.invite(target(b), sdp(4004), headers=[("Replaces", str(replaces))]))
+    assert call_cb.state == "confirmed"
+    assert wait(at_b[0].terminated) == "replaced"
+    assert wait(call_ab.terminated) == "bye"
+
+
+def test_rejected_call_errbacks_with_the_status(three: list[UserAgent]) -> None:
+    a, b, _ = three
+    b.on_incoming_call(lambda inc: inc.reject(603))
+    with pytest.raises(CallFailed) as info:
+        wait(a.invite(target(b), sdp(4000)))
+    assert info.value.status == 603
+
+
+def test_info_within_a_call_reaches_the_peer_handler(three: list[UserAgent]) -> None:
+    a, b, _ = three
+    at_b: list[Call] = []
+    answer_all(b, 4002, at_b)
+    call = wait(a.invite(target(b), sdp(4000)))
+    spin_until(lambda: bool(at_b))
+    bodies: list[bytes] = []
+    at_b[0].on_request("INFO", lambda _call, request: bodies.append(request.body) or 200)
+    response = wait(call.info(b"Signal=5\r\n", "application/dtmf-relay"))
+    assert response.status == 200 and bodies == [b"Signal=5\r\n"]
