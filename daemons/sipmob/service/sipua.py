@@ -31,6 +31,8 @@ __all__ = ["Call", "CallFailed", "IncomingCall", "IncomingRequest", "ReferProgre
 
 log = logging.getLogger("sipmob.sip.ua")
 
+AckSdp = Callable[[bytes], "bytes | defer.Deferred[bytes]"]
+
 
 class SIPError(Exception):
     """A SIP failure with its status: raise it from a handler to answer with that status, or get
@@ -125,16 +127,29 @@ class Call:
             self._sdp = self.ua._core.sdp(self.handle)
         return self._sdp[1]
 
-    def reinvite(self, sdp: bytes | None, *,
-                 ack_sdp: Callable[[bytes], bytes] | None = None) -> defer.Deferred[Response]:
-        """Send a re-INVITE with a new offer (or none: then `ack_sdp(offer)` makes the answer the
-        ACK carries). Fires with the 2xx once ACKed; a 491 is retried after the §14.1 back-off;
-        errback `SIPError` for any other final status or a timeout."""
-        op = self.ua._core.reinvite(self.handle, sdp, self.ua._now(), answer_for=ack_sdp)
+    def reinvite(self, sdp: bytes | None, *, ack_sdp: AckSdp | None = None) -> defer.Deferred[Response]:
+        """Send a re-INVITE with a new offer. Fires with the 2xx once ACKed; a 491 is retried after
+        the §14.1 back-off; errback `SIPError` for any other final status or a timeout.
+
+        Without an offer, `ack_sdp(offer)` makes the ACK's answer (bytes or a Deferred of them);
+        without `ack_sdp` the ACK is held for `ack`."""
+        op = self.ua._core.reinvite(self.handle, sdp, self.ua._now())
         d: defer.Deferred[Response] = defer.Deferred()
         self.ua._reinvites[op] = d
+        if ack_sdp is not None:
+            self.ua._ack_sdp[-op] = ack_sdp
         self.ua._flush()
         return d
+
+    def ack(self, sdp: bytes | None) -> None:
+        """Send the ACK held for a late-offer 2xx, carrying our answer `sdp`."""
+        self.ua._core.ack(self.handle, sdp, self.ua._now())
+        self.ua._flush()
+
+    @property
+    def ack_pending(self) -> bool:
+        """Whether a late-offer 2xx waits for `ack`."""
+        return self.ua._core.ack_pending(self.handle)
 
     def on_reinvite(self, handler: Callable[[Call, Request], bytes | defer.Deferred[bytes]]) -> None:
         """Who answers the peer's re-INVITEs: `handler` returns the answer SDP (or our offer when the
@@ -286,6 +301,7 @@ class UserAgent:
         self._requests: dict[int, Callable[[Response | None], Any]] = {}
         self._refers: dict[int, ReferProgress] = {}
         self._early_notifies: dict[int, list[tuple[int, bool]]] = {}
+        self._ack_sdp: dict[int, AckSdp] = {}  # by call handle, or by -op for a re-INVITE
         self._draining = False
         self.contact: URI | None = None
         self.aor: URI | None = None
@@ -333,11 +349,16 @@ class UserAgent:
 
     def invite(self, target: str | URI, sdp: bytes | None, *, headers: Sequence[tuple[str, str]] = (),
                on_provisional: Callable[[Response], Any] | None = None,
-               ack_sdp: Callable[[bytes], bytes] | None = None) -> defer.Deferred[Call]:
-        """Call `target` with our offer (or none: then `ack_sdp(offer)` makes the ACK's answer).
-        Fires with the `Call` on 2xx, once ACKed; errback `CallFailed(status, reason)`. Cancelling
-        the Deferred sends CANCEL."""
-        handle = self._core.invite(_uri(target), sdp, self._now(), headers=headers, answer_for=ack_sdp)
+               ack_sdp: AckSdp | None = None) -> defer.Deferred[Call]:
+        """Call `target` with our offer. Fires with the `Call` on 2xx, once ACKed; errback
+        `CallFailed(status, reason)`. Cancelling the Deferred sends CANCEL.
+
+        Late offer (`sdp` None): `ack_sdp(offer)` returns the answer for the ACK, or a Deferred of
+        it (3PCC, RFC 3725: the answer comes from another dialog); without `ack_sdp` the Deferred
+        fires with the ACK still held and the application sends it with `Call.ack`."""
+        handle = self._core.invite(_uri(target), sdp, self._now(), headers=headers)
+        if ack_sdp is not None:
+            self._ack_sdp[handle] = ack_sdp
 
         def cancel(_: Any) -> None:
             if self._core.call_state(handle) in ("calling", "early"):
@@ -425,7 +446,13 @@ class UserAgent:
             self._calls[event.call] = call
             out = self._outgoing.pop(event.call, None)
             if out is not None:
-                out[0].callback(call)
+                d_out = out[0]
+                ack_sdp = self._ack_sdp.pop(event.call, None)
+                if ack_sdp is not None and self._core.ack_pending(event.call) and event.remote_sdp:
+                    self._held_ack(call, ack_sdp, event.remote_sdp).addCallbacks(
+                        lambda _: d_out.callback(call), d_out.errback)
+                else:
+                    d_out.callback(call)
             incoming = self._incoming.pop(event.call, None)
             if incoming is not None and incoming._accepted is not None:
                 incoming._accepted.callback(call)
@@ -442,8 +469,17 @@ class UserAgent:
             self._answer_reinvite(event)
         elif isinstance(event, core.ReinviteCompleted):
             d = self._reinvites.pop(event.op, None)
-            if d is not None:
-                _fire_response(d, any_status=False)(event.response)
+            ack_sdp = self._ack_sdp.pop(-event.op, None)
+            call = self._calls.get(event.call)
+            if d is None:
+                return
+            response = event.response
+            if (ack_sdp is not None and call is not None and response is not None
+                    and self._core.ack_pending(event.call) and response.body):
+                self._held_ack(call, ack_sdp, response.body).addCallbacks(
+                    lambda _: d.callback(response), d.errback)
+            else:
+                _fire_response(d, any_status=False)(response)
         elif isinstance(event, core.RequestReceived):
             self._answer_request(event)
         elif isinstance(event, core.ReferNotified):
@@ -471,6 +507,18 @@ class UserAgent:
                 incoming.cancelled.callback(None)
             if incoming._accepted is not None and not incoming._accepted.called:
                 incoming._accepted.errback(error)
+
+    def _held_ack(self, call: Call, ack_sdp: AckSdp, offer: bytes) -> defer.Deferred[None]:
+        """Send the held ACK once `ack_sdp` has produced the answer (a plain ACK if it fails)."""
+        def send(answer: bytes | None) -> None:
+            if self._core.ack_pending(call.handle):
+                call.ack(answer)
+
+        def failed(failure: Any) -> Any:
+            send(None)
+            return failure
+
+        return defer.maybeDeferred(ack_sdp, offer).addCallbacks(send, failed)
 
     @staticmethod
     def _refer_notified(progress: ReferProgress, status: int, terminated: bool) -> None:

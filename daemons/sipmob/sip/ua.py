@@ -192,6 +192,7 @@ class _Call:
     reinvite: tuple[int, Request, TransactionKey | None, bytes | None, int] | None = None
     reinvite_retry_at: float | None = None
     reinvite_answer_for: Callable[[bytes], bytes] | None = None
+    ack_pending: int | None = None  # CSeq of a 2xx whose ACK waits for `UACore.ack`
     # re-INVITE we received and have not answered finally yet
     incoming_reinvite: int | None = None
     replaces_call: int | None = None
@@ -308,7 +309,8 @@ class UACore:
                headers: Sequence[tuple[str, str]] = (),
                answer_for: Callable[[bytes], bytes] | None = None) -> int:
         """Send an INVITE to `target` (with our offer, or none for a late offer: then `answer_for`
-        gives the answer the ACK carries for the offer in the 2xx). Returns the call handle."""
+        gives the answer the ACK carries for the offer in the 2xx; without it the ACK waits for
+        `ack`, as third-party call control needs, RFC 3725 §4). Returns the call handle."""
         handle = self._new_handle()
         h = Headers()
         h.add("Max-Forwards", "70")
@@ -390,19 +392,37 @@ class UACore:
     def reinvite(self, call: int, sdp: bytes | None, now: float, *,
                  answer_for: Callable[[bytes], bytes] | None = None) -> int:
         """Send a re-INVITE (a new offer, or none to ask for theirs: `answer_for` then makes the
-        answer for the ACK). A 491 is retried after the §14.1 back-off. Returns the op number that
+        answer for the ACK, and without it the ACK waits for `ack`). A 491 is retried after the §14.1 back-off. Returns the op number that
         `ReinviteCompleted` carries."""
         c = self._call(call)
         if c.state != "confirmed" or c.dialog is None:
             raise UAError(f"call {call} is not established")
         if c.reinvite is not None:
             raise UAError(f"call {call} has a re-INVITE pending already (§14.1)")
+        if c.ack_pending is not None:
+            raise UAError(f"call {call} still owes an ACK with an answer")
         op = self._new_handle()
         c.reinvite = (op, c.invite, None, sdp, 0)
         c.reinvite_answer_for = answer_for
         self._send_reinvite(c, now)
         self._pump(now)
         return op
+
+    def ack_pending(self, call: int) -> bool:
+        """Whether the call's last 2xx (to a late-offer INVITE or re-INVITE) waits for `ack`."""
+        c = self._calls.get(call)
+        return c is not None and c.ack_pending is not None
+
+    def ack(self, call: int, sdp: bytes | None, now: float) -> None:
+        """Send the ACK held for a late-offer 2xx, with our answer to the offer it carried."""
+        c = self._call(call)
+        if c.ack_pending is None:
+            raise UAError(f"call {call} has no ACK waiting")
+        seq, c.ack_pending = c.ack_pending, None
+        if sdp is not None:
+            c.local_sdp = sdp
+        self._send_ack(c, seq, sdp or b"")
+        self._pump(now)
 
     def answer_reinvite(self, call: int, rid: int, status: int, now: float, *,
                         sdp: bytes | None = None, reason: str | None = None) -> None:
@@ -863,15 +883,19 @@ class UACore:
             c.dialog.update_from_response(response)
         c.dialog.confirm()
         body = b""
+        hold_ack = False
         if response.body:
+            c.remote_sdp = response.body
             if c.local_sdp is None:
-                c.remote_sdp = response.body
                 if c.answer_for is not None:
                     body = c.answer_for(response.body)
                     c.local_sdp = body
-            else:
-                c.remote_sdp = response.body
-        self._send_ack(c, c.invite.cseq.seq, body)
+                else:
+                    hold_ack = not c.cancel_wanted  # 3PCC: the answer comes from elsewhere
+        if hold_ack:
+            c.ack_pending = c.invite.cseq.seq
+        else:
+            self._send_ack(c, c.invite.cseq.seq, body)
         if c.cancel_wanted:
             # §9.1: the 2xx raced our CANCEL: the call goes up and comes down again at once
             self._send_bye(c, now)
@@ -890,14 +914,20 @@ class UACore:
         if 200 <= status < 300:
             c.dialog.update_from_response(response)
             body = b""
+            hold_ack = False
             if response.body:
                 c.remote_sdp = response.body
                 if sdp is None and c.reinvite_answer_for is not None:
                     body = c.reinvite_answer_for(response.body)
                     c.local_sdp = body
+                elif sdp is None:
+                    hold_ack = True
             if sdp is not None:
                 c.local_sdp = sdp
-            self._send_ack(c, request.cseq.seq, body)
+            if hold_ack:
+                c.ack_pending = request.cseq.seq
+            else:
+                self._send_ack(c, request.cseq.seq, body)
             c.reinvite = None
             self._events.append(ReinviteCompleted(c.handle, op, response))
             return

@@ -122,6 +122,30 @@ def test_late_offer_call_to_baresip_answers_in_the_ack(ua: UserAgent, baresip: B
 
 
 @needs_baresip
+def test_late_offer_ack_held_until_the_answer_comes_from_elsewhere(ua: UserAgent, baresip: Baresip,
+                                                                  probe: RtpProbe) -> None:
+    # 3PCC (RFC 3725 flow I): the answer is produced later, as if by a re-INVITE of another party
+    def answer_later(offer: bytes) -> defer.Deferred[bytes]:
+        d: defer.Deferred[bytes] = defer.Deferred()
+        reactor.callLater(0.3, d.callback, sdp(probe.port))  # type: ignore[attr-defined]
+        return d
+
+    call = wait(ua.invite(baresip.uri, None, ack_sdp=answer_later))
+    assert not call.ack_pending and call.local_sdp == sdp(probe.port)
+    assert wait_packets(probe, 10)
+    wait(call.bye())
+
+
+@needs_baresip
+def test_late_offer_call_acked_by_the_application(ua: UserAgent, baresip: Baresip, probe: RtpProbe) -> None:
+    call = wait(ua.invite(baresip.uri, None))
+    assert call.ack_pending and call.remote_sdp is not None
+    call.ack(sdp(probe.port))
+    assert wait_packets(probe, 10)
+    wait(call.bye())
+
+
+@needs_baresip
 def test_baresip_calls_us_and_hangs_up(ua: UserAgent, baresip: Baresip, probe: RtpProbe) -> None:
     calls: list[Call] = []
 

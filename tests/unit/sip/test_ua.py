@@ -215,6 +215,25 @@ def test_late_offer_puts_the_offer_in_the_2xx_and_the_answer_in_the_ack(pair: Pa
     assert a.sdp(ca) == (ANSWER, OFFER)
 
 
+def test_late_offer_without_answer_function_holds_the_ack_until_the_app_gives_the_answer(
+        pair: Pair) -> None:
+    net, a, b = pair
+    ca = a.invite(uri(BOB, "b"), None, 0.0)
+    net.run()
+    inc = one(net.take(b, IncomingInvite))
+    b.answer_invite(inc.call, 200, net.now, sdp=OFFER)  # type: ignore[attr-defined]
+    net.run()
+    assert one(net.take(a, CallEstablished)) == CallEstablished(ca, OFFER)
+    assert net.sent("ACK") == [] and a.ack_pending(ca)
+    net.advance(net.now + 1.6)  # the 2xx is retransmitted meanwhile, and not ACKed
+    assert net.sent("ACK") == []
+    a.ack(ca, ANSWER, net.now)
+    net.run()
+    assert one(net.sent("ACK")).body == ANSWER  # type: ignore[union-attr]
+    assert one(net.take(b, CallEstablished)) == CallEstablished(inc.call, ANSWER)  # type: ignore[attr-defined]
+    assert not a.ack_pending(ca)
+
+
 def test_lost_ack_makes_the_uas_retransmit_its_2xx_until_the_ack_arrives(pair: Pair) -> None:
     net, a, b = pair
     a.invite(uri(BOB, "b"), OFFER, 0.0)
