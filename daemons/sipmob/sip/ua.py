@@ -392,8 +392,8 @@ class UACore:
     def reinvite(self, call: int, sdp: bytes | None, now: float, *,
                  answer_for: Callable[[bytes], bytes] | None = None) -> int:
         """Send a re-INVITE (a new offer, or none to ask for theirs: `answer_for` then makes the
-        answer for the ACK, and without it the ACK waits for `ack`). A 491 is retried after the §14.1 back-off. Returns the op number that
-        `ReinviteCompleted` carries."""
+        answer for the ACK, and without it the ACK waits for `ack`). A 491 is retried after the
+        §14.1 back-off. Returns the op number that `ReinviteCompleted` carries."""
         c = self._call(call)
         if c.state != "confirmed" or c.dialog is None:
             raise UAError(f"call {call} is not established")
