@@ -1081,6 +1081,25 @@ class UACore:
                                      now)
 
 
+def referred_request(refer: Request) -> tuple[URI, list[tuple[str, str]]]:
+    """What a REFER asks the referee to send (RFC 3515 §2.4.2): the target URI without its
+    embedded headers, and the headers to send with it: an embedded ``Replaces`` (RFC 3891 §3)
+    and the REFER's ``Referred-By`` (RFC 3892 §3: the referee copies it into the triggered
+    request). Raises `SIPParseError` for a REFER without one well-formed Refer-To."""
+    values = refer.headers.get_lines("Refer-To")
+    if len(values) != 1:
+        raise SIPParseError("Exactly one Refer-To")
+    target = NameAddr.parse(values[0].strip()).uri
+    headers: list[tuple[str, str]] = []
+    replaces = target.header("Replaces")
+    if replaces is not None:
+        headers.append(("Replaces", str(Replaces.parse(replaces))))
+    referred_by = refer.headers.get("Referred-By")
+    if referred_by is not None:
+        headers.append(("Referred-By", referred_by.strip()))
+    return target.replace(headers=()), headers
+
+
 def _options(request: Request, name: str) -> list[str]:
     return [v.strip() for v in request.headers.get_all(name) if v.strip()]
 

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from sipmob.service.sipua import Call, CallFailed, IncomingCall, ReferProgress, UserAgent
 from sipmob.sip.headers import Replaces
 from sipmob.sip.message import Request
+from sipmob.sip.ua import referred_request
 
 needs_baresip = pytest.mark.skipif(BARESIP is None, reason="baresip is not installed (apt baresip-core)")
 
@@ -192,15 +193,20 @@ def test_refer_makes_the_referee_call_the_target_and_reports_200(three: list[Use
     a, b, c = three
     at_b: list[Call] = []
     at_c: list[Call] = []
+    incoming_at_c: list[IncomingCall] = []
     answer_all(b, 4002, at_b)
-    answer_all(c, 4004, at_c)
+
+    def at_c_incoming(inc: IncomingCall) -> None:
+        incoming_at_c.append(inc)
+        inc.accept(sdp(4004)).addCallback(at_c.append)
+
+    c.on_incoming_call(at_c_incoming)
     call = wait(a.invite(target(b), sdp(4000)))
     spin_until(lambda: bool(at_b))
 
     def on_refer(referred: Call, request: Request) -> defer.Deferred[Call]:
-        assert request.headers.get("Referred-By") == "sip:a@127.0.0.1"
-        refer_to = request.headers.get("Refer-To") or ""
-        return b.invite(refer_to.strip("<>"), sdp(4006))
+        to, headers = referred_request(request)
+        return b.invite(to, sdp(4006), headers=headers)
 
     at_b[0].on_refer(on_refer)
     progress = wait(call.refer(target(c), referred_by="<sip:a@127.0.0.1>"))
@@ -208,6 +214,8 @@ def test_refer_makes_the_referee_call_the_target_and_reports_200(three: list[Use
     assert wait(progress.final) == 200
     assert progress.statuses[0] == 100
     spin_until(lambda: bool(at_c))
+    referred_by = incoming_at_c[0].referred_by
+    assert referred_by is not None and str(referred_by.uri) == "sip:a@127.0.0.1"
 
 
 def test_refer_without_a_handler_is_declined(three: list[UserAgent]) -> None:

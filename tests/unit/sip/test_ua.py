@@ -24,6 +24,7 @@ from sipmob.sip.ua import (
     RequestReceived,
     UACore,
     UAError,
+    referred_request,
 )
 from sipmob.sip.uri import URI, NameAddr
 
@@ -596,3 +597,25 @@ def test_record_route_becomes_the_route_set_of_in_dialog_requests(pair: Pair) ->
     (sent_info,) = [m for m in b_msgs if isinstance(m, Request)]
     assert info == [] and sent_info.headers.get("Route") == "<sip:127.0.0.1:5080;lr>"
     assert str(sent_info.uri) == "sip:alice@127.0.0.1:5070"
+
+
+def test_referred_request_takes_replaces_from_refer_to_and_copies_referred_by() -> None:
+    replaces = Replaces("c1@h", to_tag="t1", from_tag="f1")
+    target = uri(CAROL, "carol").replace(headers=(("Replaces", str(replaces)),))
+    refer = Request("REFER", uri(BOB, "b"), Headers([("Refer-To", f"<{target}>"),
+                                                      ("Referred-By", "<sip:alice@127.0.0.1>")]))
+    to, headers = referred_request(refer)
+    assert to == uri(CAROL, "carol")
+    assert headers == [("Replaces", "c1@h;to-tag=t1;from-tag=f1"), ("Referred-By", "<sip:alice@127.0.0.1>")]
+
+
+def test_refer_with_replaces_round_trips_through_the_wire(pair: Pair) -> None:
+    net, a, b = pair
+    ca, cb = establish(net, a, b)
+    replaces = Replaces("c1@h", to_tag="t1", from_tag="f1")
+    target = uri(CAROL, "carol").replace(headers=(("Replaces", str(replaces)),))
+    a.refer(ca, NameAddr(None, target), net.now)
+    net.run()
+    rx = one(net.take(b, RequestReceived))
+    to, headers = referred_request(rx.request)  # type: ignore[attr-defined]
+    assert to == uri(CAROL, "carol") and headers == [("Replaces", str(replaces))]
