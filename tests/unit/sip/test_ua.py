@@ -619,3 +619,65 @@ def test_refer_with_replaces_round_trips_through_the_wire(pair: Pair) -> None:
     rx = one(net.take(b, RequestReceived))
     to, headers = referred_request(rx.request)  # type: ignore[attr-defined]
     assert to == uri(CAROL, "carol") and headers == [("Replaces", str(replaces))]
+
+
+# Reaping ------------------------------------------------------------------------------------------
+
+
+def _bye(net: Net, a: UACore, b: UACore) -> None:
+    ca, _ = establish(net, a, b)
+    a.bye(ca, net.now)
+
+
+def _reject(net: Net, a: UACore, b: UACore) -> None:
+    a.invite(uri(BOB, "b"), OFFER, net.now)
+    net.run()
+    b.answer_invite(one(net.take(b, IncomingInvite)).call, 603, net.now)  # type: ignore[attr-defined]
+
+
+def _cancel(net: Net, a: UACore, b: UACore) -> None:
+    ca = a.invite(uri(BOB, "b"), OFFER, net.now)
+    net.run()
+    b.answer_invite(one(net.take(b, IncomingInvite)).call, 180, net.now)  # type: ignore[attr-defined]
+    net.run()
+    a.cancel(ca, net.now)
+
+
+def _reinvite_then_bye(net: Net, a: UACore, b: UACore) -> None:
+    ca, cb = establish(net, a, b)
+    a.reinvite(ca, OFFER, net.now)
+    net.run()
+    b.answer_reinvite(cb, one(net.take(b, ReinviteReceived)).rid, 200, net.now, sdp=ANSWER)  # type: ignore[attr-defined]
+    net.run()
+    b.bye(cb, net.now)
+
+
+def _refer_then_bye(net: Net, a: UACore, b: UACore) -> None:
+    ca, cb = establish(net, a, b)
+    a.refer(ca, NameAddr(None, uri(CAROL, "c")), net.now)
+    net.run()
+    refer_id = b.accept_refer(cb, one(net.take(b, RequestReceived)).rid, net.now)  # type: ignore[attr-defined]
+    net.run()
+    b.notify_refer(cb, refer_id, 503, net.now)
+    net.run()
+    a.bye(ca, net.now)
+
+
+def _never_acked(net: Net, a: UACore, b: UACore) -> None:
+    a.invite(uri(BOB, "b"), OFFER, net.now)
+    net.run()
+    b.answer_invite(one(net.take(b, IncomingInvite)).call, 200, net.now, sdp=ANSWER)  # type: ignore[attr-defined]
+    net.advance(net.now + 64 * T1 + 1, lambda m: isinstance(m, Request) and m.method == "ACK")
+
+
+@pytest.mark.parametrize("scenario", [_bye, _reject, _cancel, _reinvite_then_bye, _refer_then_bye,
+                                      _never_acked])
+def test_calls_dialogs_and_transactions_are_all_reaped(pair: Pair, scenario: object) -> None:
+    net, a, b = pair
+    scenario(net, a, b)  # type: ignore[operator]
+    net.run()
+    net.advance(net.now + 200.0)
+    for ua in (a, b):
+        assert len(ua) == 0 and len(ua.layer) == 0
+        assert ua._by_dialog == {} and ua._by_invite_key == {} and ua._server == {} and ua._client == {}
+        assert ua.get_timer() is None
