@@ -1,5 +1,7 @@
 """The ``sipmob`` command: find the home's devices and drive a running ``sipmob phone``.
 
+    sipmob phone [--config PATH] [--control PATH] [--listen HOST:PORT] [--check-config]
+                                                                  runs the phone (sipmob.mn.phone)
     sipmob devices [--room R] [--media audio|video] [--json]     asks the DA itself
     sipmob call URI                                               the rest ask the phone over
     sipmob calls [--json]                                         its control socket
@@ -43,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None,
                    help="seconds to wait for an answer (default: 3 for devices, 60 otherwise)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    phone = sub.add_parser("phone", help="run the phone (sipmob phone --help for its options)",
+                           add_help=False)
+    phone.add_argument("options", nargs=argparse.REMAINDER)
 
     devices = sub.add_parser("devices", help="list the devices the DA knows")
     devices.add_argument("--room", help="only devices in this room")
@@ -157,6 +163,11 @@ def format_calls(calls: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["phone"]:
+        from sipmob.mn import phone
+
+        return phone.main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     try:

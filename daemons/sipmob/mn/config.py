@@ -74,7 +74,7 @@ class Media:
                             help='what we send: "tone" (a 440 Hz sine) or an 8 kHz mono WAV file')
     record: str = setting("", help="where to record what we receive (a WAV per call); empty: nowhere")
     codecs: list[str] = setting(default_factory=lambda: ["PCMU", "PCMA"],
-                                check=each(one_of("PCMU", "PCMA", "G722", "opus")),
+                                check=each(one_of("PCMU", "PCMA")),
                                 help="audio codecs we offer, most preferred first")
 
 

@@ -1,0 +1,498 @@
+"""``sipmob phone``: the mobile node, a SIP phone that moves its own calls in Mobile Node Control mode.
+
+`Phone` wires the parts together: a `sipmob.service.sipua.UserAgent` for SIP, one
+`sipmob.service.rtp.RtpEndpoint` per call for our own audio (a tone or a WAV file, recorded if
+configured), an `SLPClient` to find devices, the control socket (`sipmob.mn.control`) the ``sipmob``
+commands talk to, and for each transfer, split or retrieval the planner (`sipmob.mn.mobility`) and
+the executor (`sipmob.mn.executor`) through `_CallControl`, the SIP and media operations of one call.
+
+Each dialog's descriptions go through an `OfferAnswerState`, so every offer we send has the right
+``o=`` version. One mobility action runs at a time per call; a second one is refused.
+
+The phone itself handles audio only: a CN's video m-line is answered with port 0 (it can still be
+sent to a device with transfer, since the device gets the CN's own description). A re-INVITE from
+the CN while media is on devices is answered with our current description (sipua's default); the
+devices are not re-INVITEd.
+
+Not here: the planning rules, the SIP stack, the command line (`sipmob.mn.cli`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+
+from sipmob.media import codecs as media_codecs
+from sipmob.media.recorder import WavRecorder
+from sipmob.media.sources import AudioSource, ToneSource, WavSource
+from sipmob.mn import devices as discovery
+from sipmob.mn.config import MnConfig
+from sipmob.mn.control import CommandError, ControlServer
+from sipmob.mn.executor import SignallingFailed, execute
+from sipmob.mn.mobility import (
+    MOBILE_NODE,
+    CallState,
+    Device,
+    Layout,
+    MediaChoice,
+    Plan,
+    PlanError,
+    initial_layout,
+    plan_retrieve,
+    plan_split,
+    plan_transfer,
+)
+from sipmob.sdp import (
+    Codec,
+    DuplexSplit,
+    LocalCapabilities,
+    MediaCapability,
+    OfferAnswerError,
+    OfferAnswerState,
+    Origin,
+    SDPParseError,
+    SessionDescription,
+    answer,
+    codecs_of,
+    parse,
+)
+from sipmob.service import daemon
+from sipmob.service.sipua import Call, CallFailed, IncomingCall, SIPError, UserAgent
+from sipmob.service.slp import SLPClient
+
+log = logging.getLogger("sipmob.mn")
+
+
+def _origin(address: str) -> Origin:
+    return Origin("sipmob", secrets.randbelow(2**31), 1, "IN", "IP6" if ":" in address else "IP4", address)
+
+
+@dataclasses.dataclass
+class PhoneCall:
+    """One call with a CN and where its streams are."""
+
+    id: str
+    peer: str
+    call: Call
+    oa: OfferAnswerState
+    cn_sdp: SessionDescription
+    local_sdp: SessionDescription
+    rtp: Any  # RtpEndpoint
+    layout: Layout = ()
+    device_sdps: dict[str, SessionDescription] = dataclasses.field(default_factory=dict)
+    device_calls: dict[str, Call] = dataclasses.field(default_factory=dict)
+    device_oas: dict[str, OfferAnswerState] = dataclasses.field(default_factory=dict)
+    names: dict[str, str] = dataclasses.field(default_factory=dict)
+    busy: bool = False
+    recorder: WavRecorder | None = None
+
+    def state(self) -> CallState:
+        return CallState(self.id, self.peer, self.cn_sdp, self.local_sdp, self.layout,
+                         dict(self.device_sdps), dict(self.names))
+
+    def describe(self) -> dict[str, Any]:
+        streams = []
+        for i, location in enumerate(self.layout):
+            if location is None:
+                continue
+            kind = self.cn_sdp.media[i].media
+            if isinstance(location, DuplexSplit):
+                where = (f"out on {self.names.get(location.output_device, location.output_device)}, "
+                         f"in from {self.names.get(location.input_device, location.input_device)}")
+            else:
+                where = "this phone" if location == MOBILE_NODE else self.names.get(location, location)
+            streams.append({"media": kind, "where": where})
+        stats = self.rtp.stats()
+        return {"id": self.id, "peer": self.peer, "state": self.call.state, "streams": streams,
+                "devices": sorted(self.device_calls), "sending": bool(self.rtp.sending),
+                "rtp_sent": stats.sent_packets,
+                "rtp_received": sum(r.received for r in stats.sources.values())}
+
+
+class _CallControl:
+    """The SIP and media operations of one call, for the executor (`sipmob.mn.executor.CallControl`).
+
+    sipua ACKs every 2xx itself, so ``ack_*`` have nothing left to do, and cancelling an INVITE's
+    Deferred (the executor does on a timeout) sends the CANCEL, so ``cancel_device`` has neither.
+    """
+
+    def __init__(self, phone: Phone, pc: PhoneCall) -> None:
+        self.phone = phone
+        self.pc = pc
+
+    def cn_origin(self) -> Origin:
+        return self.pc.oa.origin
+
+    @defer.inlineCallbacks
+    def invite_device(self, device: str, offer: SessionDescription) -> Any:
+        oa = OfferAnswerState(_origin(self.phone.address))
+        stamped = oa.create_offer(offer)
+        try:
+            call = yield self.phone.ua.invite(device, stamped.to_bytes())
+        except CallFailed as exc:
+            raise SignallingFailed(exc.status, exc.reason) from None
+        self.pc.device_calls[device] = call
+        self.pc.device_oas[device] = oa
+        call.on_terminated(lambda c, reason: self._device_ended(device, c))
+        return self._answer_of(oa, call.remote_sdp, device)
+
+    def _answer_of(self, oa: OfferAnswerState, body: bytes | None, who: str) -> SessionDescription:
+        try:
+            sdp = parse(body or b"")
+            oa.receive_answer(sdp)
+        except (SDPParseError, OfferAnswerError) as exc:
+            raise SignallingFailed(None, f"unusable answer from {who}: {exc}") from None
+        return sdp
+
+    def _device_ended(self, device: str, call: Call) -> None:
+        if self.pc.device_calls.get(device) is call:
+            del self.pc.device_calls[device]
+            log.info("call %s: %s hung up", self.pc.id, self.pc.names.get(device, device))
+
+    def cancel_device(self, device: str) -> None:
+        pass
+
+    def ack_device(self, device: str) -> None:
+        pass
+
+    def bye_device(self, device: str) -> defer.Deferred[Any] | None:
+        call = self.pc.device_calls.pop(device, None)
+        self.pc.device_oas.pop(device, None)
+        return call.bye() if call is not None else None
+
+    @defer.inlineCallbacks
+    def reinvite_device(self, device: str, offer: SessionDescription) -> Any:
+        call, oa = self.pc.device_calls[device], self.pc.device_oas[device]
+        try:
+            response = yield call.reinvite(oa.create_offer(offer).to_bytes())
+        except SIPError as exc:
+            oa.rollback()
+            raise SignallingFailed(exc.status, exc.reason) from None
+        return self._answer_of(oa, response.body, device)
+
+    @defer.inlineCallbacks
+    def reinvite_cn(self, offer: SessionDescription) -> Any:
+        pc = self.pc
+        try:
+            response = yield pc.call.reinvite(pc.oa.create_offer(offer).to_bytes())
+        except SIPError as exc:
+            pc.oa.rollback()
+            raise SignallingFailed(exc.status, exc.reason) from None
+        sdp = self._answer_of(pc.oa, response.body, pc.peer)
+        pc.cn_sdp = sdp
+        return sdp
+
+    def ack_cn(self) -> None:
+        pass
+
+    def start_local_media(self, indices: Sequence[int]) -> None:
+        if self.phone.audio_index(self.pc) in indices:
+            self.phone.start_media(self.pc)
+
+    def stop_local_media(self, indices: Sequence[int]) -> None:
+        if self.phone.audio_index(self.pc) in indices:
+            self.pc.rtp.stop_sending()
+
+
+class Phone:
+    """The ``sipmob phone`` app (`sipmob.service.daemon.App`)."""
+
+    def __init__(self, config: MnConfig, reactor: Any) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.address = config.listen.address
+        self.ua = UserAgent(reactor, listen=[(config.listen.address, config.listen.port, "udp")],
+                            user=config.identity.user, display_name=config.identity.display_name or None,
+                            capabilities_sdp=self._capabilities)
+        self.slp = SLPClient(reactor, da=config.da_address, scopes=config.slp.scopes,
+                             multicast=config.da_address is None)
+        self.control = ControlServer(reactor, config.control_path, self.handle)
+        self.calls: dict[str, PhoneCall] = {}
+        self._next_id = 1
+        self.codecs = tuple(media_codecs.lookup(name, 8000) for name in config.media.codecs)
+
+    # App ------------------------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def start(self) -> Any:
+        yield self.ua.start()
+        self.ua.on_incoming_call(self._incoming)
+        self.control.start()
+        log.info("phone %s ready; control socket %s", self.ua.contact, self.control.path)
+
+    def reload(self, config: MnConfig) -> None:
+        self.config = dataclasses.replace(self.config, calls=config.calls, media=config.media, slp=config.slp)
+
+    @defer.inlineCallbacks
+    def stop(self) -> Any:
+        yield self.control.stop()
+        for pc in list(self.calls.values()):
+            for call in list(pc.device_calls.values()):
+                yield call.bye()
+            yield pc.call.bye()
+            self._ended(pc)
+        yield self.slp.close()
+        yield self.ua.stop()
+
+    def status(self) -> str:
+        n = len(self.calls)
+        return f"{n} call{'s' if n != 1 else ''}"
+
+    # Media ----------------------------------------------------------------------------------------
+
+    def _capabilities(self) -> bytes:
+        return self._local_sdp(0, _origin(self.address)).to_bytes()
+
+    def _local_caps(self) -> LocalCapabilities:
+        return LocalCapabilities((MediaCapability("audio", tuple(Codec(c.name, c.clock_rate)
+                                                                 for c in self.codecs)),))
+
+    def _local_sdp(self, port: int, origin: Origin) -> SessionDescription:
+        pts = " ".join(str(c.static_payload_type) for c in self.codecs)
+        rtpmaps = "".join(f"a=rtpmap:{c.static_payload_type} {c.name}/{c.clock_rate}\r\n"
+                          for c in self.codecs)
+        return parse(f"v=0\r\no={origin}\r\ns=-\r\nc=IN IP4 {self.address}\r\nt=0 0\r\n"
+                     f"m=audio {port} RTP/AVP {pts}\r\n{rtpmaps}a=sendrecv\r\n")
+
+    def _source(self) -> AudioSource:
+        audio_in = self.config.media.audio_in
+        return ToneSource() if audio_in == "tone" else WavSource(audio_in)
+
+    def audio_index(self, pc: PhoneCall) -> int | None:
+        return next((i for i, m in enumerate(pc.local_sdp.media) if m.media == "audio" and m.port), None)
+
+    def start_media(self, pc: PhoneCall) -> None:
+        index = self.audio_index(pc)
+        if index is None or index >= len(pc.cn_sdp.media) or pc.cn_sdp.media[index].port == 0:
+            return
+        theirs = pc.cn_sdp.media[index]
+        conn = pc.cn_sdp.connection_for(index)
+        for pt, codec in codecs_of(theirs):
+            ours = next((c for c in self.codecs if c.name.lower() == codec.encoding.lower()), None)
+            if ours is not None and conn is not None:
+                pc.rtp.start_sending(self._source(), ours, pt, (conn.address, theirs.port))
+                return
+        log.warning("call %s: no common audio codec with %s", pc.id, pc.peer)
+
+    def _new_rtp(self) -> Any:
+        from sipmob.service.rtp import RtpEndpoint
+
+        return RtpEndpoint(self.reactor, (self.address, self.config.listen.rtp_port))
+
+    def _add_call(self, call: Call, peer: str, oa: OfferAnswerState, rtp: Any) -> PhoneCall:
+        cid = str(self._next_id)
+        self._next_id += 1
+        assert oa.local is not None and oa.remote is not None
+        ours, theirs = (oa.local, oa.remote)
+        pc = PhoneCall(cid, peer, call, oa, theirs, ours, rtp, initial_layout(theirs))
+        if self.config.media.record:
+            path = Path(self.config.media.record) / f"call-{cid}.wav"
+            pc.recorder = WavRecorder(path)
+            rtp.attach_recorder(pc.recorder, {c.static_payload_type: c for c in self.codecs})
+        self.calls[cid] = pc
+        call.on_terminated(lambda c, reason: self._remote_ended(pc, reason))
+        self.start_media(pc)
+        log.info("call %s with %s established", cid, peer)
+        return pc
+
+    def _remote_ended(self, pc: PhoneCall, reason: str) -> None:
+        if self.calls.get(pc.id) is not pc:
+            return
+        log.info("call %s with %s ended (%s)", pc.id, pc.peer, reason)
+        for device, call in list(pc.device_calls.items()):
+            call.bye().addErrback(lambda f, d=device: log.warning("BYE to %s failed", d))
+        pc.device_calls.clear()
+        self._ended(pc)
+
+    def _ended(self, pc: PhoneCall) -> None:
+        self.calls.pop(pc.id, None)
+        pc.rtp.stop_sending()
+        if pc.recorder is not None:
+            pc.rtp.detach_recorder()
+            pc.recorder.close()
+        pc.rtp.close()
+
+    # Calls ----------------------------------------------------------------------------------------
+
+    def _incoming(self, incoming: IncomingCall) -> None:
+        if not self.config.calls.auto_answer or incoming.offer is None:
+            incoming.reject(486 if incoming.offer is not None else 488)
+            return
+        rtp = self._new_rtp()
+        oa = OfferAnswerState(_origin(self.address))
+        try:
+            offer = parse(incoming.offer)
+            oa.receive_offer(offer)
+            ours = answer(offer, self._local_caps(), origin=oa.origin, connection_address=self.address,
+                          ports={"audio": rtp.port})
+            stamped, _ = oa.create_answer(ours)
+        except (SDPParseError, OfferAnswerError) as exc:
+            log.warning("incoming call refused: %s", exc)
+            incoming.reject(488)
+            rtp.close()
+            return
+        peer = str(incoming.request.headers.get("From") or "unknown")
+        d = incoming.accept(stamped.to_bytes())
+        d.addCallbacks(lambda call: self._add_call(call, peer, oa, rtp),
+                       lambda failure: rtp.close())
+
+    @defer.inlineCallbacks
+    def call(self, uri: str) -> Any:
+        rtp = self._new_rtp()
+        oa = OfferAnswerState(_origin(self.address))
+        offer = oa.create_offer(self._local_sdp(rtp.port, oa.origin))
+        try:
+            call = yield self.ua.invite(uri, offer.to_bytes())
+            oa.receive_answer(parse(call.remote_sdp or b""))
+        except CallFailed as exc:
+            rtp.close()
+            raise CommandError(f"call to {uri} failed: {exc.status} {exc.reason}") from None
+        except (SDPParseError, OfferAnswerError) as exc:
+            rtp.close()
+            raise CommandError(f"call to {uri}: unusable answer: {exc}") from None
+        pc = self._add_call(call, uri, oa, rtp)
+        return f"call {pc.id} with {uri} established"
+
+    # Mobility -------------------------------------------------------------------------------------
+
+    def _pc(self, args: Mapping[str, Any]) -> PhoneCall:
+        cid = str(args.get("call", ""))
+        if cid not in self.calls:
+            raise CommandError(f"no call {cid!r} (calls: {', '.join(self.calls) or 'none'})")
+        pc = self.calls[cid]
+        if pc.busy:
+            raise CommandError(f"call {cid} is being moved already")
+        return pc
+
+    @defer.inlineCallbacks
+    def _devices(self, names: Sequence[str]) -> Any:
+        try:
+            d = discovery.discover(self.slp)
+            d.addTimeout(self.config.slp.timeout, self.reactor)
+            found = yield d
+        except Exception as exc:
+            raise CommandError(f"cannot find devices: no answer from the DA ({exc})") from None
+        out: list[Device] = []
+        for name in names:
+            try:
+                out.append(discovery.resolve(found, name).device())
+            except LookupError as exc:
+                raise CommandError(str(exc)) from None
+        return out
+
+    @defer.inlineCallbacks
+    def _cn_capabilities(self, pc: PhoneCall) -> Any:
+        """§6.1: the CN's codecs from its OPTIONS answer; None when it gives none."""
+        try:
+            response = yield self.ua.options(pc.peer, timeout=self.config.calls.options_timeout)
+        except Exception as exc:
+            log.info("call %s: OPTIONS to %s failed (%s); using its current description", pc.id, pc.peer, exc)
+            return None
+        if response.status >= 300 or not response.body:
+            return None
+        try:
+            return parse(response.body)
+        except SDPParseError:
+            return None
+
+    @defer.inlineCallbacks
+    def _run(self, pc: PhoneCall, make_plan: Any) -> Any:
+        pc.busy = True
+        try:
+            caps = yield self._cn_capabilities(pc)
+            try:
+                plan: Plan = make_plan(pc.state(), caps)
+            except PlanError as exc:
+                raise CommandError(str(exc)) from None
+            pc.names.update(plan.call.names)
+            log.info("call %s: %s %s", pc.id, plan.action, [type(s).__name__ for s in plan.steps])
+            outcome = yield execute(plan, _CallControl(self, pc), self.reactor,
+                                    device_timeout=self.config.calls.device_timeout)
+        finally:
+            pc.busy = False
+        log.info("%s", outcome.message)
+        if not outcome.ok:
+            raise CommandError(outcome.message)
+        pc.layout = outcome.layout
+        pc.device_sdps = dict(outcome.device_sdps)
+        pc.cn_sdp = outcome.cn_sdp
+        return outcome.message
+
+    @defer.inlineCallbacks
+    def transfer(self, args: Mapping[str, Any]) -> Any:
+        pc = self._pc(args)
+        devices = yield self._devices([str(n) for n in args.get("to", [])])
+        media: MediaChoice = args.get("media", "all")
+        grace = self.config.calls.grace_period
+        result = yield self._run(pc, lambda state, caps: plan_transfer(
+            state, devices, media, grace=grace, cn_capabilities=caps))
+        return result
+
+    @defer.inlineCallbacks
+    def split(self, args: Mapping[str, Any]) -> Any:
+        pc = self._pc(args)
+        names = [str(args["video_out"]), str(args["video_in"])]
+        names += [str(args["audio"])] if args.get("audio") else []
+        found = yield self._devices(names)
+        grace = self.config.calls.grace_period
+        result = yield self._run(pc, lambda state, caps: plan_split(
+            state, found[0], found[1], found[2] if len(found) > 2 else None, grace=grace,
+            cn_capabilities=caps))
+        return result
+
+    def retrieve(self, args: Mapping[str, Any]) -> Any:
+        pc = self._pc(args)
+        media: MediaChoice = args.get("media", "all")
+        return self._run(pc, lambda state, caps: plan_retrieve(state, media))
+
+    def handle(self, command: str, args: Mapping[str, Any]) -> Any:
+        """The control socket's requests."""
+        if command == "call":
+            return self.call(str(args.get("uri", "")))
+        if command == "calls":
+            return [pc.describe() for pc in self.calls.values()]
+        if command == "transfer":
+            return self.transfer(args)
+        if command == "split":
+            return self.split(args)
+        if command == "retrieve":
+            return self.retrieve(args)
+        raise CommandError(f"unknown command {command!r}")
+
+
+def _add_arguments(parser: Any) -> None:
+    parser.add_argument("--control", metavar="PATH", help="the control socket (overrides [control] path)")
+    parser.add_argument("--listen", metavar="HOST:PORT", help="SIP address (overrides [listen])")
+
+
+def _override(config: MnConfig, args: Any) -> MnConfig:
+    if args.control:
+        config = dataclasses.replace(config, control=dataclasses.replace(config.control, path=args.control))
+    if args.listen:
+        host, sep, port = args.listen.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"--listen must be HOST:PORT, got {args.listen!r}")
+        config = dataclasses.replace(config, listen=dataclasses.replace(
+            config.listen, address=host.strip("[]"), port=int(port)))
+    return config
+
+
+SPEC = daemon.DaemonSpec(
+    name="mn", config_type=MnConfig, build=lambda config, runtime: Phone(config, runtime.reactor),
+    description="sipmob phone: a SIP phone that moves its calls to the devices of the home",
+    add_arguments=_add_arguments, override=_override)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return daemon.run(SPEC, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

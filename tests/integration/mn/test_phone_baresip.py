@@ -1,0 +1,194 @@
+"""``sipmob phone`` end to end in Mobile Node Control mode: the phone as a process, baresip as the CN
+and as the devices, the real `sipmob-slpda` for discovery, the ``sipmob`` command as the user.
+
+Evidence that media moved comes from both sides: the phone's own RTP counters (it stops receiving
+the CN's audio once the CN is re-INVITEd to the device, and gets it back on retrieval) and the
+device's recording of what it received (the CN's tone). Loopback only; every process is stopped
+by its PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from array import array
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.peers.baresip import BARESIP, Baresip
+from tests.peers.ports import free_udp_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slpda"))
+from slpda_process import HOST, ROOT, Slpda  # noqa: E402
+
+pytestmark = [pytest.mark.peer,
+              pytest.mark.skipif(BARESIP is None, reason="baresip is not installed (apt baresip-core)")]
+
+ENV = {"PYTHONPATH": str(ROOT / "daemons"), "PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}
+
+
+def run(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def until(condition: Callable[[], Any], timeout: float = 10.0, step: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(step)
+    return condition()
+
+
+class Phone:
+    def __init__(self, directory: Path, da: str) -> None:
+        self.control = directory / "mn.sock"
+        self.config = directory / "mn.toml"
+        self.config.write_text(
+            f'[listen]\naddress = "127.0.0.1"\nport = {free_udp_port()}\n'
+            f'[calls]\ngrace_period = 0.5\ndevice_timeout = 2.0\noptions_timeout = 1.0\n'
+            f'[slp]\nda = "{da}"\n[control]\npath = "{self.control}"\n')
+        self.log = open(directory / "phone.log", "wb")  # closed in stop()
+        self.log_path = directory / "phone.log"
+        self.proc = subprocess.Popen([sys.executable, "-m", "sipmob.mn.cli", "phone", "--config",
+                                      str(self.config)], env=ENV, stdout=self.log, stderr=subprocess.STDOUT)
+        if not until(lambda: self.sipmob("calls").returncode == 0 or self.proc.poll() is not None):
+            raise RuntimeError(self.output())
+
+    def sipmob(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run("-m", "sipmob.mn.cli", "--config", str(self.config), *args)
+
+    def calls(self) -> list[dict[str, Any]]:
+        done = self.sipmob("calls", "--json")
+        assert done.returncode == 0, done.stderr
+        return list(json.loads(done.stdout))
+
+    def received(self) -> int:
+        return int(self.calls()[0]["rtp_received"])
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.log.close()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    (tmp_path / "da").mkdir()
+    da = Slpda(tmp_path / "da").start()
+    peers: list[Baresip] = []
+    phone: Phone | None = None
+    try:
+        cn = Baresip(tmp_path, user="cn")
+        peers.append(cn)
+        desk = Baresip(tmp_path, user="desk", record_dir=tmp_path / "desk-rec")
+        peers.append(desk)
+        deaf = Baresip(tmp_path, user="deaf", auto_answer=False)
+        peers.append(deaf)
+        address = f"{HOST}:{da.port}"
+        for peer, attrs in ((desk, "(name=Desk phone),(media=audio-sendrecv),(audio-codecs=PCMU,PCMA)"),
+                            (deaf, "(name=Deaf phone),(media=audio-sendrecv),(audio-codecs=PCMU)")):
+            done = run("-m", "sipmob.slp.tool", "--da", address, "register", peer.uri,
+                       "service:sip-device", attrs)
+            assert done.returncode == 0, done.stderr
+        done = run("-m", "sipmob.slp.tool", "--da", address, "register", "sip:opus@127.0.0.1:5999",
+                   "service:sip-device", "(name=Opus speaker),(media=audio-sendrecv),(audio-codecs=opus)")
+        assert done.returncode == 0, done.stderr
+        phone = Phone(tmp_path, address)
+        yield {"phone": phone, "cn": cn, "desk": desk, "deaf": deaf, "dir": tmp_path}
+    finally:
+        if phone is not None:
+            phone.stop()
+        for peer in peers:
+            peer.stop()
+        da.stop()
+
+
+def loud(path: Path) -> bool:
+    """Whether a WAV baresip is still writing (its header sizes not final yet) holds a loud sample."""
+    data = path.read_bytes()
+    start = data.find(b"data")
+    if start < 0:
+        return False
+    body = data[start + 8:]
+    samples = array("h", body[:len(body) // 2 * 2])
+    return bool(samples) and max(abs(s) for s in samples) > 1000
+
+
+def test_transfer_to_a_device_and_retrieve(home: dict[str, Any]) -> None:
+    phone, cn, desk = home["phone"], home["cn"], home["desk"]
+    done = phone.sipmob("call", cn.uri)
+    assert done.returncode == 0, done.stderr + phone.output()
+    assert until(lambda: phone.received() > 20), "no RTP from the CN"
+
+    done = phone.sipmob("transfer", "1", "--to", "desk-phone")
+    assert done.returncode == 0, done.stderr + phone.output()
+    assert done.stdout.strip() == "call 1: audio on Desk phone"
+    [call] = phone.calls()
+    assert call["streams"] == [{"media": "audio", "where": "Desk phone"}]
+    assert call["sending"] is False  # the grace period is over
+    desk.wait_call_event("CALL_ESTABLISHED")
+    # The CN now sends to the desk phone: our count stops growing.
+    time.sleep(0.3)
+    settled = phone.received()
+    time.sleep(1.0)
+    assert phone.received() - settled <= 2
+    assert until(lambda: any(loud(p) for p in (home["dir"] / "desk-rec").glob("*-dec.wav")), 5), \
+        "the desk phone did not receive the CN's tone"
+
+    start = len(desk.events)
+    done = phone.sipmob("retrieve", "1")
+    assert done.returncode == 0, done.stderr + phone.output()
+    assert done.stdout.strip() == "call 1: audio on this phone"
+    desk.wait_call_event("CALL_CLOSED", start=start)
+    before = phone.received()
+    assert until(lambda: phone.received() > before + 20), "the CN's audio did not come back"
+    assert phone.calls()[0]["sending"] is True
+
+
+def test_device_that_never_answers_leaves_the_call_where_it_was(home: dict[str, Any]) -> None:
+    phone, cn = home["phone"], home["cn"]
+    assert phone.sipmob("call", cn.uri).returncode == 0
+    done = phone.sipmob("transfer", "1", "--to", "deaf-phone")
+    assert done.returncode == 1
+    assert done.stderr.strip() == ("sipmob: transfer of call 1 failed: Deaf phone did not answer "
+                                   "(no answer in 2 s); the call stays as it was")
+    [call] = phone.calls()
+    assert call["streams"] == [{"media": "audio", "where": "this phone"}] and call["devices"] == []
+    before = phone.received()
+    assert until(lambda: phone.received() > before + 20)
+
+
+def test_no_common_codec_is_refused_naming_both_sides(home: dict[str, Any]) -> None:
+    phone, cn = home["phone"], home["cn"]
+    assert phone.sipmob("call", cn.uri).returncode == 0
+    done = phone.sipmob("transfer", "1", "--to", "opus-speaker")
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"sipmob: no common audio codec: {cn.uri} has ")
+    assert done.stderr.strip().endswith("Opus speaker has opus/48000/2")
+    assert phone.calls()[0]["streams"] == [{"media": "audio", "where": "this phone"}]
+
+
+def test_unknown_device_is_named_with_the_known_ones(home: dict[str, Any]) -> None:
+    phone, cn = home["phone"], home["cn"]
+    assert phone.sipmob("call", cn.uri).returncode == 0
+    done = phone.sipmob("transfer", "1", "--to", "fridge")
+    assert done.returncode == 1
+    assert done.stderr.strip() == ("sipmob: no device 'fridge' (known: deaf-phone, desk-phone, "
+                                   "opus-speaker)")
