@@ -25,7 +25,7 @@ from tests.peers.baresip import BARESIP, Baresip
 from tests.peers.ports import free_udp_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slpda"))
-from slpda_process import HOST, ROOT, Slpda  # noqa: E402
+from slpda_process import HOST, ROOT, Slpda
 
 pytestmark = [pytest.mark.peer,
               pytest.mark.skipif(BARESIP is None, reason="baresip is not installed (apt baresip-core)")]
