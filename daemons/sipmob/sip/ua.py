@@ -193,6 +193,7 @@ class _Call:
     reinvite_retry_at: float | None = None
     reinvite_answer_for: Callable[[bytes], bytes] | None = None
     ack_pending: int | None = None  # CSeq of a 2xx whose ACK waits for `UACore.ack`
+    kind: str = "invite"  # or "subscription" (RFC 6665), which has no INVITE, ACK or BYE
     # re-INVITE we received and have not answered finally yet
     incoming_reinvite: int | None = None
     replaces_call: int | None = None
@@ -482,6 +483,8 @@ class UACore:
                                           body=body, content_type=content_type)
         key = self.layer.send_request(request, c.dialog.destination(), now)
         self._client[key] = (op, call, method)
+        if c.kind == "subscription" and method == "NOTIFY" and _subscription_state(request) == "terminated":
+            self._end(c, "terminated", now)  # RFC 6665 §4.2.2: the notifier's last NOTIFY
         self._pump(now)
         return op
 
@@ -558,18 +561,64 @@ class UACore:
 
     def respond(self, rid: int, status: int, now: float, *, reason: str | None = None,
                 headers: Sequence[tuple[str, str]] = (), body: bytes = b"",
-                content_type: str | None = None) -> None:
-        """Answer a request delivered as `RequestReceived` (or decline a REFER)."""
+                content_type: str | None = None) -> int | None:
+        """Answer a request delivered as `RequestReceived` (or decline a REFER).
+
+        A 2xx to an out-of-dialog SUBSCRIBE creates a subscription dialog (RFC 6665 §4.2.1): its
+        handle is returned, for the NOTIFYs the application sends with `request_in_call` (one
+        with ``Subscription-State: terminated`` ends it). A 2xx to a NOTIFY saying ``terminated``
+        ends the subscription it belongs to."""
         sr = self._server.pop(rid, None)
         if sr is None:
             raise UAError(f"no request {rid} waiting for an answer")
         h = [*headers, *self._response_common()]
         if body:
             h.append(("Content-Type", content_type or SDP))
-        tag = sr.to_tag if sr.request.to.tag is None else None
-        self.layer.send_response(make_response(sr.request, status, reason, to_tag=tag or self._token(),
-                                               headers=h, body=body), now)
+        request = sr.request
+        tag = (sr.to_tag or self._token()) if request.to.tag is None else None
+        if request.method == "SUBSCRIBE" and tag is not None and 200 <= status < 300:
+            h.append(("Contact", str(self.local_contact)))
+        self.layer.send_response(make_response(request, status, reason, to_tag=tag, headers=h, body=body),
+                                 now)
+        created: int | None = None
+        ok = 200 <= status < 300
+        if request.method == "SUBSCRIBE" and tag is not None and ok:
+            created = self._new_handle()
+            dialog = Dialog.from_uas(request, tag, self.local_contact, confirmed=True)
+            self._calls[created] = _Call(created, False, "confirmed", request, dialog=dialog,
+                                         kind="subscription")
+            self._by_dialog[dialog.id] = created
+        c = self._calls.get(sr.call) if sr.call is not None else None
+        if c is not None and c.kind == "subscription" and request.method == "NOTIFY" and ok \
+                and _subscription_state(request) == "terminated":
+            self._end(c, "terminated", now)
         self._pump(now)
+        return created
+
+    def subscribe(self, target: URI, event: str, now: float, *, expires: int = 600,
+                  headers: Sequence[tuple[str, str]] = ()) -> int:
+        """Send a SUBSCRIBE for `event` (RFC 6665). Returns the subscription's handle; its
+        `RequestCompleted` carries the response, and a 2xx makes the subscription dialog in which
+        NOTIFYs arrive as `RequestReceived` (answer them with `respond`)."""
+        handle = self._new_handle()
+        h = Headers()
+        h.add("Max-Forwards", "70")
+        h.add("From", str(NameAddr(self.display_name, self.aor, (("tag", self._token()),))))
+        h.add("To", str(NameAddr(None, target.replace(headers=()))))
+        h.add("Call-ID", f"{self._token()}@{self.contact_uri.host}")
+        h.add("CSeq", str(CSeq(1, "SUBSCRIBE")))
+        h.add("Contact", str(self.local_contact))
+        h.add("Event", event)
+        h.add("Expires", str(expires))
+        self._common_headers(h)
+        for name, value in headers:
+            h.add(name, value)
+        request = Request("SUBSCRIBE", target.replace(headers=()), h)
+        self._calls[handle] = _Call(handle, True, "subscribing", request, kind="subscription")
+        key = self.layer.send_request(request, uri_destination(target), now)
+        self._client[key] = (handle, handle, "SUBSCRIBE")
+        self._pump(now)
+        return handle
 
     # The event pump -------------------------------------------------------------------------------
 
@@ -730,6 +779,8 @@ class UACore:
         elif method == "OPTIONS" and "OPTIONS" not in self.app_methods:
             self._answer_options(request, now)
         else:
+            if method in ("SUBSCRIBE", "NOTIFY"):
+                dialog.refresh_target(request)  # RFC 6665 §4.1.2.4, §4.2.1.3: target refreshes
             rid = self._new_handle()
             self._server[rid] = _ServerRequest(request, event.transaction_key, c.handle, None)
             self._events.append(RequestReceived(c.handle, rid, request))
@@ -785,8 +836,7 @@ class UACore:
         if status is None:
             self._reply(request, 400, now, reason="Bad sipfrag")
             return
-        state = (request.headers.get("Subscription-State") or "").split(";")[0].strip().lower()
-        terminated = state == "terminated"
+        terminated = _subscription_state(request) == "terminated"
         self._reply(request, 200, now)
         if terminated:
             assert ident is not None
@@ -827,6 +877,15 @@ class UACore:
             return
         op, handle, kind = self._client.pop(key)
         c = self._calls.get(handle) if handle is not None else None
+        if c is not None and c.state == "subscribing":
+            if response.status < 300 and response.to.tag:
+                c.dialog = Dialog.from_uac(c.invite, response, self.local_contact)
+                self._by_dialog[c.dialog.id] = c.handle
+                c.state = "confirmed"
+            else:
+                self._forget(c, now)
+            self._events.append(RequestCompleted(op, response))
+            return
         if c is not None and c.dialog is not None and response.status in (408, 481) and kind != "BYE":
             # §12.2.1.2: the dialog is gone on their side
             self._send_bye(c, now)
@@ -973,6 +1032,8 @@ class UACore:
             return
         op, call, kind = entry
         c = self._calls.get(call) if call is not None else None
+        if c is not None and c.state == "subscribing":
+            self._forget(c, now)
         if c is not None and kind != "BYE" and c.state == "confirmed":
             self._end(c, "timeout", now)  # §12.2.1.2: a timeout ends the dialog
         self._events.append(RequestCompleted(op, None))
@@ -1016,6 +1077,9 @@ class UACore:
 
     def _send_bye(self, c: _Call, now: float) -> int:
         if c.dialog is None or c.dialog.state is DialogState.TERMINATED:
+            return 0
+        if c.kind != "invite":
+            c.dialog.terminate()  # a subscription ends by NOTIFY or expiry, never by BYE
             return 0
         op = self._new_handle()
         request = c.dialog.create_request("BYE", headers=self._request_common())
@@ -1102,6 +1166,11 @@ def referred_request(refer: Request) -> tuple[URI, list[tuple[str, str]]]:
 
 def _options(request: Request, name: str) -> list[str]:
     return [v.strip() for v in request.headers.get_all(name) if v.strip()]
+
+
+def _subscription_state(request: Request) -> str:
+    value = request.headers.get("Subscription-State") or ""
+    return value.split(";", 1)[0].strip().lower()
 
 
 def _event_package(request: Request) -> str:

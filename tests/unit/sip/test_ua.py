@@ -621,6 +621,43 @@ def test_refer_with_replaces_round_trips_through_the_wire(pair: Pair) -> None:
     assert to == uri(CAROL, "carol") and headers == [("Replaces", str(replaces))]
 
 
+# SUBSCRIBE/NOTIFY ----------------------------------------------------------------------------------
+
+
+def test_subscription_dialog_carries_notifies_until_one_says_terminated(pair: Pair) -> None:
+    net, a, b = pair
+    b.app_methods.add("SUBSCRIBE")
+    sub = a.subscribe(uri(BOB, "b"), "presence", 0.0, expires=60)
+    net.run()
+    rx = one(net.take(b, RequestReceived))
+    assert rx.request.headers.get("Event") == "presence"  # type: ignore[attr-defined]
+    notifier = b.respond(rx.rid, 200, net.now, headers=[("Expires", "60")])  # type: ignore[attr-defined]
+    assert notifier is not None
+    net.run()
+    assert one(net.take(a, RequestCompleted)).response.status == 200  # type: ignore[attr-defined]
+    assert a.call_state(sub) == "confirmed" and a.dialog(sub).id.call_id == b.dialog(notifier).id.call_id  # type: ignore[union-attr]
+    for state in ("active;expires=60", "terminated;reason=timeout"):
+        b.request_in_call(notifier, "NOTIFY", net.now, headers=[("Event", "presence"),
+                          ("Subscription-State", state)], body=b"open", content_type="text/plain")
+        net.run()
+        notify = one(net.take(a, RequestReceived))
+        assert notify.call == sub and notify.request.body == b"open"  # type: ignore[attr-defined]
+        a.respond(notify.rid, 200, net.now)  # type: ignore[attr-defined]
+        net.run()
+    assert one(net.take(a, CallTerminated)) == CallTerminated(sub, "terminated")
+    assert one(net.take(b, CallTerminated)) == CallTerminated(notifier, "terminated")
+    assert len(a) == len(b) == 0 and net.sent("BYE") == []
+
+
+def test_subscribe_without_a_handler_gets_489_and_leaves_nothing(pair: Pair) -> None:
+    net, a, b = pair
+    sub = a.subscribe(uri(BOB, "b"), "presence", 0.0)
+    net.run()
+    done = one(net.take(a, RequestCompleted))
+    assert done.op == sub and done.response.status == 489  # type: ignore[attr-defined]
+    assert len(a) == len(b) == 0
+
+
 # Reaping ------------------------------------------------------------------------------------------
 
 
