@@ -113,7 +113,8 @@ class SIPTransport:
         for addr in self.listen:
             if addr.transport == "udp":
                 proto = _Datagrams(self)
-                port = self.reactor.listenUDP(addr.port, proto, interface=addr.host)
+                # Twisted reads 8192 bytes per datagram by default; a SIP datagram may be 65535 (§18.1.1)
+                port = self.reactor.listenUDP(addr.port, proto, interface=addr.host, maxPacketSize=65535)
                 self._udp[addr.host] = proto
             elif addr.transport == "tcp":
                 port = self.reactor.listenTCP(addr.port, _StreamFactory(self), interface=addr.host)
