@@ -27,7 +27,7 @@ from sipmob.sip.transport import Address
 from sipmob.sip.uri import URI, NameAddr
 
 __all__ = ["Call", "CallFailed", "IncomingCall", "IncomingRequest", "ReferProgress", "SIPError",
-           "UserAgent"]
+           "Subscription", "UserAgent"]
 
 log = logging.getLogger("sipmob.sip.ua")
 
@@ -71,6 +71,7 @@ class IncomingRequest:
         self.rid = rid
         self.request = request
         self.responded = False
+        self.subscription: Subscription | None = None
 
     def respond(self, status: int, reason: str | None = None, *, headers: Sequence[tuple[str, str]] = (),
                 body: bytes = b"", content_type: str | None = None) -> None:
@@ -78,9 +79,58 @@ class IncomingRequest:
         if self.responded:
             return
         self.responded = True
-        self.ua._core.respond(self.rid, status, self.ua._now(), reason=reason, headers=headers,
-                              body=body, content_type=content_type)
+        created = self.ua._core.respond(self.rid, status, self.ua._now(), reason=reason, headers=headers,
+                                        body=body, content_type=content_type)
+        if created is not None:
+            event = (self.request.headers.get("Event") or "").strip()
+            self.subscription = Subscription(self.ua, created, event)
+            self.ua._subscriptions[created] = self.subscription
         self.ua._flush()
+
+    def accept_subscription(self, expires: int) -> Subscription:
+        """Answer a SUBSCRIBE with 200 and return the notifier's `Subscription`; send the first
+        NOTIFY with `Subscription.notify` (RFC 6665 §4.2.1.2 wants one at once)."""
+        self.respond(200, headers=[("Expires", str(expires))])
+        assert self.subscription is not None
+        return self.subscription
+
+
+class Subscription:
+    """A subscription dialog (RFC 6665), on either side: the subscriber gets NOTIFYs through
+    `on_notify`, the notifier sends them with `notify`."""
+
+    def __init__(self, ua: UserAgent, handle: int, event: str) -> None:
+        self.ua = ua
+        self.handle = handle
+        self.event = event
+        self.terminated: defer.Deferred[str] = defer.Deferred()
+        self._dialog = ua._core.dialog(handle)
+        self._notify_handler: Callable[[Subscription, Request], Any] | None = None
+
+    @property
+    def dialog(self) -> Dialog:
+        d = self.ua._core.dialog(self.handle) or self._dialog
+        assert d is not None
+        return d
+
+    def on_notify(self, handler: Callable[[Subscription, Request], Any]) -> None:
+        """Who hears NOTIFYs: `handler` returns a status (None: 200) or a Deferred of one."""
+        self._notify_handler = handler
+
+    def notify(self, state: str, body: bytes = b"", content_type: str | None = None
+               ) -> defer.Deferred[Response]:
+        """Send a NOTIFY with ``Subscription-State: state``; "terminated..." ends the dialog."""
+        return self.ua._in_dialog(self.handle, "NOTIFY", headers=[
+            ("Event", self.event), ("Subscription-State", state)], body=body, content_type=content_type)
+
+    def unsubscribe(self) -> defer.Deferred[Response]:
+        """Send SUBSCRIBE with Expires: 0; the notifier's final NOTIFY then ends the dialog."""
+        return self.ua._in_dialog(self.handle, "SUBSCRIBE", headers=[("Event", self.event),
+                                                                       ("Expires", "0")])
+
+    def _ended(self, reason: str) -> None:
+        if not self.terminated.called:
+            self.terminated.callback(reason)
 
 
 class Call:
@@ -301,6 +351,7 @@ class UserAgent:
         self._requests: dict[int, Callable[[Response | None], Any]] = {}
         self._refers: dict[int, ReferProgress] = {}
         self._early_notifies: dict[int, list[tuple[int, bool]]] = {}
+        self._subscriptions: dict[int, Subscription] = {}
         self._ack_sdp: dict[int, AckSdp] = {}  # by call handle, or by -op for a re-INVITE
         self._draining = False
         self.contact: URI | None = None
@@ -370,6 +421,30 @@ class UserAgent:
         self._flush()
         return d
 
+    def subscribe(self, target: str | URI, event: str, *, expires: int = 600,
+                  headers: Sequence[tuple[str, str]] = (),
+                  on_notify: Callable[[Subscription, Request], Any] | None = None
+                  ) -> defer.Deferred[Subscription]:
+        """Subscribe to `event` at `target` (RFC 6665). Fires with the `Subscription` on 2xx;
+        errback `SIPError` otherwise. NOTIFYs go to `on_notify` (None: answered 200)."""
+        handle = self._core.subscribe(_uri(target), event, self._now(), expires=expires, headers=headers)
+        subscription = Subscription(self, handle, event)
+        subscription._notify_handler = on_notify
+        self._subscriptions[handle] = subscription
+        d: defer.Deferred[Subscription] = defer.Deferred()
+
+        def completed(response: Response | None) -> None:
+            if response is None or response.status >= 300:
+                self._subscriptions.pop(handle, None)
+                d.errback(_error(response))
+            else:
+                subscription._dialog = self._core.dialog(handle)
+                d.callback(subscription)
+
+        self._requests[handle] = completed
+        self._flush()
+        return d
+
     def options(self, target: str | URI, *, timeout: float | None = None) -> defer.Deferred[Response]:
         """Send OPTIONS; fires with the final response (any status), errback `SIPError(408)` on a
         transaction timeout or twisted's TimeoutError after `timeout` seconds."""
@@ -400,7 +475,10 @@ class UserAgent:
         return float(self.reactor.seconds())
 
     def _in_call(self, call: Call, method: str, **kw: Any) -> defer.Deferred[Response]:
-        op = self._core.request_in_call(call.handle, method, self._now(), **kw)
+        return self._in_dialog(call.handle, method, **kw)
+
+    def _in_dialog(self, handle: int, method: str, **kw: Any) -> defer.Deferred[Response]:
+        op = self._core.request_in_call(handle, method, self._now(), **kw)
         d: defer.Deferred[Response] = defer.Deferred()
         self._requests[op] = _fire_response(d, any_status=True)
         self._flush()
@@ -459,6 +537,9 @@ class UserAgent:
         elif isinstance(event, core.CallFailed):
             self._call_failed(event)
         elif isinstance(event, core.CallTerminated):
+            subscription = self._subscriptions.pop(event.call, None)
+            if subscription is not None:
+                subscription._ended(event.reason)
             call = self._calls.pop(event.call, None)
             if call is not None:
                 call._ended(event.reason)
@@ -561,6 +642,10 @@ class UserAgent:
             self._run_handler(lambda: handler(incoming), incoming.respond,
                               lambda: incoming.responded)
             return
+        subscription = self._subscriptions.get(event.call)
+        if subscription is not None:
+            self._answer_in_subscription(subscription, event)
+            return
         call = self._calls.get(event.call)
         if method == "REFER":
             self._answer_refer(call, event)
@@ -577,6 +662,26 @@ class UserAgent:
             respond(status, reason)
 
         self._run_handler(lambda: call_handler(call, request), respond_once, lambda: done[0])
+
+    def _answer_in_subscription(self, subscription: Subscription, event: core.RequestReceived) -> None:
+        request, rid = event.request, event.rid
+        done = [False]
+
+        def respond(status: int, reason: str | None = None) -> None:
+            done[0] = True
+            headers = []
+            if request.method == "SUBSCRIBE":
+                headers.append(("Expires", (request.headers.get("Expires") or "0").strip()))
+            self._core.respond(rid, status, self._now(), reason=reason, headers=headers)
+            self._flush()
+
+        handler = subscription._notify_handler
+        if request.method != "NOTIFY" or handler is None:
+            respond(200)
+            if request.method == "SUBSCRIBE" and (request.headers.get("Expires") or "").strip() == "0":
+                subscription.notify("terminated;reason=timeout")  # RFC 6665 §4.2.1.2
+            return
+        self._run_handler(lambda: handler(subscription, request), respond, lambda: done[0])
 
     def _run_handler(self, run: Callable[[], Any], respond: Callable[..., None],
                      responded: Callable[[], bool]) -> None:

@@ -19,7 +19,15 @@ from tests.peers.rtp import RtpProbe
 from twisted.internet import defer, reactor
 from twisted.python.failure import Failure
 
-from sipmob.service.sipua import Call, CallFailed, IncomingCall, ReferProgress, UserAgent
+from sipmob.service.sipua import (
+    Call,
+    CallFailed,
+    IncomingCall,
+    IncomingRequest,
+    ReferProgress,
+    Subscription,
+    UserAgent,
+)
 from sipmob.sip.headers import Replaces
 from sipmob.sip.message import Request
 from sipmob.sip.ua import referred_request
@@ -260,3 +268,23 @@ def test_info_within_a_call_reaches_the_peer_handler(three: list[UserAgent]) -> 
     at_b[0].on_request("INFO", lambda _call, request: bodies.append(request.body) or 200)
     response = wait(call.info(b"Signal=5\r\n", "application/dtmf-relay"))
     assert response.status == 200 and bodies == [b"Signal=5\r\n"]
+
+
+def test_subscription_notifies_and_unsubscribe_ends_it(three: list[UserAgent]) -> None:
+    a, b, _ = three
+    notifier: list[Subscription] = []
+
+    def on_subscribe(incoming: IncomingRequest) -> None:
+        subscription = incoming.accept_subscription(60)
+        notifier.append(subscription)
+        subscription.notify("active;expires=60", b"open", "text/plain")
+
+    b.on_request("SUBSCRIBE", on_subscribe)
+    bodies: list[bytes] = []
+    subscription = wait(a.subscribe(target(b), "presence", expires=60,
+                                    on_notify=lambda _sub, request: bodies.append(request.body)))
+    assert isinstance(subscription, Subscription)
+    spin_until(lambda: bodies == [b"open"])
+    wait(subscription.unsubscribe())
+    assert wait(subscription.terminated) == "terminated"
+    assert wait(notifier[0].terminated) == "terminated"
