@@ -235,6 +235,11 @@ class Headers:
             self._cache[key] = value
             return value
 
+    def prime(self, key: str, value: object) -> None:
+        """Remember ``value`` as what `parsed` would compute under ``key`` for the current lines,
+        for a caller that has just written a line from that very value."""
+        self._cache[key] = value
+
     # changing -------------------------------------------------------------------------------
 
     def add(self, name: str, value: str, *, first: bool = False) -> None:

@@ -27,7 +27,7 @@ import logging
 import secrets
 from collections.abc import Callable
 
-from sipmob.sip.headers import CSeq
+from sipmob.sip.headers import CSeq, Via
 from sipmob.sip.message import (
     Headers,
     Request,
@@ -50,6 +50,7 @@ from sipmob.sip.transport import (
     sent_by_is_local,
     stamp_via,
     transport_for_size,
+    via_destination,
 )
 
 log = logging.getLogger("sipmob.sip.transaction")
@@ -435,17 +436,25 @@ Event = (RequestReceived | ResponseReceived | AckReceived | TransactionTerminate
 
 
 class _Transaction:
-    """One live transaction: which machine, its state, what it must be able to resend, its timers."""
+    """One live transaction: which machine, its state, what it must be able to resend, its timers.
+
+    A server transaction lets go of its request once its final response is sent (`_enter`): from
+    then on it only resends that response, and thousands of them linger for Timer J or L. What
+    routing and the RFC 2543 match still need is kept apart (``via``, ``legacy_match``)."""
 
     __slots__ = ("ack", "deadlines", "destination", "intervals", "key", "last_response",
-                 "machine", "reliable", "request", "request_bytes", "source", "state")
+                 "legacy_match", "machine", "reliable", "request", "request_bytes", "source",
+                 "state", "via")
 
     def __init__(self, key: TransactionKey, machine: Machine, request: Request,
                  destination: Address, source: Address | None) -> None:
         self.key = key
         self.machine = machine
         self.state = INITIAL_STATE[machine]
-        self.request = request
+        self.request: Request | None = request
+        self.via: Via | None = None  # reliable server: the request's top Via, with received/rport
+        # server, RFC 2543 peer: the Request-URI and To tag §17.2.3 also matches on
+        self.legacy_match: tuple[str, str | None] | None = None
         self.request_bytes = b""
         self.destination = destination  # where requests (client) or responses (server) go
         self.source = source  # server: where the request came from
@@ -454,6 +463,11 @@ class _Transaction:
         self.ack: bytes | None = None
         self.deadlines: dict[Timer, float] = {}
         self.intervals: dict[Timer, float] = {}
+
+
+_BACKOFF = frozenset({Timer.A, Timer.E, Timer.G})  # the timers whose next interval doubles
+_SERVERS = frozenset({Machine.INVITE_SERVER, Machine.NON_INVITE_SERVER})
+_FINAL_SENT = frozenset({State.COMPLETED, State.ACCEPTED, State.CONFIRMED, State.TERMINATED})
 
 
 def _input_for_status(status: int, sending: bool) -> Input:
@@ -466,10 +480,9 @@ def _input_for_status(status: int, sending: bool) -> Input:
 
 def _server_key(message: Request | Response) -> TransactionKey | None:
     """§17.2.3 (and for our own responses, the same key computed from the copied Via and CSeq)."""
-    vias = message.vias
-    if not vias:
+    if "via" not in message.headers:
         return None
-    via = vias[0]
+    via = message.top_via
     cseq = message.cseq
     method = "INVITE" if cseq.method == "ACK" else cseq.method
     sent_by = f"{via.host}:{via.port or ''}".lower()
@@ -482,10 +495,12 @@ def _server_key(message: Request | Response) -> TransactionKey | None:
 
 def _client_key(message: Request | Response) -> TransactionKey | None:
     """§17.1.3: the top Via's branch and the CSeq method (a CANCEL shares the INVITE's branch)."""
-    vias = message.vias
-    if not vias or not vias[0].branch:
+    if "via" not in message.headers:
         return None
-    return TransactionKey("client", message.cseq.method, vias[0].branch)
+    branch = message.top_via.branch
+    if not branch:
+        return None
+    return TransactionKey("client", message.cseq.method, branch)
 
 
 class TransactionLayer:
@@ -602,6 +617,7 @@ class TransactionLayer:
             raise LocalProtocolError("no INVITE client transaction to cancel")
         if tx.state is not State.PROCEEDING:
             raise LocalProtocolError(f"cannot CANCEL in {tx.state.value}: §9.1 waits for a 1xx")
+        assert tx.request is not None  # a client transaction keeps its request
         cancel_key = self.send_request(make_cancel(tx.request), tx.destination, now)
         # §9.1: without a final response 64*T1 after the CANCEL, the INVITE is as good as cancelled.
         limit = now + 64 * self.timers.t1
@@ -691,6 +707,10 @@ class TransactionLayer:
             self._events.append(MessageDiscarded(source, "request without a usable Via"))
             return
         tx = _Transaction(key, machine, request, destination, source)
+        if tx.reliable:
+            tx.via = request.top_via  # to route each response anew (`_send_response_bytes`)
+        if key.legacy:
+            tx.legacy_match = (str(request.uri), request.to.tag)
         self._transactions[key] = tx
         self._start_timers(tx, now)
         cancels = None
@@ -712,12 +732,14 @@ class TransactionLayer:
         To tag, which for an ACK is the one of the response we sent."""
         if not tx.key.legacy:
             return True
-        if str(request.uri) != str(tx.request.uri):
+        assert tx.legacy_match is not None
+        uri, to_tag = tx.legacy_match
+        if str(request.uri) != uri:
             return False
         if request.method == "ACK":
             sent = parse_message(tx.last_response) if tx.last_response is not None else None
             return sent is not None and request.to.tag == sent.to.tag
-        return request.to.tag == tx.request.to.tag
+        return request.to.tag == to_tag
 
     def _receive_response(self, response: Response, source: Address, now: float) -> None:
         if not sent_by_is_local(response, self._local_sent_by):
@@ -752,6 +774,7 @@ class TransactionLayer:
         elif action is Action.SEND_ACK:
             assert isinstance(message, Response)
             if tx.ack is None:
+                assert tx.request is not None  # a client transaction keeps its request
                 tx.ack = make_ack(tx.request, message).to_bytes()
             self._outgoing.append((tx.ack, tx.destination))
         elif action is Action.RESPONSE_TO_TU:
@@ -768,6 +791,7 @@ class TransactionLayer:
             if tx.last_response is not None:
                 self._send_response_bytes(tx, tx.last_response)
         elif action is Action.SEND_100_TRYING:
+            assert tx.request is not None  # only in Proceeding, before any final response
             tx.last_response = make_response(tx.request, 100, "Trying").to_bytes()
             self._send_response_bytes(tx, tx.last_response)
         elif action is Action.RESET_A_DOUBLED:
@@ -786,14 +810,17 @@ class TransactionLayer:
             self._events.append(TransportError(tx.key, tx.destination))
 
     def _send_response_bytes(self, tx: _Transaction, data: bytes) -> None:
-        # Routed again each time: the connection the request came on may have closed (§18.2.2).
-        destination = response_destination(tx.request, tx.source, self.connections)
-        if destination is not None:
-            tx.destination = destination
+        if tx.via is not None:
+            # Routed again each time: the connection the request came on may have closed (§18.2.2).
+            destination = via_destination(tx.via, tx.source, self.connections)
+            if destination is not None:
+                tx.destination = destination
         self._outgoing.append((data, tx.destination))
 
     def _enter(self, tx: _Transaction, state: State, now: float) -> None:
         tx.state = state
+        if state in _FINAL_SENT and tx.machine in _SERVERS:
+            tx.request = None  # see `_Transaction`
         if state is State.TERMINATED:
             # §17.1.1.2 and friends: destroyed the instant it enters Terminated.
             tx.deadlines.clear()
@@ -814,7 +841,8 @@ class TransactionLayer:
                 self._restart(tx, timer, interval, now)
 
     def _restart(self, tx: _Transaction, timer: Timer, interval: float, now: float) -> None:
-        tx.intervals[timer] = interval
+        if timer in _BACKOFF:
+            tx.intervals[timer] = interval
         self._set_timer(tx, timer, now + interval)
 
     def _set_timer(self, tx: _Transaction, timer: Timer, deadline: float) -> None:

@@ -92,15 +92,19 @@ def apply_received(request: M, source: Address) -> M:
     top = _top_via(request)
     if top is None:
         return request
-    params: dict[str, str | int | None] = {}
     asked_rport = top.rport == ""
-    if asked_rport:
-        params["rport"] = source.port
-    if asked_rport or top.host != source.host:
-        params["received"] = source.host
-    if not params:
+    if not asked_rport and top.host == source.host:
         return request
-    return _with_top_via(request, top.with_params(**params))
+    params = list(top.params)
+    names = [n.lower() for n, _ in params]
+    news = (("rport", str(source.port)), ("received", source.host)) if asked_rport else \
+        (("received", source.host),)
+    for name, value in news:
+        if name in names:
+            params[names.index(name)] = (params[names.index(name)][0], value)
+        else:
+            params.append((name, value))
+    return _with_top_via(request, Via(top.transport, top.host, top.port, tuple(params)))
 
 
 def response_destination(response: Response | Request, source: Address | None,
@@ -110,6 +114,13 @@ def response_destination(response: Response | Request, source: Address | None,
     top = _top_via(response)
     if top is None:
         return None
+    return via_destination(top, source, connections)
+
+
+def via_destination(top: Via, source: Address | None,
+                    connections: Connections | None = None) -> Address | None:
+    """`response_destination` from the request's top Via alone, for a transaction that keeps
+    only that much of its request."""
     transport = top.transport.lower()
     if is_reliable(transport):
         # Back over the connection the request arrived on, while it is open; if it has closed, a
@@ -160,15 +171,20 @@ class Connections:
 
 
 def _top_via(message: Request | Response) -> Via | None:
-    vias = message.vias
-    return vias[0] if vias else None
+    if "via" not in message.headers:
+        return None
+    return message.top_via
 
 
 def _with_top_via(message: M, via: Via) -> M:
+    rest: list[Via] = message.vias[1:]
     headers = message.headers.copy()
     headers.remove_first("Via")
     headers.add("Via", str(via), first=True)
-    return message.replace(headers=headers)
+    headers.prime("via", [via, *rest])  # what parsing the line we just wrote would give
+    if isinstance(message, Request):
+        return Request(message.method, message.uri, headers, message.body)
+    return Response(message.status, message.reason, headers, message.body)
 
 
 def bad_request_response(headers: Headers, status: int, reason: str, to_tag: str) -> Response | None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
+import weakref
 
 import pytest
 from hypothesis import given, settings
@@ -799,3 +801,41 @@ def test_tu_inputs_missing_from_a_state_are_refused_not_ignored() -> None:
     for machine in (Machine.INVITE_SERVER, Machine.NON_INVITE_SERVER):
         completed = TRANSITIONS[machine][State.COMPLETED]
         assert not set(completed) & TU_INPUTS
+
+
+# What a lingering server transaction keeps ---------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["OPTIONS", "INVITE"])
+def test_server_transaction_lets_go_of_its_request_once_the_final_response_is_sent(method: str) -> None:
+    pair = Pair()
+    pair.alice.send_request(request(method), pair.b_addr, 0.0)
+    ((wire, _),) = pair.alice.messages_to_send()
+    pair.bob.receive(wire, pair.a_addr, 0.0)
+    event = server_request(pair)
+    pair.bob.send_response(make_response(event.request, 486, to_tag="b"), 0.1)
+    first = pair.bob.messages_to_send()
+    gone = weakref.ref(event.request)
+    del event
+    gc.collect()
+    assert gone() is None
+    # and it still answers a retransmission with the same response, to the same place
+    pair.bob.receive(wire, pair.a_addr, 0.5)
+    assert pair.bob.messages_to_send() == first
+
+
+def test_legacy_server_transaction_matches_retransmissions_after_its_final_response() -> None:
+    # RFC 2543 peer: no magic cookie, so §17.2.3 matches on Request-URI, To tag, Call-ID...
+    raw = (b"OPTIONS sip:bob@127.0.0.1:5080 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=old1\r\n"
+           b"Max-Forwards: 70\r\nFrom: <sip:alice@127.0.0.1>;tag=a1\r\nTo: <sip:bob@127.0.0.1:5080>\r\n"
+           b"Call-ID: legacy-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+    bob = layer(BOB)
+    bob.receive(raw, ALICE, 0.0)
+    (event,) = only(bob, RequestReceived)
+    assert isinstance(event, RequestReceived)
+    bob.send_response(make_response(event.request, 200, to_tag="b"), 0.1)
+    first = bob.messages_to_send()
+    bob.receive(raw, ALICE, 0.5)
+    assert bob.messages_to_send() == first and not only(bob, RequestReceived)
+    bob.receive(raw.replace(b"sip:bob@127.0.0.1:5080 SIP", b"sip:carol@127.0.0.1:5080 SIP"), ALICE, 0.6)
+    assert only(bob, RequestReceived)  # another Request-URI: not the same transaction

@@ -150,3 +150,13 @@ def test_connections_remember_what_is_open() -> None:
     assert peer in connections and len(connections) == 1
     connections.closed(peer)
     assert peer not in connections and len(connections) == 0
+
+
+def test_noted_via_reads_the_same_as_the_same_via_parsed_from_the_wire() -> None:
+    for via, source in [("SIP/2.0/UDP pc33.example.com;branch=z9hG4bK1;rport;x=\"q\"", US_UDP),
+                        ("SIP/2.0/TCP [2001:db8::1]:5070;branch=z9hG4bK2;RPORT=1;Received=x",
+                         Address("2001:db8::9", 40000, "tcp")),
+                        ("SIP/2.0/UDP a.example;branch=z9hG4bK3, SIP/2.0/UDP b.example;branch=z9hG4bK4",
+                         US_UDP)]:
+        noted = apply_received(request(via), source)
+        assert noted.vias == parse_message(noted.to_bytes()).vias
