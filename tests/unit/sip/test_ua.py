@@ -6,6 +6,8 @@ import itertools
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sipmob.sip.headers import Replaces
 from sipmob.sip.message import Headers, Request, Response, parse_message
@@ -718,3 +720,101 @@ def test_calls_dialogs_and_transactions_are_all_reaped(pair: Pair, scenario: obj
         assert len(ua) == 0 and len(ua.layer) == 0
         assert ua._by_dialog == {} and ua._by_invite_key == {} and ua._server == {} and ua._client == {}
         assert ua.get_timer() is None
+
+
+# Random walks -------------------------------------------------------------------------------------
+
+ACTIONS = st.sampled_from(["invite", "invite_late", "ring", "answer", "answer", "reject", "cancel", "bye",
+                           "reinvite", "reinvite", "answer_reinvite", "answer_reinvite", "refer", "info",
+                           "options", "advance", "lose"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(ACTIONS, st.booleans(), st.integers(0, 3)), max_size=25), st.integers(0, 2**16))
+def test_random_walks_never_raise_and_end_with_everything_reaped(
+        steps: list[tuple[str, bool, int]], seed: int) -> None:
+    a, b = core(ALICE, "alice", seed=seed), core(BOB, "bob", seed=seed + 1)
+    net = Net(a, b)
+    rng = random.Random(seed)
+    lose = [0]
+
+    def drop(_msg: Request | Response) -> bool:
+        if lose[0]:
+            lose[0] -= 1
+            return True
+        return False
+
+    def pick(ua: UACore, kind: type) -> object | None:
+        found = [e for e in seen[id(ua)] if isinstance(e, kind) and (
+            ua.call_state(e.call) in ("incoming", "early") if kind is IncomingInvite  # type: ignore[attr-defined]
+            else e.rid in ua._server)]  # type: ignore[attr-defined]
+        return rng.choice(found) if found else None
+
+    seen: dict[int, list[object]] = {id(a): [], id(b): []}
+    for action, from_a, n in steps:
+        me, peer = (a, b) if from_a else (b, a)
+        net.collect()
+        for ua in (a, b):
+            seen[id(ua)].extend(net.take(ua))
+        calls = [h for h in list(me._calls)]
+        call = rng.choice(calls) if calls else None
+        try:
+            if action == "invite":
+                me.invite(uri(net.addr_of(peer), "x"), OFFER, net.now)
+            elif action == "invite_late":
+                me.invite(uri(net.addr_of(peer), "x"), None, net.now, answer_for=lambda o: ANSWER)
+            elif action in ("ring", "answer", "reject"):
+                inc = pick(me, IncomingInvite)
+                if inc is not None:
+                    status = {"ring": 180, "answer": 200, "reject": 486}[action]
+                    me.answer_invite(inc.call, status, net.now, sdp=ANSWER)  # type: ignore[attr-defined]
+            elif action == "cancel" and call is not None:
+                me.cancel(call, net.now)
+            elif action == "bye" and call is not None:
+                me.bye(call, net.now)
+            elif action == "reinvite" and call is not None:
+                me.reinvite(call, OFFER, net.now)
+            elif action == "answer_reinvite":
+                rx = pick(me, ReinviteReceived)
+                if rx is not None:
+                    me.answer_reinvite(rx.call, rx.rid, 200 if n else 488, net.now, sdp=ANSWER)  # type: ignore[attr-defined]
+            elif action == "refer" and call is not None:
+                me.refer(call, NameAddr(None, uri(CAROL, "c")), net.now)
+            elif action == "info" and call is not None:
+                me.request_in_call(call, "INFO", net.now, body=b"x", content_type="text/plain")
+            elif action == "options":
+                me.request("OPTIONS", uri(net.addr_of(peer), "x"), net.now)
+            elif action == "advance":
+                net.advance(net.now + n * T1, drop)
+            elif action == "lose":
+                lose[0] = n
+        except UAError:
+            pass
+        net.run(drop)
+        # whatever the peer asked for and nobody answers gets a final answer, as an app would
+        for ua in (a, b):
+            for e in net.take(ua):
+                if isinstance(e, RequestReceived) and e.rid in ua._server:
+                    ua.respond(e.rid, 603 if e.request.method == "REFER" else 200, net.now)
+                else:
+                    seen[id(ua)].append(e)
+    lose[0] = 0
+    for ua in (a, b):  # hang up everything, answer what is still waiting
+        for e in seen[id(ua)]:
+            if isinstance(e, IncomingInvite) and ua.call_state(e.call) in ("incoming", "early"):
+                ua.answer_invite(e.call, 480, net.now)
+            if isinstance(e, ReinviteReceived) and e.rid in ua._server:
+                ua.answer_reinvite(e.call, e.rid, 488, net.now)
+        for handle in list(ua._calls):
+            try:
+                ua.bye(handle, net.now)
+            except UAError:
+                pass
+        net.run()
+    net.advance(net.now + 400.0)
+    for ua in (a, b):
+        for handle in list(ua._calls):  # a call that came up while hanging up the others
+            ua.bye(handle, net.now)
+    net.advance(net.now + 400.0)
+    for ua in (a, b):
+        assert len(ua) == 0 and len(ua.layer) == 0 and ua.get_timer() is None
