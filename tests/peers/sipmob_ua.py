@@ -36,14 +36,20 @@ class SipmobUAError(RuntimeError):
 
 
 class SipmobUA:
-    """Our UA on 127.0.0.1:`port` (UDP) as `sip:<user>@127.0.0.1:<port>`, in a child process."""
+    """Our UA on `host`:`port` (UDP) as `sip:<user>@<host>:<port>`, in a child process.
 
-    def __init__(self, port: int, user: str = "sipmob", *, auto_answer: bool = True,
-                 answer_delay: float = 0.0, ringing: bool = False, t1: float = 0.5, t2: float = 4.0,
+    It answers INVITEs with 200 (after `answer_delay` seconds, with a 180 first if `ringing`), or
+    with `reject_status` when given, or not at all without `auto_answer`.
+    """
+
+    def __init__(self, port: int, user: str = "sipmob", *, host: str = "127.0.0.1", auto_answer: bool = True,
+                 answer_delay: float = 0.0, ringing: bool = False, reject_status: int | None = None,
+                 t1: float = 0.5, t2: float = 4.0,
                  workdir: str | os.PathLike[str] | None = None, startup_timeout: float = 15.0) -> None:
         self.port = port
         self.user = user
-        self.uri = f"sip:{user}@127.0.0.1:{port}"
+        self.host = host
+        self.uri = f"sip:{user}@{host}:{port}"
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="sipmob-ua-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.events: list[Event] = []
@@ -51,7 +57,8 @@ class SipmobUA:
         self._cond = threading.Condition()
         self._next_id = 0
         options = {"port": port, "user": user, "auto_answer": auto_answer, "answer_delay": answer_delay,
-                   "ringing": ringing, "t1": t1, "t2": t2}
+                   "ringing": ringing, "reject_status": reject_status, "t1": t1, "t2": t2,
+                   "host": host}
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "daemons"), str(ROOT)]))
         self._stderr_path = self.workdir / f"sipmob-{user}.stderr"
         self._stderr = self._stderr_path.open("wb")
@@ -205,21 +212,22 @@ def _child(options: dict[str, Any]) -> None:
         out.write(json.dumps(message) + "\n")
         out.flush()
 
-    rtp_port = reactor.listenUDP(0, protocol.DatagramProtocol(), interface="127.0.0.1").getHost().port
+    host = options["host"]
+    rtp_port = reactor.listenUDP(0, protocol.DatagramProtocol(), interface=host).getHost().port
     versions: dict[str, int] = {}
 
     def sdp(ref: str) -> bytes:
         versions[ref] = versions.get(ref, 0) + 1
         return ("v=0\r\n"
-                f"o=sipmob 4242 {versions[ref]} IN IP4 127.0.0.1\r\n"
+                f"o=sipmob 4242 {versions[ref]} IN IP4 {host}\r\n"
                 "s=-\r\n"
-                "c=IN IP4 127.0.0.1\r\n"
+                f"c=IN IP4 {host}\r\n"
                 "t=0 0\r\n"
                 f"m=audio {rtp_port} RTP/AVP 0\r\n"
                 "a=rtpmap:0 PCMU/8000\r\n"
                 "a=sendrecv\r\n").encode()
 
-    ua = UserAgent(reactor, listen=[("127.0.0.1", int(options["port"]), "udp")], user=options["user"],
+    ua = UserAgent(reactor, listen=[(host, int(options["port"]), "udp")], user=options["user"],
                    timers=TimerConfig(t1=float(options["t1"]), t2=float(options["t2"])))
     calls: dict[str, Call] = {}
     pending: dict[str, defer.Deferred[Call]] = {}
@@ -271,6 +279,9 @@ def _child(options: dict[str, Any]) -> None:
         incoming.cancelled.addCallback(lambda _: emit({"event": "incoming_cancelled", "ref": ref}))
         if options["ringing"]:
             incoming.ringing()
+        if options["reject_status"]:
+            incoming.reject(int(options["reject_status"]))
+            return
         if not options["auto_answer"]:
             return
 
@@ -370,7 +381,7 @@ def _child(options: dict[str, Any]) -> None:
                 reactor.stop()
 
     def started(_: Any) -> None:
-        emit({"event": "ready", "uri": str(URI.parse(f"sip:{options['user']}@127.0.0.1:{options['port']}")),
+        emit({"event": "ready", "uri": str(URI.parse(f"sip:{options['user']}@{host}:{options['port']}")),
               "contact": str(ua.contact), "rtp_port": rtp_port})
 
     ua.start().addCallbacks(started, lambda f: (emit({"event": "start_failed", "error": str(f.value)}),
