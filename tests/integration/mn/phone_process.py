@@ -1,0 +1,79 @@
+"""Run `sipmob phone` as a real process on loopback and drive it with the `sipmob` command.
+
+Used by the integration tests and by tests/bench/bench_mn_transfer.py. The phone is considered up
+once ``sipmob calls`` answers over its control socket; it is stopped with SIGTERM by its PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.peers.ports import free_udp_port
+
+ROOT = Path(__file__).resolve().parents[3]
+ENV = {"PYTHONPATH": str(ROOT / "daemons"), "PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}
+
+
+def run(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def until(condition: Callable[[], Any], timeout: float = 10.0, step: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(step)
+    return condition()
+
+
+class Phone:
+    def __init__(self, directory: Path, da: str) -> None:
+        self.control = directory / "mn.sock"
+        self.config = directory / "mn.toml"
+        self.config.write_text(
+            f'[listen]\naddress = "127.0.0.1"\nport = {free_udp_port()}\n'
+            f'[calls]\ngrace_period = 0.5\ndevice_timeout = 2.0\noptions_timeout = 1.0\n'
+            f'[slp]\nda = "{da}"\n[control]\npath = "{self.control}"\n')
+        self.log = open(directory / "phone.log", "wb")  # closed in stop()
+        self.log_path = directory / "phone.log"
+        self.proc = subprocess.Popen([sys.executable, "-m", "sipmob.mn.cli", "phone", "--config",
+                                      str(self.config)], env=ENV, stdout=self.log, stderr=subprocess.STDOUT)
+        if not until(lambda: self.sipmob("calls").returncode == 0 or self.proc.poll() is not None):
+            raise RuntimeError(self.output())
+
+    def sipmob(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run("-m", "sipmob.mn.cli", "--config", str(self.config), *args)
+
+    def calls(self) -> list[dict[str, Any]]:
+        done = self.sipmob("calls", "--json")
+        assert done.returncode == 0, done.stderr
+        return list(json.loads(done.stdout))
+
+    def received(self) -> int:
+        return int(self.calls()[0]["rtp_received"])
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.log.close()
+
+
