@@ -47,6 +47,7 @@ from sipmob.sip.transaction import (
     TransportError,
 )
 from sipmob.sip.transport import Address
+from sipmob.slp.agent import AgentConfig
 from sipmob.slp.attrs import format_attr_list
 
 log = logging.getLogger("sipmob.saproxy")
@@ -97,7 +98,8 @@ class SaproxyApp:
         self._contact = f"sip:saproxy@{host}:{bound.port}"
         slp = self.config.slp
         self.sa = SLPServiceAgent(self.reactor, das=[split_hostport(d, 427) for d in slp.das],
-                                  scopes=slp.scopes, multicast=slp.multicast)
+                                  scopes=slp.scopes, multicast=slp.multicast,
+                                  config=AgentConfig(da_find=slp.da_find))
         self.sa.start()
         if self.config.mdns.enabled:
             from sipmob.saproxy.mdns import MdnsAdvertiser

@@ -94,6 +94,9 @@ class Slp:
     lifetime: int = setting(300, check=lambda v: None if 60 <= v <= 65535 else
                             f"must be 60-65535 seconds, got {v}",
                             help="registration lifetime, refreshed before it ends")
+    da_find: float = setting(900.0, check=positive,
+                             help="seconds between asking the DAs for their DAAdvert again (RFC 2608 "
+                                  "CONFIG_DA_FIND): how a restarted DA is noticed without multicast")
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []

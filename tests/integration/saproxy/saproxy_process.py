@@ -116,8 +116,10 @@ FAST_PROBE = "[probe]\ninterval = 0.5\ntimeout = 0.5\nretry = 0.2\ndown_after = 
 class Saproxy:
     """One daemon process with its config file and devices directory under `directory`."""
 
-    def __init__(self, directory: Path, das: list[int], probe: str = FAST_PROBE, extra: str = "") -> None:
+    def __init__(self, directory: Path, das: list[int], probe: str = FAST_PROBE, extra: str = "",
+                 env: dict[str, str] | None = None, sip: str = "", slp: str = "") -> None:
         self.directory = directory
+        self.env = env or {}
         self.devices_dir = directory / "devices.d"
         self.devices_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_udp_port()
@@ -125,8 +127,9 @@ class Saproxy:
         self.log_path = directory / "saproxy.log"
         das_list = ", ".join(f'"{HOST}:{p}"' for p in das)
         self.config_path.write_text(
-            f'[devices]\ndirectory = "{self.devices_dir}"\n[sip]\naddress = "{HOST}"\nport = {self.port}\n'
-            f'[slp]\ndas = [{das_list}]\n{probe}{extra}')
+            f'[devices]\ndirectory = "{self.devices_dir}"\n'
+            f'[sip]\naddress = "{HOST}"\nport = {self.port}\n{sip}'
+            f'[slp]\ndas = [{das_list}]\n{slp}{probe}{extra}')
         self.proc: subprocess.Popen[bytes] | None = None
 
     def add_device(self, name: str, uri: str, body: str = 'room = "living-room"\n') -> Path:
@@ -139,7 +142,7 @@ class Saproxy:
 
     @property
     def environment(self) -> dict[str, str]:
-        return {**os.environ, "PYTHONPATH": str(ROOT / "daemons")}
+        return {**os.environ, "PYTHONPATH": str(ROOT / "daemons"), **self.env}
 
     def check_config(self) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.command("--check-config"), env=self.environment, capture_output=True,
