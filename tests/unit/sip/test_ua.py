@@ -818,3 +818,36 @@ def test_random_walks_never_raise_and_end_with_everything_reaped(
     net.advance(net.now + 400.0)
     for ua in (a, b):
         assert len(ua) == 0 and len(ua.layer) == 0 and ua.get_timer() is None
+
+
+HEADER_VALUES = st.one_of(st.just(""), st.text("abcdef;=<>:@.0123456789 -,sip", max_size=30))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(["INVITE", "BYE", "INFO", "REFER", "NOTIFY", "SUBSCRIBE", "OPTIONS", "ACK", "CANCEL",
+                        "UPDATE", "PRACK", "FOO"]),
+       st.booleans(), st.integers(0, 20),
+       st.lists(st.tuples(st.sampled_from(["Replaces", "Refer-To", "Referred-By", "Event", "Require",
+                                           "Subscription-State", "Content-Type", "Contact"]),
+                          HEADER_VALUES), max_size=4),
+       st.binary(max_size=40))
+def test_any_request_from_the_peer_is_answered_or_dropped_without_raising(
+        method: str, in_dialog: bool, seq: int, extra: list[tuple[str, str]], body: bytes) -> None:
+    a, b = core(ALICE, "alice"), core(BOB, "bob")
+    net = Net(a, b)
+    ca, _ = establish(net, a, b)
+    d = a.dialog(ca)
+    assert d is not None
+    to = f"<sip:bob@127.0.0.1:5080>;tag={d.remote_tag}" if in_dialog else "<sip:bob@127.0.0.1:5080>"
+    h = Headers([("Via", "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKfuzz"), ("Max-Forwards", "70"),
+                 ("From", f"<sip:alice@127.0.0.1>;tag={d.local_tag}"), ("To", to), ("Call-ID", d.call_id),
+                 ("CSeq", f"{seq} {method}")])
+    for name, value in extra:
+        h.add(name, value)
+    data = Request(method, URI.parse("sip:bob@127.0.0.1:5080"), h, body).to_bytes()
+    b.receive(data, ALICE, net.now)
+    out = [parse_message(m) for m, _ in b.messages_to_send()]
+    if method != "ACK":
+        assert len(out) <= 2  # a final answer (after a 100 Trying), or nothing yet for the app
+    net.collect()
+    net.advance(net.now + 100.0)
