@@ -7,13 +7,22 @@ Appendix A.2 (version 2, a report first, padding only on the last packet, length
 anything else raises `RtcpParseError`. `ntp_timestamp` and `middle_32` convert the clock for the
 SR's NTP field and the LSR/DLSR arithmetic (§6.4.1).
 
-Not here: when to send a report (§6.3's interval) or what the statistics are (`sipmob.media.rtp`).
+`RtcpSession` is one participant's reporting state, sans-I/O: it builds the compound report
+(SR when it has sent since the last one, else RR, with a block per source and an SDES CNAME), the
+final BYE, remembers the SRs it receives for LSR/DLSR, computes the round-trip time from the blocks
+others report about it, and says how long to wait before the next report (§6.3.1, for the small
+sessions sipmob has, where the 5 s minimum always wins over the bandwidth share).
+
+Not here: the statistics themselves (`sipmob.media.rtp.SourceStats`), sockets and clocks.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import struct
+from collections.abc import Iterable
+
+from sipmob.media.rtp import SourceStats
 
 RTCP_SR = 200
 RTCP_RR = 201
@@ -276,3 +285,82 @@ def parse_compound(data: bytes, reduced_size: bool = False) -> tuple[RtcpPacket,
     if not packets:
         raise RtcpParseError("empty datagram")
     return tuple(packets)
+
+
+# §6.3.1: the randomised interval is divided by e - 3/2 to compensate for timer reconsideration.
+_COMPENSATION = 2.718281828459045 - 1.5
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SenderInfo:
+    """§6.4.1: what an SR says about our own stream at the moment it is built."""
+
+    rtp_timestamp: int
+    packet_count: int
+    octet_count: int
+
+
+class RtcpSession:
+    """One participant's RTCP reports for its SSRC; ``now`` is always Unix wall-clock seconds."""
+
+    def __init__(self, ssrc: int, cname: str, min_interval: float = 5.0) -> None:
+        self.ssrc = ssrc
+        self.cname = cname
+        self.min_interval = min_interval
+        self.round_trip: float | None = None
+        self.reports_about_us: dict[int, ReportBlock] = {}  # reporter SSRC -> its latest block on us
+        self.byes: set[int] = set()
+        self._last_sr: dict[int, tuple[int, float]] = {}  # source SSRC -> (LSR, arrival)
+
+    def interval(self, random: float) -> float:
+        """Seconds until the next report, for ``random`` drawn uniformly from [0, 1)."""
+        return self.min_interval * (0.5 + random) / _COMPENSATION
+
+    def report(self, now: float, sender: SenderInfo | None, sources: Iterable[SourceStats]) -> bytes:
+        """The compound report: SR (if ``sender``) or RR, then SDES CNAME."""
+        blocks = tuple(self._block(stats, now) for stats in sources)[:31]
+        first: SenderReport | ReceiverReport
+        if sender is not None:
+            first = SenderReport(self.ssrc, ntp_timestamp(now), sender.rtp_timestamp,
+                                 sender.packet_count, sender.octet_count, blocks)
+        else:
+            first = ReceiverReport(self.ssrc, blocks)
+        return build_compound([first, SourceDescription((SdesChunk.with_cname(self.ssrc, self.cname),))])
+
+    def bye(self, now: float, sender: SenderInfo | None, sources: Iterable[SourceStats],
+            reason: str | None = None) -> bytes:
+        """§6.6: the last compound, a report followed by BYE."""
+        return self.report(now, sender, sources) + build(Bye((self.ssrc,), reason))
+
+    def _block(self, stats: SourceStats, now: float) -> ReportBlock:
+        fraction, cumulative = stats.interval_loss()
+        lsr, dlsr = 0, 0
+        last = self._last_sr.get(stats.ssrc)
+        if last is not None:
+            lsr, arrival = last
+            dlsr = max(0, min(round((now - arrival) * 65536), 0xFFFFFFFF))
+        return ReportBlock(stats.ssrc, fraction, cumulative, stats.extended_highest_sequence & 0xFFFFFFFF,
+                           min(int(stats.jitter), 0xFFFFFFFF), lsr, dlsr)
+
+    def receive(self, data: bytes, now: float) -> tuple[RtcpPacket, ...]:
+        """Take in a compound packet that arrived at ``now``; `RtcpParseError` if it is not one."""
+        packets = parse_compound(data)
+        for packet in packets:
+            if isinstance(packet, SenderReport):
+                self._last_sr[packet.ssrc] = (middle_32(packet.ntp_timestamp), now)
+            if isinstance(packet, SenderReport | ReceiverReport):
+                for block in packet.reports:
+                    if block.ssrc == self.ssrc:
+                        self.reports_about_us[packet.ssrc] = block
+                        self._round_trip(block, now)
+            elif isinstance(packet, Bye):
+                self.byes.update(packet.ssrcs)
+        return packets
+
+    def _round_trip(self, block: ReportBlock, now: float) -> None:
+        # §6.4.1: RTT = A - LSR - DLSR, in 1/65536 s, when the reporter has had an SR from us.
+        if block.last_sr == 0:
+            return
+        rtt = (middle_32(ntp_timestamp(now)) - block.last_sr - block.delay_since_last_sr) & 0xFFFFFFFF
+        if rtt < 1 << 31:  # a "negative" round trip is a clock step or a forged block: ignore it
+            self.round_trip = rtt / 65536

@@ -208,6 +208,13 @@ class RtpSender:
     def next_due_time(self) -> float | None:
         return None if self._start is None else self._start + self._slot * self.ptime
 
+    def timestamp_at(self, now: float) -> int:
+        """§6.4.1: the RTP timestamp of the sampling instant ``now`` on this stream's schedule (for SRs)."""
+        due = self.next_due_time()
+        if due is None:
+            return self.timestamp
+        return ts_add(self.timestamp, round((now - due) / self.ptime * self.samples_per_packet))
+
     def packet(self, payload: bytes) -> RtpPacket:
         """The next packet of the stream, carrying ``payload``; advances sequence, timestamp and slot."""
         packet = RtpPacket(self.payload_type, self.sequence, self.timestamp, self.ssrc, payload,

@@ -11,22 +11,29 @@ packets per tick. There is no timer at all while nothing is being sent.
 Received packets are parsed, counted per SSRC (`stats`), handed to ``on_packet`` and, when a
 recorder is attached, decoded into it. Malformed datagrams are counted and dropped.
 
-Not here: RTCP (the endpoint sends none; `sipmob.media.rtcp` has the packets), SDP, jitter buffers.
+With ``rtcp=True`` the endpoint binds an even RTP port and the odd port above it (RFC 3550 §11),
+sends a compound report (`sipmob.media.rtcp.RtcpSession`) to the destination's port + 1 about
+every 5 s while it sends or hears RTP, and a BYE when it closes; received RTCP gives the round
+trip and the reports others make about us. The report timer stops when the endpoint falls idle.
+
+Not here: SDP, jitter buffers, RTCP feedback or XR.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import secrets
 import time
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import protocol, task
+from twisted.internet import error, protocol, task
 
 from sipmob.media.codecs import Codec
 from sipmob.media.recorder import WavRecorder
+from sipmob.media.rtcp import RtcpPacket, RtcpParseError, RtcpSession, SenderInfo
 from sipmob.media.rtp import ReceptionReport, RtpPacket, RtpParseError, RtpSender, SourceStats, parse
 from sipmob.media.sources import AudioSource
 
@@ -44,34 +51,58 @@ class EndpointStats:
     skipped_packets: int  # frames dropped by the sender to catch up after a long stall
     malformed: int
     sources: dict[int, ReceptionReport]
+    rtcp_sent: int = 0
+    rtcp_received: int = 0
+    rtcp_malformed: int = 0
+    round_trip: float | None = None  # seconds, from the last report about us (§6.4.1)
 
 
 class _Datagrams(protocol.DatagramProtocol):
-    def __init__(self, owner: RtpEndpoint) -> None:
+    def __init__(self, owner: RtpEndpoint, rtcp: bool = False) -> None:
         self.owner = owner
+        self.rtcp = rtcp
 
     @property
     def wire(self) -> Any:
         return self.transport
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
-        self.owner._received(data, (addr[0], addr[1]))
+        if self.rtcp:
+            self.owner._rtcp_received(data, (addr[0], addr[1]))
+        else:
+            self.owner._received(data, (addr[0], addr[1]))
 
 
 class RtpEndpoint:
     """One RTP socket bound to ``bind``; its own SSRC; sends at most one stream at a time."""
 
     def __init__(self, reactor: Any, bind: Address = ("127.0.0.1", 0), clock_rate: int = 8000,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, rtcp: bool = False,
+                 cname: str | None = None, wallclock: Callable[[], float] = time.time,
+                 rtcp_interval: float = 5.0) -> None:
         self._reactor = reactor
         self._monotonic = monotonic
+        self._wallclock = wallclock
         self.clock_rate = clock_rate
         self.ssrc = secrets.randbits(32)
         self.on_packet: PacketCallback | None = None
+        self.on_rtcp: Callable[[tuple[RtcpPacket, ...], Address, float], Any] | None = None
         self.on_source_end: Callable[[], Any] | None = None
         self.malformed = 0
-        self._protocol = _Datagrams(self)
-        self._port = reactor.listenUDP(bind[1], self._protocol, interface=bind[0])
+        self.rtcp: RtcpSession | None = None
+        self._rtcp_port: Any = None
+        self._rtcp_protocol: _Datagrams | None = None
+        self._rtcp_call: Any = None
+        self._rtcp_counts = [0, 0, 0]  # sent, received, malformed
+        self._heard: set[int] = set()  # SSRCs heard since the last report
+        self._packets_at_report = 0
+        self._last_source: Address | None = None
+        if rtcp:
+            self._port = self._listen_pair(bind)
+            self.rtcp = RtcpSession(self.ssrc, cname or f"sipmob@{bind[0]}", rtcp_interval)
+        else:
+            self._protocol = _Datagrams(self)
+            self._port = reactor.listenUDP(bind[1], self._protocol, interface=bind[0])
         self._sources: dict[int, SourceStats] = {}
         self._sender: RtpSender | None = None
         self._source: AudioSource | None = None
@@ -103,6 +134,7 @@ class RtpEndpoint:
         if source.sample_rate != codec.clock_rate:
             raise ValueError(f"source at {source.sample_rate} Hz, {codec.name} needs {codec.clock_rate} Hz")
         self.stop_sending()
+        self._arm_rtcp()
         samples = codec.samples_per_frame(ptime)
         sender = self._sender
         if (sender is None or sender.payload_type != payload_type or sender.samples_per_packet != samples
@@ -120,7 +152,7 @@ class RtpEndpoint:
         self._loop.start(ptime, now=True).addErrback(self._loop_failed)
 
     def set_destination(self, destination: Address) -> None:
-        """Send the next packet to ``destination``; SSRC, sequence and timestamps carry on."""
+        """Send the next packet to ``destination`` (and RTCP to its port + 1); the stream carries on."""
         self._destination = destination
 
     def stop_sending(self) -> None:
@@ -144,12 +176,94 @@ class RtpEndpoint:
         sender = self._sender
         return EndpointStats(self.ssrc, sender.packet_count if sender else 0,
                              sender.octet_count if sender else 0, sender.skipped if sender else 0,
-                             self.malformed, {ssrc: s.report() for ssrc, s in self._sources.items()})
+                             self.malformed, {ssrc: s.report() for ssrc, s in self._sources.items()},
+                             rtcp_sent=self._rtcp_counts[0], rtcp_received=self._rtcp_counts[1],
+                             rtcp_malformed=self._rtcp_counts[2],
+                             round_trip=self.rtcp.round_trip if self.rtcp else None)
 
     def close(self) -> Any:
-        """Stop sending and release the socket; returns the Deferred of the port closing."""
+        """Stop sending (with RTCP, say BYE) and release the sockets; returns the RTP port's Deferred."""
         self.stop_sending()
+        if self._rtcp_call is not None and self._rtcp_call.active():
+            self._rtcp_call.cancel()
+        self._rtcp_call = None
+        if self.rtcp is not None and self._rtcp_port is not None:
+            if self._sender is not None or self._sources:
+                self._send_rtcp(bye=True)
+            self._rtcp_port.stopListening()
+            self._rtcp_port = None
         return self._port.stopListening()
+
+    def _listen_pair(self, bind: Address) -> Any:
+        """§11: RTP on an even port, RTCP on the next one; with port 0, any free pair."""
+        host, wanted = bind
+        for _ in range(50 if wanted == 0 else 1):
+            rtp_protocol = _Datagrams(self)
+            port = self._reactor.listenUDP(wanted, rtp_protocol, interface=host)
+            number = port.getHost().port
+            if wanted or number % 2 == 0:
+                rtcp_protocol = _Datagrams(self, rtcp=True)
+                try:
+                    self._rtcp_port = self._reactor.listenUDP(number + 1, rtcp_protocol, interface=host)
+                except error.CannotListenError:
+                    if wanted:
+                        port.stopListening()
+                        raise
+                else:
+                    self._protocol, self._rtcp_protocol = rtp_protocol, rtcp_protocol
+                    return port
+            port.stopListening()
+        raise OSError(f"no free even/odd UDP port pair on {host}")
+
+    @property
+    def rtcp_port(self) -> int | None:
+        return None if self._rtcp_port is None else int(self._rtcp_port.getHost().port)
+
+    def _arm_rtcp(self) -> None:
+        if self.rtcp is None or (self._rtcp_call is not None and self._rtcp_call.active()):
+            return
+        self._rtcp_call = self._reactor.callLater(self.rtcp.interval(random.random()), self._rtcp_due)
+
+    def _rtcp_due(self) -> None:
+        self._rtcp_call = None
+        active = self.sending or bool(self._heard)
+        self._send_rtcp()
+        # Keep reporting while there is a stream either way; an idle endpoint keeps no timer.
+        if active:
+            self._arm_rtcp()
+
+    def _send_rtcp(self, bye: bool = False) -> None:
+        assert self.rtcp is not None and self._rtcp_protocol is not None
+        target = self._destination or self._last_source
+        if target is None:
+            return
+        sender = self._sender
+        info = None
+        if sender is not None and sender.packet_count > self._packets_at_report:
+            # §6.4: an SR only from a participant that sent RTP since the last report.
+            info = SenderInfo(sender.timestamp_at(self._monotonic()), sender.packet_count, sender.octet_count)
+            self._packets_at_report = sender.packet_count
+        sources = [self._sources[ssrc] for ssrc in sorted(self._heard) if ssrc in self._sources]
+        self._heard.clear()
+        now = self._wallclock()
+        data = self.rtcp.bye(now, info, sources) if bye else self.rtcp.report(now, info, sources)
+        self._rtcp_protocol.wire.write(data, (target[0], target[1] + 1))
+        self._rtcp_counts[0] += 1
+
+    def _rtcp_received(self, data: bytes, addr: Address) -> None:
+        assert self.rtcp is not None
+        try:
+            packets = self.rtcp.receive(data, self._wallclock())
+        except RtcpParseError as exc:
+            self._rtcp_counts[2] += 1
+            log.debug("dropped a malformed RTCP packet from %s:%d: %s", addr[0], addr[1], exc)
+            return
+        self._rtcp_counts[1] += 1
+        if self.on_rtcp is not None:
+            try:
+                self.on_rtcp(packets, addr, self._monotonic())
+            except Exception:
+                log.exception("RTCP packet handler failed")
 
     def _tick(self) -> None:
         sender, source, codec, destination = self._sender, self._source, self._codec, self._destination
@@ -180,6 +294,10 @@ class RtpEndpoint:
         if stats is None:
             stats = self._sources[packet.ssrc] = SourceStats(packet.ssrc, self.clock_rate)
         stats.receive(packet, now)
+        if self.rtcp is not None:
+            self._heard.add(packet.ssrc)
+            self._last_source = addr
+            self._arm_rtcp()
         recorder = self._recorder
         if recorder is not None:
             codec = self._recorder_codecs.get(packet.payload_type)
