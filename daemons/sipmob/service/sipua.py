@@ -520,47 +520,15 @@ class UserAgent:
             if pending is not None and pending[1] is not None:
                 pending[1](event.response)
         elif isinstance(event, core.CallEstablished):
-            call = Call(self, event.call)
-            self._calls[event.call] = call
-            out = self._outgoing.pop(event.call, None)
-            if out is not None:
-                d_out = out[0]
-                ack_sdp = self._ack_sdp.pop(event.call, None)
-                if ack_sdp is not None and self._core.ack_pending(event.call) and event.remote_sdp:
-                    self._held_ack(call, ack_sdp, event.remote_sdp).addCallbacks(
-                        lambda _: d_out.callback(call), d_out.errback)
-                else:
-                    d_out.callback(call)
-            incoming = self._incoming.pop(event.call, None)
-            if incoming is not None and incoming._accepted is not None:
-                incoming._accepted.callback(call)
+            self._call_established(event)
         elif isinstance(event, core.CallFailed):
             self._call_failed(event)
         elif isinstance(event, core.CallTerminated):
-            subscription = self._subscriptions.pop(event.call, None)
-            if subscription is not None:
-                subscription._ended(event.reason)
-            call = self._calls.pop(event.call, None)
-            if call is not None:
-                call._ended(event.reason)
-            incoming = self._incoming.pop(event.call, None)
-            if incoming is not None and incoming._accepted is not None and not incoming._accepted.called:
-                incoming._accepted.errback(CallFailed(408, "No ACK"))
+            self._call_terminated(event)
         elif isinstance(event, core.ReinviteReceived):
             self._answer_reinvite(event)
         elif isinstance(event, core.ReinviteCompleted):
-            d = self._reinvites.pop(event.op, None)
-            ack_sdp = self._ack_sdp.pop(-event.op, None)
-            call = self._calls.get(event.call)
-            if d is None:
-                return
-            response = event.response
-            if (ack_sdp is not None and call is not None and response is not None
-                    and self._core.ack_pending(event.call) and response.body):
-                self._held_ack(call, ack_sdp, response.body).addCallbacks(
-                    lambda _: d.callback(response), d.errback)
-            else:
-                _fire_response(d, any_status=False)(response)
+            self._reinvite_completed(event)
         elif isinstance(event, core.RequestReceived):
             self._answer_request(event)
         elif isinstance(event, core.ReferNotified):
@@ -576,6 +544,47 @@ class UserAgent:
             callback = self._requests.pop(event.op, None)
             if callback is not None:
                 callback(event.response)
+
+    def _call_established(self, event: core.CallEstablished) -> None:
+        call = Call(self, event.call)
+        self._calls[event.call] = call
+        out = self._outgoing.pop(event.call, None)
+        if out is not None:
+            d_out = out[0]
+            ack_sdp = self._ack_sdp.pop(event.call, None)
+            if ack_sdp is not None and self._core.ack_pending(event.call) and event.remote_sdp:
+                self._held_ack(call, ack_sdp, event.remote_sdp).addCallbacks(
+                    lambda _: d_out.callback(call), d_out.errback)
+            else:
+                d_out.callback(call)
+        incoming = self._incoming.pop(event.call, None)
+        if incoming is not None and incoming._accepted is not None:
+            incoming._accepted.callback(call)
+
+    def _call_terminated(self, event: core.CallTerminated) -> None:
+        subscription = self._subscriptions.pop(event.call, None)
+        if subscription is not None:
+            subscription._ended(event.reason)
+        call = self._calls.pop(event.call, None)
+        if call is not None:
+            call._ended(event.reason)
+        incoming = self._incoming.pop(event.call, None)
+        if incoming is not None and incoming._accepted is not None and not incoming._accepted.called:
+            incoming._accepted.errback(CallFailed(408, "No ACK"))
+
+    def _reinvite_completed(self, event: core.ReinviteCompleted) -> None:
+        d = self._reinvites.pop(event.op, None)
+        ack_sdp = self._ack_sdp.pop(-event.op, None)
+        call = self._calls.get(event.call)
+        if d is None:
+            return
+        response = event.response
+        if (ack_sdp is not None and call is not None and response is not None
+                and self._core.ack_pending(event.call) and response.body):
+            self._held_ack(call, ack_sdp, response.body).addCallbacks(
+                lambda _: d.callback(response), d.errback)
+        else:
+            _fire_response(d, any_status=False)(response)
 
     def _call_failed(self, event: core.CallFailed) -> None:
         error = CallFailed(event.status, event.reason)
@@ -650,16 +659,15 @@ class UserAgent:
         if method == "REFER":
             self._answer_refer(call, event)
             return
-        respond = lambda status, reason=None: self._respond(rid, status, reason)  # noqa: E731
         call_handler = call._request_handlers.get(method) if call is not None else None
         if call is None or call_handler is None:
-            respond(200 if method in ("INFO", "NOTIFY") else 405)
+            self._respond(rid, 200 if method in ("INFO", "NOTIFY") else 405)
             return
         done = [False]
 
         def respond_once(status: int, reason: str | None = None) -> None:
             done[0] = True
-            respond(status, reason)
+            self._respond(rid, status, reason)
 
         self._run_handler(lambda: call_handler(call, request), respond_once, lambda: done[0])
 
