@@ -38,12 +38,12 @@ def until(condition: Callable[[], Any], timeout: float = 10.0, step: float = 0.1
 
 
 class Phone:
-    def __init__(self, directory: Path, da: str) -> None:
+    def __init__(self, directory: Path, da: str, grace: float = 0.5) -> None:
         self.control = directory / "mn.sock"
         self.config = directory / "mn.toml"
         self.config.write_text(
             f'[listen]\naddress = "127.0.0.1"\nport = {free_udp_port()}\n'
-            f'[calls]\ngrace_period = 0.5\ndevice_timeout = 2.0\noptions_timeout = 1.0\n'
+            f'[calls]\ngrace_period = {grace}\ndevice_timeout = 2.0\noptions_timeout = 1.0\n'
             f'[slp]\nda = "{da}"\n[control]\npath = "{self.control}"\n')
         self.log = open(directory / "phone.log", "wb")  # closed in stop()
         self.log_path = directory / "phone.log"
