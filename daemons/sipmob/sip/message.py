@@ -28,7 +28,7 @@ from sipmob.sip.headers import (
     parse_name_addr_list,
     split_commas,
 )
-from sipmob.sip.uri import URI, NameAddr, SIPGarbage, SIPParseError
+from sipmob.sip.uri import URI, NameAddr, SIPGarbage, SIPParseError, parse_header_params
 
 __all__ = [
     "MAX_MESSAGE_SIZE",
@@ -765,7 +765,8 @@ def _validate(msg: Request | Response) -> None:
     contacts = keys.get("contact")
     if contacts is not None and not all(_ADDR_LIST_RE.match(v) for v in contacts):
         msg.contact  # noqa: B018
-    if not msg.call_id or not all(c not in " \t" for c in msg.call_id):
+    call_id = msg.call_id
+    if not call_id or " " in call_id or "\t" in call_id:
         raise SIPParseError("Bad Call-ID")
     date = h.get("date")
     if date is not None and not _DATE_RE.match(date):
@@ -791,24 +792,45 @@ def make_response(
     """
     if not 100 <= status <= 699:
         raise ValueError(f"status {status} out of range")
-    out: list[tuple[str, str, str]] = []
-    src = request.headers._lines
-    out.extend(line for line in src if line[0] == "via")
-    out.extend(line for line in src if line[0] == "from")
-    for line in src:
-        if line[0] == "to":
-            if to_tag is not None and request.to.tag is None:
-                to = request.to.with_tag(to_tag)
-                out.append(("to", "To", str(to)))
-            else:
-                out.append(line)
-    out.extend(line for line in src if line[0] in ("call-id", "cseq"))
+    src = request.headers
+    groups: dict[str, list[tuple[str, str, str]]] = {group: [] for group in _COPIED.values()}
+    for line in src._lines:
+        name = _COPIED.get(line[0])
+        if name is not None:
+            groups[name].append(line)
+    if to_tag is not None and groups["to"]:
+        groups["to"] = [("to", "To", _with_to_tag(request, to_tag))]
+    out = [*groups["via"], *groups["from"], *groups["to"], *groups["call-id"]]
     if status == 100:
-        out.extend(line for line in src if line[0] == "timestamp")
-    resp_headers = Headers._from_lines(out)
-    for name, value in headers:
-        resp_headers.add(name, value)
+        out += groups["timestamp"]
+    extra = [(header_key(name), canonical_name(name), str(value)) for name, value in headers]
+    resp_headers = Headers._from_lines(out + extra)
+    # the copied lines read as they did in the request: share what was parsed of them
+    changed = {line[0] for line in extra}
+    for key in ("via", "from", "call-id", "cseq"):
+        if key in src._cache and key not in changed:
+            resp_headers._cache[key] = src._cache[key]
     return Response(status, reason if reason is not None else reason_phrase(status), resp_headers, body)
+
+
+# what `make_response` copies; Call-ID and CSeq keep their relative order
+_COPIED = {"via": "via", "from": "from", "to": "to", "call-id": "call-id", "cseq": "call-id",
+           "timestamp": "timestamp"}
+
+
+def _with_to_tag(request: Request, to_tag: str) -> str:
+    """The request's To with ``to_tag`` added, unless it has a tag already (an in-dialog request)."""
+    value = request.headers._index()["to"][0]
+    if "to" not in request.headers._cache:
+        m = _ONE_ADDR_RE.match(value)
+        if m is not None:
+            # a shape `_validate` vouched for: its own parameters follow the address
+            params = parse_header_params(m.group("params"), 0)[0]
+            if any(name.lower() == "tag" for name, _ in params):
+                return value
+            return f"{value};tag={to_tag}"
+    to = request.to
+    return value if to.tag is not None else str(to.with_tag(to_tag))
 
 
 # Stream framing (§18.3) ---------------------------------------------------------------------

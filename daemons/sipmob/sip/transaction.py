@@ -517,6 +517,7 @@ class TransactionLayer:
         if not local:
             raise ValueError("the layer needs at least one local address")
         self.timers = timers or TimerConfig()
+        self._initial: tuple[TimerConfig | None, dict[tuple[Timer, bool], float | None]] = (None, {})
         self.connections = Connections()
         self._local = {addr.transport.lower(): addr for addr in local}
         self._local_sent_by = {(addr.host, addr.port) for addr in local}
@@ -833,12 +834,20 @@ class TransactionLayer:
         wanted = TIMERS[(tx.machine, tx.state)]
         for timer in [timer for timer in tx.deadlines if timer not in wanted]:
             del tx.deadlines[timer]
+        initial = self._initial_intervals()
         for timer in wanted:
             if timer in tx.deadlines:
                 continue
-            interval = self.timers.initial(timer, tx.reliable)
+            interval = initial[(timer, tx.reliable)]
             if interval is not None:
                 self._restart(tx, timer, interval, now)
+
+    def _initial_intervals(self) -> dict[tuple[Timer, bool], float | None]:
+        # `TimerConfig.initial` for every timer, worked out again only if `timers` is replaced
+        if self._initial[0] is not self.timers:
+            self._initial = (self.timers, {(timer, reliable): self.timers.initial(timer, reliable)
+                                           for timer in Timer for reliable in (False, True)})
+        return self._initial[1]
 
     def _restart(self, tx: _Transaction, timer: Timer, interval: float, now: float) -> None:
         if timer in _BACKOFF:

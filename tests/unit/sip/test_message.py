@@ -407,3 +407,19 @@ def test_folded_address_header_is_still_checked() -> None:
     folded = INVITE.replace(b"To: Bob <sip:bob@example.com>", b"To: Bob\r\n <sip:bob@example.com")
     with pytest.raises(SIPParseError):
         parse_message(folded)
+
+
+@pytest.mark.parametrize(("to", "tag", "uri_tag"), [
+    ("Bob <sip:bob@example.com;tag=u>", "new", "u"),  # a URI parameter is not the To tag
+    ("sip:bob@example.com", "new", None),
+    ("sip:bob@example.com;tag=old", "old", None),
+    ('"Bob \\"B\\"" <sip:bob@example.com>;Tag=old', "old", None),
+    ("<sip:bob@example.com>;x=\";tag=q\"", "new", None),
+])  # fmt: skip
+def test_make_response_adds_a_to_tag_only_when_the_to_has_none(to: str, tag: str,
+                                                               uri_tag: str | None) -> None:
+    req = parse_message(INVITE.replace(b"To: Bob <sip:bob@example.com>", f"To: {to}".encode()))
+    assert isinstance(req, Request)
+    resp = parse_message(make_response(req, 200, to_tag="new").to_bytes())
+    assert resp.to.tag == tag and resp.to.uri.param("tag") == uri_tag
+    assert resp.to.uri == req.to.uri and resp.to.display_name == req.to.display_name
