@@ -491,6 +491,8 @@ SPEC = daemon.DaemonSpec(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # As `sipmob.service.daemon.main_for` does: no TLS here, so keep pyOpenSSL's ~10 MB out.
+    sys.modules.setdefault("OpenSSL", None)  # type: ignore[arg-type]
     return daemon.run(SPEC, argv)
 
 
