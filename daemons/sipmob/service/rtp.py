@@ -199,20 +199,29 @@ class RtpEndpoint:
         host, wanted = bind
         for _ in range(50 if wanted == 0 else 1):
             rtp_protocol = _Datagrams(self)
-            port = self._reactor.listenUDP(wanted, rtp_protocol, interface=host)
-            number = port.getHost().port
-            if wanted or number % 2 == 0:
-                rtcp_protocol = _Datagrams(self, rtcp=True)
-                try:
-                    self._rtcp_port = self._reactor.listenUDP(number + 1, rtcp_protocol, interface=host)
-                except error.CannotListenError:
-                    if wanted:
-                        port.stopListening()
-                        raise
-                else:
-                    self._protocol, self._rtcp_protocol = rtp_protocol, rtcp_protocol
-                    return port
-            port.stopListening()
+            try:
+                port = self._reactor.listenUDP(wanted, rtp_protocol, interface=host)
+                number = port.getHost().port
+                if number % 2 and not wanted:
+                    # The system gave an odd port: try the even one above it instead.
+                    port.stopListening()
+                    rtp_protocol = _Datagrams(self)
+                    number += 1
+                    port = self._reactor.listenUDP(number, rtp_protocol, interface=host)
+            except error.CannotListenError:
+                if wanted:
+                    raise
+                continue
+            rtcp_protocol = _Datagrams(self, rtcp=True)
+            try:
+                self._rtcp_port = self._reactor.listenUDP(number + 1, rtcp_protocol, interface=host)
+            except error.CannotListenError:
+                port.stopListening()
+                if wanted:
+                    raise
+                continue
+            self._protocol, self._rtcp_protocol = rtp_protocol, rtcp_protocol
+            return port
         raise OSError(f"no free even/odd UDP port pair on {host}")
 
     @property

@@ -20,6 +20,7 @@ from twisted.internet import reactor
 
 from sipmob.media.codecs import PCMA, PCMU
 from sipmob.media.recorder import WavRecorder
+from sipmob.media.rtcp import Bye, RtcpPacket, SenderReport, SourceDescription
 from sipmob.media.rtp import RtpPacket
 from sipmob.media.sources import ToneSource
 from sipmob.service.rtp import RtpEndpoint
@@ -204,3 +205,26 @@ def test_ipv6_loopback_endpoints_exchange_a_stream(endpoints: Callable[[], RtpEn
         sender.close()
         receiver.close()
 
+
+
+def test_rtcp_reports_flow_both_ways_and_give_a_round_trip() -> None:
+    sender = RtpEndpoint(reactor, ("127.0.0.1", 0), rtcp=True, cname="phone@127.0.0.1", rtcp_interval=0.2)
+    receiver = RtpEndpoint(reactor, ("127.0.0.1", 0), rtcp=True, cname="tv@127.0.0.1", rtcp_interval=0.2)
+    at_receiver: list[RtcpPacket] = []
+    receiver.on_rtcp = lambda packets, addr, now: at_receiver.extend(packets)
+    try:
+        assert (sender.port % 2, sender.rtcp_port) == (0, sender.port + 1)
+        sender.start_sending(ToneSource(440), PCMU, 0, here(receiver))
+        spin_until(lambda: sender.stats().round_trip is not None
+                   and any(isinstance(p, SenderReport) for p in at_receiver))
+        sender.stop_sending()
+        about_sender = sender.rtcp.reports_about_us[receiver.ssrc] if sender.rtcp else None
+        assert about_sender is not None and about_sender.ssrc == sender.ssrc
+        assert about_sender.cumulative_lost == 0
+        cnames = {c.cname for p in at_receiver if isinstance(p, SourceDescription) for c in p.chunks}
+        assert cnames == {"phone@127.0.0.1"}
+        sender.close()
+        spin_until(lambda: any(isinstance(p, Bye) and sender.ssrc in p.ssrcs for p in at_receiver))
+    finally:
+        sender.close()
+        receiver.close()

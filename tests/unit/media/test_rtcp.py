@@ -13,7 +13,9 @@ from sipmob.media.rtcp import (
     ReceiverReport,
     ReportBlock,
     RtcpParseError,
+    RtcpSession,
     SdesChunk,
+    SenderInfo,
     SenderReport,
     SourceDescription,
     UnknownRtcp,
@@ -23,6 +25,7 @@ from sipmob.media.rtcp import (
     ntp_timestamp,
     parse_compound,
 )
+from sipmob.media.rtp import RtpPacket, SourceStats
 
 BLOCK = ReportBlock(0x11111111, fraction_lost=64, cumulative_lost=-3, highest_sequence=0x10005,
                     jitter=42, last_sr=0xAABBCCDD, delay_since_last_sr=0x10000)
@@ -134,3 +137,76 @@ def test_a_compound_must_start_with_a_report_when_built() -> None:
 def test_ntp_timestamp_middle_32_bits_are_seconds_low_16_and_fraction_high_16() -> None:
     ntp = ntp_timestamp(0.5)
     assert middle_32(ntp) == ((2_208_988_800 & 0xFFFF) << 16) | 0x8000
+
+
+# --- RtcpSession -----------------------------------------------------------------------------------
+
+def heard(ssrc: int, seqs: range) -> SourceStats:
+    stats = SourceStats(ssrc, 8000)
+    for seq in seqs:
+        stats.receive(RtpPacket(0, seq, 160 * seq, ssrc), 0.02 * seq)
+    return stats
+
+
+def test_a_sender_reports_with_an_sr_and_its_cname() -> None:
+    session = RtcpSession(1, "phone@host")
+    packets = parse_compound(session.report(1_700_000_000.0, SenderInfo(8000, 50, 8000), []))
+    assert packets == (SenderReport(1, ntp_timestamp(1_700_000_000.0), 8000, 50, 8000),
+                       SourceDescription((SdesChunk.with_cname(1, "phone@host"),)))
+
+
+def test_a_receiver_reports_with_an_rr_carrying_a_block_per_source() -> None:
+    session = RtcpSession(1, "tv@host")
+    (rr, _) = parse_compound(session.report(0.0, None, [heard(7, range(0, 10)), heard(8, range(5))]))
+    assert isinstance(rr, ReceiverReport)
+    assert [(b.ssrc, b.highest_sequence, b.cumulative_lost) for b in rr.reports] == [(7, 9, 0), (8, 4, 0)]
+
+
+def test_report_blocks_carry_the_loss_since_the_last_report() -> None:
+    stats = heard(7, range(0, 8))
+    stats.receive(RtpPacket(0, 10, 1600, 7), 0.2)  # 8 and 9 lost: 2 of 11
+    session = RtcpSession(1, "x")
+    (rr, _) = parse_compound(session.report(0.0, None, [stats]))
+    assert isinstance(rr, ReceiverReport)
+    assert (rr.reports[0].fraction_lost, rr.reports[0].cumulative_lost) == ((2 << 8) // 11, 2)
+
+
+def test_lsr_and_dlsr_echo_the_last_sr_from_that_source() -> None:
+    alice, bob = RtcpSession(1, "alice"), RtcpSession(2, "bob")
+    bob.receive(alice.report(1000.0, SenderInfo(0, 1, 160), []), now=1000.010)
+    (rr, _) = parse_compound(bob.report(1000.510, None, [heard(1, range(3))]))
+    assert isinstance(rr, ReceiverReport)
+    block = rr.reports[0]
+    assert block.last_sr == middle_32(ntp_timestamp(1000.0))
+    assert block.delay_since_last_sr == pytest.approx(0.5 * 65536, abs=1)
+
+
+def test_round_trip_is_computed_from_a_report_about_us() -> None:
+    alice, bob = RtcpSession(1, "alice"), RtcpSession(2, "bob")
+    # 10 ms each way, Bob holds the SR for 500 ms before reporting.
+    bob.receive(alice.report(1000.0, SenderInfo(0, 1, 160), []), now=1000.010)
+    alice.receive(bob.report(1000.510, None, [heard(1, range(3))]), now=1000.520)
+    assert alice.round_trip == pytest.approx(0.020, abs=0.0001)
+    assert 2 in alice.reports_about_us
+
+
+def test_no_round_trip_before_the_peer_has_an_sr_from_us() -> None:
+    alice, bob = RtcpSession(1, "alice"), RtcpSession(2, "bob")
+    alice.receive(bob.report(5.0, None, [heard(1, range(3))]), now=5.0)
+    assert alice.round_trip is None
+
+
+def test_bye_follows_a_report_and_is_noted_by_the_peer() -> None:
+    alice, bob = RtcpSession(1, "alice"), RtcpSession(2, "bob")
+    packets = bob.receive(alice.bye(0.0, None, [], reason="moved"), now=0.0)
+    assert isinstance(packets[0], ReceiverReport)
+    assert packets[-1] == Bye((1,), "moved")
+    assert bob.byes == {1}
+
+
+def test_report_interval_is_randomised_around_the_5_s_minimum() -> None:
+    session = RtcpSession(1, "x")
+    low, high = session.interval(0.0), session.interval(0.999999)
+    # §6.3.1: [0.5, 1.5] x 5 s, divided by e - 3/2.
+    assert low == pytest.approx(2.5 / 1.21828, rel=1e-4)
+    assert high == pytest.approx(7.5 / 1.21828, rel=1e-4)

@@ -288,3 +288,11 @@ def test_interval_loss_is_the_fraction_since_the_last_report() -> None:
     assert stats.interval_loss() == (64, 1)
     stats.receive(RtpPacket(0, 4, 640, 1), 1.0)
     assert stats.interval_loss() == (0, 1)
+
+
+def test_timestamp_at_a_moment_follows_the_schedule() -> None:
+    sender = RtpSender(7, 0, 160, 0.02, initial_timestamp=1000)
+    sender.start(10.0)
+    sender.packet(b"")  # slot 0 at t=10.00, the next (timestamp 1160) is due at 10.02
+    assert sender.timestamp_at(10.01) == 1080
+    assert sender.timestamp_at(10.10) == 1800

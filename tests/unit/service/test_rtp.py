@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet import task
+from twisted.internet import error, task
 
 from sipmob.media.codecs import PCMA, PCMU
 from sipmob.media.recorder import WavRecorder
+from sipmob.media.rtcp import Bye, SenderReport, SourceDescription, parse_compound
 from sipmob.media.rtp import RtpPacket, parse
 from sipmob.media.sources import ToneSource
 from sipmob.service.rtp import RtpEndpoint
@@ -36,15 +37,33 @@ class FakePort:
 
 
 class FakeReactor(task.Clock):
-    def __init__(self) -> None:
+    """A clock whose UDP ports share one fake wire; port 0 binds the next free number from 40000."""
+
+    def __init__(self, taken: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.wire = FakeUdp()
-        self.protocol: Any = None
+        self.rtcp_wire = FakeUdp()
+        self.protocols: dict[int, Any] = {}
+        self.taken = set(taken)
+        self._next = 40000
+
+    @property
+    def protocol(self) -> Any:
+        return self.protocols[min(self.protocols)]
 
     def listenUDP(self, port: int, protocol: Any, interface: str = "") -> FakePort:
-        self.protocol = protocol
-        protocol.transport = self.wire
-        return FakePort(port or 40000)
+        if port == 0:
+            while self._next in self.taken or self._next in self.protocols:
+                self._next += 1
+            port = self._next
+            self._next += 1
+        elif port in self.taken or port in self.protocols:
+            raise error.CannotListenError(interface, port, OSError("in use"))
+        self.protocols[port] = protocol
+        protocol.transport = self.rtcp_wire if len(self.protocols) % 2 == 0 else self.wire
+        fake = FakePort(port)
+        fake.stopListening = lambda: self.protocols.pop(port, None)  # type: ignore[method-assign]
+        return fake
 
 
 @pytest.fixture
@@ -204,4 +223,86 @@ def test_close_stops_the_timer_and_the_port(reactor: FakeReactor) -> None:
     ep.start_sending(ToneSource(), PCMU, 0, ("127.0.0.1", 5000))
     ep.close()
     assert reactor.getDelayedCalls() == []
-    assert ep._port.closed
+    assert reactor.protocols == {}
+
+
+# --- RTCP ------------------------------------------------------------------------------------------
+
+def rtcp_endpoint(reactor: FakeReactor) -> RtpEndpoint:
+    return RtpEndpoint(reactor, ("127.0.0.1", 0), monotonic=reactor.seconds, wallclock=reactor.seconds,
+                       rtcp=True, cname="me@127.0.0.1")
+
+
+def test_rtcp_binds_an_even_port_and_the_odd_one_above() -> None:
+    reactor = FakeReactor()
+    ep = rtcp_endpoint(reactor)
+    assert (ep.port, ep.rtcp_port) == (40000, 40001)
+
+
+def test_rtcp_moves_up_from_an_odd_port_to_the_next_pair() -> None:
+    reactor = FakeReactor(taken=(40000,))
+    ep = rtcp_endpoint(reactor)
+    assert (ep.port, ep.rtcp_port) == (40002, 40003)
+
+
+def test_rtcp_skips_a_pair_whose_odd_port_is_taken() -> None:
+    reactor = FakeReactor(taken=(40001, 40003))
+    ep = rtcp_endpoint(reactor)
+    assert (ep.port, ep.rtcp_port) == (40004, 40005)
+    assert sorted(reactor.protocols) == [40004, 40005]
+
+
+def test_a_sender_reports_to_the_destination_port_plus_one() -> None:
+    reactor = FakeReactor()
+    ep = rtcp_endpoint(reactor)
+    ep.start_sending(ToneSource(), PCMU, 0, ("127.0.0.1", 5000))
+    run(reactor, 7.0)
+    assert reactor.rtcp_wire.sent
+    data, addr = reactor.rtcp_wire.sent[0]
+    assert addr == ("127.0.0.1", 5001)
+    report, sdes = parse_compound(data)
+    assert isinstance(report, SenderReport) and report.ssrc == ep.ssrc
+    assert isinstance(sdes, SourceDescription) and sdes.chunks[0].cname == "me@127.0.0.1"
+
+
+def test_sr_timestamp_matches_the_stream_at_that_moment() -> None:
+    reactor = FakeReactor()
+    ep = rtcp_endpoint(reactor)
+    ep.start_sending(ToneSource(), PCMU, 0, ("127.0.0.1", 5000))
+    first = sent(reactor)[0]
+    run(reactor, 7.0)
+    report = parse_compound(reactor.rtcp_wire.sent[0][0])[0]
+    assert isinstance(report, SenderReport)
+    elapsed = report.ntp_timestamp / 2**32 - 2_208_988_800
+    assert (report.rtp_timestamp - first.timestamp) % 2**32 == pytest.approx(elapsed * 8000, abs=1)
+
+
+def test_rtcp_timer_stops_once_the_endpoint_is_idle() -> None:
+    reactor = FakeReactor()
+    ep = rtcp_endpoint(reactor)
+    ep.start_sending(ToneSource(duration=1.0), PCMU, 0, ("127.0.0.1", 5000))
+    run(reactor, 30.0, step=0.5)
+    assert reactor.getDelayedCalls() == []
+
+
+def test_idle_rtcp_endpoint_has_no_timer() -> None:
+    reactor = FakeReactor()
+    rtcp_endpoint(reactor)
+    assert reactor.getDelayedCalls() == []
+
+
+def test_malformed_rtcp_is_counted_and_dropped() -> None:
+    reactor = FakeReactor()
+    ep = rtcp_endpoint(reactor)
+    reactor.protocols[ep.rtcp_port].datagramReceived(b"\x80\xc9\x00\x05", ("127.0.0.1", 9))
+    assert (ep.stats().rtcp_malformed, ep.stats().rtcp_received) == (1, 0)
+
+
+def test_close_says_bye_after_a_stream() -> None:
+    reactor = FakeReactor()
+    ep = rtcp_endpoint(reactor)
+    ep.start_sending(ToneSource(), PCMU, 0, ("127.0.0.1", 5000))
+    run(reactor, 0.1)
+    ep.close()
+    last = parse_compound(reactor.rtcp_wire.sent[-1][0])
+    assert last[-1] == Bye((ep.ssrc,))
