@@ -741,6 +741,14 @@ class UACore:
             return
         self._reply(request, 200, now)
         c = self._calls.get(handle)
+        pending = self._server.get(c.incoming_reinvite) if c is not None and c.incoming_reinvite else None
+        if c is not None and pending is not None and pending.key == event.cancels:
+            # a cancelled re-INVITE gets 487 and the session stays as it was (§14.2)
+            del self._server[c.incoming_reinvite]  # type: ignore[arg-type]
+            c.incoming_reinvite = None
+            self.layer.send_response(make_response(pending.request, 487, headers=self._response_common()),
+                                     now)
+            return
         if c is not None and c.state in ("incoming", "early"):
             # §9.2: the INVITE gets 487 and the call never was
             tag = c.dialog.local_tag if c.dialog is not None else self._token()
@@ -803,6 +811,7 @@ class UACore:
         rid = self._new_handle()
         self._server[rid] = _ServerRequest(request, event.transaction_key, c.handle, None)
         c.incoming_reinvite = rid
+        self._by_invite_key[event.transaction_key] = c.handle  # a CANCEL may follow (§9.2)
         self._events.append(ReinviteReceived(c.handle, rid, request, request.body or None))
 
     def _on_refer(self, c: _Call, event: tx.RequestReceived, now: float) -> None:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from sipmob.sip.headers import Replaces
 from sipmob.sip.message import Headers, Request, Response, parse_message
-from sipmob.sip.transaction import TimerConfig
+from sipmob.sip.transaction import TimerConfig, make_cancel
 from sipmob.sip.transport import Address
 from sipmob.sip.ua import (
     CallEstablished,
@@ -397,6 +397,22 @@ def test_reinvite_while_ours_is_pending_is_answered_491(pair: Pair) -> None:
     b.reinvite(cb, ANSWER, net.now)
     net.run()
     assert [m.status for m in net.sent("INVITE") if isinstance(m, Response)][-1] == 491
+
+
+def test_cancelled_reinvite_gets_487_and_the_call_stays(pair: Pair) -> None:
+    net, a, b = pair
+    ca, cb = establish(net, a, b)
+    a.reinvite(ca, OFFER, net.now)
+    (data, _), = a.messages_to_send()
+    b.receive(data, ALICE, net.now)
+    one(net.take(b, ReinviteReceived))
+    reinvite = parse_message(data)
+    assert isinstance(reinvite, Request)
+    b.receive(make_cancel(reinvite).to_bytes(), ALICE, net.now)
+    statuses = [(m.cseq.method, m.status) for m in (parse_message(d) for d, _ in b.messages_to_send())
+                if isinstance(m, Response)]
+    assert statuses == [("CANCEL", 200), ("INVITE", 487)]
+    assert b.call_state(cb) == "confirmed"
 
 
 def test_second_reinvite_from_the_app_while_one_is_pending_is_refused(pair: Pair) -> None:
