@@ -9,6 +9,7 @@ by its PID.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from array import array
@@ -20,7 +21,7 @@ import pytest
 from tests.peers.baresip import BARESIP, Baresip
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "slpda"), str(Path(__file__).resolve().parent)]
-from phone_process import Phone, run, until  # noqa: E402
+from phone_process import ENV, Phone, run, until  # noqa: E402
 from slpda_process import HOST, Slpda  # noqa: E402
 
 pytestmark = [pytest.mark.peer,
@@ -131,3 +132,24 @@ def test_unknown_device_is_named_with_the_known_ones(home: dict[str, Any]) -> No
     assert done.returncode == 1
     assert done.stderr.strip() == ("sipmob: no device 'fridge' (known: deaf-phone, desk-phone, "
                                    "opus-speaker)")
+
+
+def test_device_that_rejects_rolls_the_transfer_back(home: dict[str, Any]) -> None:
+    phone, cn, deaf = home["phone"], home["cn"], home["deaf"]
+    assert phone.sipmob("call", cn.uri).returncode == 0
+    start = len(deaf.events)
+    transfer = subprocess.Popen([sys.executable, "-m", "sipmob.mn.cli", "--config", str(phone.config),
+                                 "transfer", "1", "--to", "deaf-phone"], env=ENV, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deaf.wait_call_event("CALL_INCOMING", start=start)
+        deaf.hangup()  # refuses the ringing call
+        _, err = transfer.communicate(timeout=10)
+    finally:
+        if transfer.poll() is None:
+            transfer.kill()
+            transfer.wait(5)
+    assert transfer.returncode == 1
+    assert err.startswith("sipmob: transfer of call 1 failed: Deaf phone rejected it (4")
+    assert err.strip().endswith("; the call stays as it was")
+    assert phone.calls()[0]["streams"] == [{"media": "audio", "where": "this phone"}]
