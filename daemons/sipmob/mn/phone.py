@@ -338,9 +338,8 @@ class Phone:
             incoming.reject(488)
             rtp.close()
             return
-        peer = str(incoming.request.headers.get("From") or "unknown")
         d = incoming.accept(stamped.to_bytes())
-        d.addCallbacks(lambda call: self._add_call(call, peer, oa, rtp),
+        d.addCallbacks(lambda call: self._add_call(call, str(call.dialog.remote_uri.uri), oa, rtp),
                        lambda failure: rtp.close())
 
     @defer.inlineCallbacks
@@ -391,7 +390,9 @@ class Phone:
     def _cn_capabilities(self, pc: PhoneCall) -> Any:
         """§6.1: the CN's codecs from its OPTIONS answer; None when it gives none."""
         try:
-            response = yield self.ua.options(pc.peer, timeout=self.config.calls.options_timeout)
+            # To the CN's Contact (the dialog's remote target): its AOR may be a proxy's.
+            response = yield self.ua.options(pc.call.dialog.remote_target,
+                                             timeout=self.config.calls.options_timeout)
         except Exception as exc:
             log.info("call %s: OPTIONS to %s failed (%s); using its current description", pc.id, pc.peer, exc)
             return None

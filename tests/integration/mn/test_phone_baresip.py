@@ -21,7 +21,7 @@ import pytest
 from tests.peers.baresip import BARESIP, Baresip
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "slpda"), str(Path(__file__).resolve().parent)]
-from phone_process import ENV, Phone, run, until  # noqa: E402
+from phone_process import ENV, Phone, until  # noqa: E402
 from slpda_process import HOST, Slpda  # noqa: E402
 
 pytestmark = [pytest.mark.peer,
@@ -42,15 +42,12 @@ def home(tmp_path: Path) -> Iterator[dict[str, Any]]:
         deaf = Baresip(tmp_path, user="deaf", auto_answer=False)
         peers.append(deaf)
         address = f"{HOST}:{da.port}"
-        for peer, attrs in ((desk, "(name=Desk phone),(media=audio-sendrecv),(audio-codecs=PCMU,PCMA)"),
-                            (deaf, "(name=Deaf phone),(media=audio-sendrecv),(audio-codecs=PCMU)")):
-            done = run("-m", "sipmob.slp.tool", "--da", address, "register", peer.uri,
-                       "service:sip-device", attrs)
-            assert done.returncode == 0, done.stderr
-        done = run("-m", "sipmob.slp.tool", "--da", address, "register", "sip:opus@127.0.0.1:5999",
-                   "service:sip-device", "(name=Opus speaker),(media=audio-sendrecv),(audio-codecs=opus)")
-        assert done.returncode == 0, done.stderr
-        phone = Phone(tmp_path, address)
+        with da.client() as slp:
+            slp.register(desk.uri, "(name=Desk phone),(media=audio-sendrecv),(audio-codecs=PCMU,PCMA)")
+            slp.register(deaf.uri, "(name=Deaf phone),(media=audio-sendrecv),(audio-codecs=PCMU)")
+            slp.register("sip:opus@127.0.0.1:5999",
+                         "(name=Opus speaker),(media=audio-sendrecv),(audio-codecs=opus)")
+        phone = Phone(tmp_path, address, auto_answer=True)
         yield {"phone": phone, "cn": cn, "desk": desk, "deaf": deaf, "dir": tmp_path}
     finally:
         if phone is not None:
@@ -80,6 +77,8 @@ def test_transfer_to_a_device_and_retrieve(home: dict[str, Any]) -> None:
     done = phone.sipmob("transfer", "1", "--to", "desk-phone")
     assert done.returncode == 0, done.stderr + phone.output()
     assert done.stdout.strip() == "call 1: audio on Desk phone"
+    done = phone.sipmob("calls")
+    assert done.returncode == 0 and done.stdout.strip().endswith("confirmed  audio: Desk phone")
     [call] = phone.calls()
     assert call["streams"] == [{"media": "audio", "where": "Desk phone"}]
     assert call["sending"] is False  # the grace period is over
@@ -153,3 +152,17 @@ def test_device_that_rejects_rolls_the_transfer_back(home: dict[str, Any]) -> No
     assert err.startswith("sipmob: transfer of call 1 failed: Deaf phone rejected it (4")
     assert err.strip().endswith("; the call stays as it was")
     assert phone.calls()[0]["streams"] == [{"media": "audio", "where": "this phone"}]
+
+
+def test_incoming_call_moves_and_cn_hangup_releases_the_device(home: dict[str, Any]) -> None:
+    phone, cn, desk = home["phone"], home["cn"], home["desk"]
+    cn.dial(phone.uri)
+    assert until(lambda: phone.calls()), "the phone did not answer " + phone.output()
+    assert phone.calls()[0]["peer"].startswith("sip:cn@127.0.0.1")
+    done = phone.sipmob("transfer", "1", "--to", "desk-phone")
+    assert done.returncode == 0, done.stderr + phone.output()
+    desk.wait_call_event("CALL_ESTABLISHED")
+    start = len(desk.events)
+    cn.hangup()
+    desk.wait_call_event("CALL_CLOSED", start=start)
+    assert until(lambda: phone.calls() == [])
