@@ -4,7 +4,8 @@ Run: ``.venv/bin/python tests/bench/bench_sip_options.py [--calls N] [--rate R] 
 A UAS process (this file with ``--serve``) answers every OPTIONS with 200 over loopback UDP; sipp
 sends N OPTIONS at up to R per second with at most L in flight. The figure is sipp's own count of
 completed transactions (from its ``-trace_stat`` CSV) divided by its wall-clock run time, plus the UAS's
-peak memory and live transaction count (every server transaction lingers 64*T1 in Completed).
+peak memory, live transaction count (every server transaction lingers 64*T1 in Completed) and
+CPU time per transaction, the figure that other processes on the machine disturb least.
 """
 
 from __future__ import annotations
@@ -54,19 +55,29 @@ def serve(port: int) -> None:
 
     listen = [("127.0.0.1", port, "udp")]
     layer = TransactionLayer([Address(*a) for a in listen])
-    peak = {"live": 0}
+    peak = {"live": 0, "requests": 0}
 
     def on_event(event: object) -> None:
         if isinstance(event, RequestReceived):
             sip.send_response(make_response(event.request, 200, to_tag="bench"))
             peak["live"] = max(peak["live"], len(layer))
+            peak["requests"] += 1
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
 
     def report() -> None:
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"uas: peak live transactions {peak['live']}, peak RSS {rss_mb:.0f} MiB", flush=True)
+        used = cpu() - idle_cpu
+        per = used / max(1, peak["requests"]) * 1e6
+        print(f"uas: peak live transactions {peak['live']}, peak RSS {rss_mb:.0f} MiB, "
+              f"{used:.2f} s CPU for {peak['requests']} requests = {per:.0f} us CPU per transaction "
+              f"(at most {1e6 / per:.0f}/s on one free core)", flush=True)
 
     sip = SIPTransport(reactor, layer, listen, on_event)
     sip.start()
+    idle_cpu = cpu()
     reactor.addSystemEventTrigger("before", "shutdown", report)  # type: ignore[attr-defined]
     print("ready", flush=True)
     reactor.run()  # type: ignore[attr-defined]

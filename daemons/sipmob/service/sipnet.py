@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer, error, protocol
 
 from sipmob.service.timers import TimerDriver
 from sipmob.sip.message import Request, Response, SIPParseError, StreamFramer
@@ -28,6 +28,9 @@ log = logging.getLogger("sipmob.sip")
 class _Datagrams(protocol.DatagramProtocol):
     def __init__(self, owner: SIPTransport) -> None:
         self.owner = owner
+        # Hosts this port has written to once: Port.write checks that a host is an IP literal of
+        # the port's family, three checks per datagram; once is enough for the same host.
+        self.checked: set[str] = set()
 
     @property
     def wire(self) -> Any:
@@ -35,6 +38,19 @@ class _Datagrams(protocol.DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         self.owner._received(data, Address(addr[0], addr[1], "udp"))
+
+    def send(self, data: bytes, host: str, port: int) -> None:
+        """Write one datagram; raises OSError (or twisted's MessageLengthError, InvalidAddressError)."""
+        if host not in self.checked:
+            self.wire.write(data, (host, port))
+            if len(self.checked) >= 4096:
+                self.checked.clear()
+            self.checked.add(host)
+            return
+        try:
+            self.wire.socket.sendto(data, (host, port))
+        except ConnectionRefusedError:
+            pass  # an ICMP error for an earlier datagram: says nothing about this one (as Port.write)
 
 
 class _Stream(protocol.Protocol):
@@ -206,8 +222,8 @@ class SIPTransport:
         if destination.transport == "udp":
             sock = self._udp_for(destination)
             try:
-                sock.wire.write(data, (destination.host, destination.port))
-            except OSError as exc:
+                sock.send(data, destination.host, destination.port)
+            except (OSError, error.MessageLengthError, error.InvalidAddressError) as exc:
                 log.info("cannot send to %s:%d: %s", destination.host, destination.port, exc)
                 self._layer.transport_error(destination, self.reactor.seconds())
             return
