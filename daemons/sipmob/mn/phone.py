@@ -69,6 +69,8 @@ from sipmob.service.slp import SLPClient
 
 log = logging.getLogger("sipmob.mn")
 
+STOP_WAIT = 2.0  # seconds to wait for the answers to our BYEs when stopping
+
 
 def _origin(address: str) -> Origin:
     return Origin("sipmob", secrets.randbelow(2**31), 1, "IN", "IP6" if ":" in address else "IP4", address)
@@ -233,11 +235,20 @@ class Phone:
     @defer.inlineCallbacks
     def stop(self) -> Any:
         yield self.control.stop()
+        byes: list[defer.Deferred[Any]] = []
         for pc in list(self.calls.values()):
-            for call in list(pc.device_calls.values()):
-                yield call.bye()
-            yield pc.call.bye()
+            byes += [call.bye() for call in pc.device_calls.values()]
+            byes.append(pc.call.bye())
             self._ended(pc)
+        if byes:
+            # A peer that is gone would keep us for a whole BYE transaction (64*T1): the BYEs are
+            # sent, their answers are a courtesy.
+            waiting = defer.DeferredList(byes, consumeErrors=True)
+            waiting.addTimeout(STOP_WAIT, self.reactor)
+            try:
+                yield waiting
+            except defer.TimeoutError:
+                log.info("stopping without the answer to every BYE")
         yield self.slp.close()
         yield self.ua.stop()
 

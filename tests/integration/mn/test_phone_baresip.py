@@ -19,10 +19,14 @@ from typing import Any
 
 import pytest
 from tests.peers.baresip import BARESIP, Baresip
+from tests.peers.ports import free_udp_port
+from tests.peers.sipp import SIPP, SippProcess
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "slpda"), str(Path(__file__).resolve().parent)]
 from phone_process import ENV, Phone, until  # noqa: E402
 from slpda_process import HOST, Slpda  # noqa: E402
+
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
 pytestmark = [pytest.mark.peer,
               pytest.mark.skipif(BARESIP is None, reason="baresip is not installed (apt baresip-core)")]
@@ -166,3 +170,26 @@ def test_incoming_call_moves_and_cn_hangup_releases_the_device(home: dict[str, A
     cn.hangup()
     desk.wait_call_event("CALL_CLOSED", start=start)
     assert until(lambda: phone.calls() == [])
+
+
+@pytest.mark.skipif(SIPP is None, reason="sipp is not installed (apt sip-tester)")
+def test_cn_that_refuses_the_reinvite_keeps_the_call_and_releases_the_device(home: dict[str, Any]) -> None:
+    phone, desk = home["phone"], home["desk"]
+    cn = SippProcess(SCENARIOS / "uas_reject_reinvite.xml", extra_args=["-aa", "-mp", str(free_udp_port())],
+                     workdir=home["dir"] / "sipp", timeout=30)
+    try:
+        cn.wait_listening()
+        uri = f"sip:cn@127.0.0.1:{cn.local_port}"
+        done = phone.sipmob("call", uri)
+        assert done.returncode == 0, done.stderr + phone.output()
+        start = len(desk.events)
+        done = phone.sipmob("transfer", "1", "--to", "desk-phone")
+        assert done.returncode == 1
+        assert done.stderr.strip() == (f"sipmob: transfer of call 1 failed: {uri} refused the new media "
+                                       "(488 Not Acceptable Here); the call stays as it was")
+        desk.wait_call_event("CALL_CLOSED", start=start)
+        [call] = phone.calls()
+        assert call["streams"] == [{"media": "audio", "where": "this phone"}] and call["devices"] == []
+        assert call["sending"] is True
+    finally:
+        cn.stop()
