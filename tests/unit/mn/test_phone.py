@@ -1,0 +1,58 @@
+"""The phone's pure parts: command-line overrides and how a call's layout is described."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sipmob.mn.config import MnConfig
+from sipmob.mn.mobility import MOBILE_NODE
+from sipmob.mn.phone import PhoneCall, _override
+from sipmob.sdp import DuplexSplit, OfferAnswerState, Origin, parse
+from sipmob.service.rtp import EndpointStats
+
+CN = parse("v=0\r\no=cn 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
+           "m=audio 3456 RTP/AVP 0\r\nm=video 3458 RTP/AVP 34\r\nm=video 0 RTP/AVP 34\r\n")
+
+
+def args(**kw: Any) -> argparse.Namespace:
+    return argparse.Namespace(**{"control": None, "listen": None, **kw})
+
+
+def test_listen_flag_overrides_address_and_port() -> None:
+    config = _override(MnConfig(), args(listen="127.0.0.2:5090"))
+    assert (config.listen.address, config.listen.port) == ("127.0.0.2", 5090)
+
+
+def test_control_flag_overrides_the_socket_path() -> None:
+    assert _override(MnConfig(), args(control="/tmp/x.sock")).control_path == Path("/tmp/x.sock")
+
+
+def test_bad_listen_flag_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="--listen must be HOST:PORT"):
+        _override(MnConfig(), args(listen="localhost"))
+
+
+class FakeRtp:
+    sending = False
+
+    def stats(self) -> EndpointStats:
+        return EndpointStats(1, 10, 1600, 0, 0, {})
+
+
+class FakeCall:
+    state = "confirmed"
+
+
+def test_calls_say_where_each_stream_is_by_device_name() -> None:
+    oa = OfferAnswerState(Origin("mn", 1, 1, "IN", "IP4", "192.0.2.9"))
+    layout = (MOBILE_NODE, DuplexSplit("sip:tv@192.0.2.2", "sip:cam@192.0.2.3"), None)
+    pc = PhoneCall("1", "sip:cn@192.0.2.1", FakeCall(), oa, CN, CN, FakeRtp(), layout,  # type: ignore[arg-type]
+                   names={"sip:tv@192.0.2.2": "TV", "sip:cam@192.0.2.3": "Camera"})
+    described = pc.describe()
+    assert described["streams"] == [{"media": "audio", "where": "this phone"},
+                                    {"media": "video", "where": "out on TV, in from Camera"}]
+    assert (described["rtp_sent"], described["rtp_received"], described["sending"]) == (10, 0, False)
