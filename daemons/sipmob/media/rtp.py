@@ -107,6 +107,8 @@ def parse(data: bytes) -> RtpPacket:
         padding = data[-1]
         if padding == 0:
             raise RtpParseError("padding bit set with a zero padding count")
+        if padding > len(data) - RTP_HEADER_SIZE:
+            raise RtpParseError(f"padding count {padding} runs into the fixed header")
         end -= padding
     offset = RTP_HEADER_SIZE + 4 * (first & 0x0F)
     if offset > end:

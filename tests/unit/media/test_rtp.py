@@ -82,7 +82,8 @@ def test_arbitrary_bytes_parse_or_raise_rtp_parse_error(data: bytes) -> None:
     (bytes([0x90]) + KNOWN[1:12] + b"\0\0", "extension"),
     (bytes([0x90]) + KNOWN[1:12] + b"\0\0\0\5", "extension"),
     (bytes([0xA0]) + KNOWN[1:12] + b"\0", "zero padding"),
-    (bytes([0xA0]) + KNOWN[1:12] + b"\x20", "CSRC"),
+    (bytes([0xA0]) + KNOWN[1:12] + b"\x20", "padding count 32"),
+    (bytes([0xA1]) + KNOWN[1:12] + b"\0\0\0\2", "CSRC"),
     (bytes([0x80, 0xC8]) + KNOWN[2:], "RTCP"),
 ])
 def test_malformed_packets_raise_with_the_reason(data: bytes, reason: str) -> None:
