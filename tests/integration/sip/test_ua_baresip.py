@@ -1,8 +1,9 @@
 """The Twisted `UserAgent` on real sockets: against baresip (calls both ways, RTP at the SDP address,
-re-INVITE moving baresip's RTP, late offer, BYE both ways) and against itself on loopback (REFER with
-its NOTIFYs, INVITE with Replaces).
+re-INVITE moving baresip's RTP, late offer, BYE both ways), against itself on loopback (REFER with
+its NOTIFYs, INVITE with Replaces, INFO, SUBSCRIBE/NOTIFY), and against PJSIP for what baresip does
+not do (REFER with Referred-By, INVITE with Replaces, an attended transfer with Replaces in Refer-To).
 
-baresip runs through tests/peers/baresip.py (loopback only, stopped by PID); RTP is received with
+baresip and pjsua run through tests/peers/ (loopback only, stopped by PID); RTP is received with
 tests/peers/rtp.py's probe. Only 127.0.0.1 is used.
 """
 
@@ -288,3 +289,72 @@ def test_subscription_notifies_and_unsubscribe_ends_it(three: list[UserAgent]) -
     wait(subscription.unsubscribe())
     assert wait(subscription.terminated) == "terminated"
     assert wait(notifier[0].terminated) == "terminated"
+
+
+# PJSIP, for what baresip does not do: REFER and INVITE with Replaces (PEERS.md) ------------------
+
+
+@pytest.fixture
+def pjsua(tmp_path: Path) -> Iterator[Any]:
+    pytest.importorskip("pjsua2", reason="pjsua2 is not installed (tests/requirements.txt)")
+    from tests.peers.pjsua import Pjsua
+    from tests.peers.ports import free_udp_port
+
+    phone = Pjsua(free_udp_port(), "pj", workdir=tmp_path)
+    yield phone
+    phone.stop()
+
+
+def test_pjsip_acts_on_our_refer_with_referred_by_and_reports_200(three: list[UserAgent], pjsua: Any) -> None:
+    a, _, c = three
+    incoming_at_c: list[IncomingCall] = []
+
+    def at_c(inc: IncomingCall) -> None:
+        incoming_at_c.append(inc)
+        inc.accept(sdp(4004))
+
+    c.on_incoming_call(at_c)
+    call = wait(a.invite(pjsua.uri, sdp(4000)))
+    progress = wait(call.refer(target(c), referred_by="<sip:a@127.0.0.1>"))
+    assert progress.response.status == 202
+    assert wait(progress.final, 15) == 200
+    referred_by = incoming_at_c[0].referred_by
+    assert referred_by is not None and str(referred_by.uri) == "sip:a@127.0.0.1"
+
+
+def test_our_invite_with_replaces_makes_pjsip_bye_the_replaced_call(three: list[UserAgent],
+                                                                    pjsua: Any) -> None:
+    a, _, c = three
+    call_ap = wait(a.invite(pjsua.uri, sdp(4000)))
+    d = call_ap.dialog
+    replaces = Replaces(d.call_id, to_tag=d.remote_tag, from_tag=d.local_tag)
+    call_cp = wait(c.invite(pjsua.uri, sdp(4004), headers=[("Replaces", str(replaces))]), 15)
+    assert call_cp.state == "confirmed"
+    assert wait(call_ap.terminated, 15) == "bye"
+    wait(call_cp.bye())
+
+
+def test_pjsip_attended_transfer_to_us_replaces_the_call_at_the_target(three: list[UserAgent],
+                                                                       pjsua: Any) -> None:
+    a, _, c = three
+    at_a: list[Call] = []
+    at_c: list[Call] = []
+    answer_all(a, 4000, at_a)
+    answer_all(c, 4004, at_c)
+    call_pa = pjsua.make_call(target(a))
+    spin_until(lambda: bool(at_a))
+    call_pc = pjsua.make_call(target(c))
+    spin_until(lambda: len(at_c) == 1)
+    new_calls: list[Call] = []
+
+    def on_refer(referred: Call, request: Request) -> defer.Deferred[Call]:
+        to, headers = referred_request(request)
+        assert any(name == "Replaces" for name, _ in headers)
+        d = a.invite(to, sdp(4008), headers=headers)
+        return d.addCallback(lambda call: new_calls.append(call) or call)
+
+    at_a[0].on_refer(on_refer)
+    pjsua.transfer_replaces(call_pa, call_pc)
+    assert wait(at_c[0].terminated, 15) == "replaced"
+    spin_until(lambda: len(new_calls) == 1 and len(at_c) == 2, 15)
+    assert new_calls[0].call_id == at_c[1].call_id
