@@ -227,18 +227,16 @@ class Headers:
         return h
 
     def parsed(self, key: str, parse: Callable[[Headers], T]) -> T:
-        """``parse(self)``, cached under ``key`` until the headers change."""
+        """``parse(self)``, cached under ``key`` until the headers change.
+
+        ``key`` is the lower-case full name of the one header ``parse`` reads (`replace_top` keeps
+        what was parsed of the headers it does not touch)."""
         try:
             return self._cache[key]  # type: ignore[return-value]
         except KeyError:
             value = parse(self)
             self._cache[key] = value
             return value
-
-    def prime(self, key: str, value: object) -> None:
-        """Remember ``value`` as what `parsed` would compute under ``key`` for the current lines,
-        for a caller that has just written a line from that very value."""
-        self._cache[key] = value
 
     # changing -------------------------------------------------------------------------------
 
@@ -274,6 +272,18 @@ class Headers:
         key = header_key(name)
         self._lines = [item for item in self._lines if item[0] != key]
         self._cache.clear()
+
+    def replace_top(self, name: str, value: str, parsed: object | None = None) -> None:
+        """Replace the first value of ``name`` and put it above every other header line (a Via
+        noted with received/rport), keeping what was parsed of the other headers. ``parsed``, if
+        given, is what parsing the new lines of ``name`` would give."""
+        key = header_key(name)
+        kept = {k: v for k, v in self._cache.items() if k != key and k != _INDEX}
+        self.remove_first(name)
+        self.add(name, value, first=True)
+        self._cache.update(kept)
+        if parsed is not None:
+            self._cache[key] = parsed
 
     def remove_first(self, name: str) -> str | None:
         """Remove the first value of ``name`` (the first list element if the line holds several)."""

@@ -179,9 +179,7 @@ def _top_via(message: Request | Response) -> Via | None:
 def _with_top_via(message: M, via: Via) -> M:
     rest: list[Via] = message.vias[1:]
     headers = message.headers.copy()
-    headers.remove_first("Via")
-    headers.add("Via", str(via), first=True)
-    headers.prime("via", [via, *rest])  # what parsing the line we just wrote would give
+    headers.replace_top("Via", str(via), [via, *rest])  # the Vias, as parsing them would give
     if isinstance(message, Request):
         return Request(message.method, message.uri, headers, message.body)
     return Response(message.status, message.reason, headers, message.body)

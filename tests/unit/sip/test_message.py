@@ -423,3 +423,15 @@ def test_make_response_adds_a_to_tag_only_when_the_to_has_none(to: str, tag: str
     resp = parse_message(make_response(req, 200, to_tag="new").to_bytes())
     assert resp.to.tag == tag and resp.to.uri.param("tag") == uri_tag
     assert resp.to.uri == req.to.uri and resp.to.display_name == req.to.display_name
+
+
+def test_replace_top_changes_the_first_value_only_and_keeps_other_headers_readable() -> None:
+    two = b"Via: SIP/2.0/UDP a.example;branch=z9hG4bK1, SIP/2.0/UDP b.example;branch=z9hG4bK2"
+    one = b"Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK776asdhds;rport"
+    req = parse_message(INVITE.replace(one, two))
+    before = (req.cseq, req.call_id, req.from_, req.to)
+    req.headers.replace_top("Via", "SIP/2.0/UDP a.example;branch=z9hG4bK1;received=192.0.2.9")
+    assert [v.received for v in req.vias] == ["192.0.2.9", None]
+    assert [v.branch for v in req.vias] == ["z9hG4bK1", "z9hG4bK2"]
+    assert (req.cseq, req.call_id, req.from_, req.to) == before
+    assert req.headers.items()[0][0] == "Via"
