@@ -210,12 +210,19 @@ def _child(options: dict[str, Any]) -> None:
     def emit(message: Event) -> None:
         protocol.write(json.dumps(message) + "\n")
 
-    calls: dict[int, Any] = {}  # pjsua call id -> Call, which must stay referenced while it lives
+    calls: dict[int, Any] = {}  # pjsua call id -> the Call object for the id's current call
+    # Every Call object ever made stays referenced: pjsua reuses call ids, and a collected Call's
+    # destructor hangs up whatever call now has its id.
+    every_call: list[Any] = []
     state_names = {getattr(pj, n): n[len("PJSIP_INV_STATE_"):] for n in dir(pj)
                    if n.startswith("PJSIP_INV_STATE_")}
     auto_answer = bool(options["auto_answer"])
 
     class Call(pj.Call):  # type: ignore[misc]
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            every_call.append(self)
+
         def onCallState(self, prm: Any) -> None:
             info = self.getInfo()
             emit({"event": "call_state", "call": info.id,

@@ -294,6 +294,30 @@ def test_pjsua_attended_transfer_replaces_the_consultation_call(tmp_path: Path,
 
 
 @needs_pjsua2
+def test_pjsua_answers_new_calls_after_a_replaced_one(tmp_path: Path, pjsuas: list[Pjsua]) -> None:
+    transferor = _pjsua(tmp_path, pjsuas, "transferor")
+    transferee = _pjsua(tmp_path, pjsuas, "transferee")
+    target = _pjsua(tmp_path, pjsuas, "target")
+    held = transferor.make_call(transferee.uri)
+    transferor.wait_call_state("CONFIRMED", held)
+    consultation = transferor.make_call(target.uri)
+    transferor.wait_call_state("CONFIRMED", consultation)
+    transferor.transfer_replaces(held, consultation)
+    target.wait_event(lambda e: e["event"] == "replaced")
+    transferor.hangup()
+    transferee.hangup()
+    target.wait_event(lambda e: e["event"] == "call_state" and e["state"] == "DISCONNECTED"
+                      and e["call"] != consultation)
+    # pjsua reuses call ids: a new call must not be hung up on behalf of an old Call object.
+    for _ in range(4):
+        start = len(transferor.events)
+        call = transferor.make_call(target.uri)
+        transferor.wait_call_state("CONFIRMED", call, start=start)
+        transferor.hangup(call)
+        transferor.wait_call_state("DISCONNECTED", call, start=start)
+
+
+@needs_pjsua2
 def test_pjsua_reports_a_failed_command_as_an_error(tmp_path: Path, pjsuas: list[Pjsua]) -> None:
     phone = _pjsua(tmp_path, pjsuas, "solo")
     with pytest.raises(Exception, match="hangup"):
