@@ -570,7 +570,8 @@ class UserAgent:
             call._ended(event.reason)
         incoming = self._incoming.pop(event.call, None)
         if incoming is not None and incoming._accepted is not None and not incoming._accepted.called:
-            incoming._accepted.errback(CallFailed(408, "No ACK"))
+            status = 408 if event.reason == "no-ack" else 487
+            incoming._accepted.errback(CallFailed(status, f"ended before the ACK ({event.reason})"))
 
     def _reinvite_completed(self, event: core.ReinviteCompleted) -> None:
         d = self._reinvites.pop(event.op, None)
