@@ -6,7 +6,8 @@ Prints, as the median of several rounds (the machine is shared and noisy):
   - packets/s one core can send and receive through two RtpEndpoints on 127.0.0.1 (unpaced, in
     bursts of 50), from process CPU time, and what that makes the CPU share of one 50 packet/s stream;
   - K real paced streams (20 ms) for S seconds: CPU share per stream, loss, jitter, longest gap, and
-    the arrival gap at a destination switch half way through.
+    the arrival gap at a destination switch half way through;
+  - the CPU time an idle endpoint (bound, not sending, with RTCP) uses over S seconds.
 """
 
 from __future__ import annotations
@@ -141,6 +142,17 @@ def paced(streams: int, seconds: float) -> None:
     spin(0.01)
 
 
+def idle(seconds: float) -> None:
+    ep = RtpEndpoint(reactor, rtcp=True)
+    cpu0 = time.process_time()
+    spin(seconds)
+    cpu = time.process_time() - cpu0
+    print(f"idle endpoint (RTP+RTCP sockets, not sending): {1000 * cpu:.1f} ms CPU in {seconds:.0f} s, "
+          f"{len(reactor.getDelayedCalls())} timer(s) pending")
+    ep.close()
+    spin(0.01)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -152,6 +164,7 @@ def main() -> None:
     sans_io(args.rounds, 5000)
     unpaced(args.rounds, 20000)
     paced(args.streams, args.seconds)
+    idle(args.seconds)
 
 
 if __name__ == "__main__":
