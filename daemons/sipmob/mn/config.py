@@ -58,7 +58,8 @@ class Listen:
     address: str = setting("127.0.0.1", check=ip_address, help="address for SIP (UDP) and RTP")
     port: int = setting(5060, check=port, help="SIP UDP port")
     rtp_port: int = setting(0, check=lambda v: None if v == 0 else port(v),
-                            help="first RTP port; 0: any free port")
+                            help="lowest RTP port (each stream takes the next free even port); "
+                                 "0: any free port")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

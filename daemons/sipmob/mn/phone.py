@@ -9,10 +9,11 @@ the executor (`sipmob.mn.executor`) through `_CallControl`, the SIP and media op
 Each dialog's descriptions go through an `OfferAnswerState`, so every offer we send has the right
 ``o=`` version. One mobility action runs at a time per call; a second one is refused.
 
-The phone itself handles audio only: a CN's video m-line is answered with port 0 (it can still be
-sent to a device with transfer, since the device gets the CN's own description). A re-INVITE from
-the CN while media is on devices is answered with our current description (sipua's default); the
-devices are not re-INVITEd.
+The phone sends audio only. A CN's video stream is taken ``recvonly`` on a socket that only counts
+packets (a phone without a screen worth the name), so that the stream exists in the session and can
+be transferred or split to the home's displays and cameras; calls the phone places offer audio only.
+A re-INVITE from the CN while media is on devices is answered with our current description
+(sipua's default); the devices are not re-INVITEd.
 
 Not here: the planning rules, the SIP stack, the command line (`sipmob.mn.cli`).
 """
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 
 from sipmob.media import codecs as media_codecs
 from sipmob.media.recorder import WavRecorder
@@ -51,6 +53,7 @@ from sipmob.mn.mobility import (
 )
 from sipmob.sdp import (
     Codec,
+    Direction,
     DuplexSplit,
     LocalCapabilities,
     MediaCapability,
@@ -70,6 +73,8 @@ from sipmob.service.slp import SLPClient
 log = logging.getLogger("sipmob.mn")
 
 STOP_WAIT = 2.0  # seconds to wait for the answers to our BYEs when stopping
+VIDEO_CODECS = (Codec("VP8", 90000), Codec("H264", 90000, fmtp="packetization-mode=1"),
+                Codec("H263", 90000))
 
 
 def _origin(address: str) -> Origin:
@@ -94,6 +99,7 @@ class PhoneCall:
     names: dict[str, str] = dataclasses.field(default_factory=dict)
     busy: bool = False
     recorder: WavRecorder | None = None
+    video_rtp: Any = None  # RtpEndpoint receiving the CN's video, when the CN offered some
 
     def state(self) -> CallState:
         return CallState(self.id, self.peer, self.cn_sdp, self.local_sdp, self.layout,
@@ -115,7 +121,9 @@ class PhoneCall:
         return {"id": self.id, "peer": self.peer, "state": self.call.state, "streams": streams,
                 "devices": sorted(self.device_calls), "sending": bool(self.rtp.sending),
                 "rtp_sent": stats.sent_packets,
-                "rtp_received": sum(r.received for r in stats.sources.values())}
+                "rtp_received": sum(r.received for r in stats.sources.values()),
+                "video_received": (sum(r.received for r in self.video_rtp.stats().sources.values())
+                                   if self.video_rtp is not None else 0)}
 
 
 class _CallControl:
@@ -262,8 +270,9 @@ class Phone:
         return self._local_sdp(0, _origin(self.address)).to_bytes()
 
     def _local_caps(self) -> LocalCapabilities:
-        return LocalCapabilities((MediaCapability("audio", tuple(Codec(c.name, c.clock_rate)
-                                                                 for c in self.codecs)),))
+        audio = MediaCapability("audio", tuple(Codec(c.name, c.clock_rate) for c in self.codecs))
+        video = MediaCapability("video", VIDEO_CODECS, Direction.RECVONLY)
+        return LocalCapabilities((audio, video))
 
     def _local_sdp(self, port: int, origin: Origin) -> SessionDescription:
         pts = " ".join(str(c.static_payload_type) for c in self.codecs)
@@ -292,17 +301,28 @@ class Phone:
                 return
         log.warning("call %s: no common audio codec with %s", pc.id, pc.peer)
 
-    def _new_rtp(self) -> Any:
+    def _new_rtp(self, video: bool = False) -> Any:
         from sipmob.service.rtp import RtpEndpoint
 
-        return RtpEndpoint(self.reactor, (self.address, self.config.listen.rtp_port))
+        clock_rate = 90000 if video else 8000
+        first = self.config.listen.rtp_port
+        if not first:
+            return RtpEndpoint(self.reactor, (self.address, 0), clock_rate=clock_rate)
+        # RTP on even ports, RTCP's the odd one above (RFC 3550 §11): the first free pair from ``first``.
+        for port in range(first - first % 2, min(first + 2000, 65534), 2):
+            try:
+                return RtpEndpoint(self.reactor, (self.address, port), clock_rate=clock_rate)
+            except CannotListenError:
+                continue
+        raise CannotListenError(self.address, first, "no free RTP port")
 
-    def _add_call(self, call: Call, peer: str, oa: OfferAnswerState, rtp: Any) -> PhoneCall:
+    def _add_call(self, call: Call, peer: str, oa: OfferAnswerState, rtp: Any,
+                  video_rtp: Any = None) -> PhoneCall:
         cid = str(self._next_id)
         self._next_id += 1
         assert oa.local is not None and oa.remote is not None
         ours, theirs = (oa.local, oa.remote)
-        pc = PhoneCall(cid, peer, call, oa, theirs, ours, rtp, initial_layout(theirs))
+        pc = PhoneCall(cid, peer, call, oa, theirs, ours, rtp, initial_layout(theirs), video_rtp=video_rtp)
         if self.config.media.record:
             path = Path(self.config.media.record) / f"call-{cid}.wav"
             pc.recorder = WavRecorder(path)
@@ -329,6 +349,8 @@ class Phone:
             pc.rtp.detach_recorder()
             pc.recorder.close()
         pc.rtp.close()
+        if pc.video_rtp is not None:
+            pc.video_rtp.close()
 
     # Calls ----------------------------------------------------------------------------------------
 
@@ -337,21 +359,32 @@ class Phone:
             incoming.reject(486 if incoming.offer is not None else 488)
             return
         rtp = self._new_rtp()
+        video_rtp = None
         oa = OfferAnswerState(_origin(self.address))
         try:
             offer = parse(incoming.offer)
+            ports = {"audio": rtp.port}
+            if any(m.media == "video" and m.port for m in offer.media):
+                video_rtp = self._new_rtp(video=True)
+                ports["video"] = video_rtp.port
             oa.receive_offer(offer)
             ours = answer(offer, self._local_caps(), origin=oa.origin, connection_address=self.address,
-                          ports={"audio": rtp.port})
+                          ports=ports)
             stamped, _ = oa.create_answer(ours)
         except (SDPParseError, OfferAnswerError) as exc:
             log.warning("incoming call refused: %s", exc)
             incoming.reject(488)
-            rtp.close()
+            self._close(rtp, video_rtp)
             return
         d = incoming.accept(stamped.to_bytes())
-        d.addCallbacks(lambda call: self._add_call(call, str(call.dialog.remote_uri.uri), oa, rtp),
-                       lambda failure: rtp.close())
+        d.addCallbacks(lambda call: self._add_call(call, str(call.dialog.remote_uri.uri), oa, rtp, video_rtp),
+                       lambda failure: self._close(rtp, video_rtp))
+
+    @staticmethod
+    def _close(*endpoints: Any) -> None:
+        for endpoint in endpoints:
+            if endpoint is not None:
+                endpoint.close()
 
     @defer.inlineCallbacks
     def call(self, uri: str) -> Any:
