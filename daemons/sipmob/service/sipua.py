@@ -183,7 +183,10 @@ class Call:
 
         Without an offer, `ack_sdp(offer)` makes the ACK's answer (bytes or a Deferred of them);
         without `ack_sdp` the ACK is held for `ack`."""
-        op = self.ua._core.reinvite(self.handle, sdp, self.ua._now())
+        try:
+            op = self.ua._core.reinvite(self.handle, sdp, self.ua._now())
+        except core.UAError as exc:
+            return defer.fail(_misuse(exc))
         d: defer.Deferred[Response] = defer.Deferred()
         self.ua._reinvites[op] = d
         if ack_sdp is not None:
@@ -228,7 +231,10 @@ class Call:
         if replaces is not None:
             uri = uri.replace(headers=(("Replaces", str(replaces)),))
         by = NameAddr.parse(referred_by) if referred_by else None
-        op = self.ua._core.refer(self.handle, NameAddr(None, uri), self.ua._now(), referred_by=by)
+        try:
+            op = self.ua._core.refer(self.handle, NameAddr(None, uri), self.ua._now(), referred_by=by)
+        except core.UAError as exc:
+            return defer.fail(_misuse(exc))
         d: defer.Deferred[ReferProgress] = defer.Deferred()
 
         def completed(response: Response | None) -> None:
@@ -478,7 +484,10 @@ class UserAgent:
         return self._in_dialog(call.handle, method, **kw)
 
     def _in_dialog(self, handle: int, method: str, **kw: Any) -> defer.Deferred[Response]:
-        op = self._core.request_in_call(handle, method, self._now(), **kw)
+        try:
+            op = self._core.request_in_call(handle, method, self._now(), **kw)
+        except core.UAError as exc:
+            return defer.fail(_misuse(exc))
         d: defer.Deferred[Response] = defer.Deferred()
         self._requests[op] = _fire_response(d, any_status=True)
         self._flush()
@@ -748,6 +757,14 @@ class UserAgent:
             result.addCallbacks(outcome, failed)
         else:
             outcome(result)
+
+
+def _misuse(exc: core.UAError) -> SIPError:
+    """A request the call's state does not allow fails as a peer would answer it: 491 while
+    another re-INVITE is pending or owes its ACK (§14.1), 481 when there is no dialog."""
+    text = str(exc)
+    status = 491 if "pending" in text or "ACK" in text else 481
+    return SIPError(status, text)
 
 
 def _error(response: Response | None) -> SIPError:

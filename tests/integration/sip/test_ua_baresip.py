@@ -26,6 +26,7 @@ from sipmob.service.sipua import (
     IncomingCall,
     IncomingRequest,
     ReferProgress,
+    SIPError,
     Subscription,
     UserAgent,
 )
@@ -358,3 +359,20 @@ def test_pjsip_attended_transfer_to_us_replaces_the_call_at_the_target(three: li
     assert wait(at_c[0].terminated, 15) == "replaced"
     spin_until(lambda: len(new_calls) == 1 and len(at_c) == 2, 15)
     assert new_calls[0].call_id == at_c[1].call_id
+
+
+def test_second_reinvite_while_one_is_pending_fails_with_491_and_after_bye_with_481(
+        three: list[UserAgent]) -> None:
+    a, b, _ = three
+    at_b: list[Call] = []
+    answer_all(b, 4002, at_b)
+    call = wait(a.invite(target(b), sdp(4000)))
+    first = call.reinvite(sdp(4000, version=2))
+    with pytest.raises(SIPError) as pending:
+        wait(call.reinvite(sdp(4000, version=3)))
+    assert pending.value.status == 491
+    assert wait(first).status == 200
+    wait(call.bye())
+    with pytest.raises(SIPError) as gone:
+        wait(call.info(b"x", "text/plain"))
+    assert gone.value.status == 481
