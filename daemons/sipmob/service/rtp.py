@@ -22,6 +22,7 @@ Not here: SDP, jitter buffers, RTCP feedback or XR.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import random
 import secrets
@@ -89,6 +90,8 @@ class RtpEndpoint:
         self.on_rtcp: Callable[[tuple[RtcpPacket, ...], Address, float], Any] | None = None
         self.on_source_end: Callable[[], Any] | None = None
         self.malformed = 0
+        self.send_errors = 0
+        self._family = 6 if ":" in bind[0] else 4
         self.rtcp: RtcpSession | None = None
         self._rtcp_port: Any = None
         self._rtcp_protocol: _Datagrams | None = None
@@ -145,7 +148,7 @@ class RtpEndpoint:
             sender = RtpSender(self.ssrc, payload_type, samples, ptime,
                                self._next_sequence, self._next_timestamp)
         self._sender, self._source, self._codec, self._samples = sender, source, codec, samples
-        self._destination = destination
+        self._destination = self._checked(destination)
         sender.start(self._monotonic())
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = self._reactor
@@ -153,7 +156,18 @@ class RtpEndpoint:
 
     def set_destination(self, destination: Address) -> None:
         """Send the next packet to ``destination`` (and RTCP to its port + 1); the stream carries on."""
-        self._destination = destination
+        self._destination = self._checked(destination)
+
+    def _checked(self, destination: Address) -> Address:
+        # Refuse here what the socket would refuse on every packet: a name, or the other IP family.
+        host, port = destination
+        try:
+            family = ipaddress.ip_address(host).version
+        except ValueError:
+            raise ValueError(f"RTP destination {host!r} is not an IP address") from None
+        if family != self._family or not 0 < port < 65536:
+            raise ValueError(f"cannot send RTP from an IPv{self._family} socket to {host} port {port}")
+        return (host, port)
 
     def stop_sending(self) -> None:
         if self._loop is not None:
@@ -285,7 +299,14 @@ class RtpEndpoint:
                     self.on_source_end()
                 return
             packet = sender.packet(codec.encode(frame))
-            self._protocol.wire.write(packet.to_bytes(), destination)
+            try:
+                self._protocol.wire.write(packet.to_bytes(), destination)
+            except OSError as exc:
+                # A route that is gone for now (a link went down mid-handover) must not end the stream.
+                self.send_errors += 1
+                if self.send_errors == 1 or self.send_errors % 500 == 0:
+                    log.info("RTP to %s:%d failed (%d so far): %s", destination[0], destination[1],
+                             self.send_errors, exc)
 
     def _loop_failed(self, failure: Any) -> None:
         log.error("RTP sender stopped: %s", failure.getErrorMessage())

@@ -306,3 +306,32 @@ def test_close_says_bye_after_a_stream() -> None:
     ep.close()
     last = parse_compound(reactor.rtcp_wire.sent[-1][0])
     assert last[-1] == Bye((ep.ssrc,))
+
+
+@pytest.mark.parametrize("destination", [("phone.local", 5000), ("::1", 5000), ("127.0.0.1", 0)])
+def test_a_destination_the_socket_cannot_reach_is_refused_up_front(reactor: FakeReactor,
+                                                                   destination: tuple[str, int]) -> None:
+    ep = endpoint(reactor)
+    with pytest.raises(ValueError):
+        ep.start_sending(ToneSource(), PCMU, 0, destination)
+    ep.start_sending(ToneSource(), PCMU, 0, ("127.0.0.1", 5000))
+    with pytest.raises(ValueError):
+        ep.set_destination(destination)
+    assert ep.destination == ("127.0.0.1", 5000)
+
+
+def test_a_failing_send_is_counted_and_the_stream_goes_on(reactor: FakeReactor) -> None:
+    ep = endpoint(reactor)
+    ep.start_sending(ToneSource(), PCMU, 0, ("127.0.0.1", 5000))
+    good_write = reactor.wire.write
+
+    def unreachable(data: bytes, addr: tuple[str, int]) -> None:
+        raise OSError(101, "Network is unreachable")
+    reactor.wire.write = unreachable  # type: ignore[method-assign]
+    run(reactor, 0.1)
+    reactor.wire.write = good_write  # type: ignore[method-assign]
+    run(reactor, 0.1)
+    assert ep.send_errors == 5
+    assert ep.sending
+    packets = sent(reactor)
+    assert (packets[-1].sequence - packets[0].sequence) % 65536 == 10
