@@ -905,9 +905,8 @@ class UACore:
         handle = self._by_invite_key.get(key) if key is not None else None
         c = self._calls.get(handle) if handle is not None else None
         if c is None:
-            c = self._call_for_stray_2xx(response)
-            if c is None:
-                return
+            self._ack_stray_2xx(response)
+            return
         if c.reinvite is not None and key is not None and c.reinvite[2] == key:
             self._on_reinvite_response(c, response, now)
             return
@@ -1011,16 +1010,15 @@ class UACore:
             self._send_bye(c, now)
             self._end(c, "timeout", now)
 
-    def _call_for_stray_2xx(self, response: Response) -> _Call | None:
-        """A 2xx retransmitted after the INVITE transaction ended (§13.2.2.4): its dialog's call."""
+    def _ack_stray_2xx(self, response: Response) -> None:
+        """A 2xx retransmitted after its INVITE transaction ended (§13.2.2.4): the ACK again."""
         if not 200 <= response.status < 300:
-            return None
+            return
         did = DialogId(response.call_id, response.from_.tag or "", response.to.tag or "")
         handle = self._by_dialog.get(did)
         c = self._calls.get(handle) if handle is not None else None
         if c is not None:
             self._resend_ack(c, response.cseq.seq)
-        return None
 
     def _on_client_failure(self, key: TransactionKey, now: float) -> None:
         handle = self._by_invite_key.get(key)
