@@ -214,3 +214,33 @@ def test_tshark_finds_nothing_malformed_in_our_transfer_messages(peers: Peers, t
     assert tshark.fields(path, ours + " && sip.Status-Line", "sip.Status-Code")  # we answered NOTIFYs
     assert tshark.malformed(path, "sip") == ""
     assert tshark.expert_errors(path, "sip") == []
+
+
+@pytest.mark.skipif(tshark.TSHARK is None, reason="tshark is not installed (apt install tshark)")
+def test_tshark_finds_nothing_malformed_in_our_side_of_an_attended_transfer(peers: Peers,
+                                                                            tmp_path: Path) -> None:
+    transferee = peers.ua("transferee")
+    target_host = free_loopback_address(5060)
+    target = peers.ua("target", port=5060, host=target_host)
+    phone = peers.pjsua("transferor")
+    capture = tshark.LiveCapture(tmp_path / "attended.pcapng",
+                                 f"udp port {transferee.port} or (host {target_host} and udp port 5060)")
+    try:
+        held_ref = _call(transferee, phone.uri)
+        consultation_ref = _call(target, phone.uri)
+        by_remote = {c["call_id"]: c["id"] for c in phone.calls()}
+        held = by_remote[transferee.wait("established", ref=held_ref)["call_id"]]
+        consultation = by_remote[target.wait("established", ref=consultation_ref)["call_id"]]
+        phone.transfer_replaces(held, consultation)
+        transferee.wait("refer_outcome", ref=held_ref)
+        phone.wait_event(lambda e: e["event"] == "transfer_status" and e["final"])
+    finally:
+        path = capture.stop()
+    ours = f"sip && (udp.srcport == {transferee.port} || (ip.src == {target_host} && udp.srcport == 5060))"
+    sent = tshark.fields(path, ours + " && sip.Request-Line", "sip.Method", "sip.Replaces", "sip.Referred-by")
+    methods = {row[0] for row in sent}
+    assert {"INVITE", "ACK", "NOTIFY"} <= methods
+    # The transferee's INVITE to the target carries Replaces and Referred-By, and tshark parses them.
+    assert any(row[0] == "INVITE" and row[1] and row[2] for row in sent)
+    assert tshark.malformed(path, "sip") == ""
+    assert tshark.expert_errors(path, "sip") == []

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.peers import sipp
+from tests.peers import sipp, tshark
 from tests.peers.ports import free_udp_port
 from tests.peers.sipmob_ua import SipmobUA
 
@@ -97,3 +97,37 @@ def test_malformed_invites_get_400_with_the_reason(tmp_path: Path, uas: list[Sip
     assert result.returncode == 0, result.stdout + "\n".join(result.errors)
     assert len(re.findall(r"^SIP/2.0 400 ", result.messages, re.MULTILINE)) >= 3
     assert ua.count("incoming_call") == 0
+
+
+@pytest.mark.skipif(tshark.TSHARK is None, reason="tshark is not installed (apt install tshark)")
+def test_tshark_finds_nothing_malformed_in_our_cancel_and_glare_messages(tmp_path: Path,
+                                                                         uas: list[SipmobUA]) -> None:
+    ua = _ua(tmp_path, uas)
+    capture = tshark.LiveCapture(tmp_path / "edge.pcapng", f"udp port {ua.port}")
+    try:
+        for scenario, act in (("uas_cancel_race.xml", "cancel"), ("uas_reinvite_glare.xml", "glare")):
+            port = free_udp_port()
+            server = sipp.SippProcess(SCENARIOS / scenario, local_port=port, timeout=20,
+                                      workdir=tmp_path / act)
+            try:
+                server.wait_listening()
+                ref = ua.invite(f"sip:sipp@127.0.0.1:{port}", cancel_on_provisional=act == "cancel")
+                if act == "glare":
+                    ua.wait("established", ref=ref)
+                    ua.reinvite(ref)
+                    ua.wait("reinvite_done", ref=ref, timeout=10)
+                    ua.bye(ref)
+                    ua.wait("bye_done", ref=ref)
+                else:
+                    ua.wait("call_failed", ref=ref)
+            finally:
+                assert server.wait().returncode == 0
+    finally:
+        path = capture.stop()
+    ours = f"sip && udp.srcport == {ua.port}"
+    methods = {row[0] for row in tshark.fields(path, ours + " && sip.Request-Line", "sip.Method")}
+    assert {"INVITE", "CANCEL", "ACK", "BYE"} <= methods
+    statuses = {row[0] for row in tshark.fields(path, ours + " && sip.Status-Line", "sip.Status-Code")}
+    assert "491" in statuses
+    assert tshark.malformed(path, "sip") == ""
+    assert tshark.expert_errors(path, "sip") == []
