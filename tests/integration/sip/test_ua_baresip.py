@@ -376,3 +376,21 @@ def test_second_reinvite_while_one_is_pending_fails_with_491_and_after_bye_with_
     with pytest.raises(SIPError) as gone:
         wait(call.info(b"x", "text/plain"))
     assert gone.value.status == 481
+
+
+def test_call_over_tcp_between_two_user_agents() -> None:
+    a = UserAgent(reactor, listen=[("127.0.0.1", 0, "tcp")], user="a")
+    b = UserAgent(reactor, listen=[("127.0.0.1", 0, "tcp")], user="b")
+    wait(a.start())
+    wait(b.start())
+    try:
+        at_b: list[Call] = []
+        answer_all(b, 4002, at_b)
+        assert b.contact is not None and b.contact.transport == "tcp"
+        call = wait(a.invite(b.contact, sdp(4000)))
+        spin_until(lambda: bool(at_b))
+        wait(call.bye())
+        assert wait(at_b[0].terminated) == "bye"
+    finally:
+        wait(a.stop())
+        wait(b.stop())
