@@ -12,6 +12,7 @@ Not here: any SIP rule (matching, retransmission, routing: `sipmob.sip`), DNS, T
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,7 +38,8 @@ class _Datagrams(protocol.DatagramProtocol):
         return self.transport
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.owner._received(data, Address(addr[0], addr[1], "udp"))
+        # interned: the layer keeps the source of every lingering transaction, mostly a few peers
+        self.owner._received(data, Address(sys.intern(addr[0]), addr[1], "udp"))
 
     def send(self, data: bytes, host: str, port: int) -> None:
         """Write one datagram; raises OSError (or twisted's MessageLengthError, InvalidAddressError)."""

@@ -25,6 +25,7 @@ import enum
 import heapq
 import logging
 import secrets
+import sys
 from collections.abc import Callable
 
 from sipmob.sip.headers import CSeq, Via
@@ -485,7 +486,7 @@ def _server_key(message: Request | Response) -> TransactionKey | None:
     via = message.top_via
     cseq = message.cseq
     method = "INVITE" if cseq.method == "ACK" else cseq.method
-    sent_by = f"{via.host}:{via.port or ''}".lower()
+    sent_by = sys.intern(f"{via.host}:{via.port or ''}".lower())  # one copy per peer, not per key
     branch = via.branch or ""
     if branch.startswith(MAGIC_COOKIE):
         return TransactionKey("server", method, branch, sent_by)
@@ -707,6 +708,8 @@ class TransactionLayer:
         if destination is None:
             self._events.append(MessageDiscarded(source, "request without a usable Via"))
             return
+        if destination == source:
+            destination = source  # one Address for both, for as long as the transaction lingers
         tx = _Transaction(key, machine, request, destination, source)
         if tx.reliable:
             tx.via = request.top_via  # to route each response anew (`_send_response_bytes`)
