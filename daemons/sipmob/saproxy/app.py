@@ -12,6 +12,7 @@ attribute schema (`sipmob.saproxy.devices`), SIP itself (`sipmob.sip`).
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import socket
@@ -32,7 +33,8 @@ from sipmob.saproxy.probe import (
 )
 from sipmob.service.daemon import Runtime
 from sipmob.service.sipnet import SIPTransport
-from sipmob.service.slp import SLPServiceAgent
+from sipmob.service.slp import SLPClient, SLPServiceAgent
+from sipmob.service.statefile import DebouncedWriter, read_json
 from sipmob.service.timers import TimerDriver
 from sipmob.sip.message import make_response
 from sipmob.sip.transaction import (
@@ -84,6 +86,7 @@ class SaproxyApp:
         self._cseq = 0
         self._contact = ""
         self._status = ""
+        self.writer = DebouncedWriter(self.reactor, self.config.state_file, self._state_bytes)
 
     # App protocol --------------------------------------------------------------------------------
 
@@ -101,6 +104,7 @@ class SaproxyApp:
                                   scopes=slp.scopes, multicast=slp.multicast,
                                   config=AgentConfig(da_find=slp.da_find))
         self.sa.start()
+        self._deregister_stale()
         if self.config.mdns.enabled:
             from sipmob.saproxy.mdns import MdnsAdvertiser
 
@@ -115,8 +119,9 @@ class SaproxyApp:
 
     def reload(self, settings: Settings) -> None:
         new = settings.config
-        if (new.sip, new.slp, new.mdns) != (self.config.sip, self.config.slp, self.config.mdns):
-            log.warning("[sip], [slp] and [mdns] settings apply at the next restart")
+        if (new.sip, new.slp, new.mdns, new.state) != (self.config.sip, self.config.slp, self.config.mdns,
+                                                        self.config.state):
+            log.warning("[sip], [slp], [mdns] and [state] settings apply at the next restart")
         self.config = new
         self.prober.reconfigure(probe_config(new))
         logging.getLogger().setLevel(new.log.level.upper())
@@ -156,6 +161,9 @@ class SaproxyApp:
             waits.append(self.sa.stop())  # deregisters every device from every DA
         if self.sip is not None:
             waits.append(self.sip.stop())
+        self._registered.clear()
+        self.writer.mark_dirty()
+        self.writer.flush()
         return defer.gatherResults(waits)
 
     def status(self) -> str:
@@ -261,6 +269,7 @@ class SaproxyApp:
         if previous is not None and previous[0] != device.url:
             self.sa.deregister(previous[0])
         self._registered[device_id] = (device.url, attr_list)
+        self.writer.mark_dirty()
         self.sa.register(device.url, SERVICE_TYPE, attr_list, self.config.slp.lifetime)
         if self.mdns is not None:
             self.mdns.publish(device, attrs)
@@ -269,6 +278,7 @@ class SaproxyApp:
         previous = self._registered.pop(device_id, None)
         if previous is not None and self.sa is not None:
             self.sa.deregister(previous[0])
+            self.writer.mark_dirty()
         if self.mdns is not None:
             self.mdns.withdraw(device_id)
 
@@ -279,6 +289,28 @@ class SaproxyApp:
         self._reported.pop(device_id, None)
         for key in [k for k, v in self._pending.items() if v == device_id]:
             del self._pending[key]
+
+    def _state_bytes(self) -> bytes:
+        return json.dumps({"registered": sorted(url for url, _ in self._registered.values())}).encode()
+
+    def _deregister_stale(self) -> None:
+        """Deregister what a previous run registered and the device files no longer name: after a
+        crash it would otherwise stay in the DA for its whole lifetime."""
+        state = read_json(self.config.state_file)
+        urls = state.get("registered", []) if isinstance(state, dict) else []
+        configured = {d.url for d in self.devices.values()}
+        stale = sorted({u for u in urls if isinstance(u, str)} - configured)
+        self.writer.mark_dirty()  # the file reflects this run from now on
+        if not stale:
+            return
+        slp = self.config.slp
+        client = SLPClient(self.reactor, das=[split_hostport(d, 427) for d in slp.das], scopes=slp.scopes)
+        done = []
+        for url in stale:
+            log.info("deregistering %s, registered by the previous run and no longer configured", url)
+            done.append(client.deregister(url).addErrback(
+                lambda f, url=url: log.warning("could not deregister %s: %s", url, f.getErrorMessage())))
+        defer.DeferredList(done).addBoth(lambda _: client.close())
 
     def _report_status(self) -> None:
         status = self.status()

@@ -7,11 +7,14 @@ Not here: the device files of ``devices.d/`` (`sipmob.saproxy.devices`), what th
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 
 from sipmob.saproxy.devices import Device
 from sipmob.service.config import each, ip_address, one_of, port, positive, setting
 
 DEFAULT_DEVICES_DIR = "/etc/sipmob/devices.d"
+DEFAULT_STATE_FILE = "/var/lib/sipmob/saproxy.json"
 
 
 def _hostport(value: str) -> str | None:
@@ -115,6 +118,13 @@ class Mdns:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class State:
+    file: str = setting("", help="where the URLs registered in SLP are kept, so that after a crash a "
+                                 "device removed meanwhile is deregistered at start; empty: "
+                                 "$STATE_DIRECTORY/saproxy.json under systemd, else " + DEFAULT_STATE_FILE)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Log:
     level: str = setting("info", check=one_of("debug", "info", "warning", "error"),
                          help="debug adds a line per probe")
@@ -127,7 +137,15 @@ class SaproxyConfig:
     probe: Probe = setting(default_factory=Probe)
     slp: Slp = setting(default_factory=Slp)
     mdns: Mdns = setting(default_factory=Mdns)
+    state: State = setting(default_factory=State)
     log: Log = setting(default_factory=Log)
+
+    @property
+    def state_file(self) -> Path:
+        if self.state.file:
+            return Path(self.state.file)
+        directory = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        return Path(directory) / "saproxy.json" if directory else Path(DEFAULT_STATE_FILE)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

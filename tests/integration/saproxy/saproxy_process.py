@@ -127,7 +127,7 @@ class Saproxy:
         self.log_path = directory / "saproxy.log"
         das_list = ", ".join(f'"{HOST}:{p}"' for p in das)
         self.config_path.write_text(
-            f'[devices]\ndirectory = "{self.devices_dir}"\n'
+            f'[devices]\ndirectory = "{self.devices_dir}"\n[state]\nfile = "{directory / "saproxy.json"}"\n'
             f'[sip]\naddress = "{HOST}"\nport = {self.port}\n{sip}'
             f'[slp]\ndas = [{das_list}]\n{slp}{probe}{extra}')
         self.proc: subprocess.Popen[bytes] | None = None
@@ -167,7 +167,10 @@ class Saproxy:
         return self.proc.pid
 
     def reload(self) -> None:
-        os.kill(self.pid, signal.SIGHUP)
+        self.signal(signal.SIGHUP)
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
 
     def stop(self, timeout: float = 15.0) -> int:
         if self.proc is None:

@@ -6,6 +6,7 @@ real baresip. Probing runs fast here (interval 0.5 s, timeout 0.5 s); every wait
 
 from __future__ import annotations
 
+import signal
 import socket
 import sys
 import time
@@ -267,6 +268,23 @@ def test_a_broken_device_file_fails_the_check_naming_file_and_key(tmp_path: Path
     result = proxy.check_config()
     assert result.returncode == 1
     assert result.stderr.strip().startswith(f"sipmob-saproxy: {path}: video: must be one of")
+
+
+def test_a_device_removed_while_the_daemon_was_dead_is_deregistered_at_start(
+        tmp_path: Path, da: Slpda, fakes: list[FakeDevice], proxies: list[Saproxy]) -> None:
+    tv = device(fakes)
+    proxy = saproxy(proxies, tmp_path, [da.port])
+    path = proxy.add_device("tv", tv.uri)
+    proxy.start()
+    assert wait_until(lambda: found(da.port) == [tv.uri])
+    assert wait_until(lambda: tv.uri in (tmp_path / "saproxy.json").read_text()
+                      if (tmp_path / "saproxy.json").exists() else False)
+    proxy.signal(signal.SIGKILL)
+    proxy.stop()
+    path.unlink()
+    proxy.start()
+    assert wait_until(lambda: found(da.port) == [])
+    assert "no longer configured" in proxy.output()
 
 
 # Bad answers -------------------------------------------------------------------------------------
