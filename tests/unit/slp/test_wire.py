@@ -32,7 +32,8 @@ from sipmob.slp.messages import (
 )
 from sipmob.slp.wire import decode, encode, encode_within, error_reply, peek_length
 
-FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=25, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 def u16(n: int) -> bytes:
@@ -378,7 +379,8 @@ def test_random_bodies_behind_a_valid_header_only_ever_raise_slp_parse_error(bod
             assert err.header is not None or err.error != ErrorCode.PARSE_ERROR
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(messages(), st.data())
 def test_mutated_messages_only_ever_raise_slp_parse_error(msg: Message, data: st.DataObject) -> None:
     raw = bytearray(encode(msg))
