@@ -106,9 +106,12 @@ class SaproxyApp:
         self.sa.start()
         self._deregister_stale()
         if self.config.mdns.enabled:
-            from sipmob.saproxy.mdns import MdnsAdvertiser
+            try:
+                from sipmob.saproxy.mdns import MdnsAdvertiser
 
-            self.mdns = MdnsAdvertiser(self.config.mdns.interfaces)
+                self.mdns = MdnsAdvertiser(self.config.mdns.interfaces)
+            except (ImportError, OSError) as exc:  # the package is only recommended
+                log.error("mDNS advertisement off: %s (it needs python3-zeroconf)", exc)
         now = self.reactor.seconds()
         for device_id in self.devices:
             self.prober.add(device_id, now)
