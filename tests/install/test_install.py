@@ -45,6 +45,7 @@ class Daemon:
 
 DAEMONS = [
     Daemon("sipmob-slpda", "/etc/sipmob/slpda.toml", "/var/lib/sipmob/slpda.json"),
+    Daemon("sipmob-saproxy", "/etc/sipmob/saproxy.toml", "/var/lib/sipmob/saproxy.json"),
 ]
 EXPOSURE_LIMIT = 2.0
 
