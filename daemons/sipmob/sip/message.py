@@ -9,7 +9,9 @@ into messages (`StreamFramer`).
 Not here: transactions, retransmissions and transport choice (`sipmob.sip.transaction`,
 `sipmob.sip.transport`), dialogs, or what a TU does with a method or a scheme it does not support.
 Structured header values are parsed on first access and cached, so a proxy that only reads Via and
-CSeq does not pay for the rest.
+CSeq does not pay for the rest. From, To and Contact must still be valid for the message to parse
+(a 400 is due otherwise): their common shapes are recognised by one regular expression each, and
+only what it cannot vouch for is parsed at once.
 """
 
 from __future__ import annotations
@@ -831,14 +833,14 @@ _COPIED = {"via": "via", "from": "from", "to": "to", "call-id": "call-id", "cseq
 def _with_to_tag(request: Request, to_tag: str) -> str:
     """The request's To with ``to_tag`` added, unless it has a tag already (an in-dialog request)."""
     value = request.headers._index()["to"][0]
-    if "to" not in request.headers._cache:
-        m = _ONE_ADDR_RE.match(value)
-        if m is not None:
-            # a shape `_validate` vouched for: its own parameters follow the address
-            params = parse_header_params(m.group("params"), 0)[0]
-            if any(name.lower() == "tag" for name, _ in params):
-                return value
-            return f"{value};tag={to_tag}"
+    m = _ONE_ADDR_RE.match(value)
+    if m is not None:
+        # a shape `_validate` vouches for: the header's own parameters follow the address, and
+        # the value is kept as the peer wrote it (§8.2.6.2 copies To)
+        params = parse_header_params(m.group("params"), 0)[0]
+        if any(name.lower() == "tag" for name, _ in params):
+            return value
+        return f"{value};tag={to_tag}"
     to = request.to
     return value if to.tag is not None else str(to.with_tag(to_tag))
 
