@@ -54,6 +54,8 @@ from sipmob.slp.attrs import format_attr_list
 
 log = logging.getLogger("sipmob.saproxy")
 
+STOP_TIMEOUT = 5  # seconds to deregister at stop: RFC 2608 retransmissions at 2 s and 4 s fit in it
+
 
 def probe_config(config: SaproxyConfig) -> ProbeConfig:
     p = config.probe
@@ -161,13 +163,21 @@ class SaproxyApp:
             self.mdns = None
         waits = []
         if self.sa is not None:
-            waits.append(self.sa.stop())  # deregisters every device from every DA
+            # Deregisters every device from every DA. Bounded: with a DA that does not answer the
+            # agent's stop does not fire, and the registrations then end with their lifetime anyway.
+            stopped = self.sa.stop().addTimeout(STOP_TIMEOUT, self.reactor)
+            waits.append(stopped.addErrback(self._stop_timed_out))
         if self.sip is not None:
             waits.append(self.sip.stop())
         self._registered.clear()
         self.writer.mark_dirty()
         self.writer.flush()
         return defer.gatherResults(waits)
+
+    def _stop_timed_out(self, failure: Any) -> None:
+        failure.trap(defer.TimeoutError, defer.CancelledError)
+        log.warning("a DA did not answer the deregistrations within %d s: they end with their lifetime "
+                    "(%d s)", STOP_TIMEOUT, self.config.slp.lifetime)
 
     def status(self) -> str:
         counts = self.prober.counts()

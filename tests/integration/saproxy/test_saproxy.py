@@ -333,6 +333,17 @@ def test_a_clean_stop_deregisters_every_device(tmp_path: Path, da: Slpda, fakes:
     assert found(da.port) == []
 
 
+def test_a_stop_ends_cleanly_while_no_da_answers(tmp_path: Path, fakes: list[FakeDevice],
+                                                 proxies: list[Saproxy]) -> None:
+    tv = device(fakes)
+    proxy = saproxy(proxies, tmp_path, [free_port()])
+    proxy.add_device("tv", tv.uri)
+    proxy.start()
+    proxy.wait_log("device tv is up")
+    assert proxy.stop(timeout=30) == 0
+    assert "did not answer the deregistrations" in proxy.output()
+
+
 def test_fifty_devices_are_all_found_and_all_go_on_stop(tmp_path: Path, da: Slpda, fakes: list[FakeDevice],
                                                         proxies: list[Saproxy]) -> None:
     devices = [device(fakes, user=f"d{i}") for i in range(50)]
