@@ -678,6 +678,7 @@ def _parse_headers(head: str) -> Headers:
     if "\r\n " in head or "\r\n\t" in head or head[:1] in (" ", "\t"):
         return _parse_folded_headers(head)
     lines: list[tuple[str, str, str]] = []
+    index: dict[str, list[str]] = {}  # `Headers._index`, built in the same pass
     raw = head.split("\r\n")
     if raw and raw[-1] == "":
         raw.pop()
@@ -689,8 +690,17 @@ def _parse_headers(head: str) -> Headers:
             if not colon:
                 raise SIPParseError("Bad header line")
             names = _header_names(name)
-        lines.append((names[0], names[1], value.strip(" \t")))
-    return Headers._from_lines(lines)
+        key = names[0]
+        value = value.strip(" \t")
+        lines.append((key, names[1], value))
+        values = index.get(key)
+        if values is None:
+            index[key] = [value]
+        else:
+            values.append(value)
+    headers = Headers._from_lines(lines)
+    headers._cache[_INDEX] = index
+    return headers
 
 
 # (key, canonical name) by header name as received (with any blanks before the colon); bounded,
