@@ -71,13 +71,15 @@ def serve(port: int) -> None:
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         used = cpu() - idle_cpu
         per = used / max(1, peak["requests"]) * 1e6
-        print(f"uas: peak live transactions {peak['live']}, peak RSS {rss_mb:.0f} MiB, "
+        print(f"uas: peak live transactions {peak['live']}, peak RSS {rss_mb:.0f} MiB "
+              f"({start_rss:.0f} MiB when ready), "
               f"{used:.2f} s CPU for {peak['requests']} requests = {per:.0f} us CPU per transaction "
               f"(at most {1e6 / per:.0f}/s on one free core)", flush=True)
 
     sip = SIPTransport(reactor, layer, listen, on_event)
     sip.start()
     idle_cpu = cpu()
+    start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     reactor.addSystemEventTrigger("before", "shutdown", report)  # type: ignore[attr-defined]
     print("ready", flush=True)
     reactor.run()  # type: ignore[attr-defined]
