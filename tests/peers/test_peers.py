@@ -287,8 +287,9 @@ def test_pjsua_attended_transfer_replaces_the_consultation_call(tmp_path: Path,
     transferor.transfer_replaces(held, consultation)
     replace = target.wait_event(lambda e: e["event"] == "replace_request")
     assert "\nReplaces: " in replace["message"]
-    target.wait_event(lambda e: e["event"] == "replaced")
+    replaced = target.wait_event(lambda e: e["event"] == "replaced")
     transferor.wait_call_state("DISCONNECTED", consultation)
+    target.wait_call_state("DISCONNECTED", replaced["old_call"])
     [new_call] = target.calls()
     assert new_call["remote_uri"].startswith("<sip:transferee@")
 

@@ -111,9 +111,10 @@ def test_pjsua_answers_our_invite_with_replaces_and_byes_the_replaced_dialog(pee
     new = second.invite(phone.uri, headers=[("Replaces", first.replaces_for(old)),
                                             ("Require", "replaces")])
     second.wait("established", ref=new)
-    phone.wait_event(lambda e: e["event"] == "replaced")
+    replaced = phone.wait_event(lambda e: e["event"] == "replaced")
     # pjsua hangs up the replaced dialog itself, once the new one is up (RFC 3891 §3).
     assert first.wait("terminated", ref=old)["reason"] == "bye"
+    phone.wait_call_state("DISCONNECTED", replaced["old_call"])  # our 200 for its BYE arrived
     [remaining] = phone.calls()
     assert remaining["call_id"] == second.wait("established", ref=new)["call_id"]
 
