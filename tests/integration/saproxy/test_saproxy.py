@@ -206,6 +206,22 @@ def test_a_da_restarted_without_its_state_gets_the_devices_back(
     assert "restarted: registering again" in proxy.output()
 
 
+def test_devices_are_registered_in_every_configured_scope(
+        tmp_path: Path, fakes: list[FakeDevice], proxies: list[Saproxy]) -> None:
+    (tmp_path / "da").mkdir()
+    two_scopes = Slpda(tmp_path / "da", config='[da]\nscopes = ["DEFAULT", "annex"]\n').start()
+    try:
+        tv = device(fakes)
+        proxy = saproxy(proxies, tmp_path, [two_scopes.port], slp='scopes = ["DEFAULT", "annex"]\n')
+        proxy.add_device("tv", tv.uri)
+        proxy.start()
+        for scope in ("DEFAULT", "annex"):
+            assert wait_until(lambda s=scope: tv.uri in slptool(two_scopes.port, "--scope", s, "findsrvs",
+                                                                "service:sip-device").stdout)
+    finally:
+        two_scopes.stop()
+
+
 # Reloading the devices -----------------------------------------------------------------------
 
 
