@@ -333,8 +333,8 @@ def _child(options: dict[str, Any]) -> None:
             return None
         if cmd == "reinvite":
             ref = args["ref"]
-            d = calls[ref].reinvite(sdp(ref))
-            d.addCallbacks(
+            reinvited = calls[ref].reinvite(sdp(ref))
+            reinvited.addCallbacks(
                 lambda response: emit({"event": "reinvite_done", "ref": ref, "status": response.status}),
                 lambda f: emit({"event": "reinvite_failed", "ref": ref,
                                 "status": getattr(f.value, "status", 0)}))
@@ -346,20 +346,21 @@ def _child(options: dict[str, Any]) -> None:
         if cmd == "refer":
             ref = args["ref"]
             replaces = Replaces.parse(args["replaces"]) if args.get("replaces") else None
-            d = calls[ref].refer(args["refer_to"], replaces=replaces, referred_by=args.get("referred_by"))
+            referred = calls[ref].refer(args["refer_to"], replaces=replaces,
+                                        referred_by=args.get("referred_by"))
 
             def accepted(progress: Any) -> None:
                 emit({"event": "refer_accepted", "ref": ref, "status": progress.response.status})
                 progress.final.addCallback(lambda status: emit(
                     {"event": "refer_final", "ref": ref, "final": status, "statuses": progress.statuses}))
 
-            d.addCallbacks(accepted, lambda f: emit({"event": "refer_failed", "ref": ref,
-                                                     "status": getattr(f.value, "status", 0)}))
+            referred.addCallbacks(accepted, lambda f: emit({"event": "refer_failed", "ref": ref,
+                                                            "status": getattr(f.value, "status", 0)}))
             return None
         if cmd == "replaces_for":
-            d = calls[args["ref"]].dialog
+            dialog = calls[args["ref"]].dialog
             # Named from the peer's side: its local tag is our remote tag (RFC 3891 §3).
-            return str(Replaces(d.call_id, to_tag=d.remote_tag, from_tag=d.local_tag))
+            return str(Replaces(dialog.call_id, to_tag=dialog.remote_tag, from_tag=dialog.local_tag))
         if cmd == "calls":
             return [{"ref": ref, "state": call.state, "call_id": call.call_id,
                      "remote_target": str(call.dialog.remote_target)} for ref, call in calls.items()]

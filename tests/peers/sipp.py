@@ -31,8 +31,9 @@ class SippError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class SippResult:
-    """What one sipp run left behind. returncode: 0 all calls succeeded, 1 some failed,
-    97 exit on internal command, 99 normal exit without calls processed, -1 timeout, -9 killed."""
+    """What one sipp run left behind. returncode is sipp's: 0 all calls succeeded, 1 at least one
+    failed (or -timeout_error hit), 97 exit on internal command, 99 no call processed, 255 and 254
+    fatal errors; or -9 when it outlived its bound and was killed."""
 
     returncode: int
     stats: dict[str, str]
@@ -70,7 +71,7 @@ def _argv(xml_path: Path, target: str | None, local_port: int, calls: int, timeo
     return argv
 
 
-def _collect(proc: subprocess.Popen[bytes], workdir: Path, argv: list[str], code: int) -> SippResult:
+def _collect(workdir: Path, argv: list[str], code: int) -> SippResult:
     stats: dict[str, str] = {}
     stat_file = workdir / "stat.csv"
     if stat_file.exists():
@@ -146,7 +147,7 @@ class SippProcess:
             _kill(self.proc)
             code = -9
         self._stdout.close()
-        return _collect(self.proc, self.workdir, self.argv, code)
+        return _collect(self.workdir, self.argv, code)
 
     def stop(self) -> SippResult:
         """Kill sipp now (by PID) and collect what it left."""
