@@ -10,7 +10,6 @@ import os
 import shutil
 import socket
 import struct
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -350,18 +349,17 @@ def test_sipp_call_to_baresip_succeeds_and_reports_stats(tmp_path: Path, baresip
 
 
 @needs_sipp
-def test_sipp_run_against_nobody_fails_within_its_timeout(tmp_path: Path) -> None:
+def test_sipp_run_against_nobody_ends_by_its_own_timeout(tmp_path: Path) -> None:
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     silent.bind(("127.0.0.1", 0))  # bound and never read: requests vanish, nothing answers
     try:
-        started = time.monotonic()
         result = sipp.run_scenario(SCENARIOS / "uac_invite_bye.xml", f"127.0.0.1:{silent.getsockname()[1]}",
                                    extra_args=["-s", "nobody"], timeout=2, workdir=tmp_path / "sipp")
-        elapsed = time.monotonic() - started
     finally:
         silent.close()
-    assert result.returncode != 0
-    assert elapsed < 2 + 10  # the -timeout bound, plus the hard kill's margin
+    # sipp gave up by itself (-timeout with -timeout_error), before the hard kill (-9) was needed.
+    assert result.returncode not in (0, -9)
+    assert result.successful_calls == 0
 
 
 # netns ----------------------------------------------------------------------------------------
