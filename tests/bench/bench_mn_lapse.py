@@ -1,0 +1,272 @@
+"""Benchmark what a user and the CN notice when the mobile node moves a call: latency and media lapse.
+
+Run: .venv/bin/python tests/bench/bench_mn_lapse.py [--rounds 20] [--grace SECONDS] [--max-seconds 240]
+
+The real `sipmob phone`, the real `sipmob-slpda`, baresip as the CN and as the device ("desk-phone"),
+all on loopback; the phone's grace period is its configuration default unless --grace is given.
+Every round transfers call 1 to the device and retrieves it through the control socket. The evidence
+is independent of the phone: tshark captures every UDP packet on `lo` with kernel timestamps
+(frame.time_epoch, CLOCK_REALTIME), and each command's t0 is taken with the same clock just before
+its request is written to the control socket.
+
+Per action (transfer: phone → device; retrieval: device → phone):
+- latency: t0 → the first packet from the CN's RTP port arriving at the new place's port;
+- heard by the user: the CN's stream (one SSRC) at the old place then at the new one: the longest
+  gap between consecutive packets of the two merged, in packet intervals, and the sequence numbers
+  missing from their union;
+- heard by the CN: the packets arriving at its port, from the old place then the new one (the phone
+  keeps sending during the grace period, draft §7.1): the longest gap, in packet intervals, and the
+  sequence numbers missing within each SSRC.
+Targets on loopback: latency p95 < 50 ms, nothing lost, longest gap at most two packet intervals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "daemons"), str(ROOT / "tests/integration/slpda"),
+                str(ROOT / "tests/integration/mn")]
+
+from phone_process import Phone, run  # noqa: E402
+from slpda_process import HOST, Slpda  # noqa: E402
+from tests.peers.baresip import Baresip  # noqa: E402
+from tests.peers.tshark import LiveCapture, tshark  # noqa: E402
+
+from sipmob.mn.config import Calls  # noqa: E402
+from sipmob.mn.control import encode, request  # noqa: E402
+
+SETTLE = 0.4  # seconds between an action's reply and the next command: the stream runs steady
+LEAD = 0.2  # seconds before t0 that belong to an action's window (the old place's last packets)
+LATENCY_TARGET = 0.050
+GAP_TARGET = 2.0  # packet intervals
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Packet:
+    time: float
+    src: int
+    dst: int
+    ssrc: int
+    seq: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Action:
+    kind: str  # "transfer" or "retrieve"
+    t0: float
+    end: float  # when the window closes (the next command's t0, or the end of the capture)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Lapse:
+    latency: float | None  # seconds; None when the CN's stream never reached the new place
+    user_gap: float  # longest gap in packet intervals
+    user_lost: int
+    cn_gap: float
+    cn_lost: int
+    old: int  # the CN's packets that reached the old place in the window
+    new: int  # ... and the new one
+
+
+def command(path: Path, name: str, args: dict[str, object], timeout: float = 20.0) -> float:
+    """Send one control request and wait for its reply; the wall-clock time it was written."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        data = encode({"id": 1, "command": name, "args": args})
+        t0 = time.time()
+        s.sendall(data)
+        reply = b""
+        while b"\n" not in reply:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise RuntimeError(f"{name}: the phone closed the control connection")
+            reply += chunk
+    if b'"ok":true' not in reply:
+        raise RuntimeError(f"{name} failed: {reply.decode(errors='replace').strip()}")
+    return t0
+
+
+def read_rtp(capture: Path) -> list[Packet]:
+    out = tshark("-r", str(capture), "-o", "rtp.heuristic_rtp:TRUE", "-Y", "rtp", "-T", "fields",
+                 "-e", "frame.time_epoch", "-e", "udp.srcport", "-e", "udp.dstport",
+                 "-e", "rtp.ssrc", "-e", "rtp.seq", timeout=120)
+    packets = []
+    for line in out.splitlines():
+        row = line.split("\t")
+        if len(row) == 5 and all(row):
+            packets.append(Packet(float(row[0]), int(row[1]), int(row[2]), int(row[3], 0), int(row[4])))
+    packets.sort(key=lambda p: p.time)
+    return packets
+
+
+def unwrapped(seqs: Iterable[int]) -> list[int]:
+    """16-bit sequence numbers in arrival order, extended across wrap-around (RFC 3550 §A.1)."""
+    out: list[int] = []
+    for seq in seqs:
+        if not out:
+            out.append(seq)
+            continue
+        last = out[-1]
+        delta = (seq - last) % 65536
+        out.append(last + delta if delta < 32768 else last + delta - 65536)
+    return out
+
+
+def missing(seqs: Iterable[int]) -> int:
+    extended = set(unwrapped(seqs))
+    return (max(extended) - min(extended) + 1 - len(extended)) if extended else 0
+
+
+def longest_gap(times: Sequence[float]) -> float:
+    return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+
+def identify_ports(packets: Sequence[Packet], first: Action) -> tuple[int, int]:
+    """(CN's RTP port, phone's RTP port): the two ends before the first transfer; the CN's is the
+    one still in use once the call is on the device."""
+    before = {p.src for p in packets if p.time < first.t0} | {p.dst for p in packets if p.time < first.t0}
+    late = [p for p in packets if first.end - SETTLE / 2 <= p.time < first.end]
+    after = {p.src for p in late} | {p.dst for p in late}
+    if len(before) != 2 or len(before & after) != 1:
+        raise RuntimeError(f"cannot tell the CN's RTP port: ports {sorted(before)} before the first "
+                           f"transfer, {sorted(after)} on the device")
+    (cn,) = before & after
+    (phone,) = before - {cn}
+    return cn, phone
+
+
+def measure(packets: Sequence[Packet], action: Action, cn: int, phone: int, interval: float) -> Lapse:
+    window = [p for p in packets if action.t0 - LEAD <= p.time < action.end]
+    to_user = [p for p in window if p.src == cn and p.dst != cn + 1]
+    to_cn = [p for p in window if p.dst == cn]
+    if action.kind == "transfer":
+        arrived = [p for p in to_user if p.dst != phone and p.time >= action.t0]
+    else:
+        arrived = [p for p in to_user if p.dst == phone and p.time >= action.t0]
+    latency = arrived[0].time - action.t0 if arrived else None
+    at_phone = sum(1 for p in to_user if p.dst == phone)
+    at_device = len(to_user) - at_phone
+    old, new = (at_phone, at_device) if action.kind == "transfer" else (at_device, at_phone)
+    # The user's side: one SSRC from the CN, at whichever place it goes.
+    user_lost = sum(missing(p.seq for p in to_user if p.ssrc == s) for s in {p.ssrc for p in to_user})
+    cn_lost = sum(missing(p.seq for p in to_cn if p.ssrc == s) for s in {p.ssrc for p in to_cn})
+    return Lapse(latency, longest_gap([p.time for p in to_user]) / interval, user_lost,
+                 longest_gap([p.time for p in to_cn]) / interval, cn_lost, old, new)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def report(kind: str, lapses: Sequence[Lapse]) -> None:
+    latencies = [lap.latency for lap in lapses if lap.latency is not None]
+    never = len(lapses) - len(latencies)
+    if latencies:
+        ms = [v * 1000 for v in latencies]
+        p95 = percentile(ms, 0.95)
+        print(f"{kind:8s} latency n={len(ms)} p50 {percentile(ms, 0.5):6.1f} ms  p95 {p95:6.1f} ms  "
+              f"max {max(ms):6.1f} ms  [{verdict(never == 0 and p95 < LATENCY_TARGET * 1000)} p95 < "
+              f"{LATENCY_TARGET * 1000:g} ms]" + (f"  ({never} never arrived)" if never else ""))
+    else:
+        print(f"{kind:8s} latency: the CN's stream never reached the new place  [MISS]")
+    for side, gaps, lost in (("user", [lap.user_gap for lap in lapses], [lap.user_lost for lap in lapses]),
+                             ("CN", [lap.cn_gap for lap in lapses], [lap.cn_lost for lap in lapses])):
+        print(f"{kind:8s} heard by {side:4s}: longest gap p50 {statistics.median(gaps):4.2f} "
+              f"max {max(gaps):4.2f} intervals [{verdict(max(gaps) <= GAP_TARGET)} <= {GAP_TARGET:g}]; "
+              f"lost {sum(lost)} packets in {sum(1 for n in lost if n)} of {len(lost)} "
+              f"[{verdict(sum(lost) == 0)} == 0]")
+
+
+def main() -> None:
+    default_grace = Calls().grace_period
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--grace", type=float, default=default_grace,
+                        help=f"the phone's grace period (default: the configuration's, {default_grace:g} s)")
+    parser.add_argument("--each", action="store_true", help="also print every action's figures")
+    parser.add_argument("--max-seconds", type=float, default=240.0,
+                        help="stop starting rounds after this long")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        (d / "da").mkdir()
+        da = Slpda(d / "da").start()
+        cn = desk = phone = capture = None
+        actions: list[tuple[str, float]] = []
+        try:
+            cn = Baresip(d, user="cn")
+            desk = Baresip(d, user="desk")
+            address = f"{HOST}:{da.port}"
+            run("-m", "sipmob.slp.tool", "--da", address, "register", desk.uri, "service:sip-device",
+                "(name=Desk phone),(media=audio-sendrecv),(audio-codecs=PCMU)")
+            phone = Phone(d, address, grace=args.grace)
+            # SIP and SLP travel on known ports; the rest of UDP on lo is the RTP we look at.
+            capture = LiveCapture(d / "lapse.pcapng", f"udp and not port {da.port} and not port "
+                                  f"{phone.port} and not port {cn.port} and not port {desk.port}")
+            request(phone.control, "call", {"uri": cn.uri}, timeout=10)
+            time.sleep(1.0)
+            deadline = time.monotonic() + args.max_seconds
+            for _ in range(args.rounds):
+                if time.monotonic() > deadline:
+                    break
+                actions.append(("transfer", command(phone.control, "transfer",
+                                                    {"call": "1", "to": ["desk-phone"], "media": "all"})))
+                time.sleep(SETTLE)
+                actions.append(("retrieve", command(phone.control, "retrieve",
+                                                    {"call": "1", "media": "all"})))
+                time.sleep(SETTLE)
+            end = time.time()
+            capture.stop()
+            path, capture = capture.path, None
+        finally:
+            if capture is not None:
+                capture.stop()
+            if phone is not None:
+                phone.stop()
+            for peer in (cn, desk):
+                if peer is not None:
+                    peer.stop()
+            da.stop()
+        packets = read_rtp(path)
+        windows = [Action(kind, t0, actions[i + 1][1] if i + 1 < len(actions) else end)
+                   for i, (kind, t0) in enumerate(actions)]
+        cn_port, phone_port = identify_ports(packets, windows[0])
+        # The packet interval: how often the CN sends while nothing moves (before the first command).
+        steady = [p.time for p in packets if p.src == cn_port and p.time < windows[0].t0]
+        interval = statistics.median(b - a for a, b in itertools.pairwise(steady))
+        lapses: dict[str, list[Lapse]] = defaultdict(list)
+        for action in windows:
+            lapses[action.kind].append(measure(packets, action, cn_port, phone_port, interval))
+        print(f"{len(windows) // 2} rounds of transfer + retrieve, baresip as CN and device, grace "
+              f"period {args.grace:g} s (default {default_grace:g} s), packet interval "
+              f"{interval * 1000:.1f} ms, {len(packets)} RTP packets captured")
+        if args.each:
+            for action in windows:
+                lap = measure(packets, action, cn_port, phone_port, interval)
+                latency = f"{lap.latency * 1000:6.1f} ms" if lap.latency is not None else "   never "
+                print(f"  {action.kind:8s} latency {latency}  CN's packets at the old place {lap.old:3d}, "
+                      f"new {lap.new:3d}; user gap {lap.user_gap:4.2f} lost {lap.user_lost}; "
+                      f"CN gap {lap.cn_gap:4.2f} lost {lap.cn_lost}")
+        for kind in ("transfer", "retrieve"):
+            report(kind, lapses[kind])
+
+
+if __name__ == "__main__":
+    main()
