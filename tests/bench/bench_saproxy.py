@@ -129,6 +129,8 @@ def main() -> None:
             finally:
                 proxy.stop()
                 for d in devices:
+                    d.stop_soon()
+                for d in devices:
                     d.close()
         finally:
             client.close()

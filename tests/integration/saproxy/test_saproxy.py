@@ -42,6 +42,8 @@ def fakes() -> Iterator[list[FakeDevice]]:
     made: list[FakeDevice] = []
     yield made
     for device in made:
+        device.stop_soon()
+    for device in made:
         device.close()
 
 
@@ -187,6 +189,7 @@ def test_a_da_absent_at_start_gets_the_devices_once_it_runs(
     late = Slpda(tmp_path / "da", port=port).start()
     try:
         assert wait_until(lambda: found(late.port) == [tv.uri], timeout=15)
+        proxy.stop()  # while the DA still answers its deregistrations
     finally:
         late.stop()
 
@@ -218,6 +221,7 @@ def test_devices_are_registered_in_every_configured_scope(
         for scope in ("DEFAULT", "annex"):
             assert wait_until(lambda s=scope: tv.uri in slptool(two_scopes.port, "--scope", s, "findsrvs",
                                                                 "service:sip-device").stdout)
+        proxy.stop()  # while the DA still answers its deregistrations
     finally:
         two_scopes.stop()
 
