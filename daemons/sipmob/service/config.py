@@ -115,6 +115,9 @@ def one_of(*choices: str) -> Check:
 
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return f"{_type_name(args[0])}, or absent" if len(args) == 1 else " or ".join(map(_type_name, args))
     if tp is int:
         return "an integer"
     if tp is float:
@@ -246,8 +249,12 @@ def load_config(cls: type[T], path: str | Path) -> T:
     return parse_config(cls, data, file)
 
 
+REQUIRED = object()  # the default `describe` gives for a key that has none
+
+
 def describe(cls: type[Any], prefix: str = "") -> list[tuple[str, str, Any, str]]:
-    """(key, type, default, help) for every key of `cls`, for generated reference documentation."""
+    """(key, type, default, help) for every key of `cls`, for generated reference documentation;
+    the default of a key that must be given is `REQUIRED`."""
     rows: list[tuple[str, str, Any, str]] = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -256,6 +263,6 @@ def describe(cls: type[Any], prefix: str = "") -> list[tuple[str, str, Any, str]
             rows.extend(describe(tp, prefix + f.name + "."))  # type: ignore[arg-type]
             continue
         default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else REQUIRED)
         rows.append((prefix + f.name, _type_name(tp), default, f.metadata.get("help", "")))
     return rows
