@@ -515,6 +515,13 @@ class Phone:
 def _add_arguments(parser: Any) -> None:
     parser.add_argument("--control", metavar="PATH", help="the control socket (overrides [control] path)")
     parser.add_argument("--listen", metavar="HOST:PORT", help="SIP address (overrides [listen])")
+    parser.add_argument("--user", metavar="NAME", help="our SIP user (overrides [identity] user)")
+    parser.add_argument("--auto-answer", action="store_true", default=None,
+                        help="answer incoming calls at once (overrides [calls] auto_answer)")
+    parser.add_argument("--audio-in", metavar="FILE", help='what we send: "tone" or an 8 kHz mono WAV '
+                                                          "(overrides [media] audio_in)")
+    parser.add_argument("--record", metavar="FILE", help="record what we receive (overrides [media] record)")
+    parser.add_argument("--da", metavar="HOST[:PORT]", help="the SLP Directory Agent (overrides [slp] da)")
 
 
 def _override(config: MnConfig, args: Any) -> MnConfig:
@@ -526,18 +533,43 @@ def _override(config: MnConfig, args: Any) -> MnConfig:
             raise ValueError(f"--listen must be HOST:PORT, got {args.listen!r}")
         config = dataclasses.replace(config, listen=dataclasses.replace(
             config.listen, address=host.strip("[]"), port=int(port)))
+    if args.user:
+        config = dataclasses.replace(config, identity=dataclasses.replace(config.identity, user=args.user))
+    if args.auto_answer:
+        config = dataclasses.replace(config, calls=dataclasses.replace(config.calls, auto_answer=True))
+    if args.audio_in or args.record:
+        config = dataclasses.replace(config, media=dataclasses.replace(
+            config.media, audio_in=args.audio_in or config.media.audio_in,
+            record=args.record or config.media.record))
+    if args.da:
+        # HOST alone means SLP's own port, 427.
+        da = args.da if args.da.count(":") == 1 or "]:" in args.da else f"{args.da}:427"
+        config = dataclasses.replace(config, slp=dataclasses.replace(config.slp, da=da))
+    # The flags bypass the file's checks: check the result the same way.
+    problems = _check(config)
+    if problems:
+        raise ValueError("; ".join(problems))
     return config
+
+
+def _check(config: MnConfig) -> list[str]:
+    from sipmob.service.config import ConfigError, parse_config
+
+    try:
+        parse_config(MnConfig, dataclasses.asdict(config), "command line")
+    except ConfigError as exc:
+        return [f"{p.key}: {p.message}" for p in exc.problems]
+    return []
 
 
 SPEC = daemon.DaemonSpec(
     name="mn", config_type=MnConfig, build=lambda config, runtime: Phone(config, runtime.reactor),
     description="sipmob phone: a SIP phone that moves its calls to the devices of the home",
-    add_arguments=_add_arguments, override=_override)
+    add_arguments=_add_arguments, override=_override, prog="sipmob phone")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # As `sipmob.service.daemon.main_for` does: no TLS here, so keep pyOpenSSL's ~10 MB out.
-    sys.modules.setdefault("OpenSSL", None)  # type: ignore[arg-type]
+    daemon.keep_tls_out()
     return daemon.run(SPEC, argv)
 
 

@@ -78,10 +78,12 @@ class DaemonSpec(Generic[C]):
     override: Callable[[C, argparse.Namespace], C] | None = None
     # A daemon that speaks no TLS keeps pyOpenSSL and cryptography out of its process (see main_for).
     uses_tls: bool = False
+    # The name it gives itself in messages, when not "sipmob-<name>" (such as "sipmob phone").
+    prog: str = ""
 
     @property
     def program(self) -> str:
-        return f"sipmob-{self.name}"
+        return self.prog or f"sipmob-{self.name}"
 
 
 def parse_args(spec: DaemonSpec[Any], argv: Sequence[str] | None) -> argparse.Namespace:
@@ -181,15 +183,21 @@ def run(spec: DaemonSpec[C], argv: Sequence[str] | None = None, reactor: Any = N
     return outcome["code"]
 
 
+def keep_tls_out() -> None:
+    """Keep pyOpenSSL and cryptography out of a process that speaks no TLS.
+
+    Twisted's reactor imports them when it can: some 10 MB of resident memory on the gateway. Marked
+    unimportable before the reactor loads, they stay out and Twisted runs without TLS support.
+    """
+    sys.modules.setdefault("OpenSSL", None)  # type: ignore[arg-type]
+
+
 def main_for(spec: DaemonSpec[Any]) -> Callable[[], None]:
     """A console-script entry point for `spec`."""
 
     def main() -> None:
         if not spec.uses_tls:
-            # Twisted's reactor imports pyOpenSSL and cryptography when it can: some 10 MB of
-            # resident memory on the gateway. Marked unimportable before the reactor loads, they stay
-            # out and Twisted runs without TLS support.
-            sys.modules.setdefault("OpenSSL", None)  # type: ignore[arg-type]
+            keep_tls_out()
         sys.exit(run(spec))
 
     return main

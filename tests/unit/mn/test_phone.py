@@ -19,7 +19,9 @@ CN = parse("v=0\r\no=cn 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0
 
 
 def args(**kw: Any) -> argparse.Namespace:
-    return argparse.Namespace(**{"control": None, "listen": None, **kw})
+    flags = {"control": None, "listen": None, "user": None, "auto_answer": None, "audio_in": None,
+             "record": None, "da": None}
+    return argparse.Namespace(**{**flags, **kw})
 
 
 def test_listen_flag_overrides_address_and_port() -> None:
