@@ -1,5 +1,9 @@
 """The main job, on loopback: start the daemon set with the defaults in etc/, then walk through
-what a household sees: devices registered and found by room and capability.
+what a household sees: devices found by room and capability, and a call moved from the phone to a
+device in one room, back, to a device in another room, and back.
+
+The devices and the remote party are baresip, an independent SIP phone, so what moves the call is
+sipmob's own phone (`sipmob phone`) talking to ordinary phones, exactly as in a home.
 
 Every process is started here and stopped here by PID; state goes to a temporary directory, so the
 demo leaves nothing behind and never touches /var/lib/sipmob.
@@ -20,6 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "daemons")}
+sys.path[:0] = [str(ROOT), str(ROOT / "daemons")]
+
+from tests.peers.baresip import Baresip  # noqa: E402  (an independent phone, driven over its control port)
 
 
 def step(text: str) -> None:
@@ -30,6 +37,7 @@ class Daemons:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.cleanups: list[object] = []
 
     def start(self, name: str, args: list[str], ready: str | None = None) -> subprocess.Popen[bytes]:
         path = self.workdir / f"{name}.log"
@@ -55,6 +63,9 @@ class Daemons:
         return (self.workdir / f"{name}.log").read_text(errors="replace")
 
     def stop_all(self) -> None:
+        for cleanup in reversed(self.cleanups):
+            cleanup()  # type: ignore[operator]
+        self.cleanups.clear()
         for name, proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -84,6 +95,88 @@ DEVICES = [
     ("sip:desk@127.0.0.1:5074", "(name=desk),(room=study),(floor=1),(media=audio-sendrecv),"
      "(audio-codecs=PCMU),(mobility=basic)"),
 ]
+
+
+def sipmob(workdir: Path, da: str, *args: str) -> str:
+    result = subprocess.run([PY, "-m", "sipmob.mn.cli", "--config", str(ROOT / "etc/sipmob/mn.toml"),
+                             "--control", str(workdir / "mn.sock"), "--da", da, *args],
+                            env=ENV, capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        sys.exit(f"sipmob {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout.rstrip()
+
+
+def show(text: str) -> None:
+    print("   " + text.replace("\n", "\n   "), flush=True)
+
+
+def rtp_received(workdir: Path, da: str) -> int:
+    import json
+
+    return int(json.loads(sipmob(workdir, da, "calls", "--json"))[0]["rtp_received"])
+
+
+def call_demo(daemons: Daemons, da: str, workdir: Path) -> None:
+    step("Starting the phones of the home: baresip as the remote party and as two basic devices")
+    peers = [Baresip(workdir, user="alice"), Baresip(workdir, user="speaker"), Baresip(workdir, user="desk")]
+    daemons.cleanups.append(lambda: [peer.stop() for peer in peers])
+    alice, speaker, desk = peers
+    for peer, what in zip(peers, ("the remote party", "living-room speaker", "study desk phone"),
+                          strict=True):
+        print(f"   {peer.uri}  {what} (pid {peer.proc.pid})")
+
+    step("Starting the SA proxy, which registers basic devices from devices.d/ after probing them")
+    devices = workdir / "devices.d"
+    devices.mkdir()
+    (devices / "speaker.toml").write_text(
+        f'uri = "{speaker.uri}"\nname = "Living-room speaker"\nroom = "living-room"\nfloor = 0\n'
+        'audio = "sendrecv"\n')
+    (devices / "desk.toml").write_text(
+        f'uri = "{desk.uri}"\nname = "Study desk phone"\nroom = "study"\nfloor = 1\naudio = "sendrecv"\n')
+    daemons.start("sipmob-saproxy", ["sipmob.saproxy", "--config", str(ROOT / "etc/sipmob/saproxy.toml"),
+                                     "--devices-dir", str(devices), "--da", da, "--listen", "127.0.0.1:5070"],
+                  ready="ready")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        found = slptool(da, "findsrvs", "service:sip-device", "(mobility=basic)", check=False)
+        if speaker.uri in found and desk.uri in found:
+            break
+        time.sleep(0.2)
+    else:
+        sys.exit("the SA proxy did not register the devices:\n" + daemons.log("sipmob-saproxy"))
+
+    step("Starting the mobile node: sipmob phone --config etc/sipmob/mn.toml")
+    daemons.start("sipmob-phone", ["sipmob.mn.cli", "phone", "--config", str(ROOT / "etc/sipmob/mn.toml"),
+                                   "--listen", "127.0.0.1:5060", "--control", str(workdir / "mn.sock"),
+                                   "--da", da], ready="ready")
+
+    step("sipmob devices: what the phone can hand its calls to")
+    show(sipmob(workdir, da, "devices"))
+
+    step(f"sipmob call {alice.uri}")
+    show(sipmob(workdir, da, "call", alice.uri))
+    time.sleep(1.0)
+    show(sipmob(workdir, da, "calls"))
+    show(f"the phone has received {rtp_received(workdir, da)} RTP packets from the remote party")
+
+    for device, room in (("living-room-speaker", "living room"), ("study-desk-phone", "study")):
+        step(f"Walking into the {room}: sipmob transfer 1 --to {device}")
+        started = time.monotonic()
+        show(sipmob(workdir, da, "transfer", "1", "--to", device))
+        show(f"(took {1000 * (time.monotonic() - started):.0f} ms, including the grace period in which the"
+             " phone keeps sending)")
+        before = rtp_received(workdir, da)
+        time.sleep(1.0)
+        show(sipmob(workdir, da, "calls"))
+        show(f"the phone received {rtp_received(workdir, da) - before} packets in the last second: "
+             "the remote party now sends to the device")
+
+        step("Leaving: sipmob retrieve 1")
+        show(sipmob(workdir, da, "retrieve", "1"))
+        before = rtp_received(workdir, da)
+        time.sleep(1.0)
+        show(f"the phone received {rtp_received(workdir, da) - before} packets in the last second: "
+             "the call is back in your hand")
 
 
 def main() -> int:
@@ -137,6 +230,12 @@ def main() -> int:
         daemons.start("sipmob-slpda", ["sipmob.slpda", "--config", str(ROOT / "etc/sipmob/slpda.toml"),
                                        "--listen", da], ready="ready")
         print("   " + slptool(da, "findsrvs", "service:sip-device").replace("\n", "\n   "))
+
+        step("Clearing those hand-made registrations: from now on real devices are probed and registered")
+        for url, _ in DEVICES:
+            slptool(da, "deregister", url)
+
+        call_demo(daemons, da, workdir)
 
         if args.keep:
             step("Running; Ctrl-C stops everything")
