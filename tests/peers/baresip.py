@@ -162,11 +162,13 @@ class Baresip:
     # The control socket ---------------------------------------------------------------------
 
     def _read(self) -> None:
-        assert self._sock is not None
+        # Its own reference: stop() clears self._sock while this thread may still be reading.
+        sock = self._sock
+        assert sock is not None
         buf = b""
         while True:
             try:
-                chunk = self._sock.recv(65536)
+                chunk = sock.recv(65536)
             except TimeoutError:
                 continue
             except OSError:
