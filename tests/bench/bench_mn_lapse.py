@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import shutil
 import socket
 import statistics
 import sys
@@ -75,6 +76,7 @@ class Lapse:
     user_lost: int
     cn_gap: float
     cn_lost: int
+    switch_gap: float  # intervals between the CN's last packet at the old place and its first at the new
     old: int  # the CN's packets that reached the old place in the window
     new: int  # ... and the new one
 
@@ -133,18 +135,46 @@ def longest_gap(times: Sequence[float]) -> float:
     return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
 
-def identify_ports(packets: Sequence[Packet], first: Action) -> tuple[int, int]:
-    """(CN's RTP port, phone's RTP port): the two ends before the first transfer; the CN's is the
-    one still in use once the call is on the device."""
-    before = {p.src for p in packets if p.time < first.t0} | {p.dst for p in packets if p.time < first.t0}
-    late = [p for p in packets if first.end - SETTLE / 2 <= p.time < first.end]
-    after = {p.src for p in late} | {p.dst for p in late}
-    if len(before) != 2 or len(before & after) != 1:
-        raise RuntimeError(f"cannot tell the CN's RTP port: ports {sorted(before)} before the first "
-                           f"transfer, {sorted(after)} on the device")
-    (cn,) = before & after
-    (phone,) = before - {cn}
-    return cn, phone
+def where_longest(packets: Sequence[Packet], t0: float) -> str:
+    pairs = list(itertools.pairwise(packets))
+    if not pairs:
+        return "-"
+    a, b = max(pairs, key=lambda ab: ab[1].time - ab[0].time)
+    return f"{(a.time - t0) * 1000:+.0f}ms {a.src}->{a.dst} then {b.src}->{b.dst}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ports:
+    cn: int
+    phone: int
+    devices: frozenset[int]
+
+    def ours(self, packet: Packet) -> bool:
+        mine = self.devices | {self.cn, self.phone}
+        return packet.src in mine and packet.dst in mine
+
+
+def rtp_ports(capture: Path, phone_sip: int, cn_sip: int, device_sip: int) -> Ports:
+    """The RTP ports of this run, from the SDP the phone exchanged (other tests may send RTP on lo
+    at the same time): the CN's and the device's from their own descriptions, the phone's as the
+    one it offered the CN that is no device's."""
+    out = tshark("-r", str(capture), "-Y", f"sdp && udp.port == {phone_sip}", "-T", "fields",
+                 "-e", "udp.srcport", "-e", "udp.dstport", "-e", "sdp.media.port", timeout=120)
+    by_sender: dict[int, set[int]] = defaultdict(set)
+    to_cn: set[int] = set()
+    for line in out.splitlines():
+        src, dst, media = line.split("\t")
+        # Port 9 (discard) is in the CN's answer to OPTIONS: capabilities, not a stream (RFC 3264 §9).
+        ports = {int(p) for p in media.split(",") if p.isdigit() and int(p) not in (0, 9)}
+        by_sender[int(src)] |= ports
+        if int(src) == phone_sip and int(dst) == cn_sip:
+            to_cn |= ports
+    cn, devices = by_sender[cn_sip], frozenset(by_sender[device_sip])
+    phone = to_cn - devices
+    if len(cn) != 1 or len(phone) != 1 or not devices:
+        raise RuntimeError(f"cannot tell the RTP ports from the SDP: CN {sorted(cn)}, phone "
+                           f"{sorted(phone)}, device {sorted(devices)}")
+    return Ports(next(iter(cn)), next(iter(phone)), devices)
 
 
 def measure(packets: Sequence[Packet], action: Action, cn: int, phone: int, interval: float) -> Lapse:
@@ -159,11 +189,29 @@ def measure(packets: Sequence[Packet], action: Action, cn: int, phone: int, inte
     at_phone = sum(1 for p in to_user if p.dst == phone)
     at_device = len(to_user) - at_phone
     old, new = (at_phone, at_device) if action.kind == "transfer" else (at_device, at_phone)
+    if arrived:
+        before = [p.time for p in to_user if (p.dst == phone) == (action.kind == "transfer")
+                  and p.time < arrived[0].time]
+        switch_gap = max(0.0, arrived[0].time - before[-1]) / interval if before else 0.0
+    else:
+        switch_gap = float("inf")
     # The user's side: one SSRC from the CN, at whichever place it goes.
     user_lost = sum(missing(p.seq for p in to_user if p.ssrc == s) for s in {p.ssrc for p in to_user})
     cn_lost = sum(missing(p.seq for p in to_cn if p.ssrc == s) for s in {p.ssrc for p in to_cn})
     return Lapse(latency, longest_gap([p.time for p in to_user]) / interval, user_lost,
-                 longest_gap([p.time for p in to_cn]) / interval, cn_lost, old, new)
+                 longest_gap([p.time for p in to_cn]) / interval, cn_lost, switch_gap, old, new)
+
+
+def wireshark_streams_to(capture: Path, port: int) -> list[int]:
+    """Wireshark's own count of lost packets in each RTP stream sent to ``port`` (`-z rtp,streams`)."""
+    out = tshark("-r", str(capture), "-o", "rtp.heuristic_rtp:TRUE", "-q", "-z", "rtp,streams", timeout=120)
+    lost = []
+    for line in out.splitlines():
+        # start end src-ip src-port dst-ip dst-port ssrc payload packets lost (percent) ...
+        row = line.split()
+        if len(row) > 10 and row[5].isdigit() and int(row[5]) == port and row[9].lstrip("-").isdigit():
+            lost.append(int(row[9]))
+    return lost
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -186,6 +234,9 @@ def report(kind: str, lapses: Sequence[Lapse]) -> None:
               f"{LATENCY_TARGET * 1000:g} ms]" + (f"  ({never} never arrived)" if never else ""))
     else:
         print(f"{kind:8s} latency: the CN's stream never reached the new place  [MISS]")
+    switch = [lap.switch_gap for lap in lapses]
+    print(f"{kind:8s} heard by user at the switch (last packet at the old place to first at the new): "
+          f"p50 {statistics.median(switch):4.2f} max {max(switch):4.2f} intervals")
     for side, gaps, lost in (("user", [lap.user_gap for lap in lapses], [lap.user_lost for lap in lapses]),
                              ("CN", [lap.cn_gap for lap in lapses], [lap.cn_lost for lap in lapses])):
         print(f"{kind:8s} heard by {side:4s}: longest gap p50 {statistics.median(gaps):4.2f} "
@@ -201,6 +252,7 @@ def main() -> None:
     parser.add_argument("--grace", type=float, default=default_grace,
                         help=f"the phone's grace period (default: the configuration's, {default_grace:g} s)")
     parser.add_argument("--each", action="store_true", help="also print every action's figures")
+    parser.add_argument("--pcap", type=Path, help="keep the capture there")
     parser.add_argument("--max-seconds", type=float, default=240.0,
                         help="stop starting rounds after this long")
     args = parser.parse_args()
@@ -218,10 +270,10 @@ def main() -> None:
                 "(name=Desk phone),(media=audio-sendrecv),(audio-codecs=PCMU)")
             phone = Phone(d, address, grace=args.grace)
             # SIP and SLP travel on known ports; the rest of UDP on lo is the RTP we look at.
-            capture = LiveCapture(d / "lapse.pcapng", f"udp and not port {da.port} and not port "
-                                  f"{phone.port} and not port {cn.port} and not port {desk.port}")
+            sip_ports = (phone.port, cn.port, desk.port)
+            capture = LiveCapture(d / "lapse.pcapng", f"udp and not port {da.port}")
             request(phone.control, "call", {"uri": cn.uri}, timeout=10)
-            time.sleep(1.0)
+            time.sleep(2.0)  # a steady stream to compare with
             deadline = time.monotonic() + args.max_seconds
             for _ in range(args.rounds):
                 if time.monotonic() > deadline:
@@ -244,13 +296,17 @@ def main() -> None:
                 if peer is not None:
                     peer.stop()
             da.stop()
-        packets = read_rtp(path)
+        if args.pcap is not None:
+            shutil.copyfile(path, args.pcap)
+        ports = rtp_ports(path, *sip_ports)
+        packets = [p for p in read_rtp(path) if ports.ours(p)]
+        cn_port, phone_port = ports.cn, ports.phone
         windows = [Action(kind, t0, actions[i + 1][1] if i + 1 < len(actions) else end)
                    for i, (kind, t0) in enumerate(actions)]
-        cn_port, phone_port = identify_ports(packets, windows[0])
-        # The packet interval: how often the CN sends while nothing moves (before the first command).
+        # The packet interval: how often the CN sends while nothing moves (before the first command),
+        # on average: baresip's own sending jitters by a few ms either way.
         steady = [p.time for p in packets if p.src == cn_port and p.time < windows[0].t0]
-        interval = statistics.median(b - a for a, b in itertools.pairwise(steady))
+        interval = (steady[-1] - steady[0]) / (len(steady) - 1)
         lapses: dict[str, list[Lapse]] = defaultdict(list)
         for action in windows:
             lapses[action.kind].append(measure(packets, action, cn_port, phone_port, interval))
@@ -263,9 +319,22 @@ def main() -> None:
                 latency = f"{lap.latency * 1000:6.1f} ms" if lap.latency is not None else "   never "
                 print(f"  {action.kind:8s} latency {latency}  CN's packets at the old place {lap.old:3d}, "
                       f"new {lap.new:3d}; user gap {lap.user_gap:4.2f} lost {lap.user_lost}; "
-                      f"CN gap {lap.cn_gap:4.2f} lost {lap.cn_lost}")
+                      f"CN gap {lap.cn_gap:4.2f} lost {lap.cn_lost}; switch gap {lap.switch_gap:4.2f}")
+                window = [p for p in packets if action.t0 - LEAD <= p.time < action.end]
+                print("    longest gap: user",
+                      where_longest([p for p in window if p.src == cn_port], action.t0), " CN",
+                      where_longest([p for p in window if p.dst == cn_port], action.t0))
+        # What the streams do with nothing moving: the senders' own jitter, for comparison.
+        calm = [p for p in packets if p.time < windows[0].t0]
+        from_cn = longest_gap([p.time for p in calm if p.src == cn_port]) / interval
+        to_cn = longest_gap([p.time for p in calm if p.dst == cn_port]) / interval
+        print(f"before the first command ({calm[-1].time - calm[0].time:.1f} s): longest gap "
+              f"CN -> phone {from_cn:4.2f}, phone -> CN {to_cn:4.2f} intervals")
         for kind in ("transfer", "retrieve"):
             report(kind, lapses[kind])
+        streams = wireshark_streams_to(path, cn_port)
+        print(f"Wireshark's RTP analysis of the {len(streams)} streams to the CN (whole run): "
+              f"{sum(streams)} lost [{verdict(sum(streams) == 0)} == 0]")
 
 
 if __name__ == "__main__":
