@@ -1,13 +1,15 @@
 """Benchmark what a user and the CN notice when the mobile node moves a call: latency and media lapse.
 
 Run: .venv/bin/python tests/bench/bench_mn_lapse.py [--rounds 20] [--grace SECONDS] [--max-seconds 240]
+     [--each] [--pcap FILE]   (--each: every action's figures and where its longest gaps are)
 
 The real `sipmob phone`, the real `sipmob-slpda`, baresip as the CN and as the device ("desk-phone"),
 all on loopback; the phone's grace period is its configuration default unless --grace is given.
 Every round transfers call 1 to the device and retrieves it through the control socket. The evidence
 is independent of the phone: tshark captures every UDP packet on `lo` with kernel timestamps
 (frame.time_epoch, CLOCK_REALTIME), and each command's t0 is taken with the same clock just before
-its request is written to the control socket.
+its request is written to the control socket. The RTP ports are read from the SDP in the same
+capture, so RTP that other tests send on `lo` meanwhile is left out.
 
 Per action (transfer: phone → device; retrieval: device → phone):
 - latency: t0 → the first packet from the CN's RTP port arriving at the new place's port;
@@ -17,6 +19,10 @@ Per action (transfer: phone → device; retrieval: device → phone):
 - heard by the CN: the packets arriving at its port, from the old place then the new one (the phone
   keeps sending during the grace period, draft §7.1): the longest gap, in packet intervals, and the
   sequence numbers missing within each SSRC.
+Also printed: the user's gap at the switch itself (last packet at the old place → first at the new),
+the longest gaps of both streams in the 2 s before any command (the senders' own jitter: baresip and
+the phone time their packets in user space, so on a loaded machine a gap of two intervals can occur
+with nothing moving) and Wireshark's own loss count (`-z rtp,streams`) for the streams to the CN.
 Targets on loopback: latency p95 < 50 ms, nothing lost, longest gap at most two packet intervals.
 """
 
