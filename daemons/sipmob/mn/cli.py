@@ -29,7 +29,8 @@ from typing import Any
 
 from sipmob.mn import control
 from sipmob.mn.config import DEFAULT_CONFIG, MnConfig
-from sipmob.service.config import ConfigError, load_config
+from sipmob.service.config import ConfigError, load_config, split_host_port
+from sipmob.slp.messages import SLP_PORT
 
 PROG = "sipmob"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -84,10 +85,10 @@ def _config(path: str) -> MnConfig:
 
 
 def _da(text: str) -> tuple[str, int]:
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"--da must be HOST:PORT, got {text!r}")
-    return (host.strip("[]"), int(port_text))
+    try:
+        return split_host_port(text, SLP_PORT)
+    except ValueError as exc:
+        raise ValueError(f"--da {exc}") from None
 
 
 def _devices(args: argparse.Namespace, config: MnConfig) -> int:

@@ -13,7 +13,18 @@ import dataclasses
 import os
 from pathlib import Path
 
-from sipmob.service.config import each, ip_address, non_negative, one_of, port, positive, setting
+from sipmob.service.config import (
+    each,
+    host_port,
+    ip_address,
+    non_negative,
+    one_of,
+    port,
+    positive,
+    setting,
+    split_host_port,
+)
+from sipmob.slp.messages import SLP_PORT
 
 DEFAULT_CONFIG = "/etc/sipmob/mn.toml"
 
@@ -29,15 +40,6 @@ def _user(value: str) -> str | None:
     allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'()&=+$,;?/")
     if not value or any(c not in allowed for c in value):
         return f"must be a SIP user name (letters, digits, - _ . and the like), got {value!r}"
-    return None
-
-
-def _hostport(value: str) -> str | None:
-    if not value:
-        return None
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        return f"must be HOST:PORT, got {value!r}"
     return None
 
 
@@ -95,8 +97,8 @@ class Calls:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Slp:
-    da: str = setting("127.0.0.1:427", check=_hostport,
-                      help="the Directory Agent, HOST:PORT; empty: ask by multicast")
+    da: str = setting("127.0.0.1:427", check=host_port(SLP_PORT),
+                      help="the Directory Agent, HOST[:PORT]; empty: ask by multicast")
     scopes: list[str] = setting(default_factory=lambda: ["DEFAULT"], help="SLP scopes to search")
     timeout: float = setting(3.0, check=positive, help="seconds to wait for the DA")
 
@@ -131,5 +133,4 @@ class MnConfig:
     def da_address(self) -> tuple[str, int] | None:
         if not self.slp.da:
             return None
-        host, _, port_text = self.slp.da.rpartition(":")
-        return (host.strip("[]"), int(port_text))
+        return split_host_port(self.slp.da, SLP_PORT)

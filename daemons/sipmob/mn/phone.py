@@ -67,6 +67,7 @@ from sipmob.sdp import (
     parse,
 )
 from sipmob.service import daemon
+from sipmob.service.config import split_host_port
 from sipmob.service.sipua import Call, CallFailed, IncomingCall, SIPError, UserAgent
 from sipmob.service.slp import SLPClient
 
@@ -528,11 +529,12 @@ def _override(config: MnConfig, args: Any) -> MnConfig:
     if args.control:
         config = dataclasses.replace(config, control=dataclasses.replace(config.control, path=args.control))
     if args.listen:
-        host, sep, port = args.listen.rpartition(":")
-        if not sep or not port.isdigit():
-            raise ValueError(f"--listen must be HOST:PORT, got {args.listen!r}")
-        config = dataclasses.replace(config, listen=dataclasses.replace(
-            config.listen, address=host.strip("[]"), port=int(port)))
+        try:
+            host, port = split_host_port(args.listen)
+        except ValueError as exc:
+            raise ValueError(f"--listen {exc}") from None
+        listen = dataclasses.replace(config.listen, address=host, port=port)
+        config = dataclasses.replace(config, listen=listen)
     if args.user:
         config = dataclasses.replace(config, identity=dataclasses.replace(config.identity, user=args.user))
     if args.auto_answer:
@@ -542,9 +544,7 @@ def _override(config: MnConfig, args: Any) -> MnConfig:
             config.media, audio_in=args.audio_in or config.media.audio_in,
             record=args.record or config.media.record))
     if args.da:
-        # HOST alone means SLP's own port, 427.
-        da = args.da if args.da.count(":") == 1 or "]:" in args.da else f"{args.da}:427"
-        config = dataclasses.replace(config, slp=dataclasses.replace(config.slp, da=da))
+        config = dataclasses.replace(config, slp=dataclasses.replace(config.slp, da=args.da))
     # The flags bypass the file's checks: check the result the same way.
     problems = _check(config)
     if problems:

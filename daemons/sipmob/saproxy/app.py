@@ -20,7 +20,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from sipmob.saproxy.config import SaproxyConfig, Settings, split_hostport
+from sipmob.saproxy.config import SaproxyConfig, Settings
 from sipmob.saproxy.devices import SERVICE_TYPE, Device
 from sipmob.saproxy.probe import (
     Capabilities,
@@ -31,6 +31,7 @@ from sipmob.saproxy.probe import (
     build_options,
     merge,
 )
+from sipmob.service.config import split_host_port
 from sipmob.service.daemon import Runtime
 from sipmob.service.sipnet import SIPTransport
 from sipmob.service.slp import SLPClient, SLPServiceAgent
@@ -102,7 +103,7 @@ class SaproxyApp:
         host = f"[{via_host}]" if ":" in via_host else via_host
         self._contact = f"sip:saproxy@{host}:{bound.port}"
         slp = self.config.slp
-        self.sa = SLPServiceAgent(self.reactor, das=[split_hostport(d, 427) for d in slp.das],
+        self.sa = SLPServiceAgent(self.reactor, das=[split_host_port(d, 427) for d in slp.das],
                                   scopes=slp.scopes, multicast=slp.multicast,
                                   config=AgentConfig(da_find=slp.da_find))
         self.sa.start()
@@ -206,7 +207,7 @@ class SaproxyApp:
     def _destination(self, device: Device) -> Address:
         if device.direct:
             return Address(device.uri.host.strip("[]"), device.uri.port or 5060, "udp")
-        host, port = split_hostport(self.config.sip.outbound_proxy, 5060)
+        host, port = split_host_port(self.config.sip.outbound_proxy, 5060)
         return Address(host, port, "udp")
 
     def _sip_event(self, event: Event) -> None:
@@ -317,7 +318,7 @@ class SaproxyApp:
         if not stale:
             return
         slp = self.config.slp
-        client = SLPClient(self.reactor, das=[split_hostport(d, 427) for d in slp.das], scopes=slp.scopes)
+        client = SLPClient(self.reactor, das=[split_host_port(d, 427) for d in slp.das], scopes=slp.scopes)
         done = []
         for url in stale:
             log.info("deregistering %s, registered by the previous run and no longer configured", url)

@@ -11,37 +11,14 @@ import os
 from pathlib import Path
 
 from sipmob.saproxy.devices import Device
-from sipmob.service.config import each, ip_address, one_of, port, positive, setting
+from sipmob.service.config import each, host_port, ip_address, one_of, port, positive, setting
 
 DEFAULT_DEVICES_DIR = "/etc/sipmob/devices.d"
 DEFAULT_STATE_FILE = "/var/lib/sipmob/saproxy.json"
 
 
-def _hostport(value: str) -> str | None:
-    """HOST[:PORT] with HOST an IP literal ([V6]:PORT for IPv6); the daemon does no DNS."""
-    try:
-        split_hostport(value, 0)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
-def split_hostport(text: str, default_port: int) -> tuple[str, int]:
-    """"HOST", "HOST:PORT" or "[V6]:PORT" with an IP literal HOST; raises ValueError."""
-    host, port_text = text, ""
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise ValueError(f"expected [ADDRESS]:PORT, got {text!r}")
-        port_text = rest[1:]
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    if port_text and (not port_text.isdigit() or not 0 <= int(port_text) <= 65535):
-        raise ValueError(f"bad port in {text!r}")
-    problem = ip_address(host)
-    if problem:
-        raise ValueError(f"must be an IP address with an optional :PORT, got {text!r}")
-    return host, int(port_text) if port_text else default_port
+# The daemon does no DNS: addresses are IP literals, a port may follow.
+_hostport = host_port(0)
 
 
 def _scope(value: str) -> str | None:

@@ -7,8 +7,9 @@ import dataclasses
 import sys
 
 from sipmob.saproxy.app import SaproxyApp
-from sipmob.saproxy.config import SaproxyConfig, Settings, split_hostport
+from sipmob.saproxy.config import SaproxyConfig, Settings
 from sipmob.saproxy.devices import load_devices
+from sipmob.service.config import split_host_port
 from sipmob.service.daemon import DaemonSpec, Runtime, main_for
 
 
@@ -29,12 +30,12 @@ def override(config: SaproxyConfig, args: argparse.Namespace) -> Settings:
                                                                           directory=args.devices_dir))
     if args.da is not None:
         for da in args.da:
-            split_hostport(da, 427)  # ValueError: reported as a command-line problem
+            split_host_port(da, 427)  # ValueError: reported as a command-line problem
         config = dataclasses.replace(config, slp=dataclasses.replace(config.slp, das=list(args.da)))
     if args.listen is not None:
         if ":" not in args.listen:
             raise ValueError(f"--listen: expected HOST:PORT, got {args.listen!r}")
-        host, port = split_hostport(args.listen, 0)
+        host, port = split_host_port(args.listen, 0)
         config = dataclasses.replace(config, sip=dataclasses.replace(config.sip, address=host, port=port))
     devices = load_devices(config.devices.directory, have_outbound_proxy=bool(config.sip.outbound_proxy))
     return Settings(config, devices)

@@ -88,6 +88,49 @@ def ip_network(value: str) -> str | None:
     return None
 
 
+def split_host_port(text: str, default_port: int | None = None, *,
+                    ip_literal: bool = True) -> tuple[str, int]:
+    """"HOST", "HOST:PORT", "[V6]:PORT" or a bare IPv6 address to (host, port); raises ValueError.
+
+    Without `default_port` the port must be given. With `ip_literal`, HOST must be an IP address:
+    the daemons do no DNS, so a name in a configuration file is a mistake worth saying at once.
+    """
+    form = "HOST:PORT" if default_port is None else "HOST[:PORT]"
+    wrong = ValueError(f"must be {form} with HOST an IP address ([V6]:PORT for IPv6), got {text!r}"
+                       if ip_literal else f"must be {form}, got {text!r}")
+    host, port_text = text, ""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")) or rest == ":":
+            raise wrong
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    if not host or (ip_literal and ip_address(host)):
+        raise wrong
+    if port_text:
+        if not port_text.isdigit() or int(port_text) > 65535:
+            raise ValueError(f"bad port in {text!r}: must be 0-65535")
+        return host, int(port_text)
+    if default_port is None:
+        raise wrong
+    return host, default_port
+
+
+def host_port(default_port: int | None = None) -> Check:
+    """A check for a HOST[:PORT] value (see `split_host_port`); an empty value passes."""
+
+    def check(value: str) -> str | None:
+        try:
+            if value:
+                split_host_port(value, default_port)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    return check
+
+
 def each(check: Check) -> Check:
     """Apply a check to every element of a list value."""
 
@@ -145,7 +188,7 @@ def _convert(tp: Any, value: Any, file: str, key: str, problems: list[ConfigProb
         if not isinstance(value, dict):
             problems.append(ConfigProblem(file, key, f"must be a table, got {value!r}"))
             return _MISSING
-        return _build(tp, value, file, key + ".", problems)
+        return _build(typing.cast(type, tp), value, file, key + ".", problems)
     if origin is list or origin is tuple:
         if not isinstance(value, list):
             problems.append(ConfigProblem(file, key, f"must be {_type_name(tp)}, got {value!r}"))

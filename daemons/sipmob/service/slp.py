@@ -24,6 +24,7 @@ from typing import Any
 
 from twisted.internet import defer, protocol
 
+from sipmob.service.config import split_host_port
 from sipmob.service.timers import TimerDriver
 from sipmob.slp import wire
 from sipmob.slp.agent import (
@@ -63,22 +64,10 @@ def resolve(host: str, port: int = SLP_PORT) -> Address:
 
 
 def parse_hostport(text: str, default_port: int = SLP_PORT) -> Address:
-    """"HOST", "HOST:PORT" or "[V6]:PORT" to an address; raises ValueError."""
-    host, port = text, default_port
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ValueError(f"unbalanced brackets in {text!r}")
-        host, rest = text[1:end], text[end + 1:]
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"expected :PORT after ] in {text!r}")
-            port = int(rest[1:])
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-        port = int(port_text)
-    if not host or not 0 < port < 65536:
-        raise ValueError(f"not a HOST[:PORT]: {text!r}")
+    """"HOST", "HOST:PORT" or "[V6]:PORT" to an address, HOST a name or an address; raises ValueError."""
+    host, port = split_host_port(text, default_port, ip_literal=False)
+    if port == 0:
+        raise ValueError(f"not a HOST[:PORT]: {text!r} (port 0)")
     return resolve(host, port)
 
 

@@ -27,6 +27,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from sipmob.service.config import split_host_port
 from sipmob.slp import wire
 from sipmob.slp.agent import Address, AgentConfig, Outgoing, Query, Registration, SLPError, UserAgent
 from sipmob.slp.attrs import Attribute, AttrParseError, Opaque, format_attr_list, parse_attr_list
@@ -43,18 +44,12 @@ class UsageError(Exception):
 
 def parse_hostport(text: str, default_port: int = SLP_PORT) -> Address:
     """"HOST", "HOST:PORT" or "[V6]:PORT" to an (IP literal, port); raises UsageError."""
-    host, port_text = text, ""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else rest
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
     try:
-        port = int(port_text) if port_text else default_port
-    except ValueError:
-        raise UsageError(f"bad port in {text!r}") from None
-    if not host or not 0 < port < 65536:
-        raise UsageError(f"not a HOST[:PORT]: {text!r}")
+        host, port = split_host_port(text, default_port, ip_literal=False)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if port == 0:
+        raise UsageError(f"not a HOST[:PORT]: {text!r} (port 0)")
     try:
         ipaddress.ip_address(host)
         return (host, port)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import ipaddress
 
+from sipmob.service.config import split_host_port
 from sipmob.service.daemon import DaemonSpec, Runtime, main_for
 from sipmob.slpda.app import SlpdaApp
 from sipmob.slpda.config import SlpdaConfig
@@ -13,15 +13,10 @@ from sipmob.slpda.config import SlpdaConfig
 
 def parse_listen(value: str) -> tuple[str, int]:
     """HOST:PORT, with [HOST]:PORT for IPv6; raises ValueError naming the problem."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"--listen: expected HOST:PORT, got {value!r}")
-    host = host.removeprefix("[").removesuffix("]")
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"--listen: {host!r} is not an IP address") from None
-    return host, int(port_text)
+        return split_host_port(value)
+    except ValueError as exc:
+        raise ValueError(f"--listen {exc}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -63,7 +63,7 @@ def test_registrar_must_be_a_sip_uri() -> None:
 
 
 def test_bad_da_is_named() -> None:
-    with pytest.raises(ConfigError, match="slp.da: must be HOST:PORT"):
+    with pytest.raises(ConfigError, match="slp.da: must be HOST"):
         parse_config(MnConfig, {"slp": {"da": "localhost"}})
 
 

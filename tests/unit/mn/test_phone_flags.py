@@ -30,8 +30,8 @@ def test_each_flag_sets_its_key() -> None:
 
 
 def test_a_da_without_port_means_slp_port_427() -> None:
-    assert override("--da", "127.0.0.1").slp.da == "127.0.0.1:427"
-    assert override("--da", "[::1]").slp.da == "[::1]:427"
+    assert override("--da", "127.0.0.1").da_address == ("127.0.0.1", 427)
+    assert override("--da", "[::1]").da_address == ("::1", 427)
 
 
 def test_a_bad_flag_value_is_refused_with_the_key_named() -> None:

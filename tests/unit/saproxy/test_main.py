@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sipmob.saproxy.config import SaproxyConfig, split_hostport
+from sipmob.saproxy.config import SaproxyConfig
 from sipmob.saproxy.main import add_arguments, override
-from sipmob.service.config import ConfigError, load_config
+from sipmob.service.config import ConfigError, load_config, split_host_port
 
 
 def args(*argv: str) -> argparse.Namespace:
@@ -82,10 +82,10 @@ def test_the_shipped_file_is_valid() -> None:
     ("[::1]:99", ("::1", 99)), ("::1", ("::1", 427)),
 ])
 def test_host_port_forms(text: str, expected: tuple[str, int]) -> None:
-    assert split_hostport(text, 427) == expected
+    assert split_host_port(text, 427) == expected
 
 
 @pytest.mark.parametrize("text", ["gateway", "127.0.0.1:x", "127.0.0.1:70000", "[::1"])
 def test_host_port_refuses(text: str) -> None:
     with pytest.raises(ValueError):
-        split_hostport(text, 427)
+        split_host_port(text, 427)
