@@ -175,16 +175,25 @@ class RtpSender:
         self.skipped = 0
         self._start: float | None = None
         self._slot = 0  # schedule slot of the next packet
+        self._paused_at: float | None = None  # when the next packet was due as the stream stopped
         self._marker = True  # §5.1 and RFC 3551 §4.1: the first packet of a talkspurt
 
     def start(self, now: float) -> None:
-        """(Re)start the schedule at ``now``; the stream's SSRC, sequence and timestamps carry on."""
-        # On a resume the next packet's slot is now, its timestamp continues from where it stopped,
-        # and it starts a talkspurt.
+        """(Re)start the schedule at ``now``; the stream's SSRC and sequence carry on."""
+        # On a resume the next packet's slot is now and it starts a talkspurt; its timestamp moves on
+        # by the time the stream was stopped, since the timestamp is the sampling instant (§5.1), and a
+        # receiver's jitter buffer would otherwise take the resumed packets for very late ones.
+        if self._paused_at is not None and now > self._paused_at:
+            self.timestamp = ts_add(self.timestamp,
+                                    round((now - self._paused_at) / self.ptime * self.samples_per_packet))
+        self._paused_at = None
         self._marker = True
         self._start = now - self._slot * self.ptime
 
-    def stop(self) -> None:
+    def stop(self, now: float | None = None) -> None:
+        """Stop the schedule; given ``now``, a later `start` moves the timestamp on by the pause."""
+        if self._start is not None and now is not None:
+            self._paused_at = max(now, self._start + self._slot * self.ptime)
         self._start = None
 
     @property

@@ -175,7 +175,7 @@ class RtpEndpoint:
             if loop.running:
                 loop.stop()
         if self._sender is not None:
-            self._sender.stop()
+            self._sender.stop(self._monotonic())
 
     def attach_recorder(self, recorder: WavRecorder, codecs: dict[int, Codec]) -> None:
         """Decode received packets whose payload type is in ``codecs`` into ``recorder``."""

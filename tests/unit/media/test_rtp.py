@@ -194,6 +194,26 @@ def test_resumed_sender_continues_sequence_and_timestamp() -> None:
     assert (resumed.sequence, resumed.timestamp, resumed.marker) == (11, 1160, True)
 
 
+def test_resumed_sender_timestamp_moves_on_by_the_pause() -> None:
+    # RFC 3550 §5.1: the timestamp is the sampling instant; sequence numbers stay contiguous.
+    sender = RtpSender(7, 0, 160, 0.02, initial_sequence=10, initial_timestamp=1000)
+    sender.start(0.0)
+    sender.packet(b"")  # the next one was due at 0.02 s, with timestamp 1160
+    sender.stop(1.0)
+    sender.start(3.0)
+    resumed = sender.packet(b"")
+    assert (resumed.sequence, resumed.timestamp, resumed.marker) == (11, 1160 + 2 * 8000, True)
+
+
+def test_stop_before_the_next_packet_was_due_moves_nothing_on() -> None:
+    sender = RtpSender(7, 0, 160, 0.02, initial_sequence=10, initial_timestamp=1000)
+    sender.start(0.0)
+    sender.packet(b"")
+    sender.stop(0.01)
+    sender.start(0.015)
+    assert sender.packet(b"").timestamp == 1160
+
+
 def test_sender_counts_packets_and_payload_octets() -> None:
     sender = RtpSender(7, 0, 160, 0.02)
     sender.start(0.0)
