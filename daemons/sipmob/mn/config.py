@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from sipmob.service.config import (
+    Log,
     each,
     host_port,
     ip_address,
@@ -107,12 +108,6 @@ class Slp:
 class Control:
     path: str = setting("", help="the control socket; empty: $XDG_RUNTIME_DIR/sipmob/mn.sock, "
                                  "else /run/sipmob/mn.sock")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Log:
-    level: str = setting("info", check=one_of("debug", "info", "warning", "error"),
-                         help="debug adds SIP and SLP traces")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from sipmob.saproxy.devices import Device
-from sipmob.service.config import each, host_port, ip_address, one_of, port, positive, setting
+from sipmob.service.config import Log, each, host_port, ip_address, port, positive, setting
 
 DEFAULT_DEVICES_DIR = "/etc/sipmob/devices.d"
 DEFAULT_STATE_FILE = "/var/lib/sipmob/saproxy.json"
@@ -99,12 +99,6 @@ class State:
     file: str = setting("", help="where the URLs registered in SLP are kept, so that after a crash a "
                                  "device removed meanwhile is deregistered at start; empty: "
                                  "$STATE_DIRECTORY/saproxy.json under systemd, else " + DEFAULT_STATE_FILE)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Log:
-    level: str = setting("info", check=one_of("debug", "info", "warning", "error"),
-                         help="debug adds a line per probe")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

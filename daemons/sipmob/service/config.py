@@ -153,6 +153,15 @@ def one_of(*choices: str) -> Check:
     return check
 
 
+# The [log] table every daemon has ------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Log:
+    level: str = setting("info", check=one_of("debug", "info", "warning", "error"),
+                         help="debug adds a line per protocol message; info, one per event that matters")
+
+
 # Loading --------------------------------------------------------------------------------------
 
 

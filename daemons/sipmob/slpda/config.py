@@ -12,7 +12,17 @@ import os
 import socket
 from pathlib import Path
 
-from sipmob.service.config import each, ip_address, ip_network, non_negative, one_of, port, positive, setting
+from sipmob.service.config import (
+    Log,
+    each,
+    ip_address,
+    ip_network,
+    non_negative,
+    one_of,
+    port,
+    positive,
+    setting,
+)
 from sipmob.slp.da import DAConfig
 from sipmob.slp.messages import SLP_PORT
 
@@ -96,12 +106,6 @@ class Registration:
 class State:
     file: str = setting("", help="where registrations are kept across restarts; empty: "
                                  "$STATE_DIRECTORY/slpda.json under systemd, else " + DEFAULT_STATE_FILE)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Log:
-    level: str = setting("info", check=one_of("debug", "info", "warning", "error"),
-                         help="debug adds a line per SLP message")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
