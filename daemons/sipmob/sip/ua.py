@@ -14,7 +14,14 @@ with methods that take ``now``. Everything to send comes out of `messages_to_sen
 deadline (the layer's or ours) out of `get_timer`.
 
 Not here: SDP (`sipmob.sdp`: bodies are opaque bytes to the core), sockets and the reactor
-(`sipmob.service.sipua`), registration, authentication challenges, DNS.
+(`sipmob.service.sipua`), DNS.
+
+Also here: answering Digest challenges (RFC 3261 §22.2-22.3 with RFC 7616/8760 via `sipmob.sip.auth`):
+a request answered 401 or 407 is sent again, once per challenge, with a new CSeq and branch and the
+credentials the application gave; and REGISTER bindings (§10.2) kept fresh by `register`: the
+refresh goes out at half the expiry the registrar granted, a 423 is retried with its Min-Expires,
+and after a failure the next attempt waits as RFC 5626 §4.5 says (30 s doubling up to 30 min,
+then a random 50-100 % of that).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import secrets
 from collections.abc import Callable, Sequence
 
 from sipmob.sip import transaction as tx
+from sipmob.sip.auth import Challenge, authorization
 from sipmob.sip.dialog import Dialog, DialogId, DialogState, uri_destination
 from sipmob.sip.headers import CSeq, Replaces
 from sipmob.sip.message import Headers, Request, Response, make_response, reason_phrase
@@ -44,6 +52,14 @@ SIPFRAG = "message/sipfrag"
 _IN_DIALOG_ONLY = frozenset({"BYE", "INFO", "REFER", "NOTIFY"})
 _GLARE_RETRIES = 3
 REFER_EXPIRES = 60
+# RFC 8760 §2.4: prefer the strongest algorithm a challenge offers
+_ALGORITHM_STRENGTH = {"SHA-512-256": 3, "SHA-256": 2, "MD5": 1}
+_MAX_NONCES = 64
+_RETRY_BASE = 30.0  # RFC 5626 §4.5 base-time (no flow recovered) and max-time
+_RETRY_MAX = 1800.0
+
+CredentialsLookup = Callable[[str], "tuple[str, str] | None"]
+"""``credentials(realm) -> (username, password)`` or None when we have none for that realm."""
 
 
 # Events -----------------------------------------------------------------------------------------
@@ -149,8 +165,35 @@ class RequestCompleted:
     response: Response | None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Registered:
+    """The registrar accepted our binding `reg` for ``expires`` seconds (what it granted)."""
+
+    reg: int
+    expires: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RegistrationFailed:
+    """A REGISTER for `reg` failed (``status`` 408 for a timeout); the core tries again after
+    ``retry_in`` seconds, or never when it is None (the failure was of the un-REGISTER)."""
+
+    reg: int
+    status: int
+    reason: str
+    retry_in: float | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Unregistered:
+    """The binding `reg` is gone (the registrar confirmed expires=0, or it never existed)."""
+
+    reg: int
+
+
 UAEvent = (IncomingInvite | CallProgress | CallEstablished | CallFailed | CallTerminated
-           | ReinviteReceived | ReinviteCompleted | RequestReceived | ReferNotified | RequestCompleted)
+           | ReinviteReceived | ReinviteCompleted | RequestReceived | ReferNotified | RequestCompleted
+           | Registered | RegistrationFailed | Unregistered)
 
 
 class UAError(Exception):
@@ -201,6 +244,33 @@ class _Call:
     refer_subs: dict[int, int] = dataclasses.field(default_factory=dict)  # rid -> REFER CSeq (theirs)
 
 
+@dataclasses.dataclass(slots=True)
+class _Sent:
+    """A request as we made it (before the layer's Via), kept until its final response, so a
+    401/407 can be answered by sending it again (§22.2)."""
+
+    request: Request
+    destination: Address
+    dialog: Dialog | None
+    # (header, realm) -> the challenge answered in this request; header is the one we send
+    challenges: dict[tuple[str, str], Challenge] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(slots=True)
+class _Registration:
+    handle: int
+    registrar: URI
+    aor: URI
+    call_id: str
+    expires: int
+    cseq: int = 0
+    state: str = "registering"  # registered, failed, unregistering
+    key: TransactionKey | None = None
+    refresh_at: float | None = None
+    failures: int = 0
+    interval_retried: bool = False
+
+
 class UACore:
     """One SIP user agent: its calls, dialogs and the transactions under them.
 
@@ -212,7 +282,9 @@ class UACore:
     def __init__(self, local: Sequence[Address], *, user: str = "sipmob", display_name: str | None = None,
                  user_agent: str | None = "sipmob/0.1", timers: TimerConfig | None = None,
                  capabilities_sdp: Callable[[], bytes] | None = None,
-                 token: Callable[[], str] | None = None, rng: random.Random | None = None) -> None:
+                 token: Callable[[], str] | None = None, rng: random.Random | None = None,
+                 credentials: CredentialsLookup | tuple[str, str] | None = None) -> None:
+        self.credentials = credentials
         self._token = token or (lambda: secrets.token_hex(8))
         self.layer = TransactionLayer(list(local), timers, branch_token=self._token)
         self.timers = self.layer.timers
@@ -234,6 +306,9 @@ class UACore:
         self._client: dict[TransactionKey, tuple[int, int | None, str]] = {}  # key -> (op, call, kind)
         self._events: collections.deque[UAEvent] = collections.deque()
         self._next = 0
+        self._sent: dict[TransactionKey, _Sent] = {}
+        self._nc: dict[str, int] = {}  # nonce -> requests made with it (RFC 7616 §3.4)
+        self._regs: dict[int, _Registration] = {}
 
     # Output ---------------------------------------------------------------------------------------
 
@@ -272,6 +347,7 @@ class UACore:
                 deadlines.append(c.ok_next)
             if c.reinvite_retry_at is not None:
                 deadlines.append(c.reinvite_retry_at)
+        deadlines += [r.refresh_at for r in self._regs.values() if r.refresh_at is not None]
         return min(deadlines) if deadlines else None
 
     def handle_timer(self, now: float) -> None:
@@ -291,6 +367,10 @@ class UACore:
             if c.reinvite_retry_at is not None and c.reinvite_retry_at <= now:
                 c.reinvite_retry_at = None
                 self._send_reinvite(c, now)
+        for r in list(self._regs.values()):
+            if r.refresh_at is not None and r.refresh_at <= now:
+                r.refresh_at = None
+                self._send_register(r, r.expires, now)
         self._pump(now)
 
     # Input ----------------------------------------------------------------------------------------
@@ -328,7 +408,7 @@ class UACore:
         request = Request("INVITE", target.replace(headers=()), h, sdp or b"")
         c = _Call(handle, True, "calling", request, local_sdp=sdp, answer_for=answer_for)
         self._calls[handle] = c
-        key = self.layer.send_request(request, uri_destination(target), now)
+        key = self._send(request, uri_destination(target), None, now)
         c.invite_key = key
         self._by_invite_key[key] = handle
         self._pump(now)
@@ -481,7 +561,7 @@ class UACore:
         op = self._new_handle()
         request = c.dialog.create_request(method, headers=[*self._request_common(), *headers],
                                           body=body, content_type=content_type)
-        key = self.layer.send_request(request, c.dialog.destination(), now)
+        key = self._send(request, c.dialog.destination(), c.dialog, now)
         self._client[key] = (op, call, method)
         if c.kind == "subscription" and method == "NOTIFY" and _subscription_state(request) == "terminated":
             self._end(c, "terminated", now)  # RFC 6665 §4.2.2: the notifier's last NOTIFY
@@ -554,7 +634,7 @@ class UACore:
         if body:
             h.add("Content-Type", content_type or SDP)
         request = Request(method, target.replace(headers=()), h, body)
-        key = self.layer.send_request(request, uri_destination(target), now)
+        key = self._send(request, uri_destination(target), None, now)
         self._client[key] = (op, None, method)
         self._pump(now)
         return op
@@ -615,10 +695,196 @@ class UACore:
             h.add(name, value)
         request = Request("SUBSCRIBE", target.replace(headers=()), h)
         self._calls[handle] = _Call(handle, True, "subscribing", request, kind="subscription")
-        key = self.layer.send_request(request, uri_destination(target), now)
+        key = self._send(request, uri_destination(target), None, now)
         self._client[key] = (handle, handle, "SUBSCRIBE")
         self._pump(now)
         return handle
+
+    # Registration (§10.2) -------------------------------------------------------------------------
+
+    def register(self, registrar: URI, now: float, *, aor: URI | None = None, expires: int = 3600) -> int:
+        """Bind our Contact to `aor` (by default ours) at `registrar` for `expires` seconds and keep
+        the binding fresh until `unregister`. Returns the registration's handle, which `Registered`,
+        `RegistrationFailed` and `Unregistered` carry."""
+        if expires <= 0:
+            raise UAError("expires must be positive (use unregister to remove a binding)")
+        handle = self._new_handle()
+        r = _Registration(handle, registrar.replace(headers=()), aor or self.aor,
+                          f"{self._token()}@{self.contact_uri.host}", expires)
+        self._regs[handle] = r
+        self._send_register(r, expires, now)
+        self._pump(now)
+        return handle
+
+    def unregister(self, reg: int, now: float) -> None:
+        """Remove the binding (REGISTER with expires 0, §10.2.2); `Unregistered` follows."""
+        r = self._regs.get(reg)
+        if r is None:
+            raise UAError(f"no registration {reg}")
+        r.refresh_at = None
+        if r.state == "failed":
+            del self._regs[reg]  # nothing is bound, so there is nothing to remove
+            self._events.append(Unregistered(reg))
+            return
+        r.state = "unregistering"
+        self._send_register(r, 0, now)
+        self._pump(now)
+
+    def registration_state(self, reg: int) -> str:
+        """registering, registered, failed, unregistering, or "gone"."""
+        r = self._regs.get(reg)
+        return r.state if r is not None else "gone"
+
+    def _send_register(self, r: _Registration, expires: int, now: float) -> None:
+        # §10.2.4: the same Call-ID for every REGISTER of one binding, the CSeq one higher each time
+        r.cseq += 1
+        h = Headers()
+        h.add("Max-Forwards", "70")
+        h.add("From", str(NameAddr(self.display_name, r.aor, (("tag", self._token()),))))
+        h.add("To", str(NameAddr(None, r.aor)))
+        h.add("Call-ID", r.call_id)
+        h.add("CSeq", str(CSeq(r.cseq, "REGISTER")))
+        h.add("Contact", str(self.local_contact))
+        h.add("Expires", str(expires))
+        self._common_headers(h)
+        request = Request("REGISTER", r.registrar, h)
+        r.key = self._send(request, uri_destination(r.registrar), None, now)
+
+    def _reg_keys(self) -> set[TransactionKey]:
+        return {r.key for r in self._regs.values() if r.key is not None}
+
+    def _on_register_response(self, key: TransactionKey, response: Response, now: float) -> None:
+        r = next(r for r in self._regs.values() if r.key == key)
+        status = response.status
+        if status < 200:
+            return
+        retry = self._auth_retry(key, response, now)
+        if retry is not None:
+            r.key = retry
+            r.cseq = self._sent[retry].request.cseq.seq
+            return
+        r.key = None
+        if 200 <= status < 300:
+            if r.state == "unregistering":
+                del self._regs[r.handle]
+                self._events.append(Unregistered(r.handle))
+                return
+            granted = self._granted_expires(response, r.expires)
+            r.state = "registered"
+            r.failures = 0
+            r.interval_retried = False
+            r.refresh_at = now + max(granted / 2, 1.0)
+            self._events.append(Registered(r.handle, granted))
+            return
+        if status == 423 and r.state != "unregistering" and not r.interval_retried:
+            # §10.3 step 7: too brief; ask again with at least what the registrar wants
+            try:
+                minimum = int((response.headers.get("Min-Expires") or "").strip())
+            except ValueError:
+                minimum = 0
+            if minimum > r.expires:
+                r.expires = minimum
+                r.interval_retried = True
+                self._send_register(r, r.expires, now)
+                return
+        self._register_failed(r, status, response.reason, now)
+
+    def _register_failed(self, r: _Registration, status: int, reason: str, now: float) -> None:
+        r.key = None
+        if r.state == "unregistering":
+            del self._regs[r.handle]
+            self._events.append(RegistrationFailed(r.handle, status, reason, None))
+            self._events.append(Unregistered(r.handle))
+            return
+        r.failures += 1
+        r.state = "failed"
+        r.interval_retried = False
+        wait = min(_RETRY_MAX, _RETRY_BASE * 2 ** r.failures)
+        wait *= 0.5 + self._rng.random() / 2  # RFC 5626 §4.5: 50-100 % of the wait time
+        r.refresh_at = now + wait
+        self._events.append(RegistrationFailed(r.handle, status, reason, wait))
+
+    def _granted_expires(self, response: Response, asked: int) -> int:
+        """What the registrar granted (§10.2.4): our Contact's expires, else Expires, else ours."""
+        ours = self.contact_uri
+        for contact in response.contact:
+            u = contact.uri
+            if (u.user, u.host.lower(), u.port) == (ours.user, ours.host.lower(), ours.port):
+                value = contact.param("expires")
+                if value is not None and value.strip().isdigit():
+                    return int(value)
+        value = response.headers.get("Expires")
+        if value is not None and value.strip().isdigit():
+            return int(value)
+        return asked
+
+    # Digest challenges (§22.2, §22.3) -------------------------------------------------------------
+
+    def _send(self, request: Request, destination: Address, dialog: Dialog | None, now: float,
+              challenges: dict[tuple[str, str], Challenge] | None = None) -> TransactionKey:
+        key = self.layer.send_request(request, destination, now)
+        self._sent[key] = _Sent(request, destination, dialog, challenges or {})
+        return key
+
+    def _credentials_for(self, realm: str) -> tuple[str, str] | None:
+        if self.credentials is None or isinstance(self.credentials, tuple):
+            return self.credentials
+        return self.credentials(realm)
+
+    def _auth_retry(self, key: TransactionKey, response: Response, now: float) -> TransactionKey | None:
+        """Send the request of `key` again answering the 401/407 `response`; None when we cannot
+        (no credentials for a realm, nothing we support, or the realm rejected what we sent)."""
+        sent = self._sent.pop(key, None)
+        if sent is None or response.status not in (401, 407) or self.credentials is None:
+            return None
+        if response.status == 401:
+            offered, answer = "WWW-Authenticate", "Authorization"
+        else:
+            offered, answer = "Proxy-Authenticate", "Proxy-Authorization"
+        best: dict[str, Challenge] = {}
+        for value in response.headers.get_lines(offered):
+            try:
+                challenge = Challenge.parse(value)
+            except SIPParseError:
+                continue
+            if not challenge.supported:
+                continue
+            known = best.get(challenge.realm)
+            if known is None or (_ALGORITHM_STRENGTH.get(challenge.algorithm.upper().removesuffix("-SESS"), 0)
+                                 > _ALGORITHM_STRENGTH.get(known.algorithm.upper().removesuffix("-SESS"), 0)):
+                best[challenge.realm] = challenge
+        if not best:
+            return None
+        challenges = dict(sent.challenges)
+        for realm, challenge in best.items():
+            if (answer, realm) in sent.challenges and not challenge.stale:
+                log.info("%s rejected our credentials for realm %r", response.status, realm)
+                return None  # we answered this realm already: wrong user or password
+            if self._credentials_for(realm) is None:
+                return None
+            challenges[(answer, realm)] = challenge
+        request = sent.request.copy()
+        request.headers.remove("Via")
+        request.headers.remove("Authorization")
+        request.headers.remove("Proxy-Authorization")
+        if sent.dialog is not None and request.method != "ACK":
+            sent.dialog.local_seq += 1
+            seq = sent.dialog.local_seq
+        else:
+            seq = request.cseq.seq + 1
+        request.headers.set("CSeq", str(CSeq(seq, request.method)))
+        request = Request(request.method, request.uri, request.headers, request.body)  # no cached CSeq
+        for (header, realm), challenge in challenges.items():
+            creds = self._credentials_for(realm)
+            if creds is None:
+                return None
+            self._nc[challenge.nonce] = nc = self._nc.pop(challenge.nonce, 0) + 1
+            while len(self._nc) > _MAX_NONCES:
+                del self._nc[next(iter(self._nc))]
+            request.headers.add(header, authorization(challenge, request.method, str(request.uri),
+                                                      creds[0], creds[1], self._token(), nc,
+                                                      request.body))
+        return self._send(request, sent.destination, sent.dialog, now, challenges)
 
     # The event pump -------------------------------------------------------------------------------
 
@@ -652,6 +918,7 @@ class UACore:
         elif isinstance(event, tx.TransactionTimedOut | tx.TransportError):
             self._on_client_failure(event.transaction_key, now)
         elif isinstance(event, tx.TransactionTerminated):
+            self._sent.pop(event.transaction_key, None)
             handle = self._by_invite_key.pop(event.transaction_key, None)
             c = self._calls.get(handle) if handle is not None else None
             if c is not None and c.invite_key == event.transaction_key:
@@ -880,9 +1147,16 @@ class UACore:
         if method == "INVITE":
             self._on_invite_response(response, key, now)
             return
+        if key is not None and key in self._reg_keys():
+            self._on_register_response(key, response, now)
+            return
         if key is None or key not in self._client:
             return
         if response.status < 200:
+            return
+        retry = self._auth_retry(key, response, now)
+        if retry is not None:
+            self._client[retry] = self._client.pop(key)
             return
         op, handle, kind = self._client.pop(key)
         c = self._calls.get(handle) if handle is not None else None
@@ -929,6 +1203,17 @@ class UACore:
                 self._events.append(CallProgress(c.handle, response))
             return
         if status >= 300:
+            if c.state in ("calling", "early") and key is not None and not c.cancel_wanted:
+                retry = self._auth_retry(key, response, now)
+                if retry is not None:
+                    c.invite = self._sent[retry].request
+                    c.invite_key = retry
+                    self._by_invite_key[retry] = c.handle
+                    if c.dialog is not None:  # an early dialog ends with the final response
+                        self._by_dialog.pop(c.dialog.id, None)
+                        c.dialog = None
+                        c.state = "calling"
+                    return
             if c.state in ("calling", "early"):
                 self._forget(c, now)
                 self._events.append(CallFailed(c.handle, status, response.reason))
@@ -998,6 +1283,12 @@ class UACore:
             c.reinvite = None
             self._events.append(ReinviteCompleted(c.handle, op, response))
             return
+        if status in (401, 407) and _key is not None:
+            retry = self._auth_retry(_key, response, now)
+            if retry is not None:
+                c.reinvite = (op, self._sent[retry].request, retry, sdp, retries)
+                self._by_invite_key[retry] = c.handle
+                return
         if status == 491 and retries < _GLARE_RETRIES:
             # §14.1: the Call-ID owner waits 2.1-4 s, the other side 0-2 s, in 10 ms units
             low, high = (210, 400) if c.dialog.is_uac else (0, 200)
@@ -1021,6 +1312,11 @@ class UACore:
             self._resend_ack(c, response.cseq.seq)
 
     def _on_client_failure(self, key: TransactionKey, now: float) -> None:
+        self._sent.pop(key, None)
+        for r in list(self._regs.values()):
+            if r.key == key:
+                self._register_failed(r, 408, "Request Timeout", now)
+                return
         handle = self._by_invite_key.get(key)
         if handle is not None:
             c = self._calls.get(handle)
@@ -1052,7 +1348,7 @@ class UACore:
         op, _old, _key, sdp, retries = c.reinvite
         request = c.dialog.create_request("INVITE", headers=self._request_common(), body=sdp or b"",
                                           content_type=SDP)
-        key = self.layer.send_request(request, c.dialog.destination(), now)
+        key = self._send(request, c.dialog.destination(), c.dialog, now)
         c.reinvite = (op, request, key, sdp, retries)
         self._by_invite_key[key] = c.handle
 
@@ -1090,7 +1386,7 @@ class UACore:
             return 0
         op = self._new_handle()
         request = c.dialog.create_request("BYE", headers=self._request_common())
-        key = self.layer.send_request(request, c.dialog.destination(), now)
+        key = self._send(request, c.dialog.destination(), c.dialog, now)
         self._client[key] = (op, None, "BYE")
         c.dialog.terminate()
         return op
