@@ -78,7 +78,7 @@ class Daemons:
 
 
 def slptool(da: str, *args: str, check: bool = True) -> str:
-    result = subprocess.run([PY, "-m", "sipmob.slp.tool", "--da", da, *args], env=ENV,
+    result = subprocess.run([PY, "-m", "sipmob.service.slptool", "--da", da, *args], env=ENV,
                             capture_output=True, text=True, timeout=30)
     if check and result.returncode != 0:
         sys.exit(f"slptool {' '.join(args)} failed: {result.stderr.strip()}")

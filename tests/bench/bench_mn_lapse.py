@@ -272,7 +272,7 @@ def main() -> None:
             cn = Baresip(d, user="cn")
             desk = Baresip(d, user="desk")
             address = f"{HOST}:{da.port}"
-            run("-m", "sipmob.slp.tool", "--da", address, "register", desk.uri, "service:sip-device",
+            run("-m", "sipmob.service.slptool", "--da", address, "register", desk.uri, "service:sip-device",
                 "(name=Desk phone),(media=audio-sendrecv),(audio-codecs=PCMU)")
             phone = Phone(d, address, grace=args.grace)
             # SIP and SLP travel on known ports; the rest of UDP on lo is the RTP we look at.

@@ -57,7 +57,7 @@ def main() -> None:
             cn = Baresip(d, user="cn")
             desk = Baresip(d, user="desk")
             address = f"{HOST}:{da.port}"
-            run("-m", "sipmob.slp.tool", "--da", address, "register", desk.uri, "service:sip-device",
+            run("-m", "sipmob.service.slptool", "--da", address, "register", desk.uri, "service:sip-device",
                 "(name=Desk phone),(media=audio-sendrecv),(audio-codecs=PCMU)")
             phone = Phone(d, address, grace=args.grace)
             request(phone.control, "call", {"uri": cn.uri}, timeout=10)

@@ -1,5 +1,5 @@
 """``sipmob devices`` end to end: the real `sipmob-slpda` on loopback, devices registered with
-``python -m sipmob.slp.tool register``, the ``sipmob`` command run as a process."""
+``python -m sipmob.service.slptool register``, the ``sipmob`` command run as a process."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def da(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     address = f"{HOST}:{daemon.port}"
     try:
         for url, attrs in DEVICES.items():
-            done = run("-m", "sipmob.slp.tool", "--da", address, "register", "--lifetime", "600",
+            done = run("-m", "sipmob.service.slptool", "--da", address, "register", "--lifetime", "600",
                        url, "service:sip-device", attrs)
             assert done.returncode == 0, done.stderr
         yield address

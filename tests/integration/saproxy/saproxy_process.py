@@ -205,7 +205,7 @@ class Saproxy:
 
 def slptool(da_port: int, *args: str, timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
     """The SLP command-line tool as the querying client."""
-    return subprocess.run([sys.executable, "-m", "sipmob.slp.tool", "--da", f"{HOST}:{da_port}",
+    return subprocess.run([sys.executable, "-m", "sipmob.service.slptool", "--da", f"{HOST}:{da_port}",
                            "--timeout", "1", *args], env={**os.environ, "PYTHONPATH": str(ROOT / "daemons")},
                           capture_output=True, text=True, timeout=timeout)
 

@@ -145,7 +145,7 @@ def test_restarted_daemon_gets_the_registrations_back(slpda: Slpda,
 
 
 def tool(port: int, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sipmob.slp.tool", "--da", f"127.0.0.1:{port}",
+    return subprocess.run([sys.executable, "-m", "sipmob.service.slptool", "--da", f"127.0.0.1:{port}",
                            "--timeout", "2", *args], capture_output=True, text=True, timeout=30,
                           env={"PYTHONPATH": str(ROOT / "daemons"), "PATH": "/usr/bin:/bin"})
 

@@ -1,4 +1,4 @@
-"""``python -m sipmob.slp.tool``: ask a Directory Agent questions from the shell, like OpenSLP's slptool.
+"""``python -m sipmob.service.slptool``: ask a Directory Agent from the shell, like OpenSLP's slptool.
 
     findsrvs TYPE [PREDICATE]        the URLs of matching services, one "url,lifetime" a line
     findattrs URL [TAGS]             the attribute list of a service URL or service type
