@@ -26,8 +26,8 @@ from sipmob.sip.transaction import Event, TimerConfig
 from sipmob.sip.transport import Address
 from sipmob.sip.uri import URI, NameAddr
 
-__all__ = ["Call", "CallFailed", "IncomingCall", "IncomingRequest", "ReferProgress", "SIPError",
-           "Subscription", "UserAgent"]
+__all__ = ["Call", "CallFailed", "IncomingCall", "IncomingRequest", "ReferProgress", "Registration",
+           "RegistrationFailed", "SIPError", "Subscription", "UserAgent"]
 
 log = logging.getLogger("sipmob.sip.ua")
 
@@ -51,6 +51,59 @@ class CallFailed(SIPError):
 
 def _uri(target: str | URI) -> URI:
     return target if isinstance(target, URI) else URI.parse(target.strip().strip("<>"))
+
+
+class RegistrationFailed(SIPError):
+    """The first REGISTER of a `Registration` failed; `registration` keeps trying after its
+    back-off until it is unregistered."""
+
+    def __init__(self, status: int, reason: str | None, registration: Registration) -> None:
+        super().__init__(status, reason)
+        self.registration = registration
+
+
+class Registration:
+    """A binding at a registrar that the core keeps fresh (`sipmob.sip.ua.UACore.register`).
+
+    `state` is registering, registered, failed, unregistering or gone; `expires` what the registrar
+    last granted. `on_change(handler)` hears every change as ``handler(registration)``."""
+
+    def __init__(self, ua: UserAgent, handle: int, registrar: URI) -> None:
+        self.ua = ua
+        self.handle = handle
+        self.registrar = registrar
+        self.expires: int | None = None
+        self.last_failure: tuple[int, str] | None = None
+        self.retry_in: float | None = None
+        self._handlers: list[Callable[[Registration], Any]] = []
+        self._first: defer.Deferred[Registration] | None = None
+        self._gone: defer.Deferred[None] | None = None
+
+    @property
+    def state(self) -> str:
+        return self.ua._core.registration_state(self.handle)
+
+    def on_change(self, handler: Callable[[Registration], Any]) -> None:
+        self._handlers.append(handler)
+
+    def unregister(self) -> defer.Deferred[None]:
+        """Remove the binding (expires=0); fires once the registrar answered (whatever it said)."""
+        if self.state == "gone":
+            return defer.succeed(None)
+        if self._gone is None:
+            self._gone = defer.Deferred()
+            gone = self._gone
+            self.ua._core.unregister(self.handle, self.ua._now())
+            self.ua._flush()
+            return gone
+        return self._gone
+
+    def _changed(self) -> None:
+        for handler in list(self._handlers):
+            try:
+                handler(self)
+            except Exception:
+                log.exception("registration handler failed")
 
 
 class ReferProgress:
@@ -337,14 +390,18 @@ class UserAgent:
                  listen: Sequence[tuple[str, int, str]] = (("127.0.0.1", 5060, "udp"),),
                  user: str = "sipmob", display_name: str | None = None, user_agent: str = "sipmob/0.1",
                  timers: TimerConfig | None = None,
-                 capabilities_sdp: Callable[[], bytes] | None = None) -> None:
+                 capabilities_sdp: Callable[[], bytes] | None = None,
+                 credentials: core.CredentialsLookup | tuple[str, str] | None = None) -> None:
+        """`credentials` answer Digest challenges (401/407): ``(username, password)`` or a
+        function of the realm returning them (or None)."""
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
         self.reactor = reactor
         self._listen = listen
         self._options = {"user": user, "display_name": display_name, "user_agent": user_agent,
-                         "timers": timers, "capabilities_sdp": capabilities_sdp}
+                         "timers": timers, "capabilities_sdp": capabilities_sdp,
+                         "credentials": credentials}
         self._transport = SIPTransport(reactor, None, listen, on_event=self._on_layer_event)
         self._core_obj: core.UACore | None = None
         self._timer: TimerDriver | None = None
@@ -359,6 +416,7 @@ class UserAgent:
         self._early_notifies: dict[int, list[tuple[int, bool]]] = {}
         self._subscriptions: dict[int, Subscription] = {}
         self._ack_sdp: dict[int, AckSdp] = {}  # by call handle, or by -op for a re-INVITE
+        self._registrations: dict[int, Registration] = {}
         self._draining = False
         self.contact: URI | None = None
         self.aor: URI | None = None
@@ -450,6 +508,20 @@ class UserAgent:
         self._requests[handle] = completed
         self._flush()
         return d
+
+    def register(self, registrar: str | URI, *, aor: str | URI | None = None,
+                 expires: int = 3600) -> defer.Deferred[Registration]:
+        """Register our Contact for `aor` (default: ours) at `registrar` (RFC 3261 §10) and keep
+        it fresh. Fires with the `Registration` once the registrar accepted it; errback
+        `RegistrationFailed` (the registration goes on trying) on a first failure."""
+        handle = self._core.register(_uri(registrar), self._now(), aor=_uri(aor) if aor is not None else None,
+                                     expires=expires)
+        registration = Registration(self, handle, _uri(registrar))
+        registration._first = defer.Deferred()
+        self._registrations[handle] = registration
+        first = registration._first
+        self._flush()
+        return first
 
     def options(self, target: str | URI, *, timeout: float | None = None) -> defer.Deferred[Response]:
         """Send OPTIONS; fires with the final response (any status), errback `SIPError(408)` on a
@@ -549,10 +621,39 @@ class UserAgent:
                 self._refer_notified(progress, event.status, event.terminated)
                 if event.terminated:
                     self._refers.pop(event.op, None)
+        elif isinstance(event, core.Registered | core.RegistrationFailed | core.Unregistered):
+            self._registration_event(event)
         elif isinstance(event, core.RequestCompleted):
             callback = self._requests.pop(event.op, None)
             if callback is not None:
                 callback(event.response)
+
+    def _registration_event(
+            self, event: core.Registered | core.RegistrationFailed | core.Unregistered) -> None:
+        registration = self._registrations.get(event.reg)
+        if registration is None:
+            return
+        first, registration._first = registration._first, None
+        if isinstance(event, core.Registered):
+            registration.expires = event.expires
+            registration.last_failure = None
+            registration.retry_in = None
+            if first is not None:
+                first.callback(registration)
+        elif isinstance(event, core.RegistrationFailed):
+            registration.last_failure = (event.status, event.reason)
+            registration.retry_in = event.retry_in
+            if first is not None:
+                first.errback(RegistrationFailed(event.status, event.reason, registration))
+        else:
+            del self._registrations[event.reg]
+            registration.expires = None
+            if first is not None:
+                first.errback(RegistrationFailed(0, "unregistered before registered", registration))
+            gone, registration._gone = registration._gone, None
+            if gone is not None:
+                gone.callback(None)
+        registration._changed()
 
     def _call_established(self, event: core.CallEstablished) -> None:
         call = Call(self, event.call)
