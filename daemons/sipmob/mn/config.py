@@ -50,6 +50,23 @@ def _sip_uri(value: str) -> str | None:
     return None
 
 
+def _readable(value: str) -> str | None:
+    if not value:
+        return None
+    try:
+        with open(value, "rb"):
+            pass
+    except OSError as exc:
+        return f"cannot read the password file {value!r}: {exc.strerror}"
+    return None
+
+
+def read_password(path: str) -> str:
+    """The password in `path`: its first line, without the line break (never logged)."""
+    with open(path, encoding="utf-8") as f:
+        return f.readline().rstrip("\r\n")
+
+
 def _audio_in(value: str) -> str | None:
     if value != "tone" and not value.lower().endswith(".wav"):
         return f'must be "tone" or the path of a .wav file, got {value!r}'
@@ -70,6 +87,9 @@ class Identity:
     user: str = setting("mn", check=_user, help="user part of our SIP URI")
     display_name: str = setting("", help="display name in From")
     registrar: str = setting("", check=_sip_uri, help="registrar URI; empty: do not register")
+    auth_user: str = setting("", help="user name for Digest challenges; empty: the user above")
+    password_file: str = setting("", check=_readable,
+                                 help="file whose first line is the Digest password; empty: no credentials")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

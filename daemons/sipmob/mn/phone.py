@@ -15,6 +15,11 @@ be transferred or split to the home's displays and cameras; calls the phone plac
 A re-INVITE from the CN while media is on devices is answered with our current description
 (sipua's default); the devices are not re-INVITEd.
 
+With ``[identity] registrar`` set, the phone registers ``sip:USER@REGISTRAR-HOST`` at start (the
+UA core refreshes it and retries after failures), logs one line per change of the binding, and
+un-REGISTERs on a clean stop; Digest challenges are answered with ``auth_user`` and the password
+read once, at start, from ``password_file``.
+
 Not here: the planning rules, the SIP stack, the command line (`sipmob.mn.cli`).
 """
 
@@ -35,7 +40,7 @@ from sipmob.media import codecs as media_codecs
 from sipmob.media.recorder import WavRecorder
 from sipmob.media.sources import AudioSource, ToneSource, WavSource
 from sipmob.mn import devices as discovery
-from sipmob.mn.config import MnConfig
+from sipmob.mn.config import MnConfig, read_password
 from sipmob.mn.control import CommandError, ControlServer
 from sipmob.mn.executor import SignallingFailed, execute
 from sipmob.mn.mobility import (
@@ -68,8 +73,9 @@ from sipmob.sdp import (
 )
 from sipmob.service import daemon
 from sipmob.service.config import split_host_port
-from sipmob.service.sipua import Call, CallFailed, IncomingCall, SIPError, UserAgent
+from sipmob.service.sipua import Call, CallFailed, IncomingCall, Registration, SIPError, UserAgent
 from sipmob.service.slp import SLPClient
+from sipmob.sip.uri import URI
 
 log = logging.getLogger("sipmob.mn")
 
@@ -219,9 +225,15 @@ class Phone:
         self.config = config
         self.reactor = reactor
         self.address = config.listen.address
+        identity = config.identity
+        credentials = None
+        if identity.password_file:
+            credentials = (identity.auth_user or identity.user, read_password(identity.password_file))
         self.ua = UserAgent(reactor, listen=[(config.listen.address, config.listen.port, "udp")],
-                            user=config.identity.user, display_name=config.identity.display_name or None,
-                            capabilities_sdp=self._capabilities)
+                            user=identity.user, display_name=identity.display_name or None,
+                            capabilities_sdp=self._capabilities, credentials=credentials)
+        self.registration: Registration | None = None
+        self._registration_logged: tuple[str, int | None] | None = None
         self.slp = SLPClient(reactor, da=config.da_address, scopes=config.slp.scopes,
                              multicast=config.da_address is None)
         self.control = ControlServer(reactor, config.control_path, self.handle)
@@ -235,6 +247,8 @@ class Phone:
     def start(self) -> Any:
         yield self.ua.start()
         self.ua.on_incoming_call(self._incoming)
+        if self.config.identity.registrar:
+            self._register()
         self.control.start()
         log.info("phone %s ready; control socket %s", self.ua.contact, self.control.path)
 
@@ -259,7 +273,48 @@ class Phone:
             except defer.TimeoutError:
                 log.info("stopping without the answer to every BYE")
         yield self.slp.close()
+        yield self._unregister()
         yield self.ua.stop()
+
+    # Registration ---------------------------------------------------------------------------------
+
+    @property
+    def aor(self) -> URI:
+        """``sip:USER@REGISTRAR-HOST``: the address of record we register."""
+        registrar = URI.parse(self.config.identity.registrar)
+        return URI(registrar.scheme, user=self.config.identity.user, host=registrar.host)
+
+    def _register(self) -> None:
+        d = self.ua.register(self.config.identity.registrar, aor=self.aor,
+                             on_change=self._registration_changed)
+        d.addErrback(lambda _: None)  # reported by _registration_changed; the core keeps trying
+
+    def _registration_changed(self, registration: Registration) -> None:
+        self.registration = registration
+        state = registration.state
+        now = (state, registration.expires)
+        if now == self._registration_logged:
+            return  # a refresh that changed nothing
+        self._registration_logged = now
+        where = f"{self.aor} at {registration.registrar}"
+        if state == "registered":
+            log.info("registered %s for %d s", where, registration.expires or 0)
+        elif state == "failed" and registration.last_failure is not None:
+            status, reason = registration.last_failure
+            log.warning("registration of %s failed: %d %s; next try in %.0f s", where, status, reason,
+                        registration.retry_in or 0)
+        elif state == "gone":
+            log.info("unregistered %s", where)
+
+    @defer.inlineCallbacks
+    def _unregister(self) -> Any:
+        for registration in self.ua.registrations:
+            waiting = registration.unregister()
+            waiting.addTimeout(STOP_WAIT, self.reactor)
+            try:
+                yield waiting
+            except defer.TimeoutError:
+                log.info("stopping without the registrar's answer to our un-REGISTER")
 
     def status(self) -> str:
         n = len(self.calls)

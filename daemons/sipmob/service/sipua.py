@@ -509,15 +509,23 @@ class UserAgent:
         self._flush()
         return d
 
-    def register(self, registrar: str | URI, *, aor: str | URI | None = None,
-                 expires: int = 3600) -> defer.Deferred[Registration]:
+    @property
+    def registrations(self) -> list[Registration]:
+        """The registrations not yet gone."""
+        return list(self._registrations.values())
+
+    def register(self, registrar: str | URI, *, aor: str | URI | None = None, expires: int = 3600,
+                 on_change: Callable[[Registration], Any] | None = None) -> defer.Deferred[Registration]:
         """Register our Contact for `aor` (default: ours) at `registrar` (RFC 3261 §10) and keep
         it fresh. Fires with the `Registration` once the registrar accepted it; errback
-        `RegistrationFailed` (the registration goes on trying) on a first failure."""
+        `RegistrationFailed` (the registration goes on trying) on a first failure. `on_change`
+        hears every outcome, the first one included."""
         handle = self._core.register(_uri(registrar), self._now(), aor=_uri(aor) if aor is not None else None,
                                      expires=expires)
         registration = Registration(self, handle, _uri(registrar))
         registration._first = defer.Deferred()
+        if on_change is not None:
+            registration.on_change(on_change)
         self._registrations[handle] = registration
         first = registration._first
         self._flush()
