@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,61 @@ def test_a_wrong_password_is_refused_by_sipp(tmp_path: Path) -> None:
     lines, result = _register(tmp_path, "wrong")
     assert result.returncode != 0  # verifyauth said no
     assert lines == [{"event": "failed", "status": 403}]
+
+
+def _phone_config(tmp_path: Path, registrar_port: int, password_file: Path) -> Path:
+    config = tmp_path / "mn.toml"
+    config.write_text(
+        f'[listen]\naddress = "127.0.0.1"\nport = {free_udp_port()}\n'
+        f'[identity]\nuser = "alice"\nregistrar = "sip:127.0.0.1:{registrar_port}"\n'
+        f'password_file = "{password_file}"\n'
+        f'[slp]\nda = "127.0.0.1:{free_udp_port()}"\n[control]\npath = "{tmp_path / "mn.sock"}"\n')
+    return config
+
+
+def _phone_env() -> dict[str, str]:
+    return {"PYTHONPATH": str(ROOT / "daemons"), "PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}
+
+
+def test_the_phone_registers_at_start_and_unregisters_when_stopped(tmp_path: Path) -> None:
+    registrar_port = free_udp_port()
+    password = tmp_path / "password"
+    password.write_text("s3cret\n")
+    server = sipp.SippProcess(SCENARIOS / "uas_register_digest.xml", local_port=registrar_port, timeout=20,
+                              workdir=tmp_path / "sipp")
+    log_path = tmp_path / "phone.log"
+    try:
+        server.wait_listening()
+        with log_path.open("wb") as log:
+            phone = subprocess.Popen([sys.executable, "-m", "sipmob.mn.cli", "phone", "--config",
+                                      str(_phone_config(tmp_path, registrar_port, password))],
+                                     env=_phone_env(), stdout=log, stderr=subprocess.STDOUT)
+            try:
+                deadline = time.monotonic() + 10
+                while "registered sip:alice" not in log_path.read_text() and time.monotonic() < deadline:
+                    if phone.poll() is not None:
+                        break
+                    time.sleep(0.05)
+            finally:
+                if phone.poll() is None:
+                    os.kill(phone.pid, signal.SIGTERM)
+                    try:
+                        phone.wait(10)
+                    except subprocess.TimeoutExpired:
+                        os.kill(phone.pid, signal.SIGKILL)
+                        phone.wait(5)
+    finally:
+        result = server.wait()
+    output = log_path.read_text()
+    assert result.returncode == 0, result.stdout + output
+    assert f"registered sip:alice@127.0.0.1 at sip:127.0.0.1:{registrar_port} for 600 s" in output
+    assert f"unregistered sip:alice@127.0.0.1 at sip:127.0.0.1:{registrar_port}" in output
+    assert "s3cret" not in output
+
+
+def test_check_config_names_an_unreadable_password_file(tmp_path: Path) -> None:
+    config = _phone_config(tmp_path, 5060, tmp_path / "no-such-file")
+    proc = subprocess.run([sys.executable, "-m", "sipmob.mn.cli", "phone", "--config", str(config),
+                           "--check-config"], env=_phone_env(), capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0
+    assert "identity.password_file: cannot read the password file" in proc.stdout + proc.stderr
