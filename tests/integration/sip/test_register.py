@@ -1,6 +1,7 @@
 """REGISTER with Digest against an independent registrar: sipp challenges the first REGISTER with
 401, checks the credentials of the second with its own ``verifyauth`` (RFC 2617 MD5, qop=auth),
-accepts, then accepts our un-REGISTER.
+accepts, then accepts our un-REGISTER; and kamailio (apt) as a registrar with SHA-256 Digest
+(``pv_www_authenticate`` against a static password, ``save("location")``).
 
 Our side is `sipmob.service.sipua.UserAgent` in a process of its own: this file run as a program
 (``python test_register.py REGISTRAR PORT USER PASSWORD``) registers, unregisters and prints one
@@ -13,10 +14,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -60,7 +63,48 @@ if __name__ == "__main__":
 from tests.peers import sipp  # noqa: E402
 from tests.peers.ports import free_udp_port  # noqa: E402
 
-pytestmark = [pytest.mark.peer, pytest.mark.skipif(sipp.SIPP is None, reason="sipp is not installed")]
+pytestmark = pytest.mark.peer
+needs_sipp = pytest.mark.skipif(sipp.SIPP is None, reason="sipp is not installed")
+KAMAILIO = shutil.which("kamailio", path=f"/usr/sbin:/usr/bin:{os.environ.get('PATH', '')}")
+KAMAILIO_MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
+# A registrar that challenges with SHA-256 Digest (qop=auth) and checks against one static password.
+KAMAILIO_CFG = """#!KAMAILIO
+debug=2
+log_stderror=yes
+children=1
+auto_aliases=no
+listen=udp:127.0.0.1:{port}
+mpath="{modules}"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+loadmodule "auth.so"
+modparam("usrloc", "db_mode", 0)
+modparam("auth", "algorithm", "SHA-256")
+request_route {{
+    if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
+    if (method=="REGISTER") {{
+        if (!pv_www_authenticate("home.test", "s3cret", "0")) {{
+            www_challenge("home.test", "1");
+            exit;
+        }}
+        if (!save("location")) {{ sl_reply_error(); }}
+        exit;
+    }}
+    sl_send_reply("404", "Not Found");
+}}
+"""
+
+
+def _client_run(registrar: str, password: str) -> list[dict[str, object]]:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'daemons'}{os.pathsep}{ROOT}"}
+    proc = subprocess.run([sys.executable, __file__, registrar, str(free_udp_port()), "alice", password],
+                          capture_output=True, timeout=30, env=env)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return [json.loads(line) for line in proc.stdout.decode().splitlines() if line.startswith("{")]
 
 
 def _register(tmp_path: Path, password: str) -> tuple[list[dict[str, object]], sipp.SippResult]:
@@ -70,16 +114,13 @@ def _register(tmp_path: Path, password: str) -> tuple[list[dict[str, object]], s
                               workdir=tmp_path / "sipp")
     try:
         server.wait_listening()
-        env = {**os.environ, "PYTHONPATH": f"{ROOT / 'daemons'}{os.pathsep}{ROOT}"}
-        proc = subprocess.run([sys.executable, __file__, f"127.0.0.1:{registrar_port}", str(free_udp_port()),
-                               "alice", password], capture_output=True, timeout=30, env=env, cwd=tmp_path)
+        lines = _client_run(f"127.0.0.1:{registrar_port}", password)
     finally:
         result = server.wait()
-    lines = [json.loads(line) for line in proc.stdout.decode().splitlines() if line.startswith("{")]
-    assert proc.returncode == 0, proc.stderr.decode()
     return lines, result
 
 
+@needs_sipp
 def test_register_answers_the_401_and_sipp_verifies_the_credentials(tmp_path: Path) -> None:
     lines, result = _register(tmp_path, "s3cret")
     assert result.returncode == 0, result.stdout
@@ -87,6 +128,7 @@ def test_register_answers_the_401_and_sipp_verifies_the_credentials(tmp_path: Pa
     assert re.search(r"^Expires: 0\s*$", result.messages, re.MULTILINE)  # the un-REGISTER
 
 
+@needs_sipp
 def test_a_wrong_password_is_refused_by_sipp(tmp_path: Path) -> None:
     lines, result = _register(tmp_path, "wrong")
     assert result.returncode != 0  # verifyauth said no
@@ -107,6 +149,7 @@ def _phone_env() -> dict[str, str]:
     return {"PYTHONPATH": str(ROOT / "daemons"), "PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}
 
 
+@needs_sipp
 def test_the_phone_registers_at_start_and_unregisters_when_stopped(tmp_path: Path) -> None:
     registrar_port = free_udp_port()
     password = tmp_path / "password"
@@ -149,3 +192,47 @@ def test_check_config_names_an_unreadable_password_file(tmp_path: Path) -> None:
                            "--check-config"], env=_phone_env(), capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0
     assert "identity.password_file: cannot read the password file" in proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def kamailio(tmp_path: Path) -> Iterator[int]:
+    if KAMAILIO is None or not os.path.isdir(KAMAILIO_MODULES):
+        pytest.skip("kamailio is not installed")
+    port = free_udp_port()
+    cfg = tmp_path / "kamailio.cfg"
+    cfg.write_text(KAMAILIO_CFG.format(port=port, modules=KAMAILIO_MODULES))
+    with (tmp_path / "kamailio.log").open("wb") as log:
+        proc = subprocess.Popen([KAMAILIO, "-f", str(cfg), "-DD", "-E", "-Y", str(tmp_path),
+                                 "-P", str(tmp_path / "kamailio.pid")], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 5
+        while port not in _bound_udp_ports() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        if proc.poll() is not None:
+            pytest.fail((tmp_path / "kamailio.log").read_text(errors="replace"))
+        yield port
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+
+def _bound_udp_ports() -> set[int]:
+    ports = set()
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        local = line.split()[1]
+        ports.add(int(local.split(":")[1], 16))
+    return ports
+
+
+def test_kamailio_accepts_our_sha256_answer_and_the_unregister(kamailio: int) -> None:
+    lines = _client_run(f"127.0.0.1:{kamailio}", "s3cret")
+    assert lines == [{"event": "registered", "expires": 3600}, {"event": "unregistered", "state": "gone"}]
+
+
+def test_kamailio_keeps_refusing_a_wrong_password(kamailio: int) -> None:
+    assert _client_run(f"127.0.0.1:{kamailio}", "wrong") == [{"event": "failed", "status": 401}]
