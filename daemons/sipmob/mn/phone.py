@@ -72,7 +72,7 @@ from sipmob.sdp import (
     parse,
 )
 from sipmob.service import daemon
-from sipmob.service.config import split_host_port
+from sipmob.service.config import ConfigError, ConfigProblem, split_host_port
 from sipmob.service.sipua import Call, CallFailed, IncomingCall, Registration, SIPError, UserAgent
 from sipmob.service.slp import SLPClient
 from sipmob.sip.uri import URI
@@ -228,7 +228,12 @@ class Phone:
         identity = config.identity
         credentials = None
         if identity.password_file:
-            credentials = (identity.auth_user or identity.user, read_password(identity.password_file))
+            try:
+                password = read_password(identity.password_file)
+            except OSError as exc:  # checked with the file, but it may have gone since
+                raise ConfigError([ConfigProblem(identity.password_file, "",
+                                                 f"cannot read the password file: {exc.strerror}")]) from None
+            credentials = (identity.auth_user or identity.user, password)
         self.ua = UserAgent(reactor, listen=[(config.listen.address, config.listen.port, "udp")],
                             user=identity.user, display_name=identity.display_name or None,
                             capabilities_sdp=self._capabilities, credentials=credentials)

@@ -2,7 +2,9 @@
 
 Maps the sans-I/O `sipmob.sip.ua.UACore` to Deferreds and callbacks: `SIPTransport` carries the
 bytes and drives the transaction timers, one `TimerDriver` drives the core's own deadlines (2xx
-retransmission, glare back-off), and each core event fires the Deferred or handler waiting for it.
+retransmission, glare back-off, REGISTER refreshes and retries), and each core event fires the
+Deferred or handler waiting for it. `UserAgent.register` gives a `Registration`; the credentials
+given to `UserAgent` answer 401/407 challenges (the core does that).
 
 Not here: any SIP rule (they are all in `sipmob.sip`), SDP negotiation (the application passes SDP
 bytes in and gets SDP bytes out), media.

@@ -71,3 +71,11 @@ def test_one_log_line_per_change_and_none_for_a_refresh(tmp_path: Path,
                      "next try in 45 s",
                      "unregistered sip:bob@reg.test at sip:reg.test"]
     assert not any("pw-never-logged" in line for line in lines)
+
+
+def test_a_password_file_gone_since_the_check_is_a_config_error_at_start(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("s3cret\n")
+    config = parse_config(MnConfig, {"identity": {"password_file": str(tmp_path / "pw")}})
+    (tmp_path / "pw").unlink()
+    with pytest.raises(ConfigError, match="cannot read the password file"):
+        Phone(config, task.Clock())
