@@ -867,13 +867,12 @@ class UACore:
         request.headers.remove("Via")
         request.headers.remove("Authorization")
         request.headers.remove("Proxy-Authorization")
-        if sent.dialog is not None and request.method != "ACK":
+        if sent.dialog is not None:  # §12.2.1.1: in a dialog, the next of the dialog's CSeqs
             sent.dialog.local_seq += 1
             seq = sent.dialog.local_seq
         else:
             seq = request.cseq.seq + 1
         request.headers.set("CSeq", str(CSeq(seq, request.method)))
-        request = Request(request.method, request.uri, request.headers, request.body)  # no cached CSeq
         for (header, realm), challenge in challenges.items():
             creds = self._credentials_for(realm)
             if creds is None:

@@ -10,7 +10,7 @@ import random
 import pytest
 
 from sipmob.sip.auth import DigestServer, compute_ha1
-from sipmob.sip.message import Request, parse_message
+from sipmob.sip.message import Request, make_response, parse_message
 from sipmob.sip.transaction import TimerConfig
 from sipmob.sip.transport import Address
 from sipmob.sip.ua import (
@@ -19,6 +19,8 @@ from sipmob.sip.ua import (
     IncomingInvite,
     Registered,
     RegistrationFailed,
+    ReinviteCompleted,
+    ReinviteReceived,
     RequestCompleted,
     RequestReceived,
     UACore,
@@ -409,3 +411,29 @@ def test_a_register_timing_out_is_a_408_failure() -> None:
     p.advance(40.0)
     failed = [e for e in p.events if isinstance(e, RegistrationFailed)]
     assert [e.status for e in failed] == [408]
+
+
+def test_a_reinvite_challenged_is_sent_again_with_the_dialogs_next_cseq() -> None:
+    p = Pair(credentials=("alice", "secret"))
+    checker = Checker()
+    call = p.alice.invite(URI.parse(f"sip:server@{SERVER.host}:{SERVER.port}"), SDP, p.now)
+    e = p.take_server_event()
+    assert isinstance(e, IncomingInvite)
+    p.server.answer_invite(e.call, 200, p.now, sdp=SDP)
+    p.run()
+    p.server_events.clear()  # the INVITE's CallEstablished
+    op = p.alice.reinvite(call, SDP, p.now)
+    (data, _dest), = p.alice.messages_to_send()  # held back from the server: we answer it here
+    reinvite = parse_message(data)
+    assert isinstance(reinvite, Request)
+    challenge = make_response(reinvite, 407, headers=[("Proxy-Authenticate", checker.challenge(p.now))])
+    p.alice.receive(challenge.to_bytes(), SERVER, p.now)
+    p.run()
+    received = p.take_server_event()
+    assert isinstance(received, ReinviteReceived)
+    assert checker.check(received.request, "Proxy-Authorization", p.now)
+    assert received.request.cseq.seq == reinvite.cseq.seq + 1
+    p.server.answer_reinvite(received.call, received.rid, 200, p.now, sdp=SDP)
+    p.run()
+    done = next(e for e in p.events if isinstance(e, ReinviteCompleted) and e.op == op)
+    assert done.response is not None and done.response.status == 200
