@@ -863,32 +863,29 @@ class TransactionLayer:
         heapq.heappush(self._heap, (deadline, self._seq, tx.key, timer))
 
 
-def make_ack(request: Request, response: Response) -> Request:
-    """§17.1.1.3: the ACK an INVITE client transaction sends for a 300-699 response: the INVITE's
-    Request-URI, Call-ID, From, CSeq number and Route set, the response's To (with its tag), and
-    the INVITE's top Via alone, so the ACK matches the server transaction."""
+def _same_transaction_request(request: Request, method: str, to: str) -> Request:
+    # ACK for a non-2xx and CANCEL share the rule: the request's Request-URI, top Via alone (so the
+    # same branch), Max-Forwards, Route set, From, Call-ID and CSeq number, with the given To.
     headers = Headers()
     headers.add("Via", str(request.vias[0]))
     for name in ("Max-Forwards", "Route"):
         for value in request.headers.get_lines(name):
             headers.add(name, value)
     headers.add("From", request.headers.get_lines("From")[0])
-    headers.add("To", response.headers.get_lines("To")[0])
+    headers.add("To", to)
     headers.add("Call-ID", request.call_id)
-    headers.add("CSeq", str(CSeq(request.cseq.seq, "ACK")))
-    return Request("ACK", request.uri, headers)
+    headers.add("CSeq", str(CSeq(request.cseq.seq, method)))
+    return Request(method, request.uri, headers)
+
+
+def make_ack(request: Request, response: Response) -> Request:
+    """§17.1.1.3: the ACK an INVITE client transaction sends for a 300-699 response: the INVITE's
+    Request-URI, Call-ID, From, CSeq number and Route set, the response's To (with its tag), and
+    the INVITE's top Via alone, so the ACK matches the server transaction."""
+    return _same_transaction_request(request, "ACK", response.headers.get_lines("To")[0])
 
 
 def make_cancel(request: Request) -> Request:
     """§9.1: a CANCEL for `request`, with the same Request-URI, Call-ID, To, From, CSeq number,
     Route set and the single top Via (so the same branch) as the request it cancels."""
-    headers = Headers()
-    headers.add("Via", str(request.vias[0]))
-    for name in ("Max-Forwards", "Route"):
-        for value in request.headers.get_lines(name):
-            headers.add(name, value)
-    headers.add("From", request.headers.get_lines("From")[0])
-    headers.add("To", request.headers.get_lines("To")[0])
-    headers.add("Call-ID", request.call_id)
-    headers.add("CSeq", str(CSeq(request.cseq.seq, "CANCEL")))
-    return Request("CANCEL", request.uri, headers)
+    return _same_transaction_request(request, "CANCEL", request.headers.get_lines("To")[0])
