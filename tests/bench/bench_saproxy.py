@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "daemons"), str(ROOT / "tests/integration/slpda"),
+sys.path[:0] = [str(ROOT), str(ROOT / "daemons"), str(ROOT / "tests/integration/slpda"),
                 str(ROOT / "tests/integration/saproxy")]
 
 from saproxy_process import FAST_PROBE, FakeDevice, Saproxy, ok_with, silent  # noqa: E402

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "daemons"), str(ROOT / "tests/integration/slpda")]
+sys.path[:0] = [str(ROOT), str(ROOT / "daemons"), str(ROOT / "tests/integration/slpda")]
 
 from slpda_process import Client, Slpda  # noqa: E402
 

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.peers.process import terminate
+
 from sipmob.sip.message import Request, Response, make_response, parse_message
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -179,13 +181,7 @@ class Saproxy:
     def stop(self, timeout: float = 15.0) -> int:
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            code = self.proc.wait(timeout=timeout)
+        code = terminate(self.proc, timeout)
         self.proc = None
         self.log.close()
         return code

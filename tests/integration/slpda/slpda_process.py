@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tests.peers.process import terminate
 
 from sipmob.slp import wire
 from sipmob.slp.messages import (
@@ -176,13 +177,7 @@ class Slpda:
     def stop(self, timeout: float = 10.0) -> int:
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            code = self.proc.wait(timeout=timeout)
+        code = terminate(self.proc, timeout)
         self.proc = None
         self.log.close()
         return code
