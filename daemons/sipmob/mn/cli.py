@@ -5,6 +5,7 @@
     sipmob devices [--room R] [--media audio|video] [--json]     asks the DA itself
     sipmob call URI                                               the rest ask the phone over
     sipmob calls [--json]                                         its control socket
+    sipmob egress [--json]                                        (status, sessions, probe RTT per egress)
     sipmob transfer CALL --to DEVICE[,DEVICE...] [--media audio|video|all]
     sipmob split CALL --video-out DISPLAY --video-in CAMERA [--audio DEVICE]
     sipmob retrieve CALL [--media audio|video|all]
@@ -61,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
 
     calls = sub.add_parser("calls", help="list the phone's calls and where their media is")
     calls.add_argument("--json", action="store_true")
+    egress = sub.add_parser("egress", help="the phone's egress list: status, sessions, last probe RTT")
+    egress.add_argument("--json", action="store_true")
 
     transfer = sub.add_parser("transfer", help="move a call's media to one or more devices")
     transfer.add_argument("call")
@@ -141,6 +144,8 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         return "call", {"uri": args.uri}
     if args.command == "calls":
         return "calls", {}
+    if args.command == "egress":
+        return "egress", {}
     if args.command == "transfer":
         targets = [t.strip() for t in args.to.split(",") if t.strip()]
         if not targets:
@@ -161,6 +166,19 @@ def format_calls(calls: Sequence[dict[str, Any]]) -> str:
         where = "; ".join(f"{s.get('media')}: {s.get('where')}" for s in c.get("streams", []))
         lines.append(f"{c.get('id')}  {c.get('peer')}  {c.get('state')}  {where or '-'}")
     return "\n".join(lines)
+
+
+def format_egress(listing: dict[str, Any]) -> str:
+    """One line per egress: name, status, address, sessions, last probe RTT; then the last moves."""
+    lines = []
+    for e in listing.get("egresses", []):
+        rtt = f"{e['last_rtt'] * 1000:.1f} ms" if e.get("last_rtt") is not None else "-"
+        mark = "*" if e.get("name") == listing.get("current") else " "
+        lines.append(f"{mark} {e.get('name')}  {e.get('status')}  {e.get('address') or '-'}  "
+                     f"sessions {e.get('sessions')}  rtt {rtt}  flaps {e.get('flaps')}")
+    for m in listing.get("moves", []):
+        lines.append(f"  call {m['call']} moved to {m['to']} in {m['seconds']} s ({m['reason']})")
+    return "\n".join(lines) or "no egress"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -192,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     if command == "calls":
         print(json.dumps(result, indent=2) if args.json else format_calls(result or []))
+    elif command == "egress":
+        print(json.dumps(result, indent=2) if args.json else format_egress(result or {}))
     elif isinstance(result, str):
         print(result)
     elif result is not None:

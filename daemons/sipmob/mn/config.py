@@ -80,6 +80,8 @@ class Listen:
     rtp_port: int = setting(0, check=lambda v: None if v == 0 else port(v),
                             help="lowest RTP port (each stream takes the next free even port); "
                                  "0: any free port")
+    egress: str = setting("", help="an egress.toml: SIP and RTP leave from the chosen egress's address "
+                                   "instead of the one above, and calls move when it fails; empty: no")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -245,12 +245,18 @@ class Phone:
         self.calls: dict[str, PhoneCall] = {}
         self._next_id = 1
         self.codecs = tuple(media_codecs.lookup(name, 8000) for name in config.media.codecs)
+        self.egress: Any = None
+        if config.listen.egress:  # SIP and RTP follow the egress list (sipmob.mn.egress)
+            from sipmob.mn.egress import PhoneEgress
+            self.egress = PhoneEgress.from_file(self, config.listen.egress)
 
     # App ------------------------------------------------------------------------------------------
 
     @defer.inlineCallbacks
     def start(self) -> Any:
         yield self.ua.start()
+        if self.egress is not None:
+            self.egress.start()
         self.ua.on_incoming_call(self._incoming)
         if self.config.identity.registrar:
             self._register()
@@ -279,6 +285,8 @@ class Phone:
                 log.info("stopping without the answer to every BYE")
         yield self.slp.close()
         yield self._unregister()
+        if self.egress is not None:
+            self.egress.stop()
         yield self.ua.stop()
 
     # Registration ---------------------------------------------------------------------------------
@@ -389,6 +397,8 @@ class Phone:
             pc.recorder = WavRecorder(path)
             rtp.attach_recorder(pc.recorder, {c.static_payload_type: c for c in self.codecs})
         self.calls[cid] = pc
+        if self.egress is not None:
+            self.egress.call_added(pc)
         call.on_terminated(lambda c, reason: self._remote_ended(pc, reason))
         self.start_media(pc)
         log.info("call %s with %s established", cid, peer)
@@ -405,6 +415,8 @@ class Phone:
 
     def _ended(self, pc: PhoneCall) -> None:
         self.calls.pop(pc.id, None)
+        if self.egress is not None:
+            self.egress.call_ended(pc)
         pc.rtp.stop_sending()
         if pc.recorder is not None:
             pc.rtp.detach_recorder()
@@ -570,6 +582,10 @@ class Phone:
             return self.split(args)
         if command == "retrieve":
             return self.retrieve(args)
+        if command == "egress":
+            if self.egress is None:
+                raise CommandError("no egress list: set [listen] egress to an egress.toml")
+            return self.egress.rows()
         raise CommandError(f"unknown command {command!r}")
 
 

@@ -300,6 +300,10 @@ class EgressList:
         """Sessions no egress could carry when theirs failed, with that egress."""
         return dict(self._stranded)
 
+    def best(self) -> Egress | None:
+        """The egress the policy would give a new session now (without assigning one)."""
+        return self._best()
+
     def egress_of(self, session: str) -> Egress | None:
         name = self._session_egress.get(session)
         return self.egresses[name] if name is not None else None

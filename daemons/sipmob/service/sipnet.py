@@ -144,6 +144,20 @@ class SIPTransport:
             self._start_timer()
         return list(self.addresses)
 
+    def bind_udp(self, host: str, port: int = 0) -> Address:
+        """Listen on `host` too (or reuse our socket there) and send UDP from it from now on: the
+        host's address changed or another egress carries our traffic. The old sockets stay, so
+        answers to what they sent still arrive."""
+        proto = self._udp.get(host)
+        if proto is None:
+            proto = _Datagrams(self)
+            listening = self.reactor.listenUDP(port, proto, interface=host, maxPacketSize=65535)
+            self._ports.append(listening)
+            self.addresses.append(Address(host, listening.getHost().port, "udp"))
+        # `_udp_for` takes the first socket of the destination's family: this one now
+        self._udp = {host: proto, **{h: p for h, p in self._udp.items() if h != host}}
+        return next(a for a in reversed(self.addresses) if a.host == host and a.transport == "udp")
+
     def use_layer(self, layer: TransactionLayer) -> None:
         """Attach the layer once the bound addresses are known (for listeners on port 0)."""
         self.layer = layer

@@ -448,6 +448,23 @@ class UserAgent:
         d = self._transport.stop()
         return d.addCallback(lambda _: None)
 
+    def move_to(self, host: str) -> Address:
+        """Send from `host` and be reached there from now on (HMMP; an egress failover): SIP goes
+        out of a socket bound to it, Via and Contact name it, and every registration is refreshed
+        at once. The application re-INVITEs its calls (with its new SDP) afterwards. Keeps our
+        port when it is free on `host`; raises twisted's CannotListenError when nothing is."""
+        from twisted.internet.error import CannotListenError
+
+        port = self.contact.port if self.contact is not None and self.contact.port else 5060
+        try:
+            bound = self._transport.bind_udp(host, port)
+        except CannotListenError:
+            bound = self._transport.bind_udp(host, 0)
+        self._core.set_local([bound], self._now())
+        self.contact = self._core.contact_uri
+        self._flush()
+        return bound
+
     # Handlers -----------------------------------------------------------------------------------
 
     def on_incoming_call(self, handler: Callable[[IncomingCall], None]) -> None:

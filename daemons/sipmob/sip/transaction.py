@@ -650,6 +650,12 @@ class TransactionLayer:
         else:
             self._receive_response(message, source, now)
 
+    def set_local(self, local: list[Address]) -> None:
+        """New addresses to stamp in Via; responses to requests sent from the old ones are still
+        ours (§18.1.2) while they are in flight."""
+        self._local.update({addr.transport.lower(): addr for addr in local})
+        self._local_sent_by |= {(addr.host, addr.port) for addr in local}
+
     # Internals ----------------------------------------------------------------------------------
 
     def _stamp(self, request: Request, destination: Address) -> tuple[Request, Address]:

@@ -268,6 +268,7 @@ class _Registration:
     key: TransactionKey | None = None
     refresh_at: float | None = None
     failures: int = 0
+    stale_contact: URI | None = None  # a Contact we left (HMMP): removed in the next REGISTER
     interval_retried: bool = False
 
 
@@ -735,6 +736,26 @@ class UACore:
         r = self._regs.get(reg)
         return r.state if r is not None else "gone"
 
+    def set_local(self, local: Sequence[Address], now: float) -> None:
+        """Our address changed (HMMP; a multihomed host's egress failed): Via, our Contact and the
+        Contact of every dialog follow from now on, and each binding is REGISTERed again at once
+        with the new Contact, the old one removed in the same request (§10.2.2). The re-INVITEs
+        that tell the peers are the application's: they carry its new SDP."""
+        old = self.contact_uri
+        first = local[0]
+        self.contact_uri = old.replace(host=first.host, port=first.port)
+        self.layer.set_local(list(local))
+        for c in self._calls.values():
+            if c.dialog is not None:
+                c.dialog.local_contact = self.local_contact
+        for r in self._regs.values():
+            if r.state in ("registered", "failed") and r.key is None:
+                r.stale_contact = old if r.state == "registered" else None
+                r.refresh_at = None
+                r.state = "registering" if r.state == "failed" else r.state
+                self._send_register(r, r.expires, now)
+        self._pump(now)
+
     def _send_register(self, r: _Registration, expires: int, now: float) -> None:
         # §10.2.4: the same Call-ID for every REGISTER of one binding, the CSeq one higher each time
         r.cseq += 1
@@ -745,6 +766,9 @@ class UACore:
         h.add("Call-ID", r.call_id)
         h.add("CSeq", str(CSeq(r.cseq, "REGISTER")))
         h.add("Contact", str(self.local_contact))
+        if r.stale_contact is not None and expires:
+            h.add("Contact", f"<{r.stale_contact}>;expires=0")  # §10.2.2, in the same request
+            r.stale_contact = None
         h.add("Expires", str(expires))
         self._common_headers(h)
         request = Request("REGISTER", r.registrar, h)

@@ -1,0 +1,225 @@
+"""The phone on a multihomed gateway: its calls follow the Egress List (SIP-NEMO §4, HMMP §4).
+
+`PhoneEgress` keeps the phone's SIP and RTP on one egress's source address: the one the policy
+picks at start and for new calls while nothing moves. When that egress fails, or its address
+changes, the phone's SIP moves to the new address (`UserAgent.move_to`: Via, Contact, and the
+registrations refreshed at once, the old binding removed), and every call is re-INVITEd from there
+with a new ``c=`` and new ports. RTP leaves from a socket on the new address at once, before the
+CN answers, so the CN hears us again after one network delay; the CN's answer then brings its
+media to the new address. A 491 (glare) is retried by the UA core after the §14.1 back-off; a
+re-INVITE of ours still pending is retried here; a call that cannot be moved is logged (it is not
+hung up: the CN may still reach the old address later).
+
+The phone is one SIP host with one Contact (HMMP's model): all of its calls use the same egress.
+Choosing a different egress per call needs a per-dialog local address in the UA core; the Egress
+List already keeps one per session for daemons that have it.
+
+Not here: the policy (`sipmob.net.egress`), netlink and probes (`sipmob.service.egress`), the
+phone itself (`sipmob.mn.phone`, which calls `call_added`, `call_ended`, `rows`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+
+from sipmob.net.egress import (
+    AddressChanged,
+    EgressDown,
+    EgressEvent,
+    EgressUp,
+    MoveSession,
+    SessionStranded,
+)
+from sipmob.sdp import OfferAnswerError, SDPParseError, SessionDescription, parse
+from sipmob.service.config import load_config
+from sipmob.service.egress import EgressMonitor
+from sipmob.service.egress_config import EgressConfig
+from sipmob.service.sipua import SIPError
+
+if TYPE_CHECKING:
+    from sipmob.mn.phone import Phone, PhoneCall
+
+log = logging.getLogger("sipmob.mn.egress")
+
+RETRIES = 5  # re-INVITEs of a call while one of ours is still pending
+RETRY_DELAY = 0.3
+
+
+class PhoneEgress:
+    def __init__(self, phone: Phone, config: EgressConfig) -> None:
+        self.phone = phone
+        self.monitor = EgressMonitor(phone.reactor, config)
+        self.monitor.on_event(self._event)
+        self.egress: str | None = None  # where the phone's SIP and RTP are
+        self._call_address: dict[str, str] = {}  # call id -> the address its last move went to
+        self.moves: list[dict[str, Any]] = []  # the last moves, for `sipmob egress`
+
+    @classmethod
+    def from_file(cls, phone: Phone, path: str) -> PhoneEgress:
+        return cls(phone, load_config(EgressConfig, path))
+
+    # The phone's hook -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """After the UA has started: watch, and put SIP on the best egress if one is up."""
+        self.monitor.start()
+        best = self._best()
+        if best is not None:
+            self._move_sip(best[0], best[1])
+        else:
+            log.warning("no egress is up; SIP stays on %s until one is", self.phone.address)
+
+    def stop(self) -> None:
+        self.monitor.stop()
+
+    def call_added(self, pc: PhoneCall) -> None:
+        self._call_address[pc.id] = self.phone.address
+        if self.egress is not None:
+            self.monitor.egresses.moved(pc.id, self.egress)
+
+    def call_ended(self, pc: PhoneCall) -> None:
+        self.monitor.egresses.release(pc.id)
+        self._call_address.pop(pc.id, None)
+
+    def rows(self) -> dict[str, Any]:
+        return {"egresses": self.monitor.rows(), "current": self.egress, "address": self.phone.address,
+                "moves": self.moves[-10:]}
+
+    # Events -----------------------------------------------------------------------------------------
+
+    def _best(self) -> tuple[str, str] | None:
+        e = self.monitor.egresses.best()
+        return (e.name, e.address) if e is not None and e.address is not None else None
+
+    def _event(self, event: EgressEvent) -> None:
+        if isinstance(event, MoveSession):
+            self._move_all(event.to_egress, event.address, event.reason)
+        elif isinstance(event, AddressChanged) and event.egress == self.egress:
+            self._move_all(event.egress, event.new, f"{event.egress}: address {event.old} -> {event.new}")
+        elif isinstance(event, SessionStranded):
+            log.warning("call %s cannot be moved now: %s is down (%s) and no egress is up; it moves "
+                        "as soon as one is", event.session, event.egress, event.reason)
+        elif (isinstance(event, EgressUp) and self.egress not in self.monitor.egresses.active()) or (
+                isinstance(event, EgressDown) and event.egress == self.egress and not self.phone.calls):
+            # SIP (so new calls and the registration) leaves a dead egress even without a call to move
+            best = self._best()
+            if best is not None:
+                self._move_sip(*best)
+
+    def _move_sip(self, egress: str, address: str) -> None:
+        self.egress = egress
+        if address == self.phone.address and self.phone.ua.contact is not None \
+                and self.phone.ua.contact.host == address:
+            return
+        self.phone.ua.move_to(address)
+        self.phone.address = address
+        log.info("SIP on egress %s, contact %s", egress, self.phone.ua.contact)
+
+    def _move_all(self, egress: str, address: str, reason: str) -> None:
+        started = time.monotonic()
+        self._move_sip(egress, address)
+        for pc in list(self.phone.calls.values()):
+            self.monitor.egresses.moved(pc.id, egress)
+            if self._call_address.get(pc.id) == address:
+                continue
+            self._call_address[pc.id] = address
+            self._reinvite(pc, address, reason, started, RETRIES)
+
+    @defer.inlineCallbacks
+    def _reinvite(self, pc: PhoneCall, address: str, reason: str, started: float, retries: int) -> Any:
+        phone = self.phone
+        if phone.calls.get(pc.id) is not pc or self._call_address.get(pc.id) != address:
+            return  # ended, or moved again meanwhile
+        base = pc.oa.local
+        if base is None:
+            log.warning("call %s cannot be moved: no description of ours yet", pc.id)
+            return
+        old_address = _our_address(base)
+        # New sockets on the new address; our audio leaves from there at once (the CN's address
+        # has not changed), so the CN hears us before it has even answered the re-INVITE.
+        old_rtp, old_video = pc.rtp, pc.video_rtp
+        new_rtp = phone._new_rtp()
+        new_video = phone._new_rtp(video=True) if old_video is not None else None
+        offer = _readdressed(base, old_address, address, new_rtp.port,
+                             new_video.port if new_video is not None else None)
+        was_sending = bool(old_rtp.sending)
+        pc.rtp, pc.video_rtp = new_rtp, new_video
+        if pc.recorder is not None:
+            old_rtp.detach_recorder()
+            new_rtp.attach_recorder(pc.recorder, {c.static_payload_type: c for c in phone.codecs})
+        old_rtp.stop_sending()
+        if was_sending:
+            phone.start_media(pc)
+        log.info("call %s: moving to %s (%s); re-INVITE sent %.0f ms after the news", pc.id, address,
+                 reason, (time.monotonic() - started) * 1000)
+        try:
+            response = yield pc.call.reinvite(pc.oa.create_offer(offer).to_bytes())
+        except SIPError as exc:
+            pc.oa.rollback()
+            if exc.status == 491 and retries > 0:  # our own earlier re-INVITE is still pending
+                yield _sleep(phone.reactor, RETRY_DELAY)
+                yield self._reinvite(pc, address, reason, started, retries - 1)
+            else:
+                log.warning("call %s with %s could not be moved to %s: %s %s; its media stays on "
+                            "the new address", pc.id, pc.peer, address, exc.status, exc.reason)
+            _close(old_rtp, old_video)
+            return
+        try:
+            answer = parse(response.body or b"")
+            pc.oa.receive_answer(answer)
+        except (SDPParseError, OfferAnswerError) as exc:
+            log.warning("call %s: unusable answer to the move's re-INVITE: %s", pc.id, exc)
+            _close(old_rtp, old_video)
+            return
+        pc.cn_sdp = answer
+        pc.local_sdp = offer
+        if was_sending:
+            phone.start_media(pc)  # to wherever the answer says
+        _close(old_rtp, old_video)
+        elapsed = time.monotonic() - started
+        self.moves.append({"call": pc.id, "to": address, "reason": reason, "seconds": round(elapsed, 3)})
+        log.info("call %s with %s moved to %s in %.0f ms", pc.id, pc.peer, address, elapsed * 1000)
+
+
+def _our_address(sdp: SessionDescription) -> str | None:
+    conn = sdp.connection or next((m.connection for m in sdp.media if m.connection), None)
+    return conn.address if conn is not None else None
+
+
+def _readdressed(sdp: SessionDescription, old: str | None, new: str, audio_port: int,
+                 video_port: int | None) -> SessionDescription:
+    """Our streams (those at `old`) at `new` on the new ports; streams on devices unchanged."""
+    out = sdp
+    if sdp.connection is not None and sdp.connection.address == old:
+        # streams without their own c= were ours: they keep the session-level one, now `new`
+        out = out.with_connection(new)
+        for i, m in enumerate(sdp.media):
+            if m.connection is not None and m.connection.address != old:
+                out = out.with_media(i, out.media[i].with_connection(m.connection))
+    for i, m in enumerate(sdp.media):
+        conn = sdp.connection_for(i)
+        if conn is None or conn.address != old or m.port == 0:
+            continue
+        if m.connection is not None:
+            out = out.with_media(i, out.media[i].with_connection(new))
+        if m.media == "audio":
+            out = out.with_port(i, audio_port)
+        elif m.media == "video" and video_port is not None:
+            out = out.with_port(i, video_port)
+    return out
+
+
+def _close(*endpoints: Any) -> None:
+    for endpoint in endpoints:
+        if endpoint is not None:
+            endpoint.close()
+
+
+def _sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:
+    d: defer.Deferred[None] = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d

@@ -1,0 +1,262 @@
+"""The Egress List on the reactor: netlink news and upstream probes in, egress events out.
+
+`NetlinkWatcher` opens an rtnetlink socket (pyroute2) subscribed to link and IPv4/IPv6 address
+changes and registers its descriptor with the reactor: the kernel's messages are read when they
+arrive, no thread and no polling. It subscribes *before* it dumps the current links and addresses,
+so a change that happens during the dump is seen (twice at worst: the list takes repeats).
+
+`Prober` sends SIP OPTIONS from an egress's source address to its probe target (our own SIP stack,
+one small UA bound to that address, so the system's source-based routing sends it out of that
+link); any answer counts, a timeout of one interval is a miss.
+
+`EgressMonitor` feeds both into a `sipmob.net.egress.EgressList`, drives its timer with one
+`TimerDriver`, logs one line per change, and hands every other event to its listeners (the daemon
+that moves its sessions). Needs no privilege: reading netlink and binding to our own addresses is
+allowed to any user.
+
+Not here: the policy (`sipmob.net.egress`), moving a call (the daemon's own hook, e.g.
+`sipmob.mn.egress`), routing tables (the system's).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReadDescriptor
+from zope.interface import implementer
+
+from sipmob.net.egress import (
+    AddressChanged,
+    EgressDown,
+    EgressEvent,
+    EgressList,
+    EgressUp,
+    MoveSession,
+    ProbeDue,
+    SessionStranded,
+)
+from sipmob.service.egress_config import EgressConfig
+from sipmob.service.timers import TimerDriver
+
+log = logging.getLogger("sipmob.egress")
+
+IFF_UP = 0x1
+IFF_RUNNING = 0x40  # the carrier is there (RFC 2863 operational state up)
+
+
+@implementer(IReadDescriptor)
+class NetlinkWatcher:
+    """Link and address changes from the kernel, as ``on_link(ifname, up)`` and
+    ``on_address(ifname, address, present)`` calls on the reactor thread."""
+
+    def __init__(self, reactor: Any, on_link: Callable[[str, bool], None],
+                 on_address: Callable[[str, str, bool], None]) -> None:
+        self.reactor = reactor
+        self.on_link = on_link
+        self.on_address = on_address
+        self._names: dict[int, str] = {}
+        self._events: Any = None
+
+    def start(self) -> None:
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.rtnl import (  # type: ignore[import-untyped]
+            RTMGRP_IPV4_IFADDR,
+            RTMGRP_IPV6_IFADDR,
+            RTMGRP_LINK,
+        )
+
+        self._events = IPRoute()
+        self._events.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
+        # The dump on a second socket: its answers never mix with the news of the first.
+        with IPRoute() as dump:
+            for message in [*dump.get_links(), *dump.get_addr()]:
+                self._handle(message)
+        self.reactor.addReader(self)
+
+    def stop(self) -> None:
+        if self._events is not None:
+            self.reactor.removeReader(self)
+            self._events.close()
+            self._events = None
+
+    # IReadDescriptor
+    def fileno(self) -> int:
+        return int(self._events.fileno()) if self._events is not None else -1
+
+    def logPrefix(self) -> str:
+        return "netlink"
+
+    def doRead(self) -> None:
+        try:
+            messages = self._events.get()
+        except OSError as exc:  # ENOBUFS: the kernel dropped news; ask again for the whole picture
+            log.warning("netlink: %s; reading the links and addresses again", exc)
+            from pyroute2 import IPRoute
+
+            with IPRoute() as dump:
+                messages = [*dump.get_links(), *dump.get_addr()]
+        for message in messages:
+            try:
+                self._handle(message)
+            except Exception:
+                log.exception("netlink message %s", message.get("event"))
+
+    def connectionLost(self, reason: Any) -> None:
+        self._events = None
+
+    def _handle(self, message: Any) -> None:
+        event = message.get("event")
+        index = message.get("index")
+        if event in ("RTM_NEWLINK", "RTM_DELLINK"):
+            name = message.get_attr("IFLA_IFNAME") or self._names.get(index, "")
+            self._names[index] = name
+            flags = message.get("flags", 0)
+            up = event == "RTM_NEWLINK" and bool(flags & IFF_UP) and bool(flags & IFF_RUNNING)
+            self.on_link(name, up)
+        elif event in ("RTM_NEWADDR", "RTM_DELADDR"):
+            address = message.get_attr("IFA_LOCAL") or message.get_attr("IFA_ADDRESS")
+            name = self._names.get(index) or message.get_attr("IFA_LABEL") or ""
+            if address and name:
+                self.on_address(name, address, event == "RTM_NEWADDR")
+
+
+class Prober:
+    """SIP OPTIONS through one egress: from a UA bound to the egress's address."""
+
+    def __init__(self, reactor: Any, address: str) -> None:
+        from sipmob.service.sipua import UserAgent
+
+        self.address = address
+        self.reactor = reactor
+        self.ua = UserAgent(reactor, listen=[(address, 0, "udp")], user="probe")
+        failed: list[Any] = []
+        self.ua.start().addErrback(failed.append)
+        if failed:
+            failed[0].raiseException()
+
+    def probe(self, target: str, timeout: float) -> defer.Deferred[float | None]:
+        """Fires with the round-trip time, or None when nothing answered in `timeout`."""
+        sent = self.reactor.seconds()
+        d: defer.Deferred[Any] = self.ua.options(target, timeout=timeout)
+        d.addCallbacks(lambda _response: float(self.reactor.seconds() - sent), lambda _failure: None)
+        return d
+
+    def close(self) -> None:
+        self.ua.stop()
+
+
+class EgressMonitor:
+    """The gateway's Egress List, kept true by netlink and probes."""
+
+    def __init__(self, reactor: Any, config: EgressConfig, *, watch_netlink: bool = True) -> None:
+        self.reactor = reactor
+        self.config = config
+        self.egresses = EgressList(config.specs(), policy=config.policy, sticky=config.sticky,
+                                   hold_down=config.hold_down, probe_interval=config.probe.interval,
+                                   down_after=config.probe.down_after)
+        self._listeners: list[Callable[[EgressEvent], Any]] = []
+        self._probers: dict[str, Prober] = {}
+        self._probing: set[str] = set()
+        self._timer = TimerDriver(reactor, self.egresses.get_timer, self.egresses.handle_timer,
+                                  after=self._pump)
+        self.watcher = NetlinkWatcher(reactor, self._link, self._address) if watch_netlink else None
+
+    def on_event(self, listener: Callable[[EgressEvent], Any]) -> None:
+        self._listeners.append(listener)
+
+    def start(self) -> None:
+        if self.watcher is not None:
+            self.watcher.start()
+        self.egresses.start(self._now())
+        self._pump()
+        for row in self.egresses.rows():
+            log.info("egress %s: %s, address %s", row["name"], row["status"], row["address"] or "none")
+
+    def stop(self) -> None:
+        self._timer.cancel()
+        if self.watcher is not None:
+            self.watcher.stop()
+        for prober in self._probers.values():
+            prober.close()
+        self._probers.clear()
+
+    def status(self) -> str:
+        active = self.egresses.active()
+        return f"egress {', '.join(active)}" if active else "no egress up"
+
+    def rows(self) -> list[dict[str, object]]:
+        return self.egresses.rows()
+
+    # Inputs ---------------------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return float(self.reactor.seconds())
+
+    def _link(self, ifname: str, up: bool) -> None:
+        self.egresses.link(ifname, up, self._now())
+        self._pump()
+
+    def _address(self, ifname: str, address: str, present: bool) -> None:
+        self.egresses.address(ifname, address, present, self._now())
+        self._pump()
+
+    def _probe(self, due: ProbeDue) -> None:
+        if due.egress in self._probing:
+            return  # the last one has not timed out yet
+        prober = self._probers.get(due.egress)
+        if prober is not None and prober.address != due.address:
+            prober.close()
+            prober = None
+        if prober is None:
+            try:
+                prober = self._probers[due.egress] = Prober(self.reactor, due.address)
+            except Exception as exc:
+                log.info("egress %s: cannot probe from %s: %s", due.egress, due.address, exc)
+                self.egresses.probe_result(due.egress, False, None, self._now())
+                return
+        self._probing.add(due.egress)
+
+        def done(rtt: float | None) -> None:
+            self._probing.discard(due.egress)
+            if due.egress in self.egresses.egresses:
+                if rtt is None:
+                    log.debug("egress %s: probe %s unanswered", due.egress, due.target)
+                self.egresses.probe_result(due.egress, rtt is not None, rtt, self._now())
+                self._pump()
+
+        # a little under one interval, so a miss is counted before the next probe is due
+        prober.probe(due.target, self.config.probe.interval * 0.9).addCallback(done)
+
+    # Output ---------------------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        while (event := self.egresses.next_event()) is not None:
+            if isinstance(event, ProbeDue):
+                self._probe(event)
+                continue
+            self._log(event)
+            for listener in list(self._listeners):
+                try:
+                    listener(event)
+                except Exception:
+                    log.exception("egress listener failed on %s", type(event).__name__)
+        self._timer.update()
+
+    @staticmethod
+    def _log(event: EgressEvent) -> None:
+        if isinstance(event, EgressUp):
+            log.info("egress %s up, address %s", event.egress, event.address)
+        elif isinstance(event, EgressDown):
+            log.warning("egress %s down: %s", event.egress, event.reason)
+        elif isinstance(event, AddressChanged):
+            log.info("egress %s: address %s -> %s (%d sessions to move)", event.egress, event.old,
+                     event.new, len(event.sessions))
+        elif isinstance(event, MoveSession):
+            log.info("session %s: %s -> %s (%s)", event.session, event.from_egress, event.to_egress,
+                     event.reason)
+        elif isinstance(event, SessionStranded):
+            log.warning("session %s cannot be moved: %s is down (%s) and no other egress is up",
+                        event.session, event.egress, event.reason)
