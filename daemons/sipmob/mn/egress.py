@@ -73,8 +73,8 @@ class PhoneEgress:
         else:
             log.warning("no egress is up; SIP stays on %s until one is", self.phone.address)
 
-    def stop(self) -> None:
-        self.monitor.stop()
+    def stop(self) -> defer.Deferred[Any]:
+        return self.monitor.stop()
 
     def call_added(self, pc: PhoneCall) -> None:
         self._call_address[pc.id] = self.phone.address

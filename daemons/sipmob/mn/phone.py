@@ -286,7 +286,7 @@ class Phone:
         yield self.slp.close()
         yield self._unregister()
         if self.egress is not None:
-            self.egress.stop()
+            yield self.egress.stop()
         yield self.ua.stop()
 
     # Registration ---------------------------------------------------------------------------------

@@ -186,7 +186,9 @@ class Egress:
         """The source address sessions on this egress use."""
         if self.spec.address is not None:
             return self.spec.address if self.spec.address in self.addresses else None
-        return self.addresses[0] if self.addresses else None
+        # IPv4 first (what a home's SIP provider and most CNs reach), then in order of arrival
+        ordered = sorted(self.addresses, key=lambda a: ":" in a)
+        return ordered[0] if ordered else None
 
     def usable(self) -> tuple[bool, str]:
         if self.link_up is False:

@@ -45,6 +45,7 @@ log = logging.getLogger("sipmob.egress")
 
 IFF_UP = 0x1
 IFF_RUNNING = 0x40  # the carrier is there (RFC 2863 operational state up)
+RT_SCOPE_UNIVERSE = 0
 
 
 @implementer(IReadDescriptor)
@@ -117,6 +118,8 @@ class NetlinkWatcher:
             up = event == "RTM_NEWLINK" and bool(flags & IFF_UP) and bool(flags & IFF_RUNNING)
             self.on_link(name, up)
         elif event in ("RTM_NEWADDR", "RTM_DELADDR"):
+            if message.get("scope", 0) != RT_SCOPE_UNIVERSE:
+                return  # a link-local or host address reaches no one beyond the link
             address = message.get_attr("IFA_LOCAL") or message.get_attr("IFA_ADDRESS")
             name = self._names.get(index) or message.get_attr("IFA_LABEL") or ""
             if address and name:
@@ -144,8 +147,8 @@ class Prober:
         d.addCallbacks(lambda _response: float(self.reactor.seconds() - sent), lambda _failure: None)
         return d
 
-    def close(self) -> None:
-        self.ua.stop()
+    def close(self) -> defer.Deferred[None]:
+        return self.ua.stop()
 
 
 class EgressMonitor:
@@ -172,16 +175,15 @@ class EgressMonitor:
             self.watcher.start()
         self.egresses.start(self._now())
         self._pump()
-        for row in self.egresses.rows():
-            log.info("egress %s: %s, address %s", row["name"], row["status"], row["address"] or "none")
 
-    def stop(self) -> None:
+    def stop(self) -> defer.Deferred[Any]:
+        """Fires once the probes' sockets are closed."""
         self._timer.cancel()
         if self.watcher is not None:
             self.watcher.stop()
-        for prober in self._probers.values():
-            prober.close()
+        closing = [prober.close() for prober in self._probers.values()]
         self._probers.clear()
+        return defer.DeferredList(closing)
 
     def status(self) -> str:
         active = self.egresses.active()
@@ -208,7 +210,7 @@ class EgressMonitor:
             return  # the last one has not timed out yet
         prober = self._probers.get(due.egress)
         if prober is not None and prober.address != due.address:
-            prober.close()
+            prober.close().addErrback(lambda f: log.debug("closing a prober: %s", f.value))
             prober = None
         if prober is None:
             try:

@@ -184,6 +184,16 @@ def test_delete_then_add_on_a_single_egress_rescues_the_session_without_hold_dow
     assert got[3] == MoveSession("call-1", "wan1", "wan1", "10.1.0.9", "wan1 is up")
 
 
+def test_an_ipv4_address_is_preferred_to_an_ipv6_one() -> None:
+    egresses = EgressList([WAN1])
+    egresses.link("eth1", True, 0.0)
+    egresses.address("eth1", "2001:db8::2", True, 0.0)
+    egresses.address("eth1", "10.1.0.2", True, 0.0)
+    assert egresses.egresses["wan1"].address == "10.1.0.2"
+    egresses.address("eth1", "10.1.0.2", False, 1.0)
+    assert egresses.egresses["wan1"].address == "2001:db8::2"
+
+
 def test_a_fixed_address_egress_follows_its_address() -> None:
     egresses = EgressList([EgressSpec("lte", address="10.3.0.2")])
     egresses.start(0.0)

@@ -1,0 +1,258 @@
+"""A home with two WAN links, in network namespaces: the stage of the egress tests and benchmark.
+
+    home (sipmob phone) --h1-- wan1 (ISP router) --w1i-- internet (the CN, baresip, 10.200.100.1)
+                        --h2-- wan2 (ISP router) --w2i--
+
+`home` routes by source address, as an admin would with ``ip rule`` (one table per WAN): what
+leaves from 10.200.1.0/24 takes wan1, from 10.200.2.0/24 wan2. The ISP routers forward (no NAT),
+so the CN sees the home's own addresses. `CaptureAtCN` watches, from inside `internet`, which
+home address the RTP reaching the CN comes from, with the time it arrived.
+
+Failures: `link_down` (netlink sees it), `upstream_dead` (the ISP router drops everything it would
+forward: the 100 % loss `tc netem` would give, with iptables where the kernel has no netem;
+nothing changes on the home's links), `readdress` (a new address on a link, the old one removed).
+Everything lives in namespaces this module creates and deletes; nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.peers.baresip import BARESIP, MODULE_PATH
+from tests.peers.netns import Namespace
+from tests.peers.process import terminate
+
+from sipmob.mn.control import ControlUnavailable, request
+
+ROOT = Path(__file__).resolve().parents[3]
+ENV = {"PYTHONPATH": str(ROOT / "daemons"), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/nonexistent"}
+
+CN = "10.200.100.1"
+HOME1, HOME2 = "10.200.1.2", "10.200.2.2"
+ETH_P_IP = 0x0800
+
+
+def until(condition: Callable[[], Any], timeout: float = 10.0, step: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(step)
+    return condition()
+
+
+class TwoWan:
+    def __init__(self) -> None:
+        self.spaces: list[Namespace] = []
+        try:
+            self._build()
+        except BaseException:
+            self.delete()
+            raise
+
+    def _ns(self, name: str) -> Namespace:
+        ns = Namespace(name)
+        self.spaces.append(ns)
+        return ns
+
+    def _build(self) -> None:
+        self.home, self.wan1, self.wan2, self.internet = (
+            self._ns("eg-home"), self._ns("eg-wan1"), self._ns("eg-wan2"), self._ns("eg-inet"))
+        self.home.veth(self.wan1, f"{HOME1}/24", "10.200.1.1/24", "h1", "w1h")
+        self.home.veth(self.wan2, f"{HOME2}/24", "10.200.2.1/24", "h2", "w2h")
+        self.wan1.veth(self.internet, "10.200.11.1/24", "10.200.11.2/24", "w1i", "i1")
+        self.wan2.veth(self.internet, "10.200.12.1/24", "10.200.12.2/24", "w2i", "i2")
+        for wan, upstream in ((self.wan1, "10.200.11.2"), (self.wan2, "10.200.12.2")):
+            wan.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+            wan.run(["ip", "route", "add", "10.200.100.0/24", "via", upstream], check=True)
+        inet = self.internet
+        inet.run(["ip", "addr", "add", f"{CN}/32", "dev", "lo"], check=True)
+        inet.run(["ip", "route", "add", "10.200.1.0/24", "via", "10.200.11.1"], check=True)
+        inet.run(["ip", "route", "add", "10.200.2.0/24", "via", "10.200.12.1"], check=True)
+        home = self.home
+        for n, (prefix, gateway, dev) in enumerate((("10.200.1.0/24", "10.200.1.1", "h1"),
+                                                   ("10.200.2.0/24", "10.200.2.1", "h2")), start=1):
+            table = str(100 + n)
+            home.run(["ip", "rule", "add", "from", prefix, "table", table, "pref", str(1000 + n)], check=True)
+            home.run(["ip", "route", "add", "default", "via", gateway, "dev", dev, "table", table], check=True)
+        home.run(["ip", "route", "add", "default", "via", "10.200.1.1", "metric", "100"], check=True)
+        # as systemd's sysctl defaults have it: the old address's going does not take the new one with it
+        for conf in ("all", "h1", "h2"):
+            home.run(["sysctl", "-qw", f"net.ipv4.conf.{conf}.promote_secondaries=1"], check=True)
+
+    # Failures ---------------------------------------------------------------------------------------
+
+    def link_down(self, interface: str = "h1") -> None:
+        self.home.set_link(interface, False)
+
+    def upstream_dead(self, wan: Namespace) -> str:
+        """Drop everything `wan` would forward; returns how ("netem" or "iptables")."""
+        if wan.run(["tc", "qdisc", "add", "dev", "w1i" if wan is self.wan1 else "w2i", "root", "netem",
+                    "loss", "100%"]).returncode == 0:
+            return "netem"
+        wan.run(["iptables", "-I", "FORWARD", "-j", "DROP"], check=True)
+        return "iptables"
+
+    def readdress(self, interface: str, old: str, new: str) -> None:
+        """DHCP gave another address: the new one first, then the old one goes."""
+        self.home.run(["ip", "addr", "add", f"{new}/24", "dev", interface], check=True)
+        self.home.run(["ip", "addr", "del", f"{old}/24", "dev", interface], check=True)
+
+    def delete(self) -> None:
+        for ns in reversed(self.spaces):
+            try:
+                ns.delete()
+            except Exception:
+                pass
+        self.spaces.clear()
+
+
+class Correspondent:
+    """baresip in `internet`, answering at once, sending a tone (the CN of the tests)."""
+
+    def __init__(self, net: TwoWan, directory: Path) -> None:
+        assert BARESIP is not None
+        self.dir = directory / "cn"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.uri = f"sip:cn@{CN}:5060"
+        lines = ["poll_method epoll", f"sip_listen {CN}:5060", "call_local_timeout 120",
+                 "audio_player aubridge,nil", "audio_alert aubridge,nil", "audio_source ausine,440",
+                 "ausrc_srate 48000", "ausrc_channels 2", f"net_interface {CN}",
+                 f"dns_server {CN}:53", f"module_path {MODULE_PATH}",
+                 *(f"module {m}.so" for m in ("g711", "aufile", "ausine", "aubridge")),
+                 "module_tmp account.so", "module_app menu.so"]
+        (self.dir / "config").write_text("\n".join(lines) + "\n")
+        (self.dir / "accounts").write_text(f"<{self.uri}>;regint=0;answermode=auto\n")
+        (self.dir / "contacts").write_text("")
+        self.log = open(self.dir / "baresip.log", "wb")  # closed in stop()
+        self.proc = net.internet.popen([BARESIP, "-f", str(self.dir)], stdin=subprocess.DEVNULL,
+                                       stdout=self.log, stderr=subprocess.STDOUT, cwd=self.dir)
+        time.sleep(0.5)
+        if self.proc.poll() is not None:
+            raise RuntimeError((self.dir / "baresip.log").read_text())
+
+    def stop(self) -> None:
+        terminate(self.proc, 5)
+        self.log.close()
+
+
+class CaptureAtCN:
+    """Every UDP packet reaching the CN from the home: (arrival time.monotonic(), source, dport)."""
+
+    def __init__(self, net: TwoWan) -> None:
+        self.packets: list[tuple[float, str, int]] = []
+        self._lock = threading.Lock()
+        self._socks = []
+        for ifname in ("i1", "i2"):
+            sock = net.internet.socket(socket.AF_PACKET, socket.SOCK_DGRAM)
+            sock.bind((ifname, ETH_P_IP))
+            sock.settimeout(0.2)
+            self._socks.append(sock)
+        self._stop = False
+        self._threads = [threading.Thread(target=self._read, args=(s,), daemon=True) for s in self._socks]
+        for t in self._threads:
+            t.start()
+
+    def _read(self, sock: socket.socket) -> None:
+        while not self._stop:
+            try:
+                data, meta = sock.recvfrom(2048)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            now = time.monotonic()
+            if meta[2] == socket.PACKET_OUTGOING or len(data) < 28 or data[9] != 17:
+                continue
+            ihl = (data[0] & 0x0F) * 4
+            dst = socket.inet_ntoa(data[16:20])
+            if dst != CN:
+                continue
+            source = socket.inet_ntoa(data[12:16])
+            dport = int.from_bytes(data[ihl + 2:ihl + 4], "big")
+            with self._lock:
+                self.packets.append((now, source, dport))
+
+    def rtp_from(self, source: str, after: float = 0.0) -> list[float]:
+        """Arrival times of RTP (anything but SIP's port 5060) from `source` after `after`."""
+        with self._lock:
+            return [t for t, s, port in self.packets if s == source and port != 5060 and t > after]
+
+    def sip_from(self, source: str, after: float = 0.0) -> list[float]:
+        with self._lock:
+            return [t for t, s, port in self.packets if s == source and port == 5060 and t > after]
+
+    def close(self) -> None:
+        self._stop = True
+        for t in self._threads:
+            t.join(2)
+        for s in self._socks:
+            s.close()
+
+
+class HomePhone:
+    """``sipmob phone`` in `home`, its egress list in `egress_toml`; driven over its control socket."""
+
+    def __init__(self, net: TwoWan, directory: Path, egress_toml: str, log_level: str = "info") -> None:
+        self.control = directory / "mn.sock"
+        self.config = directory / "mn.toml"
+        egress = directory / "egress.toml"
+        egress.write_text(egress_toml)
+        egress_line = f"egress = \"{egress}\"\n" if egress_toml else ""
+        self.config.write_text(
+            f'[listen]\naddress = "{HOME1}"\nport = 5060\n{egress_line}'
+            f'[calls]\nauto_answer = true\n[slp]\nda = "127.0.0.1:1"\n[control]\npath = "{self.control}"\n'
+            f'[log]\nlevel = "{log_level}"\n')
+        self.log_path = directory / "phone.log"
+        self.log = open(self.log_path, "wb")  # closed in stop()
+        self.proc = net.home.popen([sys.executable, "-m", "sipmob.mn.cli", "phone", "--config",
+                                    str(self.config)], env=ENV, stdout=self.log, stderr=subprocess.STDOUT)
+        if not until(self._answers, timeout=15) or self.proc.poll() is not None:
+            raise RuntimeError(self.output())
+
+    def _answers(self) -> bool:
+        if self.proc.poll() is not None:
+            return True
+        try:
+            request(self.control, "calls", timeout=2)
+            return True
+        except (ControlUnavailable, OSError):
+            return False
+
+    def command(self, name: str, timeout: float = 20, **args: Any) -> Any:
+        return request(self.control, name, args, timeout=timeout)
+
+    def received(self) -> int:
+        calls = self.command("calls")
+        return int(calls[0]["rtp_received"]) if calls else -1
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        self.log.close()
+
+
+def egress_toml(*, interval: float = 1.0, down_after: int = 3, hold_down: float = 30.0,
+                probe: bool = True) -> str:
+    target = f'target = "sip:probe@{CN}:5060"\n' if probe else ""
+    return (f"hold_down = {hold_down}\n[probe]\ninterval = {interval}\ndown_after = {down_after}\n{target}"
+            '[[egress]]\nname = "wan1"\ninterface = "h1"\npriority = 1\n'
+            '[[egress]]\nname = "wan2"\ninterface = "h2"\npriority = 2\n')
