@@ -14,9 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.peers.baresip import BARESIP
-from tests.peers.netns import available
-
 from tests.integration.net.twowan import (
     HOME1,
     HOME2,
@@ -27,6 +24,8 @@ from tests.integration.net.twowan import (
     egress_toml,
     until,
 )
+from tests.peers.baresip import BARESIP
+from tests.peers.netns import available
 
 pytestmark = [pytest.mark.peer,
               pytest.mark.skipif(BARESIP is None, reason="baresip is not installed (apt baresip-core)"),

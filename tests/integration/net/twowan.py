@@ -84,7 +84,8 @@ class TwoWan:
                                                    ("10.200.2.0/24", "10.200.2.1", "h2")), start=1):
             table = str(100 + n)
             home.run(["ip", "rule", "add", "from", prefix, "table", table, "pref", str(1000 + n)], check=True)
-            home.run(["ip", "route", "add", "default", "via", gateway, "dev", dev, "table", table], check=True)
+            home.run(["ip", "route", "add", "default", "via", gateway, "dev", dev, "table", table],
+                     check=True)
         home.run(["ip", "route", "add", "default", "via", "10.200.1.1", "metric", "100"], check=True)
         # as systemd's sysctl defaults have it: the old address's going does not take the new one with it
         for conf in ("all", "h1", "h2"):
