@@ -89,5 +89,5 @@ def test_an_address_change_re_invites_from_the_new_address(stage: dict[str, Any]
     t0 = time.monotonic()
     stage["net"].readdress("h1", HOME1, "10.200.1.3")
     survives(stage, "10.200.1.3", t0, 5)
-    assert stage["capture"].sip_from("10.200.1.3", t0), "the re-INVITE did not come from the new address"
+    assert stage["capture"].sip_from("10.200.1.3", t0, "INVITE"), "no re-INVITE from the new address"
     assert stage["phone"].command("egress")["current"] == "wan1"

@@ -148,10 +148,11 @@ class Correspondent:
 
 
 class CaptureAtCN:
-    """Every UDP packet reaching the CN from the home: (arrival time.monotonic(), source, dport)."""
+    """Every UDP packet reaching the CN from the home: (arrival time.monotonic(), source, dport,
+    the first bytes of the payload)."""
 
     def __init__(self, net: TwoWan) -> None:
-        self.packets: list[tuple[float, str, int]] = []
+        self.packets: list[tuple[float, str, int, bytes]] = []
         self._lock = threading.Lock()
         self._socks = []
         for ifname in ("i1", "i2"):
@@ -182,16 +183,18 @@ class CaptureAtCN:
             source = socket.inet_ntoa(data[12:16])
             dport = int.from_bytes(data[ihl + 2:ihl + 4], "big")
             with self._lock:
-                self.packets.append((now, source, dport))
+                self.packets.append((now, source, dport, data[ihl + 8:ihl + 16]))
 
     def rtp_from(self, source: str, after: float = 0.0) -> list[float]:
         """Arrival times of RTP (anything but SIP's port 5060) from `source` after `after`."""
         with self._lock:
-            return [t for t, s, port in self.packets if s == source and port != 5060 and t > after]
+            return [t for t, s, port, _ in self.packets if s == source and port != 5060 and t > after]
 
-    def sip_from(self, source: str, after: float = 0.0) -> list[float]:
+    def sip_from(self, source: str, after: float = 0.0, method: str = "") -> list[float]:
+        """Arrival times of SIP from `source` (only requests of `method`, if given)."""
         with self._lock:
-            return [t for t, s, port in self.packets if s == source and port == 5060 and t > after]
+            return [t for t, s, port, head in self.packets
+                    if s == source and port == 5060 and t > after and head.startswith(method.encode())]
 
     def close(self) -> None:
         self._stop = True
@@ -199,6 +202,50 @@ class CaptureAtCN:
             t.join(2)
         for s in self._socks:
             s.close()
+
+
+class NetlinkClock:
+    """When the kernel of `home` announced link and address changes: (time.monotonic(), type), read
+    by a thread of this process on its own rtnetlink socket, as independent of the phone as the
+    capture at the CN is."""
+
+    RTM_NEWLINK, RTM_NEWADDR, RTM_DELADDR = 16, 20, 21
+    GROUPS = 0x1 | 0x10  # RTMGRP_LINK | RTMGRP_IPV4_IFADDR
+
+    def __init__(self, net: TwoWan) -> None:
+        self.news: list[tuple[float, int]] = []
+        self._sock = net.home.socket(socket.AF_NETLINK, socket.SOCK_RAW)  # protocol 0: NETLINK_ROUTE
+        self._sock.bind((0, self.GROUPS))
+        self._sock.settimeout(0.2)
+        self._stop = False
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop:
+            try:
+                data = self._sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            now = time.monotonic()
+            offset = 0
+            while offset + 16 <= len(data):
+                length = int.from_bytes(data[offset:offset + 4], sys.byteorder)
+                kind = int.from_bytes(data[offset + 4:offset + 6], sys.byteorder)
+                self.news.append((now, kind))
+                if length < 16:
+                    break
+                offset += (length + 3) & ~3
+
+    def first(self, kind: int, after: float) -> float | None:
+        return next((t for t, k in self.news if k == kind and t > after), None)
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(2)
+        self._sock.close()
 
 
 class HomePhone:
