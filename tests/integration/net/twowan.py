@@ -126,7 +126,7 @@ class Correspondent:
         self.dir = directory / "cn"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.uri = f"sip:cn@{CN}:5060"
-        lines = ["poll_method epoll", f"sip_listen {CN}:5060", "call_local_timeout 120",
+        lines = ["poll_method epoll", f"sip_listen {CN}:5060", "call_local_timeout 120", "call_max_calls 32",
                  "audio_player aubridge,nil", "audio_alert aubridge,nil", "audio_source ausine,440",
                  "ausrc_srate 48000", "ausrc_channels 2", f"net_interface {CN}",
                  f"dns_server {CN}:53", f"module_path {MODULE_PATH}",
