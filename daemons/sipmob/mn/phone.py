@@ -331,7 +331,8 @@ class Phone:
 
     def status(self) -> str:
         n = len(self.calls)
-        return f"{n} call{'s' if n != 1 else ''}"
+        egress = f"; {self.egress.monitor.status()}" if self.egress is not None else ""
+        return f"{n} call{'s' if n != 1 else ''}{egress}"
 
     # Media ----------------------------------------------------------------------------------------
 
