@@ -1,7 +1,7 @@
 """Benchmark a call's survival of WAN failures: how long until the CN hears us from the new address.
 
 Run (root, for the namespaces): .venv/bin/python tests/bench/bench_egress.py [--trials 20]
-     [--silent-trials 5] [--readdress-trials 10] [--calls 1] [--max-seconds 400]
+     [--silent-trials 5] [--readdress-trials 10] [--calls 20] [--flap-seconds 20] [--max-seconds 400]
 
 The stage is tests/integration/net/twowan.py: `sipmob phone` in `home` with two WAN links (source
 routing, one table per WAN), baresip as the CN in `internet`, a fresh stage for every trial. The
@@ -18,6 +18,9 @@ independent of the phone. Per trial:
 - address change: a new address on h1, then the old one deleted (DHCP renew to a new address);
   delay = from the deletion's netlink news to the re-INVITE from the new address at the CN
   (< 300 ms).
+
+- flapping link: h1 down and up every 2 s for 20 s under a call (hold_down 30 s): how many
+  re-INVITEs reach the CN (one is right: the first failover; none may follow the link back).
 
 A call counts as dropped if it is no longer confirmed at the phone 1 s after the move, or if the
 CN's RTP stops reaching the phone. With --calls N, N calls are up at once and the link-down latency
@@ -235,12 +238,31 @@ def readdress(trials: int, deadline: float) -> None:
     print(f"address change: calls dropped {dropped} of {len(delays) + dropped}")
 
 
+def flapping(seconds: float, deadline: float) -> None:
+    if time.monotonic() + seconds + 10 > deadline:
+        print("flapping link: skipped (--max-seconds)")
+        return
+    t = Trial(hold_down=30.0)
+    try:
+        capture = t.capture
+        assert capture is not None
+        start = time.monotonic()
+        downs = t.net.flap("h1", period=2.0, seconds=seconds)
+        invites = len(capture.sip_from(HOME1, start, "INVITE") + capture.sip_from(HOME2, start, "INVITE"))
+        ok = t.survived()
+    finally:
+        t.close()
+    print(f"flapping link (down/up every 2 s for {seconds:.0f} s, {downs} downs, hold_down 30 s): "
+          f"re-INVITEs {invites}, call {'survived' if ok else 'DROPPED'}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--calls", type=int, default=1)
     parser.add_argument("--silent-trials", type=int, default=5)
     parser.add_argument("--readdress-trials", type=int, default=10)
+    parser.add_argument("--flap-seconds", type=float, default=20.0)
     parser.add_argument("--max-seconds", type=float, default=400.0)
     args = parser.parse_args()
     deadline = time.monotonic() + args.max_seconds
@@ -249,6 +271,7 @@ def main() -> int:
         link_down(max(1, args.trials // 4), args.calls, deadline)
     silent(args.silent_trials, deadline)
     readdress(args.readdress_trials, deadline)
+    flapping(args.flap_seconds, deadline)
     print("mwan3 (documented defaults: probe every 5 s, down after 5 failures): a dead link is noticed "
           "after about 25 s (5 x 5 s, plus the last probe's timeout); only new flows take the other link, "
           "a call in progress keeps sending from the dead link's address and does not survive.")

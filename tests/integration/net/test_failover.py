@@ -91,3 +91,14 @@ def test_an_address_change_re_invites_from_the_new_address(stage: dict[str, Any]
     survives(stage, "10.200.1.3", t0, 5)
     assert stage["capture"].sip_from("10.200.1.3", t0, "INVITE"), "no re-INVITE from the new address"
     assert stage["phone"].command("egress")["current"] == "wan1"
+
+
+def test_a_flapping_link_moves_the_call_once_and_never_back_before_hold_down(stage: dict[str, Any]) -> None:
+    net, capture = stage["net"], stage["capture"]
+    t0 = time.monotonic()
+    downs = net.flap("h1", period=1.0, seconds=5.0)
+    survives(stage, HOME2, t0, 5)
+    invites = capture.sip_from(HOME1, t0, "INVITE") + capture.sip_from(HOME2, t0, "INVITE")
+    assert downs >= 4 and len(invites) == 1, (downs, invites)
+    rows = {e["name"]: e for e in stage["phone"].command("egress")["egresses"]}
+    assert rows["wan1"]["status"] in ("recovering", "down") and rows["wan1"]["flaps"] >= downs - 2

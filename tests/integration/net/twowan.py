@@ -96,6 +96,28 @@ class TwoWan:
     def link_down(self, interface: str = "h1") -> None:
         self.home.set_link(interface, False)
 
+    def link_up(self, interface: str = "h1") -> None:
+        """The link back, with the routes the kernel dropped when it went down (what systemd-networkd
+        or ifupdown put back)."""
+        self.home.set_link(interface, True)
+        n = 1 if interface == "h1" else 2
+        self.home.run(["ip", "route", "replace", "default", "via", f"10.200.{n}.1", "dev", interface,
+                       "table", str(100 + n)])
+        if n == 1:
+            self.home.run(["ip", "route", "replace", "default", "via", "10.200.1.1", "metric", "100"])
+
+    def flap(self, interface: str = "h1", period: float = 2.0, seconds: float = 20.0) -> int:
+        """Down and up every `period` seconds for `seconds`; returns how many times it went down."""
+        downs = 0
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.link_down(interface)
+            downs += 1
+            time.sleep(period / 2)
+            self.link_up(interface)
+            time.sleep(period / 2)
+        return downs
+
     def upstream_dead(self, wan: Namespace) -> str:
         """Drop everything `wan` would forward; returns how ("netem" or "iptables")."""
         if wan.run(["tc", "qdisc", "add", "dev", "w1i" if wan is self.wan1 else "w2i", "root", "netem",
