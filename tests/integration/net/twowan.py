@@ -30,6 +30,7 @@ from typing import Any
 from tests.peers.baresip import BARESIP, MODULE_PATH
 from tests.peers.netns import Namespace
 from tests.peers.process import terminate
+from tests.peers.sipp import SIPP
 
 from sipmob.mn.control import ControlUnavailable, request
 
@@ -118,12 +119,15 @@ class TwoWan:
             time.sleep(period / 2)
         return downs
 
-    def upstream_dead(self, wan: Namespace) -> str:
-        """Drop everything `wan` would forward; returns how ("netem" or "iptables")."""
-        if wan.run(["tc", "qdisc", "add", "dev", "w1i" if wan is self.wan1 else "w2i", "root", "netem",
-                    "loss", "100%"]).returncode == 0:
+    def upstream_dead(self, wan: Namespace, outbound_only: bool = False) -> str:
+        """Drop everything `wan` would forward (with `outbound_only`, only what the home sends: a
+        one-way failure); returns how ("netem" or "iptables")."""
+        n = 1 if wan is self.wan1 else 2
+        if not outbound_only and wan.run(["tc", "qdisc", "add", "dev", f"w{n}i", "root", "netem", "loss",
+                                          "100%"]).returncode == 0:
             return "netem"
-        wan.run(["iptables", "-I", "FORWARD", "-j", "DROP"], check=True)
+        wan.run(["iptables", "-I", "FORWARD", *(["-i", f"w{n}h"] if outbound_only else []), "-j", "DROP"],
+                check=True)
         return "iptables"
 
     def readdress(self, interface: str, old: str, new: str) -> None:
@@ -143,12 +147,13 @@ class TwoWan:
 class Correspondent:
     """baresip in `internet`, answering at once, sending a tone (the CN of the tests)."""
 
-    def __init__(self, net: TwoWan, directory: Path) -> None:
+    def __init__(self, net: TwoWan, directory: Path, port: int = 5060) -> None:
         assert BARESIP is not None
-        self.dir = directory / "cn"
+        self.dir = directory / f"cn-{port}"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.uri = f"sip:cn@{CN}:5060"
-        lines = ["poll_method epoll", f"sip_listen {CN}:5060", "call_local_timeout 120", "call_max_calls 32",
+        self.uri = f"sip:cn@{CN}:{port}"
+        lines = ["poll_method epoll", f"sip_listen {CN}:{port}", "call_local_timeout 120",
+                 "call_max_calls 32",
                  "audio_player aubridge,nil", "audio_alert aubridge,nil", "audio_source ausine,440",
                  "ausrc_srate 48000", "ausrc_channels 2", f"net_interface {CN}",
                  f"dns_server {CN}:53", f"module_path {MODULE_PATH}",
@@ -226,6 +231,35 @@ class CaptureAtCN:
             s.close()
 
 
+class SippInInternet:
+    """sipp running a UAS scenario in `internet` on CN:`port`; `wait()` gives its exit status."""
+
+    def __init__(self, net: TwoWan, scenario: Path, directory: Path, port: int,
+                 timeout: float = 30.0) -> None:
+        assert SIPP is not None
+        self.dir = directory / f"sipp-{port}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        argv = [SIPP, "-sf", str(scenario), "-i", CN, "-p", str(port), "-m", "1", "-timeout",
+                f"{round(timeout)}s", "-timeout_error", "-nostdin", "-aa", "-trace_err", "-error_file",
+                str(self.dir / "errors.log"), "-trace_msg", "-message_file", str(self.dir / "messages.log")]
+        self._out = open(self.dir / "stdout.log", "wb")  # closed in wait()
+        self.proc = net.internet.popen(argv, stdin=subprocess.DEVNULL, stdout=self._out,
+                                       stderr=subprocess.STDOUT, cwd=self.dir)
+        time.sleep(0.3)
+
+    def wait(self, timeout: float = 40.0) -> int:
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            code = terminate(self.proc, 3)
+        self._out.close()
+        return code
+
+    def report(self) -> str:
+        return "\n".join((self.dir / name).read_text(errors="replace")[-3000:]
+                         for name in ("errors.log", "messages.log") if (self.dir / name).exists())
+
+
 class NetlinkClock:
     """When the kernel of `home` announced link and address changes: (time.monotonic(), type), read
     by a thread of this process on its own rtnetlink socket, as independent of the phone as the
@@ -273,7 +307,8 @@ class NetlinkClock:
 class HomePhone:
     """``sipmob phone`` in `home`, its egress list in `egress_toml`; driven over its control socket."""
 
-    def __init__(self, net: TwoWan, directory: Path, egress_toml: str, log_level: str = "info") -> None:
+    def __init__(self, net: TwoWan, directory: Path, egress_toml: str, log_level: str = "info",
+                 registrar: str = "") -> None:
         self.control = directory / "mn.sock"
         self.config = directory / "mn.toml"
         egress = directory / "egress.toml"
@@ -281,6 +316,7 @@ class HomePhone:
         egress_line = f"egress = \"{egress}\"\n" if egress_toml else ""
         self.config.write_text(
             f'[listen]\naddress = "{HOME1}"\nport = 5060\n{egress_line}'
+            f'[identity]\nregistrar = "{registrar}"\n'
             f'[calls]\nauto_answer = true\n[slp]\nda = "127.0.0.1:1"\n[control]\npath = "{self.control}"\n'
             f'[log]\nlevel = "{log_level}"\n')
         self.log_path = directory / "phone.log"
@@ -321,8 +357,8 @@ class HomePhone:
 
 
 def egress_toml(*, interval: float = 1.0, down_after: int = 3, hold_down: float = 30.0,
-                probe: bool = True) -> str:
-    target = f'target = "sip:probe@{CN}:5060"\n' if probe else ""
+                probe: bool = True, probe_port: int = 5060) -> str:
+    target = f'target = "sip:probe@{CN}:{probe_port}"\n' if probe else ""
     return (f"hold_down = {hold_down}\n[probe]\ninterval = {interval}\ndown_after = {down_after}\n{target}"
             '[[egress]]\nname = "wan1"\ninterface = "h1"\npriority = 1\n'
             '[[egress]]\nname = "wan2"\ninterface = "h2"\npriority = 2\n')
