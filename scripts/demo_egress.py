@@ -1,0 +1,86 @@
+"""The second demo: a call over WAN 1, the link pulled, the call carrying on over WAN 2.
+
+Builds a home with two WAN links in network namespaces (tests/integration/net/twowan.py: `home`
+with `sipmob phone`, two ISP routers, `internet` with baresip as the other party), places a call,
+shows `sipmob egress`, takes WAN 1's link down and prints how long it took until the other party
+received our audio from WAN 2's address, then shows the list and the call again. Run as root:
+
+    scripts/demo egress
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "daemons")]
+
+from tests.integration.net.twowan import (  # noqa: E402
+    ENV,
+    HOME2,
+    CaptureAtCN,
+    Correspondent,
+    HomePhone,
+    TwoWan,
+    egress_toml,
+    until,
+)
+
+
+def sipmob(phone: HomePhone, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "sipmob.mn.cli", "--config", str(phone.config), *args],
+                          env=ENV, capture_output=True, text=True, timeout=30, check=False)
+    return (done.stdout + done.stderr).rstrip()
+
+
+def show(title: str, text: str) -> None:
+    print(f"\n== {title}")
+    print("\n".join(f"   {line}" for line in text.splitlines()))
+
+
+def main() -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="sipmob-egress-demo-"))
+    net = TwoWan()
+    capture = cn = phone = None
+    try:
+        capture = CaptureAtCN(net)
+        cn = Correspondent(net, workdir)
+        phone = HomePhone(net, workdir, egress_toml())
+        show("the home: wan1 (priority 1) and wan2 (priority 2), probed with SIP OPTIONS every second",
+             sipmob(phone, "egress"))
+        show(f"sipmob call {cn.uri}", sipmob(phone, "call", cn.uri))
+        until(lambda: phone is not None and phone.received() > 25, 5)
+        show("the call, over wan1", sipmob(phone, "calls"))
+        start = time.monotonic()
+        net.link_down("h1")
+        moved = until(lambda: capture is not None and capture.rtp_from(HOME2, start), 5, 0.002)
+        print("\n== ip link set h1 down (wan1's cable pulled)")
+        if not moved:
+            print("   the other party never heard us over wan2: see", workdir / "phone.log")
+            return 1
+        print(f"   the other party receives our audio from wan2's address {HOME2} "
+              f"{moved[0] - start:.3f} s after the link went down")
+        before = phone.received()
+        time.sleep(2)
+        print(f"   and we keep receiving theirs: {phone.received() - before} packets in the next 2 s")
+        show("sipmob egress", sipmob(phone, "egress"))
+        show("the call, over wan2", sipmob(phone, "calls"))
+        print("\nmwan3 with its defaults (a probe every 5 s, down after 5 failures) would notice after "
+              "about 25 s, and route only new flows over wan2: this call would have died.")
+        return 0
+    finally:
+        if phone is not None:
+            phone.stop()
+        if cn is not None:
+            cn.stop()
+        if capture is not None:
+            capture.close()
+        net.delete()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
