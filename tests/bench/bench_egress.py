@@ -16,8 +16,8 @@ independent of the phone. Per trial:
   "egress wan1 down" journal line (interval 1 s, down_after 3: target <= 3.5 s); media restored =
   from detection to the first RTP from wan2's address at the CN (target <= 0.5 s).
 - address change: a new address on h1, then the old one deleted (DHCP renew to a new address);
-  delay = from the deletion's netlink news to the re-INVITE from the new address at the CN
-  (< 300 ms).
+  delay = from the deletion's netlink news to the re-INVITE from the new address at the CN, and
+  to the re-REGISTER at the registrar (sipp, CN:5070) (both < 300 ms).
 
 - flapping link: h1 down and up every 2 s for 20 s under a call (hold_down 30 s): how many
   re-INVITEs reach the CN (one is right: the first failover; none may follow the link back).
@@ -42,14 +42,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "daemons")]
+SCENARIOS = ROOT / "tests/integration/net/scenarios"
 
 from tests.integration.net.twowan import (  # noqa: E402
+    CN,
     HOME1,
     HOME2,
     CaptureAtCN,
     Correspondent,
     HomePhone,
     NetlinkClock,
+    SippInInternet,
     TwoWan,
     egress_toml,
     until,
@@ -70,15 +73,18 @@ def summary(name: str, values: list[float], unit: str = "ms", scale: float = 100
 
 
 class Trial:
-    def __init__(self, calls: int = 1, **toml: float) -> None:
+    def __init__(self, calls: int = 1, registrar: bool = False, **toml: float) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="bench-egress-"))
         self.net = TwoWan()
-        self.capture = self.cn = self.phone = self.netlink = None
+        self.capture = self.cn = self.phone = self.netlink = self.registrar = None
         try:
             self.capture = CaptureAtCN(self.net)
             self.netlink = NetlinkClock(self.net)
             self.cn = Correspondent(self.net, self.dir)
-            self.phone = HomePhone(self.net, self.dir, egress_toml(**toml))  # type: ignore[arg-type]
+            if registrar:
+                self.registrar = SippInInternet(self.net, SCENARIOS / "registrar_any.xml", self.dir, 5070)
+            self.phone = HomePhone(self.net, self.dir, egress_toml(**toml),  # type: ignore[arg-type]
+                                   registrar=f"sip:{CN}:5070" if registrar else "")
             for _ in range(calls):
                 self.phone.command("call", uri=self.cn.uri)
             if not until(lambda: len(self.phone.command("calls")) == calls
@@ -115,6 +121,8 @@ class Trial:
             self.capture.close()
         if self.netlink is not None:
             self.netlink.close()
+        if self.registrar is not None:
+            self.registrar.wait(5)
         self.net.delete()
 
 
@@ -201,9 +209,9 @@ def silent(trials: int, deadline: float) -> None:
     print(f"silent upstream failure: calls dropped {dropped} of {len(detection) + dropped}")
 
 
-def one_readdress(new: str) -> tuple[float, float] | None:
-    """(deletion's netlink news -> re-INVITE from `new` at the CN, -> RTP from `new` at the CN)."""
-    t = Trial()
+def one_readdress(new: str) -> tuple[float, float, float] | None:
+    """From the deletion's netlink news to the re-INVITE, the RTP and the re-REGISTER from `new`."""
+    t = Trial(registrar=True)
     try:
         capture, netlink = t.capture, t.netlink
         assert capture is not None and netlink is not None
@@ -213,15 +221,16 @@ def one_readdress(new: str) -> tuple[float, float] | None:
         news = until(lambda: netlink.first(NetlinkClock.RTM_DELADDR, start), 2, 0.005)
         invite = until(lambda: capture.sip_from(new, start, "INVITE"), 5, 0.005)
         rtp = until(lambda: capture.rtp_from(new, start), 5, 0.005)
-        if not invite or not rtp or news is None or not t.survived():
+        register = until(lambda: capture.sip_from(new, start, "REGISTER", 5070), 5, 0.005)
+        if not invite or not rtp or not register or news is None or not t.survived():
             return None
-        return invite[0] - news, rtp[0] - news
+        return invite[0] - news, rtp[0] - news, register[0] - news
     finally:
         t.close()
 
 
 def readdress(trials: int, deadline: float) -> None:
-    delays, media, dropped = [], [], 0
+    delays, media, registers, dropped = [], [], [], 0
     for i in range(trials):
         if time.monotonic() > deadline:
             break
@@ -231,14 +240,19 @@ def readdress(trials: int, deadline: float) -> None:
             continue
         delays.append(result[0])
         media.append(result[1])
+        registers.append(result[2])
     print(summary("address change: old address deleted (netlink news) -> re-INVITE from the new one "
                   "at the CN", delays))
     print(summary("address change: old address deleted (netlink news) -> RTP from the new one at the CN",
                   media))
+    print(summary("address change: old address deleted (netlink news) -> re-REGISTER from the new one "
+                  "at the registrar (sipp)", registers))
     print(f"address change: calls dropped {dropped} of {len(delays) + dropped}")
 
 
 def flapping(seconds: float, deadline: float) -> None:
+    if seconds <= 0:
+        return
     if time.monotonic() + seconds + 10 > deadline:
         print("flapping link: skipped (--max-seconds)")
         return

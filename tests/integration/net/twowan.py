@@ -217,11 +217,11 @@ class CaptureAtCN:
         with self._lock:
             return [t for t, s, port, _ in self.packets if s == source and port != 5060 and t > after]
 
-    def sip_from(self, source: str, after: float = 0.0, method: str = "") -> list[float]:
-        """Arrival times of SIP from `source` (only requests of `method`, if given)."""
+    def sip_from(self, source: str, after: float = 0.0, method: str = "", port: int = 5060) -> list[float]:
+        """Arrival times of SIP from `source` at `port` (only requests of `method`, if given)."""
         with self._lock:
-            return [t for t, s, port, head in self.packets
-                    if s == source and port == 5060 and t > after and head.startswith(method.encode())]
+            return [t for t, s, p, head in self.packets
+                    if s == source and p == port and t > after and head.startswith(method.encode())]
 
     def close(self) -> None:
         self._stop = True
