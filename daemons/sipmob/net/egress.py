@@ -14,10 +14,12 @@ kernel's view (links, addresses) and the probe results come in as calls carrying
 - `ProbeDue`: the edge should probe an egress now (SIP OPTIONS from its source address).
 
 Each egress's health is a machine of four states (`TRANSITIONS`, one row per arrow): the inputs are
-whether the egress is *usable now* (link up, an address, the probes not failing) and the hold-down
-timer. A failed egress is used again only after it has stayed good for ``hold_down`` seconds: a link
-that flaps never becomes usable in between, so the sessions do not follow it back and forth (the flap
-damping mwan3 and routing protocols do with a hold-down timer).
+whether the egress is *usable now* (link up, an address, a default route through it in some routing
+table once the routes have been read, the probes not failing) and the hold-down timer. A failed
+egress is used again only after it has stayed good for ``hold_down`` seconds: a link that flaps
+never becomes usable in between, so the sessions do not follow it back and forth (the flap damping
+mwan3 and routing protocols do with a hold-down timer). An egress that was only reconfigured (its
+address or its default route went and came back: DHCP, PPP) is used again at once.
 
 Sessions are assigned by the policy (``priority``: the usable egress with the lowest priority
 number, then the lowest cost; ``least_load``: the one carrying the fewest sessions, then priority).
@@ -34,6 +36,11 @@ import collections
 import dataclasses
 import enum
 from collections.abc import Iterable, Sequence
+
+LINK_DOWN = "link down"
+NO_ADDRESS = "no address"
+NO_ROUTE = "no default route"
+RECONFIGURED = (NO_ADDRESS, NO_ROUTE)  # reasons that are a reconfiguration (DHCP, PPP), not a failure
 
 PRIORITY = "priority"
 LEAST_LOAD = "least_load"
@@ -74,7 +81,7 @@ class Input(enum.Enum):
     USABLE = "link up, address present, probes answered"
     UNUSABLE = "link down, no address or probes failing"
     HOLD_DOWN_EXPIRED = "good for hold_down seconds"
-    READDRESSED = "usable again with a new address after losing its address (no flap: no hold-down)"
+    READDRESSED = "usable again after a reconfiguration (address or default route), not a failure"
 
 
 class Action(enum.Enum):
@@ -82,6 +89,7 @@ class Action(enum.Enum):
     ANNOUNCE_DOWN = "egress down: move its sessions"
     START_HOLD_DOWN = "start the hold-down timer"
     STOP_HOLD_DOWN = "stop the hold-down timer; count a flap"
+    CANCEL_HOLD_DOWN = "stop the hold-down timer (no flap)"
 
 
 _S, _I, _A = State, Input, Action
@@ -105,7 +113,7 @@ TRANSITIONS: dict[State, dict[Input, Row]] = {
     _S.RECOVERING: {
         _I.UNUSABLE: ((_A.STOP_HOLD_DOWN,), _S.DOWN),
         _I.HOLD_DOWN_EXPIRED: ((_A.ANNOUNCE_UP,), _S.UP),
-        _I.READDRESSED: ((_A.STOP_HOLD_DOWN, _A.ANNOUNCE_UP), _S.UP),
+        _I.READDRESSED: ((_A.CANCEL_HOLD_DOWN, _A.ANNOUNCE_UP), _S.UP),
     },
 }
 
@@ -175,6 +183,7 @@ class Egress:
     flaps: int = 0
     since: float = 0.0
     down_reason: str = ""
+    default_routes: set[tuple[int, int]] = dataclasses.field(default_factory=set)  # (IP version, table)
     sessions: set[str] = dataclasses.field(default_factory=set)
 
     @property
@@ -190,13 +199,18 @@ class Egress:
         ordered = sorted(self.addresses, key=lambda a: ":" in a)
         return ordered[0] if ordered else None
 
-    def usable(self) -> tuple[bool, str]:
+    def usable(self, need_route: bool = False) -> tuple[bool, str]:
         if self.link_up is False:
-            return False, "link down"
-        if self.address is None:
-            return False, "no address"
+            return False, LINK_DOWN
+        address = self.address
+        if address is None:
+            return False, NO_ADDRESS
         if self.probe_failed:
             return False, f"{self.misses} probes unanswered"
+        version = 6 if ":" in address else 4
+        if need_route and self.spec.interface is not None and not any(
+                v == version for v, _table in self.default_routes):
+            return False, NO_ROUTE
         return True, ""
 
     def row(self) -> dict[str, object]:
@@ -229,6 +243,7 @@ class EgressList:
                 e.link_up = None
             self.egresses[spec.name] = e
         self._session_egress: dict[str, str] = {}
+        self._need_route = False
         self._stranded: dict[str, str] = {}  # session -> the egress it was on when that failed
         self._events: collections.deque[EgressEvent] = collections.deque()
 
@@ -254,10 +269,22 @@ class EgressList:
             after = e.address
             if e.state is State.UP and before is not None and after is not None and before != after:
                 self._events.append(AddressChanged(e.name, before, after, tuple(sorted(e.sessions))))
-            if (present and before is None and after is not None and e.down_reason == "no address"
-                    and e.usable()[0] and e.state in (State.DOWN, State.RECOVERING)):
-                self._step(e, Input.READDRESSED, now, "")
-                continue
+            self._evaluate(e, now)
+
+    def default_route(self, interface: str, version: int, table: int, present: bool, now: float) -> None:
+        """A default route through `interface` appeared or went (any routing table: the admin's
+        source routing puts one per WAN in a table of its own)."""
+        for e in self._on(interface):
+            if present:
+                e.default_routes.add((version, table))
+            else:
+                e.default_routes.discard((version, table))
+            self._evaluate(e, now)
+
+    def routes_known(self, now: float) -> None:
+        """The kernel's routes have been read: from now on an egress needs a default route."""
+        self._need_route = True
+        for e in self.egresses.values():
             self._evaluate(e, now)
 
     def probe_result(self, egress: str, ok: bool, rtt: float | None, now: float) -> None:
@@ -357,7 +384,12 @@ class EgressList:
             raise LocalError(f"no egress {name!r}") from None
 
     def _evaluate(self, e: Egress, now: float) -> None:
-        ok, why = e.usable()
+        ok, why = e.usable(self._need_route)
+        if ok and e.state in (State.DOWN, State.RECOVERING) and e.down_reason in RECONFIGURED:
+            self._step(e, Input.READDRESSED, now, "")
+            return
+        if not ok and e.state in (State.DOWN, State.RECOVERING) and why not in RECONFIGURED:
+            e.down_reason = why  # a failure seen after a reconfiguration: hold-down applies
         self._step(e, Input.USABLE if ok else Input.UNUSABLE, now, why)
 
     def _step(self, e: Egress, inp: Input, now: float, why: str) -> None:
@@ -378,6 +410,8 @@ class EgressList:
             elif action is Action.STOP_HOLD_DOWN:
                 e.hold_down_until = None
                 e.flaps += 1
+            elif action is Action.CANCEL_HOLD_DOWN:
+                e.hold_down_until = None
             elif action is Action.ANNOUNCE_UP:
                 assert e.address is not None
                 self._events.append(EgressUp(e.name, e.address))

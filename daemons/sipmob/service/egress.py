@@ -1,9 +1,10 @@
 """The Egress List on the reactor: netlink news and upstream probes in, egress events out.
 
-`NetlinkWatcher` opens an rtnetlink socket (pyroute2) subscribed to link and IPv4/IPv6 address
-changes and registers its descriptor with the reactor: the kernel's messages are read when they
-arrive, no thread and no polling. It subscribes *before* it dumps the current links and addresses,
-so a change that happens during the dump is seen (twice at worst: the list takes repeats).
+`NetlinkWatcher` opens an rtnetlink socket (pyroute2) subscribed to link, IPv4/IPv6 address and
+route changes and registers its descriptor with the reactor: the kernel's messages are read when
+they arrive, no thread and no polling. It subscribes *before* it dumps the current links, addresses
+and routes (of every table), so a change that happens during the dump is seen (twice at worst: the
+list takes repeats).
 
 `Prober` sends SIP OPTIONS from an egress's source address to its probe target (our own SIP stack,
 one small UA bound to that address, so the system's source-based routing sends it out of that
@@ -21,6 +22,7 @@ Not here: the policy (`sipmob.net.egress`), moving a call (the daemon's own hook
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -46,18 +48,24 @@ log = logging.getLogger("sipmob.egress")
 IFF_UP = 0x1
 IFF_RUNNING = 0x40  # the carrier is there (RFC 2863 operational state up)
 RT_SCOPE_UNIVERSE = 0
+RTN_UNICAST = 1
 
 
 @implementer(IReadDescriptor)
 class NetlinkWatcher:
-    """Link and address changes from the kernel, as ``on_link(ifname, up)`` and
-    ``on_address(ifname, address, present)`` calls on the reactor thread."""
+    """Link, address and default route changes from the kernel, as ``on_link(ifname, up)``,
+    ``on_address(ifname, address, present)`` and ``on_route(ifname, ip_version, table, present)``
+    calls on the reactor thread; ``on_dumped()`` once the initial picture is in."""
 
     def __init__(self, reactor: Any, on_link: Callable[[str, bool], None],
-                 on_address: Callable[[str, str, bool], None]) -> None:
+                 on_address: Callable[[str, str, bool], None],
+                 on_route: Callable[[str, int, int, bool], None] | None = None,
+                 on_dumped: Callable[[], None] | None = None) -> None:
         self.reactor = reactor
         self.on_link = on_link
         self.on_address = on_address
+        self.on_route = on_route
+        self.on_dumped = on_dumped
         self._names: dict[int, str] = {}
         self._events: Any = None
 
@@ -65,17 +73,29 @@ class NetlinkWatcher:
         from pyroute2 import IPRoute
         from pyroute2.netlink.rtnl import (  # type: ignore[import-untyped]
             RTMGRP_IPV4_IFADDR,
+            RTMGRP_IPV4_ROUTE,
             RTMGRP_IPV6_IFADDR,
+            RTMGRP_IPV6_ROUTE,
             RTMGRP_LINK,
         )
 
         self._events = IPRoute()
-        self._events.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
+        self._events.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
+                          | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE)
         # The dump on a second socket: its answers never mix with the news of the first.
-        with IPRoute() as dump:
-            for message in [*dump.get_links(), *dump.get_addr()]:
-                self._handle(message)
+        for message in self._dump():
+            self._handle(message)
+        if self.on_dumped is not None:
+            self.on_dumped()
         self.reactor.addReader(self)
+
+    @staticmethod
+    def _dump() -> list[Any]:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as dump:
+            return [*dump.get_links(), *dump.get_addr(), *dump.get_routes(family=socket.AF_INET),
+                    *dump.get_routes(family=socket.AF_INET6)]
 
     def stop(self) -> None:
         if self._events is not None:
@@ -94,11 +114,8 @@ class NetlinkWatcher:
         try:
             messages = self._events.get()
         except OSError as exc:  # ENOBUFS: the kernel dropped news; ask again for the whole picture
-            log.warning("netlink: %s; reading the links and addresses again", exc)
-            from pyroute2 import IPRoute
-
-            with IPRoute() as dump:
-                messages = [*dump.get_links(), *dump.get_addr()]
+            log.warning("netlink: %s; reading the links, addresses and routes again", exc)
+            messages = self._dump()
         for message in messages:
             try:
                 self._handle(message)
@@ -124,6 +141,15 @@ class NetlinkWatcher:
             name = self._names.get(index) or message.get_attr("IFA_LABEL") or ""
             if address and name:
                 self.on_address(name, address, event == "RTM_NEWADDR")
+        elif event in ("RTM_NEWROUTE", "RTM_DELROUTE") and self.on_route is not None:
+            if message.get("dst_len") != 0 or message.get("type", RTN_UNICAST) != RTN_UNICAST:
+                return  # only default routes say whether a link leads anywhere
+            oif = message.get_attr("RTA_OIF")
+            name = self._names.get(oif) if oif is not None else None
+            if name:
+                version = 6 if message.get("family") == socket.AF_INET6 else 4
+                table = message.get_attr("RTA_TABLE") or message.get("table", 0)
+                self.on_route(name, version, int(table), event == "RTM_NEWROUTE")
 
 
 class Prober:
@@ -165,7 +191,8 @@ class EgressMonitor:
         self._probing: set[str] = set()
         self._timer = TimerDriver(reactor, self.egresses.get_timer, self.egresses.handle_timer,
                                   after=self._pump)
-        self.watcher = NetlinkWatcher(reactor, self._link, self._address) if watch_netlink else None
+        self.watcher = NetlinkWatcher(reactor, self._link, self._address, self._route,
+                                      self._routes_known) if watch_netlink else None
 
     def on_event(self, listener: Callable[[EgressEvent], Any]) -> None:
         self._listeners.append(listener)
@@ -203,6 +230,14 @@ class EgressMonitor:
 
     def _address(self, ifname: str, address: str, present: bool) -> None:
         self.egresses.address(ifname, address, present, self._now())
+        self._pump()
+
+    def _route(self, ifname: str, version: int, table: int, present: bool) -> None:
+        self.egresses.default_route(ifname, version, table, present, self._now())
+        self._pump()
+
+    def _routes_known(self) -> None:
+        self.egresses.routes_known(self._now())
         self._pump()
 
     def _probe(self, due: ProbeDue) -> None:

@@ -102,3 +102,13 @@ def test_a_flapping_link_moves_the_call_once_and_never_back_before_hold_down(sta
     assert downs >= 4 and len(invites) == 1, (downs, invites)
     rows = {e["name"]: e for e in stage["phone"].command("egress")["egresses"]}
     assert rows["wan1"]["status"] in ("recovering", "down") and rows["wan1"]["flaps"] >= downs - 2
+
+
+def test_losing_the_default_route_moves_the_call(stage: dict[str, Any]) -> None:
+    """The link and its address stay; the DHCP client dropped the route (a lost lease)."""
+    home = stage["net"].home
+    t0 = time.monotonic()
+    home.run(["ip", "route", "del", "default", "table", "101"], check=True)
+    home.run(["ip", "route", "del", "default", "via", "10.200.1.1"], check=True)
+    survives(stage, HOME2, t0, 5)
+    assert "egress wan1 down: no default route" in stage["phone"].output()

@@ -194,6 +194,45 @@ def test_an_ipv4_address_is_preferred_to_an_ipv6_one() -> None:
     assert egresses.egresses["wan1"].address == "2001:db8::2"
 
 
+def test_once_routes_are_known_an_egress_needs_a_default_route() -> None:
+    egresses = EgressList([WAN1, WAN2], hold_down=30.0)
+    for ifname, address in (("eth1", "10.1.0.2"), ("eth2", "10.2.0.2")):
+        egresses.link(ifname, True, 0.0)
+        egresses.address(ifname, address, True, 0.0)
+    egresses.default_route("eth2", 4, 102, True, 0.0)
+    events(egresses)
+    egresses.routes_known(0.0)
+    assert events(egresses) == [EgressDown("wan1", "no default route")]
+    egresses.default_route("eth1", 4, 101, True, 1.0)  # the DHCP client added it: no hold-down
+    assert events(egresses) == [EgressUp("wan1", "10.1.0.2")]
+
+
+def test_a_default_route_of_the_other_family_does_not_count() -> None:
+    egresses = EgressList([WAN1])
+    egresses.link("eth1", True, 0.0)
+    egresses.address("eth1", "10.1.0.2", True, 0.0)
+    egresses.default_route("eth1", 6, 254, True, 0.0)
+    egresses.routes_known(0.0)
+    assert egresses.egresses["wan1"].state is State.DOWN
+
+
+def test_a_link_that_failed_waits_for_hold_down_even_when_its_route_comes_back_last() -> None:
+    egresses = EgressList([WAN1], hold_down=30.0)
+    egresses.link("eth1", True, 0.0)
+    egresses.address("eth1", "10.1.0.2", True, 0.0)
+    egresses.default_route("eth1", 4, 101, True, 0.0)
+    egresses.routes_known(0.0)
+    events(egresses)
+    egresses.link("eth1", False, 1.0)
+    egresses.default_route("eth1", 4, 101, False, 1.0)  # the kernel drops the route after the link
+    egresses.link("eth1", True, 2.0)
+    egresses.default_route("eth1", 4, 101, True, 2.1)
+    assert events(egresses) == [EgressDown("wan1", "link down")]
+    assert egresses.egresses["wan1"].state is State.RECOVERING
+    egresses.handle_timer(32.1)
+    assert events(egresses) == [EgressUp("wan1", "10.1.0.2")]
+
+
 def test_a_fixed_address_egress_follows_its_address() -> None:
     egresses = EgressList([EgressSpec("lte", address="10.3.0.2")])
     egresses.start(0.0)
@@ -220,19 +259,21 @@ def test_the_table_covers_every_state() -> None:
             assert target in State
 
 
-STEPS = st.lists(st.tuples(st.sampled_from(["link", "addr", "probe", "timer", "assign", "release"]),
+STEPS = st.lists(st.tuples(st.sampled_from(["link", "addr", "route", "probe", "timer", "assign", "release"]),
                            st.sampled_from(["eth1", "eth2"]), st.booleans(),
                            st.sampled_from(["10.1.0.2", "10.1.0.3", "10.2.0.2"]),
                            st.integers(0, 5)), max_size=60)
 
 
 @settings(max_examples=300, deadline=None)
-@given(STEPS, st.booleans(), st.sampled_from(["priority", "least_load"]))
+@given(STEPS, st.booleans(), st.sampled_from(["priority", "least_load"]), st.booleans())
 def test_walk_keeps_the_list_consistent(steps: list[tuple[str, str, bool, str, int]], sticky: bool,
-                                        policy: str) -> None:
+                                        policy: str, routes: bool) -> None:
     """Any sequence of kernel news, probe results, timers and sessions: every session is on exactly
     one egress or stranded, sessions sit only on up egresses, every move goes to an up egress."""
     egresses = EgressList([WAN1, WAN2], policy=policy, sticky=sticky, hold_down=3.0, down_after=2)
+    if routes:
+        egresses.routes_known(0.0)
     now = 0.0
     live: set[str] = set()
     for kind, ifname, flag, address, n in steps:
@@ -242,6 +283,8 @@ def test_walk_keeps_the_list_consistent(steps: list[tuple[str, str, bool, str, i
             egresses.link(ifname, flag, now)
         elif kind == "addr":
             egresses.address(ifname, address, flag, now)
+        elif kind == "route":
+            egresses.default_route(ifname, 4, 100 + n, flag, now)
         elif kind == "probe":
             egresses.probe_result(name, flag, 0.01 if flag else None, now)
         elif kind == "timer":

@@ -26,7 +26,9 @@ class Message(dict[str, Any]):
 def watcher() -> tuple[NetlinkWatcher, list[tuple[Any, ...]]]:
     heard: list[tuple[Any, ...]] = []
     w = NetlinkWatcher(Clock(), lambda name, up: heard.append(("link", name, up)),
-                       lambda name, addr, present: heard.append(("addr", name, addr, present)))
+                       lambda name, addr, present: heard.append(("addr", name, addr, present)),
+                       lambda name, version, table, present: heard.append(("route", name, version, table,
+                                                                           present)))
     return w, heard
 
 
@@ -45,6 +47,16 @@ def test_addresses_are_named_by_their_link_and_link_local_ones_ignored() -> None
     w._handle(Message("RTM_NEWADDR", {"IFA_ADDRESS": "fe80::1"}, index=3, scope=253))
     w._handle(Message("RTM_DELADDR", {"IFA_LOCAL": "10.0.0.2", "IFA_ADDRESS": "10.0.0.9"}, index=3, scope=0))
     assert heard[1:] == [("addr", "eth1", "2001:db8::1", True), ("addr", "eth1", "10.0.0.2", False)]
+
+
+def test_only_default_unicast_routes_are_reported_with_their_table() -> None:
+    w, heard = watcher()
+    w._handle(Message("RTM_NEWLINK", {"IFLA_IFNAME": "eth1"}, index=3, flags=0))
+    w._handle(Message("RTM_NEWROUTE", {"RTA_OIF": 3, "RTA_TABLE": 101}, dst_len=0, type=1, family=2))
+    w._handle(Message("RTM_NEWROUTE", {"RTA_OIF": 3, "RTA_TABLE": 254}, dst_len=24, type=1, family=2))
+    w._handle(Message("RTM_NEWROUTE", {"RTA_OIF": 3, "RTA_TABLE": 255}, dst_len=0, type=2, family=2))
+    w._handle(Message("RTM_DELROUTE", {"RTA_OIF": 3}, dst_len=0, type=1, family=10, table=254))
+    assert heard[1:] == [("route", "eth1", 4, 101, True), ("route", "eth1", 6, 254, False)]
 
 
 def test_the_monitor_turns_kernel_news_into_moves_for_its_listeners() -> None:
