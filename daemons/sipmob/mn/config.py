@@ -61,6 +61,21 @@ def _readable(value: str) -> str | None:
     return None
 
 
+def _egress_file(value: str) -> str | None:
+    if not value:
+        return None
+    from sipmob.service.config import ConfigError, load_config
+    from sipmob.service.egress_config import EgressConfig
+
+    if not os.path.isfile(value):
+        return f"no egress list at {value!r}"
+    try:
+        load_config(EgressConfig, value)
+    except ConfigError as exc:
+        return "; ".join(str(p) for p in exc.problems)
+    return None
+
+
 def read_password(path: str) -> str:
     """The password in `path`: its first line, without the line break (never logged)."""
     with open(path, encoding="utf-8") as f:
@@ -80,8 +95,9 @@ class Listen:
     rtp_port: int = setting(0, check=lambda v: None if v == 0 else port(v),
                             help="lowest RTP port (each stream takes the next free even port); "
                                  "0: any free port")
-    egress: str = setting("", help="an egress.toml: SIP and RTP leave from the chosen egress's address "
-                                   "instead of the one above, and calls move when it fails; empty: no")
+    egress: str = setting("", check=_egress_file,
+                          help="an egress.toml: SIP and RTP leave from the chosen egress's address "
+                               "instead of the one above, and calls move when it fails; empty: no")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
