@@ -15,7 +15,10 @@ Choosing a different egress per call needs a per-dialog local address in the UA 
 List already keeps one per session for daemons that have it.
 
 Not here: the policy (`sipmob.net.egress`), netlink and probes (`sipmob.service.egress`), the
-phone itself (`sipmob.mn.phone`, which calls `call_added`, `call_ended`, `rows`).
+phone itself (`sipmob.mn.phone`, which calls `call_added`, `call_ended`, `rows`). With
+``[share] allow`` set, other gateways of those networks may SUBSCRIBE to the list
+(`sipmob.service.egress.EgressPublisher`); moving sessions over another gateway's egress is not
+done.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from sipmob.net.egress import (
 )
 from sipmob.sdp import OfferAnswerError, SDPParseError, SessionDescription, parse
 from sipmob.service.config import load_config
-from sipmob.service.egress import EgressMonitor
+from sipmob.service.egress import EgressMonitor, EgressPublisher
 from sipmob.service.egress_config import EgressConfig
 from sipmob.service.sipua import SIPError
 
@@ -52,6 +55,7 @@ RETRY_DELAY = 0.3
 class PhoneEgress:
     def __init__(self, phone: Phone, config: EgressConfig) -> None:
         self.phone = phone
+        self.config = config
         self.monitor = EgressMonitor(phone.reactor, config)
         self.monitor.on_event(self._event)
         self.egress: str | None = None  # where the phone's SIP and RTP are
@@ -67,6 +71,9 @@ class PhoneEgress:
     def start(self) -> None:
         """After the UA has started: watch, and put SIP on the best egress if one is up."""
         self.monitor.start()
+        if self.config.share.allow:
+            EgressPublisher(self.phone.ua, self.monitor, self.config.share.allow,
+                            self.config.share.max_subscribers, self.config.share.max_expires).start()
         best = self._best()
         if best is not None:
             self._move_sip(best[0], best[1])

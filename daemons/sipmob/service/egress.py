@@ -12,8 +12,9 @@ link); any answer counts, a timeout of one interval is a miss.
 
 `EgressMonitor` feeds both into a `sipmob.net.egress.EgressList`, drives its timer with one
 `TimerDriver`, logs one line per change, and hands every other event to its listeners (the daemon
-that moves its sessions). Needs no privilege: reading netlink and binding to our own addresses is
-allowed to any user.
+that moves its sessions). `EgressPublisher` answers SUBSCRIBEs for the ``sip-egress`` event
+(`sipmob.net.egress_event`) and NOTIFYs the list on every change. Needs no privilege: reading
+netlink and binding to our own addresses is allowed to any user.
 
 Not here: the policy (`sipmob.net.egress`), moving a call (the daemon's own hook, e.g.
 `sipmob.mn.egress`), routing tables (the system's).
@@ -23,13 +24,14 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReadDescriptor
 from zope.interface import implementer
 
+from sipmob.net import egress_event
 from sipmob.net.egress import (
     AddressChanged,
     EgressDown,
@@ -297,3 +299,87 @@ class EgressMonitor:
         elif isinstance(event, SessionStranded):
             log.warning("session %s cannot be moved: %s is down (%s) and no other egress is up",
                         event.session, event.egress, event.reason)
+
+
+class EgressPublisher:
+    """Answers ``SUBSCRIBE`` for the ``sip-egress`` event (SIP-NEMO §4.5) with the Egress List and
+    NOTIFYs every subscriber on each change.
+
+    Who may subscribe is decided first: the source address must be in one of `allow` (the home's
+    networks; empty: nobody, 403), at most `max_subscribers` at once (503 with Retry-After), a
+    subscription lasts what it asked for up to `max_expires`. A subscriber whose NOTIFY fails is
+    forgotten."""
+
+    def __init__(self, ua: Any, monitor: EgressMonitor, allow: Sequence[str], max_subscribers: int = 8,
+                 max_expires: int = 3600) -> None:
+        import ipaddress
+
+        self.ua = ua
+        self.monitor = monitor
+        self.allow = [ipaddress.ip_network(n, strict=False) for n in allow]
+        self.max_subscribers = max_subscribers
+        self.max_expires = max_expires
+        self.subscriptions: list[Any] = []
+
+    def start(self) -> None:
+        self.ua.on_request("SUBSCRIBE", self._subscribe)
+        self.monitor.on_event(self._changed)
+
+    def body(self) -> bytes:
+        return egress_event.encode(egress_event.from_rows(str(self.ua.contact), self.monitor.rows()))
+
+    def _allowed(self, request: Any) -> bool:
+        import ipaddress
+
+        via = request.vias[0] if request.vias else None
+        source = (via.received or via.host) if via is not None else ""
+        try:
+            address = ipaddress.ip_address(source)
+        except ValueError:
+            return False
+        return any(address in network for network in self.allow)
+
+    def _subscribe(self, incoming: Any) -> Any:
+        from sipmob.service.sipua import SIPError
+
+        request = incoming.request
+        event = (request.headers.get("Event") or "").split(";")[0].strip().lower()
+        if event != egress_event.EVENT:
+            incoming.respond(489, headers=[("Allow-Events", egress_event.EVENT)])  # RFC 6665 §8.3.2
+            return None
+        if not self._allowed(request):
+            log.info("SUBSCRIBE sip-egress from %s refused: not an allowed network", request.vias[0].host
+                     if request.vias else "?")
+            raise SIPError(403)
+        if len(self.subscriptions) >= self.max_subscribers:
+            incoming.respond(503, headers=[("Retry-After", "60")])
+            return None
+        try:
+            asked = int((request.headers.get("Expires") or str(self.max_expires)).strip())
+        except ValueError:
+            raise SIPError(400, "Bad Expires") from None
+        subscription = incoming.accept_subscription(max(0, min(asked, self.max_expires)))
+        if asked == 0:  # a fetch (RFC 6665 §4.4.3): one NOTIFY and done
+            subscription.notify("terminated;reason=timeout", self.body(), egress_event.CONTENT_TYPE)
+            return None
+        self.subscriptions.append(subscription)
+        subscription.terminated.addCallback(lambda _reason: self._forget(subscription))
+        self._notify(subscription)
+        return None
+
+    def _forget(self, subscription: Any) -> None:
+        if subscription in self.subscriptions:
+            self.subscriptions.remove(subscription)
+
+    def _notify(self, subscription: Any) -> None:
+        d = subscription.notify(f"active;expires={self.max_expires}", self.body(), egress_event.CONTENT_TYPE)
+
+        def answered(response: Any) -> None:
+            if response.status >= 300:
+                self._forget(subscription)
+
+        d.addCallbacks(answered, lambda _failure: self._forget(subscription))
+
+    def _changed(self, event: EgressEvent) -> None:
+        for subscription in list(self.subscriptions):
+            self._notify(subscription)

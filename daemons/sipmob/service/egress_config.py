@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 
 from sipmob.net.egress import EgressSpec
-from sipmob.service.config import ip_address, non_negative, one_of, positive, setting
+from sipmob.service.config import each, ip_address, ip_network, non_negative, one_of, positive, setting
 
 DEFAULT_EGRESS_CONFIG = "/etc/sipmob/egress.toml"
 
@@ -76,6 +76,16 @@ class Probe:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Share:
+    allow: list[str] = setting(default_factory=list, check=each(ip_network),
+                               help="networks (CIDR) whose gateways may SUBSCRIBE to our Egress List "
+                                    "(event sip-egress); empty: nobody")
+    max_subscribers: int = setting(8, check=lambda v: None if v >= 1 else f"must be 1 or more, got {v}",
+                                   help="subscriptions at once; more get 503")
+    max_expires: int = setting(3600, check=positive, help="the longest subscription we grant, in seconds")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class EgressConfig:
     policy: str = setting("priority", check=one_of("priority", "least_load"),
                           help='which egress a new session takes: "priority" or "least_load"')
@@ -85,6 +95,7 @@ class EgressConfig:
                                help="seconds a failed egress must stay good before it is used again "
                                     "(flap damping)")
     probe: Probe = setting(default_factory=Probe)
+    share: Share = setting(default_factory=Share)
     egress: list[EgressEntry] = setting(default_factory=list,
                                         help="the egresses, one [[egress]] table each")
 

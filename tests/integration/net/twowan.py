@@ -232,19 +232,22 @@ class CaptureAtCN:
 
 
 class SippInInternet:
-    """sipp running a UAS scenario in `internet` on CN:`port`; `wait()` gives its exit status."""
+    """sipp running a scenario in `internet` on CN:`port` (or in `ns` on `host`, and as a UAC when
+    given a `target`); `wait()` gives its exit status."""
 
     def __init__(self, net: TwoWan, scenario: Path, directory: Path, port: int,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, *, ns: Namespace | None = None, host: str = CN,
+                 target: str | None = None) -> None:
         assert SIPP is not None
         self.dir = directory / f"sipp-{port}"
         self.dir.mkdir(parents=True, exist_ok=True)
-        argv = [SIPP, "-sf", str(scenario), "-i", CN, "-p", str(port), "-m", "1", "-timeout",
+        argv = [SIPP, *([target] if target else []), "-sf", str(scenario), "-i", host, "-p", str(port),
+                "-m", "1", "-timeout",
                 f"{round(timeout)}s", "-timeout_error", "-nostdin", "-aa", "-trace_err", "-error_file",
                 str(self.dir / "errors.log"), "-trace_msg", "-message_file", str(self.dir / "messages.log")]
         self._out = open(self.dir / "stdout.log", "wb")  # closed in wait()
-        self.proc = net.internet.popen(argv, stdin=subprocess.DEVNULL, stdout=self._out,
-                                       stderr=subprocess.STDOUT, cwd=self.dir)
+        self.proc = (ns or net.internet).popen(argv, stdin=subprocess.DEVNULL, stdout=self._out,
+                                               stderr=subprocess.STDOUT, cwd=self.dir)
         time.sleep(0.3)
 
     def wait(self, timeout: float = 40.0) -> int:
@@ -357,8 +360,10 @@ class HomePhone:
 
 
 def egress_toml(*, interval: float = 1.0, down_after: int = 3, hold_down: float = 30.0,
-                probe: bool = True, probe_port: int = 5060) -> str:
+                probe: bool = True, probe_port: int = 5060, share: str = "") -> str:
     target = f'target = "sip:probe@{CN}:{probe_port}"\n' if probe else ""
+    shared = f'[share]\nallow = ["{share}"]\n' if share else ""
     return (f"hold_down = {hold_down}\n[probe]\ninterval = {interval}\ndown_after = {down_after}\n{target}"
+            f"{shared}"
             '[[egress]]\nname = "wan1"\ninterface = "h1"\npriority = 1\n'
             '[[egress]]\nname = "wan2"\ninterface = "h2"\npriority = 2\n')

@@ -1,0 +1,52 @@
+"""Another gateway subscribes to the phone's Egress List (SIP-NEMO §4.5, event sip-egress).
+
+sipp plays the other gateway: from the home's own network it gets a NOTIFY with the list and
+another when wan1 fails; from outside the allowed networks it gets 403. Needs root and sipp.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from tests.integration.net.twowan import HOME1, HOME2, HomePhone, SippInInternet, TwoWan, egress_toml
+from tests.peers.netns import available
+from tests.peers.sipp import SIPP
+
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+
+pytestmark = [pytest.mark.peer,
+              pytest.mark.skipif(SIPP is None, reason="sipp is not installed (apt sip-tester)"),
+              pytest.mark.skipif(not available(), reason="needs network namespaces (root)")]
+
+
+def test_a_gateway_of_the_home_is_notified_of_the_list_and_of_each_change(tmp_path: Path) -> None:
+    net = TwoWan()
+    phone = None
+    try:
+        phone = HomePhone(net, tmp_path, egress_toml(probe=False, share="10.200.2.0/24"))
+        gateway = SippInInternet(net, SCENARIOS / "subscriber_egress.xml", tmp_path, 5080, ns=net.home,
+                                 host=HOME2, target=f"{HOME1}:5060")
+        time.sleep(1.0)
+        net.link_down("h1")
+        assert gateway.wait(15) == 0, gateway.report() + phone.output()
+    finally:
+        if phone is not None:
+            phone.stop()
+        net.delete()
+
+
+def test_a_subscriber_outside_the_allowed_networks_is_refused(tmp_path: Path) -> None:
+    net = TwoWan()
+    phone = None
+    try:
+        phone = HomePhone(net, tmp_path, egress_toml(probe=False, share="10.200.2.0/24"))
+        outsider = SippInInternet(net, SCENARIOS / "subscriber_refused.xml", tmp_path, 5080,
+                                  target=f"{HOME1}:5060")
+        assert outsider.wait(15) == 0, outsider.report() + phone.output()
+        assert "not an allowed network" in phone.output()
+    finally:
+        if phone is not None:
+            phone.stop()
+        net.delete()
