@@ -59,6 +59,8 @@ class PhoneEgress:
         self.monitor = EgressMonitor(phone.reactor, config)
         self.monitor.on_event(self._event)
         self.egress: str | None = None  # where the phone's SIP and RTP are
+        self.advert: Any = None  # SLPServiceAgent registering service:sip-egress, when shared
+        self._advertised: str | None = None
         self._call_address: dict[str, str] = {}  # call id -> the address its last move went to
         self.moves: list[dict[str, Any]] = []  # the last moves, for `sipmob egress`
 
@@ -74,14 +76,38 @@ class PhoneEgress:
         if self.config.share.allow:
             EgressPublisher(self.phone.ua, self.monitor, self.config.share.allow,
                             self.config.share.max_subscribers, self.config.share.max_expires).start()
+            from sipmob.service.slp import SLPServiceAgent
+
+            da = self.phone.config.da_address
+            self.advert = SLPServiceAgent(self.phone.reactor, das=[da] if da else [],
+                                          scopes=self.phone.config.slp.scopes, multicast=da is None)
+            self.monitor.on_event(lambda _event: self._advertise())
         best = self._best()
         if best is not None:
             self._move_sip(best[0], best[1])
         else:
             log.warning("no egress is up; SIP stays on %s until one is", self.phone.address)
+        self._advertise()
 
-    def stop(self) -> defer.Deferred[Any]:
-        return self.monitor.stop()
+    @defer.inlineCallbacks
+    def stop(self) -> Any:
+        if self.advert is not None:
+            yield self.advert.stop()  # deregisters service:sip-egress
+        yield self.monitor.stop()
+
+    def _advertise(self) -> None:
+        """``service:sip-egress`` in SLP (docs/slp-schema.md): our SIP URI, where gateways SUBSCRIBE."""
+        if self.advert is None or self.phone.ua.contact is None:
+            return
+        url = str(self.phone.ua.contact)
+        if self._advertised is not None and self._advertised != url:
+            self.advert.deregister(self._advertised)
+        rows = self.monitor.rows()
+        names = ",".join(str(r["name"]) for r in rows)
+        active = ",".join(str(r["name"]) for r in rows if r["status"] == "up")
+        attrs = f"(egresses={names}),(event=sip-egress)" + (f",(active={active})" if active else "")
+        self.advert.register(url, "service:sip-egress", attrs, lifetime=300)
+        self._advertised = url
 
     def call_added(self, pc: PhoneCall) -> None:
         self._call_address[pc.id] = self.phone.address

@@ -6,12 +6,24 @@ another when wan1 fails; from outside the allowed networks it gets 403. Needs ro
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from tests.integration.net.twowan import HOME1, HOME2, HomePhone, SippInInternet, TwoWan, egress_toml
+from tests.integration.net.twowan import (
+    ENV,
+    HOME1,
+    HOME2,
+    HomePhone,
+    SippInInternet,
+    TwoWan,
+    egress_toml,
+    until,
+)
 from tests.peers.netns import available
+from tests.peers.process import terminate
 from tests.peers.sipp import SIPP
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
@@ -49,4 +61,37 @@ def test_a_subscriber_outside_the_allowed_networks_is_refused(tmp_path: Path) ->
     finally:
         if phone is not None:
             phone.stop()
+        net.delete()
+
+
+def slptool(net: TwoWan, da: str, *args: str) -> str:
+    done = net.home.run([sys.executable, "-m", "sipmob.service.slptool", "--da", da, *args], env=ENV)
+    return done.stdout if done.returncode == 0 else f"failed: {done.stderr}"
+
+
+def test_the_list_is_advertised_in_slp_and_follows_the_phones_address(tmp_path: Path) -> None:
+    net = TwoWan()
+    phone = da_proc = None
+    try:
+        (tmp_path / "slpda.toml").write_text(f'[state]\nfile = "{tmp_path / "slpda.json"}"\n')
+        log = open(tmp_path / "slpda.log", "wb")  # closed below
+        da_proc = net.home.popen([sys.executable, "-m", "sipmob.slpda", "--config",
+                                  str(tmp_path / "slpda.toml"), "--listen", "127.0.0.1:4270"],
+                                 env=ENV, stdout=log, stderr=subprocess.STDOUT)
+        da = "127.0.0.1:4270"
+        assert until(lambda: not slptool(net, da, "findsrvs", "service:sip-egress").startswith("failed"), 10)
+        phone = HomePhone(net, tmp_path, egress_toml(probe=False, share="10.200.0.0/16"), da=da)
+        assert until(lambda: f"sip:mn@{HOME1}:5060" in slptool(net, da, "findsrvs", "service:sip-egress"), 5)
+        net.link_down("h1")
+        assert until(lambda: f"sip:mn@{HOME2}:5060" in slptool(net, da, "findsrvs", "service:sip-egress"), 5)
+        found = slptool(net, da, "findsrvs", "service:sip-egress")
+        assert f"sip:mn@{HOME1}:5060" not in found, found
+        attrs = slptool(net, da, "findattrs", f"sip:mn@{HOME2}:5060")
+        assert "(active=wan2)" in attrs and "(event=sip-egress)" in attrs, attrs
+    finally:
+        if phone is not None:
+            phone.stop()
+        if da_proc is not None:
+            terminate(da_proc, 5)
+            log.close()
         net.delete()

@@ -311,7 +311,7 @@ class HomePhone:
     """``sipmob phone`` in `home`, its egress list in `egress_toml`; driven over its control socket."""
 
     def __init__(self, net: TwoWan, directory: Path, egress_toml: str, log_level: str = "info",
-                 registrar: str = "") -> None:
+                 registrar: str = "", da: str = "127.0.0.1:1") -> None:
         self.control = directory / "mn.sock"
         self.config = directory / "mn.toml"
         egress = directory / "egress.toml"
@@ -320,7 +320,7 @@ class HomePhone:
         self.config.write_text(
             f'[listen]\naddress = "{HOME1}"\nport = 5060\n{egress_line}'
             f'[identity]\nregistrar = "{registrar}"\n'
-            f'[calls]\nauto_answer = true\n[slp]\nda = "127.0.0.1:1"\n[control]\npath = "{self.control}"\n'
+            f'[calls]\nauto_answer = true\n[slp]\nda = "{da}"\n[control]\npath = "{self.control}"\n'
             f'[log]\nlevel = "{log_level}"\n')
         self.log_path = directory / "phone.log"
         self.log = open(self.log_path, "wb")  # closed in stop()
