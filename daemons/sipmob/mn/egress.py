@@ -62,7 +62,7 @@ class PhoneEgress:
         self.advert: Any = None  # SLPServiceAgent registering service:sip-egress, when shared
         self._advertised: str | None = None
         self._call_address: dict[str, str] = {}  # call id -> the address its last move went to
-        self.moves: list[dict[str, Any]] = []  # the last moves, for `sipmob egress`
+        self.moves: list[dict[str, Any]] = []  # the last ten moves, for `sipmob egress`
 
     @classmethod
     def from_file(cls, phone: Phone, path: str) -> PhoneEgress:
@@ -120,7 +120,7 @@ class PhoneEgress:
 
     def rows(self) -> dict[str, Any]:
         return {"egresses": self.monitor.rows(), "current": self.egress, "address": self.phone.address,
-                "moves": self.moves[-10:]}
+                "moves": list(self.moves)}
 
     # Events -----------------------------------------------------------------------------------------
 
@@ -138,10 +138,11 @@ class PhoneEgress:
                         "as soon as one is", event.session, event.egress, event.reason)
         elif (isinstance(event, EgressUp) and self.egress not in self.monitor.egresses.active()) or (
                 isinstance(event, EgressDown) and event.egress == self.egress and not self.phone.calls):
-            # SIP (so new calls and the registration) leaves a dead egress even without a call to move
+            # SIP (so new calls and the registration) leaves a dead egress even without a call to
+            # move, and calls made while no egress was up join the first one that is
             best = self._best()
             if best is not None:
-                self._move_sip(*best)
+                self._move_all(best[0], best[1], f"{best[0]} is up")
 
     def _move_sip(self, egress: str, address: str) -> None:
         self.egress = egress
@@ -214,7 +215,8 @@ class PhoneEgress:
             phone.start_media(pc)  # to wherever the answer says
         _close(old_rtp, old_video)
         elapsed = time.monotonic() - started
-        self.moves.append({"call": pc.id, "to": address, "reason": reason, "seconds": round(elapsed, 3)})
+        self.moves = [*self.moves[-9:], {"call": pc.id, "to": address, "reason": reason,
+                                         "seconds": round(elapsed, 3)}]
         log.info("call %s with %s moved to %s in %.0f ms", pc.id, pc.peer, address, elapsed * 1000)
 
 
