@@ -112,3 +112,15 @@ def test_losing_the_default_route_moves_the_call(stage: dict[str, Any]) -> None:
     home.run(["ip", "route", "del", "default", "via", "10.200.1.1"], check=True)
     survives(stage, HOME2, t0, 5)
     assert "egress wan1 down: no default route" in stage["phone"].output()
+
+
+@pytest.mark.parametrize("stage", [egress_toml(probe=False, hold_down=1.0)], indirect=True)
+def test_a_call_no_link_can_carry_is_reported_kept_and_moved_when_one_returns(stage: dict[str, Any]) -> None:
+    net, phone = stage["net"], stage["phone"]
+    net.link_down("h2")
+    net.link_down("h1")
+    assert until(lambda: "call 1 cannot be moved now" in phone.output(), 3), phone.output()
+    assert len(phone.command("calls")) == 1  # not hung up
+    t0 = time.monotonic()
+    net.link_up("h2")
+    survives(stage, HOME2, t0, 5)  # after wan2's hold-down of 1 s
