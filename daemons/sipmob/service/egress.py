@@ -293,12 +293,13 @@ class EgressMonitor:
         elif isinstance(event, AddressChanged):
             log.info("egress %s: address %s -> %s (%d sessions to move)", event.egress, event.old,
                      event.new, len(event.sessions))
+        # what happens to a session is said by the daemon that holds it, in its own words
         elif isinstance(event, MoveSession):
-            log.info("session %s: %s -> %s (%s)", event.session, event.from_egress, event.to_egress,
-                     event.reason)
+            log.debug("session %s: %s -> %s (%s)", event.session, event.from_egress, event.to_egress,
+                      event.reason)
         elif isinstance(event, SessionStranded):
-            log.warning("session %s cannot be moved: %s is down (%s) and no other egress is up",
-                        event.session, event.egress, event.reason)
+            log.debug("session %s stranded: %s is down (%s) and no other egress is up",
+                      event.session, event.egress, event.reason)
 
 
 class EgressPublisher:
