@@ -11,6 +11,7 @@
     sipmob answer|reject|hangup|hold|resume CALL                  the phone's call controls
     sipmob dtmf CALL DIGITS                                       (sipmob.mn.controls)
     sipmob watch [--json]                                         prints the phone's events as they come
+    sipmob web-password [--stdin]                                 sets the web page's password
 
 Global options: ``--config PATH`` (default /etc/sipmob/mn.toml; the control path and the DA come from
 it), ``--control PATH``, ``--da HOST:PORT``. Exit status: 0 done, 1 refused or failed (one line on
@@ -81,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     retrieve.add_argument("call")
     retrieve.add_argument("--media", choices=MEDIA_CHOICES, default="all")
     _add_call_controls(sub)
+    web = sub.add_parser("web-password", help="set the web page's password (sipmob web-password --help)",
+                         add_help=False)
+    web.add_argument("options", nargs=argparse.REMAINDER)
     return p
 
 
@@ -223,6 +227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sipmob.mn import phone
 
         return phone.main(argv[1:])
+    if argv[:1] == ["web-password"]:
+        from sipmob.web import password
+
+        return password.main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     try:

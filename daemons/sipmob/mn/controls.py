@@ -130,6 +130,7 @@ class CallControls:
         self.log = EventLog(reactor)
         self.ringing: dict[str, RingingCall] = {}
         self.held: dict[str, SessionDescription] = {}  # call id -> our description before the hold
+        self.since: dict[str, float] = {}  # call id -> when it was established (wall clock)
 
     # Hooks the phone calls -----------------------------------------------------------------------
 
@@ -145,10 +146,12 @@ class CallControls:
         self.log.announce("incoming", call=cid, peer=ringing.caller, display=ringing.display)
 
     def established(self, pc: PhoneCall) -> None:
+        self.since[pc.id] = time.time()
         self.log.announce("state", call=pc.id, peer=pc.peer, state="established")
 
     def ended(self, pc: PhoneCall, reason: str) -> None:
         self.held.pop(pc.id, None)
+        self.since.pop(pc.id, None)
         self.log.announce("state", call=pc.id, peer=pc.peer, state="ended", reason=reason)
 
     def stop(self) -> None:
@@ -380,6 +383,7 @@ class CallControls:
         for pc in self.phone.calls.values():
             described = pc.describe()
             described["held"] = pc.id in self.held
+            described["since"] = round(self.since.get(pc.id, time.time()), 1)
             if pc.id in self.held:
                 described["state"] = "held"
             out.append(described)
