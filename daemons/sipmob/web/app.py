@@ -113,8 +113,15 @@ class _Channel(http.HTTPChannel):
     def _refuse_body(self) -> None:
         self.transport.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n"
                              b"Connection: close\r\n\r\n")
-        self.transport.loseConnection()
-        self.length = 0
+        # Closing with the client's body unread would reset the connection and lose the 413: read
+        # and drop what comes for a moment, then close.
+        self._refused = True
+        self.callLater(1.0, self.transport.loseConnection)
+
+    def dataReceived(self, data: bytes) -> None:
+        if getattr(self, "_refused", False):
+            return
+        super().dataReceived(data)
 
     def allContentReceived(self) -> None:
         self._disarm()
