@@ -284,6 +284,10 @@ class WebApp(resource.Resource):
         self._sent_devices = views
         diff["error"] = self.devices.error
         self._broadcast("devices", diff)
+        da = self.health.snapshot.get("da")
+        if da is not None:  # the count moves with the devices, not only at the next health check
+            da["registrations"] = sum(1 for d in views if d["up"])
+            self._broadcast("health", self.health.snapshot)
 
     def _calls_changed(self, calls: list[dict[str, Any]] | None, error: str | None) -> None:
         self._broadcast("calls", {"calls": calls, "error": error})
