@@ -50,7 +50,7 @@ DEVICES, ROOMS, CALLS = 50, 10, 5
 TIMING = """const n = performance.getEntriesByType('navigation')[0];
 return {ttfb: n.responseStart - n.requestStart, dcl: n.domContentLoadedEventEnd - n.startTime,
         devices: document.querySelectorAll('[data-device]').length,
-        calls: document.querySelectorAll('[data-call]').length};"""
+        calls: document.querySelectorAll('.card.call').length};"""
 
 
 def register_home(da: Slpda) -> None:
