@@ -80,7 +80,8 @@ class EventLog:
 
     def poll(self, since: int | None, wait: float) -> Any:
         """Events after ``since`` (None: from now on), waiting up to ``wait`` s for the first."""
-        since = self.next - 1 if since is None or since < 0 else since
+        # A number from before the phone restarted (larger than any now) means "from now on" too.
+        since = self.next - 1 if since is None or since < 0 or since >= self.next else since
         found = self._after(since)
         if found["events"] or wait <= 0:
             return found

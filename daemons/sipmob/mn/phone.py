@@ -445,14 +445,14 @@ class Phone:
             return
         self.accept_incoming(incoming).addErrback(lambda _: None)
 
-    def accept_incoming(self, incoming: IncomingCall, cid: str | None = None) -> defer.Deferred[PhoneCall]:
+    def accept_incoming(self, incoming: IncomingCall, cid: str | None = None) -> defer.Deferred[Any]:
         """Answer an incoming call; fires with its `PhoneCall` once ACKed, errback `CommandError` when
         its offer is unusable (488 sent) or `CallFailed` when the caller gave up first."""
         rtp = self._new_rtp()
         video_rtp = None
         oa = OfferAnswerState(_origin(self.address))
         try:
-            offer = parse(incoming.offer)
+            offer = parse(incoming.offer or b"")
             ports = {"audio": rtp.port}
             if any(m.media == "video" and m.port for m in offer.media):
                 video_rtp = self._new_rtp(video=True)

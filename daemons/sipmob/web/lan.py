@@ -35,7 +35,7 @@ def lan_addresses(found: Iterable[str]) -> list[str]:
 
 def host_addresses() -> list[str]:
     try:
-        from pyroute2 import IPRoute
+        from pyroute2 import IPRoute  # type: ignore[import-untyped]
     except ImportError:
         log.warning("python3-pyroute2 is missing: serving on 127.0.0.1 only")
         return []

@@ -175,6 +175,8 @@ def test_dtmf_goes_as_sip_info_when_the_audio_is_on_a_device(home: dict[str, Any
     cn.wait_event(lambda e: e.get("type") == "CALL_DTMF_START", timeout=5, start=start)
     keys = [e.get("param") for e in cn.events[start:] if e.get("type") == "CALL_DTMF_START"]
     assert keys[:2] == ["9", "#"], keys
+    held = phone.sipmob("hold", cid)
+    assert held.returncode == 1 and "bring it back first" in held.stderr, held.stderr
     bad = phone.sipmob("dtmf", cid, "12x")
     assert bad.returncode == 1 and "not a DTMF digit" in bad.stderr
     events = json.loads(phone.sipmob("calls", "--json").stdout)

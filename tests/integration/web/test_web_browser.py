@@ -33,6 +33,7 @@ from web_process import PASSWORD, Web  # noqa: E402
 pytestmark = [pytest.mark.peer, pytest.mark.skipif(not AVAILABLE, reason=WHY_NOT),
               pytest.mark.skipif(BARESIP is None, reason="baresip is not installed (apt baresip-core)")]
 
+SPEAKER = "sip:speaker@127.0.0.1:5997"  # registered during the test; nothing answers there
 DESK = "(name=Desk phone),(room=study),(media=audio-sendrecv),(audio-codecs=PCMU,PCMA)"
 TV = ("(name=Living room TV),(room=living-room),(media=audio-recvonly,video-recvonly),"
       "(audio-codecs=PCMU),(video-codecs=H264,VP8),(display-width=1920),(display-height=1080)")
@@ -122,9 +123,9 @@ def test_log_in_move_a_call_here_and_see_a_device_appear(home: dict[str, Any]) -
 
     # A device the DA learns now shows up without a reload.
     with home["da"].client() as slp:
-        slp.register("sip:speaker@127.0.0.1:5997",
-                     "(name=Kitchen speaker),(room=kitchen),(media=audio-recvonly),(audio-codecs=PCMU)")
-    wait_for(browser, '[data-device="sip:speaker@127.0.0.1:5997"]', timeout=5)
+        slp.register(SPEAKER, "(name=Kitchen speaker),(room=kitchen),(media=audio-recvonly),"
+                              "(audio-codecs=PCMU)")
+    wait_for(browser, f'[data-device="{SPEAKER}"]', timeout=5)
     assert browser.execute_script("return window.sipmobNoReload") is True
 
     shot = os.environ.get("SIPMOB_SCREENSHOT")
@@ -138,3 +139,37 @@ def test_log_in_move_a_call_here_and_see_a_device_appear(home: dict[str, Any]) -
     wait_for(browser, '#actions li[data-state="done"]:first-child', timeout=30)
     start = phone.received()
     assert until(lambda: phone.received() > start + 20), "the CN's audio did not come back to the phone"
+
+    # A device that does not answer: the failure and its reason show, the call stays as it was.
+    browser.find_element(By.CSS_SELECTOR, f'button[data-action="transfer"][data-to="{SPEAKER}"]').click()
+    failed = wait_for(browser, '#actions li[data-state="failed"]', timeout=30)
+    assert "failed" in failed.text and "Kitchen speaker" in failed.text, failed.text
+    assert "this phone" in browser.find_element(By.CSS_SELECTOR, "[data-call] [data-where]").text
+
+    # A device that leaves the DA shows as down, still without a reload.
+    with home["da"].client() as slp:
+        slp.deregister(SPEAKER)
+    wait_for(browser, f'.device.down[data-device="{SPEAKER}"]', timeout=5)
+
+    start = len(cn.events)
+    browser.find_element(By.CSS_SELECTOR, 'button[data-action="hangup"]').click()
+    cn.wait_call_event("CALL_CLOSED", timeout=10, start=start)
+    wait_for(browser, "#calls .empty", timeout=10)
+    assert browser.execute_script("return window.sipmobNoReload") is True
+
+
+def test_a_ringing_call_is_answered_from_the_page(home: dict[str, Any]) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser, web, phone, cn = home["browser"], home["web"], home["phone"], home["cn"]
+    browser.get(web.url + "/login")
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.ID, "login").click()
+    wait_for(browser, "#live.on")
+    cn.dial(phone.uri)
+    card = wait_for(browser, '[data-call][data-state="ringing"]', timeout=10)
+    assert "sip:cn@127.0.0.1" in card.text
+    card.find_element(By.CSS_SELECTOR, 'button[data-action="answer"]').click()
+    cn.wait_call_event("CALL_ESTABLISHED", timeout=10)
+    assert until(lambda: phone.calls() and phone.received() > 20), "no RTP after answering from the page"
+    wait_for(browser, '[data-call][data-state="confirmed"]', timeout=10)

@@ -51,3 +51,12 @@ def test_the_log_keeps_only_the_last_events() -> None:
     for i in range(10):
         log.announce("state", call=str(i))
     assert [e["seq"] for e in log.poll(0, 0)["events"]] == [8, 9, 10]
+
+
+def test_a_number_from_a_previous_phone_means_from_now_on() -> None:
+    clock = task.Clock()
+    log = EventLog(clock)
+    got: list[dict[str, object]] = []
+    log.poll(500, 10).addCallback(got.append)
+    log.announce("incoming", call="1")
+    assert [e["seq"] for e in got[0]["events"]] == [1]  # type: ignore[union-attr]
