@@ -173,3 +173,60 @@ def test_a_ringing_call_is_answered_from_the_page(home: dict[str, Any]) -> None:
     cn.wait_call_event("CALL_ESTABLISHED", timeout=10)
     assert until(lambda: phone.calls() and phone.received() > 20), "no RTP after answering from the page"
     wait_for(browser, '[data-call][data-state="confirmed"]', timeout=10)
+
+
+@pytest.fixture
+def video_home(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    from test_phone_video import FAKEVIDEO, VideoBaresip, VideoDevice
+
+    if not FAKEVIDEO.exists():
+        pytest.skip("baresip's fakevideo module is not installed")
+    (tmp_path / "da").mkdir()
+    da = Slpda(tmp_path / "da").start()
+    started: list[Any] = []
+    try:
+        cn = VideoBaresip(tmp_path, user="cn")
+        started.append(cn)
+        screen, cam = VideoDevice("screen"), VideoDevice("cam")
+        started += [screen, cam]
+        with da.client() as slp:
+            slp.register(screen.uri, "(name=Screen),(room=living-room),(media=video-sendrecv),"
+                                     "(video-codecs=VP8)")
+            slp.register(cam.uri, "(name=Camera),(room=hall),(media=video-sendonly),(video-codecs=VP8)")
+        phone = Phone(tmp_path, f"{HOST}:{da.port}", auto_answer=True)
+        started.append(phone)
+        cn.dial(phone.uri)
+        video = until(lambda: phone.calls() and phone.calls()[0]["video_received"] > 5)
+        assert video, "no video from the CN"
+        web = Web(tmp_path, f"{HOST}:{da.port}", phone.control)
+        started.append(web)
+        browser = chromium(tmp_path / "profile")
+        started.append(browser)
+        yield {"phone": phone, "screen": screen, "cam": cam, "web": web, "browser": browser}
+    finally:
+        for thing in reversed(started):
+            if hasattr(thing, "quit"):
+                thing.quit()
+            else:
+                thing.stop()
+        da.stop()
+
+
+def test_split_video_to_a_screen_from_a_camera_from_the_page(video_home: dict[str, Any]) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    browser, web, phone = video_home["browser"], video_home["web"], video_home["phone"]
+    screen, cam = video_home["screen"], video_home["cam"]
+    browser.get(web.url + "/login")
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.ID, "login").click()
+    wait_for(browser, 'select[data-split="out"]')
+    Select(browser.find_element(By.CSS_SELECTOR, 'select[data-split="out"]')).select_by_value(screen.uri)
+    Select(browser.find_element(By.CSS_SELECTOR, 'select[data-split="in"]')).select_by_value(cam.uri)
+    browser.find_element(By.CSS_SELECTOR, 'button[data-action="split"]').click()
+    done = wait_for(browser, '#actions li[data-state="done"]', timeout=30)
+    assert done.text == "call 1: audio on this phone; video out on Screen, video in from Camera"
+    assert screen.probe.wait_for_packets(5, 5.0), "the CN's video did not reach the screen"
+    assert cam.probe.packets == []
+    assert phone.calls()[0]["streams"][1] == {"media": "video", "where": "out on Screen, in from Camera"}
