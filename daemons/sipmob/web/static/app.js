@@ -72,12 +72,20 @@ function drawActions() {
   document.getElementById("actions-section").hidden = state.actions.length === 0;
 }
 
+function statusText(c) {
+  const since = c.state === "ringing" ? `ringing for ${Math.round(c.ringing_for || 0)} s` : duration(c.since);
+  return `call ${c.id} · ${c.state}${since ? " · " + since : ""}`;
+}
+
+function counterText(c) {
+  return `RTP sent ${c.rtp_sent || 0}, received ${c.rtp_received || 0}`;
+}
+
 function callCard(c) {
   const card = el("div", { class: "card call", "data-call": c.id, "data-state": c.state });
   const who = c.display ? `${c.display} <${c.peer}>` : c.peer;
   card.append(el("div", { class: "peer" }, who));
-  const since = c.state === "ringing" ? `ringing for ${Math.round(c.ringing_for || 0)} s` : duration(c.since);
-  card.append(el("div", { class: "muted" }, `call ${c.id} · ${c.state}${since ? " · " + since : ""}`));
+  card.append(el("div", { class: "muted", "data-status": "" }, statusText(c)));
   if (c.state === "ringing") {
     card.append(el("button", { "data-action": "answer", onclick: (e) => act({ action: "answer", call: c.id }, e.target) }, "Answer"));
     card.append(el("button", { class: "danger", "data-action": "reject", onclick: (e) => act({ action: "reject", call: c.id }, e.target) }, "Reject"));
@@ -85,7 +93,7 @@ function callCard(c) {
   }
   const where = (c.streams || []).map((s) => `${s.media}: ${s.where}`).join(" · ") || "no media";
   card.append(el("div", { class: "where", "data-where": "" }, where));
-  card.append(el("div", { class: "muted" }, `RTP sent ${c.rtp_sent || 0}, received ${c.rtp_received || 0}`));
+  card.append(el("div", { class: "muted", "data-counters": "" }, counterText(c)));
   const away = (c.streams || []).some((s) => s.where !== "this phone");
   if (away) {
     card.append(el("button", { class: "secondary", "data-action": "retrieve", onclick: (e) => act({ action: "retrieve", call: c.id }, e.target) }, "Bring back"));
@@ -104,8 +112,30 @@ function callCard(c) {
   return card;
 }
 
+let drawnShape = null;
+
+function callsShape() {
+  // Everything a call card shows but its counters: when only the counters moved, the cards stay
+  // (and so do what the person picked and the element a finger is on).
+  const calls = (state.calls || []).map(({ rtp_sent, rtp_received, video_received, ringing_for, ...rest }) => rest);
+  const devices = devicesList().map((d) => [d.uri, d.up, d.name, d.media]);
+  return JSON.stringify([state.callsError, calls, devices]);
+}
+
 function drawCalls() {
   const box = document.getElementById("calls");
+  const shape = callsShape();
+  if (shape === drawnShape) {
+    for (const c of state.calls || []) {
+      const card = box.querySelector(`.call[data-call="${CSS.escape(c.id)}"]`);
+      const counters = card && card.querySelector("[data-counters]");
+      if (counters) counters.textContent = counterText(c);
+      const status = card && card.querySelector("[data-status]");
+      if (status) status.textContent = statusText(c);
+    }
+    return;
+  }
+  drawnShape = shape;
   // A redraw keeps what the person picked in the split lists.
   const picked = new Map([...box.querySelectorAll("select")].map((s) => [s.closest("[data-call]").dataset.call + s.dataset.split, s.value]));
   drawCallCards(box);
@@ -201,3 +231,4 @@ function follow() {
 
 drawAll();
 follow();
+setInterval(() => { drawCalls(); }, 1000); // durations move on between events; nothing is rebuilt
