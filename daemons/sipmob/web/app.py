@@ -301,12 +301,12 @@ class WebApp(resource.Resource):
         updated = self.devices.updated
         if updated is None or self.devices.clock() - updated > self.config.sources.poll_interval:
             yield self.devices.refresh()
-        if self.phone.calls is None and self.phone.error is None:
+        if not self.phone.running:  # nobody follows the phone now: what we know may be old
             try:
                 calls = yield self.phone.request("calls", timeout=5)
-                self.phone.calls = calls if isinstance(calls, list) else []
+                self.phone.calls, self.phone.error = (calls if isinstance(calls, list) else []), None
             except PhoneError as exc:
-                self.phone.error = str(exc)
+                self.phone.calls, self.phone.error = None, str(exc)
         return {"devices": self.devices.snapshot or [], "devices_error": self.devices.error,
                 "calls": self.phone.calls, "calls_error": self.phone.error,
                 "health": self.health.snapshot}
@@ -383,8 +383,10 @@ class WebApp(resource.Resource):
     @staticmethod
     def _form(request: server.Request) -> dict[str, str]:
         body = request.content.read() if request.content is not None else b""
-        pairs = urllib.parse.parse_qsl(body.decode("utf-8", "replace"), max_num_fields=8)
-        return dict(pairs)
+        try:
+            return dict(urllib.parse.parse_qsl(body.decode("utf-8", "replace"), max_num_fields=8))
+        except ValueError:  # more fields than any of our forms has
+            return {}
 
     @staticmethod
     def _status(request: server.Request, code: int, message: str) -> bytes:

@@ -241,6 +241,10 @@ class PhoneLink:
 
         return raw.addCallback(unpack).addErrback(timed_out)
 
+    @property
+    def running(self) -> bool:
+        return self._running
+
     def start(self) -> None:
         if not self._running:
             self._running = True
