@@ -60,3 +60,33 @@ def test_a_number_from_a_previous_phone_means_from_now_on() -> None:
     log.poll(500, 10).addCallback(got.append)
     log.announce("incoming", call="1")
     assert [e["seq"] for e in got[0]["events"]] == [1]  # type: ignore[union-attr]
+
+
+def _sdp(extra_pt: str = "", extra: str = "") -> object:
+    from sipmob.sdp import parse
+
+    return parse("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+                 f"m=audio 4000 RTP/AVP 0{extra_pt}\r\na=rtpmap:0 PCMU/8000\r\n{extra}")
+
+
+@pytest.mark.parametrize(("theirs", "layout", "sending", "expected"), [
+    (" 96", ("mn",), True, 96),  # both offered it: RFC 4733 with the CN's payload type
+    ("", ("mn",), True, None),  # the CN did not: SIP INFO
+    (" 96", ("sip:desk@h",), True, None),  # the audio is on a device: SIP INFO
+    (" 96", ("mn",), False, None),  # our stream is not running (on hold): SIP INFO
+])
+def test_dtmf_method_follows_the_negotiation_and_where_the_audio_is(
+        theirs: str, layout: tuple[str, ...], sending: bool, expected: int | None) -> None:
+    from types import SimpleNamespace
+
+    from sipmob.mn.controls import CallControls
+    from sipmob.mn.mobility import MOBILE_NODE
+
+    ours = _sdp(" 101", "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n")
+    cn = _sdp(theirs, "a=rtpmap:96 telephone-event/8000\r\n" if theirs else "")
+    phone = SimpleNamespace(audio_index=lambda pc: 0, calls={})
+    pc = SimpleNamespace(id="1", oa=SimpleNamespace(local=ours), cn_sdp=cn,
+                         layout=tuple(MOBILE_NODE if x == "mn" else x for x in layout),
+                         rtp=SimpleNamespace(sending=sending))
+    controls = CallControls(phone, task.Clock())  # type: ignore[arg-type]
+    assert controls.telephone_event_pt(pc) == expected  # type: ignore[arg-type]
