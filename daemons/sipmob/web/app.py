@@ -24,11 +24,13 @@ Rules, each with an attack test (tests/integration/web/test_web_security.py): no
 login page and the static files without a session (401 for the API and the stream, 303 to the
 login page for ``/``); every POST with a session also carries the session's CSRF token (header
 ``X-CSRF-Token`` or form field ``csrf``) and, when the browser sends one, an ``Origin`` of this
-very host, else 403; the session cookie is ``HttpOnly; SameSite=Strict``; failed logins are
-limited per source address and overall (429 with ``Retry-After``), and each failure is answered
-after `FAILED_LOGIN_DELAY`; bodies above ``[limits] max_body`` get 413, a request not complete
-within ``[limits] request_timeout`` is dropped, at most ``[limits] max_streams`` pages stream at
-once (503). Responses carry a Content-Security-Policy that allows only this origin's own files.
+very host, else 403 (a login with another site's ``Origin`` too); the session cookie is
+``HttpOnly; SameSite=Strict`` (not ``Secure``: the page is plain HTTP on the LAN); failed logins
+are limited per source address and overall (429 with ``Retry-After``), and each failure is
+answered after `FAILED_LOGIN_DELAY`; bodies above ``[limits] max_body`` get 413, a request not
+complete within ``[limits] request_timeout`` is dropped, at most ``[limits] max_streams`` pages
+stream at once (503). Responses carry a Content-Security-Policy that allows only this origin's
+own files.
 
 Not here: the sources (`sipmob.web.sources`), passwords and sessions (`sipmob.web.auth`), the
 addresses we listen on (`sipmob.web.lan`).
@@ -316,7 +318,8 @@ class WebApp(resource.Resource):
     def render(self, request: server.Request) -> Any:
         request.setHeader(b"Content-Security-Policy", CSP)
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
-        request.setHeader(b"Referrer-Policy", b"no-referrer")
+        # Not "no-referrer": under it the browser sends our own form POSTs with "Origin: null".
+        request.setHeader(b"Referrer-Policy", b"same-origin")
         request.setHeader(b"X-Frame-Options", b"DENY")
         path = request.path.decode("latin-1")
         method = request.method.decode("latin-1")
@@ -410,6 +413,8 @@ class WebApp(resource.Resource):
         return _static("login.html").replace(b"{{message}}", _html(message).encode())
 
     def _login(self, request: server.Request) -> Any:
+        if not self._origin_ok(request):  # another site's page posting its guesses through a browser
+            return self._status(request, 403, "cross-origin request refused")
         source = request.getClientAddress().host
         now = self.reactor.seconds()
         wait = self.limiter.retry_after(source, now)

@@ -88,6 +88,12 @@ def test_logout_needs_the_token_and_ends_the_session(web: Web) -> None:
     assert s.request("GET", "/api/state")[0] == 401
 
 
+@pytest.mark.parametrize("origin", ["http://evil.example", "null"])
+def test_a_login_posted_by_another_sites_page_is_refused(web: Web, origin: str) -> None:
+    status, headers, _ = web.request("POST", "/login", form(PASSWORD), {**FORM, "Origin": origin})
+    assert status == 403 and "set-cookie" not in headers
+
+
 def test_brute_force_is_slowed_then_refused_per_source(web: Web) -> None:
     started = time.monotonic()
     for _ in range(5):
