@@ -18,7 +18,7 @@ Routes: ``GET /`` the page (the current snapshot embedded, so the first byte alr
 rooms) or a redirect to ``/login``; ``GET|POST /login``; ``POST /logout``; ``GET /events`` the
 stream; ``GET /api/state``; ``POST /api/action`` (JSON ``{"action": "transfer"|"retrieve"|
 "split"|"hangup"|"answer"|"reject", "call": ..., ...}``, carried to the phone's control socket);
-``GET /static/NAME``.
+``GET /static/NAME``. ``{"action": "call", "uri": ...}`` places a call from the phone.
 
 Rules, each with an attack test (tests/integration/web/test_web_security.py): nothing but the
 login page and the static files without a session (401 for the API and the stream, 303 to the
@@ -64,7 +64,7 @@ HEARTBEAT = 15.0  # seconds between comments on an idle event stream (a dead cli
 STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 CSP = (b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        b"form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-ACTIONS = {"transfer", "retrieve", "split", "hangup", "answer", "reject"}
+ACTIONS = {"call", "transfer", "retrieve", "split", "hangup", "answer", "reject"}
 ACTION_TIMEOUT = 60.0
 
 
@@ -559,7 +559,13 @@ def _text(value: Any, name: str, limit: int = 512) -> str:
 
 def _command(body: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
     """The control command for an action of the page, and what the page says while it runs."""
-    action, call = body["action"], _text(body.get("call"), "call", 16)
+    action = body["action"]
+    if action == "call":
+        uri = _text(body.get("uri"), "uri", 256).strip()
+        if not uri.lower().startswith(("sip:", "sips:")) or any(c in uri for c in " <>\"\r\n"):
+            raise ValueError("uri must be a sip: or sips: URI")
+        return "call", {"uri": uri}, f"Calling {uri}"
+    call = _text(body.get("call"), "call", 16)
     if action == "transfer":
         to = _text(body.get("to"), "to")
         media = body.get("media", "all")

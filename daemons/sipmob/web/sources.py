@@ -377,7 +377,7 @@ class Health:
     @defer.inlineCallbacks
     def _journal(self) -> Any:
         if not self.units:
-            return None  # journalctl without -u would show the whole machine's warnings
+            return []  # nothing to show (journalctl without -u would show the whole machine's warnings)
         args = ["--no-pager", "-q", "-o", "short-iso", "-p", "warning", "-n", "10"]
         for unit in self.units:
             args += ["-u", unit]

@@ -130,7 +130,7 @@ def test_log_in_move_a_call_here_and_see_a_device_appear(home: dict[str, Any]) -
 
     shot = os.environ.get("SIPMOB_SCREENSHOT")
     if shot:
-        browser.set_window_size(480, 1400)
+        browser.set_window_size(480, 1320)
         time.sleep(0.3)
         browser.save_screenshot(shot)
 
@@ -156,6 +156,25 @@ def test_log_in_move_a_call_here_and_see_a_device_appear(home: dict[str, Any]) -
     cn.wait_call_event("CALL_CLOSED", timeout=10, start=start)
     wait_for(browser, "#calls .empty", timeout=10)
     assert browser.execute_script("return window.sipmobNoReload") is True
+
+
+def test_a_call_is_placed_and_hung_up_from_the_page(home: dict[str, Any]) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser, web, phone, cn = home["browser"], home["web"], home["phone"], home["cn"]
+    browser.get(web.url + "/login")
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.ID, "login").click()
+    wait_for(browser, "#live.on")
+    browser.find_element(By.ID, "dial-uri").send_keys(cn.uri)
+    browser.find_element(By.ID, "dial-button").click()
+    cn.wait_call_event("CALL_ESTABLISHED", timeout=10)
+    wait_for(browser, '[data-call][data-state="confirmed"]', timeout=10)
+    assert until(lambda: phone.received() > 20), "no RTP from the CN"
+    start = len(cn.events)
+    browser.find_element(By.CSS_SELECTOR, 'button[data-action="hangup"]').click()
+    cn.wait_call_event("CALL_CLOSED", timeout=10, start=start)
+    assert until(lambda: phone.calls() == [])
 
 
 def test_a_ringing_call_is_answered_from_the_page(home: dict[str, Any]) -> None:

@@ -14,6 +14,8 @@ def test_actions_become_the_phones_commands() -> None:
     assert _command({"action": "split", "call": "1", "video_out": "tv", "video_in": "cam"})[1] == {
         "call": "1", "video_out": "tv", "video_in": "cam", "audio": None}
     assert _command({"action": "hangup", "call": "3"})[:2] == ("hangup", {"call": "3"})
+    assert _command({"action": "call", "uri": " sip:alice@example.com "})[:2] == (
+        "call", {"uri": "sip:alice@example.com"})
 
 
 @pytest.mark.parametrize("body", [
@@ -23,6 +25,9 @@ def test_actions_become_the_phones_commands() -> None:
     {"action": "hangup", "call": "1" * 17},
     {"action": "hangup", "call": ["1"]},
     {"action": "split", "call": "1", "video_out": "tv"},
+    {"action": "call", "uri": "http://evil"},
+    {"action": "call", "uri": "sip:a@b\r\nX-Injected: 1"},
+    {"action": "call", "uri": "sip:" + "a" * 300},
 ])
 def test_malformed_actions_are_refused(body: dict[str, object]) -> None:
     with pytest.raises((ValueError, KeyError)):

@@ -229,6 +229,12 @@ function follow() {
   events.addEventListener("action", (e) => addAction(JSON.parse(e.data)));
 }
 
+document.getElementById("dial").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const uri = document.getElementById("dial-uri").value.trim();
+  if (uri) act({ action: "call", uri: uri }, document.getElementById("dial-button"));
+});
+
 drawAll();
 follow();
 setInterval(() => { drawCalls(); }, 1000); // durations move on between events; nothing is rebuilt
