@@ -105,6 +105,16 @@ def test_reject_answers_603_and_an_unanswered_call_480(home: dict[str, Any]) -> 
     assert phone.calls() == []
 
 
+
+def test_a_caller_who_gives_up_stops_the_ringing(home: dict[str, Any]) -> None:
+    phone, cn = home["phone"], home["cn"]
+    cn.dial(phone.uri)
+    assert until(lambda: ringing(phone)), phone.output()
+    cn.hangup()  # a CANCEL
+    assert until(lambda: phone.calls() == [], timeout=5), phone.calls()
+    assert "from sip:cn@127.0.0.1" in phone.output() and "cancelled" in phone.output()
+
+
 def test_answer_of_a_call_that_is_not_ringing_fails_with_a_reason(home: dict[str, Any]) -> None:
     done = home["phone"].sipmob("answer", "7")
     assert done.returncode == 1 and "no ringing call '7'" in done.stderr
