@@ -29,8 +29,8 @@ very host, else 403 (a login with another site's ``Origin`` too); the session co
 are limited per source address and overall (429 with ``Retry-After``), and each failure is
 answered after `FAILED_LOGIN_DELAY`; bodies above ``[limits] max_body`` get 413, a request not
 complete within ``[limits] request_timeout`` is dropped, at most ``[limits] max_streams`` pages
-stream at once (503). Responses carry a Content-Security-Policy that allows only this origin's
-own files.
+stream at once (503), and at most `MAX_ACTIONS` actions wait for the phone at once (503).
+Responses carry a Content-Security-Policy that allows only this origin's own files.
 
 Not here: the sources (`sipmob.web.sources`), passwords and sessions (`sipmob.web.auth`), the
 addresses we listen on (`sipmob.web.lan`).
@@ -66,6 +66,7 @@ CSP = (b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'
        b"form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 ACTIONS = {"call", "transfer", "retrieve", "split", "hangup", "answer", "reject"}
 ACTION_TIMEOUT = 60.0
+MAX_ACTIONS = 8  # actions waiting for the phone at once (each holds a connection to its socket)
 
 
 def _static(name: str) -> bytes:
@@ -206,6 +207,7 @@ class WebApp(resource.Resource):
         self._sent_devices: list[dict[str, Any]] | None = None
         self._heartbeat: Any = None
         self._next_action = 1
+        self._actions_waiting = 0
 
     # App ----------------------------------------------------------------------------------------
 
@@ -525,10 +527,19 @@ class WebApp(resource.Resource):
             command, args, text = _command(body)
         except (ValueError, KeyError, TypeError) as exc:
             return self._status(request, 400, f"bad action: {exc}")
+        if self._actions_waiting >= MAX_ACTIONS:
+            return self._status(request, 503, "too many actions waiting for the phone")
+        self._actions_waiting += 1
         aid = self._next_action
         self._next_action += 1
         self._broadcast("action", {"id": aid, "call": args.get("call"), "state": "running", "text": text})
         d = self.phone.request(command, args, timeout=ACTION_TIMEOUT)
+
+        def settled(result: Any) -> Any:
+            self._actions_waiting -= 1
+            return result
+
+        d.addBoth(settled)
 
         def done(result: Any) -> bytes:
             message = result if isinstance(result, str) else f"{text}: done"

@@ -226,8 +226,9 @@ class PhoneLink:
         """One request; fires with its ``result`` or errbacks `PhoneError` with the phone's message."""
         raw: defer.Deferred[Any] = defer.Deferred()
         line = json.dumps({"id": 1, "command": command, "args": dict(args or {})}).encode() + b"\n"
-        self.reactor.connectUNIX(self.path, _OneRequestFactory(line, raw), timeout=5)
+        connector = self.reactor.connectUNIX(self.path, _OneRequestFactory(line, raw), timeout=5)
         raw.addTimeout(timeout, self.reactor)
+        raw.addBoth(lambda result: (connector.disconnect(), result)[1])  # a phone that never answers
 
         def unpack(reply: Any) -> Any:
             if not isinstance(reply, dict) or not reply.get("ok"):

@@ -197,3 +197,50 @@ def test_by_default_loopback_and_private_addresses_only_never_the_wildcard(tmp_p
         assert served[0] == "127.0.0.1" and "0.0.0.0" not in served
     finally:
         w.stop()
+
+
+def test_actions_waiting_for_a_stuck_phone_are_bounded(tmp_path: Path, da: Slpda) -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "stuck.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:  # a phone that takes every request and never answers
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    w = Web(tmp_path, f"{HOST}:{da.port}", path)
+    try:
+        s = w.login()
+        with ThreadPoolExecutor(8) as pool:
+            waiting = [pool.submit(s.action, action="hangup", call="1") for _ in range(8)]
+            assert until_held(held, 8)
+            time.sleep(0.5)  # any late one in too
+            status, result = s.action(action="hangup", call="1")
+            assert status == 503 and "too many actions" in result["error"]
+            for conn in held:
+                conn.close()  # the phone goes away: every waiting action fails with a reason
+            assert all(f.result(timeout=20)[0] == 502 for f in waiting)
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+        w.stop()
+
+
+def until_held(held: list[socket.socket], n: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while len(held) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return len(held) >= n
