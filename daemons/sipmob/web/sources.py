@@ -373,6 +373,9 @@ class Health:
                 out.append({"unit": fields["Id"].removesuffix(".service"),
                             "state": f"{fields.get('ActiveState', '?')} ({fields.get('SubState', '?')})",
                             "status": fields.get("StatusText", "")[:200]})
+        if code != 0 and not out:  # no systemd to ask (a container, a test): say so per unit
+            out = [{"unit": u, "state": "unknown (systemd does not answer)", "status": ""}
+                   for u in self.units]
         return out
 
     @defer.inlineCallbacks
