@@ -155,6 +155,17 @@ function drawCallCards(box) {
   }
 }
 
+function activeCalls() {
+  return (state.calls || []).filter((c) => c.state !== "ringing" && c.state !== "terminated");
+}
+
+// With several calls, one list above the rooms says which call "Move here" moves: one button per
+// device, not one per device and call.
+function movingCall() {
+  const calls = activeCalls();
+  return calls.find((c) => c.id === state.moving) || calls[0];
+}
+
 function deviceRow(d) {
   const row = el("div", { class: "device" + (d.up ? "" : " down"), "data-device": d.uri });
   row.append(el("div", { class: "name" }, d.name), el("span", { class: "tag " + (d.up ? "up" : "down") }, d.up ? "up" : "down"));
@@ -162,18 +173,23 @@ function deviceRow(d) {
   const codecs = [...(d.audio_codecs || []), ...(d.video_codecs || [])].join(", ");
   if (codecs) row.append(el("div", { class: "muted" }, codecs));
   if (d.members && d.members.length) row.append(el("div", { class: "muted" }, "combines: " + d.members.join(", ")));
-  const calls = (state.calls || []).filter((c) => c.state !== "ringing" && c.state !== "terminated");
-  if (d.up && handles(d, "audio") || d.up && handles(d, "video")) {
-    for (const c of calls) {
-      const label = calls.length > 1 ? `Move call ${c.id} here` : "Move here";
-      row.append(el("button", { "data-action": "transfer", "data-call": c.id, "data-to": d.uri,
-        onclick: (e) => act({ action: "transfer", call: c.id, to: d.uri, label: d.name, media: "all" }, e.target) }, label));
-    }
+  const call = movingCall();
+  if (call && d.up && (handles(d, "audio") || handles(d, "video"))) {
+    const label = activeCalls().length > 1 ? `Move call ${call.id} here` : "Move here";
+    row.append(el("button", { "data-action": "transfer", "data-call": call.id, "data-to": d.uri,
+      onclick: (e) => act({ action: "transfer", call: call.id, to: d.uri, label: d.name, media: "all" }, e.target) }, label));
   }
   return row;
 }
 
+let roomsDrawn = null;
+
 function drawRooms() {
+  // Rebuilt only when what the rooms show changes (not on every counter update of a call).
+  const shape = JSON.stringify([devicesList(), activeCalls().map((c) => [c.id, c.display, c.peer]),
+    movingCall() && movingCall().id, state.devicesError]);
+  if (shape === roomsDrawn) return;
+  roomsDrawn = shape;
   const rooms = new Map();
   for (const d of devicesList()) {
     const room = d.room || "no room";
@@ -181,11 +197,16 @@ function drawRooms() {
     rooms.get(room).push(d);
   }
   const box = document.getElementById("rooms");
+  const calls = activeCalls();
+  const picker = calls.length > 1 ? el("label", { class: "moving" }, "Move here moves ",
+    el("select", { id: "moving", onchange: (e) => { state.moving = e.target.value; drawRooms(); } },
+      ...calls.map((c) => el("option", { value: c.id, ...(movingCall().id === c.id ? { selected: "" } : {}) },
+        `call ${c.id} with ${c.display || c.peer}`)))) : null;
   const cards = [...rooms.entries()].sort((a, b) => a[0].localeCompare(b[0])).map(([room, list]) =>
     el("div", { class: "card room", "data-room": room }, el("h3", {}, room), ...list.map(deviceRow)));
   if (state.devicesError) cards.unshift(el("p", { class: "empty" }, state.devicesError));
   if (cards.length === 0) cards.push(el("p", { class: "empty" }, "No devices registered."));
-  box.replaceChildren(el("div", { class: "grid" }, ...cards));
+  box.replaceChildren(...(picker ? [picker] : []), el("div", { class: "grid" }, ...cards));
 }
 
 function drawHealth() {
@@ -236,5 +257,6 @@ document.getElementById("dial").addEventListener("submit", (e) => {
 });
 
 drawAll();
+performance.mark("sipmob-drawn"); // tests/bench/bench_web.py reads when the first drawing was done
 follow();
 setInterval(() => { drawCalls(); }, 1000); // durations move on between events; nothing is rebuilt
