@@ -244,3 +244,26 @@ def until_held(held: list[socket.socket], n: int, timeout: float = 10.0) -> bool
     while len(held) < n and time.monotonic() < deadline:
         time.sleep(0.05)
     return len(held) >= n
+
+
+def test_a_new_password_takes_effect_on_reload(web: Web) -> None:
+    import os
+    import signal
+    import subprocess
+
+    from web_process import ENV
+
+    done = subprocess.run([sys.executable, "-m", "sipmob.mn.cli", "web-password", "--stdin", "--file",
+                           str(web.password_file)], input="a brand new password\n", env=ENV,
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    assert web.password_file.stat().st_mode & 0o777 == 0o600
+    os.kill(web.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if web.request("POST", "/login", form("a brand new password"), FORM)[0] == 303:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the new password was not taken\n" + web.output())
+    assert web.request("POST", "/login", form(PASSWORD), FORM)[0] == 401
