@@ -46,6 +46,7 @@ class Daemon:
 DAEMONS = [
     Daemon("sipmob-slpda", "/etc/sipmob/slpda.toml", "/var/lib/sipmob/slpda.json"),
     Daemon("sipmob-saproxy", "/etc/sipmob/saproxy.toml", "/var/lib/sipmob/saproxy.json"),
+    Daemon("sipmob-web", "/etc/sipmob/web.toml", "/var/lib/sipmob/web-password"),
 ]
 EXPOSURE_LIMIT = 2.0
 
@@ -286,8 +287,18 @@ def test_upgrade_keeps_an_edited_conffile_and_restarts(box: Container, daemon: D
     assert state["MainPID"] != pid, "the daemon was not restarted on the new code"
 
 
+def test_web_serves_its_login_page_on_loopback_and_takes_a_password(box: Container) -> None:
+    fetch = ("import urllib.request; r = urllib.request.urlopen('http://127.0.0.1:8080/login', timeout=5); "
+             "print(r.status, b'password' in r.read())")
+    assert box.run(["python3", "-c", fetch], timeout=20).stdout.split() == ["200", "True"]
+    box.run(["sipmob", "web-password", "--stdin"], input="install test password\n", timeout=30)
+    mode_owner = box.run(["stat", "-c", "%a %U", "/var/lib/sipmob/web-password"]).stdout.split()
+    assert mode_owner == ["600", "sipmob"]
+
+
 def test_purge_removes_configuration_and_state(box: Container) -> None:
     # Every daemon has been stopped at least once above, and writes its state when it stops.
+    # sipmob-web's state is the password file test_web_serves... wrote.
     missing = [d.state for d in DAEMONS if not (box.root_view / d.state.lstrip("/")).exists()]
     assert missing == [], "no state to purge"
     box.run(["dpkg", "--purge", "sipmob", *(d.package for d in DAEMONS), "python3-sipmob"], timeout=120)

@@ -9,6 +9,10 @@
     sipmob transfer CALL --to DEVICE[,DEVICE...] [--media audio|video|all]
     sipmob split CALL --video-out DISPLAY --video-in CAMERA [--audio DEVICE]
     sipmob retrieve CALL [--media audio|video|all]
+    sipmob answer|reject|hangup|hold|resume CALL                  the phone's call controls
+    sipmob dtmf CALL DIGITS                                       (sipmob.mn.controls)
+    sipmob watch [--json]                                         prints the phone's events as they come
+    sipmob web-password [--stdin]                                 sets the web page's password
 
 Global options: ``--config PATH`` (default /etc/sipmob/mn.toml; the control path and the DA come from
 it), ``--control PATH``, ``--da HOST:PORT``. Exit status: 0 done, 1 refused or failed (one line on
@@ -24,6 +28,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -79,7 +84,53 @@ def _parser() -> argparse.ArgumentParser:
     retrieve = sub.add_parser("retrieve", help="bring a call's media back to the phone")
     retrieve.add_argument("call")
     retrieve.add_argument("--media", choices=MEDIA_CHOICES, default="all")
+    _add_call_controls(sub)
+    web = sub.add_parser("web-password", help="set the web page's password (sipmob web-password --help)",
+                         add_help=False)
+    web.add_argument("options", nargs=argparse.REMAINDER)
     return p
+
+
+CALL_CONTROLS = {"answer": "answer a ringing call", "reject": "refuse a ringing call (603 Decline)",
+                 "hangup": "end a call", "hold": "put a call on hold", "resume": "take a call off hold"}
+
+
+def _add_call_controls(sub: Any) -> None:
+    for name, text in CALL_CONTROLS.items():
+        sub.add_parser(name, help=text).add_argument("call")
+    dtmf = sub.add_parser("dtmf", help="send DTMF digits (RFC 4733 events, or SIP INFO)")
+    dtmf.add_argument("call")
+    dtmf.add_argument("digits", help="0-9 * # A-D")
+    watch = sub.add_parser("watch", help="print incoming calls and call changes as they happen")
+    watch.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+def format_event(event: dict[str, Any]) -> str:
+    """One line per event of `sipmob watch`."""
+    when = time.strftime("%H:%M:%S", time.localtime(float(event.get("time", 0))))
+    kind, cid, peer = event.get("event"), event.get("call"), event.get("peer")
+    if kind == "incoming":
+        who = f"{event['display']} <{peer}>" if event.get("display") else peer
+        return f"{when}  call {cid}: {who} is calling (sipmob answer {cid} / sipmob reject {cid})"
+    if kind == "dtmf":
+        return f"{when}  call {cid}: sent {event.get('digits')} ({event.get('method')})"
+    reason = f" ({event['reason']})" if event.get("reason") else ""
+    return f"{when}  call {cid} with {peer}: {event.get('state')}{reason}"
+
+
+def _watch(path: Path, as_json: bool) -> int:
+    since: int | None = None
+    try:
+        while True:
+            result = control.request(path, "events", {"since": since, "wait": 25}, timeout=35)
+            for event in result.get("events", []):
+                print(json.dumps(event) if as_json else format_event(event), flush=True)
+            since = int(result.get("next", since or 0))
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except (control.CommandError, control.ControlUnavailable, TimeoutError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _config(path: str) -> MnConfig:
@@ -146,6 +197,8 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         return "calls", {}
     if args.command == "egress":
         return "egress", {}
+    if args.command == "watch":
+        return "watch", {}
     if args.command == "transfer":
         targets = [t.strip() for t in args.to.split(",") if t.strip()]
         if not targets:
@@ -154,6 +207,10 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     if args.command == "split":
         return "split", {"call": args.call, "video_out": args.video_out, "video_in": args.video_in,
                          "audio": args.audio}
+    if args.command in CALL_CONTROLS:
+        return args.command, {"call": args.call}
+    if args.command == "dtmf":
+        return "dtmf", {"call": args.call, "digits": args.digits}
     return "retrieve", {"call": args.call, "media": args.media}
 
 
@@ -164,7 +221,8 @@ def format_calls(calls: Sequence[dict[str, Any]]) -> str:
     lines = []
     for c in calls:
         where = "; ".join(f"{s.get('media')}: {s.get('where')}" for s in c.get("streams", []))
-        lines.append(f"{c.get('id')}  {c.get('peer')}  {c.get('state')}  {where or '-'}")
+        peer = f"{c['display']} <{c.get('peer')}>" if c.get("display") else c.get("peer")
+        lines.append(f"{c.get('id')}  {peer}  {c.get('state')}  {where or '-'}")
     return "\n".join(lines)
 
 
@@ -187,6 +245,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sipmob.mn import phone
 
         return phone.main(argv[1:])
+    if argv[:1] == ["web-password"]:
+        from sipmob.web import password
+
+        return password.main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -202,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     path = Path(args.control) if args.control else config.control_path
+    if command == "watch":
+        return _watch(path, args.json)
     timeout = args.timeout if args.timeout is not None else 60.0
     try:
         result = control.request(path, command, payload, timeout=timeout)

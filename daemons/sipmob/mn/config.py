@@ -132,6 +132,9 @@ class Calls:
     options_timeout: float = setting(2.0, check=positive,
                                      help="seconds the CN has to answer OPTIONS (capability check); "
                                           "without an answer its current description is used")
+    ring_timeout: float = setting(60.0, check=positive,
+                                  help="seconds an incoming call rings (without auto_answer) before "
+                                       "it is answered 480")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

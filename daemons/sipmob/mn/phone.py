@@ -42,6 +42,8 @@ from sipmob.media.sources import AudioSource, ToneSource, WavSource
 from sipmob.mn import devices as discovery
 from sipmob.mn.config import MnConfig, read_password
 from sipmob.mn.control import CommandError, ControlServer
+from sipmob.mn.controls import COMMANDS as CALL_COMMANDS
+from sipmob.mn.controls import CallControls
 from sipmob.mn.executor import SignallingFailed, execute
 from sipmob.mn.mobility import (
     MOBILE_NODE,
@@ -80,6 +82,8 @@ from sipmob.sip.uri import URI
 log = logging.getLogger("sipmob.mn")
 
 STOP_WAIT = 2.0  # seconds to wait for the answers to our BYEs when stopping
+TELEPHONE_EVENT = Codec("telephone-event", 8000, fmtp="0-15")
+TELEPHONE_EVENT_PT = 101
 VIDEO_CODECS = (Codec("VP8", 90000), Codec("H264", 90000, fmtp="packetization-mode=1"),
                 Codec("H263", 90000))
 
@@ -249,6 +253,7 @@ class Phone:
         if config.listen.egress:  # SIP and RTP follow the egress list (sipmob.mn.egress)
             from sipmob.mn.egress import PhoneEgress
             self.egress = PhoneEgress.from_file(self, config.listen.egress)
+        self.controls = CallControls(self, reactor, ring_timeout=config.calls.ring_timeout)
 
     # App ------------------------------------------------------------------------------------------
 
@@ -268,6 +273,7 @@ class Phone:
 
     @defer.inlineCallbacks
     def stop(self) -> Any:
+        self.controls.stop()
         yield self.control.stop()
         byes: list[defer.Deferred[Any]] = []
         for pc in list(self.calls.values()):
@@ -340,7 +346,8 @@ class Phone:
         return self._local_sdp(0, _origin(self.address)).to_bytes()
 
     def _local_caps(self) -> LocalCapabilities:
-        audio = MediaCapability("audio", tuple(Codec(c.name, c.clock_rate) for c in self.codecs))
+        audio = MediaCapability("audio", (*(Codec(c.name, c.clock_rate) for c in self.codecs),
+                                          TELEPHONE_EVENT))
         video = MediaCapability("video", VIDEO_CODECS, Direction.RECVONLY)
         return LocalCapabilities((audio, video))
 
@@ -348,8 +355,11 @@ class Phone:
         pts = " ".join(str(c.static_payload_type) for c in self.codecs)
         rtpmaps = "".join(f"a=rtpmap:{c.static_payload_type} {c.name}/{c.clock_rate}\r\n"
                           for c in self.codecs)
+        # RFC 4733 §7.1.1: telephone-event on a dynamic payload type, so `sipmob dtmf` can send events.
+        rtpmaps += (f"a=rtpmap:{TELEPHONE_EVENT_PT} telephone-event/8000\r\n"
+                    f"a=fmtp:{TELEPHONE_EVENT_PT} 0-15\r\n")
         return parse(f"v=0\r\no={origin}\r\ns=-\r\nc=IN IP4 {self.address}\r\nt=0 0\r\n"
-                     f"m=audio {port} RTP/AVP {pts}\r\n{rtpmaps}a=sendrecv\r\n")
+                     f"m=audio {port} RTP/AVP {pts} {TELEPHONE_EVENT_PT}\r\n{rtpmaps}a=sendrecv\r\n")
 
     def _source(self) -> AudioSource:
         audio_in = self.config.media.audio_in
@@ -387,9 +397,9 @@ class Phone:
         raise CannotListenError(self.address, first, "no free RTP port")
 
     def _add_call(self, call: Call, peer: str, oa: OfferAnswerState, rtp: Any,
-                  video_rtp: Any = None) -> PhoneCall:
-        cid = str(self._next_id)
-        self._next_id += 1
+                  video_rtp: Any = None, cid: str | None = None) -> PhoneCall:
+        if cid is None:
+            cid = self.new_call_id()
         assert oa.local is not None and oa.remote is not None
         ours, theirs = (oa.local, oa.remote)
         pc = PhoneCall(cid, peer, call, oa, theirs, ours, rtp, initial_layout(theirs), video_rtp=video_rtp)
@@ -403,7 +413,18 @@ class Phone:
         call.on_terminated(lambda c, reason: self._remote_ended(pc, reason))
         self.start_media(pc)
         log.info("call %s with %s established", cid, peer)
+        self.controls.established(pc)
         return pc
+
+    def new_call_id(self) -> str:
+        cid = str(self._next_id)
+        self._next_id += 1
+        return cid
+
+    def end_call(self, pc: PhoneCall, reason: str) -> None:
+        """Forget a call whose BYEs have been sent, and announce it."""
+        self._ended(pc)
+        self.controls.ended(pc, reason)
 
     def _remote_ended(self, pc: PhoneCall, reason: str) -> None:
         if self.calls.get(pc.id) is not pc:
@@ -412,7 +433,7 @@ class Phone:
         for device, call in list(pc.device_calls.items()):
             call.bye().addErrback(lambda f, d=device: log.warning("BYE to %s failed", d))
         pc.device_calls.clear()
-        self._ended(pc)
+        self.end_call(pc, reason)
 
     def _ended(self, pc: PhoneCall) -> None:
         self.calls.pop(pc.id, None)
@@ -429,14 +450,22 @@ class Phone:
     # Calls ----------------------------------------------------------------------------------------
 
     def _incoming(self, incoming: IncomingCall) -> None:
-        if not self.config.calls.auto_answer or incoming.offer is None:
-            incoming.reject(486 if incoming.offer is not None else 488)
+        if incoming.offer is None:
+            incoming.reject(488)
             return
+        if not self.config.calls.auto_answer:
+            self.controls.ring(incoming, self.new_call_id())  # `sipmob answer` or `reject`
+            return
+        self.accept_incoming(incoming).addErrback(lambda _: None)
+
+    def accept_incoming(self, incoming: IncomingCall, cid: str | None = None) -> defer.Deferred[Any]:
+        """Answer an incoming call; fires with its `PhoneCall` once ACKed, errback `CommandError` when
+        its offer is unusable (488 sent) or `CallFailed` when the caller gave up first."""
         rtp = self._new_rtp()
         video_rtp = None
         oa = OfferAnswerState(_origin(self.address))
         try:
-            offer = parse(incoming.offer)
+            offer = parse(incoming.offer or b"")
             ports = {"audio": rtp.port}
             if any(m.media == "video" and m.port for m in offer.media):
                 video_rtp = self._new_rtp(video=True)
@@ -449,10 +478,16 @@ class Phone:
             log.warning("incoming call refused: %s", exc)
             incoming.reject(488)
             self._close(rtp, video_rtp)
-            return
+            return defer.fail(CommandError(f"incoming call refused: {exc}"))
         d = incoming.accept(stamped.to_bytes())
-        d.addCallbacks(lambda call: self._add_call(call, str(call.dialog.remote_uri.uri), oa, rtp, video_rtp),
-                       lambda failure: self._close(rtp, video_rtp))
+
+        def failed(failure: Any) -> Any:
+            self._close(rtp, video_rtp)
+            return failure
+
+        d.addCallbacks(lambda call: self._add_call(call, str(call.dialog.remote_uri.uri), oa, rtp, video_rtp,
+                                                   cid), failed)
+        return d
 
     @staticmethod
     def _close(*endpoints: Any) -> None:
@@ -575,8 +610,8 @@ class Phone:
         """The control socket's requests."""
         if command == "call":
             return self.call(str(args.get("uri", "")))
-        if command == "calls":
-            return [pc.describe() for pc in self.calls.values()]
+        if command in CALL_COMMANDS:
+            return self.controls.handle(command, args)
         if command == "transfer":
             return self.transfer(args)
         if command == "split":

@@ -186,6 +186,25 @@ class RtpEndpoint:
         recorder, self._recorder = self._recorder, None
         return recorder
 
+    def stream_timestamp(self) -> int | None:
+        """The timestamp of the sampling instant now on our stream's clock; None before any stream."""
+        return None if self._sender is None else self._sender.timestamp_at(self._monotonic())
+
+    def send_in_stream(self, payload_type: int, payload: bytes, timestamp: int, marker: bool) -> None:
+        """One packet of another payload format within our stream (RFC 4733 events ride in the
+        audio's RTP session: same SSRC, the next sequence number); the caller gives the timestamp."""
+        sender, destination = self._sender, self._destination
+        if sender is None or destination is None:
+            raise ValueError("no stream to send in")
+        packet = RtpPacket(payload_type, sender.sequence, timestamp, self.ssrc, payload, marker=marker)
+        sender.sequence = (sender.sequence + 1) % 65536
+        sender.packet_count += 1
+        sender.octet_count += len(payload)
+        try:
+            self._protocol.wire.write(packet.to_bytes(), destination)
+        except OSError:
+            self.send_errors += 1
+
     def stats(self) -> EndpointStats:
         sender = self._sender
         return EndpointStats(self.ssrc, sender.packet_count if sender else 0,

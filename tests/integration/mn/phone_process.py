@@ -39,7 +39,8 @@ def until(condition: Callable[[], Any], timeout: float = 10.0, step: float = 0.1
 
 
 class Phone:
-    def __init__(self, directory: Path, da: str, grace: float = 0.5, auto_answer: bool = False) -> None:
+    def __init__(self, directory: Path, da: str, grace: float = 0.5, auto_answer: bool = False,
+                 ring_timeout: float = 60.0) -> None:
         self.port = free_udp_port()
         self.uri = f"sip:mn@127.0.0.1:{self.port}"
         self.control = directory / "mn.sock"
@@ -47,7 +48,7 @@ class Phone:
         self.config.write_text(
             f'[listen]\naddress = "127.0.0.1"\nport = {self.port}\n'
             f'[calls]\nauto_answer = {str(auto_answer).lower()}\ngrace_period = {grace}\n'
-            'device_timeout = 2.0\noptions_timeout = 1.0\n'
+            f'device_timeout = 2.0\noptions_timeout = 1.0\nring_timeout = {ring_timeout}\n'
             f'[slp]\nda = "{da}"\n[control]\npath = "{self.control}"\n')
         self.log = open(directory / "phone.log", "wb")  # closed in stop()
         self.log_path = directory / "phone.log"

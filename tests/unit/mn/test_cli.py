@@ -104,3 +104,27 @@ def test_unknown_media_is_rejected_by_the_parser(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         run(tmp_path, "transfer", "1", "--to", "tv", "--media", "text")
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("command", ["answer", "reject", "hangup", "hold", "resume"])
+def test_call_controls_send_the_call(tmp_path: Path, sent: list[Any], command: str) -> None:
+    assert run(tmp_path, command, "3") == 0
+    assert sent[-1][1:] == (command, {"call": "3"})
+
+
+def test_dtmf_sends_the_digits(tmp_path: Path, sent: list[Any]) -> None:
+    assert run(tmp_path, "dtmf", "1", "12#") == 0
+    assert sent[-1][1:] == ("dtmf", {"call": "1", "digits": "12#"})
+
+
+def test_watch_lines_say_who_calls_and_what_changed() -> None:
+    incoming = {"event": "incoming", "call": "2", "peer": "sip:alice@h", "display": "Alice", "time": 0}
+    assert cli.format_event(incoming).endswith(
+        "call 2: Alice <sip:alice@h> is calling (sipmob answer 2 / sipmob reject 2)")
+    ended = {"event": "state", "call": "2", "peer": "sip:alice@h", "state": "ended", "reason": "rejected"}
+    assert cli.format_event(ended).endswith("call 2 with sip:alice@h: ended (rejected)")
+
+
+def test_ringing_calls_show_the_callers_name() -> None:
+    line = cli.format_calls([{"id": "4", "peer": "sip:bob@h", "display": "Bob", "state": "ringing"}])
+    assert line == "4  Bob <sip:bob@h>  ringing  -"

@@ -335,3 +335,22 @@ def test_a_failing_send_is_counted_and_the_stream_goes_on(reactor: FakeReactor) 
     assert ep.sending
     packets = sent(reactor)
     assert (packets[-1].sequence - packets[0].sequence) % 65536 == 10
+
+
+def test_events_ride_in_the_stream_with_its_ssrc_and_next_sequence(reactor: FakeReactor) -> None:
+    ep = endpoint(reactor)
+    assert ep.stream_timestamp() is None
+    with pytest.raises(ValueError):
+        ep.send_in_stream(101, b"\x01\x0a\x00\xa0", 0, True)
+    ep.start_sending(ToneSource(), PCMU, 0, ("127.0.0.1", 5000))
+    run(reactor, 0.1)
+    at = ep.stream_timestamp()
+    ep.stop_sending()
+    ep.send_in_stream(101, b"\x01\x0a\x00\xa0", at or 0, True)
+    packets = sent(reactor)
+    event = packets[-1]
+    assert (event.ssrc, event.payload_type, event.marker, event.timestamp) == (ep.ssrc, 101, True, at)
+    assert event.sequence == (packets[-2].sequence + 1) % 65536
+    assert at is not None and (at - packets[-2].timestamp) % 2**32 <= 320
+    ep.start_sending(ToneSource(), PCMU, 0, ("127.0.0.1", 5000))
+    assert sent(reactor)[-1].sequence == (event.sequence + 1) % 65536
