@@ -1,10 +1,11 @@
 """A SIP user agent on the Twisted reactor: `UserAgent`, `IncomingCall`, `Call`.
 
 Maps the sans-I/O `sipmob.sip.ua.UACore` to Deferreds and callbacks: `SIPTransport` carries the
-bytes and drives the transaction timers, one `TimerDriver` drives the core's own deadlines (2xx
-retransmission, glare back-off, REGISTER refreshes and retries), and each core event fires the
-Deferred or handler waiting for it. `UserAgent.register` gives a `Registration`; the credentials
-given to `UserAgent` answer 401/407 challenges (the core does that).
+bytes and drives the core, the one machine of a UA (its transaction layer is inside it), with one
+pump and one timer for every deadline (transaction timers, 2xx retransmission, glare back-off,
+REGISTER refreshes and retries), and each core event fires the Deferred or handler waiting for it.
+`UserAgent.register` gives a `Registration`; the credentials given to `UserAgent` answer 401/407
+challenges (the core does that).
 
 Not here: any SIP rule (they are all in `sipmob.sip`), SDP negotiation (the application passes SDP
 bytes in and gets SDP bytes out), media.
@@ -19,12 +20,11 @@ from typing import Any
 from twisted.internet import defer
 
 from sipmob.service.sipnet import SIPTransport
-from sipmob.service.timers import TimerDriver
 from sipmob.sip import ua as core
 from sipmob.sip.dialog import Dialog
 from sipmob.sip.headers import Replaces
 from sipmob.sip.message import Request, Response, reason_phrase
-from sipmob.sip.transaction import Event, TimerConfig
+from sipmob.sip.transaction import TimerConfig
 from sipmob.sip.transport import Address
 from sipmob.sip.uri import URI, NameAddr
 
@@ -404,9 +404,8 @@ class UserAgent:
         self._options = {"user": user, "display_name": display_name, "user_agent": user_agent,
                          "timers": timers, "capabilities_sdp": capabilities_sdp,
                          "credentials": credentials}
-        self._transport = SIPTransport(reactor, None, listen, on_event=self._on_layer_event)
+        self._transport = SIPTransport(reactor, None, listen, on_event=self._on_core_event)
         self._core_obj: core.UACore | None = None
-        self._timer: TimerDriver | None = None
         self._call_handler: Callable[[IncomingCall], None] | None = None
         self._request_handlers: dict[str, Callable[[IncomingRequest], Any]] = {}
         self._calls: dict[int, Call] = {}
@@ -419,7 +418,6 @@ class UserAgent:
         self._subscriptions: dict[int, Subscription] = {}
         self._ack_sdp: dict[int, AckSdp] = {}  # by call handle, or by -op for a re-INVITE
         self._registrations: dict[int, Registration] = {}
-        self._draining = False
         self.contact: URI | None = None
         self.aor: URI | None = None
         self.addresses: list[Address] = []
@@ -436,15 +434,11 @@ class UserAgent:
         self._core_obj.app_methods.update(self._request_handlers)
         self.contact = self._core_obj.contact_uri
         self.aor = self._core_obj.aor
-        self._transport.use_layer(self._core_obj.layer)
-        self._timer = TimerDriver(self.reactor, self._core_obj.get_timer, self._core_obj.handle_timer,
-                                  after=self._flush)
+        self._transport.use_layer(self._core_obj)
         return defer.succeed(list(self.addresses))
 
     def stop(self) -> defer.Deferred[None]:
         """Close the sockets. Calls are not hung up: that is the application's decision."""
-        if self._timer is not None:
-            self._timer.cancel()
         d = self._transport.stop()
         return d.addCallback(lambda _: None)
 
@@ -575,28 +569,16 @@ class UserAgent:
         self._flush()
         return d
 
-    def _on_layer_event(self, event: Event) -> None:
-        self._core.handle_layer_event(event, self._now())
-        self._flush()  # folded into the outer loop when one is running
-
     def _flush(self) -> None:
-        if self._draining:
-            return
-        self._draining = True
+        """Send what the core wants sent and hand its events out (the transport's one pump:
+        folded into the outer loop when called from an event handler)."""
+        self._transport.flush()
+
+    def _on_core_event(self, event: core.UAEvent) -> None:
         try:
-            while True:
-                self._transport.flush()
-                event = self._core.next_event()
-                if event is None:
-                    break
-                try:
-                    self._on_event(event)
-                except Exception:
-                    log.exception("handling %s failed", type(event).__name__)
-        finally:
-            self._draining = False
-        if self._timer is not None:
-            self._timer.update()
+            self._on_event(event)
+        except Exception:
+            log.exception("handling %s failed", type(event).__name__)
 
     def _on_event(self, event: core.UAEvent) -> None:
         if isinstance(event, core.IncomingInvite):

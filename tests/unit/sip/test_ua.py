@@ -867,3 +867,44 @@ def test_any_request_from_the_peer_is_answered_or_dropped_without_raising(
         assert len(out) <= 2  # a final answer (after a 100 Trying), or nothing yet for the app
     net.collect()
     net.advance(net.now + 100.0)
+
+
+def _ring_then_answer(net: Net, a: UACore, b: UACore) -> None:
+    a.invite(uri(BOB, "b"), OFFER, net.now)
+    net.run()
+    inc = one(net.take(b, IncomingInvite)).call  # type: ignore[attr-defined]
+    b.answer_invite(inc, 180, net.now)
+    net.run()
+    b.answer_invite(inc, 200, net.now, sdp=ANSWER)
+    net.run()
+    b.bye(inc, net.now)
+
+
+def test_calls_move_only_along_the_state_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sipmob.sip.callstate import TRANSITIONS, CallInput, CallState
+    from sipmob.sip.uabase import UABase
+
+    taken: set[tuple[CallState, CallInput]] = set()
+    original = UABase._move
+
+    def move(self: UABase, c: object, event: CallInput) -> None:
+        before = c.state  # type: ignore[attr-defined]
+        original(self, c, event)  # type: ignore[arg-type]
+        assert c.state is TRANSITIONS[before][event]  # type: ignore[attr-defined]
+        taken.add((before, event))
+
+    monkeypatch.setattr(UABase, "_move", move)
+    for scenario in (_bye, _reject, _cancel, _reinvite_then_bye, _refer_then_bye, _never_acked,
+                     _ring_then_answer):
+        a, b = core(ALICE, "alice"), core(BOB, "bob")
+        net = Net(a, b)
+        scenario(net, a, b)
+        net.run()
+        net.advance(net.now + 200.0)
+    s, i = CallState, CallInput
+    wanted = {(s.CALLING, i.PROVISIONAL), (s.INCOMING, i.RING), (s.INCOMING, i.ANSWER), (s.EARLY, i.ANSWER),
+              (s.ANSWERED, i.ACK), (s.CALLING, i.ACCEPTED), (s.EARLY, i.ACCEPTED), (s.CONFIRMED, i.END),
+              (s.EARLY, i.END), (s.INCOMING, i.END), (s.ANSWERED, i.END)}
+    assert not wanted - taken, [(x.name, y.name) for x, y in wanted - taken]
+    # and the random walk of two cores: any move off the table fails inside `move`
+    test_random_walks_never_raise_and_end_with_everything_reaped()
