@@ -13,6 +13,7 @@ bytes in and gets SDP bytes out), media.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -83,7 +84,7 @@ class Registration:
 
     @property
     def state(self) -> str:
-        return self.ua._core.registration_state(self.handle)
+        return self.ua.machine.registration_state(self.handle)
 
     def on_change(self, handler: Callable[[Registration], Any]) -> None:
         self._handlers.append(handler)
@@ -95,8 +96,8 @@ class Registration:
         if self._gone is None:
             self._gone = defer.Deferred()
             gone = self._gone
-            self.ua._core.unregister(self.handle, self.ua._now())
-            self.ua._flush()
+            self.ua.machine.unregister(self.handle, self.ua.now())
+            self.ua.flush()
             return gone
         return self._gone
 
@@ -106,6 +107,12 @@ class Registration:
                 handler(self)
             except Exception:
                 log.exception("registration handler failed")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _PendingReinvite:
+    deferred: defer.Deferred[Response]
+    ack_sdp: AckSdp | None
 
 
 class ReferProgress:
@@ -134,13 +141,13 @@ class IncomingRequest:
         if self.responded:
             return
         self.responded = True
-        created = self.ua._core.respond(self.rid, status, self.ua._now(), reason=reason, headers=headers,
+        created = self.ua.machine.respond(self.rid, status, self.ua.now(), reason=reason, headers=headers,
                                         body=body, content_type=content_type)
         if created is not None:
             event = (self.request.headers.get("Event") or "").strip()
             self.subscription = Subscription(self.ua, created, event)
-            self.ua._subscriptions[created] = self.subscription
-        self.ua._flush()
+            self.ua.adopt_subscription(self.subscription)
+        self.ua.flush()
 
     def accept_subscription(self, expires: int) -> Subscription:
         """Answer a SUBSCRIBE with 200 and return the notifier's `Subscription`; send the first
@@ -164,7 +171,7 @@ class Subscription:
 
     @property
     def dialog(self) -> Dialog:
-        d = self.ua._core.dialog(self.handle) or self._dialog
+        d = self.ua.machine.dialog(self.handle) or self._dialog
         assert d is not None
         return d
 
@@ -175,12 +182,12 @@ class Subscription:
     def notify(self, state: str, body: bytes = b"", content_type: str | None = None
                ) -> defer.Deferred[Response]:
         """Send a NOTIFY with ``Subscription-State: state``; "terminated..." ends the dialog."""
-        return self.ua._in_dialog(self.handle, "NOTIFY", headers=[
+        return self.ua.in_dialog(self.handle, "NOTIFY", headers=[
             ("Event", self.event), ("Subscription-State", state)], body=body, content_type=content_type)
 
     def unsubscribe(self) -> defer.Deferred[Response]:
         """Send SUBSCRIBE with Expires: 0; the notifier's final NOTIFY then ends the dialog."""
-        return self.ua._in_dialog(self.handle, "SUBSCRIBE", headers=[("Event", self.event),
+        return self.ua.in_dialog(self.handle, "SUBSCRIBE", headers=[("Event", self.event),
                                                                        ("Expires", "0")])
 
     def _ended(self, reason: str) -> None:
@@ -207,7 +214,7 @@ class Call:
 
     @property
     def dialog(self) -> Dialog:
-        d = self.ua._core.dialog(self.handle) or self._dialog
+        d = self.ua.machine.dialog(self.handle) or self._dialog
         assert d is not None
         self._dialog = d
         return d
@@ -218,18 +225,18 @@ class Call:
 
     @property
     def state(self) -> str:
-        return self.ua._core.call_state(self.handle)
+        return self.ua.machine.call_state(self.handle)
 
     @property
     def local_sdp(self) -> bytes | None:
         if self.state != "terminated":
-            self._sdp = self.ua._core.sdp(self.handle)
+            self._sdp = self.ua.machine.sdp(self.handle)
         return self._sdp[0]
 
     @property
     def remote_sdp(self) -> bytes | None:
         if self.state != "terminated":
-            self._sdp = self.ua._core.sdp(self.handle)
+            self._sdp = self.ua.machine.sdp(self.handle)
         return self._sdp[1]
 
     def reinvite(self, sdp: bytes | None, *, ack_sdp: AckSdp | None = None) -> defer.Deferred[Response]:
@@ -239,25 +246,23 @@ class Call:
         Without an offer, `ack_sdp(offer)` makes the ACK's answer (bytes or a Deferred of them);
         without `ack_sdp` the ACK is held for `ack`."""
         try:
-            op = self.ua._core.reinvite(self.handle, sdp, self.ua._now())
+            op = self.ua.machine.reinvite(self.handle, sdp, self.ua.now())
         except core.UAError as exc:
             return defer.fail(_misuse(exc))
         d: defer.Deferred[Response] = defer.Deferred()
-        self.ua._reinvites[op] = d
-        if ack_sdp is not None:
-            self.ua._ack_sdp[-op] = ack_sdp
-        self.ua._flush()
+        self.ua.expect_reinvite(op, d, ack_sdp)
+        self.ua.flush()
         return d
 
     def ack(self, sdp: bytes | None) -> None:
         """Send the ACK held for a late-offer 2xx, carrying our answer `sdp`."""
-        self.ua._core.ack(self.handle, sdp, self.ua._now())
-        self.ua._flush()
+        self.ua.machine.ack(self.handle, sdp, self.ua.now())
+        self.ua.flush()
 
     @property
     def ack_pending(self) -> bool:
         """Whether a late-offer 2xx waits for `ack`."""
-        return self.ua._core.ack_pending(self.handle)
+        return self.ua.machine.ack_pending(self.handle)
 
     def on_reinvite(self, handler: Callable[[Call, Request], bytes | defer.Deferred[bytes]]) -> None:
         """Who answers the peer's re-INVITEs: `handler` returns the answer SDP (or our offer when the
@@ -269,13 +274,13 @@ class Call:
         """Hang up: fires when the BYE is answered (or has timed out)."""
         if self.state == "terminated":
             return defer.succeed(None)
-        op = self.ua._core.bye(self.handle, self.ua._now())
+        op = self.ua.machine.bye(self.handle, self.ua.now())
         d: defer.Deferred[None] = defer.Deferred()
         if op:
-            self.ua._requests[op] = lambda _response: d.callback(None)
+            self.ua.expect(op, lambda _response: d.callback(None))
         else:
             d.callback(None)
-        self.ua._flush()
+        self.ua.flush()
         return d
 
     def refer(self, refer_to: str | URI, *, replaces: Replaces | None = None,
@@ -287,7 +292,7 @@ class Call:
             uri = uri.replace(headers=(("Replaces", str(replaces)),))
         by = NameAddr.parse(referred_by) if referred_by else None
         try:
-            op = self.ua._core.refer(self.handle, NameAddr(None, uri), self.ua._now(), referred_by=by)
+            op = self.ua.machine.refer(self.handle, NameAddr(None, uri), self.ua.now(), referred_by=by)
         except core.UAError as exc:
             return defer.fail(_misuse(exc))
         d: defer.Deferred[ReferProgress] = defer.Deferred()
@@ -296,14 +301,10 @@ class Call:
             if response is None or response.status >= 300:
                 d.errback(_error(response))
                 return
-            progress = ReferProgress(response)
-            self.ua._refers[op] = progress
-            for status, terminated in self.ua._early_notifies.pop(op, []):
-                self.ua._refer_notified(progress, status, terminated)
-            d.callback(progress)
+            d.callback(self.ua.refer_accepted(op, ReferProgress(response)))
 
-        self.ua._requests[op] = completed
-        self.ua._flush()
+        self.ua.expect(op, completed)
+        self.ua.flush()
         return d
 
     def on_refer(self, handler: Callable[[Call, Request], Any]) -> None:
@@ -316,8 +317,8 @@ class Call:
 
     def notify_refer(self, refer_id: int, status: int, reason: str | None = None) -> None:
         """Report progress of a REFER we accepted (``refer_id`` is the REFER's CSeq number)."""
-        self.ua._core.notify_refer(self.handle, refer_id, status, self.ua._now(), reason=reason)
-        self.ua._flush()
+        self.ua.machine.notify_refer(self.handle, refer_id, status, self.ua.now(), reason=reason)
+        self.ua.flush()
 
     def on_request(self, method: str, handler: Callable[[Call, Request], Any]) -> None:
         """Who answers other requests within the call (INFO, SUBSCRIBE, NOTIFY...): `handler`
@@ -328,7 +329,7 @@ class Call:
     def info(self, body: bytes, content_type: str) -> defer.Deferred[Response]:
         """Send an INFO within the call; fires with the final response (errback `SIPError` on a
         timeout)."""
-        return self.ua._in_call(self, "INFO", body=body, content_type=content_type)
+        return self.ua.in_dialog(self.handle, "INFO", body=body, content_type=content_type)
 
     def on_terminated(self, handler: Callable[[Call, str], None]) -> None:
         """Called once when the call ends, with the reason ("bye", "local", "replaced", "no-ack",
@@ -355,14 +356,14 @@ class IncomingCall:
         self.offer = event.offer
         self.replaces = event.replaces
         self.referred_by = event.referred_by
-        self.replaced: Call | None = ua._calls.get(event.replaces_call) if event.replaces_call else None
+        self.replaced: Call | None = ua.call(event.replaces_call) if event.replaces_call else None
         self.cancelled: defer.Deferred[None] = defer.Deferred()
         self._accepted: defer.Deferred[Call] | None = None
 
     def ringing(self) -> None:
         """Send 180 Ringing (an early dialog)."""
-        self.ua._core.answer_invite(self.handle, 180, self.ua._now())
-        self.ua._flush()
+        self.ua.machine.answer_invite(self.handle, 180, self.ua.now())
+        self.ua.flush()
 
     def accept(self, sdp: bytes) -> defer.Deferred[Call]:
         """Answer 200 with `sdp` (our answer, or our offer if the INVITE had none; then the ACK
@@ -370,15 +371,15 @@ class IncomingCall:
         if the caller cancelled first."""
         d: defer.Deferred[Call] = defer.Deferred()
         self._accepted = d
-        self.ua._incoming[self.handle] = self
-        self.ua._core.answer_invite(self.handle, 200, self.ua._now(), sdp=sdp)
-        self.ua._flush()
+        self.ua.expect_ack(self)
+        self.ua.machine.answer_invite(self.handle, 200, self.ua.now(), sdp=sdp)
+        self.ua.flush()
         return d
 
     def reject(self, status: int = 486, reason: str | None = None) -> None:
         """Refuse the call with a final status."""
-        self.ua._core.answer_invite(self.handle, status, self.ua._now(), reason=reason)
-        self.ua._flush()
+        self.ua.machine.answer_invite(self.handle, status, self.ua.now(), reason=reason)
+        self.ua.flush()
 
 
 class UserAgent:
@@ -411,12 +412,12 @@ class UserAgent:
         self._calls: dict[int, Call] = {}
         self._incoming: dict[int, IncomingCall] = {}
         self._outgoing: dict[int, tuple[defer.Deferred[Call], Callable[[Response], Any] | None]] = {}
-        self._reinvites: dict[int, defer.Deferred[Response]] = {}
+        self._reinvites: dict[int, _PendingReinvite] = {}
         self._requests: dict[int, Callable[[Response | None], Any]] = {}
         self._refers: dict[int, ReferProgress] = {}
         self._early_notifies: dict[int, list[tuple[int, bool]]] = {}
         self._subscriptions: dict[int, Subscription] = {}
-        self._ack_sdp: dict[int, AckSdp] = {}  # by call handle, or by -op for a re-INVITE
+        self._ack_sdp: dict[int, AckSdp] = {}  # by call handle, for a late-offer INVITE
         self._registrations: dict[int, Registration] = {}
         self.contact: URI | None = None
         self.aor: URI | None = None
@@ -545,34 +546,72 @@ class UserAgent:
         self._flush()
         return d
 
-    # Internals ----------------------------------------------------------------------------------
+    # The surface the handles (Call, IncomingCall, Subscription...) act through -----------------
 
     @property
-    def _core(self) -> core.UACore:
+    def machine(self) -> core.UACore:
+        """The sans-I/O core, the one machine of this UA; after acting on it, `flush`."""
         if self._core_obj is None:
             raise RuntimeError("UserAgent.start() first")
         return self._core_obj
 
-    def _now(self) -> float:
+    def now(self) -> float:
         return float(self.reactor.seconds())
 
-    def _in_call(self, call: Call, method: str, **kw: Any) -> defer.Deferred[Response]:
-        return self._in_dialog(call.handle, method, **kw)
+    def flush(self) -> None:
+        """Send what the core wants sent and hand its events out (the transport's one pump:
+        folded into the outer loop when called from an event handler)."""
+        self._transport.flush()
 
-    def _in_dialog(self, handle: int, method: str, **kw: Any) -> defer.Deferred[Response]:
+    def call(self, handle: int) -> Call | None:
+        """The established `Call` of a core handle."""
+        return self._calls.get(handle)
+
+    def expect(self, op: int, completed: Callable[[Response | None], Any]) -> None:
+        """Who hears the final response (None: a timeout) of the core's request `op`."""
+        self._requests[op] = completed
+
+    def expect_reinvite(self, op: int, d: defer.Deferred[Response], ack_sdp: AckSdp | None) -> None:
+        """Fire `d` when our re-INVITE `op` completes; `ack_sdp` makes a held ACK's answer."""
+        self._reinvites[op] = _PendingReinvite(d, ack_sdp)
+
+    def expect_ack(self, incoming: IncomingCall) -> None:
+        """An incoming call we answered 2xx: its `accept` Deferred fires on the ACK."""
+        self._incoming[incoming.handle] = incoming
+
+    def refer_accepted(self, op: int, progress: ReferProgress) -> ReferProgress:
+        """Our REFER `op` got 202: its NOTIFYs (those that overtook the 202 first) go to `progress`."""
+        self._refers[op] = progress
+        for status, terminated in self._early_notifies.pop(op, []):
+            self._refer_notified(progress, status, terminated)
+        return progress
+
+    def adopt_subscription(self, subscription: Subscription) -> None:
+        """A subscription dialog made by answering a SUBSCRIBE: its requests go to it."""
+        self._subscriptions[subscription.handle] = subscription
+
+    def in_dialog(self, handle: int, method: str, **kw: Any) -> defer.Deferred[Response]:
+        """Send `method` within the dialog of `handle`; fires with the final response (any status)."""
         try:
-            op = self._core.request_in_call(handle, method, self._now(), **kw)
+            op = self.machine.request_in_call(handle, method, self.now(), **kw)
         except core.UAError as exc:
             return defer.fail(_misuse(exc))
         d: defer.Deferred[Response] = defer.Deferred()
         self._requests[op] = _fire_response(d, any_status=True)
-        self._flush()
+        self.flush()
         return d
 
+    # Internals ----------------------------------------------------------------------------------
+
+    @property
+    def _core(self) -> core.UACore:
+        return self.machine
+
+    def _now(self) -> float:
+        return self.now()
+
     def _flush(self) -> None:
-        """Send what the core wants sent and hand its events out (the transport's one pump:
-        folded into the outer loop when called from an event handler)."""
-        self._transport.flush()
+        self.flush()
 
     def _on_core_event(self, event: core.UAEvent) -> None:
         try:
@@ -676,11 +715,11 @@ class UserAgent:
             incoming._accepted.errback(CallFailed(status, f"ended before the ACK ({event.reason})"))
 
     def _reinvite_completed(self, event: core.ReinviteCompleted) -> None:
-        d = self._reinvites.pop(event.op, None)
-        ack_sdp = self._ack_sdp.pop(-event.op, None)
+        pending = self._reinvites.pop(event.op, None)
         call = self._calls.get(event.call)
-        if d is None:
+        if pending is None:
             return
+        d, ack_sdp = pending.deferred, pending.ack_sdp
         response = event.response
         if (ack_sdp is not None and call is not None and response is not None
                 and self._core.ack_pending(event.call) and response.body):
