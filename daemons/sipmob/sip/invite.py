@@ -17,8 +17,8 @@ from sipmob.sip import transaction as tx
 from sipmob.sip.callstate import SETTING_UP, UNANSWERED, CallInput, CallState
 from sipmob.sip.challenge import ChallengeRetry
 from sipmob.sip.dialog import Dialog, DialogId, DialogState, uri_destination
-from sipmob.sip.headers import CSeq, Replaces
-from sipmob.sip.message import Headers, Request, Response, make_response
+from sipmob.sip.headers import Replaces
+from sipmob.sip.message import Request, Response, make_response
 from sipmob.sip.transaction import TransactionKey
 from sipmob.sip.uabase import _GLARE_RETRIES, SDP, _Call, _ClientOp, _Reinvite, _ServerRequest
 from sipmob.sip.uaevents import (
@@ -43,12 +43,7 @@ class InviteSessions(ChallengeRetry):
         gives the answer the ACK carries for the offer in the 2xx; without it the ACK waits for
         `ack`, as third-party call control needs, RFC 3725 §4). Returns the call handle."""
         handle = self._new_handle()
-        h = Headers()
-        h.add("Max-Forwards", "70")
-        h.add("From", str(NameAddr(self.display_name, self.aor, (("tag", self._token()),))))
-        h.add("To", str(NameAddr(None, target.replace(headers=()))))
-        h.add("Call-ID", f"{self._token()}@{self.contact_uri.host}")
-        h.add("CSeq", str(CSeq(1, "INVITE")))
+        h = self._out_of_dialog_headers("INVITE", target)
         h.add("Contact", str(self.local_contact))
         self._common_headers(h)
         for name, value in headers:

@@ -6,14 +6,15 @@ Not here: INVITE sessions (`sipmob.sip.invite`), deciding whether to act on a RE
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from sipmob.sip import transaction as tx
 from sipmob.sip.callstate import CallState
 from sipmob.sip.challenge import ChallengeRetry
 from sipmob.sip.dialog import Dialog, DialogState, uri_destination
-from sipmob.sip.headers import CSeq, Replaces
-from sipmob.sip.message import Headers, Request, make_response, reason_phrase
+from sipmob.sip.headers import Replaces
+from sipmob.sip.message import Request, make_response, reason_phrase
 from sipmob.sip.uabase import REFER_EXPIRES, SDP, SIPFRAG, _Call, _ClientOp, _ServerRequest
 from sipmob.sip.uaevents import ReferNotified, RequestReceived, UAError
 from sipmob.sip.uri import URI, NameAddr, SIPParseError
@@ -63,6 +64,53 @@ class Referrals(ChallengeRetry):
         c.refer_subs[seq] = seq
         self.notify_refer(call, seq, 100, now)
         return seq
+
+    def refer_outside(self, target: URI, refer_to: NameAddr, now: float, *,
+                      referred_by: NameAddr | None = None,
+                      headers: Sequence[tuple[str, str]] = ()) -> int:
+        """Send a REFER outside any dialog (RFC 3515 §2.4: it creates one, with its implicit
+        subscription). Returns its handle, which is also the op of its `RequestCompleted` (202)
+        and of every `ReferNotified`; the dialog ends with the final NOTIFY. `headers` may add
+        Target-Dialog (RFC 4538), so the referee can tell which of its dialogs it is about."""
+        handle = self._new_handle()
+        h = self._out_of_dialog_headers("REFER", target)
+        h.add("Contact", str(self.local_contact))
+        h.add("Refer-To", str(refer_to))
+        if referred_by is not None:
+            h.add("Referred-By", str(referred_by))
+        self._common_headers(h)
+        for name, value in headers:
+            h.add(name, value)
+        request = Request("REFER", target.replace(headers=()), h)
+        c = _Call(handle, True, CallState.SUBSCRIBING, request, kind="subscription")
+        c.refers[request.cseq.seq] = handle
+        self._calls[handle] = c
+        key = self._send(request, uri_destination(target), None, now)
+        self._client[key] = _ClientOp(handle, handle, "REFER")
+        self._pump(now)
+        return handle
+
+    def accept_refer_outside(self, rid: int, now: float) -> int:
+        """Accept a REFER received outside a dialog: 202 makes the dialog of its subscription
+        (RFC 3515 §2.4), then the first NOTIFY ("100 Trying"). Returns the dialog's handle; the
+        subscription's ``id`` for `notify_refer` is the REFER's CSeq number."""
+        sr = self._server.get(rid)
+        if sr is None or sr.request.method != "REFER" or sr.call is not None:
+            raise UAError(f"no out-of-dialog REFER {rid} waiting")
+        del self._server[rid]
+        request = sr.request
+        tag = sr.to_tag or self._token()
+        h = [("Contact", str(self.local_contact)), *self._response_common()]
+        self.layer.send_response(make_response(request, 202, to_tag=tag, headers=h), now)
+        handle = self._new_handle()
+        dialog = Dialog.from_uas(request, tag, self.local_contact, confirmed=True)
+        c = _Call(handle, False, CallState.CONFIRMED, request, dialog=dialog, kind="subscription")
+        self._calls[handle] = c
+        self._by_dialog[dialog.id] = handle
+        seq = request.cseq.seq
+        c.refer_subs[seq] = seq
+        self.notify_refer(handle, seq, 100, now)
+        return handle
 
     def notify_refer(self, call: int, refer_id: int, status: int, now: float, *,
                      reason: str | None = None) -> int:
@@ -123,12 +171,7 @@ class Referrals(ChallengeRetry):
         `RequestCompleted` carries the response, and a 2xx makes the subscription dialog in which
         NOTIFYs arrive as `RequestReceived` (answer them with `respond`)."""
         handle = self._new_handle()
-        h = Headers()
-        h.add("Max-Forwards", "70")
-        h.add("From", str(NameAddr(self.display_name, self.aor, (("tag", self._token()),))))
-        h.add("To", str(NameAddr(None, target.replace(headers=()))))
-        h.add("Call-ID", f"{self._token()}@{self.contact_uri.host}")
-        h.add("CSeq", str(CSeq(1, "SUBSCRIBE")))
+        h = self._out_of_dialog_headers("SUBSCRIBE", target)
         h.add("Contact", str(self.local_contact))
         h.add("Event", event)
         h.add("Expires", str(expires))
@@ -143,13 +186,23 @@ class Referrals(ChallengeRetry):
         return handle
 
 
-    def _on_refer(self, c: _Call, event: tx.RequestReceived, now: float) -> None:
-        request = event.request
+    def _check_refer(self, request: Request, now: float) -> bool:
+        """RFC 3515 §2.4.1: exactly one well-formed Refer-To, else 400 (a malformed one: from the
+        pump); outside a dialog also one Contact (§2.4, REFER creates a dialog)."""
         targets = request.headers.get_lines("Refer-To")
         if len(targets) != 1:
-            self._reply(request, 400, now, reason="Exactly one Refer-To")  # RFC 3515 §2.4.1
+            self._reply(request, 400, now, reason="Exactly one Refer-To")
+            return False
+        NameAddr.parse(targets[0].strip())
+        if request.to.tag is None and len(request.contact) != 1:
+            self._reply(request, 400, now, reason="Exactly one Contact")
+            return False
+        return True
+
+    def _on_refer(self, c: _Call, event: tx.RequestReceived, now: float) -> None:
+        request = event.request
+        if not self._check_refer(request, now):
             return
-        NameAddr.parse(targets[0].strip())  # malformed: 400 from the pump
         rid = self._new_handle()
         self._server[rid] = _ServerRequest(request, event.transaction_key, c.handle, None)
         self._events.append(RequestReceived(c.handle, rid, request))
@@ -180,7 +233,53 @@ class Referrals(ChallengeRetry):
             assert ident is not None
             del c.refers[ident]
         self._events.append(ReferNotified(c.handle, op, status, reason, terminated))
+        if terminated and c.kind == "subscription" and not c.refers:
+            self._end(c, "terminated", now)  # the REFER's own dialog ends with its subscription
 
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Referred:
+    """What a REFER asks its referee to do (RFC 3515 §2.4.2): send `method` (INVITE unless the
+    Refer-To URI says ``method=``, as a nested REFER does) to `target` with `headers`: those
+    embedded in the Refer-To URI that the triggered request carries (Replaces, RFC 3891 §3; for a
+    nested REFER its own Refer-To), and the REFER's Referred-By (RFC 3892 §3)."""
+
+    method: str
+    target: URI
+    headers: tuple[tuple[str, str], ...]
+    referred_by: NameAddr | None
+    replaces: Replaces | None
+
+
+_CARRIED = ("replaces", "refer-to", "referred-by", "target-dialog")
+
+
+def referred(refer: Request) -> Referred:
+    """Raises `SIPParseError` for a REFER without one well-formed Refer-To, or for a method the
+    referee would not send for a REFER (only INVITE and REFER are)."""
+    values = refer.headers.get_lines("Refer-To")
+    if len(values) != 1:
+        raise SIPParseError("Exactly one Refer-To")
+    uri = NameAddr.parse(values[0].strip()).uri
+    method = (uri.param("method") or "INVITE").upper()
+    if method not in ("INVITE", "REFER"):
+        raise SIPParseError(f"Refer-To asks for {method}")
+    headers: list[tuple[str, str]] = []
+    replaces: Replaces | None = None
+    for name, value in uri.headers:
+        if name.lower() not in _CARRIED:
+            continue  # anything else is not ours to put into a request (RFC 3261 §19.1.5)
+        if name.lower() == "replaces":
+            replaces = Replaces.parse(value)
+            value = str(replaces)
+        headers.append((name, value))
+    by_value = refer.headers.get("Referred-By")
+    by = NameAddr.parse(by_value.strip()) if by_value else None
+    if by is not None and not any(n.lower() == "referred-by" for n, _ in headers):
+        headers.append(("Referred-By", (by_value or "").strip()))
+    params = tuple((n, v) for n, v in uri.params if n.lower() != "method")
+    return Referred(method, uri.replace(headers=(), params=params), tuple(headers), by, replaces)
 
 
 def referred_request(refer: Request) -> tuple[URI, list[tuple[str, str]]]:

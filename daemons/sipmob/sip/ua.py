@@ -39,10 +39,9 @@ from collections.abc import Sequence
 from sipmob.sip import transaction as tx
 from sipmob.sip.callstate import SETTING_UP, UNANSWERED, CallInput, CallState
 from sipmob.sip.dialog import Dialog, DialogId, uri_destination
-from sipmob.sip.headers import CSeq
 from sipmob.sip.invite import InviteSessions
-from sipmob.sip.message import Headers, Request, Response, make_response
-from sipmob.sip.refer import Referrals, _event_package, referred_request
+from sipmob.sip.message import Request, Response, make_response
+from sipmob.sip.refer import Referrals, Referred, _event_package, referred, referred_request
 from sipmob.sip.register import Registrations
 from sipmob.sip.transaction import TransactionKey
 from sipmob.sip.transport import Address
@@ -76,13 +75,37 @@ from sipmob.sip.uaevents import (
     UAEvent,
     Unregistered,
 )
-from sipmob.sip.uri import URI, NameAddr
+from sipmob.sip.uri import URI
 
-__all__ = ["ACCEPT", "ALLOW", "REFER_EXPIRES", "SDP", "SIPFRAG", "SUPPORTED", "CallEstablished", "CallFailed",
-           "CallProgress", "CallState", "CallTerminated", "CredentialsLookup", "IncomingInvite",
-           "ReferNotified", "Registered", "RegistrationFailed", "ReinviteCompleted", "ReinviteReceived",
-           "RequestCompleted", "RequestReceived", "UACore", "UAError", "UAEvent", "Unregistered",
-           "referred_request"]
+__all__ = [
+    "ACCEPT",
+    "ALLOW",
+    "REFER_EXPIRES",
+    "SDP",
+    "SIPFRAG",
+    "SUPPORTED",
+    "CallEstablished",
+    "CallFailed",
+    "CallProgress",
+    "CallState",
+    "CallTerminated",
+    "CredentialsLookup",
+    "IncomingInvite",
+    "ReferNotified",
+    "Referred",
+    "Registered",
+    "RegistrationFailed",
+    "ReinviteCompleted",
+    "ReinviteReceived",
+    "RequestCompleted",
+    "RequestReceived",
+    "UACore",
+    "UAError",
+    "UAEvent",
+    "Unregistered",
+    "referred",
+    "referred_request",
+]
 
 
 class UACore(InviteSessions, Referrals, Registrations):
@@ -130,12 +153,7 @@ class UACore(InviteSessions, Referrals, Registrations):
         if method in ("INVITE", "ACK", "CANCEL"):
             raise UAError(f"use invite/cancel for {method}")
         op = self._new_handle()
-        h = Headers()
-        h.add("Max-Forwards", "70")
-        h.add("From", str(NameAddr(self.display_name, self.aor, (("tag", self._token()),))))
-        h.add("To", str(NameAddr(None, target.replace(headers=()))))
-        h.add("Call-ID", f"{self._token()}@{self.contact_uri.host}")
-        h.add("CSeq", str(CSeq(1, method)))
+        h = self._out_of_dialog_headers(method, target)
         if method in ("SUBSCRIBE", "REFER"):
             h.add("Contact", str(self.local_contact))
         self._common_headers(h)
@@ -182,6 +200,20 @@ class UACore(InviteSessions, Referrals, Registrations):
             return
         if request.to.tag is not None:
             self._on_in_dialog(event, now)
+            return
+        self._on_out_of_dialog(event, now)
+
+    def _on_out_of_dialog(self, event: tx.RequestReceived, now: float) -> None:
+        """Every request outside a dialog comes through here, once the checks every UAS makes
+        (405, 420) have passed: the one place that decides whether such a request acts."""
+        request = event.request
+        method = request.method
+        if method == "REFER" and "REFER" in self.app_methods:
+            # RFC 3515 §2.4.1 outside a dialog too; the application decides whether to act
+            if self._check_refer(request, now):
+                rid = self._new_handle()
+                self._server[rid] = _ServerRequest(request, event.transaction_key, None, self._token())
+                self._events.append(RequestReceived(None, rid, request))
             return
         if method in _IN_DIALOG_ONLY:
             self._reply(request, 481, now)

@@ -22,6 +22,7 @@ from sipmob.sip import transaction as tx
 from sipmob.sip.auth import Challenge
 from sipmob.sip.callstate import UP, CallInput, CallState, next_state
 from sipmob.sip.dialog import Dialog, DialogId
+from sipmob.sip.headers import CSeq
 from sipmob.sip.message import Headers, Request, Response, make_response
 from sipmob.sip.transaction import TimerConfig, TransactionKey, TransactionLayer
 from sipmob.sip.transport import Address, Connections
@@ -237,6 +238,16 @@ class UABase:
         h = [*headers, *self._response_common()]
         self.layer.send_response(make_response(request, status, reason, to_tag=self._token(),
                                                headers=h, body=body), now)
+
+    def _out_of_dialog_headers(self, method: str, target: URI) -> Headers:
+        """The headers that start a request outside any dialog (§8.1.1): a new Call-ID and tag."""
+        h = Headers()
+        h.add("Max-Forwards", "70")
+        h.add("From", str(NameAddr(self.display_name, self.aor, (("tag", self._token()),))))
+        h.add("To", str(NameAddr(None, target.replace(headers=()))))
+        h.add("Call-ID", f"{self._token()}@{self.contact_uri.host}")
+        h.add("CSeq", str(CSeq(1, method)))
+        return h
 
     def _common_headers(self, h: Headers) -> None:
         for name, value in self._request_common():

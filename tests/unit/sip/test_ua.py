@@ -26,6 +26,7 @@ from sipmob.sip.ua import (
     RequestReceived,
     UACore,
     UAError,
+    referred,
     referred_request,
 )
 from sipmob.sip.uri import URI, NameAddr
@@ -908,3 +909,78 @@ def test_calls_move_only_along_the_state_table(monkeypatch: pytest.MonkeyPatch) 
     assert not wanted - taken, [(x.name, y.name) for x, y in wanted - taken]
     # and the random walk of two cores: any move off the table fails inside `move`
     test_random_walks_never_raise_and_end_with_everything_reaped()
+
+
+# Out-of-dialog REFER (RFC 3515 §2.4), as Session Handoff sends and receives it -------------------
+
+
+def test_out_of_dialog_refer_is_481_unless_the_application_takes_refer(pair: Pair) -> None:
+    net, a, b = pair
+    h = a.refer_outside(uri(BOB, "b"), NameAddr(None, uri(CAROL, "c")), net.now)
+    net.run()
+    done = one(net.take(a, RequestCompleted))
+    assert done.op == h and done.response.status == 481  # type: ignore[attr-defined]
+    assert len(a) == 0 and not net.take(b, RequestReceived)
+
+
+def test_out_of_dialog_refer_makes_a_dialog_whose_notifies_report_progress(pair: Pair) -> None:
+    net, a, b = pair
+    b.app_methods.add("REFER")
+    target = uri(CAROL, "c").replace(headers=(("Replaces", "x1;to-tag=t;from-tag=f"),))
+    h = a.refer_outside(uri(BOB, "b"), NameAddr(None, target), net.now,
+                        referred_by=NameAddr(None, uri(ALICE, "alice")),
+                        headers=[("Target-Dialog", "x1;local-tag=f;remote-tag=t")])
+    net.run()
+    got = one(net.take(b, RequestReceived))
+    assert got.call is None  # type: ignore[attr-defined]
+    refer = got.request  # type: ignore[attr-defined]
+    assert refer.headers.get("Target-Dialog") == "x1;local-tag=f;remote-tag=t"
+    what = referred(refer)
+    assert what.method == "INVITE" and what.target == uri(CAROL, "c")
+    assert what.replaces is not None and what.replaces.call_id == "x1"
+    assert ("Referred-By", str(NameAddr(None, uri(ALICE, "alice")))) in what.headers
+    sub = b.accept_refer_outside(got.rid, net.now)  # type: ignore[attr-defined]
+    net.run()
+    assert one(net.take(a, RequestCompleted)).response.status == 202  # type: ignore[attr-defined]
+    first = one(net.take(a, ReferNotified))
+    assert (first.op, first.status, first.terminated) == (h, 100, False)  # type: ignore[attr-defined]
+    assert a.call_state(h) == "confirmed" and b.call_state(sub) == "confirmed"
+    b.notify_refer(sub, refer.cseq.seq, 200, net.now)
+    net.run()
+    last = one(net.take(a, ReferNotified))
+    assert (last.status, last.terminated) == (200, True)  # type: ignore[attr-defined]
+    net.advance(net.now + 200.0)
+    for ua in (a, b):
+        assert len(ua) == 0 and len(ua.layer) == 0 and ua.get_timer() is None
+
+
+def test_an_out_of_dialog_refer_without_one_contact_is_400(pair: Pair) -> None:
+    net, a, b = pair
+    b.app_methods.add("REFER")
+    h = a.refer_outside(uri(BOB, "b"), NameAddr(None, uri(CAROL, "c")), net.now)
+    for data, _dest in a.messages_to_send():
+        msg = parse_message(data)
+        assert isinstance(msg, Request)
+        msg.headers.remove("Contact")
+        b.receive(msg.to_bytes(), ALICE, net.now)
+    net.run()
+    assert not net.take(b, RequestReceived)
+    assert any(isinstance(r, Response) and r.status == 400 for _, _, d in net.wire
+               if isinstance(r := parse_message(d), Response))
+    assert h
+
+
+def test_a_nested_refer_asks_for_a_refer_carrying_the_inner_refer_to() -> None:
+    inner = uri(CAROL, "cn").replace(headers=(("Replaces", "d1;to-tag=cn;from-tag=dev"),))
+    outer = uri(ALICE, "mn").replace(params=(("method", "REFER"),), headers=(("Refer-To", f"<{inner}>"),))
+    h = Headers([("Via", "SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKx"), ("From", "<sip:b@h>;tag=1"),
+                 ("To", "<sip:a@h>"), ("Call-ID", "c"), ("CSeq", "1 REFER"), ("Max-Forwards", "70"),
+                 ("Refer-To", f"<{outer}>"), ("Referred-By", "<sip:mn@h>")])
+    what = referred(Request("REFER", uri(BOB, "b"), h))
+    assert what.method == "REFER" and what.target == uri(ALICE, "mn")
+    assert what.replaces is None
+    carried = dict(what.headers)
+    assert NameAddr.parse(carried["Refer-To"]).uri.header("Replaces") == "d1;to-tag=cn;from-tag=dev"
+    again = referred(Request("REFER", uri(ALICE, "mn"), Headers([*h.items()[:-2],
+                     ("Refer-To", carried["Refer-To"])])))
+    assert again.method == "INVITE" and again.replaces is not None and again.replaces.from_tag == "dev"
