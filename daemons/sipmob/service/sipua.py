@@ -29,8 +29,8 @@ from sipmob.sip.transaction import TimerConfig
 from sipmob.sip.transport import Address
 from sipmob.sip.uri import URI, NameAddr
 
-__all__ = ["Call", "CallFailed", "IncomingCall", "IncomingRequest", "ReferProgress", "Registration",
-           "RegistrationFailed", "SIPError", "Subscription", "UserAgent"]
+__all__ = ["AcceptedRefer", "Call", "CallFailed", "IncomingCall", "IncomingRequest", "ReferProgress",
+           "Registration", "RegistrationFailed", "SIPError", "Subscription", "UserAgent"]
 
 log = logging.getLogger("sipmob.sip.ua")
 
@@ -149,12 +149,41 @@ class IncomingRequest:
             self.ua.adopt_subscription(self.subscription)
         self.ua.flush()
 
+    def accept_refer(self) -> AcceptedRefer:
+        """Accept an out-of-dialog REFER (202, then NOTIFY 100: RFC 3515 §2.4); report how the
+        referred request went with `AcceptedRefer.notify`."""
+        self.responded = True
+        handle = self.ua.machine.accept_refer_outside(self.rid, self.ua.now())
+        self.ua.flush()
+        return AcceptedRefer(self.ua, handle, self.request.cseq.seq)
+
     def accept_subscription(self, expires: int) -> Subscription:
         """Answer a SUBSCRIBE with 200 and return the notifier's `Subscription`; send the first
         NOTIFY with `Subscription.notify` (RFC 6665 §4.2.1.2 wants one at once)."""
         self.respond(200, headers=[("Expires", str(expires))])
         assert self.subscription is not None
         return self.subscription
+
+
+class AcceptedRefer:
+    """The notifier's side of a REFER we accepted outside a dialog."""
+
+    def __init__(self, ua: UserAgent, handle: int, refer_id: int) -> None:
+        self.ua = ua
+        self.handle = handle
+        self.refer_id = refer_id
+        self.done = False
+
+    def notify(self, status: int, reason: str | None = None) -> None:
+        """A ``message/sipfrag`` NOTIFY with `status`; a final one ends the subscription."""
+        if self.done:
+            return
+        self.done = status >= 200
+        try:
+            self.ua.machine.notify_refer(self.handle, self.refer_id, status, self.ua.now(), reason=reason)
+        except core.UAError as exc:
+            log.info("cannot report REFER progress: %s", exc)
+        self.ua.flush()
 
 
 class Subscription:
@@ -504,6 +533,30 @@ class UserAgent:
 
         self._requests[handle] = completed
         self._flush()
+        return d
+
+    def refer(self, target: str | URI, refer_to: str | URI, *, replaces: Replaces | None = None,
+              referred_by: str | None = None,
+              headers: Sequence[tuple[str, str]] = ()) -> defer.Deferred[ReferProgress]:
+        """Send a REFER outside any dialog (RFC 3515 §2.4), with ``?Replaces=`` embedded in Refer-To
+        (RFC 3891) and a Referred-By (RFC 3892) if given; `headers` may add Target-Dialog (RFC 4538).
+        Fires with a `ReferProgress` on 2xx; errback `SIPError`."""
+        uri = _uri(refer_to)
+        if replaces is not None:
+            uri = uri.replace(headers=(("Replaces", str(replaces)),))
+        by = NameAddr.parse(referred_by) if referred_by else None
+        op = self.machine.refer_outside(_uri(target), NameAddr(None, uri), self.now(), referred_by=by,
+                                        headers=headers)
+        d: defer.Deferred[ReferProgress] = defer.Deferred()
+
+        def completed(response: Response | None) -> None:
+            if response is None or response.status >= 300:
+                d.errback(_error(response))
+                return
+            d.callback(self.refer_accepted(op, ReferProgress(response)))
+
+        self.expect(op, completed)
+        self.flush()
         return d
 
     @property
