@@ -113,9 +113,14 @@ class PhoneHandoff:
         record = HandedOff(pc.id, pc.peer, dialog.remote_target, device.name, URI.parse(device.uri))
         pc.busy = True
         try:
-            progress: ReferProgress = yield ua.refer(
-                record.device_uri, dialog.remote_target, replaces=replaces,
-                referred_by=str(NameAddr(None, self.phone.ua_aor)))
+            try:
+                progress: ReferProgress = yield _within(ua.refer(
+                    record.device_uri, dialog.remote_target, replaces=replaces,
+                    referred_by=str(NameAddr(None, self.phone.ua_aor))), self.timeout, self.phone.reactor)
+            except defer.TimeoutError:
+                raise CommandError(f"{device.name} did not answer our REFER within {self.timeout:g} s: "
+                                   "it does not take calls handed off by REFER outside a dialog "
+                                   "(use --mode mnc)") from None
             log.info("call %s: %s accepted the REFER (%d)", pc.id, device.name, progress.response.status)
             final = yield _within(progress.final, self.timeout, self.phone.reactor)
             if final >= 300:
@@ -152,8 +157,14 @@ class PhoneHandoff:
         done: defer.Deferred[str] = defer.Deferred()
         record.retrieving = done
         try:
-            progress: ReferProgress = yield ua.refer(record.device_uri, nested,
-                                                     referred_by=str(NameAddr(None, self.phone.ua_aor)))
+            try:
+                progress: ReferProgress = yield _within(ua.refer(
+                    record.device_uri, nested, referred_by=str(NameAddr(None, self.phone.ua_aor))),
+                    self.timeout, self.phone.reactor)
+            except defer.TimeoutError:
+                raise CommandError(f"{record.device} did not answer the nested REFER within "
+                                   f"{self.timeout:g} s (it may not support nested REFER, draft Fig. 5)"
+                                   ) from None
             final = yield _within(progress.final, self.timeout, self.phone.reactor)
             if final >= 300 and not done.called:
                 raise CommandError(f"{record.device} did not hand call {cid} back: its REFER to us "

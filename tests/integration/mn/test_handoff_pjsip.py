@@ -51,7 +51,7 @@ def home(tmp_path: Path) -> Iterator[dict[str, Any]]:
         # the device registers itself: wait until the phone finds it
         assert until(lambda: "mobility" in phone.sipmob("devices", "--json").stdout, timeout=10), \
             phone.sipmob("devices", "--json")
-        yield {"phone": phone, "tv": tv, "cn": cn, "dir": tmp_path}
+        yield {"phone": phone, "tv": tv, "cn": cn, "dir": tmp_path, "da": da}
     finally:
         for peer in reversed(started):
             peer.stop()
@@ -165,3 +165,26 @@ def test_a_strangers_invite_with_replaces_to_the_phone_is_refused(home: dict[str
     assert pc["id"] == "1" and pc["state"] == "confirmed"
     seen = phone.received()
     assert until(lambda: phone.received() > seen + 10), "media stopped"
+
+
+def test_pjsip_cannot_be_a_handoff_device_and_the_call_stays(home: dict[str, Any]) -> None:
+    """PJSIP registered as mobility-enhanced: pjsua-lib drops a REFER outside a dialog unanswered
+    ("unhandled by any modules" in its log), so it cannot be the device of Fig. 4; the phone says
+    so within its device timeout and the call with the CN stays where it was, media flowing."""
+    phone, cn = home["phone"], home["cn"]
+    device = Pjsua(free_udp_port(), "pjdev", workdir=home["dir"] / "pjdev")
+    try:
+        with home["da"].client() as slp:
+            slp.register(device.uri, "(name=PJ device),(media=audio-sendrecv),(audio-codecs=PCMU,PCMA),"
+                                     "(mobility=enhanced)")
+        call_cn(phone, cn)
+        out = phone.sipmob("transfer", "1", "--to", "pj-device")
+        assert out.returncode == 1
+        assert "PJ device did not answer our REFER" in out.stderr
+        assert "unhandled by any modules" in device.log()
+        (pc,) = phone.calls()
+        assert pc["state"] == "confirmed"
+        seen = phone.received()
+        assert until(lambda: phone.received() > seen + 10), "media stopped"
+    finally:
+        device.stop()
