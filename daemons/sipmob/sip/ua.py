@@ -147,9 +147,10 @@ class UACore(InviteSessions, Referrals, Registrations):
 
     def request(self, method: str, target: URI, now: float, *,
                 headers: Sequence[tuple[str, str]] = (), body: bytes = b"",
-                content_type: str | None = None) -> int:
+                content_type: str | None = None, destination: Address | None = None) -> int:
         """Send a request outside any dialog (OPTIONS, MESSAGE...); returns the op number of its
-        `RequestCompleted`."""
+        `RequestCompleted`. `destination` sends it there rather than where `target` says (an
+        outbound proxy, §8.1.2)."""
         if method in ("INVITE", "ACK", "CANCEL"):
             raise UAError(f"use invite/cancel for {method}")
         op = self._new_handle()
@@ -162,7 +163,7 @@ class UACore(InviteSessions, Referrals, Registrations):
         if body:
             h.add("Content-Type", content_type or SDP)
         request = Request(method, target.replace(headers=()), h, body)
-        key = self._send(request, uri_destination(target), None, now)
+        key = self._send(request, destination or uri_destination(target), None, now)
         self._client[key] = _ClientOp(op, None, method)
         self._pump(now)
         return op
@@ -191,8 +192,8 @@ class UACore(InviteSessions, Referrals, Registrations):
         if method == "CANCEL":
             self._on_cancel(event, now)
             return
-        if method not in ALLOW and method not in self.app_methods:
-            self._reply(request, 405, now, headers=[("Allow", ", ".join(ALLOW))])
+        if method not in self.allow and method not in self.app_methods:
+            self._reply(request, 405, now, headers=[("Allow", ", ".join(self.allow))])
             return
         unsupported = [o for o in _options(request, "Require") if o.lower() not in SUPPORTED]
         if unsupported:
@@ -229,12 +230,12 @@ class UACore(InviteSessions, Referrals, Registrations):
         elif method == "SUBSCRIBE":
             self._reply(request, 489, now)  # no event package of ours (RFC 6665 §4.2.1.1)
         else:
-            self._reply(request, 405, now, headers=[("Allow", ", ".join(ALLOW))])
+            self._reply(request, 405, now, headers=[("Allow", ", ".join(self.allow))])
 
     def _answer_options(self, request: Request, now: float) -> None:
         # §11.2: what we would do with an INVITE: Allow, Accept, Supported and a session description
         body = self.capabilities_sdp() if self.capabilities_sdp is not None else b""
-        h = [("Allow", ", ".join(ALLOW)), ("Accept", ", ".join(ACCEPT)),
+        h = [("Allow", ", ".join(self.allow)), ("Accept", ", ".join(ACCEPT)),
              ("Supported", ", ".join(SUPPORTED))]
         if body:
             h.append(("Content-Type", SDP))
