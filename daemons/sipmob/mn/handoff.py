@@ -194,15 +194,13 @@ class PhoneHandoff:
         done = record.retrieving
         assert done is not None
 
-        def established(message: str) -> str:
+        def established(pc: PhoneCall) -> None:
             self.handed_off.pop(record.id, None)
-            new_id = message.split()[1]
-            self.phone.renumber(new_id, record.id)
+            self.phone.renumber(pc.id, record.id)
             accepted.notify(200)
             log.info("call %s with %s retrieved from %s", record.id, record.peer, record.device)
             if not done.called:
                 done.callback(f"call {record.id} with {record.peer} retrieved from {record.device}")
-            return message
 
         def failed(failure: Any) -> None:
             exc = failure.value
@@ -211,7 +209,7 @@ class PhoneHandoff:
             if not done.called:
                 done.errback(CommandError(f"our INVITE to {record.peer} failed: {exc}"))
 
-        d = self.phone.call(str(what.target), headers=what.headers)
+        d = self.phone.place_call(str(what.target), headers=what.headers)
         d.addCallbacks(established, failed)
         return True
 

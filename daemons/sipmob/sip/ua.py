@@ -53,6 +53,7 @@ from sipmob.sip.uabase import (
     SDP,
     SIPFRAG,
     SUPPORTED,
+    _Call,
     _ClientOp,
     _options,
     _ServerRequest,
@@ -246,6 +247,8 @@ class UACore(InviteSessions, Referrals, Registrations):
         did = DialogId(request.call_id, request.to.tag or "", request.from_.tag or "")
         handle = self._by_dialog.get(did)
         c = self._calls.get(handle) if handle is not None else None
+        if c is None and request.method == "NOTIFY":
+            c = self._notify_before_2xx(request)
         if c is None or c.dialog is None:
             self._reply(request, 481, now)  # §12.2.2
             return
@@ -277,6 +280,22 @@ class UACore(InviteSessions, Referrals, Registrations):
             rid = self._new_handle()
             self._server[rid] = _ServerRequest(request, event.transaction_key, c.handle, None)
             self._events.append(RequestReceived(c.handle, rid, request))
+
+    def _notify_before_2xx(self, notify: Request) -> _Call | None:
+        """RFC 6665 §4.1.2.4, RFC 3515 §2.4.5: a NOTIFY may overtake the 2xx to our SUBSCRIBE or
+        REFER; it makes the dialog (as a UAS's would be made from it), and the 2xx just completes."""
+        tag = notify.to.tag or ""
+        for c in self._calls.values():
+            if (c.state is CallState.SUBSCRIBING and c.invite.call_id == notify.call_id
+                    and c.invite.from_.tag == tag and notify.from_.tag and notify.contact):
+                dialog = Dialog.from_uas(notify, tag, self.local_contact, confirmed=True,
+                                         initial_seq=c.invite.cseq.seq + 1)
+                dialog.remote_seq = notify.cseq.seq - 1  # this NOTIFY is in order
+                c.dialog = dialog
+                self._by_dialog[dialog.id] = c.handle
+                self._move(c, CallInput.SUBSCRIBED)
+                return c
+        return None
 
     # Responses ------------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.peers import tshark
 from tests.peers.pjsua import Pjsua
 from tests.peers.ports import free_udp_port
 
@@ -188,3 +189,25 @@ def test_pjsip_cannot_be_a_handoff_device_and_the_call_stays(home: dict[str, Any
         assert until(lambda: phone.received() > seen + 10), "media stopped"
     finally:
         device.stop()
+
+
+@pytest.mark.skipif(tshark.TSHARK is None, reason="tshark is not installed (apt install tshark)")
+def test_tshark_decodes_every_message_of_a_handoff_and_a_retrieval(home: dict[str, Any]) -> None:
+    phone, tv, cn = home["phone"], home["tv"], home["cn"]
+    capture = tshark.LiveCapture(home["dir"] / "sh.pcapng",
+                                 f"udp port {phone.port} or udp port {tv.port} or udp port {cn.port}")
+    try:
+        call_cn(phone, cn)
+        handed_off(phone, tv, cn)
+        out = phone.sipmob("retrieve", "1")
+        assert out.returncode == 0, out.stderr
+    finally:
+        path = capture.stop()
+    rows = tshark.fields(path, "sip && sip.Request-Line", "sip.Method", "sip.Replaces", "sip.Referred-by",
+                         "sip.Refer-To")
+    methods = {row[0] for row in rows}
+    assert {"INVITE", "ACK", "REFER", "NOTIFY", "BYE", "OPTIONS"} <= methods
+    assert sum(1 for row in rows if row[0] == "INVITE" and row[1] and row[2]) >= 2  # Figs. 4 and 5
+    assert any(row[0] == "REFER" and "method=REFER" in row[3] for row in rows)  # the nested REFER
+    assert tshark.malformed(path, "sip") == ""
+    assert tshark.expert_errors(path, "sip") == []
