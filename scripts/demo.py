@@ -205,9 +205,10 @@ def handoff_demo(daemons: Daemons, da: str, workdir: Path) -> None:
     show(sipmob(workdir, da, "devices"))
 
     step(f"sipmob call {bob.uri}")
-    show(sipmob(workdir, da, "call", bob.uri))
+    placed = sipmob(workdir, da, "call", bob.uri)  # "call N with ... established"
+    show(placed)
     time.sleep(1.0)
-    call = sipmob(workdir, da, "calls").split()[0]
+    call = placed.split()[1]
 
     step(f"Handing the call off to the TV (draft Fig. 4): sipmob transfer {call} --to tv --mode handoff")
     started = time.monotonic()

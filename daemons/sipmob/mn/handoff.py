@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sipmob.mn.handoff")
 
+REPLACED_WAIT = 2.0  # seconds the CN has to end our dialog once the device's INVITE succeeded
+
 
 class Mode(enum.StrEnum):
     AUTO = "auto"
@@ -112,9 +114,10 @@ class PhoneHandoff:
         replaces = Replaces(dialog.call_id, to_tag=dialog.remote_tag, from_tag=dialog.local_tag)
         record = HandedOff(pc.id, pc.peer, dialog.remote_target, device.name, URI.parse(device.uri))
         pc.busy = True
+        note = ""
         try:
             try:
-                progress: ReferProgress = yield _within(ua.refer(
+                progress: ReferProgress = yield within(ua.refer(
                     record.device_uri, dialog.remote_target, replaces=replaces,
                     referred_by=str(NameAddr(None, self.phone.ua_aor))), self.timeout, self.phone.reactor)
             except defer.TimeoutError:
@@ -122,12 +125,19 @@ class PhoneHandoff:
                                    "it does not take calls handed off by REFER outside a dialog "
                                    "(use --mode mnc)") from None
             log.info("call %s: %s accepted the REFER (%d)", pc.id, device.name, progress.response.status)
-            final = yield _within(progress.final, self.timeout, self.phone.reactor)
+            final = yield within(progress.final, self.timeout, self.phone.reactor)
             if final >= 300:
                 raise CommandError(f"{device.name} could not take the call over: its INVITE to "
                                    f"{pc.peer} got {final}")
-            # Fig. 4: the CN ends our dialog once the device's has replaced it
-            yield _within(pc.call.terminated, self.timeout, self.phone.reactor)
+            # Fig. 4: the CN ends our dialog once the device's has replaced it; a CN that takes
+            # the device's INVITE as a new call (it ignores Replaces) keeps ours: we end it
+            try:
+                yield within(pc.call.terminated, REPLACED_WAIT, self.phone.reactor)
+            except defer.TimeoutError:
+                log.info("call %s: %s kept our dialog after the device's INVITE with Replaces: "
+                         "ending it ourselves", pc.id, pc.peer)
+                note = " (the other party ignored Replaces: we ended our dialog with it)"
+                yield pc.call.bye()
         except SIPError as exc:
             raise CommandError(f"{device.name} refused the handoff: {exc.status} {exc.reason}") from None
         except defer.TimeoutError:
@@ -137,7 +147,7 @@ class PhoneHandoff:
             pc.busy = False
         self.handed_off[pc.id] = record
         log.info("call %s with %s handed off to %s", pc.id, pc.peer, device.name)
-        return f"call {pc.id} with {pc.peer} handed off to {device.name}"
+        return f"call {pc.id} with {pc.peer} handed off to {device.name}{note}"
 
     # Retrieval (Fig. 5) --------------------------------------------------------------------------
 
@@ -158,18 +168,18 @@ class PhoneHandoff:
         record.retrieving = done
         try:
             try:
-                progress: ReferProgress = yield _within(ua.refer(
+                progress: ReferProgress = yield within(ua.refer(
                     record.device_uri, nested, referred_by=str(NameAddr(None, self.phone.ua_aor))),
                     self.timeout, self.phone.reactor)
             except defer.TimeoutError:
                 raise CommandError(f"{record.device} did not answer the nested REFER within "
                                    f"{self.timeout:g} s (it may not support nested REFER, draft Fig. 5)"
                                    ) from None
-            final = yield _within(progress.final, self.timeout, self.phone.reactor)
+            final = yield within(progress.final, self.timeout, self.phone.reactor)
             if final >= 300 and not done.called:
                 raise CommandError(f"{record.device} did not hand call {cid} back: its REFER to us "
                                    f"got {final} (does it support nested REFER, draft Fig. 5?)")
-            result = yield _within(done, self.timeout, self.phone.reactor)
+            result = yield within(done, self.timeout, self.phone.reactor)
         except SIPError as exc:
             raise CommandError(f"{record.device} refused the nested REFER: {exc.status} {exc.reason} "
                                "(it may not support nested REFER, draft Fig. 5)") from None
@@ -221,7 +231,7 @@ def parse_refer(incoming: IncomingRequest) -> Referred:
         raise SIPError(400, f"Bad Refer-To: {exc}") from None
 
 
-def _within(d: defer.Deferred[Any], seconds: float, reactor: Any) -> defer.Deferred[Any]:
+def within(d: defer.Deferred[Any], seconds: float, reactor: Any) -> defer.Deferred[Any]:
     """`d`, or TimeoutError after `seconds` (without cancelling `d`, which others may hold)."""
     out: defer.Deferred[Any] = defer.Deferred()
     def expire() -> None:
