@@ -112,10 +112,11 @@ def show(text: str) -> None:
     print("   " + text.replace("\n", "\n   "), flush=True)
 
 
-def rtp_received(workdir: Path, da: str) -> int:
+def rtp_received(workdir: Path, da: str, call: str | None = None) -> int:
     import json
 
-    return int(json.loads(sipmob(workdir, da, "calls", "--json"))[0]["rtp_received"])
+    calls = json.loads(sipmob(workdir, da, "calls", "--json"))
+    return int(next(c for c in calls if call is None or c["id"] == call)["rtp_received"])
 
 
 def call_demo(daemons: Daemons, da: str, workdir: Path) -> None:
@@ -219,9 +220,9 @@ def handoff_demo(daemons: Daemons, da: str, workdir: Path) -> None:
 
     step(f"Taking it back (draft Fig. 5, nested REFER): sipmob retrieve {call}")
     show(sipmob(workdir, da, "retrieve", call))
-    before = rtp_received(workdir, da)
+    before = rtp_received(workdir, da, call)
     time.sleep(1.0)
-    show(f"the phone received {rtp_received(workdir, da) - before} packets in the last second: "
+    show(f"the phone received {rtp_received(workdir, da, call) - before} packets in the last second: "
          "the call is back in your hand")
 
 
