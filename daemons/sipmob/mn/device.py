@@ -145,7 +145,12 @@ class DeviceRole:
         dialog = call.dialog
         replaces = Replaces(dialog.call_id, to_tag=dialog.remote_tag, from_tag=dialog.local_tag)
         inner = _inner_target(what) or taken.cn
-        d = self.phone.ua.refer(what.target, inner, replaces=replaces,
+        # RFC 4538: the REFER names the dialog of the REFER that asked for it, which the
+        # referrer can check (it is on the other side of it)
+        mine = accepted.dialog
+        target_dialog = ([("Target-Dialog", f"{mine.call_id};local-tag={mine.local_tag};"
+                                            f"remote-tag={mine.remote_tag}")] if mine is not None else [])
+        d = self.phone.ua.refer(what.target, inner, replaces=replaces, headers=target_dialog,
                                 referred_by=str(NameAddr(None, self.phone.ua_aor)))
 
         def sent(progress: ReferProgress) -> Any:

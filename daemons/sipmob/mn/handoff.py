@@ -84,6 +84,7 @@ class HandedOff:
     device: str  # the device's name
     device_uri: URI
     retrieving: defer.Deferred[str] | None = None
+    nested: int | None = None  # the core's handle of our nested REFER while it lasts
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.id, "peer": self.peer, "state": f"handed off to {self.device}",
@@ -175,6 +176,7 @@ class PhoneHandoff:
                 raise CommandError(f"{record.device} did not answer the nested REFER within "
                                    f"{self.timeout:g} s (it may not support nested REFER, draft Fig. 5)"
                                    ) from None
+            record.nested = progress.handle
             final = yield within(progress.final, self.timeout, self.phone.reactor)
             if final >= 300 and not done.called:
                 raise CommandError(f"{record.device} did not hand call {cid} back: its REFER to us "
@@ -188,16 +190,24 @@ class PhoneHandoff:
                                f"{self.timeout:g} s") from None
         finally:
             record.retrieving = None
+            record.nested = None
         return result
+
+    def _names_nested(self, record: HandedOff, target_dialog: str) -> bool:
+        dialog = self.phone.ua.machine.dialog(record.nested) if record.nested is not None else None
+        return dialog is not None and names_dialog(target_dialog, dialog.call_id,
+                                                   {dialog.local_tag, dialog.remote_tag})
 
     def on_refer(self, incoming: IncomingRequest, what: Referred) -> bool:
         """A REFER outside a dialog: ours to act on when a device we handed a call to sends it
         back (Fig. 5, second REFER). False: not about any call we handed off."""
         sender = incoming.request.from_.uri
+        target_dialog = incoming.request.headers.get("Target-Dialog")
         record = next((r for r in self.handed_off.values()
                        if r.retrieving is not None and same_party(r.device_uri, sender)
                        and what.method == "INVITE" and what.replaces is not None
-                       and same_party(r.cn_target, what.target)), None)
+                       and same_party(r.cn_target, what.target)
+                       and (target_dialog is None or self._names_nested(r, target_dialog))), None)
         if record is None:
             return False
         accepted = incoming.accept_refer()
@@ -222,6 +232,15 @@ class PhoneHandoff:
         d = self.phone.place_call(str(what.target), headers=what.headers)
         d.addCallbacks(established, failed)
         return True
+
+
+def names_dialog(value: str, call_id: str, tags: set[str]) -> bool:
+    """Whether a Target-Dialog value (RFC 4538 §7) names the dialog `call_id` with both `tags`
+    (either way round: which side's is local depends on who writes it)."""
+    callid, *params = [p.strip() for p in value.split(";")]
+    named = {v.strip() for n, _, v in (p.partition("=") for p in params)
+             if n.strip().lower() in ("local-tag", "remote-tag")}
+    return callid == call_id and named == tags
 
 
 def parse_refer(incoming: IncomingRequest) -> Referred:

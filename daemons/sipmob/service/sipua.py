@@ -119,8 +119,9 @@ class ReferProgress:
     """A REFER the peer accepted (202). `final` fires with the status of the last NOTIFY's
     sipfrag (RFC 3515 §2.4.5); `statuses` lists every status reported so far."""
 
-    def __init__(self, response: Response) -> None:
+    def __init__(self, response: Response, handle: int | None = None) -> None:
         self.response = response
+        self.handle = handle  # the core's handle of a REFER outside a dialog (its own dialog)
         self.statuses: list[int] = []
         self.final: defer.Deferred[int] = defer.Deferred()
 
@@ -173,6 +174,11 @@ class AcceptedRefer:
         self.handle = handle
         self.refer_id = refer_id
         self.done = False
+
+    @property
+    def dialog(self) -> Dialog | None:
+        """The REFER's own dialog (None once it has ended)."""
+        return self.ua.machine.dialog(self.handle)
 
     def notify(self, status: int, reason: str | None = None) -> None:
         """A ``message/sipfrag`` NOTIFY with `status`; a final one ends the subscription."""
@@ -561,7 +567,7 @@ class UserAgent:
             if response is None or response.status >= 300:
                 d.errback(_error(response))
                 return
-            d.callback(self.refer_accepted(op, ReferProgress(response)))
+            d.callback(self.refer_accepted(op, ReferProgress(response, op)))
 
         self.expect(op, completed)
         self.flush()

@@ -204,10 +204,12 @@ def test_tshark_decodes_every_message_of_a_handoff_and_a_retrieval(home: dict[st
     finally:
         path = capture.stop()
     rows = tshark.fields(path, "sip && sip.Request-Line", "sip.Method", "sip.Replaces", "sip.Referred-by",
-                         "sip.Refer-To")
+                         "sip.Refer-To", "sip.Target-Dialog")
     methods = {row[0] for row in rows}
     assert {"INVITE", "ACK", "REFER", "NOTIFY", "BYE", "OPTIONS"} <= methods
     assert sum(1 for row in rows if row[0] == "INVITE" and row[1] and row[2]) >= 2  # Figs. 4 and 5
     assert any(row[0] == "REFER" and "method=REFER" in row[3] for row in rows)  # the nested REFER
+    # the TV's REFER back names the nested REFER's dialog (RFC 4538)
+    assert any(row[0] == "REFER" and "Replaces" in row[3] and row[4] for row in rows)
     assert tshark.malformed(path, "sip") == ""
     assert tshark.expert_errors(path, "sip") == []
