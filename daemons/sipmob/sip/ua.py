@@ -2,8 +2,8 @@
 
 Responsible for what a UA does with the requests and responses its `TransactionLayer` delivers:
 INVITE sessions as a UAC and a UAS (early and late offer, CANCEL, the UAS's 2xx retransmission until
-the ACK arrives and BYE when it never does, §13.3.1.4; the UAC's ACK for every 2xx, §13.2.2.4), re-
-INVITE with 491 glare and the §14.1 randomised back-off, BYE, OPTIONS answered with our
+the ACK arrives and BYE when it never does, §13.3.1.4; the UAC's ACK for every 2xx, §13.2.2.4),
+re-INVITE with 491 glare and the §14.1 randomised back-off, BYE, OPTIONS answered with our
 capabilities, INFO, REFER within a dialog and outside one, with its implicit subscription and
 ``message/sipfrag`` NOTIFYs (RFC 3515), INVITE with Replaces (RFC 3891: 481 when no dialog matches,
 BYE on the replaced dialog once the new one is confirmed), and the checks every UAS makes first: 481
