@@ -1,6 +1,8 @@
 """The main job, on loopback: start the daemon set with the defaults in etc/, then walk through
 what a household sees: devices found by room and capability, and a call moved from the phone to a
-device in one room, back, to a device in another room, and back.
+device in one room, back, to a device in another room, and back (Mobile Node Control mode); then
+a second scenario in Session Handoff mode: a call handed off to a mobility-enhanced TV (a second
+`sipmob phone`) that takes it over, and retrieved by nested REFER (PJSIP as the remote party).
 
 The devices and the remote party are baresip, an independent SIP phone, so what moves the call is
 sipmob's own phone (`sipmob phone`) talking to ordinary phones, exactly as in a home.
@@ -110,10 +112,11 @@ def show(text: str) -> None:
     print("   " + text.replace("\n", "\n   "), flush=True)
 
 
-def rtp_received(workdir: Path, da: str) -> int:
+def rtp_received(workdir: Path, da: str, call: str | None = None) -> int:
     import json
 
-    return int(json.loads(sipmob(workdir, da, "calls", "--json"))[0]["rtp_received"])
+    calls = json.loads(sipmob(workdir, da, "calls", "--json"))
+    return int(next(c for c in calls if call is None or c["id"] == call)["rtp_received"])
 
 
 def call_demo(daemons: Daemons, da: str, workdir: Path) -> None:
@@ -179,6 +182,50 @@ def call_demo(daemons: Daemons, da: str, workdir: Path) -> None:
              "the call is back in your hand")
 
 
+def handoff_demo(daemons: Daemons, da: str, workdir: Path) -> None:
+    from tests.peers.pjsua import Pjsua
+    from tests.peers.ports import free_udp_port
+
+    step("Session Handoff mode: PJSIP as the remote party, a second sipmob phone as a mobility-enhanced TV")
+    bob = Pjsua(free_udp_port(), "bob", workdir=workdir / "bob")
+    daemons.cleanups.append(bob.stop)
+    print(f"   {bob.uri}  the remote party (pid {bob.proc.pid})")
+    tv_dir = workdir / "tv"
+    tv_dir.mkdir()
+    tv_config = tv_dir / "mn.toml"
+    tv_port = free_udp_port()
+    tv_config.write_text(f'[listen]\nport = {tv_port}\n[identity]\nuser = "tv"\n'
+                         f'[slp]\nda = "{da}"\n[control]\npath = "{tv_dir / "mn.sock"}"\n'
+                         '[device]\nenabled = true\nname = "TV"\nroom = "living-room"\n'
+                         'owners = ["sip:mn@127.0.0.1"]\n')
+    daemons.start("sipmob-phone-tv", ["sipmob.mn.cli", "phone", "--config", str(tv_config)], ready="ready")
+    deadline = time.monotonic() + 10
+    while ("mobility=enhanced" not in slptool(da, "findattrs", f"sip:tv@127.0.0.1:{tv_port}", check=False)
+           and time.monotonic() < deadline):
+        time.sleep(0.2)
+    show(sipmob(workdir, da, "devices"))
+
+    step(f"sipmob call {bob.uri}")
+    placed = sipmob(workdir, da, "call", bob.uri)  # "call N with ... established"
+    show(placed)
+    time.sleep(1.0)
+    call = placed.split()[1]
+
+    step(f"Handing the call off to the TV (draft Fig. 4): sipmob transfer {call} --to tv --mode handoff")
+    started = time.monotonic()
+    show(sipmob(workdir, da, "transfer", call, "--to", "tv", "--mode", "handoff"))
+    show(f"(took {1000 * (time.monotonic() - started):.0f} ms: REFER to the TV, its INVITE with Replaces"
+         " to the remote party, whose BYE ends the phone's dialog)")
+    show(sipmob(workdir, da, "calls"))
+
+    step(f"Taking it back (draft Fig. 5, nested REFER): sipmob retrieve {call}")
+    show(sipmob(workdir, da, "retrieve", call))
+    before = rtp_received(workdir, da, call)
+    time.sleep(1.0)
+    show(f"the phone received {rtp_received(workdir, da, call) - before} packets in the last second: "
+         "the call is back in your hand")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--slp-port", type=int, default=427, help="the DA's port on 127.0.0.1")
@@ -236,6 +283,7 @@ def main() -> int:
             slptool(da, "deregister", url)
 
         call_demo(daemons, da, workdir)
+        handoff_demo(daemons, da, workdir)
 
         if args.keep:
             step("Running; Ctrl-C stops everything")

@@ -6,7 +6,7 @@
     sipmob call URI                                               the rest ask the phone over
     sipmob calls [--json]                                         its control socket
     sipmob egress [--json]                                        (status, sessions, probe RTT per egress)
-    sipmob transfer CALL --to DEVICE[,DEVICE...] [--media audio|video|all]
+    sipmob transfer CALL --to DEVICE[,DEVICE...] [--media audio|video|all] [--mode auto|mnc|handoff]
     sipmob split CALL --video-out DISPLAY --video-in CAMERA [--audio DEVICE]
     sipmob retrieve CALL [--media audio|video|all]
     sipmob answer|reject|hangup|hold|resume CALL                  the phone's call controls
@@ -74,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     transfer.add_argument("call")
     transfer.add_argument("--to", required=True, help="DEVICE[,DEVICE...] (short names, URIs or names)")
     transfer.add_argument("--media", choices=MEDIA_CHOICES, default="all")
+    transfer.add_argument("--mode", choices=("auto", "mnc", "handoff"),
+                          help="mnc: keep the call, move its media; handoff: the device takes the call "
+                               "over (REFER); auto: handoff for mobility=enhanced devices "
+                               "(default: [calls] mode)")
 
     split = sub.add_parser("split", help="video out to a display, video in from a camera")
     split.add_argument("call")
@@ -203,7 +207,10 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         targets = [t.strip() for t in args.to.split(",") if t.strip()]
         if not targets:
             raise ValueError("--to names no device")
-        return "transfer", {"call": args.call, "to": targets, "media": args.media}
+        request = {"call": args.call, "to": targets, "media": args.media}
+        if args.mode:
+            request["mode"] = args.mode
+        return "transfer", request
     if args.command == "split":
         return "split", {"call": args.call, "video_out": args.video_out, "video_in": args.video_in,
                          "audio": args.audio}

@@ -135,6 +135,23 @@ class Calls:
     ring_timeout: float = setting(60.0, check=positive,
                                   help="seconds an incoming call rings (without auto_answer) before "
                                        "it is answered 480")
+    mode: str = setting("auto", check=one_of("auto", "mnc", "handoff"),
+                        help="how calls move: mnc (we keep the call and move its media, draft §5.2), "
+                             "handoff (REFER the device to take the call over, draft §5.3), or auto: "
+                             "handoff for devices registered with mobility=enhanced, else mnc")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeviceRole:
+    enabled: bool = setting(False, help="also be a mobility-enhanced device of the home (draft Figs. 4-5): "
+                                        "register in SLP with mobility=enhanced and take calls handed off "
+                                        "by REFER")
+    name: str = setting("", help="the device's name in SLP; empty: the SIP user")
+    room: str = setting("", help="the room the device is in")
+    owners: list[str] = setting(default_factory=list, check=each(_sip_uri),
+                                help="SIP URIs whose REFERs the device acts on (besides the party that "
+                                     "handed it a call); anyone else gets 403")
+    lifetime: int = setting(300, check=positive, help="seconds of each SLP registration (refreshed)")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -158,6 +175,7 @@ class MnConfig:
     media: Media = setting(default_factory=Media)
     calls: Calls = setting(default_factory=Calls)
     slp: Slp = setting(default_factory=Slp)
+    device: DeviceRole = setting(default_factory=DeviceRole)
     control: Control = setting(default_factory=Control)
     log: Log = setting(default_factory=Log)
 

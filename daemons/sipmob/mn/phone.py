@@ -44,11 +44,12 @@ from sipmob.mn.config import MnConfig, read_password
 from sipmob.mn.control import CommandError, ControlServer
 from sipmob.mn.controls import COMMANDS as CALL_COMMANDS
 from sipmob.mn.controls import CallControls
+from sipmob.mn.device import DeviceRole
 from sipmob.mn.executor import SignallingFailed, execute
+from sipmob.mn.handoff import Mode, PhoneHandoff, choose_mode, parse_refer, replaces_allowed
 from sipmob.mn.mobility import (
     MOBILE_NODE,
     CallState,
-    Device,
     Layout,
     MediaChoice,
     Plan,
@@ -75,7 +76,15 @@ from sipmob.sdp import (
 )
 from sipmob.service import daemon
 from sipmob.service.config import ConfigError, ConfigProblem, split_host_port
-from sipmob.service.sipua import Call, CallFailed, IncomingCall, Registration, SIPError, UserAgent
+from sipmob.service.sipua import (
+    Call,
+    CallFailed,
+    IncomingCall,
+    IncomingRequest,
+    Registration,
+    SIPError,
+    UserAgent,
+)
 from sipmob.service.slp import SLPClient
 from sipmob.sip.uri import URI
 
@@ -254,6 +263,8 @@ class Phone:
             from sipmob.mn.egress import PhoneEgress
             self.egress = PhoneEgress.from_file(self, config.listen.egress)
         self.controls = CallControls(self, reactor, ring_timeout=config.calls.ring_timeout)
+        self.handoff = PhoneHandoff(self)
+        self.device = DeviceRole(self) if config.device.enabled else None
 
     # App ------------------------------------------------------------------------------------------
 
@@ -263,6 +274,9 @@ class Phone:
         if self.egress is not None:
             self.egress.start()
         self.ua.on_incoming_call(self._incoming)
+        self.ua.on_request("REFER", self._on_refer)
+        if self.device is not None:
+            self.device.start()
         if self.config.identity.registrar:
             self._register()
         self.control.start()
@@ -290,6 +304,8 @@ class Phone:
             except defer.TimeoutError:
                 log.info("stopping without the answer to every BYE")
         yield self.slp.close()
+        if self.device is not None:
+            yield self.device.stop()
         yield self._unregister()
         if self.egress is not None:
             yield self.egress.stop()
@@ -450,6 +466,11 @@ class Phone:
     # Calls ----------------------------------------------------------------------------------------
 
     def _incoming(self, incoming: IncomingCall) -> None:
+        if not replaces_allowed(incoming):
+            log.warning("INVITE with Replaces from %s refused: not the replaced call's party nor "
+                        "referred by it", incoming.request.from_.uri)
+            incoming.reject(403, "Not referred by the replaced call's party")
+            return
         if incoming.offer is None:
             incoming.reject(488)
             return
@@ -495,13 +516,42 @@ class Phone:
             if endpoint is not None:
                 endpoint.close()
 
+    @property
+    def ua_aor(self) -> URI:
+        """The URI in our From (the one a CN knows us by)."""
+        assert self.ua.aor is not None
+        return self.ua.aor
+
+    def _on_refer(self, incoming: IncomingRequest) -> None:
+        """A REFER outside a dialog: a device handing a call back to us (SH mode, Fig. 5), else
+        one for our device role; anyone else gets 403."""
+        what = parse_refer(incoming)
+        if self.handoff.on_refer(incoming, what):
+            return
+        if self.device is None:
+            raise SIPError(403, "Not a device")
+        self.device.on_refer(incoming, what)
+
+    def renumber(self, new: str, old: str) -> None:
+        """Give a call an earlier number back (a call retrieved after a handoff)."""
+        pc = self.calls.pop(new, None)
+        if pc is not None:
+            pc.id = old
+            self.calls[old] = pc
+
     @defer.inlineCallbacks
     def call(self, uri: str) -> Any:
+        pc = yield self.place_call(uri)
+        return f"call {pc.id} with {uri} established"
+
+    @defer.inlineCallbacks
+    def place_call(self, uri: str, headers: Sequence[tuple[str, str]] = ()) -> Any:
+        """INVITE `uri` (with `headers`, such as Replaces and Referred-By); Deferred[PhoneCall]."""
         rtp = self._new_rtp()
         oa = OfferAnswerState(_origin(self.address))
         offer = oa.create_offer(self._local_sdp(rtp.port, oa.origin))
         try:
-            call = yield self.ua.invite(uri, offer.to_bytes())
+            call = yield self.ua.invite(uri, offer.to_bytes(), headers=headers)
             oa.receive_answer(parse(call.remote_sdp or b""))
         except CallFailed as exc:
             rtp.close()
@@ -509,8 +559,7 @@ class Phone:
         except (SDPParseError, OfferAnswerError) as exc:
             rtp.close()
             raise CommandError(f"call to {uri}: unusable answer: {exc}") from None
-        pc = self._add_call(call, uri, oa, rtp)
-        return f"call {pc.id} with {uri} established"
+        return self._add_call(call, uri, oa, rtp)
 
     # Mobility -------------------------------------------------------------------------------------
 
@@ -525,16 +574,21 @@ class Phone:
 
     @defer.inlineCallbacks
     def _devices(self, names: Sequence[str]) -> Any:
+        found = yield self._found(names)
+        return [f.device() for f in found]
+
+    @defer.inlineCallbacks
+    def _found(self, names: Sequence[str]) -> Any:
         try:
             d = discovery.discover(self.slp)
             d.addTimeout(self.config.slp.timeout, self.reactor)
             found = yield d
         except Exception as exc:
             raise CommandError(f"cannot find devices: no answer from the DA ({exc})") from None
-        out: list[Device] = []
+        out: list[discovery.Found] = []
         for name in names:
             try:
-                out.append(discovery.resolve(found, name).device())
+                out.append(discovery.resolve(found, name))
             except LookupError as exc:
                 raise CommandError(str(exc)) from None
         return out
@@ -582,7 +636,14 @@ class Phone:
     @defer.inlineCallbacks
     def transfer(self, args: Mapping[str, Any]) -> Any:
         pc = self._pc(args)
-        devices = yield self._devices([str(n) for n in args.get("to", [])])
+        found = yield self._found([str(n) for n in args.get("to", [])])
+        modes = {choose_mode(args.get("mode"), self.config.calls.mode, f) for f in found}
+        if Mode.HANDOFF in modes:
+            if len(found) != 1 or args.get("media", "all") != "all":
+                raise CommandError("a handoff moves the whole call to one device (use --mode mnc)")
+            result = yield self.handoff.transfer(pc, found[0])
+            return result
+        devices = [f.device() for f in found]
         media: MediaChoice = args.get("media", "all")
         grace = self.config.calls.grace_period
         result = yield self._run(pc, lambda state, caps: plan_transfer(
@@ -610,6 +671,8 @@ class Phone:
         """The control socket's requests."""
         if command == "call":
             return self.call(str(args.get("uri", "")))
+        if command == "calls":
+            return self.controls.calls() + self.handoff.describe()
         if command in CALL_COMMANDS:
             return self.controls.handle(command, args)
         if command == "transfer":
@@ -617,6 +680,8 @@ class Phone:
         if command == "split":
             return self.split(args)
         if command == "retrieve":
+            if str(args.get("call", "")) in self.handoff.handed_off:
+                return self.handoff.retrieve(args)
             return self.retrieve(args)
         if command == "egress":
             if self.egress is None:

@@ -1,10 +1,12 @@
 """SIP over UDP and TCP on the Twisted reactor: sockets in, `TransactionLayer` in the middle.
 
 `SIPTransport` binds the listening sockets it is given, feeds every datagram and every message cut
-from a TCP stream into the sans-I/O `sipmob.sip.transaction.TransactionLayer`, writes what the layer
-wants sent, and re-arms one `TimerDriver` for the layer's next deadline. Outgoing TCP reuses the
+from a TCP stream into one sans-I/O machine (a `sipmob.sip.transaction.TransactionLayer`, or a
+`sipmob.sip.ua.UACore` with its layer inside), writes what the machine wants sent, and re-arms one
+`TimerDriver` for the machine's next deadline: one pump and one timer per SIP element. Outgoing TCP reuses the
 open connection to a (host, port), whichever side opened it, and opens one when there is none.
-Events go to one callback, the UA layer above, which answers through `send_response` and friends.
+Events go to one callback, the layer above, which answers through the machine (or, over a bare
+transaction layer, through `send_response` and friends).
 
 Not here: any SIP rule (matching, retransmission, routing: `sipmob.sip`), DNS, TLS.
 """
@@ -14,16 +16,41 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import defer, error, protocol
 
 from sipmob.service.timers import TimerDriver
 from sipmob.sip.message import Request, Response, SIPParseError, StreamFramer
-from sipmob.sip.transaction import Event, TransactionKey, TransactionLayer
+from sipmob.sip.transaction import TransactionKey, TransactionLayer
 from sipmob.sip.transport import Address
 
 log = logging.getLogger("sipmob.sip")
+
+
+class Connections(Protocol):
+    def opened(self, remote: Address) -> None: ...
+
+    def closed(self, remote: Address) -> None: ...
+
+
+class SIPMachine(Protocol):
+    """What `SIPTransport` drives: the shape of `TransactionLayer` and of `UACore`."""
+
+    @property
+    def connections(self) -> Connections: ...
+
+    def receive(self, data: bytes, source: Address, now: float) -> None: ...
+
+    def transport_error(self, destination: Address, now: float) -> None: ...
+
+    def messages_to_send(self) -> list[tuple[bytes, Address]]: ...
+
+    def next_event(self) -> Any: ...
+
+    def get_timer(self) -> float | None: ...
+
+    def handle_timer(self, now: float) -> Any: ...
 
 
 class _Datagrams(protocol.DatagramProtocol):
@@ -109,9 +136,9 @@ class SIPTransport:
     port 0 can build its layer afterwards with `make_layer`.
     """
 
-    def __init__(self, reactor: Any, layer: TransactionLayer | None,
+    def __init__(self, reactor: Any, layer: SIPMachine | None,
                  listen: Sequence[tuple[str, int, str]],
-                 on_event: Callable[[Event], None] | None = None) -> None:
+                 on_event: Callable[[Any], None] | None = None) -> None:
         self.reactor = reactor
         self.layer = layer
         self.listen = [Address(host, port, transport.lower()) for host, port, transport in listen]
@@ -158,8 +185,8 @@ class SIPTransport:
         self._udp = {host: proto, **{h: p for h, p in self._udp.items() if h != host}}
         return next(a for a in reversed(self.addresses) if a.host == host and a.transport == "udp")
 
-    def use_layer(self, layer: TransactionLayer) -> None:
-        """Attach the layer once the bound addresses are known (for listeners on port 0)."""
+    def use_layer(self, layer: SIPMachine) -> None:
+        """Attach the machine once the bound addresses are known (for listeners on port 0)."""
         self.layer = layer
         self._start_timer()
 
@@ -175,20 +202,20 @@ class SIPTransport:
     # For the UA layer above ---------------------------------------------------------------------
 
     def send_request(self, request: Request, destination: Address) -> TransactionKey:
-        key = self._layer.send_request(request, destination, self.reactor.seconds())
+        key = self._bare_layer.send_request(request, destination, self.reactor.seconds())
         self.flush()
         return key
 
     def send_response(self, response: Response) -> None:
-        self._layer.send_response(response, self.reactor.seconds())
+        self._bare_layer.send_response(response, self.reactor.seconds())
         self.flush()
 
     def send_ack(self, ack: Request, destination: Address) -> None:
-        self._layer.send_ack(ack, destination)
+        self._bare_layer.send_ack(ack, destination)
         self.flush()
 
     def cancel(self, key: TransactionKey) -> TransactionKey:
-        cancel_key = self._layer.cancel(key, self.reactor.seconds())
+        cancel_key = self._bare_layer.cancel(key, self.reactor.seconds())
         self.flush()
         return cancel_key
 
@@ -219,10 +246,17 @@ class SIPTransport:
     # Internals ----------------------------------------------------------------------------------
 
     @property
-    def _layer(self) -> TransactionLayer:
+    def _layer(self) -> SIPMachine:
         if self.layer is None:
             raise RuntimeError("no TransactionLayer attached")
         return self.layer
+
+    @property
+    def _bare_layer(self) -> TransactionLayer:
+        layer = self._layer
+        if not isinstance(layer, TransactionLayer):
+            raise RuntimeError("send through the UA core that drives this transport")
+        return layer
 
     def _start_timer(self) -> None:
         layer = self._layer

@@ -1,10 +1,11 @@
 """A SIP user agent on the Twisted reactor: `UserAgent`, `IncomingCall`, `Call`.
 
 Maps the sans-I/O `sipmob.sip.ua.UACore` to Deferreds and callbacks: `SIPTransport` carries the
-bytes and drives the transaction timers, one `TimerDriver` drives the core's own deadlines (2xx
-retransmission, glare back-off, REGISTER refreshes and retries), and each core event fires the
-Deferred or handler waiting for it. `UserAgent.register` gives a `Registration`; the credentials
-given to `UserAgent` answer 401/407 challenges (the core does that).
+bytes and drives the core, the one machine of a UA (its transaction layer is inside it), with one
+pump and one timer for every deadline (transaction timers, 2xx retransmission, glare back-off,
+REGISTER refreshes and retries), and each core event fires the Deferred or handler waiting for it.
+`UserAgent.register` gives a `Registration`; the credentials given to `UserAgent` answer 401/407
+challenges (the core does that).
 
 Not here: any SIP rule (they are all in `sipmob.sip`), SDP negotiation (the application passes SDP
 bytes in and gets SDP bytes out), media.
@@ -12,6 +13,7 @@ bytes in and gets SDP bytes out), media.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,17 +21,16 @@ from typing import Any
 from twisted.internet import defer
 
 from sipmob.service.sipnet import SIPTransport
-from sipmob.service.timers import TimerDriver
 from sipmob.sip import ua as core
 from sipmob.sip.dialog import Dialog
 from sipmob.sip.headers import Replaces
 from sipmob.sip.message import Request, Response, reason_phrase
-from sipmob.sip.transaction import Event, TimerConfig
+from sipmob.sip.transaction import TimerConfig
 from sipmob.sip.transport import Address
 from sipmob.sip.uri import URI, NameAddr
 
-__all__ = ["Call", "CallFailed", "IncomingCall", "IncomingRequest", "ReferProgress", "Registration",
-           "RegistrationFailed", "SIPError", "Subscription", "UserAgent"]
+__all__ = ["AcceptedRefer", "Call", "CallFailed", "IncomingCall", "IncomingRequest", "ReferProgress",
+           "Registration", "RegistrationFailed", "SIPError", "Subscription", "UserAgent"]
 
 log = logging.getLogger("sipmob.sip.ua")
 
@@ -83,7 +84,7 @@ class Registration:
 
     @property
     def state(self) -> str:
-        return self.ua._core.registration_state(self.handle)
+        return self.ua.machine.registration_state(self.handle)
 
     def on_change(self, handler: Callable[[Registration], Any]) -> None:
         self._handlers.append(handler)
@@ -95,8 +96,8 @@ class Registration:
         if self._gone is None:
             self._gone = defer.Deferred()
             gone = self._gone
-            self.ua._core.unregister(self.handle, self.ua._now())
-            self.ua._flush()
+            self.ua.machine.unregister(self.handle, self.ua.now())
+            self.ua.flush()
             return gone
         return self._gone
 
@@ -108,12 +109,19 @@ class Registration:
                 log.exception("registration handler failed")
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _PendingReinvite:
+    deferred: defer.Deferred[Response]
+    ack_sdp: AckSdp | None
+
+
 class ReferProgress:
     """A REFER the peer accepted (202). `final` fires with the status of the last NOTIFY's
     sipfrag (RFC 3515 §2.4.5); `statuses` lists every status reported so far."""
 
-    def __init__(self, response: Response) -> None:
+    def __init__(self, response: Response, handle: int | None = None) -> None:
         self.response = response
+        self.handle = handle  # the core's handle of a REFER outside a dialog (its own dialog)
         self.statuses: list[int] = []
         self.final: defer.Deferred[int] = defer.Deferred()
 
@@ -134,13 +142,21 @@ class IncomingRequest:
         if self.responded:
             return
         self.responded = True
-        created = self.ua._core.respond(self.rid, status, self.ua._now(), reason=reason, headers=headers,
+        created = self.ua.machine.respond(self.rid, status, self.ua.now(), reason=reason, headers=headers,
                                         body=body, content_type=content_type)
         if created is not None:
             event = (self.request.headers.get("Event") or "").strip()
             self.subscription = Subscription(self.ua, created, event)
-            self.ua._subscriptions[created] = self.subscription
-        self.ua._flush()
+            self.ua.adopt_subscription(self.subscription)
+        self.ua.flush()
+
+    def accept_refer(self) -> AcceptedRefer:
+        """Accept an out-of-dialog REFER (202, then NOTIFY 100: RFC 3515 §2.4); report how the
+        referred request went with `AcceptedRefer.notify`."""
+        self.responded = True
+        handle = self.ua.machine.accept_refer_outside(self.rid, self.ua.now())
+        self.ua.flush()
+        return AcceptedRefer(self.ua, handle, self.request.cseq.seq)
 
     def accept_subscription(self, expires: int) -> Subscription:
         """Answer a SUBSCRIBE with 200 and return the notifier's `Subscription`; send the first
@@ -148,6 +164,32 @@ class IncomingRequest:
         self.respond(200, headers=[("Expires", str(expires))])
         assert self.subscription is not None
         return self.subscription
+
+
+class AcceptedRefer:
+    """The notifier's side of a REFER we accepted outside a dialog."""
+
+    def __init__(self, ua: UserAgent, handle: int, refer_id: int) -> None:
+        self.ua = ua
+        self.handle = handle
+        self.refer_id = refer_id
+        self.done = False
+
+    @property
+    def dialog(self) -> Dialog | None:
+        """The REFER's own dialog (None once it has ended)."""
+        return self.ua.machine.dialog(self.handle)
+
+    def notify(self, status: int, reason: str | None = None) -> None:
+        """A ``message/sipfrag`` NOTIFY with `status`; a final one ends the subscription."""
+        if self.done:
+            return
+        self.done = status >= 200
+        try:
+            self.ua.machine.notify_refer(self.handle, self.refer_id, status, self.ua.now(), reason=reason)
+        except core.UAError as exc:
+            log.info("cannot report REFER progress: %s", exc)
+        self.ua.flush()
 
 
 class Subscription:
@@ -164,7 +206,7 @@ class Subscription:
 
     @property
     def dialog(self) -> Dialog:
-        d = self.ua._core.dialog(self.handle) or self._dialog
+        d = self.ua.machine.dialog(self.handle) or self._dialog
         assert d is not None
         return d
 
@@ -175,12 +217,12 @@ class Subscription:
     def notify(self, state: str, body: bytes = b"", content_type: str | None = None
                ) -> defer.Deferred[Response]:
         """Send a NOTIFY with ``Subscription-State: state``; "terminated..." ends the dialog."""
-        return self.ua._in_dialog(self.handle, "NOTIFY", headers=[
+        return self.ua.in_dialog(self.handle, "NOTIFY", headers=[
             ("Event", self.event), ("Subscription-State", state)], body=body, content_type=content_type)
 
     def unsubscribe(self) -> defer.Deferred[Response]:
         """Send SUBSCRIBE with Expires: 0; the notifier's final NOTIFY then ends the dialog."""
-        return self.ua._in_dialog(self.handle, "SUBSCRIBE", headers=[("Event", self.event),
+        return self.ua.in_dialog(self.handle, "SUBSCRIBE", headers=[("Event", self.event),
                                                                        ("Expires", "0")])
 
     def _ended(self, reason: str) -> None:
@@ -207,7 +249,7 @@ class Call:
 
     @property
     def dialog(self) -> Dialog:
-        d = self.ua._core.dialog(self.handle) or self._dialog
+        d = self.ua.machine.dialog(self.handle) or self._dialog
         assert d is not None
         self._dialog = d
         return d
@@ -218,18 +260,18 @@ class Call:
 
     @property
     def state(self) -> str:
-        return self.ua._core.call_state(self.handle)
+        return self.ua.machine.call_state(self.handle)
 
     @property
     def local_sdp(self) -> bytes | None:
         if self.state != "terminated":
-            self._sdp = self.ua._core.sdp(self.handle)
+            self._sdp = self.ua.machine.sdp(self.handle)
         return self._sdp[0]
 
     @property
     def remote_sdp(self) -> bytes | None:
         if self.state != "terminated":
-            self._sdp = self.ua._core.sdp(self.handle)
+            self._sdp = self.ua.machine.sdp(self.handle)
         return self._sdp[1]
 
     def reinvite(self, sdp: bytes | None, *, ack_sdp: AckSdp | None = None) -> defer.Deferred[Response]:
@@ -239,25 +281,23 @@ class Call:
         Without an offer, `ack_sdp(offer)` makes the ACK's answer (bytes or a Deferred of them);
         without `ack_sdp` the ACK is held for `ack`."""
         try:
-            op = self.ua._core.reinvite(self.handle, sdp, self.ua._now())
+            op = self.ua.machine.reinvite(self.handle, sdp, self.ua.now())
         except core.UAError as exc:
             return defer.fail(_misuse(exc))
         d: defer.Deferred[Response] = defer.Deferred()
-        self.ua._reinvites[op] = d
-        if ack_sdp is not None:
-            self.ua._ack_sdp[-op] = ack_sdp
-        self.ua._flush()
+        self.ua.expect_reinvite(op, d, ack_sdp)
+        self.ua.flush()
         return d
 
     def ack(self, sdp: bytes | None) -> None:
         """Send the ACK held for a late-offer 2xx, carrying our answer `sdp`."""
-        self.ua._core.ack(self.handle, sdp, self.ua._now())
-        self.ua._flush()
+        self.ua.machine.ack(self.handle, sdp, self.ua.now())
+        self.ua.flush()
 
     @property
     def ack_pending(self) -> bool:
         """Whether a late-offer 2xx waits for `ack`."""
-        return self.ua._core.ack_pending(self.handle)
+        return self.ua.machine.ack_pending(self.handle)
 
     def on_reinvite(self, handler: Callable[[Call, Request], bytes | defer.Deferred[bytes]]) -> None:
         """Who answers the peer's re-INVITEs: `handler` returns the answer SDP (or our offer when the
@@ -269,13 +309,13 @@ class Call:
         """Hang up: fires when the BYE is answered (or has timed out)."""
         if self.state == "terminated":
             return defer.succeed(None)
-        op = self.ua._core.bye(self.handle, self.ua._now())
+        op = self.ua.machine.bye(self.handle, self.ua.now())
         d: defer.Deferred[None] = defer.Deferred()
         if op:
-            self.ua._requests[op] = lambda _response: d.callback(None)
+            self.ua.expect(op, lambda _response: d.callback(None))
         else:
             d.callback(None)
-        self.ua._flush()
+        self.ua.flush()
         return d
 
     def refer(self, refer_to: str | URI, *, replaces: Replaces | None = None,
@@ -287,7 +327,7 @@ class Call:
             uri = uri.replace(headers=(("Replaces", str(replaces)),))
         by = NameAddr.parse(referred_by) if referred_by else None
         try:
-            op = self.ua._core.refer(self.handle, NameAddr(None, uri), self.ua._now(), referred_by=by)
+            op = self.ua.machine.refer(self.handle, NameAddr(None, uri), self.ua.now(), referred_by=by)
         except core.UAError as exc:
             return defer.fail(_misuse(exc))
         d: defer.Deferred[ReferProgress] = defer.Deferred()
@@ -296,14 +336,10 @@ class Call:
             if response is None or response.status >= 300:
                 d.errback(_error(response))
                 return
-            progress = ReferProgress(response)
-            self.ua._refers[op] = progress
-            for status, terminated in self.ua._early_notifies.pop(op, []):
-                self.ua._refer_notified(progress, status, terminated)
-            d.callback(progress)
+            d.callback(self.ua.refer_accepted(op, ReferProgress(response)))
 
-        self.ua._requests[op] = completed
-        self.ua._flush()
+        self.ua.expect(op, completed)
+        self.ua.flush()
         return d
 
     def on_refer(self, handler: Callable[[Call, Request], Any]) -> None:
@@ -316,8 +352,8 @@ class Call:
 
     def notify_refer(self, refer_id: int, status: int, reason: str | None = None) -> None:
         """Report progress of a REFER we accepted (``refer_id`` is the REFER's CSeq number)."""
-        self.ua._core.notify_refer(self.handle, refer_id, status, self.ua._now(), reason=reason)
-        self.ua._flush()
+        self.ua.machine.notify_refer(self.handle, refer_id, status, self.ua.now(), reason=reason)
+        self.ua.flush()
 
     def on_request(self, method: str, handler: Callable[[Call, Request], Any]) -> None:
         """Who answers other requests within the call (INFO, SUBSCRIBE, NOTIFY...): `handler`
@@ -328,7 +364,7 @@ class Call:
     def info(self, body: bytes, content_type: str) -> defer.Deferred[Response]:
         """Send an INFO within the call; fires with the final response (errback `SIPError` on a
         timeout)."""
-        return self.ua._in_call(self, "INFO", body=body, content_type=content_type)
+        return self.ua.in_dialog(self.handle, "INFO", body=body, content_type=content_type)
 
     def on_terminated(self, handler: Callable[[Call, str], None]) -> None:
         """Called once when the call ends, with the reason ("bye", "local", "replaced", "no-ack",
@@ -355,14 +391,14 @@ class IncomingCall:
         self.offer = event.offer
         self.replaces = event.replaces
         self.referred_by = event.referred_by
-        self.replaced: Call | None = ua._calls.get(event.replaces_call) if event.replaces_call else None
+        self.replaced: Call | None = ua.call(event.replaces_call) if event.replaces_call else None
         self.cancelled: defer.Deferred[None] = defer.Deferred()
         self._accepted: defer.Deferred[Call] | None = None
 
     def ringing(self) -> None:
         """Send 180 Ringing (an early dialog)."""
-        self.ua._core.answer_invite(self.handle, 180, self.ua._now())
-        self.ua._flush()
+        self.ua.machine.answer_invite(self.handle, 180, self.ua.now())
+        self.ua.flush()
 
     def accept(self, sdp: bytes) -> defer.Deferred[Call]:
         """Answer 200 with `sdp` (our answer, or our offer if the INVITE had none; then the ACK
@@ -370,15 +406,15 @@ class IncomingCall:
         if the caller cancelled first."""
         d: defer.Deferred[Call] = defer.Deferred()
         self._accepted = d
-        self.ua._incoming[self.handle] = self
-        self.ua._core.answer_invite(self.handle, 200, self.ua._now(), sdp=sdp)
-        self.ua._flush()
+        self.ua.expect_ack(self)
+        self.ua.machine.answer_invite(self.handle, 200, self.ua.now(), sdp=sdp)
+        self.ua.flush()
         return d
 
     def reject(self, status: int = 486, reason: str | None = None) -> None:
         """Refuse the call with a final status."""
-        self.ua._core.answer_invite(self.handle, status, self.ua._now(), reason=reason)
-        self.ua._flush()
+        self.ua.machine.answer_invite(self.handle, status, self.ua.now(), reason=reason)
+        self.ua.flush()
 
 
 class UserAgent:
@@ -393,9 +429,13 @@ class UserAgent:
                  user: str = "sipmob", display_name: str | None = None, user_agent: str = "sipmob/0.1",
                  timers: TimerConfig | None = None,
                  capabilities_sdp: Callable[[], bytes] | None = None,
-                 credentials: core.CredentialsLookup | tuple[str, str] | None = None) -> None:
+                 credentials: core.CredentialsLookup | tuple[str, str] | None = None,
+                 allow: Sequence[str] = core.ALLOW, aor: str | URI | None = None,
+                 advertise: str | None = None) -> None:
         """`credentials` answer Digest challenges (401/407): ``(username, password)`` or a
-        function of the realm returning them (or None)."""
+        function of the realm returning them (or None). `allow` are the methods we take (others
+        get 405), `aor` our From (default ``sip:USER@HOST``), `advertise` the host put in Via and
+        Contact when the socket is bound to any address."""
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
@@ -403,23 +443,23 @@ class UserAgent:
         self._listen = listen
         self._options = {"user": user, "display_name": display_name, "user_agent": user_agent,
                          "timers": timers, "capabilities_sdp": capabilities_sdp,
-                         "credentials": credentials}
-        self._transport = SIPTransport(reactor, None, listen, on_event=self._on_layer_event)
+                         "credentials": credentials, "allow": allow,
+                         "aor": _uri(aor) if aor is not None else None}
+        self._advertise = advertise
+        self._transport = SIPTransport(reactor, None, listen, on_event=self._on_core_event)
         self._core_obj: core.UACore | None = None
-        self._timer: TimerDriver | None = None
         self._call_handler: Callable[[IncomingCall], None] | None = None
         self._request_handlers: dict[str, Callable[[IncomingRequest], Any]] = {}
         self._calls: dict[int, Call] = {}
         self._incoming: dict[int, IncomingCall] = {}
         self._outgoing: dict[int, tuple[defer.Deferred[Call], Callable[[Response], Any] | None]] = {}
-        self._reinvites: dict[int, defer.Deferred[Response]] = {}
+        self._reinvites: dict[int, _PendingReinvite] = {}
         self._requests: dict[int, Callable[[Response | None], Any]] = {}
         self._refers: dict[int, ReferProgress] = {}
         self._early_notifies: dict[int, list[tuple[int, bool]]] = {}
         self._subscriptions: dict[int, Subscription] = {}
-        self._ack_sdp: dict[int, AckSdp] = {}  # by call handle, or by -op for a re-INVITE
+        self._ack_sdp: dict[int, AckSdp] = {}  # by call handle, for a late-offer INVITE
         self._registrations: dict[int, Registration] = {}
-        self._draining = False
         self.contact: URI | None = None
         self.aor: URI | None = None
         self.addresses: list[Address] = []
@@ -432,19 +472,17 @@ class UserAgent:
             self.addresses = self._transport.start()
         except Exception:
             return defer.fail()
-        self._core_obj = core.UACore(self.addresses, **self._options)  # type: ignore[arg-type]
+        local = [Address(self._advertise, a.port, a.transport) if self._advertise else a
+                 for a in self.addresses]
+        self._core_obj = core.UACore(local, **self._options)  # type: ignore[arg-type]
         self._core_obj.app_methods.update(self._request_handlers)
         self.contact = self._core_obj.contact_uri
         self.aor = self._core_obj.aor
-        self._transport.use_layer(self._core_obj.layer)
-        self._timer = TimerDriver(self.reactor, self._core_obj.get_timer, self._core_obj.handle_timer,
-                                  after=self._flush)
+        self._transport.use_layer(self._core_obj)
         return defer.succeed(list(self.addresses))
 
     def stop(self) -> defer.Deferred[None]:
         """Close the sockets. Calls are not hung up: that is the application's decision."""
-        if self._timer is not None:
-            self._timer.cancel()
         d = self._transport.stop()
         return d.addCallback(lambda _: None)
 
@@ -460,9 +498,9 @@ class UserAgent:
             bound = self._transport.bind_udp(host, port)
         except CannotListenError:
             bound = self._transport.bind_udp(host, 0)
-        self._core.set_local([bound], self._now())
-        self.contact = self._core.contact_uri
-        self._flush()
+        self.machine.set_local([bound], self.now())
+        self.contact = self.machine.contact_uri
+        self.flush()
         return bound
 
     # Handlers -----------------------------------------------------------------------------------
@@ -528,6 +566,30 @@ class UserAgent:
         self._flush()
         return d
 
+    def refer(self, target: str | URI, refer_to: str | URI, *, replaces: Replaces | None = None,
+              referred_by: str | None = None,
+              headers: Sequence[tuple[str, str]] = ()) -> defer.Deferred[ReferProgress]:
+        """Send a REFER outside any dialog (RFC 3515 §2.4), with ``?Replaces=`` embedded in Refer-To
+        (RFC 3891) and a Referred-By (RFC 3892) if given; `headers` may add Target-Dialog (RFC 4538).
+        Fires with a `ReferProgress` on 2xx; errback `SIPError`."""
+        uri = _uri(refer_to)
+        if replaces is not None:
+            uri = uri.replace(headers=(("Replaces", str(replaces)),))
+        by = NameAddr.parse(referred_by) if referred_by else None
+        op = self.machine.refer_outside(_uri(target), NameAddr(None, uri), self.now(), referred_by=by,
+                                        headers=headers)
+        d: defer.Deferred[ReferProgress] = defer.Deferred()
+
+        def completed(response: Response | None) -> None:
+            if response is None or response.status >= 300:
+                d.errback(_error(response))
+                return
+            d.callback(self.refer_accepted(op, ReferProgress(response, op)))
+
+        self.expect(op, completed)
+        self.flush()
+        return d
+
     @property
     def registrations(self) -> list[Registration]:
         """The registrations not yet gone."""
@@ -559,61 +621,89 @@ class UserAgent:
         return d
 
     def request(self, method: str, target: str | URI, *, headers: Sequence[tuple[str, str]] = (),
-                body: bytes = b"", content_type: str | None = None) -> defer.Deferred[Response]:
-        """Send an out-of-dialog request; fires with the final response (any status)."""
+                body: bytes = b"", content_type: str | None = None,
+                destination: Address | None = None) -> defer.Deferred[Response]:
+        """Send an out-of-dialog request (to `destination` if given, else where `target` says);
+        fires with the final response (any status), errback `SIPError(408)` on a timeout."""
         op = self._core.request(method.upper(), _uri(target), self._now(), headers=headers, body=body,
-                                content_type=content_type)
+                                content_type=content_type, destination=destination)
         d: defer.Deferred[Response] = defer.Deferred()
         self._requests[op] = _fire_response(d, any_status=True)
         self._flush()
+        return d
+
+    # The surface the handles (Call, IncomingCall, Subscription...) act through -----------------
+
+    @property
+    def machine(self) -> core.UACore:
+        """The sans-I/O core, the one machine of this UA; after acting on it, `flush`."""
+        if self._core_obj is None:
+            raise RuntimeError("UserAgent.start() first")
+        return self._core_obj
+
+    def now(self) -> float:
+        return float(self.reactor.seconds())
+
+    def flush(self) -> None:
+        """Send what the core wants sent and hand its events out (the transport's one pump:
+        folded into the outer loop when called from an event handler)."""
+        self._transport.flush()
+
+    def call(self, handle: int) -> Call | None:
+        """The established `Call` of a core handle."""
+        return self._calls.get(handle)
+
+    def expect(self, op: int, completed: Callable[[Response | None], Any]) -> None:
+        """Who hears the final response (None: a timeout) of the core's request `op`."""
+        self._requests[op] = completed
+
+    def expect_reinvite(self, op: int, d: defer.Deferred[Response], ack_sdp: AckSdp | None) -> None:
+        """Fire `d` when our re-INVITE `op` completes; `ack_sdp` makes a held ACK's answer."""
+        self._reinvites[op] = _PendingReinvite(d, ack_sdp)
+
+    def expect_ack(self, incoming: IncomingCall) -> None:
+        """An incoming call we answered 2xx: its `accept` Deferred fires on the ACK."""
+        self._incoming[incoming.handle] = incoming
+
+    def refer_accepted(self, op: int, progress: ReferProgress) -> ReferProgress:
+        """Our REFER `op` got 202: its NOTIFYs (those that overtook the 202 first) go to `progress`."""
+        self._refers[op] = progress
+        for status, terminated in self._early_notifies.pop(op, []):
+            self._refer_notified(progress, status, terminated)
+        return progress
+
+    def adopt_subscription(self, subscription: Subscription) -> None:
+        """A subscription dialog made by answering a SUBSCRIBE: its requests go to it."""
+        self._subscriptions[subscription.handle] = subscription
+
+    def in_dialog(self, handle: int, method: str, **kw: Any) -> defer.Deferred[Response]:
+        """Send `method` within the dialog of `handle`; fires with the final response (any status)."""
+        try:
+            op = self.machine.request_in_call(handle, method, self.now(), **kw)
+        except core.UAError as exc:
+            return defer.fail(_misuse(exc))
+        d: defer.Deferred[Response] = defer.Deferred()
+        self._requests[op] = _fire_response(d, any_status=True)
+        self.flush()
         return d
 
     # Internals ----------------------------------------------------------------------------------
 
     @property
     def _core(self) -> core.UACore:
-        if self._core_obj is None:
-            raise RuntimeError("UserAgent.start() first")
-        return self._core_obj
+        return self.machine
 
     def _now(self) -> float:
-        return float(self.reactor.seconds())
-
-    def _in_call(self, call: Call, method: str, **kw: Any) -> defer.Deferred[Response]:
-        return self._in_dialog(call.handle, method, **kw)
-
-    def _in_dialog(self, handle: int, method: str, **kw: Any) -> defer.Deferred[Response]:
-        try:
-            op = self._core.request_in_call(handle, method, self._now(), **kw)
-        except core.UAError as exc:
-            return defer.fail(_misuse(exc))
-        d: defer.Deferred[Response] = defer.Deferred()
-        self._requests[op] = _fire_response(d, any_status=True)
-        self._flush()
-        return d
-
-    def _on_layer_event(self, event: Event) -> None:
-        self._core.handle_layer_event(event, self._now())
-        self._flush()  # folded into the outer loop when one is running
+        return self.now()
 
     def _flush(self) -> None:
-        if self._draining:
-            return
-        self._draining = True
+        self.flush()
+
+    def _on_core_event(self, event: core.UAEvent) -> None:
         try:
-            while True:
-                self._transport.flush()
-                event = self._core.next_event()
-                if event is None:
-                    break
-                try:
-                    self._on_event(event)
-                except Exception:
-                    log.exception("handling %s failed", type(event).__name__)
-        finally:
-            self._draining = False
-        if self._timer is not None:
-            self._timer.update()
+            self._on_event(event)
+        except Exception:
+            log.exception("handling %s failed", type(event).__name__)
 
     def _on_event(self, event: core.UAEvent) -> None:
         if isinstance(event, core.IncomingInvite):
@@ -711,11 +801,11 @@ class UserAgent:
             incoming._accepted.errback(CallFailed(status, f"ended before the ACK ({event.reason})"))
 
     def _reinvite_completed(self, event: core.ReinviteCompleted) -> None:
-        d = self._reinvites.pop(event.op, None)
-        ack_sdp = self._ack_sdp.pop(-event.op, None)
+        pending = self._reinvites.pop(event.op, None)
         call = self._calls.get(event.call)
-        if d is None:
+        if pending is None:
             return
+        d, ack_sdp = pending.deferred, pending.ack_sdp
         response = event.response
         if (ack_sdp is not None and call is not None and response is not None
                 and self._core.ack_pending(event.call) and response.body):

@@ -40,16 +40,18 @@ def until(condition: Callable[[], Any], timeout: float = 10.0, step: float = 0.1
 
 class Phone:
     def __init__(self, directory: Path, da: str, grace: float = 0.5, auto_answer: bool = False,
-                 ring_timeout: float = 60.0) -> None:
+                 ring_timeout: float = 60.0,
+                 user: str = "mn", extra: str = "") -> None:
+        """`extra` is appended to the configuration file (more sections)."""
         self.port = free_udp_port()
-        self.uri = f"sip:mn@127.0.0.1:{self.port}"
+        self.uri = f"sip:{user}@127.0.0.1:{self.port}"
         self.control = directory / "mn.sock"
         self.config = directory / "mn.toml"
         self.config.write_text(
-            f'[listen]\naddress = "127.0.0.1"\nport = {self.port}\n'
+            f'[listen]\naddress = "127.0.0.1"\nport = {self.port}\n[identity]\nuser = "{user}"\n'
             f'[calls]\nauto_answer = {str(auto_answer).lower()}\ngrace_period = {grace}\n'
             f'device_timeout = 2.0\noptions_timeout = 1.0\nring_timeout = {ring_timeout}\n'
-            f'[slp]\nda = "{da}"\n[control]\npath = "{self.control}"\n')
+            f'[slp]\nda = "{da}"\n[control]\npath = "{self.control}"\n' + extra)
         self.log = open(directory / "phone.log", "wb")  # closed in stop()
         self.log_path = directory / "phone.log"
         self.proc = subprocess.Popen([sys.executable, "-m", "sipmob.mn.cli", "phone", "--config",

@@ -26,6 +26,7 @@ from sipmob.sip.ua import (
     RequestReceived,
     UACore,
     UAError,
+    referred,
     referred_request,
 )
 from sipmob.sip.uri import URI, NameAddr
@@ -867,3 +868,160 @@ def test_any_request_from_the_peer_is_answered_or_dropped_without_raising(
         assert len(out) <= 2  # a final answer (after a 100 Trying), or nothing yet for the app
     net.collect()
     net.advance(net.now + 100.0)
+
+
+def _ring_then_answer(net: Net, a: UACore, b: UACore) -> None:
+    a.invite(uri(BOB, "b"), OFFER, net.now)
+    net.run()
+    inc = one(net.take(b, IncomingInvite)).call  # type: ignore[attr-defined]
+    b.answer_invite(inc, 180, net.now)
+    net.run()
+    b.answer_invite(inc, 200, net.now, sdp=ANSWER)
+    net.run()
+    b.bye(inc, net.now)
+
+
+def test_calls_move_only_along_the_state_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sipmob.sip.callstate import TRANSITIONS, CallInput, CallState
+    from sipmob.sip.uabase import UABase
+
+    taken: set[tuple[CallState, CallInput]] = set()
+    original = UABase._move
+
+    def move(self: UABase, c: object, event: CallInput) -> None:
+        before = c.state  # type: ignore[attr-defined]
+        original(self, c, event)  # type: ignore[arg-type]
+        assert c.state is TRANSITIONS[before][event]  # type: ignore[attr-defined]
+        taken.add((before, event))
+
+    monkeypatch.setattr(UABase, "_move", move)
+    for scenario in (_bye, _reject, _cancel, _reinvite_then_bye, _refer_then_bye, _never_acked,
+                     _ring_then_answer):
+        a, b = core(ALICE, "alice"), core(BOB, "bob")
+        net = Net(a, b)
+        scenario(net, a, b)
+        net.run()
+        net.advance(net.now + 200.0)
+    s, i = CallState, CallInput
+    wanted = {(s.CALLING, i.PROVISIONAL), (s.INCOMING, i.RING), (s.INCOMING, i.ANSWER), (s.EARLY, i.ANSWER),
+              (s.ANSWERED, i.ACK), (s.CALLING, i.ACCEPTED), (s.EARLY, i.ACCEPTED), (s.CONFIRMED, i.END),
+              (s.EARLY, i.END), (s.INCOMING, i.END), (s.ANSWERED, i.END)}
+    assert not wanted - taken, [(x.name, y.name) for x, y in wanted - taken]
+    # and the random walk of two cores: any move off the table fails inside `move`
+    test_random_walks_never_raise_and_end_with_everything_reaped()
+
+
+# Out-of-dialog REFER (RFC 3515 §2.4), as Session Handoff sends and receives it -------------------
+
+
+def test_out_of_dialog_refer_is_481_unless_the_application_takes_refer(pair: Pair) -> None:
+    net, a, b = pair
+    h = a.refer_outside(uri(BOB, "b"), NameAddr(None, uri(CAROL, "c")), net.now)
+    net.run()
+    done = one(net.take(a, RequestCompleted))
+    assert done.op == h and done.response.status == 481  # type: ignore[attr-defined]
+    assert len(a) == 0 and not net.take(b, RequestReceived)
+
+
+def test_out_of_dialog_refer_makes_a_dialog_whose_notifies_report_progress(pair: Pair) -> None:
+    net, a, b = pair
+    b.app_methods.add("REFER")
+    target = uri(CAROL, "c").replace(headers=(("Replaces", "x1;to-tag=t;from-tag=f"),))
+    h = a.refer_outside(uri(BOB, "b"), NameAddr(None, target), net.now,
+                        referred_by=NameAddr(None, uri(ALICE, "alice")),
+                        headers=[("Target-Dialog", "x1;local-tag=f;remote-tag=t")])
+    net.run()
+    got = one(net.take(b, RequestReceived))
+    assert got.call is None  # type: ignore[attr-defined]
+    refer = got.request  # type: ignore[attr-defined]
+    assert refer.headers.get("Target-Dialog") == "x1;local-tag=f;remote-tag=t"
+    what = referred(refer)
+    assert what.method == "INVITE" and what.target == uri(CAROL, "c")
+    assert what.replaces is not None and what.replaces.call_id == "x1"
+    assert ("Referred-By", str(NameAddr(None, uri(ALICE, "alice")))) in what.headers
+    sub = b.accept_refer_outside(got.rid, net.now)  # type: ignore[attr-defined]
+    net.run()
+    assert one(net.take(a, RequestCompleted)).response.status == 202  # type: ignore[attr-defined]
+    first = one(net.take(a, ReferNotified))
+    assert (first.op, first.status, first.terminated) == (h, 100, False)  # type: ignore[attr-defined]
+    assert a.call_state(h) == "confirmed" and b.call_state(sub) == "confirmed"
+    b.notify_refer(sub, refer.cseq.seq, 200, net.now)
+    net.run()
+    last = one(net.take(a, ReferNotified))
+    assert (last.status, last.terminated) == (200, True)  # type: ignore[attr-defined]
+    net.advance(net.now + 200.0)
+    for ua in (a, b):
+        assert len(ua) == 0 and len(ua.layer) == 0 and ua.get_timer() is None
+
+
+def test_an_out_of_dialog_refer_without_one_contact_is_400(pair: Pair) -> None:
+    net, a, b = pair
+    b.app_methods.add("REFER")
+    h = a.refer_outside(uri(BOB, "b"), NameAddr(None, uri(CAROL, "c")), net.now)
+    for data, _dest in a.messages_to_send():
+        msg = parse_message(data)
+        assert isinstance(msg, Request)
+        msg.headers.remove("Contact")
+        b.receive(msg.to_bytes(), ALICE, net.now)
+    net.run()
+    assert not net.take(b, RequestReceived)
+    assert any(isinstance(r, Response) and r.status == 400 for _, _, d in net.wire
+               if isinstance(r := parse_message(d), Response))
+    assert h
+
+
+def test_a_nested_refer_asks_for_a_refer_carrying_the_inner_refer_to() -> None:
+    inner = uri(CAROL, "cn").replace(headers=(("Replaces", "d1;to-tag=cn;from-tag=dev"),))
+    outer = uri(ALICE, "mn").replace(params=(("method", "REFER"),), headers=(("Refer-To", f"<{inner}>"),))
+    h = Headers([("Via", "SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKx"), ("From", "<sip:b@h>;tag=1"),
+                 ("To", "<sip:a@h>"), ("Call-ID", "c"), ("CSeq", "1 REFER"), ("Max-Forwards", "70"),
+                 ("Refer-To", f"<{outer}>"), ("Referred-By", "<sip:mn@h>")])
+    what = referred(Request("REFER", uri(BOB, "b"), h))
+    assert what.method == "REFER" and what.target == uri(ALICE, "mn")
+    assert what.replaces is None
+    carried = dict(what.headers)
+    assert NameAddr.parse(carried["Refer-To"]).uri.header("Replaces") == "d1;to-tag=cn;from-tag=dev"
+    again = referred(Request("REFER", uri(ALICE, "mn"), Headers([*h.items()[:-2],
+                     ("Refer-To", carried["Refer-To"])])))
+    assert again.method == "INVITE" and again.replaces is not None and again.replaces.from_tag == "dev"
+
+
+def test_a_ua_that_only_probes_allows_options_alone_and_sends_where_it_is_told() -> None:
+    a = core(ALICE, "alice")
+    b = core(BOB, "prober", allow=("OPTIONS",), aor=URI.parse("sip:saproxy@gw"))
+    net = Net(a, b)
+    a.invite(uri(BOB, "prober"), OFFER, net.now)
+    net.run()
+    failed = one(net.take(a, CallFailed))
+    assert failed.status == 405  # type: ignore[attr-defined]
+    allow = [m for m in net.sent("INVITE") if isinstance(m, Response)][-1].headers.get("Allow")
+    assert allow == "OPTIONS"
+    # to ALICE's address whatever the URI's host says (an outbound proxy, or a device file's address)
+    op = b.request("OPTIONS", URI.parse("sip:tv@tv.invalid"), net.now, destination=ALICE)
+    net.run()
+    done = one(net.take(b, RequestCompleted))
+    assert done.op == op and done.response.status == 200  # type: ignore[attr-defined]
+    options = [m for m in net.sent("OPTIONS") if isinstance(m, Request)][-1]
+    assert str(options.from_.uri) == "sip:saproxy@gw"
+
+
+def test_a_notify_that_overtakes_the_202_makes_the_refer_dialog(pair: Pair) -> None:
+    net, a, b = pair
+    b.app_methods.add("REFER")
+    h = a.refer_outside(uri(BOB, "b"), NameAddr(None, uri(CAROL, "c")), net.now)
+    net.run()
+    got = one(net.take(b, RequestReceived))
+    b.accept_refer_outside(got.rid, net.now)  # type: ignore[attr-defined]
+    out = b.messages_to_send()
+    assert [parse_message(d).method if isinstance(parse_message(d), Request) else "202"  # type: ignore[union-attr]
+            for d, _ in out] == ["202", "NOTIFY"]
+    for data, _ in reversed(out):  # the NOTIFY first (RFC 3515 §2.4.5 allows it)
+        a.receive(data, BOB, net.now)
+    net.run()
+    first = one(net.take(a, ReferNotified))
+    assert (first.op, first.status) == (h, 100)  # type: ignore[attr-defined]
+    assert one(net.take(a, RequestCompleted)).response.status == 202  # type: ignore[attr-defined]
+    assert a.call_state(h) == "confirmed"
+    answers = [m for _, _, d in net.wire if isinstance(m := parse_message(d), Response)
+               and m.cseq.method == "NOTIFY"]
+    assert answers and all(r.status == 200 for r in answers)

@@ -1,0 +1,516 @@
+"""INVITE sessions (RFC 3261 §13-§15; RFC 3891) as a UAC and a UAS, with re-INVITE and glare.
+
+Responsible for: early and late offer, CANCEL (§9), the UAS's 2xx retransmitted until the ACK
+arrives and BYE when it never does (§13.3.1.4), the UAC's ACK for every 2xx (§13.2.2.4) and BYE for a
+forked one we do not want, re-INVITE with 491 glare and the §14.1 randomised back-off, BYE, and an
+INVITE with Replaces (RFC 3891: 481 when no dialog matches, BYE on the replaced dialog once the new
+one is confirmed).
+
+Not here: SDP (bodies are opaque bytes), requests within a dialog other than INVITE and BYE
+(`sipmob.sip.refer`), the dispatch of what arrives (`sipmob.sip.ua`).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from sipmob.sip import transaction as tx
+from sipmob.sip.callstate import SETTING_UP, UNANSWERED, CallInput, CallState
+from sipmob.sip.challenge import ChallengeRetry
+from sipmob.sip.dialog import Dialog, DialogId, DialogState, uri_destination
+from sipmob.sip.headers import Replaces
+from sipmob.sip.message import Request, Response, make_response
+from sipmob.sip.transaction import TransactionKey
+from sipmob.sip.uabase import _GLARE_RETRIES, SDP, _Call, _ClientOp, _Reinvite, _ServerRequest
+from sipmob.sip.uaevents import (
+    CallEstablished,
+    CallFailed,
+    CallProgress,
+    IncomingInvite,
+    ReinviteCompleted,
+    ReinviteReceived,
+    UAError,
+)
+from sipmob.sip.uri import URI, NameAddr
+
+
+class InviteSessions(ChallengeRetry):
+    # Outgoing calls -------------------------------------------------------------------------------
+
+    def invite(self, target: URI, sdp: bytes | None, now: float, *,
+               headers: Sequence[tuple[str, str]] = (),
+               answer_for: Callable[[bytes], bytes] | None = None) -> int:
+        """Send an INVITE to `target` (with our offer, or none for a late offer: then `answer_for`
+        gives the answer the ACK carries for the offer in the 2xx; without it the ACK waits for
+        `ack`, as third-party call control needs, RFC 3725 §4). Returns the call handle."""
+        handle = self._new_handle()
+        h = self._out_of_dialog_headers("INVITE", target)
+        h.add("Contact", str(self.local_contact))
+        self._common_headers(h)
+        for name, value in headers:
+            h.add(name, value)
+        if sdp:
+            h.add("Content-Type", SDP)
+        request = Request("INVITE", target.replace(headers=()), h, sdp or b"")
+        c = _Call(handle, True, CallState.CALLING, request, local_sdp=sdp, answer_for=answer_for)
+        self._calls[handle] = c
+        key = self._send(request, uri_destination(target), None, now)
+        c.invite_key = key
+        self._by_invite_key[key] = handle
+        self._pump(now)
+        return handle
+
+    def cancel(self, call: int, now: float) -> None:
+        """CANCEL our pending INVITE (§9.1): at once if a provisional response has come, else as
+        soon as one does. A 2xx racing the CANCEL is ACKed and the call ended with BYE."""
+        c = self._call(call)
+        if not c.is_uac or c.state not in SETTING_UP:
+            raise UAError(f"call {call} has no pending INVITE to cancel")
+        c.cancel_wanted = True
+        if c.invite_key is not None and self.layer.state_of(c.invite_key) is tx.State.PROCEEDING:
+            self._send_cancel(c, now)
+        self._pump(now)
+
+    # Incoming calls -------------------------------------------------------------------------------
+
+    def answer_invite(self, call: int, status: int, now: float, *, sdp: bytes | None = None,
+                      reason: str | None = None, headers: Sequence[tuple[str, str]] = ()) -> None:
+        """Answer an incoming INVITE: a 1xx (180 makes an early dialog), a 2xx with `sdp` (our
+        answer, or our offer when the INVITE had none) retransmitted until the ACK, or a failure."""
+        c = self._call(call)
+        if c.is_uac or c.state not in UNANSWERED:
+            raise UAError(f"call {call} has no INVITE waiting for an answer")
+        assert c.invite_key is not None
+        tag = c.dialog.local_tag if c.dialog is not None else self._token()
+        if status == 100:
+            raise UAError("100 Trying is the transaction layer's")
+        h = [*headers, *self._response_common()]
+        if status < 300:
+            h.append(("Contact", str(self.local_contact)))
+        body = b""
+        if sdp is not None and status < 300:
+            body = sdp
+            h.append(("Content-Type", SDP))
+        response = make_response(c.invite, status, reason, to_tag=tag, headers=h, body=body)
+        if 100 < status < 300 and c.dialog is None:
+            c.dialog = Dialog.from_uas(c.invite, tag, self.local_contact)
+            self._by_dialog[c.dialog.id] = c.handle
+        if status < 200:
+            if c.dialog is not None:
+                self._move(c, CallInput.RING)
+            self.layer.send_response(response, now)
+        elif status < 300:
+            assert c.dialog is not None
+            c.local_sdp = sdp
+            self._move(c, CallInput.ANSWER)
+            c.ok = response
+            c.ok_seq = c.invite.cseq.seq
+            c.ok_interval = self.timers.t1
+            c.ok_next = now + self.timers.t1
+            c.ok_give_up = now + 64 * self.timers.t1
+            self.layer.send_response(response, now)
+        else:
+            self.layer.send_response(response, now)
+            self._forget(c, now)
+        self._pump(now)
+
+    # Within a call --------------------------------------------------------------------------------
+
+    def reinvite(self, call: int, sdp: bytes | None, now: float, *,
+                 answer_for: Callable[[bytes], bytes] | None = None) -> int:
+        """Send a re-INVITE (a new offer, or none to ask for theirs: `answer_for` then makes the
+        answer for the ACK, and without it the ACK waits for `ack`). A 491 is retried after the
+        §14.1 back-off. Returns the op number that `ReinviteCompleted` carries."""
+        c = self._call(call)
+        if c.state is not CallState.CONFIRMED or c.dialog is None:
+            raise UAError(f"call {call} is not established")
+        if c.reinvite is not None:
+            raise UAError(f"call {call} has a re-INVITE pending already (§14.1)")
+        if c.ack_pending is not None:
+            raise UAError(f"call {call} still owes an ACK with an answer")
+        op = self._new_handle()
+        c.reinvite = _Reinvite(op, c.invite, None, sdp)
+        c.reinvite_answer_for = answer_for
+        self._send_reinvite(c, now)
+        self._pump(now)
+        return op
+
+    def ack_pending(self, call: int) -> bool:
+        """Whether the call's last 2xx (to a late-offer INVITE or re-INVITE) waits for `ack`."""
+        c = self._calls.get(call)
+        return c is not None and c.ack_pending is not None
+
+    def ack(self, call: int, sdp: bytes | None, now: float) -> None:
+        """Send the ACK held for a late-offer 2xx, with our answer to the offer it carried."""
+        c = self._call(call)
+        if c.ack_pending is None:
+            raise UAError(f"call {call} has no ACK waiting")
+        seq, c.ack_pending = c.ack_pending, None
+        if sdp is not None:
+            c.local_sdp = sdp
+        self._send_ack(c, seq, sdp or b"")
+        self._pump(now)
+
+    def answer_reinvite(self, call: int, rid: int, status: int, now: float, *,
+                        sdp: bytes | None = None, reason: str | None = None) -> None:
+        """Answer a re-INVITE we received: 2xx with our answer (or offer) in `sdp`, or a failure
+        (the session stays as it was, §14.2)."""
+        c = self._call(call)
+        sr = self._server.pop(rid, None)
+        if sr is None or c.incoming_reinvite != rid or c.dialog is None:
+            raise UAError(f"no re-INVITE {rid} waiting in call {call}")
+        c.incoming_reinvite = None
+        h: list[tuple[str, str]] = [*self._response_common()]
+        body = b""
+        if 200 <= status < 300:
+            h.append(("Contact", str(self.local_contact)))
+            c.dialog.refresh_target(sr.request)
+            if sdp is not None:
+                body = sdp
+                h.append(("Content-Type", SDP))
+                c.local_sdp = sdp
+            if sr.request.body:
+                c.remote_sdp = sr.request.body
+        response = make_response(sr.request, status, reason, headers=h, body=body)
+        self.layer.send_response(response, now)
+        if 200 <= status < 300:
+            c.ok = response
+            c.ok_seq = sr.request.cseq.seq
+            c.ok_interval = self.timers.t1
+            c.ok_next = now + self.timers.t1
+            c.ok_give_up = now + 64 * self.timers.t1
+        self._pump(now)
+
+    def bye(self, call: int, now: float) -> int:
+        """End the call: BYE for a dialog (§15.1.1), CANCEL for our unanswered INVITE, 603 for an
+        incoming one. Returns the op number of the BYE's `RequestCompleted` (0 when none is sent)."""
+        c = self._call(call)
+        if c.state in SETTING_UP and c.is_uac:
+            self.cancel(call, now)
+            return 0
+        if c.state in UNANSWERED and not c.is_uac:
+            self.answer_invite(call, 603, now)
+            return 0
+        op = self._send_bye(c, now)
+        self._end(c, "local", now)
+        self._pump(now)
+        return op
+
+
+    def _on_invite(self, event: tx.RequestReceived, now: float) -> None:
+        request = event.request
+        if request.body and request.content_type != SDP:
+            self._reply(request, 415, now, headers=[("Accept", SDP)])
+            return
+        if not request.contact or not request.from_.tag:
+            self._reply(request, 400, now, reason="Missing Contact or From tag")
+            return
+        replaces: Replaces | None = None
+        replaces_call: int | None = None
+        value = request.headers.get("Replaces")
+        if value is not None:
+            replaces = Replaces.parse(value)
+            # RFC 3891 §3: the to-tag names our local tag, the from-tag their remote one
+            replaces_call = self._by_dialog.get(DialogId(replaces.call_id, replaces.to_tag,
+                                                         replaces.from_tag))
+            old = self._calls.get(replaces_call) if replaces_call is not None else None
+            if old is None or old.state is CallState.TERMINATED:
+                self._reply(request, 481, now)
+                return
+            if replaces.early_only and old.state is CallState.CONFIRMED:
+                self._reply(request, 486, now)
+                return
+        referred_by_s = request.headers.get("Referred-By")
+        referred_by = NameAddr.parse(referred_by_s.strip()) if referred_by_s else None
+        handle = self._new_handle()
+        c = _Call(handle, False, CallState.INCOMING, request, invite_key=event.transaction_key,
+                  remote_sdp=request.body or None, replaces_call=replaces_call)
+        self._calls[handle] = c
+        self._by_invite_key[event.transaction_key] = handle
+        self._events.append(IncomingInvite(handle, request, request.body or None, replaces,
+                                           replaces_call, referred_by))
+
+    def _on_cancel(self, event: tx.RequestReceived, now: float) -> None:
+        request = event.request
+        handle = self._by_invite_key.get(event.cancels) if event.cancels is not None else None
+        if handle is None:
+            self._reply(request, 481, now)
+            return
+        self._reply(request, 200, now)
+        c = self._calls.get(handle)
+        pending = self._server.get(c.incoming_reinvite) if c is not None and c.incoming_reinvite else None
+        if c is not None and pending is not None and pending.key == event.cancels:
+            # a cancelled re-INVITE gets 487 and the session stays as it was (§14.2)
+            del self._server[c.incoming_reinvite]  # type: ignore[arg-type]
+            c.incoming_reinvite = None
+            self.layer.send_response(make_response(pending.request, 487, headers=self._response_common()),
+                                     now)
+            return
+        if c is not None and c.state in UNANSWERED:
+            # §9.2: the INVITE gets 487 and the call never was
+            tag = c.dialog.local_tag if c.dialog is not None else self._token()
+            self.layer.send_response(make_response(c.invite, 487, to_tag=tag), now)
+            self._forget(c, now)
+            self._events.append(CallFailed(handle, 487, "Request Terminated"))
+
+
+    def _on_reinvite(self, c: _Call, event: tx.RequestReceived, now: float) -> None:
+        request = event.request
+        if request.body and request.content_type != SDP:
+            self._reply(request, 415, now, headers=[("Accept", SDP)])
+            return
+        if c.state is not CallState.CONFIRMED:
+            self._reply(request, 491, now)
+            return
+        if c.reinvite is not None and c.reinvite.key is not None:
+            self._reply(request, 491, now)  # §14.2: glare with our own pending re-INVITE
+            return
+        if c.incoming_reinvite is not None or c.ok is not None:
+            # §14.2: an INVITE in progress on the other side: 500 with Retry-After 0-10 s
+            self._reply(request, 500, now, headers=[("Retry-After", str(self._rng.randint(0, 10)))])
+            return
+        rid = self._new_handle()
+        self._server[rid] = _ServerRequest(request, event.transaction_key, c.handle, None)
+        c.incoming_reinvite = rid
+        self._by_invite_key[event.transaction_key] = c.handle  # a CANCEL may follow (§9.2)
+        self._events.append(ReinviteReceived(c.handle, rid, request, request.body or None))
+
+
+    def _on_ack(self, ack: Request, now: float) -> None:
+        did = DialogId(ack.call_id, ack.to.tag or "", ack.from_.tag or "")
+        handle = self._by_dialog.get(did)
+        c = self._calls.get(handle) if handle is not None else None
+        if c is None or c.ok is None or ack.cseq.seq != c.ok_seq:
+            return  # a retransmitted ACK, or one for a dialog that has gone
+        c.ok = None
+        c.ok_next = None
+        if ack.body:
+            c.remote_sdp = ack.body  # late offer: the answer rides on the ACK (§13.2.1)
+        if c.state is CallState.ANSWERED:
+            self._move(c, CallInput.ACK)
+            assert c.dialog is not None
+            c.dialog.confirm()
+            self._events.append(CallEstablished(c.handle, c.remote_sdp))
+            if c.replaces_call is not None:
+                old = self._calls.get(c.replaces_call)
+                if old is not None and old.dialog is not None and old.state is CallState.CONFIRMED:
+                    self._send_bye(old, now)
+                    self._end(old, "replaced", now)
+
+
+    def _on_invite_response(self, response: Response, key: TransactionKey | None, now: float) -> None:
+        handle = self._by_invite_key.get(key) if key is not None else None
+        c = self._calls.get(handle) if handle is not None else None
+        if c is None:
+            self._ack_stray_2xx(response)
+            return
+        if c.reinvite is not None and key is not None and c.reinvite.key == key:
+            self._on_reinvite_response(c, response, now)
+            return
+        if response.cseq.seq != c.invite.cseq.seq:
+            # a 2xx retransmission for an earlier re-INVITE: ACK again
+            if 200 <= response.status < 300:
+                self._resend_ack(c, response.cseq.seq)
+            return
+        status = response.status
+        if status < 200:
+            if c.state not in SETTING_UP:
+                return
+            if response.to.tag and c.dialog is None and response.contact:
+                c.dialog = Dialog.from_uac(c.invite, response, self.local_contact)
+                self._by_dialog[c.dialog.id] = c.handle
+                self._move(c, CallInput.PROVISIONAL)
+            if c.cancel_wanted and not c.cancelled:
+                self._send_cancel(c, now)
+            if status > 100:
+                self._events.append(CallProgress(c.handle, response))
+            return
+        if status >= 300:
+            if c.state in SETTING_UP and key is not None and not c.cancel_wanted:
+                retry = self._auth_retry(key, response, now)
+                if retry is not None:
+                    c.invite = self._sent[retry].request
+                    c.invite_key = retry
+                    self._by_invite_key[retry] = c.handle
+                    if c.dialog is not None:  # an early dialog ends with the final response
+                        self._by_dialog.pop(c.dialog.id, None)
+                        c.dialog = None
+                        self._move(c, CallInput.CHALLENGED)
+                    return
+            if c.state in SETTING_UP:
+                self._forget(c, now)
+                self._events.append(CallFailed(c.handle, status, response.reason))
+            return
+        # 2xx
+        if c.state in (CallState.CONFIRMED, CallState.TERMINATED) or (
+                c.dialog is not None and c.dialog.state is DialogState.CONFIRMED):
+            if c.dialog is not None and response.to.tag == c.dialog.remote_tag:
+                self._resend_ack(c, response.cseq.seq)
+            else:
+                self._ack_and_bye(c.invite, response, now)  # a forked 2xx we do not want
+            return
+        if c.dialog is None or c.dialog.remote_tag != response.to.tag:
+            if c.dialog is not None:
+                self._by_dialog.pop(c.dialog.id, None)
+            c.dialog = Dialog.from_uac(c.invite, response, self.local_contact)
+            self._by_dialog[c.dialog.id] = c.handle
+        else:
+            c.dialog.update_from_response(response)
+        c.dialog.confirm()
+        body = b""
+        hold_ack = False
+        if response.body:
+            c.remote_sdp = response.body
+            if c.local_sdp is None:
+                if c.answer_for is not None:
+                    body = c.answer_for(response.body)
+                    c.local_sdp = body
+                else:
+                    hold_ack = not c.cancel_wanted  # 3PCC: the answer comes from elsewhere
+        if hold_ack:
+            c.ack_pending = c.invite.cseq.seq
+        else:
+            self._send_ack(c, c.invite.cseq.seq, body)
+        if c.cancel_wanted:
+            # §9.1: the 2xx raced our CANCEL: the call goes up and comes down again at once
+            self._send_bye(c, now)
+            self._forget(c, now)
+            self._events.append(CallFailed(c.handle, 487, "Request Terminated"))
+            return
+        self._move(c, CallInput.ACCEPTED)
+        self._events.append(CallEstablished(c.handle, c.remote_sdp))
+
+    def _on_reinvite_response(self, c: _Call, response: Response, now: float) -> None:
+        assert c.reinvite is not None and c.dialog is not None
+        pending = c.reinvite
+        op, request, _key, sdp, retries = (pending.op, pending.request, pending.key, pending.sdp,
+                                           pending.retries)
+        status = response.status
+        if status < 200:
+            return
+        if 200 <= status < 300:
+            c.dialog.update_from_response(response)
+            body = b""
+            hold_ack = False
+            if response.body:
+                c.remote_sdp = response.body
+                if sdp is None and c.reinvite_answer_for is not None:
+                    body = c.reinvite_answer_for(response.body)
+                    c.local_sdp = body
+                elif sdp is None:
+                    hold_ack = True
+            if sdp is not None:
+                c.local_sdp = sdp
+            if hold_ack:
+                c.ack_pending = request.cseq.seq
+            else:
+                self._send_ack(c, request.cseq.seq, body)
+            c.reinvite = None
+            self._events.append(ReinviteCompleted(c.handle, op, response))
+            return
+        if status in (401, 407) and _key is not None:
+            retry = self._auth_retry(_key, response, now)
+            if retry is not None:
+                pending.request, pending.key = self._sent[retry].request, retry
+                self._by_invite_key[retry] = c.handle
+                return
+        if status == 491 and retries < _GLARE_RETRIES:
+            # §14.1: the Call-ID owner waits 2.1-4 s, the other side 0-2 s, in 10 ms units
+            low, high = (210, 400) if c.dialog.is_uac else (0, 200)
+            pending.key = None
+            pending.retries += 1
+            c.reinvite_retry_at = now + self._rng.randint(low, high) / 100
+            return
+        c.reinvite = None
+        self._events.append(ReinviteCompleted(c.handle, op, response))
+        if status in (408, 481):
+            self._send_bye(c, now)
+            self._end(c, "timeout", now)
+
+    def _ack_stray_2xx(self, response: Response) -> None:
+        """A 2xx retransmitted after its INVITE transaction ended (§13.2.2.4): the ACK again."""
+        if not 200 <= response.status < 300:
+            return
+        did = DialogId(response.call_id, response.from_.tag or "", response.to.tag or "")
+        handle = self._by_dialog.get(did)
+        c = self._calls.get(handle) if handle is not None else None
+        if c is not None:
+            self._resend_ack(c, response.cseq.seq)
+
+
+    # Sending helpers ----------------------------------------------------------------------------
+
+    def _send_reinvite(self, c: _Call, now: float) -> None:
+        assert c.reinvite is not None and c.dialog is not None
+        pending = c.reinvite
+        sdp = pending.sdp
+        request = c.dialog.create_request("INVITE", headers=self._request_common(), body=sdp or b"",
+                                          content_type=SDP)
+        key = self._send(request, c.dialog.destination(), c.dialog, now)
+        pending.request, pending.key = request, key
+        self._by_invite_key[key] = c.handle
+
+    def _send_cancel(self, c: _Call, now: float) -> None:
+        if c.invite_key is None or c.cancelled:
+            return
+        c.cancelled = True
+        key = self.layer.cancel(c.invite_key, now)
+        self._client[key] = _ClientOp(self._new_handle(), None, "CANCEL")
+
+    def _send_ack(self, c: _Call, seq: int, body: bytes) -> None:
+        assert c.dialog is not None
+        ack = c.dialog.create_ack(seq, body, SDP if body else None)
+        for name, value in self._request_common():
+            ack.headers.add(name, value)
+        destination = c.dialog.destination()
+        self.layer.send_ack(ack, destination)
+        c.acks[seq] = (ack, destination)
+
+    def _resend_ack(self, c: _Call, seq: int) -> None:
+        sent = c.acks.get(seq)
+        if sent is not None:
+            self.layer.send_ack(sent[0], sent[1])
+
+    def _ack_and_bye(self, invite: Request, response: Response, now: float) -> None:
+        dialog = Dialog.from_uac(invite, response, self.local_contact)
+        self.layer.send_ack(dialog.create_ack(invite.cseq.seq), dialog.destination())
+        self.layer.send_request(dialog.create_request("BYE"), dialog.destination(), now)
+
+    def _send_bye(self, c: _Call, now: float) -> int:
+        if c.dialog is None or c.dialog.state is DialogState.TERMINATED:
+            return 0
+        if c.kind != "invite":
+            c.dialog.terminate()  # a subscription ends by NOTIFY or expiry, never by BYE
+            return 0
+        op = self._new_handle()
+        request = c.dialog.create_request("BYE", headers=self._request_common())
+        key = self._send(request, c.dialog.destination(), c.dialog, now)
+        self._client[key] = _ClientOp(op, None, "BYE")
+        c.dialog.terminate()
+        return op
+
+
+    def _invite_deadlines(self) -> list[float]:
+        deadlines: list[float] = []
+        for c in self._calls.values():
+            if c.ok_next is not None:
+                deadlines.append(c.ok_next)
+            if c.reinvite_retry_at is not None:
+                deadlines.append(c.reinvite_retry_at)
+        return deadlines
+
+    def _invite_timers(self, now: float) -> None:
+        for c in list(self._calls.values()):
+            if c.ok_next is not None and c.ok_next <= now and c.ok is not None:
+                if now >= c.ok_give_up:
+                    # §13.3.1.4: no ACK after 64*T1: the dialog is confirmed, then ended with BYE
+                    c.ok_next = None
+                    self._send_bye(c, now)
+                    self._end(c, "no-ack", now)
+                    continue
+                self.layer.send_response(c.ok, now)
+                c.ok_interval = min(2 * c.ok_interval, self.timers.t2)
+                c.ok_next = min(now + c.ok_interval, c.ok_give_up)
+            if c.reinvite_retry_at is not None and c.reinvite_retry_at <= now:
+                c.reinvite_retry_at = None
+                self._send_reinvite(c, now)
+
