@@ -306,7 +306,7 @@ class DirectoryAgent:
         known = self._trust_cache.get(address)
         if known is None:
             known = _in_networks(address, self._trusted)
-            if len(self._trust_cache) >= 4096:
+            if len(self._trust_cache) >= 4 * self.config.rate_sources:
                 self._trust_cache.clear()
             self._trust_cache[address] = known
         return known
@@ -324,8 +324,10 @@ class DirectoryAgent:
         self.counters.received += 1
         address = source[0]
         limited = self._limited(address)
-        if limited and not self._admit(address, now):
-            return self._over_rate(data, address, via, now)
+        if limited:
+            refused_by = self._admit(address, now)
+            if refused_by is not None:
+                return self._over_rate(data, address, via, now, refused_by)
         self._work = 0
         self._cut = False
         if len(data) >= 14 and data[1] in _CACHEABLE:
@@ -408,9 +410,10 @@ class DirectoryAgent:
             return False
         return not self.is_trusted(address)
 
-    def _admit(self, address: str, now: float) -> bool:
+    def _admit(self, address: str, now: float) -> Literal["source", "pool"] | None:
         """Take one token from the source's bucket, and from its subnet's and the strangers' pool
-        unless it is a known-good client; every bucket must have one."""
+        unless it is a known-good client; every bucket must have one. Returns None when admitted,
+        else which bucket was empty: the source's own, or a pool shared with others."""
         config = self.config
         buckets: list[tuple[list[float], float, float]] = []
         if config.rate > 0:
@@ -424,16 +427,16 @@ class DirectoryAgent:
                 if not self._stranger_bucket:
                     self._stranger_bucket = [self._stranger_burst, now]
                 buckets.append((self._stranger_bucket, config.stranger_rate, self._stranger_burst))
-        admitted = True
-        for bucket, rate, burst in buckets:
+        refused_by: Literal["source", "pool"] | None = None
+        for i, (bucket, rate, burst) in enumerate(buckets):
             bucket[0] = min(burst, bucket[0] + (now - bucket[1]) * rate)
             bucket[1] = now
-            if bucket[0] < 1.0:
-                admitted = False
-        if admitted:
+            if bucket[0] < 1.0 and refused_by is None:
+                refused_by = "source" if i == 0 and config.rate > 0 else "pool"
+        if refused_by is None:
             for bucket, _, _ in buckets:
                 bucket[0] -= 1.0
-        return admitted
+        return refused_by
 
     def _charge(self, address: str, tokens: float) -> None:
         """Take what an expensive request cost beyond its first token; a bucket may go into debt."""
@@ -447,14 +450,17 @@ class DirectoryAgent:
             if self._stranger_bucket:
                 self._stranger_bucket[0] -= tokens
 
-    def _over_rate(self, data: bytes, address: str, via: Via, now: float) -> list[bytes]:
+    def _over_rate(self, data: bytes, address: str, via: Via, now: float,
+                   refused_by: Literal["source", "pool"] = "source") -> list[bytes]:
         self.counters.rate_limited += 1
         self._rate_suppressed += 1
         if now - self._rate_logged_at >= RATE_LOG_INTERVAL:
             self._events.append(RateLimited(address, self._rate_suppressed))
             self._rate_suppressed = 0
             self._rate_logged_at = now
-        if self.config.over_rate == "drop" or via == "mcast":
+        # A pool runs dry under a flood from many sources: answering each of them would be the
+        # flood's work all over again, so they get silence.
+        if self.config.over_rate == "drop" or via == "mcast" or refused_by == "pool":
             return []
         # One DA_BUSY_NOW per source per second at most: the answer must not amplify a flood.
         if now - self._busy_sent.get(address, -math.inf) < 1.0:

@@ -195,7 +195,9 @@ class SlpdaApp:
             self._mcast = self.reactor.listenMulticast(listen.port, _Datagrams(self, "mcast"),
                                                        interface=SLP_MCAST_V4, listenMultiple=True)
             self._ports += [unicast, self._mcast]
-            self._mcast.setOutgoingInterface(self.config.multicast.interface)
+            self._mcast.setOutgoingInterface(self.config.multicast.interface).addErrback(
+                lambda failure: log.error("cannot send multicast from %s: %s",
+                                          self.config.multicast.interface, failure.getErrorMessage()))
             self._mcast.setTTL(MULTICAST_TTL)
             self._mcast.setLoopbackMode(False)
             joined = self._mcast.joinGroup(SLP_MCAST_V4, self.config.multicast.interface)
