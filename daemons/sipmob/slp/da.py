@@ -1040,6 +1040,9 @@ class DirectoryAgent:
             attr_list = str(item["attr_list"])
             if len(attr_list.encode()) > self.config.max_attr_list:
                 return None
+            limit = self.config.max_store_bytes
+            if limit and self._store_bytes + _MIN_COST + 3 * len(attr_list) > limit:
+                return None  # it cannot fit: not worth parsing (a huge state file stays cheap)
             source = str(item.get("source", ""))
             trusted = self.is_trusted(source)
             attrs = _with_trust(parse_attr_list(attr_list), trusted)
@@ -1151,11 +1154,14 @@ def _index(reg: _Registration) -> tuple[tuple[str, str], ...]:
     return tuple(dict.fromkeys(index))
 
 
+_MIN_COST = 600
+
+
 def _cost(reg: _Registration) -> int:
     """What a registration holds in memory, roughly, in bytes: its strings, its parsed attributes
     and, per index term, the value, its folded key and its posting-list entry."""
     text = len(reg.url) + len(reg.attr_list) + len(reg.service_type) + len(reg.scope_list)
-    return 600 + 3 * text + 500 * len(reg.index)
+    return _MIN_COST + 3 * text + 500 * len(reg.index)
 
 
 def _predicate_cost(predicate: Predicate) -> int:

@@ -218,9 +218,11 @@ class SlpdaApp:
     def _restore(self) -> None:
         """The state file, then the journal's changes after it; then one rewrite to compact them."""
         now = self.reactor.seconds()
-        # Neither file can be larger than the store they describe (JSON is smaller than its
-        # accounted cost), so a bigger one is not ours, or not worth minutes of start-up.
-        bound = self.config.limits.max_store_bytes
+        # Neither file can be much larger than the store they describe (a registration is
+        # accounted at three times its text at least, and its JSON adds some 300 bytes), so a
+        # bigger one is not ours, or not worth minutes of start-up.
+        limits = self.config.limits
+        bound = limits.max_store_bytes // 3 + 300 * limits.max_registrations
         state = read_json(self.config.state_file, bound)
         kept = self.da.restore(state, now) if isinstance(state, dict) else 0
         changes = Journal.read(self.journal.path, bound)

@@ -126,13 +126,13 @@ def test_store_is_bounded_by_bytes_and_lifetimes_are_capped(da: NsSlpda) -> None
 
 
 def test_an_oversized_state_file_is_not_loaded(da: NsSlpda) -> None:
-    da.configure("[limits]\nmax_store_bytes = 100000\n")
+    da.configure("[limits]\nmax_store_bytes = 100000\nmax_registrations = 100\n")
     record = {"url": "sip:x@192.168.1.2", "lang": "en", "service_type": "service:sip-device",
               "scope_list": "DEFAULT", "attr_list": "(a=" + "b" * 1000 + ")", "lifetime": 300,
               "expires": time.time() + 300, "source": "192.168.1.2"}
     da.daemon.state_path.write_text(json.dumps({"version": 1, "registrations": [record] * 200}))
     da.start()
-    assert "larger than 100000 bytes" in da.output()
+    assert "larger than 63333 bytes" in da.output()  # a third of the store, 300 bytes a registration
 
 
 # 3. Ownership and trust ------------------------------------------------------------------------
