@@ -53,7 +53,7 @@ def load(port: int, in_flight: int, rooms: int, seconds: float, uncached: bool =
     text = "(&(room=room{r})(!(n=" + COUNTER.decode() + ")))" if uncached else "(room=room{r})"
     templates = [wire.encode(SrvRqst(Header(FunctionId.SrvRqst, 0), "", "service:sip-device", "DEFAULT",
                                      text.format(r=r))) for r in range(rooms)]
-    at = templates[0].find(COUNTER) if uncached else -1
+    offsets = [t.find(COUNTER) if uncached else -1 for t in templates]
     counter = 0
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
@@ -73,6 +73,7 @@ def load(port: int, in_flight: int, rooms: int, seconds: float, uncached: bool =
         xid = next_xid
         next_xid = next_xid % 0xFFFF + 1
         template = templates[room]
+        at = offsets[room]
         room = (room + 1) % rooms
         sent_at[xid] = clock()
         if at >= 0:

@@ -590,25 +590,24 @@ class DirectoryAgent:
         Set operations count a work unit per 16 keys they touch, each registration looked at one
         plus one per predicate item.
         """
-        candidates: set[tuple[str, str]] = set()
-        for bucket in self._by_type.values():
-            if stype.matches(bucket.stype):
-                candidates |= bucket.keys
-        if not candidates:
+        buckets = [b for b in self._by_type.values() if stype.matches(b.stype)]
+        if not buckets:
             return
-        in_scope: set[tuple[str, str]] = set()
-        for scope in scopes:
-            in_scope |= self._by_scope.get(scope, set())
-        self._spend((len(candidates) + len(in_scope)) // 16)
-        candidates &= in_scope
-        if predicate is not None and candidates:
-            # Every match must carry each index term, so the smallest posting list bounds the work.
-            for term in sorted(predicate.index_terms(), key=lambda t: len(self._by_attr.get(t, ()))):
-                posting = self._by_attr.get(term, set())
-                self._spend(min(len(posting), len(candidates)) // 16)
-                candidates &= posting
-                if not candidates:
-                    return
+        terms = predicate.index_terms() if predicate is not None else frozenset()
+        candidates: Iterable[tuple[str, str]]
+        if terms:
+            # Every match carries each index term: start from the smallest posting list and test
+            # membership in the others, so the work follows the answer, not the store.
+            postings = sorted((self._by_attr.get(t, _NOTHING) for t in terms), key=len)
+            smallest, others = postings[0], postings[1:]
+            self._spend(len(smallest) * len(postings) // 16)
+            types = {key for b in buckets for key in (b.stype.key,)}
+            candidates = [k for k in smallest if all(k in p for p in others)
+                          and self._regs[k].type_key in types and not self._regs[k].scopes.isdisjoint(scopes)]
+        else:
+            keys: set[tuple[str, str]] = set().union(*(b.keys for b in buckets))
+            self._spend(len(keys) // 16)
+            candidates = [k for k in keys if not self._regs[k].scopes.isdisjoint(scopes)]
         each = 1 + (predicate.items if predicate is not None else 0)
         for key in sorted(candidates):
             if not self._spend(each):
@@ -1155,6 +1154,7 @@ def _index(reg: _Registration) -> tuple[tuple[str, str], ...]:
 
 
 _MIN_COST = 600
+_NOTHING: frozenset[tuple[str, str]] = frozenset()
 
 
 def _cost(reg: _Registration) -> int:
