@@ -14,7 +14,10 @@ registered victim, 203.0.113.5 outside). Printed:
   at 8,000/s and as fast as one process can send (target p99 < 100 ms);
 - slowloris: 1,100 trickling TCP connections, the victim's TCP requests answered;
 - kill -9 at a random moment during steady registration, over --trials restarts: registrations
-  acknowledged at least 1 s before the kill and missing after the restart (target 0).
+  acknowledged at least 1 s before the kill and missing after the restart (target 0);
+- fuzz: --fuzz mutated datagrams (flipped, cut, spliced, grown from valid requests) from three
+  addresses, paced so the rate limits let most through: tracebacks in the log, RSS before and
+  after, and whether the DA still answers (target: 0 tracebacks, RSS flat).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "daemons"), str(ROOT / "tests/integration/slpda")]
 
-from attack_net import DA, OUTSIDE, VICTIM, NsSlpda, rss_kb  # noqa: E402
+from attack_net import DA, OUTSIDE, ROGUE, VICTIM, NsSlpda, rss_kb  # noqa: E402
 from slpda_process import xid  # noqa: E402
 
 from sipmob.slp import wire  # noqa: E402
@@ -43,6 +46,7 @@ from sipmob.slp.messages import (  # noqa: E402
     Header,
     SrvReg,
     SrvRply,
+    SrvRqst,
     UrlEntry,
 )
 
@@ -213,10 +217,58 @@ def crashes(base: Path, trials: int) -> None:
         da.delete()
 
 
+def fuzz(base: Path, count: int) -> None:
+    da = fresh(base / "fuzz", "[limits]\nrate = 0\nsubnet_rate = 0\nstranger_rate = 0\n")
+    rng = random.Random(427)
+    seeds = [wire.encode(m) for m in (
+        SrvReg(Header(FunctionId.SrvReg, 1, "en", Flags.FRESH), UrlEntry("sip:a@192.168.1.2", 60),
+               "service:sip-device", "DEFAULT", "(name=A),(room=k),(n=1),kw"),
+        SrvRqst(Header(FunctionId.SrvRqst, 3, "en"), "", "service:sip-device", "DEFAULT",
+                "(&(room=k)(n>=0))"),
+        AttrRqst(Header(FunctionId.AttrRqst, 4, "en"), "", "service:sip-device", "DEFAULT", "name,r*"),
+    )]
+    try:
+        da.start()
+        before = rss_kb(da.pid)
+        clients = [da.client(a) for a in (DA, ROGUE, VICTIM)]
+        t = time.perf_counter()
+        for i in range(count):
+            data = bytearray(rng.choice(seeds))
+            for _ in range(rng.randint(1, 4)):
+                op = rng.random()
+                if op < 0.5 and data:
+                    data[rng.randrange(len(data))] = rng.randrange(256)
+                elif op < 0.7:
+                    data = data[:rng.randrange(len(data) + 1)]
+                elif op < 0.85:
+                    other = rng.choice(seeds)
+                    data += other[rng.randrange(len(other)):]
+                else:
+                    at = rng.randrange(len(data) + 1)
+                    data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))
+            clients[i % 3].sock.sendto(bytes(data), clients[i % 3].address)
+            if i % 200 == 199:
+                time.sleep(0.005)  # let the DA keep up: a full socket buffer would only drop them
+        took = time.perf_counter() - t
+        time.sleep(1.0)
+        with da.client(OUTSIDE) as probe:
+            alive = probe.discover().boot_timestamp > 0
+        output = da.output()
+        print(f"fuzz: {count} mutated datagrams in {took:.0f} s: {output.count('Traceback')} tracebacks, "
+              f"{output.count('Unhandled')} unhandled errors, RSS {before / 1024:.0f} -> "
+              f"{rss_kb(da.pid) / 1024:.0f} MB, still answering: {alive}", flush=True)
+        for c in clients:
+            c.close()
+    finally:
+        da.delete()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=50, help="kill -9 trials")
-    parser.add_argument("--only", choices=("freeze", "memory", "flood", "crash"), help="one part only")
+    parser.add_argument("--fuzz", type=int, default=1_000_000, help="mutated datagrams to send")
+    parser.add_argument("--only", choices=("freeze", "memory", "flood", "crash", "fuzz"),
+                        help="one part only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
@@ -228,6 +280,8 @@ def main() -> None:
             flood(base)
         if args.only in (None, "crash"):
             crashes(base, args.trials)
+        if args.only in (None, "fuzz"):
+            fuzz(base, args.fuzz)
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ class Limits:
     max_predicate: int = setting(2048, check=positive, help="longest predicate, in bytes")
     max_predicate_items: int = setting(64, check=positive,
                                        help="comparisons one predicate may hold")
-    request_work: int = setting(50_000, check=positive,
+    request_work: int = setting(25_000, check=positive,
                                 help="work one request may cost (about a microsecond each); a reply "
                                      "cut there is flagged OVERFLOW")
     subnet_rate: float = setting(400.0, check=non_negative,
