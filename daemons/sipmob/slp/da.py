@@ -231,6 +231,7 @@ class DirectoryAgent:
         self._buckets: OrderedDict[str, list[float]] = OrderedDict()
         self._subnet_buckets: OrderedDict[str, list[float]] = OrderedDict()
         self._stranger_bucket: list[float] = []
+        self._known_bucket: list[float] = []  # the sources of live registrations, together
         self._changes: list[dict[str, Any]] = []
         self._work = 0
         self._work_limit = math.inf
@@ -419,14 +420,12 @@ class DirectoryAgent:
         if config.rate > 0:
             buckets.append((_bucket(self._buckets, address, self._burst, now, config.rate_sources),
                             config.rate, self._burst))
-        if not self.is_protected(address):
-            if config.subnet_rate > 0:
-                buckets.append((_bucket(self._subnet_buckets, _subnet(address), self._subnet_burst, now,
-                                        config.rate_sources), config.subnet_rate, self._subnet_burst))
-            if config.stranger_rate > 0:
-                if not self._stranger_bucket:
-                    self._stranger_bucket = [self._stranger_burst, now]
-                buckets.append((self._stranger_bucket, config.stranger_rate, self._stranger_burst))
+        pool = self._pool(address, now)
+        if pool is not self._known_bucket and config.subnet_rate > 0:
+            buckets.append((_bucket(self._subnet_buckets, _subnet(address), self._subnet_burst, now,
+                                    config.rate_sources), config.subnet_rate, self._subnet_burst))
+        if pool:
+            buckets.append((pool, config.stranger_rate, self._stranger_burst))
         refused_by: Literal["source", "pool"] | None = None
         for i, (bucket, rate, burst) in enumerate(buckets):
             bucket[0] = min(burst, bucket[0] + (now - bucket[1]) * rate)
@@ -438,6 +437,16 @@ class DirectoryAgent:
                 bucket[0] -= 1.0
         return refused_by
 
+    def _pool(self, address: str, now: float) -> list[float]:
+        """The shared bucket of `address`: the strangers', or the registered sources' own, so that
+        neither a flood of strangers nor one from many registered addresses starves the other."""
+        if self.config.stranger_rate <= 0:
+            return []
+        pool = self._known_bucket if self.is_protected(address) else self._stranger_bucket
+        if not pool:
+            pool += [self._stranger_burst, now]
+        return pool
+
     def _charge(self, address: str, tokens: float) -> None:
         """Take what an expensive request cost beyond its first token; a bucket may go into debt."""
         bucket = self._buckets.get(address)
@@ -447,8 +456,9 @@ class DirectoryAgent:
             sub = self._subnet_buckets.get(_subnet(address))
             if sub is not None:
                 sub[0] -= tokens
-            if self._stranger_bucket:
-                self._stranger_bucket[0] -= tokens
+        pool = self._known_bucket if self.is_protected(address) else self._stranger_bucket
+        if pool:
+            pool[0] -= tokens
 
     def _over_rate(self, data: bytes, address: str, via: Via, now: float,
                    refused_by: Literal["source", "pool"] = "source") -> list[bytes]:

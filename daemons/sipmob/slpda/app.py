@@ -40,6 +40,7 @@ from sipmob.slpda.config import SlpdaConfig
 log = logging.getLogger("sipmob.slpda")
 
 MAX_TCP_MESSAGE = 1 << 16  # a SrvReg within the attribute limit fits easily
+UDP_RECEIVE_BUFFER = 1 << 20
 MAX_DATAGRAM = 65535  # RFC 2608 §6.1 allows datagrams up to the path MTU; UDP's own limit is this
 JOURNAL_INTERVAL = 0.25  # seconds between journal writes: a change is on disk well within a second
 JOURNAL_COMPACT = 1 << 20  # bytes of journal after which the state file is rewritten
@@ -207,6 +208,13 @@ class SlpdaApp:
                                                       interface=listen.address))
         for port in self._ports:
             port.maxPacketSize = MAX_DATAGRAM  # Twisted reads 8 KB by default and cuts the rest
+            try:
+                # Room for a few hundred milliseconds of a flood: while the box schedules something
+                # else, the home's requests wait in the queue instead of being dropped with the
+                # flood's (the kernel caps it at net.core.rmem_max).
+                port.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
+            except OSError as exc:
+                log.debug("cannot enlarge the UDP receive buffer: %s", exc)
         self._tcp = _TcpFactory(self)
         self._ports.append(self.reactor.listenTCP(listen.port, self._tcp, interface=listen.address))
         self._multicast(self.da.announce(self.reactor.seconds()))

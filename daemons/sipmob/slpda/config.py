@@ -110,7 +110,8 @@ class Limits:
     subnet_burst: int = setting(800, check=non_negative, help="token bucket size of subnet_rate")
     stranger_rate: float = setting(1000.0, check=non_negative,
                                    help="requests per second from all sources that are neither trusted "
-                                        "nor registered, together; 0: no limit")
+                                        "nor registered, together, and (a pool of its own) from all "
+                                        "registered ones together; 0: no limit")
     stranger_burst: int = setting(2000, check=non_negative, help="token bucket size of stranger_rate")
     rate_sources: int = setting(4096, check=positive,
                                 help="sources (and subnets) whose buckets are remembered; the least "

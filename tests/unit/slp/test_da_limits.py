@@ -205,7 +205,8 @@ def test_strangers_share_a_pool_that_registered_clients_do_not_draw_from() -> No
     # the pool's burst (less the victim's registration, made while it was a stranger), then
     # silence: no DA_BUSY_NOW to each of a thousand
     assert answered == 19
-    assert all(da.handle(data, VICTIM, "udp", NOW) for _ in range(50))
+    # registered sources have a pool of the same size of their own, untouched by the flood
+    assert all(da.handle(data, VICTIM, "udp", NOW) for _ in range(20))
 
 
 def test_a_subnet_shares_a_bucket_and_rate_state_is_bounded_without_a_reset() -> None:
