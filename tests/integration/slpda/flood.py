@@ -102,7 +102,7 @@ def udp(sources: int, seconds: float, rate: float = 0.0) -> dict[str, object]:
                 else:
                     answered += 1
     # a last chance for the victim's replies in flight
-    end = time.monotonic() + 0.5
+    end = time.monotonic() + 2.0
     while pending and time.monotonic() < end:
         if select.select([legit], [], [], 0.05)[0]:  # legit was opened first: a low descriptor
             data = legit.recv(65535)
