@@ -77,7 +77,7 @@ class Slp:
     da_find: float = setting(900.0, check=positive,
                              help="seconds between asking the DAs for their DAAdvert again (RFC 2608 "
                                   "CONFIG_DA_FIND): how a restarted DA is noticed without multicast")
-    da_watch: float = setting(2.0, check=non_negative,
+    da_watch: float = setting(1.0, check=non_negative,
                               help="with multicast off, seconds between DAAdvert requests to the DAs "
                                    "instead of da_find, so a restarted DA (new boot timestamp) gets "
                                    "every device again within seconds; 0: every da_find")

@@ -212,7 +212,7 @@ def test_a_da_restarted_without_its_state_gets_the_devices_back(
 def test_with_the_shipped_settings_a_da_killed_and_restarted_empty_has_the_devices_within_seconds(
         tmp_path: Path, da: Slpda, fakes: list[FakeDevice], proxies: list[Saproxy]) -> None:
     tv = device(fakes)
-    proxy = saproxy(proxies, tmp_path, [da.port])  # da_watch = 2 s, multicast off: the defaults
+    proxy = saproxy(proxies, tmp_path, [da.port])  # da_watch = 1 s, multicast off: the defaults
     proxy.add_device("tv", tv.uri)
     proxy.start()
     assert wait_until(lambda: found(da.port) == [tv.uri])
@@ -226,7 +226,7 @@ def test_with_the_shipped_settings_a_da_killed_and_restarted_empty_has_the_devic
     da.state_path.with_name(da.state_path.name + ".journal").unlink(missing_ok=True)
     da.start()
     restarted = time.monotonic()
-    # within 5 s by design (a DAAdvert request every 2 s, then the SrvReg); a loaded machine gets slack
+    # within 5 s by design (a DAAdvert request every second, then the SrvReg); a loaded machine gets slack
     assert wait_until(lambda: found(da.port) == [tv.uri], timeout=10)
     assert time.monotonic() - restarted < 10
     assert "restarted: registering again" in proxy.output()
