@@ -1,13 +1,22 @@
 """Benchmark `sipmob-slpda`: SrvRqst throughput and latency over loopback UDP, memory, idle CPU.
 
-Run: .venv/bin/python tests/bench/bench_slpda.py [--seconds 3]
+Run: .venv/bin/python tests/bench/bench_slpda.py [--seconds 3] [--slpd PATH]
 
 The daemon runs as its own process. It gets 50 and then 1,000 `service:sip-device` registrations,
-ten per room (attribute room=roomN). For each number of requests kept in flight, a separate load
-process sends SrvRqst "(room=roomN)" for rotating rooms on one non-blocking socket, pre-encoded,
-patching only the XID, and sends the next request as soon as a reply arrives. A point is bounded
-by count and by time. Printed: replies/s, p50 and p99 latency, lost requests; then the daemon's
-VmRSS and the CPU time it used during 5 s idle.
+ten per room (attribute room=roomN). For each number of requests kept in flight (1 and 16), a
+separate load process sends SrvRqsts on one non-blocking socket, pre-encoded, patching only the
+XID (and a counter), and sends the next request as soon as a reply arrives, in two modes:
+
+- cached: "(room=roomN)" for rotating rooms: the same few requests again and again, answered
+  from the DA's reply cache;
+- uncached: "(&(room=roomN)(!(n=COUNTER)))", a predicate that differs in every request (the
+  counter), so every request is parsed, evaluated against the index and encoded anew: what a
+  household's real queries cost.
+
+A point is bounded by count and by time. Printed: replies/s, p50 and p99 latency, lost requests;
+then the daemon's VmRSS and the CPU time it used during 5 s idle. With --slpd PATH (an OpenSLP slpd
+built elsewhere: it is not in Debian 12) the same points run against it too, side by side, each DA
+on its own port with the same registrations made over its own UDP interface.
 """
 
 from __future__ import annotations
@@ -26,7 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "daemons"), str(ROOT / "tests/integration/slpda")]
 
-from slpda_process import Client, Slpda  # noqa: E402
+from slpda_process import Client, Slpda, free_port  # noqa: E402
+from tests.peers.process import terminate  # noqa: E402
 
 from sipmob.slp import wire  # noqa: E402
 from sipmob.slp.messages import ErrorCode, FunctionId, Header, SrvRply, SrvRqst  # noqa: E402
@@ -35,10 +45,16 @@ MAX_REQUESTS = 200_000
 LOSS_TIMEOUT = 0.5
 
 
-def load(port: int, in_flight: int, rooms: int, seconds: float) -> dict[str, float]:
+COUNTER = b"00000000"
+
+
+def load(port: int, in_flight: int, rooms: int, seconds: float, uncached: bool = False) -> dict[str, float]:
     """Keep `in_flight` requests outstanding for `seconds`; runs in its own process."""
+    text = "(&(room=room{r})(!(n=" + COUNTER.decode() + ")))" if uncached else "(room=room{r})"
     templates = [wire.encode(SrvRqst(Header(FunctionId.SrvRqst, 0), "", "service:sip-device", "DEFAULT",
-                                     f"(room=room{r})")) for r in range(rooms)]
+                                     text.format(r=r))) for r in range(rooms)]
+    offsets = [t.find(COUNTER) if uncached else -1 for t in templates]
+    counter = 0
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     sock.connect(("127.0.0.1", port))
@@ -53,13 +69,19 @@ def load(port: int, in_flight: int, rooms: int, seconds: float) -> dict[str, flo
     clock = time.perf_counter_ns
 
     def send() -> None:
-        nonlocal next_xid, room
+        nonlocal next_xid, room, counter
         xid = next_xid
         next_xid = next_xid % 0xFFFF + 1
         template = templates[room]
+        at = offsets[room]
         room = (room + 1) % rooms
         sent_at[xid] = clock()
-        sock.send(template[:10] + xid.to_bytes(2, "big") + template[12:])
+        if at >= 0:
+            counter += 1
+            tail = template[:at] + b"%08d" % counter + template[at + 8:]
+            sock.send(template[:10] + xid.to_bytes(2, "big") + tail[12:])
+        else:
+            sock.send(template[:10] + xid.to_bytes(2, "big") + template[12:])
 
     for _ in range(in_flight):
         send()
@@ -98,9 +120,10 @@ def load(port: int, in_flight: int, rooms: int, seconds: float) -> dict[str, flo
             "lost": lost, "errors": errors}
 
 
-def run_point(port: int, in_flight: int, rooms: int, seconds: float) -> dict[str, float]:
+def run_point(port: int, in_flight: int, rooms: int, seconds: float, uncached: bool) -> dict[str, float]:
     out = subprocess.run([sys.executable, __file__, "--load", str(port), str(in_flight), str(rooms),
-                          str(seconds)], capture_output=True, text=True, timeout=seconds + 60, check=True)
+                          str(seconds), str(int(uncached))], capture_output=True, text=True,
+                         timeout=seconds + 60, check=True)
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
@@ -124,41 +147,90 @@ def register(client: Client, first: int, count: int) -> None:
         assert ack.error == ErrorCode.OK, ack
 
 
+class OpenSlpd:
+    """OpenSLP's slpd in the foreground as a DA on a free loopback port, its files in `directory`."""
+
+    def __init__(self, directory: Path, binary: str) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self.conf = directory / "slp.conf"
+        self.conf.write_text("net.slp.isDA = true\nnet.slp.interfaces = 127.0.0.1\n"
+                             f"net.slp.port = {self.port}\nnet.slp.useScopes = DEFAULT\n"
+                             "net.slp.isBroadcastOnly = false\nnet.slp.passiveDADetection = false\n"
+                             "net.slp.activeDADetection = false\nnet.slp.traceMsg = false\n")
+        self.reg = directory / "slp.reg"
+        self.reg.write_text("")
+        self.log = directory / "slpd.log"
+        self.pidfile = directory / "slpd.pid"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([self.binary, "-d", "-c", str(self.conf), "-r", str(self.reg),
+                                      "-l", str(self.log), "-p", str(self.pidfile)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with Client(self.port, timeout=0.2) as probe:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                try:
+                    probe.discover()
+                    return
+                except (TimeoutError, ConnectionRefusedError, OSError):
+                    time.sleep(0.1)
+        raise RuntimeError(f"slpd did not answer on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            terminate(self.proc, 10.0)
+            self.proc = None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each point")
-    parser.add_argument("--load", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--slpd", help="an OpenSLP slpd binary to measure side by side")
+    parser.add_argument("--load", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:
-        port, in_flight, rooms, seconds = args.load
-        print(json.dumps(load(int(port), int(in_flight), int(rooms), float(seconds))))
+        port, in_flight, rooms, seconds, uncached = args.load
+        print(json.dumps(load(int(port), int(in_flight), int(rooms), float(seconds), uncached == "1")))
         return
 
     with tempfile.TemporaryDirectory() as tmp:
         config = '[limits]\nrate = 0\nmax_registrations = 10000\n[log]\nlevel = "warning"\n'
         daemon = Slpda(Path(tmp), config)
         daemon.start()
+        slpd = OpenSlpd(Path(tmp), args.slpd) if args.slpd else None
         try:
             print(f"sipmob-slpda pid {daemon.pid} on 127.0.0.1:{daemon.port}, {args.seconds:g} s per point")
-            print(f"{'services':>8} {'in flight':>9} {'replies/s':>10} {'p50 µs':>8} {'p99 µs':>8} "
-                  f"{'lost':>5} {'errors':>6}")
-            with daemon.client() as client:
-                registered = 0
-                for services in (50, 1000):
-                    register(client, registered, services - registered)
-                    registered = services
-                    check = client.udp(client.srv_rqst(predicate="(room=room3)"))
-                    assert isinstance(check, SrvRply) and len(check.urls) == 10, check
-                    for in_flight in (1, 16, 64):
-                        r = run_point(daemon.port, in_flight, services // 10, args.seconds)
-                        print(f"{services:>8} {in_flight:>9} {r['rate']:>10.0f} {r['p50_us']:>8.0f} "
-                              f"{r['p99_us']:>8.0f} {r['lost']:>5} {r['errors']:>6}", flush=True)
+            if slpd is not None:
+                slpd.start()
+                print(f"OpenSLP slpd pid {slpd.proc.pid} on 127.0.0.1:{slpd.port}")
+            print(f"{'DA':>12} {'services':>8} {'mode':>8} {'in flight':>9} {'replies/s':>10} {'p50 µs':>8} "
+                  f"{'p99 µs':>8} {'lost':>5} {'errors':>6}")
+            das = [("sipmob-slpda", daemon.port)] + ([("slpd", slpd.port)] if slpd is not None else [])
+            registered = 0
+            for services in (50, 1000):
+                for _, port in das:
+                    with Client(port) as client:
+                        register(client, registered, services - registered)
+                        check = client.udp(client.srv_rqst(predicate="(room=room3)"))
+                        assert isinstance(check, SrvRply) and len(check.urls) == 10, check
+                registered = services
+                for uncached in (False, True):
+                    for in_flight in (1, 16):
+                        for name, port in das:
+                            r = run_point(port, in_flight, services // 10, args.seconds, uncached)
+                            print(f"{name:>12} {services:>8} {'uncached' if uncached else 'cached':>8} "
+                                  f"{in_flight:>9} {r['rate']:>10.0f} {r['p50_us']:>8.0f} "
+                                  f"{r['p99_us']:>8.0f} {r['lost']:>5} {r['errors']:>6}", flush=True)
             print(f"daemon VmRSS: {rss_mb(daemon.pid):.1f} MB")
             before = cpu_seconds(daemon.pid)
             time.sleep(5)
             print(f"daemon CPU time over 5 s idle: {cpu_seconds(daemon.pid) - before:.2f} s")
         finally:
             daemon.stop()
+            if slpd is not None:
+                slpd.stop()
 
 
 if __name__ == "__main__":

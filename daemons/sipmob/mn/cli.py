@@ -6,7 +6,8 @@
     sipmob call URI                                               the rest ask the phone over
     sipmob calls [--json]                                         its control socket
     sipmob egress [--json]                                        (status, sessions, probe RTT per egress)
-    sipmob transfer CALL --to DEVICE[,DEVICE...] [--media audio|video|all] [--mode auto|mnc|handoff]
+    sipmob transfer CALL --to DEVICE[,DEVICE...] [--media audio|video|all]
+                    [--mode auto|mnc|handoff] [--untrusted]
     sipmob split CALL --video-out DISPLAY --video-in CAMERA [--audio DEVICE]
     sipmob retrieve CALL [--media audio|video|all]
     sipmob answer|reject|hangup|hold|resume CALL                  the phone's call controls
@@ -78,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
                           help="mnc: keep the call, move its media; handoff: the device takes the call "
                                "over (REFER); auto: handoff for mobility=enhanced devices "
                                "(default: [calls] mode)")
+    transfer.add_argument("--untrusted", action="store_true",
+                          help="allow devices the DA does not mark trusted (registered by a stranger "
+                               "on the network, not by the SA proxy or a configured device)")
 
     split = sub.add_parser("split", help="video out to a display, video in from a camera")
     split.add_argument("call")
@@ -149,7 +153,9 @@ def _da(text: str) -> tuple[str, int]:
         raise ValueError(f"--da {exc}") from None
 
 
-def _devices(args: argparse.Namespace, config: MnConfig) -> int:
+def _discover(args: argparse.Namespace, config: MnConfig, room: str | None = None,
+              media: str | None = None) -> dict[str, Any]:
+    """{"found": [Found, ...]} or {"error": text}: one discovery through the DA."""
     from twisted.internet import defer, task
 
     from sipmob.mn import devices
@@ -157,14 +163,14 @@ def _devices(args: argparse.Namespace, config: MnConfig) -> int:
     from sipmob.slp.agent import SLPError
 
     da = _da(args.da) if args.da else config.da_address
-    timeout = args.timeout if args.timeout is not None else config.slp.timeout
+    timeout = args.timeout if args.timeout is not None and args.command == "devices" else config.slp.timeout
     outcome: dict[str, Any] = {}
 
     @defer.inlineCallbacks
     def run(reactor: Any) -> Any:
         client = SLPClient(reactor, da=da, scopes=config.slp.scopes, multicast=da is None)
         try:
-            d = devices.discover(client, args.room, args.media)
+            d = devices.discover(client, room, media)
             d.addTimeout(timeout, reactor)
             outcome["found"] = yield d
         except defer.TimeoutError:
@@ -179,6 +185,13 @@ def _devices(args: argparse.Namespace, config: MnConfig) -> int:
     except SystemExit as exc:
         if exc.code not in (0, None):
             raise
+    return outcome
+
+
+def _devices(args: argparse.Namespace, config: MnConfig) -> int:
+    from sipmob.mn import devices
+
+    outcome = _discover(args, config, args.room, args.media)
     if "error" in outcome:
         print(f"{PROG}: {outcome['error']}", file=sys.stderr)
         return EXIT_FAILED
@@ -188,6 +201,15 @@ def _devices(args: argparse.Namespace, config: MnConfig) -> int:
     else:
         print(devices.table(found))
     return EXIT_OK
+
+
+def _uris(args: argparse.Namespace, config: MnConfig, names: Sequence[str]) -> list[str]:
+    from sipmob.mn import devices
+
+    outcome = _discover(args, config)
+    if "error" in outcome:
+        raise LookupError(outcome["error"])
+    return [devices.resolve(outcome["found"], name, allow_untrusted=True).uri for name in names]
 
 
 def _where(da: tuple[str, int] | None) -> str:
@@ -270,6 +292,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if command == "transfer" and args.untrusted:
+        # The phone resolves names to trusted devices only; a device named by its full URI is
+        # taken as it is, so the names are turned into URIs here, untrusted devices allowed.
+        try:
+            payload["to"] = _uris(args, config, payload["to"])
+        except LookupError as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
     path = Path(args.control) if args.control else config.control_path
     if command == "watch":
         return _watch(path, args.json)

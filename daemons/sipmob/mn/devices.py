@@ -7,6 +7,13 @@ person can type (`sipmob transfer 1 --to tv`): the ``name`` attribute made lower
 else the user part of its URI, made unique with a number. `table` and `to_json` present them;
 `resolve` finds the devices a person named.
 
+Trust: the DA sets the keyword attribute ``trusted`` on registrations from its trusted registrants
+(the SA proxy, devices listed in its configuration) and strips it from everyone else's. Trusted
+devices get their short names first, so an untrusted one can never take a trusted device's name,
+and `resolve` turns down an untrusted device named by anything but its full URI unless told
+otherwise (``sipmob transfer --untrusted``): a stranger on the LAN must not be where a call's
+audio goes by a name that looks like the kitchen's.
+
 Not here: what a device is to the planner (`sipmob.mn.mobility.Device`, built by `Found.device`).
 """
 
@@ -25,6 +32,11 @@ from sipmob.slp.attrs import Attribute, escape_value
 SERVICE_TYPE = "service:sip-device"
 MEDIA_DIRECTIONS = ("sendrecv", "recvonly", "sendonly")
 TAGS = ""  # every attribute: the table shows some, --json all
+TRUSTED = "trusted"
+
+
+class UntrustedDevice(LookupError):
+    """The device named is not trusted by the DA, and untrusted devices were not allowed."""
 
 
 def _filter_value(value: str) -> str:
@@ -77,41 +89,67 @@ class Found:
         names = self.attributes.get("name", ())
         return names[0] if names else _user_part(self.uri)
 
+    @property
+    def trusted(self) -> bool:
+        return TRUSTED in self.attributes
+
     def device(self) -> Device:
         a = self.attributes
         return Device(self.uri, self.name, frozenset(v.lower() for v in a.get("media", ())),
                       a.get("audio-codecs", ()), a.get("video-codecs", ()))
 
     def as_dict(self) -> dict[str, Any]:
-        return {"short": self.short, "uri": self.uri, "name": self.name,
+        return {"short": self.short, "uri": self.uri, "name": self.name, "trusted": self.trusted,
                 "attributes": {k: list(v) for k, v in self.attributes.items()}}
 
 
+def _printable(text: str) -> str:
+    # What a device registered is shown to a person: no control characters reach the terminal.
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def build(entries: Sequence[tuple[str, Mapping[str, Attribute]]]) -> list[Found]:
-    """`Found` devices from (URL, attributes) pairs, in order, with unique short names."""
-    out: list[Found] = []
+    """`Found` devices from (URL, attributes) pairs, in order, with unique short names.
+
+    Trusted devices are named first: an untrusted one asking for the same name gets a number.
+    """
+    shorts: dict[int, str] = {}
     used: set[str] = set()
-    for uri, attrs in entries:
+    trusted = [any(a.tag.lower() == TRUSTED for a in attrs.values()) for _, attrs in entries]
+    for i in sorted(range(len(entries)), key=lambda i: not trusted[i]):
+        uri, attrs = entries[i]
         base = slug(_first(attrs, "name")) or slug(_user_part(uri)) or "device"
         short, n = base, 2
         while short in used:
             short, n = f"{base}-{n}", n + 1
         used.add(short)
-        out.append(Found(short, uri, {a.tag.lower(): tuple(str(v) for v in a.values)
-                                      for a in attrs.values()}))
-    return out
+        shorts[i] = short
+    return [Found(shorts[i], _printable(uri),
+                  {_printable(a.tag.lower()): tuple(_printable(str(v)) for v in a.values)
+                   for a in attrs.values()})
+            for i, (uri, attrs) in enumerate(entries)]
 
 
-def resolve(found: Sequence[Found], wanted: str) -> Found:
-    """The device a person means by ``wanted``: its short name, URI, URI user part or name."""
+def resolve(found: Sequence[Found], wanted: str, allow_untrusted: bool = False) -> Found:
+    """The device a person means by ``wanted``: its short name, URI, URI user part or name.
+
+    Trusted devices are matched first. An untrusted one is returned only when `allow_untrusted`
+    or when named by its full URI (nothing can be mistaken for that); otherwise UntrustedDevice.
+    """
     key = wanted.strip().lower()
-    for test in (lambda f: f.short == key, lambda f: f.uri.lower() == key,
-                 lambda f: _user_part(f.uri).lower() == key, lambda f: f.name.lower() == key):
-        matches = [f for f in found if test(f)]
-        if len(matches) == 1:
-            return matches[0]
-        if len(matches) > 1:
-            raise LookupError(f"{wanted!r} could mean {', '.join(f.short for f in matches)}")
+    tests = ((lambda f: f.short == key), (lambda f: f.uri.lower() == key),
+             (lambda f: _user_part(f.uri).lower() == key), (lambda f: f.name.lower() == key))
+    for trusted_only in (True, False):
+        for i, test in enumerate(tests):
+            matches = [f for f in found if test(f) and (f.trusted or not trusted_only)]
+            if len(matches) > 1:
+                raise LookupError(f"{wanted!r} could mean {', '.join(f.short for f in matches)}")
+            if len(matches) == 1:
+                match = matches[0]
+                if match.trusted or allow_untrusted or i == 1:
+                    return match
+                raise UntrustedDevice(f"{match.short} ({match.uri}) is not a trusted device: name it "
+                                      f"with --untrusted to send media there")
     known = ", ".join(f.short for f in found) or "none"
     raise LookupError(f"no device {wanted!r} (known: {known})")
 
@@ -134,12 +172,13 @@ def table(found: Sequence[Found]) -> str:
     """A readable table: short name, name, room, media, codecs, URI."""
     if not found:
         return "no devices found"
-    rows = [("SHORT", "NAME", "ROOM", "MEDIA", "CODECS", "URI")]
+    rows = [("SHORT", "NAME", "ROOM", "MEDIA", "CODECS", "TRUSTED", "URI")]
     for f in found:
         a = f.attributes
         codecs = ",".join((*a.get("audio-codecs", ()), *a.get("video-codecs", ())))
         rows.append((f.short, f.name, ",".join(a.get("room", ())) or "-",
-                     ",".join(a.get("media", ())) or "-", codecs or "-", f.uri))
+                     ",".join(a.get("media", ())) or "-", codecs or "-", "yes" if f.trusted else "NO",
+                     f.uri))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
                      for r in rows)

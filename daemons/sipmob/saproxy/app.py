@@ -93,7 +93,7 @@ class SaproxyApp:
         slp = self.config.slp
         self.sa = SLPServiceAgent(self.reactor, das=[split_host_port(d, 427) for d in slp.das],
                                   scopes=slp.scopes, multicast=slp.multicast,
-                                  config=AgentConfig(da_find=slp.da_find))
+                                  config=AgentConfig(da_find=slp.da_interval))
         self.sa.start()
         self._deregister_stale()
         if self.config.mdns.enabled:

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from sipmob.saproxy.devices import Device
-from sipmob.service.config import Log, each, host_port, ip_address, port, positive, setting
+from sipmob.service.config import Log, each, host_port, ip_address, non_negative, port, positive, setting
 
 DEFAULT_DEVICES_DIR = "/etc/sipmob/devices.d"
 DEFAULT_STATE_FILE = "/var/lib/sipmob/saproxy.json"
@@ -77,6 +77,14 @@ class Slp:
     da_find: float = setting(900.0, check=positive,
                              help="seconds between asking the DAs for their DAAdvert again (RFC 2608 "
                                   "CONFIG_DA_FIND): how a restarted DA is noticed without multicast")
+    da_watch: float = setting(1.0, check=non_negative,
+                              help="with multicast off, seconds between DAAdvert requests to the DAs "
+                                   "instead of da_find, so a restarted DA (new boot timestamp) gets "
+                                   "every device again within seconds; 0: every da_find")
+
+    @property
+    def da_interval(self) -> float:
+        return self.da_watch if self.da_watch > 0 and not self.multicast else self.da_find
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []

@@ -275,17 +275,20 @@ def parse_config(cls: type[T], data: dict[str, Any], file: str = "<config>") -> 
     return obj
 
 
-def load_config(cls: type[T], path: str | Path) -> T:
+def load_config(cls: type[T], path: str | Path, required: bool = False) -> T:
     """Read the TOML file at `path` and check it against `cls`.
 
-    A missing file is allowed only when every key has a default (the daemon then runs on its
-    defaults); an unreadable or syntactically broken file is one problem naming the line.
+    A missing file is allowed only when it is not `required` and every key has a default (the
+    daemon then runs on its defaults); an unreadable or syntactically broken file is one problem
+    naming the line.
     """
     file = str(path)
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
     except FileNotFoundError:
+        if required:
+            raise ConfigError([ConfigProblem(file, "", "file not found")]) from None
         try:
             return parse_config(cls, {}, file)
         except ConfigError:

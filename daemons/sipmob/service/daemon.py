@@ -97,12 +97,18 @@ def parse_args(spec: DaemonSpec[Any], argv: Sequence[str] | None) -> argparse.Na
                         help="override the configured log level")
     if spec.add_arguments is not None:
         spec.add_arguments(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # The default file may be absent (the daemon then runs on its defaults); a file named on the
+    # command line must exist, or a typo would silently run with the system's state file.
+    args.config_required = any(a == "--config" or a.startswith("--config=")
+                               for a in (argv if argv is not None else sys.argv[1:]))
+    return args
 
 
 def load(spec: DaemonSpec[C], args: argparse.Namespace) -> C:
     """The configuration file with the command-line overrides applied; raises ConfigError."""
-    config = load_config(spec.config_type, args.config)
+    config = load_config(spec.config_type, args.config,
+                         required=getattr(args, "config_required", False))
     if spec.override is not None:
         try:
             config = spec.override(config, args)

@@ -366,8 +366,12 @@ def parse_tag_list(s: str) -> list[str]:
     return out
 
 
-def _tag_matcher(tag_list: str) -> list[tuple[str, ...]]:
+def tag_patterns(tag_list: str) -> list[tuple[str, ...]]:
+    """The folded patterns of a tag list, for `sipmob.slp.names.wildcard_match`; raises AttrParseError."""
     return [tag_pattern(fold(t)) for t in parse_tag_list(tag_list)]
+
+
+_tag_matcher = tag_patterns
 
 
 def select(attrs: Mapping[str, Attribute], tag_list: str) -> list[Attribute]:

@@ -21,18 +21,25 @@ import ipaddress
 import math
 import re
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
 from sipmob.slp import wire
-from sipmob.slp.attrs import Attribute, AttrParseError, format_attr_list, index_keys, parse_attr_list
+from sipmob.slp.attrs import (
+    Attribute,
+    AttrParseError,
+    format_attr_list,
+    index_keys,
+    parse_attr_list,
+    tag_patterns,
+)
 from sipmob.slp.attrs import remove_tags as attrs_remove_tags
-from sipmob.slp.attrs import select as attrs_select
 from sipmob.slp.messages import (
     AttrRply,
     AttrRqst,
     DAAdvert,
     ErrorCode,
+    Flags,
     FunctionId,
     Header,
     Message,
@@ -54,6 +61,7 @@ from sipmob.slp.names import (
     service_type_of_url,
     split_list,
     unescape,
+    wildcard_match,
 )
 from sipmob.slp.predicate import Predicate, PredicateError
 
@@ -67,6 +75,13 @@ _XID = slice(10, 12)  # §8: the XID sits at a fixed offset in every SLPv2 heade
 _CACHEABLE = frozenset((FunctionId.SrvRqst, FunctionId.AttrRqst, FunctionId.SrvTypeRqst))
 _DEFAULT_SCOPES = frozenset(("default",))
 _URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:\S+\Z")
+# C0 and C1 controls and DEL: never in a URL (RFC 3986 §2), and a terminal would act on them
+# when a log line or `sipmob devices` shows one.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+MAX_REPLY = 0xFFFF  # the largest reply over TCP; a larger one is cut and flagged OVERFLOW
+TRUSTED_TAG = "trusted"  # set by the DA on registrations from trusted registrants, never by them
+NAME_TAG = "name"
+WORK_PER_TOKEN = 1000  # work units (`_spend`) that cost a source one request of its rate
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -85,8 +100,23 @@ class DAConfig:
     burst: int = 0  # bucket size; 0 means `rate` (one second's worth)
     over_rate: Literal["busy", "drop"] = "busy"
     allowed_networks: tuple[str, ...] = ()  # who may SrvReg/SrvDeReg; empty means anyone
+    # Registrants whose registrations carry the `trusted` attribute and whose names nobody else
+    # may claim; also exempt from the rate limits (loopback: the SA proxy and the box's own tools).
+    trusted_networks: tuple[str, ...] = ()
+    max_lifetime: int = MAX_LIFETIME  # longer lifetimes are shortened to this
+    max_store_bytes: int = 0  # accounted size of the store (`_cost`); 0 means no byte limit
+    max_predicate: int = 4096  # bytes of one predicate
+    max_predicate_items: int = 64  # comparisons in one predicate
+    request_work: int = 0  # work units one request may spend (`_Work`); 0 means no limit
+    subnet_rate: float = 0.0  # requests per second per /24 (IPv4) or /64 (IPv6); 0: no limit
+    subnet_burst: int = 0
+    stranger_rate: float = 0.0  # all sources neither trusted nor registered together; 0: no limit
+    stranger_burst: int = 0
+    rate_sources: int = 4096  # addresses (and as many subnets) whose buckets are remembered
     reply_cache_size: int = 1024
+    reply_cache_bytes: int = 1 << 21
     predicate_cache_size: int = 256
+    predicate_cache_bytes: int = 1 << 20
 
 
 # Events for the daemon to log. -----------------------------------------------------------------
@@ -152,6 +182,7 @@ class Counters:
     registrations: int = 0
     deregistrations: int = 0
     expired: int = 0
+    cut_by_work: int = 0  # replies flagged OVERFLOW because the request's work budget ran out
 
 
 @dataclasses.dataclass(slots=True)
@@ -168,7 +199,9 @@ class _Registration:
     lifetime: int
     expires: float
     source: str
+    trusted: bool = False
     index: tuple[tuple[str, str], ...] = ()
+    cost: int = 0
 
 
 @dataclasses.dataclass(slots=True)
@@ -186,10 +219,23 @@ class DirectoryAgent:
         self._by_type: dict[str, _TypeBucket] = {}
         self._by_scope: dict[str, set[tuple[str, str]]] = {}
         self._by_attr: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        self._by_url: dict[str, set[tuple[str, str]]] = {}
+        self._trusted_names: dict[str, int] = {}
+        self._sources: dict[str, int] = {}  # registrations per source address: the known-good clients
+        self._store_bytes = 0
         self._expiries: list[tuple[float, str, str]] = []
         self._reply_cache: dict[tuple[str, bytes], tuple[float, list[bytes]]] = {}
+        self._reply_cache_bytes = 0
         self._predicates: OrderedDict[str, Predicate] = OrderedDict()
-        self._buckets: dict[str, list[float]] = {}
+        self._predicate_bytes = 0
+        self._buckets: OrderedDict[str, list[float]] = OrderedDict()
+        self._subnet_buckets: OrderedDict[str, list[float]] = OrderedDict()
+        self._stranger_bucket: list[float] = []
+        self._known_bucket: list[float] = []  # the sources of live registrations, together
+        self._changes: list[dict[str, Any]] = []
+        self._work = 0
+        self._work_limit = math.inf
+        self._cut = False
         self._events: list[Event] = []
         self._rate_suppressed = 0
         self._rate_logged_at = -math.inf
@@ -210,8 +256,14 @@ class DirectoryAgent:
         self._scopes = frozenset(_scope_key(s) for s in config.scopes)
         self._scope_list = ",".join(config.scopes)
         self._allowed = tuple(ipaddress.ip_network(n, strict=False) for n in config.allowed_networks)
+        self._trusted = tuple(ipaddress.ip_network(n, strict=False) for n in config.trusted_networks)
+        self._trust_cache: dict[str, bool] = {}
         self._burst = float(config.burst or max(config.rate, 1.0))
+        self._subnet_burst = float(config.subnet_burst or max(config.subnet_rate, 1.0))
+        self._stranger_burst = float(config.stranger_burst or max(config.stranger_rate, 1.0))
+        self._work_limit = config.request_work or math.inf
         self._reply_cache.clear()
+        self._reply_cache_bytes = 0
 
     def reconfigure(self, config: DAConfig, now: float) -> None:
         """Apply new scopes and limits; registrations are kept (even in scopes no longer served)."""
@@ -236,13 +288,49 @@ class DirectoryAgent:
         events, self._events = self._events, []
         return events
 
+    @property
+    def store_bytes(self) -> int:
+        """The accounted size of the registrations (what `max_store_bytes` bounds)."""
+        return self._store_bytes
+
+    def pop_changes(self) -> list[dict[str, Any]]:
+        """Registrations stored and removed by requests since the last call, for a journal.
+
+        Each is a snapshot record with ``"op": "put"``, or ``{"op": "del", "url", "lang"}``;
+        `replay` applies them in order. Expiry is not a change: replay drops what has expired.
+        """
+        changes, self._changes = self._changes, []
+        return changes
+
+    def is_trusted(self, address: str) -> bool:
+        """Whether `address` is one of the configured trusted registrants."""
+        known = self._trust_cache.get(address)
+        if known is None:
+            known = _in_networks(address, self._trusted)
+            if len(self._trust_cache) >= 4 * self.config.rate_sources:
+                self._trust_cache.clear()
+            self._trust_cache[address] = known
+        return known
+
+    def is_protected(self, address: str) -> bool:
+        # The protected share: trusted registrants and the sources of live registrations are not
+        # charged to their subnet or to the strangers' pool, so a flood from elsewhere leaves
+        # them their own rate.
+        return address in self._sources or self.is_trusted(address)
+
     # Input --------------------------------------------------------------------------------------
 
     def handle(self, data: bytes, source: tuple[str, int], via: Via, now: float) -> list[bytes]:
         """Process one message from `source`; return the replies to send back to it."""
         self.counters.received += 1
-        if self.config.rate > 0 and not self._admit(source[0], now):
-            return self._over_rate(data, source[0], via, now)
+        address = source[0]
+        limited = self._limited(address)
+        if limited:
+            refused_by = self._admit(address, now)
+            if refused_by is not None:
+                return self._over_rate(data, address, via, now, refused_by)
+        self._work = 0
+        self._cut = False
         if len(data) >= 14 and data[1] in _CACHEABLE:
             key = (via, data[:10] + data[12:])
             hit = self._reply_cache.get(key)
@@ -253,16 +341,37 @@ class DirectoryAgent:
                 return [reply[:10] + xid + reply[12:] for reply in hit[1]]
             self.counters.cache_misses += 1
             replies = self._handle(data, source, via, now)
-            cache = self._reply_cache
-            if len(cache) >= self.config.reply_cache_size:
-                del cache[next(iter(cache))]
-            # Lifetimes in replies are remaining seconds: a cached reply may be a second old at most.
-            cache[key] = (now + 1.0, replies)
-            self.counters.replies += len(replies)
-            return replies
-        replies = self._handle(data, source, via, now)
+            self._cache_reply(key, replies, now)
+        else:
+            replies = self._handle(data, source, via, now)
+        if limited and self._work >= WORK_PER_TOKEN:
+            self._charge(address, self._work / WORK_PER_TOKEN)
         self.counters.replies += len(replies)
         return replies
+
+    def _cache_reply(self, key: tuple[str, bytes], replies: list[bytes], now: float) -> None:
+        cache = self._reply_cache
+        size = len(key[1]) + sum(len(r) for r in replies) + 200
+        if size > self.config.reply_cache_bytes // 4:
+            return  # a few huge replies must not push every small one out
+        while cache and (len(cache) >= self.config.reply_cache_size
+                         or self._reply_cache_bytes + size > self.config.reply_cache_bytes):
+            old_key = next(iter(cache))
+            old = cache.pop(old_key)
+            self._reply_cache_bytes -= len(old_key[1]) + sum(len(r) for r in old[1]) + 200
+        # Lifetimes in replies are remaining seconds: a cached reply may be a second old at most.
+        cache[key] = (now + 1.0, replies)
+        self._reply_cache_bytes += size
+
+    def _spend(self, units: int) -> bool:
+        """Count work for the current request; False once its budget is spent (the reply is cut)."""
+        self._work += units
+        if self._work > self._work_limit:
+            if not self._cut:
+                self._cut = True
+                self.counters.cut_by_work += 1
+            return False
+        return True
 
     def _handle(self, data: bytes, source: tuple[str, int], via: Via, now: float) -> list[bytes]:
         try:
@@ -296,37 +405,72 @@ class DirectoryAgent:
 
     # Rate limiting ------------------------------------------------------------------------------
 
-    def _admit(self, address: str, now: float) -> bool:
+    def _limited(self, address: str) -> bool:
+        config = self.config
+        if not (config.rate > 0 or config.subnet_rate > 0 or config.stranger_rate > 0):
+            return False
+        return not self.is_trusted(address)
+
+    def _admit(self, address: str, now: float) -> Literal["source", "pool"] | None:
+        """Take one token from the source's bucket, and from its subnet's and the strangers' pool
+        unless it is a known-good client; every bucket must have one. Returns None when admitted,
+        else which bucket was empty: the source's own, or a pool shared with others."""
+        config = self.config
+        buckets: list[tuple[list[float], float, float]] = []
+        if config.rate > 0:
+            buckets.append((_bucket(self._buckets, address, self._burst, now, config.rate_sources),
+                            config.rate, self._burst))
+        pool = self._pool(address, now)
+        if pool is not self._known_bucket and config.subnet_rate > 0:
+            buckets.append((_bucket(self._subnet_buckets, _subnet(address), self._subnet_burst, now,
+                                    config.rate_sources), config.subnet_rate, self._subnet_burst))
+        if pool:
+            buckets.append((pool, config.stranger_rate, self._stranger_burst))
+        refused_by: Literal["source", "pool"] | None = None
+        for i, (bucket, rate, burst) in enumerate(buckets):
+            bucket[0] = min(burst, bucket[0] + (now - bucket[1]) * rate)
+            bucket[1] = now
+            if bucket[0] < 1.0 and refused_by is None:
+                refused_by = "source" if i == 0 and config.rate > 0 else "pool"
+        if refused_by is None:
+            for bucket, _, _ in buckets:
+                bucket[0] -= 1.0
+        return refused_by
+
+    def _pool(self, address: str, now: float) -> list[float]:
+        """The shared bucket of `address`: the strangers', or the registered sources' own, so that
+        neither a flood of strangers nor one from many registered addresses starves the other."""
+        if self.config.stranger_rate <= 0:
+            return []
+        pool = self._known_bucket if self.is_protected(address) else self._stranger_bucket
+        if not pool:
+            pool += [self._stranger_burst, now]
+        return pool
+
+    def _charge(self, address: str, tokens: float) -> None:
+        """Take what an expensive request cost beyond its first token; a bucket may go into debt."""
         bucket = self._buckets.get(address)
-        if bucket is None:
-            if len(self._buckets) >= 4096:
-                self._forget_full_buckets(now)
-            bucket = self._buckets[address] = [self._burst, now]
-        tokens = min(self._burst, bucket[0] + (now - bucket[1]) * self.config.rate)
-        bucket[1] = now
-        if tokens >= 1.0:
-            bucket[0] = tokens - 1.0
-            return True
-        bucket[0] = tokens
-        return False
+        if bucket is not None:
+            bucket[0] -= tokens
+        if not self.is_protected(address):
+            sub = self._subnet_buckets.get(_subnet(address))
+            if sub is not None:
+                sub[0] -= tokens
+        pool = self._known_bucket if self.is_protected(address) else self._stranger_bucket
+        if pool:
+            pool[0] -= tokens
 
-    def _forget_full_buckets(self, now: float) -> None:
-        rate, burst = self.config.rate, self._burst
-        for address, (tokens, last) in list(self._buckets.items()):
-            if tokens + (now - last) * rate >= burst:
-                del self._buckets[address]
-        if len(self._buckets) >= 4096:  # a flood from many sources: start afresh rather than grow
-            self._buckets.clear()
-        self._busy_sent.clear()
-
-    def _over_rate(self, data: bytes, address: str, via: Via, now: float) -> list[bytes]:
+    def _over_rate(self, data: bytes, address: str, via: Via, now: float,
+                   refused_by: Literal["source", "pool"] = "source") -> list[bytes]:
         self.counters.rate_limited += 1
         self._rate_suppressed += 1
         if now - self._rate_logged_at >= RATE_LOG_INTERVAL:
             self._events.append(RateLimited(address, self._rate_suppressed))
             self._rate_suppressed = 0
             self._rate_logged_at = now
-        if self.config.over_rate == "drop" or via == "mcast":
+        # A pool runs dry under a flood from many sources: answering each of them would be the
+        # flood's work all over again, so they get silence.
+        if self.config.over_rate == "drop" or via == "mcast" or refused_by == "pool":
             return []
         # One DA_BUSY_NOW per source per second at most: the answer must not amplify a flood.
         if now - self._busy_sent.get(address, -math.inf) < 1.0:
@@ -334,6 +478,9 @@ class DirectoryAgent:
         header = _peek_header(data)
         if header is None:
             return []
+        if len(self._busy_sent) >= self.config.rate_sources:
+            self._busy_sent.pop(next(iter(self._busy_sent)))
+        self._busy_sent.pop(address, None)
         self._busy_sent[address] = now
         reply = wire.error_reply(header, ErrorCode.DA_BUSY_NOW)
         return [reply] if reply is not None else []
@@ -352,10 +499,17 @@ class DirectoryAgent:
         self.counters.errors += 1
         return [reply]
 
+    def _reply_limit(self, via: Via) -> int:
+        return MAX_REPLY if via == "tcp" else self.config.udp_reply_limit
+
     def _send(self, reply: Message, via: Via) -> list[bytes]:
-        if via == "tcp" or not isinstance(reply, SrvRply | AttrRply | SrvTypeRply):
+        if not isinstance(reply, SrvRply | AttrRply | SrvTypeRply):
             return [wire.encode(reply)]
-        return [wire.encode_within(reply, self.config.udp_reply_limit)]
+        if self._cut:
+            # The work budget ran out before the answer was complete: say so as a cut reply does.
+            reply = dataclasses.replace(reply, header=dataclasses.replace(
+                reply.header, flags=reply.header.flags | Flags.OVERFLOW))
+        return [wire.encode_within(reply, self._reply_limit(via))]
 
     def _request_scopes(self, scope_list: str) -> frozenset[str] | None:
         """The folded scopes of a list (§6.4.1: empty means DEFAULT), or None if it is malformed."""
@@ -396,7 +550,7 @@ class DirectoryAgent:
             if predicate is None:
                 return self._error(msg.header, ErrorCode.PARSE_ERROR, via)
         urls = [UrlEntry(reg.url, _remaining(reg.expires, now))
-                for reg in self._find(stype, scopes, msg.header.lang, predicate)]
+                for reg in self._find(stype, scopes, msg.header.lang, predicate, self._reply_limit(via))]
         if not urls and via == "mcast":  # §6.1: a multicast request with no result gets silence
             return []
         reply = SrvRply(self._reply_header(msg.header, FunctionId.SrvRply), ErrorCode.OK, tuple(urls))
@@ -408,43 +562,72 @@ class DirectoryAgent:
         if predicate is not None:
             cache.move_to_end(text)
             return predicate
+        if len(text) > self.config.max_predicate:
+            return None
         try:
-            predicate = Predicate.parse(text)
+            predicate = Predicate.parse(text, self.config.max_predicate_items)
         except PredicateError:
             return None
+        self._spend(len(text) // 16)
         cache[text] = predicate
-        if len(cache) > self.config.predicate_cache_size:
-            cache.popitem(last=False)
+        self._predicate_bytes += _predicate_cost(predicate)
+        while cache and (len(cache) > self.config.predicate_cache_size
+                         or self._predicate_bytes > self.config.predicate_cache_bytes):
+            _, old = cache.popitem(last=False)
+            self._predicate_bytes -= _predicate_cost(old)
         return predicate
 
     def _find(self, stype: ServiceType, scopes: frozenset[str], lang: str,
-              predicate: Predicate | None) -> list[_Registration]:
-        """Registrations of a matching type, in one of `scopes`, in `lang`, satisfying `predicate`."""
-        candidates: set[tuple[str, str]] = set()
-        for bucket in self._by_type.values():
-            if stype.matches(bucket.stype):
-                candidates |= bucket.keys
-        if not candidates:
-            return []
-        in_scope: set[tuple[str, str]] = set()
-        for scope in scopes:
-            in_scope |= self._by_scope.get(scope, set())
-        candidates &= in_scope
-        if predicate is not None and candidates:
-            # Every match must carry each index term, so the smallest posting list bounds the work.
-            for term in sorted(predicate.index_terms(), key=lambda t: len(self._by_attr.get(t, ()))):
-                candidates &= self._by_attr.get(term, set())
-                if not candidates:
-                    return []
+              predicate: Predicate | None, limit: int = MAX_REPLY) -> list[_Registration]:
+        """Registrations of a matching type, in one of `scopes`, in `lang`, satisfying `predicate`.
+
+        Stops once the URLs found exceed `limit` bytes (the reply is cut there anyway) or the
+        request's work budget is spent.
+        """
         found = []
+        size = 0
+        for reg in self._matching(stype, scopes, lang, predicate):
+            found.append(reg)
+            size += len(reg.url) + 6
+            if size > limit:
+                break
+        return found
+
+    def _matching(self, stype: ServiceType, scopes: frozenset[str], lang: str,
+                  predicate: Predicate | None) -> Iterator[_Registration]:
+        """`_find`'s registrations one by one, in URL order, for a caller that may stop early.
+
+        Set operations count a work unit per 16 keys they touch, each registration looked at one
+        plus one per predicate item.
+        """
+        buckets = [b for b in self._by_type.values() if stype.matches(b.stype)]
+        if not buckets:
+            return
+        terms = predicate.index_terms() if predicate is not None else frozenset()
+        candidates: Iterable[tuple[str, str]]
+        if terms:
+            # Every match carries each index term: start from the smallest posting list and test
+            # membership in the others, so the work follows the answer, not the store.
+            postings = sorted((self._by_attr.get(t, _NOTHING) for t in terms), key=len)
+            smallest, others = postings[0], postings[1:]
+            self._spend(len(smallest) * len(postings) // 16)
+            types = {key for b in buckets for key in (b.stype.key,)}
+            candidates = [k for k in smallest if all(k in p for p in others)
+                          and self._regs[k].type_key in types and not self._regs[k].scopes.isdisjoint(scopes)]
+        else:
+            keys: set[tuple[str, str]] = set().union(*(b.keys for b in buckets))
+            self._spend(len(keys) // 16)
+            candidates = [k for k in keys if not self._regs[k].scopes.isdisjoint(scopes)]
+        each = 1 + (predicate.items if predicate is not None else 0)
         for key in sorted(candidates):
+            if not self._spend(each):
+                return
             reg = self._regs[key]
             if not lang_matches(lang, reg.lang):
                 continue
             if predicate is not None and not predicate.matches(reg.attrs):
                 continue
-            found.append(reg)
-        return found
+            yield reg
 
     def _da_discovery(self, msg: SrvRqst, via: Via) -> list[bytes]:
         # §8.5, §12.2: any DA answers a DA discovery with no scopes; otherwise the scopes must meet.
@@ -479,27 +662,66 @@ class DirectoryAgent:
             return self._error(msg.header, ErrorCode.PARSE_ERROR, via)
         if not scopes & self._scopes:
             return self._error(msg.header, ErrorCode.SCOPE_NOT_SUPPORTED, via)
+        try:
+            patterns = tag_patterns(msg.tag_list)
+        except AttrParseError:
+            return self._error(msg.header, ErrorCode.PARSE_ERROR, via)
         if _is_service_type(msg.url):
             try:
                 stype = ServiceType.parse(msg.url)
             except SLPValueError:
                 return self._error(msg.header, ErrorCode.PARSE_ERROR, via)
-            regs = self._find(stype, scopes, msg.header.lang, None)
+            regs: Iterable[_Registration] = self._matching(stype, scopes, msg.header.lang, None)
         else:
-            regs = [reg for (url, _), reg in sorted(self._regs.items())
-                    if url == msg.url and reg.scopes & scopes and lang_matches(msg.header.lang, reg.lang)]
-        if not regs and via == "mcast":
+            regs = [self._regs[key] for key in sorted(self._by_url.get(msg.url, ()))]
+            regs = [reg for reg in regs if reg.scopes & scopes and lang_matches(msg.header.lang, reg.lang)]
+        selected, found = self._merge(regs, patterns, self._reply_limit(via))
+        if not found and via == "mcast":
             return []
-        merged: dict[str, Attribute] = {}
-        for reg in regs:
-            _merge_into(merged, reg.attrs)
-        try:
-            selected = attrs_select(merged, msg.tag_list)
-        except AttrParseError:
-            return self._error(msg.header, ErrorCode.PARSE_ERROR, via)
         reply = AttrRply(self._reply_header(msg.header, FunctionId.AttrRply), ErrorCode.OK,
                          format_attr_list(selected))
         return self._send(reply, via)
+
+    def _merge(self, regs: Iterable[_Registration], patterns: list[tuple[str, ...]],
+               limit: int) -> tuple[list[Attribute], bool]:
+        """§10.3: the union of the values of the tags asked for, over `regs`, in linear time.
+
+        The tag list is applied to each registration before merging, and values are collected
+        in ordered sets; merging stops once the reply would exceed `limit` bytes (it is cut and
+        flagged OVERFLOW there) or the work budget is spent. Also says whether any registration
+        matched. A tag seen as a keyword and with
+        values, or with values of two types, keeps what it had first (§5 allows one type).
+        """
+        wanted: dict[str, bool] = {}
+        merged: dict[str, tuple[str, type | None, dict[Any, None]]] = {}
+        size = 0
+        found = False
+        for reg in regs:
+            found = True
+            if not self._spend(1 + len(reg.attrs) + len(reg.index)):
+                break
+            for key, attr in reg.attrs.items():
+                ok = wanted.get(key)
+                if ok is None:
+                    ok = wanted[key] = not patterns or any(wildcard_match(p, key) for p in patterns)
+                if not ok:
+                    continue
+                values = attr.values
+                have = merged.get(key)
+                if have is None:
+                    merged[key] = (attr.tag, type(values[0]) if values else None, dict.fromkeys(values))
+                    size += len(attr.tag) + 3 + sum(len(str(v)) + 1 for v in values)
+                    continue
+                if not values or have[1] is not type(values[0]):
+                    continue
+                known = have[2]
+                for v in values:
+                    if v not in known:
+                        known[v] = None
+                        size += len(str(v)) + 1
+            if size > limit:
+                break  # escaping only lengthens values: the reply is over the limit for sure
+        return [Attribute(tag, tuple(values)) for tag, _, values in merged.values()], found
 
     # SrvTypeRqst (§10.1) ------------------------------------------------------------------------
 
@@ -512,13 +734,25 @@ class DirectoryAgent:
         if not scopes & self._scopes:
             return self._error(msg.header, ErrorCode.SCOPE_NOT_SUPPORTED, via)
         wanted = None if msg.naming_authority is None else fold(msg.naming_authority)
+        in_scope: set[tuple[str, str]] = set()
+        for scope in scopes:
+            in_scope |= self._by_scope.get(scope, set())
+        self._spend(len(in_scope) // 16)
         types: dict[str, str] = {}
-        for reg in self._regs.values():
-            if not reg.scopes & scopes:
+        size = 0
+        limit = self._reply_limit(via)
+        for bucket in self._by_type.values():
+            if not self._spend(1) or size > limit:
+                break
+            if wanted is not None and fold(bucket.stype.naming_authority or "") != wanted:
                 continue
-            if wanted is not None and fold(reg.stype.naming_authority or "") != wanted:
-                continue
-            types.setdefault(fold(reg.service_type), reg.service_type)
+            for key in bucket.keys:
+                if key in in_scope:
+                    name = self._regs[key].service_type
+                    if fold(name) not in types:
+                        types[fold(name)] = name
+                        size += len(name) + 1
+                    break
         if not types and via == "mcast":
             return []
         reply = SrvTypeRply(self._reply_header(msg.header, FunctionId.SrvTypeRply), ErrorCode.OK,
@@ -528,13 +762,26 @@ class DirectoryAgent:
     # SrvReg (§8.3, §9.3) ------------------------------------------------------------------------
 
     def _may_register(self, address: str) -> bool:
-        if not self._allowed:
-            return True
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
+        return not self._allowed or _in_networks(address, self._allowed)
+
+    def _owned_by_other(self, url: str, source: str) -> bool:
+        """Whether a registration of `url` (in any language) came from another source.
+
+        Ownership is by source address: only the registrant changes or removes its URL, except
+        that a trusted registrant may take over one from an untrusted source. See docs/slpda.md.
+        """
+        keys = self._by_url.get(url)
+        if not keys:
             return False
-        return any(ip in network for network in self._allowed)
+        regs = [self._regs[key] for key in keys]
+        if all(reg.source == source for reg in regs):
+            return False
+        return not self.is_trusted(source) or any(reg.trusted and reg.source != source for reg in regs)
+
+    def _shadows(self, attrs: dict[str, Attribute]) -> bool:
+        """Whether untrusted attributes claim a name that a trusted registration holds."""
+        attr = attrs.get(NAME_TAG)
+        return attr is not None and any(_name_key(str(v)) in self._trusted_names for v in attr.values)
 
     def _srv_reg(self, msg: SrvReg, source: str, now: float) -> ErrorCode:
         if not self._may_register(source):
@@ -542,8 +789,10 @@ class DirectoryAgent:
             # authenticator we could accept, so the registration lacks authentication.
             return ErrorCode.AUTHENTICATION_ABSENT
         entry = msg.url_entry
-        if entry.lifetime == 0 or not _URL_SCHEME.match(entry.url):
+        if entry.lifetime == 0 or not _URL_SCHEME.match(entry.url) or _CONTROL.search(entry.url):
             return ErrorCode.INVALID_REGISTRATION
+        if self._owned_by_other(entry.url, source):
+            return ErrorCode.AUTHENTICATION_FAILED
         try:
             stype = ServiceType.parse(msg.service_type)
             url_type = service_type_of_url(entry.url)
@@ -559,6 +808,8 @@ class DirectoryAgent:
             return ErrorCode.SCOPE_NOT_SUPPORTED
         if len(msg.attr_list.encode()) > self.config.max_attr_list:
             return ErrorCode.INVALID_REGISTRATION
+        # Parsing and indexing a long list costs about 1 ms per KB: charge it to the source.
+        self._spend(len(msg.attr_list) // 2)
         try:
             attrs = parse_attr_list(msg.attr_list)
         except AttrParseError:
@@ -575,20 +826,39 @@ class DirectoryAgent:
         elif old is None and len(self._regs) >= self.config.max_registrations:
             # A full store frees itself as registrations expire: the SA should retry later.
             return ErrorCode.DA_BUSY_NOW
-        self._store(_Registration(
+        trusted = self.is_trusted(source)
+        attrs = _with_trust(attrs, trusted)
+        if not trusted and self._shadows(attrs):
+            return ErrorCode.AUTHENTICATION_FAILED
+        lifetime = min(entry.lifetime, self.config.max_lifetime)
+        reg = _Registration(
             url=entry.url, lang=fold(msg.header.lang), service_type=msg.service_type, stype=stype,
             type_key=stype.key, scope_list=msg.scope_list, scopes=scopes, attrs=attrs,
-            attr_list=format_attr_list(attrs), lifetime=entry.lifetime,
-            expires=now + entry.lifetime, source=source))
+            attr_list=format_attr_list(attrs), lifetime=lifetime,
+            expires=now + lifetime, source=source, trusted=trusted)
+        if not self._fits(reg, old):
+            return ErrorCode.DA_BUSY_NOW
+        self._store(reg)
+        self._changes.append(_record(reg))
         self.counters.registrations += 1
-        self._events.append(Registered(entry.url, msg.service_type, msg.header.lang, entry.lifetime,
+        self._events.append(Registered(entry.url, msg.service_type, msg.header.lang, lifetime,
                                        msg.header.fresh, source))
         return ErrorCode.OK
+
+    def _fits(self, reg: _Registration, old: _Registration | None) -> bool:
+        limit = self.config.max_store_bytes
+        if not limit:
+            return True
+        reg.index = _index(reg)
+        reg.cost = _cost(reg)
+        return self._store_bytes - (old.cost if old is not None else 0) + reg.cost <= limit
 
     def _srv_dereg(self, msg: SrvDeReg, source: str, now: float) -> ErrorCode:
         if not self._may_register(source):
             return ErrorCode.AUTHENTICATION_ABSENT
         url = msg.url_entry.url
+        if self._owned_by_other(url, source):
+            return ErrorCode.AUTHENTICATION_FAILED
         scopes = self._request_scopes(msg.scope_list)
         if scopes is None:
             return ErrorCode.PARSE_ERROR
@@ -596,11 +866,12 @@ class DirectoryAgent:
             return ErrorCode.SCOPE_NOT_SUPPORTED
         if not msg.tag_list.strip():
             # §10.6: without a tag list the URL goes, in every language it was registered in.
-            regs = [r for (u, _), r in self._regs.items() if u == url]
+            regs = [self._regs[key] for key in sorted(self._by_url.get(url, ()))]
             if any(not r.scopes & scopes for r in regs):
                 return ErrorCode.SCOPE_NOT_SUPPORTED
             for r in regs:
                 self._remove(r)
+                self._changes.append({"op": "del", "url": r.url, "lang": r.lang})
                 self.counters.deregistrations += 1
                 self._events.append(Deregistered(url, r.service_type, r.lang, source))
             return ErrorCode.OK
@@ -610,10 +881,12 @@ class DirectoryAgent:
         if not reg.scopes & scopes:
             return ErrorCode.SCOPE_NOT_SUPPORTED
         try:
-            attrs = attrs_remove_tags(reg.attrs, msg.tag_list)
+            attrs = _with_trust(attrs_remove_tags(reg.attrs, msg.tag_list), reg.trusted)
         except AttrParseError:
             return ErrorCode.PARSE_ERROR
-        self._store(dataclasses.replace(reg, attrs=attrs, attr_list=format_attr_list(attrs)))
+        updated = dataclasses.replace(reg, attrs=attrs, attr_list=format_attr_list(attrs))
+        self._store(updated)
+        self._changes.append(_record(updated))
         self.counters.deregistrations += 1
         self._events.append(Deregistered(url, reg.service_type, reg.lang, source, msg.tag_list))
         return ErrorCode.OK
@@ -625,11 +898,15 @@ class DirectoryAgent:
         old = self._regs.get(key)
         if old is not None:
             self._unindex(key, old)
-        index: list[tuple[str, str]] = []
-        for attr in reg.attrs.values():
-            index.extend(index_keys(attr))
-        reg.index = tuple(dict.fromkeys(index))
+        reg.index = _index(reg)
+        reg.cost = _cost(reg)
         self._regs[key] = reg
+        self._store_bytes += reg.cost
+        self._by_url.setdefault(reg.url, set()).add(key)
+        self._sources[reg.source] = self._sources.get(reg.source, 0) + 1
+        if reg.trusted:
+            for name in _names(reg):
+                self._trusted_names[name] = self._trusted_names.get(name, 0) + 1
         bucket = self._by_type.get(reg.type_key)
         if bucket is None:
             bucket = self._by_type[reg.type_key] = _TypeBucket(reg.stype, set())
@@ -646,6 +923,12 @@ class DirectoryAgent:
         self._changed()
 
     def _unindex(self, key: tuple[str, str], reg: _Registration) -> None:
+        self._store_bytes -= reg.cost
+        _discard(self._by_url, reg.url, key)
+        _decrement(self._sources, reg.source)
+        if reg.trusted:
+            for name in _names(reg):
+                _decrement(self._trusted_names, name)
         bucket = self._by_type.get(reg.type_key)
         if bucket is not None:
             bucket.keys.discard(key)
@@ -717,11 +1000,7 @@ class DirectoryAgent:
         return {
             "version": SNAPSHOT_VERSION,
             "boot_timestamp": self.boot_timestamp,
-            "registrations": [
-                {"url": r.url, "lang": r.lang, "service_type": r.service_type,
-                 "scope_list": r.scope_list, "attr_list": r.attr_list, "lifetime": r.lifetime,
-                 "expires": r.expires, "source": r.source}
-                for _, r in sorted(self._regs.items())],
+            "registrations": [_record(r) for _, r in sorted(self._regs.items())],
         }
 
     def restore(self, data: dict[str, Any], now: float) -> int:
@@ -733,32 +1012,62 @@ class DirectoryAgent:
         if isinstance(previous, int) and previous >= self.boot_timestamp:
             # Two starts within one second must still look like two boots to the SAs.
             self.boot_timestamp = previous + 1
+        return self.replay(_records(data.get("registrations")), now)
+
+    def replay(self, records: Iterable[dict[str, Any]], now: float) -> int:
+        """Apply snapshot or journal records in order (see `pop_changes`); return how many were stored.
+
+        Records that no longer parse, have expired, or whose scopes this DA no longer serves are
+        skipped; the limits of the configuration apply (lifetime, count, bytes, trust by source).
+        """
         kept = 0
-        for item in _records(data.get("registrations")):
-            try:
-                expires = float(item["expires"])
-                if expires <= now:
-                    continue
-                stype = ServiceType.parse(str(item["service_type"]))
-                attrs = parse_attr_list(str(item["attr_list"]))
-                scope_list = str(item["scope_list"])
-                scopes = self._request_scopes(scope_list)
-                if scopes is None:
-                    continue
-                reg = _Registration(
-                    url=str(item["url"]), lang=fold(str(item["lang"])),
-                    service_type=str(item["service_type"]), stype=stype, type_key=stype.key,
-                    scope_list=scope_list, scopes=scopes, attrs=attrs,
-                    attr_list=format_attr_list(attrs),
-                    lifetime=min(int(item["lifetime"]), MAX_LIFETIME), expires=expires,
-                    source=str(item.get("source", "")))
-            except (KeyError, TypeError, ValueError, SLPValueError, AttrParseError):
+        for item in records:
+            if item.get("op") == "del":
+                for key in list(self._by_url.get(str(item.get("url")), ())):
+                    if key[1] == str(item.get("lang")):
+                        self._remove(self._regs[key])
                 continue
-            if not scopes <= self._scopes or len(self._regs) >= self.config.max_registrations:
+            reg = self._parse_record(item, now)
+            if reg is None:
+                continue
+            old = self._regs.get((reg.url, reg.lang))
+            if old is None and len(self._regs) >= self.config.max_registrations:
+                continue
+            if not self._fits(reg, old):
                 continue
             self._store(reg)
             kept += 1
         return kept
+
+    def _parse_record(self, item: dict[str, Any], now: float) -> _Registration | None:
+        try:
+            expires = float(item["expires"])
+            url = str(item["url"])
+            if expires <= now or not _URL_SCHEME.match(url) or _CONTROL.search(url):
+                return None
+            stype = ServiceType.parse(str(item["service_type"]))
+            attr_list = str(item["attr_list"])
+            if len(attr_list.encode()) > self.config.max_attr_list:
+                return None
+            limit = self.config.max_store_bytes
+            if limit and self._store_bytes + _MIN_COST + 3 * len(attr_list) > limit:
+                return None  # it cannot fit: not worth parsing (a huge state file stays cheap)
+            source = str(item.get("source", ""))
+            trusted = self.is_trusted(source)
+            attrs = _with_trust(parse_attr_list(attr_list), trusted)
+            scope_list = str(item["scope_list"])
+            scopes = self._request_scopes(scope_list)
+            if scopes is None or not scopes <= self._scopes:
+                return None
+            lifetime = min(int(item["lifetime"]), self.config.max_lifetime)
+            return _Registration(
+                url=url, lang=fold(str(item["lang"])),
+                service_type=str(item["service_type"]), stype=stype, type_key=stype.key,
+                scope_list=scope_list, scopes=scopes, attrs=attrs,
+                attr_list=format_attr_list(attrs), lifetime=lifetime,
+                expires=min(expires, now + lifetime), source=source, trusted=trusted)
+        except (KeyError, TypeError, ValueError, SLPValueError, AttrParseError):
+            return None
 
 
 # Helpers ----------------------------------------------------------------------------------------
@@ -788,17 +1097,97 @@ def _discard(index: dict[Any, set[tuple[str, str]]], term: Any, key: tuple[str, 
             del index[term]
 
 
-def _merge_into(merged: dict[str, Attribute], attrs: dict[str, Attribute]) -> None:
-    """§10.3: an AttrRqst by service type gets the union of the values of every registration."""
-    for tag, attr in attrs.items():
-        have = merged.get(tag)
-        if have is None:
-            merged[tag] = attr
-        elif attr.values and have.values:
-            try:
-                merged[tag] = Attribute(have.tag, tuple(dict.fromkeys((*have.values, *attr.values))))
-            except AttrParseError:
-                pass  # values of another type under the same tag: §5 allows one type, keep the first
+def _in_networks(address: str, networks: tuple[Any, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+def _subnet(address: str) -> str:
+    """The /24 of an IPv4 address, the /64 of an IPv6 one: what one home host can rotate through."""
+    if ":" in address:
+        try:
+            return str(ipaddress.ip_network(f"{address}/64", strict=False))
+        except ValueError:
+            return address
+    return address.rsplit(".", 1)[0]
+
+
+def _bucket(buckets: OrderedDict[str, list[float]], key: str, burst: float, now: float,
+            limit: int) -> list[float]:
+    """The token bucket of `key`, the least recently used one forgotten when `limit` are kept."""
+    bucket = buckets.get(key)
+    if bucket is None:
+        if len(buckets) >= limit:
+            buckets.popitem(last=False)
+        bucket = buckets[key] = [burst, now]
+    else:
+        buckets.move_to_end(key)
+    return bucket
+
+
+def _decrement(counts: dict[str, int], key: str) -> None:
+    n = counts.get(key, 0) - 1
+    if n > 0:
+        counts[key] = n
+    else:
+        counts.pop(key, None)
+
+
+def _name_key(name: str) -> str:
+    # As `sipmob devices` makes short names: names that give the same short name are the same.
+    return re.sub(r"[^a-z0-9]+", "-", fold(name)).strip("-")
+
+
+def _names(reg: _Registration) -> set[str]:
+    attr = reg.attrs.get(NAME_TAG)
+    if attr is None:
+        return set()
+    return {k for k in (_name_key(str(v)) for v in attr.values) if k}
+
+
+def _with_trust(attrs: dict[str, Attribute], trusted: bool) -> dict[str, Attribute]:
+    """`attrs` with the `trusted` keyword as the DA decides it, whatever the registrant sent."""
+    attrs = {k: a for k, a in attrs.items() if k != TRUSTED_TAG}
+    if trusted:
+        attrs[TRUSTED_TAG] = Attribute(TRUSTED_TAG)
+    return attrs
+
+
+def _index(reg: _Registration) -> tuple[tuple[str, str], ...]:
+    index: list[tuple[str, str]] = []
+    for attr in reg.attrs.values():
+        index.extend(index_keys(attr))
+    return tuple(dict.fromkeys(index))
+
+
+_MIN_COST = 600
+_NOTHING: frozenset[tuple[str, str]] = frozenset()
+
+
+def _cost(reg: _Registration) -> int:
+    """What a registration holds in memory, roughly, in bytes: its strings, its parsed attributes
+    and, per index term, the value, its folded key and its posting-list entry."""
+    text = len(reg.url) + len(reg.attr_list) + len(reg.service_type) + len(reg.scope_list)
+    return _MIN_COST + 3 * text + 500 * len(reg.index)
+
+
+def _predicate_cost(predicate: Predicate) -> int:
+    # The parsed tree holds a few objects per item and copies of its text; measured at well under
+    # this with tracemalloc.
+    return 256 + 4 * len(predicate.text) + 400 * predicate.items
+
+
+def _record(r: _Registration) -> dict[str, Any]:
+    # The trusted keyword is the DA's own: it is recomputed from the source when loaded.
+    attr_list = r.attr_list
+    if r.trusted:
+        attr_list = format_attr_list({k: a for k, a in r.attrs.items() if k != TRUSTED_TAG})
+    return {"op": "put", "url": r.url, "lang": r.lang, "service_type": r.service_type,
+            "scope_list": r.scope_list, "attr_list": attr_list, "lifetime": r.lifetime,
+            "expires": r.expires, "source": r.source}
 
 
 def _records(value: object) -> Iterable[dict[str, Any]]:

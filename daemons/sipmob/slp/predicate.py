@@ -51,6 +51,9 @@ from sipmob.slp.names import WHITESPACE, SLPValueError, fold, fold_edges, unesca
 # Nesting beyond this is a parse error: no real predicate comes near it, and the parser's
 # recursion (and the evaluator's) stays far below Python's limit.
 MAX_DEPTH = 64
+# Items (the leaves: comparisons, presence, substrings) a predicate may hold when the caller gives
+# no limit. A home's queries use a handful; the DA passes its own, smaller, configured limit.
+MAX_ITEMS = 4096
 
 _OPS = ("=", "~=", "<=", ">=")
 
@@ -212,12 +215,14 @@ def _unescape(raw: str, at: int) -> str:
 class _Parser:
     """Recursive descent over the string, one character class test per step, no regular expressions."""
 
-    __slots__ = ("i", "n", "s")
+    __slots__ = ("i", "items", "max_items", "n", "s")
 
-    def __init__(self, s: str) -> None:
+    def __init__(self, s: str, max_items: int = MAX_ITEMS) -> None:
         self.s = s
         self.i = 0
         self.n = len(s)
+        self.items = 0
+        self.max_items = max_items
 
     def skip_ws(self) -> None:
         s, i, n = self.s, self.i, self.n
@@ -269,6 +274,9 @@ class _Parser:
         return tuple(children)
 
     def item(self) -> Node:
+        self.items += 1
+        if self.items > self.max_items:
+            raise PredicateError(f"more than {self.max_items} items in the predicate")
         s, start, n = self.s, self.i, self.n
         i = start
         while i < n and s[i] not in "=~<>()":
@@ -339,6 +347,8 @@ class Predicate:
 
     text: str
     root: Node | None
+    # Items (leaves) in the tree: what one evaluation against one service costs at most.
+    items: int = dataclasses.field(default=0, compare=False)
     terms: frozenset[tuple[str, str]] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -348,15 +358,16 @@ class Predicate:
         object.__setattr__(self, "terms", frozenset(out))
 
     @classmethod
-    def parse(cls, s: str) -> Predicate:
+    def parse(cls, s: str, max_items: int = MAX_ITEMS) -> Predicate:
+        """Parse a predicate of at most `max_items` items; raises PredicateError."""
         if not s.strip(WHITESPACE):
             return cls(s, None)
-        p = _Parser(s)
+        p = _Parser(s, max_items)
         root = p.filter(1)
         p.skip_ws()
         if p.i != p.n:
             raise PredicateError(f"text after the predicate at offset {p.i}")
-        return cls(s, root)
+        return cls(s, root, p.items)
 
     def matches(self, attrs: Mapping[str, Attribute]) -> bool:
         """Whether a service with these attributes (keyed by folded tag) satisfies the predicate."""

@@ -578,6 +578,13 @@ def _list_prefix(value: str, budget: int, cuts: re.Pattern[bytes]) -> str:
     return raw[:commas[i - 1]].decode("utf-8") if i else ""
 
 
+def _fits_u16_lists(msg: SrvRply | AttrRply | SrvTypeRply) -> bool:
+    if isinstance(msg, SrvRply):
+        return len(msg.urls) <= 0xFFFF and all(len(u.url) <= 0x3FFF for u in msg.urls)
+    text = msg.attr_list if isinstance(msg, AttrRply) else msg.srvtype_list
+    return len(text) <= 0x3FFF or len(text.encode("utf-8")) <= 0xFFFF
+
+
 def encode_within(msg: SrvRply | AttrRply | SrvTypeRply, limit: int = DEFAULT_UDP_LIMIT) -> bytes:
     """Encode a reply for a datagram of at most ``limit`` bytes, truncating it if it is larger.
 
@@ -590,9 +597,12 @@ def encode_within(msg: SrvRply | AttrRply | SrvTypeRply, limit: int = DEFAULT_UD
     with an empty list, dropped otherwise. If not even the empty reply fits, it is returned as it
     is, with OVERFLOW: nothing smaller exists to send.
     """
-    full = encode(msg)
-    if len(full) <= limit:
-        return full
+    if _fits_u16_lists(msg):
+        full = encode(msg)
+        if len(full) <= limit:
+            return full
+    # A list longer than its 2-byte length field cannot be encoded whole: it is cut like one that
+    # is merely longer than the datagram, never raised as our own misuse.
     function, _ = _ENCODERS[type(msg)]
     flags = int(msg.header.flags | Flags.OVERFLOW)
     exts = msg.header.extensions
@@ -603,11 +613,14 @@ def encode_within(msg: SrvRply | AttrRply | SrvTypeRply, limit: int = DEFAULT_UD
         exts = ()
     else:
         fixed += ext_len
-    budget = limit - fixed - base
+    budget = min(limit - fixed - base, 0xFFFF)
     body: bytes
     if isinstance(msg, SrvRply):
-        entries = []
-        for entry in map(_e_url_entry, msg.urls):
+        entries: list[bytes] = []
+        for url in msg.urls:
+            if len(entries) == 0xFFFF or len(url.url) > budget:
+                break
+            entry = _e_url_entry(url)
             if len(entry) > budget:
                 break
             budget -= len(entry)

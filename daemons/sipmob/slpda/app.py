@@ -1,9 +1,12 @@
 """The `sipmob-slpda` application: the sans-I/O Directory Agent on Twisted transports.
 
 Responsible for: the unicast UDP socket, the multicast socket joined to 239.255.255.253 (when
-enabled and not on loopback), the TCP listener with `peek_length` framing and an idle timeout,
-arming the DA's one timer, the state file (read at start, debounced writes, flushed on stop),
-logging the DA's events, and the status line. What the DA answers is `sipmob.slp.da`'s business.
+enabled and not on loopback), the TCP listener with `peek_length` framing, an idle timeout, a
+deadline for each whole request and limits on connections (in all and per source), arming the
+DA's one timer, the state file and its journal (read and replayed at start, every change appended
+within a quarter second, the file rewritten rarely and the journal then emptied, flushed on stop),
+logging the DA's events (URLs with control characters escaped), and the status line. What the DA
+answers is `sipmob.slp.da`'s business.
 """
 
 from __future__ import annotations
@@ -11,13 +14,14 @@ from __future__ import annotations
 import json
 import logging
 import socket
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, protocol
 from twisted.protocols.policies import TimeoutMixin
 
 from sipmob.service.daemon import Runtime
-from sipmob.service.statefile import DebouncedWriter, read_json
+from sipmob.service.statefile import DebouncedWriter, Journal, read_json
 from sipmob.service.timers import TimerDriver
 from sipmob.slp import wire
 from sipmob.slp.da import (
@@ -36,6 +40,12 @@ from sipmob.slpda.config import SlpdaConfig
 log = logging.getLogger("sipmob.slpda")
 
 MAX_TCP_MESSAGE = 1 << 16  # a SrvReg within the attribute limit fits easily
+UDP_RECEIVE_BUFFER = 1 << 20
+MAX_DATAGRAM = 65535  # RFC 2608 §6.1 allows datagrams up to the path MTU; UDP's own limit is this
+JOURNAL_INTERVAL = 0.25  # seconds between journal writes: a change is on disk well within a second
+JOURNAL_COMPACT = 1 << 20  # bytes of journal after which the state file is rewritten
+STATE_DELAY, STATE_MAX_DELAY = 30.0, 600.0  # the journal carries changes; rewrites can be rare
+STRANGER_TCP_SHARE = 0.75  # of tcp_connections; the rest is kept for trusted and registered sources
 IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)  # Linux, ip(7)
 MULTICAST_TTL = 255  # RFC 2608 §13 net.slp.multicastTTL default; 239.255/16 stays in the site
 
@@ -59,9 +69,12 @@ class _Datagrams(protocol.DatagramProtocol):
 
 
 class _TcpConnection(protocol.Protocol, TimeoutMixin):
-    def __init__(self, app: SlpdaApp) -> None:
+    def __init__(self, app: SlpdaApp, factory: _TcpFactory, host: str) -> None:
         self.app = app
+        self.owner = factory
+        self.host = host
         self.buffer = b""
+        self._deadline: Any = None
 
     def connectionMade(self) -> None:
         self.setTimeout(self.app.config.limits.tcp_idle_timeout)
@@ -79,24 +92,78 @@ class _TcpConnection(protocol.Protocol, TimeoutMixin):
             if length is None or len(self.buffer) < length:
                 if length is not None and length > MAX_TCP_MESSAGE:
                     self.transport.loseConnection()
-                return
+                    return
+                break
             message, self.buffer = self.buffer[:length], self.buffer[length:]
+            self._cancel_deadline()
             for reply in self.app.received(message, (peer.host, peer.port), "tcp"):
                 self.transport.write(reply)
+        # A request must arrive whole within its deadline, however its bytes trickle in: each byte
+        # resets the idle timer, and one byte a second would otherwise hold the connection forever.
+        if self.buffer and self._deadline is None:
+            self._deadline = self.app.reactor.callLater(self.app.config.limits.tcp_request_timeout,
+                                                        self._too_slow)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        self.app.tcp_too_slow += 1
+        self.transport.abortConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
         self.setTimeout(None)
+        self._cancel_deadline()
+        self.owner.closed(self.host)
 
     def timeoutConnection(self) -> None:
         self.transport.loseConnection()
 
 
 class _TcpFactory(protocol.ServerFactory):
+    """Builds connections while they are within the limits: in all, per source, and for strangers
+    (neither trusted nor registered) a share of the total, so a flood of them leaves room for the
+    home's own clients."""
+
     def __init__(self, app: SlpdaApp) -> None:
         self.app = app
+        self.per_source: dict[str, int] = {}
+        self.total = 0
+        self.strangers = 0
+        self._stranger_hosts: dict[str, int] = {}
 
-    def buildProtocol(self, addr: Any) -> _TcpConnection:
-        return _TcpConnection(self.app)
+    def buildProtocol(self, addr: Any) -> _TcpConnection | None:
+        limits = self.app.config.limits
+        host = str(addr.host)
+        protected = self.app.da.is_protected(host)
+        if (self.total >= limits.tcp_connections or self.per_source.get(host, 0) >= limits.tcp_per_source
+                or (not protected and self.strangers >= int(limits.tcp_connections * STRANGER_TCP_SHARE))):
+            self.app.tcp_refused += 1
+            return None  # Twisted closes the connection at once
+        self.total += 1
+        self.per_source[host] = self.per_source.get(host, 0) + 1
+        if not protected:
+            self.strangers += 1
+            self._stranger_hosts[host] = self._stranger_hosts.get(host, 0) + 1
+        return _TcpConnection(self.app, self, host)
+
+    def closed(self, host: str) -> None:
+        self.total -= 1
+        n = self.per_source.get(host, 0) - 1
+        if n > 0:
+            self.per_source[host] = n
+        else:
+            self.per_source.pop(host, None)
+        s = self._stranger_hosts.get(host, 0)
+        if s:
+            self.strangers -= 1
+            if s > 1:
+                self._stranger_hosts[host] = s - 1
+            else:
+                del self._stranger_hosts[host]
 
 
 class SlpdaApp:
@@ -106,9 +173,15 @@ class SlpdaApp:
         self.reactor = runtime.reactor
         self.da = DirectoryAgent(config.da_config(), self.reactor.seconds())
         self.timer = TimerDriver(self.reactor, self.da.get_timer, self._timer_fired)
-        self.writer = DebouncedWriter(self.reactor, config.state_file, self._state_bytes)
+        self.journal = Journal(self.reactor, journal_path(config.state_file), JOURNAL_INTERVAL)
+        self.writer = DebouncedWriter(self.reactor, config.state_file, self._state_bytes,
+                                      delay=STATE_DELAY, max_delay=STATE_MAX_DELAY,
+                                      on_written=self.journal.reset)
         self._ports: list[Any] = []
         self._mcast: Any = None
+        self.multicast_joined = False
+        self.tcp_refused = 0
+        self.tcp_too_slow = 0
         self._generation = self.da.generation
         self._status = ""
         self._debug = log.isEnabledFor(logging.DEBUG)
@@ -116,29 +189,70 @@ class SlpdaApp:
     # App protocol ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        state = read_json(self.config.state_file)
-        if isinstance(state, dict):
-            kept = self.da.restore(state, self.reactor.seconds())
-            log.info("restored %d registrations from %s", kept, self.config.state_file)
+        self._restore()
         listen = self.config.listen
         if self.config.multicast_enabled:
-            self._ports.append(self._shared_unicast_port())
+            unicast = self._shared_unicast_port()
             self._mcast = self.reactor.listenMulticast(listen.port, _Datagrams(self, "mcast"),
                                                        interface=SLP_MCAST_V4, listenMultiple=True)
-            self._ports.append(self._mcast)
-            self._mcast.joinGroup(SLP_MCAST_V4, self.config.multicast.interface)
-            self._mcast.setOutgoingInterface(self.config.multicast.interface)
+            self._ports += [unicast, self._mcast]
+            self._mcast.setOutgoingInterface(self.config.multicast.interface).addErrback(
+                lambda failure: log.error("cannot send multicast from %s: %s",
+                                          self.config.multicast.interface, failure.getErrorMessage()))
             self._mcast.setTTL(MULTICAST_TTL)
             self._mcast.setLoopbackMode(False)
+            joined = self._mcast.joinGroup(SLP_MCAST_V4, self.config.multicast.interface)
+            joined.addCallbacks(self._joined, self._join_failed)
         else:
             self._ports.append(self.reactor.listenUDP(listen.port, _Datagrams(self, "udp"),
                                                       interface=listen.address))
-        self._ports.append(self.reactor.listenTCP(listen.port, _TcpFactory(self), interface=listen.address))
+        for port in self._ports:
+            port.maxPacketSize = MAX_DATAGRAM  # Twisted reads 8 KB by default and cuts the rest
+            try:
+                # Room for a few hundred milliseconds of a flood: while the box schedules something
+                # else, the home's requests wait in the queue instead of being dropped with the
+                # flood's (the kernel caps it at net.core.rmem_max).
+                port.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
+            except OSError as exc:
+                log.debug("cannot enlarge the UDP receive buffer: %s", exc)
+        self._tcp = _TcpFactory(self)
+        self._ports.append(self.reactor.listenTCP(listen.port, self._tcp, interface=listen.address))
         self._multicast(self.da.announce(self.reactor.seconds()))
         self._after_change()
         self.timer.update()
         log.info("listening on %s port %d (UDP, TCP%s) for scopes %s", listen.address, listen.port,
-                 ", multicast" if self._mcast is not None else "", ",".join(self.da.scopes))
+                 ", multicast" if self.multicast_joined else "", ",".join(self.da.scopes))
+
+    def _restore(self) -> None:
+        """The state file, then the journal's changes after it; then one rewrite to compact them."""
+        now = self.reactor.seconds()
+        # Neither file can be much larger than the store they describe (a registration is
+        # accounted at three times its text at least, and its JSON adds some 300 bytes), so a
+        # bigger one is not ours, or not worth minutes of start-up.
+        limits = self.config.limits
+        bound = limits.max_store_bytes // 3 + 300 * limits.max_registrations
+        state = read_json(self.config.state_file, bound)
+        kept = self.da.restore(state, now) if isinstance(state, dict) else 0
+        changes = Journal.read(self.journal.path, bound)
+        if changes:
+            self.da.replay(changes, now)
+            self.writer.mark_dirty()
+            self.writer.flush()  # the journal is folded into the state file, then emptied
+        if isinstance(state, dict) or changes:
+            log.info("restored %d registrations from %s (%d from its journal)",
+                     self.da.registration_count, self.config.state_file,
+                     max(0, self.da.registration_count - kept))
+        self.da.pop_changes()
+        self._generation = self.da.generation
+
+    def _joined(self, _: Any) -> None:
+        self.multicast_joined = True
+        log.info("joined %s on %s", SLP_MCAST_V4, self.config.multicast.interface)
+
+    def _join_failed(self, failure: Any) -> None:
+        self.multicast_joined = False
+        log.error("cannot join multicast group %s on %s: %s; answering unicast only", SLP_MCAST_V4,
+                  self.config.multicast.interface, failure.getErrorMessage())
 
     def _shared_unicast_port(self) -> Any:
         """The unicast UDP port when the multicast socket shares its port number.
@@ -172,8 +286,10 @@ class SlpdaApp:
     def stop(self) -> defer.Deferred[Any]:
         self.timer.cancel()
         self._multicast(self.da.goodbye())
+        self.journal.append(self.da.pop_changes())
         self.writer.mark_dirty()
-        self.writer.flush()
+        if not self.writer.flush():
+            self.journal.flush()  # the state file could not be written: keep the changes
         ports, self._ports = self._ports, []
         return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
 
@@ -201,7 +317,7 @@ class SlpdaApp:
         self._after_change()
 
     def _multicast(self, data: bytes) -> None:
-        if self._mcast is not None:
+        if self._mcast is not None and self.multicast_joined:
             try:
                 self._mcast.write(data, (SLP_MCAST_V4, self.config.listen.port))
             except OSError as exc:
@@ -210,9 +326,16 @@ class SlpdaApp:
     def _after_change(self) -> None:
         for event in self.da.pop_events():
             _log_event(event)
+        changes = self.da.pop_changes()
+        if changes:
+            self.journal.append(changes)
         if self.da.generation != self._generation:
             self._generation = self.da.generation
-            self.writer.mark_dirty()
+            if self.journal.size > JOURNAL_COMPACT:
+                self.writer.mark_dirty()
+                self.writer.flush()
+            else:
+                self.writer.mark_dirty()
             self.timer.update()
             self._report_status()
 
@@ -226,21 +349,32 @@ class SlpdaApp:
         return json.dumps(self.da.snapshot(), indent=1).encode()
 
 
+def journal_path(state_file: Path) -> Path:
+    return state_file.with_name(state_file.name + ".journal")
+
+
+def shown(text: str) -> str:
+    """`text` for a log line: control and other unprintable characters as \\xNN escapes."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
 def _log_event(event: Event) -> None:
     if isinstance(event, Registered):
         log.info("%s %s (%s, %s) for %d s from %s", "registered" if event.fresh else "updated",
-                 event.url, event.service_type, event.lang, event.lifetime, event.source,
+                 event.url, shown(event.service_type), shown(event.lang), event.lifetime, event.source,
                  extra={"SIPMOB_SERVICE_URL": event.url, "SIPMOB_SERVICE_TYPE": event.service_type})
     elif isinstance(event, Deregistered):
-        what = f"attributes {event.tags} of" if event.tags else ""
-        log.info("deregistered %s %s (%s, %s) by %s", what, event.url, event.service_type, event.lang,
-                 event.source, extra={"SIPMOB_SERVICE_URL": event.url})
+        what = f"attributes {shown(event.tags)} of" if event.tags else ""
+        log.info("deregistered %s %s (%s, %s) by %s", what, event.url, shown(event.service_type),
+                 shown(event.lang), event.source, extra={"SIPMOB_SERVICE_URL": event.url})
     elif isinstance(event, Expired):
-        log.info("expired %s (%s, %s)", event.url, event.service_type, event.lang,
+        log.info("expired %s (%s, %s)", event.url, shown(event.service_type), shown(event.lang),
                  extra={"SIPMOB_SERVICE_URL": event.url})
     elif isinstance(event, Refused):
-        log.info("refused %s from %s: %s", event.url, event.source, event.error.name,
-                 extra={"SIPMOB_SERVICE_URL": event.url})
+        log.info("refused %s from %s: %s", shown(event.url), event.source, event.error.name,
+                 extra={"SIPMOB_SERVICE_URL": shown(event.url)})
     elif isinstance(event, RateLimited):
         log.warning("rate limit: %d requests refused, the latest from %s", event.suppressed,
                     event.source)

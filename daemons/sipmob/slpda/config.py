@@ -92,6 +92,36 @@ class Limits:
                                   "'drop': stay silent")
     tcp_idle_timeout: float = setting(30.0, check=positive,
                                       help="seconds before an idle TCP connection is closed")
+    max_lifetime: int = setting(10800, check=lambda v: None if 1 <= v <= 65535 else
+                                f"must be 1-65535 seconds, got {v}",
+                                help="longest lifetime kept; a longer registration is shortened to it")
+    max_store_bytes: int = setting(32_000_000, check=positive,
+                                   help="memory the registrations may take, in bytes as the DA "
+                                        "accounts them; beyond that new ones get DA_BUSY_NOW")
+    max_predicate: int = setting(2048, check=positive, help="longest predicate, in bytes")
+    max_predicate_items: int = setting(64, check=positive,
+                                       help="comparisons one predicate may hold")
+    request_work: int = setting(25_000, check=positive,
+                                help="work one request may cost (about a microsecond each); a reply "
+                                     "cut there is flagged OVERFLOW")
+    subnet_rate: float = setting(400.0, check=non_negative,
+                                 help="requests per second from one /24 (IPv4) or /64 (IPv6) of "
+                                      "unregistered sources; 0: no limit")
+    subnet_burst: int = setting(800, check=non_negative, help="token bucket size of subnet_rate")
+    stranger_rate: float = setting(1000.0, check=non_negative,
+                                   help="requests per second from all sources that are neither trusted "
+                                        "nor registered, together, and (a pool of its own) from all "
+                                        "registered ones together; 0: no limit")
+    stranger_burst: int = setting(2000, check=non_negative, help="token bucket size of stranger_rate")
+    rate_sources: int = setting(4096, check=positive,
+                                help="sources (and subnets) whose buckets are remembered; the least "
+                                     "recently seen is forgotten first")
+    tcp_connections: int = setting(256, check=positive, help="TCP connections open at once")
+    tcp_per_source: int = setting(8, check=positive,
+                                  help="TCP connections open at once from one source address")
+    tcp_request_timeout: float = setting(5.0, check=positive,
+                                         help="seconds to receive a whole request once its first byte "
+                                              "arrived; slower senders are disconnected")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -100,6 +130,11 @@ class Registration:
                                           check=each(ip_network),
                                           help="networks whose hosts may register and deregister; "
                                                "others get AUTHENTICATION_ABSENT")
+    trusted: list[str] = setting(default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+                                 check=each(ip_network),
+                                 help="trusted registrants (the SA proxy on this box; devices): their "
+                                      "registrations get the `trusted` attribute, their names cannot be "
+                                      "taken by others, and the rate limits do not apply to them")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -162,4 +197,15 @@ class SlpdaConfig:
             burst=self.limits.burst,
             over_rate="drop" if self.limits.over_rate == "drop" else "busy",
             allowed_networks=tuple(self.registration.allowed_networks),
+            trusted_networks=tuple(self.registration.trusted),
+            max_lifetime=self.limits.max_lifetime,
+            max_store_bytes=self.limits.max_store_bytes,
+            max_predicate=self.limits.max_predicate,
+            max_predicate_items=self.limits.max_predicate_items,
+            request_work=self.limits.request_work,
+            subnet_rate=self.limits.subnet_rate,
+            subnet_burst=self.limits.subnet_burst,
+            stranger_rate=self.limits.stranger_rate,
+            stranger_burst=self.limits.stranger_burst,
+            rate_sources=self.limits.rate_sources,
         )

@@ -209,6 +209,29 @@ def test_a_da_restarted_without_its_state_gets_the_devices_back(
     assert "restarted: registering again" in proxy.output()
 
 
+def test_with_the_shipped_settings_a_da_killed_and_restarted_empty_has_the_devices_within_seconds(
+        tmp_path: Path, da: Slpda, fakes: list[FakeDevice], proxies: list[Saproxy]) -> None:
+    tv = device(fakes)
+    proxy = saproxy(proxies, tmp_path, [da.port])  # da_watch = 1 s, multicast off: the defaults
+    proxy.add_device("tv", tv.uri)
+    proxy.start()
+    assert wait_until(lambda: found(da.port) == [tv.uri])
+    time.sleep(1.1)  # the DA's boot timestamp has a one-second resolution
+    assert da.proc is not None
+    da.proc.kill()
+    da.proc.wait(timeout=10)
+    da.proc = None
+    da.log.close()
+    da.state_path.unlink(missing_ok=True)
+    da.state_path.with_name(da.state_path.name + ".journal").unlink(missing_ok=True)
+    da.start()
+    restarted = time.monotonic()
+    # within 5 s by design (a DAAdvert request every second, then the SrvReg); a loaded machine gets slack
+    assert wait_until(lambda: found(da.port) == [tv.uri], timeout=10)
+    assert time.monotonic() - restarted < 10
+    assert "restarted: registering again" in proxy.output()
+
+
 def test_devices_are_registered_in_every_configured_scope(
         tmp_path: Path, fakes: list[FakeDevice], proxies: list[Saproxy]) -> None:
     (tmp_path / "da").mkdir()

@@ -128,3 +128,22 @@ def test_watch_lines_say_who_calls_and_what_changed() -> None:
 def test_ringing_calls_show_the_callers_name() -> None:
     line = cli.format_calls([{"id": "4", "peer": "sip:bob@h", "display": "Bob", "state": "ringing"}])
     assert line == "4  Bob <sip:bob@h>  ringing  -"
+
+
+def test_transfer_untrusted_sends_the_uris_of_the_devices_named(tmp_path: Path, sent: list[Any],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from sipmob.mn import devices
+    from sipmob.slp.attrs import parse_attr_list
+
+    found = devices.build([("sip:aaa@192.168.1.66", parse_attr_list("(name=Kitchen speaker)")),
+                           ("sip:tv@192.168.1.20", parse_attr_list("(name=TV),trusted"))])
+    monkeypatch.setattr(cli, "_discover", lambda *a, **k: {"found": found})
+    assert run(tmp_path, "transfer", "1", "--to", "kitchen-speaker,tv", "--untrusted") == 0
+    assert sent[0][2]["to"] == ["sip:aaa@192.168.1.66", "sip:tv@192.168.1.20"]
+
+
+def test_transfer_without_untrusted_leaves_the_names_to_the_phone(tmp_path: Path, sent: list[Any],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "_discover", lambda *a, **k: pytest.fail("no discovery expected"))
+    assert run(tmp_path, "transfer", "1", "--to", "kitchen-speaker") == 0
+    assert sent[0][2]["to"] == ["kitchen-speaker"]  # the phone resolves it to trusted devices only

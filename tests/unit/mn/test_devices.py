@@ -8,15 +8,17 @@ from typing import Any
 import pytest
 from twisted.internet import defer
 
-from sipmob.mn.devices import Found, build, discover, predicate, resolve, table, to_json
+from sipmob.mn.devices import Found, UntrustedDevice, build, discover, predicate, resolve, table, to_json
 from sipmob.slp.agent import SLPTimeout
 from sipmob.slp.attrs import parse_attr_list
 from sipmob.slp.messages import UrlEntry
 from sipmob.slp.predicate import Predicate
 
 TV_ATTRS = parse_attr_list("(name=Living room TV),(room=living-room),(media=video-recvonly,audio-recvonly),"
-                           "(audio-codecs=PCMU),(video-codecs=H263,H264),(floor=0)")
-SPEAKER_ATTRS = parse_attr_list("(room=kitchen),(media=audio-sendrecv),(audio-codecs=opus)")
+                           "(audio-codecs=PCMU),(video-codecs=H263,H264),(floor=0),trusted")
+SPEAKER_ATTRS = parse_attr_list("(room=kitchen),(media=audio-sendrecv),(audio-codecs=opus),trusted")
+KITCHEN = parse_attr_list("(name=Kitchen speaker),(media=audio-sendrecv),trusted")
+ROGUE = parse_attr_list("(name=Kitchen Speaker),(media=audio-sendrecv)")
 
 
 def matches(filter_text: str, attrs: str) -> bool:
@@ -93,10 +95,34 @@ def test_resolve_ambiguous_names_the_candidates() -> None:
 def test_table_has_a_row_per_device_under_a_header() -> None:
     text = table(build([("sip:tv@192.0.2.1", TV_ATTRS), ("sip:speaker@192.0.2.2", SPEAKER_ATTRS)]))
     lines = text.splitlines()
-    assert lines[0].split() == ["SHORT", "NAME", "ROOM", "MEDIA", "CODECS", "URI"]
+    assert lines[0].split() == ["SHORT", "NAME", "ROOM", "MEDIA", "CODECS", "TRUSTED", "URI"]
     assert lines[1].startswith("living-room-tv  Living room TV  living-room")
     assert lines[1].endswith("sip:tv@192.0.2.1")
     assert lines[2].split()[0] == "speaker"
+
+
+def test_a_rogue_sorting_first_never_takes_a_trusted_devices_short_name() -> None:
+    # The captured call: a stranger registered the same name with a URL that sorts first.
+    found = build([("sip:aaa@192.168.1.66", ROGUE), ("sip:kitchen@192.168.1.30", KITCHEN)])
+    assert [(f.short, f.trusted) for f in found] == [("kitchen-speaker-2", False), ("kitchen-speaker", True)]
+    assert resolve(found, "kitchen-speaker").uri == "sip:kitchen@192.168.1.30"
+    assert resolve(found, "Kitchen speaker").uri == "sip:kitchen@192.168.1.30"
+
+
+def test_an_untrusted_device_needs_to_be_allowed_or_named_by_its_uri() -> None:
+    found = build([("sip:aaa@192.168.1.66", ROGUE)])
+    with pytest.raises(UntrustedDevice, match="--untrusted"):
+        resolve(found, "kitchen-speaker")
+    assert resolve(found, "kitchen-speaker", allow_untrusted=True).uri == "sip:aaa@192.168.1.66"
+    assert resolve(found, "sip:aaa@192.168.1.66").uri == "sip:aaa@192.168.1.66"
+
+
+def test_table_marks_untrusted_devices_and_shows_no_control_characters() -> None:
+    rogue = parse_attr_list("(name=Evil\\01\\7F),(media=audio-sendrecv)")
+    text = table(build([("sip:aaa@192.168.1.66", rogue), ("sip:kitchen@192.168.1.30", KITCHEN)]))
+    rows = {line.split()[0]: line for line in text.splitlines()[1:]}
+    assert "  NO  " in rows["evil"] and "  yes  " in rows["kitchen-speaker"]
+    assert "\x01" not in text and "\x7f" not in text
 
 
 def test_empty_table_says_none_found() -> None:

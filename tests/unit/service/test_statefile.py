@@ -7,7 +7,7 @@ import os
 
 from twisted.internet.task import Clock
 
-from sipmob.service.statefile import DebouncedWriter, atomic_write, read_json
+from sipmob.service.statefile import DebouncedWriter, Journal, atomic_write, read_json
 
 
 def test_atomic_write_replaces_content_and_leaves_no_temporary(tmp_path) -> None:
@@ -75,3 +75,37 @@ def test_write_failure_is_logged_not_raised(tmp_path, caplog) -> None:
     writer.flush()
     assert writer.writes == 0
     assert "cannot write state file" in caplog.text
+
+
+def test_read_json_refuses_a_file_over_its_bound(tmp_path) -> None:
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps({"a": "b" * 1000}))
+    assert read_json(path, max_bytes=100) is None
+    assert read_json(path, max_bytes=10_000) == {"a": "b" * 1000}
+
+
+def test_journal_batches_appends_and_skips_a_torn_last_line(tmp_path) -> None:
+    clock = Clock()
+    journal = Journal(clock, tmp_path / "s.journal", interval=0.25)
+    for i in range(10):
+        journal.append([{"n": i}])
+    assert journal.writes == 0
+    clock.advance(0.25)
+    assert journal.writes == 1
+    with open(tmp_path / "s.journal", "ab") as fh:
+        fh.write(b'{"n": 10')  # a crash in the middle of a write
+    assert Journal.read(tmp_path / "s.journal", 1 << 20) == [{"n": i} for i in range(10)]
+    assert len(Journal.read(tmp_path / "s.journal", 30)) < 10  # the bound cuts the reading
+
+
+def test_journal_is_emptied_when_the_state_file_is_written(tmp_path) -> None:
+    clock = Clock()
+    journal = Journal(clock, tmp_path / "s.journal")
+    writer = DebouncedWriter(clock, tmp_path / "s.json", lambda: b"{}", on_written=journal.reset)
+    journal.append([{"n": 1}])
+    journal.flush()
+    journal.append([{"n": 2}])  # pending, already in the state file about to be written
+    writer.mark_dirty()
+    assert writer.flush()
+    clock.advance(1)
+    assert Journal.read(tmp_path / "s.journal", 1 << 20) == [] and journal.size == 0
