@@ -94,7 +94,8 @@ class Resolver:
     def _store(self, result: tuple[list[Any], list[Any], list[Any]], query: Query, asked: float
                ) -> list[Record]:
         answers = result[0]
-        wanted = {RType.NAPTR: dns.NAPTR, RType.SRV: dns.SRV, RType.A: dns.A, RType.AAAA: dns.AAAA}[query.rtype]
+        wanted = {RType.NAPTR: dns.NAPTR, RType.SRV: dns.SRV, RType.A: dns.A,
+                  RType.AAAA: dns.AAAA}[query.rtype]
         records: list[Record] = []
         ttls = []
         for rr in answers:

@@ -309,6 +309,9 @@ class UACore:
         self._sent: dict[TransactionKey, _Sent] = {}
         self._nc: dict[str, int] = {}  # nonce -> requests made with it (RFC 7616 §3.4)
         self._regs: dict[int, _Registration] = {}
+        # Where a request outside a dialog goes, from its Request-URI. The default takes IP literals
+        # only; the edge replaces it to add DNS (RFC 3263) or an outbound proxy.
+        self.next_hop: Callable[[URI], Address] = uri_destination
 
     # Output ---------------------------------------------------------------------------------------
 
@@ -408,7 +411,7 @@ class UACore:
         request = Request("INVITE", target.replace(headers=()), h, sdp or b"")
         c = _Call(handle, True, "calling", request, local_sdp=sdp, answer_for=answer_for)
         self._calls[handle] = c
-        key = self._send(request, uri_destination(target), None, now)
+        key = self._send(request, self.next_hop(target), None, now)
         c.invite_key = key
         self._by_invite_key[key] = handle
         self._pump(now)
@@ -634,7 +637,7 @@ class UACore:
         if body:
             h.add("Content-Type", content_type or SDP)
         request = Request(method, target.replace(headers=()), h, body)
-        key = self._send(request, uri_destination(target), None, now)
+        key = self._send(request, self.next_hop(target), None, now)
         self._client[key] = (op, None, method)
         self._pump(now)
         return op
@@ -695,7 +698,7 @@ class UACore:
             h.add(name, value)
         request = Request("SUBSCRIBE", target.replace(headers=()), h)
         self._calls[handle] = _Call(handle, True, "subscribing", request, kind="subscription")
-        key = self._send(request, uri_destination(target), None, now)
+        key = self._send(request, self.next_hop(target), None, now)
         self._client[key] = (handle, handle, "SUBSCRIBE")
         self._pump(now)
         return handle
@@ -748,7 +751,7 @@ class UACore:
         h.add("Expires", str(expires))
         self._common_headers(h)
         request = Request("REGISTER", r.registrar, h)
-        r.key = self._send(request, uri_destination(r.registrar), None, now)
+        r.key = self._send(request, self.next_hop(r.registrar), None, now)
 
     def _reg_keys(self) -> set[TransactionKey]:
         return {r.key for r in self._regs.values() if r.key is not None}
