@@ -33,6 +33,7 @@ log = logging.getLogger("sipmob.service.nexthop")
 
 # RFC 3263 §4.3: what makes the next target worth a try.
 RETRY_STATUSES = frozenset({408, 503})
+MAX_NAMES = 256  # names whose chosen target is remembered; older ones are located afresh
 
 
 def _key(uri: URI) -> str:
@@ -54,7 +55,8 @@ class LocatingUserAgent(UserAgent):
         super().__init__(reactor, **kw)
         self.resolver = resolver
         self.outbound_proxy = _uri(outbound_proxy) if outbound_proxy else None
-        self._hops: dict[str, Address] = {}
+        self._hops: dict[str, Address] = {}  # the target being tried, or last tried, per name
+        self._good: dict[str, Target] = {}  # the target that last answered, per name
 
     def start(self) -> defer.Deferred[list[Address]]:
         d = super().start()
@@ -129,19 +131,33 @@ class LocatingUserAgent(UserAgent):
         if not targets:
             raise error(503, f"no address for {hop.host} in DNS")
         key = _key(hop)
+        for table in (self._hops, self._good):
+            while len(table) >= MAX_NAMES and key not in table:
+                del table[next(iter(table))]  # the name used longest ago
+        good = self._good.get(key)
+        if good in targets:
+            # A target that answered before goes first, so one that is down costs a timeout once,
+            # not on every request (the order among the others stays RFC 3263's).
+            targets = [good, *(t for t in targets if t != good)]
         for i, target in enumerate(targets):
             last = i == len(targets) - 1
             self._hops[key] = Address(target.host, target.port, target.transport)
             try:
                 result = yield send(not last)
             except SIPError as exc:
-                if exc.status in RETRY_STATUSES and not last:
-                    log.info("%s: %s %s:%d gave %d; trying the next target", hop, target.transport,
-                             target.host, target.port, exc.status)
-                    continue
-                raise
+                if exc.status not in RETRY_STATUSES:
+                    self._good[key] = target  # it answered, just not with what we wanted
+                    raise
+                if self._good.get(key) == target:
+                    del self._good[key]
+                if last:
+                    raise
+                log.info("%s: %s %s:%d gave %d; trying the next target", hop, target.transport,
+                         target.host, target.port, exc.status)
+                continue
             if isinstance(result, Response) and result.status == 503 and not last:
                 log.info("%s: %s:%d answered 503; trying the next target", hop, target.host, target.port)
                 continue
+            self._good[key] = target
             return result
         raise AssertionError("unreachable: the last target returns or raises")  # pragma: no cover
