@@ -31,7 +31,7 @@ def _authority(origin: str, entries: list[list[Any]]) -> Any:
         def __init__(self) -> None:
             super().__init__(origin)
 
-        def loadFile(self, filename: str) -> None:  # noqa: N802 (Twisted's name)
+        def loadFile(self, filename: str) -> None:
             soa = dns.Record_SOA(mname=f"ns.{origin}", rname=f"root.{origin}", serial=1, refresh=60,
                                  retry=60, expire=600, minimum=5, ttl=5)
             self.soa = (dns.domainString(origin), soa)
@@ -60,7 +60,7 @@ def serve(address: str, port: int, zones: dict[str, list[list[Any]]]) -> None:
     from twisted.names import dns, server
 
     class LoggingFactory(server.DNSServerFactory):  # type: ignore[misc]
-        def handleQuery(self, message: Any, protocol: Any, address: Any) -> Any:  # noqa: N802
+        def handleQuery(self, message: Any, protocol: Any, address: Any) -> Any:
             for q in message.queries:
                 print(f"query {q.name.name.decode()} {dns.QUERY_TYPES.get(q.type, q.type)}",
                       file=sys.stderr, flush=True)
@@ -68,7 +68,6 @@ def serve(address: str, port: int, zones: dict[str, list[list[Any]]]) -> None:
 
     factory = LoggingFactory(authorities=[_authority(origin, entries) for origin, entries in zones.items()])
     reactor.listenUDP(port, dns.DNSDatagramProtocol(factory), interface=address)  # type: ignore[attr-defined]
-    reactor.listenTCP(port, factory, interface=address)  # type: ignore[attr-defined]
     print("ready", flush=True)
     reactor.run()  # type: ignore[attr-defined]
 
