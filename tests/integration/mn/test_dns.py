@@ -183,13 +183,13 @@ def provider(tmp_path: Path) -> Iterator[dict[str, Any]]:
 class NamedPhone:
     """`sipmob phone` with a registrar and DNS servers of our choosing."""
 
-    def __init__(self, directory: Path, registrar: str, dns_port: int) -> None:
+    def __init__(self, directory: Path, registrar: str, dns_port: int, proxy: str = "") -> None:
         self.port = free_udp_port()
         self.control = directory / "mn.sock"
         self.config = directory / "mn.toml"
         self.config.write_text(
             f'[listen]\naddress = "127.0.0.1"\nport = {self.port}\n'
-            f'[identity]\nuser = "bob"\nregistrar = "{registrar}"\n'
+            f'[identity]\nuser = "bob"\nregistrar = "{registrar}"\noutbound_proxy = "{proxy}"\n'
             f'[dns]\nservers = ["127.0.0.1:{dns_port}"]\n'
             f'[slp]\nda = "127.0.0.1:{free_udp_port()}"\ntimeout = 0.5\n[control]\npath = "{self.control}"\n')
         self.log_path = directory / "phone.log"
@@ -252,3 +252,20 @@ def test_failover_to_the_second_srv_target_when_the_first_is_down(provider: dict
     assert queries.count("example.test NAPTR") == 1 and queries.count("_sip._udp.example.test SRV") == 1
     assert events["cache"]["hits"] > 0
     assert time.monotonic() - t0 < 50
+
+
+def test_everything_through_an_outbound_proxy_given_by_name(provider: dict[str, Any], tmp_path: Path) -> None:
+    # Neither the registrar's domain nor the callee's is in DNS: only the proxy is located.
+    phone = NamedPhone(tmp_path, "sip:provider.invalid", provider["dns_port"], proxy="sip:home.test")
+    try:
+        assert until(lambda: "registered sip:bob@provider.invalid" in phone.output(), timeout=15), \
+            phone.output()
+        done = phone.sipmob("--timeout", "20", "call", "sip:alice@elsewhere.invalid")
+        assert done.returncode == 0, done.stderr + phone.output()
+        assert until(lambda: provider["alice"].calls(), timeout=5)
+        assert request(phone.control, "calls", timeout=5)[0]["peer"] == "sip:alice@elsewhere.invalid"
+        queries = provider["dns"].queries()
+        assert "_sip._udp.home.test SRV" in queries
+        assert not [q for q in queries if "invalid" in q]
+    finally:
+        phone.stop()
