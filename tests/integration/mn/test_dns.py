@@ -9,7 +9,9 @@ alice (registered at kamailio), and our side by name only.
   F/B run out in 3.2 s instead of 32 s) registers, sends OPTIONS and calls alice, failing over to
   the second target, and the next requests go straight to the one that answered.
 
-Everything is on 127.0.0.1 with free ports (the SRV records carry them), bounded by timeouts, and
+A last test runs the failover in a network namespace of its own, with the usual ports (53, 5060) and
+the DNS server taken from a resolv.conf file. The others are on 127.0.0.1 with free ports (the SRV
+records carry them); everything is bounded by timeouts and
 stopped by PID (kamailio by its process group).
 """
 
@@ -82,12 +84,52 @@ def _client(dns_port: int, local_port: int) -> None:
     reactor.run()
 
 
+def _client_resolv_conf(resolv_conf: str) -> None:
+    """Inside a namespace: the DNS server comes from a resolv.conf file, as on a gateway."""
+    from twisted.internet import defer, reactor
+
+    from sipmob.service.nexthop import LocatingUserAgent
+    from sipmob.service.resolver import Resolver
+    from sipmob.service.sipua import SIPError
+    from sipmob.sip.transaction import TimerConfig
+
+    def out(**fields: object) -> None:
+        print(json.dumps(fields), flush=True)
+
+    @defer.inlineCallbacks
+    def run() -> Any:
+        resolver = Resolver(reactor, resolv_conf=resolv_conf)
+        ua = LocatingUserAgent(reactor, resolver=resolver, listen=[("127.0.0.1", 5090, "udp")],
+                               user="carol", timers=TimerConfig(t1=0.05, t2=0.4, t4=0.5))
+        yield ua.start()
+        try:
+            registration = yield ua.register("sip:example.test", expires=600)
+            out(event="registered", port=ua.next_hop(registration.registrar).port)
+            response = yield ua.options("sip:carol@example.test")
+            out(event="options", status=response.status)
+            yield registration.unregister()
+            out(event="unregistered")
+        except SIPError as exc:
+            out(event="error", status=exc.status, reason=exc.reason)
+        finally:
+            yield ua.stop()
+            reactor.stop()
+
+    reactor.callWhenRunning(run)
+    reactor.callLater(30, reactor.stop)
+    reactor.run()
+
+
 if __name__ == "__main__":
-    _client(int(sys.argv[1]), int(sys.argv[2]))
+    if sys.argv[1] == "--resolv-conf":
+        _client_resolv_conf(sys.argv[2])
+    else:
+        _client(int(sys.argv[1]), int(sys.argv[2]))
     sys.exit(0)
 
 from tests.integration.mn.phone_process import ENV, until  # noqa: E402
 from tests.peers import kamailio as kamailio_peer  # noqa: E402
+from tests.peers import netns  # noqa: E402
 from tests.peers.baresip import BARESIP, Baresip  # noqa: E402
 from tests.peers.dnszone import DnsZoneServer  # noqa: E402
 from tests.peers.ports import free_udp_port  # noqa: E402
@@ -269,3 +311,33 @@ def test_everything_through_an_outbound_proxy_given_by_name(provider: dict[str, 
         assert not [q for q in queries if "invalid" in q]
     finally:
         phone.stop()
+
+
+@pytest.mark.skipif(not netns.available(), reason="cannot create network namespaces")
+def test_in_a_namespace_with_the_server_from_resolv_conf(tmp_path: Path) -> None:
+    # The usual ports (53, 5060) in a namespace of the test's own, and the resolver configured the
+    # way a gateway's is: from a resolv.conf file.
+    ns = netns.Namespace("sipmob-dns")
+    stack: list[Any] = []
+    try:
+        wrap = ns.command([])
+        stack.append(kamailio_peer.Kamailio(PROXY_CFG.format(port=5060, modules=kamailio_peer.MODULES),
+                                            tmp_path / "kamailio", [5060], wrap=wrap))
+        dns = DnsZoneServer("127.0.0.1", 53, _zones(5060, 5070), tmp_path / "dns", wrap=wrap)
+        stack.append(dns)
+        resolv_conf = tmp_path / "resolv.conf"
+        resolv_conf.write_text("nameserver 127.0.0.1\n")
+        env = {**os.environ, "PYTHONPATH": f"{ROOT / 'daemons'}{os.pathsep}{ROOT}"}
+        proc = subprocess.run([*wrap, sys.executable, __file__, "--resolv-conf", str(resolv_conf)],
+                              capture_output=True, timeout=60, env=env)
+        assert proc.returncode == 0, proc.stderr.decode()
+        lines = [json.loads(line) for line in proc.stdout.decode().splitlines() if line.startswith("{")]
+        # The OPTIONS to our own address of record goes to kamailio, which relays it to the contact
+        # just registered: us, and we answer 200.
+        assert lines == [{"event": "registered", "port": 5060}, {"event": "options", "status": 200},
+                         {"event": "unregistered"}], proc.stderr.decode()
+        assert "example.test NAPTR" in dns.queries()
+    finally:
+        for item in reversed(stack):
+            item.stop()
+        ns.delete()
