@@ -34,6 +34,11 @@ log = logging.getLogger("sipmob.service.nexthop")
 # RFC 3263 §4.3: what makes the next target worth a try.
 RETRY_STATUSES = frozenset({408, 503})
 MAX_NAMES = 256  # names whose chosen target is remembered; older ones are located afresh
+RELOCATE_DELAY = 60.0  # seconds before a registrar that could not be located is tried again
+
+
+class NotLocated(SIPError):
+    """The URI could not be turned into any target (status 503, the reason says why)."""
 
 
 def _key(uri: URI) -> str:
@@ -57,6 +62,7 @@ class LocatingUserAgent(UserAgent):
         self.outbound_proxy = _uri(outbound_proxy) if outbound_proxy else None
         self._hops: dict[str, Address] = {}  # the target being tried, or last tried, per name
         self._good: dict[str, Target] = {}  # the target that last answered, per name
+        self._relocations: set[Any] = set()  # delayed calls registering again
 
     def start(self) -> defer.Deferred[list[Address]]:
         d = super().start()
@@ -118,7 +124,30 @@ class LocatingUserAgent(UserAgent):
 
             return d.addErrback(failed)
 
-        return self._attempt(uri, once, lambda status, reason: SIPError(status, reason))
+        d: defer.Deferred[Registration] = self._attempt(uri, once, NotLocated)
+
+        def not_located(failure: Any) -> Any:
+            # Nothing was sent, so the core has no registration to retry: locate again later (the
+            # name may appear in DNS, or the DNS server come back), as the core retries a refusal.
+            if failure.check(NotLocated) and self._core_obj is not None:
+                log.warning("registrar %s: %s; locating it again in %g s", uri, failure.value.reason,
+                            RELOCATE_DELAY)
+                later = self.reactor.callLater(RELOCATE_DELAY, self._register_again, uri, kw)
+                self._relocations.add(later)
+            return failure
+
+        return d.addErrback(not_located)
+
+    def _register_again(self, uri: URI, kw: dict[str, Any]) -> None:
+        self._relocations = {c for c in self._relocations if c.active()}
+        self.register(uri, **kw).addErrback(lambda _: None)  # on_change in `kw` hears the outcome
+
+    def stop(self) -> defer.Deferred[None]:
+        for later in self._relocations:
+            if later.active():
+                later.cancel()
+        self._relocations.clear()
+        return super().stop()
 
     @defer.inlineCallbacks
     def _attempt(self, uri: URI, send: Callable[[bool], defer.Deferred[Any]],

@@ -10,7 +10,7 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from sipmob.service.nexthop import LocatingUserAgent
+from sipmob.service.nexthop import RELOCATE_DELAY, LocatingUserAgent, NotLocated
 from sipmob.service.sipua import CallFailed, UserAgent
 from sipmob.sip.locate import Target
 from sipmob.sip.message import Headers, Response
@@ -117,3 +117,18 @@ def test_without_a_resolver_a_name_is_a_clear_failure() -> None:
     ua = LocatingUserAgent(Clock(), listen=[("127.0.0.1", 0, "udp")])
     failure = result(ua.invite("sip:alice@example.test", b""))
     assert failure.value.status == 503 and "no DNS resolver" in failure.value.reason
+
+
+def test_a_registrar_not_in_dns_is_located_again_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    ua, tried, resolver = agent([], {}, monkeypatch)
+    clock = ua.reactor
+    ua._core_obj = object()  # type: ignore[assignment]  # started, as far as this rule cares
+    monkeypatch.setattr(UserAgent, "stop", lambda self: defer.succeed(None))
+    failure = result(ua.register("sip:registrar.example.test"))
+    assert isinstance(failure.value, NotLocated) and failure.value.status == 503
+    assert resolver.located == ["sip:registrar.example.test"]
+    clock.advance(RELOCATE_DELAY)
+    assert len(resolver.located) == 2  # and it keeps trying while nothing is found
+    result(ua.stop())
+    clock.advance(10 * RELOCATE_DELAY)
+    assert len(resolver.located) == 2 and not clock.getDelayedCalls()
