@@ -1,10 +1,11 @@
 """SIP with names (RFC 3263) end to end: a `twisted.names` authoritative server serving NAPTR, SRV
-and A records for two domains, kamailio (apt) as the provider's registrar and proxy, baresip as
+and A records for three domains, kamailio (apt) as the provider's registrar and proxy, baresip as
 alice (registered at kamailio), and our side by name only.
 
-- ``home.test`` has SRV records only (no NAPTR): ``sipmob phone`` registers at ``sip:home.test`` and
-  ``sipmob call sip:alice@home.test`` reaches baresip through kamailio.
-- ``example.test`` has NAPTR → SRV with two targets, the first (priority 10) down: a
+- ``home.test`` has SRV records only (no NAPTR): ``sipmob phone`` registers at ``sip:home.test``;
+  ``example.test`` has NAPTR → SRV → A: ``sipmob call sip:alice@example.test`` reaches baresip
+  through kamailio.
+- ``backup.test`` has NAPTR → SRV with two targets, the first (priority 10) down: a
   `LocatingUserAgent` in a process of its own (this file run as a program, with a short T1 so Timer
   F/B run out in 3.2 s instead of 32 s) registers, sends OPTIONS and calls alice, failing over to
   the second target, and the next requests go straight to the one that answered.
@@ -56,14 +57,14 @@ def _client(dns_port: int, local_port: int) -> None:
         yield ua.start()
         try:
             t0 = reactor.seconds()
-            registration = yield ua.register("sip:example.test", expires=600)
+            registration = yield ua.register("sip:backup.test", expires=600)
             hop = ua.next_hop(registration.registrar)
             out(event="registered", port=hop.port, seconds=round(reactor.seconds() - t0, 2))
             t0 = reactor.seconds()
-            response = yield ua.options("sip:alice@example.test")
+            response = yield ua.options("sip:alice@backup.test")
             out(event="options", status=response.status, port=ua.next_hop(registration.registrar).port,
                 seconds=round(reactor.seconds() - t0, 2))
-            call = yield ua.invite("sip:alice@example.test", SDP)
+            call = yield ua.invite("sip:alice@backup.test", SDP)
             out(event="call", state=call.state)
             yield call.bye()
             yield registration.unregister()
@@ -103,9 +104,9 @@ def _client_resolv_conf(resolv_conf: str) -> None:
                                user="carol", timers=TimerConfig(t1=0.05, t2=0.4, t4=0.5))
         yield ua.start()
         try:
-            registration = yield ua.register("sip:example.test", expires=600)
+            registration = yield ua.register("sip:backup.test", expires=600)
             out(event="registered", port=ua.next_hop(registration.registrar).port)
-            response = yield ua.options("sip:carol@example.test")
+            response = yield ua.options("sip:carol@backup.test")
             out(event="options", status=response.status)
             yield registration.unregister()
             out(event="unregistered")
@@ -169,13 +170,18 @@ request_route {{
 
 def _zones(proxy_port: int, dead_port: int) -> dict[str, list[list[Any]]]:
     return {
+        "backup.test": [
+            ["backup.test", "NAPTR", [10, 10, "s", "SIP+D2U", "", "_sip._udp.backup.test"]],
+            ["backup.test", "NAPTR", [20, 10, "s", "SIP+D2T", "", "_sip._tcp.backup.test"]],
+            ["_sip._udp.backup.test", "SRV", [10, 0, dead_port, "down.backup.test"]],
+            ["_sip._udp.backup.test", "SRV", [20, 0, proxy_port, "up.backup.test"]],
+            ["down.backup.test", "A", "127.0.0.1"],
+            ["up.backup.test", "A", "127.0.0.1"],
+        ],
         "example.test": [
             ["example.test", "NAPTR", [10, 10, "s", "SIP+D2U", "", "_sip._udp.example.test"]],
-            ["example.test", "NAPTR", [20, 10, "s", "SIP+D2T", "", "_sip._tcp.example.test"]],
-            ["_sip._udp.example.test", "SRV", [10, 0, dead_port, "down.example.test"]],
-            ["_sip._udp.example.test", "SRV", [20, 0, proxy_port, "up.example.test"]],
-            ["down.example.test", "A", "127.0.0.1"],
-            ["up.example.test", "A", "127.0.0.1"],
+            ["_sip._udp.example.test", "SRV", [10, 0, proxy_port, "sip.example.test"]],
+            ["sip.example.test", "A", "127.0.0.1"],
         ],
         "home.test": [
             ["_sip._udp.home.test", "SRV", [0, 0, proxy_port, "sip.home.test"]],
@@ -204,7 +210,7 @@ def _register_contact(proxy_port: int, user: str, contact: str) -> None:
 @pytest.fixture
 def provider(tmp_path: Path) -> Iterator[dict[str, Any]]:
     proxy_port = free_udp_port()
-    dead_port = free_udp_port()  # nothing listens there: the first SRV target of example.test is down
+    dead_port = free_udp_port()  # nothing listens there: the first SRV target of backup.test is down
     dns_port = free_udp_port()
     kamailio = kamailio_peer.Kamailio(PROXY_CFG.format(port=proxy_port, modules=kamailio_peer.MODULES),
                                       tmp_path / "kamailio", [proxy_port])
@@ -256,17 +262,20 @@ def test_phone_registers_and_calls_by_name(provider: dict[str, Any], tmp_path: P
     phone = NamedPhone(tmp_path, "sip:home.test", provider["dns_port"])
     try:
         assert until(lambda: "registered sip:bob@home.test" in phone.output(), timeout=15), phone.output()
-        done = phone.sipmob("--timeout", "20", "call", "sip:alice@home.test")
+        done = phone.sipmob("--timeout", "20", "call", "sip:alice@example.test")
         assert done.returncode == 0, done.stderr + phone.output()
         assert "established" in done.stdout
         calls = request(phone.control, "calls", timeout=5)
-        assert calls and calls[0]["peer"] == "sip:alice@home.test"
+        assert calls and calls[0]["peer"] == "sip:alice@example.test"
         assert calls[0]["state"] == "confirmed"
         assert until(lambda: provider["alice"].calls(), timeout=5)  # baresip has the call
         queries = provider["dns"].queries()
-        # home.test has no NAPTR: NAPTR (NXDOMAIN-free, empty), then SRV, then the SRV target's A
+        # home.test has no NAPTR: NAPTR (empty), then SRV, then the SRV target's A
         assert "home.test NAPTR" in queries and "_sip._udp.home.test SRV" in queries
         assert "sip.home.test A" in queries
+        # example.test: NAPTR leads to the SRV name, which leads to the A record
+        assert "example.test NAPTR" in queries and "_sip._udp.example.test SRV" in queries
+        assert "sip.example.test A" in queries
     finally:
         phone.stop()
     assert "unregistered sip:bob@home.test" in phone.output()
@@ -291,7 +300,7 @@ def test_failover_to_the_second_srv_target_when_the_first_is_down(provider: dict
     assert events["failed"]["status"] == 503 and "nowhere.test" in events["failed"]["reason"]
     # NAPTR, SRV and the A records were asked once; the later requests were answered from the cache
     queries = provider["dns"].queries()
-    assert queries.count("example.test NAPTR") == 1 and queries.count("_sip._udp.example.test SRV") == 1
+    assert queries.count("backup.test NAPTR") == 1 and queries.count("_sip._udp.backup.test SRV") == 1
     assert events["cache"]["hits"] > 0
     assert time.monotonic() - t0 < 50
 
@@ -336,7 +345,7 @@ def test_in_a_namespace_with_the_server_from_resolv_conf(tmp_path: Path) -> None
         # just registered: us, and we answer 200.
         assert lines == [{"event": "registered", "port": 5060}, {"event": "options", "status": 200},
                          {"event": "unregistered"}], proc.stderr.decode()
-        assert "example.test NAPTR" in dns.queries()
+        assert "backup.test NAPTR" in dns.queries()
     finally:
         for item in reversed(stack):
             item.stop()
