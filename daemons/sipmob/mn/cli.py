@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sipmob.mn import control
+from sipmob.mn import control_client as control
 from sipmob.mn.config import DEFAULT_CONFIG, MnConfig
 from sipmob.service.config import ConfigError, load_config, split_host_port
 from sipmob.slp.messages import SLP_PORT

@@ -108,6 +108,9 @@ class Identity:
     auth_user: str = setting("", help="user name for Digest challenges; empty: the user above")
     password_file: str = setting("", check=_readable,
                                  help="file whose first line is the Digest password; empty: no credentials")
+    outbound_proxy: str = setting("", check=_sip_uri,
+                                  help="SIP URI every request outside a call goes to first (a name is "
+                                       "located by RFC 3263); empty: straight to the callee or registrar")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -168,6 +171,21 @@ class Control:
                                  "else /run/sipmob/mn.sock")
 
 
+def _dns_servers(value: list[str]) -> str | None:
+    for server in value:
+        try:
+            split_host_port(server, 53)
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Dns:
+    servers: list[str] = setting(default_factory=list, check=_dns_servers,
+                                 help="DNS servers for SIP names, IP[:PORT]; empty: from /etc/resolv.conf")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class MnConfig:
     listen: Listen = setting(default_factory=Listen)
@@ -178,6 +196,7 @@ class MnConfig:
     device: DeviceRole = setting(default_factory=DeviceRole)
     control: Control = setting(default_factory=Control)
     log: Log = setting(default_factory=Log)
+    dns: Dns = setting(default_factory=Dns)
 
     @property
     def control_path(self) -> Path:
@@ -188,3 +207,7 @@ class MnConfig:
         if not self.slp.da:
             return None
         return split_host_port(self.slp.da, SLP_PORT)
+
+    @property
+    def dns_servers(self) -> list[tuple[str, int]]:
+        return [split_host_port(server, 53) for server in self.dns.servers]

@@ -9,7 +9,8 @@ the order the requests finish. A connection may carry many requests. Lines longe
 `ControlServer` is the Twisted side: it owns the socket file (created mode 0600 in a directory it
 creates mode 0700, removed on stop) and hands each request to a `Handler`, which returns a value or
 a Deferred; a `CommandError` becomes ``ok: false`` with its message, any other exception is logged
-and answered "internal error". `request` is the blocking client side the commands use.
+and answered "internal error". `request`, the blocking client side the commands use, is in
+`sipmob.mn.control_client` (re-exported here).
 
 Not here: what the commands do (`sipmob.mn.phone`) or their command line (`sipmob.mn.cli`).
 """
@@ -21,7 +22,6 @@ import json
 import logging
 import os
 import socket
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,23 +29,16 @@ from typing import Any
 from twisted.internet import defer, protocol
 from twisted.protocols.basic import LineOnlyReceiver
 
+# The blocking client lives apart so that the ``sipmob`` commands start without Twisted; its names
+# stay importable from here for the phone's side.
+from sipmob.mn.control_client import MAX_LINE, CommandError, ControlUnavailable, encode, request
+
+__all__ = ["MAX_LINE", "CommandError", "ControlServer", "ControlUnavailable", "Handler", "encode", "request"]
+
 log = logging.getLogger("sipmob.mn.control")
 
-MAX_LINE = 65536
 
 Handler = Callable[[str, Mapping[str, Any]], Any]
-
-
-class CommandError(Exception):
-    """A request that cannot be carried out; the message goes back to the user as it is."""
-
-
-class ControlUnavailable(Exception):
-    """Nothing answers on the control socket (no ``sipmob phone`` running there)."""
-
-
-def encode(message: Mapping[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
 class _ControlProtocol(LineOnlyReceiver):
@@ -143,34 +136,3 @@ def _answers(path: Path) -> bool:
             return True
         except OSError:
             return False
-
-
-def request(path: str | Path, command: str, args: Mapping[str, Any] | None = None, *,
-            timeout: float = 30.0) -> Any:
-    """Send one request and wait for its reply; returns ``result`` or raises `CommandError`
-    (the phone's message) or `ControlUnavailable`. TimeoutError when no reply within ``timeout``."""
-    deadline = time.monotonic() + timeout
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        try:
-            s.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise ControlUnavailable(f"no sipmob phone is running (nothing answers on {path}: "
-                                     f"{exc.strerror})") from None
-        s.sendall(encode({"id": 1, "command": command, "args": dict(args or {})}))
-        buffer = b""
-        while b"\n" not in buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no reply to {command} within {timeout:g} s")
-            s.settimeout(remaining)
-            chunk = s.recv(65536)
-            if not chunk:
-                raise ControlUnavailable(f"the sipmob phone on {path} closed the connection")
-            buffer += chunk
-            if len(buffer) > MAX_LINE and b"\n" not in buffer:
-                raise CommandError("reply too long")
-    reply = json.loads(buffer.split(b"\n", 1)[0])
-    if not reply.get("ok"):
-        raise CommandError(str(reply.get("error", "failed")))
-    return reply.get("result")

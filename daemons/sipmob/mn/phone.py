@@ -76,6 +76,8 @@ from sipmob.sdp import (
 )
 from sipmob.service import daemon
 from sipmob.service.config import ConfigError, ConfigProblem, split_host_port
+from sipmob.service.nexthop import LocatingUserAgent
+from sipmob.service.resolver import Resolver
 from sipmob.service.sipua import (
     Call,
     CallFailed,
@@ -86,6 +88,7 @@ from sipmob.service.sipua import (
     UserAgent,
 )
 from sipmob.service.slp import SLPClient
+from sipmob.sip.locate import RType
 from sipmob.sip.uri import URI
 
 log = logging.getLogger("sipmob.mn")
@@ -247,9 +250,14 @@ class Phone:
                 raise ConfigError([ConfigProblem(identity.password_file, "",
                                                  f"cannot read the password file: {exc.strerror}")]) from None
             credentials = (identity.auth_user or identity.user, password)
-        self.ua = UserAgent(reactor, listen=[(config.listen.address, config.listen.port, "udp")],
-                            user=identity.user, display_name=identity.display_name or None,
-                            capabilities_sdp=self._capabilities, credentials=credentials)
+        # Names in URIs (callee, registrar, outbound proxy) are located by RFC 3263.
+        resolver = Resolver(reactor, servers=config.dns_servers or None, transports=("udp",),
+                            families=(RType.AAAA,) if ":" in config.listen.address else (RType.A,))
+        self.ua: UserAgent = LocatingUserAgent(
+            reactor, resolver=resolver, outbound_proxy=identity.outbound_proxy or None,
+            listen=[(config.listen.address, config.listen.port, "udp")],
+            user=identity.user, display_name=identity.display_name or None,
+            capabilities_sdp=self._capabilities, credentials=credentials)
         self.registration: Registration | None = None
         self._registration_logged: tuple[str, int | None] | None = None
         self.slp = SLPClient(reactor, da=config.da_address, scopes=config.slp.scopes,

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from sipmob.sip import transaction as tx
 from sipmob.sip.callstate import SETTING_UP, UNANSWERED, CallInput, CallState
 from sipmob.sip.challenge import ChallengeRetry
-from sipmob.sip.dialog import Dialog, DialogId, DialogState, uri_destination
+from sipmob.sip.dialog import Dialog, DialogId, DialogState
 from sipmob.sip.headers import Replaces
 from sipmob.sip.message import Request, Response, make_response
 from sipmob.sip.transaction import TransactionKey
@@ -53,7 +53,7 @@ class InviteSessions(ChallengeRetry):
         request = Request("INVITE", target.replace(headers=()), h, sdp or b"")
         c = _Call(handle, True, CallState.CALLING, request, local_sdp=sdp, answer_for=answer_for)
         self._calls[handle] = c
-        key = self._send(request, uri_destination(target), None, now)
+        key = self._send(request, self.next_hop(target), None, now)
         c.invite_key = key
         self._by_invite_key[key] = handle
         self._pump(now)

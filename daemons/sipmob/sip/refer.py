@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from sipmob.sip import transaction as tx
 from sipmob.sip.callstate import CallState
 from sipmob.sip.challenge import ChallengeRetry
-from sipmob.sip.dialog import Dialog, DialogState, uri_destination
+from sipmob.sip.dialog import Dialog, DialogState
 from sipmob.sip.headers import Replaces
 from sipmob.sip.message import Request, make_response, reason_phrase
 from sipmob.sip.uabase import REFER_EXPIRES, SDP, SIPFRAG, _Call, _ClientOp, _ServerRequest
@@ -85,7 +85,7 @@ class Referrals(ChallengeRetry):
         c = _Call(handle, True, CallState.SUBSCRIBING, request, kind="subscription")
         c.refers[request.cseq.seq] = handle
         self._calls[handle] = c
-        key = self._send(request, uri_destination(target), None, now)
+        key = self._send(request, self.next_hop(target), None, now)
         self._client[key] = _ClientOp(handle, handle, "REFER")
         self._pump(now)
         return handle
@@ -180,7 +180,7 @@ class Referrals(ChallengeRetry):
             h.add(name, value)
         request = Request("SUBSCRIBE", target.replace(headers=()), h)
         self._calls[handle] = _Call(handle, True, CallState.SUBSCRIBING, request, kind="subscription")
-        key = self._send(request, uri_destination(target), None, now)
+        key = self._send(request, self.next_hop(target), None, now)
         self._client[key] = _ClientOp(handle, handle, "SUBSCRIBE")
         self._pump(now)
         return handle

@@ -9,7 +9,6 @@ Not here: the registrar (we are only a client), DNS.
 from __future__ import annotations
 
 from sipmob.sip.challenge import ChallengeRetry
-from sipmob.sip.dialog import uri_destination
 from sipmob.sip.headers import CSeq
 from sipmob.sip.message import Headers, Request, Response
 from sipmob.sip.transaction import TransactionKey
@@ -70,7 +69,7 @@ class Registrations(ChallengeRetry):
         h.add("Expires", str(expires))
         self._common_headers(h)
         request = Request("REGISTER", r.registrar, h)
-        r.key = self._send(request, uri_destination(r.registrar), None, now)
+        r.key = self._send(request, self.next_hop(r.registrar), None, now)
 
     def _reg_keys(self) -> set[TransactionKey]:
         return {r.key for r in self._regs.values() if r.key is not None}

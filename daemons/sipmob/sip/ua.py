@@ -38,7 +38,7 @@ from collections.abc import Sequence
 
 from sipmob.sip import transaction as tx
 from sipmob.sip.callstate import SETTING_UP, UNANSWERED, CallInput, CallState
-from sipmob.sip.dialog import Dialog, DialogId, uri_destination
+from sipmob.sip.dialog import Dialog, DialogId
 from sipmob.sip.invite import InviteSessions
 from sipmob.sip.message import Request, Response, make_response
 from sipmob.sip.refer import Referrals, Referred, _event_package, referred, referred_request
@@ -186,7 +186,7 @@ class UACore(InviteSessions, Referrals, Registrations):
         if body:
             h.add("Content-Type", content_type or SDP)
         request = Request(method, target.replace(headers=()), h, body)
-        key = self._send(request, destination or uri_destination(target), None, now)
+        key = self._send(request, destination or self.next_hop(target), None, now)
         self._client[key] = _ClientOp(op, None, method)
         self._pump(now)
         return op

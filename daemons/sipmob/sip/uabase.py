@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from sipmob.sip import transaction as tx
 from sipmob.sip.auth import Challenge
 from sipmob.sip.callstate import UP, CallInput, CallState, next_state
-from sipmob.sip.dialog import Dialog, DialogId
+from sipmob.sip.dialog import Dialog, DialogId, uri_destination
 from sipmob.sip.headers import CSeq
 from sipmob.sip.message import Headers, Request, Response, make_response
 from sipmob.sip.transaction import TimerConfig, TransactionKey, TransactionLayer
@@ -179,6 +179,9 @@ class UABase:
         self._sent: dict[TransactionKey, _Sent] = {}
         self._nc: dict[str, int] = {}  # nonce -> requests made with it (RFC 7616 §3.4)
         self._regs: dict[int, _Registration] = {}
+        # Where a request outside a dialog goes, from its Request-URI. The default takes IP literals
+        # only; the edge replaces it to add DNS (RFC 3263) or an outbound proxy.
+        self.next_hop: Callable[[URI], Address] = uri_destination
 
     # Output ---------------------------------------------------------------------------------------
 

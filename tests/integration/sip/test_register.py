@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -60,13 +59,12 @@ if __name__ == "__main__":
     _client(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4])
     sys.exit(0)
 
+from tests.peers import kamailio as kamailio_peer  # noqa: E402
 from tests.peers import sipp  # noqa: E402
 from tests.peers.ports import free_udp_port  # noqa: E402
 
 pytestmark = pytest.mark.peer
 needs_sipp = pytest.mark.skipif(sipp.SIPP is None, reason="sipp is not installed")
-KAMAILIO = shutil.which("kamailio", path=f"/usr/sbin:/usr/bin:{os.environ.get('PATH', '')}")
-KAMAILIO_MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
 # A registrar that challenges with SHA-256 Digest (qop=auth) and checks against one static password.
 KAMAILIO_CFG = """#!KAMAILIO
 debug=2
@@ -196,37 +194,31 @@ def test_check_config_names_an_unreadable_password_file(tmp_path: Path) -> None:
 
 @pytest.fixture
 def kamailio(tmp_path: Path) -> Iterator[int]:
-    if KAMAILIO is None or not os.path.isdir(KAMAILIO_MODULES):
+    if not kamailio_peer.installed():
         pytest.skip("kamailio is not installed")
     port = free_udp_port()
-    cfg = tmp_path / "kamailio.cfg"
-    cfg.write_text(KAMAILIO_CFG.format(port=port, modules=KAMAILIO_MODULES))
-    with (tmp_path / "kamailio.log").open("wb") as log:
-        proc = subprocess.Popen([KAMAILIO, "-f", str(cfg), "-DD", "-E", "-Y", str(tmp_path),
-                                 "-P", str(tmp_path / "kamailio.pid")], stdout=log, stderr=subprocess.STDOUT)
+    server = kamailio_peer.Kamailio(KAMAILIO_CFG.format(port=port, modules=kamailio_peer.MODULES),
+                                    tmp_path / "kamailio", [port])
     try:
-        deadline = time.monotonic() + 5
-        while port not in _bound_udp_ports() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.02)
-        if proc.poll() is not None:
-            pytest.fail((tmp_path / "kamailio.log").read_text(errors="replace"))
         yield port
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+        server.stop()  # the whole process group: its children ignore SIGTERM once the main one is gone
 
 
-def _bound_udp_ports() -> set[int]:
-    ports = set()
-    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
-        local = line.split()[1]
-        ports.add(int(local.split(":")[1], 16))
-    return ports
+def test_kamailio_leaves_no_process_behind(tmp_path: Path) -> None:
+    if not kamailio_peer.installed():
+        pytest.skip("kamailio is not installed")
+    port = free_udp_port()
+    server = kamailio_peer.Kamailio(KAMAILIO_CFG.format(port=port, modules=kamailio_peer.MODULES),
+                                    tmp_path / "kamailio", [port])
+    deadline = time.monotonic() + 10
+    children: list[int] = []
+    while not children and time.monotonic() < deadline:  # it binds first, then forks
+        children = [pid for pid in kamailio_peer.group_members(server.pgid) if pid != server.pgid]
+        time.sleep(0.02)
+    assert children  # children=1 still forks a worker, a timer and more: the ones that used to stay
+    server.stop()
+    assert kamailio_peer.group_members(server.pgid) == []
 
 
 def test_kamailio_accepts_our_sha256_answer_and_the_unregister(kamailio: int) -> None:

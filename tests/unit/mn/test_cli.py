@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from sipmob.mn import cli, control
+from sipmob.mn import cli
+from sipmob.mn import control_client as control
 
 
 @pytest.fixture
