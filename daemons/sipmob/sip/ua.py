@@ -38,8 +38,9 @@ from sipmob.sip.auth import Challenge, authorization
 from sipmob.sip.dialog import Dialog, DialogId, DialogState, uri_destination
 from sipmob.sip.headers import CSeq, Replaces
 from sipmob.sip.message import Headers, Request, Response, make_response, reason_phrase
+from sipmob.sip.policy import DEFAULT_POLICY, Admission, RequestPolicy
 from sipmob.sip.transaction import TimerConfig, TransactionKey, TransactionLayer
-from sipmob.sip.transport import Address
+from sipmob.sip.transport import Address, fits_transport
 from sipmob.sip.uri import URI, NameAddr, SIPParseError
 
 log = logging.getLogger("sipmob.sip.ua")
@@ -276,15 +277,19 @@ class UACore:
 
     `local` are the addresses we listen on (the first one is our Contact); `capabilities_sdp`
     is the body of our OPTIONS answers (RFC 3261 §11.2). `token` makes tags, Call-IDs and branches;
-    `rng` draws the §14.1 back-off: tests pass deterministic ones.
+    `rng` draws the §14.1 back-off: tests pass deterministic ones. `policy` decides who may do
+    what (`sipmob.sip.policy`); without one, only RFC 3891 §6's rule on Replaces applies.
     """
 
     def __init__(self, local: Sequence[Address], *, user: str = "sipmob", display_name: str | None = None,
                  user_agent: str | None = "sipmob/0.1", timers: TimerConfig | None = None,
                  capabilities_sdp: Callable[[], bytes] | None = None,
                  token: Callable[[], str] | None = None, rng: random.Random | None = None,
-                 credentials: CredentialsLookup | tuple[str, str] | None = None) -> None:
+                 credentials: CredentialsLookup | tuple[str, str] | None = None,
+                 policy: RequestPolicy | None = None) -> None:
         self.credentials = credentials
+        # asked before any request from outside a dialog becomes an event (sipmob.sip.policy)
+        self.policy: RequestPolicy = policy if policy is not None else DEFAULT_POLICY
         self._token = token or (lambda: secrets.token_hex(8))
         self.layer = TransactionLayer(list(local), timers, branch_token=self._token)
         self.timers = self.layer.timers
@@ -446,6 +451,13 @@ class UACore:
             body = sdp
             h.append(("Content-Type", SDP))
         response = make_response(c.invite, status, reason, to_tag=tag, headers=h, body=body)
+        if not self._fits(response):
+            too_large = make_response(c.invite, 513, to_tag=tag, headers=self._response_common())
+            self.layer.send_response(too_large, now)
+            self._forget(c, now)
+            self._events.append(CallFailed(c.handle, 513, "our answer is too large for UDP"))
+            self._pump(now)
+            return
         if 100 < status < 300 and c.dialog is None:
             c.dialog = Dialog.from_uas(c.invite, tag, self.local_contact)
             self._by_dialog[c.dialog.id] = c.handle
@@ -526,6 +538,9 @@ class UACore:
             if sr.request.body:
                 c.remote_sdp = sr.request.body
         response = make_response(sr.request, status, reason, headers=h, body=body)
+        if not self._fits(response):
+            response = make_response(sr.request, 513, headers=self._response_common())
+            status = 513
         self.layer.send_response(response, now)
         if 200 <= status < 300:
             c.ok = response
@@ -658,8 +673,11 @@ class UACore:
         tag = (sr.to_tag or self._token()) if request.to.tag is None else None
         if request.method == "SUBSCRIBE" and tag is not None and 200 <= status < 300:
             h.append(("Contact", str(self.local_contact)))
-        self.layer.send_response(make_response(request, status, reason, to_tag=tag, headers=h, body=body),
-                                 now)
+        response = make_response(request, status, reason, to_tag=tag, headers=h, body=body)
+        if not self._fits(response):
+            status = 513
+            response = make_response(request, 513, to_tag=tag, headers=self._response_common())
+        self.layer.send_response(response, now)
         created: int | None = None
         ok = 200 <= status < 300
         if request.method == "SUBSCRIBE" and tag is not None and ok:
@@ -946,7 +964,10 @@ class UACore:
             return
         if method == "INVITE":
             self._on_invite(event, now)
-        elif method in self.app_methods:
+            return
+        if self._refused(event, None, now):
+            return
+        if method in self.app_methods:
             rid = self._new_handle()
             self._server[rid] = _ServerRequest(request, event.transaction_key, None, self._token())
             self._events.append(RequestReceived(None, rid, request))
@@ -976,6 +997,7 @@ class UACore:
             return
         replaces: Replaces | None = None
         replaces_call: int | None = None
+        replaced: Dialog | None = None
         value = request.headers.get("Replaces")
         if value is not None:
             replaces = Replaces.parse(value)
@@ -989,6 +1011,9 @@ class UACore:
             if replaces.early_only and old.state == "confirmed":
                 self._reply(request, 486, now)
                 return
+            replaced = old.dialog
+        if self._refused(event, replaced, now):
+            return
         referred_by_s = request.headers.get("Referred-By")
         referred_by = NameAddr.parse(referred_by_s.strip()) if referred_by_s else None
         handle = self._new_handle()
@@ -998,6 +1023,17 @@ class UACore:
         self._by_invite_key[event.transaction_key] = handle
         self._events.append(IncomingInvite(handle, request, request.body or None, replaces,
                                            replaces_call, referred_by))
+
+    def _refused(self, event: tx.RequestReceived, replaced: Dialog | None, now: float) -> bool:
+        """Ask the policy; answer a refusal here. True when the request was refused."""
+        dialogs = sum(1 for c in self._calls.values() if c.kind == "invite")
+        refusal = self.policy.admit(Admission(event.request, event.source, now, replaced, dialogs))
+        if refusal is None:
+            return False
+        log.info("refused %s from %s:%d: %d %s", event.request.method, event.source.host, event.source.port,
+                 refusal.status, refusal.reason or reason_phrase(refusal.status))
+        self._reply(event.request, refusal.status, now, reason=refusal.reason)
+        return True
 
     def _on_cancel(self, event: tx.RequestReceived, now: float) -> None:
         request = event.request
@@ -1389,6 +1425,14 @@ class UACore:
         self._client[key] = (op, None, "BYE")
         c.dialog.terminate()
         return op
+
+    @staticmethod
+    def _fits(response: Response) -> bool:
+        fits = fits_transport(response, len(response.to_bytes()))
+        if not fits:
+            log.warning("a %d to %s does not fit in a UDP datagram: answering 513 instead",
+                        response.status, response.cseq.method)
+        return fits
 
     def _reply(self, request: Request, status: int, now: float, *, reason: str | None = None,
                headers: Sequence[tuple[str, str]] = (), body: bytes = b"") -> None:
