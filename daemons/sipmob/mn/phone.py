@@ -28,12 +28,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
+import sqlite3
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
 
 from sipmob.media import codecs as media_codecs
@@ -56,6 +58,8 @@ from sipmob.mn.mobility import (
     plan_split,
     plan_transfer,
 )
+from sipmob.mn.policy import PhonePolicy
+from sipmob.mn.store import CallStore, StoredCall
 from sipmob.sdp import (
     Codec,
     Direction,
@@ -75,11 +79,15 @@ from sipmob.service import daemon
 from sipmob.service.config import ConfigError, ConfigProblem, split_host_port
 from sipmob.service.sipua import Call, CallFailed, IncomingCall, Registration, SIPError, UserAgent
 from sipmob.service.slp import SLPClient
+from sipmob.sip.dialog import Dialog
 from sipmob.sip.uri import URI
 
 log = logging.getLogger("sipmob.mn")
 
 STOP_WAIT = 2.0  # seconds to wait for the answers to our BYEs when stopping
+# CSeqs a dialog may have used after its record was last written (requests are written before
+# they are sent, so 1 would do; the margin costs nothing, §12.2.1.1 only asks that CSeq grows)
+RESTART_SEQ_MARGIN = 100
 VIDEO_CODECS = (Codec("VP8", 90000), Codec("H264", 90000, fmtp="packetization-mode=1"),
                 Codec("H263", 90000))
 
@@ -107,6 +115,7 @@ class PhoneCall:
     busy: bool = False
     recorder: WavRecorder | None = None
     video_rtp: Any = None  # RtpEndpoint receiving the CN's video, when the CN offered some
+    ended: bool = False
 
     def state(self) -> CallState:
         return CallState(self.id, self.peer, self.cn_sdp, self.local_sdp, self.layout,
@@ -158,6 +167,7 @@ class _CallControl:
         self.pc.device_calls[device] = call
         self.pc.device_oas[device] = oa
         call.on_terminated(lambda c, reason: self._device_ended(device, c))
+        self.phone.persist(self.pc)  # before anything is sent that moves media to this device
         return self._answer_of(oa, call.remote_sdp, device)
 
     def _answer_of(self, oa: OfferAnswerState, body: bytes | None, who: str) -> SessionDescription:
@@ -182,6 +192,7 @@ class _CallControl:
     def bye_device(self, device: str) -> defer.Deferred[Any] | None:
         call = self.pc.device_calls.pop(device, None)
         self.pc.device_oas.pop(device, None)
+        self.phone.persist(self.pc)
         return call.bye() if call is not None else None
 
     @defer.inlineCallbacks
@@ -197,6 +208,7 @@ class _CallControl:
     @defer.inlineCallbacks
     def reinvite_cn(self, offer: SessionDescription) -> Any:
         pc = self.pc
+        self.phone.persist(pc)
         try:
             response = yield pc.call.reinvite(pc.oa.create_offer(offer).to_bytes())
         except SIPError as exc:
@@ -234,15 +246,21 @@ class Phone:
                 raise ConfigError([ConfigProblem(identity.password_file, "",
                                                  f"cannot read the password file: {exc.strerror}")]) from None
             credentials = (identity.auth_user or identity.user, password)
+        self._answering = 0  # INVITEs accepted whose ACK has not come yet
+        self.policy = self._policy(config)
         self.ua = UserAgent(reactor, listen=[(config.listen.address, config.listen.port, "udp")],
                             user=identity.user, display_name=identity.display_name or None,
-                            capabilities_sdp=self._capabilities, credentials=credentials)
+                            capabilities_sdp=self._capabilities, credentials=credentials,
+                            policy=self.policy)
+        self._media_watch: task.LoopingCall | None = None
         self.registration: Registration | None = None
         self._registration_logged: tuple[str, int | None] | None = None
         self.slp = SLPClient(reactor, da=config.da_address, scopes=config.slp.scopes,
                              multicast=config.da_address is None)
         self.control = ControlServer(reactor, config.control_path, self.handle)
         self.calls: dict[str, PhoneCall] = {}
+        self.store: CallStore | None = None
+        self.recovered: list[dict[str, Any]] = []  # calls found in the store at start, and their fate
         self._next_id = 1
         self.codecs = tuple(media_codecs.lookup(name, 8000) for name in config.media.codecs)
 
@@ -252,17 +270,30 @@ class Phone:
     def start(self) -> Any:
         yield self.ua.start()
         self.ua.on_incoming_call(self._incoming)
+        self._open_store()
         if self.config.identity.registrar:
             self._register()
         self.control.start()
         log.info("phone %s ready; control socket %s", self.ua.contact, self.control.path)
 
     def reload(self, config: MnConfig) -> None:
-        self.config = dataclasses.replace(self.config, calls=config.calls, media=config.media, slp=config.slp)
+        self.config = dataclasses.replace(self.config, calls=config.calls, media=config.media, slp=config.slp,
+                                          identity=dataclasses.replace(self.config.identity,
+                                                                       owners=config.identity.owners))
+        self.ua._core.policy = self.policy = self._policy(self.config)
+
+    def _policy(self, config: MnConfig) -> PhonePolicy:
+        calls = config.calls
+        return PhonePolicy(user=config.identity.user, owners=config.identity.owners,
+                           answer_from=calls.answer_from, max_calls=calls.max_calls,
+                           setups_per_minute=calls.setups_per_minute,
+                           calls=lambda: len(self.calls) + self._answering)
 
     @defer.inlineCallbacks
     def stop(self) -> Any:
         yield self.control.stop()
+        if self._media_watch is not None and self._media_watch.running:
+            self._media_watch.stop()
         byes: list[defer.Deferred[Any]] = []
         for pc in list(self.calls.values()):
             byes += [call.bye() for call in pc.device_calls.values()]
@@ -280,6 +311,74 @@ class Phone:
         yield self.slp.close()
         yield self._unregister()
         yield self.ua.stop()
+        if self.store is not None:
+            self.store.close()
+
+    # Calls that outlive the process -----------------------------------------------------------------
+
+    def _open_store(self) -> None:
+        path = self.config.state_file
+        try:
+            self.store = CallStore(path, str(self.ua.contact))
+            stored = self.store.calls()
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("calls will not survive a restart: cannot use %s: %s", path, exc)
+            self.store = None
+            return
+        for call in stored:
+            self._end_stored(call)
+
+    def _end_stored(self, stored: StoredCall) -> None:
+        """A call the phone held when it last stopped without ending it (a crash, kill -9): its
+        media state is gone with the process, so every leg gets a BYE (no orphan RTP between the
+        CN and the devices), and `sipmob calls` says so."""
+        assert self.store is not None
+        if stored.id.isdigit():
+            self._next_id = max(self._next_id, int(stored.id) + 1)
+        legs = [(stored.peer, stored.cn)]
+        legs += [(stored.names.get(d, d), record) for d, record in stored.devices.items()]
+        byes: list[defer.Deferred[Any]] = []
+        for who, record in legs:
+            try:
+                dialog = Dialog.from_record(record, seq_margin=RESTART_SEQ_MARGIN)
+                byes.append(self.ua.adopt(dialog).bye())
+            except Exception as exc:  # a damaged record must not stop the phone
+                log.warning("call %s: cannot end the leg with %s: %s", stored.id, who, exc)
+        entry = {"id": stored.id, "peer": stored.peer, "state": "ending (the phone restarted)",
+                 "streams": list(stored.streams), "devices": sorted(stored.devices), "sending": False,
+                 "rtp_sent": 0, "rtp_received": 0, "video_received": 0}
+        self.recovered.append(entry)
+        log.warning("call %s with %s was left by a previous run: BYE to it and %d device(s)", stored.id,
+                    stored.peer, len(stored.devices))
+
+        def done(_: Any) -> None:
+            entry["state"] = "ended (the phone restarted)"
+            if self.store is not None:
+                self.store.delete(stored.id)
+
+        defer.DeferredList(byes, consumeErrors=True).addCallback(done)
+
+    def persist(self, pc: PhoneCall) -> None:
+        """Write the call's legs and layout (before what depends on them is sent)."""
+        if self.store is None or pc.ended:
+            return
+        record = StoredCall(pc.id, pc.peer, pc.call.dialog.to_record(),
+                            local_sdp=pc.local_sdp.to_bytes().decode(errors="replace"),
+                            remote_sdp=pc.cn_sdp.to_bytes().decode(errors="replace"),
+                            devices={d: c.dialog.to_record() for d, c in pc.device_calls.items()},
+                            names=dict(pc.names), streams=tuple(pc.describe()["streams"]))
+        try:
+            self.store.put(record)
+        except sqlite3.Error as exc:
+            log.warning("call %s: cannot write %s: %s", pc.id, self.store.path, exc)
+
+    def _forget_stored(self, pc: PhoneCall) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.delete(pc.id)
+        except sqlite3.Error as exc:
+            log.warning("call %s: cannot remove it from %s: %s", pc.id, self.store.path, exc)
 
     # Registration ---------------------------------------------------------------------------------
 
@@ -392,6 +491,8 @@ class Phone:
         call.on_terminated(lambda c, reason: self._remote_ended(pc, reason))
         self.start_media(pc)
         log.info("call %s with %s established", cid, peer)
+        self.persist(pc)
+        self._watch_media()
         return pc
 
     def _remote_ended(self, pc: PhoneCall, reason: str) -> None:
@@ -405,6 +506,10 @@ class Phone:
 
     def _ended(self, pc: PhoneCall) -> None:
         self.calls.pop(pc.id, None)
+        if pc.ended:  # the BYE we send on stop ends the call a second time, through on_terminated
+            return
+        pc.ended = True
+        self._forget_stored(pc)
         pc.rtp.stop_sending()
         if pc.recorder is not None:
             pc.rtp.detach_recorder()
@@ -412,6 +517,49 @@ class Phone:
         pc.rtp.close()
         if pc.video_rtp is not None:
             pc.video_rtp.close()
+
+    # Media timeout --------------------------------------------------------------------------------
+
+    def _watch_media(self) -> None:
+        timeout = self.config.calls.media_timeout
+        if timeout <= 0 or (self._media_watch is not None and self._media_watch.running):
+            return
+        self._media_watch = task.LoopingCall(self._check_media)
+        self._media_watch.clock = self.reactor
+        self._media_watch.start(max(0.5, min(5.0, timeout / 4)), now=False)
+
+    def _check_media(self) -> None:
+        """End with BYE every call whose other party has sent nothing for ``media_timeout`` while
+        we play it (RTP timeout as PBXs have it). A call on hold or whose peer says it does not
+        send (recvonly, inactive), one whose audio is on devices, and one being moved are left alone:
+        their silence is legitimate."""
+        timeout = self.config.calls.media_timeout
+        if not self.calls or timeout <= 0:
+            if self._media_watch is not None and self._media_watch.running:
+                self._media_watch.stop()
+            return
+        for pc in list(self.calls.values()):
+            if pc.busy or not pc.rtp.sending or pc.rtp.sending_since is None:
+                continue
+            index = self.audio_index(pc)
+            if index is None or index >= len(pc.cn_sdp.media):
+                continue
+            if pc.cn_sdp.direction(index) not in (Direction.SENDRECV, Direction.SENDONLY):
+                continue
+            heard = max(pc.rtp.last_heard or 0.0, pc.rtp.sending_since)
+            silence = time.monotonic() - heard
+            if silence >= timeout:
+                log.warning("call %s with %s: no media from it for %.0f s: hanging up", pc.id, pc.peer,
+                            silence)
+                self.hang_up(pc)
+
+    def hang_up(self, pc: PhoneCall) -> None:
+        """BYE to the CN and to every device of the call, and forget it."""
+        for device, call in list(pc.device_calls.items()):
+            call.bye().addErrback(lambda f, d=device: log.warning("BYE to %s failed", d))
+        pc.device_calls.clear()
+        pc.call.bye().addErrback(lambda f: log.warning("BYE to %s failed", pc.peer))
+        self._ended(pc)
 
     # Calls ----------------------------------------------------------------------------------------
 
@@ -437,7 +585,14 @@ class Phone:
             incoming.reject(488)
             self._close(rtp, video_rtp)
             return
+        self._answering += 1
+
+        def answered(result: Any) -> Any:
+            self._answering -= 1
+            return result
+
         d = incoming.accept(stamped.to_bytes())
+        d.addBoth(answered)
         d.addCallbacks(lambda call: self._add_call(call, str(call.dialog.remote_uri.uri), oa, rtp, video_rtp),
                        lambda failure: self._close(rtp, video_rtp))
 
@@ -529,6 +684,7 @@ class Phone:
         pc.layout = outcome.layout
         pc.device_sdps = dict(outcome.device_sdps)
         pc.cn_sdp = outcome.cn_sdp
+        self.persist(pc)
         return outcome.message
 
     @defer.inlineCallbacks
@@ -563,7 +719,7 @@ class Phone:
         if command == "call":
             return self.call(str(args.get("uri", "")))
         if command == "calls":
-            return [pc.describe() for pc in self.calls.values()]
+            return [pc.describe() for pc in self.calls.values()] + list(self.recovered)
         if command == "transfer":
             return self.transfer(args)
         if command == "split":

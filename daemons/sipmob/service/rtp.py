@@ -100,6 +100,11 @@ class RtpEndpoint:
         self._heard: set[int] = set()  # SSRCs heard since the last report
         self._packets_at_report = 0
         self._last_source: Address | None = None
+        # monotonic times of the last RTP or RTCP packet received, and of the start of sending:
+        # what a media timeout measures silence from
+        self.last_heard: float | None = None
+        self.sending_since: float | None = None
+        self._closed = False
         if rtcp:
             self._port = self._listen_pair(bind)
             self.rtcp = RtcpSession(self.ssrc, cname or f"sipmob@{bind[0]}", rtcp_interval)
@@ -149,7 +154,8 @@ class RtpEndpoint:
                                self._next_sequence, self._next_timestamp)
         self._sender, self._source, self._codec, self._samples = sender, source, codec, samples
         self._destination = self._checked(destination)
-        sender.start(self._monotonic())
+        self.sending_since = self._monotonic()
+        sender.start(self.sending_since)
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = self._reactor
         self._loop.start(ptime, now=True).addErrback(self._loop_failed)
@@ -195,8 +201,16 @@ class RtpEndpoint:
                              rtcp_malformed=self._rtcp_counts[2],
                              round_trip=self.rtcp.round_trip if self.rtcp else None)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> Any:
-        """Stop sending (with RTCP, say BYE) and release the sockets; returns the RTP port's Deferred."""
+        """Stop sending (with RTCP, say BYE) and release the sockets; returns the RTP port's Deferred.
+        Closing again does nothing."""
+        if self._closed:
+            return None
+        self._closed = True
         self.stop_sending()
         if self._rtcp_call is not None and self._rtcp_call.active():
             self._rtcp_call.cancel()
@@ -282,6 +296,7 @@ class RtpEndpoint:
             log.debug("dropped a malformed RTCP packet from %s:%d: %s", addr[0], addr[1], exc)
             return
         self._rtcp_counts[1] += 1
+        self.last_heard = self._monotonic()
         if self.on_rtcp is not None:
             try:
                 self.on_rtcp(packets, addr, self._monotonic())
@@ -320,6 +335,7 @@ class RtpEndpoint:
             self.malformed += 1
             log.debug("dropped a malformed RTP packet from %s:%d: %s", addr[0], addr[1], exc)
             return
+        self.last_heard = now
         stats = self._sources.get(packet.ssrc)
         if stats is None:
             stats = self._sources[packet.ssrc] = SourceStats(packet.ssrc, self.clock_rate)

@@ -24,6 +24,7 @@ from sipmob.sip import ua as core
 from sipmob.sip.dialog import Dialog
 from sipmob.sip.headers import Replaces
 from sipmob.sip.message import Request, Response, reason_phrase
+from sipmob.sip.policy import RequestPolicy
 from sipmob.sip.transaction import Event, TimerConfig
 from sipmob.sip.transport import Address
 from sipmob.sip.uri import URI, NameAddr
@@ -393,9 +394,11 @@ class UserAgent:
                  user: str = "sipmob", display_name: str | None = None, user_agent: str = "sipmob/0.1",
                  timers: TimerConfig | None = None,
                  capabilities_sdp: Callable[[], bytes] | None = None,
-                 credentials: core.CredentialsLookup | tuple[str, str] | None = None) -> None:
+                 credentials: core.CredentialsLookup | tuple[str, str] | None = None,
+                 policy: RequestPolicy | None = None) -> None:
         """`credentials` answer Digest challenges (401/407): ``(username, password)`` or a
-        function of the realm returning them (or None)."""
+        function of the realm returning them (or None). `policy` decides which requests from
+        outside a dialog the core acts on (`sipmob.sip.policy`)."""
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
@@ -403,7 +406,7 @@ class UserAgent:
         self._listen = listen
         self._options = {"user": user, "display_name": display_name, "user_agent": user_agent,
                          "timers": timers, "capabilities_sdp": capabilities_sdp,
-                         "credentials": credentials}
+                         "credentials": credentials, "policy": policy}
         self._transport = SIPTransport(reactor, None, listen, on_event=self._on_layer_event)
         self._core_obj: core.UACore | None = None
         self._timer: TimerDriver | None = None
@@ -532,6 +535,14 @@ class UserAgent:
         first = registration._first
         self._flush()
         return first
+
+    def adopt(self, dialog: Dialog, *, local_sdp: bytes | None = None,
+              remote_sdp: bytes | None = None) -> Call:
+        """A `Call` for a dialog held before a restart (`sipmob.sip.ua.UACore.adopt`)."""
+        handle = self._core.adopt(dialog, local_sdp=local_sdp, remote_sdp=remote_sdp)
+        call = Call(self, handle)
+        self._calls[handle] = call
+        return call
 
     def options(self, target: str | URI, *, timeout: float | None = None) -> defer.Deferred[Response]:
         """Send OPTIONS; fires with the final response (any status), errback `SIPError(408)` on a

@@ -36,10 +36,11 @@ from sipmob.sip.uri import URI, NameAddr, SIPParseError
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Refusal:
-    """The answer to a request that is not admitted."""
+    """The answer to a request that is not admitted (with `headers`, e.g. Retry-After)."""
 
     status: int
     reason: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not 300 <= self.status < 700:

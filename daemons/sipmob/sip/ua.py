@@ -501,6 +501,21 @@ class UACore:
         self._pump(now)
         return op
 
+    def adopt(self, dialog: Dialog, *, local_sdp: bytes | None = None,
+              remote_sdp: bytes | None = None) -> int:
+        """Take over a confirmed INVITE dialog this UA held before a restart (from its state file):
+        it becomes a call like any other (BYE, re-INVITE, requests from the peer). Returns its handle."""
+        if dialog.id in self._by_dialog:
+            raise UAError(f"dialog {dialog.call_id} is held already")
+        dialog.state = DialogState.CONFIRMED
+        handle = self._new_handle()
+        # What the INVITE was matters no more: a request of the dialog's shape stands in for it.
+        invite = dialog.create_request("INVITE", cseq=dialog.local_seq)
+        self._calls[handle] = _Call(handle, dialog.is_uac, "confirmed", invite, dialog=dialog,
+                                    local_sdp=local_sdp, remote_sdp=remote_sdp)
+        self._by_dialog[dialog.id] = handle
+        return handle
+
     def ack_pending(self, call: int) -> bool:
         """Whether the call's last 2xx (to a late-offer INVITE or re-INVITE) waits for `ack`."""
         c = self._calls.get(call)
@@ -1032,7 +1047,7 @@ class UACore:
             return False
         log.info("refused %s from %s:%d: %d %s", event.request.method, event.source.host, event.source.port,
                  refusal.status, refusal.reason or reason_phrase(refusal.status))
-        self._reply(event.request, refusal.status, now, reason=refusal.reason)
+        self._reply(event.request, refusal.status, now, reason=refusal.reason, headers=refusal.headers)
         return True
 
     def _on_cancel(self, event: tx.RequestReceived, now: float) -> None:

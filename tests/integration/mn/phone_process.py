@@ -48,7 +48,8 @@ class Phone:
             f'[listen]\naddress = "127.0.0.1"\nport = {self.port}\n'
             f'[calls]\nauto_answer = {str(auto_answer).lower()}\ngrace_period = {grace}\n'
             'device_timeout = 2.0\noptions_timeout = 1.0\n'
-            f'[slp]\nda = "{da}"\n[control]\npath = "{self.control}"\n')
+            f'[slp]\nda = "{da}"\n[control]\npath = "{self.control}"\n'
+            f'[state]\nfile = "{directory / "calls.sqlite"}"\n')
         self.log = open(directory / "phone.log", "wb")  # closed in stop()
         self.log_path = directory / "phone.log"
         self.proc = subprocess.Popen([sys.executable, "-m", "sipmob.mn.cli", "phone", "--config",

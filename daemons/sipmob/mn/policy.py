@@ -1,0 +1,112 @@
+"""Who may do what to ``sipmob phone``: the phone's one policy object, asked by the UA core before it
+acts on any request from outside a dialog (`sipmob.sip.policy.RequestPolicy`).
+
+Responsible for, in this order (the cheapest refusal first):
+
+1. 404 for a Request-URI user that is not the phone's (an OPTIONS to the bare host is answered, §11);
+2. 503 with Retry-After for a source address past ``[calls] setups_per_minute`` new INVITEs (a token
+   bucket per address; at most `MAX_SOURCES` addresses are tracked, the least recently seen one is
+   forgotten first, so a flooder rotating addresses cannot make the table grow or reset everyone's);
+3. 486 once ``[calls] max_calls`` calls are up or being answered (each costs two sockets and a
+   sender; the phone must never run out of descriptors);
+4. RFC 3891 §6 for INVITE with Replaces: 403 unless the replaced call's peer or one of ``[identity]
+   owners`` refers it, or the peer itself asks (`sipmob.sip.policy.replaces_permitted`);
+5. 403 for a new call from a source outside ``[calls] answer_from`` (networks): only those callers are
+   answered by ``auto_answer``. The default is loopback and the private and link-local ranges, the
+   networks a home is made of; a caller behind a provider's proxy needs the proxy's address added.
+
+Re-INVITEs, BYEs and everything else inside a dialog are the dialog's (the core matches them by
+Call-ID and tags, and only the peer knows those); they never come here.
+
+Not here: the SIP rules themselves (`sipmob.sip`), media timeouts (`sipmob.mn.phone`).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import ipaddress
+from collections.abc import Callable, Iterable
+
+from sipmob.mn.config import HOME_NETWORKS
+from sipmob.sip.policy import Admission, Refusal, replaces_permitted, user_is_ours
+from sipmob.sip.uri import URI
+
+MAX_SOURCES = 4096  # source addresses whose setup rate is tracked
+
+
+@dataclasses.dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    at: float
+
+
+class PhonePolicy:
+    """The phone's rules, from its configuration; `calls()` says how many calls are up or being
+    answered right now."""
+
+    def __init__(self, *, user: str, owners: Iterable[str] = (), answer_from: Iterable[str] = HOME_NETWORKS,
+                 max_calls: int = 4, setups_per_minute: float = 10.0,
+                 calls: Callable[[], int] = lambda: 0) -> None:
+        self.user = user
+        self.owners = tuple(URI.parse(o) for o in owners)
+        self.answer_from = tuple(ipaddress.ip_network(n, strict=False) for n in answer_from)
+        self.max_calls = max_calls
+        self.rate = setups_per_minute / 60.0
+        self.burst = max(1.0, min(setups_per_minute, 5.0))
+        self.calls = calls
+        self._buckets: collections.OrderedDict[str, _Bucket] = collections.OrderedDict()
+        self.refused: collections.Counter[int] = collections.Counter()
+
+    def admit(self, admission: Admission) -> Refusal | None:
+        refusal = self._decide(admission)
+        if refusal is not None:
+            self.refused[refusal.status] += 1
+        return refusal
+
+    def _decide(self, admission: Admission) -> Refusal | None:
+        request = admission.request
+        if not user_is_ours(request, (self.user,), hostless_ok=request.method == "OPTIONS"):
+            return Refusal(404)
+        if request.method != "INVITE":
+            return None
+        if not self._take(admission.source.host, admission.now):
+            retry = (("Retry-After", str(self.retry_after())),)
+            return Refusal(503, "Too Many Calls From This Address", retry)
+        if self.calls() >= self.max_calls:
+            return Refusal(486)
+        if admission.replaced is not None:
+            if replaces_permitted(admission.replaced, request, self.owners):
+                return None
+            return Refusal(403, "Replaces Not Authorised")
+        if not self.answers(admission.source.host):
+            return Refusal(403, "Not Answered From This Network")
+        return None
+
+    def answers(self, host: str) -> bool:
+        """Whether a caller at `host` is one ``auto_answer`` answers."""
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        return any(address in network for network in self.answer_from if network.version == address.version)
+
+    def retry_after(self) -> int:
+        """Seconds until one more setup is allowed from a source that used up its share."""
+        return max(1, round(1.0 / self.rate)) if self.rate > 0 else 3600
+
+    def _take(self, host: str, now: float) -> bool:
+        bucket = self._buckets.get(host)
+        if bucket is None:
+            bucket = _Bucket(self.burst, now)
+            self._buckets[host] = bucket
+            if len(self._buckets) > MAX_SOURCES:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(host)
+            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.at) * self.rate)
+            bucket.at = now
+        if bucket.tokens < 1.0:
+            return False
+        bucket.tokens -= 1.0
+        return True
