@@ -115,6 +115,9 @@ class Party:
                 self.messages.append(data)
                 self._cond.notify_all()
 
+    def _via(self) -> str:
+        return f"Via: SIP/2.0/UDP {self.host}:{self.port};branch=z9hG4bK{secrets.token_hex(6)};rport"
+
     def send(self, data: bytes, to: tuple[str, int] = (PHONE, SIP_PORT)) -> None:
         self.sock.sendto(data, to)
 
@@ -148,7 +151,7 @@ class Party:
         sdp = (f"v=0\r\no=- 1 1 IN IP4 {host}\r\ns=-\r\nc=IN IP4 {host}\r\nt=0 0\r\n"
                f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n").encode()
         lines = [f"INVITE sip:{to_user}@{PHONE}:{SIP_PORT} SIP/2.0",
-                 via or f"Via: SIP/2.0/UDP {self.host}:{self.port};branch=z9hG4bK{secrets.token_hex(6)};rport"]
+                 via or self._via()]
         lines += ["Max-Forwards: 70", f"From: <{self.uri}>;tag={tag}", f"To: <sip:{to_user}@{PHONE}>",
                   f"Call-ID: {call_id}", "CSeq: 1 INVITE", f"Contact: <{self.uri}>",
                   *(f"{n}: {v}" for n, v in headers or []),
@@ -167,7 +170,7 @@ class Party:
         call_id = header(ok, "Call-ID")
         seq = header(ok, "CSeq").split()[0]
         lines = [f"ACK sip:mn@{PHONE}:{SIP_PORT} SIP/2.0",
-                 f"Via: SIP/2.0/UDP {self.host}:{self.port};branch=z9hG4bK{secrets.token_hex(6)};rport",
+                 self._via(),
                  "Max-Forwards: 70", f"From: {header(ok, 'From')}", f"To: {header(ok, 'To')}",
                  f"Call-ID: {call_id}", f"CSeq: {seq} ACK", "Content-Length: 0", "", ""]
         self.send("\r\n".join(lines).encode())
@@ -175,7 +178,7 @@ class Party:
     def options(self, to_user: str = "mn", via: str | None = None) -> str:
         call_id = f"{secrets.token_hex(8)}@{self.host}"
         lines = [f"OPTIONS sip:{to_user}@{PHONE}:{SIP_PORT} SIP/2.0",
-                 via or f"Via: SIP/2.0/UDP {self.host}:{self.port};branch=z9hG4bK{secrets.token_hex(6)};rport",
+                 via or self._via(),
                  "Max-Forwards: 70", f"From: <{self.uri}>;tag={secrets.token_hex(4)}",
                  f"To: <sip:{to_user}@{PHONE}>", f"Call-ID: {call_id}", "CSeq: 1 OPTIONS",
                  "Content-Length: 0", "", ""]
@@ -208,7 +211,8 @@ def sdp_media(message: bytes) -> tuple[str, int]:
 
 def response_to(request: bytes, code: int, reason: str) -> bytes:
     head = request.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
-    keep = [h for h in head[1:] if h.split(":", 1)[0].strip().lower() in ("via", "from", "to", "call-id", "cseq")]
+    names = ("via", "from", "to", "call-id", "cseq")
+    keep = [h for h in head[1:] if h.split(":", 1)[0].strip().lower() in names]
     return ("\r\n".join([f"SIP/2.0 {code} {reason}", *keep, "Content-Length: 0", "", ""])).encode()
 
 

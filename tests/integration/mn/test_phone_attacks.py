@@ -18,10 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.peers import netns
-from tests.peers.sipp import SIPP
-
-from attackers import (  # noqa: I001  (tests/integration/mn is on sys.path: tests/conftest.py)
+from attackers import (  # tests/integration/mn is on sys.path (tests/conftest.py)
     CN,
     PHONE,
     ROGUE,
@@ -39,6 +36,8 @@ from attackers import (  # noqa: I001  (tests/integration/mn is on sys.path: tes
     status,
     until,
 )
+from tests.peers import netns
+from tests.peers.sipp import SIPP
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 MEDIA_TIMEOUT = 3.0

@@ -193,3 +193,29 @@ def test_cn_that_refuses_the_reinvite_keeps_the_call_and_releases_the_device(hom
         assert call["sending"] is True
     finally:
         cn.stop()
+
+
+def test_a_phone_killed_mid_call_ends_the_call_on_every_leg_when_restarted(home: dict[str, Any]) -> None:
+    """kill -9 with the call's audio on a device: the CN and the device would go on sending RTP
+    to each other for ever. The restarted phone finds the call in its state file and ends it with
+    a BYE to each of them, and `sipmob calls` says what became of it."""
+    phone, cn, desk = home["phone"], home["cn"], home["desk"]
+    assert phone.sipmob("call", cn.uri).returncode == 0
+    done = phone.sipmob("transfer", "1", "--to", "desk-phone")
+    assert done.returncode == 0, done.stderr + phone.output()
+    desk.wait_call_event("CALL_ESTABLISHED")
+    cn_start, desk_start = len(cn.events), len(desk.events)
+    phone.kill()
+    time.sleep(1.0)
+    assert cn.calls() and desk.calls(), "the legs should outlive the phone until it comes back"
+    phone.restart()
+    cn.wait_call_event("CALL_CLOSED", timeout=10, start=cn_start)
+    desk.wait_call_event("CALL_CLOSED", timeout=10, start=desk_start)
+    assert until(lambda: not cn.calls() and not desk.calls(), 5)
+    [left] = phone.calls()
+    assert left["id"] == "1" and left["peer"] == cn.uri and left["devices"] == [desk.uri]
+    assert until(lambda: phone.calls()[0]["state"] == "ended (the phone restarted)", 5)
+    done = phone.sipmob("calls")
+    assert done.returncode == 0 and "ended (the phone restarted)  audio: Desk phone" in done.stdout
+    # A new call after the restart gets a number of its own.
+    assert phone.sipmob("call", cn.uri).stdout.strip() == f"call 2 with {cn.uri} established"
