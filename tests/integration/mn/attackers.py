@@ -312,3 +312,76 @@ class Home:
             self.stop()
         finally:
             self.ns.delete()
+
+
+# A bounded mutation fuzzer of the phone's SIP port ---------------------------------------------------
+
+def _seeds(host: str, port: int) -> list[bytes]:
+    sdp = (f"v=0\r\no=- 1 1 IN IP4 {host}\r\ns=-\r\nc=IN IP4 {host}\r\nt=0 0\r\n"
+           "m=audio 4000 RTP/AVP 0 8\r\na=rtpmap:0 PCMU/8000\r\n").encode()
+    common = (f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bKseed;rport\r\nMax-Forwards: 70\r\n"
+              f"From: <sip:f@{host}>;tag=ft\r\nTo: <sip:mn@{PHONE}>\r\nCall-ID: seed@{host}\r\n")
+    out = []
+    for method, extra in (("INVITE", f"Contact: <sip:f@{host}:{port}>\r\n"), ("OPTIONS", ""), ("ACK", ""),
+                          ("BYE", ""), ("CANCEL", ""), ("REFER", f"Refer-To: <sip:x@{host}>\r\n"),
+                          ("NOTIFY", "Event: refer\r\n"), ("INFO", ""), ("REGISTER", ""),
+                          ("INVITE", "Replaces: a@b;to-tag=1;from-tag=2\r\nReferred-By: <sip:o@h>\r\n"
+                                     f"Contact: <sip:f@{host}:{port}>\r\n")):
+        body = sdp if method == "INVITE" else b""
+        ctype = "Content-Type: application/sdp\r\n" if body else ""
+        out.append((f"{method} sip:mn@{PHONE}:{SIP_PORT} SIP/2.0\r\n{common}CSeq: 1 {method}\r\n{extra}{ctype}"
+                    f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+    out.append((f"SIP/2.0 200 OK\r\n{common}CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n").encode())
+    return out
+
+
+_TOKENS = [b"\r\n", b"\x00", b";", b":", b"<", b">", b"@", b"sip:", b"%", b"\xff", b" ", b",", b"=",
+           b"Content-Length: 99999\r\n", b"To: x;tag=\r\n", b"Via: SIP/2.0/TCP 198.51.100.7:7777\r\n",
+           b"9" * 40, b"CSeq: -1 INVITE\r\n", b"\r\n\r\n", b"m=audio 0 RTP/AVP\r\n"]
+
+
+def mutate(seed: bytes, rng: Any) -> bytes:
+    """One to four random edits of `seed`: flip, delete, duplicate a span, insert a token, or cut."""
+    data = bytearray(seed)
+    for _ in range(rng.randint(1, 4)):
+        if not data:
+            data = bytearray(seed)
+        op = rng.randrange(5)
+        i = rng.randrange(len(data))
+        if op == 0:
+            data[i] = rng.randrange(256)
+        elif op == 1:
+            del data[i:i + rng.randint(1, 16)]
+        elif op == 2:
+            j = min(len(data), i + rng.randint(1, 64))
+            data[i:i] = data[i:j] * rng.randint(1, 8)
+        elif op == 3:
+            data[i:i] = rng.choice(_TOKENS)
+        else:
+            del data[i:]
+    return bytes(data[:65000])
+
+
+def fuzz(home: Home, count: int, seed: int = 1, per_burst: int = 50) -> float:
+    """Send `count` mutated SIP messages to the phone from the stranger, the rogue and the CN
+    addresses, `per_burst` at a time with a short pause (so the kernel does not drop them for us);
+    returns the seconds it took."""
+    import random
+
+    rng = random.Random(seed)
+    parties = [home.party(h, "fuzz") for h in (STRANGER, ROGUE, CN)]
+    seeds = {id(p): _seeds(p.host, p.port) for p in parties}
+    start = time.monotonic()
+    try:
+        for n in range(count):
+            party = parties[n % len(parties)]
+            party.send(mutate(rng.choice(seeds[id(party)]), rng))
+            if n % per_burst == per_burst - 1:
+                time.sleep(0.005)
+                for p in parties:
+                    with p._cond:
+                        p.messages.clear()  # a long run must not keep every answer
+    finally:
+        for p in parties:
+            p.close()
+    return time.monotonic() - start
