@@ -42,24 +42,30 @@ from attackers import (  # noqa: E402
 )
 
 
-def legitimate_answer_time(home: Home) -> float | None:
+def legitimate_answer_time(home: Home) -> tuple[int, float]:
+    """A CN's INVITE: its final status (0: none in 10 s) and the time to it."""
     cn = home.party(CN, "cn")
     try:
         start = time.monotonic()
         call_id, _ = cn.invite(media=(CN, 4000))
         response = cn.wait_response(call_id, timeout=10)
-        if response is None or status(response) != 200:
-            return None
         elapsed = time.monotonic() - start
-        cn.ack(response)
-        return elapsed
+        if response is not None and status(response) == 200:
+            cn.ack(response)
+        return (status(response) if response is not None else 0), elapsed
     finally:
         cn.close()
 
 
-def flood_with_probe(home: Home, host: str, n: int) -> tuple[dict[int, int], float | None]:
+def said(answer: tuple[int, float] | None) -> str:
+    if answer is None or answer[0] == 0:
+        return "no answer"
+    return f"{answer[0]} in {answer[1] * 1000:.1f} ms"
+
+
+def flood_with_probe(home: Home, host: str, n: int) -> tuple[dict[int, int], tuple[int, float] | None]:
     party = home.party(host, "flood")
-    probe: list[float | None] = []
+    probe: list[tuple[int, float]] = []
     ids = []
     try:
         for i in range(n):
@@ -97,8 +103,7 @@ def main() -> None:
             time.sleep(2)
             print(f"stranger flood ({STRANGER}): {args.flood} INVITEs -> {dict(sorted(counts.items()))}; "
                   f"packets to the victim: {len(victim.arrivals)}")
-            print(f"  legitimate INVITE during it: "
-                  f"{'no answer' if answer is None else f'200 in {answer * 1000:.1f} ms'}")
+            print(f"  legitimate INVITE during it: {said(answer)}")
 
             start = time.monotonic()
             counts, answer = flood_with_probe(home, ROGUE, args.flood)
@@ -112,11 +117,8 @@ def main() -> None:
                   f"descriptors {fds} -> {peak_fds}")
             print(f"  packets to the victim: {before} in the first {args.media_timeout:.0f} s "
                   f"(media_timeout), {after} in the {end - timeout_at - 2.5:.1f} s after it")
-            print(f"  legitimate INVITE during it: "
-                  f"{'no answer (486: max_calls taken by the flood)' if answer is None else f'200 in {answer * 1000:.1f} ms'}")
-            answer = legitimate_answer_time(home)
-            print(f"  legitimate INVITE after media_timeout: "
-                  f"{'no answer' if answer is None else f'200 in {answer * 1000:.1f} ms'}")
+            print(f"  legitimate INVITE during it: {said(answer)}")
+            print(f"  legitimate INVITE after media_timeout: {said(legitimate_answer_time(home))}")
 
             rss_before = home.rss_kb()
             seconds = fuzz(home, args.fuzz_count, seed=1)

@@ -329,7 +329,8 @@ def _seeds(host: str, port: int) -> list[bytes]:
                                      f"Contact: <sip:f@{host}:{port}>\r\n")):
         body = sdp if method == "INVITE" else b""
         ctype = "Content-Type: application/sdp\r\n" if body else ""
-        out.append((f"{method} sip:mn@{PHONE}:{SIP_PORT} SIP/2.0\r\n{common}CSeq: 1 {method}\r\n{extra}{ctype}"
+        start = f"{method} sip:mn@{PHONE}:{SIP_PORT} SIP/2.0\r\n"
+        out.append((f"{start}{common}CSeq: 1 {method}\r\n{extra}{ctype}"
                     f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
     out.append((f"SIP/2.0 200 OK\r\n{common}CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n").encode())
     return out
