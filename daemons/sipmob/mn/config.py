@@ -117,6 +117,8 @@ class Calls:
                                           "(default: loopback, private and link-local ranges)")
     max_calls: int = setting(4, check=positive,
                              help="calls at once (up or being answered); more get 486 Busy Here")
+    max_calls_per_source: int = setting(2, check=positive,
+                                        help="calls at once from one source address; more get 486")
     setups_per_minute: float = setting(10.0, check=positive,
                                        help="new INVITEs admitted per source address and minute "
                                             "(bursts of up to 5); more get 503 with Retry-After")

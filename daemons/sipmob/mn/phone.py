@@ -25,6 +25,7 @@ Not here: the planning rules, the SIP stack, the command line (`sipmob.mn.cli`).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import secrets
@@ -116,6 +117,7 @@ class PhoneCall:
     recorder: WavRecorder | None = None
     video_rtp: Any = None  # RtpEndpoint receiving the CN's video, when the CN offered some
     ended: bool = False
+    source: str = ""  # the address an incoming call's INVITE came from
 
     def state(self) -> CallState:
         return CallState(self.id, self.peer, self.cn_sdp, self.local_sdp, self.layout,
@@ -247,6 +249,7 @@ class Phone:
                                                  f"cannot read the password file: {exc.strerror}")]) from None
             credentials = (identity.auth_user or identity.user, password)
         self._answering = 0  # INVITEs accepted whose ACK has not come yet
+        self._answering_from: collections.Counter[str] = collections.Counter()
         self.policy = self._policy(config)
         self.ua = UserAgent(reactor, listen=[(config.listen.address, config.listen.port, "udp")],
                             user=identity.user, display_name=identity.display_name or None,
@@ -286,8 +289,13 @@ class Phone:
         calls = config.calls
         return PhonePolicy(user=config.identity.user, owners=config.identity.owners,
                            answer_from=calls.answer_from, max_calls=calls.max_calls,
+                           max_calls_per_source=calls.max_calls_per_source,
                            setups_per_minute=calls.setups_per_minute,
-                           calls=lambda: len(self.calls) + self._answering)
+                           calls=lambda: len(self.calls) + self._answering,
+                           calls_from=self._calls_from)
+
+    def _calls_from(self, host: str) -> int:
+        return self._answering_from[host] + sum(1 for pc in self.calls.values() if pc.source == host)
 
     @defer.inlineCallbacks
     def stop(self) -> Any:
@@ -477,12 +485,13 @@ class Phone:
         raise CannotListenError(self.address, first, "no free RTP port")
 
     def _add_call(self, call: Call, peer: str, oa: OfferAnswerState, rtp: Any,
-                  video_rtp: Any = None) -> PhoneCall:
+                  video_rtp: Any = None, source: str = "") -> PhoneCall:
         cid = str(self._next_id)
         self._next_id += 1
         assert oa.local is not None and oa.remote is not None
         ours, theirs = (oa.local, oa.remote)
-        pc = PhoneCall(cid, peer, call, oa, theirs, ours, rtp, initial_layout(theirs), video_rtp=video_rtp)
+        pc = PhoneCall(cid, peer, call, oa, theirs, ours, rtp, initial_layout(theirs), video_rtp=video_rtp,
+                       source=source)
         if self.config.media.record:
             path = Path(self.config.media.record) / f"call-{cid}.wav"
             pc.recorder = WavRecorder(path)
@@ -585,15 +594,21 @@ class Phone:
             incoming.reject(488)
             self._close(rtp, video_rtp)
             return
+        source = incoming.source.host if incoming.source is not None else ""
         self._answering += 1
+        self._answering_from[source] += 1
 
         def answered(result: Any) -> Any:
             self._answering -= 1
+            self._answering_from[source] -= 1
+            if not self._answering_from[source]:
+                del self._answering_from[source]
             return result
 
         d = incoming.accept(stamped.to_bytes())
         d.addBoth(answered)
-        d.addCallbacks(lambda call: self._add_call(call, str(call.dialog.remote_uri.uri), oa, rtp, video_rtp),
+        d.addCallbacks(lambda call: self._add_call(call, str(call.dialog.remote_uri.uri), oa, rtp, video_rtp,
+                                                   source=source),
                        lambda failure: self._close(rtp, video_rtp))
 
     @staticmethod

@@ -8,7 +8,8 @@ Responsible for, in this order (the cheapest refusal first):
    bucket per address; at most `MAX_SOURCES` addresses are tracked, the least recently seen one is
    forgotten first, so a flooder rotating addresses cannot make the table grow or reset everyone's);
 3. 486 once ``[calls] max_calls`` calls are up or being answered (each costs two sockets and a
-   sender; the phone must never run out of descriptors);
+   sender; the phone must never run out of descriptors), or ``max_calls_per_source`` from the
+   INVITE's source address (so one host cannot take every line);
 4. RFC 3891 §6 for INVITE with Replaces: 403 unless the replaced call's peer or one of ``[identity]
    owners`` refers it, or the peer itself asks (`sipmob.sip.policy.replaces_permitted`);
 5. 403 for a new call from a source outside ``[calls] answer_from`` (networks): only those callers are
@@ -43,15 +44,18 @@ class _Bucket:
 
 class PhonePolicy:
     """The phone's rules, from its configuration; `calls()` says how many calls are up or being
-    answered right now."""
+    answered right now, `calls_from(host)` how many of them came from `host`."""
 
     def __init__(self, *, user: str, owners: Iterable[str] = (), answer_from: Iterable[str] = HOME_NETWORKS,
-                 max_calls: int = 4, setups_per_minute: float = 10.0,
-                 calls: Callable[[], int] = lambda: 0) -> None:
+                 max_calls: int = 4, max_calls_per_source: int = 2, setups_per_minute: float = 10.0,
+                 calls: Callable[[], int] = lambda: 0,
+                 calls_from: Callable[[str], int] = lambda host: 0) -> None:
         self.user = user
         self.owners = tuple(URI.parse(o) for o in owners)
         self.answer_from = tuple(ipaddress.ip_network(n, strict=False) for n in answer_from)
         self.max_calls = max_calls
+        self.max_calls_per_source = max_calls_per_source
+        self.calls_from = calls_from
         self.rate = setups_per_minute / 60.0
         self.burst = max(1.0, min(setups_per_minute, 5.0))
         self.calls = calls
@@ -75,6 +79,8 @@ class PhonePolicy:
             return Refusal(503, "Too Many Calls From This Address", retry)
         if self.calls() >= self.max_calls:
             return Refusal(486)
+        if self.calls_from(admission.source.host) >= self.max_calls_per_source:
+            return Refusal(486, "Busy With Calls From This Address")
         if admission.replaced is not None:
             if replaces_permitted(admission.replaced, request, self.owners):
                 return None

@@ -356,6 +356,7 @@ class IncomingCall:
         self.offer = event.offer
         self.replaces = event.replaces
         self.referred_by = event.referred_by
+        self.source = event.source
         self.replaced: Call | None = ua._calls.get(event.replaces_call) if event.replaces_call else None
         self.cancelled: defer.Deferred[None] = defer.Deferred()
         self._accepted: defer.Deferred[Call] | None = None

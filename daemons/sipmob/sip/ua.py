@@ -77,6 +77,7 @@ class IncomingInvite:
     replaces: Replaces | None
     replaces_call: int | None
     referred_by: NameAddr | None
+    source: Address | None = None  # where the INVITE came from (the policy's view of the caller)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -1037,7 +1038,7 @@ class UACore:
         self._calls[handle] = c
         self._by_invite_key[event.transaction_key] = handle
         self._events.append(IncomingInvite(handle, request, request.body or None, replaces,
-                                           replaces_call, referred_by))
+                                           replaces_call, referred_by, event.source))
 
     def _refused(self, event: tx.RequestReceived, replaced: Dialog | None, now: float) -> bool:
         """Ask the policy; answer a refusal here. True when the request was refused."""
