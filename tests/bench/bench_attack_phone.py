@@ -120,14 +120,17 @@ def main() -> None:
             print(f"  legitimate INVITE during it: {said(answer)}")
             print(f"  legitimate INVITE after media_timeout: {said(legitimate_answer_time(home))}")
 
-            rss_before = home.rss_kb()
-            seconds = fuzz(home, args.fuzz_count, seed=1)
+            rss = [home.rss_kb()]
+            seconds = 0.0
+            for quarter in range(4):  # RSS after each quarter: flat once lingering transactions turn over
+                seconds += fuzz(home, args.fuzz_count // 4, seed=quarter + 1)
+                rss.append(home.rss_kb())
             time.sleep(1)
             out = home.output()
-            print(f"fuzz: {args.fuzz_count} mutated SIP messages in {seconds:.1f} s "
-                  f"({args.fuzz_count / seconds:.0f}/s); tracebacks: {out.count('Traceback')}; "
-                  f"phone alive: {home.proc is not None and home.proc.poll() is None}; "
-                  f"RSS {rss_before / 1024:.1f} -> {home.rss_kb() / 1024:.1f} MB")
+            print(f"fuzz: {args.fuzz_count // 4 * 4} mutated SIP messages in {seconds:.1f} s "
+                  f"({args.fuzz_count // 4 * 4 / seconds:.0f}/s); tracebacks: {out.count('Traceback')}; "
+                  f"phone alive: {home.proc is not None and home.proc.poll() is None}; RSS MB before and "
+                  f"after each quarter: {' '.join(f'{r / 1024:.1f}' for r in rss)}")
         finally:
             victim.close()
             home.close()
