@@ -89,6 +89,9 @@ STOP_WAIT = 2.0  # seconds to wait for the answers to our BYEs when stopping
 # CSeqs a dialog may have used after its record was last written (requests are written before
 # they are sent, so 1 would do; the margin costs nothing, §12.2.1.1 only asks that CSeq grows)
 RESTART_SEQ_MARGIN = 100
+# seconds a destination may answer our RTP with ICMP unreachable, hearing nothing from anyone, before
+# the call is ended: a CN's socket can be a moment late at the start, a forged c= line stays wrong
+UNREACHABLE_GRACE = 2.0
 VIDEO_CODECS = (Codec("VP8", 90000), Codec("H264", 90000, fmtp="packetization-mode=1"),
                 Codec("H263", 90000))
 
@@ -498,6 +501,8 @@ class Phone:
             rtp.attach_recorder(pc.recorder, {c.static_payload_type: c for c in self.codecs})
         self.calls[cid] = pc
         call.on_terminated(lambda c, reason: self._remote_ended(pc, reason))
+        # not from inside the port's own error handling, which a hang-up would close under it
+        rtp.on_unreachable = lambda destination: self.reactor.callLater(0, self._check_unreachable, pc)
         self.start_media(pc)
         log.info("call %s with %s established", cid, peer)
         self.persist(pc)
@@ -555,12 +560,28 @@ class Phone:
                 continue
             if pc.cn_sdp.direction(index) not in (Direction.SENDRECV, Direction.SENDONLY):
                 continue
+            if self._check_unreachable(pc):
+                continue
             heard = max(pc.rtp.last_heard or 0.0, pc.rtp.sending_since)
             silence = time.monotonic() - heard
             if silence >= timeout:
                 log.warning("call %s with %s: no media from it for %.0f s: hanging up", pc.id, pc.peer,
                             silence)
                 self.hang_up(pc)
+
+    def _check_unreachable(self, pc: PhoneCall) -> bool:
+        """End the call if ICMP has said for `UNREACHABLE_GRACE` that our audio's destination is
+        unreachable (and nothing came from it meanwhile). True when it did."""
+        since = pc.rtp.unreachable_since
+        if pc.ended or pc.busy or since is None or not pc.rtp.sending:
+            return False
+        if time.monotonic() - since < UNREACHABLE_GRACE:
+            return False
+        destination = pc.rtp.destination
+        log.warning("call %s with %s: %s:%d is unreachable (ICMP): hanging up", pc.id, pc.peer,
+                    *(destination or ("?", 0)))
+        self.hang_up(pc)
+        return True
 
     def hang_up(self, pc: PhoneCall) -> None:
         """BYE to the CN and to every device of the call, and forget it."""

@@ -204,6 +204,25 @@ def test_a_lan_flood_is_bounded_and_stops_after_media_timeout(home: Home) -> Non
         victim.close()
 
 
+def test_a_destination_answering_icmp_unreachable_ends_the_call_long_before_media_timeout(
+        tmp_path: Path) -> None:
+    home = Home(tmp_path, media_timeout=60.0)
+    rogue = home.party(ROGUE, "rogue")
+    try:
+        call_id, _ = rogue.invite(media=(VICTIM, VICTIM_PORT + 2))  # no socket there: port unreachable
+        ok = rogue.wait_response(call_id)
+        assert ok is not None and status(ok) == 200
+        rogue.ack(ok)
+        start = time.monotonic()
+        assert until(lambda: home.calls(), 3)
+        assert until(lambda: rogue.byes, 10), "no BYE after ICMP port unreachable"
+        assert time.monotonic() - start < 10 and home.calls() == []
+        assert "unreachable (ICMP): hanging up" in home.output()
+    finally:
+        rogue.close()
+        home.close()
+
+
 def test_an_invite_or_options_for_another_user_gets_404(home: Home) -> None:
     stranger = home.party(STRANGER, "mallory")
     victim = Counter(home.ns, VICTIM, VICTIM_PORT)
