@@ -20,6 +20,19 @@ UA core refreshes it and retries after failures), logs one line per change of th
 un-REGISTERs on a clean stop; Digest challenges are answered with ``auth_user`` and the password
 read once, at start, from ``password_file``.
 
+Who may call, replace a call or ask OPTIONS is decided before the SIP core acts, by the phone's
+`sipmob.mn.policy.PhonePolicy` (404, 503, 486, 403). A call whose other party sends nothing for
+``[calls] media_timeout`` while the phone plays it, or whose audio destination answers with ICMP
+unreachable for `UNREACHABLE_GRACE`, is ended with BYE: a forged ``c=`` line cannot turn the phone
+into a packet cannon. The phone sends from the first moment of a call rather than waiting to hear
+the other party first: a peer behind a NAT or a firewall may itself wait for our packets, and the
+exposure is bounded by ``max_calls`` x 50 packets/s x ``media_timeout`` from callers in
+``answer_from`` only.
+
+Every call is written to `sipmob.mn.store` before what depends on it is sent; calls a killed phone
+left there are ended at the next start with a BYE to the CN and to every device, and listed by
+``sipmob calls`` as ended. They are not resumed.
+
 Not here: the planning rules, the SIP stack, the command line (`sipmob.mn.cli`).
 """
 
