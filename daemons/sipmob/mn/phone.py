@@ -299,7 +299,8 @@ class Phone:
         self.config = dataclasses.replace(self.config, calls=config.calls, media=config.media, slp=config.slp,
                                           identity=dataclasses.replace(self.config.identity,
                                                                        owners=config.identity.owners))
-        self.ua._core.policy = self.policy = self._policy(self.config)
+        self.policy = self._policy(self.config)
+        self.ua.set_policy(self.policy)
 
     def _policy(self, config: MnConfig) -> PhonePolicy:
         calls = config.calls

@@ -454,6 +454,12 @@ class UserAgent:
 
     # Handlers -----------------------------------------------------------------------------------
 
+    def set_policy(self, policy: RequestPolicy) -> None:
+        """Decide with `policy` from now on (a reloaded configuration)."""
+        self._options["policy"] = policy
+        if self._core_obj is not None:
+            self._core_obj.policy = policy
+
     def on_incoming_call(self, handler: Callable[[IncomingCall], None]) -> None:
         """Who hears of new INVITEs; without a handler they get 480."""
         self._call_handler = handler

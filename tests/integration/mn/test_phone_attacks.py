@@ -142,6 +142,30 @@ def test_replaces_referred_by_the_calls_peer_or_an_owner_takes_the_call(home: Ho
         call.close()
 
 
+def test_a_reinvite_outside_the_dialog_cannot_move_the_media(home: Home) -> None:
+    """A re-INVITE is matched by Call-ID and both tags (§12.2.2): a stranger who knows the Call-ID
+    but not the phone's tag gets 481, and the phone's audio stays with the CN."""
+    call = Call(home)
+    victim = Counter(home.ns, VICTIM, VICTIM_PORT)
+    stranger = home.party(STRANGER, "mallory")
+    try:
+        sdp = (f"v=0\r\no=- 2 2 IN IP4 {VICTIM}\r\ns=-\r\nc=IN IP4 {VICTIM}\r\nt=0 0\r\n"
+               f"m=audio {VICTIM_PORT} RTP/AVP 0\r\n")
+        forged = (f"INVITE sip:mn@{PHONE}:{SIP_PORT} SIP/2.0\r\n"
+                  f"Via: SIP/2.0/UDP {STRANGER}:{stranger.port};branch=z9hG4bKforged;rport\r\n"
+                  f"Max-Forwards: 70\r\nFrom: <{call.cn.uri}>;tag={call.from_tag}\r\n"
+                  f"To: <sip:mn@{PHONE}>;tag=guessed\r\nCall-ID: {call.call_id}\r\nCSeq: 9 INVITE\r\n"
+                  f"Contact: <sip:x@{STRANGER}>\r\nContent-Type: application/sdp\r\n"
+                  f"Content-Length: {len(sdp)}\r\n\r\n{sdp}").encode()
+        stranger.send(forged)
+        assert until(lambda: any(status(m) == 481 for m in stranger.messages), 3), stranger.messages
+        assert call.received_in(1.0) > 30 and victim.arrivals == []
+    finally:
+        stranger.close()
+        victim.close()
+        call.close()
+
+
 # Item 9: flooding through the phone ------------------------------------------------------------------
 
 

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from twisted.internet import task
+
 from sipmob.mn import policy as policy_module
+from sipmob.mn.config import MnConfig
+from sipmob.mn.phone import Phone
 from sipmob.mn.policy import PhonePolicy
+from sipmob.service.config import parse_config
 from sipmob.sip.message import Headers, Request
 from sipmob.sip.policy import Admission
 from sipmob.sip.transport import Address
@@ -73,3 +80,12 @@ def test_only_callers_from_answer_from_are_answered() -> None:
     assert status(narrow, request(), source=Address("10.0.0.5", 5060, "udp")) == 403
     assert status(narrow, request()) is None
     assert narrow.refused[403] == 1
+
+
+def test_a_reload_gives_the_phone_a_policy_with_the_new_limits(tmp_path: Path) -> None:
+    config = parse_config(MnConfig, {"control": {"path": str(tmp_path / "mn.sock")}})
+    p = Phone(config, task.Clock())
+    assert p.policy.max_calls == 4 and p.policy.owners == ()
+    p.reload(parse_config(MnConfig, {"calls": {"max_calls": 1}, "identity": {"owners": ["sip:o@h"]}}))
+    assert p.policy.max_calls == 1 and p.policy.owners == (URI.parse("sip:o@h"),)
+    assert p.ua._options["policy"] is p.policy
