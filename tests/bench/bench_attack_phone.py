@@ -115,8 +115,10 @@ def main() -> None:
             after = victim.between(timeout_at + 2.5, end)  # the check runs every min(5, timeout/4) s
             print(f"LAN flood ({ROGUE}): {args.flood} INVITEs -> {dict(sorted(counts.items()))}; "
                   f"descriptors {fds} -> {peak_fds}")
+            last = max(victim.arrivals) - start if victim.arrivals else 0.0
             print(f"  packets to the victim: {before} in the first {args.media_timeout:.0f} s "
-                  f"(media_timeout), {after} in the {end - timeout_at - 2.5:.1f} s after it")
+                  f"(media_timeout), {after} from {args.media_timeout + 2.5:.1f} s to {end - start:.1f} s; "
+                  f"the last one {last:.1f} s after the first INVITE")
             print(f"  legitimate INVITE during it: {said(answer)}")
             print(f"  legitimate INVITE after media_timeout: {said(legitimate_answer_time(home))}")
 
