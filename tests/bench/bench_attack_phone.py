@@ -133,6 +133,9 @@ def main() -> None:
                   f"({args.fuzz_count // 4 * 4 / seconds:.0f}/s); tracebacks: {out.count('Traceback')}; "
                   f"phone alive: {home.proc is not None and home.proc.poll() is None}; RSS MB before and "
                   f"after each quarter: {' '.join(f'{r / 1024:.1f}' for r in rss)}")
+            if "Traceback" in out:
+                i = out.index("Traceback")
+                print("the first traceback:\n" + out[max(0, out.rfind("\n", 0, i - 1)):i + 2500])
         finally:
             victim.close()
             home.close()

@@ -27,13 +27,18 @@ from __future__ import annotations
 import collections
 import dataclasses
 import ipaddress
+import logging
 from collections.abc import Callable, Iterable
 
 from sipmob.mn.config import HOME_NETWORKS
+from sipmob.sip.message import reason_phrase
 from sipmob.sip.policy import Admission, Refusal, replaces_permitted, user_is_ours
 from sipmob.sip.uri import URI
 
+log = logging.getLogger("sipmob.mn")
+
 MAX_SOURCES = 4096  # source addresses whose setup rate is tracked
+LOG_INTERVAL = 10.0  # seconds between two lines about refused requests: a flood must not flood the log
 
 
 @dataclasses.dataclass(slots=True)
@@ -61,12 +66,31 @@ class PhonePolicy:
         self.calls = calls
         self._buckets: collections.OrderedDict[str, _Bucket] = collections.OrderedDict()
         self.refused: collections.Counter[int] = collections.Counter()
+        self._unlogged: collections.Counter[int] = collections.Counter()
+        self._logged_at: float | None = None
 
     def admit(self, admission: Admission) -> Refusal | None:
         refusal = self._decide(admission)
         if refusal is not None:
             self.refused[refusal.status] += 1
+            self._log(admission, refusal)
         return refusal
+
+    def _log(self, admission: Admission, refusal: Refusal) -> None:
+        """One line for a refusal, then at most one per `LOG_INTERVAL` counting the others."""
+        self._unlogged[refusal.status] += 1
+        if self._logged_at is not None and admission.now - self._logged_at < LOG_INTERVAL:
+            return
+        others = sum(self._unlogged.values()) - 1
+        more = ""
+        if others:
+            counts = ", ".join(f"{n} x {status}" for status, n in sorted(self._unlogged.items()))
+            more = f" (refused since the last such line: {counts})"
+        source = admission.source
+        log.info("refused %s from %s:%d: %d %s%s", admission.request.method, source.host, source.port,
+                 refusal.status, refusal.reason or reason_phrase(refusal.status), more)
+        self._unlogged.clear()
+        self._logged_at = admission.now
 
     def _decide(self, admission: Admission) -> Refusal | None:
         request = admission.request

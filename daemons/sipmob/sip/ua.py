@@ -1046,7 +1046,7 @@ class UACore:
         refusal = self.policy.admit(Admission(event.request, event.source, now, replaced, dialogs))
         if refusal is None:
             return False
-        log.info("refused %s from %s:%d: %d %s", event.request.method, event.source.host, event.source.port,
+        log.debug("refused %s from %s:%d: %d %s", event.request.method, event.source.host, event.source.port,
                  refusal.status, refusal.reason or reason_phrase(refusal.status))
         self._reply(event.request, refusal.status, now, reason=refusal.reason, headers=refusal.headers)
         return True

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import pytest
 from twisted.internet import task
 
 from sipmob.mn import policy as policy_module
@@ -89,3 +91,15 @@ def test_a_reload_gives_the_phone_a_policy_with_the_new_limits(tmp_path: Path) -
     p.reload(parse_config(MnConfig, {"calls": {"max_calls": 1}, "identity": {"owners": ["sip:o@h"]}}))
     assert p.policy.max_calls == 1 and p.policy.owners == (URI.parse("sip:o@h"),)
     assert p.ua._options["policy"] is p.policy
+
+
+def test_refusals_are_logged_once_per_interval_with_a_count(caplog: pytest.LogCaptureFixture) -> None:
+    p = PhonePolicy(user="mn")
+    with caplog.at_level(logging.INFO, logger="sipmob.mn"):
+        for i in range(100):
+            status(p, request(user="x"), now=i * 0.01)
+        status(p, request(), source=STRANGER, now=policy_module.LOG_INTERVAL + 1)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["refused INVITE from 192.168.1.20:5060: 404 Not Found",
+                     "refused INVITE from 203.0.113.5:5060: 403 Not Answered From This Network "
+                     "(refused since the last such line: 1 x 403, 99 x 404)"]
