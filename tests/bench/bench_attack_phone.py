@@ -134,6 +134,9 @@ def main() -> None:
                   f"phone alive: {home.proc is not None and home.proc.poll() is None}; RSS MB before and "
                   f"after each quarter: {' '.join(f'{r / 1024:.1f}' for r in rss)}")
             if "Traceback" in out:
+                kept = Path(tempfile.gettempdir()) / "bench_attack_phone.log"
+                kept.write_text(out)
+                print(f"the phone's log is kept in {kept}")
                 i = out.index("Traceback")
                 print("the first traceback:\n" + out[max(0, out.rfind("\n", 0, i - 1)):i + 2500])
         finally:

@@ -210,7 +210,7 @@ def sdp_media(message: bytes) -> tuple[str, int]:
 
 
 def response_to(request: bytes, code: int, reason: str) -> bytes:
-    head = request.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
+    head = request.split(b"\r\n\r\n", 1)[0].decode(errors="replace").split("\r\n")
     names = ("via", "from", "to", "call-id", "cseq")
     keep = [h for h in head[1:] if h.split(":", 1)[0].strip().lower() in names]
     return ("\r\n".join([f"SIP/2.0 {code} {reason}", *keep, "Content-Length: 0", "", ""])).encode()
