@@ -155,7 +155,8 @@ class Control:
 class State:
     file: str = setting("", help="SQLite file of the calls in progress, so a restarted phone can end "
                                  "them; empty: $STATE_DIRECTORY/mn-calls.sqlite under systemd, else "
-                                 "$XDG_STATE_HOME/sipmob/mn-calls.sqlite, else " + DEFAULT_STATE_FILE)
+                                 "$XDG_STATE_HOME (for a user: ~/.local/state)/sipmob/mn-calls.sqlite, "
+                                 "else " + DEFAULT_STATE_FILE)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -177,6 +178,8 @@ class MnConfig:
         if directory:
             return Path(directory) / "mn-calls.sqlite"
         xdg = os.environ.get("XDG_STATE_HOME", "")
+        if not xdg and os.geteuid() != 0 and os.environ.get("HOME"):
+            xdg = str(Path(os.environ["HOME"]) / ".local" / "state")  # the XDG default, for a user's phone
         return Path(xdg) / "sipmob" / "mn-calls.sqlite" if xdg else Path(DEFAULT_STATE_FILE)
 
     @property
