@@ -1222,8 +1222,17 @@ class UACore:
             return
         if c is not None and c.dialog is not None and response.status in (408, 481) and kind != "BYE":
             # §12.2.1.2: the dialog is gone on their side
-            self._send_bye(c, now)
-            self._end(c, "timeout", now)
+            if not c.is_uac and c.state in ("incoming", "early"):
+                # §15: a callee ends an early dialog with a final response to the INVITE, never
+                # with BYE; without one the INVITE's server transaction would wait for ever
+                tag = c.dialog.local_tag
+                self.layer.send_response(make_response(c.invite, 487, to_tag=tag,
+                                                       headers=self._response_common()), now)
+                self._forget(c, now)
+                self._events.append(CallFailed(c.handle, 487, "Request Terminated"))
+            else:
+                self._send_bye(c, now)
+                self._end(c, "timeout", now)
         self._events.append(RequestCompleted(op, response))
 
     def _on_invite_response(self, response: Response, key: TransactionKey | None, now: float) -> None:
