@@ -153,8 +153,9 @@ class Control:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class State:
-    file: str = setting("", help="SQLite file of the calls in progress, so a restarted phone can end "
-                                 "them; empty: $STATE_DIRECTORY/mn-calls.sqlite under systemd, else "
+    file: str = setting("", help="SQLite file of the calls in progress, so a restarted phone takes them "
+                                 "back (or ends them); empty: $STATE_DIRECTORY/mn-calls.sqlite under "
+                                 "systemd, else "
                                  "$XDG_STATE_HOME (for a user: ~/.local/state)/sipmob/mn-calls.sqlite, "
                                  "else " + DEFAULT_STATE_FILE)
 

@@ -29,9 +29,11 @@ the other party first: a peer behind a NAT or a firewall may itself wait for our
 exposure is bounded by ``max_calls`` x 50 packets/s x ``media_timeout`` from callers in
 ``answer_from`` only.
 
-Every call is written to `sipmob.mn.store` before what depends on it is sent; calls a killed phone
-left there are ended at the next start with a BYE to the CN and to every device, and listed by
-``sipmob calls`` as ended. They are not resumed.
+Every call is written to `sipmob.mn.store` before what depends on it is sent. At the next start the
+calls a killed phone left there are taken back (the dialogs with the CN and the devices, where the
+media is, our RTP socket on its old port): the other parties notice nothing and the call can be
+retrieved or hung up as before. A call that cannot be taken back (its port taken, a damaged record)
+is ended with a BYE to the CN and to every device, and ``sipmob calls`` lists it as ended.
 
 Not here: the planning rules, the SIP stack, the command line (`sipmob.mn.cli`).
 """
@@ -351,7 +353,60 @@ class Phone:
             self.store = None
             return
         for call in stored:
-            self._end_stored(call)
+            if not self._resume(call):
+                self._end_stored(call)
+
+    def _resume(self, stored: StoredCall) -> bool:
+        """Take back a call a killed phone left: its dialogs (the CN's and the devices'), where its
+        media is, and our RTP socket on the same port, so that the CN and the devices notice
+        nothing and ``sipmob retrieve`` or a hang-up work as before. False when any part cannot be
+        had again (a damaged record, the port taken): the caller then ends the call."""
+        try:
+            local, remote = parse(stored.local_sdp.encode()), parse(stored.remote_sdp.encode())
+            layout = tuple(_location(x) for x in stored.layout)
+            cn_dialog = Dialog.from_record(stored.cn, seq_margin=RESTART_SEQ_MARGIN)
+            devices = {uri: (Dialog.from_record(record, seq_margin=RESTART_SEQ_MARGIN),
+                             *(parse(sdp.encode()) for sdp in stored.device_sdps[uri]))
+                       for uri, record in stored.devices.items()}
+            oa = _agreed(local, remote)
+            device_oas = {uri: _agreed(ours, theirs) for uri, (_, ours, theirs) in devices.items()}
+        except (ValueError, KeyError, TypeError, SDPParseError, OfferAnswerError) as exc:
+            log.warning("call %s: cannot resume it: %s", stored.id, exc)
+            return False
+        if len(layout) != len(remote.media):
+            return False
+        ports = {m.media: m.port for m in local.media if m.port}
+        endpoints: list[Any] = []
+        try:
+            from sipmob.service.rtp import RtpEndpoint
+
+            rtp = RtpEndpoint(self.reactor, (self.address, ports.get("audio", 0)))
+            endpoints.append(rtp)
+            video_rtp = None
+            if "video" in ports:
+                video_rtp = RtpEndpoint(self.reactor, (self.address, ports["video"]), clock_rate=90000)
+                endpoints.append(video_rtp)
+        except (CannotListenError, OSError) as exc:
+            log.warning("call %s: cannot resume it: its RTP port is taken (%s)", stored.id, exc)
+            self._close(*endpoints)
+            return False
+        call = self.ua.adopt(cn_dialog, local_sdp=local.to_bytes(), remote_sdp=remote.to_bytes())
+        pc = PhoneCall(stored.id, stored.peer, call, oa, remote, local, rtp, layout, video_rtp=video_rtp,
+                       names=dict(stored.names))
+        control = _CallControl(self, pc)
+        for uri, (dialog, ours, theirs) in devices.items():
+            device_call = self.ua.adopt(dialog, local_sdp=ours.to_bytes(), remote_sdp=theirs.to_bytes())
+            pc.device_calls[uri] = device_call
+            pc.device_oas[uri] = device_oas[uri]
+            pc.device_sdps[uri] = theirs
+            device_call.on_terminated(lambda c, reason, d=uri: control._device_ended(d, c))
+        if stored.id.isdigit():
+            self._next_id = max(self._next_id, int(stored.id) + 1)
+        index = self.audio_index(pc)
+        self._track(pc, play=index is not None and index < len(layout) and layout[index] == MOBILE_NODE)
+        log.warning("call %s with %s resumed after a restart (%s)", pc.id, pc.peer,
+                    "; ".join(f"{s['media']}: {s['where']}" for s in pc.describe()["streams"]) or "no media")
+        return True
 
     def _end_stored(self, stored: StoredCall) -> None:
         """A call the phone held when it last stopped without ending it (a crash, kill -9): its
@@ -391,7 +446,11 @@ class Phone:
                             local_sdp=pc.local_sdp.to_bytes().decode(errors="replace"),
                             remote_sdp=pc.cn_sdp.to_bytes().decode(errors="replace"),
                             devices={d: c.dialog.to_record() for d, c in pc.device_calls.items()},
-                            names=dict(pc.names), streams=tuple(pc.describe()["streams"]))
+                            names=dict(pc.names), streams=tuple(pc.describe()["streams"]),
+                            layout=tuple(_location_record(x) for x in pc.layout),
+                            device_sdps={d: ((c.local_sdp or b"").decode(errors="replace"),
+                                             (c.remote_sdp or b"").decode(errors="replace"))
+                                         for d, c in pc.device_calls.items()})
         try:
             self.store.put(record)
         except sqlite3.Error as exc:
@@ -513,15 +572,21 @@ class Phone:
             path = Path(self.config.media.record) / f"call-{cid}.wav"
             pc.recorder = WavRecorder(path)
             rtp.attach_recorder(pc.recorder, {c.static_payload_type: c for c in self.codecs})
-        self.calls[cid] = pc
-        call.on_terminated(lambda c, reason: self._remote_ended(pc, reason))
-        # not from inside the port's own error handling, which a hang-up would close under it
-        rtp.on_unreachable = lambda destination: self.reactor.callLater(0, self._check_unreachable, pc)
-        self.start_media(pc)
         log.info("call %s with %s established", cid, peer)
+        self._track(pc, play=True)
+        return pc
+
+    def _track(self, pc: PhoneCall, *, play: bool) -> None:
+        """A call is ours from now on: its end heard, our audio started if it `play`s here, its
+        record written, its media watched."""
+        self.calls[pc.id] = pc
+        pc.call.on_terminated(lambda c, reason: self._remote_ended(pc, reason))
+        # not from inside the port's own error handling, which a hang-up would close under it
+        pc.rtp.on_unreachable = lambda destination: self.reactor.callLater(0, self._check_unreachable, pc)
+        if play:
+            self.start_media(pc)
         self.persist(pc)
         self._watch_media()
-        return pc
 
     def _remote_ended(self, pc: PhoneCall, reason: str) -> None:
         if self.calls.get(pc.id) is not pc:
@@ -777,6 +842,29 @@ class Phone:
         if command == "retrieve":
             return self.retrieve(args)
         raise CommandError(f"unknown command {command!r}")
+
+
+def _location_record(location: Any) -> Any:
+    if isinstance(location, DuplexSplit):
+        return {"out": location.output_device, "in": location.input_device}
+    return location
+
+
+def _location(record: Any) -> Any:
+    if record is None or isinstance(record, str):
+        return record
+    if isinstance(record, dict) and isinstance(record.get("out"), str) and isinstance(record.get("in"), str):
+        return DuplexSplit(record["out"], record["in"])
+    raise ValueError(f"not a media location: {record!r}")
+
+
+def _agreed(ours: SessionDescription, theirs: SessionDescription) -> OfferAnswerState:
+    """An offer/answer state that has agreed on `ours` and `theirs` (a call taken back after a
+    restart), so the next offer's ``o=`` version follows on from ours (RFC 3264 §8)."""
+    oa = OfferAnswerState(ours.origin)
+    oa.create_offer(ours)
+    oa.receive_answer(theirs)
+    return oa
 
 
 def _add_arguments(parser: Any) -> None:

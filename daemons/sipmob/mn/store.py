@@ -46,6 +46,10 @@ class StoredCall:
     devices: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # URI -> dialog
     names: dict[str, str] = dataclasses.field(default_factory=dict)
     streams: tuple[dict[str, str], ...] = ()  # as `sipmob calls` shows them
+    # where each m-line's media is: null (disabled), "mobile-node", a device URI, or
+    # {"out": URI, "in": URI} for a stream split by direction
+    layout: tuple[Any, ...] = ()
+    device_sdps: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)  # URI -> (ours, theirs)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
@@ -59,7 +63,10 @@ class StoredCall:
                    local_sdp=str(data.get("local_sdp", "")), remote_sdp=str(data.get("remote_sdp", "")),
                    devices={str(k): v for k, v in dict(data.get("devices") or {}).items()},
                    names={str(k): str(v) for k, v in dict(data.get("names") or {}).items()},
-                   streams=tuple(dict(s) for s in data.get("streams") or ()))
+                   streams=tuple(dict(s) for s in data.get("streams") or ()),
+                   layout=tuple(data.get("layout") or ()),
+                   device_sdps={str(k): (str(v[0]), str(v[1]))
+                                for k, v in dict(data.get("device_sdps") or {}).items()})
 
 
 class CallStore:
