@@ -18,6 +18,7 @@ from sipmob.service.config import (
     each,
     host_port,
     ip_address,
+    ip_network,
     non_negative,
     one_of,
     port,
@@ -28,6 +29,9 @@ from sipmob.service.config import (
 from sipmob.slp.messages import SLP_PORT
 
 DEFAULT_CONFIG = "/etc/sipmob/mn.toml"
+DEFAULT_STATE_FILE = "/var/lib/sipmob/mn-calls.sqlite"
+HOME_NETWORKS = ["127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
+                 "::1/128", "fc00::/7", "fe80::/10"]
 
 
 def default_control_path() -> Path:
@@ -111,6 +115,9 @@ class Identity:
     outbound_proxy: str = setting("", check=_sip_uri,
                                   help="SIP URI every request outside a call goes to first (a name is "
                                        "located by RFC 3263); empty: straight to the callee or registrar")
+    owners: list[str] = setting(default_factory=list, check=each(_sip_uri),
+                                help="SIP URIs of the phone's owners: an INVITE with Replaces referred by "
+                                     "one of them (Referred-By) may take over a call (RFC 3891 §6)")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -125,7 +132,21 @@ class Media:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Calls:
-    auto_answer: bool = setting(False, help="answer incoming calls at once")
+    auto_answer: bool = setting(False, help="answer incoming calls at once (only from answer_from)")
+    answer_from: list[str] = setting(default_factory=lambda: list(HOME_NETWORKS), check=each(ip_network),
+                                     help="networks whose callers may be answered; others get 403 "
+                                          "(default: loopback, private and link-local ranges)")
+    max_calls: int = setting(4, check=positive,
+                             help="calls at once (up or being answered); more get 486 Busy Here")
+    max_calls_per_source: int = setting(2, check=positive,
+                                        help="calls at once from one source address; more get 486")
+    setups_per_minute: float = setting(10.0, check=positive,
+                                       help="new INVITEs admitted per source address and minute "
+                                            "(bursts of up to 5); more get 503 with Retry-After")
+    media_timeout: float = setting(30.0, check=non_negative,
+                                   help="seconds without RTP from the other party, while it should "
+                                        "send and this phone plays the call, before the call is "
+                                        "ended with BYE; 0: never")
     grace_period: float = setting(1.0, check=non_negative,
                                   help="seconds we keep sending our own media after a transfer "
                                        "(draft §7.1: the CN may not hear the devices yet)")
@@ -187,6 +208,15 @@ class Dns:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class State:
+    file: str = setting("", help="SQLite file of the calls in progress, so a restarted phone takes them "
+                                 "back (or ends them); empty: $STATE_DIRECTORY/mn-calls.sqlite under "
+                                 "systemd, else "
+                                 "$XDG_STATE_HOME (for a user: ~/.local/state)/sipmob/mn-calls.sqlite, "
+                                 "else " + DEFAULT_STATE_FILE)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class MnConfig:
     listen: Listen = setting(default_factory=Listen)
     identity: Identity = setting(default_factory=Identity)
@@ -195,8 +225,21 @@ class MnConfig:
     slp: Slp = setting(default_factory=Slp)
     device: DeviceRole = setting(default_factory=DeviceRole)
     control: Control = setting(default_factory=Control)
+    state: State = setting(default_factory=State)
     log: Log = setting(default_factory=Log)
     dns: Dns = setting(default_factory=Dns)
+
+    @property
+    def state_file(self) -> Path:
+        if self.state.file:
+            return Path(self.state.file)
+        directory = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        if directory:
+            return Path(directory) / "mn-calls.sqlite"
+        xdg = os.environ.get("XDG_STATE_HOME", "")
+        if not xdg and os.geteuid() != 0 and os.environ.get("HOME"):
+            xdg = str(Path(os.environ["HOME"]) / ".local" / "state")  # the XDG default, for a user's phone
+        return Path(xdg) / "sipmob" / "mn-calls.sqlite" if xdg else Path(DEFAULT_STATE_FILE)
 
     @property
     def control_path(self) -> Path:

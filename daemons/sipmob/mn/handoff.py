@@ -7,7 +7,7 @@ the transfer (Fig. 4: REFER outside a dialog to the device, ``Refer-To: <CN?Repl
 stays listed as "handed off to <device>"); the retrieval (Fig. 5: the nested REFER, ``Refer-To:
 <us;method=REFER?Refer-To=<CN>>``; the device REFERs us back, we INVITE the CN with Replaces and
 Referred-By, and the call gets its old number again); and the rule for an INVITE with Replaces to
-us (`replaces_allowed`: RFC 3891 §6 leaves it to us).
+us (RFC 3891 §6 leaves it to us: `sipmob.sip.policy` decides, in the core).
 
 Not here: the device's half (`sipmob.mn.device`), SIP itself (`sipmob.service.sipua`), media, MNC
 mode (`sipmob.mn.mobility`, `sipmob.mn.executor`).
@@ -25,7 +25,7 @@ from twisted.internet import defer
 
 from sipmob.mn import devices as discovery
 from sipmob.mn.control import CommandError
-from sipmob.service.sipua import IncomingCall, IncomingRequest, ReferProgress, SIPError
+from sipmob.service.sipua import IncomingRequest, ReferProgress, SIPError
 from sipmob.sip.headers import Replaces
 from sipmob.sip.ua import Referred, referred
 from sipmob.sip.uri import URI, NameAddr, SIPParseError
@@ -58,20 +58,6 @@ def same_party(a: URI, b: URI) -> bool:
     """Whether two SIP URIs name the same party: user and host (ports and parameters aside, since
     an AOR has no port while the URI a device registered in SLP has one)."""
     return (a.user or "") == (b.user or "") and a.host.lower().strip("[]") == b.host.lower().strip("[]")
-
-
-def replaces_allowed(incoming: IncomingCall) -> bool:
-    """RFC 3891 §6: an INVITE with Replaces takes over one of our calls only when the party on the
-    other end of that call asked for it: the INVITE comes from that party itself, or carries a
-    Referred-By naming it (it REFERred the sender to us, Fig. 4). Anyone else gets 403."""
-    replaced = incoming.replaced
-    if replaced is None:
-        return True
-    peer = replaced.dialog.remote_uri.uri
-    if same_party(incoming.request.from_.uri, peer):
-        return True
-    by = incoming.referred_by
-    return by is not None and same_party(by.uri, peer)
 
 
 @dataclasses.dataclass(slots=True)

@@ -20,20 +20,38 @@ UA core refreshes it and retries after failures), logs one line per change of th
 un-REGISTERs on a clean stop; Digest challenges are answered with ``auth_user`` and the password
 read once, at start, from ``password_file``.
 
+Who may call, replace a call or ask OPTIONS is decided before the SIP core acts, by the phone's
+`sipmob.mn.policy.PhonePolicy` (404, 503, 486, 403). A call whose other party sends nothing for
+``[calls] media_timeout`` while the phone plays it, or whose audio destination answers with ICMP
+unreachable for `UNREACHABLE_GRACE`, is ended with BYE: a forged ``c=`` line cannot turn the phone
+into a packet cannon. The phone sends from the first moment of a call rather than waiting to hear
+the other party first: a peer behind a NAT or a firewall may itself wait for our packets, and the
+exposure is bounded by ``max_calls`` x 50 packets/s x ``media_timeout`` from callers in
+``answer_from`` only.
+
+Every call is written to `sipmob.mn.store` before what depends on it is sent. At the next start the
+calls a killed phone left there are taken back (the dialogs with the CN and the devices, where the
+media is, our RTP socket on its old port): the other parties notice nothing and the call can be
+retrieved or hung up as before. A call that cannot be taken back (its port taken, a damaged record)
+is ended with a BYE to the CN and to every device, and ``sipmob calls`` lists it as ended.
+
 Not here: the planning rules, the SIP stack, the command line (`sipmob.mn.cli`).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import secrets
+import sqlite3
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
 
 from sipmob.media import codecs as media_codecs
@@ -46,7 +64,7 @@ from sipmob.mn.controls import COMMANDS as CALL_COMMANDS
 from sipmob.mn.controls import CallControls
 from sipmob.mn.device import DeviceRole
 from sipmob.mn.executor import SignallingFailed, execute
-from sipmob.mn.handoff import Mode, PhoneHandoff, choose_mode, parse_refer, replaces_allowed
+from sipmob.mn.handoff import Mode, PhoneHandoff, choose_mode, parse_refer
 from sipmob.mn.mobility import (
     MOBILE_NODE,
     CallState,
@@ -59,6 +77,8 @@ from sipmob.mn.mobility import (
     plan_split,
     plan_transfer,
 )
+from sipmob.mn.policy import PhonePolicy
+from sipmob.mn.store import CallStore, StoredCall
 from sipmob.sdp import (
     Codec,
     Direction,
@@ -88,6 +108,7 @@ from sipmob.service.sipua import (
     UserAgent,
 )
 from sipmob.service.slp import SLPClient
+from sipmob.sip.dialog import Dialog
 from sipmob.sip.locate import RType
 from sipmob.sip.uri import URI
 
@@ -96,6 +117,12 @@ log = logging.getLogger("sipmob.mn")
 STOP_WAIT = 2.0  # seconds to wait for the answers to our BYEs when stopping
 TELEPHONE_EVENT = Codec("telephone-event", 8000, fmtp="0-15")
 TELEPHONE_EVENT_PT = 101
+# CSeqs a dialog may have used after its record was last written (requests are written before
+# they are sent, so 1 would do; the margin costs nothing, §12.2.1.1 only asks that CSeq grows)
+RESTART_SEQ_MARGIN = 100
+# seconds a destination may answer our RTP with ICMP unreachable, hearing nothing from anyone, before
+# the call is ended: a CN's socket can be a moment late at the start, a forged c= line stays wrong
+UNREACHABLE_GRACE = 2.0
 VIDEO_CODECS = (Codec("VP8", 90000), Codec("H264", 90000, fmtp="packetization-mode=1"),
                 Codec("H263", 90000))
 
@@ -123,6 +150,8 @@ class PhoneCall:
     busy: bool = False
     recorder: WavRecorder | None = None
     video_rtp: Any = None  # RtpEndpoint receiving the CN's video, when the CN offered some
+    ended: bool = False
+    source: str = ""  # the address an incoming call's INVITE came from
 
     def state(self) -> CallState:
         return CallState(self.id, self.peer, self.cn_sdp, self.local_sdp, self.layout,
@@ -174,6 +203,7 @@ class _CallControl:
         self.pc.device_calls[device] = call
         self.pc.device_oas[device] = oa
         call.on_terminated(lambda c, reason: self._device_ended(device, c))
+        self.phone.persist(self.pc)  # before anything is sent that moves media to this device
         return self._answer_of(oa, call.remote_sdp, device)
 
     def _answer_of(self, oa: OfferAnswerState, body: bytes | None, who: str) -> SessionDescription:
@@ -198,6 +228,7 @@ class _CallControl:
     def bye_device(self, device: str) -> defer.Deferred[Any] | None:
         call = self.pc.device_calls.pop(device, None)
         self.pc.device_oas.pop(device, None)
+        self.phone.persist(self.pc)
         return call.bye() if call is not None else None
 
     @defer.inlineCallbacks
@@ -213,6 +244,7 @@ class _CallControl:
     @defer.inlineCallbacks
     def reinvite_cn(self, offer: SessionDescription) -> Any:
         pc = self.pc
+        self.phone.persist(pc)
         try:
             response = yield pc.call.reinvite(pc.oa.create_offer(offer).to_bytes())
         except SIPError as exc:
@@ -250,6 +282,9 @@ class Phone:
                 raise ConfigError([ConfigProblem(identity.password_file, "",
                                                  f"cannot read the password file: {exc.strerror}")]) from None
             credentials = (identity.auth_user or identity.user, password)
+        self._answering = 0  # INVITEs accepted whose ACK has not come yet
+        self._answering_from: collections.Counter[str] = collections.Counter()
+        self.policy = self._policy(config)
         # Names in URIs (callee, registrar, outbound proxy) are located by RFC 3263.
         resolver = Resolver(reactor, servers=config.dns_servers or None, transports=("udp",),
                             families=(RType.AAAA,) if ":" in config.listen.address else (RType.A,))
@@ -257,13 +292,16 @@ class Phone:
             reactor, resolver=resolver, outbound_proxy=identity.outbound_proxy or None,
             listen=[(config.listen.address, config.listen.port, "udp")],
             user=identity.user, display_name=identity.display_name or None,
-            capabilities_sdp=self._capabilities, credentials=credentials)
+            capabilities_sdp=self._capabilities, credentials=credentials, policy=self.policy)
+        self._media_watch: task.LoopingCall | None = None
         self.registration: Registration | None = None
         self._registration_logged: tuple[str, int | None] | None = None
         self.slp = SLPClient(reactor, da=config.da_address, scopes=config.slp.scopes,
                              multicast=config.da_address is None)
         self.control = ControlServer(reactor, config.control_path, self.handle)
         self.calls: dict[str, PhoneCall] = {}
+        self.store: CallStore | None = None
+        self.recovered: list[dict[str, Any]] = []  # calls found in the store at start, and their fate
         self._next_id = 1
         self.codecs = tuple(media_codecs.lookup(name, 8000) for name in config.media.codecs)
         self.egress: Any = None
@@ -282,6 +320,7 @@ class Phone:
         if self.egress is not None:
             self.egress.start()
         self.ua.on_incoming_call(self._incoming)
+        self._open_store()
         self.ua.on_request("REFER", self._on_refer)
         if self.device is not None:
             self.device.start()
@@ -291,12 +330,30 @@ class Phone:
         log.info("phone %s ready; control socket %s", self.ua.contact, self.control.path)
 
     def reload(self, config: MnConfig) -> None:
-        self.config = dataclasses.replace(self.config, calls=config.calls, media=config.media, slp=config.slp)
+        self.config = dataclasses.replace(self.config, calls=config.calls, media=config.media, slp=config.slp,
+                                          identity=dataclasses.replace(self.config.identity,
+                                                                       owners=config.identity.owners))
+        self.policy = self._policy(self.config)
+        self.ua.set_policy(self.policy)
+
+    def _policy(self, config: MnConfig) -> PhonePolicy:
+        calls = config.calls
+        return PhonePolicy(user=config.identity.user, owners=config.identity.owners,
+                           answer_from=calls.answer_from, max_calls=calls.max_calls,
+                           max_calls_per_source=calls.max_calls_per_source,
+                           setups_per_minute=calls.setups_per_minute,
+                           calls=lambda: len(self.calls) + self._answering,
+                           calls_from=self._calls_from)
+
+    def _calls_from(self, host: str) -> int:
+        return self._answering_from[host] + sum(1 for pc in self.calls.values() if pc.source == host)
 
     @defer.inlineCallbacks
     def stop(self) -> Any:
         self.controls.stop()
         yield self.control.stop()
+        if self._media_watch is not None and self._media_watch.running:
+            self._media_watch.stop()
         byes: list[defer.Deferred[Any]] = []
         for pc in list(self.calls.values()):
             byes += [call.bye() for call in pc.device_calls.values()]
@@ -318,6 +375,131 @@ class Phone:
         if self.egress is not None:
             yield self.egress.stop()
         yield self.ua.stop()
+        if self.store is not None:
+            self.store.close()
+
+    # Calls that outlive the process -----------------------------------------------------------------
+
+    def _open_store(self) -> None:
+        path = self.config.state_file
+        try:
+            self.store = CallStore(path, str(self.ua.contact))
+            stored = self.store.calls()
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("calls will not survive a restart: cannot use %s: %s", path, exc)
+            self.store = None
+            return
+        for call in stored:
+            if not self._resume(call):
+                self._end_stored(call)
+
+    def _resume(self, stored: StoredCall) -> bool:
+        """Take back a call a killed phone left: its dialogs (the CN's and the devices'), where its
+        media is, and our RTP socket on the same port, so that the CN and the devices notice
+        nothing and ``sipmob retrieve`` or a hang-up work as before. False when any part cannot be
+        had again (a damaged record, the port taken): the caller then ends the call."""
+        try:
+            local, remote = parse(stored.local_sdp.encode()), parse(stored.remote_sdp.encode())
+            layout = tuple(_location(x) for x in stored.layout)
+            cn_dialog = Dialog.from_record(stored.cn, seq_margin=RESTART_SEQ_MARGIN)
+            devices = {uri: (Dialog.from_record(record, seq_margin=RESTART_SEQ_MARGIN),
+                             *(parse(sdp.encode()) for sdp in stored.device_sdps[uri]))
+                       for uri, record in stored.devices.items()}
+            oa = _agreed(local, remote)
+            device_oas = {uri: _agreed(ours, theirs) for uri, (_, ours, theirs) in devices.items()}
+        except (ValueError, KeyError, TypeError, SDPParseError, OfferAnswerError) as exc:
+            log.warning("call %s: cannot resume it: %s", stored.id, exc)
+            return False
+        if len(layout) != len(remote.media):
+            return False
+        ports = {m.media: m.port for m in local.media if m.port}
+        endpoints: list[Any] = []
+        try:
+            from sipmob.service.rtp import RtpEndpoint
+
+            rtp = RtpEndpoint(self.reactor, (self.address, ports.get("audio", 0)))
+            endpoints.append(rtp)
+            video_rtp = None
+            if "video" in ports:
+                video_rtp = RtpEndpoint(self.reactor, (self.address, ports["video"]), clock_rate=90000)
+                endpoints.append(video_rtp)
+        except (CannotListenError, OSError) as exc:
+            log.warning("call %s: cannot resume it: its RTP port is taken (%s)", stored.id, exc)
+            self._close(*endpoints)
+            return False
+        call = self.ua.adopt(cn_dialog, local_sdp=local.to_bytes(), remote_sdp=remote.to_bytes())
+        pc = PhoneCall(stored.id, stored.peer, call, oa, remote, local, rtp, layout, video_rtp=video_rtp,
+                       names=dict(stored.names))
+        control = _CallControl(self, pc)
+        for uri, (dialog, ours, theirs) in devices.items():
+            device_call = self.ua.adopt(dialog, local_sdp=ours.to_bytes(), remote_sdp=theirs.to_bytes())
+            pc.device_calls[uri] = device_call
+            pc.device_oas[uri] = device_oas[uri]
+            pc.device_sdps[uri] = theirs
+            device_call.on_terminated(lambda c, reason, d=uri: control._device_ended(d, c))
+        if stored.id.isdigit():
+            self._next_id = max(self._next_id, int(stored.id) + 1)
+        index = self.audio_index(pc)
+        self._track(pc, play=index is not None and index < len(layout) and layout[index] == MOBILE_NODE)
+        log.warning("call %s with %s resumed after a restart (%s)", pc.id, pc.peer,
+                    "; ".join(f"{s['media']}: {s['where']}" for s in pc.describe()["streams"]) or "no media")
+        return True
+
+    def _end_stored(self, stored: StoredCall) -> None:
+        """A call the phone held when it last stopped without ending it (a crash, kill -9): its
+        media state is gone with the process, so every leg gets a BYE (no orphan RTP between the
+        CN and the devices), and `sipmob calls` says so."""
+        assert self.store is not None
+        if stored.id.isdigit():
+            self._next_id = max(self._next_id, int(stored.id) + 1)
+        legs = [(stored.peer, stored.cn)]
+        legs += [(stored.names.get(d, d), record) for d, record in stored.devices.items()]
+        byes: list[defer.Deferred[Any]] = []
+        for who, record in legs:
+            try:
+                dialog = Dialog.from_record(record, seq_margin=RESTART_SEQ_MARGIN)
+                byes.append(self.ua.adopt(dialog).bye())
+            except Exception as exc:  # a damaged record must not stop the phone
+                log.warning("call %s: cannot end the leg with %s: %s", stored.id, who, exc)
+        entry = {"id": stored.id, "peer": stored.peer, "state": "ending (the phone restarted)",
+                 "streams": list(stored.streams), "devices": sorted(stored.devices), "sending": False,
+                 "rtp_sent": 0, "rtp_received": 0, "video_received": 0}
+        self.recovered.append(entry)
+        log.warning("call %s with %s was left by a previous run: BYE to it and %d device(s)", stored.id,
+                    stored.peer, len(stored.devices))
+
+        def done(_: Any) -> None:
+            entry["state"] = "ended (the phone restarted)"
+            if self.store is not None:
+                self.store.delete(stored.id)
+
+        defer.DeferredList(byes, consumeErrors=True).addCallback(done)
+
+    def persist(self, pc: PhoneCall) -> None:
+        """Write the call's legs and layout (before what depends on them is sent)."""
+        if self.store is None or pc.ended:
+            return
+        record = StoredCall(pc.id, pc.peer, pc.call.dialog.to_record(),
+                            local_sdp=pc.local_sdp.to_bytes().decode(errors="replace"),
+                            remote_sdp=pc.cn_sdp.to_bytes().decode(errors="replace"),
+                            devices={d: c.dialog.to_record() for d, c in pc.device_calls.items()},
+                            names=dict(pc.names), streams=tuple(pc.describe()["streams"]),
+                            layout=tuple(_location_record(x) for x in pc.layout),
+                            device_sdps={d: ((c.local_sdp or b"").decode(errors="replace"),
+                                             (c.remote_sdp or b"").decode(errors="replace"))
+                                         for d, c in pc.device_calls.items()})
+        try:
+            self.store.put(record)
+        except sqlite3.Error as exc:
+            log.warning("call %s: cannot write %s: %s", pc.id, self.store.path, exc)
+
+    def _forget_stored(self, pc: PhoneCall) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.delete(pc.id)
+        except sqlite3.Error as exc:
+            log.warning("call %s: cannot remove it from %s: %s", pc.id, self.store.path, exc)
 
     # Registration ---------------------------------------------------------------------------------
 
@@ -421,22 +603,19 @@ class Phone:
         raise CannotListenError(self.address, first, "no free RTP port")
 
     def _add_call(self, call: Call, peer: str, oa: OfferAnswerState, rtp: Any,
-                  video_rtp: Any = None, cid: str | None = None) -> PhoneCall:
+                  video_rtp: Any = None, cid: str | None = None, source: str = "") -> PhoneCall:
         if cid is None:
             cid = self.new_call_id()
         assert oa.local is not None and oa.remote is not None
         ours, theirs = (oa.local, oa.remote)
-        pc = PhoneCall(cid, peer, call, oa, theirs, ours, rtp, initial_layout(theirs), video_rtp=video_rtp)
+        pc = PhoneCall(cid, peer, call, oa, theirs, ours, rtp, initial_layout(theirs), video_rtp=video_rtp,
+                       source=source)
         if self.config.media.record:
             path = Path(self.config.media.record) / f"call-{cid}.wav"
             pc.recorder = WavRecorder(path)
             rtp.attach_recorder(pc.recorder, {c.static_payload_type: c for c in self.codecs})
-        self.calls[cid] = pc
-        if self.egress is not None:
-            self.egress.call_added(pc)
-        call.on_terminated(lambda c, reason: self._remote_ended(pc, reason))
-        self.start_media(pc)
         log.info("call %s with %s established", cid, peer)
+        self._track(pc, play=True)
         self.controls.established(pc)
         return pc
 
@@ -450,6 +629,20 @@ class Phone:
         self._ended(pc)
         self.controls.ended(pc, reason)
 
+    def _track(self, pc: PhoneCall, *, play: bool) -> None:
+        """A call is ours from now on: its end heard, our audio started if it `play`s here, its
+        record written, its media watched."""
+        self.calls[pc.id] = pc
+        if self.egress is not None:
+            self.egress.call_added(pc)
+        pc.call.on_terminated(lambda c, reason: self._remote_ended(pc, reason))
+        # not from inside the port's own error handling, which a hang-up would close under it
+        pc.rtp.on_unreachable = lambda destination: self.reactor.callLater(0, self._check_unreachable, pc)
+        if play:
+            self.start_media(pc)
+        self.persist(pc)
+        self._watch_media()
+
     def _remote_ended(self, pc: PhoneCall, reason: str) -> None:
         if self.calls.get(pc.id) is not pc:
             return
@@ -461,6 +654,10 @@ class Phone:
 
     def _ended(self, pc: PhoneCall) -> None:
         self.calls.pop(pc.id, None)
+        if pc.ended:  # the BYE we send on stop ends the call a second time, through on_terminated
+            return
+        pc.ended = True
+        self._forget_stored(pc)
         if self.egress is not None:
             self.egress.call_ended(pc)
         pc.rtp.stop_sending()
@@ -471,14 +668,70 @@ class Phone:
         if pc.video_rtp is not None:
             pc.video_rtp.close()
 
+    # Media timeout --------------------------------------------------------------------------------
+
+    def _watch_media(self) -> None:
+        timeout = self.config.calls.media_timeout
+        if timeout <= 0 or (self._media_watch is not None and self._media_watch.running):
+            return
+        self._media_watch = task.LoopingCall(self._check_media)
+        self._media_watch.clock = self.reactor
+        self._media_watch.start(max(0.5, min(5.0, timeout / 4)), now=False)
+
+    def _check_media(self) -> None:
+        """End with BYE every call whose other party has sent nothing for ``media_timeout`` while
+        we play it (RTP timeout as PBXs have it). A call on hold or whose peer says it does not
+        send (recvonly, inactive), one whose audio is on devices, and one being moved are left alone:
+        their silence is legitimate."""
+        timeout = self.config.calls.media_timeout
+        if not self.calls or timeout <= 0:
+            if self._media_watch is not None and self._media_watch.running:
+                self._media_watch.stop()
+            return
+        for pc in list(self.calls.values()):
+            if pc.busy or not pc.rtp.sending or pc.rtp.sending_since is None:
+                continue
+            index = self.audio_index(pc)
+            if index is None or index >= len(pc.cn_sdp.media):
+                continue
+            if pc.cn_sdp.direction(index) not in (Direction.SENDRECV, Direction.SENDONLY):
+                continue
+            if self._check_unreachable(pc):
+                continue
+            heard = max(pc.rtp.last_heard or 0.0, pc.rtp.sending_since)
+            silence = time.monotonic() - heard
+            if silence >= timeout:
+                log.warning("call %s with %s: no media from it for %.0f s: hanging up", pc.id, pc.peer,
+                            silence)
+                self.hang_up(pc)
+
+    def _check_unreachable(self, pc: PhoneCall) -> bool:
+        """End the call if ICMP has said for `UNREACHABLE_GRACE` that our audio's destination is
+        unreachable (and nothing came from it meanwhile). True when it did."""
+        since = pc.rtp.unreachable_since
+        if pc.ended or pc.busy or since is None or not pc.rtp.sending:
+            return False
+        if time.monotonic() - since < UNREACHABLE_GRACE:
+            return False
+        destination = pc.rtp.destination
+        log.warning("call %s with %s: %s:%d is unreachable (ICMP): hanging up", pc.id, pc.peer,
+                    *(destination or ("?", 0)))
+        self.hang_up(pc)
+        return True
+
+    def hang_up(self, pc: PhoneCall) -> None:
+        """BYE to the CN and to every device of the call, and forget it."""
+        for device, call in list(pc.device_calls.items()):
+            call.bye().addErrback(lambda f, d=device: log.warning("BYE to %s failed", d))
+        pc.device_calls.clear()
+        pc.call.bye().addErrback(lambda f: log.warning("BYE to %s failed", pc.peer))
+        self._ended(pc)
+
     # Calls ----------------------------------------------------------------------------------------
 
     def _incoming(self, incoming: IncomingCall) -> None:
-        if not replaces_allowed(incoming):
-            log.warning("INVITE with Replaces from %s refused: not the replaced call's party nor "
-                        "referred by it", incoming.request.from_.uri)
-            incoming.reject(403, "Not referred by the replaced call's party")
-            return
+        # An INVITE with Replaces got here only if the core's policy found it authorised by the
+        # replaced call's party (RFC 3891 §6, sipmob.sip.policy): anyone else had 403 already.
         if incoming.offer is None:
             incoming.reject(488)
             return
@@ -508,14 +761,25 @@ class Phone:
             incoming.reject(488)
             self._close(rtp, video_rtp)
             return defer.fail(CommandError(f"incoming call refused: {exc}"))
-        d = incoming.accept(stamped.to_bytes())
+        source = incoming.source.host if incoming.source is not None else ""
+        self._answering += 1
+        self._answering_from[source] += 1
+
+        def answered(result: Any) -> Any:
+            self._answering -= 1
+            self._answering_from[source] -= 1
+            if not self._answering_from[source]:
+                del self._answering_from[source]
+            return result
 
         def failed(failure: Any) -> Any:
             self._close(rtp, video_rtp)
             return failure
 
+        d = incoming.accept(stamped.to_bytes())
+        d.addBoth(answered)
         d.addCallbacks(lambda call: self._add_call(call, str(call.dialog.remote_uri.uri), oa, rtp, video_rtp,
-                                                   cid), failed)
+                                                   cid, source=source), failed)
         return d
 
     @staticmethod
@@ -639,6 +903,7 @@ class Phone:
         pc.layout = outcome.layout
         pc.device_sdps = dict(outcome.device_sdps)
         pc.cn_sdp = outcome.cn_sdp
+        self.persist(pc)
         return outcome.message
 
     @defer.inlineCallbacks
@@ -680,7 +945,7 @@ class Phone:
         if command == "call":
             return self.call(str(args.get("uri", "")))
         if command == "calls":
-            return self.controls.calls() + self.handoff.describe()
+            return self.controls.calls() + self.handoff.describe() + list(self.recovered)
         if command in CALL_COMMANDS:
             return self.controls.handle(command, args)
         if command == "transfer":
@@ -696,6 +961,29 @@ class Phone:
                 raise CommandError("no egress list: set [listen] egress to an egress.toml")
             return self.egress.rows()
         raise CommandError(f"unknown command {command!r}")
+
+
+def _location_record(location: Any) -> Any:
+    if isinstance(location, DuplexSplit):
+        return {"out": location.output_device, "in": location.input_device}
+    return location
+
+
+def _location(record: Any) -> Any:
+    if record is None or isinstance(record, str):
+        return record
+    if isinstance(record, dict) and isinstance(record.get("out"), str) and isinstance(record.get("in"), str):
+        return DuplexSplit(record["out"], record["in"])
+    raise ValueError(f"not a media location: {record!r}")
+
+
+def _agreed(ours: SessionDescription, theirs: SessionDescription) -> OfferAnswerState:
+    """An offer/answer state that has agreed on `ours` and `theirs` (a call taken back after a
+    restart), so the next offer's ``o=`` version follows on from ours (RFC 3264 §8)."""
+    oa = OfferAnswerState(ours.origin)
+    oa.create_offer(ours)
+    oa.receive_answer(theirs)
+    return oa
 
 
 def _add_arguments(parser: Any) -> None:

@@ -16,6 +16,10 @@ sends a compound report (`sipmob.media.rtcp.RtcpSession`) to the destination's p
 every 5 s while it sends or hears RTP, and a BYE when it closes; received RTCP gives the round
 trip and the reports others make about us. The report timer stops when the endpoint falls idle.
 
+On Linux the RTP socket asks for ICMP errors (``IP_RECVERR``): a destination that answers with
+port or host unreachable sets `unreachable_since` (cleared by any packet heard or a new
+destination) and calls ``on_unreachable``; what to do about it (end the call) is the application's.
+
 Not here: SDP, jitter buffers, RTCP feedback or XR.
 """
 
@@ -26,11 +30,13 @@ import ipaddress
 import logging
 import random
 import secrets
+import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import error, protocol, task
+from twisted.internet import error, posixbase, protocol, task, udp
 
 from sipmob.media.codecs import Codec
 from sipmob.media.recorder import WavRecorder
@@ -56,6 +62,69 @@ class EndpointStats:
     rtcp_received: int = 0
     rtcp_malformed: int = 0
     round_trip: float | None = None  # seconds, from the last report about us (§6.4.1)
+
+
+_IP_RECVERR, _IPV6_RECVERR = 11, 25  # linux/in.h, linux/in6.h
+_SO_EE_ORIGIN_ICMP, _SO_EE_ORIGIN_ICMP6 = 2, 3
+_UNREACHABLE = {111, 113, 101}  # ECONNREFUSED (port), EHOSTUNREACH, ENETUNREACH
+
+
+class _ReportingPort(udp.Port):
+    """A UDP port that hears ICMP errors about what it sent (Linux ``IP_RECVERR``).
+
+    An unconnected UDP socket is told nothing of ICMP port or host unreachable unless it asks;
+    once it asks, the errors wait in the socket's error queue and epoll says EPOLLERR, on which
+    the reactor would close the port as if the connection were lost. Here that moment drains the
+    queue, hands each failed destination to `on_unreachable` and goes on reading: the socket
+    itself is fine."""
+
+    on_unreachable: Callable[[Address], Any] | None = None
+
+    def startListening(self) -> None:
+        super().startListening()
+        try:
+            if self.addressFamily == socket.AF_INET6:
+                self.socket.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
+            else:
+                self.socket.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
+        except OSError:
+            pass  # not Linux: ICMP errors stay unheard, the media timeout still applies
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if reason is not None and self.connected and self._drain_errors():
+            self.startReading()
+            return
+        super().connectionLost(reason)
+
+    def _drain_errors(self) -> bool:
+        drained = False
+        for _ in range(256):
+            try:
+                _, ancdata, _, addr = self.socket.recvmsg(1, 512, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+            except OSError:
+                break
+            drained = True
+            for _level, _type, data in ancdata:
+                if len(data) < 8:
+                    continue
+                errno, origin = struct.unpack_from("=IB", data)
+                if origin in (_SO_EE_ORIGIN_ICMP, _SO_EE_ORIGIN_ICMP6) and errno in _UNREACHABLE \
+                        and addr and self.on_unreachable is not None:
+                    try:
+                        self.on_unreachable((addr[0], addr[1]))
+                    except Exception:
+                        log.exception("ICMP error handler failed")
+        return drained
+
+
+def _listen_udp(reactor: Any, port: int, proto: protocol.DatagramProtocol, interface: str,
+                on_unreachable: Callable[[Address], Any] | None = None) -> Any:
+    if not isinstance(reactor, posixbase.PosixReactorBase):
+        return reactor.listenUDP(port, proto, interface=interface)
+    listening = _ReportingPort(port, proto, interface, reactor=reactor)
+    listening.on_unreachable = on_unreachable
+    listening.startListening()
+    return listening
 
 
 class _Datagrams(protocol.DatagramProtocol):
@@ -100,12 +169,21 @@ class RtpEndpoint:
         self._heard: set[int] = set()  # SSRCs heard since the last report
         self._packets_at_report = 0
         self._last_source: Address | None = None
+        # monotonic times of the last RTP or RTCP packet received, and of the start of sending:
+        # what a media timeout measures silence from
+        self.last_heard: float | None = None
+        self.sending_since: float | None = None
+        # when ICMP first said our destination is unreachable, since the last packet heard from
+        # anyone and the last change of destination; None while it has not
+        self.unreachable_since: float | None = None
+        self.on_unreachable: Callable[[Address], Any] | None = None
+        self._closed = False
         if rtcp:
             self._port = self._listen_pair(bind)
             self.rtcp = RtcpSession(self.ssrc, cname or f"sipmob@{bind[0]}", rtcp_interval)
         else:
             self._protocol = _Datagrams(self)
-            self._port = reactor.listenUDP(bind[1], self._protocol, interface=bind[0])
+            self._port = _listen_udp(reactor, bind[1], self._protocol, bind[0], self._unreachable)
         self._sources: dict[int, SourceStats] = {}
         self._sender: RtpSender | None = None
         self._source: AudioSource | None = None
@@ -149,7 +227,9 @@ class RtpEndpoint:
                                self._next_sequence, self._next_timestamp)
         self._sender, self._source, self._codec, self._samples = sender, source, codec, samples
         self._destination = self._checked(destination)
-        sender.start(self._monotonic())
+        self.unreachable_since = None
+        self.sending_since = self._monotonic()
+        sender.start(self.sending_since)
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = self._reactor
         self._loop.start(ptime, now=True).addErrback(self._loop_failed)
@@ -157,6 +237,7 @@ class RtpEndpoint:
     def set_destination(self, destination: Address) -> None:
         """Send the next packet to ``destination`` (and RTCP to its port + 1); the stream carries on."""
         self._destination = self._checked(destination)
+        self.unreachable_since = None
 
     def _checked(self, destination: Address) -> Address:
         # Refuse here what the socket would refuse on every packet: a name, or the other IP family.
@@ -214,8 +295,16 @@ class RtpEndpoint:
                              rtcp_malformed=self._rtcp_counts[2],
                              round_trip=self.rtcp.round_trip if self.rtcp else None)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> Any:
-        """Stop sending (with RTCP, say BYE) and release the sockets; returns the RTP port's Deferred."""
+        """Stop sending (with RTCP, say BYE) and release the sockets; returns the RTP port's Deferred.
+        Closing again does nothing."""
+        if self._closed:
+            return None
+        self._closed = True
         self.stop_sending()
         if self._rtcp_call is not None and self._rtcp_call.active():
             self._rtcp_call.cancel()
@@ -233,14 +322,14 @@ class RtpEndpoint:
         for _ in range(50 if wanted == 0 else 1):
             rtp_protocol = _Datagrams(self)
             try:
-                port = self._reactor.listenUDP(wanted, rtp_protocol, interface=host)
+                port = _listen_udp(self._reactor, wanted, rtp_protocol, host, self._unreachable)
                 number = port.getHost().port
                 if number % 2 and not wanted:
                     # The system gave an odd port: try the even one above it instead.
                     port.stopListening()
                     rtp_protocol = _Datagrams(self)
                     number += 1
-                    port = self._reactor.listenUDP(number, rtp_protocol, interface=host)
+                    port = _listen_udp(self._reactor, number, rtp_protocol, host, self._unreachable)
             except error.CannotListenError:
                 if wanted:
                     raise
@@ -301,11 +390,21 @@ class RtpEndpoint:
             log.debug("dropped a malformed RTCP packet from %s:%d: %s", addr[0], addr[1], exc)
             return
         self._rtcp_counts[1] += 1
+        self.last_heard = self._monotonic()
         if self.on_rtcp is not None:
             try:
                 self.on_rtcp(packets, addr, self._monotonic())
             except Exception:
                 log.exception("RTCP packet handler failed")
+
+    def _unreachable(self, destination: Address) -> None:
+        if destination != self._destination:
+            return  # about an earlier destination of the stream
+        if self.unreachable_since is None:
+            self.unreachable_since = self._monotonic()
+            log.info("RTP to %s:%d: ICMP says unreachable", destination[0], destination[1])
+        if self.on_unreachable is not None:
+            self.on_unreachable(destination)
 
     def _tick(self) -> None:
         sender, source, codec, destination = self._sender, self._source, self._codec, self._destination
@@ -339,6 +438,8 @@ class RtpEndpoint:
             self.malformed += 1
             log.debug("dropped a malformed RTP packet from %s:%d: %s", addr[0], addr[1], exc)
             return
+        self.last_heard = now
+        self.unreachable_since = None
         stats = self._sources.get(packet.ssrc)
         if stats is None:
             stats = self._sources[packet.ssrc] = SourceStats(packet.ssrc, self.clock_rate)

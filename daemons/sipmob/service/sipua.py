@@ -25,6 +25,7 @@ from sipmob.sip import ua as core
 from sipmob.sip.dialog import Dialog
 from sipmob.sip.headers import Replaces
 from sipmob.sip.message import Request, Response, reason_phrase
+from sipmob.sip.policy import RequestPolicy
 from sipmob.sip.transaction import TimerConfig
 from sipmob.sip.transport import Address
 from sipmob.sip.uri import URI, NameAddr
@@ -391,6 +392,7 @@ class IncomingCall:
         self.offer = event.offer
         self.replaces = event.replaces
         self.referred_by = event.referred_by
+        self.source = event.source
         self.replaced: Call | None = ua.call(event.replaces_call) if event.replaces_call else None
         self.cancelled: defer.Deferred[None] = defer.Deferred()
         self._accepted: defer.Deferred[Call] | None = None
@@ -431,11 +433,12 @@ class UserAgent:
                  capabilities_sdp: Callable[[], bytes] | None = None,
                  credentials: core.CredentialsLookup | tuple[str, str] | None = None,
                  allow: Sequence[str] = core.ALLOW, aor: str | URI | None = None,
-                 advertise: str | None = None) -> None:
+                 advertise: str | None = None, policy: RequestPolicy | None = None) -> None:
         """`credentials` answer Digest challenges (401/407): ``(username, password)`` or a
         function of the realm returning them (or None). `allow` are the methods we take (others
         get 405), `aor` our From (default ``sip:USER@HOST``), `advertise` the host put in Via and
-        Contact when the socket is bound to any address."""
+        Contact when the socket is bound to any address. `policy` decides which requests from
+        outside a dialog the core acts on (`sipmob.sip.policy`)."""
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
@@ -444,7 +447,8 @@ class UserAgent:
         self._options = {"user": user, "display_name": display_name, "user_agent": user_agent,
                          "timers": timers, "capabilities_sdp": capabilities_sdp,
                          "credentials": credentials, "allow": allow,
-                         "aor": _uri(aor) if aor is not None else None}
+                         "aor": _uri(aor) if aor is not None else None,
+                         "policy": policy}
         self._advertise = advertise
         self._transport = SIPTransport(reactor, None, listen, on_event=self._on_core_event)
         self._core_obj: core.UACore | None = None
@@ -504,6 +508,12 @@ class UserAgent:
         return bound
 
     # Handlers -----------------------------------------------------------------------------------
+
+    def set_policy(self, policy: RequestPolicy) -> None:
+        """Decide with `policy` from now on (a reloaded configuration)."""
+        self._options["policy"] = policy
+        if self._core_obj is not None:
+            self._core_obj.policy = policy
 
     def on_incoming_call(self, handler: Callable[[IncomingCall], None]) -> None:
         """Who hears of new INVITEs; without a handler they get 480."""
@@ -611,6 +621,14 @@ class UserAgent:
         first = registration._first
         self._flush()
         return first
+
+    def adopt(self, dialog: Dialog, *, local_sdp: bytes | None = None,
+              remote_sdp: bytes | None = None) -> Call:
+        """A `Call` for a dialog held before a restart (`sipmob.sip.ua.UACore.adopt`)."""
+        handle = self.machine.adopt(dialog, local_sdp=local_sdp, remote_sdp=remote_sdp)
+        call = Call(self, handle)
+        self._calls[handle] = call
+        return call
 
     def options(self, target: str | URI, *, timeout: float | None = None) -> defer.Deferred[Response]:
         """Send OPTIONS; fires with the final response (any status), errback `SIPError(408)` on a

@@ -125,6 +125,41 @@ class Dialog:
             secure=request.uri.is_secure,
         )
 
+    # Durable form -----------------------------------------------------------------------------
+
+    def to_record(self) -> dict[str, object]:
+        """The dialog as plain data (strings, numbers, lists), for a daemon's state file."""
+        return {"call_id": self.call_id, "local_tag": self.local_tag, "remote_tag": self.remote_tag,
+                "local_uri": str(self.local_uri), "remote_uri": str(self.remote_uri),
+                "remote_target": str(self.remote_target), "route_set": [str(r) for r in self.route_set],
+                "local_seq": self.local_seq, "remote_seq": self.remote_seq, "is_uac": self.is_uac,
+                "local_contact": str(self.local_contact), "state": self.state.value, "secure": self.secure}
+
+    @classmethod
+    def from_record(cls, record: dict[str, object], *, seq_margin: int = 0) -> Dialog:
+        """The dialog `to_record` gave; raises ValueError (or SIPParseError) for a damaged record.
+        `seq_margin` moves the local CSeq on, so that requests after a restart stay above any that
+        went out after the record was written (§12.2.1.1 asks only that it grows)."""
+        def text(name: str) -> str:
+            value = record.get(name)
+            if not isinstance(value, str):
+                raise ValueError(f"dialog record: {name} missing")
+            return value
+
+        local_seq, remote_seq = record.get("local_seq"), record.get("remote_seq")
+        if not isinstance(local_seq, int) or not (remote_seq is None or isinstance(remote_seq, int)):
+            raise ValueError("dialog record: bad CSeq numbers")
+        routes = record.get("route_set") or []
+        if not isinstance(routes, list):
+            raise ValueError("dialog record: bad route set")
+        return cls(call_id=text("call_id"), local_tag=text("local_tag"), remote_tag=text("remote_tag"),
+                   local_uri=NameAddr.parse(text("local_uri")), remote_uri=NameAddr.parse(text("remote_uri")),
+                   remote_target=URI.parse(text("remote_target")),
+                   route_set=[NameAddr.parse(str(r)) for r in routes], local_seq=local_seq + seq_margin,
+                   remote_seq=remote_seq, is_uac=bool(record.get("is_uac")),
+                   local_contact=NameAddr.parse(text("local_contact")), state=DialogState(text("state")),
+                   secure=bool(record.get("secure")))
+
     # Updates ----------------------------------------------------------------------------------
 
     def update_from_response(self, response: Response) -> None:

@@ -91,6 +91,13 @@ class InviteSessions(ChallengeRetry):
             body = sdp
             h.append(("Content-Type", SDP))
         response = make_response(c.invite, status, reason, to_tag=tag, headers=h, body=body)
+        if not self._fits(response):
+            too_large = make_response(c.invite, 513, to_tag=tag, headers=self._response_common())
+            self.layer.send_response(too_large, now)
+            self._forget(c, now)
+            self._events.append(CallFailed(c.handle, 513, "our answer is too large for UDP"))
+            self._pump(now)
+            return
         if 100 < status < 300 and c.dialog is None:
             c.dialog = Dialog.from_uas(c.invite, tag, self.local_contact)
             self._by_dialog[c.dialog.id] = c.handle
@@ -134,6 +141,21 @@ class InviteSessions(ChallengeRetry):
         self._pump(now)
         return op
 
+    def adopt(self, dialog: Dialog, *, local_sdp: bytes | None = None,
+              remote_sdp: bytes | None = None) -> int:
+        """Take over a confirmed INVITE dialog this UA held before a restart (from its state file):
+        it becomes a call like any other (BYE, re-INVITE, requests from the peer). Returns its handle."""
+        if dialog.id in self._by_dialog:
+            raise UAError(f"dialog {dialog.call_id} is held already")
+        dialog.state = DialogState.CONFIRMED
+        handle = self._new_handle()
+        # What the INVITE was matters no more: a request of the dialog's shape stands in for it.
+        invite = dialog.create_request("INVITE", cseq=dialog.local_seq)
+        self._calls[handle] = _Call(handle, dialog.is_uac, CallState.CONFIRMED, invite, dialog=dialog,
+                                    local_sdp=local_sdp, remote_sdp=remote_sdp)
+        self._by_dialog[dialog.id] = handle
+        return handle
+
     def ack_pending(self, call: int) -> bool:
         """Whether the call's last 2xx (to a late-offer INVITE or re-INVITE) waits for `ack`."""
         c = self._calls.get(call)
@@ -171,6 +193,9 @@ class InviteSessions(ChallengeRetry):
             if sr.request.body:
                 c.remote_sdp = sr.request.body
         response = make_response(sr.request, status, reason, headers=h, body=body)
+        if not self._fits(response):
+            response = make_response(sr.request, 513, headers=self._response_common())
+            status = 513
         self.layer.send_response(response, now)
         if 200 <= status < 300:
             c.ok = response
@@ -206,6 +231,7 @@ class InviteSessions(ChallengeRetry):
             return
         replaces: Replaces | None = None
         replaces_call: int | None = None
+        replaced: Dialog | None = None
         value = request.headers.get("Replaces")
         if value is not None:
             replaces = Replaces.parse(value)
@@ -219,6 +245,9 @@ class InviteSessions(ChallengeRetry):
             if replaces.early_only and old.state is CallState.CONFIRMED:
                 self._reply(request, 486, now)
                 return
+            replaced = old.dialog
+        if self._refused(event, replaced, now):
+            return
         referred_by_s = request.headers.get("Referred-By")
         referred_by = NameAddr.parse(referred_by_s.strip()) if referred_by_s else None
         handle = self._new_handle()
@@ -227,7 +256,7 @@ class InviteSessions(ChallengeRetry):
         self._calls[handle] = c
         self._by_invite_key[event.transaction_key] = handle
         self._events.append(IncomingInvite(handle, request, request.body or None, replaces,
-                                           replaces_call, referred_by))
+                                           replaces_call, referred_by, event.source))
 
     def _on_cancel(self, event: tx.RequestReceived, now: float) -> None:
         request = event.request

@@ -148,8 +148,11 @@ class Referrals(ChallengeRetry):
         tag = (sr.to_tag or self._token()) if request.to.tag is None else None
         if request.method == "SUBSCRIBE" and tag is not None and 200 <= status < 300:
             h.append(("Contact", str(self.local_contact)))
-        self.layer.send_response(make_response(request, status, reason, to_tag=tag, headers=h, body=body),
-                                 now)
+        response = make_response(request, status, reason, to_tag=tag, headers=h, body=body)
+        if not self._fits(response):
+            status = 513
+            response = make_response(request, 513, to_tag=tag, headers=self._response_common())
+        self.layer.send_response(response, now)
         created: int | None = None
         ok = 200 <= status < 300
         if request.method == "SUBSCRIBE" and tag is not None and ok:

@@ -9,7 +9,8 @@ message, the address it came from and the connections that are open:
   larger than 1300 bytes when the MTU is unknown, MUST go over a congestion-controlled transport,
   so a large request meant for UDP goes over TCP to the same address, with its Via changed to say
   so (`transport_for_size`);
-- ``received`` and ``rport`` on a request we receive (§18.2.1, RFC 3581 §4);
+- ``received`` and ``rport`` on a request we receive (§18.2.1, RFC 3581 §4), and the transport it
+  really came on when its Via names another one;
 - where a response goes (§18.2.2, RFC 3581 §4): back over the connection the request came on while
   it is open, else to ``maddr``, ``received``/``rport`` or the sent-by;
 - whether a response is for us at all (§18.1.2: the top Via's sent-by is one of ours);
@@ -30,6 +31,7 @@ MAGIC_COOKIE = "z9hG4bK"  # §8.1.1.7: a branch that starts with it was made by 
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "sctp": 5060, "tls": 5061, "ws": 80, "wss": 443}
 RELIABLE_TRANSPORTS = frozenset({"tcp", "tls", "sctp", "ws", "wss"})
 UDP_SIZE_LIMIT = 1300  # §18.1.1: the MTU is unknown to us, so 1300 bytes
+MAX_DATAGRAM = 65507  # the largest UDP payload over IPv4 (65535 less the IP and UDP headers)
 
 M = TypeVar("M", Request, Response)
 
@@ -62,6 +64,13 @@ def transport_for_size(size: int, transport: str, limit: int | None = UDP_SIZE_L
     return transport.lower()
 
 
+def fits_transport(message: Response, size: int) -> bool:
+    """Whether a response of `size` bytes can go where its top Via sends it: over UDP, only up
+    to `MAX_DATAGRAM` (§18.2.2 has no fallback to TCP for responses; 513 is the honest answer)."""
+    top = _top_via(message)
+    return top is None or is_reliable(top.transport) or size <= MAX_DATAGRAM
+
+
 def new_branch(token: str) -> str:
     """A branch for a new transaction: the magic cookie and a token unique in space and time."""
     return MAGIC_COOKIE + token
@@ -92,6 +101,15 @@ def apply_received(request: M, source: Address) -> M:
     top = _top_via(request)
     if top is None:
         return request
+    if top.transport.lower() != source.transport:
+        # A Via naming another transport than the one the request came on (UDP saying TCP) would
+        # have us open connections to a host and port the sender chose: the response goes back
+        # to the source over the transport it came on (§18.2.2 as RFC 3581 §4 applies it), so
+        # the Via is made to say so, and every later response (2xx retransmissions included)
+        # follows it.
+        params = [(n, v) for n, v in top.params if n.lower() not in ("received", "rport")]
+        params += [("received", source.host), ("rport", str(source.port))]
+        return _with_top_via(request, Via(source.transport.upper(), top.host, top.port, tuple(params)))
     asked_rport = top.rport == ""
     if not asked_rport and top.host == source.host:
         return request

@@ -232,19 +232,23 @@ class UACore(InviteSessions, Referrals, Registrations):
         (405, 420) have passed: the one place that decides whether such a request acts."""
         request = event.request
         method = request.method
-        if method == "REFER" and "REFER" in self.app_methods:
+        if method == "INVITE":
+            self._on_invite(event, now)  # asks the policy once it knows the dialog Replaces names
+            return
+        refer_outside = method == "REFER" and "REFER" in self.app_methods
+        if method in _IN_DIALOG_ONLY and not refer_outside:
+            self._reply(request, 481, now)
+            return
+        if self._refused(event, None, now):
+            return
+        if refer_outside:
             # RFC 3515 §2.4.1 outside a dialog too; the application decides whether to act
             if self._check_refer(request, now):
                 rid = self._new_handle()
                 self._server[rid] = _ServerRequest(request, event.transaction_key, None, self._token())
                 self._events.append(RequestReceived(None, rid, request))
             return
-        if method in _IN_DIALOG_ONLY:
-            self._reply(request, 481, now)
-            return
-        if method == "INVITE":
-            self._on_invite(event, now)
-        elif method in self.app_methods:
+        if method in self.app_methods:
             rid = self._new_handle()
             self._server[rid] = _ServerRequest(request, event.transaction_key, None, self._token())
             self._events.append(RequestReceived(None, rid, request))
@@ -351,8 +355,17 @@ class UACore(InviteSessions, Referrals, Registrations):
             return
         if c is not None and c.dialog is not None and response.status in (408, 481) and kind != "BYE":
             # §12.2.1.2: the dialog is gone on their side
-            self._send_bye(c, now)
-            self._end(c, "timeout", now)
+            if not c.is_uac and c.state in UNANSWERED:
+                # §15: a callee ends an early dialog with a final response to the INVITE, never
+                # with BYE; without one the INVITE's server transaction would wait for ever
+                tag = c.dialog.local_tag
+                self.layer.send_response(make_response(c.invite, 487, to_tag=tag,
+                                                       headers=self._response_common()), now)
+                self._forget(c, now)
+                self._events.append(CallFailed(c.handle, 487, "Request Terminated"))
+            else:
+                self._send_bye(c, now)
+                self._end(c, "timeout", now)
         self._events.append(RequestCompleted(op, response))
 
     def _on_client_failure(self, key: TransactionKey, now: float) -> None:

@@ -23,9 +23,10 @@ from sipmob.sip.auth import Challenge
 from sipmob.sip.callstate import UP, CallInput, CallState, next_state
 from sipmob.sip.dialog import Dialog, DialogId, uri_destination
 from sipmob.sip.headers import CSeq
-from sipmob.sip.message import Headers, Request, Response, make_response
+from sipmob.sip.message import Headers, Request, Response, make_response, reason_phrase
+from sipmob.sip.policy import DEFAULT_POLICY, Admission, RequestPolicy
 from sipmob.sip.transaction import TimerConfig, TransactionKey, TransactionLayer
-from sipmob.sip.transport import Address, Connections
+from sipmob.sip.transport import Address, Connections, fits_transport
 from sipmob.sip.uaevents import CallTerminated, CredentialsLookup, UAError, UAEvent
 from sipmob.sip.uri import URI, NameAddr, SIPParseError
 
@@ -151,8 +152,11 @@ class UABase:
                  capabilities_sdp: Callable[[], bytes] | None = None,
                  token: Callable[[], str] | None = None, rng: random.Random | None = None,
                  credentials: CredentialsLookup | tuple[str, str] | None = None,
-                 allow: Sequence[str] = ALLOW, aor: URI | None = None) -> None:
+                 allow: Sequence[str] = ALLOW, aor: URI | None = None,
+                 policy: RequestPolicy | None = None) -> None:
         self.credentials = credentials
+        # asked before any request from outside a dialog becomes an event (sipmob.sip.policy)
+        self.policy: RequestPolicy = policy if policy is not None else DEFAULT_POLICY
         # the methods we take; a UA that only probes (the SA proxy) allows OPTIONS alone
         self.allow = tuple(allow)
         self._token = token or (lambda: secrets.token_hex(8))
@@ -237,6 +241,25 @@ class UABase:
 
     def _dispatch(self, event: tx.Event, now: float) -> None:
         raise NotImplementedError  # the whole core's (`sipmob.sip.ua.UACore`)
+
+    def _refused(self, event: tx.RequestReceived, replaced: Dialog | None, now: float) -> bool:
+        """Ask the policy; answer a refusal here. True when the request was refused."""
+        dialogs = sum(1 for c in self._calls.values() if c.kind == "invite")
+        refusal = self.policy.admit(Admission(event.request, event.source, now, replaced, dialogs))
+        if refusal is None:
+            return False
+        log.debug("refused %s from %s:%d: %d %s", event.request.method, event.source.host, event.source.port,
+                  refusal.status, refusal.reason or reason_phrase(refusal.status))
+        self._reply(event.request, refusal.status, now, reason=refusal.reason, headers=refusal.headers)
+        return True
+
+    @staticmethod
+    def _fits(response: Response) -> bool:
+        fits = fits_transport(response, len(response.to_bytes()))
+        if not fits:
+            log.warning("a %d to %s does not fit in a UDP datagram: answering 513 instead",
+                        response.status, response.cseq.method)
+        return fits
 
     def _reply(self, request: Request, status: int, now: float, *, reason: str | None = None,
                headers: Sequence[tuple[str, str]] = (), body: bytes = b"") -> None:

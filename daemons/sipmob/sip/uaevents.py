@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from sipmob.sip.headers import Replaces
 from sipmob.sip.message import Request, Response
+from sipmob.sip.transport import Address
 from sipmob.sip.uri import NameAddr
 
 CredentialsLookup = Callable[[str], "tuple[str, str] | None"]
@@ -33,6 +34,7 @@ class IncomingInvite:
     replaces: Replaces | None
     replaces_call: int | None
     referred_by: NameAddr | None
+    source: Address | None = None  # where the INVITE came from (the policy's view of the caller)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

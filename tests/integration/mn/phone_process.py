@@ -51,13 +51,27 @@ class Phone:
             f'[listen]\naddress = "127.0.0.1"\nport = {self.port}\n[identity]\nuser = "{user}"\n'
             f'[calls]\nauto_answer = {str(auto_answer).lower()}\ngrace_period = {grace}\n'
             f'device_timeout = 2.0\noptions_timeout = 1.0\nring_timeout = {ring_timeout}\n'
-            f'[slp]\nda = "{da}"\n[control]\npath = "{self.control}"\n' + extra)
+            f'[slp]\nda = "{da}"\n[control]\npath = "{self.control}"\n'
+            f'[state]\nfile = "{directory / "calls.sqlite"}"\n' + extra)
         self.log = open(directory / "phone.log", "wb")  # closed in stop()
         self.log_path = directory / "phone.log"
+        self._spawn()
+
+    def _spawn(self) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "sipmob.mn.cli", "phone", "--config",
                                       str(self.config)], env=ENV, stdout=self.log, stderr=subprocess.STDOUT)
         if not until(self._answers, step=0.05) or self.proc.poll() is not None:
             raise RuntimeError(self.output())
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: nothing is hung up, the state file stays as it was."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def restart(self) -> None:
+        """Start the phone again with the same configuration (port, control socket, state file)."""
+        self._spawn()
 
     def _answers(self) -> bool:
         if self.proc.poll() is not None:

@@ -9,6 +9,9 @@ by its PID.
 
 from __future__ import annotations
 
+import json
+import re
+import socket
 import subprocess
 import sys
 import time
@@ -193,3 +196,69 @@ def test_cn_that_refuses_the_reinvite_keeps_the_call_and_releases_the_device(hom
         assert call["sending"] is True
     finally:
         cn.stop()
+
+
+def test_a_phone_killed_mid_call_takes_the_call_back_when_restarted(home: dict[str, Any]) -> None:
+    """kill -9 with the call's audio on a device: the restarted phone finds the call in its state
+    file, takes its dialogs back (the CN and the device notice nothing), lists it, and can still
+    retrieve it and hang it up."""
+    phone, cn, desk = home["phone"], home["cn"], home["desk"]
+    assert phone.sipmob("call", cn.uri).returncode == 0
+    done = phone.sipmob("transfer", "1", "--to", "desk-phone")
+    assert done.returncode == 0, done.stderr + phone.output()
+    desk.wait_call_event("CALL_ESTABLISHED")
+    cn_start, desk_start = len(cn.events), len(desk.events)
+    phone.kill()
+    phone.restart()
+    [call] = phone.calls()
+    assert call["id"] == "1" and call["peer"] == cn.uri and call["devices"] == [desk.uri]
+    assert call["streams"] == [{"media": "audio", "where": "Desk phone"}] and call["state"] == "confirmed"
+    done = phone.sipmob("retrieve", "1")
+    assert done.returncode == 0, done.stderr + phone.output()
+    desk.wait_call_event("CALL_CLOSED", start=desk_start)
+    before = phone.received()
+    assert until(lambda: phone.received() > before + 20), "the CN's audio did not come back"
+    assert not [e for e in cn.events[cn_start:] if e.get("type") == "CALL_CLOSED"]
+    assert phone.sipmob("call", cn.uri).stdout.strip().startswith("call 2 with ")
+
+
+def test_a_call_playing_on_the_phone_plays_again_after_a_kill(home: dict[str, Any]) -> None:
+    phone, cn = home["phone"], home["cn"]
+    assert phone.sipmob("call", cn.uri).returncode == 0
+    assert until(lambda: phone.received() > 20)
+    phone.kill()
+    phone.restart()
+    [call] = phone.calls()
+    assert call["streams"] == [{"media": "audio", "where": "this phone"}] and call["sending"] is True
+    assert until(lambda: phone.received() > 20), "the CN's audio does not reach the restarted phone"
+    assert until(lambda: phone.calls()[0]["rtp_sent"] > 20)
+
+
+def test_a_call_that_cannot_be_taken_back_is_ended_on_every_leg(home: dict[str, Any]) -> None:
+    """The same, with the call's RTP port taken meanwhile: the phone cannot take the call back, so
+    the CN and the device both get a BYE (no orphan RTP between them), and `sipmob calls` says so."""
+    phone, cn, desk = home["phone"], home["cn"], home["desk"]
+    assert phone.sipmob("call", cn.uri).returncode == 0
+    assert phone.sipmob("transfer", "1", "--to", "desk-phone").returncode == 0
+    desk.wait_call_event("CALL_ESTABLISHED")
+    cn_start, desk_start = len(cn.events), len(desk.events)
+    port = _audio_port(phone)
+    phone.kill()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
+        squatter.bind(("127.0.0.1", port))
+        phone.restart()
+        cn.wait_call_event("CALL_CLOSED", timeout=10, start=cn_start)
+        desk.wait_call_event("CALL_CLOSED", timeout=10, start=desk_start)
+    [left] = phone.calls()
+    assert left["id"] == "1" and left["peer"] == cn.uri and left["devices"] == [desk.uri]
+    assert until(lambda: phone.calls()[0]["state"] == "ended (the phone restarted)", 5)
+    done = phone.sipmob("calls")
+    assert done.returncode == 0 and "ended (the phone restarted)  audio: Desk phone" in done.stdout
+
+
+def _audio_port(phone: Phone) -> int:
+    import sqlite3
+
+    with sqlite3.connect(phone.config.parent / "calls.sqlite") as db:
+        [(record,)] = db.execute("SELECT record FROM calls").fetchall()
+    return int(re.search(r"m=audio (\d+)", json.loads(record)["local_sdp"]).group(1))  # type: ignore[union-attr]

@@ -420,3 +420,27 @@ def test_a_baresip_phone_is_found_and_disappears_when_it_stops(
     finally:
         phone.stop()
     assert wait_until(lambda: found(da.port) == [])
+
+
+def test_a_udp_request_whose_via_says_tcp_is_answered_over_udp_without_a_connection(
+        tmp_path: Path, da: Slpda, proxies: list[Saproxy]) -> None:
+    """RFC 3261 §18.2.2 / RFC 3581: the answer goes back to the source over the transport the
+    request came on; the SA proxy never opens a TCP connection to a port the sender chose."""
+    proxy = saproxy(proxies, tmp_path, [da.port]).start()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        listener.settimeout(1.0)
+        udp.bind(("127.0.0.1", 0))
+        udp.settimeout(3.0)
+        tcp_port = listener.getsockname()[1]
+        request = (f"OPTIONS sip:saproxy@127.0.0.1:{proxy.port} SIP/2.0\r\n"
+                   f"Via: SIP/2.0/TCP 127.0.0.1:{tcp_port};branch=z9hG4bKviatcp{tcp_port}\r\n"
+                   "Max-Forwards: 70\r\nTo: <sip:saproxy@127.0.0.1>\r\nFrom: <sip:t@127.0.0.1>;tag=1\r\n"
+                   "Call-ID: via-tcp\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+        udp.sendto(request.encode(), ("127.0.0.1", proxy.port))
+        reply = udp.recv(65535)
+        assert reply.startswith(b"SIP/2.0 200 ") and b"SIP/2.0/UDP" in reply
+        with pytest.raises(TimeoutError):
+            listener.accept()

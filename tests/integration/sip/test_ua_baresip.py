@@ -246,7 +246,12 @@ def test_invite_with_replaces_ends_the_replaced_call(three: list[UserAgent]) -> 
     spin_until(lambda: bool(at_b))
     d = call_ab.dialog
     replaces = Replaces(d.call_id, to_tag=d.remote_tag, from_tag=d.local_tag)
-    call_cb = wait(c.invite(target(b), sdp(4004), headers=[("Replaces", str(replaces))]))
+    # RFC 3891 §6: referred by the replaced dialog's peer (a); without it b answers 403
+    with pytest.raises(CallFailed) as info:
+        wait(c.invite(target(b), sdp(4004), headers=[("Replaces", str(replaces))]))
+    assert info.value.status == 403 and at_b[0].state == "confirmed"
+    call_cb = wait(c.invite(target(b), sdp(4004), headers=[("Replaces", str(replaces)),
+                                                           ("Referred-By", f"<{a.aor}>")]))
     assert call_cb.state == "confirmed"
     assert wait(at_b[0].terminated) == "replaced"
     assert wait(call_ab.terminated) == "bye"

@@ -9,10 +9,9 @@ from typing import Any
 import pytest
 
 from sipmob.mn.devices import Found
-from sipmob.mn.handoff import Mode, choose_mode, replaces_allowed, same_party
-from sipmob.sip.headers import Replaces
+from sipmob.mn.handoff import Mode, choose_mode, same_party
 from sipmob.sip.ua import Referred
-from sipmob.sip.uri import URI, NameAddr
+from sipmob.sip.uri import URI
 
 MN = URI.parse("sip:mn@127.0.0.1")
 CN = URI.parse("sip:cn@127.0.0.1:5080")
@@ -43,30 +42,6 @@ def test_same_party_ignores_port_and_parameters_but_not_user_or_host() -> None:
     assert same_party(URI.parse("sip:mn@127.0.0.1:5070;transport=udp"), MN)
     assert not same_party(URI.parse("sip:eve@127.0.0.1"), MN)
     assert not same_party(URI.parse("sip:mn@127.0.0.2"), MN)
-
-
-def incoming(sender: URI, referred_by: URI | None, peer: URI | None) -> Any:
-    replaced = None
-    if peer is not None:
-        replaced = SimpleNamespace(dialog=SimpleNamespace(remote_uri=NameAddr(None, peer)))
-    return SimpleNamespace(request=SimpleNamespace(from_=NameAddr(None, sender)),
-                           referred_by=NameAddr(None, referred_by) if referred_by else None,
-                           replaced=replaced, replaces=Replaces("c", "t", "f") if peer else None)
-
-
-def test_an_invite_without_replaces_is_not_this_rules_business() -> None:
-    assert replaces_allowed(incoming(URI.parse("sip:eve@h"), None, None))
-
-
-def test_replaces_from_the_replaced_calls_party_or_referred_by_it_is_allowed() -> None:
-    assert replaces_allowed(incoming(CN, None, CN))  # the peer replacing its own dialog
-    assert replaces_allowed(incoming(URI.parse("sip:tv@127.0.0.1"), CN, CN))  # CN referred the TV
-
-
-def test_replaces_from_anyone_else_is_refused() -> None:
-    assert not replaces_allowed(incoming(URI.parse("sip:eve@127.0.0.1"), None, CN))
-    assert not replaces_allowed(incoming(URI.parse("sip:eve@127.0.0.1"), URI.parse("sip:eve@127.0.0.1"), CN))
-    assert not replaces_allowed(incoming(URI.parse("sip:tv@127.0.0.1"), MN, CN))  # MN is not the party
 
 
 def device_role(owners: list[str], taken: dict[str, Any] | None = None, calls: tuple[str, ...] = ()) -> Any:

@@ -1025,3 +1025,18 @@ def test_a_notify_that_overtakes_the_202_makes_the_refer_dialog(pair: Pair) -> N
     answers = [m for _, _, d in net.wire if isinstance(m := parse_message(d), Response)
                and m.cseq.method == "NOTIFY"]
     assert answers and all(r.status == 200 for r in answers)
+def test_481_to_a_request_in_an_early_dialog_we_answer_ends_it_with_487_not_bye(pair: Pair) -> None:
+    net, a, b = pair
+    ca = a.invite(uri(BOB, "b"), OFFER, 0.0)
+    net.run()
+    inc = one(net.take(b, IncomingInvite))
+    b.answer_invite(inc.call, 180, net.now)  # type: ignore[attr-defined]
+    net.run(drop=lambda m: isinstance(m, Response) and m.status == 180)  # alice never hears of the dialog
+    b.refer(inc.call, NameAddr(None, uri(CAROL, "c")), net.now)  # type: ignore[attr-defined]
+    net.run()
+    assert [r.status for r in net.sent("REFER") if isinstance(r, Response)] == [481]
+    assert one(net.take(a, CallFailed)) == CallFailed(ca, 487, "Request Terminated")
+    assert net.sent("BYE") == []
+    net.advance(net.now + 200.0)
+    for ua in (a, b):
+        assert len(ua) == 0 and len(ua.layer) == 0 and ua.get_timer() is None

@@ -1,0 +1,142 @@
+"""Who may do what to ``sipmob phone``: the phone's one policy object, asked by the UA core before it
+acts on any request from outside a dialog (`sipmob.sip.policy.RequestPolicy`).
+
+Responsible for, in this order (the cheapest refusal first):
+
+1. 404 for a Request-URI user that is not the phone's (an OPTIONS to the bare host is answered, §11);
+2. 503 with Retry-After for a source address past ``[calls] setups_per_minute`` new INVITEs (a token
+   bucket per address; at most `MAX_SOURCES` addresses are tracked, the least recently seen one is
+   forgotten first, so a flooder rotating addresses cannot make the table grow or reset everyone's);
+3. 486 once ``[calls] max_calls`` calls are up or being answered (each costs two sockets and a
+   sender; the phone must never run out of descriptors), or ``max_calls_per_source`` from the
+   INVITE's source address (so one host cannot take every line);
+4. RFC 3891 §6 for INVITE with Replaces: 403 unless the replaced call's peer or one of ``[identity]
+   owners`` refers it, or the peer itself asks (`sipmob.sip.policy.replaces_permitted`);
+5. 403 for a new call from a source outside ``[calls] answer_from`` (networks): only those callers are
+   answered by ``auto_answer``. The default is loopback and the private and link-local ranges, the
+   networks a home is made of; a caller behind a provider's proxy needs the proxy's address added.
+
+Re-INVITEs, BYEs and everything else inside a dialog are the dialog's (the core matches them by
+Call-ID and tags, and only the peer knows those); they never come here.
+
+Not here: the SIP rules themselves (`sipmob.sip`), media timeouts (`sipmob.mn.phone`).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import ipaddress
+import logging
+from collections.abc import Callable, Iterable
+
+from sipmob.mn.config import HOME_NETWORKS
+from sipmob.sip.message import reason_phrase
+from sipmob.sip.policy import Admission, Refusal, replaces_permitted, user_is_ours
+from sipmob.sip.uri import URI
+
+log = logging.getLogger("sipmob.mn")
+
+MAX_SOURCES = 4096  # source addresses whose setup rate is tracked
+LOG_INTERVAL = 10.0  # seconds between two lines about refused requests: a flood must not flood the log
+
+
+@dataclasses.dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    at: float
+
+
+class PhonePolicy:
+    """The phone's rules, from its configuration; `calls()` says how many calls are up or being
+    answered right now, `calls_from(host)` how many of them came from `host`."""
+
+    def __init__(self, *, user: str, owners: Iterable[str] = (), answer_from: Iterable[str] = HOME_NETWORKS,
+                 max_calls: int = 4, max_calls_per_source: int = 2, setups_per_minute: float = 10.0,
+                 calls: Callable[[], int] = lambda: 0,
+                 calls_from: Callable[[str], int] = lambda host: 0) -> None:
+        self.user = user
+        self.owners = tuple(URI.parse(o) for o in owners)
+        self.answer_from = tuple(ipaddress.ip_network(n, strict=False) for n in answer_from)
+        self.max_calls = max_calls
+        self.max_calls_per_source = max_calls_per_source
+        self.calls_from = calls_from
+        self.rate = setups_per_minute / 60.0
+        self.burst = max(1.0, min(setups_per_minute, 5.0))
+        self.calls = calls
+        self._buckets: collections.OrderedDict[str, _Bucket] = collections.OrderedDict()
+        self.refused: collections.Counter[int] = collections.Counter()
+        self._unlogged: collections.Counter[int] = collections.Counter()
+        self._logged_at: float | None = None
+
+    def admit(self, admission: Admission) -> Refusal | None:
+        refusal = self._decide(admission)
+        if refusal is not None:
+            self.refused[refusal.status] += 1
+            self._log(admission, refusal)
+        return refusal
+
+    def _log(self, admission: Admission, refusal: Refusal) -> None:
+        """One line for a refusal, then at most one per `LOG_INTERVAL` counting the others."""
+        self._unlogged[refusal.status] += 1
+        if self._logged_at is not None and admission.now - self._logged_at < LOG_INTERVAL:
+            return
+        others = sum(self._unlogged.values()) - 1
+        more = ""
+        if others:
+            counts = ", ".join(f"{n} x {status}" for status, n in sorted(self._unlogged.items()))
+            more = f" (refused since the last such line: {counts})"
+        source = admission.source
+        log.info("refused %s from %s:%d: %d %s%s", admission.request.method, source.host, source.port,
+                 refusal.status, refusal.reason or reason_phrase(refusal.status), more)
+        self._unlogged.clear()
+        self._logged_at = admission.now
+
+    def _decide(self, admission: Admission) -> Refusal | None:
+        request = admission.request
+        if not user_is_ours(request, (self.user,), hostless_ok=request.method == "OPTIONS"):
+            return Refusal(404)
+        if request.method != "INVITE":
+            return None
+        if not self._take(admission.source.host, admission.now):
+            retry = (("Retry-After", str(self.retry_after())),)
+            return Refusal(503, "Too Many Calls From This Address", retry)
+        if self.calls() >= self.max_calls:
+            return Refusal(486)
+        if self.calls_from(admission.source.host) >= self.max_calls_per_source:
+            return Refusal(486, "Busy With Calls From This Address")
+        if admission.replaced is not None:
+            if replaces_permitted(admission.replaced, request, self.owners):
+                return None
+            return Refusal(403, "Replaces Not Authorised")
+        if not self.answers(admission.source.host):
+            return Refusal(403, "Not Answered From This Network")
+        return None
+
+    def answers(self, host: str) -> bool:
+        """Whether a caller at `host` is one ``auto_answer`` answers."""
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        return any(address in network for network in self.answer_from if network.version == address.version)
+
+    def retry_after(self) -> int:
+        """Seconds until one more setup is allowed from a source that used up its share."""
+        return max(1, round(1.0 / self.rate)) if self.rate > 0 else 3600
+
+    def _take(self, host: str, now: float) -> bool:
+        bucket = self._buckets.get(host)
+        if bucket is None:
+            bucket = _Bucket(self.burst, now)
+            self._buckets[host] = bucket
+            if len(self._buckets) > MAX_SOURCES:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(host)
+            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.at) * self.rate)
+            bucket.at = now
+        if bucket.tokens < 1.0:
+            return False
+        bucket.tokens -= 1.0
+        return True

@@ -1,0 +1,106 @@
+"""The phone's calls on disk: a small SQLite file (stdlib ``sqlite3``) that outlives a crash.
+
+Responsible for keeping, for every call ``sipmob phone`` holds, what a restarted phone needs to
+end it or take it back (ARCHITECTURE: "Calls are durable where a daemon controls them"): the dialog
+with the CN and every device leg (`sipmob.sip.dialog.Dialog.to_record`: Call-ID, tags, CSeqs,
+remote target, route set), the session descriptions, the devices' names and where each stream is.
+A record is written (and synced: ``synchronous=FULL``) before the request that depends on it is
+sent, and removed when the call ends. Rows belong to one phone (its Contact URI), so two phones on
+one host, or a test's phones on one machine, never end each other's calls.
+
+Not here: when to write (`sipmob.mn.phone`), what a dialog is (`sipmob.sip.dialog`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("sipmob.mn")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS calls (
+    owner TEXT NOT NULL,
+    id TEXT NOT NULL,
+    record TEXT NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (owner, id)
+)
+"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoredCall:
+    """One call as the phone wrote it."""
+
+    id: str
+    peer: str
+    cn: dict[str, Any]  # the CN's dialog (Dialog.to_record)
+    local_sdp: str = ""
+    remote_sdp: str = ""
+    devices: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # URI -> dialog
+    names: dict[str, str] = dataclasses.field(default_factory=dict)
+    streams: tuple[dict[str, str], ...] = ()  # as `sipmob calls` shows them
+    # where each m-line's media is: null (disabled), "mobile-node", a device URI, or
+    # {"out": URI, "in": URI} for a stream split by direction
+    layout: tuple[Any, ...] = ()
+    device_sdps: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)  # URI -> (ours, theirs)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> StoredCall:
+        data = json.loads(text)
+        if not isinstance(data, dict) or not isinstance(data.get("cn"), dict):
+            raise ValueError("not a stored call")
+        return cls(id=str(data["id"]), peer=str(data.get("peer", "")), cn=data["cn"],
+                   local_sdp=str(data.get("local_sdp", "")), remote_sdp=str(data.get("remote_sdp", "")),
+                   devices={str(k): v for k, v in dict(data.get("devices") or {}).items()},
+                   names={str(k): str(v) for k, v in dict(data.get("names") or {}).items()},
+                   streams=tuple(dict(s) for s in data.get("streams") or ()),
+                   layout=tuple(data.get("layout") or ()),
+                   device_sdps={str(k): (str(v[0]), str(v[1]))
+                                for k, v in dict(data.get("device_sdps") or {}).items()})
+
+
+class CallStore:
+    """The SQLite file at `path`, holding the calls of the phone whose Contact is `owner`."""
+
+    def __init__(self, path: str | Path, owner: str) -> None:
+        self.path = str(path)
+        self.owner = owner
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(SCHEMA)
+
+    def put(self, call: StoredCall) -> None:
+        self._db.execute("INSERT OR REPLACE INTO calls (owner, id, record, updated) VALUES (?, ?, ?, ?)",
+                         (self.owner, call.id, call.to_json(), time.time()))
+
+    def delete(self, call_id: str) -> None:
+        self._db.execute("DELETE FROM calls WHERE owner = ? AND id = ?", (self.owner, call_id))
+
+    def calls(self) -> list[StoredCall]:
+        """Our calls as written; a damaged record is logged and dropped."""
+        out = []
+        rows = self._db.execute("SELECT id, record FROM calls WHERE owner = ? ORDER BY updated",
+                                (self.owner,)).fetchall()
+        for call_id, record in rows:
+            try:
+                out.append(StoredCall.from_json(record))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("dropping damaged call record %s in %s: %s", call_id, self.path, exc)
+                self.delete(call_id)
+        return out
+
+    def close(self) -> None:
+        self._db.close()
