@@ -265,7 +265,7 @@ class AvEncoder:
 
     def __init__(self, codec: str, rate: int, frame_samples: int, options: dict[str, str],
                  bit_rate: int | None = None) -> None:
-        import av  # type: ignore[import-untyped]
+        import av
 
         self.rate = rate
         self.frame_samples = frame_samples
