@@ -70,7 +70,7 @@ class Transcoder:
         if self.cpu is not None:
             command = ["taskset", "-c", str(self.cpu), *command]
         env = {**os.environ, "PYTHONPATH": str(ROOT / "daemons")}
-        self.log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
+        self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         with Controller(self.uri) as probe:
@@ -169,7 +169,7 @@ class Controller:
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
             try:
                 data, _ = self.sock.recvfrom(65535)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 break
             message = parse_message(data)
             if isinstance(message, Response) and message.status >= 200 and message.cseq.method == method:
