@@ -93,6 +93,7 @@ def _ts_diff(a: int, b: int) -> int:
 class ChannelStats:
     received: int = 0
     sent: int = 0
+    octets: int = 0  # payload octets sent (RTCP SR)
     bad: int = 0  # not RTP, or a payload type the side did not offer
     concealed: int = 0  # frames made up for lost packets
     late: int = 0  # arrived after their place was concealed, dropped
@@ -263,6 +264,7 @@ class Channel:
         if ts is None:
             self.out_ts = (self.out_ts + ticks) % TS_MOD
         self.stats.sent += 1
+        self.stats.octets += len(payload)
         return data
 
     def _event(self, ts: int, payload: bytes, out: list[bytes]) -> None:
@@ -304,6 +306,7 @@ class Channel:
         if out_pt is None:
             return []
         self.stats.sent += 1
+        self.stats.octets += len(payload)
         if pt == self.source.dtmf_payload_type:
             self.stats.events += 1
         return [_HEADER.pack(0x80, (0x80 if marker else 0) | out_pt, out_seq, out_ts, self.ssrc) + payload]

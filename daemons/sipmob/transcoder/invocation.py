@@ -108,11 +108,12 @@ def _side(media: MediaDescription, session: SessionDescription, index: int, enab
         if rtpmap is None or rtpmap.encoding.upper() not in enabled:
             continue
         event_pt = dtmf.get(rtpmap.clock_rate)
+        channels = rtpmap.channels if rtpmap.encoding.upper() == "L16" else 1
+        event_clock = rtpmap.clock_rate if event_pt is not None else None
         try:
             formats.append(AudioFormat.of(rtpmap.encoding, pt, rtpmap.clock_rate, ptime_ms=ptime,
-                                          channels=rtpmap.channels if rtpmap.encoding.upper() == "L16" else 1,
-                                          fmtp=media.fmtp(pt), dtmf_payload_type=event_pt,
-                                          dtmf_clock_rate=rtpmap.clock_rate if event_pt is not None else None))
+                                          channels=channels, fmtp=media.fmtp(pt), dtmf_payload_type=event_pt,
+                                          dtmf_clock_rate=event_clock))
         except UnsupportedFormat:
             continue
     if not formats:
@@ -160,5 +161,6 @@ def answer(plan: Plan, address: str, port_a: int, port_b: int, session_id: int, 
     """"SDP TA + SDP TB": our receive address and port for each side, with its codec."""
     family = "IP6" if ":" in address else "IP4"
     lines = ["v=0", f"o=sipmob-transcoder {session_id} {version} IN {family} {address}", "s=transcoder",
-             "t=0 0", *_media_lines(plan.format_a, address, port_a), *_media_lines(plan.format_b, address, port_b)]
+             "t=0 0", *_media_lines(plan.format_a, address, port_a),
+             *_media_lines(plan.format_b, address, port_b)]
     return ("\r\n".join(lines) + "\r\n").encode()
