@@ -13,10 +13,10 @@ payload):
   about 1.5 us per 20 ms frame, against 2-4 us through libavcodec (see `sipmob.transcoder`).
 - L16: network byte order, numpy byteswap.
 - G.722 and Opus: libavcodec through PyAV 10 (``g722``, ``libopus``). The Opus encoder takes its
-  input at the lowest of 8/16/48 kHz that carries both the other side's audio and the receiver's
-  ``maxplaybackrate`` (RFC 7587 §6.1), so PCMU -> Opus encodes 8 kHz audio with no resampling and
-  the receiver's playback limit is honoured. ``useinbandfec=1`` turns on libopus' in-band FEC (the
-  receiver asked for it). We send mono even when ``stereo=1`` is offered: §7.1 makes stereo a
+  input at the lowest of 16/48 kHz that carries the other side's audio, or at 8 kHz when the
+  receiver's ``maxplaybackrate`` (RFC 7587 §6.1) says it plays no more, so the playback limit is
+  honoured (16 kHz rather than 8 for G.711 input: libopus codes it faster, see `opus_input_rate`).
+  ``useinbandfec=1`` turns on libopus' in-band FEC (the receiver asked for it). We send mono even when ``stereo=1`` is offered: §7.1 makes stereo a
   preference, and mono is always decodable.
 - Concealment: libavcodec's Opus decoder cannot be asked for libopus' PLC or for the FEC copy of
   a lost frame (an empty packet means "drain"), and G.711/G.722/L16 have none in libavcodec. So a
@@ -247,15 +247,20 @@ class AvDecoder(_Concealer):
             return self.conceal(self.rate // 50)
         parts = []
         for frame in frames:
-            array = frame.to_ndarray()
-            if array.dtype != np.int16:  # a float decoder: scale to 16 bits
-                array = np.clip(array * 32768.0, -32768, 32767).astype(np.int16)
+            # The plane's buffer, not AudioFrame.to_ndarray: that costs ~20 us a call in PyAV 10.
             channels = len(frame.layout.channels)
-            if array.shape[0] == 1 and channels > 1:  # packed: interleaved channels
-                array = array.reshape(-1, channels).mean(axis=1).astype(np.int16)
-            elif array.shape[0] > 1:  # planar
-                array = array.mean(axis=0).astype(np.int16)
-            parts.append(array.reshape(-1))
+            if frame.format.name == "s16":  # packed: interleaved channels
+                array = np.frombuffer(frame.planes[0], dtype=np.int16)[:frame.samples * channels]
+                if channels > 1:
+                    array = array.reshape(-1, channels).mean(axis=1).astype(np.int16)
+            else:  # another format (a float or planar decoder): PyAV's general conversion
+                array = frame.to_ndarray()
+                if array.dtype != np.int16:
+                    array = np.clip(array * 32768.0, -32768, 32767).astype(np.int16)
+                if array.shape[0] > 1:
+                    array = array.mean(axis=0).astype(np.int16)
+                array = array.reshape(-1)
+            parts.append(array)
         pcm = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return self.good(pcm)
 
@@ -313,7 +318,9 @@ def make_decoder(fmt: AudioFormat) -> Decoder:
 def opus_input_rate(fmt: AudioFormat, source_rate: int) -> int:
     """The rate the Opus encoder takes its input at: enough for the source, no more than the
     receiver plays (RFC 7587 §6.1 maxplaybackrate)."""
-    wanted = min(source_rate, fmt.max_playback_rate)
+    # 16 kHz at least: libopus takes longer to code 8 kHz input (it resamples it for SILK itself)
+    # than 16 kHz input (measured: ~150 against ~100 us a 20 ms frame), and the result is the same.
+    wanted = min(max(source_rate, 16000), fmt.max_playback_rate)
     return next(r for r in OPUS_RATES if r >= wanted)
 
 
@@ -374,16 +381,25 @@ class Resampler:
     def process(self, pcm: Pcm) -> Pcm:
         if self.factor == 1 or not len(pcm):
             return pcm
-        x = np.concatenate((self._history, pcm.astype(np.float32)))
+        history = self._history
+        x = np.empty(len(history) + len(pcm), dtype=np.float32)
+        x[:len(history)] = history
+        x[len(history):] = pcm
+        # The windows are views on x built directly (np.ndarray over its buffer): numpy's
+        # sliding_window_view costs more per call than the filtering itself at these sizes.
         if self.up:
-            windows = np.lib.stride_tricks.sliding_window_view(x, self.taps)
+            count = len(x) - self.taps + 1
+            windows: npt.NDArray[np.float32] = np.ndarray((count, self.taps), np.float32, x, 0, (4, 4))
             y = (windows @ self._poly).reshape(-1)
+            self._history = x[count:]
         else:
-            usable = (len(x) - len(self._h) + 1) // self.factor * self.factor
-            windows = np.lib.stride_tricks.sliding_window_view(x, len(self._h))[:usable:self.factor]
+            taps = len(self._h)
+            count = (len(x) - taps) // self.factor + 1
+            windows = np.ndarray((count, taps), np.float32, x, 0, (4 * self.factor, 4))
             y = windows @ self._h
             # Keep what the next frame's first output needs: every input not yet a window's start.
-            self._history = x[usable:]
-            return np.clip(np.rint(y), -32768, 32767).astype(np.int16)  # type: ignore[no-any-return]
-        self._history = x[len(x) - self.taps + 1:]
-        return np.clip(np.rint(y), -32768, 32767).astype(np.int16)  # type: ignore[no-any-return]
+            self._history = x[count * self.factor:]
+        np.rint(y, out=y)
+        np.minimum(y, 32767, out=y)
+        np.maximum(y, -32768, out=y)
+        return y.astype(np.int16)

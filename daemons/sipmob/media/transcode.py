@@ -55,6 +55,7 @@ MAX_DEPTH = 5
 SHRINK_AFTER = 500
 MAX_CONCEAL = 5  # frames; a longer gap is a pause, not a loss to fill
 RESTART_GAP = 3000  # sequence jump taken as the source restarting (RFC 3550 A.1 MAX_DROPOUT)
+MAX_MISORDER = 100  # a packet further back than this is a restart too (A.1)
 
 
 class BadPacket(ValueError):
@@ -160,6 +161,9 @@ class Channel:
         if ssrc != self._in_ssrc:
             self._restart(ssrc, seq, ts)
         ahead = _seq_diff(seq, self._expected_seq)
+        if ahead < -MAX_MISORDER:
+            self._restart(ssrc, seq, ts)
+            ahead = 0
         if ahead < 0:
             if seq in self._concealed:
                 self._concealed.remove(seq)
@@ -170,6 +174,7 @@ class Channel:
                 self.stats.duplicates += 1
             return []
         if ahead > RESTART_GAP:
+            # RFC 3550 A.1: a jump that far is the source starting over, not loss (likewise back).
             self._restart(ssrc, seq, ts)
             ahead = 0
         out: list[bytes] = []
