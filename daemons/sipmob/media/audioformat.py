@@ -16,8 +16,8 @@ payload):
   input at the lowest of 16/48 kHz that carries the other side's audio, or at 8 kHz when the
   receiver's ``maxplaybackrate`` (RFC 7587 §6.1) says it plays no more, so the playback limit is
   honoured (16 kHz rather than 8 for G.711 input: libopus codes it faster, see `opus_input_rate`).
-  ``useinbandfec=1`` turns on libopus' in-band FEC (the receiver asked for it). We send mono even when ``stereo=1`` is offered: §7.1 makes stereo a
-  preference, and mono is always decodable.
+  ``useinbandfec=1`` turns on libopus' in-band FEC (the receiver asked for it). We send mono even
+  when ``stereo=1`` is offered: §7.1 makes stereo a preference, and mono is always decodable.
 - Concealment: libavcodec's Opus decoder cannot be asked for libopus' PLC or for the FEC copy of
   a lost frame (an empty packet means "drain"), and G.711/G.722/L16 have none in libavcodec. So a
   lost frame is the last frame repeated, each repetition 6 dB quieter, which is G.711 Appendix I's
