@@ -49,15 +49,16 @@ def rtp_range(span: int = 200, attempts: int = 50) -> tuple[int, int]:
 
 class Transcoder:
     def __init__(self, directory: Path, extra: str = "", *, channels: int = 20, cpu: int | None = None,
-                 allowed: str = '["127.0.0.0/8"]', slp: str = "enabled = false") -> None:
+                 allowed: str = '["127.0.0.0/8"]', slp: str = "enabled = false",
+                 rtp_ports: tuple[int, int] | None = None, idle_timeout: float = 60.0) -> None:
         self.directory = Path(directory)
         self.port = free_udp_port(HOST)
-        self.rtp_low, self.rtp_high = rtp_range()
+        self.rtp_low, self.rtp_high = rtp_ports or rtp_range()
         self.config_path = self.directory / "transcoder.toml"
         self.config_path.write_text(
             f'[sip]\naddress = "{HOST}"\nport = {self.port}\n'
             f'[rtp]\naddress = "{HOST}"\nport_min = {self.rtp_low}\nport_max = {self.rtp_high}\n'
-            f'[capacity]\nchannels = {channels}\nretry_after = 7\n'
+            f'[capacity]\nchannels = {channels}\nretry_after = 7\nidle_timeout = {idle_timeout}\n'
             f'[access]\nallowed_networks = {allowed}\n'
             f'[slp]\n{slp}\n{extra}\n')
         self.cpu = cpu
