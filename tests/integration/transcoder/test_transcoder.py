@@ -208,3 +208,48 @@ def test_over_capacity_gets_503_with_retry_after_and_the_admitted_call_keeps_flo
         again = c2.invite(invocation(side(0, [(0, "PCMU/8000")]), side(0, [(8, "PCMA/8000")])))
         assert again.status == 200
         assert c2.bye().status == 200
+
+
+def test_registered_in_the_da_with_free_channels_that_follow_the_calls(tmp_path: Path) -> None:
+    from tests.integration.slpda.slpda_process import Client, Slpda
+
+    from sipmob.slp.attrs import parse_attr_list
+    from sipmob.slp.messages import AttrRply, AttrRqst, FunctionId, Header, SrvRply
+
+    def attributes(client: Client, url: str) -> dict[str, object]:
+        reply = client.udp(AttrRqst(Header(FunctionId.AttrRqst, 77), "", url, "DEFAULT", ""))
+        assert isinstance(reply, AttrRply)
+        return {tag: a.values for tag, a in parse_attr_list(reply.attr_list).items()}
+
+    slpda = Slpda(tmp_path).start()
+    try:
+        with Transcoder(tmp_path, channels=10,
+                        slp=f'das = ["{HOST}:{slpda.port}"]\nupdate_interval = 0.5') as transcoder, \
+                Client(slpda.port) as client, Controller(transcoder.uri) as c:
+            url = transcoder.uri
+            assert until(lambda: isinstance(reply := client.udp(client.srv_rqst(
+                "service:sip-transcoder", "(codec-pairs=PCMU/opus)")), SrvRply) and reply.urls, 5)
+            attrs = attributes(client, url)
+            assert attrs["free-channels"] == (10,) and attrs["channels"] == (10,)
+            assert "opus" in attrs["audio-codecs"]  # type: ignore[operator]
+            assert c.invite(invocation(side(0, [(0, "PCMU/8000")]), side(0, [(111, "opus/48000/2")]))).status == 200
+            assert until(lambda: attributes(client, url)["free-channels"] == (8,), 5)
+            assert c.bye().status == 200
+            assert until(lambda: attributes(client, url)["free-channels"] == (10,), 5)
+    finally:
+        slpda.stop()
+
+
+def test_reload_applies_new_allowed_networks_to_the_next_invite(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    with Transcoder(tmp_path) as transcoder, Controller(transcoder.uri) as c:
+        offer = invocation(side(0, [(0, "PCMU/8000")]), side(0, [(8, "PCMA/8000")]))
+        assert c.invite(offer).status == 200
+        text = transcoder.config_path.read_text().replace('["127.0.0.0/8"]', '["10.0.0.0/8"]')
+        transcoder.config_path.write_text(text)
+        assert transcoder.proc is not None
+        os.kill(transcoder.proc.pid, signal.SIGHUP)
+        assert until(lambda: "configuration reloaded" in transcoder.output(), 5)
+        assert c.invite(offer).status == 403
