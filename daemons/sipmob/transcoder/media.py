@@ -109,6 +109,8 @@ class Leg:
         self._cname = cname
         self.rtp_port, self.rtcp_port = pool.bind(self._rtp, self._rtcp)
         self.port = int(self.rtp_port.getHost().port)
+        self.rtp_socket = self.rtp_port.socket
+        self.send_errors = 0
         self.out: Channel | None = None  # the channel whose output goes to this side
         self.into: Channel | None = None  # the channel this side's packets feed
         self.peer: Leg | None = None
@@ -131,9 +133,14 @@ class Leg:
         target = peer.destination
         if target is None:
             return
-        write = peer.rtp_port.write
+        # The socket itself rather than Port.write: Twisted checks the address three times a write,
+        # a fifth of the per-packet cost of a G.711 relay.
+        sendto = peer.rtp_socket.sendto
         for packet in channel.receive(data):
-            write(packet, target)
+            try:
+                sendto(packet, target)
+            except OSError:  # ICMP port unreachable from an earlier send, a full buffer: drop it
+                peer.send_errors += 1
 
     def _rtcp(self, data: bytes, addr: Address) -> None:
         if self.destination is None or addr[0] != self.destination[0] or self.rtcp_session is None:

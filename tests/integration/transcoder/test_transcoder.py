@@ -232,7 +232,8 @@ def test_registered_in_the_da_with_free_channels_that_follow_the_calls(tmp_path:
             attrs = attributes(client, url)
             assert attrs["free-channels"] == (10,) and attrs["channels"] == (10,)
             assert "opus" in attrs["audio-codecs"]  # type: ignore[operator]
-            assert c.invite(invocation(side(0, [(0, "PCMU/8000")]), side(0, [(111, "opus/48000/2")]))).status == 200
+            offer = invocation(side(0, [(0, "PCMU/8000")]), side(0, [(111, "opus/48000/2")]))
+            assert c.invite(offer).status == 200
             assert until(lambda: attributes(client, url)["free-channels"] == (8,), 5)
             assert c.bye().status == 200
             assert until(lambda: attributes(client, url)["free-channels"] == (10,), 5)
