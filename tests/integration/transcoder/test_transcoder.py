@@ -254,3 +254,68 @@ def test_reload_applies_new_allowed_networks_to_the_next_invite(tmp_path: Path) 
         os.kill(transcoder.proc.pid, signal.SIGHUP)
         assert until(lambda: "configuration reloaded" in transcoder.output(), 5)
         assert c.invite(offer).status == 403
+
+
+def pair(attempts: int = 50) -> tuple[socket.socket, socket.socket]:
+    """Sockets on a free port and the next one (RTP and RTCP, RFC 3550 §11)."""
+    for _ in range(attempts):
+        rtp_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rtp_sock.bind((HOST, 0))
+        rtcp_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            rtcp_sock.bind((HOST, rtp_sock.getsockname()[1] + 1))
+            return rtp_sock, rtcp_sock
+        except OSError:
+            rtp_sock.close()
+            rtcp_sock.close()
+    raise RuntimeError("no free port pair")
+
+
+def test_rtcp_reports_per_side_with_the_loss_we_saw_and_dtmf_crosses(tmp_path: Path) -> None:
+    from sipmob.media.rtcp import ReceiverReport, SenderReport, parse_compound
+
+    a, a_rtcp = pair()
+    b, b_rtcp = pair()
+    socks = [a, a_rtcp, b, b_rtcp]
+    try:
+        with Transcoder(tmp_path) as transcoder, Controller(transcoder.uri) as c:
+            ok = c.invite(invocation(
+                side(a.getsockname()[1], [(0, "PCMU/8000"), (101, "telephone-event/8000")]),
+                side(b.getsockname()[1], [(111, "opus/48000/2"), (110, "telephone-event/48000")])))
+            assert ok.status == 200
+            port_a = parse(ok.body).media[0].port
+            lost = {30, 31, 32, 60, 61}
+            for seq in range(100):
+                if seq not in lost:
+                    a.sendto(rtp(seq), (HOST, port_a))
+                time.sleep(0.02)
+            # Digit 7, 100 ms, end sent three times (RFC 4733 §2.5.1.4), after the audio.
+            for i, (end, duration) in enumerate([(False, 400), (False, 800), (True, 800), (True, 800),
+                                                 (True, 800)]):
+                event = struct.pack("!BBHIIBBH", 0x80, 101 | (0x80 if i == 0 else 0), 100 + i, 100 * 160,
+                                    0x5555, 7, (0x80 if end else 0) | 10, duration)
+                a.sendto(event, (HOST, port_a))
+            b.settimeout(1.0)
+            events = []
+            deadline = time.monotonic() + 5
+            while len(events) < 5 and time.monotonic() < deadline:
+                data = b.recv(2048)
+                if data[1] & 0x7F == 110:
+                    events.append(data)
+            assert len(events) == 5
+            assert len({struct.unpack_from("!I", e, 4)[0] for e in events}) == 1  # one event, one timestamp
+            assert [struct.unpack_from("!BBH", e, 12) for e in events][-1] == (7, 0x80 | 10, 4800)
+            # Reports come every 2.5-7.5 s (§6.3.1 with a 5 s minimum): wait for one on each side.
+            a_rtcp.settimeout(10)
+            b_rtcp.settimeout(10)
+            to_a = parse_compound(a_rtcp.recv(2048))
+            to_b = parse_compound(b_rtcp.recv(2048))
+            assert c.bye().status == 200
+        report = to_a[0]
+        assert isinstance(report, ReceiverReport | SenderReport)
+        block = next(r for r in report.reports if r.ssrc == 0x5555)
+        assert block.cumulative_lost == len(lost)
+        assert isinstance(to_b[0], SenderReport) and to_b[0].packet_count >= 90
+    finally:
+        for s in socks:
+            s.close()
