@@ -85,7 +85,8 @@ def resampler_rows(n: int) -> None:
 
 def channel_rows(n: int) -> None:
     formats = {"PCMU": ("PCMU", 0, 8000), "G722": ("G722", 9, 8000), "opus": ("opus", 111, 48000)}
-    for src, dst in [("PCMU", "opus"), ("opus", "PCMU"), ("PCMU", "G722"), ("G722", "PCMU"), ("PCMU", "PCMU")]:
+    pairs = [("PCMU", "opus"), ("opus", "PCMU"), ("PCMU", "G722"), ("G722", "PCMU"), ("PCMU", "PCMU")]
+    for src, dst in pairs:
         source, sink = AudioFormat.of(*formats[src]), AudioFormat.of(*formats[dst])
         encoder = make_encoder(source, source.sample_rate)
         pcm = tone(source.sample_rate, source.sample_rate)
