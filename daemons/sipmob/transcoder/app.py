@@ -47,6 +47,7 @@ log = logging.getLogger("sipmob.transcoder")
 SERVICE_TYPE = "service:sip-transcoder"
 CHANNELS_PER_CALL = 2
 IDLE_CHECK = 5.0  # seconds between looks for calls with no RTP
+STOP_BYE_TIMEOUT = 2.0
 
 
 def source_host(request: Request) -> str:
@@ -153,7 +154,9 @@ class TranscoderApp:
         waits = []
         for tc in list(self.calls.values()):
             if tc.call is not None:
-                waits.append(tc.call.bye().addErrback(lambda _: None))
+                # A controller that is gone would hold the stop for Timer F (32 s): give BYE 2 s.
+                waits.append(tc.call.bye().addTimeout(STOP_BYE_TIMEOUT, self.reactor)
+                             .addErrback(lambda _: None))
             self._end(tc, "transcoder stopping")
         if self.sa is not None:
             waits.append(self.sa.stop())
