@@ -73,7 +73,9 @@ class TranscoderApp:
     def __init__(self, config: TranscoderConfig, runtime: Runtime | None = None, reactor: Any = None) -> None:
         self.config = config
         self.runtime = runtime
-        self.reactor = reactor if reactor is not None else runtime.reactor if runtime is not None else None
+        if reactor is None and runtime is not None:
+            reactor = runtime.reactor
+        self.reactor: Any = reactor
         if self.reactor is None:
             from twisted.internet import reactor as default_reactor
 

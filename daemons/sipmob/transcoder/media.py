@@ -51,7 +51,7 @@ class _Seen:
 
 class _Datagrams(protocol.DatagramProtocol):
     def __init__(self, on_datagram: Callable[[bytes, Address], None]) -> None:
-        self.datagramReceived = on_datagram  # type: ignore[method-assign]
+        self.datagramReceived = on_datagram  # type: ignore[method-assign,assignment]
 
 
 class PortPool:
