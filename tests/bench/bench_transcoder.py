@@ -477,6 +477,10 @@ def main() -> None:
     parser.add_argument("--start", type=int, default=25)
     parser.add_argument("--max", type=int, default=1600)
     parser.add_argument("--steps", type=int, default=9, help="trials per case and system at most")
+    parser.add_argument("--fixed", type=int, default=0, metavar="N",
+                        help="no search: one trial of N channels per case and system, for CPU per packet "
+                             "and latency at a load both carry (on a shared machine the search measures "
+                             "the neighbours as much as the system)")
     parser.add_argument("--sut-cpu", type=int, default=0)
     parser.add_argument("--gen-cpu", type=int, default=1)
     args = parser.parse_args()
@@ -503,12 +507,24 @@ def main() -> None:
                 workdir.mkdir()
                 system: Any = (Rtpengine if name == "rtpengine" else Sipmob)(args.sut_cpu, workdir, args.max)
                 try:
-                    summary[(case, system.name)] = search(system, case, args, a_port, b_ports)
+                    if args.fixed:
+                        r = trial(system, case, args.fixed, args.seconds, args.gen_cpu, a_port, b_ports)
+                        print(f"    {system.name:18s} {case:10s} N={args.fixed:5d} "
+                              f"loss {r['loss'] * 100:6.3f}% gap p99 {r['gap_p99_ms']:5.1f} ms "
+                              f"cpu {r['cpu'] * 100:5.1f}%", flush=True)
+                        summary[(case, system.name)] = {"best": r, "fail": None}
+                    else:
+                        summary[(case, system.name)] = search(system, case, args, a_port, b_ports)
                 finally:
                     system.stop()
     print()
-    print(f"sustained channels on one core (<= 0.1 % loss, p99 gap < 40 ms), {args.seconds:.0f} s trials, "
-          f"SUT on CPU {args.sut_cpu}, generator on CPU {args.gen_cpu}")
+    if args.fixed:
+        print(f"{args.fixed} channels for {args.seconds:.0f} s per case and system (no search: 'channels' is "
+              f"that load, with its loss in the last column), SUT on CPU {args.sut_cpu}, generator on CPU "
+              f"{args.gen_cpu}")
+    else:
+        print(f"sustained channels on one core (<= 0.1 % loss, p99 gap < 40 ms), {args.seconds:.0f} s "
+              f"trials, SUT on CPU {args.sut_cpu}, generator on CPU {args.gen_cpu}")
     print(f"{'case':10s} {'system':18s} {'channels':>8s} {'us/pkt':>7s} {'by CPU':>7s} {'lat p50':>8s} "
           f"{'lat p99':>8s} {'RSS MB':>7s} {'audio':>6s}")
     for case in args.cases.split(","):
@@ -526,7 +542,8 @@ def main() -> None:
             bound = "+" if entry["fail"] is None or entry["fail"]["generator_bound"] else " "
             print(f"{case:10s} {name:18s} {best['n']:>7d}{bound} {us:7.1f} {by_cpu:7d} "
                   f"{best['latency_p50_ms']:8.2f} {best['latency_p99_ms']:8.2f} {best['rss_mb']:7.1f} "
-                  f"{'ok' if best['audio_ok'] else 'WRONG':>6s}")
+                  f"{'ok' if best['audio_ok'] else 'WRONG':>6s} loss {best['loss'] * 100:.3f}% "
+                  f"gap p99 {best['gap_p99_ms']:.1f} ms")
             row[name] = (best["n"], us)
         if len(row) == 2:
             (n_r, us_r), (n_s, us_s) = row["rtpengine"], row["sipmob-transcoder"]
