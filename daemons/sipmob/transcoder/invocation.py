@@ -28,6 +28,13 @@ either side; the output streams carry on (`sipmob.media.transcode.Channel.set_fo
 A wrong body gets `InvocationError` with the SIP status to answer: 488 Not Acceptable Here (RFC 3261
 §21.4.26) with a Warning-style reason for a description we cannot serve, 400 for one that is not SDP.
 
+**Why 3PCC and not RFC 5369 §5's B2BUA** (``INVITE sip:transcoder@GW;target=...``, the transcoder
+calling the target itself): in Mobile Node Control mode the MN is already the controller of both
+legs (it re-INVITEs the CN and INVITEs the device), so the transcoder is one more leg it controls,
+the CN's dialog stays the MN's, and a failed transcoder leg is undone like any other step of the
+plan. The B2BUA model would put a second dialog between the CN and the device, owned by the
+transcoder, which the MN could then no longer move. Only the 3PCC model is implemented.
+
 Not here: ports, sockets and SIP (the app), the media engine (`sipmob.media.transcode`).
 """
 
