@@ -319,3 +319,29 @@ def test_rtcp_reports_per_side_with_the_loss_we_saw_and_dtmf_crosses(tmp_path: P
     finally:
         for s in socks:
             s.close()
+
+
+def test_an_oversized_sdp_gets_413_and_rtp_from_a_stranger_is_not_relayed(tmp_path: Path) -> None:
+    with Transcoder(tmp_path, extra="") as transcoder, Controller(transcoder.uri) as c, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a:
+        padding = "".join(f"a=x-pad:{i:04d}{'y' * 90}\r\n" for i in range(90))  # ~9 KB, over max_sdp
+        big = invocation(side(0, [(0, "PCMU/8000")]) + padding, side(0, [(8, "PCMA/8000")]))
+        assert len(big) > 8192
+        assert c.invite(big).status == 413
+        b.bind((HOST, 0))
+        a.bind((HOST, 0))
+        stranger.bind(("127.0.0.2", 0))  # another host as far as the transcoder can tell
+        b.settimeout(0.3)
+        ok = c.invite(invocation(side(a.getsockname()[1], [(0, "PCMU/8000")]),
+                                 side(b.getsockname()[1], [(8, "PCMA/8000")])))
+        assert ok.status == 200
+        port_a = parse(ok.body).media[0].port
+        for seq in range(20):
+            stranger.sendto(rtp(seq), (HOST, port_a))
+        with pytest.raises(TimeoutError):
+            b.recv(2048)
+        a.sendto(rtp(100), (HOST, port_a))
+        assert b.recv(2048)[1] & 0x7F == 8  # the party itself still gets through
+        assert c.bye().status == 200
