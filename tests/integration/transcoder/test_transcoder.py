@@ -345,3 +345,31 @@ def test_an_oversized_sdp_gets_413_and_rtp_from_a_stranger_is_not_relayed(tmp_pa
         a.sendto(rtp(100), (HOST, port_a))
         assert b.recv(2048)[1] & 0x7F == 8  # the party itself still gets through
         assert c.bye().status == 200
+
+
+def test_a_reinvite_changing_a_codec_keeps_the_output_stream_continuous(tmp_path: Path) -> None:
+    with Transcoder(tmp_path) as transcoder, Controller(transcoder.uri) as c, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+        a.bind((HOST, 0))
+        b.bind((HOST, 0))
+        b.settimeout(1.0)
+        side_a = side(a.getsockname()[1], [(0, "PCMU/8000")])
+        ok = c.invite(invocation(side_a, side(b.getsockname()[1], [(111, "opus/48000/2")])))
+        assert ok.status == 200
+        port_a = parse(ok.body).media[0].port
+        headers = []
+        for seq in range(10):
+            a.sendto(rtp(seq), (HOST, port_a))
+            headers.append(struct.unpack_from("!BBHII", b.recv(2048)))
+        again = c.reinvite(invocation(side_a, side(b.getsockname()[1], [(9, "G722/8000")])))
+        assert again.status == 200
+        assert parse(again.body).media[0].port == port_a  # same ports, new version of the answer
+        assert parse(again.body).origin.sess_version == 2
+        for seq in range(10, 20):
+            a.sendto(rtp(seq), (HOST, port_a))
+            headers.append(struct.unpack_from("!BBHII", b.recv(2048)))
+        assert [h[1] & 0x7F for h in headers] == [111] * 10 + [9] * 10
+        assert len({h[4] for h in headers}) == 1  # one SSRC
+        assert [h[2] for h in headers] == [(headers[0][2] + i) % 65536 for i in range(20)]
+        assert c.bye().status == 200
