@@ -10,7 +10,7 @@ The path of a packet when the two sides' codecs differ:
 
 1. **Reorder buffer** (the jitter buffer of a relay that does not play out): packets in sequence
    go through at once, adding no delay. A packet after a gap waits until the missing one arrives
-   or `depth` later packets have, then the gap is concealed. The depth adapts: a packet that
+   or more than `depth` packets wait, then the gap is concealed. The depth adapts: a packet that
    arrives after its place was concealed makes it one deeper (up to `MAX_DEPTH`); 500 packets
    without one make it one shallower (down to 1). Pacing is left to the receiver's own jitter
    buffer: holding packets here would only add our delay to its.
