@@ -2,6 +2,12 @@
 
 Run: .venv/bin/python tests/bench/bench_transcoder.py [--cases pcmu-opus,...] [--seconds S]
      [--start N] [--max N] [--systems sipmob,rtpengine] [--sut-cpu 0] [--gen-cpu 1]
+     .venv/bin/python tests/bench/bench_transcoder.py --fixed 20 --seconds 6 --rounds 3
+
+The first form searches for the sustained channels of each system; the second runs both at one
+load, alternating their trials, for CPU per packet and latency. On a machine shared with other
+work the search measures the neighbours as much as the system (a starved generator or SUT fails a
+trial at any load); the CPU per packet of the second form is the steadier comparison there.
 
 Both systems run on 127.0.0.1, each pinned to one core with taskset (`--sut-cpu`); the load
 generator is a separate process on another core (`--gen-cpu`). One channel is one converted
