@@ -279,9 +279,14 @@ class TranscoderApp:
         if self.calls.pop(tc.number, None) is None:
             return
         tc.media.close()
-        a, b = tc.media.a_to_b.stats, tc.media.b_to_a.stats
-        log.info("call %d ended (%s): A->B %d in %d out %d concealed, B->A %d in %d out %d concealed",
-                 tc.number, reason, a.received, a.sent, a.concealed, b.received, b.sent, b.concealed)
+        def figures(stats: Any, leg: Any) -> str:
+            return (f"{stats.received} in {stats.sent} out {stats.concealed} concealed {stats.late} late "
+                    f"{stats.duplicates} duplicate {stats.bad} bad {leg.strangers} from strangers "
+                    f"{leg.peer.send_errors} unsent, longest gap in "
+                    f"{(leg.stats.max_gap if leg.stats else 0.0) * 1000:.0f} ms")
+
+        log.info("call %d ended (%s): A->B %s; B->A %s", tc.number, reason,
+                 figures(tc.media.a_to_b.stats, tc.media.a), figures(tc.media.b_to_a.stats, tc.media.b))
         self._status_changed()
 
     def _hang_up_idle(self) -> None:
