@@ -139,7 +139,9 @@ class TranscoderApp:
                      ", ".join(self.config.media.codecs))
             # What start-up made (Twisted, numpy, PyAV: ~10^5 objects) will live as long as the
             # process; out of the collector's sight, a full collection no longer stalls every
-            # channel for milliseconds.
+            # channel (measured: 53-56 ms with PyAV imported at the first call, after the freeze).
+            if self.enabled & {"OPUS", "G722"}:
+                import av  # noqa: F401  (loaded now, so that its objects are frozen too)
             gc.freeze()
 
         return d.addCallback(bound)
