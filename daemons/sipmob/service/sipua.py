@@ -559,6 +559,18 @@ class UserAgent:
         self.flush()
         return d
 
+    def restore_call(self, dialog: Dialog, local_sdp: bytes | None = None,
+                     remote_sdp: bytes | None = None) -> Call:
+        """Take up a confirmed call saved before a restart (`sipmob.sip.ua.UACore.restore_call`):
+        the returned `Call` hears its peer's re-INVITEs and BYE like any other."""
+        try:
+            handle = self.machine.restore_call(dialog, local_sdp, remote_sdp)
+        except core.UAError as exc:
+            raise _misuse(exc) from None
+        call = Call(self, handle)
+        self._calls[handle] = call
+        return call
+
     @property
     def registrations(self) -> list[Registration]:
         """The registrations not yet gone."""

@@ -38,7 +38,7 @@ from collections.abc import Sequence
 
 from sipmob.sip import transaction as tx
 from sipmob.sip.callstate import SETTING_UP, UNANSWERED, CallInput, CallState
-from sipmob.sip.dialog import Dialog, DialogId, uri_destination
+from sipmob.sip.dialog import Dialog, DialogId, DialogState, uri_destination
 from sipmob.sip.invite import InviteSessions
 from sipmob.sip.message import Request, Response, make_response
 from sipmob.sip.refer import Referrals, Referred, _event_package, referred, referred_request
@@ -53,6 +53,7 @@ from sipmob.sip.uabase import (
     SDP,
     SIPFRAG,
     SUPPORTED,
+    _Call,
     _ClientOp,
     _options,
     _ServerRequest,
@@ -166,6 +167,24 @@ class UACore(InviteSessions, Referrals, Registrations):
         self._client[key] = _ClientOp(op, None, method)
         self._pump(now)
         return op
+
+    # A call taken up again ---------------------------------------------------------------------------
+
+    def restore_call(self, dialog: Dialog, local_sdp: bytes | None, remote_sdp: bytes | None) -> int:
+        """A confirmed INVITE dialog an application saved before a restart, taken up again: the
+        peer's next requests in it (BYE, re-INVITE) are answered, and ours go out with the next
+        CSeq after ``dialog.local_seq``. Returns its call handle."""
+        if dialog.state is not DialogState.CONFIRMED:
+            raise UAError("only a confirmed dialog can be restored")
+        if dialog.id in self._by_dialog:
+            raise UAError(f"dialog {dialog.call_id} is known already")
+        handle = self._new_handle()
+        # a placeholder for the INVITE that made the dialog: a confirmed call only reads its CSeq
+        invite = dialog.create_request("INVITE", cseq=max(dialog.local_seq, 1))
+        self._calls[handle] = _Call(handle, dialog.is_uac, CallState.CONFIRMED, invite, dialog=dialog,
+                                    local_sdp=local_sdp, remote_sdp=remote_sdp)
+        self._by_dialog[dialog.id] = handle
+        return handle
 
     def _dispatch(self, event: tx.Event, now: float) -> None:
         if isinstance(event, tx.RequestReceived):
