@@ -1,0 +1,215 @@
+"""The configuration of `sipmob-mdsm` (``/etc/sipmob/mdsm.toml``): its keys, defaults and checks.
+
+Responsible for the typed keys, and for turning a system's ``members`` into `Member` values: a
+member is named as ``sipmob devices`` shows a device of ``devices.d`` (its file name, or its
+``name`` made lower-case with dashes) or given as a SIP URI. A member's ``allow`` list comes from
+its ``devices.d`` file: the SA proxy publishes only ``restricted=true`` in SLP, and the MDSM runs on
+the same gateway, so it reads the files itself.
+
+Not here: what the keys do (`sipmob.mdsm.app`), loading the file (`sipmob.service.config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+
+from sipmob.mn.devices import slug
+from sipmob.saproxy.devices import Device, load_devices
+from sipmob.service.config import (
+    ConfigError,
+    ConfigProblem,
+    Log,
+    each,
+    host_port,
+    ip_address,
+    port,
+    positive,
+    setting,
+    split_host_port,
+)
+from sipmob.sip.uri import URI, SIPParseError
+from sipmob.slp.messages import SLP_PORT
+
+DEFAULT_STATE_FILE = "/var/lib/sipmob/mdsm.sqlite"
+MDSM_PORT = 5064
+
+
+def _name(value: str) -> str | None:
+    if not re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?", value):
+        return f"must be lower-case letters, digits and dashes (a SIP user part), got {value!r}"
+    return None
+
+
+def _sip_uri(value: str) -> str | None:
+    try:
+        uri = URI.parse(value)
+    except SIPParseError as exc:
+        return f"not a SIP URI: {exc}"
+    if uri.scheme not in ("sip", "sips"):
+        return f"must be a sip: URI, got {value!r}"
+    return None
+
+
+def _member(value: str) -> str | None:
+    if value.startswith(("sip:", "sips:")):
+        return _sip_uri(value)
+    return None if value.strip() == value and value else f"must be a device name or a SIP URI, got {value!r}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Listen:
+    address: str = setting("0.0.0.0", check=ip_address,
+                           help="address to receive SIP on (UDP; 0.0.0.0: every IPv4 address)")
+    port: int = setting(MDSM_PORT, check=port, help="SIP port of the virtual devices (sip:NAME@GATEWAY:PORT)")
+    advertise_address: str = setting("", check=lambda v: ip_address(v) if v else None,
+                                     help="the gateway's address in the virtual devices' URIs; empty: the "
+                                          "listen address (required when listening on 0.0.0.0)")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Slp:
+    da: str = setting("127.0.0.1:427", check=host_port(SLP_PORT),
+                      help="the Directory Agent the virtual devices are registered in (HOST[:PORT]); "
+                           "empty: found by multicast")
+    scopes: list[str] = setting(default_factory=lambda: ["DEFAULT"], help="SLP scopes to register in")
+    lifetime: int = setting(300, check=lambda v: None if 10 <= v <= 65535 else
+                            f"must be 10-65535 seconds, got {v}",
+                            help="registration lifetime in seconds, refreshed before it runs out")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class System:
+    name: str = setting(check=_name, help="the virtual device's name: its URI is sip:NAME@GATEWAY:PORT")
+    members: list[str] = setting(check=each(_member),
+                                 help="its devices, the preferred one for each medium first: names as "
+                                      "`sipmob devices` shows devices of devices.d, or SIP URIs")
+    owners: list[str] = setting(default_factory=list, check=each(_sip_uri),
+                                help="users (SIP URIs) who may hand calls to it and take them back, "
+                                     "besides the party that handed a call over")
+    room: str = setting("", help="its room, published in SLP")
+    title: str = setting("", help="a human name published in SLP; empty: the name")
+
+    def validate(self) -> list[tuple[str, str]]:
+        if not self.members:
+            return [("members", "must list at least one device")]
+        if len(self.members) > 8:
+            return [("members", f"at most 8 devices, got {len(self.members)}")]
+        return []
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Devices:
+    directory: str = setting("/etc/sipmob/devices.d",
+                             help="the SA proxy's device files: members' names, media and allow lists")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limits:
+    max_calls: int = setting(32, check=positive, help="calls handled at once (set up or established); "
+                                                        "more get 503")
+    setup_timeout: float = setting(20.0, check=positive,
+                                   help="seconds a handoff may take (members and CN answering) before it "
+                                        "is abandoned")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class State:
+    file: str = setting("", help="SQLite database of the calls' dialogs, kept across restarts; empty: "
+                                 "$STATE_DIRECTORY/mdsm.sqlite under systemd, else " + DEFAULT_STATE_FILE)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MdsmConfig:
+    listen: Listen = setting(default_factory=Listen)
+    slp: Slp = setting(default_factory=Slp)
+    system: list[System] = setting(default_factory=list,
+                                   help="the virtual devices ([[system]] tables)")
+    devices: Devices = setting(default_factory=Devices)
+    limits: Limits = setting(default_factory=Limits)
+    state: State = setting(default_factory=State)
+    log: Log = setting(default_factory=Log)
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        names = [s.name for s in self.system]
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            problems.append(("system", f"two systems are named {name!r}"))
+        if not self.listen.advertise_address and self.listen.address == "0.0.0.0":
+            problems.append(("listen.advertise_address", "required when listening on 0.0.0.0"))
+        return problems
+
+    @property
+    def state_file(self) -> Path:
+        if self.state.file:
+            return Path(self.state.file)
+        directory = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        return Path(directory) / "mdsm.sqlite" if directory else Path(DEFAULT_STATE_FILE)
+
+    @property
+    def host(self) -> str:
+        return self.listen.advertise_address or self.listen.address
+
+    def uri(self, system: str) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"sip:{system}@{host}:{self.listen.port}"
+
+    @property
+    def da_address(self) -> tuple[str, int] | None:
+        return split_host_port(self.slp.da, SLP_PORT) if self.slp.da else None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Member:
+    """One device of a virtual device: its short name, SIP URI, media it handles (empty: any) and
+    who may use it (empty: anyone the system allows)."""
+
+    name: str
+    uri: str
+    media: frozenset[str]
+    allow: tuple[str, ...]
+
+
+def _from_file(device: Device) -> Member:
+    media = frozenset(m for m, d in (("audio", device.spec.audio), ("video", device.spec.video)) if d)
+    return Member(device.id, device.spec.uri, media, tuple(device.spec.allow))
+
+
+def members_of(config: MdsmConfig) -> dict[str, list[Member]]:
+    """Each system's members, resolved against devices.d; raises ConfigError naming what is unknown."""
+    try:
+        devices = load_devices(config.devices.directory)
+    except ConfigError:
+        devices = ()  # the SA proxy's own check reports its files; names then do not resolve
+    by_key: dict[str, Device] = {}
+    for d in devices:
+        uri_key = str(d.uri.without_params()).lower()
+        for key in (d.id.lower(), slug(d.spec.name) if d.spec.name else "", uri_key):
+            if key:
+                by_key.setdefault(key, d)
+    out: dict[str, list[Member]] = {}
+    problems: list[ConfigProblem] = []
+    for n, system in enumerate(config.system):
+        members: list[Member] = []
+        for entry in system.members:
+            device = by_key.get(entry.lower()) or by_key.get(str(_uri_key(entry)))
+            if device is not None:
+                members.append(_from_file(device))
+            elif entry.startswith(("sip:", "sips:")):
+                members.append(Member(entry, entry, frozenset(), ()))
+            else:
+                problems.append(ConfigProblem("mdsm.toml", f"system[{n}].members",
+                                              f"no device {entry!r} in {config.devices.directory}"))
+        out[system.name] = members
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def _uri_key(entry: str) -> str:
+    try:
+        return str(URI.parse(entry).without_params()).lower()
+    except SIPParseError:
+        return entry.lower()
