@@ -1,0 +1,174 @@
+"""`sipmob-mdsm` end to end: PJSIP as the CN, `sipmob phone` as the mobile node, two basic devices
+(member.py, an audio speaker and a video TV) as the members of the virtual device ``living-room``,
+the real `sipmob-slpda` where the MDSM registers it.
+
+Fig. 6: the phone hands its call to the virtual device by REFER; the MDSM INVITEs each member
+without SDP, INVITEs PJSIP with their offers stitched into one (Replaces, Referred-By), and ACKs
+each member with its part of PJSIP's answer; PJSIP's RTP then reaches the speaker's own port. The
+MDSM is killed with SIGKILL mid-call and started again: the media never stops, PJSIP's re-INVITE
+and then its BYE are handled by the restarted daemon, and the BYE ends every member's leg.
+Security: a stranger's REFER gets 403 and no member is invited. Loopback only; every process
+stopped by PID.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.peers.pjsua import Pjsua
+from tests.peers.ports import free_udp_port
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent / "slpda"), str(HERE.parent / "mn"), str(HERE)]
+from mdsm_process import HOST, Mdsm, Member  # noqa: E402
+from phone_process import Phone, until  # noqa: E402
+from slpda_process import Slpda  # noqa: E402
+from test_handoff_pjsip import stranger_sends  # noqa: E402
+
+pytest.importorskip("pjsua2")
+pytestmark = [pytest.mark.peer]
+
+SYSTEM = ('[[system]]\nname = "living-room"\nmembers = ["living-room-speaker", "tv"]\n'
+          'owners = ["sip:mn@127.0.0.1"]\nroom = "living room"\ntitle = "Living room"\n')
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    for d in ("da", "mn", "mdsm", "cn"):
+        (tmp_path / d).mkdir()
+    da = Slpda(tmp_path / "da").start()
+    started: list[Any] = []
+    try:
+        address = f"{HOST}:{da.port}"
+        cn = Pjsua(free_udp_port(), "cn", workdir=tmp_path / "cn")
+        started.append(cn)
+        speaker = Member("speaker", "audio", "sendrecv")
+        started.append(speaker)
+        tv = Member("tv", "video", "recvonly")
+        started.append(tv)
+        mdsm = Mdsm(tmp_path / "mdsm", address, SYSTEM)
+        (mdsm.devices / "speaker.toml").write_text(
+            f'uri = "{speaker.uri}"\nname = "Living room speaker"\naudio = "sendrecv"\n')
+        (mdsm.devices / "tv.toml").write_text(
+            f'uri = "{tv.uri}"\nname = "Living room TV"\nvideo = "recvonly"\n')
+        mdsm.start()
+        started.append(mdsm)
+        phone = Phone(tmp_path / "mn", address, auto_answer=True)
+        started.append(phone)
+        assert until(lambda: "living-room" in phone.sipmob("devices", "--json").stdout, timeout=10), \
+            mdsm.output()
+        yield {"phone": phone, "cn": cn, "speaker": speaker, "tv": tv, "mdsm": mdsm, "da": da}
+    finally:
+        for peer in reversed(started):
+            peer.stop()
+        da.stop()
+
+
+def call_and_hand_over(home: dict[str, Any]) -> None:
+    phone, cn, mdsm = home["phone"], home["cn"], home["mdsm"]
+    out = phone.sipmob("call", cn.uri)
+    assert out.returncode == 0, out.stderr + phone.output()
+    cn.wait_call_state("CONFIRMED", timeout=5)
+    out = phone.sipmob("transfer", "1", "--to", "living-room", "--mode", "handoff")
+    assert out.returncode == 0, out.stderr + phone.output() + mdsm.output()
+    assert "handed off" in out.stdout
+    cn.wait_event(lambda e: e["event"] == "replaced", timeout=10)
+
+
+def from_cn(member: Member) -> int:
+    """RTP packets the member's port got from anyone but the member itself (PJSIP's)."""
+    return sum(1 for p in member.probe.snapshot())
+
+
+def test_devices_lists_the_virtual_device_with_its_members(home: dict[str, Any]) -> None:
+    out = home["phone"].sipmob("devices")
+    assert out.returncode == 0
+    lines = out.stdout.splitlines()
+    n = next(i for i, x in enumerate(lines) if x.startswith("living-room"))
+    assert "sip:living-room@" in lines[n] and "living room" in lines[n]
+    assert lines[n + 1].strip() == "members: speaker, tv", out.stdout
+
+
+def test_handoff_to_the_virtual_device_survives_kill_9_and_the_cn_bye_ends_every_leg(
+        home: dict[str, Any]) -> None:
+    cn, speaker, tv, mdsm = home["cn"], home["speaker"], home["tv"], home["mdsm"]
+    call_and_hand_over(home)
+    assert speaker.wait("established", 5) and tv.wait("established", 5), mdsm.output()
+    # Fig. 6 on the wire, as PJSIP saw it: one INVITE with Replaces, Referred-By naming the phone,
+    # the members' streams stitched, the attribute nobody knows passed through
+    log = cn.log()
+    assert re.search(r"^Replaces: ", log, re.M)
+    assert re.search(r"^Referred-By: <?sip:mn@127\.0\.0\.1", log, re.M)
+    assert "a=x-member:speaker" in log and "a=x-member:tv" in log
+    assert re.search(r"^m=audio \d+ RTP/AVP", log, re.M) and re.search(r"^m=video ", log, re.M)
+    # the speaker got its part of PJSIP's answer in its ACK: PJSIP's address and port
+    ack = speaker.wait("ack", 5)
+    assert ack is not None and "m=audio" in ack and "m=audio 0" not in ack, ack
+    assert speaker.probe.wait_for_packets(25, 10), "no RTP from the CN at the speaker"
+    (record,) = home["phone"].calls()
+    assert record["state"].startswith("handed off")
+
+    mdsm.kill9()
+    before = from_cn(speaker)
+    time.sleep(1.0)
+    assert from_cn(speaker) > before + 25, "media stopped with the MDSM"
+    mdsm.start()
+    assert until(lambda: "taken up again" in mdsm.output(), 5), mdsm.output()
+
+    # the restarted daemon answers PJSIP's re-INVITE within the restored dialog
+    (ours,) = [c for c in cn.calls() if "living-room" in c["remote_uri"]]
+    n = len(cn.events)
+    cn.reinvite(ours["id"])
+    cn.wait_event(lambda e: e["event"] == "media_state", timeout=10, start=n)
+    assert until(lambda: "the CN's re-INVITE went to" in mdsm.output(), 5), mdsm.output()
+    (ours,) = [c for c in cn.calls() if "living-room" in c["remote_uri"]]
+    assert ours["state"] == "CONFIRMED" and ours["last_status"] == 200
+    seen = from_cn(speaker)
+    assert until(lambda: from_cn(speaker) > seen + 25, 5), "media stopped after the re-INVITE"
+
+    # PJSIP hangs up: the restarted MDSM ends both members' legs
+    cn.hangup()
+    assert speaker.wait("terminated bye", 10), speaker.lines
+    assert tv.wait("terminated bye", 10), tv.lines
+    assert "the CN's leg ended (bye)" in mdsm.output()
+
+
+def test_retrieve_by_nested_refer_releases_the_members(home: dict[str, Any]) -> None:
+    phone, cn, speaker, tv, mdsm = home["phone"], home["cn"], home["speaker"], home["tv"], home["mdsm"]
+    call_and_hand_over(home)
+    before = len(cn.events)
+    out = phone.sipmob("retrieve", "1")
+    assert out.returncode == 0, out.stderr + phone.output() + mdsm.output()
+    assert "retrieved" in out.stdout
+    cn.wait_event(lambda e: e["event"] == "replaced", timeout=10, start=before)
+    assert speaker.wait("terminated", 10) and tv.wait("terminated", 10), mdsm.output()
+    (pc,) = phone.calls()
+    assert pc["state"] == "confirmed"
+    assert until(lambda: phone.received() > 20), phone.calls()
+
+
+def test_a_strangers_refer_is_refused_and_nothing_is_invited(home: dict[str, Any]) -> None:
+    mdsm, speaker, tv, cn = home["mdsm"], home["speaker"], home["tv"], home["cn"]
+    status = stranger_sends(mdsm.port, "REFER", mdsm.uri("living-room"),
+                            f"Refer-To: <{cn.uri}?Replaces=abc%3Bto-tag%3D1%3Bfrom-tag%3D2>\r\n")
+    assert status == 403
+    time.sleep(0.5)
+    assert speaker.count("established") == 0 and tv.count("established") == 0
+    assert not any(e["event"] == "incoming_call" for e in cn.events)
+    # and a virtual device that does not exist
+    assert stranger_sends(mdsm.port, "REFER", mdsm.uri("attic"), f"Refer-To: <{cn.uri}>\r\n") == 404
+
+
+def test_a_strangers_invite_to_the_virtual_device_is_refused(home: dict[str, Any]) -> None:
+    mdsm, speaker = home["mdsm"], home["speaker"]
+    sdp = "v=0\r\no=s 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n"
+    status = stranger_sends(mdsm.port, "INVITE", mdsm.uri("living-room"),
+                            "Content-Type: application/sdp\r\n", sdp)
+    assert status == 403
+    assert speaker.count("established") == 0
