@@ -110,8 +110,9 @@ class MdsmApp:
         self.config = config
         self.runtime = runtime
         self.reactor = runtime.reactor
-        self.members = members_of(config)
+        self.members = members_of(config, runtime.config_path)
         self.systems: dict[str, System] = {s.name: s for s in config.system}
+        self.host = config.host  # resolved once: it goes into every URI and description
         self.ua = UserAgent(self.reactor, listen=[(config.listen.address, config.listen.port, "udp")],
                             user="mdsm", user_agent="sipmob-mdsm/0.1")
         self.ua.on_request("REFER", self._on_refer)
@@ -128,13 +129,13 @@ class MdsmApp:
         d = self.ua.start()
 
         def started(_: Any) -> None:
-            if self.config.listen.advertise_address:
+            if self.config.listen.address == "0.0.0.0" or self.config.listen.advertise_address:
                 machine = self.ua.machine
-                machine.contact_uri = machine.contact_uri.replace(host=self.config.listen.advertise_address)
+                machine.contact_uri = machine.contact_uri.replace(host=self.host)
             self.store = Store(self.config.state_file)
             self._restore()
             self._register_all()
-            log.info("listening on %s:%d; %s", self.config.host, self.config.listen.port, self.status())
+            log.info("listening on %s:%d; %s", self.host, self.config.listen.port, self.status())
 
         return d.addCallback(started)
 
@@ -153,7 +154,7 @@ class MdsmApp:
 
     def reload(self, config: MdsmConfig) -> None:
         """Systems added, changed or removed; calls in progress keep going on what they had."""
-        members = members_of(config)
+        members = members_of(config, self.runtime.config_path)
         old = self.config
         if (config.listen, config.state, config.slp) != (old.listen, old.state, old.slp):
             log.warning("[listen], [slp] and [state] changes need a restart")
@@ -229,7 +230,7 @@ class MdsmApp:
         """Requests made inside come From the system's own URI (a referee checks who REFERs it)."""
         machine = self.ua.machine
         saved = machine.aor, machine.display_name
-        host = self.config.host
+        host = self.host
         machine.aor = URI.parse(f"sip:{system.name}@{f'[{host}]' if ':' in host else host}")
         machine.display_name = None
         try:
@@ -238,7 +239,7 @@ class MdsmApp:
             machine.aor, machine.display_name = saved
 
     def _aor(self, system: System) -> str:
-        host = self.config.host
+        host = self.host
         return f"sip:{system.name}@{f'[{host}]' if ':' in host else host}"
 
     # REFER: handoff (Fig. 6) and retrieval (Fig. 5) ---------------------------------------------------
@@ -279,7 +280,7 @@ class MdsmApp:
         return d.addTimeout(self.config.limits.setup_timeout, self.reactor)
 
     def _origin(self, sess_id: int, leg_version: int) -> Origin:
-        host = self.config.host
+        host = self.host
         return Origin("sipmob-mdsm", sess_id, leg_version, "IN", "IP6" if ":" in host else "IP4", host)
 
     def _release(self, call: Call, template: bytes | None, sess_id: int) -> None:

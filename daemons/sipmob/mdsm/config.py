@@ -12,8 +12,10 @@ Not here: what the keys do (`sipmob.mdsm.app`), loading the file (`sipmob.servic
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
+import socket
 from pathlib import Path
 
 from sipmob.mn.devices import slug
@@ -66,7 +68,7 @@ class Listen:
     port: int = setting(MDSM_PORT, check=port, help="SIP port of the virtual devices (sip:NAME@GATEWAY:PORT)")
     advertise_address: str = setting("", check=lambda v: ip_address(v) if v else None,
                                      help="the gateway's address in the virtual devices' URIs; empty: the "
-                                          "listen address (required when listening on 0.0.0.0)")
+                                          "listen address, or this host's when listening on 0.0.0.0")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -137,8 +139,6 @@ class MdsmConfig:
         names = [s.name for s in self.system]
         for name in sorted({n for n in names if names.count(n) > 1}):
             problems.append(("system", f"two systems are named {name!r}"))
-        if not self.listen.advertise_address and self.listen.address == "0.0.0.0":
-            problems.append(("listen.advertise_address", "required when listening on 0.0.0.0"))
         return problems
 
     @property
@@ -150,7 +150,19 @@ class MdsmConfig:
 
     @property
     def host(self) -> str:
-        return self.listen.advertise_address or self.listen.address
+        """The gateway's address in URIs: configured, the listen address, else this host's."""
+        if self.listen.advertise_address:
+            return self.listen.advertise_address
+        if self.listen.address != "0.0.0.0":
+            return self.listen.address
+        try:  # name resolution only, nothing is sent
+            for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+                address = str(info[4][0])
+                if not ipaddress.ip_address(address).is_loopback:
+                    return address
+        except OSError:
+            pass
+        return "127.0.0.1"
 
     def uri(self, system: str) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -177,7 +189,7 @@ def _from_file(device: Device) -> Member:
     return Member(device.id, device.spec.uri, media, tuple(device.spec.allow))
 
 
-def members_of(config: MdsmConfig) -> dict[str, list[Member]]:
+def members_of(config: MdsmConfig, file: str = "mdsm.toml") -> dict[str, list[Member]]:
     """Each system's members, resolved against devices.d; raises ConfigError naming what is unknown."""
     try:
         devices = load_devices(config.devices.directory)
@@ -200,7 +212,7 @@ def members_of(config: MdsmConfig) -> dict[str, list[Member]]:
             elif entry.startswith(("sip:", "sips:")):
                 members.append(Member(entry, entry, frozenset(), ()))
             else:
-                problems.append(ConfigProblem("mdsm.toml", f"system[{n}].members",
+                problems.append(ConfigProblem(file, f"system[{n}].members",
                                               f"no device {entry!r} in {config.devices.directory}"))
         out[system.name] = members
     if problems:

@@ -24,7 +24,7 @@ def override(config: MdsmConfig, args: argparse.Namespace) -> MdsmConfig:
             raise ValueError(f"--listen {exc}") from None
         listen = dataclasses.replace(config.listen, address=host, port=port)
         config = dataclasses.replace(config, listen=listen)
-    members_of(config)  # members that name no device are configuration errors (--check-config too)
+    members_of(config, args.config)  # a member naming no device: a configuration error, --check-config too
     return config
 
 
