@@ -132,6 +132,9 @@ class Member:
                     return None
                 self._cond.wait(left)
 
+    def hang_up(self) -> None:
+        os.kill(self.proc.pid, signal.SIGUSR1)
+
     def count(self, prefix: str) -> int:
         with self._cond:
             return sum(1 for line in self.lines if line.startswith(prefix))

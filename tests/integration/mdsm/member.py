@@ -6,10 +6,12 @@ with an attribute nobody knows (``a=x-member:USER``) that must reach the CN unch
 with an offer (MNC mode) and every re-INVITE get an answer. Run as a program:
 ``member.py SIP_PORT USER MEDIA RTP_PORT DIRECTION``; prints one line per event ("ready",
 "established", "reinvite", "terminated REASON", "ack SDP-ON-ONE-LINE") and runs until SIGTERM.
+SIGUSR1 hangs up its calls (a device switched off by hand).
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -52,7 +54,16 @@ def main() -> None:
         return answer(parse(body), caps, origin=origin, connection_address="127.0.0.1",
                       ports={media: rtp_port}).to_bytes()
 
+    calls: list[Call] = []
+
+    def hang_up() -> None:
+        for call in calls:
+            call.bye()
+
+    signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(hang_up))  # type: ignore[attr-defined]
+
     def established(call: Call) -> None:
+        calls.append(call)
         say("established")
         say("ack", (call.remote_sdp or b"").decode().replace("\r\n", "|"))
         call.on_reinvite(reinvite)

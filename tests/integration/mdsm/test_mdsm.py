@@ -172,3 +172,23 @@ def test_a_strangers_invite_to_the_virtual_device_is_refused(home: dict[str, Any
                             "Content-Type: application/sdp\r\n", sdp)
     assert status == 403
     assert speaker.count("established") == 0
+
+
+def test_a_member_that_hangs_up_has_its_stream_disabled_and_the_call_goes_on(home: dict[str, Any]) -> None:
+    cn, speaker, tv, mdsm = home["cn"], home["speaker"], home["tv"], home["mdsm"]
+    call_and_hand_over(home)
+    assert tv.wait("established", 5) and speaker.probe.wait_for_packets(10, 10)
+    n = len(cn.events)
+    tv.hang_up()
+    assert tv.wait("terminated local", 5)
+    cn.wait_event(lambda e: e["event"] == "media_state", timeout=10, start=n)
+    assert until(lambda: "member tv left" in mdsm.output(), 5), mdsm.output()
+    # the re-INVITE PJSIP got: the video line disabled, the speaker's audio line as it was
+    last = cn.log().rsplit("INVITE sip:", 1)[-1]
+    assert re.search(r"^m=video 0 ", last, re.M) and re.search(r"^m=audio [1-9]", last, re.M), last
+    assert "re-INVITE to the CN failed" not in mdsm.output()
+    seen = from_cn(speaker)
+    assert until(lambda: from_cn(speaker) > seen + 25, 5), "the speaker's media stopped"
+    assert speaker.count("terminated") == 0
+    cn.hangup()
+    assert speaker.wait("terminated bye", 10)
