@@ -51,11 +51,14 @@ class Mdsm:
         self.devices = directory / "devices.d"
         self.devices.mkdir(exist_ok=True)
         self.log_path = directory / "mdsm.log"
-        self.config.write_text(
-            f'[listen]\naddress = "{HOST}"\nport = {self.port}\n[slp]\nda = "{da}"\n'
-            f'[devices]\ndirectory = "{self.devices}"\n[state]\nfile = "{self.state}"\n'
-            f'[log]\nlevel = "debug"\n{extra}\n{systems}')
+        self.head = (f'[listen]\naddress = "{HOST}"\nport = {self.port}\n[slp]\nda = "{da}"\n'
+                     f'[devices]\ndirectory = "{self.devices}"\n[state]\nfile = "{self.state}"\n'
+                     f'[log]\nlevel = "debug"\n{extra}\n')
+        self.write(systems)
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def write(self, systems: str) -> None:
+        self.config.write_text(self.head + systems)
 
     def uri(self, system: str) -> str:
         return f"sip:{system}@{HOST}:{self.port}"

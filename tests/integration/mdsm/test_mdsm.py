@@ -14,6 +14,7 @@ stopped by PID.
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from tests.peers.ports import free_udp_port
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "slpda"), str(HERE.parent / "mn"), str(HERE)]
-from mdsm_process import HOST, Mdsm, Member  # noqa: E402
+from mdsm_process import ENV, HOST, Mdsm, Member  # noqa: E402
 from phone_process import Phone, until  # noqa: E402
 from slpda_process import Slpda  # noqa: E402
 from test_handoff_pjsip import stranger_sends  # noqa: E402
@@ -192,3 +193,32 @@ def test_a_member_that_hangs_up_has_its_stream_disabled_and_the_call_goes_on(hom
     assert speaker.count("terminated") == 0
     cn.hangup()
     assert speaker.wait("terminated bye", 10)
+
+
+def test_sighup_adds_and_removes_systems_without_touching_the_call(home: dict[str, Any]) -> None:
+    phone, cn, speaker, tv, mdsm = home["phone"], home["cn"], home["speaker"], home["tv"], home["mdsm"]
+    call_and_hand_over(home)
+    assert speaker.probe.wait_for_packets(10, 10)
+    mdsm.write('[[system]]\nname = "kitchen"\nmembers = ["speaker"]\nowners = ["sip:mn@127.0.0.1"]\n')
+    mdsm.hup()
+    assert until(lambda: "kitchen" in phone.sipmob("devices", "--json").stdout
+                 and "living-room" not in phone.sipmob("devices", "--json").stdout, 10), mdsm.output()
+    assert "configuration reloaded" in mdsm.output()
+    seen = from_cn(speaker)
+    assert until(lambda: from_cn(speaker) > seen + 25, 5), "media stopped at the reload"
+    # a broken file is refused and the running configuration kept
+    mdsm.write('[[system]]\nname = "Kitchen!"\nmembers = []\n')
+    mdsm.hup()
+    assert until(lambda: "reload refused" in mdsm.output(), 5)
+    # the call handed to a system since removed still ends properly
+    cn.hangup()
+    assert speaker.wait("terminated bye", 10) and tv.wait("terminated bye", 10)
+
+
+def test_check_config_names_the_file_key_and_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "mdsm.toml"
+    bad.write_text(f'[devices]\ndirectory = "{tmp_path}"\n[[system]]\nname = "lr"\nmembers = ["attic-tv"]\n')
+    out = subprocess.run([sys.executable, "-m", "sipmob.mdsm", "--config", str(bad), "--check-config"],
+                         env=ENV, capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 1
+    assert f"{bad}: system[0].members: no device 'attic-tv' in {tmp_path}" in out.stderr
