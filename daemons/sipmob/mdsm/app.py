@@ -38,8 +38,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.task import LoopingCall
 
-from sipmob.mdsm.config import MdsmConfig, Member, System, members_of
+from sipmob.mdsm.config import MdsmConfig, Member, System, device_members, members_of
 from sipmob.mdsm.plan import (
     Plan,
     PlanError,
@@ -50,8 +51,9 @@ from sipmob.mdsm.plan import (
     refused,
     without_member,
 )
+from sipmob.mdsm.rooms import per_room
 from sipmob.mdsm.store import Store, dialog_from_dict, dialog_to_dict
-from sipmob.mn.devices import SERVICE_TYPE
+from sipmob.mn.devices import SERVICE_TYPE, Found, discover
 from sipmob.mn.handoff import same_party
 from sipmob.sdp import Origin, SDPParseError, SessionDescription, parse
 from sipmob.service.daemon import Runtime
@@ -64,7 +66,7 @@ from sipmob.service.sipua import (
     SIPError,
     UserAgent,
 )
-from sipmob.service.slp import SLPServiceAgent
+from sipmob.service.slp import SLPClient, SLPServiceAgent
 from sipmob.sip.headers import Replaces
 from sipmob.sip.ua import Referred, referred
 from sipmob.sip.uri import URI, NameAddr, SIPParseError
@@ -110,8 +112,11 @@ class MdsmApp:
         self.config = config
         self.runtime = runtime
         self.reactor = runtime.reactor
-        self.members = members_of(config, runtime.config_path)
-        self.systems: dict[str, System] = {s.name: s for s in config.system}
+        self.configured = members_of(config, runtime.config_path)
+        self.auto: dict[str, tuple[System, list[Member]]] = {}  # [auto] per_room: made from the DA
+        self.members: dict[str, list[Member]] = {}
+        self.systems: dict[str, System] = {}
+        self._combine()
         self.host = config.host  # resolved once: it goes into every URI and description
         self.ua = UserAgent(self.reactor, listen=[(config.listen.address, config.listen.port, "udp")],
                             user="mdsm", user_agent="sipmob-mdsm/0.1")
@@ -122,6 +127,8 @@ class MdsmApp:
         self.setting_up = 0
         self.sa: SLPServiceAgent | None = None
         self.registered: set[str] = set()
+        self.slp: SLPClient | None = None
+        self.rooms_loop: LoopingCall | None = None
 
     # Life cycle -----------------------------------------------------------------------------------
 
@@ -135,6 +142,7 @@ class MdsmApp:
             self.store = Store(self.config.state_file)
             self._restore()
             self._register_all()
+            self._watch_rooms()
             log.info("listening on %s:%d; %s", self.host, self.config.listen.port, self.status())
 
         return d.addCallback(started)
@@ -142,6 +150,10 @@ class MdsmApp:
     def stop(self) -> defer.Deferred[Any]:
         # calls are NOT ended: they go on without us and the next start takes them up again
         waits = []
+        if self.rooms_loop is not None and self.rooms_loop.running:
+            self.rooms_loop.stop()
+        if self.slp is not None:
+            waits.append(self.slp.close().addErrback(lambda _: None))
         if self.sa is not None:
             sa, self.sa = self.sa, None
             waits.append(sa.stop().addTimeout(5, self.reactor).addErrback(lambda _: None))
@@ -154,14 +166,65 @@ class MdsmApp:
 
     def reload(self, config: MdsmConfig) -> None:
         """Systems added, changed or removed; calls in progress keep going on what they had."""
-        members = members_of(config, self.runtime.config_path)
+        configured = members_of(config, self.runtime.config_path)
         old = self.config
         if (config.listen, config.state, config.slp) != (old.listen, old.state, old.slp):
             log.warning("[listen], [slp] and [state] changes need a restart")
         self.config = dataclasses.replace(config, listen=self.config.listen, state=self.config.state,
                                           slp=self.config.slp)
-        self.members = members
-        self.systems = {s.name: s for s in config.system}
+        self.configured = configured
+        if not config.auto.per_room:
+            self.auto = {}
+        self._combine()
+        self._register_all()
+        self._watch_rooms()
+        self.runtime.status_changed(self)
+
+    def _combine(self) -> None:
+        """The systems of the file, then those made per room (a name in the file wins)."""
+        self.systems = {s.name: s for s in self.config.system}
+        self.members = {name: list(members) for name, members in self.configured.items()}
+        for name, (system, members) in self.auto.items():
+            if name not in self.systems:
+                self.systems[name] = system
+                self.members[name] = members
+
+    # [auto] per_room ----------------------------------------------------------------------------
+
+    def _watch_rooms(self) -> None:
+        auto = self.config.auto
+        if self.rooms_loop is not None and self.rooms_loop.running:
+            self.rooms_loop.stop()
+        self.rooms_loop = None
+        if not auto.per_room:
+            return
+        if self.slp is None:
+            da = self.config.da_address
+            self.slp = SLPClient(self.reactor, da=da, scopes=self.config.slp.scopes, multicast=da is None)
+        self.rooms_loop = LoopingCall(self._ask_rooms)
+        self.rooms_loop.clock = self.reactor
+        self.rooms_loop.start(auto.refresh, now=True).addErrback(
+            lambda f: log.error("per-room refresh stopped: %s", f.getErrorMessage()))
+
+    def _ask_rooms(self) -> defer.Deferred[Any]:
+        assert self.slp is not None
+        d = discover(self.slp).addTimeout(max(2.0, self.config.auto.refresh / 2), self.reactor)
+        return d.addCallbacks(self._rooms_found,
+                              lambda f: log.info("asking the DA for the rooms' devices failed: %s",
+                                                 f.getErrorMessage()))
+
+    def _rooms_found(self, found: list[Found]) -> None:
+        taken = {s.name for s in self.config.system}
+        rooms = per_room(found, device_members(self.config), taken)
+        owners = list(self.config.auto.owners)
+        auto = {r.name: (System(r.name, [m.uri for m in r.members], owners, r.room, r.room), list(r.members))
+                for r in rooms}
+        if auto == self.auto:
+            return
+        log.info("virtual devices per room: %s", "; ".join(
+            f"{n} ({', '.join(m.name for m in ms)})" for n, (_, ms) in auto.items()) or "none")
+        self.auto = auto
+        self._combine()
         self._register_all()
         self.runtime.status_changed(self)
 

@@ -103,6 +103,17 @@ class System:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Auto:
+    per_room: bool = setting(False, help="also make one virtual device per room from the basic devices in "
+                                         "the DA: the room's audio and video devices, kept up to date")
+    owners: list[str] = setting(default_factory=list, check=each(_sip_uri),
+                                help="owners of the virtual devices made per room")
+    refresh: float = setting(10.0, check=lambda v: None if 2 <= v <= 3600 else
+                             f"must be 2-3600 seconds, got {v}",
+                             help="seconds between asking the DA for the rooms' devices again")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Devices:
     directory: str = setting("/etc/sipmob/devices.d",
                              help="the SA proxy's device files: members' names, media and allow lists")
@@ -129,6 +140,7 @@ class MdsmConfig:
     slp: Slp = setting(default_factory=Slp)
     system: list[System] = setting(default_factory=list,
                                    help="the virtual devices ([[system]] tables)")
+    auto: Auto = setting(default_factory=Auto)
     devices: Devices = setting(default_factory=Devices)
     limits: Limits = setting(default_factory=Limits)
     state: State = setting(default_factory=State)
@@ -187,6 +199,15 @@ class Member:
 def _from_file(device: Device) -> Member:
     media = frozenset(m for m, d in (("audio", device.spec.audio), ("video", device.spec.video)) if d)
     return Member(device.id, device.spec.uri, media, tuple(device.spec.allow))
+
+
+def device_members(config: MdsmConfig) -> dict[str, Member]:
+    """Every device of devices.d as a `Member`, by its lower-cased URI (broken files left out)."""
+    try:
+        devices = load_devices(config.devices.directory)
+    except ConfigError:
+        return {}
+    return {d.spec.uri.lower(): _from_file(d) for d in devices}
 
 
 def members_of(config: MdsmConfig, file: str = "mdsm.toml") -> dict[str, list[Member]]:

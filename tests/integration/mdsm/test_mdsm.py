@@ -222,3 +222,52 @@ def test_check_config_names_the_file_key_and_problem(tmp_path: Path) -> None:
                          env=ENV, capture_output=True, text=True, timeout=30, check=False)
     assert out.returncode == 1
     assert f"{bad}: system[0].members: no device 'attic-tv' in {tmp_path}" in out.stderr
+
+
+def test_auto_per_room_makes_a_virtual_device_from_the_da_and_keeps_it_up_to_date(tmp_path: Path) -> None:
+    """[auto] per_room: the kitchen's devices registered in the DA (as the SA proxy does) become
+    the virtual device ``kitchen``, which takes a handed-off call; a device leaving the DA leaves it."""
+    for d in ("da", "mn", "mdsm", "cn"):
+        (tmp_path / d).mkdir()
+    da = Slpda(tmp_path / "da").start()
+    started: list[Any] = []
+    try:
+        address = f"{HOST}:{da.port}"
+        cn = Pjsua(free_udp_port(), "cn", workdir=tmp_path / "cn")
+        started.append(cn)
+        speaker, tv = Member("speaker", "audio", "sendrecv"), Member("tv", "video", "recvonly")
+        started += [speaker, tv]
+        with da.client() as slp:
+            slp.register(speaker.uri, "(name=Kitchen speaker),(room=kitchen),(media=audio-sendrecv),"
+                                      "(mobility=basic)")
+            slp.register(tv.uri, "(name=Kitchen TV),(room=kitchen),(media=video-recvonly),(mobility=basic)")
+            # a restricted camera nobody here knows the allow list of: never a member
+            slp.register("sip:cam@127.0.0.1:9", "(name=Cam),(room=kitchen),(media=video-sendonly),"
+                                                "(restricted=true)")
+        mdsm = Mdsm(tmp_path / "mdsm", address, "",
+                    extra='[auto]\nper_room = true\nowners = ["sip:mn@127.0.0.1"]\nrefresh = 2\n')
+        mdsm.start()
+        started.append(mdsm)
+        phone = Phone(tmp_path / "mn", address, auto_answer=True)
+        started.append(phone)
+        assert until(lambda: "members: kitchen-speaker, kitchen-tv" in phone.sipmob("devices").stdout, 10), \
+            phone.sipmob("devices").stdout + mdsm.output()
+        assert phone.sipmob("call", cn.uri).returncode == 0
+        cn.wait_call_state("CONFIRMED", timeout=5)
+        out = phone.sipmob("transfer", "1", "--to", "kitchen", "--mode", "handoff")
+        assert out.returncode == 0, out.stderr + mdsm.output()
+        assert speaker.wait("established", 5) and tv.wait("established", 5)
+        assert speaker.probe.wait_for_packets(10, 10)
+        with da.client() as slp:
+            slp.deregister(tv.uri)
+        # one device left in the kitchen: no virtual device there any more
+        assert until(lambda: "sip:kitchen@" not in phone.sipmob("devices").stdout, 10), mdsm.output()
+        # the call handed over earlier goes on: its legs are the MDSM's, not the room's
+        seen = len(speaker.probe.snapshot())
+        assert until(lambda: len(speaker.probe.snapshot()) > seen + 25, 5)
+        cn.hangup()
+        assert speaker.wait("terminated bye", 10) and tv.wait("terminated bye", 10)
+    finally:
+        for peer in reversed(started):
+            peer.stop()
+        da.stop()
