@@ -175,12 +175,14 @@ def part1(d: Path, rounds: int, each: bool, pcap: Path | None, deadline: float) 
     bench_sh.LATENCY_TARGET = 0.150  # the MDSM's target: three members' INVITEs before the CN's
     for kind in ("transfer", "retrieve"):
         report(kind, lapses[kind])
-    decode = [a for p in sip_ports for a in ("-d", f"udp.port=={p},sip")]
-    decode += [a for m in members for a in ("-d", f"udp.port=={m.port},sip")]
-    sip = [x for x in tshark("-r", str(path), *decode, "-Y", "sip", "-T", "fields", "-e", "sip.Method",
-                             timeout=120).split("\n") if x.strip()]
+    ours = [*sip_ports, *(m.port for m in members)]
+    decode = [a for p in ours for a in ("-d", f"udp.port=={p},sip")]
+    # only our processes' messages: other programs on this machine's loopback are captured too
+    mine = "udp.port in {" + ", ".join(str(p) for p in ours) + "}"
+    sip = [x for x in tshark("-r", str(path), *decode, "-Y", f"sip && {mine}", "-T", "fields",
+                             "-e", "sip.Method", timeout=120).split("\n") if x.strip()]
     bad = tshark("-r", str(path), *decode, "-Y",
-                 "sip && (_ws.malformed || _ws.expert.severity >= warning)", timeout=120).strip()
+                 f"sip && {mine} && (_ws.malformed || _ws.expert.severity >= warning)", timeout=120).strip()
     print(f"tshark: {len(sip)} SIP requests ({', '.join(sorted(set(sip)))}), malformed or with a "
           f"warning: {len(bad.splitlines())} [{'ok' if not bad else 'MISS'} == 0]"
           + (f"\n{bad}" if bad else ""))
