@@ -129,6 +129,7 @@ class MdsmApp:
         self.registered: set[str] = set()
         self.slp: SLPClient | None = None
         self.rooms_loop: LoopingCall | None = None
+        self.keepalive_loop: LoopingCall | None = None
 
     # Life cycle -----------------------------------------------------------------------------------
 
@@ -143,6 +144,7 @@ class MdsmApp:
             self._restore()
             self._register_all()
             self._watch_rooms()
+            self._keep_alive()
             log.info("listening on %s:%d; %s", self.host, self.config.listen.port, self.status())
 
         return d.addCallback(started)
@@ -150,8 +152,9 @@ class MdsmApp:
     def stop(self) -> defer.Deferred[Any]:
         # calls are NOT ended: they go on without us and the next start takes them up again
         waits = []
-        if self.rooms_loop is not None and self.rooms_loop.running:
-            self.rooms_loop.stop()
+        for loop in (self.rooms_loop, self.keepalive_loop):
+            if loop is not None and loop.running:
+                loop.stop()
         if self.slp is not None:
             waits.append(self.slp.close().addErrback(lambda _: None))
         if self.sa is not None:
@@ -178,6 +181,7 @@ class MdsmApp:
         self._combine()
         self._register_all()
         self._watch_rooms()
+        self._keep_alive()
         self.runtime.status_changed(self)
 
     def _combine(self) -> None:
@@ -664,6 +668,32 @@ class MdsmApp:
         leg.local, leg.remote = part.to_bytes(), request.body
         self._save(mc)
         return leg.local
+
+    # Members that stop answering --------------------------------------------------------------------
+
+    def _keep_alive(self) -> None:
+        if self.keepalive_loop is not None and self.keepalive_loop.running:
+            self.keepalive_loop.stop()
+        self.keepalive_loop = None
+        if self.config.limits.keepalive > 0:
+            self.keepalive_loop = LoopingCall(self._ping_members)
+            self.keepalive_loop.clock = self.reactor
+            self.keepalive_loop.start(self.config.limits.keepalive, now=False).addErrback(
+                lambda f: log.error("member keepalive stopped: %s", f.getErrorMessage()))
+
+    def _ping_members(self) -> None:
+        """OPTIONS to every member of every call (a device switched off sends no BYE): any answer
+        is alive; none within keepalive_timeout ends its leg, which removes its streams."""
+        for mc in list(self.calls.values()):
+            for name, leg in list(mc.members.items()):
+                d = self.ua.options(leg.uri, timeout=self.config.limits.keepalive_timeout)
+                d.addErrback(lambda _f, mc=mc, name=name, leg=leg: self._member_silent(mc, name, leg))
+
+    def _member_silent(self, mc: ManagedCall, name: str, leg: Leg) -> None:
+        if mc.ending or mc.members.get(name) is not leg:
+            return
+        log.info("call %s: member %s does not answer OPTIONS: ending its leg", mc.id, name)
+        leg.call.bye()  # our BYE ends the leg at once (on_terminated "local"), answered or not
 
     # Restart ----------------------------------------------------------------------------------------
 

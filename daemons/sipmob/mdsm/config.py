@@ -126,6 +126,11 @@ class Limits:
     setup_timeout: float = setting(20.0, check=positive,
                                    help="seconds a handoff may take (members and CN answering) before it "
                                         "is abandoned")
+    keepalive: float = setting(15.0, check=lambda v: None if v == 0 or 1 <= v <= 3600 else
+                               f"must be 0 or 1-3600 seconds, got {v}",
+                               help="seconds between OPTIONS to each member of a call; a member that does "
+                                    "not answer within keepalive_timeout has its streams removed; 0: never")
+    keepalive_timeout: float = setting(4.0, check=positive, help="seconds a member has to answer OPTIONS")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -13,7 +13,9 @@ stopped by PID.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -267,6 +269,44 @@ def test_auto_per_room_makes_a_virtual_device_from_the_da_and_keeps_it_up_to_dat
         assert until(lambda: len(speaker.probe.snapshot()) > seen + 25, 5)
         cn.hangup()
         assert speaker.wait("terminated bye", 10) and tv.wait("terminated bye", 10)
+    finally:
+        for peer in reversed(started):
+            peer.stop()
+        da.stop()
+
+
+def test_a_member_that_stops_answering_has_its_stream_removed(tmp_path: Path) -> None:
+    """A TV switched off at the plug sends no BYE: the MDSM's OPTIONS go unanswered and it removes
+    the TV's stream from PJSIP's session; the speaker's audio goes on."""
+    for d in ("da", "mn", "mdsm", "cn"):
+        (tmp_path / d).mkdir()
+    da = Slpda(tmp_path / "da").start()
+    started: list[Any] = []
+    try:
+        address = f"{HOST}:{da.port}"
+        cn = Pjsua(free_udp_port(), "cn", workdir=tmp_path / "cn")
+        speaker, tv = Member("speaker", "audio", "sendrecv"), Member("tv", "video", "recvonly")
+        started += [cn, speaker, tv]
+        mdsm = Mdsm(tmp_path / "mdsm", address,
+                    f'[[system]]\nname = "living-room"\nmembers = ["{speaker.uri}", "{tv.uri}"]\n'
+                    'owners = ["sip:mn@127.0.0.1"]\n',
+                    extra="[limits]\nkeepalive = 1\nkeepalive_timeout = 1\n")
+        mdsm.start()
+        started.append(mdsm)
+        phone = Phone(tmp_path / "mn", address, auto_answer=True)
+        started.append(phone)
+        assert until(lambda: "living-room" in phone.sipmob("devices", "--json").stdout, timeout=10)
+        call_and_hand_over({"phone": phone, "cn": cn, "mdsm": mdsm})
+        assert tv.wait("established", 5) and speaker.probe.wait_for_packets(10, 10)
+        n = len(cn.events)
+        os.kill(tv.proc.pid, signal.SIGKILL)
+        cn.wait_event(lambda e: e["event"] == "media_state", timeout=10, start=n)
+        assert "does not answer OPTIONS" in mdsm.output()
+        last = cn.log().rsplit("INVITE sip:", 1)[-1]
+        assert re.search(r"^m=video 0 ", last, re.M) and re.search(r"^m=audio [1-9]", last, re.M), last
+        seen = len(speaker.probe.snapshot())
+        assert until(lambda: len(speaker.probe.snapshot()) > seen + 25, 5)
+        assert speaker.count("terminated") == 0
     finally:
         for peer in reversed(started):
             peer.stop()
