@@ -40,7 +40,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 
-from sipmob.mdsm.config import MdsmConfig, Member, System, device_members, members_of
+from sipmob.mdsm.config import MdsmConfig, Member, System, device_members, members_of, read_users
 from sipmob.mdsm.plan import (
     Plan,
     PlanError,
@@ -67,7 +67,9 @@ from sipmob.service.sipua import (
     UserAgent,
 )
 from sipmob.service.slp import SLPClient, SLPServiceAgent
+from sipmob.sip.auth import DigestServer, compute_ha1
 from sipmob.sip.headers import Replaces
+from sipmob.sip.message import Request
 from sipmob.sip.ua import Referred, referred
 from sipmob.sip.uri import URI, NameAddr, SIPParseError
 from sipmob.slp.attrs import Attribute
@@ -130,6 +132,8 @@ class MdsmApp:
         self.slp: SLPClient | None = None
         self.rooms_loop: LoopingCall | None = None
         self.keepalive_loop: LoopingCall | None = None
+        self.passwords: dict[str, str] = read_users(config.auth.users_file) if config.auth.users_file else {}
+        self.digest = DigestServer(config.auth.realm, secrets.token_bytes(32))
 
     # Life cycle -----------------------------------------------------------------------------------
 
@@ -176,6 +180,9 @@ class MdsmApp:
         self.config = dataclasses.replace(config, listen=self.config.listen, state=self.config.state,
                                           slp=self.config.slp)
         self.configured = configured
+        self.passwords = read_users(config.auth.users_file) if config.auth.users_file else {}
+        if config.auth.realm != self.digest.realm:
+            self.digest = DigestServer(config.auth.realm, secrets.token_bytes(32))
         if not config.auto.per_room:
             self.auto = {}
         self._combine()
@@ -288,6 +295,26 @@ class MdsmApp:
             raise SIPError(403, "No device of this system is allowed for you")
         return members
 
+    def _challenge(self, request: Request, who: URI) -> str | None:
+        """None when `who` has no password here or the request carries valid Digest credentials
+        for it (RFC 3261 §22.4, RFC 7616); else the WWW-Authenticate value to answer 401 with."""
+        user = who.user or ""
+        if user not in self.passwords:
+            return None
+        now = self.ua.now()
+
+        def ha1(username: str, realm: str, algorithm: str) -> str | None:
+            password = self.passwords.get(username)
+            return compute_ha1(algorithm, username, realm, password) if password is not None else None
+
+        stale = False
+        for value in request.headers.get_all("Authorization"):
+            result = self.digest.verify(value, request.method, ha1, now, body=request.body)
+            if result.ok and result.username == user:
+                return None
+            stale = stale or result.stale
+        return str(self.digest.make_challenge(now, stale=stale))
+
     def _check_capacity(self) -> None:
         if len(self.calls) + self.setting_up >= self.config.limits.max_calls:
             raise SIPError(503, "Too many calls")
@@ -319,12 +346,16 @@ class MdsmApp:
         except (SIPParseError, ValueError) as exc:
             raise SIPError(400, f"Bad Refer-To: {exc}") from None
         who = request.from_.uri
+        if what.method != "REFER" and not self._owner(system, who):
+            log.warning("REFER from %s to %s refused: not an owner", who, system.name)
+            raise SIPError(403, "Not an owner of this virtual device")
+        challenge = self._challenge(request, who)
+        if challenge is not None:
+            incoming.respond(401, headers=[("WWW-Authenticate", challenge)])
+            return
         if what.method == "REFER":
             self._retrieve(incoming, system, what, who)
             return
-        if not self._owner(system, who):
-            log.warning("REFER from %s to %s refused: not an owner", who, system.name)
-            raise SIPError(403, "Not an owner of this virtual device")
         if what.referred_by is not None and not same_party(what.referred_by.uri, who):
             raise SIPError(403, "Referred-By names another party")
         self._check_capacity()
@@ -462,6 +493,12 @@ class MdsmApp:
             who = request.from_.uri
             if not self._owner(system, who):
                 raise SIPError(403, "Not an owner of this virtual device")
+            challenge = self._challenge(request, who)
+            if challenge is not None:
+                self.ua.machine.answer_invite(incoming.handle, 401, self.ua.now(),
+                                              headers=[("WWW-Authenticate", challenge)])
+                self.ua.flush()
+                return
             if incoming.replaces is not None:
                 raise SIPError(403, "No call here to replace")
             if incoming.offer is None:

@@ -113,6 +113,42 @@ class Auto:
                              help="seconds between asking the DA for the rooms' devices again")
 
 
+def _users_file(value: str) -> str | None:
+    if not value:
+        return None
+    try:
+        read_users(value)
+    except OSError as exc:
+        return f"cannot read {value!r}: {exc.strerror}"
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def read_users(path: str) -> dict[str, str]:
+    """``USER PASSWORD`` per line (``#`` comments, blank lines); the passwords are never logged."""
+    users: dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            user, _, password = text.partition(" ")
+            if not password.strip():
+                raise ValueError(f"{path}: line {n}: must be USER PASSWORD")
+            users[user] = password.strip()
+    return users
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Auth:
+    users_file: str = setting("", check=_users_file,
+                              help="file of USER PASSWORD lines (mode 0640, group sipmob): an owner whose "
+                                   "URI's user part is listed must answer a Digest challenge; empty: owners "
+                                   "are recognised by their From alone")
+    realm: str = setting("sipmob", help="realm of the Digest challenges")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Devices:
     directory: str = setting("/etc/sipmob/devices.d",
@@ -146,6 +182,7 @@ class MdsmConfig:
     system: list[System] = setting(default_factory=list,
                                    help="the virtual devices ([[system]] tables)")
     auto: Auto = setting(default_factory=Auto)
+    auth: Auth = setting(default_factory=Auth)
     devices: Devices = setting(default_factory=Devices)
     limits: Limits = setting(default_factory=Limits)
     state: State = setting(default_factory=State)

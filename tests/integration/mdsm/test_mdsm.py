@@ -311,3 +311,42 @@ def test_a_member_that_stops_answering_has_its_stream_removed(tmp_path: Path) ->
         for peer in reversed(started):
             peer.stop()
         da.stop()
+
+
+def test_an_owner_with_a_password_must_answer_the_digest_challenge(tmp_path: Path) -> None:
+    """With [auth] users_file, a REFER from an owner listed there is challenged (401): with the
+    password our UA answers the challenge and the handoff goes through; with a wrong one, or a
+    forged From and no credentials at all, it never gets further than 401 and nothing is invited."""
+    for d in ("da", "mdsm", "cn"):
+        (tmp_path / d).mkdir()
+    (tmp_path / "users").write_text("# who may use the virtual devices\nmn s3cret-pass\n")
+    da = Slpda(tmp_path / "da").start()
+    started: list[Any] = []
+    try:
+        cn = Pjsua(free_udp_port(), "cn", workdir=tmp_path / "cn")
+        speaker, tv = Member("speaker", "audio", "sendrecv"), Member("tv", "video", "recvonly")
+        started += [cn, speaker, tv]
+        mdsm = Mdsm(tmp_path / "mdsm", f"{HOST}:{da.port}",
+                    f'[[system]]\nname = "living-room"\nmembers = ["{speaker.uri}", "{tv.uri}"]\n'
+                    'owners = ["sip:mn@127.0.0.1"]\n',
+                    extra=f'[auth]\nusers_file = "{tmp_path / "users"}"\n')
+        mdsm.start()
+        started.append(mdsm)
+
+        def refer(password: str) -> str:
+            out = subprocess.run([sys.executable, str(HERE / "referrer.py"), "mn", password,
+                                  mdsm.uri("living-room"), cn.uri], env=ENV, capture_output=True, text=True,
+                                 timeout=60, check=False)
+            return out.stdout.strip() or out.stderr[-1000:]
+
+        assert refer("-") == "401"
+        assert refer("wrong-pass") == "401"
+        time.sleep(0.5)
+        assert speaker.count("established") == 0 and not any(e["event"] == "incoming_call" for e in cn.events)
+        assert refer("s3cret-pass") == "200", mdsm.output()
+        assert speaker.wait("established", 5) and tv.wait("established", 5)
+        cn.wait_call_state("CONFIRMED", timeout=5)
+    finally:
+        for peer in reversed(started):
+            peer.stop()
+        da.stop()
