@@ -46,6 +46,7 @@ class Daemon:
 DAEMONS = [
     Daemon("sipmob-slpda", "/etc/sipmob/slpda.toml", "/var/lib/sipmob/slpda.json"),
     Daemon("sipmob-saproxy", "/etc/sipmob/saproxy.toml", "/var/lib/sipmob/saproxy.json"),
+    Daemon("sipmob-mdsm", "/etc/sipmob/mdsm.toml", "/var/lib/sipmob/mdsm.sqlite"),
 ]
 EXPOSURE_LIMIT = 2.0
 
