@@ -114,10 +114,11 @@ def show(text: str) -> None:
     print("   " + text.replace("\n", "\n   "), flush=True)
 
 
-def rtp_received(workdir: Path, da: str) -> int:
+def rtp_received(workdir: Path, da: str, call: str | None = None) -> int:
     import json
 
-    return int(json.loads(sipmob(workdir, da, "calls", "--json"))[0]["rtp_received"])
+    calls = json.loads(sipmob(workdir, da, "calls", "--json"))
+    return int(next(c for c in calls if call is None or c["id"] == call)["rtp_received"])
 
 
 def call_demo(daemons: Daemons, da: str, workdir: Path) -> None:
@@ -207,9 +208,10 @@ def handoff_demo(daemons: Daemons, da: str, workdir: Path) -> None:
     show(sipmob(workdir, da, "devices"))
 
     step(f"sipmob call {bob.uri}")
-    show(sipmob(workdir, da, "call", bob.uri))
+    placed = sipmob(workdir, da, "call", bob.uri)  # "call N with ... established"
+    show(placed)
     time.sleep(1.0)
-    call = sipmob(workdir, da, "calls").split()[0]
+    call = placed.split()[1]
 
     step(f"Handing the call off to the TV (draft Fig. 4): sipmob transfer {call} --to tv --mode handoff")
     started = time.monotonic()
@@ -220,9 +222,9 @@ def handoff_demo(daemons: Daemons, da: str, workdir: Path) -> None:
 
     step(f"Taking it back (draft Fig. 5, nested REFER): sipmob retrieve {call}")
     show(sipmob(workdir, da, "retrieve", call))
-    before = rtp_received(workdir, da)
+    before = rtp_received(workdir, da, call)
     time.sleep(1.0)
-    show(f"the phone received {rtp_received(workdir, da) - before} packets in the last second: "
+    show(f"the phone received {rtp_received(workdir, da, call) - before} packets in the last second: "
          "the call is back in your hand")
 
 

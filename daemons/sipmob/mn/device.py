@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer
 
 from sipmob.mn.devices import SERVICE_TYPE
-from sipmob.mn.handoff import same_party
+from sipmob.mn.handoff import REPLACED_WAIT, same_party, within
 from sipmob.sdp import SDPParseError, codecs_of, parse
 from sipmob.service.sipua import AcceptedRefer, IncomingRequest, ReferProgress, SIPError
 from sipmob.service.slp import SLPServiceAgent
@@ -141,14 +141,29 @@ class DeviceRole:
         if taken is None or pc is None:
             raise SIPError(481, "No call to hand back")
         accepted = incoming.accept_refer()
-        dialog = pc.call.dialog
+        call = pc.call
+        dialog = call.dialog
         replaces = Replaces(dialog.call_id, to_tag=dialog.remote_tag, from_tag=dialog.local_tag)
         inner = _inner_target(what) or taken.cn
-        d = self.phone.ua.refer(what.target, inner, replaces=replaces,
+        # RFC 4538: the REFER names the dialog of the REFER that asked for it, which the
+        # referrer can check (it is on the other side of it)
+        mine = accepted.dialog
+        target_dialog = ([("Target-Dialog", f"{mine.call_id};local-tag={mine.local_tag};"
+                                            f"remote-tag={mine.remote_tag}")] if mine is not None else [])
+        d = self.phone.ua.refer(what.target, inner, replaces=replaces, headers=target_dialog,
                                 referred_by=str(NameAddr(None, self.phone.ua_aor)))
 
         def sent(progress: ReferProgress) -> Any:
-            return progress.final.addCallback(lambda status: accepted.notify(status))
+            return progress.final.addCallback(handed_back)
+
+        def handed_back(status: int) -> Any:
+            accepted.notify(status)
+            if status >= 300:
+                return None
+            # the CN ends our dialog once the referrer's INVITE replaced it; one that ignores
+            # Replaces keeps it, and then we end it: the call is the referrer's again either way
+            return within(call.terminated, REPLACED_WAIT, self.phone.reactor).addErrback(
+                lambda f: f.trap(defer.TimeoutError) and call.bye())
 
         d.addCallbacks(sent, lambda f: _report_failure(accepted, f, "handing back"))
 

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sipmob.mn.handoff")
 
+REPLACED_WAIT = 2.0  # seconds the CN has to end our dialog once the device's INVITE succeeded
+
 
 class Mode(enum.StrEnum):
     AUTO = "auto"
@@ -82,6 +84,7 @@ class HandedOff:
     device: str  # the device's name
     device_uri: URI
     retrieving: defer.Deferred[str] | None = None
+    nested: int | None = None  # the core's handle of our nested REFER while it lasts
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.id, "peer": self.peer, "state": f"handed off to {self.device}",
@@ -112,9 +115,10 @@ class PhoneHandoff:
         replaces = Replaces(dialog.call_id, to_tag=dialog.remote_tag, from_tag=dialog.local_tag)
         record = HandedOff(pc.id, pc.peer, dialog.remote_target, device.name, URI.parse(device.uri))
         pc.busy = True
+        note = ""
         try:
             try:
-                progress: ReferProgress = yield _within(ua.refer(
+                progress: ReferProgress = yield within(ua.refer(
                     record.device_uri, dialog.remote_target, replaces=replaces,
                     referred_by=str(NameAddr(None, self.phone.ua_aor))), self.timeout, self.phone.reactor)
             except defer.TimeoutError:
@@ -122,12 +126,19 @@ class PhoneHandoff:
                                    "it does not take calls handed off by REFER outside a dialog "
                                    "(use --mode mnc)") from None
             log.info("call %s: %s accepted the REFER (%d)", pc.id, device.name, progress.response.status)
-            final = yield _within(progress.final, self.timeout, self.phone.reactor)
+            final = yield within(progress.final, self.timeout, self.phone.reactor)
             if final >= 300:
                 raise CommandError(f"{device.name} could not take the call over: its INVITE to "
                                    f"{pc.peer} got {final}")
-            # Fig. 4: the CN ends our dialog once the device's has replaced it
-            yield _within(pc.call.terminated, self.timeout, self.phone.reactor)
+            # Fig. 4: the CN ends our dialog once the device's has replaced it; a CN that takes
+            # the device's INVITE as a new call (it ignores Replaces) keeps ours: we end it
+            try:
+                yield within(pc.call.terminated, REPLACED_WAIT, self.phone.reactor)
+            except defer.TimeoutError:
+                log.info("call %s: %s kept our dialog after the device's INVITE with Replaces: "
+                         "ending it ourselves", pc.id, pc.peer)
+                note = " (the other party ignored Replaces: we ended our dialog with it)"
+                yield pc.call.bye()
         except SIPError as exc:
             raise CommandError(f"{device.name} refused the handoff: {exc.status} {exc.reason}") from None
         except defer.TimeoutError:
@@ -136,8 +147,12 @@ class PhoneHandoff:
         finally:
             pc.busy = False
         self.handed_off[pc.id] = record
-        log.info("call %s with %s handed off to %s", pc.id, pc.peer, device.name)
-        return f"call {pc.id} with {pc.peer} handed off to {device.name}"
+        # each step as the device's NOTIFYs reported it (RFC 3515 §2.4.5)
+        steps = ", ".join(str(s) for s in progress.statuses)
+        log.info("call %s with %s handed off to %s (REFER %d, NOTIFY %s)", pc.id, pc.peer, device.name,
+                 progress.response.status, steps)
+        return (f"call {pc.id} with {pc.peer} handed off to {device.name}{note} "
+                f"[REFER {progress.response.status}, NOTIFY {steps}]")
 
     # Retrieval (Fig. 5) --------------------------------------------------------------------------
 
@@ -158,18 +173,19 @@ class PhoneHandoff:
         record.retrieving = done
         try:
             try:
-                progress: ReferProgress = yield _within(ua.refer(
+                progress: ReferProgress = yield within(ua.refer(
                     record.device_uri, nested, referred_by=str(NameAddr(None, self.phone.ua_aor))),
                     self.timeout, self.phone.reactor)
             except defer.TimeoutError:
                 raise CommandError(f"{record.device} did not answer the nested REFER within "
                                    f"{self.timeout:g} s (it may not support nested REFER, draft Fig. 5)"
                                    ) from None
-            final = yield _within(progress.final, self.timeout, self.phone.reactor)
+            record.nested = progress.handle
+            final = yield within(progress.final, self.timeout, self.phone.reactor)
             if final >= 300 and not done.called:
                 raise CommandError(f"{record.device} did not hand call {cid} back: its REFER to us "
                                    f"got {final} (does it support nested REFER, draft Fig. 5?)")
-            result = yield _within(done, self.timeout, self.phone.reactor)
+            result = yield within(done, self.timeout, self.phone.reactor)
         except SIPError as exc:
             raise CommandError(f"{record.device} refused the nested REFER: {exc.status} {exc.reason} "
                                "(it may not support nested REFER, draft Fig. 5)") from None
@@ -178,31 +194,37 @@ class PhoneHandoff:
                                f"{self.timeout:g} s") from None
         finally:
             record.retrieving = None
+            record.nested = None
         return result
+
+    def _names_nested(self, record: HandedOff, target_dialog: str) -> bool:
+        dialog = self.phone.ua.machine.dialog(record.nested) if record.nested is not None else None
+        return dialog is not None and names_dialog(target_dialog, dialog.call_id,
+                                                   {dialog.local_tag, dialog.remote_tag})
 
     def on_refer(self, incoming: IncomingRequest, what: Referred) -> bool:
         """A REFER outside a dialog: ours to act on when a device we handed a call to sends it
         back (Fig. 5, second REFER). False: not about any call we handed off."""
         sender = incoming.request.from_.uri
+        target_dialog = incoming.request.headers.get("Target-Dialog")
         record = next((r for r in self.handed_off.values()
                        if r.retrieving is not None and same_party(r.device_uri, sender)
                        and what.method == "INVITE" and what.replaces is not None
-                       and same_party(r.cn_target, what.target)), None)
+                       and same_party(r.cn_target, what.target)
+                       and (target_dialog is None or self._names_nested(r, target_dialog))), None)
         if record is None:
             return False
         accepted = incoming.accept_refer()
         done = record.retrieving
         assert done is not None
 
-        def established(message: str) -> str:
+        def established(pc: PhoneCall) -> None:
             self.handed_off.pop(record.id, None)
-            new_id = message.split()[1]
-            self.phone.renumber(new_id, record.id)
+            self.phone.renumber(pc.id, record.id)
             accepted.notify(200)
             log.info("call %s with %s retrieved from %s", record.id, record.peer, record.device)
             if not done.called:
                 done.callback(f"call {record.id} with {record.peer} retrieved from {record.device}")
-            return message
 
         def failed(failure: Any) -> None:
             exc = failure.value
@@ -211,9 +233,18 @@ class PhoneHandoff:
             if not done.called:
                 done.errback(CommandError(f"our INVITE to {record.peer} failed: {exc}"))
 
-        d = self.phone.call(str(what.target), headers=what.headers)
+        d = self.phone.place_call(str(what.target), headers=what.headers)
         d.addCallbacks(established, failed)
         return True
+
+
+def names_dialog(value: str, call_id: str, tags: set[str]) -> bool:
+    """Whether a Target-Dialog value (RFC 4538 §7) names the dialog `call_id` with both `tags`
+    (either way round: which side's is local depends on who writes it)."""
+    callid, *params = [p.strip() for p in value.split(";")]
+    named = {v.strip() for n, _, v in (p.partition("=") for p in params)
+             if n.strip().lower() in ("local-tag", "remote-tag")}
+    return callid == call_id and named == tags
 
 
 def parse_refer(incoming: IncomingRequest) -> Referred:
@@ -223,7 +254,7 @@ def parse_refer(incoming: IncomingRequest) -> Referred:
         raise SIPError(400, f"Bad Refer-To: {exc}") from None
 
 
-def _within(d: defer.Deferred[Any], seconds: float, reactor: Any) -> defer.Deferred[Any]:
+def within(d: defer.Deferred[Any], seconds: float, reactor: Any) -> defer.Deferred[Any]:
     """`d`, or TimeoutError after `seconds` (without cancelling `d`, which others may hold)."""
     out: defer.Deferred[Any] = defer.Deferred()
     def expire() -> None:

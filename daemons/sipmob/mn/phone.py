@@ -492,8 +492,8 @@ class Phone:
             self.calls[old] = pc
 
     @defer.inlineCallbacks
-    def call(self, uri: str, headers: Sequence[tuple[str, str]] = ()) -> Any:
-        pc = yield self.place_call(uri, headers)
+    def call(self, uri: str) -> Any:
+        pc = yield self.place_call(uri)
         return f"call {pc.id} with {uri} established"
 
     @defer.inlineCallbacks

@@ -1,10 +1,11 @@
 """The `sipmob-saproxy` application: basic SIP devices registered in SLP while they answer OPTIONS.
 
-Responsible for: the SIP UDP socket and transaction layer the OPTIONS go through, the `Prober`'s
-timer, turning probe outcomes and 200 bodies into SLP registrations (`SLPServiceAgent` does the
-RFC 2608 part: every DA, every scope, refresh, re-registration after a DA reboot, deregistration on
-stop), the optional mDNS advertisement, one log line per change of a device's state and per new
-problem with what a device says, the status line, and applying a reloaded device directory.
+Responsible for: the SIP user agent the OPTIONS go through (`UserAgent`, which also answers what
+devices send us, allowing OPTIONS only), the `Prober`'s timer, turning probe outcomes and 200
+bodies into SLP registrations (`SLPServiceAgent` does the RFC 2608 part: every DA, every scope,
+refresh, re-registration after a DA reboot, deregistration on stop), the optional mDNS
+advertisement, one log line per change of a device's state and per new problem with what a device
+says, the status line, and applying a reloaded device directory.
 
 Not here: the up/down rules and what a 200 means (`sipmob.saproxy.probe`), the device files and the
 attribute schema (`sipmob.saproxy.devices`), SIP itself (`sipmob.sip`).
@@ -28,27 +29,16 @@ from sipmob.saproxy.probe import (
     ProbeConfig,
     Prober,
     StateChanged,
-    build_options,
     merge,
 )
 from sipmob.service.config import split_host_port
 from sipmob.service.daemon import Runtime
-from sipmob.service.sipnet import SIPTransport
+from sipmob.service.sipua import SIPError, UserAgent
 from sipmob.service.slp import SLPClient, SLPServiceAgent
 from sipmob.service.statefile import DebouncedWriter, read_json
 from sipmob.service.timers import TimerDriver
-from sipmob.sip.message import make_response
-from sipmob.sip.transaction import (
-    Event,
-    MessageDiscarded,
-    RequestReceived,
-    ResponseReceived,
-    TimerConfig,
-    TransactionKey,
-    TransactionLayer,
-    TransactionTimedOut,
-    TransportError,
-)
+from sipmob.sip.message import Response
+from sipmob.sip.transaction import TimerConfig
 from sipmob.sip.transport import Address
 from sipmob.slp.agent import AgentConfig
 from sipmob.slp.attrs import format_attr_list
@@ -79,15 +69,14 @@ class SaproxyApp:
         self.reactor = runtime.reactor
         self.prober = Prober(probe_config(self.config), rng)
         self.timer = TimerDriver(self.reactor, self.prober.get_timer, self._probe_due)
-        self.sip: SIPTransport | None = None
+        self.sip: UserAgent | None = None
         self.sa: SLPServiceAgent | None = None
         self.mdns: Any = None
-        self._pending: dict[TransactionKey, str] = {}  # OPTIONS in flight -> device id
+        self._pending: dict[str, int] = {}  # device id -> the probe in flight (a number)
+        self._probes = 0
         self._caps: dict[str, Capabilities] = {}
         self._registered: dict[str, tuple[str, str]] = {}  # device id -> (url, attribute list)
         self._reported: dict[str, set[str]] = {}  # problems already logged, by device
-        self._cseq = 0
-        self._contact = ""
         self._status = ""
         self.writer = DebouncedWriter(self.reactor, self.config.state_file, self._state_bytes)
 
@@ -95,13 +84,12 @@ class SaproxyApp:
 
     def start(self) -> None:
         sip = self.config.sip
-        self.sip = SIPTransport(self.reactor, None, [(sip.address, sip.port, "udp")], self._sip_event)
-        (bound,) = self.sip.start()
-        via_host = self._via_host(bound.host)
-        local = Address(via_host, bound.port, "udp")
-        self.sip.use_layer(TransactionLayer([local], timer_config(self.config)))
-        host = f"[{via_host}]" if ":" in via_host else via_host
-        self._contact = f"sip:saproxy@{host}:{bound.port}"
+        via_host = self._via_host(sip.address)
+        self.sip = UserAgent(self.reactor, listen=[(sip.address, sip.port, "udp")], user="saproxy",
+                             timers=timer_config(self.config), allow=("OPTIONS",), aor=sip.from_uri,
+                             advertise=via_host if via_host != sip.address else None)
+        self.sip.start()
+        (bound,) = self.sip.addresses
         slp = self.config.slp
         self.sa = SLPServiceAgent(self.reactor, das=[split_host_port(d, 427) for d in slp.das],
                                   scopes=slp.scopes, multicast=slp.multicast,
@@ -189,18 +177,22 @@ class SaproxyApp:
     # Probing ---------------------------------------------------------------------------------------
 
     def _probe_due(self, now: float) -> None:
-        assert self.sip is not None
+        sip = self.sip
+        assert sip is not None
+        contact = [("Contact", str(sip.machine.local_contact)), ("Accept", "application/sdp")]
         for device_id in self.prober.handle_timer(now):
             device = self.devices[device_id]
-            self._cseq = self._cseq % 2**31 + 1
-            request = build_options(device.uri, self.config.sip.from_uri, self._contact, self._cseq)
+            self._probes += 1
+            probe = self._probes
             try:
-                key = self.sip.send_request(request, self._destination(device))
+                d = sip.request("OPTIONS", device.uri, headers=contact, destination=self._destination(device))
             except Exception as exc:  # a URI the layer cannot send to: as good as no answer
                 log.debug("cannot probe %s: %s", device_id, exc)
                 self.prober.failed(device_id, f"cannot send OPTIONS: {exc}", now)
                 continue
-            self._pending[key] = device_id
+            self._pending[device_id] = probe
+            d.addCallbacks(self._answered, self._unanswered, callbackArgs=(device_id, probe),
+                           errbackArgs=(device_id, probe))
             log.debug("OPTIONS %s", device.url, extra={"SIPMOB_DEVICE": device_id})
         self._after_probe()
 
@@ -210,31 +202,22 @@ class SaproxyApp:
         host, port = split_host_port(self.config.sip.outbound_proxy, 5060)
         return Address(host, port, "udp")
 
-    def _sip_event(self, event: Event) -> None:
-        now = self.reactor.seconds()
-        if isinstance(event, ResponseReceived):
-            if event.transaction_key is None or event.response.status < 200:
-                return
-            device_id = self._pending.pop(event.transaction_key, None)
-            if device_id is None or device_id not in self.devices:
-                return
-            response = event.response
-            if 200 <= response.status < 300:
-                self._learn(device_id, Capabilities.from_response(response))
-            self.prober.answered(device_id, now, f"answered OPTIONS with {response.status}")
-        elif isinstance(event, TransactionTimedOut | TransportError):
-            device_id = self._pending.pop(event.transaction_key, None)
-            if device_id is not None:
-                reason = "no answer to OPTIONS" if isinstance(event, TransactionTimedOut) else \
-                    "OPTIONS could not be sent"
-                self.prober.failed(device_id, reason, now)
-        elif isinstance(event, RequestReceived):
-            # §11.2: answer OPTIONS like any UA; nothing else is ours to handle
-            status = 200 if event.request.method == "OPTIONS" else 405
-            assert self.sip is not None
-            self.sip.send_response(make_response(event.request, status, headers=[("Allow", "OPTIONS")]))
-        elif isinstance(event, MessageDiscarded):
-            log.debug("discarded from %s:%d: %s", event.source.host, event.source.port, event.reason)
+    def _answered(self, response: Response, device_id: str, probe: int) -> None:
+        if self._pending.get(device_id) != probe or device_id not in self.devices:
+            return  # the device was removed or changed meanwhile
+        del self._pending[device_id]
+        if 200 <= response.status < 300:
+            self._learn(device_id, Capabilities.from_response(response))
+        self.prober.answered(device_id, self.reactor.seconds(), f"answered OPTIONS with {response.status}")
+        self._after_probe()
+
+    def _unanswered(self, failure: Any, device_id: str, probe: int) -> None:
+        if self._pending.get(device_id) != probe:
+            return
+        del self._pending[device_id]
+        exc = failure.value
+        reason = "no answer to OPTIONS" if isinstance(exc, SIPError) else f"OPTIONS failed: {exc}"
+        self.prober.failed(device_id, reason, self.reactor.seconds())
         self._after_probe()
 
     def _learn(self, device_id: str, caps: Capabilities) -> None:
@@ -301,8 +284,7 @@ class SaproxyApp:
         self.prober.remove(device_id)
         self._caps.pop(device_id, None)
         self._reported.pop(device_id, None)
-        for key in [k for k, v in self._pending.items() if v == device_id]:
-            del self._pending[key]
+        self._pending.pop(device_id, None)
 
     def _state_bytes(self) -> bytes:
         return json.dumps({"registered": sorted(url for url, _ in self._registered.values())}).encode()

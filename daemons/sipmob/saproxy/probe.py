@@ -1,9 +1,9 @@
 """Keeping the SA proxy's registrations true: probing basic devices with SIP OPTIONS, sans-I/O.
 
 `Prober` is the up/down machine of every device. It never sends anything itself: `handle_timer(now)`
-returns the devices to probe now, the owner sends one OPTIONS each (`build_options`) and reports the
-outcome with `answered` (any final response: RFC 3261 §11 makes OPTIONS the way to ask whether a UA
-is reachable, and a 404 or a 486 comes from a live device as surely as a 200) or `failed` (the
+returns the devices to probe now, the owner sends one OPTIONS each (through its SIP user agent) and
+reports the outcome with `answered` (any final response: RFC 3261 §11 makes OPTIONS the way to ask
+whether a UA is reachable, and a 404 or a 486 comes from a live device as surely as a 200) or `failed` (the
 transaction timed out, Timer F, or the transport failed). `get_timer()` is the next deadline.
 
     state     outcome                       next state  next probe
@@ -33,8 +33,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import random
-import secrets
-from collections.abc import Callable
 
 from sipmob.saproxy.devices import (
     CODEC_RE,
@@ -46,8 +44,7 @@ from sipmob.saproxy.devices import (
 )
 from sipmob.sdp import AUXILIARY_ENCODINGS, SDPParseError, parse
 from sipmob.sip.headers import split_commas
-from sipmob.sip.message import Headers, Request, Response
-from sipmob.sip.uri import URI
+from sipmob.sip.message import Headers, Response
 from sipmob.slp.attrs import Attribute
 
 MAX_BODY = 16384  # an OPTIONS answer's SDP is a few hundred bytes; more is not a capability list
@@ -182,24 +179,6 @@ class Prober:
 
     def _jitter(self, seconds: float) -> float:
         return seconds * (0.9 + 0.2 * self._rng.random())
-
-
-# The OPTIONS request ----------------------------------------------------------------------------
-
-
-def build_options(target: URI, from_uri: str, contact: str, cseq: int,
-                  token: Callable[[], str] = lambda: secrets.token_hex(8)) -> Request:
-    """An out-of-dialog OPTIONS to `target` (§11.1); the transaction layer adds the Via."""
-    headers = Headers([
-        ("Max-Forwards", "70"),
-        ("To", f"<{target}>"),
-        ("From", f"<{from_uri}>;tag={token()}"),
-        ("Call-ID", f"{token()}@saproxy"),
-        ("CSeq", f"{cseq} OPTIONS"),
-        ("Contact", f"<{contact}>"),
-        ("Accept", "application/sdp"),
-    ])
-    return Request("OPTIONS", target, headers)
 
 
 # What a 200 says ---------------------------------------------------------------------------------

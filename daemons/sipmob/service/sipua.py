@@ -119,8 +119,9 @@ class ReferProgress:
     """A REFER the peer accepted (202). `final` fires with the status of the last NOTIFY's
     sipfrag (RFC 3515 §2.4.5); `statuses` lists every status reported so far."""
 
-    def __init__(self, response: Response) -> None:
+    def __init__(self, response: Response, handle: int | None = None) -> None:
         self.response = response
+        self.handle = handle  # the core's handle of a REFER outside a dialog (its own dialog)
         self.statuses: list[int] = []
         self.final: defer.Deferred[int] = defer.Deferred()
 
@@ -173,6 +174,11 @@ class AcceptedRefer:
         self.handle = handle
         self.refer_id = refer_id
         self.done = False
+
+    @property
+    def dialog(self) -> Dialog | None:
+        """The REFER's own dialog (None once it has ended)."""
+        return self.ua.machine.dialog(self.handle)
 
     def notify(self, status: int, reason: str | None = None) -> None:
         """A ``message/sipfrag`` NOTIFY with `status`; a final one ends the subscription."""
@@ -423,9 +429,13 @@ class UserAgent:
                  user: str = "sipmob", display_name: str | None = None, user_agent: str = "sipmob/0.1",
                  timers: TimerConfig | None = None,
                  capabilities_sdp: Callable[[], bytes] | None = None,
-                 credentials: core.CredentialsLookup | tuple[str, str] | None = None) -> None:
+                 credentials: core.CredentialsLookup | tuple[str, str] | None = None,
+                 allow: Sequence[str] = core.ALLOW, aor: str | URI | None = None,
+                 advertise: str | None = None) -> None:
         """`credentials` answer Digest challenges (401/407): ``(username, password)`` or a
-        function of the realm returning them (or None)."""
+        function of the realm returning them (or None). `allow` are the methods we take (others
+        get 405), `aor` our From (default ``sip:USER@HOST``), `advertise` the host put in Via and
+        Contact when the socket is bound to any address."""
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
@@ -433,7 +443,9 @@ class UserAgent:
         self._listen = listen
         self._options = {"user": user, "display_name": display_name, "user_agent": user_agent,
                          "timers": timers, "capabilities_sdp": capabilities_sdp,
-                         "credentials": credentials}
+                         "credentials": credentials, "allow": allow,
+                         "aor": _uri(aor) if aor is not None else None}
+        self._advertise = advertise
         self._transport = SIPTransport(reactor, None, listen, on_event=self._on_core_event)
         self._core_obj: core.UACore | None = None
         self._call_handler: Callable[[IncomingCall], None] | None = None
@@ -460,7 +472,9 @@ class UserAgent:
             self.addresses = self._transport.start()
         except Exception:
             return defer.fail()
-        self._core_obj = core.UACore(self.addresses, **self._options)  # type: ignore[arg-type]
+        local = [Address(self._advertise, a.port, a.transport) if self._advertise else a
+                 for a in self.addresses]
+        self._core_obj = core.UACore(local, **self._options)  # type: ignore[arg-type]
         self._core_obj.app_methods.update(self._request_handlers)
         self.contact = self._core_obj.contact_uri
         self.aor = self._core_obj.aor
@@ -553,7 +567,7 @@ class UserAgent:
             if response is None or response.status >= 300:
                 d.errback(_error(response))
                 return
-            d.callback(self.refer_accepted(op, ReferProgress(response)))
+            d.callback(self.refer_accepted(op, ReferProgress(response, op)))
 
         self.expect(op, completed)
         self.flush()
@@ -602,10 +616,12 @@ class UserAgent:
         return d
 
     def request(self, method: str, target: str | URI, *, headers: Sequence[tuple[str, str]] = (),
-                body: bytes = b"", content_type: str | None = None) -> defer.Deferred[Response]:
-        """Send an out-of-dialog request; fires with the final response (any status)."""
+                body: bytes = b"", content_type: str | None = None,
+                destination: Address | None = None) -> defer.Deferred[Response]:
+        """Send an out-of-dialog request (to `destination` if given, else where `target` says);
+        fires with the final response (any status), errback `SIPError(408)` on a timeout."""
         op = self._core.request(method.upper(), _uri(target), self._now(), headers=headers, body=body,
-                                content_type=content_type)
+                                content_type=content_type, destination=destination)
         d: defer.Deferred[Response] = defer.Deferred()
         self._requests[op] = _fire_response(d, any_status=True)
         self._flush()

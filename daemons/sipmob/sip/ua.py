@@ -1,13 +1,14 @@
 """The SIP user-agent core (RFC 3261 §8, §12-§15; RFC 3515, 3891, 3892), sans-I/O.
 
 Responsible for what a UA does with the requests and responses its `TransactionLayer` delivers:
-INVITE sessions as a UAC and a UAS (early and late offer, CANCEL, the UAS's 2xx retransmission
-until the ACK arrives and BYE when it never does, §13.3.1.4; the UAC's ACK for every 2xx,
-§13.2.2.4), re-INVITE with 491 glare and the §14.1 randomised back-off, BYE, OPTIONS answered
-with our capabilities, INFO, REFER with its implicit subscription and ``message/sipfrag`` NOTIFYs
-(RFC 3515), INVITE with Replaces (RFC 3891: 481 when no dialog matches, BYE on the replaced
-dialog once the new one is confirmed), and the checks every UAS makes first: 481 for a request
-outside any dialog we know, 500 for an out-of-order CSeq (§12.2.2), 405 with Allow, 415, 420.
+INVITE sessions as a UAC and a UAS (early and late offer, CANCEL, the UAS's 2xx retransmission until
+the ACK arrives and BYE when it never does, §13.3.1.4; the UAC's ACK for every 2xx, §13.2.2.4),
+re-INVITE with 491 glare and the §14.1 randomised back-off, BYE, OPTIONS answered with our
+capabilities, INFO, REFER within a dialog and outside one, with its implicit subscription and
+``message/sipfrag`` NOTIFYs (RFC 3515), INVITE with Replaces (RFC 3891: 481 when no dialog matches,
+BYE on the replaced dialog once the new one is confirmed), and the checks every UAS makes first: 481
+for a request outside any dialog we know, 500 for an out-of-order CSeq (§12.2.2), 405 with Allow,
+415, 420.
 
 Calls are numbered handles; the application learns of things through events (`next_event`) and acts
 with methods that take ``now``. Everything to send comes out of `messages_to_send`, and the next
@@ -24,13 +25,12 @@ request outside a dialog (`_on_out_of_dialog`).
 Not here: SDP (`sipmob.sdp`: bodies are opaque bytes to the core), sockets and the reactor
 (`sipmob.service.sipua`), DNS.
 
-Also here: answering Digest challenges (RFC 3261 §22.2-22.3 with RFC 7616/8760 via `sipmob.sip.auth`):
-a request answered 401 or 407 is sent again, once per challenge, with a new CSeq and branch and the
-credentials the application gave; and REGISTER bindings (§10.2) kept fresh by `register`: the
-refresh goes out at half the expiry the registrar granted, a 423 is retried with its Min-Expires,
-and after a failure the next attempt waits as RFC 5626 §4.5 says (30 s doubling up to 30 min,
-then a random 50-100 % of that).
-"""
+Also part of the core (`sipmob.sip.challenge`, `sipmob.sip.register`): answering Digest challenges
+(RFC 3261 §22.2-22.3 with RFC 7616/8760 via `sipmob.sip.auth`): a request answered 401 or 407 is
+sent again, once per challenge, with a new CSeq and branch and the credentials the application gave;
+and REGISTER bindings (§10.2) kept fresh by `register`: the refresh goes out at half the expiry the
+registrar granted, a 423 is retried with its Min-Expires, and after a failure the next attempt waits
+as RFC 5626 §4.5 says (30 s doubling up to 30 min, then a random 50-100 % of that)."""
 
 from __future__ import annotations
 
@@ -148,9 +148,10 @@ class UACore(InviteSessions, Referrals, Registrations):
 
     def request(self, method: str, target: URI, now: float, *,
                 headers: Sequence[tuple[str, str]] = (), body: bytes = b"",
-                content_type: str | None = None) -> int:
+                content_type: str | None = None, destination: Address | None = None) -> int:
         """Send a request outside any dialog (OPTIONS, MESSAGE...); returns the op number of its
-        `RequestCompleted`."""
+        `RequestCompleted`. `destination` sends it there rather than where `target` says (an
+        outbound proxy, §8.1.2)."""
         if method in ("INVITE", "ACK", "CANCEL"):
             raise UAError(f"use invite/cancel for {method}")
         op = self._new_handle()
@@ -163,7 +164,7 @@ class UACore(InviteSessions, Referrals, Registrations):
         if body:
             h.add("Content-Type", content_type or SDP)
         request = Request(method, target.replace(headers=()), h, body)
-        key = self._send(request, uri_destination(target), None, now)
+        key = self._send(request, destination or uri_destination(target), None, now)
         self._client[key] = _ClientOp(op, None, method)
         self._pump(now)
         return op
@@ -210,8 +211,8 @@ class UACore(InviteSessions, Referrals, Registrations):
         if method == "CANCEL":
             self._on_cancel(event, now)
             return
-        if method not in ALLOW and method not in self.app_methods:
-            self._reply(request, 405, now, headers=[("Allow", ", ".join(ALLOW))])
+        if method not in self.allow and method not in self.app_methods:
+            self._reply(request, 405, now, headers=[("Allow", ", ".join(self.allow))])
             return
         unsupported = [o for o in _options(request, "Require") if o.lower() not in SUPPORTED]
         if unsupported:
@@ -248,12 +249,12 @@ class UACore(InviteSessions, Referrals, Registrations):
         elif method == "SUBSCRIBE":
             self._reply(request, 489, now)  # no event package of ours (RFC 6665 §4.2.1.1)
         else:
-            self._reply(request, 405, now, headers=[("Allow", ", ".join(ALLOW))])
+            self._reply(request, 405, now, headers=[("Allow", ", ".join(self.allow))])
 
     def _answer_options(self, request: Request, now: float) -> None:
         # §11.2: what we would do with an INVITE: Allow, Accept, Supported and a session description
         body = self.capabilities_sdp() if self.capabilities_sdp is not None else b""
-        h = [("Allow", ", ".join(ALLOW)), ("Accept", ", ".join(ACCEPT)),
+        h = [("Allow", ", ".join(self.allow)), ("Accept", ", ".join(ACCEPT)),
              ("Supported", ", ".join(SUPPORTED))]
         if body:
             h.append(("Content-Type", SDP))
@@ -264,6 +265,8 @@ class UACore(InviteSessions, Referrals, Registrations):
         did = DialogId(request.call_id, request.to.tag or "", request.from_.tag or "")
         handle = self._by_dialog.get(did)
         c = self._calls.get(handle) if handle is not None else None
+        if c is None and request.method == "NOTIFY":
+            c = self._notify_before_2xx(request)
         if c is None or c.dialog is None:
             self._reply(request, 481, now)  # §12.2.2
             return
@@ -295,6 +298,22 @@ class UACore(InviteSessions, Referrals, Registrations):
             rid = self._new_handle()
             self._server[rid] = _ServerRequest(request, event.transaction_key, c.handle, None)
             self._events.append(RequestReceived(c.handle, rid, request))
+
+    def _notify_before_2xx(self, notify: Request) -> _Call | None:
+        """RFC 6665 §4.1.2.4, RFC 3515 §2.4.5: a NOTIFY may overtake the 2xx to our SUBSCRIBE or
+        REFER; it makes the dialog (as a UAS's would be made from it), and the 2xx just completes."""
+        tag = notify.to.tag or ""
+        for c in self._calls.values():
+            if (c.state is CallState.SUBSCRIBING and c.invite.call_id == notify.call_id
+                    and c.invite.from_.tag == tag and notify.from_.tag and notify.contact):
+                dialog = Dialog.from_uas(notify, tag, self.local_contact, confirmed=True,
+                                         initial_seq=c.invite.cseq.seq + 1)
+                dialog.remote_seq = notify.cseq.seq - 1  # this NOTIFY is in order
+                c.dialog = dialog
+                self._by_dialog[dialog.id] = c.handle
+                self._move(c, CallInput.SUBSCRIBED)
+                return c
+        return None
 
     # Responses ------------------------------------------------------------------------------------
 

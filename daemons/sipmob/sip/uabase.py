@@ -149,8 +149,11 @@ class UABase:
                  user_agent: str | None = "sipmob/0.1", timers: TimerConfig | None = None,
                  capabilities_sdp: Callable[[], bytes] | None = None,
                  token: Callable[[], str] | None = None, rng: random.Random | None = None,
-                 credentials: CredentialsLookup | tuple[str, str] | None = None) -> None:
+                 credentials: CredentialsLookup | tuple[str, str] | None = None,
+                 allow: Sequence[str] = ALLOW, aor: URI | None = None) -> None:
         self.credentials = credentials
+        # the methods we take; a UA that only probes (the SA proxy) allows OPTIONS alone
+        self.allow = tuple(allow)
         self._token = token or (lambda: secrets.token_hex(8))
         self.layer = TransactionLayer(list(local), timers, branch_token=self._token)
         self.timers = self.layer.timers
@@ -159,7 +162,7 @@ class UABase:
             (("transport", first.transport),) if first.transport != "udp" else ())
         host = f"[{first.host}]" if ":" in first.host else first.host
         self.contact_uri = URI("sip", user=user, host=first.host, port=first.port, params=params)
-        self.aor = URI.parse(f"sip:{user}@{host}")
+        self.aor = aor or URI.parse(f"sip:{user}@{host}")
         self.display_name = display_name
         self.user_agent = user_agent
         self.capabilities_sdp = capabilities_sdp
@@ -252,7 +255,7 @@ class UABase:
     def _common_headers(self, h: Headers) -> None:
         for name, value in self._request_common():
             h.add(name, value)
-        h.add("Allow", ", ".join(ALLOW))
+        h.add("Allow", ", ".join(self.allow))
         h.add("Supported", ", ".join(SUPPORTED))
 
     def _request_common(self) -> list[tuple[str, str]]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.peers import tshark
 from tests.peers.pjsua import Pjsua
 from tests.peers.ports import free_udp_port
 
@@ -68,7 +69,7 @@ def call_cn(phone: Phone, cn: Pjsua) -> None:
 def handed_off(phone: Phone, tv: Phone, cn: Pjsua) -> None:
     out = phone.sipmob("transfer", "1", "--to", "tv", "--mode", "handoff")
     assert out.returncode == 0, out.stderr + phone.output() + tv.output()
-    assert "handed off to TV" in out.stdout
+    assert "handed off to TV [REFER 202, NOTIFY 100, 200]" in out.stdout  # each step the TV reported
     cn.wait_event(lambda e: e["event"] == "replaced", timeout=5)
     (record,) = phone.calls()
     assert record["state"] == "handed off to TV"
@@ -188,3 +189,27 @@ def test_pjsip_cannot_be_a_handoff_device_and_the_call_stays(home: dict[str, Any
         assert until(lambda: phone.received() > seen + 10), "media stopped"
     finally:
         device.stop()
+
+
+@pytest.mark.skipif(tshark.TSHARK is None, reason="tshark is not installed (apt install tshark)")
+def test_tshark_decodes_every_message_of_a_handoff_and_a_retrieval(home: dict[str, Any]) -> None:
+    phone, tv, cn = home["phone"], home["tv"], home["cn"]
+    capture = tshark.LiveCapture(home["dir"] / "sh.pcapng",
+                                 f"udp port {phone.port} or udp port {tv.port} or udp port {cn.port}")
+    try:
+        call_cn(phone, cn)
+        handed_off(phone, tv, cn)
+        out = phone.sipmob("retrieve", "1")
+        assert out.returncode == 0, out.stderr
+    finally:
+        path = capture.stop()
+    rows = tshark.fields(path, "sip && sip.Request-Line", "sip.Method", "sip.Replaces", "sip.Referred-by",
+                         "sip.Refer-To", "sip.Target-Dialog")
+    methods = {row[0] for row in rows}
+    assert {"INVITE", "ACK", "REFER", "NOTIFY", "BYE", "OPTIONS"} <= methods
+    assert sum(1 for row in rows if row[0] == "INVITE" and row[1] and row[2]) >= 2  # Figs. 4 and 5
+    assert any(row[0] == "REFER" and "method=REFER" in row[3] for row in rows)  # the nested REFER
+    # the TV's REFER back names the nested REFER's dialog (RFC 4538)
+    assert any(row[0] == "REFER" and "Replaces" in row[3] and row[4] for row in rows)
+    assert tshark.malformed(path, "sip") == ""
+    assert tshark.expert_errors(path, "sip") == []

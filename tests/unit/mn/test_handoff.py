@@ -101,3 +101,13 @@ def test_a_nested_refer_is_for_the_party_that_handed_the_call_over() -> None:
     assert not role.allowed(bob, referred("REFER", URI.parse("sip:other@127.0.0.1")))
     gone = device_role([], {"1": TakenOver("1", CN, bob)}, calls=())
     assert not gone.allowed(bob, referred("REFER", CN))  # that call has ended
+
+
+def test_target_dialog_names_a_dialog_by_call_id_and_both_tags_either_way_round() -> None:
+    from sipmob.mn.handoff import names_dialog
+
+    assert names_dialog("abc@h;local-tag=1;remote-tag=2", "abc@h", {"1", "2"})
+    assert names_dialog("abc@h; remote-tag=1 ;local-tag=2", "abc@h", {"1", "2"})
+    assert not names_dialog("abc@h;local-tag=1;remote-tag=3", "abc@h", {"1", "2"})
+    assert not names_dialog("other@h;local-tag=1;remote-tag=2", "abc@h", {"1", "2"})
+    assert not names_dialog("abc@h;local-tag=1", "abc@h", {"1", "2"})

@@ -18,10 +18,9 @@ from sipmob.saproxy.probe import (
     ProbeConfig,
     Prober,
     StateChanged,
-    build_options,
     merge,
 )
-from sipmob.sip.message import Headers, Request, Response, parse_message
+from sipmob.sip.message import Headers, Response
 from sipmob.sip.uri import URI
 
 CONFIG = ProbeConfig(interval=10.0, timeout=4.0, retry=1.0, down_after=2, backoff_max=40.0)
@@ -219,30 +218,6 @@ def test_an_up_device_that_goes_silent_is_down_within_interval_plus_confirmation
             p.failed("tv", "no answer", now)
     bound = CONFIG.interval + CONFIG.down_after * CONFIG.timeout + (CONFIG.down_after - 1) * CONFIG.retry
     assert now - silent_since <= bound
-
-
-# OPTIONS ---------------------------------------------------------------------------------------
-
-
-def test_options_carries_the_headers_of_rfc_3261_section_11() -> None:
-    request = build_options(URI.parse("sip:tv@192.0.2.20"), "sip:saproxy@gw", "sip:saproxy@192.0.2.1:5070", 7)
-    names = {name.lower() for name, _ in request.headers.items()}
-    assert {"to", "from", "call-id", "cseq", "max-forwards", "contact", "accept"} <= names
-    assert request.from_.tag
-    assert request.headers.get("Accept") == "application/sdp"
-
-
-def test_options_round_trips_through_the_parser_once_a_via_is_added() -> None:
-    request = build_options(URI.parse("sip:tv@192.0.2.20"), "sip:saproxy@gw", "sip:saproxy@192.0.2.1", 3)
-    request.headers.add("Via", "SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKabc", first=True)
-    parsed = parse_message(request.to_bytes())
-    assert isinstance(parsed, Request) and parsed.method == "OPTIONS" and parsed.cseq.seq == 3
-
-
-def test_options_use_a_fresh_call_id_and_tag_each_time() -> None:
-    a = build_options(URI.parse("sip:tv@192.0.2.20"), "sip:s@gw", "sip:s@gw", 1)
-    b = build_options(URI.parse("sip:tv@192.0.2.20"), "sip:s@gw", "sip:s@gw", 2)
-    assert a.call_id != b.call_id and a.from_.tag != b.from_.tag
 
 
 # Reading a 200 ---------------------------------------------------------------------------------

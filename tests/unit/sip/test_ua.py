@@ -984,3 +984,44 @@ def test_a_nested_refer_asks_for_a_refer_carrying_the_inner_refer_to() -> None:
     again = referred(Request("REFER", uri(ALICE, "mn"), Headers([*h.items()[:-2],
                      ("Refer-To", carried["Refer-To"])])))
     assert again.method == "INVITE" and again.replaces is not None and again.replaces.from_tag == "dev"
+
+
+def test_a_ua_that_only_probes_allows_options_alone_and_sends_where_it_is_told() -> None:
+    a = core(ALICE, "alice")
+    b = core(BOB, "prober", allow=("OPTIONS",), aor=URI.parse("sip:saproxy@gw"))
+    net = Net(a, b)
+    a.invite(uri(BOB, "prober"), OFFER, net.now)
+    net.run()
+    failed = one(net.take(a, CallFailed))
+    assert failed.status == 405  # type: ignore[attr-defined]
+    allow = [m for m in net.sent("INVITE") if isinstance(m, Response)][-1].headers.get("Allow")
+    assert allow == "OPTIONS"
+    # to ALICE's address whatever the URI's host says (an outbound proxy, or a device file's address)
+    op = b.request("OPTIONS", URI.parse("sip:tv@tv.invalid"), net.now, destination=ALICE)
+    net.run()
+    done = one(net.take(b, RequestCompleted))
+    assert done.op == op and done.response.status == 200  # type: ignore[attr-defined]
+    options = [m for m in net.sent("OPTIONS") if isinstance(m, Request)][-1]
+    assert str(options.from_.uri) == "sip:saproxy@gw"
+
+
+def test_a_notify_that_overtakes_the_202_makes_the_refer_dialog(pair: Pair) -> None:
+    net, a, b = pair
+    b.app_methods.add("REFER")
+    h = a.refer_outside(uri(BOB, "b"), NameAddr(None, uri(CAROL, "c")), net.now)
+    net.run()
+    got = one(net.take(b, RequestReceived))
+    b.accept_refer_outside(got.rid, net.now)  # type: ignore[attr-defined]
+    out = b.messages_to_send()
+    assert [parse_message(d).method if isinstance(parse_message(d), Request) else "202"  # type: ignore[union-attr]
+            for d, _ in out] == ["202", "NOTIFY"]
+    for data, _ in reversed(out):  # the NOTIFY first (RFC 3515 §2.4.5 allows it)
+        a.receive(data, BOB, net.now)
+    net.run()
+    first = one(net.take(a, ReferNotified))
+    assert (first.op, first.status) == (h, 100)  # type: ignore[attr-defined]
+    assert one(net.take(a, RequestCompleted)).response.status == 202  # type: ignore[attr-defined]
+    assert a.call_state(h) == "confirmed"
+    answers = [m for _, _, d in net.wire if isinstance(m := parse_message(d), Response)
+               and m.cseq.method == "NOTIFY"]
+    assert answers and all(r.status == 200 for r in answers)
