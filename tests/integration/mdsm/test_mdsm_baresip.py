@@ -111,4 +111,4 @@ def test_mnc_mode_the_phone_invites_the_virtual_device_and_baresip_gets_the_audi
     # the phone re-INVITEd PJSIP with the MDSM's answer, which carried baresip's description
     (only,) = cn.calls()
     assert only["state"] == "CONFIRMED"
-    assert "a=tool:baresip" in cn.log().rsplit("INVITE sip:", 1)[-1]
+    assert until(lambda: "a=tool:baresip" in cn.log().rsplit("INVITE sip:", 1)[-1], 5)
