@@ -470,9 +470,15 @@ class MdsmApp:
         accepted = incoming.accept_refer()
         dialog = mc.cn.call.dialog
         replaces = Replaces(dialog.call_id, to_tag=dialog.remote_tag, from_tag=dialog.local_tag)
+        # RFC 4538: our REFER names the dialog of the nested REFER that asked for it, so the mobile
+        # node can tell it from a stranger's
+        mine = accepted.dialog
+        target_dialog = ([("Target-Dialog", f"{mine.call_id};local-tag={mine.local_tag};"
+                                            f"remote-tag={mine.remote_tag}")] if mine is not None else [])
         with self._as(system):
             d = self.ua.refer(what.target, inner or URI.parse(mc.cn.uri), replaces=replaces,
-                              referred_by=str(NameAddr(None, URI.parse(self._aor(system)))))
+                              referred_by=str(NameAddr(None, URI.parse(self._aor(system)))),
+                              headers=target_dialog)
 
         def sent(progress: ReferProgress) -> Any:
             return progress.final.addCallback(lambda status: accepted.notify(status))
