@@ -426,25 +426,36 @@ class MdsmApp:
                 self._release(call, call.remote_sdp, sess_id)
         answered = [a for a in answered if a[0].name in used]
         offers = {m.name: sdp for m, _, sdp in answered}
-        offer = cn_description(plan, offers, self._origin(sess_id, 1))
+        cn_call: Call | None = None
+
+        def abandon(status: int) -> None:
+            for _, call, _sdp in answered:
+                self._release(call, call.remote_sdp, sess_id)
+            if cn_call is not None:
+                cn_call.bye()
+            accepted.notify(status if status >= 300 else 500)
+
+        try:
+            offer = cn_description(plan, offers, self._origin(sess_id, 1))
+        except PlanError as exc:
+            log.warning("handoff to %s: the members' offers make no session: %s", system.name, exc)
+            abandon(488)
+            return None
         # message 5: the CN, with the members' offers as one, Replaces and Referred-By
         try:
             cn_call = yield self._invite(system, str(what.target), offer.to_bytes(), what.headers)
+            assert cn_call is not None
             answer = parse(cn_call.remote_sdp or b"")
+            parts = {m.name: member_description(plan, m.name, answer, sdp, self._origin(sess_id, 1))
+                     for m, _, sdp in answered}
         except Exception as exc:
-            status = exc.status if isinstance(exc, SIPError) else 500
+            status = exc.status if isinstance(exc, SIPError) else 488 if isinstance(exc, PlanError) else 500
             log.info("the CN %s refused the handoff to %s: %s", what.target, system.name, exc)
-            for _, call, _sdp in answered:
-                self._release(call, call.remote_sdp, sess_id)
-            if 'cn_call' in locals():
-                cn_call.bye()
-            accepted.notify(status if status >= 300 else 500)
+            abandon(status)
             return None
         cn = Leg("cn", str(what.target), cn_call, offer.to_bytes(), cn_call.remote_sdp or b"")
-        legs: dict[str, Leg] = {}
-        for m, call, sdp in answered:
-            part = member_description(plan, m.name, answer, sdp, self._origin(sess_id, 1))
-            legs[m.name] = Leg(m.name, m.uri, call, part.to_bytes(), call.remote_sdp or b"")
+        legs = {m.name: Leg(m.name, m.uri, call, parts[m.name].to_bytes(), call.remote_sdp or b"")
+                for m, call, _sdp in answered}
         mc = ManagedCall(cn_call.call_id, system.name, referrer, cn, legs, plan, sess_id)
         self._save(mc)
         # messages 7-8: each member's ACK with its part of the CN's answer (the CN's ACK is out)

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from tests.peers.pjsua import Pjsua
 from tests.peers.ports import free_udp_port
+from tests.peers.sipmob_ua import SipmobUA
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "slpda"), str(HERE.parent / "mn"), str(HERE)]
@@ -33,6 +34,8 @@ from mdsm_process import ENV, HOST, Mdsm, Member  # noqa: E402
 from phone_process import Phone, until  # noqa: E402
 from slpda_process import Slpda  # noqa: E402
 from test_handoff_pjsip import stranger_sends  # noqa: E402
+
+from sipmob.mdsm.store import Store  # noqa: E402
 
 pytest.importorskip("pjsua2")
 pytestmark = [pytest.mark.peer]
@@ -355,3 +358,29 @@ def test_an_owner_with_a_password_must_answer_the_digest_challenge(tmp_path: Pat
         for peer in reversed(started):
             peer.stop()
         da.stop()
+
+
+def test_a_cn_that_refuses_gets_the_members_released_and_the_referrer_its_status(tmp_path: Path) -> None:
+    """Fig. 6 failing at message 6: the CN answers 486; each member already INVITEd gets its ACK
+    (every stream refused) and a BYE, the referrer's final NOTIFY says 486, nothing is saved."""
+    (tmp_path / "mdsm").mkdir()
+    speaker, tv = Member("speaker", "audio", "sendrecv"), Member("tv", "video", "recvonly")
+    started: list[Any] = [speaker, tv]
+    try:
+        cn = SipmobUA(free_udp_port(), "cn", reject_status=486, workdir=tmp_path / "cn")
+        started.append(cn)
+        # no DA here: its registrations go to a loopback port nobody listens on (never multicast)
+        mdsm = Mdsm(tmp_path / "mdsm", f"{HOST}:{free_udp_port()}",
+                    f'[[system]]\nname = "living-room"\nmembers = ["{speaker.uri}", "{tv.uri}"]\n'
+                    'owners = ["sip:mn@127.0.0.1"]\n')
+        mdsm.start()
+        started.append(mdsm)
+        out = subprocess.run([sys.executable, str(HERE / "referrer.py"), "mn", "-", mdsm.uri("living-room"),
+                              cn.uri], env=ENV, capture_output=True, text=True, timeout=60, check=False)
+        assert out.stdout.strip() == "486", out.stderr + mdsm.output()
+        assert speaker.wait("terminated bye", 5) and tv.wait("terminated bye", 5), mdsm.output()
+        assert "m=audio 0" in (speaker.wait("ack") or "")
+        assert len(Store(mdsm.state)) == 0
+    finally:
+        for peer in reversed(started):
+            peer.stop()
