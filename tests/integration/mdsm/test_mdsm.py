@@ -83,7 +83,8 @@ def call_and_hand_over(home: dict[str, Any]) -> None:
     cn.wait_call_state("CONFIRMED", timeout=5)
     out = phone.sipmob("transfer", "1", "--to", "living-room", "--mode", "handoff")
     assert out.returncode == 0, out.stderr + phone.output() + mdsm.output()
-    assert "handed off" in out.stdout
+    # a NOTIFY at each stage: trying, the members have answered (183), the CN has answered (200)
+    assert re.search(r"handed off to .+ \[REFER 202, NOTIFY 100, 183, 200\]", out.stdout), out.stdout
     cn.wait_event(lambda e: e["event"] == "replaced", timeout=10)
 
 
