@@ -16,8 +16,15 @@ Who may do what: only a system's ``owners`` may hand it a session or send an INV
 CN checks that the Referred-By is the replaced dialog's party, RFC 3891 §6; we cannot see that
 dialog), only the party that handed a call over (or an owner) may take it back, and a member whose
 ``devices.d`` file has an ``allow`` list is used only for those users. Everything else is 403
-before anything is sent. Cost per request is bounded: at most ``max_calls`` calls, at most 8
-members a system, every setup abandoned after ``setup_timeout``.
+before anything is sent. An owner listed in ``[auth] users_file`` must first answer a Digest
+challenge (401), since a From is only a claim.
+
+One departure from Fig. 6: the CN's ACK (message 8) goes out as soon as its 200 arrives, before
+the members' ACKs (message 7), because the user agent acknowledges a 2xx to an offer at once; the
+order does not change what any party learns.
+
+Cost per request is bounded: at most ``max_calls`` calls, at most 8 members a system, every setup
+abandoned after ``setup_timeout``.
 
 Calls outlive the daemon: every leg's dialog and descriptions and the plan are saved in SQLite
 (`sipmob.mdsm.store`) before each message that depends on them goes out, and `start` takes every
