@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from tests.peers.pjsua import Pjsua
@@ -382,6 +383,42 @@ def test_a_cn_that_refuses_gets_the_members_released_and_the_referrer_its_status
         assert speaker.wait("terminated bye", 5) and tv.wait("terminated bye", 5), mdsm.output()
         assert "m=audio 0" in (speaker.wait("ack") or "")
         assert len(Store(mdsm.state)) == 0
+    finally:
+        for peer in reversed(started):
+            peer.stop()
+
+
+def test_bad_requests_get_clear_errors_and_the_call_limit_holds(tmp_path: Path) -> None:
+    """A malformed Refer-To is 400, a stranger's nested REFER 403, a REFER over ``max_calls`` 503;
+    none of them invites anyone, and the call in progress is untouched."""
+    (tmp_path / "mdsm").mkdir()
+    speaker = Member("speaker", "audio", "sendrecv")
+    started: list[Any] = [speaker]
+    try:
+        cn = Pjsua(free_udp_port(), "cn", workdir=tmp_path / "cn")
+        started.append(cn)
+        mdsm = Mdsm(tmp_path / "mdsm", f"{HOST}:{free_udp_port()}",
+                    f'[[system]]\nname = "living-room"\nmembers = ["{speaker.uri}"]\n'
+                    'owners = ["sip:mn@127.0.0.1"]\n', extra="[limits]\nmax_calls = 1\n")
+        mdsm.start()
+        started.append(mdsm)
+        target = mdsm.uri("living-room")
+        assert stranger_sends(mdsm.port, "REFER", target, "Refer-To: <not a uri\r\n") == 400
+        inner = quote(f"<{cn.uri}>", safe="")
+        assert stranger_sends(mdsm.port, "REFER", target,
+                              f"Refer-To: <sip:x@127.0.0.1;method=REFER?Refer-To={inner}>\r\n") == 403
+
+        def refer() -> str:
+            out = subprocess.run([sys.executable, str(HERE / "referrer.py"), "mn", "-", target, cn.uri],
+                                 env=ENV, capture_output=True, text=True, timeout=60, check=False)
+            return out.stdout.strip()
+
+        assert refer() == "200"
+        assert speaker.wait("established", 5)
+        assert refer() == "503"
+        time.sleep(0.5)
+        assert speaker.count("established") == 1
+        assert len(Store(mdsm.state)) == 1
     finally:
         for peer in reversed(started):
             peer.stop()
