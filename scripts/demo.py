@@ -2,7 +2,9 @@
 what a household sees: devices found by room and capability, and a call moved from the phone to a
 device in one room, back, to a device in another room, and back (Mobile Node Control mode); then
 a second scenario in Session Handoff mode: a call handed off to a mobility-enhanced TV (a second
-`sipmob phone`) that takes it over, and retrieved by nested REFER (PJSIP as the remote party).
+`sipmob phone`) that takes it over, and retrieved by nested REFER (PJSIP as the remote party); and a
+third: a call handed to the living room as one virtual device of `sipmob-mdsm` (a speaker, a TV and
+a camera), through a kill -9 of the MDSM, and taken back.
 
 The devices and the remote party are baresip, an independent SIP phone, so what moves the call is
 sipmob's own phone (`sipmob phone`) talking to ordinary phones, exactly as in a home.
@@ -226,6 +228,77 @@ def handoff_demo(daemons: Daemons, da: str, workdir: Path) -> None:
          "the call is back in your hand")
 
 
+def mdsm_demo(daemons: Daemons, da: str, workdir: Path) -> None:
+    from tests.peers.pjsua import Pjsua
+    from tests.peers.ports import free_udp_port
+
+    step("The living room as one device: sipmob-mdsm with a speaker (baresip), a TV and a camera")
+    carol = Pjsua(free_udp_port(), "carol", workdir=workdir / "carol")
+    daemons.cleanups.append(carol.stop)
+    speaker = Baresip(workdir, user="lr-speaker", record_dir=workdir / "lr-speaker-rec")
+    daemons.cleanups.append(speaker.stop)
+    members = []
+    for user, media, direction in (("lr-tv", "video", "recvonly"), ("lr-camera", "video", "sendonly")):
+        port, rtp = free_udp_port(), free_udp_port()
+        proc = subprocess.Popen([PY, str(ROOT / "tests/integration/mdsm/member.py"), str(port), user, media,
+                                 str(rtp), direction], env=ENV, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        daemons.procs.append((user, proc))
+        members.append(f"sip:{user}@127.0.0.1:{port}")
+    print(f"   {carol.uri}  the remote party; {speaker.uri}, {', '.join(members)}  the living room")
+    config = workdir / "mdsm.toml"
+    mdsm_port = free_udp_port()
+    config.write_text(f'[listen]\naddress = "127.0.0.1"\nport = {mdsm_port}\n[slp]\nda = "{da}"\n'
+                      f'[devices]\ndirectory = "{workdir / "devices.d"}"\n'
+                      f'[[system]]\nname = "living-room"\ntitle = "Living room"\nroom = "living-room"\n'
+                      f'members = ["{speaker.uri}", "{members[0]}", "{members[1]}"]\n'
+                      'owners = ["sip:mn@127.0.0.1"]\n')
+    mdsm_args = ["sipmob.mdsm", "--config", str(config)]
+    daemons.start("sipmob-mdsm", mdsm_args, ready="ready")
+    deadline = time.monotonic() + 10
+    while "members:" not in (listed := sipmob(workdir, da, "devices")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    show(listed)
+
+    def heard() -> int:
+        return sum(p.stat().st_size for p in (workdir / "lr-speaker-rec").glob("*-dec.wav"))
+
+    step(f"sipmob call {carol.uri}")
+    show(sipmob(workdir, da, "call", carol.uri))
+    time.sleep(1.0)
+    call = next(line.split()[0] for line in sipmob(workdir, da, "calls").splitlines() if carol.uri in line)
+
+    step(f"Handing the call to the living room (draft Fig. 6): sipmob transfer {call} --to living-room "
+         "--mode handoff")
+    started = time.monotonic()
+    show(sipmob(workdir, da, "transfer", call, "--to", "living-room", "--mode", "handoff"))
+    show(f"(took {1000 * (time.monotonic() - started):.0f} ms: REFER to the MDSM, which INVITEs the three "
+         "devices without SDP and the remote party with their offers as one, with Replaces)")
+    show(sipmob(workdir, da, "calls"))
+    before = heard()
+    time.sleep(1.0)
+    show(f"the speaker decoded {heard() - before} bytes of the remote party's audio in the last second")
+
+    step("kill -9 of sipmob-mdsm in the middle of the call, then started again")
+    name, proc = next((n, p) for n, p in daemons.procs if n == "sipmob-mdsm" and p.poll() is None)
+    proc.kill()
+    proc.wait()
+    before = heard()
+    time.sleep(1.0)
+    show(f"with no MDSM running, the speaker decoded {heard() - before} bytes in one second: media flows "
+         "between the remote party and the devices directly")
+    daemons.start("sipmob-mdsm", mdsm_args, ready="taken up again")
+    show([line for line in daemons.log("sipmob-mdsm").splitlines() if "taken up again" in line][-1])
+
+    step(f"Taking it back (draft Fig. 5): sipmob retrieve {call}; the restarted MDSM releases the devices")
+    show(sipmob(workdir, da, "retrieve", call))
+    before = rtp_received(workdir, da)
+    time.sleep(1.0)
+    show(f"the phone received {rtp_received(workdir, da) - before} packets in the last second: "
+         "the call is back in your hand")
+    show([line for line in daemons.log("sipmob-mdsm").splitlines() if "leg ended" in line][-1])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--slp-port", type=int, default=427, help="the DA's port on 127.0.0.1")
@@ -283,6 +356,7 @@ def main() -> int:
             slptool(da, "deregister", url)
 
         call_demo(daemons, da, workdir)
+        mdsm_demo(daemons, da, workdir)
         handoff_demo(daemons, da, workdir)
 
         if args.keep:

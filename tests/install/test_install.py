@@ -48,6 +48,7 @@ DAEMONS = [
     Daemon("sipmob-saproxy", "/etc/sipmob/saproxy.toml", "/var/lib/sipmob/saproxy.json"),
     Daemon("sipmob-web", "/etc/sipmob/web.toml", "/var/lib/sipmob/web-password"),
     Daemon("sipmob-transcoder", "/etc/sipmob/transcoder.toml", None),
+    Daemon("sipmob-mdsm", "/etc/sipmob/mdsm.toml", "/var/lib/sipmob/mdsm.sqlite"),
 ]
 EXPOSURE_LIMIT = 2.0
 

@@ -180,8 +180,13 @@ def table(found: Sequence[Found]) -> str:
                      ",".join(a.get("media", ())) or "-", codecs or "-", "yes" if f.trusted else "NO",
                      f.uri))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
-                     for r in rows)
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows]
+    # a virtual device of sipmob-mdsm: its members on a line of their own under it
+    for n in range(len(found), 0, -1):
+        members = found[n - 1].attributes.get("members", ())
+        if members:
+            lines.insert(n + 1, " " * (widths[0] + 2) + "members: " + ", ".join(members))
+    return "\n".join(lines)
 
 
 def to_json(found: Sequence[Found]) -> list[dict[str, Any]]:

@@ -320,4 +320,7 @@ def describe(cls: type[Any], prefix: str = "") -> list[tuple[str, str, Any, str]
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else REQUIRED)
         rows.append((prefix + f.name, _type_name(tp), default, f.metadata.get("help", "")))
+        if typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+            # an array of tables ([[system]]): the keys of each table
+            rows.extend(describe(typing.get_args(tp)[0], prefix + f.name + "[]."))
     return rows

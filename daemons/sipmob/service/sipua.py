@@ -624,8 +624,12 @@ class UserAgent:
 
     def adopt(self, dialog: Dialog, *, local_sdp: bytes | None = None,
               remote_sdp: bytes | None = None) -> Call:
-        """A `Call` for a dialog held before a restart (`sipmob.sip.ua.UACore.adopt`)."""
-        handle = self.machine.adopt(dialog, local_sdp=local_sdp, remote_sdp=remote_sdp)
+        """A `Call` for a confirmed dialog held before a restart (`sipmob.sip.ua.UACore.adopt`): it
+        hears its peer's re-INVITEs and BYE like any other."""
+        try:
+            handle = self.machine.adopt(dialog, local_sdp=local_sdp, remote_sdp=remote_sdp)
+        except core.UAError as exc:
+            raise _misuse(exc) from None
         call = Call(self, handle)
         self._calls[handle] = call
         return call

@@ -150,7 +150,7 @@ class InviteSessions(ChallengeRetry):
         dialog.state = DialogState.CONFIRMED
         handle = self._new_handle()
         # What the INVITE was matters no more: a request of the dialog's shape stands in for it.
-        invite = dialog.create_request("INVITE", cseq=dialog.local_seq)
+        invite = dialog.create_request("INVITE", cseq=max(dialog.local_seq, 1))
         self._calls[handle] = _Call(handle, dialog.is_uac, CallState.CONFIRMED, invite, dialog=dialog,
                                     local_sdp=local_sdp, remote_sdp=remote_sdp)
         self._by_dialog[dialog.id] = handle

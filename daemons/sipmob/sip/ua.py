@@ -191,6 +191,8 @@ class UACore(InviteSessions, Referrals, Registrations):
         self._pump(now)
         return op
 
+    # A call taken up again ---------------------------------------------------------------------------
+
     def _dispatch(self, event: tx.Event, now: float) -> None:
         if isinstance(event, tx.RequestReceived):
             self._on_request(event, now)
@@ -339,7 +341,10 @@ class UACore(InviteSessions, Referrals, Registrations):
             return
         retry = self._auth_retry(key, response, now)
         if retry is not None:
-            self._client[retry] = self._client.pop(key)
+            entry = self._client.pop(key)
+            self._client[retry] = entry
+            if entry.method == "REFER":
+                self._refer_resent(entry, response.cseq.seq, self._sent[retry].request)
             return
         entry = self._client.pop(key)
         op, handle, kind = entry.op, entry.call, entry.method
@@ -367,6 +372,17 @@ class UACore(InviteSessions, Referrals, Registrations):
                 self._send_bye(c, now)
                 self._end(c, "timeout", now)
         self._events.append(RequestCompleted(op, response))
+
+    def _refer_resent(self, entry: _ClientOp, old_seq: int, request: Request) -> None:
+        """A REFER sent again with credentials has a new CSeq, which its NOTIFYs name in their
+        Event id (RFC 3515 §2.4.6); a REFER outside a dialog also makes its dialog from it."""
+        c = self._calls.get(entry.call) if entry.call is not None else None
+        if c is None:
+            return
+        if old_seq in c.refers:
+            c.refers[request.cseq.seq] = c.refers.pop(old_seq)
+        if c.state is CallState.SUBSCRIBING:
+            c.invite = request
 
     def _on_client_failure(self, key: TransactionKey, now: float) -> None:
         self._sent.pop(key, None)

@@ -1,0 +1,3 @@
+from sipmob.mdsm.main import main
+
+main()

@@ -1,0 +1,794 @@
+"""`sipmob-mdsm`: the Multi-Device System Manager (session mobility draft §5.3.3, Fig. 6).
+
+Responsible for: the virtual devices of ``mdsm.toml`` (one SIP URI each, ``sip:NAME@GATEWAY:5064``,
+registered in SLP as a mobility-enhanced ``service:sip-device`` with a ``members`` attribute,
+docs/slp-schema.md); taking a session handed to one by REFER (Fig. 6: 202, an offer-less INVITE to
+each member, the members' offers stitched into one INVITE to the CN with Replaces and
+Referred-By, each member ACKed with its part of the CN's answer, a sipfrag NOTIFY to the referrer
+at each stage) or by an INVITE straight to its URI (MNC mode: the offer split among the members,
+their answers stitched into the 200); handing it back (Fig. 5's nested REFER: we REFER the mobile
+node to the CN with Replaces for our dialog); and, for the life of the call, controlling every leg
+(RFC 3725): the CN's re-INVITEs propagated to the members they concern and the answers stitched
+back, a member's re-INVITE propagated to the CN, a member that leaves has its streams disabled in
+the CN's session (port 0), the CN's BYE ends every member's leg.
+
+Who may do what: only a system's ``owners`` may hand it a session or send an INVITE to it (the
+CN checks that the Referred-By is the replaced dialog's party, RFC 3891 §6; we cannot see that
+dialog), only the party that handed a call over (or an owner) may take it back, and a member whose
+``devices.d`` file has an ``allow`` list is used only for those users. Everything else is 403
+before anything is sent. An owner listed in ``[auth] users_file`` must first answer a Digest
+challenge (401), since a From is only a claim.
+
+One departure from Fig. 6: the CN's ACK (message 8) goes out as soon as its 200 arrives, before
+the members' ACKs (message 7), because the user agent acknowledges a 2xx to an offer at once; the
+order does not change what any party learns.
+
+Cost per request is bounded: at most ``max_calls`` calls, at most 8 members a system, every setup
+abandoned after ``setup_timeout``.
+
+Calls outlive the daemon: every leg's dialog and descriptions and the plan are saved in SQLite
+(`sipmob.mdsm.store`) before each message that depends on them goes out, and `start` takes every
+saved call up again (`sipmob.service.sipua.UserAgent.adopt`), media never having stopped,
+since it flows between the CN and the members directly.
+
+Not here: which member carries which stream and the descriptions (`sipmob.mdsm.plan`), SIP rules
+(`sipmob.sip`), the main loop (`sipmob.service.daemon`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+
+from sipmob.mdsm.config import MdsmConfig, Member, System, device_members, members_of, read_users
+from sipmob.mdsm.plan import (
+    Plan,
+    PlanError,
+    cn_description,
+    member_description,
+    plan_for_offer,
+    plan_from_offers,
+    refused,
+    without_member,
+)
+from sipmob.mdsm.rooms import per_room
+from sipmob.mdsm.store import Store, dialog_from_dict, dialog_to_dict
+from sipmob.mn.devices import SERVICE_TYPE, Found, discover
+from sipmob.mn.handoff import same_party
+from sipmob.sdp import Origin, SDPParseError, SessionDescription, parse
+from sipmob.service.daemon import Runtime
+from sipmob.service.sipua import (
+    AcceptedRefer,
+    Call,
+    IncomingCall,
+    IncomingRequest,
+    ReferProgress,
+    SIPError,
+    UserAgent,
+)
+from sipmob.service.slp import SLPClient, SLPServiceAgent
+from sipmob.sip.auth import DigestServer, compute_ha1
+from sipmob.sip.headers import Replaces
+from sipmob.sip.message import Request
+from sipmob.sip.ua import Referred, referred
+from sipmob.sip.uri import URI, NameAddr, SIPParseError
+from sipmob.slp.attrs import Attribute
+
+log = logging.getLogger("sipmob.mdsm")
+
+
+@dataclasses.dataclass(slots=True)
+class Leg:
+    """One dialog the MDSM holds: with the CN (``name`` "cn") or with a member."""
+
+    name: str
+    uri: str
+    call: Call
+    local: bytes  # our current description in this dialog
+    remote: bytes  # theirs
+    version: int = 1  # o= version of our descriptions here
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"uri": self.uri, "dialog": dialog_to_dict(self.call.dialog), "local": self.local.decode(),
+                "remote": self.remote.decode(), "version": self.version}
+
+
+@dataclasses.dataclass(slots=True)
+class ManagedCall:
+    id: str
+    system: str
+    referrer: str  # who handed it to us
+    cn: Leg
+    members: dict[str, Leg]
+    plan: Plan
+    sess_id: int
+    ending: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"referrer": self.referrer, "sess_id": self.sess_id, "plan": self.plan.as_dict(),
+                "cn": self.cn.as_dict(), "members": {n: leg.as_dict() for n, leg in self.members.items()}}
+
+
+class MdsmApp:
+    def __init__(self, config: MdsmConfig, runtime: Runtime) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.reactor = runtime.reactor
+        self.configured = members_of(config, runtime.config_path)
+        self.auto: dict[str, tuple[System, list[Member]]] = {}  # [auto] per_room: made from the DA
+        self.members: dict[str, list[Member]] = {}
+        self.systems: dict[str, System] = {}
+        self._combine()
+        self.host = config.host  # resolved once: it goes into every URI and description
+        self.ua = UserAgent(self.reactor, listen=[(config.listen.address, config.listen.port, "udp")],
+                            user="mdsm", user_agent="sipmob-mdsm/0.1")
+        self.ua.on_request("REFER", self._on_refer)
+        self.ua.on_incoming_call(self._on_invite)
+        self.store: Store | None = None
+        self.calls: dict[str, ManagedCall] = {}
+        self.setting_up = 0
+        self.sa: SLPServiceAgent | None = None
+        self.registered: set[str] = set()
+        self.slp: SLPClient | None = None
+        self.rooms_loop: LoopingCall | None = None
+        self.keepalive_loop: LoopingCall | None = None
+        self.passwords: dict[str, str] = read_users(config.auth.users_file) if config.auth.users_file else {}
+        self.digest = DigestServer(config.auth.realm, secrets.token_bytes(32))
+
+    # Life cycle -----------------------------------------------------------------------------------
+
+    def start(self) -> defer.Deferred[Any]:
+        d = self.ua.start()
+
+        def started(_: Any) -> None:
+            if self.config.listen.address == "0.0.0.0" or self.config.listen.advertise_address:
+                machine = self.ua.machine
+                machine.contact_uri = machine.contact_uri.replace(host=self.host)
+            self.store = Store(self.config.state_file)
+            self._restore()
+            self._register_all()
+            self._watch_rooms()
+            self._keep_alive()
+            log.info("listening on %s:%d; %s", self.host, self.config.listen.port, self.status())
+
+        return d.addCallback(started)
+
+    def stop(self) -> defer.Deferred[Any]:
+        # calls are NOT ended: they go on without us and the next start takes them up again
+        waits = []
+        for loop in (self.rooms_loop, self.keepalive_loop):
+            if loop is not None and loop.running:
+                loop.stop()
+        if self.slp is not None:
+            waits.append(self.slp.close().addErrback(lambda _: None))
+        if self.sa is not None:
+            sa, self.sa = self.sa, None
+            waits.append(sa.stop().addTimeout(5, self.reactor).addErrback(lambda _: None))
+        waits.append(self.ua.stop())
+        d = defer.DeferredList(waits)
+        if self.store is not None:
+            store, self.store = self.store, None
+            d.addBoth(lambda _: store.close())
+        return d
+
+    def reload(self, config: MdsmConfig) -> None:
+        """Systems added, changed or removed; calls in progress keep going on what they had."""
+        configured = members_of(config, self.runtime.config_path)
+        old = self.config
+        if (config.listen, config.state, config.slp) != (old.listen, old.state, old.slp):
+            log.warning("[listen], [slp] and [state] changes need a restart")
+        self.config = dataclasses.replace(config, listen=self.config.listen, state=self.config.state,
+                                          slp=self.config.slp)
+        self.configured = configured
+        self.passwords = read_users(config.auth.users_file) if config.auth.users_file else {}
+        if config.auth.realm != self.digest.realm:
+            self.digest = DigestServer(config.auth.realm, secrets.token_bytes(32))
+        if not config.auto.per_room:
+            self.auto = {}
+        self._combine()
+        self._register_all()
+        self._watch_rooms()
+        self._keep_alive()
+        self.runtime.status_changed(self)
+
+    def _combine(self) -> None:
+        """The systems of the file, then those made per room (a name in the file wins)."""
+        self.systems = {s.name: s for s in self.config.system}
+        self.members = {name: list(members) for name, members in self.configured.items()}
+        for name, (system, members) in self.auto.items():
+            if name not in self.systems:
+                self.systems[name] = system
+                self.members[name] = members
+
+    # [auto] per_room ----------------------------------------------------------------------------
+
+    def _watch_rooms(self) -> None:
+        auto = self.config.auto
+        if self.rooms_loop is not None and self.rooms_loop.running:
+            self.rooms_loop.stop()
+        self.rooms_loop = None
+        if not auto.per_room:
+            return
+        if self.slp is None:
+            da = self.config.da_address
+            self.slp = SLPClient(self.reactor, da=da, scopes=self.config.slp.scopes, multicast=da is None)
+        self.rooms_loop = LoopingCall(self._ask_rooms)
+        self.rooms_loop.clock = self.reactor
+        self.rooms_loop.start(auto.refresh, now=True).addErrback(
+            lambda f: log.error("per-room refresh stopped: %s", f.getErrorMessage()))
+
+    def _ask_rooms(self) -> defer.Deferred[Any]:
+        assert self.slp is not None
+        d = discover(self.slp).addTimeout(max(2.0, self.config.auto.refresh / 2), self.reactor)
+        return d.addCallbacks(self._rooms_found,
+                              lambda f: log.info("asking the DA for the rooms' devices failed: %s",
+                                                 f.getErrorMessage()))
+
+    def _rooms_found(self, found: list[Found]) -> None:
+        taken = {s.name for s in self.config.system}
+        rooms = per_room(found, device_members(self.config), taken)
+        owners = list(self.config.auto.owners)
+        auto = {r.name: (System(r.name, [m.uri for m in r.members], owners, r.room, r.room), list(r.members))
+                for r in rooms}
+        if auto == self.auto:
+            return
+        log.info("virtual devices per room: %s", "; ".join(
+            f"{n} ({', '.join(m.name for m in ms)})" for n, (_, ms) in auto.items()) or "none")
+        self.auto = auto
+        self._combine()
+        self._register_all()
+        self.runtime.status_changed(self)
+
+    def status(self) -> str:
+        n, c = len(self.systems), len(self.calls)
+        return f"{n} virtual device{'' if n == 1 else 's'}, {c} call{'' if c == 1 else 's'}"
+
+    # SLP ------------------------------------------------------------------------------------------
+
+    def attributes(self, system: System) -> dict[str, Attribute]:
+        members = self.members.get(system.name, [])
+        media: list[str] = []
+        for m in members:
+            for kind in sorted(m.media) or ["audio", "video"]:
+                if f"{kind}-sendrecv" not in media:
+                    media.append(f"{kind}-sendrecv")
+        attrs = [Attribute("name", (system.title or system.name,))]
+        if system.room:
+            attrs.append(Attribute("room", (system.room,)))
+        attrs += [Attribute("media", tuple(media)), Attribute("mobility", ("enhanced",)),
+                  Attribute("members", tuple(m.name for m in members)),
+                  Attribute("audio-codecs", ("PCMU", "PCMA"))]
+        return {a.tag: a for a in attrs}
+
+    def _register_all(self) -> None:
+        if self.sa is None:
+            da = self.config.da_address
+            self.sa = SLPServiceAgent(self.reactor, das=[da] if da is not None else [],
+                                      scopes=self.config.slp.scopes, multicast=da is None)
+            self.sa.start()
+        wanted = {self.config.uri(name): s for name, s in self.systems.items()}
+        for url in sorted(self.registered - set(wanted)):
+            self.sa.deregister(url)
+        for url, system in wanted.items():
+            self.sa.register(url, SERVICE_TYPE, self.attributes(system), lifetime=self.config.slp.lifetime)
+        self.registered = set(wanted)
+
+    # Who may do what ------------------------------------------------------------------------------
+
+    def _system_of(self, uri: URI) -> System:
+        system = self.systems.get(uri.user or "")
+        if system is None:
+            raise SIPError(404, "No such virtual device")
+        return system
+
+    @staticmethod
+    def _owner(system: System, who: URI) -> bool:
+        return any(same_party(URI.parse(o), who) for o in system.owners)
+
+    @staticmethod
+    def _may_use(member: Member, who: URI) -> bool:
+        return not member.allow or any(same_party(URI.parse(a), who) for a in member.allow)
+
+    def _usable_members(self, system: System, who: URI) -> list[Member]:
+        members = [m for m in self.members.get(system.name, []) if self._may_use(m, who)]
+        if not members:
+            raise SIPError(403, "No device of this system is allowed for you")
+        return members
+
+    def _challenge(self, request: Request, who: URI) -> str | None:
+        """None when `who` has no password here or the request carries valid Digest credentials
+        for it (RFC 3261 §22.4, RFC 7616); else the WWW-Authenticate value to answer 401 with."""
+        user = who.user or ""
+        if user not in self.passwords:
+            return None
+        now = self.ua.now()
+
+        def ha1(username: str, realm: str, algorithm: str) -> str | None:
+            password = self.passwords.get(username)
+            return compute_ha1(algorithm, username, realm, password) if password is not None else None
+
+        stale = False
+        for value in request.headers.get_all("Authorization"):
+            result = self.digest.verify(value, request.method, ha1, now, body=request.body)
+            if result.ok and result.username == user:
+                return None
+            stale = stale or result.stale
+        return str(self.digest.make_challenge(now, stale=stale))
+
+    def _check_capacity(self) -> None:
+        if len(self.calls) + self.setting_up >= self.config.limits.max_calls:
+            raise SIPError(503, "Too many calls")
+
+    @contextlib.contextmanager
+    def _as(self, system: System) -> Iterator[None]:
+        """Requests made inside come From the system's own URI (a referee checks who REFERs it)."""
+        machine = self.ua.machine
+        saved = machine.aor, machine.display_name
+        host = self.host
+        machine.aor = URI.parse(f"sip:{system.name}@{f'[{host}]' if ':' in host else host}")
+        machine.display_name = None
+        try:
+            yield
+        finally:
+            machine.aor, machine.display_name = saved
+
+    def _aor(self, system: System) -> str:
+        host = self.host
+        return f"sip:{system.name}@{f'[{host}]' if ':' in host else host}"
+
+    # REFER: handoff (Fig. 6) and retrieval (Fig. 5) ---------------------------------------------------
+
+    def _on_refer(self, incoming: IncomingRequest) -> None:
+        request = incoming.request
+        system = self._system_of(request.uri)
+        try:
+            what = referred(request)
+        except (SIPParseError, ValueError) as exc:
+            raise SIPError(400, f"Bad Refer-To: {exc}") from None
+        who = request.from_.uri
+        if what.method != "REFER" and not self._owner(system, who):
+            log.warning("REFER from %s to %s refused: not an owner", who, system.name)
+            raise SIPError(403, "Not an owner of this virtual device")
+        challenge = self._challenge(request, who)
+        if challenge is not None:
+            incoming.respond(401, headers=[("WWW-Authenticate", challenge)])
+            return
+        if what.method == "REFER":
+            self._retrieve(incoming, system, what, who)
+            return
+        if what.referred_by is not None and not same_party(what.referred_by.uri, who):
+            raise SIPError(403, "Referred-By names another party")
+        self._check_capacity()
+        members = self._usable_members(system, who)
+        accepted = incoming.accept_refer()
+        self.setting_up += 1
+        d = self._hand_over(system, members, what, str(who), accepted)
+
+        def done(result: Any) -> None:
+            self.setting_up -= 1
+            self.runtime.status_changed(self)
+
+        d.addErrback(lambda f: log.error("handoff to %s failed: %s", system.name, f.getErrorMessage()))
+        d.addBoth(done)
+
+    def _invite(self, system: System, target: str, sdp: bytes | None,
+                headers: tuple[tuple[str, str], ...] = ()) -> defer.Deferred[Call]:
+        with self._as(system):
+            d = self.ua.invite(target, sdp, headers=headers)
+        return d.addTimeout(self.config.limits.setup_timeout, self.reactor)
+
+    def _origin(self, sess_id: int, leg_version: int) -> Origin:
+        host = self.host
+        return Origin("sipmob-mdsm", sess_id, leg_version, "IN", "IP6" if ":" in host else "IP4", host)
+
+    def _release(self, call: Call, template: bytes | None, sess_id: int) -> None:
+        """A member we asked but do not use: ACK with every stream refused, then BYE."""
+        if call.ack_pending:
+            try:
+                sdp = parse(template or b"")
+                call.ack(refused(sdp, self._origin(sess_id, 1)).to_bytes())
+            except SDPParseError:
+                call.ack(None)
+        call.bye()
+
+    @defer.inlineCallbacks
+    def _hand_over(self, system: System, members: list[Member], what: Referred, referrer: str,
+                   accepted: AcceptedRefer) -> Any:
+        sess_id = secrets.randbelow(2**31)
+        # messages 3-4: an INVITE without SDP to each member; their 200s carry offers
+        results = yield defer.DeferredList([self._invite(system, m.uri, None) for m in members],
+                                           consumeErrors=True)
+        answered: list[tuple[Member, Call, SessionDescription]] = []
+        for m, (ok, value) in zip(members, results, strict=True):
+            if not ok:
+                log.info("member %s of %s did not answer: %s", m.name, system.name, value.getErrorMessage())
+                continue
+            try:
+                answered.append((m, value, parse(value.remote_sdp or b"")))
+            except SDPParseError as exc:
+                log.warning("member %s offered an unusable description: %s", m.name, exc)
+                self._release(value, None, sess_id)
+        if not answered:
+            accepted.notify(480, "No member answered")
+            return None
+        accepted.notify(183, "Session Progress")
+        try:
+            plan = plan_from_offers([(m.name, sdp) for m, _, sdp in answered])
+        except PlanError as exc:
+            log.warning("handoff to %s: %s", system.name, exc)
+            for _, call, _sdp in answered:
+                self._release(call, call.remote_sdp, sess_id)
+            accepted.notify(488)
+            return None
+        used = set(plan.members())
+        for m, call, _sdp in answered:
+            if m.name not in used:
+                self._release(call, call.remote_sdp, sess_id)
+        answered = [a for a in answered if a[0].name in used]
+        offers = {m.name: sdp for m, _, sdp in answered}
+        cn_call: Call | None = None
+
+        def abandon(status: int) -> None:
+            for _, call, _sdp in answered:
+                self._release(call, call.remote_sdp, sess_id)
+            if cn_call is not None:
+                cn_call.bye()
+            accepted.notify(status if status >= 300 else 500)
+
+        try:
+            offer = cn_description(plan, offers, self._origin(sess_id, 1))
+        except PlanError as exc:
+            log.warning("handoff to %s: the members' offers make no session: %s", system.name, exc)
+            abandon(488)
+            return None
+        # message 5: the CN, with the members' offers as one, Replaces and Referred-By
+        try:
+            cn_call = yield self._invite(system, str(what.target), offer.to_bytes(), what.headers)
+            assert cn_call is not None
+            answer = parse(cn_call.remote_sdp or b"")
+            parts = {m.name: member_description(plan, m.name, answer, sdp, self._origin(sess_id, 1))
+                     for m, _, sdp in answered}
+        except Exception as exc:
+            status = exc.status if isinstance(exc, SIPError) else 488 if isinstance(exc, PlanError) else 500
+            log.info("the CN %s refused the handoff to %s: %s", what.target, system.name, exc)
+            abandon(status)
+            return None
+        cn = Leg("cn", str(what.target), cn_call, offer.to_bytes(), cn_call.remote_sdp or b"")
+        legs = {m.name: Leg(m.name, m.uri, call, parts[m.name].to_bytes(), call.remote_sdp or b"")
+                for m, call, _sdp in answered}
+        mc = ManagedCall(cn_call.call_id, system.name, referrer, cn, legs, plan, sess_id)
+        self._save(mc)
+        # messages 7-8: each member's ACK with its part of the CN's answer (the CN's ACK is out)
+        for leg in legs.values():
+            leg.call.ack(leg.local)
+        self._adopt(mc)
+        accepted.notify(200)
+        log.info("call with %s handed to %s by %s (%s)", what.target, system.name, referrer,
+                 ", ".join(f"m{s.i}->{s.member}" for s in plan.slots))
+        return mc
+
+    def _retrieve(self, incoming: IncomingRequest, system: System, what: Referred, who: URI) -> None:
+        """Fig. 5: the nested REFER; we REFER its target to the CN with Replaces for our dialog."""
+        inner = _inner_target(what)
+        mc = next((c for c in self.calls.values() if c.system == system.name and not c.ending
+                   and (same_party(URI.parse(c.referrer), who) or self._owner(system, who))
+                   and (inner is None or same_party(URI.parse(c.cn.uri), inner))), None)
+        if mc is None:
+            if not self._owner(system, who) and not any(same_party(URI.parse(c.referrer), who)
+                                                        for c in self.calls.values()):
+                raise SIPError(403, "Not the party that handed a call here, nor an owner")
+            raise SIPError(481, "No call to hand back")
+        accepted = incoming.accept_refer()
+        dialog = mc.cn.call.dialog
+        replaces = Replaces(dialog.call_id, to_tag=dialog.remote_tag, from_tag=dialog.local_tag)
+        # RFC 4538: our REFER names the dialog of the nested REFER that asked for it, so the mobile
+        # node can tell it from a stranger's
+        mine = accepted.dialog
+        target_dialog = ([("Target-Dialog", f"{mine.call_id};local-tag={mine.local_tag};"
+                                            f"remote-tag={mine.remote_tag}")] if mine is not None else [])
+        with self._as(system):
+            d = self.ua.refer(what.target, inner or URI.parse(mc.cn.uri), replaces=replaces,
+                              referred_by=str(NameAddr(None, URI.parse(self._aor(system)))),
+                              headers=target_dialog)
+
+        def sent(progress: ReferProgress) -> Any:
+            return progress.final.addCallback(lambda status: accepted.notify(status))
+
+        def failed(failure: Any) -> None:
+            exc = failure.value
+            status = exc.status if isinstance(exc, SIPError) else 500
+            accepted.notify(status if status >= 300 else 500)
+
+        d.addCallbacks(sent, failed)
+
+    # INVITE to a virtual device (MNC mode) ---------------------------------------------------------------
+
+    def _on_invite(self, incoming: IncomingCall) -> None:
+        request = incoming.request
+        try:
+            system = self._system_of(request.uri)
+            who = request.from_.uri
+            if not self._owner(system, who):
+                raise SIPError(403, "Not an owner of this virtual device")
+            challenge = self._challenge(request, who)
+            if challenge is not None:
+                self.ua.machine.answer_invite(incoming.handle, 401, self.ua.now(),
+                                              headers=[("WWW-Authenticate", challenge)])
+                self.ua.flush()
+                return
+            if incoming.replaces is not None:
+                raise SIPError(403, "No call here to replace")
+            if incoming.offer is None:
+                raise SIPError(488, "An offer is needed to split the session")
+            self._check_capacity()
+            members = self._usable_members(system, who)
+            offer = parse(incoming.offer)
+            plan = plan_for_offer(offer, [(m.name, m.media) for m in members])
+        except SIPError as exc:
+            incoming.reject(exc.status, exc.reason)
+            return
+        except (SDPParseError, PlanError) as exc:
+            log.info("INVITE to a virtual device refused: %s", exc)
+            incoming.reject(488)
+            return
+        self.setting_up += 1
+        d = self._fan_out(system, [m for m in members if m.name in plan.members()], incoming, offer, plan,
+                          str(who))
+
+        def done(_: Any) -> None:
+            self.setting_up -= 1
+            self.runtime.status_changed(self)
+
+        d.addErrback(lambda f: log.error("call to %s failed: %s", system.name, f.getErrorMessage()))
+        d.addBoth(done)
+
+    @defer.inlineCallbacks
+    def _fan_out(self, system: System, members: list[Member], incoming: IncomingCall,
+                 offer: SessionDescription, plan: Plan, who: str) -> Any:
+        sess_id = secrets.randbelow(2**31)
+        parts = {m.name: member_description(plan, m.name, offer, offer, self._origin(sess_id, 1))
+                 for m in members}
+        results = yield defer.DeferredList([self._invite(system, m.uri, parts[m.name].to_bytes())
+                                            for m in members], consumeErrors=True)
+        legs: dict[str, Leg] = {}
+        for m, (ok, value) in zip(members, results, strict=True):
+            if not ok:
+                plan = without_member(plan, m.name)
+                continue
+            legs[m.name] = Leg(m.name, m.uri, value, parts[m.name].to_bytes(), value.remote_sdp or b"")
+        if not legs or not plan.slots:
+            for leg in legs.values():
+                leg.call.bye()
+            incoming.reject(480, "No member answered")
+            return None
+        try:
+            answer = cn_description(plan, {n: parse(leg.remote) for n, leg in legs.items()},
+                                    self._origin(sess_id, 1), template=offer)
+        except (SDPParseError, PlanError) as exc:
+            log.warning("call to %s: %s", system.name, exc)
+            for leg in legs.values():
+                leg.call.bye()
+            incoming.reject(488)
+            return None
+        accepted = incoming.accept(answer.to_bytes())
+        try:
+            cn_call = yield accepted
+        except Exception:
+            for leg in legs.values():
+                leg.call.bye()
+            return None
+        cn = Leg("cn", str(request_uri_of(incoming)), cn_call, answer.to_bytes(), incoming.offer or b"")
+        mc = ManagedCall(cn_call.call_id, system.name, who, cn, legs, plan, sess_id)
+        self._save(mc)
+        self._adopt(mc)
+        log.info("call from %s split over %s", who, ", ".join(legs))
+        return mc
+
+    # The life of a call (RFC 3725) -----------------------------------------------------------------
+
+    def _adopt(self, mc: ManagedCall) -> None:
+        self.calls[mc.id] = mc
+        mc.cn.call.on_reinvite(lambda call, request: self._cn_reinvite(mc, request))
+        mc.cn.call.on_terminated(lambda call, reason: self._cn_gone(mc, reason))
+        for name, leg in mc.members.items():
+            self._watch_member(mc, name, leg)
+        self.runtime.status_changed(self)
+
+    def _watch_member(self, mc: ManagedCall, name: str, leg: Leg) -> None:
+        leg.call.on_terminated(lambda call, reason: self._member_gone(mc, name, reason))
+        leg.call.on_reinvite(lambda call, request: self._member_reinvite(mc, name, request))
+
+    def _save(self, mc: ManagedCall) -> None:
+        if self.store is not None and not mc.ending:
+            self.store.save(mc.id, mc.system, mc.as_dict())
+
+    def _forget(self, mc: ManagedCall) -> None:
+        mc.ending = True
+        self.calls.pop(mc.id, None)
+        if self.store is not None:
+            self.store.delete(mc.id)
+        self.runtime.status_changed(self)
+
+    def _cn_gone(self, mc: ManagedCall, reason: str) -> None:
+        if mc.ending:
+            return
+        log.info("call %s: the CN's leg ended (%s): releasing %s", mc.id, reason, ", ".join(mc.members))
+        self._forget(mc)
+        for leg in mc.members.values():
+            if leg.call.state != "terminated":
+                leg.call.bye()
+
+    def _member_gone(self, mc: ManagedCall, name: str, reason: str) -> None:
+        if mc.ending or name not in mc.members:
+            return
+        del mc.members[name]
+        mc.plan = without_member(mc.plan, name)
+        if not mc.plan.slots:
+            log.info("call %s: its last member %s left (%s): ending it", mc.id, name, reason)
+            self._forget(mc)
+            mc.cn.call.bye()
+            return
+        log.info("call %s: member %s left (%s): its streams removed from the CN's session",
+                 mc.id, name, reason)
+        try:
+            offer = cn_description(mc.plan, {n: parse(leg.remote) for n, leg in mc.members.items()},
+                                   self._origin(mc.sess_id, mc.cn.version + 1), template=parse(mc.cn.local))
+        except (SDPParseError, PlanError) as exc:
+            log.error("call %s: cannot describe what is left (%s): ending it", mc.id, exc)
+            self._forget(mc)
+            self._cn_gone(mc, "error")
+            return
+        mc.cn.version += 1
+        mc.cn.local = offer.to_bytes()
+        self._save(mc)
+        d = mc.cn.call.reinvite(mc.cn.local)
+
+        def answered(response: Any) -> None:
+            mc.cn.remote = response.body or mc.cn.remote
+            self._save(mc)
+
+        d.addCallbacks(answered, lambda f: log.warning("call %s: re-INVITE to the CN failed: %s", mc.id,
+                                                       f.getErrorMessage()))
+
+    @defer.inlineCallbacks
+    def _cn_reinvite(self, mc: ManagedCall, request: Any) -> Any:
+        if not request.body:
+            return mc.cn.local  # an offer-less re-INVITE: our current description as the offer
+        try:
+            offer = parse(request.body)
+            if len(offer.media) < mc.plan.cn_lines:
+                raise PlanError("the CN's offer has fewer m-lines than the session (RFC 3264 §8)")
+            changed: dict[str, SessionDescription] = {}
+            for name in mc.plan.members():
+                leg = mc.members[name]
+                current = parse(leg.local)
+                part = member_description(mc.plan, name, offer, parse(leg.remote),
+                                          self._origin(mc.sess_id, leg.version + 1))
+                if (part.media, part.connection, part.attributes) != (current.media, current.connection,
+                                                                      current.attributes):
+                    changed[name] = part
+        except (SDPParseError, PlanError) as exc:
+            raise SIPError(488, str(exc)) from None
+        for name, part in changed.items():
+            leg = mc.members[name]
+            leg.version += 1
+            leg.local = part.to_bytes()
+        self._save(mc)
+        reinvites = [mc.members[n].call.reinvite(mc.members[n].local) for n in changed]
+        results = yield defer.DeferredList(reinvites, consumeErrors=True)
+        for name, (ok, value) in zip(changed, results, strict=True):
+            if not ok:
+                raise SIPError(value.value.status if isinstance(value.value, SIPError) else 500,
+                               f"member {name} refused the change")
+            mc.members[name].remote = value.body or mc.members[name].remote
+        try:
+            answer = cn_description(mc.plan, {n: parse(leg.remote) for n, leg in mc.members.items()},
+                                    self._origin(mc.sess_id, mc.cn.version + 1), template=offer)
+        except (SDPParseError, PlanError) as exc:
+            raise SIPError(488, str(exc)) from None
+        mc.cn.version += 1
+        mc.cn.local, mc.cn.remote = answer.to_bytes(), request.body
+        self._save(mc)
+        log.info("call %s: the CN's re-INVITE went to %s", mc.id, ", ".join(changed) or "no member")
+        return mc.cn.local
+
+    @defer.inlineCallbacks
+    def _member_reinvite(self, mc: ManagedCall, name: str, request: Any) -> Any:
+        leg = mc.members.get(name)
+        if leg is None or not request.body:
+            return leg.local if leg is not None else b""
+        try:
+            theirs = parse(request.body)
+            members = {n: parse(m.remote) for n, m in mc.members.items()}
+            members[name] = theirs
+            offer = cn_description(mc.plan, members, self._origin(mc.sess_id, mc.cn.version + 1),
+                                   template=parse(mc.cn.local))
+        except (SDPParseError, PlanError) as exc:
+            raise SIPError(488, str(exc)) from None
+        mc.cn.version += 1
+        mc.cn.local = offer.to_bytes()
+        self._save(mc)
+        try:
+            response = yield mc.cn.call.reinvite(mc.cn.local)
+        except SIPError as exc:
+            raise SIPError(exc.status, "the CN refused the change") from None
+        mc.cn.remote = response.body or mc.cn.remote
+        try:
+            part = member_description(mc.plan, name, parse(mc.cn.remote), theirs,
+                                      self._origin(mc.sess_id, leg.version + 1))
+        except (SDPParseError, PlanError) as exc:
+            raise SIPError(488, str(exc)) from None
+        leg.version += 1
+        leg.local, leg.remote = part.to_bytes(), request.body
+        self._save(mc)
+        return leg.local
+
+    # Members that stop answering --------------------------------------------------------------------
+
+    def _keep_alive(self) -> None:
+        if self.keepalive_loop is not None and self.keepalive_loop.running:
+            self.keepalive_loop.stop()
+        self.keepalive_loop = None
+        if self.config.limits.keepalive > 0:
+            self.keepalive_loop = LoopingCall(self._ping_members)
+            self.keepalive_loop.clock = self.reactor
+            self.keepalive_loop.start(self.config.limits.keepalive, now=False).addErrback(
+                lambda f: log.error("member keepalive stopped: %s", f.getErrorMessage()))
+
+    def _ping_members(self) -> None:
+        """OPTIONS to every member of every call (a device switched off sends no BYE): any answer
+        is alive; none within keepalive_timeout ends its leg, which removes its streams."""
+        for mc in list(self.calls.values()):
+            for name, leg in list(mc.members.items()):
+                d = self.ua.options(leg.uri, timeout=self.config.limits.keepalive_timeout)
+                d.addErrback(lambda _f, mc=mc, name=name, leg=leg: self._member_silent(mc, name, leg))
+
+    def _member_silent(self, mc: ManagedCall, name: str, leg: Leg) -> None:
+        if mc.ending or mc.members.get(name) is not leg:
+            return
+        log.info("call %s: member %s does not answer OPTIONS: ending its leg", mc.id, name)
+        leg.call.bye()  # our BYE ends the leg at once (on_terminated "local"), answered or not
+
+    # Restart ----------------------------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        assert self.store is not None
+        for call_id, system, data in list(self.store.load()):
+            try:
+                mc = self._revive(call_id, system, data)
+            except (KeyError, TypeError, ValueError, SIPError) as exc:
+                log.error("saved call %s cannot be taken up again (%s): dropped", call_id, exc)
+                self.store.delete(call_id)
+                continue
+            self._adopt(mc)
+            log.info("call %s taken up again: %s with %s", call_id, system, ", ".join(mc.members))
+
+    def _revive(self, call_id: str, system: str, data: dict[str, Any]) -> ManagedCall:
+        def leg(name: str, d: dict[str, Any]) -> Leg:
+            local, remote = d["local"].encode(), d["remote"].encode()
+            call = self.ua.adopt(dialog_from_dict(d["dialog"]), local_sdp=local, remote_sdp=remote)
+            return Leg(name, str(d["uri"]), call, local, remote, int(d["version"]))
+
+        cn = leg("cn", data["cn"])
+        members = {n: leg(n, d) for n, d in data["members"].items()}
+        return ManagedCall(call_id, system, str(data["referrer"]), cn, members, Plan.from_dict(data["plan"]),
+                           int(data["sess_id"]))
+
+
+def request_uri_of(incoming: IncomingCall) -> URI:
+    """Who the MN's side of an MNC-mode call is: the From of its INVITE."""
+    return incoming.request.from_.uri
+
+
+def _inner_target(what: Referred) -> URI | None:
+    for name, value in what.headers:
+        if name.lower() == "refer-to":
+            return NameAddr.parse(value).uri.replace(headers=())
+    return None
