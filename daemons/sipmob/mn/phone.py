@@ -12,8 +12,8 @@ Each dialog's descriptions go through an `OfferAnswerState`, so every offer we s
 The phone sends audio only. A CN's video stream is taken ``recvonly`` on a socket that only counts
 packets (a phone without a screen worth the name), so that the stream exists in the session and can
 be transferred or split to the home's displays and cameras; calls the phone places offer audio only.
-A re-INVITE from the CN while media is on devices is answered with our current description
-(sipua's default); the devices are not re-INVITEd.
+The CN's re-INVITEs are answered from the call's state, and carried to the devices when its media
+is on them (`sipmob.mn.remote_offer`).
 
 With ``[identity] registrar`` set, the phone registers ``sip:USER@REGISTRAR-HOST`` at start (the
 UA core refreshes it and retries after failures), logs one line per change of the binding, and
@@ -57,6 +57,7 @@ from sipmob.mn.mobility import (
     plan_split,
     plan_transfer,
 )
+from sipmob.mn.remote_offer import RemoteOffers, stream_status
 from sipmob.sdp import (
     Codec,
     Direction,
@@ -132,7 +133,7 @@ class PhoneCall:
                          f"in from {self.names.get(location.input_device, location.input_device)}")
             else:
                 where = "this phone" if location == MOBILE_NODE else self.names.get(location, location)
-            streams.append({"media": kind, "where": where})
+            streams.append({"media": kind, "where": where, **stream_status(self, i)})
         stats = self.rtp.stats()
         return {"id": self.id, "peer": self.peer, "state": self.call.state, "streams": streams,
                 "devices": sorted(self.device_calls), "sending": bool(self.rtp.sending),
@@ -256,6 +257,7 @@ class Phone:
         self.codecs = tuple(media_codecs.lookup(name, 8000) for name in config.media.codecs)
         self.handoff = PhoneHandoff(self)
         self.device = DeviceRole(self) if config.device.enabled else None
+        self.remote_offers = RemoteOffers(self)
 
     # App ------------------------------------------------------------------------------------------
 
@@ -406,6 +408,7 @@ class Phone:
             rtp.attach_recorder(pc.recorder, {c.static_payload_type: c for c in self.codecs})
         self.calls[cid] = pc
         call.on_terminated(lambda c, reason: self._remote_ended(pc, reason))
+        self.remote_offers.attach(pc)
         self.start_media(pc)
         log.info("call %s with %s established", cid, peer)
         return pc

@@ -1,0 +1,174 @@
+"""The CN's re-INVITEs answered by RFC 3264 from the call's state, PJSIP (pjsua2) as the CN.
+
+PJSIP holds with ``a=sendonly`` and resumes, recreates its media on a new port, and as caller
+re-INVITEs with the one codec it kept (pjsua's codec lock). Evidence from both sides: PJSIP's own
+stream (where it receives, how many packets), the phone's ``calls`` (who holds, codec, sending),
+and a capture in which tshark's decoding of every SDP answer is checked against its offer
+(direction reversed, codecs a subset, ``o=`` version up exactly when the description changed).
+Loopback only; every process stopped by PID.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.peers import tshark
+from tests.peers.pjsua import Pjsua
+from tests.peers.ports import free_udp_port
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "slpda"), str(Path(__file__).resolve().parent)]
+from phone_process import Phone, until  # noqa: E402
+from slpda_process import HOST, Slpda  # noqa: E402
+
+pytest.importorskip("pjsua2")
+pytestmark = [pytest.mark.peer]
+
+DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+REVERSED = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
+
+
+@pytest.fixture
+def party(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    (tmp_path / "da").mkdir()
+    (tmp_path / "mn").mkdir()
+    da = Slpda(tmp_path / "da").start()
+    started: list[Any] = []
+    try:
+        cn = Pjsua(free_udp_port(), "cn", workdir=tmp_path / "cn")
+        started.append(cn)
+        phone = Phone(tmp_path / "mn", f"{HOST}:{da.port}", auto_answer=True)
+        started.append(phone)
+        yield {"phone": phone, "cn": cn, "dir": tmp_path, "da": da}
+    finally:
+        for peer in reversed(started):
+            peer.stop()
+        da.stop()
+
+
+def sip_capture(party: dict[str, Any], name: str) -> tshark.LiveCapture | None:
+    if tshark.TSHARK is None:
+        return None
+    ports = f"udp port {party['phone'].port} or udp port {party['cn'].port}"
+    return tshark.LiveCapture(party["dir"] / f"{name}.pcapng", ports)
+
+
+def audio(phone: Phone) -> dict[str, Any]:
+    (call,) = phone.calls()
+    return dict(next(s for s in call["streams"] if s["media"] == "audio"))
+
+
+def sent(phone: Phone) -> int:
+    return int(phone.calls()[0]["rtp_sent"])
+
+
+def call_cn(phone: Phone, cn: Pjsua) -> int:
+    out = phone.sipmob("call", cn.uri)
+    assert out.returncode == 0, out.stderr + phone.output()
+    cn.wait_call_state("CONFIRMED", timeout=5)
+    assert until(lambda: phone.calls() and phone.received() > 20), phone.calls()
+    return int(cn.calls()[0]["id"])
+
+
+def media_up(cn: Pjsua, start: int) -> None:
+    cn.wait_event(lambda e: e["event"] == "media_state", timeout=5, start=start)
+
+
+def test_hold_resume_and_new_port_from_pjsip(party: dict[str, Any]) -> None:
+    phone, cn = party["phone"], party["cn"]
+    capture = sip_capture(party, "oa")
+    try:
+        ident = call_cn(phone, cn)
+        assert "hold" not in audio(phone) and audio(phone)["codec"] == "PCMU/8000"
+
+        before = len(cn.events)
+        cn.hold(ident)
+        media_up(cn, before)
+        assert until(lambda: audio(phone).get("hold") == "held by the remote party"), phone.calls()
+        assert not phone.calls()[0]["sending"]
+        frozen = sent(phone)
+        assert until(lambda: phone.received() > 0)  # PJSIP still sends (sendonly)
+        assert not until(lambda: sent(phone) > frozen + 2, timeout=1.0), "the phone sends while held"
+
+        before = len(cn.events)
+        cn.unhold(ident)
+        media_up(cn, before)
+        assert until(lambda: "hold" not in audio(phone) and phone.calls()[0]["sending"]), phone.calls()
+        assert until(lambda: sent(phone) > frozen + 20)
+
+        old = cn.stream(ident)
+        before = len(cn.events)
+        cn.reinvite_new_media(ident)
+        media_up(cn, before)
+        new = cn.stream(ident)
+        assert new["local_rtp"] != old["local_rtp"], (old, new)
+        # the phone's RTP reaches PJSIP's new socket (a fresh stream: its counter started at 0)
+        assert until(lambda: cn.stream(ident)["rx_packets"] > 20, timeout=5), (new, phone.output())
+        (pc,) = phone.calls()
+        assert pc["state"] == "confirmed"
+    finally:
+        path = capture.stop() if capture is not None else None
+    if path is not None:
+        check_answers(path, expect_hold=True)
+
+
+def test_codec_lock_from_pjsip_as_caller_is_answered_with_its_subset(party: dict[str, Any]) -> None:
+    phone, cn = party["phone"], party["cn"]
+    capture = sip_capture(party, "lock")
+    try:
+        ident = cn.make_call(phone.uri)
+        cn.wait_call_state("CONFIRMED", call=ident, timeout=5)
+        assert until(lambda: phone.calls() and phone.received() > 20), phone.calls()
+        # pjsua offered its whole list, the phone answered PCMU and PCMA: pjsua re-offers the one it
+        # kept (its codec lock) and the phone's answer is that one codec, not its first list again
+        assert until(lambda: "re-offered" in phone.output(), timeout=5), phone.output()
+        stream = cn.stream(ident)
+        assert audio(phone)["codec"].startswith(stream["codec"]), (audio(phone), stream)
+        assert until(lambda: cn.stream(ident)["rx_packets"] > 20)
+    finally:
+        path = capture.stop() if capture is not None else None
+    if path is not None:
+        rows = check_answers(path, expect_hold=False)
+        reoffers = [r for r in rows if r["offer"]["cseq"] > 1]
+        assert reoffers, rows
+        last = reoffers[-1]
+        assert len([f for f in last["answer"]["formats"] if f in ("0", "8")]) == 1, last
+
+
+def _sdp_rows(path: Path) -> list[dict[str, Any]]:
+    rows = tshark.fields(path, "sdp", "frame.number", "sip.Call-ID", "sip.CSeq.seq", "sip.CSeq.method",
+                         "sip.Status-Code", "sdp.owner.username", "sdp.owner.version", "sdp.media",
+                         "sdp.media_attr")
+    out = []
+    for number, call_id, cseq, method, status, user, version, media, attrs in rows:
+        formats = media.split(" ")[3:] if media else []
+        direction = next((a for a in attrs.split(",") if a in DIRECTIONS), "sendrecv")
+        out.append({"frame": int(number), "call_id": call_id, "cseq": int(cseq), "method": method,
+                    "status": status, "user": user, "version": int(version), "formats": formats,
+                    "direction": direction, "media": media})
+    return out
+
+
+def check_answers(path: Path, *, expect_hold: bool) -> list[dict[str, Any]]:
+    """Every INVITE offer from the CN and the phone's answer in its 200: RFC 3264 §6 and §8."""
+    assert tshark.malformed(path, "sdp") == ""
+    rows = _sdp_rows(path)
+    pairs = []
+    for offer in (r for r in rows if r["method"] == "INVITE" and not r["status"] and r["user"] != "sipmob"):
+        answer = next((r for r in rows if r["status"] == "200" and r["call_id"] == offer["call_id"]
+                       and r["cseq"] == offer["cseq"] and r["frame"] > offer["frame"]), None)
+        assert answer is not None and answer["user"] == "sipmob", offer
+        assert answer["direction"] == REVERSED[offer["direction"]], (offer, answer)
+        assert set(answer["formats"]) <= set(offer["formats"]), (offer, answer)
+        pairs.append({"offer": offer, "answer": answer})
+    ours = [r for r in rows if r["user"] == "sipmob"]
+    for prev, this in itertools.pairwise(ours):
+        changed = (prev["media"], prev["direction"]) != (this["media"], this["direction"])
+        assert this["version"] == prev["version"] + (1 if changed else 0), (prev, this)
+    if expect_hold:
+        assert any(p["offer"]["direction"] == "sendonly" for p in pairs), pairs
+    return pairs
