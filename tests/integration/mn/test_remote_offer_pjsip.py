@@ -172,3 +172,47 @@ def check_answers(path: Path, *, expect_hold: bool) -> list[dict[str, Any]]:
     if expect_hold:
         assert any(p["offer"]["direction"] == "sendonly" for p in pairs), pairs
     return pairs
+
+
+def test_on_a_device_the_cns_hold_and_new_port_are_carried_to_it(party: dict[str, Any]) -> None:
+    """RFC 3725: after a transfer the phone re-INVITEs the device with its part of each new offer
+    of the CN; the device (a second ``sipmob phone``) holds, resumes and sends to the new port."""
+    phone, cn, tmp = party["phone"], party["cn"], party["dir"]
+    (tmp / "desk").mkdir()
+    desk = Phone(tmp / "desk", f"{HOST}:{party['da'].port}", auto_answer=True, user="desk")
+    try:
+        with party["da"].client() as slp:
+            slp.register(desk.uri, "(name=Desk phone),(media=audio-sendrecv),(audio-codecs=PCMU,PCMA)")
+        ident = call_cn(phone, cn)
+        done = phone.sipmob("transfer", "1", "--to", "desk-phone", "--mode", "mnc")
+        assert done.returncode == 0, done.stderr + phone.output()
+        assert until(lambda: desk.calls() and desk.received() > 20), desk.output()
+
+        before = len(cn.events)
+        cn.hold(ident)
+        media_up(cn, before)
+        assert until(lambda: audio(desk).get("hold") == "held by the remote party"), desk.calls()
+        assert until(lambda: audio(phone).get("hold") == "held by the remote party"), phone.calls()
+        assert not desk.calls()[0]["sending"]
+
+        before = len(cn.events)
+        cn.unhold(ident)
+        media_up(cn, before)
+        assert until(lambda: "hold" not in audio(desk) and desk.calls()[0]["sending"]), desk.calls()
+
+        old = cn.stream(ident)
+        before = len(cn.events)
+        cn.reinvite_new_media(ident)
+        media_up(cn, before)
+        assert cn.stream(ident)["local_rtp"] != old["local_rtp"]
+        assert until(lambda: cn.stream(ident)["rx_packets"] > 20, timeout=5), desk.output()
+        assert "carried to Desk phone" in phone.output()
+
+        # our own later move uses the CN's current description: the retrieved audio reaches the new port
+        done = phone.sipmob("retrieve", "1")
+        assert done.returncode == 0, done.stderr + phone.output()
+        seen = cn.stream(ident)["rx_packets"]
+        assert until(lambda: cn.stream(ident)["rx_packets"] > seen + 20, timeout=5), phone.output()
+        assert phone.calls()[0]["sending"]
+    finally:
+        desk.stop()
