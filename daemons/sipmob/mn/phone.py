@@ -281,9 +281,10 @@ class Phone:
         yield self.control.stop()
         byes: list[defer.Deferred[Any]] = []
         for pc in list(self.calls.values()):
-            byes += [call.bye() for call in pc.device_calls.values()]
+            byes += [call.bye() for call in list(pc.device_calls.values())]
             byes.append(pc.call.bye())
-            self._ended(pc)
+            if self.calls.get(pc.id) is pc:  # the BYE may have ended it already: close sockets once
+                self._ended(pc)
         if byes:
             # A peer that is gone would keep us for a whole BYE transaction (64*T1): the BYEs are
             # sent, their answers are a courtesy.

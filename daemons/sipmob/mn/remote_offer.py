@@ -171,10 +171,12 @@ class RemoteOffers:
                 pc.rtp.stop_sending()
                 continue
             destination = (stream.remote_address, stream.remote_port)
-            if pc.rtp.sending and pc.rtp.sending_as == (codec, primary.send_payload_type):
-                pc.rtp.set_destination(destination)
-            else:
-                pc.rtp.start_sending(self.phone._source(), codec, primary.send_payload_type, destination)
+            if (pc.rtp.sending and pc.rtp.sending_as == (codec, primary.send_payload_type)
+                    and pc.rtp.destination == destination):
+                continue  # a refresh, or a change elsewhere: the stream goes on untouched
+            # (Re)started rather than only retargeted: the first packet to the new place leaves now,
+            # not at the next tick, and the same SSRC and sequence carry on (RtpEndpoint).
+            pc.rtp.start_sending(self.phone._source(), codec, primary.send_payload_type, destination)
 
     # RFC 3725: the CN's offer carried to the devices ----------------------------------------------
 
@@ -203,6 +205,10 @@ class RemoteOffers:
                     log.warning("call %s: %s refused the CN's new offer (%s); its streams are removed",
                                 pc.id, pc.names.get(device, device), value.getErrorMessage())
                     failed.add(device)
+            for device in failed & set(pc.device_calls):
+                bye = control.bye_device(device)
+                if bye is not None:
+                    bye.addErrback(lambda f, d=device: log.warning("BYE to %s failed: %s", d, f.value))
             phone_part = self._phone_answer(pc, offer)
             pieces: list[tuple[int, SessionDescription, int]] = []
             layout = list(pc.layout) + [None] * (len(offer.media) - len(pc.layout))
@@ -215,10 +221,14 @@ class RemoteOffers:
                     pieces += [(i, answers[d], i) for d in devices]
                 elif location == MOBILE_NODE or isinstance(location, DuplexSplit):
                     pieces.append((i, phone_part, i))
-            stitched = stitch(pieces, offer, pc.oa.origin)
+            if pieces:
+                stitched = stitch(pieces, offer, pc.oa.origin)
+            else:  # every stream was on devices that failed: all of them disabled, the call kept
+                stitched = phone_part
+                for i in range(len(phone_part.media)):
+                    stitched = stitched.with_port(i, 0)
+                stitched = answer_again(offer, stitched, self.phone._local_caps())
             stamped, negotiated = pc.oa.create_answer(stitched)
-            for device in failed & set(pc.device_calls):
-                _CallControl(self.phone, pc).bye_device(device)
             pc.cn_sdp, pc.local_sdp = offer, stamped
             pc.layout = tuple(layout)
             pc.device_sdps = {d: s for d, s in answers.items() if d not in failed}

@@ -20,11 +20,13 @@ import pytest
 from tests.peers import tshark
 from tests.peers.pjsua import Pjsua
 from tests.peers.ports import free_udp_port
+from tests.peers.sipp import SIPP, SippProcess
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "slpda"), str(Path(__file__).resolve().parent)]
 from phone_process import Phone, until  # noqa: E402
 from slpda_process import HOST, Slpda  # noqa: E402
 
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 pytest.importorskip("pjsua2")
 pytestmark = [pytest.mark.peer]
 
@@ -216,3 +218,44 @@ def test_on_a_device_the_cns_hold_and_new_port_are_carried_to_it(party: dict[str
         assert phone.calls()[0]["sending"]
     finally:
         desk.stop()
+
+
+@pytest.mark.skipif(SIPP is None, reason="sipp is not installed (apt sip-tester)")
+def test_a_device_that_refuses_the_cns_new_offer_loses_its_stream_not_the_call(party: dict[str, Any]) -> None:
+    """The device (sipp) takes the transfer, then answers its part of the CN's hold 488: the phone
+    answers the CN with that stream disabled (port 0) and ends the device's dialog; the call stays."""
+    phone, cn, tmp = party["phone"], party["cn"], party["dir"]
+    device = SippProcess(SCENARIOS / "uas_reject_reinvite.xml", workdir=tmp / "sipp", timeout=30,
+                         extra_args=["-aa", "-mp", str(free_udp_port())])
+    try:
+        device.wait_listening()
+        with party["da"].client() as slp:
+            slp.register(f"sip:cn@127.0.0.1:{device.local_port}",
+                         "(name=Stubborn phone),(media=audio-sendrecv),(audio-codecs=PCMU)")
+        ident = call_cn(phone, cn)
+        done = phone.sipmob("transfer", "1", "--to", "stubborn-phone", "--mode", "mnc")
+        assert done.returncode == 0, done.stderr + phone.output()
+        capture = sip_capture(party, "refused")
+        try:
+            cn.hold(ident)
+            # PJSIP reports no media state for a call left without media: the phone's word it is
+            assert until(lambda: "refused the CN's new offer" in phone.output()), phone.output()
+            assert until(lambda: phone.calls()[0]["devices"] == []), phone.calls()
+            (call,) = phone.calls()
+            assert call["state"] == "confirmed" and call["streams"] == []
+            assert cn.calls()[0]["state"] == "CONFIRMED"
+        finally:
+            path = capture.stop() if capture is not None else None
+        if path is not None:
+            (pair,) = [p for p in _pairs(path) if p["offer"]["direction"] == "sendonly"]
+            assert pair["answer"]["media"].startswith("audio 0 "), pair
+        result = device.wait(timeout=10)
+        assert result.returncode == 0, result.stdout
+    finally:
+        device.stop()
+
+
+def _pairs(path: Path) -> list[dict[str, Any]]:
+    rows = _sdp_rows(path)
+    return [{"offer": o, "answer": a} for o in rows if o["method"] == "INVITE" and not o["status"]
+            for a in rows if a["status"] == "200" and a["cseq"] == o["cseq"] and a["call_id"] == o["call_id"]]
