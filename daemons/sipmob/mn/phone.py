@@ -463,7 +463,9 @@ class Phone:
             self._close(rtp, video_rtp)
             return
         d = incoming.accept(stamped.to_bytes())
-        d.addCallbacks(lambda call: self._add_call(call, str(call.dialog.remote_uri.uri), oa, rtp, video_rtp),
+        d.addCallbacks(lambda call: self.remote_offers.watch(
+                           self._add_call(call, str(call.dialog.remote_uri.uri), oa, rtp, video_rtp),
+                           incoming.request),
                        lambda failure: self._close(rtp, video_rtp))
 
     @staticmethod
