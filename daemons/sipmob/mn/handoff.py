@@ -147,8 +147,12 @@ class PhoneHandoff:
         finally:
             pc.busy = False
         self.handed_off[pc.id] = record
-        log.info("call %s with %s handed off to %s", pc.id, pc.peer, device.name)
-        return f"call {pc.id} with {pc.peer} handed off to {device.name}{note}"
+        # each step as the device's NOTIFYs reported it (RFC 3515 §2.4.5)
+        steps = ", ".join(str(s) for s in progress.statuses)
+        log.info("call %s with %s handed off to %s (REFER %d, NOTIFY %s)", pc.id, pc.peer, device.name,
+                 progress.response.status, steps)
+        return (f"call {pc.id} with {pc.peer} handed off to {device.name}{note} "
+                f"[REFER {progress.response.status}, NOTIFY {steps}]")
 
     # Retrieval (Fig. 5) --------------------------------------------------------------------------
 

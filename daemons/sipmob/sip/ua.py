@@ -1,13 +1,14 @@
 """The SIP user-agent core (RFC 3261 §8, §12-§15; RFC 3515, 3891, 3892), sans-I/O.
 
 Responsible for what a UA does with the requests and responses its `TransactionLayer` delivers:
-INVITE sessions as a UAC and a UAS (early and late offer, CANCEL, the UAS's 2xx retransmission
-until the ACK arrives and BYE when it never does, §13.3.1.4; the UAC's ACK for every 2xx,
-§13.2.2.4), re-INVITE with 491 glare and the §14.1 randomised back-off, BYE, OPTIONS answered
-with our capabilities, INFO, REFER with its implicit subscription and ``message/sipfrag`` NOTIFYs
-(RFC 3515), INVITE with Replaces (RFC 3891: 481 when no dialog matches, BYE on the replaced
-dialog once the new one is confirmed), and the checks every UAS makes first: 481 for a request
-outside any dialog we know, 500 for an out-of-order CSeq (§12.2.2), 405 with Allow, 415, 420.
+INVITE sessions as a UAC and a UAS (early and late offer, CANCEL, the UAS's 2xx retransmission until
+the ACK arrives and BYE when it never does, §13.3.1.4; the UAC's ACK for every 2xx, §13.2.2.4),
+re-INVITE with 491 glare and the §14.1 randomised back-off, BYE, OPTIONS answered with our
+capabilities, INFO, REFER within a dialog and outside one, with its implicit subscription and
+``message/sipfrag`` NOTIFYs (RFC 3515), INVITE with Replaces (RFC 3891: 481 when no dialog matches,
+BYE on the replaced dialog once the new one is confirmed), and the checks every UAS makes first: 481
+for a request outside any dialog we know, 500 for an out-of-order CSeq (§12.2.2), 405 with Allow,
+415, 420.
 
 Calls are numbered handles; the application learns of things through events (`next_event`) and acts
 with methods that take ``now``. Everything to send comes out of `messages_to_send`, and the next
@@ -24,13 +25,12 @@ request outside a dialog (`_on_out_of_dialog`).
 Not here: SDP (`sipmob.sdp`: bodies are opaque bytes to the core), sockets and the reactor
 (`sipmob.service.sipua`), DNS.
 
-Also here: answering Digest challenges (RFC 3261 §22.2-22.3 with RFC 7616/8760 via `sipmob.sip.auth`):
-a request answered 401 or 407 is sent again, once per challenge, with a new CSeq and branch and the
-credentials the application gave; and REGISTER bindings (§10.2) kept fresh by `register`: the
-refresh goes out at half the expiry the registrar granted, a 423 is retried with its Min-Expires,
-and after a failure the next attempt waits as RFC 5626 §4.5 says (30 s doubling up to 30 min,
-then a random 50-100 % of that).
-"""
+Also part of the core (`sipmob.sip.challenge`, `sipmob.sip.register`): answering Digest challenges
+(RFC 3261 §22.2-22.3 with RFC 7616/8760 via `sipmob.sip.auth`): a request answered 401 or 407 is
+sent again, once per challenge, with a new CSeq and branch and the credentials the application gave;
+and REGISTER bindings (§10.2) kept fresh by `register`: the refresh goes out at half the expiry the
+registrar granted, a 423 is retried with its Min-Expires, and after a failure the next attempt waits
+as RFC 5626 §4.5 says (30 s doubling up to 30 min, then a random 50-100 % of that)."""
 
 from __future__ import annotations
 

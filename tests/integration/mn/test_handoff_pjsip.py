@@ -69,7 +69,7 @@ def call_cn(phone: Phone, cn: Pjsua) -> None:
 def handed_off(phone: Phone, tv: Phone, cn: Pjsua) -> None:
     out = phone.sipmob("transfer", "1", "--to", "tv", "--mode", "handoff")
     assert out.returncode == 0, out.stderr + phone.output() + tv.output()
-    assert "handed off to TV" in out.stdout
+    assert "handed off to TV [REFER 202, NOTIFY 100, 200]" in out.stdout  # each step the TV reported
     cn.wait_event(lambda e: e["event"] == "replaced", timeout=5)
     (record,) = phone.calls()
     assert record["state"] == "handed off to TV"
