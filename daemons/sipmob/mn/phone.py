@@ -85,6 +85,7 @@ from sipmob.service.sipua import (
     UserAgent,
 )
 from sipmob.service.slp import SLPClient
+from sipmob.sip.uabase import ALLOW
 from sipmob.sip.uri import URI
 
 log = logging.getLogger("sipmob.mn")
@@ -246,7 +247,8 @@ class Phone:
             credentials = (identity.auth_user or identity.user, password)
         self.ua = UserAgent(reactor, listen=[(config.listen.address, config.listen.port, "udp")],
                             user=identity.user, display_name=identity.display_name or None,
-                            capabilities_sdp=self._capabilities, credentials=credentials)
+                            capabilities_sdp=self._capabilities, credentials=credentials,
+                            allow=(*ALLOW, "UPDATE"))  # RFC 3311 in confirmed dialogs (remote_offer)
         self.registration: Registration | None = None
         self._registration_logged: tuple[str, int | None] | None = None
         self.slp = SLPClient(reactor, da=config.da_address, scopes=config.slp.scopes,

@@ -13,6 +13,8 @@
   (sipua retries a 491 itself), and the devices' answers plus our own part are stitched back
   (`sipmob.sdp.stitch`) into the CN's answer. A device that fails loses its streams (port 0 in the
   answer, the device's dialog ended) rather than failing the call.
+- An UPDATE (RFC 3311, confirmed dialogs) with an offer is answered the same way in its 2xx; one
+  without (a session refresh) gets 200.
 - A re-INVITE without an offer is answered with our current description unchanged (same version);
   the ACK's answer is not read (see the issue's "not done").
 - While one of our own actions on the call is running (a transfer, a retrieval), or our own offer
@@ -90,7 +92,8 @@ class RemoteOffers:
 
     def attach(self, pc: PhoneCall, invite: Request | None = None) -> None:
         """Answer the CN's re-INVITEs of `pc`; `invite` is the CN's INVITE when it called us."""
-        pc.call.on_reinvite(lambda call, request: self.answer(pc, call, request))
+        pc.call.on_reinvite(lambda call, request: self.answer(pc, call, request))  # and UPDATE's offers
+        pc.call.on_request("UPDATE", lambda call, request: self.watch(pc, request))  # one without
         pc.call.on_terminated(lambda call, reason: self._disarm(pc.id))
         if invite is not None:
             self.watch(pc, invite)

@@ -1,4 +1,4 @@
-"""The CN's re-INVITEs answered by RFC 3264 from the call's state, PJSIP (pjsua2) as the CN.
+"""The CN's re-INVITEs and UPDATEs answered by RFC 3264 from the call's state, PJSIP as the CN.
 
 PJSIP holds with ``a=sendonly`` and resumes, recreates its media on a new port, and as caller
 re-INVITEs with the one codec it kept (pjsua's codec lock). Evidence from both sides: PJSIP's own
@@ -116,7 +116,9 @@ def test_hold_resume_and_new_port_from_pjsip(party: dict[str, Any]) -> None:
     finally:
         path = capture.stop() if capture is not None else None
     if path is not None:
-        check_answers(path, expect_hold=True)
+        pairs = check_answers(path, expect_hold=True)
+        # the phone allows UPDATE: pjsua locks its codec with one (RFC 3311), answered in its 200
+        assert any(p["offer"]["method"] == "UPDATE" for p in pairs), pairs
 
 
 def test_codec_lock_from_pjsip_as_caller_is_answered_with_its_subset(party: dict[str, Any]) -> None:
@@ -157,13 +159,16 @@ def _sdp_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def check_answers(path: Path, *, expect_hold: bool) -> list[dict[str, Any]]:
-    """Every INVITE offer from the CN and the phone's answer in its 200: RFC 3264 §6 and §8."""
+    """Every offer from the CN (INVITE, re-INVITE, UPDATE) and the phone's answer in its 200:
+    RFC 3264 §6 and §8."""
     assert tshark.malformed(path, "sdp") == ""
     rows = _sdp_rows(path)
     pairs = []
-    for offer in (r for r in rows if r["method"] == "INVITE" and not r["status"] and r["user"] != "sipmob"):
+    for offer in (r for r in rows if r["method"] in ("INVITE", "UPDATE") and not r["status"]
+                  and r["user"] != "sipmob"):
         answer = next((r for r in rows if r["status"] == "200" and r["call_id"] == offer["call_id"]
-                       and r["cseq"] == offer["cseq"] and r["frame"] > offer["frame"]), None)
+                       and (r["cseq"], r["method"]) == (offer["cseq"], offer["method"])
+                       and r["frame"] > offer["frame"]), None)
         assert answer is not None and answer["user"] == "sipmob", offer
         assert answer["direction"] == REVERSED[offer["direction"]], (offer, answer)
         assert set(answer["formats"]) <= set(offer["formats"]), (offer, answer)

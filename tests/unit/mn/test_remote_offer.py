@@ -48,6 +48,9 @@ class FakeCall:
     def on_reinvite(self, handler: Any) -> None:
         self.reinvite = handler
 
+    def on_request(self, method: str, handler: Any) -> None:
+        self.handlers.append((method, handler))
+
     def on_terminated(self, handler: Any) -> None:
         self.handlers.append(handler)
 
