@@ -154,13 +154,26 @@ def run(where: str, args: argparse.Namespace) -> None:
               f"call on the {where}")
         report(where, found)
         if args.session_expires:
-            sip = tshark("-r", str(path), "-d", f"udp.port=={cn.port},sip", "-Y", "sip.Session-Expires",
-                         "-T", "fields", "-e", "frame.time_epoch", "-e", "sip.CSeq", "-e", "sip.Status-Code",
-                         "-e", "sip.Session-Expires", timeout=120).splitlines()
-            refreshes = [r for r in sip if r.split("\t")[2] == ""]
-            print(f"session timers: {len(refreshes)} requests with Session-Expires from PJSIP in "
-                  f"{args.duration:.0f} s; PJSIP's call {up}, ours {[c['state'] for c in ours]} "
-                  f"[{verdict(up == ['CONFIRMED'] and len(ours) == 1)} still up]")
+            requests, ok = refreshes(path, cn.port)
+            kinds = ", ".join(f"{sum(1 for r in requests if r.endswith(m))} {m}"
+                              for m in ("INVITE", "UPDATE"))
+            good = up == ["CONFIRMED"] and len(ours) == 1 and ok == len(requests)
+            print(f"session timers: {len(requests)} requests of PJSIP's with Session-Expires in "
+                  f"{args.duration:.0f} s ({kinds}; {len(found)} of them the moves above), {ok} answered "
+                  f"200; PJSIP's call {up}, ours {[c['state'] for c in ours]} "
+                  f"[{verdict(good)} still up, every refresh answered]")
+
+
+def refreshes(path: Path, cn_sip: int) -> tuple[list[str], int]:
+    """The CSeqs of PJSIP's requests stating Session-Expires, and how many we answered 200."""
+    decode = ("-d", f"udp.port=={cn_sip},sip")
+    asked = tshark("-r", str(path), *decode, "-Y", f"sip.Session-Expires && udp.srcport == {cn_sip} "
+                   "&& sip.Request-Line", "-T", "fields", "-e", "sip.CSeq", timeout=120).splitlines()
+    requests = sorted({line.strip() for line in asked if line.strip()})
+    answers = tshark("-r", str(path), *decode, "-Y", f"sip.Status-Code >= 200 && udp.dstport == {cn_sip}",
+                     "-T", "fields", "-e", "sip.CSeq", "-e", "sip.Status-Code", timeout=120).splitlines()
+    status = dict(line.split("\t", 1) for line in answers if "\t" in line)
+    return requests, sum(1 for r in requests if status.get(r) == "200")
 
 
 def main() -> None:
