@@ -195,8 +195,9 @@ class RemoteOffers:
         return ports
 
     def _phone_answer(self, pc: PhoneCall, offer: SessionDescription) -> SessionDescription:
-        ours = pc.oa.local
-        assert ours is not None
+        """Our own answer (this phone's ports), whatever the devices carry: the CN's answer when
+        the media is here, our part of it when some is on devices, and what a later retrieval offers."""
+        ours = pc.local_sdp
         in_use: dict[int, Codec] = {}
         if pc.oa.negotiated is not None:
             for stream in pc.oa.negotiated.streams:
@@ -288,7 +289,7 @@ class RemoteOffers:
                     stitched = stitched.with_port(i, 0)
                 stitched = answer_again(offer, stitched, self.phone._local_caps())
             stamped, negotiated = pc.oa.create_answer(stitched)
-            pc.cn_sdp, pc.local_sdp = offer, stamped
+            pc.cn_sdp, pc.local_sdp = offer, phone_part  # ours stays ours: a retrieval offers it
             pc.layout = tuple(layout)
             pc.device_sdps = {d: s for d, s in answers.items() if d not in failed}
             self.apply(pc, negotiated.streams)

@@ -222,6 +222,9 @@ def test_on_a_device_the_cns_hold_and_new_port_are_carried_to_it(party: dict[str
         seen = cn.stream(ident)["rx_packets"]
         assert until(lambda: cn.stream(ident)["rx_packets"] > seen + 20, timeout=5), phone.output()
         assert phone.calls()[0]["sending"]
+        # and the CN sends to the phone again, not to the device it left
+        heard = phone.received()
+        assert until(lambda: phone.received() > heard + 20, timeout=5), phone.output()
     finally:
         desk.stop()
 
