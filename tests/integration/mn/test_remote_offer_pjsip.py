@@ -256,8 +256,8 @@ def test_a_device_that_refuses_the_cns_new_offer_loses_its_stream_not_the_call(p
         finally:
             path = capture.stop() if capture is not None else None
         if path is not None:
-            (pair,) = [p for p in _pairs(path) if p["offer"]["direction"] == "sendonly"]
-            assert pair["answer"]["media"].startswith("audio 0 "), pair
+            held = [p for p in _pairs(path) if p["offer"]["direction"] == "sendonly"]
+            assert held and all(p["answer"]["media"].startswith("audio 0 ") for p in held), held
         result = device.wait(timeout=10)
         assert result.returncode == 0, result.stdout
     finally:
@@ -284,3 +284,41 @@ def test_a_session_refresh_that_never_comes_ends_the_call_before_it_expires(part
     assert 15 < took < 30, took
     assert "no session refresh" in phone.output()
     assert until(lambda: phone.calls() == [])
+
+
+@pytest.mark.skipif(SIPP is None, reason="sipp is not installed (apt sip-tester)")
+def test_glare_on_the_device_leg_is_retried_and_the_cn_gets_the_devices_answer(party: dict[str, Any]) -> None:
+    """The device (sipp) answers the phone's re-INVITE carrying the CN's hold 491; the phone tries
+    again after the §14.1 back-off and answers the CN with the device's recvonly."""
+    phone, cn, tmp = party["phone"], party["cn"], party["dir"]
+    device = SippProcess(SCENARIOS / "uas_491_then_accept.xml", workdir=tmp / "sipp", timeout=40,
+                         extra_args=["-aa", "-mp", str(free_udp_port())])
+    try:
+        device.wait_listening()
+        with party["da"].client() as slp:
+            slp.register(f"sip:dev@127.0.0.1:{device.local_port}",
+                         "(name=Glare phone),(media=audio-sendrecv),(audio-codecs=PCMU)")
+        ident = call_cn(phone, cn)
+        done = phone.sipmob("transfer", "1", "--to", "glare-phone", "--mode", "mnc")
+        assert done.returncode == 0, done.stderr + phone.output()
+        capture = sip_capture(party, "glare")
+        try:
+            before = len(cn.events)
+            cn.hold(ident)
+            media_up(cn, before)
+            assert until(lambda: "carried to Glare phone" in phone.output(), timeout=10), phone.output()
+            assert audio(phone).get("hold") == "held by the remote party"
+            (call,) = phone.calls()
+            assert call["state"] == "confirmed" and call["devices"]
+        finally:
+            path = capture.stop() if capture is not None else None
+        if path is not None:
+            held = [p for p in _pairs(path) if p["offer"]["direction"] == "sendonly"]
+            assert held and all(p["answer"]["direction"] == "recvonly"
+                                and not p["answer"]["media"].startswith("audio 0") for p in held), held
+        done = phone.sipmob("retrieve", "1")  # the device gets its BYE
+        assert done.returncode == 0, done.stderr
+        result = device.wait(timeout=15)
+        assert result.returncode == 0, result.stdout
+    finally:
+        device.stop()
