@@ -104,3 +104,11 @@ def test_unknown_media_is_rejected_by_the_parser(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         run(tmp_path, "transfer", "1", "--to", "tv", "--media", "text")
     assert exc.value.code == 2
+
+
+def test_calls_show_each_streams_codec_and_who_holds_it() -> None:
+    line = cli.format_calls([{"id": "1", "peer": "sip:cn@192.0.2.1", "state": "confirmed", "streams": [
+        {"media": "audio", "where": "this phone", "codec": "PCMA/8000", "hold": "held by the remote party"},
+        {"media": "video", "where": "TV"}]}])
+    assert line == ("1  sip:cn@192.0.2.1  confirmed  "
+                    "audio: this phone (PCMA/8000, held by the remote party); video: TV")
