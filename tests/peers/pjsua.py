@@ -40,7 +40,7 @@ class Pjsua:
 
     def __init__(self, port: int, user: str = "pjsua", auto_answer: bool = True,
                  workdir: str | os.PathLike[str] | None = None, log_level: int = 5,
-                 startup_timeout: float = 15.0) -> None:
+                 startup_timeout: float = 15.0, session_expires: int | None = None) -> None:
         self.port = port
         self.user = user
         self.uri = f"sip:{user}@127.0.0.1:{port}"
@@ -52,7 +52,8 @@ class Pjsua:
         self._cond = threading.Condition()
         self._next_id = 0
         options = {"port": port, "user": user, "auto_answer": auto_answer,
-                   "log": str(self.log_path), "log_level": log_level}
+                   "log": str(self.log_path), "log_level": log_level,
+                   "session_expires": session_expires}
         self._stderr = (self.workdir / f"pjsua-{user}.stderr").open("wb")
         self.proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(options)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
@@ -149,6 +150,22 @@ class Pjsua:
 
     def reinvite(self, call: int) -> None:
         self.command("reinvite", call=call)
+
+    def hold(self, call: int) -> None:
+        """Put `call` on hold: re-INVITE offering ``a=sendonly`` (pjsua's default hold)."""
+        self.command("hold", call=call)
+
+    def unhold(self, call: int) -> None:
+        """Take `call` off hold: re-INVITE offering ``a=sendrecv``."""
+        self.command("unhold", call=call)
+
+    def reinvite_new_media(self, call: int) -> None:
+        """re-INVITE with the media transport recreated (a new RTP port, as after a network change)."""
+        self.command("reinvite_new_media", call=call)
+
+    def stream(self, call: int) -> Event:
+        """The audio stream of `call`: local RTP port, where it sends, RTP packets received."""
+        return dict(self.command("stream", call=call))
 
     def calls(self) -> list[Event]:
         """Every call pjsua knows: id, state, remote URI and contact, SIP Call-ID, last status."""
@@ -309,6 +326,11 @@ def _child(options: dict[str, Any]) -> None:
     account_config.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
     account_config.mediaConfig.transportConfig.publicAddress = "127.0.0.1"
     account_config.mediaConfig.transportConfig.port = 0  # let the OS choose: many instances at once
+    if options.get("session_expires"):
+        # RFC 4028 with the given interval: Session-Expires sent, refreshes by pjsua itself.
+        account_config.callConfig.timerUse = pj.PJSUA_SIP_TIMER_ALWAYS
+        account_config.callConfig.timerSessExpiresSec = int(options["session_expires"])
+        account_config.callConfig.timerMinSESec = min(90, int(options["session_expires"]))
     account = Account()
     account.create(account_config)
 
@@ -367,6 +389,25 @@ def _child(options: dict[str, Any]) -> None:
             prm.opt.flag = pj.PJSUA_CALL_UPDATE_CONTACT
             live[args["call"]].reinvite(prm)
             return None
+        if cmd == "hold":
+            live[args["call"]].setHold(pj.CallOpParam(True))
+            return None
+        if cmd in ("unhold", "reinvite_new_media"):
+            prm = pj.CallOpParam(True)
+            prm.opt.flag = pj.PJSUA_CALL_UNHOLD | (pj.PJSUA_CALL_REINIT_MEDIA
+                                                    if cmd == "reinvite_new_media" else 0)
+            live[args["call"]].reinvite(prm)
+            return None
+        if cmd == "stream":
+            call = live[args["call"]]
+            info = call.getInfo()
+            index = next(i for i, m in enumerate(info.media) if m.type == pj.PJMEDIA_TYPE_AUDIO)
+            transport = call.getMedTransportInfo(index)
+            stat = call.getStreamStat(index)
+            stream = call.getStreamInfo(index)
+            return {"local_rtp": transport.localRtpName, "remote_rtp": stream.remoteRtpAddress,
+                    "codec": stream.codecName, "pt": int(stream.txPt), "dir": int(stream.dir),
+                    "rx_packets": int(stat.rtcp.rxStat.pkt), "tx_packets": int(stat.rtcp.txStat.pkt)}
         if cmd == "calls":
             return [describe(ident, call) for ident, call in sorted(live.items())]
         raise ValueError(f"unknown command {cmd!r}")

@@ -243,13 +243,19 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     return "retrieve", {"call": args.call, "media": args.media}
 
 
+def _detail(stream: dict[str, Any]) -> str:
+    """" (PCMA/8000, held by the remote party)": the codec in use and who holds the stream."""
+    parts = [str(stream[k]) for k in ("codec", "hold") if stream.get(k)]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def format_calls(calls: Sequence[dict[str, Any]]) -> str:
     """One line per call: its id, the other party, its state and where each stream is."""
     if not calls:
         return "no calls"
     lines = []
     for c in calls:
-        where = "; ".join(f"{s.get('media')}: {s.get('where')}" for s in c.get("streams", []))
+        where = "; ".join(f"{s.get('media')}: {s.get('where')}{_detail(s)}" for s in c.get("streams", []))
         peer = f"{c['display']} <{c.get('peer')}>" if c.get("display") else c.get("peer")
         lines.append(f"{c.get('id')}  {peer}  {c.get('state')}  {where or '-'}")
     return "\n".join(lines)

@@ -12,8 +12,8 @@ Each dialog's descriptions go through an `OfferAnswerState`, so every offer we s
 The phone sends audio only. A CN's video stream is taken ``recvonly`` on a socket that only counts
 packets (a phone without a screen worth the name), so that the stream exists in the session and can
 be transferred or split to the home's displays and cameras; calls the phone places offer audio only.
-A re-INVITE from the CN while media is on devices is answered with our current description
-(sipua's default); the devices are not re-INVITEd.
+The CN's re-INVITEs are answered from the call's state, and carried to the devices when its media
+is on them (`sipmob.mn.remote_offer`).
 
 With ``[identity] registrar`` set, the phone registers ``sip:USER@REGISTRAR-HOST`` at start (the
 UA core refreshes it and retries after failures), logs one line per change of the binding, and
@@ -78,6 +78,7 @@ from sipmob.mn.mobility import (
     plan_transfer,
 )
 from sipmob.mn.policy import PhonePolicy
+from sipmob.mn.remote_offer import RemoteOffers, stream_status
 from sipmob.mn.store import CallStore, StoredCall
 from sipmob.sdp import (
     Codec,
@@ -110,6 +111,7 @@ from sipmob.service.sipua import (
 from sipmob.service.slp import SLPClient
 from sipmob.sip.dialog import Dialog
 from sipmob.sip.locate import RType
+from sipmob.sip.uabase import ALLOW
 from sipmob.sip.uri import URI
 
 log = logging.getLogger("sipmob.mn")
@@ -168,7 +170,7 @@ class PhoneCall:
                          f"in from {self.names.get(location.input_device, location.input_device)}")
             else:
                 where = "this phone" if location == MOBILE_NODE else self.names.get(location, location)
-            streams.append({"media": kind, "where": where})
+            streams.append({"media": kind, "where": where, **stream_status(self, i)})
         stats = self.rtp.stats()
         return {"id": self.id, "peer": self.peer, "state": self.call.state, "streams": streams,
                 "devices": sorted(self.device_calls), "sending": bool(self.rtp.sending),
@@ -292,7 +294,8 @@ class Phone:
             reactor, resolver=resolver, outbound_proxy=identity.outbound_proxy or None,
             listen=[(config.listen.address, config.listen.port, "udp")],
             user=identity.user, display_name=identity.display_name or None,
-            capabilities_sdp=self._capabilities, credentials=credentials, policy=self.policy)
+            capabilities_sdp=self._capabilities, credentials=credentials, policy=self.policy,
+            allow=(*ALLOW, "UPDATE"))  # RFC 3311 in confirmed dialogs (remote_offer)
         self._media_watch: task.LoopingCall | None = None
         self.registration: Registration | None = None
         self._registration_logged: tuple[str, int | None] | None = None
@@ -311,6 +314,7 @@ class Phone:
         self.controls = CallControls(self, reactor, ring_timeout=config.calls.ring_timeout)
         self.handoff = PhoneHandoff(self)
         self.device = DeviceRole(self) if config.device.enabled else None
+        self.remote_offers = RemoteOffers(self)
 
     # App ------------------------------------------------------------------------------------------
 
@@ -356,9 +360,10 @@ class Phone:
             self._media_watch.stop()
         byes: list[defer.Deferred[Any]] = []
         for pc in list(self.calls.values()):
-            byes += [call.bye() for call in pc.device_calls.values()]
+            byes += [call.bye() for call in list(pc.device_calls.values())]
             byes.append(pc.call.bye())
-            self._ended(pc)
+            if self.calls.get(pc.id) is pc:  # the BYE may have ended it already: close sockets once
+                self._ended(pc)
         if byes:
             # A peer that is gone would keep us for a whole BYE transaction (64*T1): the BYEs are
             # sent, their answers are a courtesy.
@@ -636,6 +641,7 @@ class Phone:
         if self.egress is not None:
             self.egress.call_added(pc)
         pc.call.on_terminated(lambda c, reason: self._remote_ended(pc, reason))
+        self.remote_offers.attach(pc)
         # not from inside the port's own error handling, which a hang-up would close under it
         pc.rtp.on_unreachable = lambda destination: self.reactor.callLater(0, self._check_unreachable, pc)
         if play:
@@ -778,8 +784,11 @@ class Phone:
 
         d = incoming.accept(stamped.to_bytes())
         d.addBoth(answered)
-        d.addCallbacks(lambda call: self._add_call(call, str(call.dialog.remote_uri.uri), oa, rtp, video_rtp,
-                                                   cid, source=source), failed)
+        d.addCallbacks(lambda call: self.remote_offers.watch(
+                           self._add_call(call, str(call.dialog.remote_uri.uri), oa, rtp, video_rtp,
+                                          cid, source=source),
+                           incoming.request),
+                       failed)
         return d
 
     @staticmethod

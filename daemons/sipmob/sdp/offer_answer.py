@@ -9,6 +9,10 @@
   has when they share nothing, for the refusal a person reads.
 - `hold` / `resume` / `puts_on_hold`: §8.4 hold, both the ``a=sendonly``/``inactive`` way and the
   RFC 2543 ``c=0.0.0.0`` way (recognised, never produced).
+- `answer_again`: the answer to an offer inside an established session (§8), from the session's
+  real state: our ports kept, our own hold kept, the codec in use kept first, streams added or
+  removed by the offerer answered, an unchanged offer answered with an unchanged description.
+- `hold_state`: who holds a stream (the peer, us, both), as a person reads it.
 - `OfferAnswerState`: our side of one dialog: which offer is outstanding, the last descriptions agreed,
   and the ``o=`` version rule of §8 (+1 on every change, unchanged when the description is unchanged;
   m-lines may be added but never removed).
@@ -352,6 +356,76 @@ def puts_on_hold(sdp: SessionDescription, index: int) -> bool:
     """Whether a peer's description of m-line ``index`` asks us not to send (it will not receive)."""
     conn = sdp.connection_for(index)
     return not sdp.direction(index).receives or (conn is not None and conn.is_null)
+
+
+# --- offers inside an established session (§8) --------------------------------------------------
+
+def answer_again(offer: SessionDescription, ours: SessionDescription, local: LocalCapabilities, *,
+                 new_ports: Mapping[int, int] | None = None,
+                 limits: Mapping[int, Direction] | None = None,
+                 in_use: Mapping[int, Codec] | None = None) -> SessionDescription:
+    """Our answer to ``offer``, a new offer in a session where ``ours`` is our current description.
+
+    Streams we already carry keep our address and port (§8.3.1: the offerer moving its own media
+    changes nothing on our side); a stream the offer adds is taken on ``new_ports[index]`` when
+    given, else rejected with port 0 (§8.2 allows that); a stream the offer disables (port 0) is
+    answered with port 0 (§8.2). ``limits`` is our own wish per stream (sendonly while we hold it):
+    the answered direction is the reverse of the offer's within it and within what the device can
+    do (§8.4). ``in_use`` is the codec each stream carries now: kept first when still offered, so
+    a re-offer of the same codecs does not switch codecs mid-call. The answer is the same value for
+    the same offer and state, so a session refresh is answered with an unchanged description (the
+    caller's `OfferAnswerState` then keeps the ``o=`` version).
+    """
+    new_ports = new_ports or {}
+    limits = limits or {}
+    in_use = in_use or {}
+    ports: dict[int, int] = {}
+    taken: list[MediaDescription] = []
+    for index, offered in enumerate(offer.media):
+        current = ours.media[index].port if index < len(ours.media) else 0
+        port = current or new_ports.get(index, 0)
+        if port:
+            ports[index] = port
+            taken.append(offered)
+        else:
+            taken.append(dataclasses.replace(offered, port=0))
+    address = ours.connection.host if ours.connection is not None else ours.origin.address
+    base = answer(dataclasses.replace(offer, media=tuple(taken)), local, origin=ours.origin,
+                  connection_address=address, ports=ports, session_name=ours.session_name)
+    media = list(base.media)
+    for index, m in enumerate(media):
+        if m.port == 0:
+            continue
+        codec = in_use.get(index)
+        if codec is not None:
+            first = next((pt for pt, c in codecs_of(m) if c.matches(codec)), None)
+            if first is not None and m.formats[0] != str(first):
+                m = dataclasses.replace(m, formats=(str(first), *(f for f in m.formats if f != str(first))))
+        limit = limits.get(index)
+        if limit is not None:
+            direction = m.direction.intersect(limit)
+            m = m.with_direction(None if direction is Direction.SENDRECV else direction)
+        media[index] = m
+    return dataclasses.replace(base, media=tuple(media))
+
+
+HoldState = Literal["", "held by the remote party", "on hold", "on hold both ways"]
+
+
+def hold_state(ours: SessionDescription, theirs: SessionDescription, index: int) -> HoldState:
+    """Who holds m-line ``index``, from our description and the peer's last one.
+
+    The peer holds when its description says it will not receive (``sendonly``, ``inactive``, or
+    the RFC 2543 ``c=0.0.0.0``), we hold when ours says so. SDP does not say who asked first, so an
+    ``inactive`` answered ``inactive`` reads as held both ways.
+    """
+    if index >= len(ours.media) or index >= len(theirs.media) or ours.media[index].port == 0:
+        return ""
+    by_peer = puts_on_hold(theirs, index)
+    by_us = not ours.direction(index).receives
+    if by_peer and by_us:
+        return "on hold both ways"
+    return "held by the remote party" if by_peer else "on hold" if by_us else ""
 
 
 # --- one dialog's offer/answer state ----------------------------------------------------------------

@@ -209,6 +209,13 @@ class RtpEndpoint:
     def destination(self) -> Address | None:
         return self._destination
 
+    @property
+    def sending_as(self) -> tuple[Codec, int] | None:
+        """The codec and payload type number we send with (None before the first start)."""
+        if self._codec is None or self._sender is None:
+            return None
+        return (self._codec, self._sender.payload_type)
+
     def start_sending(self, source: AudioSource, codec: Codec, payload_type: int, destination: Address,
                       ptime: float = 0.02) -> None:
         """Send ``source`` encoded with ``codec`` as ``payload_type`` to ``destination`` every ``ptime``."""

@@ -303,7 +303,8 @@ class Call:
     def on_reinvite(self, handler: Callable[[Call, Request], bytes | defer.Deferred[bytes]]) -> None:
         """Who answers the peer's re-INVITEs: `handler` returns the answer SDP (or our offer when the
         re-INVITE had none), or a Deferred of it; raising or errbacking `SIPError` rejects it.
-        Without a handler, re-INVITEs are answered with the current local SDP."""
+        Without a handler, re-INVITEs are answered with the current local SDP. When the UA allows
+        UPDATE, an UPDATE with an offer goes to the same handler (one without goes to `on_request`)."""
         self._reinvite_handler = handler
 
     def bye(self) -> defer.Deferred[None]:
@@ -909,9 +910,12 @@ class UserAgent:
         if method == "REFER":
             self._answer_refer(call, event)
             return
+        if method == "UPDATE" and call is not None and call._reinvite_handler is not None and request.body:
+            self._answer_update(call, event)
+            return
         call_handler = call._request_handlers.get(method) if call is not None else None
         if call is None or call_handler is None:
-            self._respond(rid, 200 if method in ("INFO", "NOTIFY") else 405)
+            self._respond(rid, 200 if method in ("INFO", "NOTIFY", "UPDATE") else 405)
             return
         done = [False]
 
@@ -920,6 +924,26 @@ class UserAgent:
             self._respond(rid, status, reason)
 
         self._run_handler(lambda: call_handler(call, request), respond_once, lambda: done[0])
+
+    def _answer_update(self, call: Call, event: core.RequestReceived) -> None:
+        """RFC 3311 §5.2: an UPDATE's offer is answered in its 2xx like a re-INVITE's, by the same
+        handler (one without an offer, such as an RFC 4028 refresh, is an ordinary request)."""
+        rid = event.rid
+
+        def answer(sdp: bytes) -> None:
+            self._core.respond(rid, 200, self._now(), body=sdp, content_type="application/sdp")
+            self._flush()
+
+        def reject(failure: Any) -> None:
+            exc = failure.value
+            if not isinstance(exc, SIPError):
+                log.error("the UPDATE handler failed: %s", exc)
+            self._respond(rid, exc.status if isinstance(exc, SIPError) else 500)
+
+        handler = call._reinvite_handler
+        assert handler is not None
+        d = defer.maybeDeferred(handler, call, event.request)
+        d.addCallbacks(answer, reject).addErrback(lambda f: log.error("UPDATE answer: %s", f.value))
 
     def _answer_in_subscription(self, subscription: Subscription, event: core.RequestReceived) -> None:
         request, rid = event.request, event.rid

@@ -303,8 +303,9 @@ class UACore(InviteSessions, Referrals, Registrations):
         elif method == "OPTIONS" and "OPTIONS" not in self.app_methods:
             self._answer_options(request, now)
         else:
-            if method in ("SUBSCRIBE", "NOTIFY"):
-                dialog.refresh_target(request)  # RFC 6665 §4.1.2.4, §4.2.1.3: target refreshes
+            if method in ("SUBSCRIBE", "NOTIFY", "UPDATE"):
+                # RFC 6665 §4.1.2.4, §4.2.1.3, RFC 3311 §5.2: target refresh requests
+                dialog.refresh_target(request)
             rid = self._new_handle()
             self._server[rid] = _ServerRequest(request, event.transaction_key, c.handle, None)
             self._events.append(RequestReceived(c.handle, rid, request))

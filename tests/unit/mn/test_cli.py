@@ -148,3 +148,11 @@ def test_transfer_without_untrusted_leaves_the_names_to_the_phone(tmp_path: Path
     monkeypatch.setattr(cli, "_discover", lambda *a, **k: pytest.fail("no discovery expected"))
     assert run(tmp_path, "transfer", "1", "--to", "kitchen-speaker") == 0
     assert sent[0][2]["to"] == ["kitchen-speaker"]  # the phone resolves it to trusted devices only
+
+
+def test_calls_show_each_streams_codec_and_who_holds_it() -> None:
+    line = cli.format_calls([{"id": "1", "peer": "sip:cn@192.0.2.1", "state": "confirmed", "streams": [
+        {"media": "audio", "where": "this phone", "codec": "PCMA/8000", "hold": "held by the remote party"},
+        {"media": "video", "where": "TV"}]}])
+    assert line == ("1  sip:cn@192.0.2.1  confirmed  "
+                    "audio: this phone (PCMA/8000, held by the remote party); video: TV")
