@@ -11,7 +11,12 @@ XID (and a counter), and sends the next request as soon as a reply arrives, in t
   from the DA's reply cache;
 - uncached: "(&(room=roomN)(!(n=COUNTER)))", a predicate that differs in every request (the
   counter), so every request is parsed, evaluated against the index and encoded anew: what a
-  household's real queries cost.
+  household's real queries cost. The counter is the request's sequence number, eight digits,
+  so no two requests of a point carry the same predicate text; every room has ten matches;
+- multi: "(&(room=roomN)(media=audio-sendrecv)(!(n=COUNTER)))", the same with several terms
+  (two equality terms that both hold for the room's ten devices), distinct in every request too.
+
+Cached and uncached figures are printed apart: only the uncached ones say what a new query costs.
 
 A point is bounded by count and by time. Printed: replies/s, p50 and p99 latency, lost requests;
 then the daemon's VmRSS and the CPU time it used during 5 s idle. With --slpd PATH (an OpenSLP slpd
@@ -48,9 +53,17 @@ LOSS_TIMEOUT = 0.5
 COUNTER = b"00000000"
 
 
-def load(port: int, in_flight: int, rooms: int, seconds: float, uncached: bool = False) -> dict[str, float]:
+PREDICATES = {
+    "cached": "(room=room{r})",
+    "uncached": "(&(room=room{r})(!(n=" + COUNTER.decode() + ")))",
+    "multi": "(&(room=room{r})(media=audio-sendrecv)(!(n=" + COUNTER.decode() + ")))",
+}
+
+
+def load(port: int, in_flight: int, rooms: int, seconds: float, mode: str = "cached") -> dict[str, float]:
     """Keep `in_flight` requests outstanding for `seconds`; runs in its own process."""
-    text = "(&(room=room{r})(!(n=" + COUNTER.decode() + ")))" if uncached else "(room=room{r})"
+    text = PREDICATES[mode]
+    uncached = mode != "cached"
     templates = [wire.encode(SrvRqst(Header(FunctionId.SrvRqst, 0), "", "service:sip-device", "DEFAULT",
                                      text.format(r=r))) for r in range(rooms)]
     offsets = [t.find(COUNTER) if uncached else -1 for t in templates]
@@ -120,9 +133,9 @@ def load(port: int, in_flight: int, rooms: int, seconds: float, uncached: bool =
             "lost": lost, "errors": errors}
 
 
-def run_point(port: int, in_flight: int, rooms: int, seconds: float, uncached: bool) -> dict[str, float]:
+def run_point(port: int, in_flight: int, rooms: int, seconds: float, mode: str) -> dict[str, float]:
     out = subprocess.run([sys.executable, __file__, "--load", str(port), str(in_flight), str(rooms),
-                          str(seconds), str(int(uncached))], capture_output=True, text=True,
+                          str(seconds), mode], capture_output=True, text=True,
                          timeout=seconds + 60, check=True)
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
@@ -191,8 +204,8 @@ def main() -> None:
     parser.add_argument("--load", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:
-        port, in_flight, rooms, seconds, uncached = args.load
-        print(json.dumps(load(int(port), int(in_flight), int(rooms), float(seconds), uncached == "1")))
+        port, in_flight, rooms, seconds, mode = args.load
+        print(json.dumps(load(int(port), int(in_flight), int(rooms), float(seconds), mode)))
         return
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -216,11 +229,11 @@ def main() -> None:
                         check = client.udp(client.srv_rqst(predicate="(room=room3)"))
                         assert isinstance(check, SrvRply) and len(check.urls) == 10, check
                 registered = services
-                for uncached in (False, True):
+                for mode in PREDICATES:
                     for in_flight in (1, 16):
                         for name, port in das:
-                            r = run_point(port, in_flight, services // 10, args.seconds, uncached)
-                            print(f"{name:>12} {services:>8} {'uncached' if uncached else 'cached':>8} "
+                            r = run_point(port, in_flight, services // 10, args.seconds, mode)
+                            print(f"{name:>12} {services:>8} {mode:>8} "
                                   f"{in_flight:>9} {r['rate']:>10.0f} {r['p50_us']:>8.0f} "
                                   f"{r['p99_us']:>8.0f} {r['lost']:>5} {r['errors']:>6}", flush=True)
             print(f"daemon VmRSS: {rss_mb(daemon.pid):.1f} MB")
