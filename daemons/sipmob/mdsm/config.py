@@ -12,10 +12,7 @@ Not here: what the keys do (`sipmob.mdsm.app`), loading the file (`sipmob.servic
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
-import os
 import re
-import socket
 from pathlib import Path
 
 from sipmob.mn.devices import slug
@@ -31,6 +28,8 @@ from sipmob.service.config import (
     positive,
     setting,
     split_host_port,
+    state_path,
+    this_host_address,
 )
 from sipmob.sip.uri import URI, SIPParseError
 from sipmob.slp.messages import SLP_PORT
@@ -197,10 +196,7 @@ class MdsmConfig:
 
     @property
     def state_file(self) -> Path:
-        if self.state.file:
-            return Path(self.state.file)
-        directory = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-        return Path(directory) / "mdsm.sqlite" if directory else Path(DEFAULT_STATE_FILE)
+        return state_path(self.state.file, "mdsm.sqlite", DEFAULT_STATE_FILE)
 
     @property
     def host(self) -> str:
@@ -209,14 +205,7 @@ class MdsmConfig:
             return self.listen.advertise_address
         if self.listen.address != "0.0.0.0":
             return self.listen.address
-        try:  # name resolution only, nothing is sent
-            for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
-                address = str(info[4][0])
-                if not ipaddress.ip_address(address).is_loopback:
-                    return address
-        except OSError:
-            pass
-        return "127.0.0.1"
+        return this_host_address()
 
     def uri(self, system: str) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host

@@ -7,11 +7,20 @@ Not here: the device files of ``devices.d/`` (`sipmob.saproxy.devices`), what th
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 from sipmob.saproxy.devices import Device
-from sipmob.service.config import Log, each, host_port, ip_address, non_negative, port, positive, setting
+from sipmob.service.config import (
+    Log,
+    each,
+    host_port,
+    ip_address,
+    non_negative,
+    port,
+    positive,
+    setting,
+    state_path,
+)
 
 DEFAULT_DEVICES_DIR = "/etc/sipmob/devices.d"
 DEFAULT_STATE_FILE = "/var/lib/sipmob/saproxy.json"
@@ -121,10 +130,7 @@ class SaproxyConfig:
 
     @property
     def state_file(self) -> Path:
-        if self.state.file:
-            return Path(self.state.file)
-        directory = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-        return Path(directory) / "saproxy.json" if directory else Path(DEFAULT_STATE_FILE)
+        return state_path(self.state.file, "saproxy.json", DEFAULT_STATE_FILE)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
+import socket
 import tomllib
 import types
 import typing
@@ -324,3 +326,25 @@ def describe(cls: type[Any], prefix: str = "") -> list[tuple[str, str, Any, str]
             # an array of tables ([[system]]): the keys of each table
             rows.extend(describe(typing.get_args(tp)[0], prefix + f.name + "[]."))
     return rows
+
+
+def state_path(configured: str, name: str, default: str) -> Path:
+    """Where a daemon keeps its state: the configured file, else `name` in systemd's
+    $STATE_DIRECTORY, else `default`."""
+    if configured:
+        return Path(configured)
+    directory = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(directory) / name if directory else Path(default)
+
+
+def this_host_address() -> str:
+    """This host's first IPv4 address that is not loopback, by name resolution (nothing is
+    sent); 127.0.0.1 when it has none. What a daemon listening on 0.0.0.0 puts in its URLs."""
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+            address = str(info[4][0])
+            if not ipaddress.ip_address(address).is_loopback:
+                return address
+    except OSError:
+        pass
+    return "127.0.0.1"

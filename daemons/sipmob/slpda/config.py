@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import os
-import socket
 from pathlib import Path
 
 from sipmob.service.config import (
@@ -22,6 +20,8 @@ from sipmob.service.config import (
     port,
     positive,
     setting,
+    state_path,
+    this_host_address,
 )
 from sipmob.slp.da import DAConfig
 from sipmob.slp.messages import SLP_PORT
@@ -160,10 +160,7 @@ class SlpdaConfig:
 
     @property
     def state_file(self) -> Path:
-        if self.state.file:
-            return Path(self.state.file)
-        directory = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-        return Path(directory) / "slpda.json" if directory else Path(DEFAULT_STATE_FILE)
+        return state_path(self.state.file, "slpda.json", DEFAULT_STATE_FILE)
 
     def advertised_address(self) -> str:
         if self.da.advertise_address:
@@ -172,14 +169,7 @@ class SlpdaConfig:
             return self.listen.address
         if self.multicast.interface != "0.0.0.0":
             return self.multicast.interface
-        try:  # name resolution only, nothing is sent
-            for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
-                address = str(info[4][0])
-                if not ipaddress.ip_address(address).is_loopback:
-                    return address
-        except OSError:
-            pass
-        return "127.0.0.1"
+        return this_host_address()
 
     def da_config(self) -> DAConfig:
         address = self.advertised_address()
