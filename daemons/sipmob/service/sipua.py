@@ -414,9 +414,10 @@ class IncomingCall:
         self.ua.flush()
         return d
 
-    def reject(self, status: int = 486, reason: str | None = None) -> None:
-        """Refuse the call with a final status."""
-        self.ua.machine.answer_invite(self.handle, status, self.ua.now(), reason=reason)
+    def reject(self, status: int = 486, reason: str | None = None,
+               headers: Sequence[tuple[str, str]] = ()) -> None:
+        """Refuse the call with a final status (and `headers`, such as Retry-After)."""
+        self.ua.machine.answer_invite(self.handle, status, self.ua.now(), reason=reason, headers=headers)
         self.ua.flush()
 
 

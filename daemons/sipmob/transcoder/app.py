@@ -210,13 +210,7 @@ class TranscoderApp:
                 headers: tuple[tuple[str, str], ...] = ()) -> None:
         self.refused[status] = self.refused.get(status, 0) + 1
         log.info("INVITE %s refused: %d %s", incoming.request.call_id, status, reason)
-        if headers:
-            # IncomingCall.reject takes no headers; the core's answer_invite does (Retry-After).
-            ua: Any = incoming.ua
-            ua._core.answer_invite(incoming.handle, status, ua._now(), headers=headers)
-            ua._flush()
-        else:
-            incoming.reject(status)
+        incoming.reject(status, headers=headers)
 
     def _incoming(self, incoming: IncomingCall) -> None:
         request = incoming.request
