@@ -267,11 +267,22 @@ class Plan:
         offers = {s.device: s.offer for s in self.steps if isinstance(s, InviteDevice)}
         fresh = _assignment_split(cn_answer, self.layout)
         return tuple(ReinviteDevice(d, fresh[d]) for d in self.invited
-                     if d in fresh and _media_of(fresh[d]) != _media_of(offers[d]))
+                     if d in fresh and not _offer_still_holds(offers[d], fresh[d]))
 
 
-def _media_of(sdp: SessionDescription) -> tuple[tuple[int, str, tuple[str, ...]], ...]:
-    return tuple((m.port, str(sdp.connection_for(i)), m.formats) for i, m in enumerate(sdp.media))
+def _offer_still_holds(offered: SessionDescription, answered: SessionDescription) -> bool:
+    """Whether what a device was offered still says where the CN's media is and what it may carry:
+    the same streams at the same addresses, and no format the device was not offered. The CN
+    answering with fewer formats (the ones the device chose, not the telephone-event it left out)
+    changes nothing the device must hear of."""
+    if len(offered.media) != len(answered.media):
+        return False
+    for i, (was, now) in enumerate(zip(offered.media, answered.media, strict=True)):
+        if (was.port, str(offered.connection_for(i))) != (now.port, str(answered.connection_for(i))):
+            return False
+        if not set(now.formats) <= set(was.formats):
+            return False
+    return True
 
 
 def _devices_of(layout: Iterable[Location]) -> tuple[str, ...]:

@@ -783,12 +783,13 @@ class Phone:
             return failure
 
         d = incoming.accept(stamped.to_bytes())
+        def established(call: Call) -> PhoneCall:
+            pc = self._add_call(call, str(call.dialog.remote_uri.uri), oa, rtp, video_rtp, cid, source=source)
+            self.remote_offers.watch(pc, incoming.request)  # its Session-Expires, if any
+            return pc
+
         d.addBoth(answered)
-        d.addCallbacks(lambda call: self.remote_offers.watch(
-                           self._add_call(call, str(call.dialog.remote_uri.uri), oa, rtp, video_rtp,
-                                          cid, source=source),
-                           incoming.request),
-                       failed)
+        d.addCallbacks(established, failed)
         return d
 
     @staticmethod
