@@ -11,6 +11,7 @@ Not here: what each usage does (`sipmob.sip.invite`, `sipmob.sip.refer`, `sipmob
 
 from __future__ import annotations
 
+import abc
 import collections
 import dataclasses
 import logging
@@ -139,7 +140,7 @@ class _Registration:
 
 
 
-class UABase:
+class UABase(abc.ABC):
     """One SIP user agent: its calls, dialogs and the transactions under them.
 
     `local` are the addresses we listen on (the first one is our Contact); `capabilities_sdp`
@@ -239,8 +240,9 @@ class UABase:
                 reason = exc.reason if isinstance(exc, SIPParseError) else "Bad Request"
                 self._reply(event.request, 400, now, reason=reason)
 
+    @abc.abstractmethod
     def _dispatch(self, event: tx.Event, now: float) -> None:
-        raise NotImplementedError  # the whole core's (`sipmob.sip.ua.UACore`)
+        """Route one transaction-layer event; the whole core's (`sipmob.sip.ua.UACore`)."""
 
     def _refused(self, event: tx.RequestReceived, replaced: Dialog | None, now: float) -> bool:
         """Ask the policy; answer a refusal here. True when the request was refused."""

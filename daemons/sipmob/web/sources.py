@@ -21,6 +21,7 @@ Not here: HTTP and the page (`sipmob.web.app`), SLP itself (`sipmob.service.slp`
 
 from __future__ import annotations
 
+import abc
 import json
 import logging
 import time
@@ -55,7 +56,30 @@ def device_view(found: discovery.Found, up: bool, since: float | None = None) ->
             "up": up, "gone_since": since}
 
 
-class DeviceWatch:
+class _Ticking(abc.ABC):
+    """Something that asks again on a timer while a page is open: `start` runs the first `_tick`,
+    which re-arms `_call`; `stop` cancels whatever is armed."""
+
+    _call: Any = None
+    _running = False
+
+    def start(self) -> None:
+        if not self._running:
+            self._running = True
+            self._tick()
+
+    def stop(self) -> None:
+        self._running = False
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    @abc.abstractmethod
+    def _tick(self) -> None:
+        """Ask once, and re-arm `_call` while running."""
+
+
+class DeviceWatch(_Ticking):
     def __init__(self, reactor: Any, client: SLPClient, interval: float,
                  on_change: Callable[[list[dict[str, Any]]], None],
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -72,17 +96,6 @@ class DeviceWatch:
         self._call: Any = None
         self._running = False
         self._inflight: defer.Deferred[Any] | None = None
-
-    def start(self) -> None:
-        if not self._running:
-            self._running = True
-            self._tick()
-
-    def stop(self) -> None:
-        self._running = False
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
 
     def _tick(self) -> None:
         self._call = None
@@ -304,7 +317,7 @@ class PhoneLink:
 
 # Health ------------------------------------------------------------------------------------------
 
-class Health:
+class Health(_Ticking):
     def __init__(self, reactor: Any, client: SLPClient, units: Sequence[str],
                  devices: DeviceWatch, on_change: Callable[[dict[str, Any]], None]) -> None:
         self.reactor = reactor
@@ -315,17 +328,6 @@ class Health:
         self.snapshot: dict[str, Any] = {}
         self._call: Any = None
         self._running = False
-
-    def start(self) -> None:
-        if not self._running:
-            self._running = True
-            self._tick()
-
-    def stop(self) -> None:
-        self._running = False
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
 
     def _tick(self) -> None:
         self._call = None
