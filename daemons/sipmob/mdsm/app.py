@@ -51,6 +51,7 @@ from sipmob.mdsm.config import MdsmConfig, Member, System, device_members, membe
 from sipmob.mdsm.plan import (
     Plan,
     PlanError,
+    Slot,
     cn_description,
     member_description,
     plan_for_offer,
@@ -61,7 +62,7 @@ from sipmob.mdsm.plan import (
 from sipmob.mdsm.rooms import per_room
 from sipmob.mdsm.store import Store, dialog_from_dict, dialog_to_dict
 from sipmob.mn.devices import SERVICE_TYPE, Found, discover
-from sipmob.mn.handoff import same_party
+from sipmob.mn.handoff import names_dialog, same_party
 from sipmob.sdp import Origin, SDPParseError, SessionDescription, parse
 from sipmob.service.daemon import Runtime
 from sipmob.service.sipua import (
@@ -101,6 +102,24 @@ class Leg:
 
 
 @dataclasses.dataclass(slots=True)
+class Gone:
+    """A member that left a call, kept so that it can be asked back when it returns."""
+
+    uri: str
+    slots: tuple[Slot, ...]  # what it carried (its m-lines in the CN's session)
+    away: bool  # it has been seen unreachable (a BYE alone means the device was told to stop)
+    rejoining: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"uri": self.uri, "slots": [[s.i, s.member, s.k] for s in self.slots], "away": self.away}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Gone:
+        return cls(str(data["uri"]), tuple(Slot(int(i), str(m), int(k)) for i, m, k in data["slots"]),
+                   bool(data["away"]))
+
+
+@dataclasses.dataclass(slots=True)
 class ManagedCall:
     id: str
     system: str
@@ -110,10 +129,23 @@ class ManagedCall:
     plan: Plan
     sess_id: int
     ending: bool = False
+    replaced: Replaces | None = None  # the referrer's dialog with the CN that ours replaced (Fig. 6)
+    gone: dict[str, Gone] = dataclasses.field(default_factory=dict)  # members that left, by name
 
     def as_dict(self) -> dict[str, Any]:
         return {"referrer": self.referrer, "sess_id": self.sess_id, "plan": self.plan.as_dict(),
-                "cn": self.cn.as_dict(), "members": {n: leg.as_dict() for n, leg in self.members.items()}}
+                "cn": self.cn.as_dict(), "members": {n: leg.as_dict() for n, leg in self.members.items()},
+                "replaced": str(self.replaced) if self.replaced is not None else None,
+                "gone": {n: g.as_dict() for n, g in self.gone.items()}}
+
+    def named_by(self, target_dialog: str) -> bool:
+        """Whether a Target-Dialog value (RFC 4538) names this call: our dialog with the CN, or the
+        referrer's dialog with the CN that ours replaced (the only one the referrer has seen)."""
+        dialog = self.cn.call.dialog
+        if names_dialog(target_dialog, dialog.call_id, {dialog.local_tag, dialog.remote_tag}):
+            return True
+        r = self.replaced
+        return r is not None and names_dialog(target_dialog, r.call_id, {r.to_tag, r.from_tag})
 
 
 class MdsmApp:
@@ -327,12 +359,12 @@ class MdsmApp:
             raise SIPError(503, "Too many calls")
 
     @contextlib.contextmanager
-    def _as(self, system: System) -> Iterator[None]:
+    def _as(self, name: str) -> Iterator[None]:
         """Requests made inside come From the system's own URI (a referee checks who REFERs it)."""
         machine = self.ua.machine
         saved = machine.aor, machine.display_name
         host = self.host
-        machine.aor = URI.parse(f"sip:{system.name}@{f'[{host}]' if ':' in host else host}")
+        machine.aor = URI.parse(f"sip:{name}@{f'[{host}]' if ':' in host else host}")
         machine.display_name = None
         try:
             yield
@@ -348,6 +380,9 @@ class MdsmApp:
     def _on_refer(self, incoming: IncomingRequest) -> None:
         request = incoming.request
         system = self._system_of(request.uri)
+        if _refer_method(request) == "BYE":
+            self._hang_up(incoming, system)
+            return
         try:
             what = referred(request)
         except (SIPParseError, ValueError) as exc:
@@ -378,9 +413,9 @@ class MdsmApp:
         d.addErrback(lambda f: log.error("handoff to %s failed: %s", system.name, f.getErrorMessage()))
         d.addBoth(done)
 
-    def _invite(self, system: System, target: str, sdp: bytes | None,
+    def _invite(self, system: System | str, target: str, sdp: bytes | None,
                 headers: tuple[tuple[str, str], ...] = ()) -> defer.Deferred[Call]:
-        with self._as(system):
+        with self._as(system if isinstance(system, str) else system.name):
             d = self.ua.invite(target, sdp, headers=headers)
         return d.addTimeout(self.config.limits.setup_timeout, self.reactor)
 
@@ -463,7 +498,8 @@ class MdsmApp:
         cn = Leg("cn", str(what.target), cn_call, offer.to_bytes(), cn_call.remote_sdp or b"")
         legs = {m.name: Leg(m.name, m.uri, call, parts[m.name].to_bytes(), call.remote_sdp or b"")
                 for m, call, _sdp in answered}
-        mc = ManagedCall(cn_call.call_id, system.name, referrer, cn, legs, plan, sess_id)
+        mc = ManagedCall(cn_call.call_id, system.name, referrer, cn, legs, plan, sess_id,
+                         replaced=what.replaces)
         self._save(mc)
         # messages 7-8: each member's ACK with its part of the CN's answer (the CN's ACK is out)
         for leg in legs.values():
@@ -493,7 +529,7 @@ class MdsmApp:
         mine = accepted.dialog
         target_dialog = ([("Target-Dialog", f"{mine.call_id};local-tag={mine.local_tag};"
                                             f"remote-tag={mine.remote_tag}")] if mine is not None else [])
-        with self._as(system):
+        with self._as(system.name):
             d = self.ua.refer(what.target, inner or URI.parse(mc.cn.uri), replaces=replaces,
                               referred_by=str(NameAddr(None, URI.parse(self._aor(system)))),
                               headers=target_dialog)
@@ -507,6 +543,63 @@ class MdsmApp:
             accepted.notify(status if status >= 300 else 500)
 
         d.addCallbacks(sent, failed)
+
+    # Hanging up a call handed to us -----------------------------------------------------------------
+
+    def _hang_up(self, incoming: IncomingRequest, system: System) -> None:
+        """``REFER`` with ``Refer-To: <CN;method=BYE>`` and a ``Target-Dialog`` (RFC 4538) naming the
+        call: the phone that handed it over (or an owner) ends it. The referrer is no longer in the
+        call, so it cannot BYE anyone itself; we BYE the CN and every member and NOTIFY how the CN's
+        BYE went (RFC 3515 §2.4.5: a sipfrag of its response)."""
+        request = incoming.request
+        who = request.from_.uri
+        owner = self._owner(system, who)
+        if not owner and not any(c.system == system.name and same_party(URI.parse(c.referrer), who)
+                                 for c in self.calls.values()):
+            log.warning("hang-up REFER from %s to %s refused: not a party to its calls, nor an owner",
+                        who, system.name)
+            raise SIPError(403, "Not the party that handed a call here, nor an owner")
+        challenge = self._challenge(request, who)
+        if challenge is not None:
+            incoming.respond(401, headers=[("WWW-Authenticate", challenge)])
+            return
+        values = request.headers.get_lines("Refer-To")
+        target_dialog = request.headers.get("Target-Dialog")
+        if target_dialog is None:
+            raise SIPError(400, "A hang-up REFER names its call in Target-Dialog (RFC 4538)")
+        try:
+            target = NameAddr.parse(values[0].strip()).uri
+        except (SIPParseError, IndexError) as exc:
+            raise SIPError(400, f"Bad Refer-To: {exc}") from None
+        mc = next((c for c in self.calls.values() if c.system == system.name and not c.ending
+                   and c.named_by(target_dialog)), None)
+        if mc is None or not same_party(URI.parse(mc.cn.uri), target):
+            raise SIPError(481, "No such call here")
+        if not owner and not same_party(URI.parse(mc.referrer), who):
+            log.warning("hang-up REFER from %s for call %s refused: not its party", who, mc.id)
+            raise SIPError(403, "Not the party that handed this call here, nor an owner")
+        accepted = incoming.accept_refer()
+        log.info("call %s: %s hangs up: BYE to the CN and to %s", mc.id, who,
+                 ", ".join(mc.members) or "nobody")
+        self._forget(mc)
+        for leg in mc.members.values():
+            if leg.call.state != "terminated":
+                leg.call.bye()
+        self._bye_status(mc.cn.call).addCallback(lambda status: accepted.notify(status))
+
+    def _bye_status(self, call: Call) -> defer.Deferred[int]:
+        """BYE `call`; fires with the status of its answer (408 when none came)."""
+        d: defer.Deferred[int] = defer.Deferred()
+        if call.state == "terminated":
+            d.callback(481)
+            return d
+        op = self.ua.machine.bye(call.handle, self.ua.now())
+        if op:
+            self.ua.expect(op, lambda response: d.callback(response.status if response is not None else 408))
+        else:
+            d.callback(200)
+        self.ua.flush()
+        return d
 
     # INVITE to a virtual device (MNC mode) ---------------------------------------------------------------
 
@@ -628,7 +721,8 @@ class MdsmApp:
     def _member_gone(self, mc: ManagedCall, name: str, reason: str) -> None:
         if mc.ending or name not in mc.members:
             return
-        del mc.members[name]
+        leg = mc.members.pop(name)
+        mc.gone[name] = Gone(leg.uri, tuple(mc.plan.of(name)), away=reason != "bye")
         mc.plan = without_member(mc.plan, name)
         if not mc.plan.slots:
             log.info("call %s: its last member %s left (%s): ending it", mc.id, name, reason)
@@ -749,12 +843,95 @@ class MdsmApp:
             for name, leg in list(mc.members.items()):
                 d = self.ua.options(leg.uri, timeout=self.config.limits.keepalive_timeout)
                 d.addErrback(lambda _f, mc=mc, name=name, leg=leg: self._member_silent(mc, name, leg))
+            for name, gone in list(mc.gone.items()):
+                if gone.rejoining:
+                    continue
+                d = self.ua.options(gone.uri, timeout=self.config.limits.keepalive_timeout)
+                d.addCallbacks(lambda _r, mc=mc, name=name, gone=gone: self._member_answers(mc, name, gone),
+                               lambda _f, mc=mc, gone=gone: self._member_away(mc, gone))
 
     def _member_silent(self, mc: ManagedCall, name: str, leg: Leg) -> None:
         if mc.ending or mc.members.get(name) is not leg:
             return
         log.info("call %s: member %s does not answer OPTIONS: ending its leg", mc.id, name)
         leg.call.bye()  # our BYE ends the leg at once (on_terminated "local"), answered or not
+
+    # Members that come back -------------------------------------------------------------------------
+
+    def _member_away(self, mc: ManagedCall, gone: Gone) -> None:
+        if not gone.away and not mc.ending:
+            gone.away = True
+            self._save(mc)
+
+    def _member_answers(self, mc: ManagedCall, name: str, gone: Gone) -> None:
+        """A member that left answers OPTIONS again: asked back if it had been away (switched off,
+        unplugged, out of reach). One that BYEd and never stopped answering was told to stop by
+        someone at the device, and stays out of the call."""
+        if mc.ending or mc.gone.get(name) is not gone or not gone.away or gone.rejoining:
+            return
+        gone.rejoining = True
+        log.info("call %s: member %s answers again: inviting it back", mc.id, name)
+        self._rejoin(mc, name, gone).addErrback(
+            lambda f: log.error("call %s: taking %s back failed: %s", mc.id, name, f.getErrorMessage()))
+
+    @defer.inlineCallbacks
+    def _rejoin(self, mc: ManagedCall, name: str, gone: Gone) -> Any:
+        """Fig. 6 for one member within the call: an INVITE without SDP to it, its offer stitched
+        into a re-INVITE to the CN at the m-lines it had (port 0 since it left), and its ACK with
+        its part of the CN's answer."""
+        try:
+            call = yield self._invite(mc.system, gone.uri, None)
+        except Exception as exc:
+            log.info("call %s: member %s did not take the call back: %s", mc.id, name, exc)
+            gone.rejoining = False
+            return None
+        if mc.ending or mc.gone.get(name) is not gone:
+            self._release(call, call.remote_sdp, mc.sess_id)
+            return None
+        try:
+            theirs = parse(call.remote_sdp or b"")
+            current = parse(mc.cn.local)
+            slots = tuple(s for s in gone.slots if s.k < len(theirs.media) and theirs.media[s.k].port != 0
+                          and theirs.media[s.k].media == current.media[s.i].media)
+            if not slots:
+                raise PlanError("it offers none of the streams it carried")
+            plan = Plan(tuple(sorted((*mc.plan.slots, *slots), key=lambda s: s.i)), mc.plan.cn_lines)
+            members = {n: parse(leg.remote) for n, leg in mc.members.items()}
+            members[name] = theirs
+            offer = cn_description(plan, members, self._origin(mc.sess_id, mc.cn.version + 1),
+                                   template=current)
+        except (SDPParseError, PlanError) as exc:
+            log.warning("call %s: member %s cannot come back: %s", mc.id, name, exc)
+            self._release(call, call.remote_sdp, mc.sess_id)
+            gone.rejoining = False
+            return None
+        before = mc.cn.local, mc.plan
+        leg = Leg(name, gone.uri, call, b"", call.remote_sdp or b"")
+        mc.members[name] = leg
+        del mc.gone[name]
+        mc.plan = plan
+        mc.cn.version += 1
+        mc.cn.local = offer.to_bytes()
+        self._save(mc)
+        try:
+            response = yield mc.cn.call.reinvite(mc.cn.local)
+            mc.cn.remote = response.body or mc.cn.remote
+            part = member_description(plan, name, parse(mc.cn.remote), theirs, self._origin(mc.sess_id, 1))
+        except Exception as exc:
+            log.warning("call %s: the CN did not take %s back: %s", mc.id, name, exc)
+            if mc.members.get(name) is leg:
+                del mc.members[name]
+                mc.gone[name] = dataclasses.replace(gone, rejoining=False)
+                mc.cn.local, mc.plan = before
+                self._save(mc)
+            self._release(call, call.remote_sdp, mc.sess_id)
+            return None
+        leg.local = part.to_bytes()
+        self._save(mc)
+        call.ack(leg.local)
+        self._watch_member(mc, name, leg)
+        log.info("call %s: member %s is back (%s)", mc.id, name, ", ".join(f"m{s.i}" for s in slots))
+        return mc
 
     # Restart ----------------------------------------------------------------------------------------
 
@@ -778,13 +955,26 @@ class MdsmApp:
 
         cn = leg("cn", data["cn"])
         members = {n: leg(n, d) for n, d in data["members"].items()}
+        replaced = data.get("replaced")
+        gone = {str(n): Gone.from_dict(g) for n, g in (data.get("gone") or {}).items()}
         return ManagedCall(call_id, system, str(data["referrer"]), cn, members, Plan.from_dict(data["plan"]),
-                           int(data["sess_id"]))
+                           int(data["sess_id"]), replaced=Replaces.parse(replaced) if replaced else None,
+                           gone=gone)
 
 
 def request_uri_of(incoming: IncomingCall) -> URI:
     """Who the MN's side of an MNC-mode call is: the From of its INVITE."""
     return incoming.request.from_.uri
+
+
+def _refer_method(request: Request) -> str | None:
+    """The method a REFER's Refer-To asks for (None when it cannot be read: `referred` says why)."""
+    values = request.headers.get_lines("Refer-To")
+    try:
+        uri = NameAddr.parse(values[0].strip()).uri if len(values) == 1 else None
+    except SIPParseError:
+        return None
+    return (uri.param("method") or "INVITE").upper() if uri is not None else None
 
 
 def _inner_target(what: Referred) -> URI | None:
