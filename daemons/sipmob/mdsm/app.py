@@ -12,6 +12,22 @@ node to the CN with Replaces for our dialog); and, for the life of the call, con
 back, a member's re-INVITE propagated to the CN, a member that leaves has its streams disabled in
 the CN's session (port 0), the CN's BYE ends every member's leg.
 
+A member that left is still asked OPTIONS at each keepalive round: one that had been out of reach
+(it stopped answering, or it BYEd and then stopped answering, as a device switched off does) and
+answers again is invited back: an INVITE without SDP, its offer put back at the m-lines it had in
+a re-INVITE to the CN, its ACK with its part of the CN's answer. One that BYEd and kept answering
+was told to stop by someone at the device and is not asked back.
+
+Hanging up a call handed to us: the referrer is no longer in the call once the CN has BYEd it,
+so it cannot end it itself. It sends us ``REFER`` with ``Refer-To: <CN;method=BYE>`` and a
+``Target-Dialog`` (RFC 4538) naming the call: our dialog with the CN, or the referrer's own dialog
+with the CN that ours replaced (the only one it has seen; we keep the Replaces of its handoff).
+Knowing the dialog identifiers is not enough: the sender must also be the call's referrer or an
+owner (403 otherwise, before anything is sent; 481 when no call of ours is named). We answer 202,
+BYE the CN and every member, and NOTIFY the status of the CN's answer to our BYE. The generic
+REFER code of the core accepts only INVITE and REFER as referred methods, so this REFER is told
+apart here, before it is parsed as a handoff.
+
 Who may do what: only a system's ``owners`` may hand it a session or send an INVITE to it (the
 CN checks that the Referred-By is the replaced dialog's party, RFC 3891 §6; we cannot see that
 dialog), only the party that handed a call over (or an owner) may take it back, and a member whose
@@ -31,6 +47,18 @@ Calls outlive the daemon: every leg's dialog and descriptions and the plan are s
 saved call up again (`sipmob.service.sipua.UserAgent.adopt`), media never having stopped,
 since it flows between the CN and the members directly.
 
+A handoff still being set up (between our 202 and the CN's answer) is saved too, as a `Setup`:
+the referrer's subscription dialog before the first INVITE goes out, then each leg as soon as we
+learn how to undo it (its first provisional response, which gives what a CANCEL must repeat;
+its dialog once it answers, before its ACK). A restarted daemon rolls such a handoff back rather
+than completing it (the answers it was waiting for went to the dead process): a ringing leg is
+CANCELled, an answered one BYEd, and the referrer gets a final NOTIFY ``500``; the referrer's call
+with the CN never changed, since the CN had not answered our INVITE with Replaces. Limits: a leg
+that has sent nothing but 100 Trying when the daemon dies cannot be cancelled (it rings until its
+own timeout); the CN answering in the instant between its 200 and the call's row being written
+is undone by BYE like a member, where completing it would have kept the call; and MNC-mode
+fan-outs (an INVITE straight to a virtual device) are not saved until answered.
+
 Not here: which member carries which stream and the descriptions (`sipmob.mdsm.plan`), SIP rules
 (`sipmob.sip`), the main loop (`sipmob.service.daemon`).
 """
@@ -39,9 +67,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import logging
+import re
 import secrets
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from twisted.internet import defer
@@ -77,8 +108,8 @@ from sipmob.service.sipua import (
 from sipmob.service.slp import SLPClient, SLPServiceAgent
 from sipmob.sip.auth import DigestServer, compute_ha1
 from sipmob.sip.headers import Replaces
-from sipmob.sip.message import Request
-from sipmob.sip.ua import Referred, referred
+from sipmob.sip.message import Request, Response
+from sipmob.sip.ua import Referred, UAError, referred
 from sipmob.sip.uri import URI, NameAddr, SIPParseError
 from sipmob.slp.attrs import Attribute
 
@@ -148,6 +179,30 @@ class ManagedCall:
         return r is not None and names_dialog(target_dialog, r.call_id, {r.to_tag, r.from_tag})
 
 
+@dataclasses.dataclass(slots=True)
+class Setup:
+    """A handoff by REFER between our 202 and the CN's answer: what a restarted daemon needs to
+    undo it (see `MdsmApp._roll_back`). `legs` maps a member's name (or ``CN``) to its URI and
+    either ``ringing`` (from its first provisional response: what a CANCEL must repeat) or
+    ``dialog`` (answered, its ACK still held)."""
+
+    id: str
+    system: str
+    referrer: str
+    accepted: AcceptedRefer
+    legs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        dialog = self.accepted.dialog
+        # two NOTIFYs may follow a save (183, then the final one): CSeq numbers reserved for both
+        refer = {"dialog": dialog_to_dict(dialog, reserve=2) if dialog is not None else None,
+                 "id": self.accepted.refer_id}
+        return {"referrer": self.referrer, "refer": refer, "legs": self.legs}
+
+
+CN_LEG = "CN"  # the key of the CN's leg in `Setup.legs` (member names are lower-case)
+
+
 class MdsmApp:
     def __init__(self, config: MdsmConfig, runtime: Runtime) -> None:
         self.config = config
@@ -185,6 +240,7 @@ class MdsmApp:
                 machine.contact_uri = machine.contact_uri.replace(host=self.host)
             self.store = Store(self.config.state_file)
             self._restore()
+            self._roll_back()
             self._register_all()
             self._watch_rooms()
             self._keep_alive()
@@ -404,20 +460,51 @@ class MdsmApp:
         members = self._usable_members(system, who)
         accepted = incoming.accept_refer()
         self.setting_up += 1
-        d = self._hand_over(system, members, what, str(who), accepted)
+        setup = Setup(secrets.token_hex(8), system.name, str(who), accepted)
+        self._save_setup(setup)  # before the first INVITE goes out
+        d = self._hand_over(system, members, what, str(who), accepted, setup)
 
         def done(result: Any) -> None:
             self.setting_up -= 1
+            self._drop_setup(setup)
             self.runtime.status_changed(self)
 
         d.addErrback(lambda f: log.error("handoff to %s failed: %s", system.name, f.getErrorMessage()))
         d.addBoth(done)
 
     def _invite(self, system: System | str, target: str, sdp: bytes | None,
-                headers: tuple[tuple[str, str], ...] = ()) -> defer.Deferred[Call]:
+                headers: tuple[tuple[str, str], ...] = (),
+                on_provisional: Callable[[Response], Any] | None = None) -> defer.Deferred[Call]:
         with self._as(system if isinstance(system, str) else system.name):
-            d = self.ua.invite(target, sdp, headers=headers)
+            d = self.ua.invite(target, sdp, headers=headers, on_provisional=on_provisional)
         return d.addTimeout(self.config.limits.setup_timeout, self.reactor)
+
+    # A handoff being set up, on disk ------------------------------------------------------------------
+
+    def _save_setup(self, setup: Setup) -> None:
+        if self.store is not None:
+            self.store.save_setup(setup.id, setup.system, setup.as_dict())
+
+    def _drop_setup(self, setup: Setup) -> None:
+        if self.store is not None:
+            self.store.delete_setup(setup.id)
+
+    def _leg_invite(self, setup: Setup, name: str, target: str, sdp: bytes | None,
+                    headers: tuple[tuple[str, str], ...] = ()) -> defer.Deferred[Call]:
+        """`_invite`, with the leg written to the setup's row as soon as we learn how to undo it:
+        its first provisional response (a CANCEL repeats its Via, From, To, Call-ID and CSeq), then
+        its dialog once it answers (before its ACK, which waits for the CN's answer)."""
+        def provisional(response: Response) -> None:
+            if "dialog" not in setup.legs.get(name, {}):
+                setup.legs[name] = {"uri": target, "ringing": _cancel_fields(response)}
+                self._save_setup(setup)
+
+        def answered(call: Call) -> Call:
+            setup.legs[name] = {"uri": target, "dialog": dialog_to_dict(call.dialog)}
+            self._save_setup(setup)
+            return call
+
+        return self._invite(setup.system, target, sdp, headers, provisional).addCallback(answered)
 
     def _origin(self, sess_id: int, leg_version: int) -> Origin:
         host = self.host
@@ -435,10 +522,10 @@ class MdsmApp:
 
     @defer.inlineCallbacks
     def _hand_over(self, system: System, members: list[Member], what: Referred, referrer: str,
-                   accepted: AcceptedRefer) -> Any:
+                   accepted: AcceptedRefer, setup: Setup) -> Any:
         sess_id = secrets.randbelow(2**31)
         # messages 3-4: an INVITE without SDP to each member; their 200s carry offers
-        results = yield defer.DeferredList([self._invite(system, m.uri, None) for m in members],
+        results = yield defer.DeferredList([self._leg_invite(setup, m.name, m.uri, None) for m in members],
                                            consumeErrors=True)
         answered: list[tuple[Member, Call, SessionDescription]] = []
         for m, (ok, value) in zip(members, results, strict=True):
@@ -453,6 +540,7 @@ class MdsmApp:
         if not answered:
             accepted.notify(480, "No member answered")
             return None
+        self._save_setup(setup)  # its CSeq reservation covers this NOTIFY
         accepted.notify(183, "Session Progress")
         try:
             plan = plan_from_offers([(m.name, sdp) for m, _, sdp in answered])
@@ -485,7 +573,7 @@ class MdsmApp:
             return None
         # message 5: the CN, with the members' offers as one, Replaces and Referred-By
         try:
-            cn_call = yield self._invite(system, str(what.target), offer.to_bytes(), what.headers)
+            cn_call = yield self._leg_invite(setup, CN_LEG, str(what.target), offer.to_bytes(), what.headers)
             assert cn_call is not None
             answer = parse(cn_call.remote_sdp or b"")
             parts = {m.name: member_description(plan, m.name, answer, sdp, self._origin(sess_id, 1))
@@ -501,6 +589,7 @@ class MdsmApp:
         mc = ManagedCall(cn_call.call_id, system.name, referrer, cn, legs, plan, sess_id,
                          replaced=what.replaces)
         self._save(mc)
+        self._drop_setup(setup)  # a call now: a restart takes it up rather than undoing it
         # messages 7-8: each member's ACK with its part of the CN's answer (the CN's ACK is out)
         for leg in legs.values():
             leg.call.ack(leg.local)
@@ -935,6 +1024,40 @@ class MdsmApp:
 
     # Restart ----------------------------------------------------------------------------------------
 
+    def _roll_back(self) -> None:
+        """Handoffs a previous run left half done (killed between the 202 and the CN's answer):
+        each leg it created is undone, a ringing one by CANCEL, an answered one by BYE (its ACK
+        was never sent), and the referrer gets a final NOTIFY saying the handoff failed. The
+        referrer's call with the CN is untouched: the CN never answered our INVITE with Replaces."""
+        assert self.store is not None
+        for setup_id, system, data in list(self.store.setups()):
+            undone: list[str] = []
+            for name, leg in (data.get("legs") or {}).items():
+                try:
+                    if leg.get("dialog"):
+                        self.ua.adopt(dialog_from_dict(leg["dialog"])).bye()
+                        undone.append(f"{name} ended")
+                    elif leg.get("ringing"):
+                        _send_cancel(str(leg["uri"]), leg["ringing"])
+                        undone.append(f"{name} cancelled")
+                except (KeyError, TypeError, ValueError, OSError, SIPError) as exc:
+                    log.error("half-done handoff %s: cannot undo leg %s: %s", setup_id, name, exc)
+            refer = data.get("refer") or {}
+            try:
+                if refer.get("dialog"):
+                    handle = self.ua.machine.adopt(dialog_from_dict(refer["dialog"]))
+                    self.ua.in_dialog(handle, "NOTIFY", headers=[
+                        ("Event", f"refer;id={int(refer['id'])}"),
+                        ("Subscription-State", "terminated;reason=noresource")],
+                        body=b"SIP/2.0 500 Handoff Interrupted By A Restart\r\n",
+                        content_type="message/sipfrag").addErrback(lambda _f: None)
+                    undone.append(f"{data.get('referrer')} told")
+            except (KeyError, TypeError, ValueError, SIPError, UAError) as exc:
+                log.error("half-done handoff %s: cannot tell the referrer: %s", setup_id, exc)
+            self.store.delete_setup(setup_id)
+            log.warning("handoff to %s by %s was interrupted by a restart: rolled back (%s)", system,
+                        data.get("referrer"), ", ".join(undone) or "nothing was sent yet")
+
     def _restore(self) -> None:
         assert self.store is not None
         for call_id, system, data in list(self.store.load()):
@@ -965,6 +1088,29 @@ class MdsmApp:
 def request_uri_of(incoming: IncomingCall) -> URI:
     """Who the MN's side of an MNC-mode call is: the From of its INVITE."""
     return incoming.request.from_.uri
+
+
+def _cancel_fields(response: Response) -> dict[str, Any]:
+    """What a CANCEL of the INVITE that `response` answers must repeat (RFC 3261 §9.1): its top
+    Via (the branch), From, To without the tag, Call-ID, CSeq number."""
+    to = re.sub(r";\s*tag=[^;>\s]*", "", response.headers.get("To") or "", flags=re.I)
+    return {"via": response.headers.get("Via"), "from": response.headers.get("From"), "to": to,
+            "call_id": response.call_id, "cseq": response.cseq.seq}
+
+
+def _send_cancel(uri: str, fields: Mapping[str, Any]) -> None:
+    """CANCEL an INVITE a previous run of the daemon sent (its transaction died with it): the
+    request is built from the saved fields and sent from a socket of its own; the CANCEL's and the
+    INVITE's answers go to the Via's address, where the new core drops them as strays. Only a
+    member or CN at an IP address (what devices.d and Contacts hold) is reached: no DNS here."""
+    target = URI.parse(uri).replace(headers=())
+    host = target.host.strip("[]")
+    family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    text = (f"CANCEL {target} SIP/2.0\r\nVia: {fields['via']}\r\nMax-Forwards: 70\r\n"
+            f"From: {fields['from']}\r\nTo: {fields['to']}\r\nCall-ID: {fields['call_id']}\r\n"
+            f"CSeq: {int(fields['cseq'])} CANCEL\r\nContent-Length: 0\r\n\r\n")
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.sendto(text.encode(), (host, target.port or 5060))
 
 
 def _refer_method(request: Request) -> str | None:

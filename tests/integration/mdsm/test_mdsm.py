@@ -518,6 +518,58 @@ def test_a_cn_that_refuses_gets_the_members_released_and_the_referrer_its_status
             peer.stop()
 
 
+def test_a_handoff_half_done_when_the_mdsm_is_killed_is_rolled_back_on_restart(tmp_path: Path) -> None:
+    """``kill -9`` between Fig. 6's messages 4 and 5: the speaker has answered (its ACK held back
+    for the CN's answer), the TV is still ringing, the CN has not been invited. The state file
+    says so; the restarted MDSM BYEs the speaker, CANCELs the TV's INVITE and sends the referrer a
+    final NOTIFY saying the handoff failed. Nothing is left ringing and PJSIP never hears of it."""
+    (tmp_path / "mdsm").mkdir()
+    speaker = Member("speaker", "audio", "sendrecv")
+    started: list[Any] = [speaker]
+    try:
+        tv = Member("tv", "video", "recvonly", ring=True)
+        started.append(tv)
+        cn = Pjsua(free_udp_port(), "cn", workdir=tmp_path / "cn")
+        started.append(cn)
+        mdsm = Mdsm(tmp_path / "mdsm", f"{HOST}:{free_udp_port()}",
+                    f'[[system]]\nname = "living-room"\nmembers = ["{speaker.uri}", "{tv.uri}"]\n'
+                    'owners = ["sip:mn@127.0.0.1"]\n', extra="[limits]\nsetup_timeout = 60\n")
+        mdsm.start()
+        started.append(mdsm)
+        referrer = subprocess.Popen([sys.executable, str(HERE / "referrer.py"), "mn", "-",
+                                     mdsm.uri("living-room"), cn.uri],
+                                    env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started.append(referrer)
+
+        def legs() -> dict[str, Any]:
+            rows = list(Store(mdsm.state).setups())
+            return rows[0][2]["legs"] if rows else {}
+
+        assert tv.wait("ringing", 10), tv.lines
+        assert until(lambda: {k: sorted(v) for k, v in legs().items()}
+                     == {speaker.uri: ["dialog", "uri"], tv.uri: ["ringing", "uri"]}, 10), legs()
+        mdsm.kill9()
+        assert tv.count("cancelled") == 0
+        mdsm.start()
+        assert tv.wait("cancelled", 10), tv.lines
+        # its 200 was never ACKed: our BYE ends it before it ever counted as established
+        assert speaker.wait("failed", 10), speaker.lines
+        out, err = referrer.communicate(timeout=30)
+        assert out.strip() == "500", out + err + mdsm.output()
+        assert "was interrupted by a restart: rolled back" in mdsm.output()
+        assert speaker.count("established") == 0
+        assert not any(e["event"] == "incoming_call" for e in cn.events)
+        assert list(Store(mdsm.state).setups()) == [] and len(Store(mdsm.state)) == 0
+    finally:
+        for peer in reversed(started):
+            if isinstance(peer, subprocess.Popen):
+                if peer.poll() is None:
+                    peer.kill()
+                    peer.wait(timeout=10)
+            else:
+                peer.stop()
+
+
 def test_bad_requests_get_clear_errors_and_the_call_limit_holds(tmp_path: Path) -> None:
     """A malformed Refer-To is 400, a stranger's nested REFER 403, a REFER over ``max_calls`` 503;
     none of them invites anyone, and the call in progress is untouched."""

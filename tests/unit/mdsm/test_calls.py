@@ -1,6 +1,7 @@
 """What the MDSM keeps of a call beyond its legs: the dialog a hang-up REFER names (RFC 4538
 Target-Dialog: ours with the CN, or the referrer's that ours replaced), the members that left
-(saved, so a restarted daemon can still ask them back), and the method a Refer-To asks for."""
+(saved, so a restarted daemon can still ask them back), the method a Refer-To asks for, and what
+a restarted daemon needs to CANCEL an INVITE its previous run sent."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
-from sipmob.mdsm.app import Gone, Leg, ManagedCall, _refer_method
+from sipmob.mdsm.app import Gone, Leg, ManagedCall, _cancel_fields, _refer_method
 from sipmob.mdsm.plan import Plan, Slot
-from sipmob.mdsm.store import dialog_from_dict
+from sipmob.mdsm.store import Store, dialog_from_dict
 from sipmob.sip.headers import Replaces
-from sipmob.sip.message import Headers, Request
+from sipmob.sip.message import Headers, Request, Response, parse_message
 from sipmob.sip.uri import URI
 
 
@@ -66,3 +67,25 @@ def test_the_method_a_refer_to_asks_for() -> None:
     assert _refer_method(refer("<sip:cn@127.0.0.1?Replaces=a%3Bto-tag%3D1%3Bfrom-tag%3D2>")) == "INVITE"
     assert _refer_method(refer("<not a uri")) is None
     assert _refer_method(refer(None)) is None
+
+
+def test_a_cancel_repeats_the_invites_via_from_call_id_and_cseq_and_its_to_without_the_tag() -> None:
+    ringing = parse_message(
+        b"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP 127.0.0.1:5064;branch=z9hG4bKabc;rport=5064\r\n"
+        b"From: <sip:living-room@127.0.0.1>;tag=m1\r\nTo: <sip:tv@127.0.0.1:5080>;tag=tv9\r\n"
+        b"Call-ID: inv-1@127.0.0.1\r\nCSeq: 7 INVITE\r\nContent-Length: 0\r\n\r\n")
+    assert isinstance(ringing, Response)
+    assert _cancel_fields(ringing) == {
+        "via": "SIP/2.0/UDP 127.0.0.1:5064;branch=z9hG4bKabc;rport=5064",
+        "from": "<sip:living-room@127.0.0.1>;tag=m1", "to": "<sip:tv@127.0.0.1:5080>",
+        "call_id": "inv-1@127.0.0.1", "cseq": 7}
+
+
+def test_half_done_handoffs_are_kept_apart_from_calls_until_deleted() -> None:
+    store = Store(":memory:")
+    store.save_setup("s1", "living-room", {"legs": {"tv": {"uri": "sip:tv@127.0.0.1", "ringing": {}}}})
+    assert len(store) == 0
+    assert list(store.setups()) == [("s1", "living-room", {"legs": {"tv": {"uri": "sip:tv@127.0.0.1",
+                                                                          "ringing": {}}}})]
+    store.delete_setup("s1")
+    assert list(store.setups()) == []
