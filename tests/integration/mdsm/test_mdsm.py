@@ -570,6 +570,53 @@ def test_a_handoff_half_done_when_the_mdsm_is_killed_is_rolled_back_on_restart(t
                 peer.stop()
 
 
+def test_a_handoff_killed_while_the_cn_rings_is_cancelled_on_restart(tmp_path: Path) -> None:
+    """``kill -9`` after Fig. 6's message 5: both members have answered (ACKs held), the CN (our
+    own UA, ringing and never answering) has our INVITE with Replaces. The restarted MDSM CANCELs
+    that INVITE, BYEs both members and sends the referrer a final NOTIFY 500."""
+    (tmp_path / "mdsm").mkdir()
+    speaker, tv = Member("speaker", "audio", "sendrecv"), Member("tv", "video", "recvonly")
+    started: list[Any] = [speaker, tv]
+    try:
+        cn = SipmobUA(free_udp_port(), "cn", auto_answer=False, ringing=True, workdir=tmp_path / "cn")
+        started.append(cn)
+        mdsm = Mdsm(tmp_path / "mdsm", f"{HOST}:{free_udp_port()}",
+                    f'[[system]]\nname = "living-room"\nmembers = ["{speaker.uri}", "{tv.uri}"]\n'
+                    'owners = ["sip:mn@127.0.0.1"]\n', extra="[limits]\nsetup_timeout = 60\n")
+        mdsm.start()
+        started.append(mdsm)
+        referrer = subprocess.Popen([sys.executable, str(HERE / "referrer.py"), "mn", "-",
+                                     mdsm.uri("living-room"), cn.uri],
+                                    env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started.append(referrer)
+
+        def legs() -> dict[str, Any]:
+            rows = list(Store(mdsm.state).setups())
+            return rows[0][2]["legs"] if rows else {}
+
+        cn.wait("incoming_call", 10)
+        assert until(lambda: {k: sorted(v) for k, v in legs().items()}
+                     == {speaker.uri: ["dialog", "uri"], tv.uri: ["dialog", "uri"],
+                         "CN": ["ringing", "uri"]}, 10), legs()
+        mdsm.kill9()
+        mdsm.start()
+        cn.wait("incoming_cancelled", 10)
+        assert speaker.wait("failed", 10) and tv.wait("failed", 10), speaker.lines + tv.lines
+        out, err = referrer.communicate(timeout=30)
+        assert out.strip() == "500", out + err + mdsm.output()
+        assert re.search(r"rolled back \(.*CN cancelled", mdsm.output()), mdsm.output()
+        assert cn.count("established") == 0
+        assert list(Store(mdsm.state).setups()) == [] and len(Store(mdsm.state)) == 0
+    finally:
+        for peer in reversed(started):
+            if isinstance(peer, subprocess.Popen):
+                if peer.poll() is None:
+                    peer.kill()
+                    peer.wait(timeout=10)
+            else:
+                peer.stop()
+
+
 def test_bad_requests_get_clear_errors_and_the_call_limit_holds(tmp_path: Path) -> None:
     """A malformed Refer-To is 400, a stranger's nested REFER 403, a REFER over ``max_calls`` 503;
     none of them invites anyone, and the call in progress is untouched."""
