@@ -572,8 +572,8 @@ def test_a_handoff_half_done_when_the_mdsm_is_killed_is_rolled_back_on_restart(t
 
 def test_a_handoff_killed_while_the_cn_rings_is_cancelled_on_restart(tmp_path: Path) -> None:
     """``kill -9`` after Fig. 6's message 5: both members have answered (ACKs held), the CN (our
-    own UA, ringing and never answering) has our INVITE with Replaces. The restarted MDSM CANCELs
-    that INVITE, BYEs both members and sends the referrer a final NOTIFY 500."""
+    own UA, ringing and never answering) has our INVITE. The restarted MDSM CANCELs that INVITE,
+    BYEs both members and sends the referrer a final NOTIFY 500."""
     (tmp_path / "mdsm").mkdir()
     speaker, tv = Member("speaker", "audio", "sendrecv"), Member("tv", "video", "recvonly")
     started: list[Any] = [speaker, tv]
