@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from tests.peers import tshark
 from tests.peers.pjsua import Pjsua
 from tests.peers.ports import free_udp_port
 from tests.peers.sipmob_ua import SipmobUA
@@ -210,6 +211,29 @@ def test_the_phone_lists_a_call_handed_to_the_virtual_device_and_hangs_it_up(hom
     assert re.search(r"hangs up: BYE to the CN and to speaker, tv", mdsm.output())
     # with no call left here, a stranger is still told nothing but 403
     assert stranger_sends(mdsm.port, "REFER", mdsm.uri("living-room"), bye_to) == 403
+
+
+def test_tshark_decodes_the_hang_up_refer_its_notify_and_the_byes(home: dict[str, Any]) -> None:
+    phone, cn, speaker, mdsm = home["phone"], home["cn"], home["speaker"], home["mdsm"]
+    call_and_hand_over(home)
+    assert speaker.wait("established", 5), mdsm.output()
+    capture = tshark.LiveCapture(mdsm.directory / "hangup.pcapng",
+                                 f"udp port {phone.port} or udp port {mdsm.port} or udp port {cn.port}")
+    try:
+        out = phone.sipmob("hangup", "1")
+        assert out.returncode == 0, out.stderr + mdsm.output()
+        assert speaker.wait("terminated bye", 10)
+    finally:
+        path = capture.stop()
+    rows = tshark.fields(path, "sip && sip.Request-Line", "sip.Method", "udp.srcport", "udp.dstport",
+                         "sip.Refer-To", "sip.Target-Dialog")
+    sent = {(row[0], int(row[1]), int(row[2])) for row in rows}
+    (refer,) = [row for row in rows if row[0] == "REFER"]
+    assert (int(refer[1]), int(refer[2])) == (phone.port, mdsm.port)
+    assert "method=BYE" in refer[3] and ";local-tag=" in refer[4] and ";remote-tag=" in refer[4], refer
+    assert {("NOTIFY", mdsm.port, phone.port), ("BYE", mdsm.port, cn.port)} <= sent, sent
+    assert tshark.malformed(path, "sip") == ""
+    assert tshark.expert_errors(path, "sip") == []
 
 
 def test_hanging_up_a_handed_off_call_the_cn_ended_meanwhile(home: dict[str, Any]) -> None:
