@@ -56,8 +56,9 @@ CANCELled, an answered one BYEd, and the referrer gets a final NOTIFY ``500``; t
 with the CN never changed, since the CN had not answered our INVITE with Replaces. Limits: a leg
 that has sent nothing but 100 Trying when the daemon dies cannot be cancelled (it rings until its
 own timeout); the CN answering in the instant between its 200 and the call's row being written
-is undone by BYE like a member, where completing it would have kept the call; and MNC-mode
-fan-outs (an INVITE straight to a virtual device) are not saved until answered.
+is undone by BYE like a member, where completing it would have kept the call. An INVITE straight
+to a virtual device (MNC mode) is saved the same way (without a referrer to tell): its members'
+legs are undone; the caller's INVITE, whose transaction died with the process, fails on its side.
 
 Not here: which member carries which stream and the descriptions (`sipmob.mdsm.plan`), SIP rules
 (`sipmob.sip`), the main loop (`sipmob.service.daemon`).
@@ -181,22 +182,25 @@ class ManagedCall:
 
 @dataclasses.dataclass(slots=True)
 class Setup:
-    """A handoff by REFER between our 202 and the CN's answer: what a restarted daemon needs to
-    undo it (see `MdsmApp._roll_back`). `legs` maps a member's name (or ``CN``) to its URI and
+    """A handoff by REFER between our 202 and the CN's answer, or an INVITE to a virtual device
+    between its arrival and its ACK: what a restarted daemon needs to undo it (see
+    `MdsmApp._roll_back`). `legs` maps a member's name (or ``CN``) to its URI and
     either ``ringing`` (from its first provisional response: what a CANCEL must repeat) or
     ``dialog`` (answered, its ACK still held)."""
 
     id: str
     system: str
     referrer: str
-    accepted: AcceptedRefer
+    accepted: AcceptedRefer | None  # None: an INVITE straight to the virtual device (MNC mode)
     legs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        dialog = self.accepted.dialog
-        # two NOTIFYs may follow a save (183, then the final one): CSeq numbers reserved for both
-        refer = {"dialog": dialog_to_dict(dialog, reserve=2) if dialog is not None else None,
-                 "id": self.accepted.refer_id}
+        refer = None
+        if self.accepted is not None:
+            dialog = self.accepted.dialog
+            # two NOTIFYs may follow a save (183, then the final one): CSeq numbers reserved for both
+            refer = {"dialog": dialog_to_dict(dialog, reserve=2) if dialog is not None else None,
+                     "id": self.accepted.refer_id}
         return {"referrer": self.referrer, "refer": refer, "legs": self.legs}
 
 
@@ -721,11 +725,14 @@ class MdsmApp:
             incoming.reject(488)
             return
         self.setting_up += 1
+        setup = Setup(secrets.token_hex(8), system.name, str(who), None)
+        self._save_setup(setup)
         d = self._fan_out(system, [m for m in members if m.name in plan.members()], incoming, offer, plan,
-                          str(who))
+                          str(who), setup)
 
         def done(_: Any) -> None:
             self.setting_up -= 1
+            self._drop_setup(setup)
             self.runtime.status_changed(self)
 
         d.addErrback(lambda f: log.error("call to %s failed: %s", system.name, f.getErrorMessage()))
@@ -733,11 +740,11 @@ class MdsmApp:
 
     @defer.inlineCallbacks
     def _fan_out(self, system: System, members: list[Member], incoming: IncomingCall,
-                 offer: SessionDescription, plan: Plan, who: str) -> Any:
+                 offer: SessionDescription, plan: Plan, who: str, setup: Setup) -> Any:
         sess_id = secrets.randbelow(2**31)
         parts = {m.name: member_description(plan, m.name, offer, offer, self._origin(sess_id, 1))
                  for m in members}
-        results = yield defer.DeferredList([self._invite(system, m.uri, parts[m.name].to_bytes())
+        results = yield defer.DeferredList([self._leg_invite(setup, m.name, m.uri, parts[m.name].to_bytes())
                                             for m in members], consumeErrors=True)
         legs: dict[str, Leg] = {}
         for m, (ok, value) in zip(members, results, strict=True):
@@ -769,6 +776,7 @@ class MdsmApp:
         cn = Leg("cn", str(request_uri_of(incoming)), cn_call, answer.to_bytes(), incoming.offer or b"")
         mc = ManagedCall(cn_call.call_id, system.name, who, cn, legs, plan, sess_id)
         self._save(mc)
+        self._drop_setup(setup)
         self._adopt(mc)
         log.info("call from %s split over %s", who, ", ".join(legs))
         return mc

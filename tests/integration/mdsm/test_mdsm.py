@@ -641,6 +641,35 @@ def test_a_handoff_killed_while_the_cn_rings_is_cancelled_on_restart(tmp_path: P
                 peer.stop()
 
 
+def test_a_call_to_the_virtual_device_killed_while_a_member_rings_is_cancelled_on_restart(
+        tmp_path: Path) -> None:
+    """MNC mode: an owner (our own UA) INVITEs the virtual device; its one member rings. ``kill -9``
+    then: the restarted MDSM CANCELs the member's INVITE, so nothing is left ringing."""
+    (tmp_path / "mdsm").mkdir()
+    ringer = Member("speaker", "audio", "sendrecv", ring=True)
+    started: list[Any] = [ringer]
+    try:
+        mdsm = Mdsm(tmp_path / "mdsm", f"{HOST}:{free_udp_port()}",
+                    f'[[system]]\nname = "living-room"\nmembers = ["{ringer.uri}"]\n'
+                    'owners = ["sip:mn@127.0.0.1"]\n', extra="[limits]\nsetup_timeout = 60\n")
+        mdsm.start()
+        started.append(mdsm)
+        mn = SipmobUA(free_udp_port(), "mn", workdir=tmp_path / "mn")
+        started.append(mn)
+        mn.invite(mdsm.uri("living-room"))
+        assert ringer.wait("ringing", 10), [*ringer.lines, mdsm.output()]
+        assert until(lambda: any("ringing" in leg for _, _, d in Store(mdsm.state).setups()
+                                 for leg in d["legs"].values()), 10)
+        mdsm.kill9()
+        mdsm.start()
+        assert ringer.wait("cancelled", 10), ringer.lines
+        assert "rolled back" in mdsm.output()
+        assert list(Store(mdsm.state).setups()) == [] and len(Store(mdsm.state)) == 0
+    finally:
+        for peer in reversed(started):
+            peer.stop()
+
+
 def test_bad_requests_get_clear_errors_and_the_call_limit_holds(tmp_path: Path) -> None:
     """A malformed Refer-To is 400, a stranger's nested REFER 403, a REFER over ``max_calls`` 503;
     none of them invites anyone, and the call in progress is untouched."""
