@@ -14,7 +14,12 @@ each side's RTP ports are read from the SDP in the same capture. Per action: lat
 first packet of the CN's media at the new place (a member, or the phone), lapse = the longest gap
 between packets of the CN's media reaching any place of the user's, in packet intervals, and
 sequence numbers missing. PJSIP here is built without video, so it answers the video line with
-port 0: only the speaker gets the CN's media, and its figures are the ones printed.
+port 0: only the speaker gets the CN's media, and its figures are the ones printed. The lapse is
+given twice: over the whole window (until the next command, 0.6 s), which also holds any stall of
+the CN's own sender, and at the switch (from the last packet before the command to 3 intervals
+after the first packet at the new place), which is what the command causes. With ``--each``,
+every action's longest gap is placed against the SIP messages of the phone, the MDSM and the CN
+(ms from the command): a gap with no SIP in it and the same place on both sides is the CN's.
 
 Part 2 (load and restart): `--calls` N REFERs (bounded: at most 40, 4 per PJSIP instance)
 from a small UA of our own acting as the mobile node, each handing a new call with a PJSIP
@@ -28,6 +33,7 @@ printed, how many re-INVITEs got 200 and how many member legs the restarted daem
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import shutil
@@ -81,6 +87,10 @@ def child(options: dict[str, Any]) -> None:
     reactor.run()  # type: ignore[attr-defined]
 
 
+def longest_gap(times: Any) -> float:
+    return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+
 def rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -95,7 +105,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def part1(d: Path, rounds: int, each: bool, pcap: Path | None, deadline: float) -> None:
-    from bench_mn_lapse import command, longest_gap
+    from bench_mn_lapse import command
     from bench_sh import Lapse, announced_ports, measure, read_rtp, report
     from mdsm_process import Mdsm, Member
     from phone_process import Phone, until
@@ -161,12 +171,20 @@ def part1(d: Path, rounds: int, each: bool, pcap: Path | None, deadline: float) 
     steady = [p.time for p in packets if p.src in cn_ports and p.time < windows[0][1]]
     interval = (steady[-1] - steady[0]) / (len(steady) - 1)
     lapses: dict[str, list[Lapse]] = defaultdict(list)
+    switches: dict[str, list[float]] = defaultdict(list)
+    sip = sip_events(path, sip_ports) if each else []
+    names = {phone.port: "phone", mdsm.port: "mdsm", cn.port: "CN"}
     for kind, t0, stop in windows:
         lap = measure(packets, kind, t0, stop, cn_ports, phone_ports, member_ports, interval)
         lapses[kind].append(lap)
+        switch = switch_gap(packets, kind, t0, stop, cn_ports, phone_ports, member_ports, interval)
+        switches[kind].append(switch)
         if each:
             latency = f"{lap.latency * 1000:6.1f} ms" if lap.latency is not None else "   never "
-            print(f"  {kind:8s} latency {latency}  gap {lap.gap:4.2f} intervals  lost {lap.lost}")
+            print(f"  {kind:8s} latency {latency}  gap {lap.gap:4.2f} intervals (at the switch {switch:4.2f})"
+                  f"  lost {lap.lost}")
+            where = gap_timeline(packets, sip, names, t0, stop, cn_ports, phone_ports, member_ports)
+            print(f"           {where}")
     print(f"part 1: {len(windows) // 2} rounds of handoff to a 3-member virtual device + retrieval, PJSIP "
           f"as CN, packet interval {interval * 1000:.1f} ms, {len(packets)} RTP packets captured")
     calm = longest_gap(steady) / interval
@@ -175,6 +193,10 @@ def part1(d: Path, rounds: int, each: bool, pcap: Path | None, deadline: float) 
     bench_sh.LATENCY_TARGET = 0.150  # the MDSM's target: three members' INVITEs before the CN's
     for kind in ("transfer", "retrieve"):
         report(kind, lapses[kind])
+        at = sorted(switches[kind])
+        print(f"{kind:8s} at the switch (the command to 3 intervals after the first packet at the new "
+              f"place): longest gap p50 {at[len(at) // 2]:4.2f} max {at[-1]:4.2f} intervals "
+              f"[{'PASS' if at[-1] <= 2 else 'MISS'} <= 2]")
     ours = [*sip_ports, *(m.port for m in members)]
     decode = [a for p in ours for a in ("-d", f"udp.port=={p},sip")]
     # only our processes' messages: other programs on this machine's loopback are captured too
@@ -186,6 +208,66 @@ def part1(d: Path, rounds: int, each: bool, pcap: Path | None, deadline: float) 
     print(f"tshark: {len(sip)} SIP requests ({', '.join(sorted(set(sip)))}), malformed or with a "
           f"warning: {len(bad.splitlines())} [{'ok' if not bad else 'MISS'} == 0]"
           + (f"\n{bad}" if bad else ""))
+
+
+def switch_gap(packets: Any, kind: str, t0: float, stop: float, cn: set[int], phone: set[int],
+               member: set[int], interval: float) -> float:
+    """The longest gap in the CN's media reaching the user around the switch itself: from the last
+    packet before the command to 3 intervals after the first packet at the new place, in
+    intervals. The whole window's longest gap (`measure`) also holds the CN's own stalls later on,
+    which no command causes (the figure before the first command shows their size)."""
+    new = member if kind == "transfer" else phone
+    to_user = [p.time for p in packets
+               if t0 - 0.2 <= p.time < stop and p.src in cn and p.dst in phone | member]
+    first = next((p.time for p in packets if t0 <= p.time < stop and p.src in cn and p.dst in new), None)
+    if first is None:
+        return float("inf")
+    before = [t for t in to_user if t < t0]
+    start = before[-1] if before else t0
+    around = [t for t in to_user if start <= t <= first + 3 * interval]
+    return longest_gap(around) / interval
+
+
+def sip_events(capture: Path, sip_ports: tuple[int, ...]) -> list[tuple[float, int, int, str]]:
+    """(time, source port, destination port, method or status) of every SIP message among our
+    ports, on the capture's clock."""
+    from tests.peers.tshark import tshark
+
+    decode = [a for p in sip_ports for a in ("-d", f"udp.port=={p},sip")]
+    mine = "udp.srcport in {" + ", ".join(map(str, sip_ports)) + "} && udp.dstport in {" \
+        + ", ".join(map(str, sip_ports)) + "}"
+    out = tshark("-r", str(capture), *decode, "-Y", f"sip && {mine}", "-T", "fields",
+                 "-e", "frame.time_epoch", "-e", "udp.srcport", "-e", "udp.dstport", "-e", "sip.Method",
+                 "-e", "sip.Status-Code", "-e", "sip.CSeq.method", timeout=120)
+    events = []
+    for line in out.splitlines():
+        row = line.split("\t")
+        if len(row) >= 6 and row[0]:
+            label = row[3] or f"{row[4]} ({row[5]})"
+            events.append((float(row[0]), int(row[1]), int(row[2]), label))
+    return sorted(events)
+
+
+def gap_timeline(packets: Any, sip: list[tuple[float, int, int, str]], names: dict[int, str], t0: float,
+                 stop: float, cn: set[int], phone: set[int], member: set[int]) -> str:
+    """Where an action's longest gap in the CN's media lies against the SIP messages around it
+    (ms from the command): the last packet before it, where it went, the SIP messages within the
+    gap, the first packet after it and where it went."""
+    to_user = [p for p in packets if t0 - 0.5 <= p.time < stop and p.src in cn and p.dst in phone | member]
+    if len(to_user) < 2:
+        return "no media"
+    a, b = max(itertools.pairwise(to_user), key=lambda ab: ab[1].time - ab[0].time)
+
+    def place(port: int) -> str:
+        return "phone" if port in phone else "member"
+
+    def ms(t: float) -> str:
+        return f"{(t - t0) * 1000:+.1f}"
+
+    between = [f"{ms(t)} {names.get(src, src)}->{names.get(dst, dst)} {label}" for t, src, dst, label in sip
+               if a.time - 0.005 <= t <= b.time]
+    return (f"gap from {ms(a.time)} (to {place(a.dst)}) to {ms(b.time)} (to {place(b.dst)}): "
+            + ("; ".join(between) or "no SIP in between"))
 
 
 def part2(d: Path, n: int) -> None:

@@ -269,6 +269,37 @@ def test_killed_daemon_is_restarted(box: Container, daemon: Daemon) -> None:
     assert int(after["NRestarts"]) > int(before["NRestarts"])
 
 
+def test_mdsm_call_survives_kill_9_and_the_restart_by_systemd(box: Container) -> None:
+    # A call held through the MDSM (mdsm_probe.py: CN, member and referrer in one process in the
+    # background); kill -9, systemd restarts the daemon, and it answers the CN's re-INVITE and BYE
+    # in the restored dialog and ends the member's leg.
+    unit, config = "sipmob-mdsm.service", "/etc/sipmob/mdsm.toml"
+    saved = box.run(["cat", config]).stdout
+    box.run(["tee", "-a", config], input='\n[[system]]\nname = "held"\n'
+            'members = ["sip:speaker@127.0.0.1:5092"]\nowners = ["sip:probe@127.0.0.1"]\n')
+    box.run(["systemctl", "reload", unit])
+    box.run(["rm", "-rf", "/run/mdsm-probe"])
+    try:
+        wait_for("the virtual device", lambda: "1 virtual device" in show(box, unit)["StatusText"])
+        box.run(["systemd-run", "--unit", "mdsm-probe", "--collect", "python3", "/probe/mdsm_probe.py",
+                 "--dir", "/run/mdsm-probe", "--timeout", "90"])
+        wait_for("the call held through the MDSM",
+                 lambda: box.run(["cat", "/run/mdsm-probe/state"], check=False).stdout == "held", timeout=30)
+        before = show(box, unit)
+        assert "1 call" in before["StatusText"]
+        box.run(["kill", "-9", before["MainPID"]])
+        wait_for("a restart", lambda: (s := show(box, unit))["ActiveState"] == "active"
+                 and s["MainPID"] not in ("0", before["MainPID"]) and "1 call" in s["StatusText"])
+        box.run(["touch", "/run/mdsm-probe/go"])
+        out = wait_for("the probe's result",
+                       lambda: box.run(["cat", "/run/mdsm-probe/result"], check=False).stdout, timeout=60)
+        assert json.loads(out) == {"held": True, "reinvite": 200, "member_bye": True}
+    finally:
+        box.run(["systemctl", "stop", "mdsm-probe.service"], check=False)
+        box.run(["tee", config], input=saved)
+        box.run(["systemctl", "reload", unit], check=False)
+
+
 @by_daemon
 def test_stop_is_clean(box: Container, daemon: Daemon) -> None:
     pid = show(box, daemon.unit)["MainPID"]

@@ -12,6 +12,22 @@ node to the CN with Replaces for our dialog); and, for the life of the call, con
 back, a member's re-INVITE propagated to the CN, a member that leaves has its streams disabled in
 the CN's session (port 0), the CN's BYE ends every member's leg.
 
+A member that left is still asked OPTIONS at each keepalive round: one that had been out of reach
+(it stopped answering, or it BYEd and then stopped answering, as a device switched off does) and
+answers again is invited back: an INVITE without SDP, its offer put back at the m-lines it had in
+a re-INVITE to the CN, its ACK with its part of the CN's answer. One that BYEd and kept answering
+was told to stop by someone at the device and is not asked back.
+
+Hanging up a call handed to us: the referrer is no longer in the call once the CN has BYEd it,
+so it cannot end it itself. It sends us ``REFER`` with ``Refer-To: <CN;method=BYE>`` and a
+``Target-Dialog`` (RFC 4538) naming the call: our dialog with the CN, or the referrer's own dialog
+with the CN that ours replaced (the only one it has seen; we keep the Replaces of its handoff).
+Knowing the dialog identifiers is not enough: the sender must also be the call's referrer or an
+owner (403 otherwise, before anything is sent; 481 when no call of ours is named). We answer 202,
+BYE the CN and every member, and NOTIFY the status of the CN's answer to our BYE. The generic
+REFER code of the core accepts only INVITE and REFER as referred methods, so this REFER is told
+apart here, before it is parsed as a handoff.
+
 Who may do what: only a system's ``owners`` may hand it a session or send an INVITE to it (the
 CN checks that the Referred-By is the replaced dialog's party, RFC 3891 §6; we cannot see that
 dialog), only the party that handed a call over (or an owner) may take it back, and a member whose
@@ -31,6 +47,19 @@ Calls outlive the daemon: every leg's dialog and descriptions and the plan are s
 saved call up again (`sipmob.service.sipua.UserAgent.adopt`), media never having stopped,
 since it flows between the CN and the members directly.
 
+A handoff still being set up (between our 202 and the CN's answer) is saved too, as a `Setup`:
+the referrer's subscription dialog before the first INVITE goes out, then each leg as soon as we
+learn how to undo it (its first provisional response, which gives what a CANCEL must repeat;
+its dialog once it answers, before its ACK). A restarted daemon rolls such a handoff back rather
+than completing it (the answers it was waiting for went to the dead process): a ringing leg is
+CANCELled, an answered one BYEd, and the referrer gets a final NOTIFY ``500``; the referrer's call
+with the CN never changed, since the CN had not answered our INVITE with Replaces. Limits: a leg
+that has sent nothing but 100 Trying when the daemon dies cannot be cancelled (it rings until its
+own timeout); the CN answering in the instant between its 200 and the call's row being written
+is undone by BYE like a member, where completing it would have kept the call. An INVITE straight
+to a virtual device (MNC mode) is saved the same way (without a referrer to tell): its members'
+legs are undone; the caller's INVITE, whose transaction died with the process, fails on its side.
+
 Not here: which member carries which stream and the descriptions (`sipmob.mdsm.plan`), SIP rules
 (`sipmob.sip`), the main loop (`sipmob.service.daemon`).
 """
@@ -39,9 +68,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import logging
+import re
 import secrets
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from twisted.internet import defer
@@ -51,6 +83,7 @@ from sipmob.mdsm.config import MdsmConfig, Member, System, device_members, membe
 from sipmob.mdsm.plan import (
     Plan,
     PlanError,
+    Slot,
     cn_description,
     member_description,
     plan_for_offer,
@@ -61,7 +94,7 @@ from sipmob.mdsm.plan import (
 from sipmob.mdsm.rooms import per_room
 from sipmob.mdsm.store import Store, dialog_from_dict, dialog_to_dict
 from sipmob.mn.devices import SERVICE_TYPE, Found, discover
-from sipmob.mn.handoff import same_party
+from sipmob.mn.handoff import names_dialog, same_party
 from sipmob.sdp import Origin, SDPParseError, SessionDescription, parse
 from sipmob.service.daemon import Runtime
 from sipmob.service.sipua import (
@@ -76,8 +109,8 @@ from sipmob.service.sipua import (
 from sipmob.service.slp import SLPClient, SLPServiceAgent
 from sipmob.sip.auth import DigestServer, compute_ha1
 from sipmob.sip.headers import Replaces
-from sipmob.sip.message import Request
-from sipmob.sip.ua import Referred, referred
+from sipmob.sip.message import Request, Response
+from sipmob.sip.ua import Referred, UAError, referred
 from sipmob.sip.uri import URI, NameAddr, SIPParseError
 from sipmob.slp.attrs import Attribute
 
@@ -101,6 +134,24 @@ class Leg:
 
 
 @dataclasses.dataclass(slots=True)
+class Gone:
+    """A member that left a call, kept so that it can be asked back when it returns."""
+
+    uri: str
+    slots: tuple[Slot, ...]  # what it carried (its m-lines in the CN's session)
+    away: bool  # it has been seen unreachable (a BYE alone means the device was told to stop)
+    rejoining: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"uri": self.uri, "slots": [[s.i, s.member, s.k] for s in self.slots], "away": self.away}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Gone:
+        return cls(str(data["uri"]), tuple(Slot(int(i), str(m), int(k)) for i, m, k in data["slots"]),
+                   bool(data["away"]))
+
+
+@dataclasses.dataclass(slots=True)
 class ManagedCall:
     id: str
     system: str
@@ -110,10 +161,50 @@ class ManagedCall:
     plan: Plan
     sess_id: int
     ending: bool = False
+    replaced: Replaces | None = None  # the referrer's dialog with the CN that ours replaced (Fig. 6)
+    gone: dict[str, Gone] = dataclasses.field(default_factory=dict)  # members that left, by name
 
     def as_dict(self) -> dict[str, Any]:
         return {"referrer": self.referrer, "sess_id": self.sess_id, "plan": self.plan.as_dict(),
-                "cn": self.cn.as_dict(), "members": {n: leg.as_dict() for n, leg in self.members.items()}}
+                "cn": self.cn.as_dict(), "members": {n: leg.as_dict() for n, leg in self.members.items()},
+                "replaced": str(self.replaced) if self.replaced is not None else None,
+                "gone": {n: g.as_dict() for n, g in self.gone.items()}}
+
+    def named_by(self, target_dialog: str) -> bool:
+        """Whether a Target-Dialog value (RFC 4538) names this call: our dialog with the CN, or the
+        referrer's dialog with the CN that ours replaced (the only one the referrer has seen)."""
+        dialog = self.cn.call.dialog
+        if names_dialog(target_dialog, dialog.call_id, {dialog.local_tag, dialog.remote_tag}):
+            return True
+        r = self.replaced
+        return r is not None and names_dialog(target_dialog, r.call_id, {r.to_tag, r.from_tag})
+
+
+@dataclasses.dataclass(slots=True)
+class Setup:
+    """A handoff by REFER between our 202 and the CN's answer, or an INVITE to a virtual device
+    between its arrival and its ACK: what a restarted daemon needs to undo it (see
+    `MdsmApp._roll_back`). `legs` maps a member's name (or ``CN``) to its URI and
+    either ``ringing`` (from its first provisional response: what a CANCEL must repeat) or
+    ``dialog`` (answered, its ACK still held)."""
+
+    id: str
+    system: str
+    referrer: str
+    accepted: AcceptedRefer | None  # None: an INVITE straight to the virtual device (MNC mode)
+    legs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        refer = None
+        if self.accepted is not None:
+            dialog = self.accepted.dialog
+            # two NOTIFYs may follow a save (183, then the final one): CSeq numbers reserved for both
+            refer = {"dialog": dialog_to_dict(dialog, reserve=2) if dialog is not None else None,
+                     "id": self.accepted.refer_id}
+        return {"referrer": self.referrer, "refer": refer, "legs": self.legs}
+
+
+CN_LEG = "CN"  # the key of the CN's leg in `Setup.legs` (member names are lower-case)
 
 
 class MdsmApp:
@@ -153,6 +244,7 @@ class MdsmApp:
                 machine.contact_uri = machine.contact_uri.replace(host=self.host)
             self.store = Store(self.config.state_file)
             self._restore()
+            self._roll_back()
             self._register_all()
             self._watch_rooms()
             self._keep_alive()
@@ -327,12 +419,12 @@ class MdsmApp:
             raise SIPError(503, "Too many calls")
 
     @contextlib.contextmanager
-    def _as(self, system: System) -> Iterator[None]:
+    def _as(self, name: str) -> Iterator[None]:
         """Requests made inside come From the system's own URI (a referee checks who REFERs it)."""
         machine = self.ua.machine
         saved = machine.aor, machine.display_name
         host = self.host
-        machine.aor = URI.parse(f"sip:{system.name}@{f'[{host}]' if ':' in host else host}")
+        machine.aor = URI.parse(f"sip:{name}@{f'[{host}]' if ':' in host else host}")
         machine.display_name = None
         try:
             yield
@@ -348,6 +440,9 @@ class MdsmApp:
     def _on_refer(self, incoming: IncomingRequest) -> None:
         request = incoming.request
         system = self._system_of(request.uri)
+        if _refer_method(request) == "BYE":
+            self._hang_up(incoming, system)
+            return
         try:
             what = referred(request)
         except (SIPParseError, ValueError) as exc:
@@ -369,20 +464,51 @@ class MdsmApp:
         members = self._usable_members(system, who)
         accepted = incoming.accept_refer()
         self.setting_up += 1
-        d = self._hand_over(system, members, what, str(who), accepted)
+        setup = Setup(secrets.token_hex(8), system.name, str(who), accepted)
+        self._save_setup(setup)  # before the first INVITE goes out
+        d = self._hand_over(system, members, what, str(who), accepted, setup)
 
         def done(result: Any) -> None:
             self.setting_up -= 1
+            self._drop_setup(setup)
             self.runtime.status_changed(self)
 
         d.addErrback(lambda f: log.error("handoff to %s failed: %s", system.name, f.getErrorMessage()))
         d.addBoth(done)
 
-    def _invite(self, system: System, target: str, sdp: bytes | None,
-                headers: tuple[tuple[str, str], ...] = ()) -> defer.Deferred[Call]:
-        with self._as(system):
-            d = self.ua.invite(target, sdp, headers=headers)
+    def _invite(self, system: System | str, target: str, sdp: bytes | None,
+                headers: tuple[tuple[str, str], ...] = (),
+                on_provisional: Callable[[Response], Any] | None = None) -> defer.Deferred[Call]:
+        with self._as(system if isinstance(system, str) else system.name):
+            d = self.ua.invite(target, sdp, headers=headers, on_provisional=on_provisional)
         return d.addTimeout(self.config.limits.setup_timeout, self.reactor)
+
+    # A handoff being set up, on disk ------------------------------------------------------------------
+
+    def _save_setup(self, setup: Setup) -> None:
+        if self.store is not None:
+            self.store.save_setup(setup.id, setup.system, setup.as_dict())
+
+    def _drop_setup(self, setup: Setup) -> None:
+        if self.store is not None:
+            self.store.delete_setup(setup.id)
+
+    def _leg_invite(self, setup: Setup, name: str, target: str, sdp: bytes | None,
+                    headers: tuple[tuple[str, str], ...] = ()) -> defer.Deferred[Call]:
+        """`_invite`, with the leg written to the setup's row as soon as we learn how to undo it:
+        its first provisional response (a CANCEL repeats its Via, From, To, Call-ID and CSeq), then
+        its dialog once it answers (before its ACK, which waits for the CN's answer)."""
+        def provisional(response: Response) -> None:
+            if "dialog" not in setup.legs.get(name, {}):
+                setup.legs[name] = {"uri": target, "ringing": _cancel_fields(response)}
+                self._save_setup(setup)
+
+        def answered(call: Call) -> Call:
+            setup.legs[name] = {"uri": target, "dialog": dialog_to_dict(call.dialog)}
+            self._save_setup(setup)
+            return call
+
+        return self._invite(setup.system, target, sdp, headers, provisional).addCallback(answered)
 
     def _origin(self, sess_id: int, leg_version: int) -> Origin:
         host = self.host
@@ -400,10 +526,10 @@ class MdsmApp:
 
     @defer.inlineCallbacks
     def _hand_over(self, system: System, members: list[Member], what: Referred, referrer: str,
-                   accepted: AcceptedRefer) -> Any:
+                   accepted: AcceptedRefer, setup: Setup) -> Any:
         sess_id = secrets.randbelow(2**31)
         # messages 3-4: an INVITE without SDP to each member; their 200s carry offers
-        results = yield defer.DeferredList([self._invite(system, m.uri, None) for m in members],
+        results = yield defer.DeferredList([self._leg_invite(setup, m.name, m.uri, None) for m in members],
                                            consumeErrors=True)
         answered: list[tuple[Member, Call, SessionDescription]] = []
         for m, (ok, value) in zip(members, results, strict=True):
@@ -418,6 +544,7 @@ class MdsmApp:
         if not answered:
             accepted.notify(480, "No member answered")
             return None
+        self._save_setup(setup)  # its CSeq reservation covers this NOTIFY
         accepted.notify(183, "Session Progress")
         try:
             plan = plan_from_offers([(m.name, sdp) for m, _, sdp in answered])
@@ -450,7 +577,7 @@ class MdsmApp:
             return None
         # message 5: the CN, with the members' offers as one, Replaces and Referred-By
         try:
-            cn_call = yield self._invite(system, str(what.target), offer.to_bytes(), what.headers)
+            cn_call = yield self._leg_invite(setup, CN_LEG, str(what.target), offer.to_bytes(), what.headers)
             assert cn_call is not None
             answer = parse(cn_call.remote_sdp or b"")
             parts = {m.name: member_description(plan, m.name, answer, sdp, self._origin(sess_id, 1))
@@ -463,8 +590,10 @@ class MdsmApp:
         cn = Leg("cn", str(what.target), cn_call, offer.to_bytes(), cn_call.remote_sdp or b"")
         legs = {m.name: Leg(m.name, m.uri, call, parts[m.name].to_bytes(), call.remote_sdp or b"")
                 for m, call, _sdp in answered}
-        mc = ManagedCall(cn_call.call_id, system.name, referrer, cn, legs, plan, sess_id)
+        mc = ManagedCall(cn_call.call_id, system.name, referrer, cn, legs, plan, sess_id,
+                         replaced=what.replaces)
         self._save(mc)
+        self._drop_setup(setup)  # a call now: a restart takes it up rather than undoing it
         # messages 7-8: each member's ACK with its part of the CN's answer (the CN's ACK is out)
         for leg in legs.values():
             leg.call.ack(leg.local)
@@ -493,7 +622,7 @@ class MdsmApp:
         mine = accepted.dialog
         target_dialog = ([("Target-Dialog", f"{mine.call_id};local-tag={mine.local_tag};"
                                             f"remote-tag={mine.remote_tag}")] if mine is not None else [])
-        with self._as(system):
+        with self._as(system.name):
             d = self.ua.refer(what.target, inner or URI.parse(mc.cn.uri), replaces=replaces,
                               referred_by=str(NameAddr(None, URI.parse(self._aor(system)))),
                               headers=target_dialog)
@@ -507,6 +636,63 @@ class MdsmApp:
             accepted.notify(status if status >= 300 else 500)
 
         d.addCallbacks(sent, failed)
+
+    # Hanging up a call handed to us -----------------------------------------------------------------
+
+    def _hang_up(self, incoming: IncomingRequest, system: System) -> None:
+        """``REFER`` with ``Refer-To: <CN;method=BYE>`` and a ``Target-Dialog`` (RFC 4538) naming the
+        call: the phone that handed it over (or an owner) ends it. The referrer is no longer in the
+        call, so it cannot BYE anyone itself; we BYE the CN and every member and NOTIFY how the CN's
+        BYE went (RFC 3515 §2.4.5: a sipfrag of its response)."""
+        request = incoming.request
+        who = request.from_.uri
+        owner = self._owner(system, who)
+        if not owner and not any(c.system == system.name and same_party(URI.parse(c.referrer), who)
+                                 for c in self.calls.values()):
+            log.warning("hang-up REFER from %s to %s refused: not a party to its calls, nor an owner",
+                        who, system.name)
+            raise SIPError(403, "Not the party that handed a call here, nor an owner")
+        challenge = self._challenge(request, who)
+        if challenge is not None:
+            incoming.respond(401, headers=[("WWW-Authenticate", challenge)])
+            return
+        values = request.headers.get_lines("Refer-To")
+        target_dialog = request.headers.get("Target-Dialog")
+        if target_dialog is None:
+            raise SIPError(400, "A hang-up REFER names its call in Target-Dialog (RFC 4538)")
+        try:
+            target = NameAddr.parse(values[0].strip()).uri
+        except (SIPParseError, IndexError) as exc:
+            raise SIPError(400, f"Bad Refer-To: {exc}") from None
+        mc = next((c for c in self.calls.values() if c.system == system.name and not c.ending
+                   and c.named_by(target_dialog)), None)
+        if mc is None or not same_party(URI.parse(mc.cn.uri), target):
+            raise SIPError(481, "No such call here")
+        if not owner and not same_party(URI.parse(mc.referrer), who):
+            log.warning("hang-up REFER from %s for call %s refused: not its party", who, mc.id)
+            raise SIPError(403, "Not the party that handed this call here, nor an owner")
+        accepted = incoming.accept_refer()
+        log.info("call %s: %s hangs up: BYE to the CN and to %s", mc.id, who,
+                 ", ".join(mc.members) or "nobody")
+        self._forget(mc)
+        for leg in mc.members.values():
+            if leg.call.state != "terminated":
+                leg.call.bye()
+        self._bye_status(mc.cn.call).addCallback(lambda status: accepted.notify(status))
+
+    def _bye_status(self, call: Call) -> defer.Deferred[int]:
+        """BYE `call`; fires with the status of its answer (408 when none came)."""
+        d: defer.Deferred[int] = defer.Deferred()
+        if call.state == "terminated":
+            d.callback(481)
+            return d
+        op = self.ua.machine.bye(call.handle, self.ua.now())
+        if op:
+            self.ua.expect(op, lambda response: d.callback(response.status if response is not None else 408))
+        else:
+            d.callback(200)
+        self.ua.flush()
+        return d
 
     # INVITE to a virtual device (MNC mode) ---------------------------------------------------------------
 
@@ -539,11 +725,14 @@ class MdsmApp:
             incoming.reject(488)
             return
         self.setting_up += 1
+        setup = Setup(secrets.token_hex(8), system.name, str(who), None)
+        self._save_setup(setup)
         d = self._fan_out(system, [m for m in members if m.name in plan.members()], incoming, offer, plan,
-                          str(who))
+                          str(who), setup)
 
         def done(_: Any) -> None:
             self.setting_up -= 1
+            self._drop_setup(setup)
             self.runtime.status_changed(self)
 
         d.addErrback(lambda f: log.error("call to %s failed: %s", system.name, f.getErrorMessage()))
@@ -551,11 +740,11 @@ class MdsmApp:
 
     @defer.inlineCallbacks
     def _fan_out(self, system: System, members: list[Member], incoming: IncomingCall,
-                 offer: SessionDescription, plan: Plan, who: str) -> Any:
+                 offer: SessionDescription, plan: Plan, who: str, setup: Setup) -> Any:
         sess_id = secrets.randbelow(2**31)
         parts = {m.name: member_description(plan, m.name, offer, offer, self._origin(sess_id, 1))
                  for m in members}
-        results = yield defer.DeferredList([self._invite(system, m.uri, parts[m.name].to_bytes())
+        results = yield defer.DeferredList([self._leg_invite(setup, m.name, m.uri, parts[m.name].to_bytes())
                                             for m in members], consumeErrors=True)
         legs: dict[str, Leg] = {}
         for m, (ok, value) in zip(members, results, strict=True):
@@ -587,6 +776,7 @@ class MdsmApp:
         cn = Leg("cn", str(request_uri_of(incoming)), cn_call, answer.to_bytes(), incoming.offer or b"")
         mc = ManagedCall(cn_call.call_id, system.name, who, cn, legs, plan, sess_id)
         self._save(mc)
+        self._drop_setup(setup)
         self._adopt(mc)
         log.info("call from %s split over %s", who, ", ".join(legs))
         return mc
@@ -628,7 +818,8 @@ class MdsmApp:
     def _member_gone(self, mc: ManagedCall, name: str, reason: str) -> None:
         if mc.ending or name not in mc.members:
             return
-        del mc.members[name]
+        leg = mc.members.pop(name)
+        mc.gone[name] = Gone(leg.uri, tuple(mc.plan.of(name)), away=reason != "bye")
         mc.plan = without_member(mc.plan, name)
         if not mc.plan.slots:
             log.info("call %s: its last member %s left (%s): ending it", mc.id, name, reason)
@@ -749,6 +940,12 @@ class MdsmApp:
             for name, leg in list(mc.members.items()):
                 d = self.ua.options(leg.uri, timeout=self.config.limits.keepalive_timeout)
                 d.addErrback(lambda _f, mc=mc, name=name, leg=leg: self._member_silent(mc, name, leg))
+            for name, gone in list(mc.gone.items()):
+                if gone.rejoining:
+                    continue
+                d = self.ua.options(gone.uri, timeout=self.config.limits.keepalive_timeout)
+                d.addCallbacks(lambda _r, mc=mc, name=name, gone=gone: self._member_answers(mc, name, gone),
+                               lambda _f, mc=mc, gone=gone: self._member_away(mc, gone))
 
     def _member_silent(self, mc: ManagedCall, name: str, leg: Leg) -> None:
         if mc.ending or mc.members.get(name) is not leg:
@@ -756,7 +953,118 @@ class MdsmApp:
         log.info("call %s: member %s does not answer OPTIONS: ending its leg", mc.id, name)
         leg.call.bye()  # our BYE ends the leg at once (on_terminated "local"), answered or not
 
+    # Members that come back -------------------------------------------------------------------------
+
+    def _member_away(self, mc: ManagedCall, gone: Gone) -> None:
+        if not gone.away and not mc.ending:
+            gone.away = True
+            self._save(mc)
+
+    def _member_answers(self, mc: ManagedCall, name: str, gone: Gone) -> None:
+        """A member that left answers OPTIONS again: asked back if it had been away (switched off,
+        unplugged, out of reach). One that BYEd and never stopped answering was told to stop by
+        someone at the device, and stays out of the call."""
+        if mc.ending or mc.gone.get(name) is not gone or not gone.away or gone.rejoining:
+            return
+        gone.rejoining = True
+        log.info("call %s: member %s answers again: inviting it back", mc.id, name)
+        self._rejoin(mc, name, gone).addErrback(
+            lambda f: log.error("call %s: taking %s back failed: %s", mc.id, name, f.getErrorMessage()))
+
+    @defer.inlineCallbacks
+    def _rejoin(self, mc: ManagedCall, name: str, gone: Gone) -> Any:
+        """Fig. 6 for one member within the call: an INVITE without SDP to it, its offer stitched
+        into a re-INVITE to the CN at the m-lines it had (port 0 since it left), and its ACK with
+        its part of the CN's answer."""
+        try:
+            call = yield self._invite(mc.system, gone.uri, None)
+        except Exception as exc:
+            log.info("call %s: member %s did not take the call back: %s", mc.id, name, exc)
+            gone.rejoining = False
+            return None
+        if mc.ending or mc.gone.get(name) is not gone:
+            self._release(call, call.remote_sdp, mc.sess_id)
+            return None
+        try:
+            theirs = parse(call.remote_sdp or b"")
+            current = parse(mc.cn.local)
+            slots = tuple(s for s in gone.slots if s.k < len(theirs.media) and theirs.media[s.k].port != 0
+                          and theirs.media[s.k].media == current.media[s.i].media)
+            if not slots:
+                raise PlanError("it offers none of the streams it carried")
+            plan = Plan(tuple(sorted((*mc.plan.slots, *slots), key=lambda s: s.i)), mc.plan.cn_lines)
+            members = {n: parse(leg.remote) for n, leg in mc.members.items()}
+            members[name] = theirs
+            offer = cn_description(plan, members, self._origin(mc.sess_id, mc.cn.version + 1),
+                                   template=current)
+        except (SDPParseError, PlanError) as exc:
+            log.warning("call %s: member %s cannot come back: %s", mc.id, name, exc)
+            self._release(call, call.remote_sdp, mc.sess_id)
+            gone.rejoining = False
+            return None
+        before = mc.cn.local, mc.plan
+        leg = Leg(name, gone.uri, call, b"", call.remote_sdp or b"")
+        mc.members[name] = leg
+        del mc.gone[name]
+        mc.plan = plan
+        mc.cn.version += 1
+        mc.cn.local = offer.to_bytes()
+        self._save(mc)
+        try:
+            response = yield mc.cn.call.reinvite(mc.cn.local)
+            mc.cn.remote = response.body or mc.cn.remote
+            part = member_description(plan, name, parse(mc.cn.remote), theirs, self._origin(mc.sess_id, 1))
+        except Exception as exc:
+            log.warning("call %s: the CN did not take %s back: %s", mc.id, name, exc)
+            if mc.members.get(name) is leg:
+                del mc.members[name]
+                mc.gone[name] = dataclasses.replace(gone, rejoining=False)
+                mc.cn.local, mc.plan = before
+                self._save(mc)
+            self._release(call, call.remote_sdp, mc.sess_id)
+            return None
+        leg.local = part.to_bytes()
+        self._save(mc)
+        call.ack(leg.local)
+        self._watch_member(mc, name, leg)
+        log.info("call %s: member %s is back (%s)", mc.id, name, ", ".join(f"m{s.i}" for s in slots))
+        return mc
+
     # Restart ----------------------------------------------------------------------------------------
+
+    def _roll_back(self) -> None:
+        """Handoffs a previous run left half done (killed between the 202 and the CN's answer):
+        each leg it created is undone, a ringing one by CANCEL, an answered one by BYE (its ACK
+        was never sent), and the referrer gets a final NOTIFY saying the handoff failed. The
+        referrer's call with the CN is untouched: the CN never answered our INVITE with Replaces."""
+        assert self.store is not None
+        for setup_id, system, data in list(self.store.setups()):
+            undone: list[str] = []
+            for name, leg in (data.get("legs") or {}).items():
+                try:
+                    if leg.get("dialog"):
+                        self.ua.adopt(dialog_from_dict(leg["dialog"])).bye()
+                        undone.append(f"{name} ended")
+                    elif leg.get("ringing"):
+                        _send_cancel(str(leg["uri"]), leg["ringing"])
+                        undone.append(f"{name} cancelled")
+                except (KeyError, TypeError, ValueError, OSError, SIPError) as exc:
+                    log.error("half-done handoff %s: cannot undo leg %s: %s", setup_id, name, exc)
+            refer = data.get("refer") or {}
+            try:
+                if refer.get("dialog"):
+                    handle = self.ua.machine.adopt(dialog_from_dict(refer["dialog"]))
+                    self.ua.in_dialog(handle, "NOTIFY", headers=[
+                        ("Event", f"refer;id={int(refer['id'])}"),
+                        ("Subscription-State", "terminated;reason=noresource")],
+                        body=b"SIP/2.0 500 Handoff Interrupted By A Restart\r\n",
+                        content_type="message/sipfrag").addErrback(lambda _f: None)
+                    undone.append(f"{data.get('referrer')} told")
+            except (KeyError, TypeError, ValueError, SIPError, UAError) as exc:
+                log.error("half-done handoff %s: cannot tell the referrer: %s", setup_id, exc)
+            self.store.delete_setup(setup_id)
+            log.warning("handoff to %s by %s was interrupted by a restart: rolled back (%s)", system,
+                        data.get("referrer"), ", ".join(undone) or "nothing was sent yet")
 
     def _restore(self) -> None:
         assert self.store is not None
@@ -778,13 +1086,49 @@ class MdsmApp:
 
         cn = leg("cn", data["cn"])
         members = {n: leg(n, d) for n, d in data["members"].items()}
+        replaced = data.get("replaced")
+        gone = {str(n): Gone.from_dict(g) for n, g in (data.get("gone") or {}).items()}
         return ManagedCall(call_id, system, str(data["referrer"]), cn, members, Plan.from_dict(data["plan"]),
-                           int(data["sess_id"]))
+                           int(data["sess_id"]), replaced=Replaces.parse(replaced) if replaced else None,
+                           gone=gone)
 
 
 def request_uri_of(incoming: IncomingCall) -> URI:
     """Who the MN's side of an MNC-mode call is: the From of its INVITE."""
     return incoming.request.from_.uri
+
+
+def _cancel_fields(response: Response) -> dict[str, Any]:
+    """What a CANCEL of the INVITE that `response` answers must repeat (RFC 3261 §9.1): its top
+    Via (the branch), From, To without the tag, Call-ID, CSeq number."""
+    to = re.sub(r";\s*tag=[^;>\s]*", "", response.headers.get("To") or "", flags=re.I)
+    return {"via": response.headers.get("Via"), "from": response.headers.get("From"), "to": to,
+            "call_id": response.call_id, "cseq": response.cseq.seq}
+
+
+def _send_cancel(uri: str, fields: Mapping[str, Any]) -> None:
+    """CANCEL an INVITE a previous run of the daemon sent (its transaction died with it): the
+    request is built from the saved fields and sent from a socket of its own; the CANCEL's and the
+    INVITE's answers go to the Via's address, where the new core drops them as strays. Only a
+    member or CN at an IP address (what devices.d and Contacts hold) is reached: no DNS here."""
+    target = URI.parse(uri).replace(headers=())
+    host = target.host.strip("[]")
+    family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    text = (f"CANCEL {target} SIP/2.0\r\nVia: {fields['via']}\r\nMax-Forwards: 70\r\n"
+            f"From: {fields['from']}\r\nTo: {fields['to']}\r\nCall-ID: {fields['call_id']}\r\n"
+            f"CSeq: {int(fields['cseq'])} CANCEL\r\nContent-Length: 0\r\n\r\n")
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.sendto(text.encode(), (host, target.port or 5060))
+
+
+def _refer_method(request: Request) -> str | None:
+    """The method a REFER's Refer-To asks for (None when it cannot be read: `referred` says why)."""
+    values = request.headers.get_lines("Refer-To")
+    try:
+        uri = NameAddr.parse(values[0].strip()).uri if len(values) == 1 else None
+    except SIPParseError:
+        return None
+    return (uri.param("method") or "INVITE").upper() if uri is not None else None
 
 
 def _inner_target(what: Referred) -> URI | None:

@@ -10,6 +10,10 @@ between the write and the send costs a skipped CSeq number, never a reused one (
 wants them increasing, not consecutive). WAL journal, one transaction per save: a ``kill -9``
 leaves either the old row or the new one.
 
+A second table holds the handoffs still being set up (one row each: the referrer's subscription
+dialog, and for every leg we INVITEd either what its first provisional response told us, enough
+to CANCEL it, or its dialog once answered), so that a restarted daemon can undo them.
+
 Not here: what the rows mean to the calls (`sipmob.mdsm.app`).
 """
 
@@ -61,6 +65,8 @@ class Store:
         self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
         self.db.execute("CREATE TABLE IF NOT EXISTS calls (id TEXT PRIMARY KEY, system TEXT NOT NULL, "
                         "data TEXT NOT NULL)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS setups (id TEXT PRIMARY KEY, system TEXT NOT NULL, "
+                        "data TEXT NOT NULL)")
         self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
     def save(self, call_id: str, system: str, data: Mapping[str, Any]) -> None:
@@ -79,6 +85,24 @@ class Store:
                 continue
             if isinstance(data, dict):
                 yield call_id, system, data
+
+    # Handoffs still being set up (`sipmob.mdsm.app.Setup`): rolled back by the next start --------
+
+    def save_setup(self, setup_id: str, system: str, data: Mapping[str, Any]) -> None:
+        self.db.execute("INSERT OR REPLACE INTO setups VALUES (?, ?, ?)",
+                        (setup_id, system, json.dumps(data, separators=(",", ":"))))
+
+    def delete_setup(self, setup_id: str) -> None:
+        self.db.execute("DELETE FROM setups WHERE id = ?", (setup_id,))
+
+    def setups(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        for setup_id, system, text in self.db.execute("SELECT id, system, data FROM setups ORDER BY id"):
+            try:
+                data = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(data, dict):
+                yield setup_id, system, data
 
     def __len__(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM calls").fetchone()[0])

@@ -6,7 +6,8 @@ Responsible for:
   3261 §21.6.2: the user said no), the caller's CANCEL, or `ring_timeout` (480 Temporarily
   Unavailable, §21.4.18: nobody is there to answer);
 - ``hangup``: BYE to the CN and to every device the call's media is on; on a ringing call it is
-  ``reject``;
+  ``reject``; on a call handed off to a device, a REFER asking the device to BYE the CN
+  (`sipmob.mn.handoff.PhoneHandoff.hangup`);
 - ``hold`` / ``resume``: a re-INVITE whose streams are ``sendonly`` (RFC 3264 §8.4, RFC 6337 §5.3),
   then the description from before the hold again. Only while the media is on the phone: a call
   whose media is on devices is brought back first (hold would otherwise mean re-INVITing every
@@ -233,6 +234,8 @@ class CallControls:
     def hangup(self, args: Mapping[str, Any]) -> Any:
         if str(args.get("call", "")) in self.ringing:
             return self.reject(args)
+        if str(args.get("call", "")) in self.phone.handoff.handed_off:
+            return (yield self.phone.handoff.hangup(args))  # we are not in it: the device ends it
         pc = self._call(args)
         byes = [call.bye() for call in pc.device_calls.values()]
         pc.device_calls.clear()

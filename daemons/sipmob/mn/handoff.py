@@ -69,12 +69,20 @@ class HandedOff:
     cn_target: URI  # the CN's Contact: where the device's INVITE (and ours, on retrieval) goes
     device: str  # the device's name
     device_uri: URI
+    replaced: Replaces | None = None  # our dialog with the CN, which the device's replaced
+    members: tuple[str, ...] = ()  # a virtual device's members (its SLP ``members`` attribute)
+    short: str = ""  # its short name, as ``sipmob devices`` lists it (and ``--to`` takes it)
     retrieving: defer.Deferred[str] | None = None
     nested: int | None = None  # the core's handle of our nested REFER while it lasts
+    ending: bool = False
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "peer": self.peer, "state": f"handed off to {self.device}",
-                "streams": [], "devices": [str(self.device_uri)], "sending": False}
+        state = f"handed off to {self.device}"
+        if self.members:
+            state += f" ({', '.join(self.members)})"
+        return {"id": self.id, "peer": self.peer, "state": state, "handed_off_to": self.short or self.device,
+                "members": list(self.members), "streams": [], "devices": [str(self.device_uri)],
+                "sending": False}
 
 
 class PhoneHandoff:
@@ -99,7 +107,8 @@ class PhoneHandoff:
         dialog = pc.call.dialog
         # the Replaces the device sends names the dialog as the CN sees it (RFC 3891 §3)
         replaces = Replaces(dialog.call_id, to_tag=dialog.remote_tag, from_tag=dialog.local_tag)
-        record = HandedOff(pc.id, pc.peer, dialog.remote_target, device.name, URI.parse(device.uri))
+        record = HandedOff(pc.id, pc.peer, dialog.remote_target, device.name, URI.parse(device.uri),
+                           replaces, tuple(device.attributes.get("members", ())), device.short)
         pc.busy = True
         note = ""
         try:
@@ -182,6 +191,52 @@ class PhoneHandoff:
             record.retrieving = None
             record.nested = None
         return result
+
+    # Hanging up a handed-off call -----------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def hangup(self, args: Mapping[str, Any]) -> Any:
+        """End a call we are no longer in: REFER the device with ``Refer-To: <CN;method=BYE>`` and
+        ``Target-Dialog`` naming our old dialog with the CN (RFC 4538: knowing it is what shows
+        we were that call's party); the device BYEs the CN (an MDSM every member too) and its
+        NOTIFY says how the CN answered."""
+        cid = str(args.get("call", ""))
+        record = self.handed_off.get(cid)
+        if record is None:
+            raise CommandError(f"call {cid!r} is not handed off")
+        if record.retrieving is not None or record.ending:
+            raise CommandError(f"call {cid} is busy with another change; try again when it is done")
+        if record.replaced is None:
+            raise CommandError(f"call {cid}: which dialog {record.device} holds is not known here")
+        r = record.replaced
+        target_dialog = f"{r.call_id};local-tag={r.from_tag};remote-tag={r.to_tag}"
+        bye = record.cn_target.replace(params=(*record.cn_target.params, ("method", "BYE")), headers=())
+        record.ending = True
+        try:
+            try:
+                progress: ReferProgress = yield within(self.phone.ua.refer(
+                    record.device_uri, bye, referred_by=str(NameAddr(None, self.phone.ua_aor)),
+                    headers=[("Target-Dialog", target_dialog)]), self.timeout, self.phone.reactor)
+                final = yield within(progress.final, self.timeout, self.phone.reactor)
+            except SIPError as exc:
+                if exc.status != 481:
+                    raise CommandError(f"{record.device} refused to end call {cid}: {exc.status} "
+                                       f"{exc.reason}") from None
+                final = 481  # it knows no such call: it has ended already
+            except defer.TimeoutError:
+                raise CommandError(f"{record.device} did not end call {cid} within {self.timeout:g} s") \
+                    from None
+        finally:
+            record.ending = False
+        self.handed_off.pop(cid, None)
+        self.phone.controls.log.announce("state", call=cid, peer=record.peer, state="ended", reason="hung up")
+        log.info("call %s with %s (handed off to %s) hung up: the BYE to the other party got %d", cid,
+                 record.peer, record.device, final)
+        if final == 481:
+            return f"call {cid} with {record.peer} had ended already"
+        if final >= 300:
+            return f"call {cid} hung up by {record.device} (the other party answered its BYE {final})"
+        return f"call {cid} hung up by {record.device}"
 
     def _names_nested(self, record: HandedOff, target_dialog: str) -> bool:
         dialog = self.phone.ua.machine.dialog(record.nested) if record.nested is not None else None

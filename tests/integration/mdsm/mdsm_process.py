@@ -101,7 +101,8 @@ class Mdsm:
 class Member:
     """member.py as `sip:<user>@127.0.0.1:<port>` with its RTP port held by `probe`."""
 
-    def __init__(self, user: str, media: str = "audio", direction: str = "sendrecv") -> None:
+    def __init__(self, user: str, media: str = "audio", direction: str = "sendrecv",
+                 ring: bool = False) -> None:
         self.user = user
         self.port = free_udp_port()
         self.uri = f"sip:{user}@{HOST}:{self.port}"
@@ -109,7 +110,8 @@ class Member:
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self.proc = subprocess.Popen([sys.executable, str(HERE / "member.py"), str(self.port), user, media,
-                                      str(self.probe.port), direction], env=ENV, stdout=subprocess.PIPE,
+                                      str(self.probe.port), direction, *(["ring"] if ring else [])],
+                                     env=ENV, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
         threading.Thread(target=self._read, daemon=True).start()
         if not self.wait("ready", 15):

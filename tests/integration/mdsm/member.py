@@ -4,8 +4,9 @@ that the test holds (an `RtpProbe`), answering INVITEs with or without an offer.
 An INVITE without SDP (Fig. 6, messages 3-4) gets our offer: ``m=MEDIA RTP_PORT`` in DIRECTION,
 with an attribute nobody knows (``a=x-member:USER``) that must reach the CN unchanged; an INVITE
 with an offer (MNC mode) and every re-INVITE get an answer. Run as a program:
-``member.py SIP_PORT USER MEDIA RTP_PORT DIRECTION``; prints one line per event ("ready",
+``member.py SIP_PORT USER MEDIA RTP_PORT DIRECTION [ring]``; prints one line per event ("ready",
 "established", "reinvite", "terminated REASON", "ack SDP-ON-ONE-LINE") and runs until SIGTERM.
+With ``ring`` it never answers: 180 Ringing, then "ringing", and "cancelled" on the CANCEL.
 SIGUSR1 hangs up its calls (a device switched off by hand).
 """
 
@@ -37,6 +38,7 @@ def say(*words: object) -> None:
 def main() -> None:
     sip_port, user, media, rtp_port, direction = (int(sys.argv[1]), sys.argv[2], sys.argv[3],
                                                   int(sys.argv[4]), sys.argv[5])
+    ring_only = sys.argv[6:7] == ["ring"]
     codec = Codec("PCMU", 8000) if media == "audio" else Codec("VP8", 90000)
     caps = LocalCapabilities((MediaCapability(media, (codec,)),))
     fmt = "0" if media == "audio" else "96"
@@ -70,6 +72,11 @@ def main() -> None:
         call.on_terminated(lambda _call, reason: say("terminated", reason))
 
     def incoming(call: IncomingCall) -> None:
+        if ring_only:
+            call.cancelled.addCallback(lambda _: say("cancelled"))
+            call.ringing()
+            say("ringing")
+            return
         if call.offer:
             body = answer(parse(call.offer), caps, origin=origin, connection_address="127.0.0.1",
                           ports={media: rtp_port}).to_bytes()

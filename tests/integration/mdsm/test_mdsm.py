@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from tests.peers import tshark
 from tests.peers.pjsua import Pjsua
 from tests.peers.ports import free_udp_port
 from tests.peers.sipmob_ua import SipmobUA
@@ -166,6 +167,94 @@ def test_retrieve_by_nested_refer_releases_the_members(home: dict[str, Any]) -> 
     (pc,) = phone.calls()
     assert pc["state"] == "confirmed"
     assert until(lambda: phone.received() > 20), phone.calls()
+
+
+def test_the_phone_lists_a_call_handed_to_the_virtual_device_and_hangs_it_up(home: dict[str, Any]) -> None:
+    """The phone is no longer in the call once PJSIP has BYEd it: ``sipmob calls`` lists it as
+    handed off with the virtual device's members, and ``sipmob hangup`` REFERs the MDSM with
+    ``Refer-To: <CN;method=BYE>`` and a Target-Dialog naming the call. A stranger who knows the
+    dialog identifiers still gets 403 and the call goes on; the phone's own REFER ends PJSIP's
+    call and both members' legs."""
+    phone, cn, speaker, tv, mdsm = home["phone"], home["cn"], home["speaker"], home["tv"], home["mdsm"]
+    call_and_hand_over(home)
+    assert speaker.wait("established", 5) and tv.wait("established", 5), mdsm.output()
+    out = phone.sipmob("calls")
+    assert out.returncode == 0 and "handed off to Living room (speaker, tv)" in out.stdout, out.stdout
+    (record,) = phone.calls()
+    assert record["members"] == ["speaker", "tv"] and record["handed_off_to"] == "living-room"
+
+    # the worst stranger: one who has learnt the dialog identifiers (from the store, here)
+    ((_, _, saved),) = list(Store(mdsm.state).load())
+    call_id, _, tags = saved["replaced"].partition(";")
+    to_tag = re.search(r"to-tag=([^;]+)", tags).group(1)  # type: ignore[union-attr]
+    from_tag = re.search(r"from-tag=([^;]+)", tags).group(1)  # type: ignore[union-attr]
+    bye_to = f"Refer-To: <{saved['cn']['uri']};method=BYE>\r\n"
+    status = stranger_sends(mdsm.port, "REFER", mdsm.uri("living-room"),
+                            f"{bye_to}Target-Dialog: {call_id};local-tag={from_tag};remote-tag={to_tag}\r\n")
+    assert status == 403
+    seen = from_cn(speaker)
+    assert until(lambda: from_cn(speaker) > seen + 25, 5), "media stopped after the stranger's REFER"
+    assert speaker.count("terminated") == 0 and tv.count("terminated") == 0
+    (ours,) = [c for c in cn.calls() if "living-room" in c["remote_uri"]]
+    assert ours["state"] == "CONFIRMED"
+    assert len(Store(mdsm.state)) == 1
+
+    n = len(cn.events)
+    out = phone.sipmob("hangup", "1")
+    assert out.returncode == 0, out.stderr + phone.output() + mdsm.output()
+    assert out.stdout.strip() == "call 1 hung up by Living room", out.stdout
+    cn.wait_call_state("DISCONNECTED", call=ours["id"], timeout=10, start=n)
+    assert speaker.wait("terminated bye", 10) and tv.wait("terminated bye", 10), mdsm.output()
+    assert phone.calls() == []
+    assert len(Store(mdsm.state)) == 0
+    # on the wire: the phone's REFER as the MDSM read it
+    assert re.search(r"hangs up: BYE to the CN and to speaker, tv", mdsm.output())
+    # with no call left here, a stranger is still told nothing but 403
+    assert stranger_sends(mdsm.port, "REFER", mdsm.uri("living-room"), bye_to) == 403
+
+
+def test_tshark_decodes_the_hang_up_refer_its_notify_and_the_byes(home: dict[str, Any]) -> None:
+    phone, cn, speaker, mdsm = home["phone"], home["cn"], home["speaker"], home["mdsm"]
+    call_and_hand_over(home)
+    assert speaker.wait("established", 5), mdsm.output()
+    capture = tshark.LiveCapture(mdsm.directory / "hangup.pcapng",
+                                 f"udp port {phone.port} or udp port {mdsm.port} or udp port {cn.port}")
+    try:
+        out = phone.sipmob("hangup", "1")
+        assert out.returncode == 0, out.stderr + mdsm.output()
+        assert speaker.wait("terminated bye", 10)
+    finally:
+        path = capture.stop()
+    # decoded as SIP by port: an ephemeral port may belong to another dissector's defaults
+    decode = [a for p in (phone.port, mdsm.port, cn.port) for a in ("-d", f"udp.port=={p},sip")]
+    out = tshark.tshark("-r", str(path), *decode, "-Y", "sip && sip.Request-Line", "-T", "fields",
+                        *(a for f in ("sip.Method", "udp.srcport", "udp.dstport", "sip.Refer-To",
+                                      "sip.Target-Dialog") for a in ("-e", f)))
+    rows = [line.split("\t") for line in out.splitlines() if line]
+    sent = {(row[0], int(row[1]), int(row[2])) for row in rows}
+    refers = [row for row in rows if row[0] == "REFER"]
+    assert len(refers) == 1, rows
+    (refer,) = refers
+    assert (int(refer[1]), int(refer[2])) == (phone.port, mdsm.port)
+    assert "method=BYE" in refer[3] and ";local-tag=" in refer[4] and ";remote-tag=" in refer[4], refer
+    assert {("NOTIFY", mdsm.port, phone.port), ("BYE", mdsm.port, cn.port)} <= sent, sent
+    assert tshark.malformed(path, "sip") == ""
+    assert tshark.expert_errors(path, "sip") == []
+
+
+def test_hanging_up_a_handed_off_call_the_cn_ended_meanwhile(home: dict[str, Any]) -> None:
+    """PJSIP hangs up first: the phone, no longer in the call, still lists it; its hang-up REFER
+    gets 481 from the MDSM (no such call) and the phone drops the call from its list."""
+    phone, cn, speaker, mdsm = home["phone"], home["cn"], home["speaker"], home["mdsm"]
+    call_and_hand_over(home)
+    assert speaker.wait("established", 5), mdsm.output()
+    cn.hangup()
+    assert speaker.wait("terminated bye", 10), mdsm.output()
+    assert [c["state"] for c in phone.calls()] == ["handed off to Living room (speaker, tv)"]
+    out = phone.sipmob("hangup", "1")
+    assert out.returncode == 0, out.stderr + mdsm.output()
+    assert "had ended already" in out.stdout, out.stdout
+    assert phone.calls() == []
 
 
 def test_a_strangers_refer_is_refused_and_nothing_is_invited(home: dict[str, Any]) -> None:
@@ -323,6 +412,77 @@ def test_a_member_that_stops_answering_has_its_stream_removed(tmp_path: Path) ->
         da.stop()
 
 
+def video_line(cn: Pjsua) -> str:
+    """The m=video line of the last INVITE PJSIP logged."""
+    last = cn.log().rsplit("INVITE sip:", 1)[-1]
+    found = re.search(r"^m=video \d+", last, re.M)
+    return found.group(0) if found else ""
+
+
+def test_a_member_that_comes_back_is_invited_again_and_its_stream_restored(tmp_path: Path) -> None:
+    """The TV stops answering (SIGSTOP: a device out of reach): its video line goes to port 0 in
+    PJSIP's session. It answers OPTIONS again (SIGCONT): the MDSM INVITEs it without SDP, puts its
+    offer back at the video line in a re-INVITE that PJSIP accepts, and ACKs the TV with its part
+    of PJSIP's answer (this pjsua declines video, so that part says port 0, as it did at the
+    handoff). A TV that BYEs and stays reachable (someone pressed hang-up on it) is not
+    asked back. (PJSIP refuses a session whose audio line is disabled, so the audio member stays.)"""
+    for d in ("da", "mn", "mdsm", "cn"):
+        (tmp_path / d).mkdir()
+    da = Slpda(tmp_path / "da").start()
+    started: list[Any] = []
+    try:
+        address = f"{HOST}:{da.port}"
+        cn = Pjsua(free_udp_port(), "cn", workdir=tmp_path / "cn")
+        speaker, tv = Member("speaker", "audio", "sendrecv"), Member("tv", "video", "recvonly")
+        started += [cn, speaker, tv]
+        mdsm = Mdsm(tmp_path / "mdsm", address, SYSTEM,
+                    extra="[limits]\nkeepalive = 1\nkeepalive_timeout = 1\n")
+        (mdsm.devices / "speaker.toml").write_text(
+            f'uri = "{speaker.uri}"\nname = "Living room speaker"\naudio = "sendrecv"\n')
+        (mdsm.devices / "tv.toml").write_text(
+            f'uri = "{tv.uri}"\nname = "Living room TV"\nvideo = "recvonly"\n')
+        mdsm.start()
+        started.append(mdsm)
+        phone = Phone(tmp_path / "mn", address, auto_answer=True)
+        started.append(phone)
+        assert until(lambda: "living-room" in phone.sipmob("devices", "--json").stdout, timeout=10)
+        call_and_hand_over({"phone": phone, "cn": cn, "mdsm": mdsm})
+        assert tv.wait("established", 5) and speaker.probe.wait_for_packets(10, 10)
+        assert video_line(cn) == f"m=video {tv.probe.port}", cn.log()[-3000:]
+
+        os.kill(tv.proc.pid, signal.SIGSTOP)
+        try:
+            assert until(lambda: "member tv does not answer OPTIONS" in mdsm.output(), 10), mdsm.output()
+            assert until(lambda: video_line(cn) == "m=video 0", 10), cn.log()[-3000:]
+        finally:
+            os.kill(tv.proc.pid, signal.SIGCONT)
+        assert until(lambda: "member tv is back" in mdsm.output(), 15), mdsm.output()
+        assert tv.count("established") == 2, tv.lines
+        # PJSIP's re-INVITE offer has the TV's port again at the video line; it answered 200 (it
+        # declines video here, as it did at the handoff) and the TV's ACK carries that answer
+        assert video_line(cn) == f"m=video {tv.probe.port}", cn.log()[-3000:]
+        acks = [line for line in tv.lines if line.startswith("ack")]
+        assert len(acks) == 2 and acks[1].split("m=", 1)[1] == acks[0].split("m=", 1)[1], acks
+        assert "re-INVITE to the CN failed" not in mdsm.output() and "did not take" not in mdsm.output()
+        seen = from_cn(speaker)
+        assert until(lambda: from_cn(speaker) > seen + 25, 10), "the speaker's media stopped"
+        assert speaker.count("terminated") == 0
+
+        # the TV hangs up and stays on: it is not asked back
+        tv.hang_up()
+        assert until(lambda: mdsm.output().count("member tv left") == 2, 10), mdsm.output()
+        assert until(lambda: video_line(cn) == "m=video 0", 10), cn.log()[-3000:]
+        time.sleep(3.5)  # three keepalive rounds, each answered by the TV
+        assert tv.count("established") == 2
+        assert mdsm.output().count("member tv is back") == 1
+        cn.hangup()
+        assert speaker.wait("terminated bye", 10)
+    finally:
+        for peer in reversed(started):
+            peer.stop()
+        da.stop()
+
+
 def test_an_owner_with_a_password_must_answer_the_digest_challenge(tmp_path: Path) -> None:
     """With [auth] users_file, a REFER from an owner listed there is challenged (401): with the
     password our UA answers the challenge and the handoff goes through; with a wrong one, or a
@@ -382,6 +542,137 @@ def test_a_cn_that_refuses_gets_the_members_released_and_the_referrer_its_status
         assert out.stdout.strip() == "486", out.stderr + mdsm.output()
         assert speaker.wait("terminated bye", 5) and tv.wait("terminated bye", 5), mdsm.output()
         assert "m=audio 0" in (speaker.wait("ack") or "")
+        assert len(Store(mdsm.state)) == 0
+    finally:
+        for peer in reversed(started):
+            peer.stop()
+
+
+def test_a_handoff_half_done_when_the_mdsm_is_killed_is_rolled_back_on_restart(tmp_path: Path) -> None:
+    """``kill -9`` between Fig. 6's messages 4 and 5: the speaker has answered (its ACK held back
+    for the CN's answer), the TV is still ringing, the CN has not been invited. The state file
+    says so; the restarted MDSM BYEs the speaker, CANCELs the TV's INVITE and sends the referrer a
+    final NOTIFY saying the handoff failed. Nothing is left ringing and PJSIP never hears of it."""
+    (tmp_path / "mdsm").mkdir()
+    speaker = Member("speaker", "audio", "sendrecv")
+    started: list[Any] = [speaker]
+    try:
+        tv = Member("tv", "video", "recvonly", ring=True)
+        started.append(tv)
+        cn = Pjsua(free_udp_port(), "cn", workdir=tmp_path / "cn")
+        started.append(cn)
+        mdsm = Mdsm(tmp_path / "mdsm", f"{HOST}:{free_udp_port()}",
+                    f'[[system]]\nname = "living-room"\nmembers = ["{speaker.uri}", "{tv.uri}"]\n'
+                    'owners = ["sip:mn@127.0.0.1"]\n', extra="[limits]\nsetup_timeout = 60\n")
+        mdsm.start()
+        started.append(mdsm)
+        referrer = subprocess.Popen([sys.executable, str(HERE / "referrer.py"), "mn", "-",
+                                     mdsm.uri("living-room"), cn.uri],
+                                    env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started.append(referrer)
+
+        def legs() -> dict[str, Any]:
+            rows = list(Store(mdsm.state).setups())
+            return rows[0][2]["legs"] if rows else {}
+
+        assert tv.wait("ringing", 10), tv.lines
+        assert until(lambda: {k: sorted(v) for k, v in legs().items()}
+                     == {speaker.uri: ["dialog", "uri"], tv.uri: ["ringing", "uri"]}, 10), legs()
+        mdsm.kill9()
+        assert tv.count("cancelled") == 0
+        mdsm.start()
+        assert tv.wait("cancelled", 10), tv.lines
+        # its 200 was never ACKed: our BYE ends it before it ever counted as established
+        assert speaker.wait("failed", 10), speaker.lines
+        out, err = referrer.communicate(timeout=30)
+        assert out.strip() == "500", out + err + mdsm.output()
+        assert "was interrupted by a restart: rolled back" in mdsm.output()
+        assert speaker.count("established") == 0
+        assert not any(e["event"] == "incoming_call" for e in cn.events)
+        assert list(Store(mdsm.state).setups()) == [] and len(Store(mdsm.state)) == 0
+    finally:
+        for peer in reversed(started):
+            if isinstance(peer, subprocess.Popen):
+                if peer.poll() is None:
+                    peer.kill()
+                    peer.wait(timeout=10)
+            else:
+                peer.stop()
+
+
+def test_a_handoff_killed_while_the_cn_rings_is_cancelled_on_restart(tmp_path: Path) -> None:
+    """``kill -9`` after Fig. 6's message 5: both members have answered (ACKs held), the CN (our
+    own UA, ringing and never answering) has our INVITE. The restarted MDSM CANCELs that INVITE,
+    BYEs both members and sends the referrer a final NOTIFY 500."""
+    (tmp_path / "mdsm").mkdir()
+    speaker, tv = Member("speaker", "audio", "sendrecv"), Member("tv", "video", "recvonly")
+    started: list[Any] = [speaker, tv]
+    try:
+        cn = SipmobUA(free_udp_port(), "cn", auto_answer=False, ringing=True, workdir=tmp_path / "cn")
+        started.append(cn)
+        mdsm = Mdsm(tmp_path / "mdsm", f"{HOST}:{free_udp_port()}",
+                    f'[[system]]\nname = "living-room"\nmembers = ["{speaker.uri}", "{tv.uri}"]\n'
+                    'owners = ["sip:mn@127.0.0.1"]\n', extra="[limits]\nsetup_timeout = 60\n")
+        mdsm.start()
+        started.append(mdsm)
+        referrer = subprocess.Popen([sys.executable, str(HERE / "referrer.py"), "mn", "-",
+                                     mdsm.uri("living-room"), cn.uri],
+                                    env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started.append(referrer)
+
+        def legs() -> dict[str, Any]:
+            rows = list(Store(mdsm.state).setups())
+            return rows[0][2]["legs"] if rows else {}
+
+        cn.wait("incoming_call", 10)
+        assert until(lambda: {k: sorted(v) for k, v in legs().items()}
+                     == {speaker.uri: ["dialog", "uri"], tv.uri: ["dialog", "uri"],
+                         "CN": ["ringing", "uri"]}, 10), legs()
+        mdsm.kill9()
+        mdsm.start()
+        cn.wait("incoming_cancelled", 10)
+        assert speaker.wait("failed", 10) and tv.wait("failed", 10), speaker.lines + tv.lines
+        out, err = referrer.communicate(timeout=30)
+        assert out.strip() == "500", out + err + mdsm.output()
+        assert re.search(r"rolled back \(.*CN cancelled", mdsm.output()), mdsm.output()
+        assert cn.count("established") == 0
+        assert list(Store(mdsm.state).setups()) == [] and len(Store(mdsm.state)) == 0
+    finally:
+        for peer in reversed(started):
+            if isinstance(peer, subprocess.Popen):
+                if peer.poll() is None:
+                    peer.kill()
+                    peer.wait(timeout=10)
+            else:
+                peer.stop()
+
+
+def test_a_call_to_the_virtual_device_killed_while_a_member_rings_is_cancelled_on_restart(
+        tmp_path: Path) -> None:
+    """MNC mode: an owner (our own UA) INVITEs the virtual device; its one member rings. ``kill -9``
+    then: the restarted MDSM CANCELs the member's INVITE, so nothing is left ringing."""
+    (tmp_path / "mdsm").mkdir()
+    ringer = Member("speaker", "audio", "sendrecv", ring=True)
+    started: list[Any] = [ringer]
+    try:
+        mdsm = Mdsm(tmp_path / "mdsm", f"{HOST}:{free_udp_port()}",
+                    f'[[system]]\nname = "living-room"\nmembers = ["{ringer.uri}"]\n'
+                    'owners = ["sip:mn@127.0.0.1"]\n', extra="[limits]\nsetup_timeout = 60\n")
+        mdsm.start()
+        started.append(mdsm)
+        mn = SipmobUA(free_udp_port(), "mn", workdir=tmp_path / "mn")
+        started.append(mn)
+        mn.invite(mdsm.uri("living-room"))
+        assert ringer.wait("ringing", 10), [*ringer.lines, mdsm.output()]
+        assert until(lambda: any("ringing" in leg for _, _, d in Store(mdsm.state).setups()
+                                 for leg in d["legs"].values()), 10)
+        ((cut, _, _),) = list(Store(mdsm.state).setups())
+        mdsm.kill9()
+        mdsm.start()
+        assert ringer.wait("cancelled", 10), ringer.lines
+        assert "rolled back" in mdsm.output()
+        # the caller may retransmit its INVITE to the restarted daemon: a new attempt, not this one
+        assert cut not in {i for i, _, _ in Store(mdsm.state).setups()}
         assert len(Store(mdsm.state)) == 0
     finally:
         for peer in reversed(started):

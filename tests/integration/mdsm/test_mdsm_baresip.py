@@ -91,6 +91,26 @@ def test_handoff_with_baresip_taking_a_late_offer(home: dict[str, Any]) -> None:
     assert tv.wait("terminated bye", 10)
 
 
+def test_the_phone_hangs_up_a_call_handed_over_with_baresip_as_a_member(home: dict[str, Any]) -> None:
+    """`sipmob hangup` on a call the phone handed to the virtual device: the MDSM's BYEs reach
+    PJSIP, baresip and the video member; the phone's list is then empty."""
+    phone, cn, speaker, tv, mdsm = home["phone"], home["cn"], home["speaker"], home["tv"], home["mdsm"]
+    call(home)
+    out = phone.sipmob("transfer", "1", "--to", "living-room", "--mode", "handoff")
+    assert out.returncode == 0, out.stderr + phone.output() + mdsm.output()
+    cn.wait_event(lambda e: e["event"] == "replaced", timeout=10)
+    speaker.wait_call_event("CALL_ESTABLISHED", timeout=5)
+    assert tv.wait("established", 5)
+    assert "(speaker, tv)" in phone.sipmob("calls").stdout
+    n = len(cn.events)
+    out = phone.sipmob("hangup", "1")
+    assert out.returncode == 0 and "hung up by" in out.stdout, out.stdout + out.stderr + mdsm.output()
+    speaker.wait_call_event("CALL_CLOSED", timeout=10)
+    assert tv.wait("terminated bye", 10)
+    cn.wait_call_state("DISCONNECTED", timeout=10, start=n)
+    assert phone.calls() == []
+
+
 def baresip_invite(speaker: Baresip) -> str:
     """The INVITE baresip received, from its SIP trace."""
     log = speaker.log()
