@@ -8,7 +8,7 @@ capabilities, INFO, REFER within a dialog and outside one, with its implicit sub
 ``message/sipfrag`` NOTIFYs (RFC 3515), INVITE with Replaces (RFC 3891: 481 when no dialog matches,
 BYE on the replaced dialog once the new one is confirmed), and the checks every UAS makes first: 481
 for a request outside any dialog we know, 500 for an out-of-order CSeq (§12.2.2), 405 with Allow,
-415, 420.
+415, 420; PRACK for reliable provisional responses (RFC 3262, `sipmob.sip.prack`).
 
 Calls are numbered handles; the application learns of things through events (`next_event`) and acts
 with methods that take ``now``. Everything to send comes out of `messages_to_send`, and the next
@@ -220,7 +220,8 @@ class UACore(InviteSessions, Referrals, Registrations):
         if method not in self.allow and method not in self.app_methods:
             self._reply(request, 405, now, headers=[("Allow", ", ".join(self.allow))])
             return
-        unsupported = [o for o in _options(request, "Require") if o.lower() not in SUPPORTED]
+        unsupported = [o for o in _options(request, "Require") if o.lower() not in SUPPORTED
+                       or (o.lower() == "100rel" and "PRACK" not in self.allow)]
         if unsupported:
             self._reply(request, 420, now, headers=[("Unsupported", ", ".join(unsupported))])
             return
@@ -296,6 +297,8 @@ class UACore(InviteSessions, Referrals, Registrations):
             self._end(c, "bye", now)
         elif method == "INVITE":
             self._on_reinvite(c, event, now)
+        elif method == "PRACK":
+            self._on_prack(c, event, now)
         elif method == "NOTIFY" and _event_package(request) == "refer":
             self._on_refer_notify(c, request, now)
         elif method == "REFER":
@@ -359,6 +362,8 @@ class UACore(InviteSessions, Referrals, Registrations):
                 self._forget(c, now)
             self._events.append(RequestCompleted(op, response))
             return
+        if kind == "PRACK":
+            return  # RFC 3262: the INVITE goes on whatever became of a PRACK; nobody waits for it
         if c is not None and c.dialog is not None and response.status in (408, 481) and kind != "BYE":
             # §12.2.1.2: the dialog is gone on their side
             if not c.is_uac and c.state in UNANSWERED:
@@ -411,6 +416,6 @@ class UACore(InviteSessions, Referrals, Registrations):
         c = self._calls.get(call) if call is not None else None
         if c is not None and c.state is CallState.SUBSCRIBING:
             self._forget(c, now)
-        if c is not None and kind != "BYE" and c.state is CallState.CONFIRMED:
+        if c is not None and kind not in ("BYE", "PRACK") and c.state is CallState.CONFIRMED:
             self._end(c, "timeout", now)  # §12.2.1.2: a timeout ends the dialog
         self._events.append(RequestCompleted(op, None))

@@ -26,6 +26,7 @@ from sipmob.sip.dialog import Dialog, DialogId, uri_destination
 from sipmob.sip.headers import CSeq
 from sipmob.sip.message import Headers, Request, Response, make_response, reason_phrase
 from sipmob.sip.policy import DEFAULT_POLICY, Admission, RequestPolicy
+from sipmob.sip.prack import ReliableProvisionals, ReliableReceiver
 from sipmob.sip.transaction import TimerConfig, TransactionKey, TransactionLayer
 from sipmob.sip.transport import Address, Connections, fits_transport
 from sipmob.sip.uaevents import CallTerminated, CredentialsLookup, UAError, UAEvent
@@ -33,12 +34,12 @@ from sipmob.sip.uri import URI, NameAddr, SIPParseError
 
 log = logging.getLogger("sipmob.sip.ua")
 
-ALLOW = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "REFER", "NOTIFY", "SUBSCRIBE")
+ALLOW = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "REFER", "NOTIFY", "SUBSCRIBE", "PRACK")
 ACCEPT = ("application/sdp", "message/sipfrag")
-SUPPORTED = ("replaces",)
+SUPPORTED = ("replaces", "100rel")
 SDP = "application/sdp"
 SIPFRAG = "message/sipfrag"
-_IN_DIALOG_ONLY = frozenset({"BYE", "INFO", "REFER", "NOTIFY"})
+_IN_DIALOG_ONLY = frozenset({"BYE", "INFO", "REFER", "NOTIFY", "PRACK"})
 _GLARE_RETRIES = 3
 REFER_EXPIRES = 60
 # RFC 8760 §2.4: prefer the strongest algorithm a challenge offers
@@ -109,6 +110,11 @@ class _Call:
     replaces_call: int | None = None
     refers: dict[int, int] = dataclasses.field(default_factory=dict)  # REFER CSeq -> op
     refer_subs: dict[int, int] = dataclasses.field(default_factory=dict)  # rid -> REFER CSeq (theirs)
+    # RFC 3262: the UAS's reliable 1xx (None: the caller did not ask for them), the UAC's RSeq per
+    # early dialog (by the To tag)
+    reliable: ReliableProvisionals | None = None
+    reliable_required: bool = False
+    rseqs: dict[str, ReliableReceiver] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(slots=True)
@@ -320,6 +326,7 @@ class UABase(abc.ABC):
         c.ok = None
         c.ok_next = None
         c.reinvite_retry_at = None
+        c.reliable = None
         if c.dialog is not None:
             c.dialog.terminate()
             self._by_dialog.pop(c.dialog.id, None)
