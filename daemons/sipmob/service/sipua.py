@@ -914,6 +914,10 @@ class UserAgent:
         if method == "UPDATE" and call is not None and call._reinvite_handler is not None and request.body:
             self._answer_update(call, event)
             return
+        if method == "UPDATE" and call is None and request.body:
+            # an offer in an early dialog (RFC 3311 §5.2): nobody here answers one before the 2xx
+            self._respond(rid, 488)
+            return
         call_handler = call._request_handlers.get(method) if call is not None else None
         if call is None or call_handler is None:
             self._respond(rid, 200 if method in ("INFO", "NOTIFY", "UPDATE") else 405)

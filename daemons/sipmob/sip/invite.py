@@ -197,6 +197,22 @@ class InviteSessions(ChallengeRetry):
         self.layer.send_response(make_response(request, 200, headers=self._response_common()), now)
         self._send_final_or_1xx(c, release, now)
 
+    def _early_update_ok(self, c: _Call, request: Request, now: float) -> bool:
+        """An UPDATE before the dialog is confirmed (RFC 3311 §5.2): its offer is taken only once
+        the INVITE's offer has been answered reliably (a reliable 1xx or a PRACK, RFC 3262 §5);
+        491 while an offer of ours waits for its answer, 500 with Retry-After while theirs waits
+        for ours. Without an offer it is a target refresh like any other."""
+        if not request.body:
+            return True
+        if c.local_sdp is not None and c.remote_sdp is None:
+            self._reply(request, 491, now)
+            return False
+        if c.local_sdp is None:
+            self._reply(request, 500, now, reason="Offer Pending",
+                        headers=[("Retry-After", str(self._rng.randint(0, 10)))])
+            return False
+        return True
+
     def _prack_provisional(self, c: _Call, response: Response, rseq: int, now: float) -> bool:
         """A reliable 1xx to our INVITE (RFC 3262 §4): PRACK it and say True when it is new and in
         order; False for a retransmission or one out of order, which is not processed further."""

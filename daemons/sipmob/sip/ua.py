@@ -306,6 +306,9 @@ class UACore(InviteSessions, Referrals, Registrations):
         elif method == "OPTIONS" and "OPTIONS" not in self.app_methods:
             self._answer_options(request, now)
         else:
+            if method == "UPDATE" and c.state is not CallState.CONFIRMED and not self._early_update_ok(
+                    c, request, now):
+                return
             if method in ("SUBSCRIBE", "NOTIFY", "UPDATE"):
                 # RFC 6665 §4.1.2.4, §4.2.1.3, RFC 3311 §5.2: target refresh requests
                 dialog.refresh_target(request)

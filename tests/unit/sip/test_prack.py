@@ -18,7 +18,15 @@ from sipmob.sip.prack import (
     rseq_of,
     uas_wants_reliable,
 )
-from sipmob.sip.ua import CallEstablished, CallFailed, CallProgress, IncomingInvite
+from sipmob.sip.ua import (
+    ALLOW,
+    CallEstablished,
+    CallFailed,
+    CallProgress,
+    IncomingInvite,
+    RequestReceived,
+    UACore,
+)
 from sipmob.sip.uri import URI
 
 # The state machine ----------------------------------------------------------------------------------
@@ -243,3 +251,62 @@ def test_a_late_offer_without_require_rings_unreliably_without_sdp() -> None:
     net.run()
     ringing = [m for m in net.sent("INVITE") if isinstance(m, Response) and m.status == 180]
     assert rseq_of(ringing[0]) is None and net.sent("PRACK") == []
+
+
+# UPDATE in an early dialog (RFC 3311 §5.2) ------------------------------------------------------------
+
+UPDATE_OFFER = OFFER.replace(b"4000", b"4002").replace(b"a 1 1", b"a 1 2")
+
+
+def _updating_pair() -> tuple[Net, UACore, UACore]:
+    a = core(ALICE, "alice", allow=(*ALLOW, "UPDATE"))
+    b = core(BOB, "bob", seed=2, allow=(*ALLOW, "UPDATE"))
+    return Net(a, b), a, b
+
+
+def _update_finals(net: Net) -> list[Response]:
+    return [m for m in net.sent("UPDATE") if isinstance(m, Response)]
+
+
+def test_an_early_update_offer_before_the_invites_offer_is_answered_gets_500_retry_after() -> None:
+    net, a, b = _updating_pair()
+    ca, cb = _ring(net, a, b)
+    b.answer_invite(cb, 180, net.now)  # reliable, without SDP: the INVITE's offer is unanswered
+    net.run()
+    a.request_in_call(ca, "UPDATE", net.now, body=UPDATE_OFFER, content_type="application/sdp")
+    net.run()
+    (final,) = _update_finals(net)
+    assert final.status == 500 and final.headers.get("Retry-After") is not None
+    assert net.take(b, RequestReceived) == []
+    b.answer_invite(cb, 200, net.now, sdp=ANSWER)
+    net.run()
+    assert a.call_state(ca) == b.call_state(cb) == "confirmed"  # the call goes on
+
+
+def test_an_early_update_offer_after_the_answer_in_a_reliable_183_reaches_the_application() -> None:
+    net, a, b = _updating_pair()
+    ca, cb = _ring(net, a, b)
+    b.answer_invite(cb, 183, net.now, sdp=ANSWER)
+    net.run()
+    a.request_in_call(ca, "UPDATE", net.now, body=UPDATE_OFFER, content_type="application/sdp")
+    net.run()
+    received = one(net.take(b, RequestReceived))
+    assert received.request.body == UPDATE_OFFER  # type: ignore[attr-defined]
+    b.respond(received.rid, 200, net.now, body=ANSWER, content_type="application/sdp")  # type: ignore[attr-defined]
+    net.run()
+    (final,) = _update_finals(net)
+    assert final.status == 200 and final.body == ANSWER
+    b.answer_invite(cb, 200, net.now, sdp=ANSWER)
+    net.run()
+    assert a.call_state(ca) == b.call_state(cb) == "confirmed"
+
+
+def test_an_early_update_offer_while_ours_is_unanswered_gets_491() -> None:
+    net, a, b = _updating_pair()
+    ca, cb = _ring(net, a, b, sdp=None, answer_for=lambda offer: ANSWER)
+    b.answer_invite(cb, 183, net.now, sdp=OFFER)  # our offer in a reliable 183...
+    net.run(lambda m: isinstance(m, Request) and m.method == "PRACK")  # ...whose answer is lost
+    a.request_in_call(ca, "UPDATE", net.now, body=UPDATE_OFFER, content_type="application/sdp")
+    net.run(lambda m: isinstance(m, Request) and m.method == "PRACK")
+    (final,) = _update_finals(net)
+    assert final.status == 491
