@@ -111,6 +111,7 @@ from sipmob.service.sipua import (
 from sipmob.service.slp import SLPClient
 from sipmob.sip.dialog import Dialog
 from sipmob.sip.locate import RType
+from sipmob.sip.session_timer import Policy as SessionTimerPolicy
 from sipmob.sip.uabase import ALLOW
 from sipmob.sip.uri import URI
 
@@ -295,7 +296,8 @@ class Phone:
             listen=[(config.listen.address, config.listen.port, "udp")],
             user=identity.user, display_name=identity.display_name or None,
             capabilities_sdp=self._capabilities, credentials=credentials, policy=self.policy,
-            allow=(*ALLOW, "UPDATE"))  # RFC 3311 in confirmed dialogs (remote_offer)
+            allow=(*ALLOW, "UPDATE"),  # RFC 3311 (remote_offer)
+            session_timer=SessionTimerPolicy())  # RFC 4028 as a full party, in the core
         self._media_watch: task.LoopingCall | None = None
         self.registration: Registration | None = None
         self._registration_logged: tuple[str, int | None] | None = None
@@ -785,7 +787,6 @@ class Phone:
         d = incoming.accept(stamped.to_bytes())
         def established(call: Call) -> PhoneCall:
             pc = self._add_call(call, str(call.dialog.remote_uri.uri), oa, rtp, video_rtp, cid, source=source)
-            self.remote_offers.watch(pc, incoming.request)  # its Session-Expires, if any
             return pc
 
         d.addBoth(answered)

@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 
 from sipmob.sip import transaction as tx
 from sipmob.sip.callstate import SETTING_UP, UNANSWERED, CallInput, CallState
-from sipmob.sip.challenge import ChallengeRetry
 from sipmob.sip.dialog import Dialog, DialogId, DialogState
 from sipmob.sip.headers import Replaces
 from sipmob.sip.message import Request, Response, make_response
@@ -33,6 +32,7 @@ from sipmob.sip.prack import (
     rseq_of,
     uas_wants_reliable,
 )
+from sipmob.sip.session_refresh import SessionRefreshes
 from sipmob.sip.transaction import TransactionKey
 from sipmob.sip.uabase import _GLARE_RETRIES, SDP, _Call, _ClientOp, _Reinvite, _ServerRequest
 from sipmob.sip.uaevents import (
@@ -47,7 +47,7 @@ from sipmob.sip.uaevents import (
 from sipmob.sip.uri import URI, NameAddr
 
 
-class InviteSessions(ChallengeRetry):
+class InviteSessions(SessionRefreshes):
     # Outgoing calls -------------------------------------------------------------------------------
 
     def invite(self, target: URI, sdp: bytes | None, now: float, *,
@@ -62,6 +62,10 @@ class InviteSessions(ChallengeRetry):
         self._common_headers(h)
         for name, value in headers:
             h.add(name, value)
+        if h.get("Session-Expires") is None:
+            for name, value in self._timer_request_headers(None):
+                if name != "Supported":  # said with our other extensions already
+                    h.add(name, value)
         if sdp:
             h.add("Content-Type", SDP)
         request = Request("INVITE", target.replace(headers=()), h, sdp or b"")
@@ -100,6 +104,10 @@ class InviteSessions(ChallengeRetry):
         h = [*headers, *self._response_common()]
         if status < 300:
             h.append(("Contact", str(self.local_contact)))
+        if 200 <= status < 300:
+            h.append(("Allow", ", ".join(self.allow)))  # what the caller may refresh with (UPDATE)
+        if 200 <= status < 300 and c.timer_decision is not None:
+            h += c.timer_decision.headers  # RFC 4028 §9
         body = b""
         if sdp is not None and status < 300:
             body = sdp
@@ -135,6 +143,8 @@ class InviteSessions(ChallengeRetry):
             self._move(c, CallInput.ANSWER)
             c.ok = response
             c.ok_seq = c.invite.cseq.seq
+            if c.timer_decision is not None:
+                self._timer_agreed(c, c.timer_decision.agreement, now)
             if c.reliable is not None:
                 # §3: the 2xx waits for the PRACK of every reliable 1xx before it
                 self._send_final_or_1xx(c, c.reliable.send(response, now), now)
@@ -308,6 +318,9 @@ class InviteSessions(ChallengeRetry):
         if 200 <= status < 300:
             h.append(("Contact", str(self.local_contact)))
             c.dialog.refresh_target(sr.request)
+            if sr.timer is not None:
+                h += sr.timer.headers
+                self._timer_agreed(c, sr.timer.agreement, now)
             if sdp is not None:
                 body = sdp
                 h.append(("Content-Type", SDP))
@@ -370,11 +383,15 @@ class InviteSessions(ChallengeRetry):
             replaced = old.dialog
         if self._refused(event, replaced, now):
             return
+        go_on, timer_decision = self._timer_decide(request, now)
+        if not go_on:
+            return
         referred_by_s = request.headers.get("Referred-By")
         referred_by = NameAddr.parse(referred_by_s.strip()) if referred_by_s else None
         handle = self._new_handle()
         c = _Call(handle, False, CallState.INCOMING, request, invite_key=event.transaction_key,
-                  remote_sdp=request.body or None, replaces_call=replaces_call)
+                  remote_sdp=request.body or None, replaces_call=replaces_call,
+                  timer_decision=timer_decision, peer_allow=_allow_of(request))
         self._calls[handle] = c
         self._by_invite_key[event.transaction_key] = handle
         self._events.append(IncomingInvite(handle, request, request.body or None, replaces,
@@ -419,8 +436,11 @@ class InviteSessions(ChallengeRetry):
             # §14.2: an INVITE in progress on the other side: 500 with Retry-After 0-10 s
             self._reply(request, 500, now, headers=[("Retry-After", str(self._rng.randint(0, 10)))])
             return
+        go_on, timer_decision = self._timer_decide(request, now)
+        if not go_on:
+            return
         rid = self._new_handle()
-        self._server[rid] = _ServerRequest(request, event.transaction_key, c.handle, None)
+        self._server[rid] = _ServerRequest(request, event.transaction_key, c.handle, None, timer_decision)
         c.incoming_reinvite = rid
         self._by_invite_key[event.transaction_key] = c.handle  # a CANCEL may follow (§9.2)
         self._events.append(ReinviteReceived(c.handle, rid, request, request.body or None))
@@ -482,7 +502,9 @@ class InviteSessions(ChallengeRetry):
             return
         if status >= 300:
             if c.state in SETTING_UP and key is not None and not c.cancel_wanted:
-                retry = self._auth_retry(key, response, now)
+                retry = self._timer_retry_422(c, key, response, now)
+                if retry is None:
+                    retry = self._auth_retry(key, response, now)
                 if retry is not None:
                     c.invite = self._sent[retry].request
                     c.invite_key = retry
@@ -533,6 +555,7 @@ class InviteSessions(ChallengeRetry):
             self._events.append(CallFailed(c.handle, 487, "Request Terminated"))
             return
         self._move(c, CallInput.ACCEPTED)
+        self._timer_response(c, response, now)
         self._events.append(CallEstablished(c.handle, c.remote_sdp))
 
     def _on_reinvite_response(self, c: _Call, response: Response, now: float) -> None:
@@ -561,6 +584,7 @@ class InviteSessions(ChallengeRetry):
             else:
                 self._send_ack(c, request.cseq.seq, body)
             c.reinvite = None
+            self._timer_response(c, response, now)
             self._events.append(ReinviteCompleted(c.handle, op, response))
             return
         if status in (401, 407) and _key is not None:
@@ -577,6 +601,7 @@ class InviteSessions(ChallengeRetry):
             c.reinvite_retry_at = now + self._rng.randint(low, high) / 100
             return
         c.reinvite = None
+        self._timer_failed(c, now)
         self._events.append(ReinviteCompleted(c.handle, op, response))
         if status in (408, 481):
             self._send_bye(c, now)
@@ -599,8 +624,9 @@ class InviteSessions(ChallengeRetry):
         assert c.reinvite is not None and c.dialog is not None
         pending = c.reinvite
         sdp = pending.sdp
-        request = c.dialog.create_request("INVITE", headers=self._request_common(), body=sdp or b"",
-                                          content_type=SDP)
+        request = c.dialog.create_request("INVITE", headers=[*self._request_common(),
+                                                             *self._timer_request_headers(c)],
+                                          body=sdp or b"", content_type=SDP)
         key = self._send(request, c.dialog.destination(), c.dialog, now)
         pending.request, pending.key = request, key
         self._by_invite_key[key] = c.handle
@@ -684,3 +710,7 @@ class InviteSessions(ChallengeRetry):
                 c.reinvite_retry_at = None
                 self._send_reinvite(c, now)
 
+
+def _allow_of(message: Request | Response) -> frozenset[str]:
+    return frozenset(m.strip().upper() for v in message.headers.get_all("Allow") for m in v.split(",")
+                     if m.strip())

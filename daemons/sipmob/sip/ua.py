@@ -123,6 +123,7 @@ class UACore(InviteSessions, Referrals, Registrations):
         """The earliest deadline of all: the transaction layer's and the core's own."""
         deadlines = [d for d in (self.layer.get_timer(),) if d is not None]
         deadlines += self._invite_deadlines()
+        deadlines += self._timer_deadlines()
         deadlines += self._registration_deadlines()
         return min(deadlines) if deadlines else None
 
@@ -130,6 +131,7 @@ class UACore(InviteSessions, Referrals, Registrations):
         self.layer.handle_timer(now)
         self._pump(now)
         self._invite_timers(now)
+        self._timer_fire(now)
         self._registration_timers(now)
         self._pump(now)
 
@@ -220,7 +222,8 @@ class UACore(InviteSessions, Referrals, Registrations):
         if method not in self.allow and method not in self.app_methods:
             self._reply(request, 405, now, headers=[("Allow", ", ".join(self.allow))])
             return
-        unsupported = [o for o in _options(request, "Require") if o.lower() not in SUPPORTED
+        unsupported = [o for o in _options(request, "Require")
+                       if (o.lower() not in SUPPORTED and not (o.lower() == "timer" and self.session_policy))
                        or (o.lower() == "100rel" and "PRACK" not in self.allow)]
         if unsupported:
             self._reply(request, 420, now, headers=[("Unsupported", ", ".join(unsupported))])
@@ -309,11 +312,16 @@ class UACore(InviteSessions, Referrals, Registrations):
             if method == "UPDATE" and c.state is not CallState.CONFIRMED and not self._early_update_ok(
                     c, request, now):
                 return
+            timer_decision = None
+            if method == "UPDATE" and c.state is CallState.CONFIRMED:
+                go_on, timer_decision = self._timer_decide(request, now)  # RFC 4028 §9
+                if not go_on:
+                    return
             if method in ("SUBSCRIBE", "NOTIFY", "UPDATE"):
                 # RFC 6665 §4.1.2.4, §4.2.1.3, RFC 3311 §5.2: target refresh requests
                 dialog.refresh_target(request)
             rid = self._new_handle()
-            self._server[rid] = _ServerRequest(request, event.transaction_key, c.handle, None)
+            self._server[rid] = _ServerRequest(request, event.transaction_key, c.handle, None, timer_decision)
             self._events.append(RequestReceived(c.handle, rid, request))
 
     def _notify_before_2xx(self, notify: Request) -> _Call | None:
@@ -356,6 +364,8 @@ class UACore(InviteSessions, Referrals, Registrations):
         entry = self._client.pop(key)
         op, handle, kind = entry.op, entry.call, entry.method
         c = self._calls.get(handle) if handle is not None else None
+        if c is not None and kind == "UPDATE" and self._refresh_completed(c, key, response, now):
+            return
         if c is not None and c.state is CallState.SUBSCRIBING:
             if response.status < 300 and response.to.tag:
                 c.dialog = Dialog.from_uac(c.invite, response, self.local_contact)
@@ -417,6 +427,8 @@ class UACore(InviteSessions, Referrals, Registrations):
             return
         op, call, kind = entry.op, entry.call, entry.method
         c = self._calls.get(call) if call is not None else None
+        if c is not None and kind == "UPDATE":
+            self._refresh_completed(c, key, None, now)
         if c is not None and c.state is CallState.SUBSCRIBING:
             self._forget(c, now)
         if c is not None and kind not in ("BYE", "PRACK") and c.state is CallState.CONFIRMED:

@@ -1,5 +1,6 @@
 """The phone's answers to the CN's re-INVITEs (`sipmob.mn.remote_offer`) with fakes for the media
-and SIP sides: what is refused and how, what the RTP endpoint is told, the session-timer watch."""
+and SIP sides: what is refused and how, what the RTP endpoint is told (session timers are the SIP core's:
+tests/unit/sip/test_session_refresh.py)."""
 
 from __future__ import annotations
 
@@ -129,14 +130,3 @@ def test_refusals(setup: Any) -> None:
     assert glare.value.status == 491
     pc.oa.rollback()
     assert offers.answer(pc, pc.call, request()) == pc.oa.local.to_bytes()  # no offer: ours again
-
-
-def test_the_peers_refreshes_are_watched_and_a_missing_one_ends_the_call(setup: Any) -> None:
-    offers, pc, phone = setup
-    offers.answer(pc, pc.call, request(cn(1), Session_Expires="90;refresher=uac"))
-    phone.reactor.advance(59)
-    offers.answer(pc, pc.call, request(cn(1), Session_Expires="90"))  # refreshed in time
-    phone.reactor.advance(59)
-    assert pc.call.byes == 0
-    phone.reactor.advance(2)
-    assert pc.call.byes == 1
