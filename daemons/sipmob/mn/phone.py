@@ -424,7 +424,7 @@ class Phone:
         try:
             from sipmob.service.rtp import RtpEndpoint
 
-            rtp = RtpEndpoint(self.reactor, (self.address, ports.get("audio", 0)))
+            rtp = RtpEndpoint(self.reactor, (self.address, ports.get("audio", 0)), rtcp=True)
             endpoints.append(rtp)
             video_rtp = None
             if "video" in ports:
@@ -591,6 +591,10 @@ class Phone:
             ours = next((c for c in self.codecs if c.name.lower() == codec.encoding.lower()), None)
             if ours is not None and conn is not None:
                 pc.rtp.start_sending(self._source(), ours, pt, (conn.address, theirs.port))
+                stated = theirs.rtcp  # RFC 3605: RTCP where a=rtcp says, else RTP's port + 1
+                if stated is not None:
+                    where = stated.connection.host if stated.connection is not None else conn.host
+                    pc.rtp.set_rtcp_destination((where, stated.port))
                 return
         log.warning("call %s: no common audio codec with %s", pc.id, pc.peer)
 
@@ -598,13 +602,14 @@ class Phone:
         from sipmob.service.rtp import RtpEndpoint
 
         clock_rate = 90000 if video else 8000
+        rtcp = not video  # RFC 3550 reports for the call's audio, on the odd port above its RTP
         first = self.config.listen.rtp_port
         if not first:
-            return RtpEndpoint(self.reactor, (self.address, 0), clock_rate=clock_rate)
+            return RtpEndpoint(self.reactor, (self.address, 0), clock_rate=clock_rate, rtcp=rtcp)
         # RTP on even ports, RTCP's the odd one above (RFC 3550 §11): the first free pair from ``first``.
         for port in range(first - first % 2, min(first + 2000, 65534), 2):
             try:
-                return RtpEndpoint(self.reactor, (self.address, port), clock_rate=clock_rate)
+                return RtpEndpoint(self.reactor, (self.address, port), clock_rate=clock_rate, rtcp=rtcp)
             except CannotListenError:
                 continue
         raise CannotListenError(self.address, first, "no free RTP port")

@@ -5,7 +5,8 @@
 - **Media on the phone:** the answer comes from `sipmob.sdp.answer_again` over our current
   description (ports kept, codec in use first, direction the reverse of the offer's), goes through
   the call's `OfferAnswerState` (the ``o=`` version rises exactly when the answer differs), and the
-  outcome is applied before the 200 leaves: RTP (and RTCP, port + 1) to the CN's new address at once,
+  outcome is applied before the 200 leaves: RTP (and RTCP: where ``a=rtcp`` says, RFC 3605, else
+  port + 1) to the CN's new address at once,
   the agreed codec and payload number, sending stopped while the CN holds and started again when
   it resumes. A stream the CN adds is taken when the phone can (video: receive only), else port 0.
 - **Media on devices** (after a transfer or split), the phone is the RFC 3725 controller: the offer
@@ -182,6 +183,10 @@ class RemoteOffers:
                 pc.rtp.stop_sending()
                 continue
             destination = (stream.remote_address, stream.remote_port)
+            if stream.remote_rtcp_port is not None:
+                # RFC 3605: a=rtcp, or RTP's port + 1 at the RTP address when the CN states none
+                pc.rtp.set_rtcp_destination((stream.remote_rtcp_address or stream.remote_address,
+                                             stream.remote_rtcp_port))
             if (pc.rtp.sending and pc.rtp.sending_as == (codec, primary.send_payload_type)
                     and pc.rtp.destination == destination):
                 continue  # a refresh, or a change elsewhere: the stream goes on untouched
