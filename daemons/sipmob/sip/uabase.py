@@ -302,9 +302,8 @@ class UABase(abc.ABC):
         for name, value in self._request_common():
             h.add(name, value)
         h.add("Allow", ", ".join(self.allow))
-        h.add("Supported", ", ".join(SUPPORTED))
-        if self.session_policy is not None:
-            h.add("Supported", "timer")
+        timer = ("timer",) if self.session_policy is not None else ()  # RFC 4028 §7.1
+        h.add("Supported", ", ".join((*SUPPORTED, *timer)))
 
     def _request_common(self) -> list[tuple[str, str]]:
         return [("User-Agent", self.user_agent)] if self.user_agent else []

@@ -2,7 +2,8 @@
 allowed (90 s), so each test lasts about a minute.
 
 - The phone as the refresher: sipp as the CN makes it so in its 200 (``refresher=uac``) and expects
-  an UPDATE without a body at about half the interval.
+  an UPDATE without a body at about half the interval; its SDP states ``a=rtcp`` (RFC 3605) on a
+  port of its own, and the phone's RTCP reports go there.
 - PJSIP as the refresher: pjsua calls with ``Session-Expires: 90`` and refreshes on its own; the
   phone answers each refresh with the agreed ``Session-Expires`` and the call outlives the point
   (60 s) at which a missed refresh would have ended it.
@@ -82,9 +83,10 @@ def test_a_too_small_interval_gets_422_and_a_refresh_that_never_comes_ends_the_c
 @pytest.mark.skipif(SIPP is None, reason="sipp is not installed (apt sip-tester)")
 def test_the_phone_as_refresher_sends_an_update_at_half_the_interval(setting: dict[str, Any]) -> None:
     phone, tmp = setting["phone"], setting["dir"]
+    rtcp_port = free_udp_port()
     cn = SippProcess(SCENARIOS / "uas_phone_refreshes.xml", workdir=tmp / "sipp", timeout=120,
-                     extra_args=["-mp", str(free_udp_port())])
-    ports = f"udp port {phone.port} or udp port {cn.local_port}"
+                     extra_args=["-mp", str(free_udp_port()), "-set", "rtcpport", str(rtcp_port)])
+    ports = f"udp port {phone.port} or udp port {cn.local_port} or udp dst port {rtcp_port}"
     capture = tshark.LiveCapture(tmp / "refresh.pcapng", ports) if tshark.TSHARK is not None else None
     try:
         cn.wait_listening()
@@ -109,6 +111,12 @@ def test_the_phone_as_refresher_sends_an_update_at_half_the_interval(setting: di
         updates = [r for r in sip_rows(path) if r["sip.Method"] == "UPDATE"]
         assert len(updates) == 1 and updates[0]["sip.Content-Length"] in ("", "0"), updates
         assert tshark.malformed(path, "sip") == ""
+        # RFC 3605: the phone's RTCP (sender reports every 5 s) went to the port a=rtcp stated
+        as_rtcp = ("-r", str(path), "-d", f"udp.port=={rtcp_port},rtcp")
+        reports = tshark.tshark(*as_rtcp, "-Y", f"udp.dstport == {rtcp_port} && rtcp.pt == 200",
+                                "-T", "fields", "-e", "rtcp.senderssrc").split()
+        assert len(reports) >= 3, reports
+        assert tshark.tshark(*as_rtcp, "-Y", "rtcp && _ws.malformed").strip() == ""
 
 
 @pytest.mark.skipif(not HAVE_PJSUA2, reason="pjsua2 is not installed (tests/requirements.txt)")
