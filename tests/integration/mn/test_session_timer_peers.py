@@ -1,14 +1,16 @@
 """Session timers (RFC 4028) between the phone and independent peers, with the shortest interval
 allowed (90 s), so each test lasts about a minute.
 
-- The phone as the refresher: sipp as the CN makes it so in its 200 (``refresher=uac``) and expects
-  an UPDATE without a body at about half the interval; its SDP states ``a=rtcp`` (RFC 3605) on a
-  port of its own, and the phone's RTCP reports go there.
+- An interval below 90 s gets 422 with Min-SE, and a refresh that never comes ends the call.
+- The phone as the refresher, as caller and as callee: sipp as the CN makes it so (``refresher=uac``
+  in its 200, or ``refresher=uas`` in its INVITE) and expects an UPDATE without a body at about
+  half the interval; as callee its SDP states ``a=rtcp`` (RFC 3605) on a port of its own, and the
+  phone's RTCP reports go there.
 - PJSIP as the refresher: pjsua calls with ``Session-Expires: 90`` and refreshes on its own; the
   phone answers each refresh with the agreed ``Session-Expires`` and the call outlives the point
   (60 s) at which a missed refresh would have ended it.
 
-Every SIP message is captured and tshark decodes each one without a malformed warning.
+Where a test captures, tshark decodes every SIP message (and RTCP) without a malformed warning.
 Loopback only; every process stopped by PID.
 """
 
@@ -117,6 +119,22 @@ def test_the_phone_as_refresher_sends_an_update_at_half_the_interval(setting: di
                                 "-T", "fields", "-e", "rtcp.senderssrc").split()
         assert len(reports) >= 3, reports
         assert tshark.tshark(*as_rtcp, "-Y", "rtcp && _ws.malformed").strip() == ""
+
+
+@pytest.mark.skipif(SIPP is None, reason="sipp is not installed (apt sip-tester)")
+def test_the_phone_as_callee_refreshes_when_the_caller_names_it_the_refresher(
+        setting: dict[str, Any]) -> None:
+    """sipp calls with ``Session-Expires: 90;refresher=uas``: the phone agrees and sends the
+    refresh UPDATE itself about 45 s later (RFC 4028 §9, §10)."""
+    phone = setting["phone"]
+    started = time.monotonic()
+    result = run_scenario(SCENARIOS / "uac_phone_refreshes.xml", f"127.0.0.1:{phone.port}",
+                          extra_args=["-s", "mn", "-mp", str(free_udp_port())], timeout=100,
+                          workdir=setting["dir"] / "sipp")
+    took = time.monotonic() - started
+    assert result.returncode == 0, result.stdout + "\n".join(result.errors) + phone.output()
+    assert 35 < took < 65, took
+    assert until(lambda: phone.calls() == [])
 
 
 @pytest.mark.skipif(not HAVE_PJSUA2, reason="pjsua2 is not installed (tests/requirements.txt)")
