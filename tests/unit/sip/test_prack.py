@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.unit.sip.test_ua import ALICE, ANSWER, BOB, OFFER, T1, Net, core, one, uri
 
 from sipmob.sip.message import Headers, Request, Response, make_response
@@ -310,3 +312,45 @@ def test_an_early_update_offer_while_ours_is_unanswered_gets_491() -> None:
     net.run(lambda m: isinstance(m, Request) and m.method == "PRACK")
     (final,) = _update_finals(net)
     assert final.status == 491
+
+
+# Any order of events ----------------------------------------------------------------------------------
+
+_STEPS = st.lists(st.sampled_from(["1xx", "2xx", "486", "prack", "stale-prack", "tick"]), max_size=30)
+
+
+@given(_STEPS)
+@settings(max_examples=300, deadline=None)
+def test_no_2xx_ever_overtakes_an_unacknowledged_reliable_1xx(steps: list[str]) -> None:
+    rel = ReliableProvisionals(7, t1=T1, first_rseq=1)
+    now = 0.0
+    unacknowledged: list[int] = []  # RSeqs sent and not PRACKed, in order
+    sent_final = False
+    for step in steps:
+        out: list[Response] = []
+        if step == "1xx":
+            out = rel.send(_1xx(rel), now)
+        elif step == "2xx":
+            out = rel.send(make_response(_invite(), 200, to_tag="t"), now)
+        elif step == "486":
+            out = rel.send(make_response(_invite(), 486, to_tag="t"), now)
+        elif step == "prack" and unacknowledged:
+            matched, out = rel.prack(RAck(unacknowledged[0], 7, "INVITE"), now)
+            assert matched
+            unacknowledged.pop(0)
+        elif step == "stale-prack":
+            assert rel.prack(RAck(10**6, 7, "INVITE"), now) == (False, [])
+        elif step == "tick":
+            now += 1.0
+            again, _reject = rel.expire(now)
+            out = [] if again and again[0].status < 200 else again
+        for response in out:
+            if response.status < 200:
+                assert not sent_final
+                unacknowledged.append(rseq_of(response) or 0)
+            else:
+                assert response.status >= 300 or not unacknowledged  # §3
+                sent_final = True
+        assert len(unacknowledged) <= 1  # one reliable 1xx outstanding at a time
+        if rel.state is State.DONE:
+            unacknowledged.clear()
