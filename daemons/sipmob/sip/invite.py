@@ -201,10 +201,15 @@ class InviteSessions(SessionRefreshes):
         if not matched:
             self._reply(request, 481, now)
             return
+        status = 200
         if request.body and c.remote_sdp is None and c.local_sdp is not None:
             c.remote_sdp = request.body  # the answer to the offer in our reliable 1xx
-        assert c.dialog is not None
-        self.layer.send_response(make_response(request, 200, headers=self._response_common()), now)
+        elif request.body:
+            # §5 lets a PRACK carry a new offer once the first exchange is done; nobody here can
+            # answer one before the 2xx, so it is refused (the 1xx counts as acknowledged all the
+            # same, and the session stays as the INVITE's exchange made it)
+            status = 488
+        self.layer.send_response(make_response(request, status, headers=self._response_common()), now)
         self._send_final_or_1xx(c, release, now)
 
     def _early_update_ok(self, c: _Call, request: Request, now: float) -> bool:

@@ -354,3 +354,27 @@ def test_no_2xx_ever_overtakes_an_unacknowledged_reliable_1xx(steps: list[str]) 
         assert len(unacknowledged) <= 1  # one reliable 1xx outstanding at a time
         if rel.state is State.DONE:
             unacknowledged.clear()
+
+
+def test_a_new_offer_in_a_prack_is_refused_488_and_still_acknowledges_the_1xx() -> None:
+    a, b = core(ALICE, "alice"), core(BOB, "bob", seed=2)
+    net = Net(a, b)
+    ca, cb = _ring(net, a, b)
+    b.answer_invite(cb, 183, net.now, sdp=ANSWER)  # the first exchange completes here
+
+    # the caller's core sends PRACK without a body; stand in for a peer that puts an offer in it
+    original = a.layer.send_request
+
+    def with_offer(request: Request, *args: object, **kw: object) -> object:
+        if request.method == "PRACK":
+            request = Request("PRACK", request.uri, request.headers.copy(), OFFER)
+            request.headers.set("Content-Type", "application/sdp")
+        return original(request, *args, **kw)  # type: ignore[arg-type]
+
+    a.layer.send_request = with_offer  # type: ignore[method-assign]
+    net.run()
+    assert [m.status for m in net.sent("PRACK") if isinstance(m, Response)] == [488]
+    b.answer_invite(cb, 200, net.now, sdp=ANSWER)  # not held: the 183 counts as acknowledged
+    net.run()
+    assert a.call_state(ca) == b.call_state(cb) == "confirmed"
+    assert b.sdp(cb) == (ANSWER, OFFER)
