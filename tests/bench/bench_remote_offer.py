@@ -14,8 +14,8 @@ after a network change). tshark captures the CN's SIP and our RTP on `lo` with k
 - stale: RTP packets from us to the old port after the 200 that answered the re-INVITE left.
 Targets: p95 < 20 ms on the phone, < 100 ms on a device; stale == 0.
 
-With ``--session-expires S`` PJSIP asks for session timers (Session-Expires: S, refresher chosen
-by PJSIP since the phone does not take part in RFC 4028) and the call is held for ``--duration``
+With ``--session-expires S`` PJSIP asks for session timers (Session-Expires: S; the phone agrees in
+its 200 and names PJSIP, which supports timers, the refresher) and the call is held for ``--duration``
 seconds (default 100: two refreshes at S = 90); printed: the refreshes PJSIP sent, the phone's
 answer to each, and whether the call was still up at the end.
 """

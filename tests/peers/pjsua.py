@@ -40,7 +40,8 @@ class Pjsua:
 
     def __init__(self, port: int, user: str = "pjsua", auto_answer: bool = True,
                  workdir: str | os.PathLike[str] | None = None, log_level: int = 5,
-                 startup_timeout: float = 15.0, session_expires: int | None = None) -> None:
+                 startup_timeout: float = 15.0, session_expires: int | None = None,
+                 prack: str | None = None) -> None:
         self.port = port
         self.user = user
         self.uri = f"sip:{user}@127.0.0.1:{port}"
@@ -53,7 +54,7 @@ class Pjsua:
         self._next_id = 0
         options = {"port": port, "user": user, "auto_answer": auto_answer,
                    "log": str(self.log_path), "log_level": log_level,
-                   "session_expires": session_expires}
+                   "session_expires": session_expires, "prack": prack}
         self._stderr = (self.workdir / f"pjsua-{user}.stderr").open("wb")
         self.proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(options)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
@@ -331,6 +332,9 @@ def _child(options: dict[str, Any]) -> None:
         account_config.callConfig.timerUse = pj.PJSUA_SIP_TIMER_ALWAYS
         account_config.callConfig.timerSessExpiresSec = int(options["session_expires"])
         account_config.callConfig.timerMinSESec = min(90, int(options["session_expires"]))
+    if options.get("prack") == "mandatory":
+        # RFC 3262 required both ways: Require: 100rel in its INVITEs, reliable 18x as callee
+        account_config.callConfig.prackUse = pj.PJSUA_100REL_MANDATORY
     account = Account()
     account.create(account_config)
 

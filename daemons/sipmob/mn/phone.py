@@ -111,6 +111,7 @@ from sipmob.service.sipua import (
 from sipmob.service.slp import SLPClient
 from sipmob.sip.dialog import Dialog
 from sipmob.sip.locate import RType
+from sipmob.sip.session_timer import Policy as SessionTimerPolicy
 from sipmob.sip.uabase import ALLOW
 from sipmob.sip.uri import URI
 
@@ -295,7 +296,8 @@ class Phone:
             listen=[(config.listen.address, config.listen.port, "udp")],
             user=identity.user, display_name=identity.display_name or None,
             capabilities_sdp=self._capabilities, credentials=credentials, policy=self.policy,
-            allow=(*ALLOW, "UPDATE"))  # RFC 3311 in confirmed dialogs (remote_offer)
+            allow=(*ALLOW, "UPDATE"),  # RFC 3311 (remote_offer)
+            session_timer=SessionTimerPolicy())  # RFC 4028 as a full party, in the core
         self._media_watch: task.LoopingCall | None = None
         self.registration: Registration | None = None
         self._registration_logged: tuple[str, int | None] | None = None
@@ -422,7 +424,7 @@ class Phone:
         try:
             from sipmob.service.rtp import RtpEndpoint
 
-            rtp = RtpEndpoint(self.reactor, (self.address, ports.get("audio", 0)))
+            rtp = RtpEndpoint(self.reactor, (self.address, ports.get("audio", 0)), rtcp=True)
             endpoints.append(rtp)
             video_rtp = None
             if "video" in ports:
@@ -589,6 +591,10 @@ class Phone:
             ours = next((c for c in self.codecs if c.name.lower() == codec.encoding.lower()), None)
             if ours is not None and conn is not None:
                 pc.rtp.start_sending(self._source(), ours, pt, (conn.address, theirs.port))
+                stated = theirs.rtcp  # RFC 3605: RTCP where a=rtcp says, else RTP's port + 1
+                if stated is not None:
+                    where = stated.connection.host if stated.connection is not None else conn.host
+                    pc.rtp.set_rtcp_destination((where, stated.port))
                 return
         log.warning("call %s: no common audio codec with %s", pc.id, pc.peer)
 
@@ -596,13 +602,14 @@ class Phone:
         from sipmob.service.rtp import RtpEndpoint
 
         clock_rate = 90000 if video else 8000
+        rtcp = not video  # RFC 3550 reports for the call's audio, on the odd port above its RTP
         first = self.config.listen.rtp_port
         if not first:
-            return RtpEndpoint(self.reactor, (self.address, 0), clock_rate=clock_rate)
+            return RtpEndpoint(self.reactor, (self.address, 0), clock_rate=clock_rate, rtcp=rtcp)
         # RTP on even ports, RTCP's the odd one above (RFC 3550 §11): the first free pair from ``first``.
         for port in range(first - first % 2, min(first + 2000, 65534), 2):
             try:
-                return RtpEndpoint(self.reactor, (self.address, port), clock_rate=clock_rate)
+                return RtpEndpoint(self.reactor, (self.address, port), clock_rate=clock_rate, rtcp=rtcp)
             except CannotListenError:
                 continue
         raise CannotListenError(self.address, first, "no free RTP port")
@@ -785,7 +792,6 @@ class Phone:
         d = incoming.accept(stamped.to_bytes())
         def established(call: Call) -> PhoneCall:
             pc = self._add_call(call, str(call.dialog.remote_uri.uri), oa, rtp, video_rtp, cid, source=source)
-            self.remote_offers.watch(pc, incoming.request)  # its Session-Expires, if any
             return pc
 
         d.addBoth(answered)

@@ -5,7 +5,8 @@
 - **Media on the phone:** the answer comes from `sipmob.sdp.answer_again` over our current
   description (ports kept, codec in use first, direction the reverse of the offer's), goes through
   the call's `OfferAnswerState` (the ``o=`` version rises exactly when the answer differs), and the
-  outcome is applied before the 200 leaves: RTP (and RTCP, port + 1) to the CN's new address at once,
+  outcome is applied before the 200 leaves: RTP (and RTCP: where ``a=rtcp`` says, RFC 3605, else
+  port + 1) to the CN's new address at once,
   the agreed codec and payload number, sending stopped while the CN holds and started again when
   it resumes. A stream the CN adds is taken when the phone can (video: receive only), else port 0.
 - **Media on devices** (after a transfer or split), the phone is the RFC 3725 controller: the offer
@@ -20,11 +21,12 @@
 - While one of our own actions on the call is running (a transfer, a retrieval), or our own offer
   is outstanding, the re-INVITE gets 491 (RFC 3261 §14.2) and the CN tries again later.
 
-Session timers (RFC 4028), the side that does not refresh: the phone does not offer timers itself,
-so a peer that states a ``Session-Expires`` in its INVITE or re-INVITE refreshes (§7.2, §9); each
-such request re-arms a `sipmob.sip.session_timer.SessionTimer`, and when the next refresh does not
-come by the interval minus min(32 s, a third) the phone ends the call with BYE (§10). Refresh
-re-INVITEs are answered like any offer: an unchanged one with an unchanged description.
+Session timers (RFC 4028) are the SIP core's (`sipmob.sip.session_refresh`, the phone gives it a
+policy): it states ``Supported: timer``, answers 422 to an interval below 90 s, adds
+``Session-Expires`` to the 2xx of the INVITE, of each re-INVITE and UPDATE, refreshes with UPDATE (or
+a re-INVITE with the unchanged description) when it is the refresher, and ends the call with BYE
+when the peer's refreshes stop. Refresh re-INVITEs reach `answer` like any offer: an unchanged one
+is answered with an unchanged description.
 
 `stream_status` is what ``sipmob calls`` shows per stream: the codec in use and who holds it.
 
@@ -54,13 +56,6 @@ from sipmob.sdp import (
 )
 from sipmob.service.sipua import Call, SIPError
 from sipmob.sip.message import Request
-from sipmob.sip.session_timer import (
-    Action,
-    Agreement,
-    SessionExpires,
-    SessionTimer,
-    SessionTimerError,
-)
 
 if TYPE_CHECKING:
     from sipmob.mn.phone import Phone, PhoneCall
@@ -88,57 +83,14 @@ class RemoteOffers:
 
     def __init__(self, phone: Phone) -> None:
         self.phone = phone
-        self._timers: dict[str, tuple[SessionTimer, Any]] = {}  # call id -> (timer, delayed call)
 
-    def attach(self, pc: PhoneCall, invite: Request | None = None) -> None:
-        """Answer the CN's re-INVITEs of `pc`; `invite` is the CN's INVITE when it called us."""
-        pc.call.on_reinvite(lambda call, request: self.answer(pc, call, request))  # and UPDATE's offers
-        pc.call.on_request("UPDATE", lambda call, request: self.watch(pc, request))  # one without
-        pc.call.on_terminated(lambda call, reason: self._disarm(pc.id))
-        if invite is not None:
-            self.watch(pc, invite)
-
-    # session timers (the peer refreshes) ----------------------------------------------------------
-
-    def watch(self, pc: PhoneCall, request: Request) -> None:
-        """A request of the peer that may state its Session-Expires: the interval starts again."""
-        value = request.headers.get("Session-Expires")
-        if value is None:
-            return
-        try:
-            interval = SessionExpires.parse(value).interval
-        except SessionTimerError as exc:
-            log.warning("call %s: %s; no session timer", pc.id, exc)
-            return
-        timer, delayed = self._timers.get(pc.id, (SessionTimer(), None))
-        if delayed is not None and delayed.active():
-            delayed.cancel()
-        now = self.phone.reactor.seconds()
-        timer.agreed(Agreement(interval, we_refresh=False), now)
-        delayed = None
-        if timer.deadline is not None:
-            delayed = self.phone.reactor.callLater(max(0.0, timer.deadline - now), self._due, pc, timer)
-        self._timers[pc.id] = (timer, delayed)
-
-    def _due(self, pc: PhoneCall, timer: SessionTimer) -> None:
-        actions = timer.expire(self.phone.reactor.seconds())
-        self._timers.pop(pc.id, None)
-        if Action.SEND_BYE in actions and self.phone.calls.get(pc.id) is pc:
-            log.warning("call %s: no session refresh from %s within %d s (RFC 4028); ending the call",
-                        pc.id, pc.peer, timer.interval or 0)
-            pc.call.bye().addErrback(lambda f: log.warning("BYE to %s failed: %s", pc.peer, f.value))
-
-    def _disarm(self, cid: str) -> None:
-        _, delayed = self._timers.pop(cid, (None, None))
-        if delayed is not None and delayed.active():
-            delayed.cancel()
+    def attach(self, pc: PhoneCall) -> None:
+        """Answer the CN's re-INVITEs of `pc` (and its UPDATEs with an offer)."""
+        pc.call.on_reinvite(lambda call, request: self.answer(pc, call, request))
 
     # answering ------------------------------------------------------------------------------------
 
     def answer(self, pc: PhoneCall, call: Call, request: Request) -> bytes | defer.Deferred[bytes]:
-        # Counted even when the offer is refused below (491 in glare): the peer is alive and will
-        # try again; ending the call for our own refusal would be harsh.
-        self.watch(pc, request)
         if pc.busy:
             raise SIPError(491, "Request Pending")
         ours = pc.oa.local
@@ -231,6 +183,10 @@ class RemoteOffers:
                 pc.rtp.stop_sending()
                 continue
             destination = (stream.remote_address, stream.remote_port)
+            if stream.remote_rtcp_port is not None:
+                # RFC 3605: a=rtcp, or RTP's port + 1 at the RTP address when the CN states none
+                pc.rtp.set_rtcp_destination((stream.remote_rtcp_address or stream.remote_address,
+                                             stream.remote_rtcp_port))
             if (pc.rtp.sending and pc.rtp.sending_as == (codec, primary.send_payload_type)
                     and pc.rtp.destination == destination):
                 continue  # a refresh, or a change elsewhere: the stream goes on untouched

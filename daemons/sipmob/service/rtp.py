@@ -12,7 +12,8 @@ Received packets are parsed, counted per SSRC (`stats`), handed to ``on_packet``
 recorder is attached, decoded into it. Malformed datagrams are counted and dropped.
 
 With ``rtcp=True`` the endpoint binds an even RTP port and the odd port above it (RFC 3550 §11),
-sends a compound report (`sipmob.media.rtcp.RtcpSession`) to the destination's port + 1 about
+sends a compound report (`sipmob.media.rtcp.RtcpSession`) to the destination's port + 1 (or where
+``set_rtcp_destination`` says: the peer's ``a=rtcp``, RFC 3605) about
 every 5 s while it sends or hears RTP, and a BYE when it closes; received RTCP gives the round
 trip and the reports others make about us. The report timer stops when the endpoint falls idle.
 
@@ -190,6 +191,7 @@ class RtpEndpoint:
         self._codec: Codec | None = None
         self._samples = 0
         self._destination: Address | None = None
+        self._rtcp_destination: Address | None = None  # a=rtcp (RFC 3605); None: destination port + 1
         self._loop: task.LoopingCall | None = None
         self._recorder: WavRecorder | None = None
         self._recorder_codecs: dict[int, Codec] = {}
@@ -245,6 +247,11 @@ class RtpEndpoint:
         """Send the next packet to ``destination`` (and RTCP to its port + 1); the stream carries on."""
         self._destination = self._checked(destination)
         self.unreachable_since = None
+
+    def set_rtcp_destination(self, destination: Address | None) -> None:
+        """Send RTCP to ``destination`` (the peer's ``a=rtcp``, RFC 3605) rather than to the RTP
+        destination's port + 1; None goes back to port + 1."""
+        self._rtcp_destination = None if destination is None else self._checked(destination)
 
     def _checked(self, destination: Address) -> Address:
         # Refuse here what the socket would refuse on every packet: a name, or the other IP family.
@@ -385,7 +392,8 @@ class RtpEndpoint:
         self._heard.clear()
         now = self._wallclock()
         data = self.rtcp.bye(now, info, sources) if bye else self.rtcp.report(now, info, sources)
-        self._rtcp_protocol.wire.write(data, (target[0], target[1] + 1))
+        stated = self._rtcp_destination if self._destination is not None else None
+        self._rtcp_protocol.wire.write(data, stated or (target[0], target[1] + 1))
         self._rtcp_counts[0] += 1
 
     def _rtcp_received(self, data: bytes, addr: Address) -> None:

@@ -26,6 +26,7 @@ from sipmob.sip.dialog import Dialog
 from sipmob.sip.headers import Replaces
 from sipmob.sip.message import Request, Response, reason_phrase
 from sipmob.sip.policy import RequestPolicy
+from sipmob.sip.session_timer import Policy as SessionTimerPolicy
 from sipmob.sip.transaction import TimerConfig
 from sipmob.sip.transport import Address
 from sipmob.sip.uri import URI, NameAddr
@@ -435,12 +436,14 @@ class UserAgent:
                  capabilities_sdp: Callable[[], bytes] | None = None,
                  credentials: core.CredentialsLookup | tuple[str, str] | None = None,
                  allow: Sequence[str] = core.ALLOW, aor: str | URI | None = None,
-                 advertise: str | None = None, policy: RequestPolicy | None = None) -> None:
+                 advertise: str | None = None, policy: RequestPolicy | None = None,
+                 session_timer: SessionTimerPolicy | None = None) -> None:
         """`credentials` answer Digest challenges (401/407): ``(username, password)`` or a
         function of the realm returning them (or None). `allow` are the methods we take (others
         get 405), `aor` our From (default ``sip:USER@HOST``), `advertise` the host put in Via and
         Contact when the socket is bound to any address. `policy` decides which requests from
-        outside a dialog the core acts on (`sipmob.sip.policy`)."""
+        outside a dialog the core acts on (`sipmob.sip.policy`). `session_timer` makes the core a
+        full RFC 4028 party (`sipmob.sip.session_refresh`)."""
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
@@ -450,7 +453,7 @@ class UserAgent:
                          "timers": timers, "capabilities_sdp": capabilities_sdp,
                          "credentials": credentials, "allow": allow,
                          "aor": _uri(aor) if aor is not None else None,
-                         "policy": policy}
+                         "policy": policy, "session_timer": session_timer}
         self._advertise = advertise
         self._transport = SIPTransport(reactor, None, listen, on_event=self._on_core_event)
         self._core_obj: core.UACore | None = None
@@ -913,6 +916,10 @@ class UserAgent:
             return
         if method == "UPDATE" and call is not None and call._reinvite_handler is not None and request.body:
             self._answer_update(call, event)
+            return
+        if method == "UPDATE" and call is None and request.body:
+            # an offer in an early dialog (RFC 3311 §5.2): nobody here answers one before the 2xx
+            self._respond(rid, 488)
             return
         call_handler = call._request_handlers.get(method) if call is not None else None
         if call is None or call_handler is None:

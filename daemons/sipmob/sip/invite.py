@@ -6,6 +6,11 @@ forked one we do not want, re-INVITE with 491 glare and the §14.1 randomised ba
 INVITE with Replaces (RFC 3891: 481 when no dialog matches, BYE on the replaced dialog once the new
 one is confirmed).
 
+Reliable provisional responses (RFC 3262): as a UAS, every 1xx to an INVITE that asks for them
+goes reliably and the 2xx waits for the PRACKs (`sipmob.sip.prack` keeps the order and the
+retransmissions); as a UAC, each new reliable 1xx is acknowledged with PRACK, with the answer to an
+offer it carries when the INVITE had none (§5).
+
 Not here: SDP (bodies are opaque bytes), requests within a dialog other than INVITE and BYE
 (`sipmob.sip.refer`), the dispatch of what arrives (`sipmob.sip.ua`).
 """
@@ -15,10 +20,19 @@ from collections.abc import Callable, Sequence
 
 from sipmob.sip import transaction as tx
 from sipmob.sip.callstate import SETTING_UP, UNANSWERED, CallInput, CallState
-from sipmob.sip.challenge import ChallengeRetry
 from sipmob.sip.dialog import Dialog, DialogId, DialogState
 from sipmob.sip.headers import Replaces
 from sipmob.sip.message import Request, Response, make_response
+from sipmob.sip.prack import (
+    PrackError,
+    RAck,
+    ReliableProvisionals,
+    ReliableReceiver,
+    Verdict,
+    rseq_of,
+    uas_wants_reliable,
+)
+from sipmob.sip.session_refresh import SessionRefreshes
 from sipmob.sip.transaction import TransactionKey
 from sipmob.sip.uabase import _GLARE_RETRIES, SDP, _Call, _ClientOp, _Reinvite, _ServerRequest
 from sipmob.sip.uaevents import (
@@ -33,7 +47,7 @@ from sipmob.sip.uaevents import (
 from sipmob.sip.uri import URI, NameAddr
 
 
-class InviteSessions(ChallengeRetry):
+class InviteSessions(SessionRefreshes):
     # Outgoing calls -------------------------------------------------------------------------------
 
     def invite(self, target: URI, sdp: bytes | None, now: float, *,
@@ -48,6 +62,10 @@ class InviteSessions(ChallengeRetry):
         self._common_headers(h)
         for name, value in headers:
             h.add(name, value)
+        if h.get("Session-Expires") is None:
+            for name, value in self._timer_request_headers(None):
+                if name != "Supported":  # said with our other extensions already
+                    h.add(name, value)
         if sdp:
             h.add("Content-Type", SDP)
         request = Request("INVITE", target.replace(headers=()), h, sdp or b"")
@@ -86,10 +104,18 @@ class InviteSessions(ChallengeRetry):
         h = [*headers, *self._response_common()]
         if status < 300:
             h.append(("Contact", str(self.local_contact)))
+        if 200 <= status < 300:
+            h.append(("Allow", ", ".join(self.allow)))  # what the caller may refresh with (UPDATE)
+        if 200 <= status < 300 and c.timer_decision is not None:
+            h += c.timer_decision.headers  # RFC 4028 §9
         body = b""
         if sdp is not None and status < 300:
             body = sdp
             h.append(("Content-Type", SDP))
+        reliable = status < 200 and self._reliable_1xx(c, sdp)
+        if reliable:
+            assert c.reliable is not None
+            h += c.reliable.next_headers()
         response = make_response(c.invite, status, reason, to_tag=tag, headers=h, body=body)
         if not self._fits(response):
             too_large = make_response(c.invite, 513, to_tag=tag, headers=self._response_common())
@@ -104,21 +130,132 @@ class InviteSessions(ChallengeRetry):
         if status < 200:
             if c.dialog is not None:
                 self._move(c, CallInput.RING)
-            self.layer.send_response(response, now)
+            if reliable:
+                assert c.reliable is not None
+                if sdp is not None:
+                    c.local_sdp = sdp  # RFC 3262 §5: an offer or answer in a reliable 1xx counts
+                self._send_final_or_1xx(c, c.reliable.send(response, now), now)
+            else:
+                self.layer.send_response(response, now)
         elif status < 300:
             assert c.dialog is not None
-            c.local_sdp = sdp
+            c.local_sdp = sdp if sdp is not None else c.local_sdp
             self._move(c, CallInput.ANSWER)
             c.ok = response
             c.ok_seq = c.invite.cseq.seq
-            c.ok_interval = self.timers.t1
-            c.ok_next = now + self.timers.t1
-            c.ok_give_up = now + 64 * self.timers.t1
-            self.layer.send_response(response, now)
+            if c.timer_decision is not None:
+                self._timer_agreed(c, c.timer_decision.agreement, now)
+            if c.reliable is not None:
+                # §3: the 2xx waits for the PRACK of every reliable 1xx before it
+                self._send_final_or_1xx(c, c.reliable.send(response, now), now)
+            else:
+                self._ok_sent(c, now)
+                self.layer.send_response(response, now)
         else:
+            if c.reliable is not None:
+                c.reliable.send(response, now)
             self.layer.send_response(response, now)
             self._forget(c, now)
         self._pump(now)
+
+    def _reliable_1xx(self, c: _Call, sdp: bytes | None) -> bool:
+        """Whether this 1xx goes reliably (RFC 3262 §3), making the call's record on the first."""
+        if "PRACK" not in self.allow:
+            return False
+        wanted, required = uas_wants_reliable(c.invite.headers)
+        if not wanted:
+            return False
+        if not c.invite.body and sdp is None and c.local_sdp is None:
+            # RFC 3261 §13.2.1: an INVITE without an offer gets one in the first reliable
+            # response; a 1xx without one can go reliably only when the caller demanded it
+            if required:
+                raise UAError("a reliable 1xx to an INVITE without an offer must carry ours")
+            return False
+        if c.reliable is None:
+            c.reliable = ReliableProvisionals(c.invite.cseq.seq, t1=self.timers.t1,
+                                              first_rseq=self._rng.randint(1, 2**31 - 1))
+        return True
+
+    def _ok_sent(self, c: _Call, now: float) -> None:
+        c.ok_interval = self.timers.t1
+        c.ok_next = now + self.timers.t1
+        c.ok_give_up = now + 64 * self.timers.t1
+
+    def _send_final_or_1xx(self, c: _Call, responses: list[Response], now: float) -> None:
+        for response in responses:
+            if 200 <= response.status < 300:
+                self._ok_sent(c, now)  # the 2xx's own retransmission starts when it first leaves
+            self.layer.send_response(response, now)
+
+    def _on_prack(self, c: _Call, event: tx.RequestReceived, now: float) -> None:
+        """A PRACK (RFC 3262 §3): 200 when it names our outstanding reliable 1xx, else 481; an
+        answer to the offer of our reliable 1xx rides on it (§5)."""
+        request = event.request
+        try:
+            rack = RAck.parse(request.headers.get("RAck") or "")
+        except PrackError:
+            self._reply(request, 400, now, reason="Bad RAck")
+            return
+        matched, release = (c.reliable.prack(rack, now) if c.reliable is not None and not c.is_uac
+                            else (False, []))
+        if not matched:
+            self._reply(request, 481, now)
+            return
+        status = 200
+        if request.body and c.remote_sdp is None and c.local_sdp is not None:
+            c.remote_sdp = request.body  # the answer to the offer in our reliable 1xx
+        elif request.body:
+            # §5 lets a PRACK carry a new offer once the first exchange is done; nobody here can
+            # answer one before the 2xx, so it is refused (the 1xx counts as acknowledged all the
+            # same, and the session stays as the INVITE's exchange made it)
+            status = 488
+        self.layer.send_response(make_response(request, status, headers=self._response_common()), now)
+        self._send_final_or_1xx(c, release, now)
+
+    def _early_update_ok(self, c: _Call, request: Request, now: float) -> bool:
+        """An UPDATE before the dialog is confirmed (RFC 3311 §5.2): its offer is taken only once
+        the INVITE's offer has been answered reliably (a reliable 1xx or a PRACK, RFC 3262 §5);
+        491 while an offer of ours waits for its answer, 500 with Retry-After while theirs waits
+        for ours. Without an offer it is a target refresh like any other."""
+        if not request.body:
+            return True
+        if c.local_sdp is not None and c.remote_sdp is None:
+            self._reply(request, 491, now)
+            return False
+        if c.local_sdp is None:
+            self._reply(request, 500, now, reason="Offer Pending",
+                        headers=[("Retry-After", str(self._rng.randint(0, 10)))])
+            return False
+        return True
+
+    def _prack_provisional(self, c: _Call, response: Response, rseq: int, now: float) -> bool:
+        """A reliable 1xx to our INVITE (RFC 3262 §4): PRACK it and say True when it is new and in
+        order; False for a retransmission or one out of order, which is not processed further."""
+        tag = response.to.tag or ""
+        receiver = c.rseqs.setdefault(tag, ReliableReceiver())
+        if receiver.receive(rseq) is Verdict.DROP:
+            return False
+        if c.dialog is not None and c.dialog.remote_tag == tag:
+            dialog = c.dialog
+        else:
+            # another fork's early dialog: acknowledged through a dialog of its own
+            dialog = Dialog.from_uac(c.invite, response, self.local_contact)
+        body = b""
+        if response.body:
+            if c.local_sdp is not None and c.remote_sdp is None:
+                c.remote_sdp = response.body  # §5: the answer to our INVITE's offer
+            elif c.local_sdp is None and c.answer_for is not None:
+                # §5: the offer of a late-offer INVITE comes in the first reliable 1xx, the
+                # answer in the PRACK
+                c.remote_sdp = response.body
+                body = c.answer_for(response.body)
+                c.local_sdp = body
+        headers = [*self._request_common(), ("RAck", str(RAck(rseq, c.invite.cseq.seq, "INVITE")))]
+        prack = dialog.create_request("PRACK", headers=headers, body=body,
+                                      content_type=SDP if body else None)
+        key = self._send(prack, dialog.destination(), dialog, now)
+        self._client[key] = _ClientOp(self._new_handle(), c.handle, "PRACK")
+        return True
 
     # Within a call --------------------------------------------------------------------------------
 
@@ -186,6 +323,9 @@ class InviteSessions(ChallengeRetry):
         if 200 <= status < 300:
             h.append(("Contact", str(self.local_contact)))
             c.dialog.refresh_target(sr.request)
+            if sr.timer is not None:
+                h += sr.timer.headers
+                self._timer_agreed(c, sr.timer.agreement, now)
             if sdp is not None:
                 body = sdp
                 h.append(("Content-Type", SDP))
@@ -248,11 +388,15 @@ class InviteSessions(ChallengeRetry):
             replaced = old.dialog
         if self._refused(event, replaced, now):
             return
+        go_on, timer_decision = self._timer_decide(request, now)
+        if not go_on:
+            return
         referred_by_s = request.headers.get("Referred-By")
         referred_by = NameAddr.parse(referred_by_s.strip()) if referred_by_s else None
         handle = self._new_handle()
         c = _Call(handle, False, CallState.INCOMING, request, invite_key=event.transaction_key,
-                  remote_sdp=request.body or None, replaces_call=replaces_call)
+                  remote_sdp=request.body or None, replaces_call=replaces_call,
+                  timer_decision=timer_decision, peer_allow=_allow_of(request))
         self._calls[handle] = c
         self._by_invite_key[event.transaction_key] = handle
         self._events.append(IncomingInvite(handle, request, request.body or None, replaces,
@@ -297,8 +441,11 @@ class InviteSessions(ChallengeRetry):
             # §14.2: an INVITE in progress on the other side: 500 with Retry-After 0-10 s
             self._reply(request, 500, now, headers=[("Retry-After", str(self._rng.randint(0, 10)))])
             return
+        go_on, timer_decision = self._timer_decide(request, now)
+        if not go_on:
+            return
         rid = self._new_handle()
-        self._server[rid] = _ServerRequest(request, event.transaction_key, c.handle, None)
+        self._server[rid] = _ServerRequest(request, event.transaction_key, c.handle, None, timer_decision)
         c.incoming_reinvite = rid
         self._by_invite_key[event.transaction_key] = c.handle  # a CANCEL may follow (§9.2)
         self._events.append(ReinviteReceived(c.handle, rid, request, request.body or None))
@@ -344,10 +491,15 @@ class InviteSessions(ChallengeRetry):
         if status < 200:
             if c.state not in SETTING_UP:
                 return
+            rseq = rseq_of(response) if "PRACK" in self.allow else None
+            if rseq is not None and not response.to.tag:
+                return  # §4 wants a dialog to send the PRACK in: unusable
             if response.to.tag and c.dialog is None and response.contact:
                 c.dialog = Dialog.from_uac(c.invite, response, self.local_contact)
                 self._by_dialog[c.dialog.id] = c.handle
                 self._move(c, CallInput.PROVISIONAL)
+            if rseq is not None and not self._prack_provisional(c, response, rseq, now):
+                return
             if c.cancel_wanted and not c.cancelled:
                 self._send_cancel(c, now)
             if status > 100:
@@ -355,7 +507,9 @@ class InviteSessions(ChallengeRetry):
             return
         if status >= 300:
             if c.state in SETTING_UP and key is not None and not c.cancel_wanted:
-                retry = self._auth_retry(key, response, now)
+                retry = self._timer_retry_422(c, key, response, now)
+                if retry is None:
+                    retry = self._auth_retry(key, response, now)
                 if retry is not None:
                     c.invite = self._sent[retry].request
                     c.invite_key = retry
@@ -406,6 +560,7 @@ class InviteSessions(ChallengeRetry):
             self._events.append(CallFailed(c.handle, 487, "Request Terminated"))
             return
         self._move(c, CallInput.ACCEPTED)
+        self._timer_response(c, response, now)
         self._events.append(CallEstablished(c.handle, c.remote_sdp))
 
     def _on_reinvite_response(self, c: _Call, response: Response, now: float) -> None:
@@ -434,6 +589,7 @@ class InviteSessions(ChallengeRetry):
             else:
                 self._send_ack(c, request.cseq.seq, body)
             c.reinvite = None
+            self._timer_response(c, response, now)
             self._events.append(ReinviteCompleted(c.handle, op, response))
             return
         if status in (401, 407) and _key is not None:
@@ -450,6 +606,7 @@ class InviteSessions(ChallengeRetry):
             c.reinvite_retry_at = now + self._rng.randint(low, high) / 100
             return
         c.reinvite = None
+        self._timer_failed(c, now)
         self._events.append(ReinviteCompleted(c.handle, op, response))
         if status in (408, 481):
             self._send_bye(c, now)
@@ -472,8 +629,9 @@ class InviteSessions(ChallengeRetry):
         assert c.reinvite is not None and c.dialog is not None
         pending = c.reinvite
         sdp = pending.sdp
-        request = c.dialog.create_request("INVITE", headers=self._request_common(), body=sdp or b"",
-                                          content_type=SDP)
+        request = c.dialog.create_request("INVITE", headers=[*self._request_common(),
+                                                             *self._timer_request_headers(c)],
+                                          body=sdp or b"", content_type=SDP)
         key = self._send(request, c.dialog.destination(), c.dialog, now)
         pending.request, pending.key = request, key
         self._by_invite_key[key] = c.handle
@@ -523,12 +681,26 @@ class InviteSessions(ChallengeRetry):
         for c in self._calls.values():
             if c.ok_next is not None:
                 deadlines.append(c.ok_next)
+            if c.reliable is not None and c.reliable.deadline is not None:
+                deadlines.append(c.reliable.deadline)
             if c.reinvite_retry_at is not None:
                 deadlines.append(c.reinvite_retry_at)
         return deadlines
 
     def _invite_timers(self, now: float) -> None:
         for c in list(self._calls.values()):
+            if c.reliable is not None and c.reliable.deadline is not None and c.reliable.deadline <= now:
+                again, reject = c.reliable.expire(now)
+                for response in again:
+                    self.layer.send_response(response, now)
+                if reject:
+                    # RFC 3262 §3: no PRACK within 64*T1: the INVITE is rejected with a 5xx
+                    tag = c.dialog.local_tag if c.dialog is not None else self._token()
+                    self.layer.send_response(make_response(c.invite, 504, "No PRACK", to_tag=tag,
+                                                           headers=self._response_common()), now)
+                    self._forget(c, now)
+                    self._events.append(CallFailed(c.handle, 504, "No PRACK"))
+                    continue
             if c.ok_next is not None and c.ok_next <= now and c.ok is not None:
                 if now >= c.ok_give_up:
                     # §13.3.1.4: no ACK after 64*T1: the dialog is confirmed, then ended with BYE
@@ -543,3 +715,7 @@ class InviteSessions(ChallengeRetry):
                 c.reinvite_retry_at = None
                 self._send_reinvite(c, now)
 
+
+def _allow_of(message: Request | Response) -> frozenset[str]:
+    return frozenset(m.strip().upper() for v in message.headers.get_all("Allow") for m in v.split(",")
+                     if m.strip())

@@ -11,16 +11,16 @@ from collections.abc import Sequence
 
 from sipmob.sip import transaction as tx
 from sipmob.sip.callstate import CallState
-from sipmob.sip.challenge import ChallengeRetry
 from sipmob.sip.dialog import Dialog, DialogState
 from sipmob.sip.headers import Replaces
 from sipmob.sip.message import Request, make_response, reason_phrase
+from sipmob.sip.session_refresh import SessionRefreshes
 from sipmob.sip.uabase import REFER_EXPIRES, SDP, SIPFRAG, _Call, _ClientOp, _ServerRequest
 from sipmob.sip.uaevents import ReferNotified, RequestReceived, UAError
 from sipmob.sip.uri import URI, NameAddr, SIPParseError
 
 
-class Referrals(ChallengeRetry):
+class Referrals(SessionRefreshes):
     def request_in_call(self, call: int, method: str, now: float, *,
                         headers: Sequence[tuple[str, str]] = (), body: bytes = b"",
                         content_type: str | None = None) -> int:
@@ -145,6 +145,16 @@ class Referrals(ChallengeRetry):
         if body:
             h.append(("Content-Type", content_type or SDP))
         request = sr.request
+        timed = self._calls.get(sr.call) if sr.call is not None and sr.timer is not None else None
+        if timed is not None and sr.timer is not None and 200 <= status < 300:
+            h += sr.timer.headers  # an UPDATE (RFC 4028 §9)
+            self._timer_agreed(timed, sr.timer.agreement, now)
+        updated = self._calls.get(sr.call) if sr.call is not None else None
+        if (updated is not None and request.method == "UPDATE" and request.body and body
+                and 200 <= status < 300):
+            # RFC 3311: the session changed as a re-INVITE would change it; a refresh re-INVITE
+            # of ours must carry this description, not the one before
+            updated.local_sdp, updated.remote_sdp = body, request.body
         tag = (sr.to_tag or self._token()) if request.to.tag is None else None
         if request.method == "SUBSCRIBE" and tag is not None and 200 <= status < 300:
             h.append(("Contact", str(self.local_contact)))

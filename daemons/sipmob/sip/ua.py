@@ -8,7 +8,7 @@ capabilities, INFO, REFER within a dialog and outside one, with its implicit sub
 ``message/sipfrag`` NOTIFYs (RFC 3515), INVITE with Replaces (RFC 3891: 481 when no dialog matches,
 BYE on the replaced dialog once the new one is confirmed), and the checks every UAS makes first: 481
 for a request outside any dialog we know, 500 for an out-of-order CSeq (§12.2.2), 405 with Allow,
-415, 420.
+415, 420; PRACK for reliable provisional responses (RFC 3262, `sipmob.sip.prack`).
 
 Calls are numbered handles; the application learns of things through events (`next_event`) and acts
 with methods that take ``now``. Everything to send comes out of `messages_to_send`, and the next
@@ -123,6 +123,7 @@ class UACore(InviteSessions, Referrals, Registrations):
         """The earliest deadline of all: the transaction layer's and the core's own."""
         deadlines = [d for d in (self.layer.get_timer(),) if d is not None]
         deadlines += self._invite_deadlines()
+        deadlines += self._timer_deadlines()
         deadlines += self._registration_deadlines()
         return min(deadlines) if deadlines else None
 
@@ -130,6 +131,7 @@ class UACore(InviteSessions, Referrals, Registrations):
         self.layer.handle_timer(now)
         self._pump(now)
         self._invite_timers(now)
+        self._timer_fire(now)
         self._registration_timers(now)
         self._pump(now)
 
@@ -220,7 +222,9 @@ class UACore(InviteSessions, Referrals, Registrations):
         if method not in self.allow and method not in self.app_methods:
             self._reply(request, 405, now, headers=[("Allow", ", ".join(self.allow))])
             return
-        unsupported = [o for o in _options(request, "Require") if o.lower() not in SUPPORTED]
+        unsupported = [o for o in _options(request, "Require")
+                       if (o.lower() not in SUPPORTED and not (o.lower() == "timer" and self.session_policy))
+                       or (o.lower() == "100rel" and "PRACK" not in self.allow)]
         if unsupported:
             self._reply(request, 420, now, headers=[("Unsupported", ", ".join(unsupported))])
             return
@@ -296,6 +300,8 @@ class UACore(InviteSessions, Referrals, Registrations):
             self._end(c, "bye", now)
         elif method == "INVITE":
             self._on_reinvite(c, event, now)
+        elif method == "PRACK":
+            self._on_prack(c, event, now)
         elif method == "NOTIFY" and _event_package(request) == "refer":
             self._on_refer_notify(c, request, now)
         elif method == "REFER":
@@ -303,11 +309,19 @@ class UACore(InviteSessions, Referrals, Registrations):
         elif method == "OPTIONS" and "OPTIONS" not in self.app_methods:
             self._answer_options(request, now)
         else:
+            if method == "UPDATE" and c.state is not CallState.CONFIRMED and not self._early_update_ok(
+                    c, request, now):
+                return
+            timer_decision = None
+            if method == "UPDATE" and c.state is CallState.CONFIRMED:
+                go_on, timer_decision = self._timer_decide(request, now)  # RFC 4028 §9
+                if not go_on:
+                    return
             if method in ("SUBSCRIBE", "NOTIFY", "UPDATE"):
                 # RFC 6665 §4.1.2.4, §4.2.1.3, RFC 3311 §5.2: target refresh requests
                 dialog.refresh_target(request)
             rid = self._new_handle()
-            self._server[rid] = _ServerRequest(request, event.transaction_key, c.handle, None)
+            self._server[rid] = _ServerRequest(request, event.transaction_key, c.handle, None, timer_decision)
             self._events.append(RequestReceived(c.handle, rid, request))
 
     def _notify_before_2xx(self, notify: Request) -> _Call | None:
@@ -350,6 +364,8 @@ class UACore(InviteSessions, Referrals, Registrations):
         entry = self._client.pop(key)
         op, handle, kind = entry.op, entry.call, entry.method
         c = self._calls.get(handle) if handle is not None else None
+        if c is not None and kind == "UPDATE" and self._refresh_completed(c, key, response, now):
+            return
         if c is not None and c.state is CallState.SUBSCRIBING:
             if response.status < 300 and response.to.tag:
                 c.dialog = Dialog.from_uac(c.invite, response, self.local_contact)
@@ -359,6 +375,8 @@ class UACore(InviteSessions, Referrals, Registrations):
                 self._forget(c, now)
             self._events.append(RequestCompleted(op, response))
             return
+        if kind == "PRACK":
+            return  # RFC 3262: the INVITE goes on whatever became of a PRACK; nobody waits for it
         if c is not None and c.dialog is not None and response.status in (408, 481) and kind != "BYE":
             # §12.2.1.2: the dialog is gone on their side
             if not c.is_uac and c.state in UNANSWERED:
@@ -409,8 +427,10 @@ class UACore(InviteSessions, Referrals, Registrations):
             return
         op, call, kind = entry.op, entry.call, entry.method
         c = self._calls.get(call) if call is not None else None
+        if c is not None and kind == "UPDATE":
+            self._refresh_completed(c, key, None, now)
         if c is not None and c.state is CallState.SUBSCRIBING:
             self._forget(c, now)
-        if c is not None and kind != "BYE" and c.state is CallState.CONFIRMED:
+        if c is not None and kind not in ("BYE", "PRACK") and c.state is CallState.CONFIRMED:
             self._end(c, "timeout", now)  # §12.2.1.2: a timeout ends the dialog
         self._events.append(RequestCompleted(op, None))

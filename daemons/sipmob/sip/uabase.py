@@ -26,6 +26,8 @@ from sipmob.sip.dialog import Dialog, DialogId, uri_destination
 from sipmob.sip.headers import CSeq
 from sipmob.sip.message import Headers, Request, Response, make_response, reason_phrase
 from sipmob.sip.policy import DEFAULT_POLICY, Admission, RequestPolicy
+from sipmob.sip.prack import ReliableProvisionals, ReliableReceiver
+from sipmob.sip.session_timer import Policy, SessionTimer, UasDecision
 from sipmob.sip.transaction import TimerConfig, TransactionKey, TransactionLayer
 from sipmob.sip.transport import Address, Connections, fits_transport
 from sipmob.sip.uaevents import CallTerminated, CredentialsLookup, UAError, UAEvent
@@ -33,12 +35,12 @@ from sipmob.sip.uri import URI, NameAddr, SIPParseError
 
 log = logging.getLogger("sipmob.sip.ua")
 
-ALLOW = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "REFER", "NOTIFY", "SUBSCRIBE")
+ALLOW = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "REFER", "NOTIFY", "SUBSCRIBE", "PRACK")
 ACCEPT = ("application/sdp", "message/sipfrag")
-SUPPORTED = ("replaces",)
+SUPPORTED = ("replaces", "100rel")
 SDP = "application/sdp"
 SIPFRAG = "message/sipfrag"
-_IN_DIALOG_ONLY = frozenset({"BYE", "INFO", "REFER", "NOTIFY"})
+_IN_DIALOG_ONLY = frozenset({"BYE", "INFO", "REFER", "NOTIFY", "PRACK"})
 _GLARE_RETRIES = 3
 REFER_EXPIRES = 60
 # RFC 8760 §2.4: prefer the strongest algorithm a challenge offers
@@ -57,6 +59,7 @@ class _ServerRequest:
     key: TransactionKey
     call: int | None
     to_tag: str | None
+    timer: UasDecision | None = None  # RFC 4028: what its 2xx states about session timers
 
 
 @dataclasses.dataclass(slots=True)
@@ -109,6 +112,18 @@ class _Call:
     replaces_call: int | None = None
     refers: dict[int, int] = dataclasses.field(default_factory=dict)  # REFER CSeq -> op
     refer_subs: dict[int, int] = dataclasses.field(default_factory=dict)  # rid -> REFER CSeq (theirs)
+    # RFC 3262: the UAS's reliable 1xx (None: the caller did not ask for them), the UAC's RSeq per
+    # early dialog (by the To tag)
+    reliable: ReliableProvisionals | None = None
+    reliable_required: bool = False
+    rseqs: dict[str, ReliableReceiver] = dataclasses.field(default_factory=dict)
+    # RFC 4028 (`sipmob.sip.session_refresh`): the call's timer, what our 2xx to the INVITE states,
+    # the peer's Allow (UPDATE refreshes), our UPDATE refresh under way, whether a 422 was retried
+    timer: SessionTimer | None = None
+    timer_decision: UasDecision | None = None
+    peer_allow: frozenset[str] = frozenset()
+    refresh_key: TransactionKey | None = None
+    timer_retried: bool = False
 
 
 @dataclasses.dataclass(slots=True)
@@ -154,8 +169,10 @@ class UABase(abc.ABC):
                  token: Callable[[], str] | None = None, rng: random.Random | None = None,
                  credentials: CredentialsLookup | tuple[str, str] | None = None,
                  allow: Sequence[str] = ALLOW, aor: URI | None = None,
-                 policy: RequestPolicy | None = None) -> None:
+                 policy: RequestPolicy | None = None, session_timer: Policy | None = None) -> None:
         self.credentials = credentials
+        # RFC 4028 as a full party when given (`sipmob.sip.session_refresh`); None: no timers
+        self.session_policy = session_timer
         # asked before any request from outside a dialog becomes an event (sipmob.sip.policy)
         self.policy: RequestPolicy = policy if policy is not None else DEFAULT_POLICY
         # the methods we take; a UA that only probes (the SA proxy) allows OPTIONS alone
@@ -285,7 +302,8 @@ class UABase(abc.ABC):
         for name, value in self._request_common():
             h.add(name, value)
         h.add("Allow", ", ".join(self.allow))
-        h.add("Supported", ", ".join(SUPPORTED))
+        timer = ("timer",) if self.session_policy is not None else ()  # RFC 4028 §7.1
+        h.add("Supported", ", ".join((*SUPPORTED, *timer)))
 
     def _request_common(self) -> list[tuple[str, str]]:
         return [("User-Agent", self.user_agent)] if self.user_agent else []
@@ -320,6 +338,9 @@ class UABase(abc.ABC):
         c.ok = None
         c.ok_next = None
         c.reinvite_retry_at = None
+        c.reliable = None
+        if c.timer is not None:
+            c.timer.ended(now)
         if c.dialog is not None:
             c.dialog.terminate()
             self._by_dialog.pop(c.dialog.id, None)

@@ -1,5 +1,6 @@
 """The phone's answers to the CN's re-INVITEs (`sipmob.mn.remote_offer`) with fakes for the media
-and SIP sides: what is refused and how, what the RTP endpoint is told, the session-timer watch."""
+and SIP sides: what is refused and how, what the RTP endpoint is told (session timers are the SIP core's:
+tests/unit/sip/test_session_refresh.py)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ from sipmob.sip.message import Headers, Request
 from sipmob.sip.uri import URI
 
 
-def cn(version: int, port: int = 4000, fmts: str = "0 8", direction: str = "sendrecv") -> bytes:
+def cn(version: int, port: int = 4000, fmts: str = "0 8", direction: str = "sendrecv",
+       extra: str = "") -> bytes:
     return (f"v=0\r\no=cn 5 {version} IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n"
-            f"m=audio {port} RTP/AVP {fmts}\r\na={direction}\r\n").encode()
+            f"m=audio {port} RTP/AVP {fmts}\r\na={direction}\r\n{extra}").encode()
 
 
 class FakeRtp:
@@ -38,6 +40,9 @@ class FakeRtp:
     def stop_sending(self) -> None:
         self.sending = False
         self.log.append(("stop", None))
+
+    def set_rtcp_destination(self, destination: Any) -> None:
+        self.rtcp_destination = destination
 
 
 class FakeCall:
@@ -131,12 +136,12 @@ def test_refusals(setup: Any) -> None:
     assert offers.answer(pc, pc.call, request()) == pc.oa.local.to_bytes()  # no offer: ours again
 
 
-def test_the_peers_refreshes_are_watched_and_a_missing_one_ends_the_call(setup: Any) -> None:
-    offers, pc, phone = setup
-    offers.answer(pc, pc.call, request(cn(1), Session_Expires="90;refresher=uac"))
-    phone.reactor.advance(59)
-    offers.answer(pc, pc.call, request(cn(1), Session_Expires="90"))  # refreshed in time
-    phone.reactor.advance(59)
-    assert pc.call.byes == 0
-    phone.reactor.advance(2)
-    assert pc.call.byes == 1
+def test_rtcp_goes_where_the_cns_a_rtcp_says_else_to_rtp_port_plus_one(setup: Any) -> None:
+    offers, pc, _ = setup
+    offers.answer(pc, pc.call, request(cn(2, port=4444, extra="a=rtcp:6001 IN IP4 127.0.0.9\r\n")))
+    assert pc.rtp.destination == ("127.0.0.2", 4444)
+    assert pc.rtp.rtcp_destination == ("127.0.0.9", 6001)  # RFC 3605, address included
+    offers.answer(pc, pc.call, request(cn(3, port=4446, extra="a=rtcp:7001\r\n")))
+    assert pc.rtp.rtcp_destination == ("127.0.0.2", 7001)  # the RTP address when none is stated
+    offers.answer(pc, pc.call, request(cn(4, port=4448)))
+    assert pc.rtp.rtcp_destination == ("127.0.0.2", 4449)

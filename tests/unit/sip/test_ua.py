@@ -546,8 +546,17 @@ def test_invite_with_a_body_that_is_not_sdp_gets_415() -> None:
 
 def test_require_of_an_unknown_extension_gets_420_with_unsupported() -> None:
     b = core(BOB, "bob")
-    (resp,) = answers(b, raw("INVITE", extra=[("Require", "100rel, replaces")]))
+    (resp,) = answers(b, raw("INVITE", extra=[("Require", "precondition, replaces")]))
+    assert resp.status == 420 and resp.headers.get("Unsupported") == "precondition"
+
+
+def test_require_100rel_gets_420_only_from_a_ua_that_does_not_take_prack() -> None:
+    b = core(BOB, "bob", allow=("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS"))
+    (resp,) = answers(b, raw("INVITE", extra=[("Require", "100rel")]))
     assert resp.status == 420 and resp.headers.get("Unsupported") == "100rel"
+    full = core(BOB, "bob")
+    full.receive(raw("INVITE", extra=[("Require", "100rel")]), ALICE, 0.0)
+    assert isinstance(full.next_event(), IncomingInvite)
 
 
 def test_options_answered_with_allow_accept_supported_and_capabilities() -> None:
