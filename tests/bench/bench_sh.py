@@ -20,11 +20,14 @@ Per action (transfer: phone → TV; retrieval: TV → phone):
   user's (the phone or the TV), in packet intervals, and the sequence numbers missing within each
   of the CN's streams (SSRCs);
 - where the lapse comes from: the gap at the switch (the CN's last packet to the old place → its first
-  to the new one) and the SIP messages sent inside it, apart from the longest gap within one stream
-  (the CN's own pacing, nothing moving).
+  to the new one), both timed from the CN's 200 to the INVITE with Replaces, apart from the longest
+  gap within one stream (the CN's own pacing, nothing moving); for every gap over 1.5 intervals, the
+  SIP messages sent inside it, whether nothing at all crossed `lo` meanwhile (the whole machine
+  stalled) and whether our own media to the CN kept flowing (then the CN's sender was late).
 Printed as p50/p95/max over the rounds, with the target; also the longest gap before the first
-command, packets of the CN's that reached a closed port of ours, and whether tshark decodes every SIP
-message of the run without a malformed packet or an expert error.
+command, the CN's packets that reached a closed port of ours (they reached no one, so they are left
+out of the gaps), and whether tshark decodes every SIP message of the run without a malformed
+packet or an expert error.
 Targets on loopback: latency p95 < 100 ms, longest gap at most two packet intervals, nothing lost.
 """
 
@@ -144,10 +147,10 @@ def around_ok(lap: Lapse, messages: Sequence[SipMessage], cn: int, new: int) -> 
 
 
 def explain(kind: str, lapses: Sequence[Lapse], messages: Sequence[SipMessage],
-            pulse: Sequence[float]) -> None:
-    """Which SIP steps lie inside each action's longest gap, when it is longer than 1.5 intervals, and
+            pulse: Sequence[float], ours: Sequence[float], interval: float) -> None:
+    """Which SIP steps lie inside each action's longest gap, when it is longer than 1.5 intervals;
     in how many of them nothing at all crossed `lo` (no process of the machine sent any UDP) for
-    more than half the gap."""
+    more than half the gap; and whether our own media to the CN (`ours`) kept flowing meanwhile."""
     long = [lap.widest for lap in lapses if lap.widest is not None and lap.gap > 1.5]
     shapes = collections.Counter(
         " ".join(m.label for m in messages if start <= m.time <= end) or "no SIP" for start, end in long)
@@ -155,8 +158,10 @@ def explain(kind: str, lapses: Sequence[Lapse], messages: Sequence[SipMessage],
         stalled = sum(1 for start, end in long if silence(pulse, start, end) > (end - start) / 2)
         print(f"{kind:8s}   SIP inside the {len(long)} gaps > 1.5 intervals: "
               + "; ".join(f"[{shape}] x{n}" for shape, n in shapes.most_common()))
+        quiet = max(silence(ours, start, end) for start, end in long) / interval
         print(f"{kind:8s}   in {stalled} of them nothing at all crossed lo for more than half the gap "
-              "(the whole machine stalled)")
+              f"(the whole machine stalled); our media to the CN inside them: longest silence "
+              f"{quiet:4.2f} intervals")
 
 
 def main() -> None:
@@ -224,6 +229,7 @@ def main() -> None:
         packets = [p for p in captured if p not in closed]
         messages = sip_messages(path, sip_ports)
         pulse = udp_times(path)
+        ours = [p.time for p in packets if p.dst in cn_ports and p.src in phone_ports | tv_ports]
         windows = [(kind, t0, actions[i + 1][1] if i + 1 < len(actions) else end)
                    for i, (kind, t0) in enumerate(actions)]
         steady = [p.time for p in packets if p.src in cn_ports and p.time < windows[0][1]]
@@ -258,7 +264,7 @@ def main() -> None:
                 print(f"{kind:8s}   after the CN's 200 to the new place's INVITE with Replaces: its last "
                       f"packet to the old place {spread([a for a, _ in at_ok[kind]], 1)} ms, its first "
                       f"to the new place {spread([b for _, b in at_ok[kind]], 1)} ms")
-            explain(kind, lapses[kind], messages, pulse)
+            explain(kind, lapses[kind], messages, pulse, ours, interval)
         print(f"the CN's RTP that reached a closed port of ours (ICMP port unreachable): {len(closed)} "
               f"[{verdict(not closed)} == 0]")
         decode = [a for p in sip_ports for a in ("-d", f"udp.port=={p},sip")]
