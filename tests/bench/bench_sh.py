@@ -126,9 +126,10 @@ def report(kind: str, lapses: Sequence[Lapse]) -> None:
           f"[{verdict(max(gaps) <= GAP_TARGET)} <= {GAP_TARGET:g}]; lost {sum(losses)} packets in "
           f"{sum(1 for n in losses if n)} of {len(losses)} [{verdict(sum(losses) == 0)} == 0]")
     switches = [lap.switch_gap for lap in lapses if lap.switch_gap is not None]
+    ok = bool(switches) and max(switches) <= GAP_TARGET
     print(f"{kind:8s}   of which at the switch (old place's last packet -> new place's first): "
-          f"{spread(switches)}; within one stream (the CN's own pacing): "
-          f"{spread([lap.pacing for lap in lapses])}")
+          f"{spread(switches)} [{verdict(ok)} <= {GAP_TARGET:g}]; "
+          f"within one stream (the CN's own pacing): {spread([lap.pacing for lap in lapses])}")
 
 
 def around_ok(lap: Lapse, messages: Sequence[SipMessage], cn: int, new: int) -> tuple[float, float] | None:
