@@ -81,6 +81,7 @@ from sipmob.mn.control import request  # noqa: E402
 __all__ = ["Lapse", "announced_ports", "measure", "read_rtp", "report"]  # bench_mdsm.py uses them
 
 LATENCY_TARGET = 0.100
+CAPTURE_WAIT = 60.0  # seconds for the capture to show it started, and that it has everything
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -198,7 +199,10 @@ def main() -> None:
             if not until(lambda: "enhanced" in phone.sipmob("devices", "--json").stdout, timeout=10):
                 raise RuntimeError("the TV did not register itself in SLP")
             sip_ports = (phone.port, tv.port, cn.port)
-            capture = LiveCapture(d / "sh.pcapng", f"(udp and not port {da.port}) or icmp")
+            # everything on lo, others' traffic too (the machine's pulse): on a busy machine the
+            # file is large, and reading it back to find the capture's markers takes a while
+            capture = LiveCapture(d / "sh.pcapng", f"(udp and not port {da.port}) or icmp",
+                                  startup_timeout=CAPTURE_WAIT)
             request(phone.control, "call", {"uri": cn.uri}, timeout=10)
             time.sleep(2.0)  # a steady stream to compare with
             deadline = time.monotonic() + args.max_seconds
@@ -211,7 +215,7 @@ def main() -> None:
                 actions.append(("retrieve", command(phone.control, "retrieve", {"call": "1"})))
                 time.sleep(SETTLE)
             end = time.time()
-            capture.stop()
+            capture.stop(CAPTURE_WAIT)
             path, capture = capture.path, None
         finally:
             if capture is not None:
