@@ -228,13 +228,15 @@ def main() -> None:
             shutil.copyfile(path, args.pcap)
         announced = announced_ports(path, sip_ports)
         phone_ports, tv_ports, cn_ports = (announced[p] for p in sip_ports)
-        captured = read_rtp(path, phone_ports | tv_ports | cn_ports)
+        ours = phone_ports | tv_ports | cn_ports
+        # both ends ours: a port one of our calls used may be another program's later on
+        captured = [p for p in read_rtp(path, ours) if p.src in ours and p.dst in ours]
         # a packet that met a closed port reached no one: it does not fill a gap
         closed = bounced(path, [p for p in captured if p.src in cn_ports])
         packets = [p for p in captured if p not in closed]
         messages = sip_messages(path, sip_ports)
         pulse = udp_times(path)
-        ours = [p.time for p in packets if p.dst in cn_ports and p.src in phone_ports | tv_ports]
+        to_cn = [p.time for p in packets if p.dst in cn_ports and p.src in phone_ports | tv_ports]
         windows = [(kind, t0, actions[i + 1][1] if i + 1 < len(actions) else end)
                    for i, (kind, t0) in enumerate(actions)]
         steady = [p.time for p in packets if p.src in cn_ports and p.time < windows[0][1]]
@@ -269,7 +271,7 @@ def main() -> None:
                 print(f"{kind:8s}   after the CN's 200 to the new place's INVITE with Replaces: its last "
                       f"packet to the old place {spread([a for a, _ in at_ok[kind]], 1)} ms, its first "
                       f"to the new place {spread([b for _, b in at_ok[kind]], 1)} ms")
-            explain(kind, lapses[kind], messages, pulse, ours, interval)
+            explain(kind, lapses[kind], messages, pulse, to_cn, interval)
         print(f"the CN's RTP that reached a closed port of ours (ICMP port unreachable): {len(closed)} "
               f"[{verdict(not closed)} == 0]")
         decode = [a for p in sip_ports for a in ("-d", f"udp.port=={p},sip")]
