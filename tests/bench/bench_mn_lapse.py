@@ -30,42 +30,44 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "daemons"), str(ROOT / "tests/integration/slpda"),
-                str(ROOT / "tests/integration/mn")]
+                str(ROOT / "tests/integration/mn"), str(ROOT / "tests/bench")]
 
+from lapse import (  # noqa: E402
+    GAP_TARGET,
+    LEAD,
+    SETTLE,
+    Packet,
+    command,
+    longest_gap,
+    lost,
+    percentile,
+    read_rtp,
+    verdict,
+    where_longest,
+)
 from phone_process import Phone, run  # noqa: E402
 from slpda_process import HOST, Slpda  # noqa: E402
 from tests.peers.baresip import Baresip  # noqa: E402
 from tests.peers.tshark import LiveCapture, tshark  # noqa: E402
 
 from sipmob.mn.config import Calls  # noqa: E402
-from sipmob.mn.control import encode, request  # noqa: E402
+from sipmob.mn.control import request  # noqa: E402
 
-SETTLE = 0.4  # seconds between an action's reply and the next command: the stream runs steady
-LEAD = 0.2  # seconds before t0 that belong to an action's window (the old place's last packets)
+# bench_mdsm.py and bench_remote_offer.py take these from here
+__all__ = ["command", "longest_gap", "percentile", "verdict"]
+
 LATENCY_TARGET = 0.050
-GAP_TARGET = 2.0  # packet intervals
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Packet:
-    time: float
-    src: int
-    dst: int
-    ssrc: int
-    seq: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -85,68 +87,6 @@ class Lapse:
     switch_gap: float  # intervals between the CN's last packet at the old place and its first at the new
     old: int  # the CN's packets that reached the old place in the window
     new: int  # ... and the new one
-
-
-def command(path: Path, name: str, args: dict[str, object], timeout: float = 20.0) -> float:
-    """Send one control request and wait for its reply; the wall-clock time it was written."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(str(path))
-        data = encode({"id": 1, "command": name, "args": args})
-        t0 = time.time()
-        s.sendall(data)
-        reply = b""
-        while b"\n" not in reply:
-            chunk = s.recv(65536)
-            if not chunk:
-                raise RuntimeError(f"{name}: the phone closed the control connection")
-            reply += chunk
-    if b'"ok":true' not in reply:
-        raise RuntimeError(f"{name} failed: {reply.decode(errors='replace').strip()}")
-    return t0
-
-
-def read_rtp(capture: Path) -> list[Packet]:
-    out = tshark("-r", str(capture), "-o", "rtp.heuristic_rtp:TRUE", "-Y", "rtp", "-T", "fields",
-                 "-e", "frame.time_epoch", "-e", "udp.srcport", "-e", "udp.dstport",
-                 "-e", "rtp.ssrc", "-e", "rtp.seq", timeout=120)
-    packets = []
-    for line in out.splitlines():
-        row = line.split("\t")
-        if len(row) == 5 and all(row):
-            packets.append(Packet(float(row[0]), int(row[1]), int(row[2]), int(row[3], 0), int(row[4])))
-    packets.sort(key=lambda p: p.time)
-    return packets
-
-
-def unwrapped(seqs: Iterable[int]) -> list[int]:
-    """16-bit sequence numbers in arrival order, extended across wrap-around (RFC 3550 §A.1)."""
-    out: list[int] = []
-    for seq in seqs:
-        if not out:
-            out.append(seq)
-            continue
-        last = out[-1]
-        delta = (seq - last) % 65536
-        out.append(last + delta if delta < 32768 else last + delta - 65536)
-    return out
-
-
-def missing(seqs: Iterable[int]) -> int:
-    extended = set(unwrapped(seqs))
-    return (max(extended) - min(extended) + 1 - len(extended)) if extended else 0
-
-
-def longest_gap(times: Sequence[float]) -> float:
-    return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
-
-
-def where_longest(packets: Sequence[Packet], t0: float) -> str:
-    pairs = list(itertools.pairwise(packets))
-    if not pairs:
-        return "-"
-    a, b = max(pairs, key=lambda ab: ab[1].time - ab[0].time)
-    return f"{(a.time - t0) * 1000:+.0f}ms {a.src}->{a.dst} then {b.src}->{b.dst}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -202,10 +142,8 @@ def measure(packets: Sequence[Packet], action: Action, cn: int, phone: int, inte
     else:
         switch_gap = float("inf")
     # The user's side: one SSRC from the CN, at whichever place it goes.
-    user_lost = sum(missing(p.seq for p in to_user if p.ssrc == s) for s in {p.ssrc for p in to_user})
-    cn_lost = sum(missing(p.seq for p in to_cn if p.ssrc == s) for s in {p.ssrc for p in to_cn})
-    return Lapse(latency, longest_gap([p.time for p in to_user]) / interval, user_lost,
-                 longest_gap([p.time for p in to_cn]) / interval, cn_lost, switch_gap, old, new)
+    return Lapse(latency, longest_gap([p.time for p in to_user]) / interval, lost(to_user),
+                 longest_gap([p.time for p in to_cn]) / interval, lost(to_cn), switch_gap, old, new)
 
 
 def wireshark_streams_to(capture: Path, port: int) -> list[int]:
@@ -218,15 +156,6 @@ def wireshark_streams_to(capture: Path, port: int) -> list[int]:
         if len(row) > 10 and row[5].isdigit() and int(row[5]) == port and row[9].lstrip("-").isdigit():
             lost.append(int(row[9]))
     return lost
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
 
 
 def report(kind: str, lapses: Sequence[Lapse]) -> None:
@@ -243,12 +172,12 @@ def report(kind: str, lapses: Sequence[Lapse]) -> None:
     switch = [lap.switch_gap for lap in lapses]
     print(f"{kind:8s} heard by user at the switch (last packet at the old place to first at the new): "
           f"p50 {statistics.median(switch):4.2f} max {max(switch):4.2f} intervals")
-    for side, gaps, lost in (("user", [lap.user_gap for lap in lapses], [lap.user_lost for lap in lapses]),
+    for side, gaps, losses in (("user", [lap.user_gap for lap in lapses], [lap.user_lost for lap in lapses]),
                              ("CN", [lap.cn_gap for lap in lapses], [lap.cn_lost for lap in lapses])):
         print(f"{kind:8s} heard by {side:4s}: longest gap p50 {statistics.median(gaps):4.2f} "
               f"max {max(gaps):4.2f} intervals [{verdict(max(gaps) <= GAP_TARGET)} <= {GAP_TARGET:g}]; "
-              f"lost {sum(lost)} packets in {sum(1 for n in lost if n)} of {len(lost)} "
-              f"[{verdict(sum(lost) == 0)} == 0]")
+              f"lost {sum(losses)} packets in {sum(1 for n in losses if n)} of {len(losses)} "
+              f"[{verdict(sum(losses) == 0)} == 0]")
 
 
 def main() -> None:

@@ -126,6 +126,8 @@ RESTART_SEQ_MARGIN = 100
 # seconds a destination may answer our RTP with ICMP unreachable, hearing nothing from anyone, before
 # the call is ended: a CN's socket can be a moment late at the start, a forged c= line stays wrong
 UNREACHABLE_GRACE = 2.0
+# seconds a call's RTP socket keeps receiving after the other party ended it
+MEDIA_LINGER = 0.5
 VIDEO_CODECS = (Codec("VP8", 90000), Codec("H264", 90000, fmtp="packetization-mode=1"),
                 Codec("H263", 90000))
 
@@ -299,6 +301,7 @@ class Phone:
             allow=(*ALLOW, "UPDATE"),  # RFC 3311 (remote_offer)
             session_timer=SessionTimerPolicy())  # RFC 4028 as a full party, in the core
         self._media_watch: task.LoopingCall | None = None
+        self._lingering: dict[int, tuple[PhoneCall, Any]] = {}  # ended calls whose RTP still receives
         self.registration: Registration | None = None
         self._registration_logged: tuple[str, int | None] | None = None
         self.slp = SLPClient(reactor, da=config.da_address, scopes=config.slp.scopes,
@@ -360,6 +363,7 @@ class Phone:
         yield self.control.stop()
         if self._media_watch is not None and self._media_watch.running:
             self._media_watch.stop()
+        self._close_lingering()
         byes: list[defer.Deferred[Any]] = []
         for pc in list(self.calls.values()):
             byes += [call.bye() for call in list(pc.device_calls.values())]
@@ -636,9 +640,10 @@ class Phone:
         self._next_id += 1
         return cid
 
-    def end_call(self, pc: PhoneCall, reason: str) -> None:
-        """Forget a call whose BYEs have been sent, and announce it."""
-        self._ended(pc)
+    def end_call(self, pc: PhoneCall, reason: str, linger: bool = False) -> None:
+        """Forget a call whose BYEs have been sent, and announce it; with `linger`, its RTP socket
+        still takes packets for `MEDIA_LINGER`."""
+        self._ended(pc, linger)
         self.controls.ended(pc, reason)
 
     def _track(self, pc: PhoneCall, *, play: bool) -> None:
@@ -663,9 +668,9 @@ class Phone:
         for device, call in list(pc.device_calls.items()):
             call.bye().addErrback(lambda f, d=device: log.warning("BYE to %s failed", d))
         pc.device_calls.clear()
-        self.end_call(pc, reason)
+        self.end_call(pc, reason, linger=True)
 
-    def _ended(self, pc: PhoneCall) -> None:
+    def _ended(self, pc: PhoneCall, linger: bool = False) -> None:
         self.calls.pop(pc.id, None)
         if pc.ended:  # the BYE we send on stop ends the call a second time, through on_terminated
             return
@@ -674,6 +679,22 @@ class Phone:
         if self.egress is not None:
             self.egress.call_ended(pc)
         pc.rtp.stop_sending()
+        if linger:
+            # the other party's media thread may send a packet or two after its BYE (PJSIP does,
+            # on a busy machine, when an INVITE with Replaces moved the call): take them in rather
+            # than answer with ICMP, since the place the media moved to may not have had them
+            self._lingering[id(pc)] = (pc, self.reactor.callLater(MEDIA_LINGER, self._close_media, pc))
+        else:
+            self._close_media(pc)
+
+    def _close_lingering(self) -> None:
+        for ended, _ in list(self._lingering.values()):
+            self._close_media(ended)
+
+    def _close_media(self, pc: PhoneCall) -> None:
+        _, lingering = self._lingering.pop(id(pc), (pc, None))
+        if lingering is not None and lingering.active():
+            lingering.cancel()
         if pc.recorder is not None:
             pc.rtp.detach_recorder()
             pc.recorder.close()

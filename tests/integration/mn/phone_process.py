@@ -41,8 +41,9 @@ def until(condition: Callable[[], Any], timeout: float = 10.0, step: float = 0.1
 class Phone:
     def __init__(self, directory: Path, da: str, grace: float = 0.5, auto_answer: bool = False,
                  ring_timeout: float = 60.0,
-                 user: str = "mn", extra: str = "", media_timeout: float = 30.0) -> None:
-        """`extra` is appended to the configuration file (more sections)."""
+                 user: str = "mn", extra: str = "", media_timeout: float = 30.0,
+                 calls: str = "") -> None:
+        """`extra` is appended to the configuration file (more sections), `calls` to its [calls]."""
         self.port = free_udp_port()
         self.uri = f"sip:{user}@127.0.0.1:{self.port}"
         self.control = directory / "mn.sock"
@@ -51,7 +52,7 @@ class Phone:
             f'[listen]\naddress = "127.0.0.1"\nport = {self.port}\n[identity]\nuser = "{user}"\n'
             f'[calls]\nauto_answer = {str(auto_answer).lower()}\ngrace_period = {grace}\n'
             f'device_timeout = 2.0\noptions_timeout = 1.0\nring_timeout = {ring_timeout}\n'
-            f'media_timeout = {media_timeout}\n'
+            f'media_timeout = {media_timeout}\n{calls}'
             f'[slp]\nda = "{da}"\n[control]\npath = "{self.control}"\n'
             f'[state]\nfile = "{directory / "calls.sqlite"}"\n' + extra)
         self.log = open(directory / "phone.log", "wb")  # closed in stop()

@@ -58,3 +58,53 @@ def test_calls_say_where_each_stream_is_by_device_name() -> None:
     assert described["streams"] == [{"media": "audio", "where": "this phone"},
                                     {"media": "video", "where": "out on TV, in from Camera"}]
     assert (described["rtp_sent"], described["rtp_received"], described["sending"]) == (10, 0, False)
+
+
+class ClosingRtp:
+    def __init__(self) -> None:
+        self.sending, self.closed = True, False
+
+    def stop_sending(self) -> None:
+        self.sending = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def ended_phone() -> tuple[Any, PhoneCall]:
+    """A phone with one call, for `_ended` alone: no store, no egress, a clock for a reactor."""
+    from twisted.internet import task
+
+    from sipmob.mn.phone import Phone
+
+    phone: Any = Phone.__new__(Phone)
+    phone.store, phone.egress, phone.reactor, phone._lingering = None, None, task.Clock(), {}
+    oa = OfferAnswerState(Origin("mn", 1, 1, "IN", "IP4", "192.0.2.9"))
+    pc = PhoneCall("1", "sip:cn@192.0.2.1", FakeCall(), oa, CN, CN, ClosingRtp(),  # type: ignore[arg-type]
+                   (MOBILE_NODE, None, None))
+    phone.calls = {"1": pc}
+    return phone, pc
+
+
+def test_a_call_the_other_party_ended_still_receives_for_a_moment() -> None:
+    # PJSIP may send the old stream's last packets after the BYE that ends it (an INVITE with
+    # Replaces moved the call): they must find our socket open, not bounce with ICMP
+    from sipmob.mn.phone import MEDIA_LINGER
+
+    phone, pc = ended_phone()
+    phone._ended(pc, linger=True)
+    assert "1" not in phone.calls and not pc.rtp.sending and not pc.rtp.closed
+    phone.reactor.advance(MEDIA_LINGER / 2)
+    assert not pc.rtp.closed
+    phone.reactor.advance(MEDIA_LINGER)
+    assert pc.rtp.closed and not phone._lingering and not phone.reactor.getDelayedCalls()
+
+
+def test_a_call_we_end_closes_its_socket_at_once_and_stop_closes_a_lingering_one() -> None:
+    phone, pc = ended_phone()
+    phone._ended(pc)
+    assert pc.rtp.closed and not phone.reactor.getDelayedCalls()
+    phone, pc = ended_phone()
+    phone._ended(pc, linger=True)
+    phone._close_lingering()  # as stop() does
+    assert pc.rtp.closed and not phone.reactor.getDelayedCalls()
