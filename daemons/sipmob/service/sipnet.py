@@ -5,6 +5,9 @@ from a TCP stream into one sans-I/O machine (a `sipmob.sip.transaction.Transacti
 `sipmob.sip.ua.UACore` with its layer inside), writes what the machine wants sent, and re-arms one
 `TimerDriver` for the machine's next deadline: one pump and one timer per SIP element. Outgoing TCP reuses the
 open connection to a (host, port), whichever side opened it, and opens one when there is none.
+A datagram the machine says must leave from a local address (a call bound to an egress,
+`TransactionLayer.bind_call`) goes out of the UDP socket bound to that address: one per local
+address (`add_udp`), so the kernel's source routing sends it out of that egress's link.
 Events go to one callback, the layer above, which answers through the machine (or, over a bare
 transaction layer, through `send_response` and friends).
 
@@ -45,6 +48,8 @@ class SIPMachine(Protocol):
     def transport_error(self, destination: Address, now: float) -> None: ...
 
     def messages_to_send(self) -> list[tuple[bytes, Address]]: ...
+
+    def messages_to_send_from(self) -> list[tuple[bytes, Address, Address | None]]: ...
 
     def next_event(self) -> Any: ...
 
@@ -175,14 +180,21 @@ class SIPTransport:
         """Listen on `host` too (or reuse our socket there) and send UDP from it from now on: the
         host's address changed or another egress carries our traffic. The old sockets stay, so
         answers to what they sent still arrive."""
-        proto = self._udp.get(host)
-        if proto is None:
+        bound = self.add_udp(host, port)
+        # `_udp_for` takes the first socket of the destination's family: this one now
+        proto = self._udp[host]
+        self._udp = {host: proto, **{h: p for h, p in self._udp.items() if h != host}}
+        return bound
+
+    def add_udp(self, host: str, port: int = 0) -> Address:
+        """A UDP socket on `host` (ours already, or bound now on `port`; 0: any) for the datagrams
+        that must leave from `host`; the default socket stays as it is. Raises CannotListenError."""
+        if host not in self._udp:
             proto = _Datagrams(self)
             listening = self.reactor.listenUDP(port, proto, interface=host, maxPacketSize=65535)
             self._ports.append(listening)
             self.addresses.append(Address(host, listening.getHost().port, "udp"))
-        # `_udp_for` takes the first socket of the destination's family: this one now
-        self._udp = {host: proto, **{h: p for h, p in self._udp.items() if h != host}}
+            self._udp[host] = proto
         return next(a for a in reversed(self.addresses) if a.host == host and a.transport == "udp")
 
     def use_layer(self, layer: SIPMachine) -> None:
@@ -228,8 +240,8 @@ class SIPTransport:
         try:
             layer = self._layer
             while True:
-                for data, destination in layer.messages_to_send():
-                    self._write(data, destination)
+                for data, destination, local in layer.messages_to_send_from():
+                    self._write(data, destination, local)
                 event = layer.next_event()
                 if event is None:
                     break
@@ -268,9 +280,14 @@ class SIPTransport:
         self.layer.receive(data, source, self.reactor.seconds())
         self.flush()
 
-    def _write(self, data: bytes, destination: Address) -> None:
+    def _write(self, data: bytes, destination: Address, local: Address | None = None) -> None:
         if destination.transport == "udp":
-            sock = self._udp_for(destination)
+            sock = self._udp.get(local.host) if local is not None else None
+            if sock is None:
+                if local is not None:
+                    log.warning("no socket on %s: sending to %s:%d from the default one", local.host,
+                                destination.host, destination.port)
+                sock = self._udp_for(destination)
             try:
                 sock.send(data, destination.host, destination.port)
             except (OSError, error.MessageLengthError, error.InvalidAddressError) as exc:

@@ -509,6 +509,26 @@ class UserAgent:
         self.flush()
         return bound
 
+    def local_address(self, host: str) -> Address:
+        """Our UDP address on `host` (bound now if it is not yet: our port when it is free there,
+        else any), for calls that must leave from `host`; the default address stays. Raises
+        twisted's CannotListenError."""
+        from twisted.internet.error import CannotListenError
+
+        port = self.contact.port if self.contact is not None and self.contact.port else 5060
+        try:
+            return self._transport.add_udp(host, port)
+        except CannotListenError:
+            return self._transport.add_udp(host, 0)
+
+    def bind_call(self, call_id: str, local: Address | None) -> None:
+        """The call's SIP leaves from `local` from now on (None: from the default address), Via
+        and our Contact naming it; the next re-INVITE tells the peer."""
+        self._core.layer.bind_call(call_id, local)
+
+    def bound(self, call_id: str) -> Address | None:
+        return self._core.layer.bound(call_id)
+
     # Handlers -----------------------------------------------------------------------------------
 
     def set_policy(self, policy: RequestPolicy) -> None:
@@ -533,14 +553,19 @@ class UserAgent:
 
     def invite(self, target: str | URI, sdp: bytes | None, *, headers: Sequence[tuple[str, str]] = (),
                on_provisional: Callable[[Response], Any] | None = None,
-               ack_sdp: AckSdp | None = None) -> defer.Deferred[Call]:
+               ack_sdp: AckSdp | None = None, local: Address | None = None) -> defer.Deferred[Call]:
         """Call `target` with our offer. Fires with the `Call` on 2xx, once ACKed; errback
         `CallFailed(status, reason)`. Cancelling the Deferred sends CANCEL.
 
         Late offer (`sdp` None): `ack_sdp(offer)` returns the answer for the ACK, or a Deferred of
         it (3PCC, RFC 3725: the answer comes from another dialog); without `ack_sdp` the Deferred
-        fires with the ACK still held and the application sends it with `Call.ack`."""
+        fires with the ACK still held and the application sends it with `Call.ack`.
+
+        `local` (from `local_address`): the call's SIP leaves from there, Via and Contact naming
+        it (a multihomed gateway's per-session egress), until `bind_call` moves it."""
         handle = self._core.invite(_uri(target), sdp, self._now(), headers=headers)
+        if local is not None:
+            self._core.layer.bind_call(self._core.call_id(handle), local)
         if ack_sdp is not None:
             self._ack_sdp[handle] = ack_sdp
 
