@@ -1,33 +1,37 @@
-"""The phone on a multihomed gateway: its calls follow the Egress List (SIP-NEMO §4, HMMP §4).
+"""The phone on a multihomed gateway: each call on an egress of its own (SIP-NEMO §4, HMMP §4).
 
-`PhoneEgress` keeps the phone's SIP and RTP on one egress's source address: the one the policy
-picks at start and for new calls while nothing moves. When that egress fails, or its address
-changes, the phone's SIP moves to the new address (`UserAgent.move_to`: Via, Contact, and the
-registrations refreshed at once, the old binding removed), and every call is re-INVITEd from there
-with a new ``c=`` and new ports. RTP leaves from a socket on the new address at once, before the
-CN answers, so the CN hears us again after one network delay; the CN's answer then brings its
-media to the new address. A 491 (glare) is retried by the UA core after the §14.1 back-off; a
-re-INVITE of ours still pending is retried here; a call that cannot be moved is logged (it is not
-hung up: the CN may still reach the old address later).
+Every new call gets the egress the policy picks (`route`: priority order or least load, counted
+while its INVITE is out): its SIP leaves from that egress's source address (the UA core's
+`bind_call`: Via, Contact, every request and response of the dialog) and its RTP is bound there;
+the admin's source routing sends each out of its own link. An incoming call stays on the egress
+it came in over (the one the provider reaches us at). When an egress fails, only the calls on it
+are re-INVITEd, each from the surviving egress the Egress List gives it (`MoveSession`); when its
+address changes, its calls are re-INVITEd from the new one. RTP leaves from a socket on the new
+address at once, before the CN answers, so the CN hears us again after one network delay; the
+CN's answer then brings its media to the new address. A 491 (glare) is retried by the UA core
+after the §14.1 back-off; a re-INVITE of ours still pending is retried here; a call that cannot be
+moved is logged (it is not hung up: the CN may still reach the old address later).
 
-The phone is one SIP host with one Contact (HMMP's model): all of its calls use the same egress.
-Choosing a different egress per call needs a per-dialog local address in the UA core; the Egress
-List already keeps one per session for daemons that have it.
+The phone's own SIP (its registration, where new calls from the provider arrive) sits on one
+egress too, `egress`: it moves (re-REGISTER with the old Contact removed) when that egress fails or
+changes address, and calls bound to other egresses stay where they are.
 
 Not here: the policy (`sipmob.net.egress`), netlink and probes (`sipmob.service.egress`), the
-phone itself (`sipmob.mn.phone`, which calls `call_added`, `call_ended`, `rows`). With
-``[share] allow`` set, other gateways of those networks may SUBSCRIBE to the list
+phone itself (`sipmob.mn.phone`, which calls `route`, `route_done`, `call_added`, `call_ended`,
+`rows`). With ``[share] allow`` set, other gateways of those networks may SUBSCRIBE to the list
 (`sipmob.service.egress.EgressPublisher`); moving sessions over another gateway's egress is not
 done.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 
 from sipmob.net.egress import (
     AddressChanged,
@@ -42,6 +46,7 @@ from sipmob.service.config import load_config
 from sipmob.service.egress import EgressMonitor, EgressPublisher
 from sipmob.service.egress_config import EgressConfig
 from sipmob.service.sipua import SIPError
+from sipmob.sip.transport import Address
 
 if TYPE_CHECKING:
     from sipmob.mn.phone import Phone, PhoneCall
@@ -52,16 +57,28 @@ RETRIES = 5  # re-INVITEs of a call while one of ours is still pending
 RETRY_DELAY = 0.3
 
 
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """Where a call being placed goes: its egress (None: no egress is up), source address and
+    SIP socket; `token` holds its place in the Egress List while the INVITE is out."""
+
+    token: str
+    egress: str | None
+    address: str
+    local: Address | None
+
+
 class PhoneEgress:
     def __init__(self, phone: Phone, config: EgressConfig) -> None:
         self.phone = phone
         self.config = config
         self.monitor = EgressMonitor(phone.reactor, config)
         self.monitor.on_event(self._event)
-        self.egress: str | None = None  # where the phone's SIP and RTP are
+        self.egress: str | None = None  # where the phone's own SIP (its registration) is
         self.advert: Any = None  # SLPServiceAgent registering service:sip-egress, when shared
         self._advertised: str | None = None
         self._call_address: dict[str, str] = {}  # call id -> the address its last move went to
+        self._placing = 0
         self.moves: list[dict[str, Any]] = []  # the last ten moves, for `sipmob egress`
 
     @classmethod
@@ -109,17 +126,52 @@ class PhoneEgress:
         self.advert.register(url, "service:sip-egress", attrs, lifetime=300)
         self._advertised = url
 
+    def route(self) -> Route:
+        """The egress of a call about to be placed, counted in its load until `route_done`."""
+        self._placing += 1
+        token = f"placing-{self._placing}"
+        e = self.monitor.egresses.assign(token)
+        if e is None or e.address is None:
+            return Route(token, None, self.phone.address, None)
+        try:
+            local = self.phone.ua.local_address(e.address)
+        except CannotListenError as exc:
+            log.warning("egress %s: no SIP socket on %s (%s); the call leaves from %s", e.name, e.address,
+                        exc, self.phone.address)
+            return Route(token, None, self.phone.address, None)
+        return Route(token, e.name, e.address, local)
+
+    def route_done(self, route: Route) -> None:
+        self.monitor.egresses.release(route.token)
+
     def call_added(self, pc: PhoneCall) -> None:
-        self._call_address[pc.id] = self.phone.address
-        if self.egress is not None:
-            self.monitor.egresses.moved(pc.id, self.egress)
+        """A call is established: counted on the egress its media is on, its SIP bound there (an
+        incoming call stays where it came in even when the phone's own SIP moves later)."""
+        address = _our_address(pc.oa.local) if pc.oa.local is not None else None
+        address = address or self.phone.address
+        self._call_address[pc.id] = address
+        egress = next((e for e in self.monitor.egresses.egresses.values() if e.address == address), None)
+        if egress is None:
+            log.info("call %s on %s, which is no egress's address", pc.id, address)
+            return
+        self.monitor.egresses.moved(pc.id, egress.name)
+        self._bind(pc, address)
+        log.info("call %s with %s on egress %s (%s)", pc.id, pc.peer, egress.name, address)
 
     def call_ended(self, pc: PhoneCall) -> None:
         self.monitor.egresses.release(pc.id)
         self._call_address.pop(pc.id, None)
+        try:
+            self.phone.ua.bind_call(pc.call.call_id, None)
+        except Exception:  # the dialog is gone already: nothing is bound any more
+            pass
 
     def rows(self) -> dict[str, Any]:
-        return {"egresses": self.monitor.rows(), "current": self.egress, "address": self.phone.address,
+        egresses = self.monitor.rows()
+        for row in egresses:
+            e = self.monitor.egresses.egresses[str(row["name"])]
+            row["calls"] = sorted((s for s in e.sessions if s in self.phone.calls), key=_numeric)
+        return {"egresses": egresses, "current": self.egress, "address": self.phone.address,
                 "moves": list(self.moves)}
 
     # Events -----------------------------------------------------------------------------------------
@@ -129,20 +181,29 @@ class PhoneEgress:
         return (e.name, e.address) if e is not None and e.address is not None else None
 
     def _event(self, event: EgressEvent) -> None:
+        started = time.monotonic()
         if isinstance(event, MoveSession):
-            self._move_all(event.to_egress, event.address, event.reason)
-        elif isinstance(event, AddressChanged) and event.egress == self.egress:
-            self._move_all(event.egress, event.new, f"{event.egress}: address {event.old} -> {event.new}")
+            pc = self.phone.calls.get(event.session)
+            if pc is not None:
+                self._move_call(pc, event.address, event.reason, started)
+        elif isinstance(event, AddressChanged):
+            if event.egress == self.egress:
+                self._move_sip(event.egress, event.new)
+            reason = f"{event.egress}: address {event.old} -> {event.new}"
+            for session in event.sessions:
+                pc = self.phone.calls.get(session)
+                if pc is not None:
+                    self._move_call(pc, event.new, reason, started)
         elif isinstance(event, SessionStranded):
             log.warning("call %s cannot be moved now: %s is down (%s) and no egress is up; it moves "
                         "as soon as one is", event.session, event.egress, event.reason)
-        elif (isinstance(event, EgressUp) and self.egress not in self.monitor.egresses.active()) or (
-                isinstance(event, EgressDown) and event.egress == self.egress and not self.phone.calls):
-            # SIP (so new calls and the registration) leaves a dead egress even without a call to
-            # move, and calls made while no egress was up join the first one that is
+        if (isinstance(event, EgressUp) and self.egress not in self.monitor.egresses.active()) or (
+                isinstance(event, EgressDown) and event.egress == self.egress):
+            # the phone's own SIP (the registration, new calls) leaves a dead egress, and joins the
+            # first one that is up after none was
             best = self._best()
             if best is not None:
-                self._move_all(best[0], best[1], f"{best[0]} is up")
+                self._move_sip(best[0], best[1])
 
     def _move_sip(self, egress: str, address: str) -> None:
         self.egress = egress
@@ -153,15 +214,21 @@ class PhoneEgress:
         self.phone.address = address
         log.info("SIP on egress %s, contact %s", egress, self.phone.ua.contact)
 
-    def _move_all(self, egress: str, address: str, reason: str) -> None:
-        started = time.monotonic()
-        self._move_sip(egress, address)
-        for pc in list(self.phone.calls.values()):
-            self.monitor.egresses.moved(pc.id, egress)
-            if self._call_address.get(pc.id) == address:
-                continue
-            self._call_address[pc.id] = address
-            self._reinvite(pc, address, reason, started, RETRIES)
+    def _bind(self, pc: PhoneCall, address: str) -> bool:
+        try:
+            local = self.phone.ua.local_address(address)
+        except CannotListenError as exc:
+            log.warning("call %s: no SIP socket on %s (%s)", pc.id, address, exc)
+            return False
+        self.phone.ua.bind_call(pc.call.call_id, local)
+        return True
+
+    def _move_call(self, pc: PhoneCall, address: str, reason: str, started: float) -> None:
+        if self._call_address.get(pc.id) == address:
+            return
+        self._call_address[pc.id] = address
+        self._bind(pc, address)
+        self._reinvite(pc, address, reason, started, RETRIES)
 
     @defer.inlineCallbacks
     def _reinvite(self, pc: PhoneCall, address: str, reason: str, started: float, retries: int) -> Any:
@@ -176,8 +243,8 @@ class PhoneEgress:
         # New sockets on the new address; our audio leaves from there at once (the CN's address
         # has not changed), so the CN hears us before it has even answered the re-INVITE.
         old_rtp, old_video = pc.rtp, pc.video_rtp
-        new_rtp = phone._new_rtp()
-        new_video = phone._new_rtp(video=True) if old_video is not None else None
+        new_rtp = phone._new_rtp(address=address)
+        new_video = phone._new_rtp(video=True, address=address) if old_video is not None else None
         offer = _readdressed(base, old_address, address, new_rtp.port,
                              new_video.port if new_video is not None else None)
         was_sending = bool(old_rtp.sending)
@@ -246,6 +313,10 @@ def _readdressed(sdp: SessionDescription, old: str | None, new: str, audio_port:
         elif m.media == "video" and video_port is not None:
             out = out.with_port(i, video_port)
     return out
+
+
+def _numeric(call: str) -> tuple[int, str]:
+    return (int(call), call) if call.isdigit() else (1 << 62, call)
 
 
 def _close(*endpoints: Any) -> None:

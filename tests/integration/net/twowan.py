@@ -360,10 +360,11 @@ class HomePhone:
 
 
 def egress_toml(*, interval: float = 1.0, down_after: int = 3, hold_down: float = 30.0,
-                probe: bool = True, probe_port: int = 5060, share: str = "") -> str:
+                probe: bool = True, probe_port: int = 5060, share: str = "", policy: str = "priority") -> str:
     target = f'target = "sip:probe@{CN}:{probe_port}"\n' if probe else ""
     shared = f'[share]\nallow = ["{share}"]\n' if share else ""
-    return (f"hold_down = {hold_down}\n[probe]\ninterval = {interval}\ndown_after = {down_after}\n{target}"
+    return (f'policy = "{policy}"\n'
+            f"hold_down = {hold_down}\n[probe]\ninterval = {interval}\ndown_after = {down_after}\n{target}"
             f"{shared}"
             '[[egress]]\nname = "wan1"\ninterface = "h1"\npriority = 1\n'
             '[[egress]]\nname = "wan2"\ninterface = "h2"\npriority = 2\n')
