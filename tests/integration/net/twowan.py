@@ -11,6 +11,9 @@ home address the RTP reaching the CN comes from, with the time it arrived.
 Failures: `link_down` (netlink sees it), `upstream_dead` (the ISP router drops everything it would
 forward: the 100 % loss `tc netem` would give, with iptables where the kernel has no netem;
 nothing changes on the home's links), `readdress` (a new address on a link, the old one removed).
+With ``ipv6=True`` every link is dual-stack: the home has 2001:db8:1::2 on h1 and 2001:db8:2::2 on
+h2, routed by source as the IPv4 addresses are (``ip -6 rule``), the CN 2001:db8:100::1 (addresses
+of the documentation prefix, RFC 3849, only inside the namespaces).
 Everything lives in namespaces this module creates and deletes; nothing leaves the machine.
 """
 
@@ -39,7 +42,10 @@ ENV = {"PYTHONPATH": str(ROOT / "daemons"), "PATH": "/usr/sbin:/usr/bin:/sbin:/b
 
 CN = "10.200.100.1"
 HOME1, HOME2 = "10.200.1.2", "10.200.2.2"
+CN6 = "2001:db8:100::1"
+HOME1_6, HOME2_6 = "2001:db8:1::2", "2001:db8:2::2"
 ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
 
 
 def until(condition: Callable[[], Any], timeout: float = 10.0, step: float = 0.02) -> Any:
@@ -53,10 +59,13 @@ def until(condition: Callable[[], Any], timeout: float = 10.0, step: float = 0.0
 
 
 class TwoWan:
-    def __init__(self) -> None:
+    def __init__(self, ipv6: bool = False) -> None:
         self.spaces: list[Namespace] = []
+        self.ipv6 = ipv6
         try:
             self._build()
+            if ipv6:
+                self._build6()
         except BaseException:
             self.delete()
             raise
@@ -91,6 +100,35 @@ class TwoWan:
         # as systemd's sysctl defaults have it: the old address's going does not take the new one with it
         for conf in ("all", "h1", "h2"):
             home.run(["sysctl", "-qw", f"net.ipv4.conf.{conf}.promote_secondaries=1"], check=True)
+
+    def _build6(self) -> None:
+        def addr(ns: Namespace, address: str, dev: str) -> None:
+            ns.run(["ip", "-6", "addr", "add", address, "dev", dev, "nodad"], check=True)
+
+        addr(self.home, f"{HOME1_6}/64", "h1")
+        addr(self.home, f"{HOME2_6}/64", "h2")
+        addr(self.wan1, "2001:db8:1::1/64", "w1h")
+        addr(self.wan2, "2001:db8:2::1/64", "w2h")
+        addr(self.wan1, "2001:db8:11::1/64", "w1i")
+        addr(self.internet, "2001:db8:11::2/64", "i1")
+        addr(self.wan2, "2001:db8:12::1/64", "w2i")
+        addr(self.internet, "2001:db8:12::2/64", "i2")
+        for wan, upstream in ((self.wan1, "2001:db8:11::2"), (self.wan2, "2001:db8:12::2")):
+            wan.run(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], check=True)
+            wan.run(["ip", "-6", "route", "add", "2001:db8:100::/64", "via", upstream], check=True)
+        inet = self.internet
+        inet.run(["ip", "-6", "addr", "add", f"{CN6}/128", "dev", "lo"], check=True)
+        inet.run(["ip", "-6", "route", "add", "2001:db8:1::/64", "via", "2001:db8:11::1"], check=True)
+        inet.run(["ip", "-6", "route", "add", "2001:db8:2::/64", "via", "2001:db8:12::1"], check=True)
+        home = self.home
+        for n, (prefix, gateway, dev) in enumerate((("2001:db8:1::/64", "2001:db8:1::1", "h1"),
+                                                   ("2001:db8:2::/64", "2001:db8:2::1", "h2")), start=1):
+            table = str(100 + n)
+            home.run(["ip", "-6", "rule", "add", "from", prefix, "table", table, "pref", str(1000 + n)],
+                     check=True)
+            home.run(["ip", "-6", "route", "add", "default", "via", gateway, "dev", dev, "table", table],
+                     check=True)
+        home.run(["ip", "-6", "route", "add", "default", "via", "2001:db8:1::1", "metric", "100"], check=True)
 
     # Failures ---------------------------------------------------------------------------------------
 
@@ -147,23 +185,26 @@ class TwoWan:
 class Correspondent:
     """baresip in `internet`, answering at once, sending a tone (the CN of the tests)."""
 
-    def __init__(self, net: TwoWan, directory: Path, port: int = 5060) -> None:
+    def __init__(self, net: TwoWan, directory: Path, port: int = 5060, host: str = CN) -> None:
         assert BARESIP is not None
         self.dir = directory / f"cn-{port}"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.uri = f"sip:cn@{CN}:{port}"
-        lines = ["poll_method epoll", f"sip_listen {CN}:{port}", "call_local_timeout 120",
+        literal = f"[{host}]" if ":" in host else host
+        self.uri = f"sip:cn@{literal}:{port}"
+        lines = ["poll_method epoll", f"sip_listen {literal}:{port}", "call_local_timeout 120",
                  "call_max_calls 32",
                  "audio_player aubridge,nil", "audio_alert aubridge,nil", "audio_source ausine,440",
-                 "ausrc_srate 48000", "ausrc_channels 2", f"net_interface {CN}",
-                 f"dns_server {CN}:53", f"module_path {MODULE_PATH}",
+                 "ausrc_srate 48000", "ausrc_channels 2", f"net_interface {host}",
+                 *(["net_prefer_ipv6 yes"] if ":" in host else []),
+                 f"dns_server {literal}:53", f"module_path {MODULE_PATH}",
                  *(f"module {m}.so" for m in ("g711", "aufile", "ausine", "aubridge")),
                  "module_tmp account.so", "module_app menu.so"]
         (self.dir / "config").write_text("\n".join(lines) + "\n")
         (self.dir / "accounts").write_text(f"<{self.uri}>;regint=0;answermode=auto\n")
         (self.dir / "contacts").write_text("")
         self.log = open(self.dir / "baresip.log", "wb")  # closed in stop()
-        self.proc = net.internet.popen([BARESIP, "-f", str(self.dir)], stdin=subprocess.DEVNULL,
+        self.proc = net.internet.popen([BARESIP, *(["-6"] if ":" in host else []), "-f", str(self.dir)],
+                                       stdin=subprocess.DEVNULL,
                                        stdout=self.log, stderr=subprocess.STDOUT, cwd=self.dir)
         time.sleep(0.5)
         if self.proc.poll() is not None:
@@ -183,10 +224,11 @@ class CaptureAtCN:
         self._lock = threading.Lock()
         self._socks = []
         for ifname in ("i1", "i2"):
-            sock = net.internet.socket(socket.AF_PACKET, socket.SOCK_DGRAM)
-            sock.bind((ifname, ETH_P_IP))
-            sock.settimeout(0.2)
-            self._socks.append(sock)
+            for protocol in (ETH_P_IP, ETH_P_IPV6) if net.ipv6 else (ETH_P_IP,):
+                sock = net.internet.socket(socket.AF_PACKET, socket.SOCK_DGRAM)
+                sock.bind((ifname, protocol))
+                sock.settimeout(0.2)
+                self._socks.append(sock)
         self._stop = False
         self._threads = [threading.Thread(target=self._read, args=(s,), daemon=True) for s in self._socks]
         for t in self._threads:
@@ -201,7 +243,12 @@ class CaptureAtCN:
             except OSError:
                 return
             now = time.monotonic()
-            if meta[2] == socket.PACKET_OUTGOING or len(data) < 28 or data[9] != 17:
+            if meta[2] == socket.PACKET_OUTGOING:
+                continue
+            if data[:1] and data[0] >> 4 == 6:
+                self._read6(data, now)
+                continue
+            if len(data) < 28 or data[9] != 17:
                 continue
             ihl = (data[0] & 0x0F) * 4
             dst = socket.inet_ntoa(data[16:20])
@@ -211,6 +258,16 @@ class CaptureAtCN:
             dport = int.from_bytes(data[ihl + 2:ihl + 4], "big")
             with self._lock:
                 self.packets.append((now, source, dport, data[ihl + 8:ihl + 16]))
+
+    def _read6(self, data: bytes, now: float) -> None:
+        if len(data) < 48 or data[6] != 17:  # UDP right after the fixed header (no extension headers)
+            return
+        if socket.inet_ntop(socket.AF_INET6, data[24:40]) != CN6:
+            return
+        source = socket.inet_ntop(socket.AF_INET6, data[8:24])
+        dport = int.from_bytes(data[42:44], "big")
+        with self._lock:
+            self.packets.append((now, source, dport, data[48:56]))
 
     def rtp_from(self, source: str, after: float = 0.0) -> list[float]:
         """Arrival times of RTP (anything but SIP's port 5060) from `source` after `after`."""
@@ -360,11 +417,15 @@ class HomePhone:
 
 
 def egress_toml(*, interval: float = 1.0, down_after: int = 3, hold_down: float = 30.0,
-                probe: bool = True, probe_port: int = 5060, share: str = "", policy: str = "priority") -> str:
-    target = f'target = "sip:probe@{CN}:{probe_port}"\n' if probe else ""
+                probe: bool = True, probe_port: int = 5060, share: str = "", policy: str = "priority",
+                ipv6: bool = False) -> str:
+    """With `ipv6`, each egress is its link's IPv6 address (the IPv4 one is there too)."""
+    cn = f"[{CN6}]" if ipv6 else CN
+    target = f'target = "sip:probe@{cn}:{probe_port}"\n' if probe else ""
     shared = f'[share]\nallow = ["{share}"]\n' if share else ""
+    addresses = (f'address = "{HOME1_6}"\n', f'address = "{HOME2_6}"\n') if ipv6 else ("", "")
     return (f'policy = "{policy}"\n'
             f"hold_down = {hold_down}\n[probe]\ninterval = {interval}\ndown_after = {down_after}\n{target}"
             f"{shared}"
-            '[[egress]]\nname = "wan1"\ninterface = "h1"\npriority = 1\n'
-            '[[egress]]\nname = "wan2"\ninterface = "h2"\npriority = 2\n')
+            f'[[egress]]\nname = "wan1"\ninterface = "h1"\n{addresses[0]}priority = 1\n'
+            f'[[egress]]\nname = "wan2"\ninterface = "h2"\n{addresses[1]}priority = 2\n')
