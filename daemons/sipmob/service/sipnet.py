@@ -151,6 +151,8 @@ class SIPTransport:
         self.addresses: list[Address] = []
         self._ports: list[Any] = []
         self._udp: dict[str, _Datagrams] = {}  # by local host
+        # a local address that is another host's relay: (our socket's host, where the relay listens)
+        self._relays: dict[Address, tuple[str, tuple[str, int]]] = {}
         self._streams: dict[Address, _Stream] = {}
         self._pending: dict[Address, list[bytes]] = {}  # TCP connections being opened
         self._timer: TimerDriver | None = None
@@ -196,6 +198,15 @@ class SIPTransport:
             self.addresses.append(Address(host, listening.getHost().port, "udp"))
             self._udp[host] = proto
         return next(a for a in reversed(self.addresses) if a.host == host and a.transport == "udp")
+
+    def add_relay(self, advertised: Address, from_host: str, via: tuple[str, int]) -> None:
+        """Datagrams that must leave from `advertised` (a relay's outside address, on another
+        gateway) go from our socket on `from_host` to `via`, the relay's inside end, which passes
+        them on to the one far end it serves. None of our sockets is bound to `advertised`."""
+        self._relays[advertised] = (from_host, via)
+
+    def remove_relay(self, advertised: Address) -> None:
+        self._relays.pop(advertised, None)
 
     def use_layer(self, layer: SIPMachine) -> None:
         """Attach the machine once the bound addresses are known (for listeners on port 0)."""
@@ -282,16 +293,21 @@ class SIPTransport:
 
     def _write(self, data: bytes, destination: Address, local: Address | None = None) -> None:
         if destination.transport == "udp":
-            sock = self._udp.get(local.host) if local is not None else None
+            to = (destination.host, destination.port)
+            relayed = self._relays.get(local) if local is not None and self._relays else None
+            if relayed is not None:
+                local, to = None, relayed[1]
+                sock = self._udp.get(relayed[0])
+            else:
+                sock = self._udp.get(local.host) if local is not None else None
             if sock is None:
                 if local is not None:
-                    log.warning("no socket on %s: sending to %s:%d from the default one", local.host,
-                                destination.host, destination.port)
+                    log.warning("no socket on %s: sending to %s:%d from the default one", local.host, *to)
                 sock = self._udp_for(destination)
             try:
-                sock.send(data, destination.host, destination.port)
+                sock.send(data, to[0], to[1])
             except (OSError, error.MessageLengthError, error.InvalidAddressError) as exc:
-                log.info("cannot send to %s:%d: %s", destination.host, destination.port, exc)
+                log.info("cannot send to %s:%d: %s", to[0], to[1], exc)
                 self._layer.transport_error(destination, self.reactor.seconds())
             return
         stream = self._streams.get(destination)

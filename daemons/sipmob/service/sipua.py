@@ -526,6 +526,14 @@ class UserAgent:
         and our Contact naming it; the next re-INVITE tells the peer."""
         self._core.layer.bind_call(call_id, local)
 
+    def relay_address(self, advertised: Address, from_host: str, via: tuple[str, int]) -> None:
+        """Calls bound to `advertised` (another gateway's relay) send from our socket on
+        `from_host` to the relay's inside end `via` (`SIPTransport.add_relay`)."""
+        self._transport.add_relay(advertised, from_host, via)
+
+    def remove_relay(self, advertised: Address) -> None:
+        self._transport.remove_relay(advertised)
+
     def bound(self, call_id: str) -> Address | None:
         return self._core.layer.bound(call_id)
 
@@ -581,11 +589,14 @@ class UserAgent:
 
     def subscribe(self, target: str | URI, event: str, *, expires: int = 600,
                   headers: Sequence[tuple[str, str]] = (),
-                  on_notify: Callable[[Subscription, Request], Any] | None = None
-                  ) -> defer.Deferred[Subscription]:
+                  on_notify: Callable[[Subscription, Request], Any] | None = None,
+                  local: Address | None = None) -> defer.Deferred[Subscription]:
         """Subscribe to `event` at `target` (RFC 6665). Fires with the `Subscription` on 2xx;
-        errback `SIPError` otherwise. NOTIFYs go to `on_notify` (None: answered 200)."""
+        errback `SIPError` otherwise. NOTIFYs go to `on_notify` (None: answered 200). `local`: the
+        subscription's SIP leaves from there (`local_address`), as `invite` has it."""
         handle = self._core.subscribe(_uri(target), event, self._now(), expires=expires, headers=headers)
+        if local is not None:
+            self._core.layer.bind_call(self._core.call_id(handle), local)
         subscription = Subscription(self, handle, event)
         subscription._notify_handler = on_notify
         self._subscriptions[handle] = subscription

@@ -368,20 +368,22 @@ class HomePhone:
     """``sipmob phone`` in `home`, its egress list in `egress_toml`; driven over its control socket."""
 
     def __init__(self, net: TwoWan, directory: Path, egress_toml: str, log_level: str = "info",
-                 registrar: str = "", da: str = "127.0.0.1:1") -> None:
+                 registrar: str = "", da: str = "127.0.0.1:1", *, ns: Namespace | None = None,
+                 address: str = HOME1) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
         self.control = directory / "mn.sock"
         self.config = directory / "mn.toml"
         egress = directory / "egress.toml"
         egress.write_text(egress_toml)
         egress_line = f"egress = \"{egress}\"\n" if egress_toml else ""
         self.config.write_text(
-            f'[listen]\naddress = "{HOME1}"\nport = 5060\n{egress_line}'
+            f'[listen]\naddress = "{address}"\nport = 5060\n{egress_line}'
             f'[identity]\nregistrar = "{registrar}"\n'
             f'[calls]\nauto_answer = true\n[slp]\nda = "{da}"\n[control]\npath = "{self.control}"\n'
             f'[log]\nlevel = "{log_level}"\n')
         self.log_path = directory / "phone.log"
         self.log = open(self.log_path, "wb")  # closed in stop()
-        self.proc = net.home.popen([sys.executable, "-m", "sipmob.mn.cli", "phone", "--config",
+        self.proc = (ns or net.home).popen([sys.executable, "-m", "sipmob.mn.cli", "phone", "--config",
                                     str(self.config)], env=ENV, stdout=self.log, stderr=subprocess.STDOUT)
         if not until(self._answers, timeout=15) or self.proc.poll() is not None:
             raise RuntimeError(self.output())
