@@ -68,6 +68,7 @@ RETRIES = 5  # re-INVITEs of a call while one of ours is still pending
 RETRY_DELAY = 0.3
 PEER_SCAN = 30.0  # seconds between two looks for other gateways in SLP
 MAX_PEERS = 8
+RELAY_EXPIRES = 600  # seconds a relay subscription is asked for, refreshed at 80 %
 
 
 @dataclasses.dataclass(frozen=True)
@@ -461,9 +462,9 @@ class PhoneEgress:
             except ValueError as exc:
                 answered.errback(exc)
 
-        subscription = yield phone.ua.subscribe(target, relay.EVENT, expires=3600, on_notify=notified,
-                                                headers=[(relay.HEADER, relay.encode_request(far_ends))],
-                                                local=self._home_local())
+        subscription = yield phone.ua.subscribe(target, relay.EVENT, expires=RELAY_EXPIRES,
+                                                on_notify=notified, local=self._home_local(),
+                                                headers=[(relay.HEADER, relay.encode_request(far_ends))])
         answered.addTimeout(5, phone.reactor)
         try:
             sip_relay, rtp_relay = (yield answered)[:2]
@@ -480,6 +481,7 @@ class PhoneEgress:
         phone.ua.bind_call(pc.call.call_id, outside)
         self._relayed[pc.id] = (subscription, pc.cn_sdp, outside)
         self._call_address[pc.id] = outside.host
+        self._keep_relay(pc.id, subscription)
         old_rtp = pc.rtp
         was_sending = bool(old_rtp.sending)
         pc.rtp = phone._new_rtp(address=lan)
@@ -510,6 +512,18 @@ class PhoneEgress:
                                          "reason": "every egress of ours is down",
                                          "seconds": round(elapsed, 3)}]
         log.info("call %s with %s moved over gateway %s in %.0f ms", pc.id, pc.peer, target, elapsed * 1000)
+
+    def _keep_relay(self, call: str, subscription: Any) -> None:
+        """Refresh the relay subscription while the call uses it (at 80 % of its lifetime)."""
+        def refresh() -> None:
+            relayed = self._relayed.get(call)
+            if relayed is None or relayed[0] is not subscription or subscription.terminated.called:
+                return
+            subscription.refresh(RELAY_EXPIRES).addErrback(
+                lambda f: log.warning("call %s: relay refresh failed: %s", call, f.getErrorMessage()))
+            self.phone.reactor.callLater(RELAY_EXPIRES * 0.8, refresh)
+
+        self.phone.reactor.callLater(RELAY_EXPIRES * 0.8, refresh)
 
     def _unrelay(self, call: str) -> None:
         relayed = self._relayed.get(call)

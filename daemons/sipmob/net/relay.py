@@ -79,6 +79,16 @@ class RelayTable:
         self.grants[key] = grant
         return grant
 
+    def refresh(self, key: str, expires: int, now: float) -> Grant | None:
+        """The subscription was refreshed: the relay lives `expires` more seconds (at most
+        max_expires); 0 ends it (returned, removed)."""
+        grant = self.grants.get(key)
+        if grant is None or expires <= 0:
+            return self.grants.pop(key, None)
+        grant = dataclasses.replace(grant, expires_at=now + min(expires, self.max_expires))
+        self.grants[key] = grant
+        return grant
+
     def close(self, key: str) -> Grant | None:
         return self.grants.pop(key, None)
 

@@ -120,12 +120,23 @@ class RelayServer:
             self.relays[key] = relays
         subscription = incoming.accept_subscription(int(grant.expires_at - self.reactor.seconds()))
         subscription.terminated.addCallback(lambda _reason: self._close(key))
+        subscription.on_refresh(lambda _subscription, request: self._refresh(key, request))
         body = relay.encode_answer([r.allocation for r in relays])
         subscription.notify("active", body, relay.CONTENT_TYPE).addErrback(lambda _f: self._close(key))
         log.info("relaying for %s: %s", source, ", ".join(
             f"{r.allocation.lan[1]} <-> {r.allocation.wan[0]}:{r.allocation.wan[1]} <-> "
             f"{r.allocation.peer[0]}:{r.allocation.peer[1]}" for r in relays))
         self._timer.update()
+
+    def _refresh(self, key: str, request: Any) -> None:
+        try:
+            expires = int((request.headers.get("Expires") or "0").strip())
+        except ValueError:
+            expires = 0
+        if self.table.refresh(key, expires, self.reactor.seconds()) is not None and expires > 0:
+            self._timer.update()
+        elif expires <= 0:
+            self._close(key)
 
     def _close(self, key: str) -> None:
         self.table.close(key)

@@ -204,6 +204,7 @@ class Subscription:
         self.terminated: defer.Deferred[str] = defer.Deferred()
         self._dialog = ua._core.dialog(handle)
         self._notify_handler: Callable[[Subscription, Request], Any] | None = None
+        self._refresh_handler: Callable[[Subscription, Request], Any] | None = None
 
     @property
     def dialog(self) -> Dialog:
@@ -220,6 +221,15 @@ class Subscription:
         """Send a NOTIFY with ``Subscription-State: state``; "terminated..." ends the dialog."""
         return self.ua.in_dialog(self.handle, "NOTIFY", headers=[
             ("Event", self.event), ("Subscription-State", state)], body=body, content_type=content_type)
+
+    def on_refresh(self, handler: Callable[[Subscription, Request], Any]) -> None:
+        """Notifier side: who hears a refreshing SUBSCRIBE (answered 200 with its Expires)."""
+        self._refresh_handler = handler
+
+    def refresh(self, expires: int) -> defer.Deferred[Response]:
+        """Subscriber side: SUBSCRIBE again in the dialog for `expires` seconds (RFC 6665 §4.1.2.1)."""
+        return self.ua.in_dialog(self.handle, "SUBSCRIBE", headers=[("Event", self.event),
+                                                                       ("Expires", str(expires))])
 
     def unsubscribe(self) -> defer.Deferred[Response]:
         """Send SUBSCRIBE with Expires: 0; the notifier's final NOTIFY then ends the dialog."""
@@ -995,6 +1005,11 @@ class UserAgent:
             self._flush()
 
         handler = subscription._notify_handler
+        if request.method == "SUBSCRIBE" and subscription._refresh_handler is not None:
+            try:
+                subscription._refresh_handler(subscription, request)
+            except Exception:
+                log.exception("the refresh handler of a %s subscription failed", subscription.event)
         if request.method != "NOTIFY" or handler is None:
             respond(200)
             if request.method == "SUBSCRIBE" and (request.headers.get("Expires") or "").strip() == "0":

@@ -84,3 +84,12 @@ def test_bodies_round_trip_ipv6_included() -> None:
     assert decode_answer(encode_answer(allocations)) == allocations
     with pytest.raises(ValueError):
         decode_answer(b'{"relays": [{"peer": []}]}')
+
+
+def test_a_refresh_extends_a_relay_and_expires_zero_ends_it() -> None:
+    t = table()
+    t.open("k", A, CN_SIP, 60, 0.0)
+    assert t.refresh("k", 3600, 50.0).expires_at == 650.0  # type: ignore[union-attr]
+    assert t.expired(640.0) == []
+    assert t.refresh("k", 0, 100.0) is not None and t.grants == {}
+    assert t.refresh("gone", 60, 100.0) is None

@@ -114,3 +114,16 @@ def test_beyond_the_cap_503_and_expiry_closes_the_sockets() -> None:
     assert refused.value.status == 503
     reactor.advance(601)
     assert pub.relay.relays == {} and all(p.stopped for p in reactor.ports)
+
+
+def test_a_refreshing_subscribe_keeps_the_relay_past_its_first_lifetime() -> None:
+    pub, reactor = server()
+    incoming = relay_subscribe("192.168.1.7:5060")
+    pub._subscribe(incoming)
+    refresh = relay_subscribe("192.168.1.7:5060", expires="600").request
+    reactor.advance(500)
+    pub.relay._refresh("c/1", refresh)
+    reactor.advance(200)
+    assert "c/1" in pub.relay.relays
+    reactor.advance(500)
+    assert pub.relay.relays == {}
