@@ -1,8 +1,8 @@
 """Benchmark a call's survival of WAN failures: how long until the CN hears us from the new address.
 
 Run (root, for the namespaces): .venv/bin/python tests/bench/bench_egress.py [--trials 20]
-     [--silent-trials 5] [--readdress-trials 10] [--calls 20] [--spread-trials 5] [--flap-seconds 20]
-     [--max-seconds 400]
+     [--silent-trials 5] [--readdress-trials 10] [--calls 20] [--spread-trials 5] [--gateway-trials 10]
+     [--flap-seconds 20] [--max-seconds 400]
 
 The stage is tests/integration/net/twowan.py: `sipmob phone` in `home` with two WAN links (source
 routing, one table per WAN), baresip as the CN in `internet`, a fresh stage for every trial. The
@@ -27,6 +27,12 @@ independent of the phone. Per trial:
   wan1, half on wan2, each call's SIP and RTP on its own egress; h1 goes down. Latency = netlink
   news -> RTP of every call that was on wan1 from wan2's address at the CN; the calls on wan2 must
   get no re-INVITE (re-INVITEs at the CN = calls moved).
+
+- another gateway (--gateway-trials): tests/integration/net/twowan.py's `Gateways` (gateway A over
+  wan1, gateway B over wan2, one home LAN); A's only link goes down; latency = `ip link set down`
+  started -> the CN gets A's RTP from B's WAN address (the relays asked for and set up, the
+  re-INVITE sent through them), and -> the re-INVITE arrives at the CN; the call is dropped if A
+  does not hear the CN again within 5 s.
 
 A call counts as dropped if it is no longer confirmed at the phone 1 s after the move, or if the
 CN's RTP stops reaching the phone. With --calls N, N calls are up at once and the link-down latency
@@ -57,6 +63,7 @@ from tests.integration.net.twowan import (  # noqa: E402
     HOME2,
     CaptureAtCN,
     Correspondent,
+    Gateways,
     HomePhone,
     NetlinkClock,
     SippInInternet,
@@ -231,6 +238,44 @@ def spread(trials: int, calls: int, deadline: float) -> None:
     print(f"spread: trials with a call dropped or not moved: {dropped} of {len(latencies) + dropped}")
 
 
+def one_gateway() -> tuple[float, float] | None:
+    """(link down -> RTP from B's WAN address at the CN, link down -> re-INVITE from it); None: dropped."""
+    g = Gateways(Path(tempfile.mkdtemp(prefix="bench-egress-gw-")))
+    try:
+        a, cn, capture = g.a, g.cn, g.capture
+        assert a is not None and cn is not None and capture is not None
+        a.command("call", uri=cn.uri)
+        if not until(lambda: capture.rtp_from(HOME1), 5):
+            return None
+        start = time.monotonic()
+        g.net.gw_a.set_link("a1", False)
+        rtp = until(lambda: capture.rtp_from(HOME2, start), 5, 0.002)
+        invite = until(lambda: capture.sip_from(HOME2, start, "INVITE"), 5, 0.002)
+        before = a.received()
+        if not rtp or not invite or not until(lambda: a.received() > before + 25, 5):
+            return None
+        return rtp[0] - start, invite[0] - start
+    finally:
+        g.close()
+
+
+def gateway(trials: int, deadline: float) -> None:
+    media, invites, dropped = [], [], 0
+    for _ in range(trials):
+        if time.monotonic() > deadline:
+            break
+        result = one_gateway()
+        if result is None:
+            dropped += 1
+            continue
+        media.append(result[0])
+        invites.append(result[1])
+    label = "all links of gateway A down: `ip link set down` ->"
+    print(summary(f"{label} CN gets A's RTP through B's egress", media))
+    print(summary(f"{label} re-INVITE through B at the CN", invites))
+    print(f"another gateway: calls dropped {dropped} of {len(media) + dropped}")
+
+
 def one_silent() -> tuple[str, float, float] | None:
     """(how the upstream died, drop -> detection, detection -> RTP from wan2 at the CN)."""
     t = Trial(interval=1.0, down_after=3)
@@ -336,6 +381,7 @@ def main() -> int:
     parser.add_argument("--silent-trials", type=int, default=5)
     parser.add_argument("--readdress-trials", type=int, default=10)
     parser.add_argument("--spread-trials", type=int, default=0)
+    parser.add_argument("--gateway-trials", type=int, default=0)
     parser.add_argument("--flap-seconds", type=float, default=20.0)
     parser.add_argument("--max-seconds", type=float, default=400.0)
     args = parser.parse_args()
@@ -345,6 +391,8 @@ def main() -> int:
         link_down(max(1, args.trials // 4), args.calls, deadline)
     if args.spread_trials:
         spread(args.spread_trials, max(2, args.calls), deadline)
+    if args.gateway_trials:
+        gateway(args.gateway_trials, deadline)
     silent(args.silent_trials, deadline)
     readdress(args.readdress_trials, deadline)
     flapping(args.flap_seconds, deadline)

@@ -14,6 +14,8 @@ nothing changes on the home's links), `readdress` (a new address on a link, the 
 With ``ipv6=True`` every link is dual-stack: the home has 2001:db8:1::2 on h1 and 2001:db8:2::2 on
 h2, routed by source as the IPv4 addresses are (``ip -6 rule``), the CN 2001:db8:100::1 (addresses
 of the documentation prefix, RFC 3849, only inside the namespaces).
+`TwoGateways` is the other stage: two gateways on one home LAN (192.168.50.0/24), each with its
+own WAN (gwA over wan1, gwB over wan2); `Gateways` runs the DA, both phones and the CN on it.
 Everything lives in namespaces this module creates and deletes; nothing leaves the machine.
 """
 
@@ -431,3 +433,97 @@ def egress_toml(*, interval: float = 1.0, down_after: int = 3, hold_down: float 
             f"{shared}"
             f'[[egress]]\nname = "wan1"\ninterface = "h1"\n{addresses[0]}priority = 1\n'
             f'[[egress]]\nname = "wan2"\ninterface = "h2"\n{addresses[1]}priority = 2\n')
+
+
+# Two gateways ---------------------------------------------------------------------------------------
+
+LAN_A, LAN_B = "192.168.50.1", "192.168.50.2"
+
+
+class TwoGateways:
+    """The stage above; `internet` and `ipv6` as `TwoWan` has them, for the CN and the capture."""
+
+    ipv6 = False
+
+    def __init__(self) -> None:
+        self.spaces: list[Namespace] = []
+        try:
+            self._build()
+        except BaseException:
+            self.delete()
+            raise
+
+    def _ns(self, name: str) -> Namespace:
+        ns = Namespace(name)
+        self.spaces.append(ns)
+        return ns
+
+    def _build(self) -> None:
+        self.gw_a, self.gw_b, self.wan1, self.wan2, self.internet = (
+            self._ns(name) for name in ("eg-gwa", "eg-gwb", "eg-wan1", "eg-wan2", "eg-inet"))
+        self.gw_a.veth(self.gw_b, f"{LAN_A}/24", f"{LAN_B}/24", "lan0", "lan0")
+        self.gw_a.veth(self.wan1, f"{HOME1}/24", "10.200.1.1/24", "a1", "w1h")
+        self.gw_b.veth(self.wan2, f"{HOME2}/24", "10.200.2.1/24", "b2", "w2h")
+        self.wan1.veth(self.internet, "10.200.11.1/24", "10.200.11.2/24", "w1i", "i1")
+        self.wan2.veth(self.internet, "10.200.12.1/24", "10.200.12.2/24", "w2i", "i2")
+        for wan, upstream in ((self.wan1, "10.200.11.2"), (self.wan2, "10.200.12.2")):
+            wan.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+            wan.run(["ip", "route", "add", "10.200.100.0/24", "via", upstream], check=True)
+        inet = self.internet
+        inet.run(["ip", "addr", "add", f"{CN}/32", "dev", "lo"], check=True)
+        inet.run(["ip", "route", "add", "10.200.1.0/24", "via", "10.200.11.1"], check=True)
+        inet.run(["ip", "route", "add", "10.200.2.0/24", "via", "10.200.12.1"], check=True)
+        self.gw_a.run(["ip", "route", "add", "default", "via", "10.200.1.1"], check=True)
+        self.gw_b.run(["ip", "route", "add", "default", "via", "10.200.2.1"], check=True)
+
+    def delete(self) -> None:
+        for ns in reversed(self.spaces):
+            try:
+                ns.delete()
+            except Exception:
+                pass
+        self.spaces.clear()
+
+
+def gateway_egress(name: str, interface: str, share: str) -> str:
+    return f'hold_down = 30.0\n{share}[[egress]]\nname = "{name}"\ninterface = "{interface}"\n'
+
+class Gateways:
+    """The two-gateway stage at work: the CN, the DA on B's LAN address, B relaying for the home,
+    A (``[share] peers``) following B; the capture at the CN."""
+
+    def __init__(self, directory: Path) -> None:
+        self.net = TwoGateways()
+        self.capture = self.cn = self.a = self.b = self.da = self.log = None
+        try:
+            self.capture = CaptureAtCN(self.net)  # type: ignore[arg-type]
+            self.cn = Correspondent(self.net, directory)  # type: ignore[arg-type]
+            (directory / "slpda.toml").write_text(f'[state]\nfile = "{directory / "slpda.json"}"\n')
+            self.log = open(directory / "slpda.log", "wb")  # closed in close()
+            self.da = self.net.gw_b.popen([sys.executable, "-m", "sipmob.slpda", "--config",
+                                           str(directory / "slpda.toml"), "--listen", f"{LAN_B}:4270"],
+                                          env=ENV, stdout=self.log, stderr=subprocess.STDOUT)
+            time.sleep(0.5)
+            self.b = HomePhone(self.net, directory / "b", gateway_egress(  # type: ignore[arg-type]
+                "wan2", "b2", '[share]\nallow = ["192.168.50.0/24"]\nrelays = 8\n'), da=f"{LAN_B}:4270",
+                ns=self.net.gw_b, address=LAN_B)
+            self.a = HomePhone(self.net, directory / "a",  # type: ignore[arg-type]
+                               gateway_egress("wan1", "a1", "[share]\npeers = true\n"),
+                               da=f"{LAN_B}:4270", ns=self.net.gw_a, address=LAN_A)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for phone in (self.a, self.b):
+            if phone is not None:
+                phone.stop()
+        if self.da is not None:
+            terminate(self.da, 5)
+        if self.log is not None:
+            self.log.close()
+        if self.cn is not None:
+            self.cn.stop()
+        if self.capture is not None:
+            self.capture.close()
+        self.net.delete()
