@@ -139,9 +139,12 @@ class RelayServer:
             self._close(key)
 
     def _close(self, key: str) -> None:
-        self.table.close(key)
-        for r in self.relays.pop(key, []):
+        grant = self.table.close(key)
+        relays = self.relays.pop(key, [])
+        for r in relays:
             r.close()
+        if relays:
+            log.info("relay for %s closed", (grant or relays[0].grant).requester)
 
     def _expire(self, now: float) -> None:
         for grant in self.table.expired(now):

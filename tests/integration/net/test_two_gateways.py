@@ -58,3 +58,24 @@ def test_all_links_of_a_down_the_call_continues_through_b(stage: dict[str, Any])
     assert [(p["gateway"], p["egresses"][0]["on"]) for p in listing["peers"]] == [
         (f"sip:mn@{LAN_B}:5060", True)], listing
     assert "1" in listing["relayed"] and listing["relayed"]["1"].startswith(HOME2), listing
+
+
+def test_when_a_link_of_a_returns_the_call_comes_back_and_the_relays_go(stage: dict[str, Any]) -> None:
+    net, cn, a, b, capture = stage["net"], stage["cn"], stage["a"], stage["b"], stage["capture"]
+    assert "established" in a.command("call", uri=cn.uri), a.output()
+    t0 = time.monotonic()
+    net.gw_a.set_link("a1", False)
+    assert until(lambda: capture.rtp_from(HOME2, t0), 5), a.output()
+    t1 = time.monotonic()
+    net.gw_a.set_link("a1", True)
+    net.gw_a.run(["ip", "route", "replace", "default", "via", "10.200.1.1"], check=True)
+    assert until(lambda: capture.rtp_from(HOME1, t1), 10), a.output()  # after wan1's hold-down of 1 s
+    assert until(lambda: capture.sip_from(HOME1, t1, "INVITE"), 5), "no re-INVITE from A's own address"
+    before = a.received()
+    assert until(lambda: a.received() > before + 25, 5), f"the CN's RTP does not follow\n{a.output()}"
+    later = time.monotonic()
+    assert until(lambda: len(capture.rtp_from(HOME1, later)) > 25, 5)
+    assert not capture.rtp_from(HOME2, later + 0.5)
+    # the relays are given back
+    assert until(lambda: not a.command("egress")["relayed"], 10), a.command("egress")
+    assert until(lambda: "relay for 192.168.50.1 closed" in b.output(), 10), b.output()

@@ -486,7 +486,7 @@ class TwoGateways:
 
 
 def gateway_egress(name: str, interface: str, share: str) -> str:
-    return f'hold_down = 30.0\n{share}[[egress]]\nname = "{name}"\ninterface = "{interface}"\n'
+    return f'hold_down = 1.0\n{share}[[egress]]\nname = "{name}"\ninterface = "{interface}"\n'
 
 class Gateways:
     """The two-gateway stage at work: the CN, the DA on B's LAN address, B relaying for the home,
