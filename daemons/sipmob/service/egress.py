@@ -13,8 +13,10 @@ link); any answer counts, a timeout of one interval is a miss.
 `EgressMonitor` feeds both into a `sipmob.net.egress.EgressList`, drives its timer with one
 `TimerDriver`, logs one line per change, and hands every other event to its listeners (the daemon
 that moves its sessions). `EgressPublisher` answers SUBSCRIBEs for the ``sip-egress`` event
-(`sipmob.net.egress_event`) and NOTIFYs the list on every change. Needs no privilege: reading
-netlink and binding to our own addresses is allowed to any user.
+(`sipmob.net.egress_event`) and NOTIFYs the list on every change, and hands SUBSCRIBEs for
+``sip-egress-relay`` to its `relay` (`sipmob.service.egress_relay`) when we relay for others; a
+gateway with a home-side address keeps these subscriptions there (`home`). Needs no privilege:
+reading netlink and binding to our own addresses is allowed to any user.
 
 Not here: the policy (`sipmob.net.egress`), moving a call (the daemon's own hook, e.g.
 `sipmob.mn.egress`), routing tables (the system's).
