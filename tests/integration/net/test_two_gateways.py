@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.integration.net.twowan import HOME1, HOME2, LAN_B, Gateways, until
+from tests.integration.net.twowan import HOME1, HOME1_6, HOME2, HOME2_6, LAN_B, Gateways, until
 from tests.peers.baresip import BARESIP
 from tests.peers.netns import available
 
@@ -79,3 +79,22 @@ def test_when_a_link_of_a_returns_the_call_comes_back_and_the_relays_go(stage: d
     # the relays are given back
     assert until(lambda: not a.command("egress")["relayed"], 10), a.command("egress")
     assert until(lambda: "relay for 192.168.50.1 closed" in b.output(), 10), b.output()
+
+
+def test_over_ipv6_wans_the_call_continues_through_b(tmp_path: Path) -> None:
+    """The WANs and the CN over IPv6 (the home LAN in IPv4): the relays' outside ends are IPv6."""
+    gateways = Gateways(tmp_path, ipv6=True)
+    try:
+        net, cn, a, capture = gateways.net, gateways.cn, gateways.a, gateways.capture
+        assert a is not None and cn is not None and capture is not None
+        assert "established" in a.command("call", uri=cn.uri), a.output()
+        assert until(lambda: capture.rtp_from(HOME1_6), 5), a.output()
+        t0 = time.monotonic()
+        net.gw_a.set_link("a1", False)
+        assert until(lambda: capture.rtp_from(HOME2_6, t0), 5), a.output()
+        assert until(lambda: capture.sip_from(HOME2_6, t0, "INVITE"), 5), a.output()
+        before = a.received()
+        assert until(lambda: a.received() > before + 25, 5), f"the CN's RTP does not reach A\n{a.output()}"
+        assert a.command("egress")["relayed"]["1"].startswith(HOME2_6)
+    finally:
+        gateways.close()

@@ -441,14 +441,17 @@ LAN_A, LAN_B = "192.168.50.1", "192.168.50.2"
 
 
 class TwoGateways:
-    """The stage above; `internet` and `ipv6` as `TwoWan` has them, for the CN and the capture."""
+    """The stage above; `internet` and `ipv6` as `TwoWan` has them, for the CN and the capture.
+    With ``ipv6=True`` the WANs and the CN are dual-stack (the home LAN stays IPv4): gwA has
+    2001:db8:1::2 on a1, gwB 2001:db8:2::2 on b2, the CN 2001:db8:100::1."""
 
-    ipv6 = False
-
-    def __init__(self) -> None:
+    def __init__(self, ipv6: bool = False) -> None:
         self.spaces: list[Namespace] = []
+        self.ipv6 = ipv6
         try:
             self._build()
+            if ipv6:
+                self._build6()
         except BaseException:
             self.delete()
             raise
@@ -476,6 +479,28 @@ class TwoGateways:
         self.gw_a.run(["ip", "route", "add", "default", "via", "10.200.1.1"], check=True)
         self.gw_b.run(["ip", "route", "add", "default", "via", "10.200.2.1"], check=True)
 
+    def _build6(self) -> None:
+        def addr(ns: Namespace, address: str, dev: str) -> None:
+            ns.run(["ip", "-6", "addr", "add", address, "dev", dev, "nodad"], check=True)
+
+        addr(self.gw_a, f"{HOME1_6}/64", "a1")
+        addr(self.gw_b, f"{HOME2_6}/64", "b2")
+        addr(self.wan1, "2001:db8:1::1/64", "w1h")
+        addr(self.wan2, "2001:db8:2::1/64", "w2h")
+        addr(self.wan1, "2001:db8:11::1/64", "w1i")
+        addr(self.internet, "2001:db8:11::2/64", "i1")
+        addr(self.wan2, "2001:db8:12::1/64", "w2i")
+        addr(self.internet, "2001:db8:12::2/64", "i2")
+        for wan, upstream in ((self.wan1, "2001:db8:11::2"), (self.wan2, "2001:db8:12::2")):
+            wan.run(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], check=True)
+            wan.run(["ip", "-6", "route", "add", "2001:db8:100::/64", "via", upstream], check=True)
+        inet = self.internet
+        inet.run(["ip", "-6", "addr", "add", f"{CN6}/128", "dev", "lo"], check=True)
+        inet.run(["ip", "-6", "route", "add", "2001:db8:1::/64", "via", "2001:db8:11::1"], check=True)
+        inet.run(["ip", "-6", "route", "add", "2001:db8:2::/64", "via", "2001:db8:12::1"], check=True)
+        self.gw_a.run(["ip", "-6", "route", "add", "default", "via", "2001:db8:1::1"], check=True)
+        self.gw_b.run(["ip", "-6", "route", "add", "default", "via", "2001:db8:2::1"], check=True)
+
     def delete(self) -> None:
         for ns in reversed(self.spaces):
             try:
@@ -485,19 +510,21 @@ class TwoGateways:
         self.spaces.clear()
 
 
-def gateway_egress(name: str, interface: str, share: str) -> str:
-    return f'hold_down = 1.0\n{share}[[egress]]\nname = "{name}"\ninterface = "{interface}"\n'
+def gateway_egress(name: str, interface: str, share: str, address: str = "") -> str:
+    fixed = f'address = "{address}"\n' if address else ""
+    return f'hold_down = 1.0\n{share}[[egress]]\nname = "{name}"\ninterface = "{interface}"\n{fixed}'
+
 
 class Gateways:
     """The two-gateway stage at work: the CN, the DA on B's LAN address, B relaying for the home,
     A (``[share] peers``) following B; the capture at the CN."""
 
-    def __init__(self, directory: Path) -> None:
-        self.net = TwoGateways()
+    def __init__(self, directory: Path, ipv6: bool = False) -> None:
+        self.net = TwoGateways(ipv6)
         self.capture = self.cn = self.a = self.b = self.da = self.log = None
         try:
             self.capture = CaptureAtCN(self.net)  # type: ignore[arg-type]
-            self.cn = Correspondent(self.net, directory)  # type: ignore[arg-type]
+            self.cn = Correspondent(self.net, directory, host=CN6 if ipv6 else CN)  # type: ignore[arg-type]
             (directory / "slpda.toml").write_text(f'[state]\nfile = "{directory / "slpda.json"}"\n')
             self.log = open(directory / "slpda.log", "wb")  # closed in close()
             self.da = self.net.gw_b.popen([sys.executable, "-m", "sipmob.slpda", "--config",
@@ -505,10 +532,11 @@ class Gateways:
                                           env=ENV, stdout=self.log, stderr=subprocess.STDOUT)
             time.sleep(0.5)
             self.b = HomePhone(self.net, directory / "b", gateway_egress(  # type: ignore[arg-type]
-                "wan2", "b2", '[share]\nallow = ["192.168.50.0/24"]\nrelays = 8\n'), da=f"{LAN_B}:4270",
+                "wan2", "b2", '[share]\nallow = ["192.168.50.0/24"]\nrelays = 8\n', HOME2_6 if ipv6 else ""),
+                da=f"{LAN_B}:4270",
                 ns=self.net.gw_b, address=LAN_B)
-            self.a = HomePhone(self.net, directory / "a",  # type: ignore[arg-type]
-                               gateway_egress("wan1", "a1", "[share]\npeers = true\n"),
+            peers = gateway_egress("wan1", "a1", "[share]\npeers = true\n", HOME1_6 if ipv6 else "")
+            self.a = HomePhone(self.net, directory / "a", peers,  # type: ignore[arg-type]
                                da=f"{LAN_B}:4270", ns=self.net.gw_a, address=LAN_A)
         except BaseException:
             self.close()
