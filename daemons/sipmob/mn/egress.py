@@ -110,7 +110,7 @@ class PhoneEgress:
     def start(self) -> None:
         """After the UA has started: watch, and put SIP on the best egress if one is up."""
         self.monitor.start()
-        if self.config.share.allow or self.config.share.peers:
+        if self.config.share.allow:
             self.publisher = EgressPublisher(self.phone.ua, self.monitor, self.config.share.allow,
                                              self.config.share.max_subscribers, self.config.share.max_expires)
             self.publisher.start()
