@@ -1,9 +1,11 @@
 """The second demo: a call over WAN 1, the link pulled, the call carrying on over WAN 2.
 
 Builds a home with two WAN links in network namespaces (tests/integration/net/twowan.py: `home`
-with `sipmob phone`, two ISP routers, `internet` with baresip as the other party), places a call,
-shows `sipmob egress`, takes WAN 1's link down and prints how long it took until the other party
-received our audio from WAN 2's address, then shows the list and the call again. Run as root:
+with `sipmob phone`, two ISP routers, `internet` with baresip as the other party), places two calls
+(the ``least_load`` policy puts one on each link), shows `sipmob egress`, takes WAN 1's link down
+and prints how long it took until the other party received the first call's audio from WAN 2's
+address, and that the call already on WAN 2 was left alone; then shows the list and the calls
+again. Run as root:
 
     scripts/demo egress
 """
@@ -21,6 +23,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "daemons")]
 
 from tests.integration.net.twowan import (  # noqa: E402
     ENV,
+    HOME1,
     HOME2,
     CaptureAtCN,
     Correspondent,
@@ -49,28 +52,33 @@ def main() -> int:
     try:
         capture = CaptureAtCN(net)
         cn = Correspondent(net, workdir)
-        phone = HomePhone(net, workdir, egress_toml())
-        show("the home: wan1 (priority 1) and wan2 (priority 2), probed with SIP OPTIONS every second",
-             sipmob(phone, "egress"))
-        show(f"sipmob call {cn.uri}", sipmob(phone, "call", cn.uri))
+        phone = HomePhone(net, workdir, egress_toml(policy="least_load"))
+        show("the home: wan1 (priority 1) and wan2 (priority 2), probed with SIP OPTIONS every second; "
+             "new calls go to the link with fewer calls", sipmob(phone, "egress"))
+        for _ in range(2):
+            show(f"sipmob call {cn.uri}", sipmob(phone, "call", cn.uri))
         until(lambda: phone is not None and phone.received() > 25, 5)
-        show("the call, over wan1", sipmob(phone, "calls"))
+        show("two calls, one over each link", sipmob(phone, "egress"))
+        ports = {p for _, s, p, _ in capture.packets if s == HOME1 and p != 5060}
         start = time.monotonic()
         net.link_down("h1")
-        moved = until(lambda: capture is not None and capture.rtp_from(HOME2, start), 5, 0.002)
+        moved = until(lambda: capture is not None and [t for t, s, p, _ in capture.packets
+                                                       if s == HOME2 and p in ports and t > start], 5, 0.002)
         print("\n== ip link set h1 down (wan1's cable pulled)")
         if not moved:
-            print("   the other party never heard us over wan2: see", workdir / "phone.log")
+            print("   the other party never heard call 1 over wan2: see", workdir / "phone.log")
             return 1
-        print(f"   the other party receives our audio from wan2's address {HOME2} "
+        print(f"   the other party receives call 1's audio from wan2's address {HOME2} "
               f"{moved[0] - start:.3f} s after the link went down")
         before = phone.received()
         time.sleep(2)
         print(f"   and we keep receiving theirs: {phone.received() - before} packets in the next 2 s")
+        reinvites = capture.sip_from(HOME1, start, "INVITE") + capture.sip_from(HOME2, start, "INVITE")
+        print(f"   re-INVITEs sent: {len(reinvites)} (call 2, on wan2 already, was left alone)")
         show("sipmob egress", sipmob(phone, "egress"))
-        show("the call, over wan2", sipmob(phone, "calls"))
+        show("the calls, both over wan2", sipmob(phone, "calls"))
         print("\nmwan3 with its defaults (a probe every 5 s, down after 5 failures) would notice after "
-              "about 25 s, and route only new flows over wan2: this call would have died.")
+              "about 25 s, and route only new flows over wan2: call 1 would have died.")
         return 0
     finally:
         if phone is not None:

@@ -1,7 +1,8 @@
 """Benchmark a call's survival of WAN failures: how long until the CN hears us from the new address.
 
 Run (root, for the namespaces): .venv/bin/python tests/bench/bench_egress.py [--trials 20]
-     [--silent-trials 5] [--readdress-trials 10] [--calls 20] [--flap-seconds 20] [--max-seconds 400]
+     [--silent-trials 5] [--readdress-trials 10] [--calls 20] [--spread-trials 5] [--gateway-trials 10]
+     [--flap-seconds 20] [--max-seconds 400]
 
 The stage is tests/integration/net/twowan.py: `sipmob phone` in `home` with two WAN links (source
 routing, one table per WAN), baresip as the CN in `internet`, a fresh stage for every trial. The
@@ -22,6 +23,17 @@ independent of the phone. Per trial:
 - flapping link: h1 down and up every 2 s for 20 s under a call (hold_down 30 s): how many
   re-INVITEs reach the CN (one is right: the first failover; none may follow the link back).
 
+- spread calls (--spread-trials, with --calls N): the ``least_load`` policy puts the N calls half on
+  wan1, half on wan2, each call's SIP and RTP on its own egress; h1 goes down. Latency = netlink
+  news -> RTP of every call that was on wan1 from wan2's address at the CN; the calls on wan2 must
+  get no re-INVITE (re-INVITEs at the CN = calls moved).
+
+- another gateway (--gateway-trials): tests/integration/net/twowan.py's `Gateways` (gateway A over
+  wan1, gateway B over wan2, one home LAN); A's only link goes down; latency = `ip link set down`
+  started -> the CN gets A's RTP from B's WAN address (the relays asked for and set up, the
+  re-INVITE sent through them), and -> the re-INVITE arrives at the CN; the call is dropped if A
+  does not hear the CN again within 5 s.
+
 A call counts as dropped if it is no longer confirmed at the phone 1 s after the move, or if the
 CN's RTP stops reaching the phone. With --calls N, N calls are up at once and the link-down latency
 is the time until RTP of all N calls arrives from the new address.
@@ -39,6 +51,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "daemons")]
@@ -50,6 +63,7 @@ from tests.integration.net.twowan import (  # noqa: E402
     HOME2,
     CaptureAtCN,
     Correspondent,
+    Gateways,
     HomePhone,
     NetlinkClock,
     SippInInternet,
@@ -73,7 +87,7 @@ def summary(name: str, values: list[float], unit: str = "ms", scale: float = 100
 
 
 class Trial:
-    def __init__(self, calls: int = 1, registrar: bool = False, **toml: float) -> None:
+    def __init__(self, calls: int = 1, registrar: bool = False, **toml: Any) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="bench-egress-"))
         self.net = TwoWan()
         self.capture = self.cn = self.phone = self.netlink = self.registrar = None
@@ -170,6 +184,96 @@ def link_down(trials: int, calls: int, deadline: float) -> None:
                   after_news))
     print(summary(f"link down ({label}): `ip link set down` started -> same", from_start))
     print(f"link down ({label}): calls dropped {dropped} of {len(after_news) * calls + dropped}")
+
+
+def one_spread(calls: int) -> tuple[float, int, int, int] | None:
+    """(netlink news -> RTP of every call from wan1 arrives from wan2, calls that were on wan1,
+    calls that were on wan2, re-INVITEs at the CN); None: a call dropped or did not move."""
+    t = Trial(calls, policy="least_load", probe=False)
+    try:
+        capture, netlink = t.capture, t.netlink
+        assert capture is not None and netlink is not None
+        if not until(lambda: len({p for _, s, p, _ in capture.packets if p != 5060}) >= calls, 5):
+            return None
+        on1 = {p for _, s, p, _ in capture.packets if s == HOME1 and p != 5060}
+        on2 = {p for _, s, p, _ in capture.packets if s == HOME2 and p != 5060}
+        start = time.monotonic()
+        t.net.link_down("h1")
+        news = until(lambda: netlink.first(NetlinkClock.RTM_NEWLINK, start), 2, 0.005)
+
+        def all_moved() -> float | None:
+            firsts = []
+            for port in on1:
+                times = [ts for ts, s, p, _ in capture.packets if s == HOME2 and p == port and ts > start]
+                if not times:
+                    return None
+                firsts.append(times[0])
+            return max(firsts)
+
+        moved = until(all_moved, 10, 0.005)
+        if moved is None or news is None or not t.survived():
+            return None
+        reinvites = sum(len(capture.sip_from(home, start, "INVITE")) for home in (HOME1, HOME2))
+        return moved - news, len(on1), len(on2), reinvites
+    finally:
+        t.close()
+
+
+def spread(trials: int, calls: int, deadline: float) -> None:
+    latencies, dropped, counts = [], 0, []
+    for _ in range(trials):
+        if time.monotonic() > deadline:
+            break
+        result = one_spread(calls)
+        if result is None:
+            dropped += 1
+            continue
+        latencies.append(result[0])
+        counts.append(result[1:])
+    print(summary(f"link down ({calls} calls spread over both links): netlink news -> CN gets RTP of "
+                  "every call that was on wan1 from wan2", latencies))
+    for on1, on2, reinvites in counts:
+        print(f"  calls on wan1 {on1}, on wan2 {on2}: re-INVITEs {reinvites} (the calls on wan2 left alone: "
+              f"{'yes' if reinvites == on1 else 'NO'})")
+    print(f"spread: trials with a call dropped or not moved: {dropped} of {len(latencies) + dropped}")
+
+
+def one_gateway() -> tuple[float, float] | None:
+    """(link down -> RTP from B's WAN address at the CN, link down -> re-INVITE from it); None: dropped."""
+    g = Gateways(Path(tempfile.mkdtemp(prefix="bench-egress-gw-")))
+    try:
+        a, cn, capture = g.a, g.cn, g.capture
+        assert a is not None and cn is not None and capture is not None
+        a.command("call", uri=cn.uri)
+        if not until(lambda: capture.rtp_from(HOME1), 5):
+            return None
+        start = time.monotonic()
+        g.net.gw_a.set_link("a1", False)
+        rtp = until(lambda: capture.rtp_from(HOME2, start), 5, 0.002)
+        invite = until(lambda: capture.sip_from(HOME2, start, "INVITE"), 5, 0.002)
+        before = a.received()
+        if not rtp or not invite or not until(lambda: a.received() > before + 25, 5):
+            return None
+        return rtp[0] - start, invite[0] - start
+    finally:
+        g.close()
+
+
+def gateway(trials: int, deadline: float) -> None:
+    media, invites, dropped = [], [], 0
+    for _ in range(trials):
+        if time.monotonic() > deadline:
+            break
+        result = one_gateway()
+        if result is None:
+            dropped += 1
+            continue
+        media.append(result[0])
+        invites.append(result[1])
+    label = "all links of gateway A down: `ip link set down` ->"
+    print(summary(f"{label} CN gets A's RTP through B's egress", media))
+    print(summary(f"{label} re-INVITE through B at the CN", invites))
+    print(f"another gateway: calls dropped {dropped} of {len(media) + dropped}")
 
 
 def one_silent() -> tuple[str, float, float] | None:
@@ -276,6 +380,8 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=1)
     parser.add_argument("--silent-trials", type=int, default=5)
     parser.add_argument("--readdress-trials", type=int, default=10)
+    parser.add_argument("--spread-trials", type=int, default=0)
+    parser.add_argument("--gateway-trials", type=int, default=0)
     parser.add_argument("--flap-seconds", type=float, default=20.0)
     parser.add_argument("--max-seconds", type=float, default=400.0)
     args = parser.parse_args()
@@ -283,6 +389,10 @@ def main() -> int:
     link_down(args.trials, 1, deadline)
     if args.calls > 1:
         link_down(max(1, args.trials // 4), args.calls, deadline)
+    if args.spread_trials:
+        spread(args.spread_trials, max(2, args.calls), deadline)
+    if args.gateway_trials:
+        gateway(args.gateway_trials, deadline)
     silent(args.silent_trials, deadline)
     readdress(args.readdress_trials, deadline)
     flapping(args.flap_seconds, deadline)

@@ -262,13 +262,21 @@ def format_calls(calls: Sequence[dict[str, Any]]) -> str:
 
 
 def format_egress(listing: dict[str, Any]) -> str:
-    """One line per egress: name, status, address, sessions, last probe RTT; then the last moves."""
+    """One line per egress: name, status, address, sessions, last probe RTT, its calls; then the
+    other gateways followed, the calls relayed through them, the last moves."""
     lines = []
     for e in listing.get("egresses", []):
         rtt = f"{e['last_rtt'] * 1000:.1f} ms" if e.get("last_rtt") is not None else "-"
         mark = "*" if e.get("name") == listing.get("current") else " "
         lines.append(f"{mark} {e.get('name')}  {e.get('status')}  {e.get('address') or '-'}  "
-                     f"sessions {e.get('sessions')}  rtt {rtt}  flaps {e.get('flaps')}")
+                     f"sessions {e.get('sessions')}  rtt {rtt}  flaps {e.get('flaps')}"
+                     + (f"  calls {','.join(e['calls'])}" if e.get("calls") else ""))
+    for p in listing.get("peers", []):
+        egresses = ", ".join(f"{e['name']} {'ON' if e['on'] else 'OFF'} load {e['load']}"
+                             for e in p["egresses"])
+        lines.append(f"  gateway {p['gateway']}: {egresses or 'no egress'}")
+    for call, outside in sorted(listing.get("relayed", {}).items()):
+        lines.append(f"  call {call} relayed, seen outside as {outside}")
     for m in listing.get("moves", []):
         lines.append(f"  call {m['call']} moved to {m['to']} in {m['seconds']} s ({m['reason']})")
     return "\n".join(lines) or "no egress"

@@ -1,34 +1,49 @@
-"""The phone on a multihomed gateway: its calls follow the Egress List (SIP-NEMO §4, HMMP §4).
+"""The phone on a multihomed gateway: each call on an egress of its own (SIP-NEMO §4, HMMP §4).
 
-`PhoneEgress` keeps the phone's SIP and RTP on one egress's source address: the one the policy
-picks at start and for new calls while nothing moves. When that egress fails, or its address
-changes, the phone's SIP moves to the new address (`UserAgent.move_to`: Via, Contact, and the
-registrations refreshed at once, the old binding removed), and every call is re-INVITEd from there
-with a new ``c=`` and new ports. RTP leaves from a socket on the new address at once, before the
-CN answers, so the CN hears us again after one network delay; the CN's answer then brings its
-media to the new address. A 491 (glare) is retried by the UA core after the §14.1 back-off; a
-re-INVITE of ours still pending is retried here; a call that cannot be moved is logged (it is not
-hung up: the CN may still reach the old address later).
+Every new call gets the egress the policy picks (`route`: priority order or least load, counted
+while its INVITE is out): its SIP leaves from that egress's source address (the UA core's
+`bind_call`: Via, Contact, every request and response of the dialog) and its RTP is bound there;
+the admin's source routing sends each out of its own link. An incoming call stays on the egress
+it came in over (the one the provider reaches us at). When an egress fails, only the calls on it
+are re-INVITEd, each from the surviving egress the Egress List gives it (`MoveSession`); when its
+address changes, its calls are re-INVITEd from the new one. RTP leaves from a socket on the new
+address at once, before the CN answers, so the CN hears us again after one network delay; the
+CN's answer then brings its media to the new address. A 491 (glare) is retried by the UA core
+after the §14.1 back-off; a re-INVITE of ours still pending is retried here; a call that cannot be
+moved is logged (it is not hung up: the CN may still reach the old address later).
 
-The phone is one SIP host with one Contact (HMMP's model): all of its calls use the same egress.
-Choosing a different egress per call needs a per-dialog local address in the UA core; the Egress
-List already keeps one per session for daemons that have it.
+The phone's own SIP (its registration, where new calls from the provider arrive) sits on one
+egress too, `egress`: it moves (re-REGISTER with the old Contact removed) when that egress fails or
+changes address, and calls bound to other egresses stay where they are.
 
 Not here: the policy (`sipmob.net.egress`), netlink and probes (`sipmob.service.egress`), the
-phone itself (`sipmob.mn.phone`, which calls `call_added`, `call_ended`, `rows`). With
-``[share] allow`` set, other gateways of those networks may SUBSCRIBE to the list
-(`sipmob.service.egress.EgressPublisher`); moving sessions over another gateway's egress is not
-done.
+phone itself (`sipmob.mn.phone`, which calls `route`, `route_done`, `call_added`, `call_ended`,
+`rows`). With ``[share] allow`` set, other gateways of those networks may SUBSCRIBE to the list
+(`sipmob.service.egress.EgressPublisher`), and with ``[share] relays`` they may have relays
+through our egress (`sipmob.service.egress_relay`).
+
+Other gateways (SIP-NEMO §3.2, §4.2, §4.5; ``[share] peers``): the phone finds them in SLP
+(``service:sip-egress``, their ``home`` attribute: the SIP URI they take requests from the home
+network at), SUBSCRIBEs to their Egress Lists, and when a call is stranded (every egress of ours
+is down) moves it over a gateway whose list has an egress ON: it asks that gateway for two relays
+(``sip-egress-relay``: one to the CN's SIP address, one to its audio), binds the call's SIP to the
+SIP relay's outside address (Via and Contact name it; the datagrams go to the relay's inside end
+from our home-side socket), receives RTP on our home-side address and re-INVITEs the CN with the
+audio relay's outside address in ``c=``. When one of our egresses comes back the call moves
+there (an ordinary move) and the relays are given back. Audio only; video stays where it was.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 
+from sipmob.net import egress_event, relay
 from sipmob.net.egress import (
     AddressChanged,
     EgressDown,
@@ -42,6 +57,7 @@ from sipmob.service.config import load_config
 from sipmob.service.egress import EgressMonitor, EgressPublisher
 from sipmob.service.egress_config import EgressConfig
 from sipmob.service.sipua import SIPError
+from sipmob.sip.transport import Address
 
 if TYPE_CHECKING:
     from sipmob.mn.phone import Phone, PhoneCall
@@ -50,6 +66,20 @@ log = logging.getLogger("sipmob.mn.egress")
 
 RETRIES = 5  # re-INVITEs of a call while one of ours is still pending
 RETRY_DELAY = 0.3
+PEER_SCAN = 30.0  # seconds between two looks for other gateways in SLP
+MAX_PEERS = 8
+RELAY_EXPIRES = 600  # seconds a relay subscription is asked for, refreshed at 80 %
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """Where a call being placed goes: its egress (None: no egress is up), source address and
+    SIP socket; `token` holds its place in the Egress List while the INVITE is out."""
+
+    token: str
+    egress: str | None
+    address: str
+    local: Address | None
 
 
 class PhoneEgress:
@@ -58,11 +88,18 @@ class PhoneEgress:
         self.config = config
         self.monitor = EgressMonitor(phone.reactor, config)
         self.monitor.on_event(self._event)
-        self.egress: str | None = None  # where the phone's SIP and RTP are
+        self.egress: str | None = None  # where the phone's own SIP (its registration) is
         self.advert: Any = None  # SLPServiceAgent registering service:sip-egress, when shared
         self._advertised: str | None = None
         self._call_address: dict[str, str] = {}  # call id -> the address its last move went to
+        self._placing = 0
         self.moves: list[dict[str, Any]] = []  # the last ten moves, for `sipmob egress`
+        self.publisher: EgressPublisher | None = None
+        self.peers: dict[str, egress_event.EgressListBody] = {}  # other gateways' lists, by SIP URI
+        self._peer_subscriptions: dict[str, Any] = {}  # SIP URI -> Subscription (None: being made)
+        self._peer_scan: Any = None
+        self._relayed: dict[str, tuple[Any, Any, Address]] = {}  # call -> (relay subscription,
+        # the CN's own description, the relay's outside SIP address)
 
     @classmethod
     def from_file(cls, phone: Phone, path: str) -> PhoneEgress:
@@ -74,8 +111,22 @@ class PhoneEgress:
         """After the UA has started: watch, and put SIP on the best egress if one is up."""
         self.monitor.start()
         if self.config.share.allow:
-            EgressPublisher(self.phone.ua, self.monitor, self.config.share.allow,
-                            self.config.share.max_subscribers, self.config.share.max_expires).start()
+            self.publisher = EgressPublisher(self.phone.ua, self.monitor, self.config.share.allow,
+                                             self.config.share.max_subscribers, self.config.share.max_expires)
+            self.publisher.start()
+        if self.publisher is not None and self._home_apart():
+            self.publisher.home = self._home_local()
+        if self.config.share.allow and self.config.share.relays and self.publisher is not None:
+            from sipmob.service.egress_relay import RelayServer
+
+            def wan_host() -> str | None:
+                best = self.monitor.egresses.best()
+                return best.address if best is not None else None
+
+            self.publisher.relay = RelayServer(
+                self.phone.reactor, relay.RelayTable(self.config.share.allow, self.config.share.relays),
+                self.phone.config.listen.address, wan_host)
+        if self.config.share.allow:
             from sipmob.service.slp import SLPServiceAgent
 
             da = self.phone.config.da_address
@@ -88,9 +139,18 @@ class PhoneEgress:
         else:
             log.warning("no egress is up; SIP stays on %s until one is", self.phone.address)
         self._advertise()
+        if self.config.share.peers:
+            from twisted.internet.task import LoopingCall
+
+            self._peer_scan = LoopingCall(self._find_peers)
+            self._peer_scan.clock = self.phone.reactor
+            self._peer_scan.start(PEER_SCAN, now=True).addErrback(
+                lambda f: log.warning("looking for gateways: %s", f.getErrorMessage()))
 
     @defer.inlineCallbacks
     def stop(self) -> Any:
+        if self._peer_scan is not None and self._peer_scan.running:
+            self._peer_scan.stop()
         if self.advert is not None:
             yield self.advert.stop()  # deregisters service:sip-egress
         yield self.monitor.stop()
@@ -105,22 +165,65 @@ class PhoneEgress:
         rows = self.monitor.rows()
         names = ",".join(str(r["name"]) for r in rows)
         active = ",".join(str(r["name"]) for r in rows if r["status"] == "up")
-        attrs = f"(egresses={names}),(event=sip-egress)" + (f",(active={active})" if active else "")
+        listen = self.phone.config.listen
+        home = f"sip:mn@{f'[{listen.address}]' if ':' in listen.address else listen.address}:{listen.port}"
+        attrs = f"(egresses={names}),(event=sip-egress),(home={home})" + (
+            f",(active={active})" if active else "")
         self.advert.register(url, "service:sip-egress", attrs, lifetime=300)
         self._advertised = url
 
+    def route(self) -> Route:
+        """The egress of a call about to be placed, counted in its load until `route_done`."""
+        self._placing += 1
+        token = f"placing-{self._placing}"
+        e = self.monitor.egresses.assign(token)
+        if e is None or e.address is None:
+            return Route(token, None, self.phone.address, None)
+        try:
+            local = self.phone.ua.local_address(e.address)
+        except CannotListenError as exc:
+            log.warning("egress %s: no SIP socket on %s (%s); the call leaves from %s", e.name, e.address,
+                        exc, self.phone.address)
+            return Route(token, None, self.phone.address, None)
+        return Route(token, e.name, e.address, local)
+
+    def route_done(self, route: Route) -> None:
+        self.monitor.egresses.release(route.token)
+
     def call_added(self, pc: PhoneCall) -> None:
-        self._call_address[pc.id] = self.phone.address
-        if self.egress is not None:
-            self.monitor.egresses.moved(pc.id, self.egress)
+        """A call is established: counted on the egress its media is on, its SIP bound there (an
+        incoming call stays where it came in even when the phone's own SIP moves later)."""
+        address = _our_address(pc.oa.local) if pc.oa.local is not None else None
+        address = address or self.phone.address
+        self._call_address[pc.id] = address
+        egress = next((e for e in self.monitor.egresses.egresses.values() if e.address == address), None)
+        if egress is None:
+            log.info("call %s on %s, which is no egress's address", pc.id, address)
+            return
+        self.monitor.egresses.moved(pc.id, egress.name)
+        self._bind(pc, address)
+        log.info("call %s with %s on egress %s (%s)", pc.id, pc.peer, egress.name, address)
 
     def call_ended(self, pc: PhoneCall) -> None:
         self.monitor.egresses.release(pc.id)
         self._call_address.pop(pc.id, None)
+        self._unrelay(pc.id)
+        try:
+            self.phone.ua.bind_call(pc.call.call_id, None)
+        except Exception:  # the dialog is gone already: nothing is bound any more
+            pass
 
     def rows(self) -> dict[str, Any]:
-        return {"egresses": self.monitor.rows(), "current": self.egress, "address": self.phone.address,
-                "moves": list(self.moves)}
+        egresses = self.monitor.rows()
+        for row in egresses:
+            e = self.monitor.egresses.egresses[str(row["name"])]
+            row["calls"] = sorted((s for s in e.sessions if s in self.phone.calls), key=_numeric)
+        peers = [{"gateway": url, "egresses": [{"name": e.eface, "address": e.contact, "on": e.status,
+                                                 "load": e.load} for e in body.entries]}
+                 for url, body in sorted(self.peers.items())]
+        return {"egresses": egresses, "current": self.egress, "address": self.phone.address,
+                "moves": list(self.moves), "peers": peers,
+                "relayed": {cid: str(r[2].host) + f":{r[2].port}" for cid, r in self._relayed.items()}}
 
     # Events -----------------------------------------------------------------------------------------
 
@@ -129,20 +232,30 @@ class PhoneEgress:
         return (e.name, e.address) if e is not None and e.address is not None else None
 
     def _event(self, event: EgressEvent) -> None:
+        started = time.monotonic()
         if isinstance(event, MoveSession):
-            self._move_all(event.to_egress, event.address, event.reason)
-        elif isinstance(event, AddressChanged) and event.egress == self.egress:
-            self._move_all(event.egress, event.new, f"{event.egress}: address {event.old} -> {event.new}")
+            pc = self.phone.calls.get(event.session)
+            if pc is not None:
+                self._move_call(pc, event.address, event.reason, started)
+        elif isinstance(event, AddressChanged):
+            if event.egress == self.egress:
+                self._move_sip(event.egress, event.new)
+            reason = f"{event.egress}: address {event.old} -> {event.new}"
+            for session in event.sessions:
+                pc = self.phone.calls.get(session)
+                if pc is not None:
+                    self._move_call(pc, event.new, reason, started)
         elif isinstance(event, SessionStranded):
             log.warning("call %s cannot be moved now: %s is down (%s) and no egress is up; it moves "
                         "as soon as one is", event.session, event.egress, event.reason)
-        elif (isinstance(event, EgressUp) and self.egress not in self.monitor.egresses.active()) or (
-                isinstance(event, EgressDown) and event.egress == self.egress and not self.phone.calls):
-            # SIP (so new calls and the registration) leaves a dead egress even without a call to
-            # move, and calls made while no egress was up join the first one that is
+            self._relay_stranded()
+        if (isinstance(event, EgressUp) and self.egress not in self.monitor.egresses.active()) or (
+                isinstance(event, EgressDown) and event.egress == self.egress):
+            # the phone's own SIP (the registration, new calls) leaves a dead egress, and joins the
+            # first one that is up after none was
             best = self._best()
             if best is not None:
-                self._move_all(best[0], best[1], f"{best[0]} is up")
+                self._move_sip(best[0], best[1])
 
     def _move_sip(self, egress: str, address: str) -> None:
         self.egress = egress
@@ -153,15 +266,25 @@ class PhoneEgress:
         self.phone.address = address
         log.info("SIP on egress %s, contact %s", egress, self.phone.ua.contact)
 
-    def _move_all(self, egress: str, address: str, reason: str) -> None:
-        started = time.monotonic()
-        self._move_sip(egress, address)
-        for pc in list(self.phone.calls.values()):
-            self.monitor.egresses.moved(pc.id, egress)
-            if self._call_address.get(pc.id) == address:
-                continue
-            self._call_address[pc.id] = address
-            self._reinvite(pc, address, reason, started, RETRIES)
+    def _bind(self, pc: PhoneCall, address: str) -> bool:
+        try:
+            local = self.phone.ua.local_address(address)
+        except CannotListenError as exc:
+            log.warning("call %s: no SIP socket on %s (%s)", pc.id, address, exc)
+            return False
+        self.phone.ua.bind_call(pc.call.call_id, local)
+        return True
+
+    def _move_call(self, pc: PhoneCall, address: str, reason: str, started: float) -> None:
+        if self._call_address.get(pc.id) == address and pc.id not in self._relayed:
+            return
+        self._call_address[pc.id] = address
+        relayed = self._relayed.get(pc.id)
+        if relayed is not None:
+            pc.cn_sdp = relayed[1]  # back to the CN itself; the relays go once the move is done
+            self.phone.reactor.callLater(5.0, self._unrelay, pc.id)
+        self._bind(pc, address)
+        self._reinvite(pc, address, reason, started, RETRIES)
 
     @defer.inlineCallbacks
     def _reinvite(self, pc: PhoneCall, address: str, reason: str, started: float, retries: int) -> Any:
@@ -176,8 +299,8 @@ class PhoneEgress:
         # New sockets on the new address; our audio leaves from there at once (the CN's address
         # has not changed), so the CN hears us before it has even answered the re-INVITE.
         old_rtp, old_video = pc.rtp, pc.video_rtp
-        new_rtp = phone._new_rtp()
-        new_video = phone._new_rtp(video=True) if old_video is not None else None
+        new_rtp = phone._new_rtp(address=address)
+        new_video = phone._new_rtp(video=True, address=address) if old_video is not None else None
         offer = _readdressed(base, old_address, address, new_rtp.port,
                              new_video.port if new_video is not None else None)
         was_sending = bool(old_rtp.sending)
@@ -220,6 +343,203 @@ class PhoneEgress:
         log.info("call %s with %s moved to %s in %.0f ms", pc.id, pc.peer, address, elapsed * 1000)
 
 
+    # Other gateways ---------------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _find_peers(self) -> Any:
+        """Gateways in SLP (``service:sip-egress``) that we do not follow yet: SUBSCRIBE to them."""
+        slp = self.phone.slp
+        try:
+            entries = yield slp.find_services("service:sip-egress")
+        except Exception as exc:
+            log.debug("no gateways found: %s", exc)
+            return
+        for entry in entries[:MAX_PEERS]:
+            if entry.url == self._advertised:
+                continue
+            try:
+                attrs = yield slp.find_attributes(entry.url, "home")
+            except Exception:
+                attrs = {}
+            home = attrs.get("home")
+            values = getattr(home, "values", ())
+            target = str(values[0]) if values else entry.url
+            if target in self._peer_subscriptions or target == self._home_uri():
+                continue
+            self._peer_subscriptions[target] = None
+            self._follow(target)
+
+    def _home_apart(self) -> bool:
+        """Whether we listen on the home network apart from our egresses (a gateway with a LAN
+        side) rather than on an egress's address."""
+        listen = self.phone.config.listen.address
+        egresses = self.monitor.egresses.egresses.values()
+        return listen not in ("0.0.0.0", "::") and all(
+            listen not in e.addresses and listen != e.spec.address for e in egresses)
+
+    def _home_local(self) -> Address:
+        """Our SIP address on the home network: other gateways take our requests there only."""
+        return self.phone.ua.local_address(self.phone.config.listen.address)
+
+    def _home_uri(self) -> str:
+        listen = self.phone.config.listen
+        return f"sip:mn@{f'[{listen.address}]' if ':' in listen.address else listen.address}:{listen.port}"
+
+    def _follow(self, target: str) -> None:
+        def notified(_subscription: Any, request: Any) -> None:
+            try:
+                self.peers[target] = egress_event.decode(request.body or b"")
+            except egress_event.EgressEventError as exc:
+                log.info("gateway %s: unusable Egress List: %s", target, exc)
+                return
+            log.info("gateway %s: egresses %s", target, ", ".join(
+                f"{e.eface} {'ON' if e.status else 'OFF'}" for e in self.peers[target].entries))
+            self._relay_stranded()
+
+        def subscribed(subscription: Any) -> None:
+            self._peer_subscriptions[target] = subscription
+            subscription.terminated.addCallback(lambda _reason: forget())
+
+        def forget() -> None:
+            self._peer_subscriptions.pop(target, None)
+            self.peers.pop(target, None)
+
+        def failed(failure: Any) -> None:
+            log.info("gateway %s: SUBSCRIBE failed: %s", target, failure.getErrorMessage())
+            forget()
+
+        try:
+            d = self.phone.ua.subscribe(target, egress_event.EVENT, expires=3600, on_notify=notified,
+                                        local=self._home_local())
+        except SIPError as exc:  # a URI that is no SIP URI
+            log.info("gateway %s: cannot SUBSCRIBE: %s", target, exc)
+            return
+        d.addCallbacks(subscribed, failed)
+
+    def _peer_with_egress(self) -> str | None:
+        usable = [(min(e.load for e in body.entries if e.status and e.contact), url)
+                  for url, body in self.peers.items() if any(e.status and e.contact for e in body.entries)]
+        return min(usable)[1] if usable else None
+
+    def _relay_stranded(self) -> None:
+        if not self.config.share.peers:
+            return
+        if self.monitor.egresses.stranded and self._peer_with_egress() is None:
+            self._find_peers()  # a gateway that came after our last look
+        for session in sorted(self.monitor.egresses.stranded):
+            pc = self.phone.calls.get(session)
+            target = self._peer_with_egress()
+            if pc is None or target is None or session in self._relayed:
+                continue
+            self._relayed[session] = (None, pc.cn_sdp, Address("", 0, "udp"))  # being set up
+
+            def failed(failure: Any, session: str = session) -> None:
+                log.warning("call %s: no relay: %s", session, failure.getErrorMessage())
+                self._relayed.pop(session, None)
+
+            self._relay_call(pc, target).addErrback(failed)
+
+    @defer.inlineCallbacks
+    def _relay_call(self, pc: PhoneCall, target: str) -> Any:
+        phone = self.phone
+        started = time.monotonic()
+        index = phone.audio_index(pc)
+        base = pc.oa.local
+        if index is None or base is None or pc.call.dialog is None:
+            raise RuntimeError("no audio stream to relay")
+        conn = pc.cn_sdp.connection_for(index)
+        if conn is None:
+            raise RuntimeError("the CN's audio has no address")
+        sip_peer = pc.call.dialog.destination()
+        far_ends = [(sip_peer.host, sip_peer.port), (conn.address, pc.cn_sdp.media[index].port)]
+        answered: defer.Deferred[tuple[relay.Allocation, ...]] = defer.Deferred()
+
+        def notified(_subscription: Any, request: Any) -> None:
+            if answered.called:
+                return
+            try:
+                answered.callback(relay.decode_answer(request.body or b""))
+            except ValueError as exc:
+                answered.errback(exc)
+
+        subscription = yield phone.ua.subscribe(target, relay.EVENT, expires=RELAY_EXPIRES,
+                                                on_notify=notified, local=self._home_local(),
+                                                headers=[(relay.HEADER, relay.encode_request(far_ends))])
+        answered.addTimeout(5, phone.reactor)
+        try:
+            sip_relay, rtp_relay = (yield answered)[:2]
+        except Exception:
+            subscription.unsubscribe()
+            raise
+        if phone.calls.get(pc.id) is not pc or pc.id not in self.monitor.egresses.stranded:
+            subscription.unsubscribe()  # ended, or one of our egresses came back meanwhile
+            self._relayed.pop(pc.id, None)
+            return
+        lan = phone.config.listen.address
+        outside = Address(sip_relay.wan[0], sip_relay.wan[1], "udp")
+        phone.ua.relay_address(outside, lan, sip_relay.lan)
+        phone.ua.bind_call(pc.call.call_id, outside)
+        self._relayed[pc.id] = (subscription, pc.cn_sdp, outside)
+        self._call_address[pc.id] = outside.host
+        self._keep_relay(pc.id, subscription)
+        old_rtp = pc.rtp
+        was_sending = bool(old_rtp.sending)
+        pc.rtp = phone._new_rtp(address=lan)
+        offer = _readdressed(base, _our_address(base), rtp_relay.wan[0], rtp_relay.wan[1], None)
+        real = pc.cn_sdp
+        pc.cn_sdp = _towards(real, index, rtp_relay.lan)  # our audio goes to the relay at once
+        old_rtp.stop_sending()
+        if was_sending:
+            phone.start_media(pc)
+        log.info("call %s: moving over gateway %s (relay %s:%d); re-INVITE sent %.0f ms after the news",
+                 pc.id, target, outside.host, outside.port, (time.monotonic() - started) * 1000)
+        try:
+            response = yield pc.call.reinvite(pc.oa.create_offer(offer).to_bytes())
+            answer = parse(response.body or b"")
+            pc.oa.receive_answer(answer)
+        except (SIPError, SDPParseError, OfferAnswerError) as exc:
+            log.warning("call %s could not be moved over gateway %s: %s", pc.id, target, exc)
+            old_rtp.close()
+            return
+        pc.local_sdp = offer
+        self._relayed[pc.id] = (subscription, answer, outside)
+        pc.cn_sdp = _towards(answer, index, rtp_relay.lan)
+        if was_sending:
+            phone.start_media(pc)
+        old_rtp.close()
+        elapsed = time.monotonic() - started
+        self.moves = [*self.moves[-9:], {"call": pc.id, "to": f"{outside.host} (gateway {target})",
+                                         "reason": "every egress of ours is down",
+                                         "seconds": round(elapsed, 3)}]
+        log.info("call %s with %s moved over gateway %s in %.0f ms", pc.id, pc.peer, target, elapsed * 1000)
+
+    def _keep_relay(self, call: str, subscription: Any) -> None:
+        """Refresh the relay subscription while the call uses it (at 80 % of its lifetime)."""
+        def refresh() -> None:
+            relayed = self._relayed.get(call)
+            if relayed is None or relayed[0] is not subscription or subscription.terminated.called:
+                return
+            subscription.refresh(RELAY_EXPIRES).addErrback(
+                lambda f: log.warning("call %s: relay refresh failed: %s", call, f.getErrorMessage()))
+            self.phone.reactor.callLater(RELAY_EXPIRES * 0.8, refresh)
+
+        self.phone.reactor.callLater(RELAY_EXPIRES * 0.8, refresh)
+
+    def _unrelay(self, call: str) -> None:
+        relayed = self._relayed.get(call)
+        if relayed is None or (call in self.phone.calls and self._call_address.get(call) == relayed[2].host):
+            return  # still relayed (or being set up): keep it
+        del self._relayed[call]
+        if relayed[0] is not None:
+            relayed[0].unsubscribe().addErrback(lambda _f: None)
+        self.phone.ua.remove_relay(relayed[2])
+
+
+def _towards(sdp: SessionDescription, index: int, address: tuple[str, int]) -> SessionDescription:
+    """The CN's description as our audio sees it through a relay: stream `index` at `address`."""
+    return sdp.with_media(index, sdp.media[index].with_connection(address[0]).with_port(address[1]))
+
+
 def _our_address(sdp: SessionDescription) -> str | None:
     conn = sdp.connection or next((m.connection for m in sdp.media if m.connection), None)
     return conn.address if conn is not None else None
@@ -246,6 +566,10 @@ def _readdressed(sdp: SessionDescription, old: str | None, new: str, audio_port:
         elif m.media == "video" and video_port is not None:
             out = out.with_port(i, video_port)
     return out
+
+
+def _numeric(call: str) -> tuple[int, str]:
+    return (int(call), call) if call.isdigit() else (1 << 62, call)
 
 
 def _close(*endpoints: Any) -> None:

@@ -132,6 +132,10 @@ VIDEO_CODECS = (Codec("VP8", 90000), Codec("H264", 90000, fmtp="packetization-mo
                 Codec("H263", 90000))
 
 
+def _addrtype(address: str) -> str:
+    return "IP6" if ":" in address else "IP4"
+
+
 def _origin(address: str) -> Origin:
     return Origin("sipmob", secrets.randbelow(2**31), 1, "IN", "IP6" if ":" in address else "IP4", address)
 
@@ -568,14 +572,15 @@ class Phone:
         video = MediaCapability("video", VIDEO_CODECS, Direction.RECVONLY)
         return LocalCapabilities((audio, video))
 
-    def _local_sdp(self, port: int, origin: Origin) -> SessionDescription:
+    def _local_sdp(self, port: int, origin: Origin, address: str | None = None) -> SessionDescription:
         pts = " ".join(str(c.static_payload_type) for c in self.codecs)
         rtpmaps = "".join(f"a=rtpmap:{c.static_payload_type} {c.name}/{c.clock_rate}\r\n"
                           for c in self.codecs)
         # RFC 4733 §7.1.1: telephone-event on a dynamic payload type, so `sipmob dtmf` can send events.
         rtpmaps += (f"a=rtpmap:{TELEPHONE_EVENT_PT} telephone-event/8000\r\n"
                     f"a=fmtp:{TELEPHONE_EVENT_PT} 0-15\r\n")
-        return parse(f"v=0\r\no={origin}\r\ns=-\r\nc=IN IP4 {self.address}\r\nt=0 0\r\n"
+        address = address or self.address
+        return parse(f"v=0\r\no={origin}\r\ns=-\r\nc=IN {_addrtype(address)} {address}\r\nt=0 0\r\n"
                      f"m=audio {port} RTP/AVP {pts} {TELEPHONE_EVENT_PT}\r\n{rtpmaps}a=sendrecv\r\n")
 
     def _source(self) -> AudioSource:
@@ -602,21 +607,23 @@ class Phone:
                 return
         log.warning("call %s: no common audio codec with %s", pc.id, pc.peer)
 
-    def _new_rtp(self, video: bool = False) -> Any:
+    def _new_rtp(self, video: bool = False, address: str | None = None) -> Any:
+        """An RTP endpoint on `address` (a call's egress; default the phone's own address)."""
         from sipmob.service.rtp import RtpEndpoint
 
+        address = address or self.address
         clock_rate = 90000 if video else 8000
         rtcp = not video  # RFC 3550 reports for the call's audio, on the odd port above its RTP
         first = self.config.listen.rtp_port
         if not first:
-            return RtpEndpoint(self.reactor, (self.address, 0), clock_rate=clock_rate, rtcp=rtcp)
+            return RtpEndpoint(self.reactor, (address, 0), clock_rate=clock_rate, rtcp=rtcp)
         # RTP on even ports, RTCP's the odd one above (RFC 3550 §11): the first free pair from ``first``.
         for port in range(first - first % 2, min(first + 2000, 65534), 2):
             try:
-                return RtpEndpoint(self.reactor, (self.address, port), clock_rate=clock_rate, rtcp=rtcp)
+                return RtpEndpoint(self.reactor, (address, port), clock_rate=clock_rate, rtcp=rtcp)
             except CannotListenError:
                 continue
-        raise CannotListenError(self.address, first, "no free RTP port")
+        raise CannotListenError(address, first, "no free RTP port")
 
     def _add_call(self, call: Call, peer: str, oa: OfferAnswerState, rtp: Any,
                   video_rtp: Any = None, cid: str | None = None, source: str = "") -> PhoneCall:
@@ -855,19 +862,27 @@ class Phone:
 
     @defer.inlineCallbacks
     def place_call(self, uri: str, headers: Sequence[tuple[str, str]] = ()) -> Any:
-        """INVITE `uri` (with `headers`, such as Replaces and Referred-By); Deferred[PhoneCall]."""
-        rtp = self._new_rtp()
-        oa = OfferAnswerState(_origin(self.address))
-        offer = oa.create_offer(self._local_sdp(rtp.port, oa.origin))
+        """INVITE `uri` (with `headers`, such as Replaces and Referred-By); Deferred[PhoneCall].
+        With an egress list, the call's SIP and RTP use the egress the policy picks for it."""
+        route = self.egress.route() if self.egress is not None else None
+        address = route.address if route is not None else self.address
         try:
-            call = yield self.ua.invite(uri, offer.to_bytes(), headers=headers)
-            oa.receive_answer(parse(call.remote_sdp or b""))
-        except CallFailed as exc:
-            rtp.close()
-            raise CommandError(f"call to {uri} failed: {exc.status} {exc.reason}") from None
-        except (SDPParseError, OfferAnswerError) as exc:
-            rtp.close()
-            raise CommandError(f"call to {uri}: unusable answer: {exc}") from None
+            rtp = self._new_rtp(address=address)
+            oa = OfferAnswerState(_origin(address))
+            offer = oa.create_offer(self._local_sdp(rtp.port, oa.origin, address))
+            try:
+                call = yield self.ua.invite(uri, offer.to_bytes(), headers=headers,
+                                            local=route.local if route is not None else None)
+                oa.receive_answer(parse(call.remote_sdp or b""))
+            except CallFailed as exc:
+                rtp.close()
+                raise CommandError(f"call to {uri} failed: {exc.status} {exc.reason}") from None
+            except (SDPParseError, OfferAnswerError) as exc:
+                rtp.close()
+                raise CommandError(f"call to {uri}: unusable answer: {exc}") from None
+        finally:
+            if route is not None:
+                self.egress.route_done(route)
         return self._add_call(call, uri, oa, rtp)
 
     # Mobility -------------------------------------------------------------------------------------

@@ -142,7 +142,8 @@ class RemoteOffers:
                 ports[i] = pc.rtp.port
             elif m.media == "video" and not any(o.media == "video" and o.port for o in ours.media):
                 if pc.video_rtp is None:
-                    pc.video_rtp = self.phone._new_rtp(video=True)
+                    conn = pc.local_sdp.connection  # the call's egress, not the phone's own address
+                    pc.video_rtp = self.phone._new_rtp(video=True, address=conn.address if conn else None)
                 ports[i] = pc.video_rtp.port
         return ports
 

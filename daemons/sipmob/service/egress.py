@@ -13,8 +13,10 @@ link); any answer counts, a timeout of one interval is a miss.
 `EgressMonitor` feeds both into a `sipmob.net.egress.EgressList`, drives its timer with one
 `TimerDriver`, logs one line per change, and hands every other event to its listeners (the daemon
 that moves its sessions). `EgressPublisher` answers SUBSCRIBEs for the ``sip-egress`` event
-(`sipmob.net.egress_event`) and NOTIFYs the list on every change. Needs no privilege: reading
-netlink and binding to our own addresses is allowed to any user.
+(`sipmob.net.egress_event`) and NOTIFYs the list on every change, and hands SUBSCRIBEs for
+``sip-egress-relay`` to its `relay` (`sipmob.service.egress_relay`) when we relay for others; a
+gateway with a home-side address keeps these subscriptions there (`home`). Needs no privilege:
+reading netlink and binding to our own addresses is allowed to any user.
 
 Not here: the policy (`sipmob.net.egress`), moving a call (the daemon's own hook, e.g.
 `sipmob.mn.egress`), routing tables (the system's).
@@ -32,6 +34,7 @@ from twisted.internet.interfaces import IReadDescriptor
 from zope.interface import implementer
 
 from sipmob.net import egress_event
+from sipmob.net import relay as relay_event
 from sipmob.net.egress import (
     AddressChanged,
     EgressDown,
@@ -321,6 +324,11 @@ class EgressPublisher:
         self.max_subscribers = max_subscribers
         self.max_expires = max_expires
         self.subscriptions: list[Any] = []
+        self.relay: Any = None  # a RelayServer, when we relay for other gateways
+        # our SIP address on the home network, when we have one apart from the egresses: the
+        # subscriptions of the home's gateways are kept there (they cannot reach an egress address
+        # once their own links are down)
+        self.home: Any = None
 
     def start(self) -> None:
         self.ua.on_request("SUBSCRIBE", self._subscribe)
@@ -345,8 +353,15 @@ class EgressPublisher:
 
         request = incoming.request
         event = (request.headers.get("Event") or "").split(";")[0].strip().lower()
+        if event == relay_event.EVENT and self.relay is not None:
+            via = request.vias[0] if request.vias else None
+            if self.home is not None:
+                self.ua.bind_call(request.call_id, self.home)
+            self.relay.subscribe(incoming, (via.received or via.host) if via is not None else "")
+            return None
         if event != egress_event.EVENT:
-            incoming.respond(489, headers=[("Allow-Events", egress_event.EVENT)])  # RFC 6665 §8.3.2
+            events = egress_event.EVENT + (f", {relay_event.EVENT}" if self.relay is not None else "")
+            incoming.respond(489, headers=[("Allow-Events", events)])  # RFC 6665 §8.3.2
             return None
         if not self._allowed(request):
             log.info("SUBSCRIBE sip-egress from %s refused: not an allowed network", request.vias[0].host
@@ -359,6 +374,8 @@ class EgressPublisher:
             asked = int((request.headers.get("Expires") or str(self.max_expires)).strip())
         except ValueError:
             raise SIPError(400, "Bad Expires") from None
+        if self.home is not None:
+            self.ua.bind_call(request.call_id, self.home)
         subscription = incoming.accept_subscription(max(0, min(asked, self.max_expires)))
         if asked == 0:  # a fetch (RFC 6665 §4.4.3): one NOTIFY and done
             subscription.notify("terminated;reason=timeout", self.body(), egress_event.CONTENT_TYPE)

@@ -83,6 +83,11 @@ class Share:
     max_subscribers: int = setting(8, check=lambda v: None if v >= 1 else f"must be 1 or more, got {v}",
                                    help="subscriptions at once; more get 503")
     max_expires: int = setting(3600, check=positive, help="the longest subscription we grant, in seconds")
+    relays: int = setting(0, check=lambda v: None if v >= 0 else f"must be 0 or more, got {v}",
+                          help="far ends we relay at once for gateways of the allowed networks whose "
+                               "egresses are all down (event sip-egress-relay); 0: none")
+    peers: bool = setting(False, help="when all our egresses are down, move calls over another "
+                                      "gateway's egress (found by SLP, service:sip-egress)")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -5,6 +5,9 @@ from a TCP stream into one sans-I/O machine (a `sipmob.sip.transaction.Transacti
 `sipmob.sip.ua.UACore` with its layer inside), writes what the machine wants sent, and re-arms one
 `TimerDriver` for the machine's next deadline: one pump and one timer per SIP element. Outgoing TCP reuses the
 open connection to a (host, port), whichever side opened it, and opens one when there is none.
+A datagram the machine says must leave from a local address (a call bound to an egress,
+`TransactionLayer.bind_call`) goes out of the UDP socket bound to that address: one per local
+address (`add_udp`), so the kernel's source routing sends it out of that egress's link.
 Events go to one callback, the layer above, which answers through the machine (or, over a bare
 transaction layer, through `send_response` and friends).
 
@@ -45,6 +48,8 @@ class SIPMachine(Protocol):
     def transport_error(self, destination: Address, now: float) -> None: ...
 
     def messages_to_send(self) -> list[tuple[bytes, Address]]: ...
+
+    def messages_to_send_from(self) -> list[tuple[bytes, Address, Address | None]]: ...
 
     def next_event(self) -> Any: ...
 
@@ -146,6 +151,8 @@ class SIPTransport:
         self.addresses: list[Address] = []
         self._ports: list[Any] = []
         self._udp: dict[str, _Datagrams] = {}  # by local host
+        # a local address that is another host's relay: (our socket's host, where the relay listens)
+        self._relays: dict[Address, tuple[str, tuple[str, int]]] = {}
         self._streams: dict[Address, _Stream] = {}
         self._pending: dict[Address, list[bytes]] = {}  # TCP connections being opened
         self._timer: TimerDriver | None = None
@@ -175,15 +182,31 @@ class SIPTransport:
         """Listen on `host` too (or reuse our socket there) and send UDP from it from now on: the
         host's address changed or another egress carries our traffic. The old sockets stay, so
         answers to what they sent still arrive."""
-        proto = self._udp.get(host)
-        if proto is None:
+        bound = self.add_udp(host, port)
+        # `_udp_for` takes the first socket of the destination's family: this one now
+        proto = self._udp[host]
+        self._udp = {host: proto, **{h: p for h, p in self._udp.items() if h != host}}
+        return bound
+
+    def add_udp(self, host: str, port: int = 0) -> Address:
+        """A UDP socket on `host` (ours already, or bound now on `port`; 0: any) for the datagrams
+        that must leave from `host`; the default socket stays as it is. Raises CannotListenError."""
+        if host not in self._udp:
             proto = _Datagrams(self)
             listening = self.reactor.listenUDP(port, proto, interface=host, maxPacketSize=65535)
             self._ports.append(listening)
             self.addresses.append(Address(host, listening.getHost().port, "udp"))
-        # `_udp_for` takes the first socket of the destination's family: this one now
-        self._udp = {host: proto, **{h: p for h, p in self._udp.items() if h != host}}
+            self._udp[host] = proto
         return next(a for a in reversed(self.addresses) if a.host == host and a.transport == "udp")
+
+    def add_relay(self, advertised: Address, from_host: str, via: tuple[str, int]) -> None:
+        """Datagrams that must leave from `advertised` (a relay's outside address, on another
+        gateway) go from our socket on `from_host` to `via`, the relay's inside end, which passes
+        them on to the one far end it serves. None of our sockets is bound to `advertised`."""
+        self._relays[advertised] = (from_host, via)
+
+    def remove_relay(self, advertised: Address) -> None:
+        self._relays.pop(advertised, None)
 
     def use_layer(self, layer: SIPMachine) -> None:
         """Attach the machine once the bound addresses are known (for listeners on port 0)."""
@@ -228,8 +251,8 @@ class SIPTransport:
         try:
             layer = self._layer
             while True:
-                for data, destination in layer.messages_to_send():
-                    self._write(data, destination)
+                for data, destination, local in layer.messages_to_send_from():
+                    self._write(data, destination, local)
                 event = layer.next_event()
                 if event is None:
                     break
@@ -268,13 +291,23 @@ class SIPTransport:
         self.layer.receive(data, source, self.reactor.seconds())
         self.flush()
 
-    def _write(self, data: bytes, destination: Address) -> None:
+    def _write(self, data: bytes, destination: Address, local: Address | None = None) -> None:
         if destination.transport == "udp":
-            sock = self._udp_for(destination)
+            to = (destination.host, destination.port)
+            relayed = self._relays.get(local) if local is not None and self._relays else None
+            if relayed is not None:
+                local, to = None, relayed[1]
+                sock = self._udp.get(relayed[0])
+            else:
+                sock = self._udp.get(local.host) if local is not None else None
+            if sock is None:
+                if local is not None:
+                    log.warning("no socket on %s: sending to %s:%d from the default one", local.host, *to)
+                sock = self._udp_for(destination)
             try:
-                sock.send(data, destination.host, destination.port)
+                sock.send(data, to[0], to[1])
             except (OSError, error.MessageLengthError, error.InvalidAddressError) as exc:
-                log.info("cannot send to %s:%d: %s", destination.host, destination.port, exc)
+                log.info("cannot send to %s:%d: %s", to[0], to[1], exc)
                 self._layer.transport_error(destination, self.reactor.seconds())
             return
         stream = self._streams.get(destination)

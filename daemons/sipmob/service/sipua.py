@@ -205,6 +205,7 @@ class Subscription:
         self.terminated: defer.Deferred[str] = defer.Deferred()
         self._dialog = ua._core.dialog(handle)
         self._notify_handler: Callable[[Subscription, Request], Any] | None = None
+        self._refresh_handler: Callable[[Subscription, Request], Any] | None = None
 
     @property
     def dialog(self) -> Dialog:
@@ -221,6 +222,15 @@ class Subscription:
         """Send a NOTIFY with ``Subscription-State: state``; "terminated..." ends the dialog."""
         return self.ua.in_dialog(self.handle, "NOTIFY", headers=[
             ("Event", self.event), ("Subscription-State", state)], body=body, content_type=content_type)
+
+    def on_refresh(self, handler: Callable[[Subscription, Request], Any]) -> None:
+        """Notifier side: who hears a refreshing SUBSCRIBE (answered 200 with its Expires)."""
+        self._refresh_handler = handler
+
+    def refresh(self, expires: int) -> defer.Deferred[Response]:
+        """Subscriber side: SUBSCRIBE again in the dialog for `expires` seconds (RFC 6665 §4.1.2.1)."""
+        return self.ua.in_dialog(self.handle, "SUBSCRIBE", headers=[("Event", self.event),
+                                                                       ("Expires", str(expires))])
 
     def unsubscribe(self) -> defer.Deferred[Response]:
         """Send SUBSCRIBE with Expires: 0; the notifier's final NOTIFY then ends the dialog."""
@@ -512,6 +522,34 @@ class UserAgent:
         self.flush()
         return bound
 
+    def local_address(self, host: str) -> Address:
+        """Our UDP address on `host` (bound now if it is not yet: our port when it is free there,
+        else any), for calls that must leave from `host`; the default address stays. Raises
+        twisted's CannotListenError."""
+        from twisted.internet.error import CannotListenError
+
+        port = self.contact.port if self.contact is not None and self.contact.port else 5060
+        try:
+            return self._transport.add_udp(host, port)
+        except CannotListenError:
+            return self._transport.add_udp(host, 0)
+
+    def bind_call(self, call_id: str, local: Address | None) -> None:
+        """The call's SIP leaves from `local` from now on (None: from the default address), Via
+        and our Contact naming it; the next re-INVITE tells the peer."""
+        self._core.layer.bind_call(call_id, local)
+
+    def relay_address(self, advertised: Address, from_host: str, via: tuple[str, int]) -> None:
+        """Calls bound to `advertised` (another gateway's relay) send from our socket on
+        `from_host` to the relay's inside end `via` (`SIPTransport.add_relay`)."""
+        self._transport.add_relay(advertised, from_host, via)
+
+    def remove_relay(self, advertised: Address) -> None:
+        self._transport.remove_relay(advertised)
+
+    def bound(self, call_id: str) -> Address | None:
+        return self._core.layer.bound(call_id)
+
     # Handlers -----------------------------------------------------------------------------------
 
     def set_policy(self, policy: RequestPolicy) -> None:
@@ -536,14 +574,19 @@ class UserAgent:
 
     def invite(self, target: str | URI, sdp: bytes | None, *, headers: Sequence[tuple[str, str]] = (),
                on_provisional: Callable[[Response], Any] | None = None,
-               ack_sdp: AckSdp | None = None) -> defer.Deferred[Call]:
+               ack_sdp: AckSdp | None = None, local: Address | None = None) -> defer.Deferred[Call]:
         """Call `target` with our offer. Fires with the `Call` on 2xx, once ACKed; errback
         `CallFailed(status, reason)`. Cancelling the Deferred sends CANCEL.
 
         Late offer (`sdp` None): `ack_sdp(offer)` returns the answer for the ACK, or a Deferred of
         it (3PCC, RFC 3725: the answer comes from another dialog); without `ack_sdp` the Deferred
-        fires with the ACK still held and the application sends it with `Call.ack`."""
+        fires with the ACK still held and the application sends it with `Call.ack`.
+
+        `local` (from `local_address`): the call's SIP leaves from there, Via and Contact naming
+        it (a multihomed gateway's per-session egress), until `bind_call` moves it."""
         handle = self._core.invite(_uri(target), sdp, self._now(), headers=headers)
+        if local is not None:
+            self._core.layer.bind_call(self._core.call_id(handle), local)
         if ack_sdp is not None:
             self._ack_sdp[handle] = ack_sdp
 
@@ -559,11 +602,14 @@ class UserAgent:
 
     def subscribe(self, target: str | URI, event: str, *, expires: int = 600,
                   headers: Sequence[tuple[str, str]] = (),
-                  on_notify: Callable[[Subscription, Request], Any] | None = None
-                  ) -> defer.Deferred[Subscription]:
+                  on_notify: Callable[[Subscription, Request], Any] | None = None,
+                  local: Address | None = None) -> defer.Deferred[Subscription]:
         """Subscribe to `event` at `target` (RFC 6665). Fires with the `Subscription` on 2xx;
-        errback `SIPError` otherwise. NOTIFYs go to `on_notify` (None: answered 200)."""
+        errback `SIPError` otherwise. NOTIFYs go to `on_notify` (None: answered 200). `local`: the
+        subscription's SIP leaves from there (`local_address`), as `invite` has it."""
         handle = self._core.subscribe(_uri(target), event, self._now(), expires=expires, headers=headers)
+        if local is not None:
+            self._core.layer.bind_call(self._core.call_id(handle), local)
         subscription = Subscription(self, handle, event)
         subscription._notify_handler = on_notify
         self._subscriptions[handle] = subscription
@@ -966,6 +1012,11 @@ class UserAgent:
             self._flush()
 
         handler = subscription._notify_handler
+        if request.method == "SUBSCRIBE" and subscription._refresh_handler is not None:
+            try:
+                subscription._refresh_handler(subscription, request)
+            except Exception:
+                log.exception("the refresh handler of a %s subscription failed", subscription.event)
         if request.method != "NOTIFY" or handler is None:
             respond(200)
             if request.method == "SUBSCRIBE" and (request.headers.get("Expires") or "").strip() == "0":

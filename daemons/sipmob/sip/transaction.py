@@ -12,6 +12,13 @@ matches them to transactions (§17.1.3, §17.2.3, with the RFC 2543 fallback; CA
 gives back events (``next_event``) and ``(bytes, Address)`` pairs to write (``messages_to_send``).
 Time is always a ``now`` parameter; ``get_timer``/``handle_timer`` expose the next deadline.
 
+A call may be bound to one of our local addresses (``bind_call``: a multihomed host puts each
+session on an egress of its own). Every message of that Call-ID then says where it must leave from
+(``messages_to_send_from`` gives ``(bytes, destination, local)``), its Via names that address and
+our Contact in it is stamped with it, as Via is: the UA core builds one Contact for all its calls,
+the layer that knows the call's egress puts the right host in it. A transaction keeps the address
+it started from, so its retransmissions are the same datagram from the same place (§17.1.1.2).
+
 Not here: parsing and building messages (`sipmob.sip.message`), where a message goes and how the Via
 is stamped (`sipmob.sip.transport`), dialogs and the 2xx/ACK retransmission of the UA core
 (RFC 3261 §13.3.1.4, §13.2.2.4: they are the TU's, and ride on ``send_response``/``send_ack``), sockets.
@@ -27,6 +34,7 @@ import logging
 import secrets
 import sys
 from collections.abc import Callable
+from typing import TypeVar
 
 from sipmob.sip.headers import CSeq, Via
 from sipmob.sip.message import (
@@ -444,7 +452,7 @@ class _Transaction:
     routing and the RFC 2543 match still need is kept apart (``via``, ``legacy_match``)."""
 
     __slots__ = ("ack", "deadlines", "destination", "intervals", "key", "last_response",
-                 "legacy_match", "machine", "reliable", "request", "request_bytes", "source",
+                 "legacy_match", "local", "machine", "reliable", "request", "request_bytes", "source",
                  "state", "via")
 
     def __init__(self, key: TransactionKey, machine: Machine, request: Request,
@@ -459,6 +467,7 @@ class _Transaction:
         self.request_bytes = b""
         self.destination = destination  # where requests (client) or responses (server) go
         self.source = source  # server: where the request came from
+        self.local: Address | None = None  # the bound address it sends from; None: the default
         self.reliable = is_reliable(destination.transport)
         self.last_response: bytes | None = None
         self.ack: bytes | None = None
@@ -528,7 +537,8 @@ class TransactionLayer:
         self._heap: list[tuple[float, int, TransactionKey, Timer]] = []
         self._seq = 0
         self._events: collections.deque[Event] = collections.deque()
-        self._outgoing: list[tuple[bytes, Address]] = []
+        self._outgoing: list[tuple[bytes, Address, Address | None]] = []
+        self._calls: dict[str, Address] = {}  # Call-ID -> the local address its messages leave from
 
     # What the owner reads -----------------------------------------------------------------------
 
@@ -545,6 +555,12 @@ class TransactionLayer:
         return self._events.popleft() if self._events else None
 
     def messages_to_send(self) -> list[tuple[bytes, Address]]:
+        """What to write, for a transport with one socket per transport (bound calls ignored)."""
+        out, self._outgoing = self._outgoing, []
+        return [(data, destination) for data, destination, _ in out]
+
+    def messages_to_send_from(self) -> list[tuple[bytes, Address, Address | None]]:
+        """What to write, each with the local address it must leave from (None: the default one)."""
         out, self._outgoing = self._outgoing, []
         return out
 
@@ -585,17 +601,18 @@ class TransactionLayer:
             raise LocalProtocolError(f"a transaction with branch {key.branch} exists already")
         machine = Machine.INVITE_CLIENT if request.method == "INVITE" else Machine.NON_INVITE_CLIENT
         tx = _Transaction(key, machine, request, destination, None)
+        tx.local = self._bound(request, destination)
         tx.request_bytes = request.to_bytes()
         self._transactions[key] = tx
         self._start_timers(tx, now)
-        self._outgoing.append((tx.request_bytes, destination))
+        self._outgoing.append((tx.request_bytes, destination, tx.local))
         return key
 
     def send_ack(self, ack: Request, destination: Address) -> None:
         """Send an ACK for a 2xx: outside any transaction, so the dialog layer retransmits it itself
         for each 2xx it sees (§13.2.2.4)."""
         ack, destination = self._stamp(ack, destination)
-        self._outgoing.append((ack.to_bytes(), destination))
+        self._outgoing.append((ack.to_bytes(), destination, self._bound(ack, destination)))
 
     def send_response(self, response: Response, now: float) -> None:
         """Send `response` (made with `make_response` from a request this layer delivered) on its
@@ -606,7 +623,10 @@ class TransactionLayer:
             destination = response_destination(response, None, self.connections)
             if destination is None:
                 raise LocalProtocolError("response without a Via to route it by")
-            self._outgoing.append((response.to_bytes(), destination))
+            local = self._bound(response, destination)
+            if local is not None:
+                response = _with_contact(response, local, self._local_sent_by)
+            self._outgoing.append((response.to_bytes(), destination, local))
             return
         self._fire(tx, _input_for_status(response.status, sending=True), now, response)
 
@@ -656,11 +676,43 @@ class TransactionLayer:
         self._local.update({addr.transport.lower(): addr for addr in local})
         self._local_sent_by |= {(addr.host, addr.port) for addr in local}
 
+    def bind_call(self, call_id: str, local: Address | None) -> None:
+        """Every message of `call_id` sent from now on (over `local`'s transport) leaves from
+        `local`, its Via and our Contact naming it; None unbinds the call (the default address
+        again). A request of the call still waiting in the output (made in the same step, before
+        the owner could know its Call-ID) is stamped again; transactions already on the wire keep
+        their address. Responses to Vias naming `local` are ours from now on."""
+        if local is None:
+            self._calls.pop(call_id, None)
+            return
+        self._calls[call_id] = local
+        self._local_sent_by.add((local.host, local.port))
+        for i, (data, destination, was) in enumerate(self._outgoing):
+            if was == local or destination.transport != local.transport:
+                continue
+            tx = next((tx for tx in self._transactions.values()
+                       if tx.request_bytes is data and tx.machine not in _SERVERS), None)
+            if tx is None or tx.request is None or tx.request.call_id != call_id:
+                continue
+            branch = tx.request.top_via.branch or new_branch(self._branch_token())
+            tx.request = _with_contact(_with_sent_by(tx.request, local, branch), local, self._local_sent_by)
+            tx.request_bytes = tx.request.to_bytes()
+            tx.local = local
+            self._outgoing[i] = (tx.request_bytes, destination, local)
+
+    def bound(self, call_id: str) -> Address | None:
+        """The local address `call_id` is bound to, if any."""
+        return self._calls.get(call_id)
+
     # Internals ----------------------------------------------------------------------------------
 
     def _stamp(self, request: Request, destination: Address) -> tuple[Request, Address]:
         transport = destination.transport.lower()
         local = self._local.get(transport)
+        bound = self._calls.get(request.call_id) if self._calls else None
+        if bound is not None and bound.transport == transport:
+            local = bound
+            request = _with_contact(request, bound, self._local_sent_by)
         if local is None:
             raise LocalProtocolError(f"no local {transport} address to send from")
         branch = new_branch(self._branch_token())
@@ -670,6 +722,13 @@ class TransactionLayer:
             destination = Address(destination.host, destination.port, size_transport)
             stamped = stamp_via(stamped, self._local[size_transport], branch)
         return stamped, destination
+
+    def _bound(self, message: Request | Response, destination: Address) -> Address | None:
+        """The local address `message` leaves from, when its call is bound (over that transport)."""
+        if not self._calls:
+            return None
+        bound = self._calls.get(message.call_id)
+        return bound if bound is not None and bound.transport == destination.transport else None
 
     def _answer_malformed(self, data: bytes, exc: SIPParseError, source: Address) -> None:
         response = None
@@ -684,7 +743,7 @@ class TransactionLayer:
         response = apply_received(response, source)
         destination = response_destination(response, source, self.connections)
         if destination is not None:
-            self._outgoing.append((response.to_bytes(), destination))
+            self._outgoing.append((response.to_bytes(), destination, None))
 
     def _receive_request(self, request: Request, source: Address, now: float) -> None:
         key = _server_key(request)  # before apply_received, which makes the Via parsed anew
@@ -780,13 +839,13 @@ class TransactionLayer:
              message: Request | Response | None) -> None:
         t = self.timers
         if action is Action.SEND_REQUEST:
-            self._outgoing.append((tx.request_bytes, tx.destination))
+            self._outgoing.append((tx.request_bytes, tx.destination, tx.local))
         elif action is Action.SEND_ACK:
             assert isinstance(message, Response)
             if tx.ack is None:
                 assert tx.request is not None  # a client transaction keeps its request
                 tx.ack = make_ack(tx.request, message).to_bytes()
-            self._outgoing.append((tx.ack, tx.destination))
+            self._outgoing.append((tx.ack, tx.destination, tx.local))
         elif action is Action.RESPONSE_TO_TU:
             assert isinstance(message, Response)
             self._events.append(ResponseReceived(message, tx.key))
@@ -795,6 +854,10 @@ class TransactionLayer:
             self._events.append(AckReceived(message, tx.source or tx.destination, tx.key))
         elif action is Action.SEND_RESPONSE:
             assert isinstance(message, Response)
+            # the call's address when the final response goes, kept for its retransmissions
+            tx.local = self._bound(message, tx.destination)
+            if tx.local is not None:
+                message = _with_contact(message, tx.local, self._local_sent_by)
             tx.last_response = message.to_bytes()
             self._send_response_bytes(tx, tx.last_response)
         elif action is Action.RESEND_RESPONSE:
@@ -825,7 +888,7 @@ class TransactionLayer:
             destination = via_destination(tx.via, tx.source, self.connections)
             if destination is not None:
                 tx.destination = destination
-        self._outgoing.append((data, tx.destination))
+        self._outgoing.append((data, tx.destination, tx.local))
 
     def _enter(self, tx: _Transaction, state: State, now: float) -> None:
         tx.state = state
@@ -867,6 +930,34 @@ class TransactionLayer:
         tx.deadlines[timer] = deadline
         self._seq += 1
         heapq.heappush(self._heap, (deadline, self._seq, tx.key, timer))
+
+
+M = TypeVar("M", Request, Response)
+
+
+def _with_contact(message: M, local: Address, ours: set[tuple[str, int]]) -> M:
+    """`message` with our Contact (a URI naming one of `ours`) naming `local` instead."""
+    lines = message.headers.get_lines("Contact")
+    if not lines:
+        return message
+    contacts = message.contact
+    if not any((c.uri.host, c.uri.port or 5060) in ours
+               and (c.uri.host, c.uri.port) != (local.host, local.port) for c in contacts):
+        return message
+    headers = message.headers.copy()
+    headers.remove("Contact")
+    for c in contacts:
+        if (c.uri.host, c.uri.port or 5060) in ours:
+            c = dataclasses.replace(c, uri=c.uri.replace(host=local.host, port=local.port))
+        headers.add("Contact", str(c))
+    return message.replace(headers=headers)
+
+
+def _with_sent_by(request: Request, local: Address, branch: str) -> Request:
+    """`request` with its top Via (ours) naming `local`, the same branch."""
+    headers = request.headers.copy()
+    headers.remove_first("Via")
+    return stamp_via(request.replace(headers=headers), local, branch)
 
 
 def _same_transaction_request(request: Request, method: str, to: str) -> Request:

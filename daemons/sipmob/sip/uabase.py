@@ -217,6 +217,10 @@ class UABase(abc.ABC):
     def messages_to_send(self) -> list[tuple[bytes, Address]]:
         return self.layer.messages_to_send()
 
+    def messages_to_send_from(self) -> list[tuple[bytes, Address, Address | None]]:
+        """As `messages_to_send`, each with the local address it leaves from (a bound call's)."""
+        return self.layer.messages_to_send_from()
+
     @property
     def connections(self) -> Connections:
         """The open TCP connections of our layer, which the transport below reports."""
@@ -230,6 +234,10 @@ class UABase(abc.ABC):
     def dialog(self, call: int) -> Dialog | None:
         c = self._calls.get(call)
         return c.dialog if c is not None else None
+
+    def call_id(self, call: int) -> str:
+        """The call's Call-ID (known from the moment its INVITE is made)."""
+        return self._call(call).invite.call_id
 
     def sdp(self, call: int) -> tuple[bytes | None, bytes | None]:
         """The call's (local, remote) session descriptions as last negotiated."""

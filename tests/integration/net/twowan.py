@@ -11,6 +11,11 @@ home address the RTP reaching the CN comes from, with the time it arrived.
 Failures: `link_down` (netlink sees it), `upstream_dead` (the ISP router drops everything it would
 forward: the 100 % loss `tc netem` would give, with iptables where the kernel has no netem;
 nothing changes on the home's links), `readdress` (a new address on a link, the old one removed).
+With ``ipv6=True`` every link is dual-stack: the home has 2001:db8:1::2 on h1 and 2001:db8:2::2 on
+h2, routed by source as the IPv4 addresses are (``ip -6 rule``), the CN 2001:db8:100::1 (addresses
+of the documentation prefix, RFC 3849, only inside the namespaces).
+`TwoGateways` is the other stage: two gateways on one home LAN (192.168.50.0/24), each with its
+own WAN (gwA over wan1, gwB over wan2); `Gateways` runs the DA, both phones and the CN on it.
 Everything lives in namespaces this module creates and deletes; nothing leaves the machine.
 """
 
@@ -39,7 +44,10 @@ ENV = {"PYTHONPATH": str(ROOT / "daemons"), "PATH": "/usr/sbin:/usr/bin:/sbin:/b
 
 CN = "10.200.100.1"
 HOME1, HOME2 = "10.200.1.2", "10.200.2.2"
+CN6 = "2001:db8:100::1"
+HOME1_6, HOME2_6 = "2001:db8:1::2", "2001:db8:2::2"
 ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
 
 
 def until(condition: Callable[[], Any], timeout: float = 10.0, step: float = 0.02) -> Any:
@@ -53,10 +61,13 @@ def until(condition: Callable[[], Any], timeout: float = 10.0, step: float = 0.0
 
 
 class TwoWan:
-    def __init__(self) -> None:
+    def __init__(self, ipv6: bool = False) -> None:
         self.spaces: list[Namespace] = []
+        self.ipv6 = ipv6
         try:
             self._build()
+            if ipv6:
+                self._build6()
         except BaseException:
             self.delete()
             raise
@@ -91,6 +102,35 @@ class TwoWan:
         # as systemd's sysctl defaults have it: the old address's going does not take the new one with it
         for conf in ("all", "h1", "h2"):
             home.run(["sysctl", "-qw", f"net.ipv4.conf.{conf}.promote_secondaries=1"], check=True)
+
+    def _build6(self) -> None:
+        def addr(ns: Namespace, address: str, dev: str) -> None:
+            ns.run(["ip", "-6", "addr", "add", address, "dev", dev, "nodad"], check=True)
+
+        addr(self.home, f"{HOME1_6}/64", "h1")
+        addr(self.home, f"{HOME2_6}/64", "h2")
+        addr(self.wan1, "2001:db8:1::1/64", "w1h")
+        addr(self.wan2, "2001:db8:2::1/64", "w2h")
+        addr(self.wan1, "2001:db8:11::1/64", "w1i")
+        addr(self.internet, "2001:db8:11::2/64", "i1")
+        addr(self.wan2, "2001:db8:12::1/64", "w2i")
+        addr(self.internet, "2001:db8:12::2/64", "i2")
+        for wan, upstream in ((self.wan1, "2001:db8:11::2"), (self.wan2, "2001:db8:12::2")):
+            wan.run(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], check=True)
+            wan.run(["ip", "-6", "route", "add", "2001:db8:100::/64", "via", upstream], check=True)
+        inet = self.internet
+        inet.run(["ip", "-6", "addr", "add", f"{CN6}/128", "dev", "lo"], check=True)
+        inet.run(["ip", "-6", "route", "add", "2001:db8:1::/64", "via", "2001:db8:11::1"], check=True)
+        inet.run(["ip", "-6", "route", "add", "2001:db8:2::/64", "via", "2001:db8:12::1"], check=True)
+        home = self.home
+        for n, (prefix, gateway, dev) in enumerate((("2001:db8:1::/64", "2001:db8:1::1", "h1"),
+                                                   ("2001:db8:2::/64", "2001:db8:2::1", "h2")), start=1):
+            table = str(100 + n)
+            home.run(["ip", "-6", "rule", "add", "from", prefix, "table", table, "pref", str(1000 + n)],
+                     check=True)
+            home.run(["ip", "-6", "route", "add", "default", "via", gateway, "dev", dev, "table", table],
+                     check=True)
+        home.run(["ip", "-6", "route", "add", "default", "via", "2001:db8:1::1", "metric", "100"], check=True)
 
     # Failures ---------------------------------------------------------------------------------------
 
@@ -147,23 +187,26 @@ class TwoWan:
 class Correspondent:
     """baresip in `internet`, answering at once, sending a tone (the CN of the tests)."""
 
-    def __init__(self, net: TwoWan, directory: Path, port: int = 5060) -> None:
+    def __init__(self, net: TwoWan, directory: Path, port: int = 5060, host: str = CN) -> None:
         assert BARESIP is not None
         self.dir = directory / f"cn-{port}"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.uri = f"sip:cn@{CN}:{port}"
-        lines = ["poll_method epoll", f"sip_listen {CN}:{port}", "call_local_timeout 120",
+        literal = f"[{host}]" if ":" in host else host
+        self.uri = f"sip:cn@{literal}:{port}"
+        lines = ["poll_method epoll", f"sip_listen {literal}:{port}", "call_local_timeout 120",
                  "call_max_calls 32",
                  "audio_player aubridge,nil", "audio_alert aubridge,nil", "audio_source ausine,440",
-                 "ausrc_srate 48000", "ausrc_channels 2", f"net_interface {CN}",
-                 f"dns_server {CN}:53", f"module_path {MODULE_PATH}",
+                 "ausrc_srate 48000", "ausrc_channels 2", f"net_interface {host}",
+                 *(["net_prefer_ipv6 yes"] if ":" in host else []),
+                 f"dns_server {literal}:53", f"module_path {MODULE_PATH}",
                  *(f"module {m}.so" for m in ("g711", "aufile", "ausine", "aubridge")),
                  "module_tmp account.so", "module_app menu.so"]
         (self.dir / "config").write_text("\n".join(lines) + "\n")
         (self.dir / "accounts").write_text(f"<{self.uri}>;regint=0;answermode=auto\n")
         (self.dir / "contacts").write_text("")
         self.log = open(self.dir / "baresip.log", "wb")  # closed in stop()
-        self.proc = net.internet.popen([BARESIP, "-f", str(self.dir)], stdin=subprocess.DEVNULL,
+        self.proc = net.internet.popen([BARESIP, *(["-6"] if ":" in host else []), "-f", str(self.dir)],
+                                       stdin=subprocess.DEVNULL,
                                        stdout=self.log, stderr=subprocess.STDOUT, cwd=self.dir)
         time.sleep(0.5)
         if self.proc.poll() is not None:
@@ -183,10 +226,11 @@ class CaptureAtCN:
         self._lock = threading.Lock()
         self._socks = []
         for ifname in ("i1", "i2"):
-            sock = net.internet.socket(socket.AF_PACKET, socket.SOCK_DGRAM)
-            sock.bind((ifname, ETH_P_IP))
-            sock.settimeout(0.2)
-            self._socks.append(sock)
+            for protocol in (ETH_P_IP, ETH_P_IPV6) if net.ipv6 else (ETH_P_IP,):
+                sock = net.internet.socket(socket.AF_PACKET, socket.SOCK_DGRAM)
+                sock.bind((ifname, protocol))
+                sock.settimeout(0.2)
+                self._socks.append(sock)
         self._stop = False
         self._threads = [threading.Thread(target=self._read, args=(s,), daemon=True) for s in self._socks]
         for t in self._threads:
@@ -201,7 +245,12 @@ class CaptureAtCN:
             except OSError:
                 return
             now = time.monotonic()
-            if meta[2] == socket.PACKET_OUTGOING or len(data) < 28 or data[9] != 17:
+            if meta[2] == socket.PACKET_OUTGOING:
+                continue
+            if data[:1] and data[0] >> 4 == 6:
+                self._read6(data, now)
+                continue
+            if len(data) < 28 or data[9] != 17:
                 continue
             ihl = (data[0] & 0x0F) * 4
             dst = socket.inet_ntoa(data[16:20])
@@ -211,6 +260,16 @@ class CaptureAtCN:
             dport = int.from_bytes(data[ihl + 2:ihl + 4], "big")
             with self._lock:
                 self.packets.append((now, source, dport, data[ihl + 8:ihl + 16]))
+
+    def _read6(self, data: bytes, now: float) -> None:
+        if len(data) < 48 or data[6] != 17:  # UDP right after the fixed header (no extension headers)
+            return
+        if socket.inet_ntop(socket.AF_INET6, data[24:40]) != CN6:
+            return
+        source = socket.inet_ntop(socket.AF_INET6, data[8:24])
+        dport = int.from_bytes(data[42:44], "big")
+        with self._lock:
+            self.packets.append((now, source, dport, data[48:56]))
 
     def rtp_from(self, source: str, after: float = 0.0) -> list[float]:
         """Arrival times of RTP (anything but SIP's port 5060) from `source` after `after`."""
@@ -311,20 +370,22 @@ class HomePhone:
     """``sipmob phone`` in `home`, its egress list in `egress_toml`; driven over its control socket."""
 
     def __init__(self, net: TwoWan, directory: Path, egress_toml: str, log_level: str = "info",
-                 registrar: str = "", da: str = "127.0.0.1:1") -> None:
+                 registrar: str = "", da: str = "127.0.0.1:1", *, ns: Namespace | None = None,
+                 address: str = HOME1) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
         self.control = directory / "mn.sock"
         self.config = directory / "mn.toml"
         egress = directory / "egress.toml"
         egress.write_text(egress_toml)
         egress_line = f"egress = \"{egress}\"\n" if egress_toml else ""
         self.config.write_text(
-            f'[listen]\naddress = "{HOME1}"\nport = 5060\n{egress_line}'
+            f'[listen]\naddress = "{address}"\nport = 5060\n{egress_line}'
             f'[identity]\nregistrar = "{registrar}"\n'
             f'[calls]\nauto_answer = true\n[slp]\nda = "{da}"\n[control]\npath = "{self.control}"\n'
             f'[log]\nlevel = "{log_level}"\n')
         self.log_path = directory / "phone.log"
         self.log = open(self.log_path, "wb")  # closed in stop()
-        self.proc = net.home.popen([sys.executable, "-m", "sipmob.mn.cli", "phone", "--config",
+        self.proc = (ns or net.home).popen([sys.executable, "-m", "sipmob.mn.cli", "phone", "--config",
                                     str(self.config)], env=ENV, stdout=self.log, stderr=subprocess.STDOUT)
         if not until(self._answers, timeout=15) or self.proc.poll() is not None:
             raise RuntimeError(self.output())
@@ -360,10 +421,137 @@ class HomePhone:
 
 
 def egress_toml(*, interval: float = 1.0, down_after: int = 3, hold_down: float = 30.0,
-                probe: bool = True, probe_port: int = 5060, share: str = "") -> str:
-    target = f'target = "sip:probe@{CN}:{probe_port}"\n' if probe else ""
+                probe: bool = True, probe_port: int = 5060, share: str = "", policy: str = "priority",
+                ipv6: bool = False) -> str:
+    """With `ipv6`, each egress is its link's IPv6 address (the IPv4 one is there too)."""
+    cn = f"[{CN6}]" if ipv6 else CN
+    target = f'target = "sip:probe@{cn}:{probe_port}"\n' if probe else ""
     shared = f'[share]\nallow = ["{share}"]\n' if share else ""
-    return (f"hold_down = {hold_down}\n[probe]\ninterval = {interval}\ndown_after = {down_after}\n{target}"
+    addresses = (f'address = "{HOME1_6}"\n', f'address = "{HOME2_6}"\n') if ipv6 else ("", "")
+    return (f'policy = "{policy}"\n'
+            f"hold_down = {hold_down}\n[probe]\ninterval = {interval}\ndown_after = {down_after}\n{target}"
             f"{shared}"
-            '[[egress]]\nname = "wan1"\ninterface = "h1"\npriority = 1\n'
-            '[[egress]]\nname = "wan2"\ninterface = "h2"\npriority = 2\n')
+            f'[[egress]]\nname = "wan1"\ninterface = "h1"\n{addresses[0]}priority = 1\n'
+            f'[[egress]]\nname = "wan2"\ninterface = "h2"\n{addresses[1]}priority = 2\n')
+
+
+# Two gateways ---------------------------------------------------------------------------------------
+
+LAN_A, LAN_B = "192.168.50.1", "192.168.50.2"
+
+
+class TwoGateways:
+    """The stage above; `internet` and `ipv6` as `TwoWan` has them, for the CN and the capture.
+    With ``ipv6=True`` the WANs and the CN are dual-stack (the home LAN stays IPv4): gwA has
+    2001:db8:1::2 on a1, gwB 2001:db8:2::2 on b2, the CN 2001:db8:100::1."""
+
+    def __init__(self, ipv6: bool = False) -> None:
+        self.spaces: list[Namespace] = []
+        self.ipv6 = ipv6
+        try:
+            self._build()
+            if ipv6:
+                self._build6()
+        except BaseException:
+            self.delete()
+            raise
+
+    def _ns(self, name: str) -> Namespace:
+        ns = Namespace(name)
+        self.spaces.append(ns)
+        return ns
+
+    def _build(self) -> None:
+        self.gw_a, self.gw_b, self.wan1, self.wan2, self.internet = (
+            self._ns(name) for name in ("eg-gwa", "eg-gwb", "eg-wan1", "eg-wan2", "eg-inet"))
+        self.gw_a.veth(self.gw_b, f"{LAN_A}/24", f"{LAN_B}/24", "lan0", "lan0")
+        self.gw_a.veth(self.wan1, f"{HOME1}/24", "10.200.1.1/24", "a1", "w1h")
+        self.gw_b.veth(self.wan2, f"{HOME2}/24", "10.200.2.1/24", "b2", "w2h")
+        self.wan1.veth(self.internet, "10.200.11.1/24", "10.200.11.2/24", "w1i", "i1")
+        self.wan2.veth(self.internet, "10.200.12.1/24", "10.200.12.2/24", "w2i", "i2")
+        for wan, upstream in ((self.wan1, "10.200.11.2"), (self.wan2, "10.200.12.2")):
+            wan.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+            wan.run(["ip", "route", "add", "10.200.100.0/24", "via", upstream], check=True)
+        inet = self.internet
+        inet.run(["ip", "addr", "add", f"{CN}/32", "dev", "lo"], check=True)
+        inet.run(["ip", "route", "add", "10.200.1.0/24", "via", "10.200.11.1"], check=True)
+        inet.run(["ip", "route", "add", "10.200.2.0/24", "via", "10.200.12.1"], check=True)
+        self.gw_a.run(["ip", "route", "add", "default", "via", "10.200.1.1"], check=True)
+        self.gw_b.run(["ip", "route", "add", "default", "via", "10.200.2.1"], check=True)
+
+    def _build6(self) -> None:
+        def addr(ns: Namespace, address: str, dev: str) -> None:
+            ns.run(["ip", "-6", "addr", "add", address, "dev", dev, "nodad"], check=True)
+
+        addr(self.gw_a, f"{HOME1_6}/64", "a1")
+        addr(self.gw_b, f"{HOME2_6}/64", "b2")
+        addr(self.wan1, "2001:db8:1::1/64", "w1h")
+        addr(self.wan2, "2001:db8:2::1/64", "w2h")
+        addr(self.wan1, "2001:db8:11::1/64", "w1i")
+        addr(self.internet, "2001:db8:11::2/64", "i1")
+        addr(self.wan2, "2001:db8:12::1/64", "w2i")
+        addr(self.internet, "2001:db8:12::2/64", "i2")
+        for wan, upstream in ((self.wan1, "2001:db8:11::2"), (self.wan2, "2001:db8:12::2")):
+            wan.run(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], check=True)
+            wan.run(["ip", "-6", "route", "add", "2001:db8:100::/64", "via", upstream], check=True)
+        inet = self.internet
+        inet.run(["ip", "-6", "addr", "add", f"{CN6}/128", "dev", "lo"], check=True)
+        inet.run(["ip", "-6", "route", "add", "2001:db8:1::/64", "via", "2001:db8:11::1"], check=True)
+        inet.run(["ip", "-6", "route", "add", "2001:db8:2::/64", "via", "2001:db8:12::1"], check=True)
+        self.gw_a.run(["ip", "-6", "route", "add", "default", "via", "2001:db8:1::1"], check=True)
+        self.gw_b.run(["ip", "-6", "route", "add", "default", "via", "2001:db8:2::1"], check=True)
+
+    def delete(self) -> None:
+        for ns in reversed(self.spaces):
+            try:
+                ns.delete()
+            except Exception:
+                pass
+        self.spaces.clear()
+
+
+def gateway_egress(name: str, interface: str, share: str, address: str = "") -> str:
+    fixed = f'address = "{address}"\n' if address else ""
+    return f'hold_down = 1.0\n{share}[[egress]]\nname = "{name}"\ninterface = "{interface}"\n{fixed}'
+
+
+class Gateways:
+    """The two-gateway stage at work: the CN, the DA on B's LAN address, B relaying for the home,
+    A (``[share] peers``) following B; the capture at the CN."""
+
+    def __init__(self, directory: Path, ipv6: bool = False) -> None:
+        self.net = TwoGateways(ipv6)
+        self.capture = self.cn = self.a = self.b = self.da = self.log = None
+        try:
+            self.capture = CaptureAtCN(self.net)  # type: ignore[arg-type]
+            self.cn = Correspondent(self.net, directory, host=CN6 if ipv6 else CN)  # type: ignore[arg-type]
+            (directory / "slpda.toml").write_text(f'[state]\nfile = "{directory / "slpda.json"}"\n')
+            self.log = open(directory / "slpda.log", "wb")  # closed in close()
+            self.da = self.net.gw_b.popen([sys.executable, "-m", "sipmob.slpda", "--config",
+                                           str(directory / "slpda.toml"), "--listen", f"{LAN_B}:4270"],
+                                          env=ENV, stdout=self.log, stderr=subprocess.STDOUT)
+            time.sleep(0.5)
+            self.b = HomePhone(self.net, directory / "b", gateway_egress(  # type: ignore[arg-type]
+                "wan2", "b2", '[share]\nallow = ["192.168.50.0/24"]\nrelays = 8\n', HOME2_6 if ipv6 else ""),
+                da=f"{LAN_B}:4270",
+                ns=self.net.gw_b, address=LAN_B)
+            peers = gateway_egress("wan1", "a1", "[share]\npeers = true\n", HOME1_6 if ipv6 else "")
+            self.a = HomePhone(self.net, directory / "a", peers,  # type: ignore[arg-type]
+                               da=f"{LAN_B}:4270", ns=self.net.gw_a, address=LAN_A)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for phone in (self.a, self.b):
+            if phone is not None:
+                phone.stop()
+        if self.da is not None:
+            terminate(self.da, 5)
+        if self.log is not None:
+            self.log.close()
+        if self.cn is not None:
+            self.cn.stop()
+        if self.capture is not None:
+            self.capture.close()
+        self.net.delete()

@@ -83,6 +83,10 @@ class FakeSubscription:
 
         self.notified: list[tuple[str, bytes, str | None]] = []
         self.terminated: defer.Deferred[str] = defer.Deferred()
+        self.refresh_handler: Any = None
+
+    def on_refresh(self, handler: Any) -> None:
+        self.refresh_handler = handler
 
     def notify(self, state: str, body: bytes = b"", content_type: str | None = None) -> Any:
         from twisted.internet import defer

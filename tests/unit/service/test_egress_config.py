@@ -20,7 +20,8 @@ def test_shipped_file_is_valid_and_says_the_defaults() -> None:
 def test_shipped_file_mentions_every_key() -> None:
     text = (ROOT / "etc/sipmob/egress.toml").read_text()
     for key in ("policy", "sticky", "hold_down", "interval", "down_after", "target", "name", "interface",
-                "address", "priority", "cost", "probe", "allow", "max_subscribers", "max_expires"):
+                "address", "priority", "cost", "probe", "allow", "max_subscribers", "max_expires",
+                "relays", "peers"):
         assert f"#{key} = " in text
 
 

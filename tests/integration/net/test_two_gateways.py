@@ -1,0 +1,100 @@
+"""Two gateways, each with its own WAN: when all of gateway A's links are down, A's call continues
+through gateway B's egress (SIP-NEMO §3.2, §4.2, §4.5).
+
+    gwA (sipmob phone, the call) --a1-- wan1 --+
+      | home LAN 192.168.50.0/24                internet (the CN, baresip, 10.200.100.1)
+    gwB (sipmob phone, relays)   --b2-- wan2 --+
+
+B advertises ``service:sip-egress`` in the DA (sipmob-slpda, on B's LAN address) and relays for the
+home's network; A finds B there, SUBSCRIBEs to its Egress List, and when its only link goes down
+asks B for relays and re-INVITEs the CN from B's WAN address. The capture at the CN says where the
+re-INVITE and the RTP come from. Needs root (namespaces), baresip and the slpda.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.integration.net.twowan import HOME1, HOME1_6, HOME2, HOME2_6, LAN_B, Gateways, until
+from tests.peers.baresip import BARESIP
+from tests.peers.netns import available
+
+pytestmark = [pytest.mark.peer,
+              pytest.mark.skipif(BARESIP is None, reason="baresip is not installed (apt baresip-core)"),
+              pytest.mark.skipif(not available(), reason="needs network namespaces (root)")]
+
+
+@pytest.fixture
+def stage(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    gateways = Gateways(tmp_path)
+    try:
+        yield {"net": gateways.net, "cn": gateways.cn, "a": gateways.a, "b": gateways.b,
+               "capture": gateways.capture}
+    finally:
+        gateways.close()
+
+
+def test_all_links_of_a_down_the_call_continues_through_b(stage: dict[str, Any]) -> None:
+    net, cn, a, capture = stage["net"], stage["cn"], stage["a"], stage["capture"]
+    assert "established" in a.command("call", uri=cn.uri), a.output()
+    assert until(lambda: capture.rtp_from(HOME1), 5), a.output()
+    t0 = time.monotonic()
+    net.gw_a.set_link("a1", False)
+    assert until(lambda: capture.rtp_from(HOME2, t0), 5), f"{a.output()}\n{stage['b'].output()}"
+    assert until(lambda: capture.sip_from(HOME2, t0, "INVITE"), 5), "no re-INVITE from B's WAN address"
+    later = time.monotonic()
+    before = a.received()
+    assert until(lambda: a.received() > before + 25, 5), \
+        f"the CN's RTP does not reach A\n{a.output()}\n{stage['b'].output()}\n{a.command('calls')}"
+    assert not capture.rtp_from(HOME1, later)
+    calls = a.command("calls")
+    assert len(calls) == 1 and calls[0]["state"] == "confirmed", calls
+    listing = a.command("egress")
+    # A found B in SLP and follows its Egress List
+    assert [(p["gateway"], p["egresses"][0]["on"]) for p in listing["peers"]] == [
+        (f"sip:mn@{LAN_B}:5060", True)], listing
+    assert "1" in listing["relayed"] and listing["relayed"]["1"].startswith(HOME2), listing
+
+
+def test_when_a_link_of_a_returns_the_call_comes_back_and_the_relays_go(stage: dict[str, Any]) -> None:
+    net, cn, a, b, capture = stage["net"], stage["cn"], stage["a"], stage["b"], stage["capture"]
+    assert "established" in a.command("call", uri=cn.uri), a.output()
+    t0 = time.monotonic()
+    net.gw_a.set_link("a1", False)
+    assert until(lambda: capture.rtp_from(HOME2, t0), 5), a.output()
+    t1 = time.monotonic()
+    net.gw_a.set_link("a1", True)
+    net.gw_a.run(["ip", "route", "replace", "default", "via", "10.200.1.1"], check=True)
+    assert until(lambda: capture.rtp_from(HOME1, t1), 10), a.output()  # after wan1's hold-down of 1 s
+    assert until(lambda: capture.sip_from(HOME1, t1, "INVITE"), 5), "no re-INVITE from A's own address"
+    before = a.received()
+    assert until(lambda: a.received() > before + 25, 5), f"the CN's RTP does not follow\n{a.output()}"
+    later = time.monotonic()
+    assert until(lambda: len(capture.rtp_from(HOME1, later)) > 25, 5)
+    assert not capture.rtp_from(HOME2, later + 0.5)
+    # the relays are given back
+    assert until(lambda: not a.command("egress")["relayed"], 10), a.command("egress")
+    assert until(lambda: "relay for 192.168.50.1 closed" in b.output(), 10), b.output()
+
+
+def test_over_ipv6_wans_the_call_continues_through_b(tmp_path: Path) -> None:
+    """The WANs and the CN over IPv6 (the home LAN in IPv4): the relays' outside ends are IPv6."""
+    gateways = Gateways(tmp_path, ipv6=True)
+    try:
+        net, cn, a, capture = gateways.net, gateways.cn, gateways.a, gateways.capture
+        assert a is not None and cn is not None and capture is not None
+        assert "established" in a.command("call", uri=cn.uri), a.output()
+        assert until(lambda: capture.rtp_from(HOME1_6), 5), a.output()
+        t0 = time.monotonic()
+        net.gw_a.set_link("a1", False)
+        assert until(lambda: capture.rtp_from(HOME2_6, t0), 5), a.output()
+        assert until(lambda: capture.sip_from(HOME2_6, t0, "INVITE"), 5), a.output()
+        before = a.received()
+        assert until(lambda: a.received() > before + 25, 5), f"the CN's RTP does not reach A\n{a.output()}"
+        assert a.command("egress")["relayed"]["1"].startswith(HOME2_6)
+    finally:
+        gateways.close()

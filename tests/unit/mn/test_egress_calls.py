@@ -1,0 +1,141 @@
+"""`PhoneEgress` per call, without sockets: new calls spread by the policy and bound to their
+egress's address, and a failed egress moves only its own calls (and the phone's SIP only if it was
+there)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+
+from sipmob.mn.egress import PhoneEgress
+from sipmob.sdp import parse
+from sipmob.service.config import parse_config
+from sipmob.service.egress_config import EgressConfig
+from sipmob.sip.transport import Address
+
+WAN1, WAN2 = "10.1.0.2", "10.2.0.2"
+
+
+class FakeUA:
+    def __init__(self) -> None:
+        self.contact = type("C", (), {"host": WAN1})()
+        self.bound: dict[str, Address | None] = {}
+        self.moved_to: list[str] = []
+
+    def local_address(self, host: str) -> Address:
+        return Address(host, 5060, "udp")
+
+    def bind_call(self, call_id: str, local: Address | None) -> None:
+        self.bound[call_id] = local
+
+    def move_to(self, host: str) -> Address:
+        self.moved_to.append(host)
+        self.contact.host = host
+        return Address(host, 5060, "udp")
+
+
+class FakeCall:
+    def __init__(self, cid: str) -> None:
+        self.call_id = f"sip-{cid}"
+
+
+class FakeOA:
+    def __init__(self, address: str) -> None:
+        self.local = parse(f"v=0\r\no=sipmob 1 1 IN IP4 {address}\r\ns=-\r\nc=IN IP4 {address}\r\n"
+                           "t=0 0\r\nm=audio 4000 RTP/AVP 0\r\n")
+
+
+class FakePC:
+    def __init__(self, cid: str, address: str) -> None:
+        self.id = cid
+        self.peer = "sip:cn@192.0.2.1"
+        self.call = FakeCall(cid)
+        self.oa = FakeOA(address)
+
+
+class FakePhone:
+    def __init__(self) -> None:
+        self.reactor = Clock()
+        self.ua = FakeUA()
+        self.address = WAN1
+        self.calls: dict[str, Any] = {}
+
+
+@pytest.fixture
+def egress(monkeypatch: pytest.MonkeyPatch) -> tuple[PhoneEgress, FakePhone, list[tuple[str, str]]]:
+    config = parse_config(EgressConfig, {"policy": "least_load",
+                                         "egress": [{"name": "wan1", "interface": "eth1", "priority": 1},
+                                                    {"name": "wan2", "interface": "eth2", "priority": 2}]})
+    phone = FakePhone()
+    pe = PhoneEgress(phone, config)  # type: ignore[arg-type]
+    pe.monitor.watcher = None  # the kernel's news come from the test
+    reinvited: list[tuple[str, str]] = []
+    monkeypatch.setattr(pe, "_reinvite", lambda pc, address, *_a: reinvited.append((pc.id, address)))
+    for name, address in (("eth1", WAN1), ("eth2", WAN2)):
+        pe.monitor._link(name, True)
+        pe.monitor._address(name, address, True)
+    pe.start()
+    return pe, phone, reinvited
+
+
+def place(pe: PhoneEgress, phone: FakePhone, cid: str) -> FakePC:
+    route = pe.route()
+    pc = FakePC(cid, route.address)
+    pe.route_done(route)
+    phone.calls[cid] = pc
+    pe.call_added(pc)  # type: ignore[arg-type]
+    return pc
+
+
+def test_new_calls_spread_over_the_egresses_and_are_bound_there(egress: Any) -> None:
+    pe, phone, _ = egress
+    first, second = pe.route(), pe.route()  # both INVITEs out at once: counted while they are
+    assert (first.egress, first.local, second.egress, second.local) == (
+        "wan1", Address(WAN1, 5060, "udp"), "wan2", Address(WAN2, 5060, "udp"))
+    pe.route_done(first)
+    pe.route_done(second)
+    place(pe, phone, "1")
+    place(pe, phone, "2")
+    assert phone.ua.bound == {"sip-1": Address(WAN1, 5060, "udp"), "sip-2": Address(WAN2, 5060, "udp")}
+    assert {r["name"]: r["calls"] for r in pe.rows()["egresses"]} == {"wan1": ["1"], "wan2": ["2"]}
+    assert pe.egress == "wan1"
+
+
+def test_a_failed_egress_moves_only_its_calls_and_the_phones_sip_stays(egress: Any) -> None:
+    pe, phone, reinvited = egress
+    place(pe, phone, "1")
+    place(pe, phone, "2")
+    pe.monitor._link("eth2", False)
+    assert reinvited == [("2", WAN1)]
+    assert phone.ua.bound["sip-2"] == Address(WAN1, 5060, "udp")
+    assert phone.ua.bound["sip-1"] == Address(WAN1, 5060, "udp") and phone.ua.moved_to == []
+    assert {r["name"]: r["calls"] for r in pe.rows()["egresses"]} == {"wan1": ["1", "2"], "wan2": []}
+
+
+def test_when_the_sip_egress_fails_sip_moves_with_its_calls(egress: Any) -> None:
+    pe, phone, reinvited = egress
+    place(pe, phone, "1")
+    place(pe, phone, "2")
+    pe.monitor._link("eth1", False)
+    assert reinvited == [("1", WAN2)] and phone.ua.moved_to == [WAN2] and pe.egress == "wan2"
+
+
+def test_an_address_change_moves_the_calls_on_that_egress(egress: Any) -> None:
+    pe, phone, reinvited = egress
+    place(pe, phone, "1")
+    place(pe, phone, "2")
+    pe.monitor._address("eth2", "10.2.0.3", True)
+    pe.monitor._address("eth2", WAN2, False)
+    assert reinvited == [("2", "10.2.0.3")] and phone.ua.moved_to == []
+    assert phone.ua.bound["sip-2"] == Address("10.2.0.3", 5060, "udp")
+
+
+def test_an_ended_call_is_unbound_and_uncounted(egress: Any) -> None:
+    pe, phone, _ = egress
+    pc = place(pe, phone, "1")
+    del phone.calls["1"]
+    pe.call_ended(pc)
+    assert phone.ua.bound["sip-1"] is None
+    assert [r["sessions"] for r in pe.monitor.rows()] == [0, 0]
