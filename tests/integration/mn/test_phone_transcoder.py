@@ -1,0 +1,273 @@
+"""``sipmob transfer`` through `sipmob-transcoder` when the CN and the device share no codec.
+
+Every party is a real process on loopback: the phone, the DA (`sipmob-slpda`), the transcoder
+(registered in the DA, found by the phone), baresip as the CN speaking Opus (and PCMA, the phone's
+own codec: the phone speaks G.711 only, so an Opus-only CN could not call it at all) and baresip
+as a desk phone speaking PCMU only (or G.722 only). Evidence that audio is converted both ways
+comes from what each baresip decodes: the CN sends baresip's 440 Hz sine, the desk phone a 1 kHz
+WAV; each recording must peak at the other's frequency, loud and clean (SNR), which it can only do
+if Opus was decoded and re-encoded as G.711 or G.722 and back. tshark decodes the SIP and SDP of
+the whole exchange without a malformed packet.
+
+Also: the transcoder is released (BYE) by a retrieval and by a move to a device that shares a
+codec with the CN; no transcoder, a full one (503) and one that is gone give one clear line and
+leave the call where it was; the CN's BYE and a hang-up end the transcoder's leg; a phone killed
+and restarted takes the leg back and ends it on hang-up.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.integration.transcoder.test_transcoder import OpusBaresip, analyse, dec_wav, write_tone_wav
+from tests.integration.transcoder.transcoder_process import Transcoder
+from tests.peers.baresip import BARESIP, Baresip
+from tests.peers.tshark import TSHARK, LiveCapture, malformed
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "slpda"), str(Path(__file__).resolve().parent)]
+from phone_process import Phone, until  # noqa: E402
+from slpda_process import HOST, Slpda  # noqa: E402
+
+pytestmark = [pytest.mark.peer,
+              pytest.mark.skipif(BARESIP is None, reason="baresip is not installed (apt baresip-core)")]
+
+# baresip's audio_codecs names a codec by its name and sampling rate; one it does not match (plain
+# "G722" or "opus") leaves the list empty and baresip then offers every codec it has.
+DESK_CODECS = {"PCMU": ("PCMU", 8000), "G722": ("G722/16000", 16000)}
+CN_CODECS = "opus/48000/2,PCMA"
+
+
+class Home:
+    """The DA, the phone, the CN and the devices; the transcoder started on demand."""
+
+    def __init__(self, directory: Path, desk_codec: str = "PCMU") -> None:
+        self.dir = directory
+        self.processes: list[Any] = []
+        (directory / "da").mkdir()
+        self.da = Slpda(directory / "da").start()
+        self.processes.append(self.da)
+        self.transcoder: Transcoder | None = None
+        codec, rate = DESK_CODECS[desk_codec]
+        wav = write_tone_wav(directory / "1k.wav", 1000.0, rate=rate)
+        self.cn = OpusBaresip(directory, user="cn", codecs=CN_CODECS, record_dir=directory / "cn-rec")
+        self.processes.append(self.cn)
+        self.desk = Baresip(directory, user="desk", codecs=codec, audio=wav,
+                            record_dir=directory / "desk-rec")
+        self.processes.append(self.desk)
+        self.kitchen = Baresip(directory, user="kitchen", codecs="PCMA")
+        self.processes.append(self.kitchen)
+        with self.da.client() as slp:
+            slp.register(self.desk.uri, f"(name=Desk phone),(media=audio-sendrecv),"
+                                        f"(audio-codecs={desk_codec})")
+            slp.register(self.kitchen.uri, "(name=Kitchen),(media=audio-sendrecv),(audio-codecs=PCMA)")
+        self.phone = Phone(directory, f"{HOST}:{self.da.port}", auto_answer=True)
+
+    def start_transcoder(self, channels: int = 20) -> Transcoder:
+        (self.dir / "tx").mkdir(exist_ok=True)
+        self.transcoder = Transcoder(self.dir / "tx", channels=channels,
+                                     slp=f'das = ["{HOST}:{self.da.port}"]\nupdate_interval = 0.5')
+        self.transcoder.start()
+        with self.da.client() as slp:
+            def registered() -> bool:
+                reply = slp.udp(slp.srv_rqst("service:sip-transcoder"))
+                return bool(getattr(reply, "urls", ()))
+
+            assert until(registered, 10), self.transcoder.output()
+        return self.transcoder
+
+    def call(self) -> None:
+        done = self.phone.sipmob("call", self.cn.uri)
+        assert done.returncode == 0, done.stderr + self.phone.output()
+        assert until(lambda: self.phone.received() > 20), "no RTP from the CN"
+
+    def stop(self) -> None:
+        self.phone.stop()
+        if self.transcoder is not None:
+            self.transcoder.stop()
+        for process in reversed(self.processes):
+            process.stop()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[Home]:
+    h = Home(tmp_path)
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+def hears(directory: Path, freq: float) -> bool:
+    path = dec_wav(directory)
+    if path is None:
+        return False
+    peak, rms, _ = analyse(path, freq)
+    return abs(peak - freq) < 5 and rms > -30
+
+
+def check_audio_both_ways(h: Home) -> str:
+    """The CN hears the desk phone's 1 kHz, the desk phone the CN's 440 Hz, clean; the figures."""
+    assert until(lambda: hears(h.dir / "desk-rec", 440.0), 15), "the desk phone does not hear the CN"
+    # The CN's recording starts with the phone's own tone: wait for the desk's to fill its last 2 s.
+    assert until(lambda: hears(h.dir / "cn-rec", 1000.0), 15), "the CN does not hear the desk phone"
+    cn_wav, desk_wav = dec_wav(h.dir / "cn-rec"), dec_wav(h.dir / "desk-rec")
+    assert cn_wav is not None and desk_wav is not None
+    # The analysis looks at the last 2 s: once they hold nothing from before the move (the phase
+    # of the tone jumps where the transcoder's stream replaced the phone's), the figures are final.
+    until(lambda: analyse(cn_wav, 1000.0)[2] > 15 and analyse(desk_wav, 440.0)[2] > 15, 10)
+    time.sleep(2.5)  # two seconds wholly after the move, for the figures reported
+    peak_cn, rms_cn, snr_cn = analyse(cn_wav, 1000.0)
+    peak_desk, rms_desk, snr_desk = analyse(desk_wav, 440.0)
+    report = (f"CN heard {peak_cn:.0f} Hz {rms_cn:.1f} dBFS SNR {snr_cn:.1f} dB; "
+              f"desk heard {peak_desk:.0f} Hz {rms_desk:.1f} dBFS SNR {snr_desk:.1f} dB")
+    print(report)
+    # As in the transcoder's own test: a steady tone through Opus and G.711 keeps well over 15 dB;
+    # a frame lost or misplaced every second would put it under 10.
+    assert abs(peak_cn - 1000) < 5 and abs(peak_desk - 440) < 5, report
+    assert snr_cn > 15 and snr_desk > 15, report
+    assert rms_cn > -20 and rms_desk > -20, report
+    return report
+
+
+def transcoder_calls(t: Transcoder) -> tuple[int, int]:
+    """(calls started, calls ended) in the transcoder's log."""
+    out = t.output()
+    return len(re.findall(r"call \S+ from ", out)), len(re.findall(r"call \d+ ended", out))
+
+
+@pytest.mark.parametrize("desk_codec", ["PCMU", "G722"])
+def test_transfer_through_the_transcoder_converts_both_ways_and_retrieve_releases_it(
+        tmp_path: Path, desk_codec: str) -> None:
+    h = Home(tmp_path, desk_codec)
+    capture = None
+    try:
+        t = h.start_transcoder()
+        if TSHARK is not None:
+            capture = LiveCapture(tmp_path / "sip.pcap", f"udp and host 127.0.0.1 and (port {h.phone.port} "
+                                  f"or port {t.port})")
+        h.call()
+        done = h.phone.sipmob("transfer", "1", "--to", "desk-phone")
+        assert done.returncode == 0, done.stderr + h.phone.output() + t.output()
+        name = "PCMU" if desk_codec == "PCMU" else "G722"
+        assert done.stdout.strip() == f"call 1: audio on Desk phone via transcoder: PCMA <-> {name}"
+        listed = h.phone.sipmob("calls")
+        assert listed.returncode == 0
+        assert listed.stdout.strip().endswith(
+            f"confirmed  audio: Desk phone (PCMA/8000, via transcoder: PCMA <-> {name})"), listed.stdout
+        [call] = h.phone.calls()
+        assert call["sending"] is False and t.uri in call["devices"]
+        check_audio_both_ways(h)
+        # The CN sends to the transcoder now, not to us.
+        settled = h.phone.received()
+        time.sleep(1.0)
+        assert h.phone.received() - settled <= 2
+
+        start = len(h.desk.events)
+        done = h.phone.sipmob("retrieve", "1")
+        assert done.returncode == 0, done.stderr + h.phone.output()
+        assert done.stdout.strip() == "call 1: audio on this phone; transcoder released"
+        h.desk.wait_call_event("CALL_CLOSED", start=start)
+        assert until(lambda: transcoder_calls(t) == (1, 1), 5), t.output()
+        before = h.phone.received()
+        assert until(lambda: h.phone.received() > before + 20), "the CN's audio did not come back"
+        assert "via transcoder" not in h.phone.sipmob("calls").stdout
+        if capture is not None:
+            path = capture.stop()
+            capture = None
+            assert malformed(path, "sip") == "" and malformed(path, "sdp") == ""
+            from tests.peers.tshark import fields
+
+            invites = fields(path, f"sip.Method == INVITE && udp.dstport == {t.port}", "sdp.media")
+            assert invites, "no INVITE to the transcoder in the capture"
+            assert len(invites[0][0].split(",")) == 2  # "SDP A + SDP B"
+    finally:
+        if capture is not None:
+            capture.stop()
+        h.stop()
+
+
+def test_without_a_transcoder_the_transfer_is_refused_and_the_call_stays(home: Home) -> None:
+    home.call()
+    done = home.phone.sipmob("transfer", "1", "--to", "desk-phone")
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"sipmob: no common audio codec: {home.cn.uri} has ")
+    assert done.stderr.strip().endswith(
+        ", and no transcoder in the DA converts between PCMA and PCMU; the call stays as it was")
+    [call] = home.phone.calls()
+    assert call["streams"][0]["where"] == "this phone" and call["devices"] == []
+    before = home.phone.received()
+    assert until(lambda: home.phone.received() > before + 20)
+
+
+def test_a_full_transcoder_answers_503_and_the_call_stays(home: Home) -> None:
+    t = home.start_transcoder(channels=1)  # registered with a free channel, but a call needs two
+    home.call()
+    done = home.phone.sipmob("transfer", "1", "--to", "desk-phone")
+    assert done.returncode == 1, done.stdout
+    assert f"and the transcoder {t.uri} refused (503 Service Unavailable)" in done.stderr, done.stderr
+    assert done.stderr.strip().endswith("the call stays as it was")
+    [call] = home.phone.calls()
+    assert call["streams"][0]["where"] == "this phone" and call["devices"] == []
+    assert home.desk.calls() == []
+    before = home.phone.received()
+    assert until(lambda: home.phone.received() > before + 20)
+
+
+def test_a_transcoder_that_is_gone_is_reported_and_the_call_stays(home: Home) -> None:
+    t = home.start_transcoder()
+    assert t.proc is not None
+    t.proc.kill()  # a crash: still registered in the DA (until its lifetime ends), nobody answers
+    t.proc.wait(5)
+    home.call()
+    done = home.phone.sipmob("transfer", "1", "--to", "desk-phone")
+    assert done.returncode == 1, done.stdout
+    assert "refused (no answer in 2 s); the call stays as it was" in done.stderr, done.stderr
+    [call] = home.phone.calls()
+    assert call["streams"][0]["where"] == "this phone" and call["devices"] == []
+
+
+def test_a_move_to_a_device_sharing_a_codec_releases_the_transcoder(home: Home) -> None:
+    t = home.start_transcoder()
+    home.call()
+    assert home.phone.sipmob("transfer", "1", "--to", "desk-phone").returncode == 0
+    start = len(home.desk.events)
+    done = home.phone.sipmob("transfer", "1", "--to", "kitchen")
+    assert done.returncode == 0, done.stderr + home.phone.output()
+    assert done.stdout.strip() == "call 1: audio on Kitchen; transcoder released"
+    home.desk.wait_call_event("CALL_CLOSED", start=start)
+    assert until(lambda: transcoder_calls(t) == (1, 1), 5), t.output()
+    [call] = home.phone.calls()
+    assert call["devices"] == [home.kitchen.uri]
+    assert call["streams"][0]["codec"] == "PCMA/8000"
+
+
+def test_the_cn_hanging_up_ends_the_transcoder_leg(home: Home) -> None:
+    t = home.start_transcoder()
+    home.call()
+    assert home.phone.sipmob("transfer", "1", "--to", "desk-phone").returncode == 0
+    start = len(home.desk.events)
+    home.cn.hangup()
+    home.desk.wait_call_event("CALL_CLOSED", start=start)
+    assert until(lambda: transcoder_calls(t) == (1, 1), 5), t.output()
+    assert until(lambda: home.phone.calls() == [])
+
+
+def test_a_restarted_phone_takes_the_transcoder_leg_back_and_hangup_ends_it(home: Home) -> None:
+    t = home.start_transcoder()
+    home.call()
+    assert home.phone.sipmob("transfer", "1", "--to", "desk-phone").returncode == 0
+    home.phone.kill()
+    home.phone.restart()
+    listed = home.phone.sipmob("calls")
+    assert "via transcoder: PCMA <-> PCMU" in listed.stdout, listed.stdout + home.phone.output()
+    start = len(home.desk.events)
+    done = home.phone.sipmob("hangup", "1")
+    assert done.returncode == 0, done.stderr
+    home.desk.wait_call_event("CALL_CLOSED", start=start)
+    assert until(lambda: transcoder_calls(t) == (1, 1), 5), t.output()
