@@ -914,23 +914,30 @@ class Phone:
             return None
 
     @defer.inlineCallbacks
-    def _run(self, pc: PhoneCall, make_plan: Any, moved: Any = None) -> Any:
-        """Plan and carry out one action; ``moved(state)`` gives the m-lines it moves, when a stream
-        without a common codec may go through a transcoder instead of being refused."""
+    def _run(self, pc: PhoneCall, make_plan: Any, moved: Any = None, then: Any = None) -> Any:
+        """Plan and carry out one action. When a stream has no codec in common with its device,
+        ``moved(state)`` (the m-lines the action moves) lets it go through a transcoder instead of
+        being refused, and ``then(state, caps)`` plans the rest of the action once it has (a split
+        whose audio needed one); without ``then`` the transcoder's move is the whole action."""
         pc.busy = True
         try:
             caps = yield self._cn_capabilities(pc)
-            state = pc.state()
-            if pc.transcoder is not None and pc.transcoder.index < len(state.cn_sdp.media):
-                # The CN's description names the transcoder's codec only: offer devices all it takes.
-                state = dataclasses.replace(state, cn_sdp=widen(state.cn_sdp, pc.transcoder.index, caps))
+            state = self._state_for_planning(pc, caps)
+            prefix = ""
             try:
                 plan: Plan = make_plan(state, caps)
             except NoCommonCodec as gap:
                 if moved is None:
                     raise CommandError(str(gap)) from None
-                message = yield self.transcoding.transfer(pc, gap, caps, moved(state))
-                return message
+                action = "split" if then is not None else "transfer"
+                message = yield self.transcoding.transfer(pc, gap, caps, moved(state, gap), action)
+                if then is None:
+                    return message
+                prefix = message + "; "
+                try:
+                    plan = then(self._state_for_planning(pc, caps), caps)
+                except PlanError as exc:
+                    raise CommandError(f"{message}; but {exc}") from None
             except PlanError as exc:
                 raise CommandError(str(exc)) from None
             pc.names.update(plan.call.names)
@@ -941,13 +948,23 @@ class Phone:
             pc.busy = False
         log.info("%s", outcome.message)
         if not outcome.ok:
-            raise CommandError(outcome.message)
+            raise CommandError(prefix + outcome.message)
         pc.layout = outcome.layout
         pc.device_sdps = dict(outcome.device_sdps)
         pc.cn_sdp = outcome.cn_sdp
         released = self.transcoding.release(pc)
         self.persist(pc)
+        if prefix:  # the plan's summary says where every stream is now, the transcoder's included
+            return outcome.message + f" (audio via transcoder: {pc.transcoder.summary})" \
+                if pc.transcoder is not None else outcome.message
         return outcome.message + released
+
+    def _state_for_planning(self, pc: PhoneCall, caps: SessionDescription | None) -> CallState:
+        state = pc.state()
+        if pc.transcoder is not None and pc.transcoder.index < len(state.cn_sdp.media):
+            # The CN's description names the transcoder's codec only: offer devices all it takes.
+            state = dataclasses.replace(state, cn_sdp=widen(state.cn_sdp, pc.transcoder.index, caps))
+        return state
 
     @defer.inlineCallbacks
     def transfer(self, args: Mapping[str, Any]) -> Any:
@@ -963,7 +980,8 @@ class Phone:
         media: MediaChoice = args.get("media", "all")
         grace = self.config.calls.grace_period
         result = yield self._run(pc, lambda state, caps: plan_transfer(
-            state, devices, media, grace=grace, cn_capabilities=caps), lambda state: _moved(state, media))
+            state, devices, media, grace=grace, cn_capabilities=caps),
+            lambda state, gap: _moved(state, media))
         return result
 
     @defer.inlineCallbacks
@@ -973,9 +991,12 @@ class Phone:
         names += [str(args["audio"])] if args.get("audio") else []
         found = yield self._devices(names)
         grace = self.config.calls.grace_period
+        # Audio to a device sharing no codec with the CN: through a transcoder first, then the video.
         result = yield self._run(pc, lambda state, caps: plan_split(
             state, found[0], found[1], found[2] if len(found) > 2 else None, grace=grace,
-            cn_capabilities=caps))
+            cn_capabilities=caps), lambda state, gap: [gap.index] if gap.media == "audio" else [],
+            lambda state, caps: plan_split(state, found[0], found[1], None, grace=grace,
+                                           cn_capabilities=caps))
         return result
 
     def retrieve(self, args: Mapping[str, Any]) -> Any:
