@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,8 +51,9 @@ def show(text: str) -> None:
 
 
 def tone_wav(path: Path, freq: float, rate: int, seconds: float = 60.0) -> Path:
-    import numpy as np
     import wave
+
+    import numpy as np
 
     samples = (0.3 * 32767 * np.sin(2 * np.pi * freq * np.arange(int(rate * seconds)) / rate)).astype("<i2")
     with wave.open(str(path), "wb") as wav:
@@ -66,8 +66,9 @@ def tone_wav(path: Path, freq: float, rate: int, seconds: float = 60.0) -> Path:
 
 def heard(directory: Path) -> str:
     """The loudest frequency in the last second a baresip decoded, and its level."""
-    import numpy as np
     import struct
+
+    import numpy as np
 
     found = sorted(directory.glob("*-dec.wav"))
     if not found:
@@ -95,7 +96,8 @@ def sipmob(phone: Phone, *args: str) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--desk", choices=sorted(DESKS), default="pcmu", help="the desk phone's only codec")
     args = parser.parse_args()
     baresip_codec, slp_codec, rate = DESKS[args.desk]
@@ -147,8 +149,9 @@ def main() -> int:
         show(sipmob(phone, "calls"))
         [call] = json.loads(sipmob(phone, "calls", "--json"))
         show(f"the call's legs: the remote party, {', '.join(call['devices'])}")
-        show("the transcoder says: " + next((line.split(": ", 1)[1] for line in transcoder.output().splitlines()
-                                            if " updated: " in line), "?"))
+        said = transcoder.output().splitlines()
+        show("the transcoder says: " + next((line.split(": ", 1)[1] for line in said if " updated: " in line),
+                                            "?"))
 
         step("What each side hears (what baresip decoded in the last second)")
         time.sleep(3.0)
