@@ -56,6 +56,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--grace", type=float, default=0.5)
+    parser.add_argument("--keep", action="store_true", help="on a round without converted packets, copy "
+                        "the logs and the capture to a directory of their own")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
@@ -103,15 +105,25 @@ def main() -> None:
                           "-T", "fields", "-e", "frame.time_epoch").split()
             times = sorted(float(t) for t in rows)
             firsts: list[float] = []
+            missing: list[int] = []
             for i, t0 in enumerate(starts):
                 end = starts[i + 1] if i + 1 < len(starts) else float("inf")
                 first = next((t for t in times if t0 < t < end), None)
                 if first is not None:
                     firsts.append(first - t0)
+                else:
+                    missing.append(i + 1)
             print(f"transfer through sipmob-transcoder (PCMA <-> PCMU), {args.rounds} rounds, "
                   f"grace {args.grace:g} s, loopback")
             if len(firsts) < len(starts):
-                print(f"  ({len(starts) - len(firsts)} rounds without a converted packet at the device)")
+                print(f"  rounds {missing} had no converted packet at the device (see the transcoder's log: "
+                      f"{transcoder.log_path})")
+                if args.keep:
+                    import shutil
+
+                    kept = Path(tempfile.mkdtemp(prefix="bench-transcoder-"))
+                    shutil.copytree(d, kept, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.sock"))
+                    print(f"  logs and capture copied to {kept}")
             if firsts:
                 figures("command -> CN's first converted RTP at device", firsts)
             figures("transfer: command -> reply", replies)
