@@ -56,6 +56,13 @@ _EVENT_PT = 101
 _NAMES = {"opus": "Opus", "l16": "L16"}
 
 
+class _NoMap:
+    encoding = ""
+
+
+_NO_MAP = _NoMap()
+
+
 class TranscodingFailed(Exception):
     """No transcoder could be had, or it refused; the message is for the user."""
 
@@ -128,6 +135,22 @@ def party(answer: SessionDescription, index: int) -> SessionDescription:
     origin = answer.origin
     return parse("\r\n".join(["v=0", f"o=sipmob {origin.sess_id} 1 {origin.nettype} {origin.addrtype} "
                               f"{origin.address}", "s=-", "t=0 0", *section(answer, index)]) + "\r\n")
+
+
+def shaped(side: SessionDescription, template: SessionDescription, index: int) -> SessionDescription:
+    """A one-line description (the transcoder's side for the CN) in the CN's m-line order: line
+    ``index`` is it, every other line of ``template`` is disabled (port 0), as a device's answer is."""
+    media = side.media[0].with_connection(side.media[0].connection or side.connection)
+    out = template
+    for i, m in enumerate(template.media):
+        out = out.with_media(i, media if i == index else m.with_port(0))
+    return out.with_origin(side.origin)
+
+
+def prefer(media: MediaDescription, codec: str) -> MediaDescription:
+    """``media`` with the payload types of ``codec`` first: the transcoder takes the first it converts."""
+    first = [f for f in media.formats if (media.rtpmap(int(f)) or _NO_MAP).encoding.lower() == codec.lower()]
+    return dataclasses.replace(media, formats=(*first, *(f for f in media.formats if f not in first)))
 
 
 def codec_of(sdp: SessionDescription, index: int) -> str:
@@ -279,7 +302,7 @@ class Transcoding:
         parts: list[tuple[int, SessionDescription, int]] = []
         for i, location in enumerate(pc.layout):
             if i == index:
-                parts.append((i, ta, 0))
+                parts.append((i, shaped(ta, pc.cn_sdp, index), i))
             elif isinstance(location, DuplexSplit):
                 parts += [(i, pc.device_sdps[location.output_device], i),
                           (i, pc.device_sdps[location.input_device], i)]
@@ -304,7 +327,7 @@ class Transcoding:
         layout = list(pc.layout)
         layout[leg.index] = leg.device
         pc.layout = tuple(layout)
-        pc.device_sdps[leg.device] = ta
+        pc.device_sdps[leg.device] = shaped(ta, pc.cn_sdp, leg.index)  # what the CN is told
         pc.transcoder = leg
         self.phone.persist(pc)
         if old == MOBILE_NODE:
@@ -316,6 +339,20 @@ class Transcoding:
         if old_leg is not None:
             yield _quietly(control.bye_device(old_leg.url))
         self.phone.persist(pc)
+
+    @defer.inlineCallbacks
+    def reoffer(self, pc: PhoneCall, part: SessionDescription) -> Any:
+        """The CN re-offered (a refresh, a new address): the transcoder, not the device, is told,
+        and its side for the CN, in the CN's m-line order, is the device's part of the answer."""
+        from sipmob.mn.phone import _CallControl
+
+        leg = pc.transcoder
+        assert leg is not None
+        device = parse(pc.device_calls[leg.device].remote_sdp or b"")
+        cn = part.with_media(leg.index, prefer(part.media[leg.index], leg.cn_codec))
+        update = invocation(section(cn, leg.index), section(device, 0), self.phone.address)
+        tx = yield _CallControl(self.phone, pc).reinvite_device(leg.url, update)
+        return shaped(party(tx, 0), part, leg.index)
 
     def release(self, pc: PhoneCall) -> str:
         """After a plan that needed no transcoder: BYE the one whose device no longer has the audio."""

@@ -192,6 +192,22 @@ def test_transfer_through_the_transcoder_converts_both_ways_and_retrieve_release
         h.stop()
 
 
+def test_a_refresh_reinvite_from_the_cn_is_answered_with_the_transcoders_side(home: Home) -> None:
+    """A re-INVITE from the CN that changes nothing (a refresh) is answered with what the CN was
+    told (the transcoder's address), not the desk phone's, and audio keeps flowing both ways."""
+    t = home.start_transcoder()
+    home.call()
+    assert home.phone.sipmob("transfer", "1", "--to", "desk-phone").returncode == 0
+    desk_events = len(home.desk.events)
+    home.cn.reinvite()
+    assert until(lambda: "re-offered; carried to no device" in home.phone.output(), 10), home.phone.output()
+    [port] = re.findall(r"re-offered; carried to no device; answered audio (\d+) ", home.phone.output())
+    assert t.rtp_low <= int(port) <= t.rtp_high  # the transcoder's port, not the desk phone's
+    assert t.output().count("call 1 updated") == 1
+    assert not any(e.get("type") == "CALL_CLOSED" for e in home.desk.events[desk_events:])
+    check_audio_both_ways(home)
+
+
 def test_without_a_transcoder_the_transfer_is_refused_and_the_call_stays(home: Home) -> None:
     home.call()
     done = home.phone.sipmob("transfer", "1", "--to", "desk-phone")
@@ -271,3 +287,58 @@ def test_a_restarted_phone_takes_the_transcoder_leg_back_and_hangup_ends_it(home
     assert done.returncode == 0, done.stderr
     home.desk.wait_call_event("CALL_CLOSED", start=start)
     assert until(lambda: transcoder_calls(t) == (1, 1), 5), t.output()
+
+
+def test_a_cn_moving_its_media_is_followed_by_the_transcoder_not_the_device(tmp_path: Path) -> None:
+    """PJSIP as the CN (G.711, no Opus here), an Opus-only baresip as the device: the call goes
+    through the transcoder as PCMU <-> Opus; then the CN re-INVITEs with a new RTP port (as after a
+    network change): the transcoder is re-INVITEd with it, the device is left alone, and the CN
+    gets converted audio at its new port."""
+    pytest.importorskip("pjsua2")
+    from tests.peers.pjsua import Pjsua
+    from tests.peers.ports import free_udp_port
+
+    (tmp_path / "da").mkdir()
+    (tmp_path / "tx").mkdir()
+    (tmp_path / "mn").mkdir()
+    started: list[Any] = []
+    try:
+        da = Slpda(tmp_path / "da").start()
+        started.append(da)
+        t = Transcoder(tmp_path / "tx", slp=f'das = ["{HOST}:{da.port}"]\nupdate_interval = 0.5')
+        t.start()
+        started.append(t)
+        cn = Pjsua(free_udp_port(), "cn", workdir=tmp_path / "cn")
+        started.append(cn)
+        speaker = OpusBaresip(tmp_path, user="speaker", codecs="opus/48000/2", record_dir=tmp_path / "sp-rec")
+        started.append(speaker)
+        with da.client() as slp:
+            slp.register(speaker.uri, "(name=Speaker),(media=audio-sendrecv),(audio-codecs=opus)")
+        phone = Phone(tmp_path / "mn", f"{HOST}:{da.port}", auto_answer=True)
+        started.append(phone)
+        assert phone.sipmob("call", cn.uri).returncode == 0
+        cn.wait_call_state("CONFIRMED", timeout=5)
+        call = int(cn.calls()[0]["id"])
+        done = phone.sipmob("transfer", "1", "--to", "speaker")
+        if done.returncode != 0 and "no common" not in done.stderr:
+            pytest.fail(done.stderr + phone.output())
+        if "via transcoder" not in done.stdout:
+            pytest.skip(f"this PJSIP shares a codec with an Opus-only device: {done.stdout}{done.stderr}")
+        assert done.stdout.strip().endswith("via transcoder: PCMU <-> Opus"), done.stdout
+        assert until(lambda: hears(tmp_path / "sp-rec", 440.0) or dec_wav(tmp_path / "sp-rec"), 10)
+        before = cn.stream(call)
+        speaker_events = len(speaker.events)
+        cn.reinvite_new_media(call)
+        assert until(lambda: t.output().count("call 1 updated") == 2, 10), t.output() + phone.output()
+        assert until(lambda: cn.stream(call)["local_rtp"] != before["local_rtp"], 5)
+        moved = cn.stream(call)
+        assert until(lambda: cn.stream(call)["rx_packets"] > moved["rx_packets"] + 50, 10), \
+            (moved, cn.stream(call), t.output())
+        port = int(str(moved["local_rtp"]).rsplit(":", 1)[1])
+        assert f"A ('127.0.0.1', {port})" in t.output()  # the transcoder sends to the CN's new port
+        assert not any(e.get("type") in ("CALL_CLOSED", "CALL_UPDATE")
+                       for e in speaker.events[speaker_events:])
+        assert "via transcoder: PCMU <-> Opus" in phone.sipmob("calls").stdout
+    finally:
+        for process in reversed(started):
+            process.stop()
