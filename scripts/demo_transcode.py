@@ -1,12 +1,14 @@
-"""The transcoder demo: a call moved to a desk phone that shares no codec with the remote party.
+"""The transcoder demo: a call moved to devices that share no codec with the remote party.
 
 Starts, on loopback with free ports and a temporary directory: the DA, `sipmob-transcoder`
-(registered in the DA as ``service:sip-transcoder``), `sipmob phone`, baresip as the remote party
-(Opus and PCMA: the phone itself speaks G.711, so the call runs on PCMA) sending a 440 Hz tone, and
-baresip as a desk phone that speaks PCMU only (or G.722 only, ``--desk g722``) playing a 1 kHz tone.
-`sipmob transfer` finds no common codec, finds the transcoder in the DA and moves the call through
-it; each side's codec is printed, and what each baresip decodes is checked for the other's tone.
-`sipmob retrieve` then brings the call back and releases the transcoder. Run:
+(registered in the DA as ``service:sip-transcoder``), `sipmob phone`, and baresip as the remote
+party (a provider trunk speaking PCMA only) sending a 440 Hz tone, as a desk phone that speaks PCMU
+only (or G.722 only, ``--desk g722``) playing a 1 kHz tone, and as a smart speaker that speaks Opus
+only. `sipmob transfer` finds no common codec, finds the transcoder in the DA and moves the call
+through it, to the desk phone and then to the speaker; each side's codec is printed, and what each
+baresip decodes is checked for the other's tone. `sipmob retrieve` then brings the call back and
+releases the transcoder. (The remote party cannot be the Opus-only one: the phone itself speaks
+G.711 only, so such a party could not call it in the first place.) Run:
 
     scripts/demo transcode [--desk pcmu|g722]
 """
@@ -117,17 +119,23 @@ def main() -> int:
         stop.append(transcoder.stop)
         show(f"{transcoder.uri}, RTP ports {transcoder.rtp_low}-{transcoder.rtp_high}")
 
-        step("Starting the remote party (Opus and PCMA) and a desk phone that speaks "
-             f"{slp_codec} only (both baresip)")
-        alice = OpusBaresip(work, user="alice", codecs="opus/48000/2,PCMA", record_dir=work / "alice-rec")
+        step(f"Starting the remote party (PCMA only), a desk phone ({slp_codec} only) and a smart speaker "
+             "(Opus only), all baresip")
+        alice = Baresip(work, user="alice", codecs="PCMA", record_dir=work / "alice-rec")
         stop.append(alice.stop)
+        speaker = OpusBaresip(work, user="speaker", codecs="opus/48000/2", record_dir=work / "speaker-rec",
+                              audio=tone_wav(work / "700.wav", 700.0, 48000))
+        stop.append(speaker.stop)
         desk = Baresip(work, user="desk", codecs=baresip_codec, audio=tone_wav(work / "1k.wav", 1000.0, rate),
                        record_dir=work / "desk-rec")
         stop.append(desk.stop)
-        show(f"{alice.uri}  the remote party, sends a 440 Hz tone\n{desk.uri}  the desk phone, sends 1 kHz")
+        show(f"{alice.uri}  the remote party, sends a 440 Hz tone\n{desk.uri}  the desk phone, sends 1 kHz\n"
+             f"{speaker.uri}  the speaker, sends 700 Hz")
         with da.client() as slp:
             slp.register(desk.uri, f"(name=Desk phone),(room=study),(media=audio-sendrecv),"
                                    f"(audio-codecs={slp_codec})")
+            slp.register(speaker.uri, "(name=Kitchen speaker),(room=kitchen),(media=audio-sendrecv),"
+                                      "(audio-codecs=opus)")
 
         step("Starting the mobile node (sipmob phone)")
         phone = Phone(work, f"{HOST}:{da.port}", auto_answer=True)
@@ -138,7 +146,7 @@ def main() -> int:
         until(lambda: phone.received() > 20, 10)
         show(sipmob(phone, "calls"))
 
-        step("The desk phone and the remote party share no codec:")
+        step("Neither device shares a codec with the remote party:")
         show(sipmob(phone, "devices"))
 
         step("Walking into the study: sipmob transfer 1 --to desk-phone")
@@ -158,12 +166,22 @@ def main() -> int:
         show(f"the desk phone hears {heard(work / 'desk-rec')} (the remote party's 440 Hz, as {slp_codec})")
         show(f"the remote party hears {heard(work / 'alice-rec')} (the desk phone's 1 kHz, as PCMA)")
 
-        step("Leaving the study: sipmob retrieve 1")
+        step("On to the kitchen: sipmob transfer 1 --to kitchen-speaker")
+        show(sipmob(phone, "transfer", "1", "--to", "kitchen-speaker"))
+        show(sipmob(phone, "calls"))
+        time.sleep(3.0)
+        show(f"the speaker hears {heard(work / 'speaker-rec')} (the remote party's 440 Hz, as Opus)")
+        show(f"the remote party hears {heard(work / 'alice-rec')} (the speaker's 700 Hz, as PCMA)")
+        show("the desk phone's leg and its transcoder call were released: "
+             + "; ".join(line.split(": ", 1)[1].split(":")[0] for line in transcoder.output().splitlines()
+                         if " ended " in line))
+
+        step("Leaving the kitchen: sipmob retrieve 1")
         show(sipmob(phone, "retrieve", "1"))
-        until(lambda: "ended" in transcoder.output(), 5)
-        show("the transcoder says: " + next((line.split(": ", 1)[1].split(":")[0]
-                                            for line in transcoder.output().splitlines()
-                                            if " ended " in line), "?"))
+        until(lambda: transcoder.output().count(" ended ") == 2, 5)
+        ended = [line.split(": ", 1)[1].split(":")[0] for line in transcoder.output().splitlines()
+                 if " ended " in line]
+        show("the transcoder says: " + ended[-1])
         show(sipmob(phone, "calls"))
         step("Done")
         return 0

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -253,6 +254,11 @@ class Transcoding:
             first = invocation(_null(cn_media), device_section(device.codecs("audio")), self.phone.address)
         except TranscodingFailed as exc:
             raise CommandError(f"{gap}, and {exc}; the call stays as it was") from None
+        if url in pc.device_calls:
+            # The same transcoder already carries this call's audio to the device it leaves: the
+            # new leg needs a key of its own until the old one is released (unknown URI
+            # parameters are ignored by the transcoder, RFC 3261 §19.1.1).
+            url = f"{url};leg={secrets.token_hex(4)}"
         control = _CallControl(self.phone, pc)
         timeout = self.phone.config.calls.device_timeout
         log.info("call %s: no common codec with %s; invoking the transcoder %s", pc.id, device.name, url)

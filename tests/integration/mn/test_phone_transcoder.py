@@ -263,6 +263,29 @@ def test_a_move_to_a_device_sharing_a_codec_releases_the_transcoder(home: Home) 
     assert call["streams"][0]["codec"] == "PCMA/8000"
 
 
+def test_a_move_between_two_devices_that_both_need_the_transcoder_replaces_its_leg(home: Home) -> None:
+    t = home.start_transcoder()
+    lounge = Baresip(home.dir, user="lounge", codecs="G722/16000", record_dir=home.dir / "lounge-rec")
+    home.processes.append(lounge)
+    with home.da.client() as slp:
+        slp.register(lounge.uri, "(name=Lounge),(media=audio-sendrecv),(audio-codecs=G722)")
+    home.call()
+    assert home.phone.sipmob("transfer", "1", "--to", "desk-phone").returncode == 0
+    start = len(home.desk.events)
+    done = home.phone.sipmob("transfer", "1", "--to", "lounge")
+    assert done.returncode == 0, done.stderr + home.phone.output()
+    assert done.stdout.strip() == "call 1: audio on Lounge via transcoder: PCMA <-> G722"
+    home.desk.wait_call_event("CALL_CLOSED", start=start)
+    assert until(lambda: transcoder_calls(t) == (2, 1), 5), t.output()
+    assert "call 1 ended" in t.output()  # the desk phone's, not the new one
+    [call] = home.phone.calls()
+    assert call["devices"][0] == lounge.uri and len(call["devices"]) == 2
+    assert until(lambda: hears(home.dir / "lounge-rec", 440.0), 15), "the lounge does not hear the CN"
+    done = home.phone.sipmob("retrieve", "1")
+    assert done.returncode == 0 and done.stdout.strip().endswith("transcoder released")
+    assert until(lambda: transcoder_calls(t) == (2, 2), 5), t.output()
+
+
 def test_the_cn_hanging_up_ends_the_transcoder_leg(home: Home) -> None:
     t = home.start_transcoder()
     home.call()
