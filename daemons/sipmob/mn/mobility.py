@@ -419,6 +419,11 @@ def _where(call: CallState, layout: Layout) -> str:
     return "; ".join(dict.fromkeys(said))
 
 
+def where(call: CallState) -> str:
+    """Where each stream of ``call`` is, in words ("audio on Desk phone; video on TV")."""
+    return _where(call, call.layout)
+
+
 def _check_free(call: CallState, devices: Iterable[str], moved: Sequence[int]) -> None:
     """A device already carrying a stream this plan does not move cannot take another one: that
     would need a re-INVITE of a live device whose failure we cannot undo."""

@@ -77,6 +77,7 @@ from sipmob.mn.mobility import (
     plan_retrieve,
     plan_split,
     plan_transfer,
+    where,
 )
 from sipmob.mn.policy import PhonePolicy
 from sipmob.mn.remote_offer import RemoteOffers, stream_status
@@ -914,49 +915,60 @@ class Phone:
             return None
 
     @defer.inlineCallbacks
-    def _run(self, pc: PhoneCall, make_plan: Any, moved: Any = None, then: Any = None) -> Any:
+    def _run(self, pc: PhoneCall, make_plan: Any, moved: Any = None, first: Any = None) -> Any:
         """Plan and carry out one action. When a stream has no codec in common with its device,
-        ``moved(state)`` (the m-lines the action moves) lets it go through a transcoder instead of
-        being refused, and ``then(state, caps)`` plans the rest of the action once it has (a split
-        whose audio needed one); without ``then`` the transcoder's move is the whole action."""
+        ``moved(state, gap)`` (the m-lines the action moves) lets it go through a transcoder instead
+        of being refused; ``first(state, caps)``, when given, plans the rest of the action, which is
+        carried out before the transcoder is invoked (a split whose audio needs one: the video
+        split is planned from the CN's description as it is now, before the CN is re-INVITEd)."""
         pc.busy = True
+        done = ""
         try:
             caps = yield self._cn_capabilities(pc)
             state = self._state_for_planning(pc, caps)
-            prefix = ""
             try:
                 plan: Plan = make_plan(state, caps)
             except NoCommonCodec as gap:
                 if moved is None:
                     raise CommandError(str(gap)) from None
-                action = "split" if then is not None else "transfer"
-                message = yield self.transcoding.transfer(pc, gap, caps, moved(state, gap), action)
-                if then is None:
-                    return message
-                prefix = message + "; "
+                indices = moved(state, gap)
+                if first is not None:
+                    try:
+                        rest = first(state, caps)
+                    except PlanError as exc:
+                        raise CommandError(str(exc)) from None
+                    done = yield self._carry_out(pc, rest)
                 try:
-                    plan = then(self._state_for_planning(pc, caps), caps)
-                except PlanError as exc:
-                    raise CommandError(f"{message}; but {exc}") from None
+                    message = yield self.transcoding.transfer(pc, gap, caps, indices,
+                                                              "split" if first is not None else "transfer")
+                except CommandError as exc:
+                    raise CommandError(f"{done}; but {exc}" if done else str(exc)) from None
+                if done:
+                    assert pc.transcoder is not None
+                    via = pc.transcoder.summary
+                    return f"call {pc.id}: {where(pc.state())} (audio via transcoder: {via})"
+                return message
             except PlanError as exc:
                 raise CommandError(str(exc)) from None
-            pc.names.update(plan.call.names)
-            log.info("call %s: %s %s", pc.id, plan.action, [type(s).__name__ for s in plan.steps])
-            outcome = yield execute(plan, _CallControl(self, pc), self.reactor,
-                                    device_timeout=self.config.calls.device_timeout)
+            message = yield self._carry_out(pc, plan)
+            return message
         finally:
             pc.busy = False
+
+    @defer.inlineCallbacks
+    def _carry_out(self, pc: PhoneCall, plan: Plan) -> Any:
+        pc.names.update(plan.call.names)
+        log.info("call %s: %s %s", pc.id, plan.action, [type(s).__name__ for s in plan.steps])
+        outcome = yield execute(plan, _CallControl(self, pc), self.reactor,
+                                device_timeout=self.config.calls.device_timeout)
         log.info("%s", outcome.message)
         if not outcome.ok:
-            raise CommandError(prefix + outcome.message)
+            raise CommandError(outcome.message)
         pc.layout = outcome.layout
         pc.device_sdps = dict(outcome.device_sdps)
         pc.cn_sdp = outcome.cn_sdp
         released = self.transcoding.release(pc)
         self.persist(pc)
-        if prefix:  # the plan's summary says where every stream is now, the transcoder's included
-            return outcome.message + f" (audio via transcoder: {pc.transcoder.summary})" \
-                if pc.transcoder is not None else outcome.message
         return outcome.message + released
 
     def _state_for_planning(self, pc: PhoneCall, caps: SessionDescription | None) -> CallState:
@@ -991,7 +1003,8 @@ class Phone:
         names += [str(args["audio"])] if args.get("audio") else []
         found = yield self._devices(names)
         grace = self.config.calls.grace_period
-        # Audio to a device sharing no codec with the CN: through a transcoder first, then the video.
+        # Audio to a device sharing no codec with the CN: the video split first, then the audio
+        # through a transcoder.
         result = yield self._run(pc, lambda state, caps: plan_split(
             state, found[0], found[1], found[2] if len(found) > 2 else None, grace=grace,
             cn_capabilities=caps), lambda state, gap: [gap.index] if gap.media == "audio" else [],

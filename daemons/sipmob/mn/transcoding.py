@@ -269,7 +269,11 @@ class Transcoding:
                                "the call stays as it was") from None
         undo: list[str] = [url]
         try:
-            ta, tb = party(tx, 0), party(tx, 1)
+            try:
+                ta, tb = party(tx, 0), party(tx, 1)
+            except (ValueError, IndexError) as exc:  # not the two lines of its convention
+                raise _Undo(f"{where} failed: the transcoder {url} answered with an unusable "
+                            f"description ({exc}); the call stays as it was") from None
             try:
                 device_answer = yield _within(control.invite_device(device.uri, tb), timeout,
                                               self.phone.reactor)
@@ -293,8 +297,8 @@ class Transcoding:
                 raise _Undo(f"{where} failed: the transcoder {url} did not take the parties' addresses "
                             f"({exc}); the call stays as it was") from None
         except _Undo as failed:
-            for leg in undo:
-                yield _quietly(control.bye_device(leg))
+            for key in undo:
+                yield _quietly(control.bye_device(key))
             log.info("%s", failed)
             raise CommandError(str(failed)) from None
         leg = TranscoderLeg(url, device.uri, index, codec_of(tx, 0), codec_of(tx, 1))

@@ -365,3 +365,49 @@ def test_a_cn_moving_its_media_is_followed_by_the_transcoder_not_the_device(tmp_
     finally:
         for process in reversed(started):
             process.stop()
+
+
+def test_split_sends_the_audio_through_the_transcoder_and_the_video_to_display_and_camera(
+        tmp_path: Path) -> None:
+    """A CN with PCMA audio and VP8 video (baresip, fakevideo); `split` with the audio to a
+    PCMU-only desk phone: the audio goes through the transcoder, then the video is split."""
+    from test_phone_video import FAKEVIDEO, VideoBaresip, VideoDevice
+
+    if not FAKEVIDEO.exists():
+        pytest.skip("baresip's fakevideo module is not installed")
+    (tmp_path / "da").mkdir()
+    (tmp_path / "tx").mkdir()
+    started: list[Any] = []
+    try:
+        da = Slpda(tmp_path / "da").start()
+        started.append(da)
+        t = Transcoder(tmp_path / "tx", slp=f'das = ["{HOST}:{da.port}"]\nupdate_interval = 0.5')
+        t.start()
+        started.append(t)
+        cn = VideoBaresip(tmp_path, user="cn", codecs="PCMA")
+        started.append(cn)
+        desk = Baresip(tmp_path, user="desk", codecs="PCMU", record_dir=tmp_path / "desk-rec")
+        started.append(desk)
+        tv, cam = VideoDevice("tv"), VideoDevice("cam")
+        started += [tv, cam]
+        with da.client() as slp:
+            slp.register(desk.uri, "(name=Desk phone),(media=audio-sendrecv),(audio-codecs=PCMU)")
+            slp.register(tv.uri, "(name=Screen),(media=video-sendrecv),(video-codecs=VP8)")
+            slp.register(cam.uri, "(name=Camera),(media=video-sendonly),(video-codecs=VP8)")
+        phone = Phone(tmp_path, f"{HOST}:{da.port}", auto_answer=True)
+        started.append(phone)
+        cn.dial(phone.uri)
+        assert until(lambda: phone.calls() and phone.calls()[0]["video_received"] > 5), phone.output()
+        done = phone.sipmob("split", "1", "--video-out", "screen", "--video-in", "camera", "--audio",
+                            "desk-phone")
+        assert done.returncode == 0, done.stderr + phone.output() + t.output()
+        assert done.stdout.strip() == ("call 1: audio on Desk phone; video out on Screen, video in from "
+                                       "Camera (audio via transcoder: PCMA <-> PCMU)")
+        assert tv.probe.wait_for_packets(5, 5.0), "the CN's video did not reach the display"
+        assert until(lambda: hears(tmp_path / "desk-rec", 440.0), 15), "the desk phone does not hear the CN"
+        [call] = phone.calls()
+        assert call["streams"][0]["transcoder"] == "via transcoder: PCMA <-> PCMU"
+        assert sorted(call["devices"]) == sorted([desk.uri, tv.uri, cam.uri, t.uri])
+    finally:
+        for process in reversed(started):
+            process.stop()
