@@ -411,3 +411,19 @@ def test_split_sends_the_audio_through_the_transcoder_and_the_video_to_display_a
     finally:
         for process in reversed(started):
             process.stop()
+
+
+def test_a_transcoder_that_stops_mid_call_is_reported_and_the_call_can_be_retrieved(home: Home) -> None:
+    t = home.start_transcoder()
+    home.call()
+    assert home.phone.sipmob("transfer", "1", "--to", "desk-phone").returncode == 0
+    t.stop()  # it sends BYE for its calls as it stops
+    assert until(lambda: "ended its leg: Desk phone hears nothing now" in home.phone.output(), 10), \
+        home.phone.output()
+    [call] = home.phone.calls()
+    assert "transcoder" not in call["streams"][0] and t.uri not in call["devices"]
+    done = home.phone.sipmob("retrieve", "1")
+    assert done.returncode == 0, done.stderr + home.phone.output()
+    assert done.stdout.strip() == "call 1: audio on this phone"
+    before = home.phone.received()
+    assert until(lambda: home.phone.received() > before + 20), "the CN's audio did not come back"
