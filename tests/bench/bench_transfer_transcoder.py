@@ -101,8 +101,12 @@ def main() -> None:
                 time.sleep(0.5)
             path = capture.stop()
             stops.remove(capture.stop)
-            rows = tshark("-r", str(path), "-o", "rtp.heuristic_rtp:TRUE", "-Y", "rtp.p_type == 0",
-                          "-T", "fields", "-e", "frame.time_epoch").split()
+            # Decoded as RTP by port, not by heuristics: a port another dissector claims (3000 is
+            # DIS) would otherwise hide a round's packets.
+            ports = set(tshark("-r", str(path), "-T", "fields", "-e", "udp.dstport").split())
+            decode = [arg for port in sorted(ports) for arg in ("-d", f"udp.port=={port},rtp")]
+            rows = tshark("-r", str(path), *decode, "-Y", "rtp.p_type == 0", "-T", "fields",
+                          "-e", "frame.time_epoch").split()
             times = sorted(float(t) for t in rows)
             firsts: list[float] = []
             missing: list[int] = []
