@@ -4,7 +4,8 @@ Responsible for the phone's side of draft §6.1 with `sipmob-transcoder` (its SD
 `sipmob.transcoder.invocation`, RFC 4117 §3.3 "addresses not known yet"):
 
 1. **Find** a transcoder in the DA: ``service:sip-transcoder`` whose ``audio-codecs`` hold one of
-   the CN's codecs and one of the device's, with ``free-channels`` > 0 (the most free first).
+   the CN's codecs and one of the device's, with ``free-channels`` > 0 (the most free first), and
+   registered by a host the DA trusts (its ``trusted`` keyword): the call's audio goes there.
 2. **Invoke** it with one INVITE, "SDP A + SDP B": line 1 the CN's codec in use now (the CN hears
    no codec change), line 2 the device's codecs (its SLP ``audio-codecs``), both port 0 on
    0.0.0.0 so that the transcoder sends nothing yet. Its 200 gives TA and TB: its receive address
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sipmob.mn")
 
 SERVICE_TYPE = "service:sip-transcoder"
+TRUSTED = "trusted"
 # What SLP's codec names are on an m-line (RFC 3551 §6 static numbers, RFC 7587 for Opus).
 _RTPMAPS: Mapping[str, tuple[int, str]] = {"pcmu": (0, "PCMU/8000"), "pcma": (8, "PCMA/8000"),
                                            "g722": (9, "G722/8000"), "opus": (111, "opus/48000/2")}
@@ -92,9 +94,17 @@ def free_channels(attributes: Mapping[str, Sequence[Any]]) -> int:
         return 0
 
 
+def trusted(attributes: Mapping[str, Sequence[Any]]) -> bool:
+    """Whether the DA vouches for the registration (it sets the keyword ``trusted`` on those of
+    its trusted registrants and strips it from everyone else's, docs/slp-schema.md)."""
+    return TRUSTED in attributes
+
+
 def choose(entries: Sequence[tuple[str, Mapping[str, Sequence[Any]]]]) -> str | None:
-    """The transcoder with the most free channels, None when none has one."""
-    ranked = sorted(((free_channels(a), url) for url, a in entries), key=lambda e: (-e[0], e[1]))
+    """The trusted transcoder with the most free channels, None when none has one: a stranger on
+    the LAN registering a transcoder must not receive a call's audio."""
+    ranked = sorted(((free_channels(a), url) for url, a in entries if trusted(a)),
+                    key=lambda e: (-e[0], e[1]))
     return ranked[0][1] if ranked and ranked[0][0] > 0 else None
 
 
@@ -217,7 +227,7 @@ class Transcoding:
             urls = yield d
             entries = []
             for entry in urls:
-                q = phone.slp.find_attributes(entry.url, "free-channels")
+                q = phone.slp.find_attributes(entry.url, "")  # all: the keyword `trusted` too
                 q.addTimeout(phone.config.slp.timeout, phone.reactor)
                 attrs = yield q
                 entries.append((entry.url, {a.tag.lower(): tuple(a.values) for a in attrs.values()}))
@@ -227,6 +237,9 @@ class Transcoding:
             raise TranscodingFailed(f"no transcoder in the DA converts between {wanted}")
         url = choose(entries)
         if url is None:
+            if not any(trusted(a) for _, a in entries):
+                raise TranscodingFailed(f"no transcoder the DA trusts converts between {wanted} "
+                                        f"({len(entries)} registered by others)")
             raise TranscodingFailed(f"every transcoder that converts between {wanted} is full")
         return url
 

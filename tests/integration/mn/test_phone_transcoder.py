@@ -427,3 +427,47 @@ def test_a_transcoder_that_stops_mid_call_is_reported_and_the_call_can_be_retrie
     assert done.stdout.strip() == "call 1: audio on this phone"
     before = home.phone.received()
     assert until(lambda: home.phone.received() > before + 20), "the CN's audio did not come back"
+
+
+def test_a_transcoder_registered_by_a_host_the_da_does_not_trust_gets_no_audio(tmp_path: Path) -> None:
+    """Attack: a stranger on the LAN (here 127.0.0.2, outside the DA's trusted 127.0.0.1/32)
+    registers a ``service:sip-transcoder`` with plenty of free channels; the phone must not send
+    it the call (not even the INVITE), and says why."""
+    import socket
+
+    (tmp_path / "da").mkdir()
+    da = Slpda(tmp_path / "da", config='[registration]\ntrusted = ["127.0.0.1/32"]\n').start()
+    trap = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    trap.bind((HOST, 0))
+    trap.settimeout(0.1)
+    started: list[Any] = [da]
+    try:
+        cn = OpusBaresip(tmp_path, user="cn", codecs=CN_CODECS)
+        started.append(cn)
+        desk = Baresip(tmp_path, user="desk", codecs="PCMU")
+        started.append(desk)
+        with da.client() as slp:
+            slp.register(desk.uri, "(name=Desk phone),(media=audio-sendrecv),(audio-codecs=PCMU)")
+        fake = f"sip:transcoder@{HOST}:{trap.getsockname()[1]}"
+        with da.client(bind="127.0.0.2") as stranger:
+            ack = stranger.register(fake, "(audio-codecs=PCMU,PCMA,opus),(free-channels=1000),trusted",
+                                    service_type="service:sip-transcoder")
+            assert ack.error == 0, ack
+        phone = Phone(tmp_path, f"{HOST}:{da.port}", auto_answer=True)
+        started.append(phone)
+        assert phone.sipmob("call", cn.uri).returncode == 0
+        done = phone.sipmob("transfer", "1", "--to", "desk-phone")
+        assert done.returncode == 1
+        assert ", and no transcoder the DA trusts converts between PCMA and PCMU (1 registered by others); " \
+               "the call stays as it was" in done.stderr, done.stderr
+        try:
+            got = trap.recv(2048)
+        except TimeoutError:
+            got = b""
+        assert got == b"", got
+        [call] = phone.calls()
+        assert call["streams"][0]["where"] == "this phone" and call["devices"] == []
+    finally:
+        trap.close()
+        for process in reversed(started):
+            process.stop()

@@ -43,11 +43,19 @@ def test_the_da_filter_asks_for_one_codec_of_each_side() -> None:
     assert predicate(["a(b"], ["PCMU"]).startswith("(&(audio-codecs=a\\28b)")  # escaped, not a filter
 
 
-def test_the_transcoder_with_most_free_channels_is_chosen_and_a_full_one_never() -> None:
-    assert choose([("sip:a", {"free-channels": (2,)}), ("sip:b", {"free-channels": (10,)})]) == "sip:b"
-    assert choose([("sip:a", {"free-channels": (0,)}), ("sip:b", {})]) is None
-    assert choose([("sip:a", {"free-channels": ("many",)})]) is None
+def test_the_trusted_transcoder_with_most_free_channels_is_chosen_and_a_full_one_never() -> None:
+    t: tuple[()] = ()
+    assert choose([("sip:a", {"free-channels": (2,), "trusted": t}),
+                   ("sip:b", {"free-channels": (10,), "trusted": t})]) == "sip:b"
+    assert choose([("sip:a", {"free-channels": (0,), "trusted": t}), ("sip:b", {"trusted": t})]) is None
+    assert choose([("sip:a", {"free-channels": ("many",), "trusted": t})]) is None
     assert choose([]) is None
+
+
+def test_a_transcoder_the_da_does_not_trust_is_never_chosen() -> None:
+    assert choose([("sip:stranger", {"free-channels": (100,)})]) is None
+    assert choose([("sip:stranger", {"free-channels": (100,)}),
+                   ("sip:ours", {"free-channels": (1,), "trusted": ()})]) == "sip:ours"
 
 
 def test_the_invocation_is_what_the_transcoder_reads_and_its_answer_gives_each_party_an_offer() -> None:
