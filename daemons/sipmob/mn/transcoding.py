@@ -11,15 +11,16 @@ Responsible for the phone's side of draft §6.1 with `sipmob-transcoder` (its SD
    0.0.0.0 so that the transcoder sends nothing yet. Its 200 gives TA and TB: its receive address
    and the one codec it chose for each side.
 3. **INVITE the device** with TB as the offer (the device sends to the transcoder from its answer on).
-4. **re-INVITE the CN** with TA in place of the audio m-line (the other streams stay where they are).
-5. **re-INVITE the transcoder** with the two answers, so it knows where each party is; it then
-   converts both ways.
+4. **re-INVITE the transcoder** with the CN's current description and the device's answer, so it
+   knows where each party is before the CN moves (its first packets are converted, not dropped).
+5. **re-INVITE the CN** with TA in place of the audio m-line (the other streams stay where they are);
+   should it answer from another address, the transcoder is re-INVITEd once more.
 6. Our own audio keeps flowing for the grace period, then stops; a device or transcoder the audio
    was on before is released (BYE).
 
-A failure leaves the call where it was: before step 4 only the new legs are ended (BYE, or CANCEL
-for a device that does not answer); a transcoder that fails step 5 after the CN moved makes us
-re-INVITE the CN with what it had agreed before. The transcoder's dialog is kept among the call's
+A failure leaves the call where it was: up to step 5 only the new legs are ended (BYE, or CANCEL
+for a device that does not answer); a transcoder that fails the last re-INVITE after the CN moved
+makes us re-INVITE the CN with what it had agreed before. The transcoder's dialog is kept among the call's
 device legs (`PhoneCall.device_calls`, keyed by its URI), so a hang-up, the CN's BYE, a phone
 stopping, the call store and a restarted phone end it like any other leg; `TranscoderLeg` says
 which device it serves. For the planner the device's description is TA (what the CN is told), so
@@ -295,20 +296,32 @@ class Transcoding:
                             f"{'did not answer' if exc.status in (None, 408) else 'rejected it'} ({exc}); "
                             "the call stays as it was") from None
             undo.insert(0, device.uri)
+            address = self.phone.address
+            cn_before = pc.cn_sdp
+            try:
+                # The transcoder learns both addresses before the CN moves, so that the CN's first
+                # packets to it are converted rather than dropped as a stranger's; until the CN's
+                # re-INVITE it hears both us and the transcoder, as in any transfer (§7.1).
+                early = invocation(section(cn_before, index), section(device_answer, 0), address)
+                yield _within(control.reinvite_device(url, early), timeout, self.phone.reactor)
+            except (SignallingFailed, ValueError, IndexError) as exc:
+                raise _Undo(f"{where} failed: the transcoder {url} did not take the parties' addresses "
+                            f"({exc}); the call stays as it was") from None
             before = pc.oa.local
             try:
                 cn_answer = yield control.reinvite_cn(self._cn_offer(pc, index, ta))
             except SignallingFailed as exc:
                 raise _Undo(f"{where} failed: {pc.peer} refused the new media ({exc}); "
                             "the call stays as it was") from None
-            try:
-                update = invocation(section(cn_answer, index), section(device_answer, 0), self.phone.address)
-                yield _within(control.reinvite_device(url, update), timeout, self.phone.reactor)
-            except (SignallingFailed, ValueError, IndexError) as exc:
-                assert before is not None
-                yield self._back(control, before)
-                raise _Undo(f"{where} failed: the transcoder {url} did not take the parties' addresses "
-                            f"({exc}); the call stays as it was") from None
+            if _endpoint(cn_answer, index) != _endpoint(cn_before, index):
+                try:  # the CN answered from another address: the transcoder must send there
+                    update = invocation(section(cn_answer, index), section(device_answer, 0), address)
+                    yield _within(control.reinvite_device(url, update), timeout, self.phone.reactor)
+                except (SignallingFailed, ValueError, IndexError) as exc:
+                    assert before is not None
+                    yield self._back(control, before)
+                    raise _Undo(f"{where} failed: the transcoder {url} did not take {pc.peer}'s new "
+                                f"address ({exc}); the call stays as it was") from None
         except _Undo as failed:
             for key in undo:
                 yield _quietly(control.bye_device(key))
@@ -415,6 +428,11 @@ def _within(d: defer.Deferred[Any], timeout: float, reactor: Any) -> defer.Defer
         raise SignallingFailed(None, f"no answer in {timeout:g} s")
 
     return d.addErrback(timed_out)
+
+
+def _endpoint(sdp: SessionDescription, index: int) -> tuple[str, int]:
+    connection = sdp.connection_for(index)
+    return (connection.host if connection is not None else "", sdp.media[index].port)
 
 
 def _quietly(d: defer.Deferred[Any] | None) -> defer.Deferred[Any]:
