@@ -6,6 +6,9 @@ configured), an `SLPClient` to find devices, the control socket (`sipmob.mn.cont
 commands talk to, and for each transfer, split or retrieval the planner (`sipmob.mn.mobility`) and
 the executor (`sipmob.mn.executor`) through `_CallControl`, the SIP and media operations of one call.
 
+A stream whose device shares no codec with the CN goes through a transcoder found in the DA
+instead of being refused (`sipmob.mn.transcoding`); its leg is one more of the call's device legs.
+
 Each dialog's descriptions go through an `OfferAnswerState`, so every offer we send has the right
 ``o=`` version. One mobility action runs at a time per call; a second one is refused.
 
