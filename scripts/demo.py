@@ -359,6 +359,8 @@ def main() -> int:
         mdsm_demo(daemons, da, workdir)
         handoff_demo(daemons, da, workdir)
 
+        step("Also: scripts/demo transcode moves a call through sipmob-transcoder to devices that "
+             "share no codec with the caller; scripts/demo egress survives a WAN link failing")
         if args.keep:
             step("Running; Ctrl-C stops everything")
             signal.pause()

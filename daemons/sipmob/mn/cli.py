@@ -245,7 +245,7 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
 
 def _detail(stream: dict[str, Any]) -> str:
     """" (PCMA/8000, held by the remote party)": the codec in use and who holds the stream."""
-    parts = [str(stream[k]) for k in ("codec", "hold") if stream.get(k)]
+    parts = [str(stream[k]) for k in ("codec", "transcoder", "hold") if stream.get(k)]
     return f" ({', '.join(parts)})" if parts else ""
 
 

@@ -237,7 +237,7 @@ class CallControls:
         if str(args.get("call", "")) in self.phone.handoff.handed_off:
             return (yield self.phone.handoff.hangup(args))  # we are not in it: the device ends it
         pc = self._call(args)
-        byes = [call.bye() for call in pc.device_calls.values()]
+        byes = [call.bye() for call in list(pc.device_calls.values())]  # a BYE may end one at once
         pc.device_calls.clear()
         byes.append(pc.call.bye())
         if self.phone.calls.get(pc.id) is pc:

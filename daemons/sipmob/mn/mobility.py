@@ -63,6 +63,17 @@ class PlanError(ValueError):
     """The request cannot be carried out as asked; the message is one line for the user."""
 
 
+class NoCommonCodec(PlanError):
+    """§6.1's check failed: m-line ``index`` shares no codec between the CN and ``device``. The
+    phone may still carry it through a transcoder (`sipmob.mn.transcoding`)."""
+
+    def __init__(self, reason: str, index: int, device: Device, media: str) -> None:
+        super().__init__(reason)
+        self.index = index
+        self.device = device
+        self.media = media
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Device:
     """A device as SLP describes it (docs/slp-schema.md, ``service:sip-device``)."""
@@ -326,6 +337,13 @@ def check_codecs(call: CallState, targets: Mapping[int, Sequence[Device]],
     """§6.1: None when every moved stream has a codec in common between the CN and its devices,
     else one sentence naming the codecs on each side. ``cn_capabilities`` is the body of the CN's
     answer to OPTIONS; without one, the codecs of its current description are used."""
+    gap = codec_gap(call, targets, cn_capabilities)
+    return None if gap is None else str(gap)
+
+
+def codec_gap(call: CallState, targets: Mapping[int, Sequence[Device]],
+              cn_capabilities: SessionDescription | None = None) -> NoCommonCodec | None:
+    """The first moved stream and device without a common codec (`check_codecs`), or None."""
     for index, devices in sorted(targets.items()):
         current = call.cn_sdp.media[index]
         cn_side = current
@@ -339,7 +357,7 @@ def check_codecs(call: CallState, targets: Mapping[int, Sequence[Device]],
             reason = no_common_codec(cn_side, _slp_codecs(names, cn_side), a_name=call.cn,
                                      b_name=device.name, media=current.media)
             if reason is not None:
-                return reason
+                return NoCommonCodec(reason, index, device, current.media)
     return None
 
 
@@ -401,6 +419,11 @@ def _where(call: CallState, layout: Layout) -> str:
     return "; ".join(dict.fromkeys(said))
 
 
+def where(call: CallState) -> str:
+    """Where each stream of ``call`` is, in words ("audio on Desk phone; video on TV")."""
+    return _where(call, call.layout)
+
+
 def _check_free(call: CallState, devices: Iterable[str], moved: Sequence[int]) -> None:
     """A device already carrying a stream this plan does not move cannot take another one: that
     would need a re-INVITE of a live device whose failure we cannot undo."""
@@ -437,9 +460,9 @@ def plan_transfer(call: CallState, devices: Sequence[Device], media: MediaChoice
         layout[i] = device.uri
         targets[i] = (device,)
     _check_free(call, {d.uri for d in targets_flat(targets)}, moved)
-    reason = check_codecs(call, targets, cn_capabilities)
-    if reason is not None:
-        raise PlanError(reason)
+    gap = codec_gap(call, targets, cn_capabilities)
+    if gap is not None:
+        raise gap
     new_layout = tuple(layout)
     return _build(call, "transfer", new_layout, grace,
                   f"call {call.call_id}: {_where(call, new_layout)}")
@@ -484,9 +507,9 @@ def plan_split(call: CallState, video_out: Device, video_in: Device, audio: Devi
             targets[i] = (audio,)
             moved.append(i)
     _check_free(call, {d.uri for d in devices}, moved)
-    reason = check_codecs(call, targets, cn_capabilities)
-    if reason is not None:
-        raise PlanError(reason)
+    gap = codec_gap(call, targets, cn_capabilities)
+    if gap is not None:
+        raise gap
     new_layout = tuple(layout)
     return _build(call, "split", new_layout, grace, f"call {call.call_id}: {_where(call, new_layout)}")
 

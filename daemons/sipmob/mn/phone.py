@@ -6,6 +6,9 @@ configured), an `SLPClient` to find devices, the control socket (`sipmob.mn.cont
 commands talk to, and for each transfer, split or retrieval the planner (`sipmob.mn.mobility`) and
 the executor (`sipmob.mn.executor`) through `_CallControl`, the SIP and media operations of one call.
 
+A stream whose device shares no codec with the CN goes through a transcoder found in the DA
+instead of being refused (`sipmob.mn.transcoding`); its leg is one more of the call's device legs.
+
 Each dialog's descriptions go through an `OfferAnswerState`, so every offer we send has the right
 ``o=`` version. One mobility action runs at a time per call; a second one is refused.
 
@@ -70,16 +73,19 @@ from sipmob.mn.mobility import (
     CallState,
     Layout,
     MediaChoice,
+    NoCommonCodec,
     Plan,
     PlanError,
     initial_layout,
     plan_retrieve,
     plan_split,
     plan_transfer,
+    where,
 )
 from sipmob.mn.policy import PhonePolicy
 from sipmob.mn.remote_offer import RemoteOffers, stream_status
 from sipmob.mn.store import CallStore, StoredCall
+from sipmob.mn.transcoding import TranscoderLeg, Transcoding, party, widen
 from sipmob.sdp import (
     Codec,
     Direction,
@@ -161,6 +167,7 @@ class PhoneCall:
     video_rtp: Any = None  # RtpEndpoint receiving the CN's video, when the CN offered some
     ended: bool = False
     source: str = ""  # the address an incoming call's INVITE came from
+    transcoder: TranscoderLeg | None = None  # the audio reaches its device through this
 
     def state(self) -> CallState:
         return CallState(self.id, self.peer, self.cn_sdp, self.local_sdp, self.layout,
@@ -177,7 +184,10 @@ class PhoneCall:
                          f"in from {self.names.get(location.input_device, location.input_device)}")
             else:
                 where = "this phone" if location == MOBILE_NODE else self.names.get(location, location)
-            streams.append({"media": kind, "where": where, **stream_status(self, i)})
+            via = ({"transcoder": f"via transcoder: {self.transcoder.summary}"}
+                   if self.transcoder is not None and self.transcoder.index == i
+                   and location == self.transcoder.device else {})
+            streams.append({"media": kind, "where": where, **stream_status(self, i), **via})
         stats = self.rtp.stats()
         return {"id": self.id, "peer": self.peer, "state": self.call.state, "streams": streams,
                 "devices": sorted(self.device_calls), "sending": bool(self.rtp.sending),
@@ -211,7 +221,7 @@ class _CallControl:
             raise SignallingFailed(exc.status, exc.reason) from None
         self.pc.device_calls[device] = call
         self.pc.device_oas[device] = oa
-        call.on_terminated(lambda c, reason: self._device_ended(device, c))
+        call.on_terminated(lambda c, reason: self._device_ended(device, c, reason))
         self.phone.persist(self.pc)  # before anything is sent that moves media to this device
         return self._answer_of(oa, call.remote_sdp, device)
 
@@ -223,10 +233,15 @@ class _CallControl:
             raise SignallingFailed(None, f"unusable answer from {who}: {exc}") from None
         return sdp
 
-    def _device_ended(self, device: str, call: Call) -> None:
+    def _device_ended(self, device: str, call: Call, reason: str = "") -> None:
         if self.pc.device_calls.get(device) is call:
             del self.pc.device_calls[device]
-            log.info("call %s: %s hung up", self.pc.id, self.pc.names.get(device, device))
+            self.pc.device_oas.pop(device, None)
+            if self.pc.transcoder is not None and self.pc.transcoder.url == device:
+                if reason != "local":  # not our own BYE (a hang-up): the transcoder let go
+                    self.phone.transcoding.ended(self.pc, device)
+            else:
+                log.info("call %s: %s hung up", self.pc.id, self.pc.names.get(device, device))
 
     def cancel_device(self, device: str) -> None:
         pass
@@ -324,6 +339,7 @@ class Phone:
         self.handoff = PhoneHandoff(self)
         self.device = DeviceRole(self) if config.device.enabled else None
         self.remote_offers = RemoteOffers(self)
+        self.transcoding = Transcoding(self)
 
     # App ------------------------------------------------------------------------------------------
 
@@ -451,7 +467,15 @@ class Phone:
             pc.device_calls[uri] = device_call
             pc.device_oas[uri] = device_oas[uri]
             pc.device_sdps[uri] = theirs
-            device_call.on_terminated(lambda c, reason, d=uri: control._device_ended(d, c))
+            device_call.on_terminated(lambda c, reason, d=uri: control._device_ended(d, c, reason))
+        if stored.transcoder:
+            try:
+                leg = TranscoderLeg.from_record(stored.transcoder)
+                pc.device_sdps.pop(leg.url, None)
+                pc.device_sdps[leg.device] = party(devices[leg.url][2], 0)  # what the CN is told
+                pc.transcoder = leg
+            except (ValueError, KeyError, TypeError, IndexError, SDPParseError) as exc:
+                log.warning("call %s: its transcoder leg cannot be taken back: %s", stored.id, exc)
         if stored.id.isdigit():
             self._next_id = max(self._next_id, int(stored.id) + 1)
         index = self.audio_index(pc)
@@ -502,7 +526,8 @@ class Phone:
                             layout=tuple(_location_record(x) for x in pc.layout),
                             device_sdps={d: ((c.local_sdp or b"").decode(errors="replace"),
                                              (c.remote_sdp or b"").decode(errors="replace"))
-                                         for d, c in pc.device_calls.items()})
+                                         for d, c in pc.device_calls.items()},
+                            transcoder=pc.transcoder.to_record() if pc.transcoder is not None else {})
         try:
             self.store.put(record)
         except sqlite3.Error as exc:
@@ -935,28 +960,68 @@ class Phone:
             return None
 
     @defer.inlineCallbacks
-    def _run(self, pc: PhoneCall, make_plan: Any) -> Any:
+    def _run(self, pc: PhoneCall, make_plan: Any, moved: Any = None, first: Any = None) -> Any:
+        """Plan and carry out one action. When a stream has no codec in common with its device,
+        ``moved(state, gap)`` (the m-lines the action moves) lets it go through a transcoder instead
+        of being refused; ``first(state, caps)``, when given, plans the rest of the action, which is
+        carried out before the transcoder is invoked (a split whose audio needs one: the video
+        split is planned from the CN's description as it is now, before the CN is re-INVITEd)."""
         pc.busy = True
+        done = ""
         try:
             caps = yield self._cn_capabilities(pc)
+            state = self._state_for_planning(pc, caps)
             try:
-                plan: Plan = make_plan(pc.state(), caps)
+                plan: Plan = make_plan(state, caps)
+            except NoCommonCodec as gap:
+                if moved is None:
+                    raise CommandError(str(gap)) from None
+                indices = moved(state, gap)
+                if first is not None:
+                    try:
+                        rest = first(state, caps)
+                    except PlanError as exc:
+                        raise CommandError(str(exc)) from None
+                    done = yield self._carry_out(pc, rest)
+                try:
+                    message = yield self.transcoding.transfer(pc, gap, caps, indices,
+                                                              "split" if first is not None else "transfer")
+                except CommandError as exc:
+                    raise CommandError(f"{done}; but {exc}" if done else str(exc)) from None
+                if done:
+                    assert pc.transcoder is not None
+                    via = pc.transcoder.summary
+                    return f"call {pc.id}: {where(pc.state())} (audio via transcoder: {via})"
+                return message
             except PlanError as exc:
                 raise CommandError(str(exc)) from None
-            pc.names.update(plan.call.names)
-            log.info("call %s: %s %s", pc.id, plan.action, [type(s).__name__ for s in plan.steps])
-            outcome = yield execute(plan, _CallControl(self, pc), self.reactor,
-                                    device_timeout=self.config.calls.device_timeout)
+            message = yield self._carry_out(pc, plan)
+            return message
         finally:
             pc.busy = False
+
+    @defer.inlineCallbacks
+    def _carry_out(self, pc: PhoneCall, plan: Plan) -> Any:
+        pc.names.update(plan.call.names)
+        log.info("call %s: %s %s", pc.id, plan.action, [type(s).__name__ for s in plan.steps])
+        outcome = yield execute(plan, _CallControl(self, pc), self.reactor,
+                                device_timeout=self.config.calls.device_timeout)
         log.info("%s", outcome.message)
         if not outcome.ok:
             raise CommandError(outcome.message)
         pc.layout = outcome.layout
         pc.device_sdps = dict(outcome.device_sdps)
         pc.cn_sdp = outcome.cn_sdp
+        released = self.transcoding.release(pc)
         self.persist(pc)
-        return outcome.message
+        return outcome.message + released
+
+    def _state_for_planning(self, pc: PhoneCall, caps: SessionDescription | None) -> CallState:
+        state = pc.state()
+        if pc.transcoder is not None and pc.transcoder.index < len(state.cn_sdp.media):
+            # The CN's description names the transcoder's codec only: offer devices all it takes.
+            state = dataclasses.replace(state, cn_sdp=widen(state.cn_sdp, pc.transcoder.index, caps))
+        return state
 
     @defer.inlineCallbacks
     def transfer(self, args: Mapping[str, Any]) -> Any:
@@ -972,7 +1037,8 @@ class Phone:
         media: MediaChoice = args.get("media", "all")
         grace = self.config.calls.grace_period
         result = yield self._run(pc, lambda state, caps: plan_transfer(
-            state, devices, media, grace=grace, cn_capabilities=caps))
+            state, devices, media, grace=grace, cn_capabilities=caps),
+            lambda state, gap: _moved(state, media))
         return result
 
     @defer.inlineCallbacks
@@ -982,9 +1048,13 @@ class Phone:
         names += [str(args["audio"])] if args.get("audio") else []
         found = yield self._devices(names)
         grace = self.config.calls.grace_period
+        # Audio to a device sharing no codec with the CN: the video split first, then the audio
+        # through a transcoder.
         result = yield self._run(pc, lambda state, caps: plan_split(
             state, found[0], found[1], found[2] if len(found) > 2 else None, grace=grace,
-            cn_capabilities=caps))
+            cn_capabilities=caps), lambda state, gap: [gap.index] if gap.media == "audio" else [],
+            lambda state, caps: plan_split(state, found[0], found[1], None, grace=grace,
+                                           cn_capabilities=caps))
         return result
 
     def retrieve(self, args: Mapping[str, Any]) -> Any:
@@ -1013,6 +1083,12 @@ class Phone:
                 raise CommandError("no egress list: set [listen] egress to an egress.toml")
             return self.egress.rows()
         raise CommandError(f"unknown command {command!r}")
+
+
+def _moved(state: CallState, media: MediaChoice) -> list[int]:
+    """The m-lines a transfer of ``media`` moves (the planner's choice, `mobility._indices`)."""
+    return [i for i, m in enumerate(state.cn_sdp.media)
+            if state.layout[i] is not None and m.port != 0 and (media == "all" or m.media == media)]
 
 
 def _location_record(location: Any) -> Any:

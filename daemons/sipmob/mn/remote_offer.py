@@ -13,7 +13,9 @@
   is split per device (`sipmob.sdp.split`), each device whose part changed is re-INVITEd with it
   (sipua retries a 491 itself), and the devices' answers plus our own part are stitched back
   (`sipmob.sdp.stitch`) into the CN's answer. A device that fails loses its streams (port 0 in the
-  answer, the device's dialog ended) rather than failing the call.
+  answer, the device's dialog ended) rather than failing the call. A stream that reaches its device
+  through a transcoder is carried to the transcoder instead (`sipmob.mn.transcoding`): the device's
+  side does not change.
 - An UPDATE (RFC 3311, confirmed dialogs) with an offer is answered the same way in its 2xx; one
   without (a session refresh) gets 200.
 - A re-INVITE without an offer is answered with our current description unchanged (same version);
@@ -211,8 +213,10 @@ class RemoteOffers:
             changed = [d for d, part in fresh.items()
                        if d in pc.device_calls and part.with_origin(offer.origin)
                        != before.get(d, part).with_origin(offer.origin)]
+            leg = pc.transcoder
             results = yield defer.DeferredList(
-                [control.reinvite_device(d, fresh[d]) for d in changed], consumeErrors=True)
+                [self.phone.transcoding.reoffer(pc, fresh[d]) if leg is not None and d == leg.device
+                 else control.reinvite_device(d, fresh[d]) for d in changed], consumeErrors=True)
             answers = dict(pc.device_sdps)
             failed: set[str] = {d for d in fresh if d not in pc.device_calls}
             for device, (ok, value) in zip(changed, results, strict=True):
@@ -250,6 +254,7 @@ class RemoteOffers:
             pc.layout = tuple(layout)
             pc.device_sdps = {d: s for d, s in answers.items() if d not in failed}
             self.apply(pc, negotiated.streams)
+            self.phone.transcoding.release(pc)  # its device lost the stream: the transcoder goes too
             log.info("call %s: %s re-offered; carried to %s; answered %s", pc.id, pc.peer,
                      ", ".join(pc.names.get(d, d) for d in changed) or "no device", _summary(stamped))
             return stamped.to_bytes()

@@ -50,6 +50,9 @@ class StoredCall:
     # {"out": URI, "in": URI} for a stream split by direction
     layout: tuple[Any, ...] = ()
     device_sdps: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)  # URI -> (ours, theirs)
+    # the transcoder the audio goes through (`sipmob.mn.transcoding.TranscoderLeg`); its dialog is
+    # among `devices`, keyed by its URI
+    transcoder: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
@@ -66,7 +69,8 @@ class StoredCall:
                    streams=tuple(dict(s) for s in data.get("streams") or ()),
                    layout=tuple(data.get("layout") or ()),
                    device_sdps={str(k): (str(v[0]), str(v[1]))
-                                for k, v in dict(data.get("device_sdps") or {}).items()})
+                                for k, v in dict(data.get("device_sdps") or {}).items()},
+                   transcoder=dict(data.get("transcoder") or {}))
 
 
 class CallStore:
