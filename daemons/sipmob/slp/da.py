@@ -347,6 +347,40 @@ class DirectoryAgent:
             refused_by = self._admit(address, now)
             if refused_by is not None:
                 return self._over_rate(data, address, via, now, refused_by)
+        return self._serve(data, source, via, now, limited)
+
+    def handle_batch(self, batch: list[tuple[bytes, tuple[str, int]]], via: Via,
+                     now: float) -> Iterator[tuple[tuple[str, int], list[bytes]]]:
+        """`handle` for datagrams read together: ``(source, replies)`` for each, as it is answered.
+
+        Admission is decided for every datagram before any is parsed, so a flood's datagrams
+        cost their admission only, and the requests of the protected sources (trusted, or with a
+        live registration) are answered before the strangers' that were read with them: under a
+        flood a household's datagram waits for the rest of its batch to be triaged, not served.
+        Each source's own requests keep their order.
+        """
+        later = []
+        for data, source in batch:
+            self.counters.received += 1
+            address = source[0]
+            limited = self._limited(address)
+            if limited:
+                refused_by = self._admit(address, now)
+                if refused_by is not None:
+                    refusal = self._over_rate(data, address, via, now, refused_by)
+                    if refusal:
+                        yield source, refusal
+                    continue
+                if not self.is_protected(address):
+                    later.append((data, source))
+                    continue
+            yield source, self._serve(data, source, via, now, limited)
+        for data, source in later:
+            yield source, self._serve(data, source, via, now, True)
+
+    def _serve(self, data: bytes, source: tuple[str, int], via: Via, now: float,
+               limited: bool) -> list[bytes]:
+        address = source[0]
         self._work = 0
         self._cut = False
         if len(data) >= 14 and data[1] in _CACHEABLE:
