@@ -204,6 +204,8 @@ class _Registration:
     index: tuple[tuple[str, str], ...] = ()
     cost: int = 0
     entry: bytes = b""  # the URL entry's bytes after its lifetime, encoded once (`_store`)
+    sent: bytes = b""  # the whole entry as last sent, with the lifetime `sent_life`
+    sent_life: int = -1
 
     @property
     def type_name(self) -> str:
@@ -235,6 +237,7 @@ class DirectoryAgent:
         self._service_types: dict[str, ServiceType | None] = {}  # parsed request types, bounded
         self._scope_lists: dict[str, frozenset[str] | None] = {}  # parsed request scope lists
         self._seen: set[int] = set()  # hashes of requests answered once: cached when seen again
+        self._seen_predicates: set[int] = set()  # likewise for parsed predicates
         self._by_scope: dict[str, set[tuple[str, str]]] = {}
         self._by_attr: dict[tuple[str, str], set[tuple[str, str]]] = {}
         self._by_url: dict[str, set[tuple[str, str]]] = {}
@@ -627,8 +630,12 @@ class DirectoryAgent:
         lifetime = _LIFETIME.pack
         for reg in self._matching(stype, scopes, msg.header.lang, predicate):
             left = reg.expires - now
-            entry = lifetime(0, 1 if left <= 1 else MAX_LIFETIME if left >= MAX_LIFETIME
-                             else math.ceil(left)) + reg.entry
+            life = 1 if left <= 1 else MAX_LIFETIME if left >= MAX_LIFETIME else math.ceil(left)
+            if life == reg.sent_life:
+                entry = reg.sent
+            else:
+                entry = reg.sent = lifetime(0, life) + reg.entry
+                reg.sent_life = life
             budget -= len(entry)
             if budget < 0 or len(entries) == 0xFFFF:
                 overflow = True  # §8.2: whole entries only; the client may ask again over TCP
@@ -651,6 +658,13 @@ class DirectoryAgent:
         except PredicateError:
             return None
         self._spend(len(text) // 16)
+        seen = hash(text)
+        if seen not in self._seen_predicates:
+            # Kept only once asked for again: most predicates name a value never asked again.
+            if len(self._seen_predicates) >= 4 * self.config.predicate_cache_size:
+                self._seen_predicates.clear()
+            self._seen_predicates.add(seen)
+            return predicate
         cache[text] = predicate
         self._predicate_bytes += _predicate_cost(predicate)
         while cache and (len(cache) > self.config.predicate_cache_size

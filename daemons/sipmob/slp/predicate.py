@@ -418,13 +418,40 @@ _TOKEN = re.compile(f"{_WS}(?:\\({_WS}([&|!])|\\(([^()]*)\\)|(\\)))|([\\s\\S])")
 _ITEM = re.compile(r"([^=~<>]*)(=|[~<>]=)([\s\S]*)")
 _TAG_CACHE: dict[str, TagRef] = {}
 _TAG_CACHE_SIZE = 512
+_ITEM_CACHE: dict[str, tuple[Node, Matcher]] = {}
+_ITEM_SEEN: set[int] = set()  # hashes of items read once
+_ITEM_CACHE_SIZE = 512  # items kept once read, each of at most _ITEM_CACHE_TEXT characters:
+_ITEM_CACHE_TEXT = 128  # well under a megabyte in all
 
 
 class _Decline(Exception):
     """`_fast_parse` cannot read the predicate: `_Parser` will (or will say why not)."""
 
 
-def _fast_item(body: str) -> Node:
+def _fast_item(body: str) -> tuple[Node, Matcher]:
+    """An item's node and compiled form; the same text (most items of a household's queries
+    repeat) is read once, while it stays among the last `_ITEM_CACHE_SIZE` read."""
+    known = _ITEM_CACHE.get(body)
+    if known is not None:
+        return known
+    node = _read_item(body)
+    known = (node, _compile(node))
+    if len(body) <= _ITEM_CACHE_TEXT:
+        # Kept once read twice, so that items naming a new value every time (a counter, a
+        # timestamp) do not push out the ones that recur.
+        seen = hash(body)
+        if seen in _ITEM_SEEN:
+            _ITEM_CACHE[body] = known
+            if len(_ITEM_CACHE) > _ITEM_CACHE_SIZE:
+                del _ITEM_CACHE[next(iter(_ITEM_CACHE))]
+        else:
+            if len(_ITEM_SEEN) >= 8 * _ITEM_CACHE_SIZE:
+                _ITEM_SEEN.clear()
+            _ITEM_SEEN.add(seen)
+    return known
+
+
+def _read_item(body: str) -> Node:
     m = _ITEM.match(body)
     if m is None:
         raise _Decline
@@ -450,11 +477,30 @@ def _fast_item(body: str) -> Node:
                                 for k, p in enumerate(parts)))
 
 
-def _fast_parse(text: str, max_items: int) -> tuple[Node, int]:
-    """The tree and item count of a well-formed predicate; raises _Decline for anything else,
-    including every error (`_Parser` then finds it and says where)."""
-    stack: list[tuple[str, list[Node]]] = []
+def _combine(kind: str, fs: list[Matcher]) -> Matcher:
+    """`_compile` of an operator whose children are compiled already."""
+    if kind == "!":
+        f = fs[0]
+        return lambda attrs: not f(attrs)
+    if len(fs) == 1:
+        return fs[0]
+    if len(fs) == 2:
+        f0, f1 = fs
+        if kind == "&":
+            return lambda attrs: f0(attrs) and f1(attrs)
+        return lambda attrs: f0(attrs) or f1(attrs)
+    t = tuple(fs)
+    if kind == "&":
+        return lambda attrs: all(f(attrs) for f in t)
+    return lambda attrs: any(f(attrs) for f in t)
+
+
+def _fast_parse(text: str, max_items: int) -> tuple[Node, int, Matcher]:
+    """The tree, item count and compiled form of a well-formed predicate; raises _Decline for
+    anything else, including every error (`_Parser` then finds it and says where)."""
+    stack: list[tuple[str, list[Node], list[Matcher]]] = []
     root: Node | None = None
+    match: Matcher | None = None
     items = 0
     try:
         for op, body, close, other in _TOKEN.findall(text):
@@ -464,33 +510,35 @@ def _fast_parse(text: str, max_items: int) -> tuple[Node, int]:
             if op:
                 if len(stack) >= MAX_DEPTH:
                     raise _Decline
-                stack.append((op, []))
+                stack.append((op, [], []))
                 continue
             if close:
                 if not stack:
                     raise _Decline
-                kind, children = stack.pop()
+                kind, children, fs = stack.pop()
                 if not children or (kind == "!" and len(children) != 1):
                     raise _Decline
                 node = Not(children[0]) if kind == "!" else (
                     And(tuple(children)) if kind == "&" else Or(tuple(children)))
+                f = _combine(kind, fs)
             else:
                 items += 1
                 if items > max_items or len(stack) >= MAX_DEPTH:
                     raise _Decline
-                node = _fast_item(body)
+                node, f = _fast_item(body)
             if stack:
                 top = stack[-1]
                 if top[0] == "!" and top[1]:
                     raise _Decline
                 top[1].append(node)
+                top[2].append(f)
             else:
-                root = node
+                root, match = node, f
     except SLPValueError:  # PredicateError included: `_Parser` words it with its offset
         raise _Decline from None
-    if root is None or stack:
+    if root is None or match is None or stack:
         raise _Decline
-    return root, items
+    return root, items, match
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -502,14 +550,16 @@ class Predicate:
     # Items (leaves) in the tree: what one evaluation against one service costs at most.
     items: int = dataclasses.field(default=0, compare=False)
     terms: frozenset[tuple[str, str]] = dataclasses.field(init=False, repr=False, compare=False)
-    match: Matcher | None = dataclasses.field(init=False, repr=False, compare=False)
+    # The compiled form of `root` (`_compile`); given by `parse`, which builds both at once.
+    match: Matcher | None = dataclasses.field(default=None, repr=False, compare=False, kw_only=True)
 
     def __post_init__(self) -> None:
         out: set[tuple[str, str]] = set()
         if self.root is not None:
             _collect_terms(self.root, out)
+            if self.match is None:
+                object.__setattr__(self, "match", _compile(self.root))
         object.__setattr__(self, "terms", frozenset(out))
-        object.__setattr__(self, "match", None if self.root is None else _compile(self.root))
 
     @classmethod
     def parse(cls, s: str, max_items: int = MAX_ITEMS) -> Predicate:
@@ -518,10 +568,10 @@ class Predicate:
         if not text:
             return cls(s, None)
         try:
-            root, items = _fast_parse(text, max_items)
+            root, items, match = _fast_parse(text, max_items)
         except _Decline:
             return cls.parse_slowly(s, max_items)
-        return cls(s, root, items)
+        return cls(s, root, items, match=match)
 
     @classmethod
     def parse_slowly(cls, s: str, max_items: int = MAX_ITEMS) -> Predicate:

@@ -127,6 +127,10 @@ def test_predicate_cache_is_bounded_by_bytes() -> None:
     da = make_da(predicate_cache_bytes=20_000)
     for i in range(500):
         find(da, f"(&(a={i})(b={i})(c={i}))")
+        find(da, f"(&(b={i})(a={i})(c={i}))")
+    assert not da._predicates  # each asked once: none kept
+    for i in range(500):
+        find(da, f"(&(a={i})(b={i})(c={i}))")  # asked again: kept, within the bytes
     assert 0 < len(da._predicates) < 500 and da._predicate_bytes <= 20_000
 
 
