@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import tempfile
@@ -49,6 +50,11 @@ from sipmob.slp.messages import (  # noqa: E402
     SrvRqst,
     UrlEntry,
 )
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def fresh(directory: Path, config: str = "") -> NsSlpda:
@@ -153,10 +159,13 @@ def flood(base: Path) -> None:
             da.start()
             with da.client(VICTIM) as v:
                 v.register("sip:phone@198.51.100.7", "(name=Phone)")
+            cpu = cpu_seconds(da.pid)
             r = da.run_in("flood.py", "udp", "5000", "5", rate)
+            cpu = cpu_seconds(da.pid) - cpu
             print(f"flood from 5,000 sources at {r['rate']:.0f}/s offered: {r['flood_answered']} answered; "
                   f"registered victim p50 {r['legit_p50_ms']:.1f} ms, p99 {r['legit_p99_ms']:.1f} ms, "
-                  f"{r['legit_lost']} of {r['legit_asked']} lost", flush=True)
+                  f"{r['legit_lost']} of {r['legit_asked']} lost; DA CPU {cpu:.2f} s in the flood's 5 s "
+                  f"+ 2 s", flush=True)
         finally:
             da.delete()
     da = fresh(base / "slowloris")

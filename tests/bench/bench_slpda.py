@@ -1,6 +1,6 @@
 """Benchmark `sipmob-slpda`: SrvRqst throughput and latency over loopback UDP, memory, idle CPU.
 
-Run: .venv/bin/python tests/bench/bench_slpda.py [--seconds 3] [--slpd PATH]
+Run: .venv/bin/python tests/bench/bench_slpda.py [--seconds 3] [--rounds 3] [--slpd PATH]
 
 The daemon runs as its own process. It gets 50 and then 1,000 `service:sip-device` registrations,
 ten per room (attribute room=roomN). For each number of requests kept in flight (1 and 16), a
@@ -17,6 +17,8 @@ XID (and a counter), and sends the next request as soon as a reply arrives, in t
   (two equality terms that both hold for the room's ten devices), distinct in every request too.
 
 Cached and uncached figures are printed apart: only the uncached ones say what a new query costs.
+The machine may be shared: each point runs --rounds times (the DAs taking turns) and the median
+is printed, with the range of the rates, and with --slpd each point's ratio to slpd's median.
 
 A point is bounded by count and by time. Printed: replies/s, p50 and p99 latency, lost requests;
 then the daemon's VmRSS and the CPU time it used during 5 s idle. With --slpd PATH (an OpenSLP slpd
@@ -140,6 +142,15 @@ def run_point(port: int, in_flight: int, rooms: int, seconds: float, mode: str) 
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
+def median(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the runs of one point (lost and errors: their sum)."""
+    out = {}
+    for key in runs[0]:
+        values = sorted(r[key] for r in runs)
+        out[key] = sum(values) if key in ("lost", "errors") else values[len(values) // 2]
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -201,6 +212,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each point")
     parser.add_argument("--slpd", help="an OpenSLP slpd binary to measure side by side")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each point; the median is shown")
     parser.add_argument("--load", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:
@@ -218,8 +230,8 @@ def main() -> None:
             if slpd is not None:
                 slpd.start()
                 print(f"OpenSLP slpd pid {slpd.proc.pid} on 127.0.0.1:{slpd.port}")
-            print(f"{'DA':>12} {'services':>8} {'mode':>8} {'in flight':>9} {'replies/s':>10} {'p50 µs':>8} "
-                  f"{'p99 µs':>8} {'lost':>5} {'errors':>6}")
+            print(f"{'DA':>12} {'services':>8} {'mode':>8} {'in flight':>9} {'replies/s':>10} "
+                  f"{'range':>13} {'p50 µs':>8} {'p99 µs':>8} {'lost':>5} {'errors':>6} {'x slpd':>7}")
             das = [("sipmob-slpda", daemon.port)] + ([("slpd", slpd.port)] if slpd is not None else [])
             registered = 0
             for services in (50, 1000):
@@ -231,11 +243,20 @@ def main() -> None:
                 registered = services
                 for mode in PREDICATES:
                     for in_flight in (1, 16):
-                        for name, port in das:
-                            r = run_point(port, in_flight, services // 10, args.seconds, mode)
-                            print(f"{name:>12} {services:>8} {mode:>8} "
-                                  f"{in_flight:>9} {r['rate']:>10.0f} {r['p50_us']:>8.0f} "
-                                  f"{r['p99_us']:>8.0f} {r['lost']:>5} {r['errors']:>6}", flush=True)
+                        runs: dict[str, list[dict[str, float]]] = {name: [] for name, _ in das}
+                        for _ in range(max(1, args.rounds)):
+                            for name, port in das:
+                                runs[name].append(run_point(port, in_flight, services // 10,
+                                                            args.seconds, mode))
+                        medians = {name: median(rs) for name, rs in runs.items()}
+                        for name, _ in das:
+                            r, rates = medians[name], [x["rate"] for x in runs[name]]
+                            ratio = (f"{r['rate'] / medians['slpd']['rate']:>7.2f}"
+                                     if "slpd" in medians and name != "slpd" else "")
+                            print(f"{name:>12} {services:>8} {mode:>8} {in_flight:>9} {r['rate']:>10.0f} "
+                                  f"{f'{min(rates):.0f}-{max(rates):.0f}':>13} {r['p50_us']:>8.0f} "
+                                  f"{r['p99_us']:>8.0f} {r['lost']:>5.0f} {r['errors']:>6.0f} {ratio}",
+                                  flush=True)
             print(f"daemon VmRSS: {rss_mb(daemon.pid):.1f} MB")
             before = cpu_seconds(daemon.pid)
             time.sleep(5)

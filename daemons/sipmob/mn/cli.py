@@ -8,7 +8,7 @@
     sipmob egress [--json]                                        (status, sessions, probe RTT per egress)
     sipmob transfer CALL --to DEVICE[,DEVICE...] [--media audio|video|all]
                     [--mode auto|mnc|handoff] [--untrusted]
-    sipmob split CALL --video-out DISPLAY --video-in CAMERA [--audio DEVICE]
+    sipmob split CALL --video-out DISPLAY --video-in CAMERA [--audio DEVICE] [--untrusted]
     sipmob retrieve CALL [--media audio|video|all]
     sipmob answer|reject|hangup|hold|resume CALL                  the phone's call controls
     sipmob dtmf CALL DIGITS                                       (sipmob.mn.controls)
@@ -88,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     split.add_argument("--video-out", required=True, metavar="DISPLAY")
     split.add_argument("--video-in", required=True, metavar="CAMERA")
     split.add_argument("--audio", metavar="DEVICE", help="also move audio to this device")
+    split.add_argument("--untrusted", action="store_true",
+                       help="allow devices the DA does not mark trusted (as for transfer)")
 
     retrieve = sub.add_parser("retrieve", help="bring a call's media back to the phone")
     retrieve.add_argument("call")
@@ -306,11 +308,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if command == "transfer" and args.untrusted:
+    if command in ("transfer", "split") and args.untrusted:
         # The phone resolves names to trusted devices only; a device named by its full URI is
         # taken as it is, so the names are turned into URIs here, untrusted devices allowed.
         try:
-            payload["to"] = _uris(args, config, payload["to"])
+            if command == "transfer":
+                payload["to"] = _uris(args, config, payload["to"])
+            else:
+                keys = [k for k in ("video_out", "video_in", "audio") if payload.get(k)]
+                payload.update(zip(keys, _uris(args, config, [payload[k] for k in keys]), strict=True))
         except LookupError as exc:
             print(f"{PROG}: {exc}", file=sys.stderr)
             return EXIT_FAILED

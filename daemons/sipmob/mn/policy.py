@@ -5,8 +5,11 @@ Responsible for, in this order (the cheapest refusal first):
 
 1. 404 for a Request-URI user that is not the phone's (an OPTIONS to the bare host is answered, §11);
 2. 503 with Retry-After for a source address past ``[calls] setups_per_minute`` new INVITEs (a token
-   bucket per address; at most `MAX_SOURCES` addresses are tracked, the least recently seen one is
-   forgotten first, so a flooder rotating addresses cannot make the table grow or reset everyone's);
+   bucket per address), or whose /24 (IPv4) or /64 (IPv6) is past `SUBNET_SHARE` times that (a
+   bucket per subnet: a host rotating through its network's addresses gets a few addresses'
+   share, not one per address); at most `MAX_SOURCES` addresses (and as many subnets) are tracked,
+   the least recently seen forgotten first, so a flooder rotating addresses cannot make the table
+   grow or reset everyone's;
 3. 486 once ``[calls] max_calls`` calls are up or being answered (each costs two sockets and a
    sender; the phone must never run out of descriptors), or ``max_calls_per_source`` from the
    INVITE's source address (so one host cannot take every line);
@@ -38,6 +41,7 @@ from sipmob.sip.uri import URI
 log = logging.getLogger("sipmob.mn")
 
 MAX_SOURCES = 4096  # source addresses whose setup rate is tracked
+SUBNET_SHARE = 4.0  # a /24 or /64 may set up calls as fast as this many addresses together
 LOG_INTERVAL = 10.0  # seconds between two lines about refused requests: a flood must not flood the log
 
 
@@ -65,6 +69,7 @@ class PhonePolicy:
         self.burst = max(1.0, min(setups_per_minute, 5.0))
         self.calls = calls
         self._buckets: collections.OrderedDict[str, _Bucket] = collections.OrderedDict()
+        self._subnets: collections.OrderedDict[str, _Bucket] = collections.OrderedDict()
         self.refused: collections.Counter[int] = collections.Counter()
         self._unlogged: collections.Counter[int] = collections.Counter()
         self._logged_at: float | None = None
@@ -126,17 +131,38 @@ class PhonePolicy:
         return max(1, round(1.0 / self.rate)) if self.rate > 0 else 3600
 
     def _take(self, host: str, now: float) -> bool:
-        bucket = self._buckets.get(host)
-        if bucket is None:
-            bucket = _Bucket(self.burst, now)
-            self._buckets[host] = bucket
-            if len(self._buckets) > MAX_SOURCES:
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(host)
-            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.at) * self.rate)
-            bucket.at = now
-        if bucket.tokens < 1.0:
+        """One token from the address's bucket and one from its subnet's; both must have one."""
+        own = _refill(self._buckets, host, self.burst, self.rate, now)
+        subnet = _refill(self._subnets, subnet_of(host), SUBNET_SHARE * self.burst,
+                         SUBNET_SHARE * self.rate, now)
+        if own.tokens < 1.0 or subnet.tokens < 1.0:
             return False
-        bucket.tokens -= 1.0
+        own.tokens -= 1.0
+        subnet.tokens -= 1.0
         return True
+
+
+def _refill(buckets: collections.OrderedDict[str, _Bucket], key: str, burst: float, rate: float,
+            now: float) -> _Bucket:
+    """The bucket of `key`, filled for the time since it was last seen; a new one full. The least
+    recently seen key is forgotten once `MAX_SOURCES` are tracked."""
+    bucket = buckets.get(key)
+    if bucket is None:
+        bucket = buckets[key] = _Bucket(burst, now)
+        if len(buckets) > MAX_SOURCES:
+            buckets.popitem(last=False)
+        return bucket
+    buckets.move_to_end(key)
+    bucket.tokens = min(burst, bucket.tokens + (now - bucket.at) * rate)
+    bucket.at = now
+    return bucket
+
+
+def subnet_of(host: str) -> str:
+    """The /24 of an IPv4 address, the /64 of an IPv6 one (a host name or garbage: itself)."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    prefix = 24 if address.version == 4 else 64
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))

@@ -4,9 +4,11 @@
 the bytes of one datagram or one TCP message with its source and the current time, and returns the
 bytes to send back. It also says when its next deadline is (a registration expiring, the DAAdvert
 heartbeat) and what to multicast when it passes. Beyond the RFC it indexes registrations (service
-type, scope, attribute values) so that a SrvRqst with a predicate does not scan the store, caches
-encoded replies, limits the request rate per source, bounds the store, restricts who may register,
-and can snapshot itself with absolute expiry times for persistence across a power cut.
+type + scope + language, attribute values) so that a SrvRqst with a predicate does not scan the
+store, keeps each URL entry encoded, caches the replies of requests that repeat, limits the request
+rate per source (deciding admission for a whole batch of datagrams before parsing any,
+`handle_batch`), bounds the store, restricts who may register, and can snapshot itself with
+absolute expiry times for persistence across a power cut.
 
 Not here: sockets, multicast membership, the clock, logging and the state file (the daemon,
 `sipmob.slpda.app`); the wire format (`wire`); attribute and predicate semantics (`attrs`,
@@ -20,6 +22,7 @@ import heapq
 import ipaddress
 import math
 import re
+import struct
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal
@@ -51,9 +54,9 @@ from sipmob.slp.messages import (
     SrvRqst,
     SrvTypeRply,
     SrvTypeRqst,
-    UrlEntry,
 )
 from sipmob.slp.names import (
+    WHITESPACE,
     ServiceType,
     SLPValueError,
     fold,
@@ -202,6 +205,17 @@ class _Registration:
     trusted: bool = False
     index: tuple[tuple[str, str], ...] = ()
     cost: int = 0
+    entry: bytes = b""  # the URL entry's bytes after its lifetime, encoded once (`_store`)
+    sent: bytes = b""  # the whole entry as last sent, with the lifetime `sent_life`
+    sent_life: int = -1
+
+    @property
+    def type_name(self) -> str:
+        return _type_name(self.stype)
+
+    @property
+    def lang_key(self) -> str:
+        return _lang_key(self.lang)
 
 
 @dataclasses.dataclass(slots=True)
@@ -216,7 +230,16 @@ class DirectoryAgent:
     def __init__(self, config: DAConfig, now: float) -> None:
         self.counters = Counters()
         self._regs: dict[tuple[str, str], _Registration] = {}
+        # Keyed by the full type name (`_type_name`); `_names_by_key` lists the names under each
+        # `ServiceType.key`, for a request by abstract type alone.
         self._by_type: dict[str, _TypeBucket] = {}
+        self._names_by_key: dict[str, set[str]] = {}
+        # What a SrvRqst asks first: registrations of one type, in one scope, in one language.
+        self._by_tsl: dict[tuple[str, str, str], set[tuple[str, str]]] = {}
+        self._service_types: dict[str, ServiceType | None] = {}  # parsed request types, bounded
+        self._scope_lists: dict[str, frozenset[str] | None] = {}  # parsed request scope lists
+        self._seen: set[int] = set()  # hashes of requests answered once: cached when seen again
+        self._seen_predicates: set[int] = set()  # likewise for parsed predicates
         self._by_scope: dict[str, set[tuple[str, str]]] = {}
         self._by_attr: dict[tuple[str, str], set[tuple[str, str]]] = {}
         self._by_url: dict[str, set[tuple[str, str]]] = {}
@@ -329,6 +352,40 @@ class DirectoryAgent:
             refused_by = self._admit(address, now)
             if refused_by is not None:
                 return self._over_rate(data, address, via, now, refused_by)
+        return self._serve(data, source, via, now, limited)
+
+    def handle_batch(self, batch: list[tuple[bytes, tuple[str, int]]], via: Via,
+                     now: float) -> Iterator[tuple[tuple[str, int], list[bytes]]]:
+        """`handle` for datagrams read together: ``(source, replies)`` for each, as it is answered.
+
+        Admission is decided for every datagram before any is parsed, so a flood's datagrams
+        cost their admission only, and the requests of the protected sources (trusted, or with a
+        live registration) are answered before the strangers' that were read with them: under a
+        flood a household's datagram waits for the rest of its batch to be triaged, not served.
+        Each source's own requests keep their order.
+        """
+        later = []
+        for data, source in batch:
+            self.counters.received += 1
+            address = source[0]
+            limited = self._limited(address)
+            if limited:
+                refused_by = self._admit(address, now)
+                if refused_by is not None:
+                    refusal = self._over_rate(data, address, via, now, refused_by)
+                    if refusal:
+                        yield source, refusal
+                    continue
+                if not self.is_protected(address):
+                    later.append((data, source))
+                    continue
+            yield source, self._serve(data, source, via, now, limited)
+        for data, source in later:
+            yield source, self._serve(data, source, via, now, True)
+
+    def _serve(self, data: bytes, source: tuple[str, int], via: Via, now: float,
+               limited: bool) -> list[bytes]:
+        address = source[0]
         self._work = 0
         self._cut = False
         if len(data) >= 14 and data[1] in _CACHEABLE:
@@ -341,7 +398,15 @@ class DirectoryAgent:
                 return [reply[:10] + xid + reply[12:] for reply in hit[1]]
             self.counters.cache_misses += 1
             replies = self._handle(data, source, via, now)
-            self._cache_reply(key, replies, now)
+            # Most requests are never repeated (a predicate naming a new value): caching their
+            # replies would only push out the ones that are. A request is cached when seen again.
+            seen = hash(key)
+            if seen in self._seen:
+                self._cache_reply(key, replies, now)
+            else:
+                if len(self._seen) >= 4 * self.config.reply_cache_size:
+                    self._seen.clear()
+                self._seen.add(seen)
         else:
             replies = self._handle(data, source, via, now)
         if limited and self._work >= WORK_PER_TOKEN:
@@ -513,11 +578,14 @@ class DirectoryAgent:
 
     def _request_scopes(self, scope_list: str) -> frozenset[str] | None:
         """The folded scopes of a list (§6.4.1: empty means DEFAULT), or None if it is malformed."""
-        try:
-            scopes = frozenset(_scope_key(s) for s in split_list(scope_list))
-        except SLPValueError:
-            return None
-        return scopes or _DEFAULT_SCOPES
+        scopes = self._scope_lists.get(scope_list, _UNKNOWN)
+        if scopes is _UNKNOWN:
+            try:
+                scopes = frozenset(_scope_key(s) for s in split_list(scope_list)) or _DEFAULT_SCOPES
+            except SLPValueError:
+                scopes = None
+            _remember(self._scope_lists, scope_list, scopes)
+        return scopes  # type: ignore[no-any-return]
 
     def _not_for_us(self, prlist: str, via: Via) -> bool:
         # §6.3: a multicast requester lists who already answered; those stay quiet.
@@ -533,28 +601,51 @@ class DirectoryAgent:
     def _srv_rqst(self, msg: SrvRqst, via: Via, now: float) -> list[bytes]:
         if self._not_for_us(msg.prlist, via):
             return []
-        if fold(msg.service_type) == DA_SERVICE_TYPE:
-            return self._da_discovery(msg, via)
-        try:
-            stype = ServiceType.parse(msg.service_type)
-        except SLPValueError:
+        stype = self._service_types.get(msg.service_type, _UNKNOWN)
+        if stype is _UNKNOWN:
+            if fold(msg.service_type) == DA_SERVICE_TYPE:
+                return self._da_discovery(msg, via)
+            try:
+                stype = ServiceType.parse(msg.service_type)
+            except SLPValueError:
+                stype = None
+            _remember(self._service_types, msg.service_type, stype)
+        if stype is None:
             return self._error(msg.header, ErrorCode.PARSE_ERROR, via)
+        assert isinstance(stype, ServiceType)
         scopes = self._request_scopes(msg.scope_list)
         if scopes is None:
             return self._error(msg.header, ErrorCode.PARSE_ERROR, via)
-        if not scopes & self._scopes:
+        if self._scopes.isdisjoint(scopes):
             return self._error(msg.header, ErrorCode.SCOPE_NOT_SUPPORTED, via)
         predicate: Predicate | None = None
         if msg.predicate.strip():
             predicate = self._predicate(msg.predicate)
             if predicate is None:
                 return self._error(msg.header, ErrorCode.PARSE_ERROR, via)
-        urls = [UrlEntry(reg.url, _remaining(reg.expires, now))
-                for reg in self._find(stype, scopes, msg.header.lang, predicate, self._reply_limit(via))]
-        if not urls and via == "mcast":  # §6.1: a multicast request with no result gets silence
+        # The reply is framed here from each registration's entry, encoded when it was stored:
+        # only the lifetime changes from one reply to the next.
+        lang = msg.header.lang.encode("utf-8")
+        budget = self._reply_limit(via) - wire.HEADER_FIXED_LEN - len(lang) - 4
+        overflow = budget < 0
+        entries: list[bytes] = []
+        lifetime = _LIFETIME.pack
+        for reg in self._matching(stype, scopes, msg.header.lang, predicate):
+            left = reg.expires - now
+            life = 1 if left <= 1 else MAX_LIFETIME if left >= MAX_LIFETIME else math.ceil(left)
+            if life == reg.sent_life:
+                entry = reg.sent
+            else:
+                entry = reg.sent = lifetime(0, life) + reg.entry
+                reg.sent_life = life
+            budget -= len(entry)
+            if budget < 0 or len(entries) == 0xFFFF:
+                overflow = True  # §8.2: whole entries only; the client may ask again over TCP
+                break
+            entries.append(entry)
+        if not entries and via == "mcast":  # §6.1: a multicast request with no result gets silence
             return []
-        reply = SrvRply(self._reply_header(msg.header, FunctionId.SrvRply), ErrorCode.OK, tuple(urls))
-        return self._send(reply, via)
+        return [wire.srv_rply_frame(msg.header.xid, lang, entries, overflow or self._cut)]
 
     def _predicate(self, text: str) -> Predicate | None:
         cache = self._predicates
@@ -569,6 +660,13 @@ class DirectoryAgent:
         except PredicateError:
             return None
         self._spend(len(text) // 16)
+        seen = hash(text)
+        if seen not in self._seen_predicates:
+            # Kept only once asked for again: most predicates name a value never asked again.
+            if len(self._seen_predicates) >= 4 * self.config.predicate_cache_size:
+                self._seen_predicates.clear()
+            self._seen_predicates.add(seen)
+            return predicate
         cache[text] = predicate
         self._predicate_bytes += _predicate_cost(predicate)
         while cache and (len(cache) > self.config.predicate_cache_size
@@ -577,57 +675,55 @@ class DirectoryAgent:
             self._predicate_bytes -= _predicate_cost(old)
         return predicate
 
-    def _find(self, stype: ServiceType, scopes: frozenset[str], lang: str,
-              predicate: Predicate | None, limit: int = MAX_REPLY) -> list[_Registration]:
-        """Registrations of a matching type, in one of `scopes`, in `lang`, satisfying `predicate`.
-
-        Stops once the URLs found exceed `limit` bytes (the reply is cut there anyway) or the
-        request's work budget is spent.
-        """
-        found = []
-        size = 0
-        for reg in self._matching(stype, scopes, lang, predicate):
-            found.append(reg)
-            size += len(reg.url) + 6
-            if size > limit:
-                break
-        return found
-
     def _matching(self, stype: ServiceType, scopes: frozenset[str], lang: str,
                   predicate: Predicate | None) -> Iterator[_Registration]:
-        """`_find`'s registrations one by one, in URL order, for a caller that may stop early.
+        """Registrations of a type `stype` matches, in one of `scopes`, in `lang`, satisfying
+        `predicate`, one by one in URL order, for a caller that may stop early.
 
         Set operations count a work unit per 16 keys they touch, each registration looked at one
-        plus one per predicate item.
+        plus one per predicate item; iteration ends when the budget is spent.
         """
-        buckets = [b for b in self._by_type.values() if stype.matches(b.stype)]
-        if not buckets:
+        names = self._names_by_key.get(stype.key)
+        if not names:
             return
-        terms = predicate.index_terms() if predicate is not None else frozenset()
+        if stype.abstract is not None or not stype.is_service_url:
+            # A full abstract:concrete type matches only itself (`ServiceType.matches`).
+            names = {_type_name(stype)} & names
+        lang_key = _lang_key(lang)
+        tsl = self._by_tsl
+        pools = [keys for name in names for scope in scopes
+                 if (keys := tsl.get((name, scope, lang_key))) is not None]
+        if not pools:
+            return
+        pool = pools[0] if len(pools) == 1 else set().union(*pools)
+        terms = predicate.terms if predicate is not None else _NOTHING
         candidates: Iterable[tuple[str, str]]
         if terms:
             # Every match carries each index term: start from the smallest posting list and test
             # membership in the others, so the work follows the answer, not the store.
-            postings = sorted((self._by_attr.get(t, _NOTHING) for t in terms), key=len)
+            postings = sorted([pool, *(self._by_attr.get(t, _NOTHING) for t in terms)], key=len)
             smallest, others = postings[0], postings[1:]
             self._spend(len(smallest) * len(postings) // 16)
-            types = {key for b in buckets for key in (b.stype.key,)}
-            candidates = [k for k in smallest if all(k in p for p in others)
-                          and self._regs[k].type_key in types and not self._regs[k].scopes.isdisjoint(scopes)]
+            if len(others) == 1:
+                other = others[0]
+                candidates = [k for k in smallest if k in other]
+            else:
+                candidates = [k for k in smallest if all(k in p for p in others)]
         else:
-            keys: set[tuple[str, str]] = set().union(*(b.keys for b in buckets))
-            self._spend(len(keys) // 16)
-            candidates = [k for k in keys if not self._regs[k].scopes.isdisjoint(scopes)]
+            self._spend(len(pool) // 16)
+            candidates = pool
         each = 1 + (predicate.items if predicate is not None else 0)
+        match = predicate.match if predicate is not None else None
+        regs = self._regs
+        limit = self._work_limit
         for key in sorted(candidates):
-            if not self._spend(each):
+            self._work += each
+            if self._work > limit:
+                self._spend(0)  # marks the reply cut
                 return
-            reg = self._regs[key]
-            if not lang_matches(lang, reg.lang):
-                continue
-            if predicate is not None and not predicate.matches(reg.attrs):
-                continue
-            yield reg
+            reg = regs[key]
+            if match is None or match(reg.attrs):
+                yield reg
 
     def _da_discovery(self, msg: SrvRqst, via: Via) -> list[bytes]:
         # §8.5, §12.2: any DA answers a DA discovery with no scopes; otherwise the scopes must meet.
@@ -907,12 +1003,17 @@ class DirectoryAgent:
         if reg.trusted:
             for name in _names(reg):
                 self._trusted_names[name] = self._trusted_names.get(name, 0) + 1
-        bucket = self._by_type.get(reg.type_key)
+        name = reg.type_name
+        bucket = self._by_type.get(name)
         if bucket is None:
-            bucket = self._by_type[reg.type_key] = _TypeBucket(reg.stype, set())
+            bucket = self._by_type[name] = _TypeBucket(reg.stype, set())
+            self._names_by_key.setdefault(reg.type_key, set()).add(name)
         bucket.keys.add(key)
+        lang_key = reg.lang_key
         for scope in reg.scopes:
             self._by_scope.setdefault(scope, set()).add(key)
+            self._by_tsl.setdefault((name, scope, lang_key), set()).add(key)
+        reg.entry = wire.url_entry_tail(reg.url)
         for term in reg.index:
             self._by_attr.setdefault(term, set()).add(key)
         if old is None or old.expires != reg.expires:
@@ -929,13 +1030,21 @@ class DirectoryAgent:
         if reg.trusted:
             for name in _names(reg):
                 _decrement(self._trusted_names, name)
-        bucket = self._by_type.get(reg.type_key)
+        name = reg.type_name
+        bucket = self._by_type.get(name)
         if bucket is not None:
             bucket.keys.discard(key)
             if not bucket.keys:
-                del self._by_type[reg.type_key]
+                del self._by_type[name]
+                names = self._names_by_key.get(reg.type_key)
+                if names is not None:
+                    names.discard(name)
+                    if not names:
+                        del self._names_by_key[reg.type_key]
+        lang_key = reg.lang_key
         for scope in reg.scopes:
             _discard(self._by_scope, scope, key)
+            _discard(self._by_tsl, (name, scope, lang_key), key)
         for term in reg.index:
             _discard(self._by_attr, term, key)
 
@@ -1073,8 +1182,26 @@ class DirectoryAgent:
 # Helpers ----------------------------------------------------------------------------------------
 
 
-def _remaining(expires: float, now: float) -> int:
-    return max(1, min(MAX_LIFETIME, math.ceil(expires - now)))
+_UNKNOWN: Any = object()
+_LIFETIME = struct.Struct("!BH")  # a URL entry's reserved byte and lifetime (§4.3)
+_PARSED_CACHE = 1024  # request strings (types, scope lists) whose parse is remembered
+
+
+def _remember(cache: dict[str, Any], text: str, value: Any) -> None:
+    if len(cache) >= _PARSED_CACHE:
+        cache.clear()  # cheap, and bounded: a flood of distinct strings only costs their parse
+    if len(text) <= 256:
+        cache[text] = value
+
+
+def _type_name(stype: ServiceType) -> str:
+    """The full type in comparison form: registrations answer the same requests iff equal."""
+    return str(stype).lower()
+
+
+def _lang_key(lang: str) -> str:
+    # As `names.lang_matches` compares them: exact, case-insensitive, ends trimmed.
+    return lang.strip(WHITESPACE).lower()
 
 
 def _scope_key(scope: str) -> str:

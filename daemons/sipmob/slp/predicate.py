@@ -27,6 +27,13 @@ the item FALSE, never an error. RFC 2608 says nothing more; RFC 2251 §4.5.1 eva
 over an absent attribute to FALSE (Undefined is only for unknown attribute types, which SLP
 does not have), so ``(!(x=1))`` is TRUE when ``x`` is absent, as in OpenSLP.
 
+Parsing is done twice over, on purpose: `_Parser` is a plain recursive descent that states every
+error precisely, and `_fast_parse` reads a well-formed predicate with one regular expression
+tokenizer (a handful of C-level scans instead of a Python step per character) and declines
+anything it does not like, so that `_Parser` reports it. Evaluation is by closures compiled from
+the tree (`_compile`), specialised to the common cases: the tree's own ``matches`` methods are
+the reference semantics, and the unit tests check both agree.
+
 Not here: caching parsed predicates (the Directory Agent does it), attribute list parsing
 (`sipmob.slp.attrs`).
 """
@@ -34,7 +41,8 @@ Not here: caching parsed predicates (the Directory Agent does it), attribute lis
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 
 from sipmob.slp.attrs import (
     BAD_TAG,
@@ -91,6 +99,17 @@ class FilterValue:
 
     @classmethod
     def read(cls, raw: str, at: int) -> FilterValue:
+        if raw.isascii() and raw.isalnum():
+            # A bare word or number, as most queries carry: nothing to unescape or fold but case.
+            folded = raw.lower()
+            number = None
+            if raw.isdigit():
+                try:
+                    number = int(raw)
+                except ValueError:
+                    raise PredicateError(f"integer at offset {at} is too long") from None
+            truth = (folded == "true") if folded in ("true", "false") else None
+            return cls(folded, number, truth, None, folded)
         if raw[:3].upper() == "\\FF":
             try:
                 data = parse_opaque(raw.strip(WHITESPACE))
@@ -341,6 +360,187 @@ def _collect_terms(node: Node, out: set[tuple[str, str]]) -> None:
             out.add((node.tag.key, key))
 
 
+Matcher = Callable[[Mapping[str, Attribute]], bool]
+
+
+def _compile(node: Node) -> Matcher:
+    """A closure evaluating `node` as its ``matches`` does, with the dispatch done once, here."""
+    kind = type(node)
+    if kind is And or kind is Or:
+        assert isinstance(node, And | Or)
+        fs = tuple(_compile(c) for c in node.children)
+        if len(fs) == 1:
+            return fs[0]
+        if len(fs) == 2:
+            f0, f1 = fs
+            if kind is And:
+                return lambda attrs: f0(attrs) and f1(attrs)
+            return lambda attrs: f0(attrs) or f1(attrs)
+        if kind is And:
+            return lambda attrs: all(f(attrs) for f in fs)
+        return lambda attrs: any(f(attrs) for f in fs)
+    if kind is Not:
+        assert isinstance(node, Not)
+        f = _compile(node.child)
+        return lambda attrs: not f(attrs)
+    assert isinstance(node, Present | Substring | Compare)
+    if node.tag.pattern is not None or kind is Substring:
+        return node.matches  # wildcards: rare, and the tree's evaluator is fine
+    key = node.tag.key
+    if kind is Present:
+        return lambda attrs: key in attrs
+    assert isinstance(node, Compare)
+    slow = node._matches_one
+    if node.op == "=" and node.value.opaque is None:
+        # String equality is what nearly every query asks; other types go the general way.
+        folded = node.value.folded
+
+        def equal(attrs: Mapping[str, Attribute]) -> bool:
+            a = attrs.get(key)
+            if a is None:
+                return False
+            values = a.values
+            if values and type(values[0]) is str:
+                return folded in a.folded
+            return slow(a)
+        return equal
+
+    def compare(attrs: Mapping[str, Attribute]) -> bool:
+        a = attrs.get(key)
+        return a is not None and slow(a)
+    return compare
+
+
+_WS = "[ \t\r\n\v\f]*"
+# One token per match: an operator after "(", a whole item (no parentheses inside), a ")", or
+# any other character (which makes `_fast_parse` decline).
+_TOKEN = re.compile(f"{_WS}(?:\\({_WS}([&|!])|\\(([^()]*)\\)|(\\)))|([\\s\\S])")
+_ITEM = re.compile(r"([^=~<>]*)(=|[~<>]=)([\s\S]*)")
+_TAG_CACHE: dict[str, TagRef] = {}
+_TAG_CACHE_SIZE = 512
+_ITEM_CACHE: dict[str, tuple[Node, Matcher]] = {}
+_ITEM_SEEN: set[int] = set()  # hashes of items read once
+_ITEM_CACHE_SIZE = 512  # items kept once read, each of at most _ITEM_CACHE_TEXT characters:
+_ITEM_CACHE_TEXT = 128  # well under a megabyte in all
+
+
+class _Decline(Exception):
+    """`_fast_parse` cannot read the predicate: `_Parser` will (or will say why not)."""
+
+
+def _fast_item(body: str) -> tuple[Node, Matcher]:
+    """An item's node and compiled form; the same text (most items of a household's queries
+    repeat) is read once, while it stays among the last `_ITEM_CACHE_SIZE` read."""
+    known = _ITEM_CACHE.get(body)
+    if known is not None:
+        return known
+    node = _read_item(body)
+    known = (node, _compile(node))
+    if len(body) <= _ITEM_CACHE_TEXT:
+        # Kept once read twice, so that items naming a new value every time (a counter, a
+        # timestamp) do not push out the ones that recur.
+        seen = hash(body)
+        if seen in _ITEM_SEEN:
+            _ITEM_CACHE[body] = known
+            if len(_ITEM_CACHE) > _ITEM_CACHE_SIZE:
+                del _ITEM_CACHE[next(iter(_ITEM_CACHE))]
+        else:
+            if len(_ITEM_SEEN) >= 8 * _ITEM_CACHE_SIZE:
+                _ITEM_SEEN.clear()
+            _ITEM_SEEN.add(seen)
+    return known
+
+
+def _read_item(body: str) -> Node:
+    m = _ITEM.match(body)
+    if m is None:
+        raise _Decline
+    raw_tag, op, raw = m.groups()
+    tag = _TAG_CACHE.get(raw_tag)
+    if tag is None:
+        tag = _Parser.tag(raw_tag, 0)
+        if len(_TAG_CACHE) >= _TAG_CACHE_SIZE:
+            _TAG_CACHE.clear()
+        _TAG_CACHE[raw_tag] = tag
+    value = raw.strip(WHITESPACE)
+    if not value:
+        raise _Decline
+    if "*" not in value:
+        return Compare(tag, op, FilterValue.read(value, 0))
+    if op != "=":
+        raise _Decline
+    if value == "*":
+        return Present(tag)
+    parts = raw.split("*")
+    last = len(parts) - 1
+    return Substring(tag, tuple(fold_edges(unescape(p), left=k == 0, right=k == last)
+                                for k, p in enumerate(parts)))
+
+
+def _combine(kind: str, fs: list[Matcher]) -> Matcher:
+    """`_compile` of an operator whose children are compiled already."""
+    if kind == "!":
+        f = fs[0]
+        return lambda attrs: not f(attrs)
+    if len(fs) == 1:
+        return fs[0]
+    if len(fs) == 2:
+        f0, f1 = fs
+        if kind == "&":
+            return lambda attrs: f0(attrs) and f1(attrs)
+        return lambda attrs: f0(attrs) or f1(attrs)
+    t = tuple(fs)
+    if kind == "&":
+        return lambda attrs: all(f(attrs) for f in t)
+    return lambda attrs: any(f(attrs) for f in t)
+
+
+def _fast_parse(text: str, max_items: int) -> tuple[Node, int, Matcher]:
+    """The tree, item count and compiled form of a well-formed predicate; raises _Decline for
+    anything else, including every error (`_Parser` then finds it and says where)."""
+    stack: list[tuple[str, list[Node], list[Matcher]]] = []
+    root: Node | None = None
+    match: Matcher | None = None
+    items = 0
+    try:
+        for op, body, close, other in _TOKEN.findall(text):
+            if root is not None or other:
+                raise _Decline
+            node: Node
+            if op:
+                if len(stack) >= MAX_DEPTH:
+                    raise _Decline
+                stack.append((op, [], []))
+                continue
+            if close:
+                if not stack:
+                    raise _Decline
+                kind, children, fs = stack.pop()
+                if not children or (kind == "!" and len(children) != 1):
+                    raise _Decline
+                node = Not(children[0]) if kind == "!" else (
+                    And(tuple(children)) if kind == "&" else Or(tuple(children)))
+                f = _combine(kind, fs)
+            else:
+                items += 1
+                if items > max_items or len(stack) >= MAX_DEPTH:
+                    raise _Decline
+                node, f = _fast_item(body)
+            if stack:
+                top = stack[-1]
+                if top[0] == "!" and top[1]:
+                    raise _Decline
+                top[1].append(node)
+                top[2].append(f)
+            else:
+                root, match = node, f
+    except SLPValueError:  # PredicateError included: `_Parser` words it with its offset
+        raise _Decline from None
+    if root is None or match is None or stack:
+        raise _Decline
+    return root, items, match
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Predicate:
     """A parsed predicate; ``root`` is None for the empty predicate, which matches everything."""
@@ -350,16 +550,32 @@ class Predicate:
     # Items (leaves) in the tree: what one evaluation against one service costs at most.
     items: int = dataclasses.field(default=0, compare=False)
     terms: frozenset[tuple[str, str]] = dataclasses.field(init=False, repr=False, compare=False)
+    # The compiled form of `root` (`_compile`); given by `parse`, which builds both at once.
+    match: Matcher | None = dataclasses.field(default=None, repr=False, compare=False, kw_only=True)
 
     def __post_init__(self) -> None:
         out: set[tuple[str, str]] = set()
         if self.root is not None:
             _collect_terms(self.root, out)
+            if self.match is None:
+                object.__setattr__(self, "match", _compile(self.root))
         object.__setattr__(self, "terms", frozenset(out))
 
     @classmethod
     def parse(cls, s: str, max_items: int = MAX_ITEMS) -> Predicate:
         """Parse a predicate of at most `max_items` items; raises PredicateError."""
+        text = s.strip(WHITESPACE)
+        if not text:
+            return cls(s, None)
+        try:
+            root, items, match = _fast_parse(text, max_items)
+        except _Decline:
+            return cls.parse_slowly(s, max_items)
+        return cls(s, root, items, match=match)
+
+    @classmethod
+    def parse_slowly(cls, s: str, max_items: int = MAX_ITEMS) -> Predicate:
+        """`parse` by recursive descent only: the reference for the tokenizer, and the errors."""
         if not s.strip(WHITESPACE):
             return cls(s, None)
         p = _Parser(s, max_items)
@@ -371,6 +587,10 @@ class Predicate:
 
     def matches(self, attrs: Mapping[str, Attribute]) -> bool:
         """Whether a service with these attributes (keyed by folded tag) satisfies the predicate."""
+        return self.match is None or self.match(attrs)
+
+    def matches_by_tree(self, attrs: Mapping[str, Attribute]) -> bool:
+        """`matches` by walking the tree: the reference semantics the compiled form must keep."""
         return self.root is None or self.root.matches(attrs)
 
     def index_terms(self) -> frozenset[tuple[str, str]]:

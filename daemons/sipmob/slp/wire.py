@@ -68,6 +68,8 @@ __all__ = [
     "encode_within",
     "error_reply",
     "peek_length",
+    "srv_rply_frame",
+    "url_entry_tail",
 ]
 
 HEADER_FIXED_LEN = 14  # §8: the header up to and including the language tag length
@@ -416,6 +418,23 @@ def _e_url_entry(e: UrlEntry) -> bytes:
     if not e.auths:
         return head + url + b"\x00"
     return head + url + _e_auths(e.auths)
+
+
+def url_entry_tail(url: str) -> bytes:
+    """A URL entry without authenticators, from its URL length on: what follows the reserved
+    byte and the lifetime. A server encodes it once and sends it with the current lifetime."""
+    return _e_url_entry(UrlEntry(url, 0))[3:]
+
+
+def srv_rply_frame(xid: int, lang: bytes, entries: list[bytes], overflow: bool = False) -> bytes:
+    """A successful SrvRply carrying already encoded URL `entries` (reserved byte, lifetime and
+    `url_entry_tail` each), with no extensions: `encode` without building the messages."""
+    length = HEADER_FIXED_LEN + len(lang) + 4 + sum(map(len, entries))
+    if length > _MAX_LEN or len(entries) > 0xFFFF:
+        raise ValueError("SrvRply longer than its length fields allow")
+    return b"".join((_HEADER.pack(SLP_VERSION, FunctionId.SrvRply, length >> 8, length & 0xFF,
+                                  Flags.OVERFLOW if overflow else 0, 0, 0, xid, len(lang)),
+                     lang, _U16x2.pack(0, len(entries)), *entries))
 
 
 def _e_error(error: ErrorCode) -> bytes:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ log = logging.getLogger("sipmob.slpda")
 MAX_TCP_MESSAGE = 1 << 16  # a SrvReg within the attribute limit fits easily
 UDP_RECEIVE_BUFFER = 1 << 20
 MAX_DATAGRAM = 65535  # RFC 2608 §6.1 allows datagrams up to the path MTU; UDP's own limit is this
+READ_BATCH = 256  # datagrams read from a socket before any is answered: a flood's triage unit
+READ_BATCH_BYTES = 1 << 18  # and their bytes (Twisted's own bound for one read)
 JOURNAL_INTERVAL = 0.25  # seconds between journal writes: a change is on disk well within a second
 JOURNAL_COMPACT = 1 << 20  # bytes of journal after which the state file is rewritten
 STATE_DELAY, STATE_MAX_DELAY = 30.0, 600.0  # the journal carries changes; rewrites can be rare
@@ -59,9 +62,32 @@ class _Datagrams(protocol.DatagramProtocol):
         # Straight to the socket: Port.write re-validates the address three times per datagram,
         # a tenth of the cost of answering a cached SrvRqst (measured with cProfile).
         self._sendto = self.transport.socket.sendto
+        self._recvfrom = self.transport.socket.recvfrom
+        # The port's own doRead hands datagrams over one at a time, up to 256 KB of them: read
+        # a bounded batch instead, so that the DA decides admission for all of it before parsing
+        # any, and answers the household's requests in it first (`DirectoryAgent.handle_batch`).
+        self.transport.doRead = self._read_batch
+
+    def _read_batch(self) -> None:
+        batch = []
+        recvfrom = self._recvfrom
+        size = 0
+        while len(batch) < READ_BATCH and size < READ_BATCH_BYTES:
+            try:
+                data, addr = recvfrom(MAX_DATAGRAM)
+            except OSError:  # nothing left (EAGAIN), or an error queued by ICMP: read again later
+                break
+            batch.append((data, (addr[0], addr[1])))
+            size += len(data)
+        if batch:
+            for addr, replies in self.app.received_batch(batch, self.via):
+                self._answer(replies, addr)
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
-        for reply in self.app.received(data, addr, self.via):
+        self._answer(self.app.received(data, addr, self.via), addr)
+
+    def _answer(self, replies: list[bytes], addr: Any) -> None:
+        for reply in replies:
             try:
                 self._sendto(reply, addr)
             except OSError as exc:  # full buffer, unreachable client: the reply is lost, as UDP may
@@ -310,6 +336,17 @@ class SlpdaApp:
         if self.da.generation != self._generation or self.da.has_events:
             self._after_change()
         return replies
+
+    def received_batch(self, batch: list[tuple[bytes, tuple[str, int]]],
+                       via: Via) -> Iterator[tuple[tuple[str, int], list[bytes]]]:
+        now = self.reactor.seconds()
+        for addr, replies in self.da.handle_batch(batch, via, now):
+            if self._debug:
+                log.debug("%s from %s:%d: %d replies (%s bytes)", via, addr[0], addr[1],
+                          len(replies), ",".join(str(len(r)) for r in replies))
+            yield addr, replies
+        if self.da.generation != self._generation or self.da.has_events:
+            self._after_change()
 
     def _timer_fired(self, now: float) -> None:
         for advert in self.da.handle_timer(now):

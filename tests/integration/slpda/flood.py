@@ -3,7 +3,9 @@
     flood.py udp SOURCES SECONDS [RATE]  SrvRqsts, each with a predicate no other has, from SOURCES
                                      addresses in 127.1.0.0/16 (about 250 per /24), at most RATE a
                                      second (0 or absent: as fast as this process can), while the
-                                     victim (198.51.100.7, registered) asks every 20 ms
+                                     victim (198.51.100.7, registered) asks every 20 ms from a
+                                     process of its own (`flood.py victim SECONDS`), so that its
+                                     latencies are the DA's, not the busy flooding loop's
     flood.py slowloris CONNS SECONDS CONNS TCP connections from 127.2.0.0/16 (20 per address)
                                      sending one byte a second, while the victim asks over TCP
 
@@ -16,6 +18,7 @@ import json
 import resource
 import select
 import socket
+import subprocess
 import sys
 import time
 
@@ -47,10 +50,38 @@ def percentile(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(p / 100 * len(values)))]
 
 
-def udp(sources: int, seconds: float, rate: float = 0.0) -> dict[str, object]:
+def victim(seconds: float) -> dict[str, object]:
+    """The registered victim asking every 20 ms, each request waited for (up to 1 s)."""
     legit = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     legit.bind((VICTIM, 0))
-    legit.setblocking(False)
+    latencies: list[float] = []
+    asked = lost = 0
+    start = time.monotonic()
+    while time.monotonic() < start + seconds:
+        asked += 1
+        sent = time.monotonic()
+        legit.sendto(request(60000 + asked % 5000, f"(probe={asked})"), DA)
+        deadline = sent + 1.0
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                lost += 1
+                break
+            legit.settimeout(left)
+            try:
+                data = legit.recv(65535)
+            except TimeoutError:
+                continue
+            if int.from_bytes(data[10:12], "big") == (60000 + asked % 5000) % 0xFFFF + 1:
+                latencies.append(time.monotonic() - sent)
+                break
+        time.sleep(max(0.0, sent + 0.02 - time.monotonic()))
+    return {"legit_asked": asked, "legit_lost": lost,
+            "legit_p50_ms": percentile(latencies, 50) * 1000,
+            "legit_p99_ms": percentile(latencies, 99) * 1000}
+
+
+def udp(sources: int, seconds: float, rate: float = 0.0) -> dict[str, object]:
     socks = []
     for i in range(sources):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -58,16 +89,14 @@ def udp(sources: int, seconds: float, rate: float = 0.0) -> dict[str, object]:
         s.setblocking(False)
         socks.append(s)
     poller = select.epoll()
-    by_fd = {s.fileno(): s for s in [legit, *socks]}
+    by_fd = {s.fileno(): s for s in socks}
     for fd in by_fd:
         poller.register(fd, select.EPOLLIN)
     sent = answered = busy = 0
-    latencies: list[float] = []
-    asked = 0
-    pending: dict[int, float] = {}
     xid = 0
+    probe = subprocess.Popen([sys.executable, __file__, "victim", "0", str(seconds)],
+                             stdout=subprocess.PIPE, text=True)
     start = time.monotonic()
-    next_probe = start
     i = 0
     while (now := time.monotonic()) < start + seconds and sent < 5_000_000:
         if rate > 0 and sent > (now - start) * rate:
@@ -81,11 +110,6 @@ def udp(sources: int, seconds: float, rate: float = 0.0) -> dict[str, object]:
             except BlockingIOError:
                 pass
             i = (i + 1) % sources
-        if now >= next_probe:
-            next_probe = now + 0.02
-            asked += 1
-            pending[asked] = now
-            legit.sendto(request(60000 + asked % 5000, f"(probe={asked})"), DA)
         for fd, _ in poller.poll(0):
             s = by_fd[fd]
             while True:
@@ -93,28 +117,15 @@ def udp(sources: int, seconds: float, rate: float = 0.0) -> dict[str, object]:
                     data = s.recv(65535)
                 except BlockingIOError:
                     break
-                if s is legit:
-                    n = int.from_bytes(data[10:12], "big") - 60001
-                    for k in [k for k in pending if k % 5000 == n]:
-                        latencies.append(time.monotonic() - pending.pop(k))
-                elif error_of(data) == ErrorCode.DA_BUSY_NOW:
+                if error_of(data) == ErrorCode.DA_BUSY_NOW:
                     busy += 1
                 else:
                     answered += 1
-    # a last chance for the victim's replies in flight
-    end = time.monotonic() + 2.0
-    while pending and time.monotonic() < end:
-        if select.select([legit], [], [], 0.05)[0]:  # legit was opened first: a low descriptor
-            data = legit.recv(65535)
-            n = int.from_bytes(data[10:12], "big") - 60001
-            for k in [k for k in pending if k % 5000 == n]:
-                latencies.append(time.monotonic() - pending.pop(k))
     for s in socks:
         s.close()
+    out, _ = probe.communicate(timeout=seconds + 30)
     return {"sent": sent, "rate": sent / seconds, "flood_answered": answered, "flood_busy": busy,
-            "legit_asked": asked, "legit_lost": len(pending),
-            "legit_p50_ms": percentile(latencies, 50) * 1000,
-            "legit_p99_ms": percentile(latencies, 99) * 1000}
+            **json.loads(out.strip().splitlines()[-1])}
 
 
 def slowloris(conns: int, seconds: float) -> dict[str, object]:
@@ -173,7 +184,10 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (16384, 16384))
     mode, count, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     rate = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
-    result = udp(count, seconds, rate) if mode == "udp" else slowloris(count, seconds)
+    if mode == "victim":
+        result = victim(seconds)
+    else:
+        result = udp(count, seconds, rate) if mode == "udp" else slowloris(count, seconds)
     print(json.dumps(result))
 
 

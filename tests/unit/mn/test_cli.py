@@ -156,3 +156,24 @@ def test_calls_show_each_streams_codec_and_who_holds_it() -> None:
         {"media": "video", "where": "TV"}]}])
     assert line == ("1  sip:cn@192.0.2.1  confirmed  "
                     "audio: this phone (PCMA/8000, held by the remote party); video: TV")
+
+
+def test_split_untrusted_sends_the_uris_of_the_devices_named(tmp_path: Path, sent: list[Any],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from sipmob.mn import devices
+    from sipmob.slp.attrs import parse_attr_list
+
+    found = devices.build([("sip:aaa@192.168.1.66", parse_attr_list("(name=Kitchen camera)")),
+                           ("sip:tv@192.168.1.20", parse_attr_list("(name=TV),trusted"))])
+    monkeypatch.setattr(cli, "_discover", lambda *a, **k: {"found": found})
+    assert run(tmp_path, "split", "1", "--video-out", "tv", "--video-in", "kitchen-camera",
+               "--untrusted") == 0
+    assert (sent[0][2]["video_out"], sent[0][2]["video_in"], sent[0][2]["audio"]) == (
+        "sip:tv@192.168.1.20", "sip:aaa@192.168.1.66", None)
+
+
+def test_split_without_untrusted_leaves_the_names_to_the_phone(tmp_path: Path, sent: list[Any],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "_discover", lambda *a, **k: pytest.fail("no discovery expected"))
+    assert run(tmp_path, "split", "1", "--video-out", "tv", "--video-in", "kitchen-camera") == 0
+    assert sent[0][2]["video_in"] == "kitchen-camera"  # the phone resolves it to trusted devices only

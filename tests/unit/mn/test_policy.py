@@ -103,3 +103,16 @@ def test_refusals_are_logged_once_per_interval_with_a_count(caplog: pytest.LogCa
     assert lines == ["refused INVITE from 192.168.1.20:5060: 404 Not Found",
                      "refused INVITE from 203.0.113.5:5060: 403 Not Answered From This Network "
                      "(refused since the last such line: 1 x 403, 99 x 404)"]
+
+
+def test_a_host_rotating_through_its_subnet_gets_a_few_addresses_share_not_one_per_address() -> None:
+    p = PhonePolicy(user="mn", setups_per_minute=6)  # a burst of 5 per address, 20 per /24
+    rotating = [status(p, request(), source=Address(f"192.168.7.{i}", 5060, "udp")) for i in range(1, 201)]
+    assert rotating.count(None) == 4 * 5 and set(rotating[20:]) == {503}
+    # IPv6: the /64 is the unit a host can rotate through
+    v6 = [status(p, request(), source=Address(f"2001:db8:1:2::{i:x}", 5060, "udp")) for i in range(1, 60)]
+    assert sum(s != 503 for s in v6) == 20  # past the rate check (then 403: not a home network)
+    # other subnets are untouched, and the subnet refills at four addresses' rate
+    assert status(p, request(), source=Address("192.168.1.20", 5060, "udp")) is None
+    assert status(p, request(), source=Address("192.168.7.250", 5060, "udp"), now=2.5) is None
+    assert len(p._subnets) == 3

@@ -519,10 +519,37 @@ def test_cached_reply_carries_the_new_xid() -> None:
     register(da)
     first = one(da, rqst(xid=100))
     second = one(da, rqst(xid=200))
-    assert isinstance(first, SrvRply) and isinstance(second, SrvRply)
-    assert (first.header.xid, second.header.xid) == (100, 200)
-    assert first.urls == second.urls
+    third = one(da, rqst(xid=300))
+    assert isinstance(first, SrvRply) and isinstance(second, SrvRply) and isinstance(third, SrvRply)
+    assert (first.header.xid, second.header.xid, third.header.xid) == (100, 200, 300)
+    assert first.urls == second.urls == third.urls
     assert da.counters.cache_hits == 1
+
+
+def test_a_request_is_cached_only_once_it_repeats() -> None:
+    da = make_da()
+    register(da)
+    for n in range(50):
+        one(da, rqst(xid=n + 1, predicate=f"(!(n={n}))"))
+    assert (da.counters.cache_hits, len(da._reply_cache)) == (0, 0)
+    one(da, rqst(xid=100, predicate="(!(n=7))"))
+    assert len(da._reply_cache) == 1
+    one(da, rqst(xid=101, predicate="(!(n=7))"))
+    assert da.counters.cache_hits == 1
+
+
+def test_a_concrete_type_finds_only_its_own_registrations() -> None:
+    # Two concrete types under one abstract type: each answers for itself, the abstract for both.
+    da = make_da()
+    register(da, url="service:printer:lpr://192.168.1.40", service_type="service:printer:lpr")
+    register(da, url="service:printer:ipp://192.168.1.41", service_type="service:printer:ipp")
+    assert find(da, service_type="service:printer:ipp") == ["service:printer:ipp://192.168.1.41"]
+    assert find(da, service_type="SERVICE:Printer:LPR") == ["service:printer:lpr://192.168.1.40"]
+    assert find(da, service_type="service:printer") == ["service:printer:ipp://192.168.1.41",
+                                                         "service:printer:lpr://192.168.1.40"]
+    reply = one(da, SrvTypeRqst(Header(FunctionId.SrvTypeRqst, 9), "", None, "DEFAULT"))
+    assert isinstance(reply, SrvTypeRply)
+    assert reply.srvtype_list == "service:printer:ipp,service:printer:lpr"
 
 
 def test_reply_cache_is_invalidated_by_a_registration_and_by_expiry() -> None:

@@ -127,6 +127,10 @@ def test_predicate_cache_is_bounded_by_bytes() -> None:
     da = make_da(predicate_cache_bytes=20_000)
     for i in range(500):
         find(da, f"(&(a={i})(b={i})(c={i}))")
+        find(da, f"(&(b={i})(a={i})(c={i}))")
+    assert not da._predicates  # each asked once: none kept
+    for i in range(500):
+        find(da, f"(&(a={i})(b={i})(c={i}))")  # asked again: kept, within the bytes
     assert 0 < len(da._predicates) < 500 and da._predicate_bytes <= 20_000
 
 
@@ -300,3 +304,44 @@ def test_mutated_requests_never_raise_and_leave_the_store_consistent() -> None:
     keys = {(r["url"], r["lang"]) for r in da.snapshot()["registrations"]}
     assert len(keys) == da.registration_count
     assert da.store_bytes == sum(r.cost for r in da._regs.values())
+
+
+def _rqst(xid: int, predicate: str = "") -> bytes:
+    return wire.encode(SrvRqst(Header(FunctionId.SrvRqst, xid, "en"), "", "service:sip-device",
+                               "DEFAULT", predicate))
+
+
+def test_a_batch_is_triaged_before_it_is_served_and_the_household_goes_first() -> None:
+    da = make_da(rate=100.0, burst=100, stranger_rate=10.0, stranger_burst=20)
+    assert reg(da, "sip:phone@192.168.1.20") == ErrorCode.OK
+    strangers = [(f"10.0.{i // 250}.{i % 250 + 1}", 5000) for i in range(300)]
+    batch = [(_rqst(i + 1, f"(x={i})"), s) for i, s in enumerate(strangers[:150])]
+    batch.append((_rqst(7001), VICTIM))
+    batch.append((_rqst(7002), BOX))
+    batch += [(_rqst(i + 1, f"(x={i})"), s) for i, s in enumerate(strangers[150:], 150)]
+    batch.append((_rqst(7003), VICTIM))
+    answered = [(source, wire.decode(r)) for source, replies in da.handle_batch(batch, "udp", NOW)
+                for r in replies]
+    # The household's three requests are answered first, the victim's two in their own order...
+    assert [(s, m.header.xid) for s, m in answered[:3]] == [(VICTIM, 7001), (BOX, 7002), (VICTIM, 7003)]
+    # ...and the strangers' pool (a burst of 20, one token taken by the victim's registration while
+    # it was a stranger) is spent on the first 19 of them: the rest are refused unparsed.
+    served = [m for s, m in answered[3:]]
+    assert len(served) == 19 and all(isinstance(m, SrvRply) and m.error == ErrorCode.OK for m in served)
+    assert [m.header.xid for m in served] == list(range(1, 20))
+    assert da.counters.rate_limited == 281
+    assert da.counters.cache_hits + da.counters.cache_misses == 3 + 19  # what was looked at
+
+
+def test_a_batch_answers_as_handle_does_one_by_one() -> None:
+    batch = [(_rqst(i + 1, f"(n={i % 3})"), (f"10.0.0.{i % 5 + 1}", 5000)) for i in range(40)]
+    batch.append((wire.encode(SrvReg(Header(FunctionId.SrvReg, 99, "en", Flags.FRESH),
+                                     UrlEntry("sip:tv@10.0.1.1", 300), "service:sip-device", "DEFAULT",
+                                     "(n=1)")), ("10.0.1.1", 5000)))
+    batch.append((_rqst(100, "(n=1)"), ("10.0.1.1", 5000)))
+    one_by_one = make_da(rate=5.0, burst=4)
+    expected = [(s, one_by_one.handle(d, s, "udp", NOW)) for d, s in batch]
+    together = make_da(rate=5.0, burst=4)
+    got = list(together.handle_batch(batch, "udp", NOW))
+    assert sorted(got) == sorted((s, r) for s, r in expected if r)
+    assert wire.decode(got[-1][1][0]).urls[0].url == "sip:tv@10.0.1.1"  # type: ignore[union-attr]

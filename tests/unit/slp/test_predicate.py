@@ -311,3 +311,61 @@ def test_index_terms_find_a_matching_service_by_its_keys() -> None:
     assert pred.matches(attrs)
     assert pred.index_terms() == {("room", "living room"), ("floor", "2"), ("tv", "true")}
     assert pred.index_terms() <= {k for a in attrs.values() for k in index_keys(a)}
+
+
+# The tokenizer and compiled closures against the recursive descent and the tree ------------------
+
+
+_ITEM_TEXT = st.builds(
+    lambda tag, op, value: f"{tag}{op}{value}",
+    st.sampled_from(["a", "B", "c d", " a ", "c*", "*", "x", r"a\2a", "a!", "(a"]),
+    st.sampled_from(["=", "~=", "<=", ">=", "<", "=="]),
+    st.sampled_from(["1", "01", "-3", " 7 ", "true", "FALSE", "x", "X ", "hello  world", "a*b",
+                     "*", "*x*", "h*o*d", r"\FF\00", r"\ff\0a\ff", r"\2a", r"x\2", "", " ",
+                     "y(", "01*"]))
+
+
+@st.composite
+def _filters(draw: st.DrawFn, depth: int = 0) -> str:
+    ws = draw(st.sampled_from(["", "", " ", "\t"]))
+    if depth > 3 or draw(st.integers(0, 2)) == 0:
+        return f"{ws}({draw(_ITEM_TEXT)}){ws}"
+    op = draw(st.sampled_from(["&", "|", "!", "!!"]))
+    if op == "!":
+        return f"({ws}!{draw(_filters(depth + 1))})"
+    if op == "!!":  # two filters under "!": malformed
+        return f"(!{draw(_filters(depth + 1))}{draw(_filters(depth + 1))})"
+    children = "".join(draw(_filters(depth + 1)) for _ in range(draw(st.integers(0, 3))))
+    return f"({op}{ws}{children}){ws}"
+
+
+def _outcome(parse: object, text: str) -> object:
+    try:
+        return parse(text)  # type: ignore[operator]
+    except PredicateError as e:
+        return str(e)
+
+
+@given(st.one_of(_filters(), st.text(alphabet="()&|!=~<>*\\ab1F ", max_size=30)), _attr_sets)
+@settings(max_examples=1500)
+def test_fast_parse_and_compiled_match_agree_with_the_reference(
+        text: str, attrs: dict[str, Attribute]) -> None:
+    fast = _outcome(Predicate.parse, text)
+    slow = _outcome(Predicate.parse_slowly, text)
+    if isinstance(slow, str):
+        event("malformed")
+        assert fast == slow  # the same error, worded with the same offset
+        return
+    assert isinstance(fast, Predicate) and isinstance(slow, Predicate)
+    assert fast.root == slow.root and fast.items == slow.items and fast.terms == slow.terms
+    for candidate in (attrs, ATTRS, RFC2254_ATTRS, {}):
+        expected = slow.matches_by_tree(candidate)
+        event(f"matches: {expected}")
+        assert fast.matches(candidate) is expected
+
+
+@pytest.mark.parametrize(("text", "_"), SEMANTICS)
+def test_compiled_match_agrees_with_the_tree_on_the_semantics_table(text: str, _: bool) -> None:
+    p = Predicate.parse(text)
+    assert p.matches(ATTRS) is p.matches_by_tree(ATTRS)
+    assert p == Predicate.parse_slowly(text)
