@@ -142,7 +142,8 @@ class Calls:
                                         help="calls at once from one source address; more get 486")
     setups_per_minute: float = setting(10.0, check=positive,
                                        help="new INVITEs admitted per source address and minute "
-                                            "(bursts of up to 5); more get 503 with Retry-After")
+                                            "(bursts of up to 5), and four times that per /24 "
+                                            "(/64); more get 503 with Retry-After")
     media_timeout: float = setting(30.0, check=non_negative,
                                    help="seconds without RTP from the other party, while it should "
                                         "send and this phone plays the call, before the call is "
