@@ -110,6 +110,7 @@ from sipmob.service.slp import SLPClient, SLPServiceAgent
 from sipmob.sip.auth import DigestServer, compute_ha1
 from sipmob.sip.headers import Replaces
 from sipmob.sip.message import Request, Response
+from sipmob.sip.session_timer import Policy as SessionTimerPolicy
 from sipmob.sip.ua import Referred, UAError, referred
 from sipmob.sip.uri import URI, NameAddr, SIPParseError
 from sipmob.slp.attrs import Attribute
@@ -219,7 +220,10 @@ class MdsmApp:
         self._combine()
         self.host = config.host  # resolved once: it goes into every URI and description
         self.ua = UserAgent(self.reactor, listen=[(config.listen.address, config.listen.port, "udp")],
-                            user="mdsm", user_agent="sipmob-mdsm/0.1")
+                            user="mdsm", user_agent="sipmob-mdsm/0.1",
+                            # RFC 4028 with every leg: a CN or member that vanishes without BYE
+                            # ends its leg when its refreshes stop, and ours keep providers' up
+                            session_timer=SessionTimerPolicy())
         self.ua.on_request("REFER", self._on_refer)
         self.ua.on_incoming_call(self._on_invite)
         self.store: Store | None = None
