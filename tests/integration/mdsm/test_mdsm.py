@@ -122,6 +122,11 @@ def test_handoff_to_the_virtual_device_survives_kill_9_and_the_cn_bye_ends_every
     assert re.search(r"^Replaces: ", log, re.M)
     assert re.search(r"^Referred-By: <?sip:mn@127\.0\.0\.1", log, re.M)
     assert "a=x-member:speaker" in log and "a=x-member:tv" in log
+    # RFC 4028 on the CN's leg: the MDSM's INVITE states its session timer
+    (replacing,) = [m for m in log.split("--end msg--")
+                    if re.search(r"^INVITE sip:.*^Replaces: ", m, re.M | re.S)]
+    assert re.search(r"^Session-Expires: \d+", replacing, re.M), replacing
+    assert re.search(r"^Supported: .*timer", replacing, re.M), replacing
     assert re.search(r"^m=audio \d+ RTP/AVP", log, re.M) and re.search(r"^m=video ", log, re.M)
     # the speaker got its part of PJSIP's answer in its ACK: PJSIP's address and port
     ack = speaker.wait("ack", 5)
