@@ -123,8 +123,8 @@ class Channel:
         """Start converting `source` to `sink`; the output stream (SSRC, seq, ts) carries on."""
         self.source, self.sink = source, sink
         self.relay = source.same_payload(sink)
-        self._decoder = None if self.relay else make_decoder(source)
         self._encoder = None if self.relay else make_encoder(sink, source.sample_rate)
+        self._decoder = None if self._encoder is None else make_decoder(source, self._encoder.rate)
         if self._decoder is not None and self._encoder is not None:
             self._resampler = Resampler(self._decoder.rate, self._encoder.rate)
             self._in_frame = source.frame_samples * self._decoder.rate // source.sample_rate
@@ -209,9 +209,12 @@ class Channel:
         """Give up on the packets missing before the earliest held one: conceal them."""
         first = min(self._held, key=lambda s: _seq_diff(s, self._expected_seq))
         missing = _seq_diff(first, self._expected_seq)
+        after = self._held[first]
+        # The packet after the last lost one may carry that frame again (Opus in-band FEC).
+        fec = after[2] if after[3] == self.source.payload_type else None
         for i in range(missing):
             if i < MAX_CONCEAL:
-                self._conceal(out)
+                self._conceal(out, fec if i == missing - 1 else None)
             self._concealed.append((self._expected_seq + i) % SEQ_MOD)
         del self._concealed[:-4 * MAX_DEPTH]
         self._expected_seq = first
@@ -235,12 +238,12 @@ class Channel:
         assert self._decoder is not None
         self._push(self._decoder.decode(payload), ts, out)
 
-    def _conceal(self, out: list[bytes]) -> None:
+    def _conceal(self, out: list[bytes], next_payload: bytes | None = None) -> None:
         assert self._decoder is not None
         self.stats.concealed += 1
         ts = self._expected_ts
         self._expected_ts = (ts + self.source.frame_ticks) % TS_MOD
-        self._push(self._decoder.conceal(self._in_frame), ts, out)
+        self._push(self._decoder.conceal(self._in_frame, next_payload), ts, out)
 
     def _push(self, pcm: Pcm, in_ts: int, out: list[bytes]) -> None:
         assert self._encoder is not None
