@@ -28,8 +28,9 @@ duration rescaled when the two sides' event clocks differ (8000 vs 48000 for Opu
 end bit and redundant end packets are kept. A side without telephone-event gets none.
 
 **Relay**: when both sides use the same codec, clock, channels and ptime, payloads are not
-decoded: only payload type, SSRC, sequence and timestamp are rewritten (sequence and timestamp by
-an offset re-based whenever the input's SSRC changes, so the input's own losses stay visible).
+decoded: only payload type, SSRC, sequence and timestamp are rewritten, in place in the receive
+buffer (`relay_into`; sequence and timestamp by an offset re-based whenever the input's SSRC
+changes, so the input's own losses stay visible).
 
 The RTP header is read and written with `struct` here rather than through
 `sipmob.media.rtp.RtpPacket`: the per-packet overhead around the codec is what the transcoder's
@@ -146,6 +147,9 @@ class Channel:
 
     def receive(self, data: bytes) -> list[bytes]:
         """The datagrams to send for one datagram received (often one, none while a gap waits)."""
+        if self.relay:
+            buf = bytearray(data)
+            return [bytes(buf)] if self.relay_into(buf, len(buf)) else []
         try:
             pt, marker, seq, ts, ssrc, payload = split(data)
         except (BadPacket, struct.error):
@@ -156,8 +160,6 @@ class Channel:
             self.stats.bad += 1
             return []
         self.stats.received += 1
-        if self.relay:
-            return self._relay(pt, marker, seq, ts, ssrc, payload)
         if ssrc != self._in_ssrc:
             self._restart(ssrc, seq, ts)
         ahead = _seq_diff(seq, self._expected_seq)
@@ -294,27 +296,47 @@ class Channel:
         self.stats.events += 1
         out.append(self._packet(sink.dtmf_payload_type, body, 0, marker=first, ts=event_ts))
 
-    # Relay --------------------------------------------------------------------------------------
+    # Relay ------------------------------------------------------------------------------------
 
-    def _relay(self, pt: int, marker: bool, seq: int, ts: int, ssrc: int, payload: bytes) -> list[bytes]:
-        if ssrc != self._in_ssrc or abs(_seq_diff(seq, self._expected_seq)) > RESTART_GAP:
+    def relay_into(self, buf: bytearray, size: int) -> bool:
+        """Relay the packet in ``buf[:size]`` by rewriting its header in place (one
+        ``struct.pack_into``): payload type, marker, sequence, timestamp, SSRC. True when it is to
+        be sent. CSRCs, header extension and padding stay as they came: the payload is not touched.
+        """
+        stats = self.stats
+        if size < 12:
+            stats.bad += 1
+            return False
+        first, second, seq, ts, ssrc = _HEADER.unpack_from(buf)
+        pt = second & 0x7F
+        source = self.source
+        if first >> 6 != 2 or (pt != source.payload_type and pt != source.dtmf_payload_type):
+            stats.bad += 1
+            return False
+        stats.received += 1
+        marker = second & 0x80
+        ahead = (seq - self._expected_seq + 32768) % SEQ_MOD - 32768
+        if ssrc != self._in_ssrc or ahead > RESTART_GAP or ahead < -RESTART_GAP:
             # Continue our stream from where it stood: next sequence number, next frame's instant.
             self._in_ssrc = ssrc
             self._relay_seq_offset = (self.out_seq - seq) % SEQ_MOD
             self._relay_ts_offset = (self.out_ts - ts) % TS_MOD
-            marker = True
+            marker = 0x80
+            ahead = 0
         out_seq = (seq + self._relay_seq_offset) % SEQ_MOD
         out_ts = (ts + self._relay_ts_offset) % TS_MOD
-        if _seq_diff(seq, self._expected_seq) >= 0:
+        audio = pt == source.payload_type
+        if ahead >= 0:
             self._expected_seq = (seq + 1) % SEQ_MOD
             self.out_seq = (out_seq + 1) % SEQ_MOD
-            if pt == self.source.payload_type:
+            if audio:
                 self.out_ts = (out_ts + self.sink.frame_ticks) % TS_MOD
-        out_pt = self.sink.payload_type if pt == self.source.payload_type else self.sink.dtmf_payload_type
+        out_pt = self.sink.payload_type if audio else self.sink.dtmf_payload_type
         if out_pt is None:
-            return []
-        self.stats.sent += 1
-        self.stats.octets += len(payload)
-        if pt == self.source.dtmf_payload_type:
-            self.stats.events += 1
-        return [_HEADER.pack(0x80, (0x80 if marker else 0) | out_pt, out_seq, out_ts, self.ssrc) + payload]
+            return False
+        stats.sent += 1
+        stats.octets += size - 12 - 4 * (first & 0x0F)
+        if not audio:
+            stats.events += 1
+        _HEADER.pack_into(buf, 0, first, marker | out_pt, out_seq, out_ts, self.ssrc)
+        return True
