@@ -41,7 +41,7 @@ sys.path[:0] = [str(ROOT / "daemons")]
 import numpy as np  # noqa: E402
 
 from sipmob.media import native  # noqa: E402
-from sipmob.media.audioformat import AudioFormat, AvDecoder, AvEncoder, Resampler, make_encoder  # noqa: E402
+from sipmob.media.audioformat import AudioFormat, AvDecoder, AvEncoder, make_encoder  # noqa: E402
 from sipmob.media.transcode import Channel  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -108,14 +108,6 @@ def codecs(n: int) -> None:
         dec_g = native.G722Decoder()
         rows.append(("G.722 decode", per_call(lambda i: av_dec_g.decode(g722[i % 50]), n),
                      per_call(lambda i: dec_g.decode(g722[i % 50]), n)))
-    if native.available("RESAMPLE"):
-        frames8 = [tone(8000, 160 * 50)[i * 160:(i + 1) * 160] for i in range(50)]
-        pairs = ((8000, 16000, frames8), (16000, 8000, frames16), (48000, 8000, frames48))
-        for source, target, frames in pairs:
-            numpy_r, speex_r = Resampler(source, target), native.SpeexResampler(source, target)
-            rows.append((f"resample {source // 1000}->{target // 1000} kHz (numpy / speexdsp)",
-                         per_call(lambda i, r=numpy_r, f=frames: r.process(f[i % 50]), n),
-                         per_call(lambda i, r=speex_r, f=frames: r.process(f[i % 50]), n)))
     for name, theirs, ours in rows:
         print(f"  {name:44s} {theirs:8.1f} {ours:8.1f}")
 

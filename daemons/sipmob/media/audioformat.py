@@ -25,9 +25,11 @@ payload):
   API reaches neither) repeat the last frame, each repetition 6 dB quieter, which is G.711
   Appendix I's idea without its pitch search: no click, no hole, silence after a few frames.
 
-`make_resampler` gives speexdsp's resampler (`sipmob.media.native`) or, without libspeexdsp,
-`Resampler`: integer factors between 8, 16 and 48 kHz with a polyphase windowed-sinc filter in
-numpy (one matrix product per frame), carrying its history across frames.
+`Resampler` converts between 8, 16 and 48 kHz by integer factors with a polyphase windowed-sinc
+filter in numpy (one matrix product per frame), carrying its history across frames. (speexdsp's
+resampler through ctypes was tried: no cheaper from 8 to 16 kHz, and with it the PCMU to Opus
+channels of ``tests/bench/bench_transcoder.py`` fell behind on the loaded build machine where the
+numpy filter's did not.)
 
 Not here: RTP headers, jitter, framing (`sipmob.media.transcode`), SDP parsing (the daemon).
 """
@@ -431,16 +433,3 @@ class Resampler:
         np.minimum(y, 32767, out=y)
         np.maximum(y, -32768, out=y)
         return y.astype(np.int16)
-
-
-class Resample(Protocol):
-    def process(self, pcm: Pcm) -> Pcm: ...
-
-
-def make_resampler(source_rate: int, target_rate: int) -> Resample:
-    """speexdsp's resampler where it loads (a third of the numpy filter's CPU, see
-    `sipmob.media.native`), else `Resampler`; nothing to do when the rates agree."""
-    if source_rate != target_rate and native.available("RESAMPLE"):
-        return native.SpeexResampler(source_rate, target_rate)
-    return Resampler(source_rate, target_rate)
-

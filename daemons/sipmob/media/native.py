@@ -43,8 +43,6 @@ MAX_PACKET = 1500
 
 _opus: Any = None
 _spandsp: Any = None
-_speexdsp: Any = None
-SPEEX_QUALITY = 5  # 0-10; 3 is its "VoIP" setting, 5 keeps a 1 kHz tone over 40 dB through 8<->16 kHz
 
 
 def _load(names: tuple[str, ...]) -> Any:
@@ -100,32 +98,12 @@ def _libspandsp() -> Any:
     return _spandsp or None
 
 
-def _libspeexdsp() -> Any:
-    global _speexdsp
-    if _speexdsp is None:
-        lib = _load(("libspeexdsp.so.1", ctypes.util.find_library("speexdsp") or "libspeexdsp.so"))
-        if lib is None:
-            _speexdsp = False
-            return None
-        vp, u32p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)
-        lib.speex_resampler_init.restype = vp
-        lib.speex_resampler_init.argtypes = [ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_int,
-                                             ctypes.POINTER(ctypes.c_int)]
-        lib.speex_resampler_destroy.argtypes = [vp]
-        lib.speex_resampler_process_int.restype = ctypes.c_int
-        lib.speex_resampler_process_int.argtypes = [vp, ctypes.c_uint32, ctypes.c_char_p, u32p, vp, u32p]
-        _speexdsp = lib
-    return _speexdsp or None
-
-
 def available(codec: str) -> bool:
-    """Whether `codec` ("OPUS", "G722" or "RESAMPLE") can be called here without PyAV or numpy."""
+    """Whether `codec` ("OPUS" or "G722") can be called here without PyAV."""
     if codec == "OPUS":
         return _libopus() is not None
     if codec == "G722":
         return _libspandsp() is not None
-    if codec == "RESAMPLE":
-        return _libspeexdsp() is not None
     return False
 
 
@@ -265,45 +243,3 @@ class G722Decoder:
         if getattr(self, "_state", None):
             self._lib.g722_decode_free(self._state)
             self._state = None
-
-
-class SpeexResampler:
-    """speexdsp's resampler (the one baresip and PulseAudio use), mono int16, state kept across frames."""
-
-    def __init__(self, source_rate: int, target_rate: int, quality: int = SPEEX_QUALITY) -> None:
-        lib = _libspeexdsp()
-        error = ctypes.c_int()
-        self._state = lib.speex_resampler_init(1, source_rate, target_rate, quality, ctypes.byref(error))
-        if not self._state or error.value:
-            raise NativeError(f"speex_resampler_init({source_rate}, {target_rate}): error {error.value}")
-        self._lib = lib
-        self.source_rate = source_rate
-        self.target_rate = target_rate
-        self._size = 0
-        self._out = np.zeros(0, dtype=np.int16)
-        self._pointer = 0
-        self._in_len = ctypes.c_uint32()
-        self._out_len = ctypes.c_uint32()
-        self._in_ref = ctypes.byref(self._in_len)
-        self._out_ref = ctypes.byref(self._out_len)
-        self._process = lib.speex_resampler_process_int
-
-    def process(self, pcm: Pcm) -> Pcm:
-        n = len(pcm)
-        if not n:
-            return pcm
-        size = n * self.target_rate // self.source_rate + 16
-        if size > self._size:
-            self._out = np.zeros(size, dtype=np.int16)
-            self._pointer = self._out.ctypes.data
-            self._size = size
-        self._in_len.value = n
-        self._out_len.value = size
-        self._process(self._state, 0, pcm.tobytes(), self._in_ref, self._pointer, self._out_ref)
-        return self._out[:self._out_len.value].copy()
-
-    def __del__(self) -> None:
-        if getattr(self, "_state", None):
-            self._lib.speex_resampler_destroy(self._state)
-            self._state = None
-

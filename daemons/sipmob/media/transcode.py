@@ -47,7 +47,7 @@ import struct
 
 import numpy as np
 
-from sipmob.media.audioformat import AudioFormat, Pcm, make_decoder, make_encoder, make_resampler
+from sipmob.media.audioformat import AudioFormat, Pcm, Resampler, make_decoder, make_encoder
 
 _HEADER = struct.Struct("!BBHII")
 SEQ_MOD = 1 << 16
@@ -127,7 +127,7 @@ class Channel:
         self._encoder = None if self.relay else make_encoder(sink, source.sample_rate)
         self._decoder = None if self._encoder is None else make_decoder(source, self._encoder.rate)
         if self._decoder is not None and self._encoder is not None:
-            self._resampler = make_resampler(self._decoder.rate, self._encoder.rate)
+            self._resampler = Resampler(self._decoder.rate, self._encoder.rate)
             self._in_frame = source.frame_samples * self._decoder.rate // source.sample_rate
             self._ticks_per_sample = sink.clock_rate / self._encoder.rate
         self._fifo = np.zeros(0, dtype=np.int16)

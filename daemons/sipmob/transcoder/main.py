@@ -1,7 +1,7 @@
 """The `sipmob-transcoder` entry point: the transcoder gateway daemon in a screenful.
 
 The process and thread model follows from measurement (Debian 12: CPython 3.11, libopus 1.3.1,
-spandsp 0.0.6, speexdsp 1.2.1, PyAV 10 over libavcodec 5.1, numpy 1.24, on the 2-core build
+spandsp 0.0.6, PyAV 10 over libavcodec 5.1, numpy 1.24, on the 2-core build
 machine shared with other jobs, so +-20 %; ``.venv/bin/python tests/bench/bench_transcoder_path.py``
 reproduces them). CPU time per 20 ms frame:
 
@@ -13,11 +13,11 @@ libopus encode, 48 kHz input                        110-128     67-83
 libopus decode to 48 kHz / to 8 kHz (direct only)   75-83       30-39 / 23-28
 G.722 encode / decode (libavcodec; spandsp)         30-35 / 11  18-22 / 9-15
 G.711 u-law, numpy tables                           1.3-1.6
-resample 8->16 / 16->8 kHz (numpy; speexdsp)        8 / 15      8 / 8
+resample 8->16 / 16->8 kHz (numpy, both columns)   8-12 / 15-23
 ==================================================  ==========  ==========
 
-PyAV's wrappers cost as much as the codecs (see `sipmob.media.native`), so Opus, G.722 and the
-resampler are called in their own libraries through ctypes. The whole
+PyAV's wrappers cost as much as the codecs (see `sipmob.media.native`), so Opus and G.722 are
+called in their own libraries through ctypes. The whole
 `sipmob.media.transcode.Channel` per packet (header, reorder, decode, resample, re-frame, encode):
 PCMU->Opus ~77 us, Opus->PCMU ~28, PCMU->G.722 ~32, G.722->PCMU ~24, relay ~1.
 
