@@ -17,7 +17,8 @@ payload):
   Opus encoder takes its input at the lowest of 16/48 kHz that carries the other side's audio, or
   at 8 kHz when the receiver's ``maxplaybackrate`` (RFC 7587 §6.1) says it plays no more, so the
   playback limit is honoured (16 kHz rather than 8 for G.711 input: libopus codes it faster, see
-  `opus_input_rate`). The Opus decoder decodes straight to the rate the other side needs.
+  `opus_input_rate`). The Opus decoder decodes straight to the rate the other side needs, and
+  so does G.722 between it and G.711 (spandsp's 8 kHz mode: the lower sub-band alone).
   ``useinbandfec=1`` turns on libopus' in-band FEC (the receiver asked for it). We send mono even
   when ``stereo=1`` is offered: §7.1 makes stereo a preference, and mono is always decodable.
 - Concealment: for Opus, libopus' own: the FEC copy of the lost frame when the next packet is
@@ -311,10 +312,10 @@ class AvEncoder:
 class SpandspG722Decoder(_Concealer):
     """spandsp's G.722 (`sipmob.media.native`), concealed like the others."""
 
-    def __init__(self) -> None:
+    def __init__(self, rate: int = 16000) -> None:
         super().__init__()
-        self.rate = 16000
-        self._decoder = native.G722Decoder()
+        self.rate = rate
+        self._decoder = native.G722Decoder(rate)
 
     def decode(self, payload: bytes) -> Pcm:
         return self.good(self._decoder.decode(payload))
@@ -335,7 +336,9 @@ def make_decoder(fmt: AudioFormat, rate: int | None = None) -> Decoder:
     if fmt.name == "L16":
         return L16Decoder(fmt.sample_rate)
     if fmt.name == "G722":
-        return SpandspG722Decoder() if native.available("G722") else AvDecoder("g722", 16000)
+        if native.available("G722"):
+            return SpandspG722Decoder(8000 if rate == 8000 else 16000)
+        return AvDecoder("g722", 16000)
     if native.available("OPUS"):
         return native.OpusDecoder(opus_output_rate(rate or 48000))
     return AvDecoder("libopus", 48000)
@@ -360,7 +363,8 @@ def make_encoder(fmt: AudioFormat, source_rate: int = 48000) -> Encoder:
         return L16Encoder(fmt.sample_rate, fmt.frame_samples)
     if fmt.name == "G722":
         if native.available("G722"):
-            return native.G722Encoder(fmt.frame_samples)
+            rate = 8000 if source_rate == 8000 else 16000
+            return native.G722Encoder(rate * fmt.ptime_ms // 1000, rate)
         return AvEncoder("g722", 16000, fmt.frame_samples, {})
     rate = opus_input_rate(fmt, source_rate)
     bit_rate = {8000: 16000, 16000: 24000, 48000: 32000}[rate]

@@ -39,6 +39,7 @@ OPUS_SET_COMPLEXITY = 4010
 OPUS_SET_INBAND_FEC = 4012
 OPUS_SET_PACKET_LOSS_PERC = 4014
 OPUS_DECODER_RATES = (8000, 12000, 16000, 24000, 48000)
+G722_SAMPLE_RATE_8000 = 0x0001  # spandsp g722.h
 MAX_PACKET = 1500
 
 _opus: Any = None
@@ -189,13 +190,15 @@ class OpusDecoder:
 
 
 class G722Encoder:
-    """spandsp G.722 at 64 kbit/s: 16 kHz samples in, one octet per two samples out."""
+    """spandsp G.722 at 64 kbit/s: 16 kHz samples in (one octet per two samples out), or 8 kHz
+    samples for a narrow-band source: spandsp then codes the lower sub-band only (one octet per
+    sample, the upper band silent), skipping the QMF analysis and our 8 to 16 kHz resampling. The
+    stream is ordinary G.722 either way."""
 
-    rate = 16000
-
-    def __init__(self, frame_samples: int) -> None:
+    def __init__(self, frame_samples: int, rate: int = 16000) -> None:
         lib = _libspandsp()
-        self._state = lib.g722_encode_init(None, 64000, 0)
+        self.rate = rate
+        self._state = lib.g722_encode_init(None, 64000, G722_SAMPLE_RATE_8000 if rate == 8000 else 0)
         if not self._state:
             raise NativeError("g722_encode_init failed")
         self._lib = lib
@@ -215,13 +218,13 @@ class G722Encoder:
 
 
 class G722Decoder:
-    """spandsp G.722 at 64 kbit/s to 16 kHz samples."""
+    """spandsp G.722 at 64 kbit/s to 16 kHz samples, or to 8 kHz for a narrow-band receiver (the
+    lower sub-band only: no QMF synthesis, no resampling down afterwards)."""
 
-    rate = 16000
-
-    def __init__(self) -> None:
+    def __init__(self, rate: int = 16000) -> None:
         lib = _libspandsp()
-        self._state = lib.g722_decode_init(None, 64000, 0)
+        self.rate = rate
+        self._state = lib.g722_decode_init(None, 64000, G722_SAMPLE_RATE_8000 if rate == 8000 else 0)
         if not self._state:
             raise NativeError("g722_decode_init failed")
         self._lib = lib

@@ -19,7 +19,8 @@ resample 8->16 / 16->8 kHz (numpy, both columns)   8-12 / 15-23
 PyAV's wrappers cost as much as the codecs (see `sipmob.media.native`), so Opus and G.722 are
 called in their own libraries through ctypes. The whole
 `sipmob.media.transcode.Channel` per packet (header, reorder, decode, resample, re-frame, encode):
-PCMU->Opus ~77 us, Opus->PCMU ~28, PCMU->G.722 ~32, G.722->PCMU ~24, relay ~1.
+PCMU->Opus ~77-120 us, Opus->PCMU ~28-37, PCMU->G.722 ~17 and G.722->PCMU ~14 (spandsp's
+8 kHz mode: no QMF, no resampling), relay ~1.5.
 
 - libopus releases the GIL inside ``encode`` (ctypes and PyAV both drop it around the call): two
   threads encoding at once did 1.76x the frames of one on two idle cores. But everything around
