@@ -242,7 +242,8 @@ class TranscoderApp:
             return
         # The call goes to the worker with the fewest calls; if even that one has no room for its
         # share, the core it runs on is full whatever the total says.
-        if CHANNELS_PER_CALL * (len(self.workers.least_loaded().calls) + 1) > self.channels_per_worker:
+        worker = self.workers.least_loaded()
+        if worker is not None and CHANNELS_PER_CALL * (len(worker.calls) + 1) > self.channels_per_worker:
             self._refuse(incoming, 503, "every worker at its share of capacity", retry)
             return
         number = next(self._numbers)

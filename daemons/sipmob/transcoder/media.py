@@ -223,10 +223,16 @@ class Workers:
 
     def _lost(self, worker: WorkerProcess) -> None:
         ready = self._ready.pop(worker.pid, None)
-        if ready is not None:
-            ready.errback(RuntimeError(f"media worker {worker.index} exited while starting"))
         calls = sorted(worker.calls)
         worker.calls.clear()
+        if ready is not None:
+            # It never started (a broken installation): starting another would fail the same way.
+            log.error("media worker %d (pid %d) exited while starting", worker.index, worker.pid)
+            self.reactor.callLater(0, worker.wait, 5.0)
+            ready.errback(RuntimeError(f"media worker {worker.index} exited while starting"))
+            if calls:
+                self._on_calls_lost(calls)
+            return
         if self.stopping:
             return
         log.error("worker %d (pid %d) is gone with %d call(s); starting another", worker.index, worker.pid,
@@ -236,8 +242,9 @@ class Workers:
         if calls:
             self._on_calls_lost(calls)
 
-    def least_loaded(self) -> WorkerProcess:
-        return min((w for w in self.processes if w.alive), key=lambda w: len(w.calls))
+    def least_loaded(self) -> WorkerProcess | None:
+        alive = [w for w in self.processes if w.alive]
+        return min(alive, key=lambda w: len(w.calls)) if alive else None
 
     def stop(self) -> None:
         self.stopping = True
@@ -257,7 +264,10 @@ class CallMedia:
                  idle_timeout: float) -> None:
         self.number = number
         self.pool = pool
-        self.worker = workers.least_loaded()
+        worker = workers.least_loaded()
+        if worker is None:
+            raise OSError("no media worker running")
+        self.worker = worker
         port_a, rtp_a, rtcp_a = pool.bind()
         try:
             port_b, rtp_b, rtcp_b = pool.bind()
