@@ -3,6 +3,7 @@
 Run: .venv/bin/python tests/bench/bench_transcoder.py [--cases pcmu-opus,...] [--seconds S]
      [--start N] [--max N] [--systems sipmob,rtpengine] [--sut-cpu 0] [--gen-cpu 1]
      .venv/bin/python tests/bench/bench_transcoder.py --fixed 20 --seconds 6 --rounds 3
+     .venv/bin/python tests/bench/bench_transcoder.py --overload 20 --cases pcmu-opus,relay
 
 The first form searches for the sustained channels of each system; the second runs both at one
 load, alternating their trials, for CPU per packet and latency. On a machine shared with other
@@ -23,8 +24,13 @@ direction (party A sends, B receives), 20 ms ptime, a 440 Hz tone. For each case
 A trial sends N channels for S seconds (phases spread evenly over the 20 ms, as independent calls
 are) and measures at B: loss (expected from the output sequence numbers and the packets sent, the
 stricter), the p99 of inter-arrival gaps, added latency (output arrival minus the send time of the
-input packet that caused it: both systems convert synchronously), the SUT's CPU from /proc (utime
-+ stime) and RSS. N is sustained when loss <= 0.1 % and p99 gap < 40 ms; the search doubles N until
+input packet that caused it: both systems convert synchronously), the SUT's CPU from /proc (the
+schedstat run time of every thread of the process and of its children, sipmob-transcoder's media
+workers; CPU per packet is that over every packet sent, warm-up included) and RSS (summed likewise).
+In the search, added latency is also measured at 80 % of the sustained channels. ``--overload N``
+(sipmob only) configures a capacity of N calls, offers half as many again, and checks that those get
+503 with Retry-After while the admitted calls keep <= 0.1 % loss.
+N is sustained when loss <= 0.1 % and p99 gap < 40 ms; the search doubles N until
 a trial fails, then bisects (bounded by --max and by --bisect steps). The output of channel 0 is
 decoded and its spectral peak must be 440 Hz. A trial the generator itself could not keep up with
 (more than 5 ms behind its schedule at p99) is reported as generator-bound, not as the SUT's limit.
