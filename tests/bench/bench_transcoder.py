@@ -115,6 +115,7 @@ def generate(spec: dict[str, Any]) -> dict[str, Any]:
     phases = sorted(((i * PTIME / n), i) for i in range(n))
     last_sent = [0.0] * n
     sent = [0] * n
+    sent_all = 0
     received = [0] * n
     first_seq: list[int | None] = [None] * n
     max_seq = [0] * n
@@ -175,6 +176,7 @@ def generate(spec: dict[str, Any]) -> dict[str, Any]:
             frames[k % len(frames)]
         try:
             sender.sendto(packet, targets[i])
+            sent_all += 1
         except OSError:
             pass
         if now >= measure_from:
@@ -200,7 +202,8 @@ def generate(spec: dict[str, Any]) -> dict[str, Any]:
     def pct(xs: list[float], q: float) -> float:
         return float(np.percentile(xs, q)) * 1000 if xs else float("nan")
 
-    return {"sent": total_sent, "received": total_received, "loss": lost / max(total_sent, 1),
+    return {"sent": total_sent, "sent_all": sent_all, "received": total_received,
+            "loss": lost / max(total_sent, 1),
             "gap_p99_ms": pct(gaps, 99), "latency_p50_ms": pct(latencies, 50),
             "latency_p99_ms": pct(latencies, 99), "lag_p99_ms": pct(lags, 99), "sample": sample,
             "silent_channels": sum(1 for r in received if r == 0)}
@@ -234,16 +237,51 @@ def port_block(count: int) -> int:
     raise RuntimeError(f"no block of {count} free ports")
 
 
+def family(pid: int) -> list[int]:
+    """`pid` and its descendants: sipmob-transcoder's media workers are child processes."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(parents.get(p, []))
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """Time on a CPU of `pid` and its descendants, all their threads, from schedstat (nanoseconds;
+    /proc/PID/stat counts 10 ms ticks)."""
+    total = 0
+    for p in family(pid):
+        try:
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    return total / 1e9
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    total = 0.0
+    for p in family(pid):
+        try:
+            lines = Path(f"/proc/{p}/status").read_text().splitlines()
+        except OSError:
+            continue
+        total += sum(int(line.split()[1]) / 1024 for line in lines if line.startswith("VmRSS:"))
+    return total
 
 
 def sdp_side(port: int, codec: str) -> str:
@@ -255,12 +293,13 @@ def sdp_side(port: int, codec: str) -> str:
 class Sipmob:
     name = "sipmob-transcoder"
 
-    def __init__(self, cpu: int, workdir: Path, max_channels: int) -> None:
+    def __init__(self, cpu: int, workdir: Path, max_channels: int, capacity: int | None = None) -> None:
         from tests.integration.transcoder.transcoder_process import Controller, Transcoder
 
         self._controller = Controller
         low = port_block(4 * max_channels + 8)
-        self.daemon = Transcoder(workdir, channels=4 * max_channels, cpu=cpu,
+        self.refused = 0
+        self.daemon = Transcoder(workdir, channels=capacity or 4 * max_channels, cpu=cpu,
                                  rtp_ports=(low, low + 4 * max_channels + 7), idle_timeout=3600)
         self.daemon.start()
         self.pid = self._pid()
@@ -425,10 +464,14 @@ def trial(system: Any, case: str, n: int, seconds: float, gen_cpu: int, a_port: 
         print(f"    generator failed: {error}", flush=True)
         return {"n": n, "ok": False, "generator_bound": True, "loss": 1.0, "gap_p99_ms": float("nan"),
                 "latency_p50_ms": float("nan"), "latency_p99_ms": float("nan"), "lag_p99_ms": float("nan"),
-                "cpu": 0.0, "rss_mb": rss_mb(system.pid), "peak_hz": 0.0, "audio_ok": False,
+                "cpu": 0.0, "us_per_packet": float("nan"), "rss_mb": rss_mb(system.pid), "peak_hz": 0.0,
+                "audio_ok": False,
                 "silent_channels": n}
     result: dict[str, Any] = json.loads(out.stdout)
     result["cpu"] = (cpu1 - cpu0) / (wall1 - wall0)  # share of one core over the trial (incl. start-up)
+    # CPU per packet: over every packet sent in the trial, warm-up included, so the generator's
+    # start-up (the SUT idle) does not dilute it.
+    result["us_per_packet"] = (cpu1 - cpu0) / max(result.get("sent_all", 0), 1) * 1e6
     result["rss_mb"] = rss_mb(system.pid)
     result["n"] = n
     result["ok"] = result["loss"] <= 0.001 and result["gap_p99_ms"] < 40 and result["silent_channels"] == 0
@@ -474,7 +517,14 @@ def search(system: Any, case: str, args: argparse.Namespace, a_port: int,
             if high - low <= max(2, low // 10):
                 break
             n = (low + high) // 2
-    return {"best": best, "fail": worst_fail}
+    at80 = None
+    if best is not None:
+        # Added latency where the issue asks for it: at 80 % of what was sustained.
+        n80 = max(1, best["n"] * 4 // 5)
+        at80 = trial(system, case, n80, args.seconds, args.gen_cpu, a_port, b_ports)
+        print(f"    {system.name:18s} {case:10s} N={n80:5d} (80 %) loss {at80['loss'] * 100:6.3f}% "
+              f"lat p50/p99 {at80['latency_p50_ms']:5.2f}/{at80['latency_p99_ms']:5.2f} ms", flush=True)
+    return {"best": best, "fail": worst_fail, "at80": at80}
 
 
 def fixed_rounds(case: str, args: argparse.Namespace) -> dict[tuple[str, str], dict[str, Any]]:
@@ -505,6 +555,36 @@ def fixed_rounds(case: str, args: argparse.Namespace) -> dict[tuple[str, str], d
     return out
 
 
+def overload(case: str, args: argparse.Namespace) -> None:
+    """sipmob-transcoder configured for ``--overload`` calls, offered half as many again: the extra
+    INVITEs must get 503, and the admitted calls must keep <= 0.1 % loss."""
+    calls = args.overload
+    workdir = WORKDIR / f"overload-{case}"
+    workdir.mkdir()
+    # A call is two channels (one per direction) in the transcoder's capacity.
+    system = Sipmob(args.sut_cpu, workdir, calls * 2, capacity=2 * calls)
+    try:
+        a_port = free_port()
+        b_low = port_block(4 * calls)
+        b_ports = list(range(b_low, b_low + 4 * calls, 2))
+        source, sink = CASES[case]
+        system.ensure(calls, source, sink, a_port, b_ports)
+        refused = 0
+        for i in range(calls, calls + calls // 2):
+            c = system._controller(system.daemon.uri)
+            response = c.invite((f"v=0\r\no=ctl 1 1 IN IP4 {HOST}\r\ns=-\r\nt=0 0\r\n"
+                                 + sdp_side(a_port, source) + sdp_side(b_ports[i], sink)).encode())
+            c.close()
+            refused += response.status == 503 and "Retry-After" in response.headers
+        r = trial(system, case, calls, args.seconds, args.gen_cpu, a_port, b_ports)
+        print(f"overload {case}: {calls} calls admitted, {refused} of {calls // 2} more refused with 503 + "
+              f"Retry-After; admitted: loss {r['loss'] * 100:.3f}% gap p99 {r['gap_p99_ms']:.1f} ms "
+              f"lat p50/p99 {r['latency_p50_ms']:.2f}/{r['latency_p99_ms']:.2f} ms cpu {r['cpu'] * 100:.1f}% "
+              f"{'ok' if r['ok'] and refused == calls // 2 else 'FAIL'}", flush=True)
+    finally:
+        system.stop()
+
+
 PAYLOADS: dict[str, list[bytes]] = {}
 WORKDIR = Path(".")
 
@@ -524,6 +604,9 @@ def main() -> None:
                              "and latency at a load both carry (on a shared machine the search measures "
                              "the neighbours as much as the system)")
     parser.add_argument("--rounds", type=int, default=3, help="with --fixed: alternated trials per system")
+    parser.add_argument("--overload", type=int, default=0, metavar="N",
+                        help="sipmob only: capacity of N calls, N * 1.5 offered; the extra must get 503 "
+                             "and the admitted keep <= 0.1 %% loss")
     parser.add_argument("--sut-cpu", type=int, default=0)
     parser.add_argument("--gen-cpu", type=int, default=1)
     args = parser.parse_args()
@@ -541,6 +624,9 @@ def main() -> None:
         WORKDIR = Path(tmp)
         for case in args.cases.split(","):
             print(f"{case}:", flush=True)
+            if args.overload:
+                overload(case, args)
+                continue
             if args.fixed:
                 summary.update(fixed_rounds(case, args))
                 continue
@@ -556,6 +642,8 @@ def main() -> None:
                     summary[(case, system.name)] = search(system, case, args, a_port, b_ports)
                 finally:
                     system.stop()
+    if args.overload:
+        return
     print()
     if args.fixed:
         print(f"{args.fixed} channels for {args.seconds:.0f} s per case and system (no search: 'channels' is "
@@ -576,14 +664,15 @@ def main() -> None:
             if best is None:
                 print(f"{case:10s} {name:18s} {'<' + str(args.start):>8s}")
                 continue
-            us = best["cpu"] / best["n"] / 50 * 1e6  # CPU per packet: one channel is 50 packets/s
+            us = best["us_per_packet"]
             by_cpu = int(1e6 / 50 / us) if us else 0
             if args.fixed:
                 bound = " " if best["ok"] else "!"
             else:
                 bound = "+" if entry["fail"] is None or entry["fail"]["generator_bound"] else " "
+            lat = entry.get("at80") or best
             print(f"{case:10s} {name:18s} {best['n']:>7d}{bound} {us:7.1f} {by_cpu:7d} "
-                  f"{best['latency_p50_ms']:8.2f} {best['latency_p99_ms']:8.2f} {best['rss_mb']:7.1f} "
+                  f"{lat['latency_p50_ms']:8.2f} {lat['latency_p99_ms']:8.2f} {best['rss_mb']:7.1f} "
                   f"{'ok' if best['audio_ok'] else 'WRONG':>6s} loss {best['loss'] * 100:.3f}% "
                   f"gap p99 {best['gap_p99_ms']:.1f} ms")
             row[name] = (best["n"], us)
@@ -595,7 +684,11 @@ def main() -> None:
         print("!: that load was not carried cleanly (loss over 0.1 % or p99 gap of 40 ms or more).")
     else:
         print("+: not a limit of the system (the last trial passed, or the generator fell behind).")
-    print("by CPU: channels one whole core would carry at the CPU per packet measured (us/pkt).")
+    print("channels: measured (a trial carried it); by CPU: an estimate, the channels one whole core would")
+    print("carry at the CPU per packet measured (us/pkt), which the neighbours on a shared machine "
+          "disturb less.")
+    if not args.fixed:
+        print("lat p50/p99: added latency at 80 % of the sustained channels.")
 
 
 if __name__ == "__main__":

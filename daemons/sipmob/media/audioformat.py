@@ -12,19 +12,25 @@ payload):
 - PCMU/PCMA: numpy lookup tables built from `sipmob.media.g711`, so our bytes are that module's;
   about 1.5 us per 20 ms frame, against 2-4 us through libavcodec (see `sipmob.transcoder`).
 - L16: network byte order, numpy byteswap.
-- G.722 and Opus: libavcodec through PyAV 10 (``g722``, ``libopus``). The Opus encoder takes its
-  input at the lowest of 16/48 kHz that carries the other side's audio, or at 8 kHz when the
-  receiver's ``maxplaybackrate`` (RFC 7587 §6.1) says it plays no more, so the playback limit is
-  honoured (16 kHz rather than 8 for G.711 input: libopus codes it faster, see `opus_input_rate`).
+- G.722 and Opus: libopus and spandsp called directly (`sipmob.media.native`, which says why),
+  or libavcodec through PyAV 10 (``g722``, ``libopus``) where those libraries are missing. The
+  Opus encoder takes its input at the lowest of 16/48 kHz that carries the other side's audio, or
+  at 8 kHz when the receiver's ``maxplaybackrate`` (RFC 7587 §6.1) says it plays no more, so the
+  playback limit is honoured (16 kHz rather than 8 for G.711 input: libopus codes it faster, see
+  `opus_input_rate`). The Opus decoder decodes straight to the rate the other side needs, and
+  so does G.722 between it and G.711 (spandsp's 8 kHz mode: the lower sub-band alone).
   ``useinbandfec=1`` turns on libopus' in-band FEC (the receiver asked for it). We send mono even
   when ``stereo=1`` is offered: §7.1 makes stereo a preference, and mono is always decodable.
-- Concealment: libavcodec's Opus decoder cannot be asked for libopus' PLC or for the FEC copy of
-  a lost frame (an empty packet means "drain"), and G.711/G.722/L16 have none in libavcodec. So a
-  lost frame is the last frame repeated, each repetition 6 dB quieter, which is G.711 Appendix I's
-  idea without its pitch search: no click, no hole, silence after a few frames.
+- Concealment: for Opus, libopus' own: the FEC copy of the lost frame when the next packet is
+  already here, else its packet-loss concealment. G.711/G.722/L16 (and Opus through PyAV, whose
+  API reaches neither) repeat the last frame, each repetition 6 dB quieter, which is G.711
+  Appendix I's idea without its pitch search: no click, no hole, silence after a few frames.
 
 `Resampler` converts between 8, 16 and 48 kHz by integer factors with a polyphase windowed-sinc
-filter in numpy (one matrix product per frame), carrying its history across frames.
+filter in numpy (one matrix product per frame), carrying its history across frames. (speexdsp's
+resampler through ctypes was tried: no cheaper from 8 to 16 kHz, and with it the PCMU to Opus
+channels of ``tests/bench/bench_transcoder.py`` fell behind on the loaded build machine where the
+numpy filter's did not.)
 
 Not here: RTP headers, jitter, framing (`sipmob.media.transcode`), SDP parsing (the daemon).
 """
@@ -38,7 +44,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from sipmob.media import g711
+from sipmob.media import g711, native
 
 OPUS_RATES = (8000, 16000, 48000)
 NAMES = ("PCMU", "PCMA", "G722", "OPUS", "L16")
@@ -148,7 +154,7 @@ class Decoder(Protocol):
 
     def decode(self, payload: bytes) -> Pcm: ...
 
-    def conceal(self, samples: int) -> Pcm: ...
+    def conceal(self, samples: int, next_payload: bytes | None = None) -> Pcm: ...
 
 
 class Encoder(Protocol):
@@ -176,7 +182,7 @@ class _Concealer:
         self._gain = 1.0
         return pcm
 
-    def conceal(self, samples: int) -> Pcm:
+    def conceal(self, samples: int, next_payload: bytes | None = None) -> Pcm:
         self._gain *= 0.5
         if self._gain < 0.05 or not len(self._last):
             return np.zeros(samples, dtype=np.int16)
@@ -303,7 +309,26 @@ class AvEncoder:
         return self._pending.pop(0) if self._pending else b""
 
 
-def make_decoder(fmt: AudioFormat) -> Decoder:
+class SpandspG722Decoder(_Concealer):
+    """spandsp's G.722 (`sipmob.media.native`), concealed like the others."""
+
+    def __init__(self, rate: int = 16000) -> None:
+        super().__init__()
+        self.rate = rate
+        self._decoder = native.G722Decoder(rate)
+
+    def decode(self, payload: bytes) -> Pcm:
+        return self.good(self._decoder.decode(payload))
+
+
+def opus_output_rate(wanted: int) -> int:
+    """The rate libopus decodes at for a receiver of `wanted` Hz: the lowest it offers that carries it."""
+    return next((r for r in native.OPUS_DECODER_RATES if r >= wanted), 48000)
+
+
+def make_decoder(fmt: AudioFormat, rate: int | None = None) -> Decoder:
+    """The decoder for `fmt`; `rate` (the rate the samples are wanted at) lets libopus decode
+    straight to it rather than to 48 kHz."""
     if fmt.name == "PCMU":
         return TableDecoder(_ULAW_DEC)
     if fmt.name == "PCMA":
@@ -311,7 +336,11 @@ def make_decoder(fmt: AudioFormat) -> Decoder:
     if fmt.name == "L16":
         return L16Decoder(fmt.sample_rate)
     if fmt.name == "G722":
+        if native.available("G722"):
+            return SpandspG722Decoder(8000 if rate == 8000 else 16000)
         return AvDecoder("g722", 16000)
+    if native.available("OPUS"):
+        return native.OpusDecoder(opus_output_rate(rate or 48000))
     return AvDecoder("libopus", 48000)
 
 
@@ -333,12 +362,17 @@ def make_encoder(fmt: AudioFormat, source_rate: int = 48000) -> Encoder:
     if fmt.name == "L16":
         return L16Encoder(fmt.sample_rate, fmt.frame_samples)
     if fmt.name == "G722":
+        if native.available("G722"):
+            rate = 8000 if source_rate == 8000 else 16000
+            return native.G722Encoder(rate * fmt.ptime_ms // 1000, rate)
         return AvEncoder("g722", 16000, fmt.frame_samples, {})
     rate = opus_input_rate(fmt, source_rate)
+    bit_rate = {8000: 16000, 16000: 24000, 48000: 32000}[rate]
+    if native.available("OPUS"):
+        return native.OpusEncoder(rate, rate * fmt.ptime_ms // 1000, bit_rate, fmt.fec)
     options = {"application": "voip", "frame_duration": str(fmt.ptime_ms), "vbr": "on"}
     if fmt.fec:
         options.update({"fec": "1", "packet_loss": "10"})
-    bit_rate = {8000: 16000, 16000: 24000, 48000: 32000}[rate]
     return AvEncoder("libopus", rate, rate * fmt.ptime_ms // 1000, options, bit_rate)
 
 

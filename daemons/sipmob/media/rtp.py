@@ -283,7 +283,10 @@ class SourceStats:
 
     def receive(self, packet: RtpPacket, arrival: float) -> None:
         """Account for ``packet`` arriving at ``arrival`` seconds (any clock, as long as it is one)."""
-        seq = packet.sequence
+        self.receive_header(packet.payload_type, packet.sequence, packet.timestamp, arrival)
+
+    def receive_header(self, payload_type: int, seq: int, timestamp: int, arrival: float) -> None:
+        """`receive` from the three header fields it reads, for a relay that builds no packet."""
         if self.received == 0 and self._bad_seq is None:
             self.base_seq = self.max_seq = seq
         else:
@@ -310,9 +313,9 @@ class SourceStats:
                 return
         self._remember(seq)
         self.received += 1
-        self.payload_types.add(packet.payload_type)
+        self.payload_types.add(payload_type)
         # A.8: transit time in timestamp units; its absolute value does not matter, only differences.
-        transit = arrival * self.clock_rate - packet.timestamp
+        transit = arrival * self.clock_rate - timestamp
         if self._transit is not None:
             d = abs(transit - self._transit)
             # Timestamps wrap at 2^32; a difference that large is the wrap, not jitter.

@@ -28,8 +28,9 @@ duration rescaled when the two sides' event clocks differ (8000 vs 48000 for Opu
 end bit and redundant end packets are kept. A side without telephone-event gets none.
 
 **Relay**: when both sides use the same codec, clock, channels and ptime, payloads are not
-decoded: only payload type, SSRC, sequence and timestamp are rewritten (sequence and timestamp by
-an offset re-based whenever the input's SSRC changes, so the input's own losses stay visible).
+decoded: only payload type, SSRC, sequence and timestamp are rewritten, in place in the receive
+buffer (`relay_into`; sequence and timestamp by an offset re-based whenever the input's SSRC
+changes, so the input's own losses stay visible).
 
 The RTP header is read and written with `struct` here rather than through
 `sipmob.media.rtp.RtpPacket`: the per-packet overhead around the codec is what the transcoder's
@@ -123,8 +124,8 @@ class Channel:
         """Start converting `source` to `sink`; the output stream (SSRC, seq, ts) carries on."""
         self.source, self.sink = source, sink
         self.relay = source.same_payload(sink)
-        self._decoder = None if self.relay else make_decoder(source)
         self._encoder = None if self.relay else make_encoder(sink, source.sample_rate)
+        self._decoder = None if self._encoder is None else make_decoder(source, self._encoder.rate)
         if self._decoder is not None and self._encoder is not None:
             self._resampler = Resampler(self._decoder.rate, self._encoder.rate)
             self._in_frame = source.frame_samples * self._decoder.rate // source.sample_rate
@@ -146,6 +147,9 @@ class Channel:
 
     def receive(self, data: bytes) -> list[bytes]:
         """The datagrams to send for one datagram received (often one, none while a gap waits)."""
+        if self.relay:
+            buf = bytearray(data)
+            return [bytes(buf)] if self.relay_into(buf, len(buf)) else []
         try:
             pt, marker, seq, ts, ssrc, payload = split(data)
         except (BadPacket, struct.error):
@@ -156,8 +160,6 @@ class Channel:
             self.stats.bad += 1
             return []
         self.stats.received += 1
-        if self.relay:
-            return self._relay(pt, marker, seq, ts, ssrc, payload)
         if ssrc != self._in_ssrc:
             self._restart(ssrc, seq, ts)
         ahead = _seq_diff(seq, self._expected_seq)
@@ -209,9 +211,12 @@ class Channel:
         """Give up on the packets missing before the earliest held one: conceal them."""
         first = min(self._held, key=lambda s: _seq_diff(s, self._expected_seq))
         missing = _seq_diff(first, self._expected_seq)
+        after = self._held[first]
+        # The packet after the last lost one may carry that frame again (Opus in-band FEC).
+        fec = after[2] if after[3] == self.source.payload_type else None
         for i in range(missing):
             if i < MAX_CONCEAL:
-                self._conceal(out)
+                self._conceal(out, fec if i == missing - 1 else None)
             self._concealed.append((self._expected_seq + i) % SEQ_MOD)
         del self._concealed[:-4 * MAX_DEPTH]
         self._expected_seq = first
@@ -235,12 +240,12 @@ class Channel:
         assert self._decoder is not None
         self._push(self._decoder.decode(payload), ts, out)
 
-    def _conceal(self, out: list[bytes]) -> None:
+    def _conceal(self, out: list[bytes], next_payload: bytes | None = None) -> None:
         assert self._decoder is not None
         self.stats.concealed += 1
         ts = self._expected_ts
         self._expected_ts = (ts + self.source.frame_ticks) % TS_MOD
-        self._push(self._decoder.conceal(self._in_frame), ts, out)
+        self._push(self._decoder.conceal(self._in_frame, next_payload), ts, out)
 
     def _push(self, pcm: Pcm, in_ts: int, out: list[bytes]) -> None:
         assert self._encoder is not None
@@ -291,27 +296,47 @@ class Channel:
         self.stats.events += 1
         out.append(self._packet(sink.dtmf_payload_type, body, 0, marker=first, ts=event_ts))
 
-    # Relay --------------------------------------------------------------------------------------
+    # Relay ------------------------------------------------------------------------------------
 
-    def _relay(self, pt: int, marker: bool, seq: int, ts: int, ssrc: int, payload: bytes) -> list[bytes]:
-        if ssrc != self._in_ssrc or abs(_seq_diff(seq, self._expected_seq)) > RESTART_GAP:
+    def relay_into(self, buf: bytearray, size: int) -> bool:
+        """Relay the packet in ``buf[:size]`` by rewriting its header in place (one
+        ``struct.pack_into``): payload type, marker, sequence, timestamp, SSRC. True when it is to
+        be sent. CSRCs, header extension and padding stay as they came: the payload is not touched.
+        """
+        stats = self.stats
+        if size < 12:
+            stats.bad += 1
+            return False
+        first, second, seq, ts, ssrc = _HEADER.unpack_from(buf)
+        pt = second & 0x7F
+        source = self.source
+        if first >> 6 != 2 or (pt != source.payload_type and pt != source.dtmf_payload_type):
+            stats.bad += 1
+            return False
+        stats.received += 1
+        marker = second & 0x80
+        ahead = (seq - self._expected_seq + 32768) % SEQ_MOD - 32768
+        if ssrc != self._in_ssrc or ahead > RESTART_GAP or ahead < -RESTART_GAP:
             # Continue our stream from where it stood: next sequence number, next frame's instant.
             self._in_ssrc = ssrc
             self._relay_seq_offset = (self.out_seq - seq) % SEQ_MOD
             self._relay_ts_offset = (self.out_ts - ts) % TS_MOD
-            marker = True
+            marker = 0x80
+            ahead = 0
         out_seq = (seq + self._relay_seq_offset) % SEQ_MOD
         out_ts = (ts + self._relay_ts_offset) % TS_MOD
-        if _seq_diff(seq, self._expected_seq) >= 0:
+        audio = pt == source.payload_type
+        if ahead >= 0:
             self._expected_seq = (seq + 1) % SEQ_MOD
             self.out_seq = (out_seq + 1) % SEQ_MOD
-            if pt == self.source.payload_type:
+            if audio:
                 self.out_ts = (out_ts + self.sink.frame_ticks) % TS_MOD
-        out_pt = self.sink.payload_type if pt == self.source.payload_type else self.sink.dtmf_payload_type
+        out_pt = self.sink.payload_type if audio else self.sink.dtmf_payload_type
         if out_pt is None:
-            return []
-        self.stats.sent += 1
-        self.stats.octets += len(payload)
-        if pt == self.source.dtmf_payload_type:
-            self.stats.events += 1
-        return [_HEADER.pack(0x80, (0x80 if marker else 0) | out_pt, out_seq, out_ts, self.ssrc) + payload]
+            return False
+        stats.sent += 1
+        stats.octets += size - 12 - 4 * (first & 0x0F)
+        if not audio:
+            stats.events += 1
+        _HEADER.pack_into(buf, 0, first, marker | out_pt, out_seq, out_ts, self.ssrc)
+        return True

@@ -29,11 +29,9 @@ import gc
 import ipaddress
 import itertools
 import logging
-import time
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.task import LoopingCall
 
 from sipmob.service.config import ConfigError, ConfigProblem, split_host_port
 from sipmob.service.daemon import Runtime
@@ -41,13 +39,12 @@ from sipmob.service.sipua import Call, IncomingCall, SIPError, UserAgent
 from sipmob.sip.message import Request
 from sipmob.transcoder.config import TranscoderConfig
 from sipmob.transcoder.invocation import InvocationError, Plan, answer, parse_invocation
-from sipmob.transcoder.media import CallMedia, PortPool
+from sipmob.transcoder.media import CallMedia, PortPool, Workers, default_workers
 
 log = logging.getLogger("sipmob.transcoder")
 
 SERVICE_TYPE = "service:sip-transcoder"
 CHANNELS_PER_CALL = 2
-IDLE_CHECK = 5.0  # seconds between looks for calls with no RTP
 STOP_BYE_TIMEOUT = 2.0
 
 
@@ -84,11 +81,11 @@ class TranscoderApp:
         self._apply(config)
         self.ua: UserAgent | None = None
         self.sa: Any = None
-        self.pool = PortPool(self.reactor, config.rtp.address, config.rtp.port_min, config.rtp.port_max)
+        self.pool = PortPool(config.rtp.address, config.rtp.port_min, config.rtp.port_max)
+        self.workers = Workers(self.reactor, config.media.workers or default_workers(), config.log.level,
+                               self._idle_call, self._calls_lost)
         self.calls: dict[int, TranscoderCall] = {}
         self._numbers = itertools.count(1)
-        self._idle = LoopingCall(self._hang_up_idle)
-        self._idle.clock = self.reactor
         self._slp_update: Any = None
         self._slp_last = 0.0
         self._registered_free: int | None = None
@@ -110,23 +107,33 @@ class TranscoderApp:
     def free_channels(self) -> int:
         return max(0, self.config.capacity.channels - self.channels_in_use)
 
+    @property
+    def channels_per_worker(self) -> int:
+        """Each worker's share of ``[capacity] channels``: a core carries no more than its share."""
+        share = -(-self.config.capacity.channels // self.workers.count)
+        return CHANNELS_PER_CALL * -(-share // CHANNELS_PER_CALL)  # whole calls
+
     def status(self) -> str:
         calls = len(self.calls)
+        shares = "/".join(str(CHANNELS_PER_CALL * len(w.calls)) for w in self.workers.processes)
         return (f"{self.channels_in_use} of {self.config.capacity.channels} channels in use, "
-                f"{calls} call{'' if calls == 1 else 's'}")
+                f"{calls} call{'' if calls == 1 else 's'}, {self.workers.count} "
+                f"worker{'' if self.workers.count == 1 else 's'} ({shares})")
 
     def start(self) -> defer.Deferred[Any]:
         sip = self.config.sip
+        workers_ready = self.workers.start()
         self.ua = UserAgent(self.reactor, listen=[(sip.address, sip.port, "udp")], user="transcoder",
                             user_agent="sipmob-transcoder/0.1")
         self.ua.on_incoming_call(self._incoming)
-        d = self.ua.start()
+        # SIP is served (OPTIONS, INVITE) only once the workers can take calls.
+        ua = self.ua
+        d = workers_ready.addCallback(lambda _: ua.start())
 
         def bound(addresses: list[Any]) -> None:
             port = addresses[0].port
             host = self.config.advertised_address()
             self.url = f"sip:transcoder@{f'[{host}]' if ':' in host else host}:{port}"
-            self._idle.start(IDLE_CHECK, now=False)
             if self.config.slp.enabled:
                 from sipmob.service.slp import SLPServiceAgent
 
@@ -135,29 +142,24 @@ class TranscoderApp:
                                           scopes=slp.scopes)
                 self.sa.start()
                 self._register()
-            log.info("transcoder at %s, RTP ports %d-%d, codecs %s", self.url, self.pool.low, self.pool.high,
-                     ", ".join(self.config.media.codecs))
-            # What start-up made (Twisted, numpy, PyAV: ~10^5 objects) will live as long as the
-            # process; out of the collector's sight, a full collection no longer stalls every
-            # channel (measured: 53-56 ms with PyAV imported at the first call, after the freeze).
-            if self.enabled & {"OPUS", "G722"}:
-                import av  # noqa: F401  (loaded now, so that its objects are frozen too)
+            log.info("transcoder at %s, RTP ports %d-%d, codecs %s, %d media worker(s) (pids %s)", self.url,
+                     self.pool.low, self.pool.high, ", ".join(self.config.media.codecs), self.workers.count,
+                     ", ".join(str(w.pid) for w in self.workers.processes))
+            # What start-up made will live as long as the process: out of the collector's sight.
             gc.freeze()
 
         return d.addCallback(bound)
 
     def reload(self, config: TranscoderConfig) -> None:
         old = self.config
-        if (old.sip, old.rtp) != (config.sip, config.rtp):
-            raise ConfigError([ConfigProblem("[sip]/[rtp]", "", "addresses and ports change only on a "
-                                                                   "restart")])
+        if (old.sip, old.rtp, old.media.workers) != (config.sip, config.rtp, config.media.workers):
+            raise ConfigError([ConfigProblem("[sip]/[rtp]/[media] workers", "",
+                                             "addresses, ports and workers change only on a restart")])
         self._apply(config)
         self._register()
         self._status_changed()
 
     def stop(self) -> defer.Deferred[Any]:
-        if self._idle.running:
-            self._idle.stop()
         if self._slp_update is not None and self._slp_update.active():
             self._slp_update.cancel()
         waits = []
@@ -169,7 +171,10 @@ class TranscoderApp:
             self._end(tc, "transcoder stopping")
         if self.sa is not None:
             waits.append(self.sa.stop())
+        # The workers end their calls (RTCP BYE) once their control sockets close.
+        self.workers.stop()
         d = defer.DeferredList(waits)
+        d.addCallback(lambda _: self.workers.wait())
         if self.ua is not None:
             ua = self.ua
             d.addCallback(lambda _: ua.stop())
@@ -231,20 +236,26 @@ class TranscoderApp:
         except InvocationError as exc:
             self._refuse(incoming, exc.status, exc.reason)
             return
+        retry = (("Retry-After", str(self.config.capacity.retry_after)),)
         if self.channels_in_use + CHANNELS_PER_CALL > self.config.capacity.channels:
-            self._refuse(incoming, 503, "at capacity",
-                         (("Retry-After", str(self.config.capacity.retry_after)),))
+            self._refuse(incoming, 503, "at capacity", retry)
             return
+        # The call goes to the worker with the fewest calls; if even that one has no room for its
+        # share, the core it runs on is full whatever the total says.
+        if CHANNELS_PER_CALL * (len(self.workers.least_loaded().calls) + 1) > self.channels_per_worker:
+            self._refuse(incoming, 503, "every worker at its share of capacity", retry)
+            return
+        number = next(self._numbers)
         try:
-            media = CallMedia(self.reactor, self.pool, self.url, plan.format_a, plan.format_b)
+            media = CallMedia(number, self.workers, self.pool, self.url, plan.format_a, plan.format_b,
+                              plan.a.destination, plan.b.destination, self.config.capacity.idle_timeout)
         except OSError as exc:
-            self._refuse(incoming, 503, str(exc), (("Retry-After", str(self.config.capacity.retry_after)),))
+            self._refuse(incoming, 503, str(exc), retry)
             return
-        media.a.destination, media.b.destination = plan.a.destination, plan.b.destination
-        tc = TranscoderCall(next(self._numbers), plan, media, host)
+        tc = TranscoderCall(number, plan, media, host)
         self.calls[tc.number] = tc
         self._status_changed()
-        sdp = answer(plan, self.config.advertised_address(), media.a.port, media.b.port, tc.number)
+        sdp = answer(plan, self.config.advertised_address(), media.port_a, media.port_b, tc.number)
         log.info("call %s from %s: %s (A %s, B %s)", request.call_id, host, plan.summary,
                  plan.a.destination, plan.b.destination)
         d = incoming.accept(sdp)
@@ -268,27 +279,35 @@ class TranscoderApp:
         tc.version += 1
         log.info("call %d updated: %s (A %s, B %s)", tc.number, plan.summary, plan.a.destination,
                  plan.b.destination)
-        return answer(plan, self.config.advertised_address(), tc.media.a.port, tc.media.b.port, tc.number,
+        return answer(plan, self.config.advertised_address(), tc.media.port_a, tc.media.port_b, tc.number,
                       tc.version)
 
     def _end(self, tc: TranscoderCall, reason: str) -> None:
         if self.calls.pop(tc.number, None) is None:
             return
-        tc.media.close()
-        def figures(stats: Any, leg: Any) -> str:
-            return (f"{stats.received} in {stats.sent} out {stats.concealed} concealed {stats.late} late "
-                    f"{stats.duplicates} duplicate {stats.bad} bad {leg.strangers} from strangers "
-                    f"{leg.peer.send_errors} unsent, longest gap in "
-                    f"{(leg.stats.max_gap if leg.stats else 0.0) * 1000:.0f} ms")
-
-        log.info("call %d ended (%s): A->B %s; B->A %s", tc.number, reason,
-                 figures(tc.media.a_to_b.stats, tc.media.a), figures(tc.media.b_to_a.stats, tc.media.b))
+        # Its worker logs "call N ended" with the figures it holds (in, out, concealed, late...).
+        tc.media.close(reason)
+        log.debug("call %d closing (%s)", tc.number, reason)
         self._status_changed()
 
-    def _hang_up_idle(self) -> None:
-        limit = time.monotonic() - self.config.capacity.idle_timeout
-        for tc in list(self.calls.values()):
-            if tc.media.last_activity() < limit:
-                if tc.call is not None:
-                    tc.call.bye().addErrback(lambda _: None)
-                self._end(tc, "no RTP")
+    def _idle_call(self, number: int) -> None:
+        tc = self.calls.get(number)
+        if tc is None:
+            return
+        if tc.call is not None:
+            tc.call.bye().addErrback(lambda _: None)
+        self._end(tc, "no RTP")
+
+    def _calls_lost(self, numbers: list[int]) -> None:
+        for number in numbers:
+            tc = self.calls.get(number)
+            if tc is None:
+                continue
+            if tc.call is not None:
+                tc.call.bye().addErrback(lambda _: None)
+            tc.media.closed = True  # its worker and sockets are gone
+            self.calls.pop(number, None)
+            self.pool.release(tc.media.port_a)
+            self.pool.release(tc.media.port_b)
+            log.error("call %d ended: its media worker died", number)
+        self._status_changed()

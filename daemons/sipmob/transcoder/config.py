@@ -55,6 +55,9 @@ class Media:
     codecs: list[str] = setting(default_factory=lambda: list(CODECS), check=each(_codec),
                                 help="codecs converted, either side")
     relay: bool = setting(True, help="also anchor calls whose sides share a codec (relay, no decode)")
+    workers: int = setting(0, check=lambda v: None if 0 <= v <= 256 else f"must be 0-256, got {v}",
+                           help="media worker processes, each single-threaded with its share of the "
+                                "calls and of [capacity] channels; 0: one per core")
 
     def validate(self) -> list[tuple[str, str]]:
         return [] if self.codecs else [("codecs", "must list at least one codec")]

@@ -1,90 +1,84 @@
-"""The transcoder's media on the reactor: port pairs, one `CallMedia` per call, RTCP per side.
+"""The transcoder's media seen from the main process: port pairs, media workers, one `CallMedia` per call.
 
 `PortPool` hands out even RTP ports with RTCP on the next one (RFC 3550 §11) from the configured
-range, binding both before saying yes. `CallMedia` owns two pairs (side A, side B) and two
-`sipmob.media.transcode.Channel`s (A to B, B to A). A datagram on A's RTP port is taken only from
-A's declared address (the controller said where A is; anything else is a stranger and is counted
-and dropped), converted, and sent from B's port to B, so each party sees one symmetric peer.
+range, binding both before saying yes. The main process binds them (so the SDP answer is written
+at once, with no round trip to a worker) and hands the four sockets of a call to a worker
+(`sipmob.transcoder.worker`) with SCM_RIGHTS; it then closes its own copies, so the worker alone
+reads and writes them.
 
-RTCP per side: a `sipmob.media.rtp.SourceStats` of what the side sends us (loss, jitter, RFC 3550
-A.3/A.8) and an `RtcpSession` whose SR describes the stream we send that side (our SSRC, packet
-and octet counts, the RTP timestamp of "now" on that stream), every 5 s with the §6.3.1
-randomisation, and a BYE when the call ends. RTCP from the parties is parsed (round-trip time, BYE)
-and not forwarded: each leg is its own RTP session, as in RFC 3550 §7.2 for a translator that
-changes the encoding.
+`Workers` starts the worker processes (``python -m sipmob.transcoder.worker``, the control socket
+inherited), gives each new call to the one with the fewest channels (so one core's load stays
+within its share of ``[capacity] channels``), hears "idle" from them, restarts one that dies
+(its calls are ended: their sockets died with it), and stops them by closing their control sockets.
 
-Not here: SIP and SDP (`sipmob.transcoder.app`, `sipmob.transcoder.invocation`), the conversion.
+A datagram on A's RTP port is taken only from A's declared address (the controller said where A
+is; anything else is a stranger and is counted and dropped), converted, and sent from B's port to
+B, so each party sees one symmetric peer. RTCP per side is the worker's: each leg is its own RTP
+session, as in RFC 3550 §7.2 for a translator that changes the encoding.
+
+Not here: SIP and SDP (`sipmob.transcoder.app`, `sipmob.transcoder.invocation`), the packets.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-import struct
-import time
+import os
+import pickle
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import protocol
+from twisted.internet import defer
+from twisted.internet.interfaces import IReadDescriptor
+from zope.interface import implementer
 
 from sipmob.media.audioformat import AudioFormat
-from sipmob.media.rtcp import RtcpParseError, RtcpSession, SenderInfo
-from sipmob.media.rtp import SourceStats
-from sipmob.media.transcode import Channel
 
 log = logging.getLogger("sipmob.transcoder")
 
-_HEADER = struct.Struct("!BBHII")
 Address = tuple[str, int]
-
-
-class _Seen:
-    """The three fields `SourceStats.receive` reads, without building a whole `RtpPacket`."""
-
-    __slots__ = ("payload_type", "sequence", "timestamp")
-
-    def __init__(self, payload_type: int, sequence: int, timestamp: int) -> None:
-        self.payload_type = payload_type
-        self.sequence = sequence
-        self.timestamp = timestamp
-
-
-class _Datagrams(protocol.DatagramProtocol):
-    def __init__(self, on_datagram: Callable[[bytes, Address], None]) -> None:
-        self.datagramReceived = on_datagram  # type: ignore[method-assign,assignment]
+STOP_WAIT = 3.0  # seconds a worker has to end its calls once told to stop
 
 
 class PortPool:
     """Even RTP ports with RTCP on port + 1, from ``[low, high]``, bound on `address`."""
 
-    def __init__(self, reactor: Any, address: str, low: int, high: int) -> None:
-        self.reactor = reactor
+    def __init__(self, address: str, low: int, high: int) -> None:
         self.address = address
+        self.family = socket.AF_INET6 if ":" in address else socket.AF_INET
         self.low = low + (low & 1)
         self.high = high
         self._used: set[int] = set()
         self._next = self.low
 
-    def bind(self, on_rtp: Callable[[bytes, Address], None],
-             on_rtcp: Callable[[bytes, Address], None]) -> tuple[Any, Any]:
-        """Listening ports for RTP and RTCP; OSError when the range is exhausted."""
+    def _bound(self, port: int) -> socket.socket | None:
+        sock = socket.socket(self.family, socket.SOCK_DGRAM)
+        try:
+            sock.bind((self.address, port))
+        except OSError:
+            sock.close()
+            return None
+        return sock
+
+    def bind(self) -> tuple[int, socket.socket, socket.socket]:
+        """(port, RTP socket, RTCP socket); OSError when the range is exhausted."""
         span = (self.high - self.low + 1) // 2
         for _ in range(span):
             port = self._next
             self._next = port + 2 if port + 3 <= self.high else self.low
             if port in self._used:
                 continue
-            try:
-                rtp = self.reactor.listenUDP(port, _Datagrams(on_rtp), interface=self.address)
-            except Exception:
+            rtp = self._bound(port)
+            if rtp is None:
                 continue
-            try:
-                rtcp = self.reactor.listenUDP(port + 1, _Datagrams(on_rtcp), interface=self.address)
-            except Exception:
-                rtp.stopListening()
+            rtcp = self._bound(port + 1)
+            if rtcp is None:
+                rtp.close()
                 continue
             self._used.add(port)
-            return rtp, rtcp
+            return port, rtp, rtcp
         raise OSError(f"no free RTP port pair in {self.low}-{self.high}")
 
     def release(self, port: int) -> None:
@@ -95,141 +89,209 @@ class PortPool:
         return len(self._used)
 
 
-class Leg:
-    """One party's side: its ports, where it is, what it sends us, and RTCP about both."""
+@implementer(IReadDescriptor)
+class WorkerProcess:
+    """One worker: its process, the main side of its control socket, the calls it holds."""
 
-    def __init__(self, media: CallMedia, name: str, pool: PortPool, cname: str) -> None:
-        self.media = media
-        self.name = name
-        self.destination: Address | None = None
-        self.stats: SourceStats | None = None
-        self.strangers = 0
-        self.last_heard: float | None = None
-        self.rtcp_session: RtcpSession | None = None
-        self._cname = cname
-        self.rtp_port, self.rtcp_port = pool.bind(self._rtp, self._rtcp)
-        self.port = int(self.rtp_port.getHost().port)
-        self.rtp_socket = self.rtp_port.socket
-        self.send_errors = 0
-        self.out: Channel | None = None  # the channel whose output goes to this side
-        self.into: Channel | None = None  # the channel this side's packets feed
-        self.peer: Leg | None = None
+    def __init__(self, index: int, reactor: Any, log_level: str,
+                 on_message: Callable[[WorkerProcess, tuple[Any, ...]], None],
+                 on_lost: Callable[[WorkerProcess], None]) -> None:
+        self.index = index
+        self.reactor = reactor
+        self.calls: set[int] = set()
+        self._on_message = on_message
+        self._on_lost = on_lost
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # Large enough for any burst of commands (a control message is a few hundred octets).
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        command = [sys.executable, "-m", "sipmob.transcoder.worker", "--fd", str(theirs.fileno()),
+                   "--index", str(index), "--log-level", log_level]
+        self.proc = subprocess.Popen(command, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        theirs.close()
+        ours.setblocking(False)
+        self.sock: socket.socket | None = ours
+        self.pid = self.proc.pid
+        reactor.addReader(self)
 
-    def _rtp(self, data: bytes, addr: Address) -> None:
-        destination = self.destination
-        if destination is None or addr[0] != destination[0]:
-            self.strangers += 1
-            return
-        channel, peer = self.into, self.peer
-        assert channel is not None and peer is not None
-        now = time.monotonic()
-        self.last_heard = now
-        if len(data) >= 12:
-            _, second, seq, ts, ssrc = _HEADER.unpack_from(data)
-            stats = self.stats
-            if stats is None or stats.ssrc != ssrc:
-                stats = self.stats = SourceStats(ssrc, channel.source.clock_rate)
-            stats.receive(_Seen(second & 0x7F, seq, ts), now)  # type: ignore[arg-type]
-        target = peer.destination
-        if target is None:
-            return
-        # The socket itself rather than Port.write: Twisted checks the address three times a write,
-        # a fifth of the per-packet cost of a G.711 relay.
-        sendto = peer.rtp_socket.sendto
-        for packet in channel.receive(data):
-            try:
-                sendto(packet, target)
-            except OSError:  # ICMP port unreachable from an earlier send, a full buffer: drop it
-                peer.send_errors += 1
+    @property
+    def alive(self) -> bool:
+        return self.sock is not None
 
-    def _rtcp(self, data: bytes, addr: Address) -> None:
-        if self.destination is None or addr[0] != self.destination[0] or self.rtcp_session is None:
-            self.strangers += 1
-            return
+    def send(self, message: tuple[Any, ...], socks: list[socket.socket] | None = None) -> bool:
+        if self.sock is None:
+            return False
         try:
-            self.rtcp_session.receive(data, time.time())
-        except RtcpParseError as exc:
-            log.debug("dropped malformed RTCP from %s:%d: %s", addr[0], addr[1], exc)
-
-    def start_rtcp(self) -> None:
-        assert self.out is not None
-        if self.rtcp_session is None or self.rtcp_session.ssrc != self.out.ssrc:
-            self.rtcp_session = RtcpSession(self.out.ssrc, self._cname)
-
-    def rtcp_report(self, bye: bool = False) -> None:
-        """Send our SR/RR for this side (and BYE at the end), if we know where the side is."""
-        if self.destination is None or self.rtcp_session is None or self.out is None:
-            return
-        out = self.out
-        sender = None
-        if out.stats.sent:
-            sender = SenderInfo(out.out_ts, out.stats.sent, out.stats.octets)
-        sources = [self.stats] if self.stats is not None else []
-        now = time.time()
-        data = self.rtcp_session.bye(now, sender, sources) if bye else \
-            self.rtcp_session.report(now, sender, sources)
-        try:
-            self.rtcp_port.write(data, (self.destination[0], self.destination[1] + 1))
+            if socks:
+                socket.send_fds(self.sock, [pickle.dumps(message)], [s.fileno() for s in socks])
+            else:
+                self.sock.send(pickle.dumps(message))
         except OSError as exc:
-            log.debug("RTCP to %s not sent: %s", self.destination, exc)
+            log.error("worker %d (pid %d) unreachable: %s", self.index, self.pid, exc)
+            self.connectionLost(None)
+            return False
+        return True
 
-    def close(self) -> None:
-        self.rtp_port.stopListening()
-        self.rtcp_port.stopListening()
+    # IReadDescriptor
+    def fileno(self) -> int:
+        return self.sock.fileno() if self.sock is not None else -1
+
+    def logPrefix(self) -> str:
+        return f"worker-{self.index}"
+
+    def doRead(self) -> None:
+        assert self.sock is not None
+        for _ in range(64):
+            try:
+                data = self.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.connectionLost(None)
+                return
+            try:
+                message = pickle.loads(data)
+            except Exception:
+                log.error("worker %d sent an unreadable message", self.index)
+                continue
+            self._on_message(self, message)
+
+    def connectionLost(self, reason: Any) -> None:
+        if self.sock is None:
+            return
+        self.reactor.removeReader(self)
+        self.sock.close()
+        self.sock = None
+        self._on_lost(self)
+
+    def stop(self) -> None:
+        """Close the control socket: the worker ends its calls (RTCP BYE) and exits."""
+        if self.sock is not None:
+            self.reactor.removeReader(self)
+            self.sock.close()
+            self.sock = None
+
+    def wait(self, timeout: float) -> None:
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.error("worker %d (pid %d) did not stop in %.0f s: killed", self.index, self.pid, timeout)
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def default_workers() -> int:
+    """One worker per core this process may run on (taskset and cpusets count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+class Workers:
+    """The worker processes and which calls each holds."""
+
+    def __init__(self, reactor: Any, count: int, log_level: str, on_idle: Callable[[int], None],
+                 on_calls_lost: Callable[[list[int]], None]) -> None:
+        self.reactor = reactor
+        self.count = count
+        self.log_level = log_level
+        self._on_idle = on_idle
+        self._on_calls_lost = on_calls_lost
+        self.processes: list[WorkerProcess] = []
+        self.stopping = False
+        self._ready: dict[int, defer.Deferred[None]] = {}
+
+    def start(self) -> defer.Deferred[Any]:
+        """Start them; fires once each has loaded its codecs and entered its loop."""
+        self.processes = [self._spawn(i) for i in range(self.count)]
+        return defer.gatherResults([self._ready[w.pid] for w in self.processes], consumeErrors=True)
+
+    def _spawn(self, index: int) -> WorkerProcess:
+        worker = WorkerProcess(index, self.reactor, self.log_level, self._message, self._lost)
+        self._ready[worker.pid] = defer.Deferred()
+        return worker
+
+    def _message(self, worker: WorkerProcess, message: tuple[Any, ...]) -> None:
+        if message and message[0] == "idle":
+            self._on_idle(int(message[1]))
+        elif message and message[0] == "ready":
+            ready = self._ready.pop(worker.pid, None)
+            if ready is not None:
+                ready.callback(None)
+
+    def _lost(self, worker: WorkerProcess) -> None:
+        ready = self._ready.pop(worker.pid, None)
+        if ready is not None:
+            ready.errback(RuntimeError(f"media worker {worker.index} exited while starting"))
+        calls = sorted(worker.calls)
+        worker.calls.clear()
+        if self.stopping:
+            return
+        log.error("worker %d (pid %d) is gone with %d call(s); starting another", worker.index, worker.pid,
+                  len(calls))
+        self.reactor.callLater(0, worker.wait, 5.0)
+        self.processes[worker.index] = self._spawn(worker.index)
+        if calls:
+            self._on_calls_lost(calls)
+
+    def least_loaded(self) -> WorkerProcess:
+        return min((w for w in self.processes if w.alive), key=lambda w: len(w.calls))
+
+    def stop(self) -> None:
+        self.stopping = True
+        for worker in self.processes:
+            worker.stop()
+
+    def wait(self, timeout: float = STOP_WAIT) -> None:
+        for worker in self.processes:
+            worker.wait(timeout)
 
 
 class CallMedia:
-    """The media of one transcoded (or relayed) call: two legs, two channels, an RTCP timer."""
+    """One call's media as the main process knows it: its two ports and the worker holding it."""
 
-    def __init__(self, reactor: Any, pool: PortPool, cname: str, format_a: AudioFormat,
-                 format_b: AudioFormat) -> None:
-        self.reactor = reactor
+    def __init__(self, number: int, workers: Workers, pool: PortPool, cname: str, format_a: AudioFormat,
+                 format_b: AudioFormat, destination_a: Address | None, destination_b: Address | None,
+                 idle_timeout: float) -> None:
+        self.number = number
         self.pool = pool
-        self.a = Leg(self, "A", pool, cname)
+        self.worker = workers.least_loaded()
+        port_a, rtp_a, rtcp_a = pool.bind()
         try:
-            self.b = Leg(self, "B", pool, cname)
+            port_b, rtp_b, rtcp_b = pool.bind()
         except OSError:
-            self.a.close()
-            pool.release(self.a.port)
+            rtp_a.close()
+            rtcp_a.close()
+            pool.release(port_a)
             raise
-        self.a.peer, self.b.peer = self.b, self.a
-        self.a_to_b = Channel(format_a, format_b)
-        self.b_to_a = Channel(format_b, format_a)
-        self.a.into, self.a.out = self.a_to_b, self.b_to_a
-        self.b.into, self.b.out = self.b_to_a, self.a_to_b
-        self.a.start_rtcp()
-        self.b.start_rtcp()
-        self.started = time.monotonic()
-        self._rtcp_call: Any = reactor.callLater(self._interval(), self._rtcp_due)
+        self.port_a, self.port_b = port_a, port_b
+        socks = [rtp_a, rtcp_a, rtp_b, rtcp_b]
+        try:
+            sent = self.worker.send(("open", number, format_a, format_b, destination_a, destination_b, cname,
+                                     idle_timeout), socks)
+        finally:
+            for s in socks:  # the worker has its own copies now
+                s.close()
+        if not sent:
+            pool.release(port_a)
+            pool.release(port_b)
+            raise OSError(f"worker {self.worker.index} unreachable")
+        self.worker.calls.add(number)
         self.closed = False
-
-    def _interval(self) -> float:
-        assert self.a.rtcp_session is not None
-        return self.a.rtcp_session.interval(random.random())
-
-    def _rtcp_due(self) -> None:
-        self.a.rtcp_report()
-        self.b.rtcp_report()
-        self._rtcp_call = self.reactor.callLater(self._interval(), self._rtcp_due)
 
     def update(self, format_a: AudioFormat, format_b: AudioFormat, destination_a: Address | None,
                destination_b: Address | None) -> None:
         """A re-INVITE's plan: new destinations and, if they changed, formats (streams carry on)."""
-        self.a.destination, self.b.destination = destination_a, destination_b
-        if (self.a_to_b.source, self.a_to_b.sink) != (format_a, format_b):
-            self.a_to_b.set_formats(format_a, format_b)
-            self.b_to_a.set_formats(format_b, format_a)
+        self.worker.send(("update", self.number, format_a, format_b, destination_a, destination_b))
 
-    def last_activity(self) -> float:
-        return max(self.started, self.a.last_heard or 0.0, self.b.last_heard or 0.0)
-
-    def close(self) -> None:
+    def close(self, reason: str) -> None:
         if self.closed:
             return
         self.closed = True
-        if self._rtcp_call.active():
-            self._rtcp_call.cancel()
-        for leg in (self.a, self.b):
-            leg.rtcp_report(bye=True)
-            leg.close()
-            self.pool.release(leg.port)
+        if self.number in self.worker.calls:
+            self.worker.calls.discard(self.number)
+            self.worker.send(("close", self.number, reason))
+        self.pool.release(self.port_a)
+        self.pool.release(self.port_b)

@@ -373,3 +373,60 @@ def test_a_reinvite_changing_a_codec_keeps_the_output_stream_continuous(tmp_path
         assert len({h[4] for h in headers}) == 1  # one SSRC
         assert [h[2] for h in headers] == [(headers[0][2] + i) % 65536 for i in range(20)]
         assert c.bye().status == 200
+
+
+def test_calls_spread_over_workers_and_a_dead_worker_ends_only_its_own_calls(tmp_path: Path) -> None:
+    import os
+    import re
+    import signal
+
+    from sipmob.sip.message import Request, parse_message
+
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(6)]
+    try:
+        for s in socks:
+            s.bind((HOST, 0))
+            s.settimeout(1.0)
+        with Transcoder(tmp_path, extra="[media]\nworkers = 2\n") as transcoder, \
+                Controller(transcoder.uri) as c1, Controller(transcoder.uri) as c2, \
+                Controller(transcoder.uri) as c3:
+            pids = [int(p) for p in re.search(r"2 media worker\(s\) \(pids (\d+), (\d+)\)",
+                                              transcoder.output()).groups()]  # type: ignore[union-attr]
+
+            def call(c: Controller, a: socket.socket, b: socket.socket) -> int:
+                ok = c.invite(invocation(side(a.getsockname()[1], [(0, "PCMU/8000")]),
+                                         side(b.getsockname()[1], [(0, "PCMU/8000")])))
+                assert ok.status == 200
+                return parse(ok.body).media[0].port
+
+            def flows(a: socket.socket, b: socket.socket, port: int, first: int) -> bool:
+                for seq in range(first, first + 5):
+                    a.sendto(rtp(seq), (HOST, port))
+                    try:
+                        b.recv(2048)
+                    except TimeoutError:
+                        return False
+                return True
+
+            # The fewest calls first: call 1 to worker 0, call 2 to worker 1.
+            port1, port2 = call(c1, socks[0], socks[1]), call(c2, socks[2], socks[3])
+            assert flows(socks[0], socks[1], port1, 0) and flows(socks[2], socks[3], port2, 0)
+            os.kill(pids[0], signal.SIGKILL)
+            # The controller of the call that worker held gets a BYE; the other call flows on.
+            c1.sock.settimeout(5.0)
+            bye = None
+            deadline = time.monotonic() + 10
+            while bye is None and time.monotonic() < deadline:
+                message = parse_message(c1.sock.recvfrom(65535)[0])
+                if isinstance(message, Request) and message.method == "BYE":
+                    bye = message
+            assert bye is not None
+            assert flows(socks[2], socks[3], port2, 100)
+            # A worker took its place: a new call is admitted and flows.
+            port3 = call(c3, socks[4], socks[5])
+            assert flows(socks[4], socks[5], port3, 0)
+            assert c2.bye().status == 200 and c3.bye().status == 200
+        assert "worker 0" in transcoder.output() and "is gone with 1 call(s)" in transcoder.output()
+    finally:
+        for s in socks:
+            s.close()

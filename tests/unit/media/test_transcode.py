@@ -241,3 +241,19 @@ def test_a_corrupt_opus_payload_is_concealed_not_raised() -> None:
     bad = good[1][:12] + b"\xff" * 3
     out = [o for d in (good[0], bad, good[2]) for o in channel.receive(d)]
     assert len(out) == 3
+
+
+def test_a_relayed_packet_is_rewritten_in_place_header_only() -> None:
+    source = FORMATS["PCMU"]
+    sink = AudioFormat.of("PCMU", 0, 8000)
+    channel = Channel(source, sink, ssrc=0xABCD, rng=random.Random(13))
+    # One CSRC (CC=1) and a payload: only PT/marker, sequence, timestamp and SSRC may change.
+    data = struct.pack("!BBHIII", 0x81, 0, 7, 1120, 0x5555, 0x0C0C0C0C) + b"\x11" * 160
+    buf = bytearray(data)
+    assert channel.relay_into(buf, len(buf))
+    assert buf[12:] == data[12:]
+    first, second, _, _, ssrc = struct.unpack_from("!BBHII", buf)
+    assert (first, second & 0x7F, ssrc) == (0x81, 0, 0xABCD)
+    assert channel.stats.octets == 160
+    assert not channel.relay_into(bytearray(b"\x80\x00\x00"), 3)
+    assert channel.stats.bad == 1

@@ -24,8 +24,19 @@ def test_the_shipped_file_is_the_defaults() -> None:
     ({"capacity": {"channels": 0}}, "channels"),
     ({"sip": {"port": 70000}}, "port"),
     ({"slp": {"lifetime": 10}}, "lifetime"),
+    ({"media": {"workers": -1}}, "workers"),
+    ({"media": {"workers": 1000}}, "workers"),
 ])
 def test_a_bad_value_is_refused_naming_its_key(data: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(TranscoderConfig, data, "transcoder.toml")
     assert any(key in str(problem) for problem in caught.value.problems)
+
+
+def test_workers_default_to_the_cores_this_process_may_use() -> None:
+    import os
+
+    from sipmob.transcoder.media import default_workers
+
+    assert TranscoderConfig().media.workers == 0
+    assert default_workers() == len(os.sched_getaffinity(0))
