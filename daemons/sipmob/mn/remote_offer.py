@@ -158,8 +158,8 @@ class RemoteOffers:
             for stream in pc.oa.negotiated.streams:
                 if stream.primary is not None:
                     in_use[stream.index] = stream.primary.codec
-        return answer_again(offer, ours, self.phone._local_caps(),
-                            new_ports=self._new_ports(pc, offer, ours), in_use=in_use)
+        return self.phone.own_fmtp(answer_again(offer, ours, self.phone._local_caps(),
+                                                new_ports=self._new_ports(pc, offer, ours), in_use=in_use))
 
     def _on_phone(self, pc: PhoneCall, offer: SessionDescription) -> SessionDescription:
         stamped, negotiated = pc.oa.create_answer(self._phone_answer(pc, offer))
@@ -195,7 +195,8 @@ class RemoteOffers:
                 continue  # a refresh, or a change elsewhere: the stream goes on untouched
             # (Re)started rather than only retargeted: the first packet to the new place leaves now,
             # not at the next tick, and the same SSRC and sequence carry on (RtpEndpoint).
-            pc.rtp.start_sending(self.phone._source(), codec, primary.send_payload_type, destination)
+            pc.rtp.start_sending(self.phone._source(codec.clock_rate), codec.fresh(),
+                                 primary.send_payload_type, destination)
 
     # RFC 3725: the CN's offer carried to the devices ----------------------------------------------
 
