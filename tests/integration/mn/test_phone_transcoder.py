@@ -30,6 +30,8 @@ from tests.integration.transcoder.transcoder_process import Transcoder
 from tests.peers.baresip import BARESIP, Baresip
 from tests.peers.tshark import TSHARK, LiveCapture, malformed
 
+from sipmob.media.codecs import opus_available
+
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "slpda"), str(Path(__file__).resolve().parent)]
 from phone_process import Phone, until  # noqa: E402
 from slpda_process import HOST, Slpda  # noqa: E402
@@ -46,7 +48,7 @@ CN_CODECS = "opus/48000/2,PCMA"
 class Home:
     """The DA, the phone, the CN and the devices; the transcoder started on demand."""
 
-    def __init__(self, directory: Path, desk_codec: str = "PCMU") -> None:
+    def __init__(self, directory: Path, desk_codec: str = "PCMU", cn_codecs: str = CN_CODECS) -> None:
         self.dir = directory
         self.processes: list[Any] = []
         (directory / "da").mkdir()
@@ -55,7 +57,7 @@ class Home:
         self.transcoder: Transcoder | None = None
         codec, rate = DESK_CODECS[desk_codec]
         wav = write_tone_wav(directory / "1k.wav", 1000.0, rate=rate)
-        self.cn = OpusBaresip(directory, user="cn", codecs=CN_CODECS, record_dir=directory / "cn-rec")
+        self.cn = OpusBaresip(directory, user="cn", codecs=cn_codecs, record_dir=directory / "cn-rec")
         self.processes.append(self.cn)
         self.desk = Baresip(directory, user="desk", codecs=codec, audio=wav,
                             record_dir=directory / "desk-rec")
@@ -186,6 +188,48 @@ def test_transfer_through_the_transcoder_converts_both_ways_and_retrieve_release
             invites = fields(path, f"sip.Method == INVITE && udp.dstport == {t.port}", "sdp.media")
             assert invites, "no INVITE to the transcoder in the capture"
             assert len(invites[0][0].split(",")) == 2  # "SDP A + SDP B"
+    finally:
+        if capture is not None:
+            capture.stop()
+        h.stop()
+
+
+@pytest.mark.skipif(not opus_available(), reason="libopus0 is not installed: the phone speaks G.711 only")
+@pytest.mark.parametrize("who_calls", ["phone", "cn"])
+def test_an_opus_only_cn_is_moved_to_a_pcmu_only_desk_phone_through_the_transcoder(
+        tmp_path: Path, who_calls: str) -> None:
+    """The phone speaks Opus with an Opus-only CN (either side calling); the transfer to the
+    PCMU-only desk phone converts Opus <-> PCMU, each end hears the other's tone, and the SIP and
+    SDP of the whole exchange decode cleanly."""
+    h = Home(tmp_path, "PCMU", cn_codecs="opus/48000/2")
+    capture = None
+    try:
+        t = h.start_transcoder()
+        if TSHARK is not None:
+            capture = LiveCapture(tmp_path / "sip.pcap", f"udp and host 127.0.0.1 and (port {h.phone.port} "
+                                  f"or port {t.port} or port {h.cn.port} or port {h.desk.port})")
+        if who_calls == "phone":
+            h.call()
+        else:
+            h.cn.dial(h.phone.uri)
+            assert until(lambda: h.phone.calls() and h.phone.received() > 20), h.phone.output()
+        assert h.phone.calls()[0]["streams"][0]["codec"] == "opus/48000/2"
+        done = h.phone.sipmob("transfer", "1", "--to", "desk-phone")
+        assert done.returncode == 0, done.stderr + h.phone.output() + t.output()
+        assert done.stdout.strip() == "call 1: audio on Desk phone via transcoder: Opus <-> PCMU"
+        listed = h.phone.sipmob("calls").stdout
+        assert listed.strip().endswith("audio: Desk phone (opus/48000/2, via transcoder: Opus <-> PCMU)"), \
+            listed
+        check_audio_both_ways(h)
+        done = h.phone.sipmob("retrieve", "1")
+        assert done.returncode == 0 and done.stdout.strip().endswith("transcoder released"), done.stdout
+        assert until(lambda: transcoder_calls(t) == (1, 1), 5), t.output()
+        before = h.phone.received()
+        assert until(lambda: h.phone.received() > before + 20), "the CN's Opus did not come back"
+        if capture is not None:
+            path = capture.stop()
+            capture = None
+            assert malformed(path, "sip") == "" and malformed(path, "sdp") == ""
     finally:
         if capture is not None:
             capture.stop()
