@@ -133,9 +133,11 @@ def _opus_stream(frame_ms: int = 20) -> Codec:
         return encoder.encode(samples)
 
     def decode(payload: bytes) -> array[int]:
-        # An empty or corrupt payload is concealed by libopus rather than dropped (a gap in time).
+        # An empty or corrupt payload is concealed by libopus for one frame's time rather than
+        # dropped (an empty one would otherwise be taken as a lost 120 ms, libopus' longest).
+        pcm = decoder.decode(payload) if payload else decoder.conceal(frame)
         out = array("h")
-        out.frombytes(decoder.decode(payload).tobytes())
+        out.frombytes(pcm.tobytes())
         return out
 
     return dataclasses.replace(OPUS, encode=encode, decode=decode, factory=None)

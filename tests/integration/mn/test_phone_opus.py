@@ -105,11 +105,12 @@ def check_capture(p: Pair) -> None:
     path = p.capture.stop()
     p.capture = None
     assert malformed(path, "sip") == "" and malformed(path, "sdp") == ""
-    # the phone's own description (from its SIP port): G.711 first, then Opus by RFC 7587 §7
-    ours = fields(path, f"sdp && udp.srcport == {p.phone.port}", "sdp.media", "sdp.media_attr")
+    # the phone's answer (from its SIP port): Opus as RFC 7587 §7 names it, with our fmtp
+    ours = fields(path, f"sdp && udp.srcport == {p.phone.port}", "sdp.media_attr")
     assert ours, "no SDP from the phone in the capture"
-    media, attrs = ours[0]
+    [attrs] = ours[0]
     assert "opus/48000/2" in attrs and "useinbandfec=1" in attrs, attrs
+    assert "sprop-stereo" not in attrs, attrs  # our own fmtp in the answer, not the offer's echoed
 
 
 def test_an_opus_only_caller_reaches_the_phone_and_each_hears_the_other(pair: Pair) -> None:
