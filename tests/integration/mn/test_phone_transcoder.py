@@ -1,8 +1,8 @@
 """``sipmob transfer`` through `sipmob-transcoder` when the CN and the device share no codec.
 
 Every party is a real process on loopback: the phone, the DA (`sipmob-slpda`), the transcoder
-(registered in the DA, found by the phone), baresip as the CN speaking Opus (and PCMA, the phone's
-own codec: the phone speaks G.711 only, so an Opus-only CN could not call it at all) and baresip
+(registered in the DA, found by the phone), baresip as the CN speaking Opus and PCMA (the call
+runs on PCMA, which the phone offers first; an Opus-only CN, whose call runs on Opus, too) and baresip
 as a desk phone speaking PCMU only (or G.722 only). Evidence that audio is converted both ways
 comes from what each baresip decodes: the CN sends baresip's 440 Hz sine, the desk phone a 1 kHz
 WAV; each recording must peak at the other's frequency, loud and clean (SNR), which it can only do
@@ -43,6 +43,9 @@ pytestmark = [pytest.mark.peer,
 # "G722" or "opus") leaves the list empty and baresip then offers every codec it has.
 DESK_CODECS = {"PCMU": ("PCMU", 8000), "G722": ("G722/16000", 16000)}
 CN_CODECS = "opus/48000/2,PCMA"
+# What the CN answers the phone's offer with (baresip keeps the offer's order: G.711 first); the
+# phone speaks Opus too where libopus is installed.
+CN_SIDE = "PCMA/opus" if opus_available() else "PCMA"
 
 
 class Home:
@@ -258,7 +261,7 @@ def test_without_a_transcoder_the_transfer_is_refused_and_the_call_stays(home: H
     assert done.returncode == 1
     assert done.stderr.startswith(f"sipmob: no common audio codec: {home.cn.uri} has ")
     assert done.stderr.strip().endswith(
-        ", and no transcoder in the DA converts between PCMA and PCMU; the call stays as it was")
+        f", and no transcoder in the DA converts between {CN_SIDE} and PCMU; the call stays as it was")
     [call] = home.phone.calls()
     assert call["streams"][0]["where"] == "this phone" and call["devices"] == []
     before = home.phone.received()
@@ -502,8 +505,8 @@ def test_a_transcoder_registered_by_a_host_the_da_does_not_trust_gets_no_audio(t
         assert phone.sipmob("call", cn.uri).returncode == 0
         done = phone.sipmob("transfer", "1", "--to", "desk-phone")
         assert done.returncode == 1
-        assert ", and no transcoder the DA trusts converts between PCMA and PCMU (1 registered by others); " \
-               "the call stays as it was" in done.stderr, done.stderr
+        assert f", and no transcoder the DA trusts converts between {CN_SIDE} and PCMU (1 registered by " \
+               "others); the call stays as it was" in done.stderr, done.stderr
         try:
             got = trap.recv(2048)
         except TimeoutError:
