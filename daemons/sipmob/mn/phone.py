@@ -83,11 +83,10 @@ from sipmob.mn.mobility import (
     where,
 )
 from sipmob.mn.policy import PhonePolicy
-from sipmob.mn.remote_offer import RemoteOffers, stream_status
+from sipmob.mn.remote_offer import RemoteOffers, own_fmtp, stream_status
 from sipmob.mn.store import CallStore, StoredCall
 from sipmob.mn.transcoding import TranscoderLeg, Transcoding, party, widen
 from sipmob.sdp import (
-    Attribute,
     Codec,
     Direction,
     DuplexSplit,
@@ -610,28 +609,6 @@ class Phone:
         return parse(f"v=0\r\no={origin}\r\ns=-\r\nc=IN {_addrtype(address)} {address}\r\nt=0 0\r\n"
                      f"m=audio {port} RTP/AVP {pts} {TELEPHONE_EVENT_PT}\r\n{rtpmaps}a=sendrecv\r\n")
 
-    def own_fmtp(self, sdp: SessionDescription) -> SessionDescription:
-        """Our answer with our own fmtp for Opus, not the offer's echoed: in an answer they say
-        what we receive and send (RFC 7587 §7.1), and we send mono, so the offerer's
-        ``sprop-stereo=1`` would be untrue of us."""
-        mine = {c.name.lower(): c.fmtp for c in self.codecs if c.factory is not None}
-        media = []
-        for m in sdp.media:
-            pts = {str(pt): mine[c.encoding.lower()] for pt, c in codecs_of(m) if c.encoding.lower() in mine}
-            if not pts:
-                media.append(m)
-                continue
-            attrs = []
-            for a in m.attributes:
-                pt = (a.value or "").split(" ", 1)[0]
-                if a.name == "fmtp" and pt in pts:
-                    continue
-                attrs.append(a)
-                if a.name == "rtpmap" and pts.get(pt):
-                    attrs.append(Attribute("fmtp", f"{pt} {pts[pt]}"))
-            media.append(m.with_attributes(attrs))
-        return dataclasses.replace(sdp, media=tuple(media))
-
     def _source(self, sample_rate: int = 8000) -> AudioSource:
         """What we send, at the codec's rate: the tone made at it, an 8 kHz WAV resampled to it."""
         audio_in = self.config.media.audio_in
@@ -873,8 +850,8 @@ class Phone:
                 video_rtp = self._new_rtp(video=True)
                 ports["video"] = video_rtp.port
             oa.receive_offer(offer)
-            ours = self.own_fmtp(answer(offer, self._local_caps(), origin=oa.origin,
-                                        connection_address=self.address, ports=ports))
+            ours = own_fmtp(answer(offer, self._local_caps(), origin=oa.origin,
+                                   connection_address=self.address, ports=ports), self.codecs)
             stamped, _ = oa.create_answer(ours)
         except (SDPParseError, OfferAnswerError) as exc:
             log.warning("incoming call refused: %s", exc)
