@@ -121,3 +121,21 @@ def test_a_resampled_source_ends_when_its_source_ends() -> None:
     assert source.read(960) is None
     with pytest.raises(ValueError):
         Resampled(ToneSource(sample_rate=8000), 48000).read(1000)  # not whole 8 kHz samples
+
+
+def test_the_phones_answer_states_our_opus_fmtp_not_the_offers() -> None:
+    """RFC 7587 §7.1: an answer's fmtp says what the answerer receives and sends; the offer's
+    ``stereo=1; sprop-stereo=1`` echoed back would claim we send stereo."""
+    from sipmob.mn.remote_offer import own_fmtp
+    from sipmob.sdp import parse
+
+    answer = parse("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+                   "m=audio 4000 RTP/AVP 96 0 101\r\na=rtpmap:96 opus/48000/2\r\n"
+                   "a=fmtp:96 stereo=1;sprop-stereo=1\r\na=rtpmap:0 PCMU/8000\r\n"
+                   "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n")
+    mine = own_fmtp(answer, (codecs.PCMU, OPUS))
+    media = mine.media[0]
+    assert media.fmtp(96) == "useinbandfec=1"
+    assert media.fmtp(101) == "0-15" and media.formats == answer.media[0].formats
+    # without Opus among our codecs the answer is left as it is
+    assert own_fmtp(answer, (codecs.PCMU,)) == answer
