@@ -2,13 +2,13 @@
 
 Starts, on loopback with free ports and a temporary directory: the DA, `sipmob-transcoder`
 (registered in the DA as ``service:sip-transcoder``), `sipmob phone`, and baresip as the remote
-party (a provider trunk speaking PCMA only) sending a 440 Hz tone, as a desk phone that speaks PCMU
-only (or G.722 only, ``--desk g722``) playing a 1 kHz tone, and as a smart speaker that speaks Opus
-only. `sipmob transfer` finds no common codec, finds the transcoder in the DA and moves the call
-through it, to the desk phone and then to the speaker; each side's codec is printed, and what each
-baresip decodes is checked for the other's tone. `sipmob retrieve` then brings the call back and
-releases the transcoder. (The remote party cannot be the Opus-only one: the phone itself speaks
-G.711 only, so such a party could not call it in the first place.) Run:
+party (a mobile reached through the provider, speaking Opus only) sending a 440 Hz tone, as a desk
+phone that speaks PCMU only (or G.722 only, ``--desk g722``) playing a 1 kHz tone, and as a smart
+speaker that speaks Opus only. The phone calls the remote party in Opus (it speaks Opus besides
+G.711). `sipmob transfer` to the desk phone finds no common codec, finds the transcoder in the DA
+and moves the call through it (Opus on the remote party's side, PCMU on the desk phone's); what
+each baresip decodes is checked for the other's tone. The move on to the speaker needs no
+transcoder (both speak Opus) and releases it; `sipmob retrieve` brings the call back. Run:
 
     scripts/demo transcode [--desk pcmu|g722]
 """
@@ -90,6 +90,13 @@ def heard(directory: Path) -> str:
     return f"{peak:.0f} Hz at {level:.1f} dBFS"
 
 
+def codec(phone: Phone) -> str:
+    """The codec the remote party's audio runs in, as the phone reports it."""
+    [call] = json.loads(sipmob(phone, "calls", "--json"))
+    stream = next((s for s in call["streams"] if s.get("media") == "audio"), {})
+    return str(stream.get("codec", "?"))
+
+
 def sipmob(phone: Phone, *args: str) -> str:
     done = phone.sipmob(*args)
     if done.returncode != 0:
@@ -119,9 +126,9 @@ def main() -> int:
         stop.append(transcoder.stop)
         show(f"{transcoder.uri}, RTP ports {transcoder.rtp_low}-{transcoder.rtp_high}")
 
-        step(f"Starting the remote party (PCMA only), a desk phone ({slp_codec} only) and a smart speaker "
+        step(f"Starting the remote party (Opus only), a desk phone ({slp_codec} only) and a smart speaker "
              "(Opus only), all baresip")
-        alice = Baresip(work, user="alice", codecs="PCMA", record_dir=work / "alice-rec")
+        alice = OpusBaresip(work, user="alice", codecs="opus/48000/2", record_dir=work / "alice-rec")
         stop.append(alice.stop)
         speaker = OpusBaresip(work, user="speaker", codecs="opus/48000/2", record_dir=work / "speaker-rec",
                               audio=tone_wav(work / "700.wav", 700.0, 48000))
@@ -145,8 +152,9 @@ def main() -> int:
         show(sipmob(phone, "call", alice.uri))
         until(lambda: phone.received() > 20, 10)
         show(sipmob(phone, "calls"))
+        show(f"the remote party's side: {codec(phone)}")
 
-        step("Neither device shares a codec with the remote party:")
+        step("The desk phone shares no codec with the remote party:")
         show(sipmob(phone, "devices"))
 
         step("Walking into the study: sipmob transfer 1 --to desk-phone")
@@ -155,6 +163,7 @@ def main() -> int:
         show(f"(took {1000 * (time.monotonic() - started):.0f} ms from the command, including the grace "
              "period in which the phone keeps sending)")
         show(sipmob(phone, "calls"))
+        show(f"the remote party's side: {codec(phone)}; the desk phone's side: {slp_codec}")
         [call] = json.loads(sipmob(phone, "calls", "--json"))
         show(f"the call's legs: the remote party, {', '.join(call['devices'])}")
         said = transcoder.output().splitlines()
@@ -164,25 +173,23 @@ def main() -> int:
         step("What each side hears (what baresip decoded in the last second)")
         time.sleep(3.0)
         show(f"the desk phone hears {heard(work / 'desk-rec')} (the remote party's 440 Hz, as {slp_codec})")
-        show(f"the remote party hears {heard(work / 'alice-rec')} (the desk phone's 1 kHz, as PCMA)")
+        show(f"the remote party hears {heard(work / 'alice-rec')} (the desk phone's 1 kHz, as Opus)")
 
-        step("On to the kitchen: sipmob transfer 1 --to kitchen-speaker")
+        step("On to the kitchen, Opus on both sides, no transcoder: sipmob transfer 1 --to kitchen-speaker")
         show(sipmob(phone, "transfer", "1", "--to", "kitchen-speaker"))
         show(sipmob(phone, "calls"))
-        time.sleep(3.0)
-        show(f"the speaker hears {heard(work / 'speaker-rec')} (the remote party's 440 Hz, as Opus)")
-        show(f"the remote party hears {heard(work / 'alice-rec')} (the speaker's 700 Hz, as PCMA)")
+        until(lambda: " ended " in transcoder.output(), 5)
         show("the desk phone's leg and its transcoder call were released: "
              + "; ".join(line.split(": ", 1)[1].split(":")[0] for line in transcoder.output().splitlines()
                          if " ended " in line))
+        time.sleep(3.0)
+        show(f"the speaker hears {heard(work / 'speaker-rec')} (the remote party's 440 Hz, as Opus)")
+        show(f"the remote party hears {heard(work / 'alice-rec')} (the speaker's 700 Hz, as Opus)")
 
         step("Leaving the kitchen: sipmob retrieve 1")
         show(sipmob(phone, "retrieve", "1"))
-        until(lambda: transcoder.output().count(" ended ") == 2, 5)
-        ended = [line.split(": ", 1)[1].split(":")[0] for line in transcoder.output().splitlines()
-                 if " ended " in line]
-        show("the transcoder says: " + ended[-1])
         show(sipmob(phone, "calls"))
+        show(f"the remote party's side: {codec(phone)}")
         step("Done")
         return 0
     except KeyboardInterrupt:

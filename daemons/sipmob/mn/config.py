@@ -125,9 +125,10 @@ class Media:
     audio_in: str = setting("tone", check=_audio_in,
                             help='what we send: "tone" (a 440 Hz sine) or an 8 kHz mono WAV file')
     record: str = setting("", help="where to record what we receive (a WAV per call); empty: nowhere")
-    codecs: list[str] = setting(default_factory=lambda: ["PCMU", "PCMA"],
-                                check=each(one_of("PCMU", "PCMA")),
-                                help="audio codecs we offer, most preferred first")
+    codecs: list[str] = setting(default_factory=lambda: ["PCMU", "PCMA", "opus"],
+                                check=each(one_of("PCMU", "PCMA", "opus")),
+                                help="audio codecs we offer, most preferred first (opus only where "
+                                     "libopus0 and python3-numpy are installed)")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

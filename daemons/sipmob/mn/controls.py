@@ -320,6 +320,11 @@ class CallControls:
         ours = any(c.encoding.lower() == "telephone-event" for _, c in codecs_of(local.media[index]))
         theirs = [pt for pt, c in codecs_of(pc.cn_sdp.media[index])
                   if c.encoding.lower() == "telephone-event" and c.clock_rate == 8000]
+        # Events ride in the audio's stream on its clock (RFC 4733 §2.1) and ours are 8000 Hz
+        # events: over Opus (48 kHz, RFC 7587) the digits go as SIP INFO instead.
+        audio = next((c for _, c in codecs_of(pc.cn_sdp.media[index]) if not c.auxiliary), None)
+        if audio is not None and audio.clock_rate != 8000:
+            return None
         return theirs[0] if ours and theirs else None
 
     @defer.inlineCallbacks

@@ -60,7 +60,7 @@ class DeviceRole:
         if self.config.room:
             attrs.append(Attribute("room", (self.config.room,)))
         attrs += [Attribute("media", ("audio-sendrecv",)),
-                  Attribute("audio-codecs", tuple(self.phone.config.media.codecs)),
+                  Attribute("audio-codecs", tuple(c.name for c in self.phone.codecs)),
                   Attribute("mobility", ("enhanced",))]
         return {a.tag: a for a in attrs}
 
@@ -128,7 +128,7 @@ class DeviceRole:
         except Exception as exc:
             log.info("OPTIONS to %s failed (%s): inviting it anyway", what.target, exc)
         else:
-            ours = {c.lower() for c in self.phone.config.media.codecs}
+            ours = {c.name.lower() for c in self.phone.codecs}
             theirs = _audio_codecs(response.body) if 200 <= response.status < 300 else None
             if theirs is not None and theirs and not theirs & ours:
                 raise SIPError(488, f"no common codec with {what.target} ({', '.join(sorted(theirs))})")

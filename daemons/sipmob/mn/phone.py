@@ -83,7 +83,7 @@ from sipmob.mn.mobility import (
     where,
 )
 from sipmob.mn.policy import PhonePolicy
-from sipmob.mn.remote_offer import RemoteOffers, stream_status
+from sipmob.mn.remote_offer import RemoteOffers, own_fmtp, stream_status
 from sipmob.mn.store import CallStore, StoredCall
 from sipmob.mn.transcoding import TranscoderLeg, Transcoding, party, widen
 from sipmob.sdp import (
@@ -330,7 +330,7 @@ class Phone:
         self.store: CallStore | None = None
         self.recovered: list[dict[str, Any]] = []  # calls found in the store at start, and their fate
         self._next_id = 1
-        self.codecs = tuple(media_codecs.lookup(name, 8000) for name in config.media.codecs)
+        self.codecs = _codecs(config.media.codecs)
         self.egress: Any = None
         if config.listen.egress:  # SIP and RTP follow the egress list (sipmob.mn.egress)
             from sipmob.mn.egress import PhoneEgress
@@ -592,14 +592,15 @@ class Phone:
         return self._local_sdp(0, _origin(self.address)).to_bytes()
 
     def _local_caps(self) -> LocalCapabilities:
-        audio = MediaCapability("audio", (*(Codec(c.name, c.clock_rate) for c in self.codecs),
-                                          TELEPHONE_EVENT))
+        audio = MediaCapability("audio", (*(Codec(c.name, c.clock_rate, c.channels, c.fmtp)
+                                            for c in self.codecs), TELEPHONE_EVENT))
         video = MediaCapability("video", VIDEO_CODECS, Direction.RECVONLY)
         return LocalCapabilities((audio, video))
 
     def _local_sdp(self, port: int, origin: Origin, address: str | None = None) -> SessionDescription:
-        pts = " ".join(str(c.static_payload_type) for c in self.codecs)
-        rtpmaps = "".join(f"a=rtpmap:{c.static_payload_type} {c.name}/{c.clock_rate}\r\n"
+        pts = " ".join(str(_payload_type(c)) for c in self.codecs)
+        rtpmaps = "".join(f"a=rtpmap:{_payload_type(c)} {c.rtpmap}\r\n"
+                          + (f"a=fmtp:{_payload_type(c)} {c.fmtp}\r\n" if c.fmtp else "")
                           for c in self.codecs)
         # RFC 4733 §7.1.1: telephone-event on a dynamic payload type, so `sipmob dtmf` can send events.
         rtpmaps += (f"a=rtpmap:{TELEPHONE_EVENT_PT} telephone-event/8000\r\n"
@@ -608,9 +609,17 @@ class Phone:
         return parse(f"v=0\r\no={origin}\r\ns=-\r\nc=IN {_addrtype(address)} {address}\r\nt=0 0\r\n"
                      f"m=audio {port} RTP/AVP {pts} {TELEPHONE_EVENT_PT}\r\n{rtpmaps}a=sendrecv\r\n")
 
-    def _source(self) -> AudioSource:
+    def _source(self, sample_rate: int = 8000) -> AudioSource:
+        """What we send, at the codec's rate: the tone made at it, an 8 kHz WAV resampled to it."""
         audio_in = self.config.media.audio_in
-        return ToneSource() if audio_in == "tone" else WavSource(audio_in)
+        if audio_in == "tone":
+            return ToneSource(sample_rate=sample_rate)
+        wav = WavSource(audio_in)
+        if sample_rate == wav.sample_rate:
+            return wav
+        from sipmob.media.resampled import Resampled
+
+        return Resampled(wav, sample_rate)
 
     def audio_index(self, pc: PhoneCall) -> int | None:
         return next((i for i, m in enumerate(pc.local_sdp.media) if m.media == "audio" and m.port), None)
@@ -624,7 +633,8 @@ class Phone:
         for pt, codec in codecs_of(theirs):
             ours = next((c for c in self.codecs if c.name.lower() == codec.encoding.lower()), None)
             if ours is not None and conn is not None:
-                pc.rtp.start_sending(self._source(), ours, pt, (conn.address, theirs.port))
+                pc.rtp.start_sending(self._source(ours.clock_rate), ours.fresh(), pt,
+                                     (conn.address, theirs.port))
                 stated = theirs.rtcp  # RFC 3605: RTCP where a=rtcp says, else RTP's port + 1
                 if stated is not None:
                     where = stated.connection.host if stated.connection is not None else conn.host
@@ -660,12 +670,33 @@ class Phone:
                        source=source)
         if self.config.media.record:
             path = Path(self.config.media.record) / f"call-{cid}.wav"
-            pc.recorder = WavRecorder(path)
-            rtp.attach_recorder(pc.recorder, {c.static_payload_type: c for c in self.codecs})
+            pc.recorder = self._recorder(path, rtp, oa)
         log.info("call %s with %s established", cid, peer)
         self._track(pc, play=True)
         self.controls.established(pc)
         return pc
+
+    def _recorder(self, path: Path, rtp: Any, oa: OfferAnswerState) -> WavRecorder:
+        """A WAV of what the CN sends, decoded: at 48 kHz when the codec agreed (the first of
+        the CN's that we have, as `start_media` sends) is Opus, whose RTP clock the recorder
+        places packets by; else at 8 kHz, G.711 by its static numbers."""
+        def audio(sdp: SessionDescription | None) -> Any:
+            return next((m for m in sdp.media if m.media == "audio" and m.port), None) if sdp else None
+
+        ours, theirs = audio(oa.local), audio(oa.remote)
+        agreed = next((c for _, c in codecs_of(theirs) if not c.auxiliary), None) if theirs else None
+        opus = next((c for c in self.codecs if c.factory is not None), None)
+        if agreed is not None and opus is not None and ours is not None and agreed.encoding.lower() == "opus":
+            # the numbers we receive with are those of our own description (RFC 3264 §5.1)
+            pts = [pt for pt, c in codecs_of(ours) if c.encoding.lower() == "opus"]
+            rtp.clock_rate = opus.clock_rate  # RTCP's jitter is in timestamp units
+            recorder = WavRecorder(path, sample_rate=opus.clock_rate)
+            rtp.attach_recorder(recorder, dict.fromkeys(pts, opus.fresh()))
+            return recorder
+        recorder = WavRecorder(path)
+        rtp.attach_recorder(recorder, {c.static_payload_type: c for c in self.codecs
+                                       if c.static_payload_type is not None})
+        return recorder
 
     def new_call_id(self) -> str:
         cid = str(self._next_id)
@@ -819,8 +850,8 @@ class Phone:
                 video_rtp = self._new_rtp(video=True)
                 ports["video"] = video_rtp.port
             oa.receive_offer(offer)
-            ours = answer(offer, self._local_caps(), origin=oa.origin, connection_address=self.address,
-                          ports=ports)
+            ours = own_fmtp(answer(offer, self._local_caps(), origin=oa.origin,
+                                   connection_address=self.address, ports=ports), self.codecs)
             stamped, _ = oa.create_answer(ours)
         except (SDPParseError, OfferAnswerError) as exc:
             log.warning("incoming call refused: %s", exc)
@@ -1103,6 +1134,25 @@ def _location(record: Any) -> Any:
     if isinstance(record, dict) and isinstance(record.get("out"), str) and isinstance(record.get("in"), str):
         return DuplexSplit(record["out"], record["in"])
     raise ValueError(f"not a media location: {record!r}")
+
+
+OPUS_PT = 111  # dynamic (RFC 3551 §3); the number the transcoder's invocation uses for Opus too
+
+
+def _payload_type(codec: media_codecs.Codec) -> int:
+    return codec.static_payload_type if codec.static_payload_type is not None else OPUS_PT
+
+
+def _codecs(names: list[str]) -> tuple[media_codecs.Codec, ...]:
+    """The configured codecs we can run here: Opus at 48 kHz (RFC 7587) where libopus is
+    installed, else left out of what we offer (said once in the log); G.711 at 8 kHz."""
+    out = []
+    for name in names:
+        try:
+            out.append(media_codecs.lookup(name, media_codecs.OPUS_RATE if name.lower() == "opus" else 8000))
+        except media_codecs.UnknownCodec:
+            log.warning("not offering %s: libopus0 or python3-numpy is not installed", name)
+    return tuple(out)
 
 
 def _agreed(ours: SessionDescription, theirs: SessionDescription) -> OfferAnswerState:

@@ -37,13 +37,16 @@ Not here: the SDP rules (`sipmob.sdp.offer_answer`), our own hold (the call cont
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 
 from sipmob.mn.mobility import MOBILE_NODE
 from sipmob.sdp import (
+    Attribute,
     Codec,
     DuplexSplit,
     NegotiatedStream,
@@ -51,6 +54,7 @@ from sipmob.sdp import (
     SDPParseError,
     SessionDescription,
     answer_again,
+    codecs_of,
     hold_state,
     parse,
     split,
@@ -60,6 +64,7 @@ from sipmob.service.sipua import Call, SIPError
 from sipmob.sip.message import Request
 
 if TYPE_CHECKING:
+    from sipmob.media import codecs as media_codecs
     from sipmob.mn.phone import Phone, PhoneCall
 
 log = logging.getLogger("sipmob.mn")
@@ -158,8 +163,9 @@ class RemoteOffers:
             for stream in pc.oa.negotiated.streams:
                 if stream.primary is not None:
                     in_use[stream.index] = stream.primary.codec
-        return answer_again(offer, ours, self.phone._local_caps(),
-                            new_ports=self._new_ports(pc, offer, ours), in_use=in_use)
+        again = answer_again(offer, ours, self.phone._local_caps(),
+                             new_ports=self._new_ports(pc, offer, ours), in_use=in_use)
+        return own_fmtp(again, self.phone.codecs)
 
     def _on_phone(self, pc: PhoneCall, offer: SessionDescription) -> SessionDescription:
         stamped, negotiated = pc.oa.create_answer(self._phone_answer(pc, offer))
@@ -195,7 +201,8 @@ class RemoteOffers:
                 continue  # a refresh, or a change elsewhere: the stream goes on untouched
             # (Re)started rather than only retargeted: the first packet to the new place leaves now,
             # not at the next tick, and the same SSRC and sequence carry on (RtpEndpoint).
-            pc.rtp.start_sending(self.phone._source(), codec, primary.send_payload_type, destination)
+            pc.rtp.start_sending(self.phone._source(codec.clock_rate), codec.fresh(),
+                                 primary.send_payload_type, destination)
 
     # RFC 3725: the CN's offer carried to the devices ----------------------------------------------
 
@@ -260,6 +267,29 @@ class RemoteOffers:
             return stamped.to_bytes()
         finally:
             pc.busy = False
+
+
+def own_fmtp(sdp: SessionDescription, codecs: Sequence[media_codecs.Codec]) -> SessionDescription:
+    """Our answer with our own fmtp for Opus rather than the offer's echoed: in an answer they
+    say what we receive and send (RFC 7587 §7.1), and we send mono, so an offerer's
+    ``sprop-stereo=1`` would be untrue of us."""
+    mine = {c.name.lower(): c.fmtp for c in codecs if c.factory is not None}
+    media = []
+    for m in sdp.media:
+        pts = {str(pt): mine[c.encoding.lower()] for pt, c in codecs_of(m) if c.encoding.lower() in mine}
+        if not pts:
+            media.append(m)
+            continue
+        attrs = []
+        for a in m.attributes:
+            pt = (a.value or "").split(" ", 1)[0]
+            if a.name == "fmtp" and pt in pts:
+                continue
+            attrs.append(a)
+            if a.name == "rtpmap" and pts.get(pt):
+                attrs.append(Attribute("fmtp", f"{pt} {pts[pt]}"))
+        media.append(m.with_attributes(attrs))
+    return dataclasses.replace(sdp, media=tuple(media))
 
 
 def _summary(sdp: SessionDescription) -> str:

@@ -1,8 +1,8 @@
 """``sipmob transfer`` through `sipmob-transcoder` when the CN and the device share no codec.
 
 Every party is a real process on loopback: the phone, the DA (`sipmob-slpda`), the transcoder
-(registered in the DA, found by the phone), baresip as the CN speaking Opus (and PCMA, the phone's
-own codec: the phone speaks G.711 only, so an Opus-only CN could not call it at all) and baresip
+(registered in the DA, found by the phone), baresip as the CN speaking Opus and PCMA (the call
+runs on PCMA, which the phone offers first; an Opus-only CN, whose call runs on Opus, too) and baresip
 as a desk phone speaking PCMU only (or G.722 only). Evidence that audio is converted both ways
 comes from what each baresip decodes: the CN sends baresip's 440 Hz sine, the desk phone a 1 kHz
 WAV; each recording must peak at the other's frequency, loud and clean (SNR), which it can only do
@@ -30,6 +30,8 @@ from tests.integration.transcoder.transcoder_process import Transcoder
 from tests.peers.baresip import BARESIP, Baresip
 from tests.peers.tshark import TSHARK, LiveCapture, malformed
 
+from sipmob.media.codecs import opus_available
+
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "slpda"), str(Path(__file__).resolve().parent)]
 from phone_process import Phone, until  # noqa: E402
 from slpda_process import HOST, Slpda  # noqa: E402
@@ -41,12 +43,15 @@ pytestmark = [pytest.mark.peer,
 # "G722" or "opus") leaves the list empty and baresip then offers every codec it has.
 DESK_CODECS = {"PCMU": ("PCMU", 8000), "G722": ("G722/16000", 16000)}
 CN_CODECS = "opus/48000/2,PCMA"
+# What the CN answers the phone's offer with (baresip keeps the offer's order: G.711 first); the
+# phone speaks Opus too where libopus is installed.
+CN_SIDE = "PCMA/opus" if opus_available() else "PCMA"
 
 
 class Home:
     """The DA, the phone, the CN and the devices; the transcoder started on demand."""
 
-    def __init__(self, directory: Path, desk_codec: str = "PCMU") -> None:
+    def __init__(self, directory: Path, desk_codec: str = "PCMU", cn_codecs: str = CN_CODECS) -> None:
         self.dir = directory
         self.processes: list[Any] = []
         (directory / "da").mkdir()
@@ -55,7 +60,7 @@ class Home:
         self.transcoder: Transcoder | None = None
         codec, rate = DESK_CODECS[desk_codec]
         wav = write_tone_wav(directory / "1k.wav", 1000.0, rate=rate)
-        self.cn = OpusBaresip(directory, user="cn", codecs=CN_CODECS, record_dir=directory / "cn-rec")
+        self.cn = OpusBaresip(directory, user="cn", codecs=cn_codecs, record_dir=directory / "cn-rec")
         self.processes.append(self.cn)
         self.desk = Baresip(directory, user="desk", codecs=codec, audio=wav,
                             record_dir=directory / "desk-rec")
@@ -192,6 +197,48 @@ def test_transfer_through_the_transcoder_converts_both_ways_and_retrieve_release
         h.stop()
 
 
+@pytest.mark.skipif(not opus_available(), reason="libopus0 is not installed: the phone speaks G.711 only")
+@pytest.mark.parametrize("who_calls", ["phone", "cn"])
+def test_an_opus_only_cn_is_moved_to_a_pcmu_only_desk_phone_through_the_transcoder(
+        tmp_path: Path, who_calls: str) -> None:
+    """The phone speaks Opus with an Opus-only CN (either side calling); the transfer to the
+    PCMU-only desk phone converts Opus <-> PCMU, each end hears the other's tone, and the SIP and
+    SDP of the whole exchange decode cleanly."""
+    h = Home(tmp_path, "PCMU", cn_codecs="opus/48000/2")
+    capture = None
+    try:
+        t = h.start_transcoder()
+        if TSHARK is not None:
+            capture = LiveCapture(tmp_path / "sip.pcap", f"udp and host 127.0.0.1 and (port {h.phone.port} "
+                                  f"or port {t.port} or port {h.cn.port} or port {h.desk.port})")
+        if who_calls == "phone":
+            h.call()
+        else:
+            h.cn.dial(h.phone.uri)
+            assert until(lambda: h.phone.calls() and h.phone.received() > 20), h.phone.output()
+        assert h.phone.calls()[0]["streams"][0]["codec"] == "opus/48000/2"
+        done = h.phone.sipmob("transfer", "1", "--to", "desk-phone")
+        assert done.returncode == 0, done.stderr + h.phone.output() + t.output()
+        assert done.stdout.strip() == "call 1: audio on Desk phone via transcoder: Opus <-> PCMU"
+        listed = h.phone.sipmob("calls").stdout
+        assert listed.strip().endswith("audio: Desk phone (opus/48000/2, via transcoder: Opus <-> PCMU)"), \
+            listed
+        check_audio_both_ways(h)
+        done = h.phone.sipmob("retrieve", "1")
+        assert done.returncode == 0 and done.stdout.strip().endswith("transcoder released"), done.stdout
+        assert until(lambda: transcoder_calls(t) == (1, 1), 5), t.output()
+        before = h.phone.received()
+        assert until(lambda: h.phone.received() > before + 20), "the CN's Opus did not come back"
+        if capture is not None:
+            path = capture.stop()
+            capture = None
+            assert malformed(path, "sip") == "" and malformed(path, "sdp") == ""
+    finally:
+        if capture is not None:
+            capture.stop()
+        h.stop()
+
+
 def test_a_refresh_reinvite_from_the_cn_is_answered_with_the_transcoders_side(home: Home) -> None:
     """A re-INVITE from the CN that changes nothing (a refresh) is answered with what the CN was
     told (the transcoder's address), not the desk phone's, and audio keeps flowing both ways."""
@@ -214,7 +261,7 @@ def test_without_a_transcoder_the_transfer_is_refused_and_the_call_stays(home: H
     assert done.returncode == 1
     assert done.stderr.startswith(f"sipmob: no common audio codec: {home.cn.uri} has ")
     assert done.stderr.strip().endswith(
-        ", and no transcoder in the DA converts between PCMA and PCMU; the call stays as it was")
+        f", and no transcoder in the DA converts between {CN_SIDE} and PCMU; the call stays as it was")
     [call] = home.phone.calls()
     assert call["streams"][0]["where"] == "this phone" and call["devices"] == []
     before = home.phone.received()
@@ -458,8 +505,8 @@ def test_a_transcoder_registered_by_a_host_the_da_does_not_trust_gets_no_audio(t
         assert phone.sipmob("call", cn.uri).returncode == 0
         done = phone.sipmob("transfer", "1", "--to", "desk-phone")
         assert done.returncode == 1
-        assert ", and no transcoder the DA trusts converts between PCMA and PCMU (1 registered by others); " \
-               "the call stays as it was" in done.stderr, done.stderr
+        assert f", and no transcoder the DA trusts converts between {CN_SIDE} and PCMU (1 registered by " \
+               "others); the call stays as it was" in done.stderr, done.stderr
         try:
             got = trap.recv(2048)
         except TimeoutError:

@@ -74,7 +74,7 @@ class FakePhone:
     def _local_caps(self) -> LocalCapabilities:
         return LocalCapabilities((MediaCapability("audio", (Codec("PCMU", 8000), Codec("PCMA", 8000))),))
 
-    def _source(self) -> Any:
+    def _source(self, sample_rate: int = 8000) -> Any:
         return object()
 
 
