@@ -393,7 +393,14 @@ class RtpEndpoint:
         now = self._wallclock()
         data = self.rtcp.bye(now, info, sources) if bye else self.rtcp.report(now, info, sources)
         stated = self._rtcp_destination if self._destination is not None else None
-        self._rtcp_protocol.wire.write(data, stated or (target[0], target[1] + 1))
+        to = stated or (target[0], target[1] + 1)
+        try:
+            self._rtcp_protocol.wire.write(data, to)
+        except OSError as exc:
+            # Reports are best effort: a route gone mid-handover (the BYE of an endpoint closed
+            # because its link went down) must not break the caller that closes it.
+            log.info("RTCP to %s:%d failed: %s", to[0], to[1], exc)
+            return
         self._rtcp_counts[0] += 1
 
     def _rtcp_received(self, data: bytes, addr: Address) -> None:
