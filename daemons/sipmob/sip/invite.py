@@ -42,6 +42,7 @@ from sipmob.sip.uaevents import (
     IncomingInvite,
     ReinviteCompleted,
     ReinviteReceived,
+    RequestReceived,
     UAError,
 )
 from sipmob.sip.uri import URI, NameAddr
@@ -182,6 +183,12 @@ class InviteSessions(SessionRefreshes):
         c.ok_give_up = now + 64 * self.timers.t1
 
     def _send_final_or_1xx(self, c: _Call, responses: list[Response], now: float) -> None:
+        pending = next((sr for sr in self._server.values()
+                        if sr.call == c.handle and sr.request.method == "PRACK"), None)
+        if pending is not None:
+            # RFC 3262 §5: a PRACK's offer is being answered; what follows goes after that answer
+            pending.held += responses
+            return
         for response in responses:
             if 200 <= response.status < 300:
                 self._ok_sent(c, now)  # the 2xx's own retransmission starts when it first leaves
@@ -201,14 +208,25 @@ class InviteSessions(SessionRefreshes):
         if not matched:
             self._reply(request, 481, now)
             return
-        status = 200
-        if request.body and c.remote_sdp is None and c.local_sdp is not None:
+        if request.body and request.content_type != SDP:
+            status = 415
+        elif request.body and c.remote_sdp is None and c.local_sdp is not None:
             c.remote_sdp = request.body  # the answer to the offer in our reliable 1xx
+            status = 200
+        elif request.body and c.remote_sdp is not None and c.local_sdp is not None:
+            # §5: a new offer, the first exchange being done: the application answers it in the
+            # PRACK's 2xx (`respond`), and what the PRACK released follows that answer
+            rid = self._new_handle()
+            self._server[rid] = _ServerRequest(request, event.transaction_key, c.handle, None,
+                                               held=release)
+            self._events.append(RequestReceived(c.handle, rid, request))
+            return
         elif request.body:
-            # §5 lets a PRACK carry a new offer once the first exchange is done; nobody here can
-            # answer one before the 2xx, so it is refused (the 1xx counts as acknowledged all the
-            # same, and the session stays as the INVITE's exchange made it)
-            status = 488
+            # an offer while the INVITE's is unanswered (RFC 3264 §4 allows one at a time); the
+            # 1xx counts as acknowledged all the same
+            status = 491
+        else:
+            status = 200
         self.layer.send_response(make_response(request, status, headers=self._response_common()), now)
         self._send_final_or_1xx(c, release, now)
 

@@ -60,6 +60,9 @@ class _ServerRequest:
     call: int | None
     to_tag: str | None
     timer: UasDecision | None = None  # RFC 4028: what its 2xx states about session timers
+    # RFC 3262 §5: what a PRACK carrying a new offer released (the 1xx or 2xx queued behind the
+    # 1xx it acknowledges), sent after the PRACK's own 2xx with the answer
+    held: list[Response] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(slots=True)

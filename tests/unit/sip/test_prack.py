@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.unit.sip.test_ua import ALICE, ANSWER, BOB, OFFER, T1, Net, core, one, uri
 
-from sipmob.sip.message import Headers, Request, Response, make_response
+from sipmob.sip.message import Headers, Request, Response, make_response, parse_message
 from sipmob.sip.prack import (
     TRANSITIONS,
     Input,
@@ -258,6 +258,7 @@ def test_a_late_offer_without_require_rings_unreliably_without_sdp() -> None:
 # UPDATE in an early dialog (RFC 3311 §5.2) ------------------------------------------------------------
 
 UPDATE_OFFER = OFFER.replace(b"4000", b"4002").replace(b"a 1 1", b"a 1 2")
+ANSWER_AGAIN = ANSWER + b"a=sendrecv\r\n"
 
 
 def _updating_pair() -> tuple[Net, UACore, UACore]:
@@ -356,25 +357,70 @@ def test_no_2xx_ever_overtakes_an_unacknowledged_reliable_1xx(steps: list[str]) 
             unacknowledged.clear()
 
 
-def test_a_new_offer_in_a_prack_is_refused_488_and_still_acknowledges_the_1xx() -> None:
+def _prack_with(a: UACore, body: bytes) -> None:
+    """The caller's core sends PRACK without a body; stand in for a peer that puts one in it."""
+    original = a.layer.send_request
+
+    def with_body(request: Request, *args: object, **kw: object) -> object:
+        if request.method == "PRACK":
+            request = Request("PRACK", request.uri, request.headers.copy(), body)
+            request.headers.set("Content-Type", "application/sdp")
+        return original(request, *args, **kw)  # type: ignore[arg-type]
+
+    a.layer.send_request = with_body  # type: ignore[method-assign]
+
+
+def test_a_new_offer_in_a_prack_is_answered_by_the_application_before_the_2xx_goes() -> None:
     a, b = core(ALICE, "alice"), core(BOB, "bob", seed=2)
     net = Net(a, b)
     ca, cb = _ring(net, a, b)
     b.answer_invite(cb, 183, net.now, sdp=ANSWER)  # the first exchange completes here
+    _prack_with(a, UPDATE_OFFER)
+    net.run()
+    received = one(net.take(b, RequestReceived))
+    assert received.request.method == "PRACK" and received.request.body == UPDATE_OFFER  # type: ignore[attr-defined]
+    assert [m for m in net.sent("PRACK") if isinstance(m, Response)] == []
+    # the 2xx the application sends meanwhile waits behind the PRACK's answer (RFC 3262 §5)
+    b.answer_invite(cb, 200, net.now, sdp=ANSWER_AGAIN)
+    net.run()
+    assert not [m for m in net.sent("INVITE") if isinstance(m, Response) and m.status == 200]
+    b.respond(received.rid, 200, net.now, body=ANSWER_AGAIN, content_type="application/sdp")  # type: ignore[attr-defined]
+    net.run()
+    (prack_ok,) = [m for m in net.sent("PRACK") if isinstance(m, Response)]
+    assert prack_ok.status == 200 and prack_ok.body == ANSWER_AGAIN
+    finals = [m for m in (parse_message(data) for _, _, data in net.wire)
+              if isinstance(m, Response) and m.status == 200 and m.cseq.method in ("PRACK", "INVITE")]
+    assert [m.cseq.method for m in finals][-2:] == ["PRACK", "INVITE"]  # the 183's PRACK had none
+    assert a.call_state(ca) == b.call_state(cb) == "confirmed"
+    assert b.sdp(cb) == (ANSWER_AGAIN, UPDATE_OFFER)
 
-    # the caller's core sends PRACK without a body; stand in for a peer that puts an offer in it
-    original = a.layer.send_request
 
-    def with_offer(request: Request, *args: object, **kw: object) -> object:
-        if request.method == "PRACK":
-            request = Request("PRACK", request.uri, request.headers.copy(), OFFER)
-            request.headers.set("Content-Type", "application/sdp")
-        return original(request, *args, **kw)  # type: ignore[arg-type]
-
-    a.layer.send_request = with_offer  # type: ignore[method-assign]
+def test_an_offer_in_a_prack_refused_by_the_application_keeps_the_session_and_the_call() -> None:
+    a, b = core(ALICE, "alice"), core(BOB, "bob", seed=2)
+    net = Net(a, b)
+    ca, cb = _ring(net, a, b)
+    b.answer_invite(cb, 183, net.now, sdp=ANSWER)
+    _prack_with(a, UPDATE_OFFER)
+    net.run()
+    received = one(net.take(b, RequestReceived))
+    b.respond(received.rid, 488, net.now)  # type: ignore[attr-defined]
     net.run()
     assert [m.status for m in net.sent("PRACK") if isinstance(m, Response)] == [488]
     b.answer_invite(cb, 200, net.now, sdp=ANSWER)  # not held: the 183 counts as acknowledged
     net.run()
     assert a.call_state(ca) == b.call_state(cb) == "confirmed"
     assert b.sdp(cb) == (ANSWER, OFFER)
+
+
+def test_an_offer_in_a_prack_while_the_invites_is_unanswered_gets_491() -> None:
+    a, b = core(ALICE, "alice"), core(BOB, "bob", seed=2)
+    net = Net(a, b)
+    ca, cb = _ring(net, a, b)
+    b.answer_invite(cb, 180, net.now)  # reliable, without SDP: the INVITE's offer is unanswered
+    _prack_with(a, UPDATE_OFFER)
+    net.run()
+    assert [m.status for m in net.sent("PRACK") if isinstance(m, Response)] == [491]
+    assert net.take(b, RequestReceived) == []
+    b.answer_invite(cb, 200, net.now, sdp=ANSWER)
+    net.run()
+    assert a.call_state(ca) == b.call_state(cb) == "confirmed"
