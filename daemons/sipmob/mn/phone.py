@@ -117,6 +117,7 @@ from sipmob.service.sipua import (
 from sipmob.service.slp import SLPClient
 from sipmob.sip.dialog import Dialog
 from sipmob.sip.locate import RType
+from sipmob.sip.prack import uas_wants_reliable
 from sipmob.sip.session_timer import Policy as SessionTimerPolicy
 from sipmob.sip.uabase import ALLOW
 from sipmob.sip.uri import URI
@@ -307,6 +308,8 @@ class Phone:
                                                  f"cannot read the password file: {exc.strerror}")]) from None
             credentials = (identity.auth_user or identity.user, password)
         self._answering = 0  # INVITEs accepted whose ACK has not come yet
+        # ringing calls whose answer went in a reliable 180: their media and offer/answer state
+        self._early: dict[int, tuple[Any, Any, OfferAnswerState]] = {}
         self._answering_from: collections.Counter[str] = collections.Counter()
         self.policy = self._policy(config)
         # Names in URIs (callee, registrar, outbound proxy) are located by RFC 3263.
@@ -802,13 +805,16 @@ class Phone:
             incoming.reject(488)
             return
         if not self.config.calls.auto_answer:
+            if uas_wants_reliable(incoming.request.headers)[0] and "PRACK" in ALLOW:
+                self._answer_early(incoming)
             self.controls.ring(incoming, self.new_call_id())  # `sipmob answer` or `reject`
             return
         self.accept_incoming(incoming).addErrback(lambda _: None)
 
-    def accept_incoming(self, incoming: IncomingCall, cid: str | None = None) -> defer.Deferred[Any]:
-        """Answer an incoming call; fires with its `PhoneCall` once ACKed, errback `CommandError` when
-        its offer is unusable (488 sent) or `CallFailed` when the caller gave up first."""
+    def _answer_early(self, incoming: IncomingCall) -> None:
+        """A caller that takes 100rel gets our answer in the reliable 180 (RFC 3262 §5), so that
+        it may offer again while we ring (`RemoteOffers.answer_early`); the media is made now and
+        kept for the 200. An unusable offer is left for the answer to refuse, as without 100rel."""
         rtp = self._new_rtp()
         video_rtp = None
         oa = OfferAnswerState(_origin(self.address))
@@ -819,9 +825,45 @@ class Phone:
                 video_rtp = self._new_rtp(video=True)
                 ports["video"] = video_rtp.port
             oa.receive_offer(offer)
-            ours = answer(offer, self._local_caps(), origin=oa.origin, connection_address=self.address,
-                          ports=ports)
-            stamped, _ = oa.create_answer(ours)
+            stamped, _ = oa.create_answer(answer(offer, self._local_caps(), origin=oa.origin,
+                                                 connection_address=self.address, ports=ports))
+        except (SDPParseError, OfferAnswerError):
+            self._close(rtp, video_rtp)
+            return
+        self._early[incoming.handle] = (rtp, video_rtp, oa)
+
+        def unanswered() -> None:
+            early = self._early.pop(incoming.handle, None)
+            if early is not None:
+                self._close(early[0], early[1])
+
+        incoming.answer_early(stamped.to_bytes(),
+                              lambda inc, request: self.remote_offers.answer_early(oa, request), unanswered)
+
+    def accept_incoming(self, incoming: IncomingCall, cid: str | None = None) -> defer.Deferred[Any]:
+        """Answer an incoming call; fires with its `PhoneCall` once ACKed, errback `CommandError` when
+        its offer is unusable (488 sent) or `CallFailed` when the caller gave up first."""
+        early = self._early.pop(incoming.handle, None)
+        if early is not None:
+            # our answer went in the reliable 180, perhaps answered again since: the 200 carries the last
+            rtp, video_rtp, oa = early
+            assert oa.local is not None
+            stamped = oa.local
+        else:
+            rtp = self._new_rtp()
+            video_rtp = None
+            oa = OfferAnswerState(_origin(self.address))
+        try:
+            if early is None:
+                offer = parse(incoming.offer or b"")
+                ports = {"audio": rtp.port}
+                if any(m.media == "video" and m.port for m in offer.media):
+                    video_rtp = self._new_rtp(video=True)
+                    ports["video"] = video_rtp.port
+                oa.receive_offer(offer)
+                ours = answer(offer, self._local_caps(), origin=oa.origin, connection_address=self.address,
+                              ports=ports)
+                stamped, _ = oa.create_answer(ours)
         except (SDPParseError, OfferAnswerError) as exc:
             log.warning("incoming call refused: %s", exc)
             incoming.reject(488)

@@ -16,6 +16,9 @@
   answer, the device's dialog ended) rather than failing the call. A stream that reaches its device
   through a transcoder is carried to the transcoder instead (`sipmob.mn.transcoding`): the device's
   side does not change.
+- While the phone rings, its answer went in a reliable 180 (the caller takes 100rel): a new offer
+  of the caller's in a PRACK (RFC 3262 §5) or an UPDATE (RFC 3311 §5.2) is answered the same way
+  (`answer_early`), and the call starts from the last exchange.
 - An UPDATE (RFC 3311, confirmed dialogs) with an offer is answered the same way in its 2xx; one
   without (a session refresh) gets 200.
 - A re-INVITE without an offer is answered with our current description unchanged (same version);
@@ -48,6 +51,7 @@ from sipmob.sdp import (
     DuplexSplit,
     NegotiatedStream,
     OfferAnswerError,
+    OfferAnswerState,
     SDPParseError,
     SessionDescription,
     answer_again,
@@ -118,6 +122,33 @@ class RemoteOffers:
         except Exception:
             pc.oa.rollback()
             raise
+
+    def answer_early(self, oa: OfferAnswerState, request: Request) -> bytes:
+        """The caller's new offer while the phone still rings (in a PRACK, RFC 3262 §5, or an
+        UPDATE, RFC 3311 §5.2), our answer having gone in the reliable 180: answered from `oa` the
+        way a re-INVITE is (our ports kept, the codec agreed kept first, the direction reversed, a
+        stream it adds refused with port 0). Nothing plays yet: the 200 carries the last answer and
+        the call's media starts from the last offer."""
+        ours = oa.local
+        if ours is None or not request.body:
+            raise SIPError(488, "No session yet")
+        try:
+            offer = parse(request.body)
+        except SDPParseError as exc:
+            raise SIPError(488, f"Unreadable SDP: {exc}") from None
+        try:
+            oa.receive_offer(offer)
+        except OfferAnswerError as exc:
+            raise SIPError(491 if "glare" in str(exc) else 488, str(exc)) from None
+        in_use = {stream.index: stream.primary.codec for stream in oa.negotiated.streams
+                  if stream.primary is not None} if oa.negotiated is not None else {}
+        try:
+            stamped, _ = oa.create_answer(answer_again(offer, ours, self.phone._local_caps(), in_use=in_use))
+        except (OfferAnswerError, ValueError) as exc:
+            oa.rollback()
+            raise SIPError(488, str(exc)) from None
+        log.info("a ringing call's caller re-offered; answered %s", _summary(stamped))
+        return stamped.to_bytes()
 
     @staticmethod
     def _undo(failure: Any, pc: PhoneCall) -> Any:
