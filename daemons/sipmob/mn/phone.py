@@ -95,6 +95,7 @@ from sipmob.sdp import (
     OfferAnswerError,
     OfferAnswerState,
     Origin,
+    Pending,
     SDPParseError,
     SessionDescription,
     answer,
@@ -117,7 +118,8 @@ from sipmob.service.sipua import (
 from sipmob.service.slp import SLPClient
 from sipmob.sip.dialog import Dialog
 from sipmob.sip.locate import RType
-from sipmob.sip.prack import uas_wants_reliable
+from sipmob.sip.message import Response
+from sipmob.sip.prack import rseq_of, uas_wants_reliable
 from sipmob.sip.session_timer import Policy as SessionTimerPolicy
 from sipmob.sip.uabase import ALLOW
 from sipmob.sip.uri import URI
@@ -937,10 +939,24 @@ class Phone:
             rtp = self._new_rtp(address=address)
             oa = OfferAnswerState(_origin(address))
             offer = oa.create_offer(self._local_sdp(rtp.port, oa.origin, address))
+
+            def early_answer(response: Response) -> None:
+                # RFC 3262 §5: the answer in a reliable 18x completes our offer's exchange, after
+                # which the callee may offer again before its 2xx (UPDATE, answered below)
+                if response.body and rseq_of(response) is not None and oa.pending is Pending.LOCAL_OFFER:
+                    try:
+                        oa.receive_answer(parse(response.body))
+                    except (SDPParseError, OfferAnswerError) as exc:
+                        log.info("call to %s: unusable answer in its %d (%s)", uri, response.status, exc)
+
             try:
                 call = yield self.ua.invite(uri, offer.to_bytes(), headers=headers,
-                                            local=route.local if route is not None else None)
-                oa.receive_answer(parse(call.remote_sdp or b""))
+                                            local=route.local if route is not None else None,
+                                            on_provisional=early_answer,
+                                            on_early_offer=lambda request: self.remote_offers.answer_early(
+                                                oa, request))
+                if oa.pending is Pending.LOCAL_OFFER:  # else answered early; a 2xx's copy is no answer
+                    oa.receive_answer(parse(call.remote_sdp or b""))
             except CallFailed as exc:
                 rtp.close()
                 raise CommandError(f"call to {uri} failed: {exc.status} {exc.reason}") from None

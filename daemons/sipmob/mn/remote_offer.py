@@ -18,7 +18,8 @@
   side does not change.
 - While the phone rings, its answer went in a reliable 180 (the caller takes 100rel): a new offer
   of the caller's in a PRACK (RFC 3262 §5) or an UPDATE (RFC 3311 §5.2) is answered the same way
-  (`answer_early`), and the call starts from the last exchange.
+  (`answer_early`), and the call starts from the last exchange; so is a callee's UPDATE after its
+  reliable 18x answered the phone's INVITE.
 - An UPDATE (RFC 3311, confirmed dialogs) with an offer is answered the same way in its 2xx; one
   without (a session refresh) gets 200.
 - A re-INVITE without an offer is answered with our current description unchanged (same version);
@@ -124,11 +125,12 @@ class RemoteOffers:
             raise
 
     def answer_early(self, oa: OfferAnswerState, request: Request) -> bytes:
-        """The caller's new offer while the phone still rings (in a PRACK, RFC 3262 §5, or an
-        UPDATE, RFC 3311 §5.2), our answer having gone in the reliable 180: answered from `oa` the
-        way a re-INVITE is (our ports kept, the codec agreed kept first, the direction reversed, a
-        stream it adds refused with port 0). Nothing plays yet: the 200 carries the last answer and
-        the call's media starts from the last offer."""
+        """A new offer before the INVITE's 2xx, the first exchange having completed reliably (RFC
+        3262 §5): the caller's while the phone rings (in a PRACK, or an UPDATE, RFC 3311 §5.2), our
+        answer having gone in the reliable 180; or the callee's UPDATE after its reliable 18x
+        answered our offer. Answered from `oa` the way a re-INVITE is (our ports kept, the codec
+        agreed kept first, the direction reversed, a stream it adds refused with port 0). Nothing
+        plays yet: the call's media starts from the last exchange when the 2xx comes."""
         ours = oa.local
         if ours is None or not request.body:
             raise SIPError(488, "No session yet")
@@ -147,7 +149,7 @@ class RemoteOffers:
         except (OfferAnswerError, ValueError) as exc:
             oa.rollback()
             raise SIPError(488, str(exc)) from None
-        log.info("a ringing call's caller re-offered; answered %s", _summary(stamped))
+        log.info("a new offer before the 2xx; answered %s", _summary(stamped))
         return stamped.to_bytes()
 
     @staticmethod

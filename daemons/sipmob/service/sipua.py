@@ -499,6 +499,8 @@ class UserAgent:
         self._early_notifies: dict[int, list[tuple[int, bool]]] = {}
         self._subscriptions: dict[int, Subscription] = {}
         self._ack_sdp: dict[int, AckSdp] = {}  # by call handle, for a late-offer INVITE
+        # by call handle: who answers the callee's offers before its 2xx (RFC 3311 §5.2)
+        self._early_offers: dict[int, Callable[[Any, Request], bytes | defer.Deferred[bytes]]] = {}
         self._registrations: dict[int, Registration] = {}
         self.contact: URI | None = None
         self.aor: URI | None = None
@@ -595,9 +597,15 @@ class UserAgent:
 
     def invite(self, target: str | URI, sdp: bytes | None, *, headers: Sequence[tuple[str, str]] = (),
                on_provisional: Callable[[Response], Any] | None = None,
-               ack_sdp: AckSdp | None = None, local: Address | None = None) -> defer.Deferred[Call]:
+               ack_sdp: AckSdp | None = None, local: Address | None = None,
+               on_early_offer: Callable[[Request], bytes | defer.Deferred[bytes]] | None = None,
+               ) -> defer.Deferred[Call]:
         """Call `target` with our offer. Fires with the `Call` on 2xx, once ACKed; errback
         `CallFailed(status, reason)`. Cancelling the Deferred sends CANCEL.
+
+        `on_early_offer(request)` answers an offer of the callee's before its 2xx (an UPDATE, RFC 3311
+        §5.2, once its reliable 1xx answered ours): our answer, or a Deferred of it; `SIPError` refuses.
+        Without it such an offer gets 488.
 
         Late offer (`sdp` None): `ack_sdp(offer)` returns the answer for the ACK, or a Deferred of
         it (3PCC, RFC 3725: the answer comes from another dialog); without `ack_sdp` the Deferred
@@ -610,6 +618,9 @@ class UserAgent:
             self._core.layer.bind_call(self._core.call_id(handle), local)
         if ack_sdp is not None:
             self._ack_sdp[handle] = ack_sdp
+        if on_early_offer is not None:
+            early_offer = on_early_offer
+            self._early_offers[handle] = lambda _call, request: early_offer(request)
 
         def cancel(_: Any) -> None:
             if self._core.call_state(handle) in ("calling", "early"):
@@ -867,6 +878,7 @@ class UserAgent:
         registration._changed()
 
     def _call_established(self, event: core.CallEstablished) -> None:
+        self._early_offers.pop(event.call, None)
         call = Call(self, event.call)
         self._calls[event.call] = call
         out = self._outgoing.pop(event.call, None)
@@ -912,6 +924,7 @@ class UserAgent:
 
     def _call_failed(self, event: core.CallFailed) -> None:
         error = CallFailed(event.status, event.reason)
+        self._early_offers.pop(event.call, None)
         out = self._outgoing.pop(event.call, None)
         if out is not None and not out[0].called:
             out[0].errback(error)
@@ -990,11 +1003,13 @@ class UserAgent:
         if method in ("UPDATE", "PRACK") and call is None and request.body:
             # an offer in an early dialog (RFC 3311 §5.2, RFC 3262 §5): answered when the
             # application said how (`IncomingCall.answer_early`)
-            incoming = self._incoming.get(event.call)
-            if incoming is None or incoming._early_offer_handler is None:
+            ringing = self._incoming.get(event.call)
+            early = (ringing._early_offer_handler if ringing is not None
+                     else self._early_offers.get(event.call) if method == "UPDATE" else None)
+            if early is None:
                 self._respond(rid, 488)
             else:
-                self._answer_update(incoming._early_offer_handler, incoming, event)
+                self._answer_update(early, ringing, event)
             return
         call_handler = call._request_handlers.get(method) if call is not None else None
         if call is None or call_handler is None:
@@ -1009,7 +1024,7 @@ class UserAgent:
         self._run_handler(lambda: call_handler(call, request), respond_once, lambda: done[0])
 
     def _answer_update(self, handler: Callable[[Any, Request], bytes | defer.Deferred[bytes]],
-                       subject: Call | IncomingCall, event: core.RequestReceived) -> None:
+                       subject: Call | IncomingCall | None, event: core.RequestReceived) -> None:
         """RFC 3311 §5.2: an UPDATE's offer is answered in its 2xx like a re-INVITE's, by the same
         handler (one without an offer, such as an RFC 4028 refresh, is an ordinary request); so is
         the offer of a PRACK (RFC 3262 §5)."""

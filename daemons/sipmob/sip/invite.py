@@ -549,6 +549,10 @@ class InviteSessions(SessionRefreshes):
             else:
                 self._ack_and_bye(c.invite, response, now)  # a forked 2xx we do not want
             return
+        # RFC 3262 §5: an exchange completed in this early dialog (a reliable 1xx, PRACK, UPDATE)
+        # stands; an SDP the 2xx repeats is not a new answer
+        answered_early = (c.dialog is not None and c.dialog.remote_tag == response.to.tag
+                          and c.local_sdp is not None and c.remote_sdp is not None)
         if c.dialog is None or c.dialog.remote_tag != response.to.tag:
             if c.dialog is not None:
                 self._by_dialog.pop(c.dialog.id, None)
@@ -559,7 +563,7 @@ class InviteSessions(SessionRefreshes):
         c.dialog.confirm()
         body = b""
         hold_ack = False
-        if response.body:
+        if response.body and not answered_early:
             c.remote_sdp = response.body
             if c.local_sdp is None:
                 if c.answer_for is not None:

@@ -162,3 +162,56 @@ def test_the_phone_pracks_a_reliable_180_once_and_ignores_its_repetition(
         assert flow.count(("", "180", "INVITE")) == 2, flow
         assert flow.count(("PRACK", "", "PRACK")) == 1, flow  # the repeated 180 is not PRACKed
         assert tshark.malformed(path, "sip") == "" and tshark.malformed(path, "sdp") == ""
+
+
+def test_a_callee_moving_its_media_by_update_before_its_200_gets_the_phones_audio_there(
+        phone: Phone, tmp_path: Path) -> None:
+    old_media, new_media = free_udp_port(), free_udp_port()
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", new_media))
+    listener.settimeout(0.2)
+    callee = SippProcess(SCENARIOS / "uas_100rel_update_ringing.xml", workdir=tmp_path / "sipp", timeout=60,
+                         extra_args=["-mp", str(old_media), "-key", "newport", str(new_media)])
+    cap = capture(tmp_path, "uas-update", phone.port, callee.local_port, old_media, new_media)
+    result: dict[str, Any] = {}
+    placing = threading.Thread(target=lambda: result.update(
+        out=phone.sipmob("call", f"sip:cn@127.0.0.1:{callee.local_port}")))
+    heard = 0
+    try:
+        callee.wait_listening()
+        placing.start()
+        placing.join(30)
+        assert result["out"].returncode == 0, result["out"].stderr + phone.output()
+        deadline = time.monotonic() + 20
+        while heard < 5 and time.monotonic() < deadline:  # the phone's audio, at the callee's new port
+            try:
+                listener.recvfrom(2048)
+                heard += 1
+            except TimeoutError:
+                pass
+        assert heard >= 5, phone.output()
+        done = phone.sipmob("hangup", str(phone.calls()[0]["id"]))
+        assert done.returncode == 0, done.stderr
+        outcome = callee.wait(30)
+        assert outcome.returncode == 0, outcome.stdout + "\n".join(outcome.errors) + phone.output()
+    finally:
+        placing.join(30)
+        listener.close()
+        callee.stop()
+        path = cap.stop() if cap is not None else None
+    if path is None:
+        return
+    assert tshark.malformed(path, "sip") == "" and tshark.malformed(path, "sdp") == ""
+    rows = _sdp_exchanges(path)
+    invite = next(r for r in rows if r["method"] == "INVITE")
+    update = next(r for r in rows if r["method"] == "UPDATE")
+    update_ok = next(r for r in rows if r["status"] == "200" and r["cseq"] == "UPDATE")
+    port = invite["media"].split(" ")[1]
+    assert update_ok["media"].split(" ")[1] == port, (invite, update_ok)  # our port kept
+    assert set(update_ok["media"].split(" ")[3:]) <= set(update["media"].split(" ")[3:]), update_ok
+    assert _direction(update_ok) == "sendrecv", update_ok
+    # the ACK carries nothing: the 200's copy of the 183's answer is no new exchange
+    acks = tshark.fields(path, "sip.Method == \"ACK\"", "sip.Content-Length")
+    assert acks and all(a[0] in ("", "0") for a in acks), acks
+    to_old = tshark.fields(path, f"udp.dstport == {old_media} and udp.srcport == {port}", "frame.number")
+    assert to_old == [], to_old

@@ -424,3 +424,25 @@ def test_an_offer_in_a_prack_while_the_invites_is_unanswered_gets_491() -> None:
     b.answer_invite(cb, 200, net.now, sdp=ANSWER)
     net.run()
     assert a.call_state(ca) == b.call_state(cb) == "confirmed"
+
+
+def test_the_callees_early_update_offer_reaches_the_caller_and_its_2xx_repeats_no_answer() -> None:
+    net, a, b = _updating_pair()
+    ca, cb = _ring(net, a, b)
+    b.answer_invite(cb, 183, net.now, sdp=ANSWER)  # the answer, reliably: the callee may offer now
+    net.run()
+    moved = ANSWER.replace(b"5000", b"5002").replace(b"b 1 1", b"b 1 2")
+    b.request_in_call(cb, "UPDATE", net.now, body=moved, content_type="application/sdp")
+    net.run()
+    received = one(net.take(a, RequestReceived))
+    assert received.call == ca and received.request.body == moved  # type: ignore[attr-defined]
+    ours = OFFER.replace(b"a 1 1", b"a 1 2") + b"a=sendrecv\r\n"
+    a.respond(received.rid, 200, net.now, body=ours, content_type="application/sdp")  # type: ignore[attr-defined]
+    net.run()
+    assert one(_update_finals(net)).body == ours  # type: ignore[union-attr]
+    b.answer_invite(cb, 200, net.now, sdp=moved)
+    net.run()
+    assert a.call_state(ca) == b.call_state(cb) == "confirmed"
+    assert a.sdp(ca) == (ours, moved)
+    established = one(net.take(a, CallEstablished))
+    assert established.remote_sdp == moved  # type: ignore[attr-defined]
