@@ -44,6 +44,7 @@ Not here: the planning rules, the SIP stack, the command line (`sipmob.mn.cli`).
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 import logging
 import secrets
@@ -940,14 +941,19 @@ class Phone:
             oa = OfferAnswerState(_origin(address))
             offer = oa.create_offer(self._local_sdp(rtp.port, oa.origin, address))
 
+            answered_by: dict[str, Any] = {}
+
             def early_answer(response: Response) -> None:
                 # RFC 3262 §5: the answer in a reliable 18x completes our offer's exchange, after
                 # which the callee may offer again before its 2xx (UPDATE, answered below)
                 if response.body and rseq_of(response) is not None and oa.pending is Pending.LOCAL_OFFER:
+                    before = copy.copy(oa)
                     try:
                         oa.receive_answer(parse(response.body))
                     except (SDPParseError, OfferAnswerError) as exc:
                         log.info("call to %s: unusable answer in its %d (%s)", uri, response.status, exc)
+                    else:
+                        answered_by.update(tag=response.to.tag, before=before)
 
             try:
                 call = yield self.ua.invite(uri, offer.to_bytes(), headers=headers,
@@ -955,6 +961,8 @@ class Phone:
                                             on_provisional=early_answer,
                                             on_early_offer=lambda request: self.remote_offers.answer_early(
                                                 oa, request))
+                if answered_by and call.dialog.remote_tag != answered_by["tag"]:
+                    oa = answered_by["before"]  # another fork answered: its answer is the one
                 if oa.pending is Pending.LOCAL_OFFER:  # else answered early; a 2xx's copy is no answer
                     oa.receive_answer(parse(call.remote_sdp or b""))
             except CallFailed as exc:

@@ -256,12 +256,16 @@ class InviteSessions(SessionRefreshes):
         if c.dialog is not None and c.dialog.remote_tag == tag:
             dialog = c.dialog
         else:
-            # another fork's early dialog: acknowledged through a dialog of its own
-            dialog = Dialog.from_uac(c.invite, response, self.local_contact)
+            # another fork's early dialog (RFC 3261 §12.1.2): its PRACKs go in a dialog of its
+            # own, kept so that each one's CSeq is one higher than the last
+            dialog = c.forks.get(tag) or Dialog.from_uac(c.invite, response, self.local_contact)
+            c.forks[tag] = dialog
         body = b""
         if response.body:
-            if c.local_sdp is not None and c.remote_sdp is None:
-                c.remote_sdp = response.body  # §5: the answer to our INVITE's offer
+            if c.local_sdp is not None and tag not in c.early_answers and c.answer_for is None:
+                c.early_answers[tag] = response.body  # §5: this fork's answer to our offer
+                if dialog is c.dialog:
+                    c.remote_sdp = response.body
             elif c.local_sdp is None and c.answer_for is not None:
                 # §5: the offer of a late-offer INVITE comes in the first reliable 1xx, the
                 # answer in the PRACK
@@ -551,19 +555,29 @@ class InviteSessions(SessionRefreshes):
             return
         # RFC 3262 §5: an exchange completed in this early dialog (a reliable 1xx, PRACK, UPDATE)
         # stands; an SDP the 2xx repeats is not a new answer
-        answered_early = (c.dialog is not None and c.dialog.remote_tag == response.to.tag
-                          and c.local_sdp is not None and c.remote_sdp is not None)
+        early_answer = c.early_answers.get(response.to.tag or "")
+        main_fork = c.dialog is not None and c.dialog.remote_tag == response.to.tag
         if c.dialog is None or c.dialog.remote_tag != response.to.tag:
             if c.dialog is not None:
                 self._by_dialog.pop(c.dialog.id, None)
-            c.dialog = Dialog.from_uac(c.invite, response, self.local_contact)
+            # a fork whose reliable 1xx we PRACKed goes on in its early dialog (its CSeq counts on)
+            c.dialog = c.forks.pop(response.to.tag or "", None)
+            if c.dialog is None:
+                c.dialog = Dialog.from_uac(c.invite, response, self.local_contact)
+            else:
+                c.dialog.update_from_response(response)
             self._by_dialog[c.dialog.id] = c.handle
         else:
             c.dialog.update_from_response(response)
         c.dialog.confirm()
         body = b""
         hold_ack = False
-        if response.body and not answered_early:
+        if not main_fork and c.invite.body:
+            c.local_sdp = c.invite.body  # what another fork's early UPDATE changed is not this one's
+        if early_answer is not None:
+            if not main_fork:  # the main fork's is in remote_sdp already, with its UPDATEs
+                c.remote_sdp = early_answer
+        elif response.body:
             c.remote_sdp = response.body
             if c.local_sdp is None:
                 if c.answer_for is not None:

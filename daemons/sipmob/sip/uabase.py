@@ -120,6 +120,10 @@ class _Call:
     reliable: ReliableProvisionals | None = None
     reliable_required: bool = False
     rseqs: dict[str, ReliableReceiver] = dataclasses.field(default_factory=dict)
+    # the early dialogs of forks other than `dialog` (each PRACK in its own, CSeq rising in it),
+    # and the answer each fork's reliable 1xx carried (its 2xx then brings no new one)
+    forks: dict[str, Dialog] = dataclasses.field(default_factory=dict)
+    early_answers: dict[str, bytes] = dataclasses.field(default_factory=dict)
     # RFC 4028 (`sipmob.sip.session_refresh`): the call's timer, what our 2xx to the INVITE states,
     # the peer's Allow (UPDATE refreshes), our UPDATE refresh under way, whether a 422 was retried
     timer: SessionTimer | None = None

@@ -446,3 +446,55 @@ def test_the_callees_early_update_offer_reaches_the_caller_and_its_2xx_repeats_n
     assert a.sdp(ca) == (ours, moved)
     established = one(net.take(a, CallEstablished))
     assert established.remote_sdp == moved  # type: ignore[attr-defined]
+
+
+# Forked early dialogs (RFC 3262 §4 with RFC 3261 §12.1.2) ---------------------------------------------
+
+
+def _as_fork(response: Response, tag: str, *, status: int = 183, rseq: int | None = None,
+             body: bytes = b"") -> Response:
+    """`response` as another fork of the same INVITE would send it: another To tag."""
+    h = response.headers.copy()
+    h.set("To", f"<{response.to.uri}>;tag={tag}")
+    for name in ("RSeq", "Require", "Content-Type"):
+        h.remove(name)
+    if rseq is not None:
+        h.set("Require", "100rel")
+        h.set("RSeq", str(rseq))
+    if body:
+        h.set("Content-Type", "application/sdp")
+    return Response(status, "OK" if status == 200 else "Session Progress", h, body)
+
+
+def test_each_forks_reliable_1xx_is_pracked_in_its_own_early_dialog_and_its_2xx_keeps_its_answer() -> None:
+    a, b = core(ALICE, "alice"), core(BOB, "bob", seed=2)
+    net = Net(a, b)
+    ca, cb = _ring(net, a, b)
+    b.answer_invite(cb, 183, net.now, sdp=ANSWER)  # fork 1: b itself
+    net.run()
+    first = one([m for m in net.sent("INVITE") if isinstance(m, Response) and m.status == 183])
+    assert isinstance(first, Response)
+    other = ANSWER.replace(b"5000", b"6000").replace(b"o=b", b"o=c")
+    for rseq in (500, 501, 501):  # fork 2: two reliable 183s, the second one repeated
+        a.receive(_as_fork(first, "fork2", rseq=rseq, body=other if rseq == 500 else b"").to_bytes(),
+                  net.addr_of(b), net.now)
+        net.run()
+    pracks = [m for m in net.sent("PRACK") if isinstance(m, Request)]
+    by_tag: dict[str, list[Request]] = {}
+    for p in pracks:
+        by_tag.setdefault(p.to.tag or "", []).append(p)
+    assert set(by_tag) == {first.to.tag, "fork2"}
+    assert [p.headers.get("RAck") for p in by_tag["fork2"]] == ["500 1 INVITE", "501 1 INVITE"]
+    seqs = [p.cseq.seq for p in by_tag["fork2"]]
+    assert seqs[1] == seqs[0] + 1  # one early dialog of its own, its CSeq counting on
+    # fork 2 answers: the call is that fork's, with the answer its reliable 183 carried
+    a.receive(_as_fork(first, "fork2", status=200, body=ANSWER).to_bytes(), net.addr_of(b), net.now)
+    net.run(lambda m: isinstance(m, Request) and m.method == "ACK" and m.to.tag == first.to.tag)
+    assert a.call_state(ca) == "confirmed"
+    assert a.sdp(ca) == (OFFER, other)
+    d = a.dialog(ca)
+    assert d is not None and d.remote_tag == "fork2"
+    a.bye(ca, net.now)
+    net.run()
+    bye = [m for m in net.sent("BYE") if isinstance(m, Request) and m.to.tag == "fork2"]
+    assert bye and bye[0].cseq.seq > seqs[1]  # in order after the PRACKs of that dialog
