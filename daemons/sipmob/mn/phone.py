@@ -808,16 +808,18 @@ class Phone:
             incoming.reject(488)
             return
         if not self.config.calls.auto_answer:
-            if uas_wants_reliable(incoming.request.headers)[0] and "PRACK" in ALLOW:
+            if uas_wants_reliable(incoming.request.headers)[1] and "PRACK" in ALLOW:
                 self._answer_early(incoming)
             self.controls.ring(incoming, self.new_call_id())  # `sipmob answer` or `reject`
             return
         self.accept_incoming(incoming).addErrback(lambda _: None)
 
     def _answer_early(self, incoming: IncomingCall) -> None:
-        """A caller that takes 100rel gets our answer in the reliable 180 (RFC 3262 §5), so that
+        """A caller that requires 100rel gets our answer in the reliable 180 (RFC 3262 §5), so that
         it may offer again while we ring (`RemoteOffers.answer_early`); the media is made now and
-        kept for the 200. An unusable offer is left for the answer to refuse, as without 100rel."""
+        kept for the 200. Only one that requires it: a caller that sees an answer in a 180 takes it
+        for early media (RFC 3960) and stops its own ringback, and we send none, so one that only
+        supports 100rel rings as before. An unusable offer is left for the answer to refuse."""
         rtp = self._new_rtp()
         video_rtp = None
         oa = OfferAnswerState(_origin(self.address))

@@ -16,7 +16,7 @@
   answer, the device's dialog ended) rather than failing the call. A stream that reaches its device
   through a transcoder is carried to the transcoder instead (`sipmob.mn.transcoding`): the device's
   side does not change.
-- While the phone rings, its answer went in a reliable 180 (the caller takes 100rel): a new offer
+- While the phone rings, its answer went in a reliable 180 (the caller requires 100rel): a new offer
   of the caller's in a PRACK (RFC 3262 §5) or an UPDATE (RFC 3311 §5.2) is answered the same way
   (`answer_early`), and the call starts from the last exchange; so is a callee's UPDATE after its
   reliable 18x answered the phone's INVITE.

@@ -417,9 +417,10 @@ class IncomingCall:
                      handler: Callable[[IncomingCall, Request], bytes | defer.Deferred[bytes]],
                      unanswered: Callable[[], None]) -> None:
         """Put our answer `sdp` to the INVITE's offer in the 180 (which goes reliably: call this only
-        when the caller takes 100rel), so that the caller may offer again before the 200: `handler`
-        answers such an offer (in a PRACK, RFC 3262 §5, or an UPDATE, RFC 3311 §5.2) as `on_reinvite`'s
-        handler does. `unanswered` is called when the INVITE ends without a 2xx (refused, cancelled)."""
+        when the caller supports or requires 100rel), so that the caller may offer again before the
+        200: `handler` answers such an offer (in a PRACK, RFC 3262 §5, or an UPDATE, RFC 3311 §5.2)
+        as `on_reinvite`'s handler does. `unanswered` is called when the INVITE ends without a 2xx
+        (refused, cancelled)."""
         self._early_answer = sdp
         self._early_offer_handler = handler
         self._unanswered = unanswered

@@ -1,8 +1,9 @@
 """Reliable provisional responses (RFC 3262) and UPDATE before the 200 (RFC 3311) with sipp, for
 what a phone does not produce easily: a caller that requires 100rel and offers again (in its PRACK,
-then in an UPDATE) while the phone rings; a callee whose reliable 180 comes twice. tshark decodes
-every captured message without a malformed warning, and checks each answer against its offer.
-Loopback only; every process stopped by PID.
+then in an UPDATE) while the phone rings; one that only supports 100rel and offers too early; a
+callee that moves its media by UPDATE before its 200; a callee whose reliable 180 comes twice.
+tshark decodes every captured message without a malformed warning, and checks each answer against
+its offer. Loopback only; every process stopped by PID.
 """
 
 from __future__ import annotations
@@ -133,6 +134,37 @@ def test_a_caller_reoffering_in_prack_and_update_while_the_phone_rings_is_answer
     # not one packet of ours to where the caller's media was before the UPDATE
     to_old = tshark.fields(path, f"udp.dstport == {old_media} and udp.srcport == {port}", "frame.number")
     assert to_old == [], to_old
+
+
+def test_a_caller_supporting_100rel_gets_a_reliable_180_without_sdp_and_500_to_its_early_update(
+        phone: Phone, tmp_path: Path) -> None:
+    local = free_udp_port()
+    cap = capture(tmp_path, "uac", phone.port, local)
+    caller = SippProcess(SCENARIOS / "uac_100rel_early_update.xml", f"127.0.0.1:{phone.port}",
+                         local_port=local, workdir=tmp_path / "sipp", timeout=40,
+                         extra_args=["-s", "mn", "-mp", str(free_udp_port())])
+    try:
+        ringing = until(lambda: [c for c in phone.calls() if c["state"] == "ringing"], timeout=10)
+        assert ringing, phone.output()
+        # the scenario has PRACKed the 180 and had its UPDATE refused before we answer
+        messages = tmp_path / "sipp" / "messages.log"
+        assert until(lambda: messages.exists() and "SIP/2.0 500" in messages.read_text(errors="replace"),
+                     timeout=10), phone.output()
+        done = phone.sipmob("answer", str(ringing[0]["id"]))
+        assert done.returncode == 0, done.stderr
+        result = caller.wait(40)
+        assert result.returncode == 0, result.stdout + "\n".join(result.errors) + phone.output()
+    finally:
+        caller.stop()
+        path = cap.stop() if cap is not None else None
+    if path is not None:
+        flow = methods_and_statuses(path)
+        assert ("PRACK", "", "PRACK") in flow and ("", "200", "PRACK") in flow, flow
+        assert ("", "500", "UPDATE") in flow, flow
+        # no answer in the 180: a caller that only supports 100rel keeps its own ringback (RFC 3960)
+        ringing = tshark.fields(path, "sip.Status-Code == 180", "sip.Content-Length")
+        assert ringing and all(r[0] in ("", "0") for r in ringing), ringing
+        assert tshark.malformed(path, "sip") == "" and tshark.malformed(path, "sdp") == ""
 
 
 def test_the_phone_pracks_a_reliable_180_once_and_ignores_its_repetition(
