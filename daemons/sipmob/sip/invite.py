@@ -262,7 +262,7 @@ class InviteSessions(SessionRefreshes):
             c.forks[tag] = dialog
         body = b""
         if response.body:
-            if c.local_sdp is not None and tag not in c.early_answers and c.answer_for is None:
+            if c.invite.body and tag not in c.early_answers:
                 c.early_answers[tag] = response.body  # §5: this fork's answer to our offer
                 if dialog is c.dialog:
                     c.remote_sdp = response.body
@@ -536,6 +536,8 @@ class InviteSessions(SessionRefreshes):
                     c.invite = self._sent[retry].request
                     c.invite_key = retry
                     self._by_invite_key[retry] = c.handle
+                    c.forks.clear()  # early dialogs end with the final response (§12.3), all of them
+                    c.early_answers.clear()
                     if c.dialog is not None:  # an early dialog ends with the final response
                         self._by_dialog.pop(c.dialog.id, None)
                         c.dialog = None
