@@ -164,6 +164,10 @@ class Pjsua:
         """re-INVITE with the media transport recreated (a new RTP port, as after a network change)."""
         self.command("reinvite_new_media", call=call)
 
+    def update(self, call: int, new_media: bool = False) -> None:
+        """UPDATE with a new offer (in an early dialog as in a confirmed one)."""
+        self.command("update", call=call, new_media=new_media)
+
     def stream(self, call: int) -> Event:
         """The audio stream of `call`: local RTP port, where it sends, RTP packets received."""
         return dict(self.command("stream", call=call))
@@ -392,6 +396,13 @@ def _child(options: dict[str, Any]) -> None:
             prm = pj.CallOpParam(True)
             prm.opt.flag = pj.PJSUA_CALL_UPDATE_CONTACT
             live[args["call"]].reinvite(prm)
+            return None
+        if cmd == "update":
+            # UPDATE (RFC 3311) with a new offer; PJSIP sends one in an early dialog too, once the
+            # INVITE's offer is answered reliably. REINIT_MEDIA: on a new port.
+            prm = pj.CallOpParam(True)
+            prm.opt.flag = pj.PJSUA_CALL_REINIT_MEDIA if args.get("new_media") else 0
+            live[args["call"]].update(prm)
             return None
         if cmd == "hold":
             live[args["call"]].setHold(pj.CallOpParam(True))

@@ -44,6 +44,7 @@ Not here: the planning rules, the SIP stack, the command line (`sipmob.mn.cli`).
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 import logging
 import secrets
@@ -95,6 +96,7 @@ from sipmob.sdp import (
     OfferAnswerError,
     OfferAnswerState,
     Origin,
+    Pending,
     SDPParseError,
     SessionDescription,
     answer,
@@ -117,6 +119,8 @@ from sipmob.service.sipua import (
 from sipmob.service.slp import SLPClient
 from sipmob.sip.dialog import Dialog
 from sipmob.sip.locate import RType
+from sipmob.sip.message import Response
+from sipmob.sip.prack import rseq_of, uas_wants_reliable
 from sipmob.sip.session_timer import Policy as SessionTimerPolicy
 from sipmob.sip.uabase import ALLOW
 from sipmob.sip.uri import URI
@@ -307,6 +311,8 @@ class Phone:
                                                  f"cannot read the password file: {exc.strerror}")]) from None
             credentials = (identity.auth_user or identity.user, password)
         self._answering = 0  # INVITEs accepted whose ACK has not come yet
+        # ringing calls whose answer went in a reliable 180: their media and offer/answer state
+        self._early: dict[int, tuple[Any, Any, OfferAnswerState]] = {}
         self._answering_from: collections.Counter[str] = collections.Counter()
         self.policy = self._policy(config)
         # Names in URIs (callee, registrar, outbound proxy) are located by RFC 3263.
@@ -833,13 +839,18 @@ class Phone:
             incoming.reject(488)
             return
         if not self.config.calls.auto_answer:
+            if uas_wants_reliable(incoming.request.headers)[1] and "PRACK" in ALLOW:
+                self._answer_early(incoming)
             self.controls.ring(incoming, self.new_call_id())  # `sipmob answer` or `reject`
             return
         self.accept_incoming(incoming).addErrback(lambda _: None)
 
-    def accept_incoming(self, incoming: IncomingCall, cid: str | None = None) -> defer.Deferred[Any]:
-        """Answer an incoming call; fires with its `PhoneCall` once ACKed, errback `CommandError` when
-        its offer is unusable (488 sent) or `CallFailed` when the caller gave up first."""
+    def _answer_early(self, incoming: IncomingCall) -> None:
+        """A caller that requires 100rel gets our answer in the reliable 180 (RFC 3262 §5), so that
+        it may offer again while we ring (`RemoteOffers.answer_early`); the media is made now and
+        kept for the 200. Only one that requires it: a caller that sees an answer in a 180 takes it
+        for early media (RFC 3960) and stops its own ringback, and we send none, so one that only
+        supports 100rel rings as before. An unusable offer is left for the answer to refuse."""
         rtp = self._new_rtp()
         video_rtp = None
         oa = OfferAnswerState(_origin(self.address))
@@ -853,6 +864,43 @@ class Phone:
             ours = own_fmtp(answer(offer, self._local_caps(), origin=oa.origin,
                                    connection_address=self.address, ports=ports), self.codecs)
             stamped, _ = oa.create_answer(ours)
+        except (SDPParseError, OfferAnswerError):
+            self._close(rtp, video_rtp)
+            return
+        self._early[incoming.handle] = (rtp, video_rtp, oa)
+
+        def unanswered() -> None:
+            early = self._early.pop(incoming.handle, None)
+            if early is not None:
+                self._close(early[0], early[1])
+
+        incoming.answer_early(stamped.to_bytes(),
+                              lambda inc, request: self.remote_offers.answer_early(oa, request), unanswered)
+
+    def accept_incoming(self, incoming: IncomingCall, cid: str | None = None) -> defer.Deferred[Any]:
+        """Answer an incoming call; fires with its `PhoneCall` once ACKed, errback `CommandError` when
+        its offer is unusable (488 sent) or `CallFailed` when the caller gave up first."""
+        early = self._early.pop(incoming.handle, None)
+        if early is not None:
+            # our answer went in the reliable 180, perhaps answered again since: the 200 carries the last
+            rtp, video_rtp, oa = early
+            assert oa.local is not None
+            stamped = oa.local
+        else:
+            rtp = self._new_rtp()
+            video_rtp = None
+            oa = OfferAnswerState(_origin(self.address))
+        try:
+            if early is None:
+                offer = parse(incoming.offer or b"")
+                ports = {"audio": rtp.port}
+                if any(m.media == "video" and m.port for m in offer.media):
+                    video_rtp = self._new_rtp(video=True)
+                    ports["video"] = video_rtp.port
+                oa.receive_offer(offer)
+                ours = own_fmtp(answer(offer, self._local_caps(), origin=oa.origin,
+                                       connection_address=self.address, ports=ports), self.codecs)
+                stamped, _ = oa.create_answer(ours)
         except (SDPParseError, OfferAnswerError) as exc:
             log.warning("incoming call refused: %s", exc)
             incoming.reject(488)
@@ -926,10 +974,31 @@ class Phone:
             rtp = self._new_rtp(address=address)
             oa = OfferAnswerState(_origin(address))
             offer = oa.create_offer(self._local_sdp(rtp.port, oa.origin, address))
+
+            answered_by: dict[str, Any] = {}
+
+            def early_answer(response: Response) -> None:
+                # RFC 3262 §5: the answer in a reliable 18x completes our offer's exchange, after
+                # which the callee may offer again before its 2xx (UPDATE, answered below)
+                if response.body and rseq_of(response) is not None and oa.pending is Pending.LOCAL_OFFER:
+                    before = copy.copy(oa)
+                    try:
+                        oa.receive_answer(parse(response.body))
+                    except (SDPParseError, OfferAnswerError) as exc:
+                        log.info("call to %s: unusable answer in its %d (%s)", uri, response.status, exc)
+                    else:
+                        answered_by.update(tag=response.to.tag, before=before)
+
             try:
                 call = yield self.ua.invite(uri, offer.to_bytes(), headers=headers,
-                                            local=route.local if route is not None else None)
-                oa.receive_answer(parse(call.remote_sdp or b""))
+                                            local=route.local if route is not None else None,
+                                            on_provisional=early_answer,
+                                            on_early_offer=lambda request: self.remote_offers.answer_early(
+                                                oa, request))
+                if answered_by and call.dialog.remote_tag != answered_by["tag"]:
+                    oa = answered_by["before"]  # another fork answered: its answer is the one
+                if oa.pending is Pending.LOCAL_OFFER:  # else answered early; a 2xx's copy is no answer
+                    oa.receive_answer(parse(call.remote_sdp or b""))
             except CallFailed as exc:
                 rtp.close()
                 raise CommandError(f"call to {uri} failed: {exc.status} {exc.reason}") from None

@@ -16,6 +16,10 @@
   answer, the device's dialog ended) rather than failing the call. A stream that reaches its device
   through a transcoder is carried to the transcoder instead (`sipmob.mn.transcoding`): the device's
   side does not change.
+- While the phone rings, its answer went in a reliable 180 (the caller requires 100rel): a new offer
+  of the caller's in a PRACK (RFC 3262 §5) or an UPDATE (RFC 3311 §5.2) is answered the same way
+  (`answer_early`), and the call starts from the last exchange; so is a callee's UPDATE after its
+  reliable 18x answered the phone's INVITE.
 - An UPDATE (RFC 3311, confirmed dialogs) with an offer is answered the same way in its 2xx; one
   without (a session refresh) gets 200.
 - A re-INVITE without an offer is answered with our current description unchanged (same version);
@@ -51,6 +55,7 @@ from sipmob.sdp import (
     DuplexSplit,
     NegotiatedStream,
     OfferAnswerError,
+    OfferAnswerState,
     SDPParseError,
     SessionDescription,
     answer_again,
@@ -123,6 +128,35 @@ class RemoteOffers:
         except Exception:
             pc.oa.rollback()
             raise
+
+    def answer_early(self, oa: OfferAnswerState, request: Request) -> bytes:
+        """A new offer before the INVITE's 2xx, the first exchange having completed reliably (RFC
+        3262 §5): the caller's while the phone rings (in a PRACK, or an UPDATE, RFC 3311 §5.2), our
+        answer having gone in the reliable 180; or the callee's UPDATE after its reliable 18x
+        answered our offer. Answered from `oa` the way a re-INVITE is (our ports kept, the codec
+        agreed kept first, the direction reversed, a stream it adds refused with port 0). Nothing
+        plays yet: the call's media starts from the last exchange when the 2xx comes."""
+        ours = oa.local
+        if ours is None or not request.body:
+            raise SIPError(488, "No session yet")
+        try:
+            offer = parse(request.body)
+        except SDPParseError as exc:
+            raise SIPError(488, f"Unreadable SDP: {exc}") from None
+        try:
+            oa.receive_offer(offer)
+        except OfferAnswerError as exc:
+            raise SIPError(491 if "glare" in str(exc) else 488, str(exc)) from None
+        in_use = {stream.index: stream.primary.codec for stream in oa.negotiated.streams
+                  if stream.primary is not None} if oa.negotiated is not None else {}
+        try:
+            stamped, _ = oa.create_answer(own_fmtp(answer_again(offer, ours, self.phone._local_caps(),
+                                                                in_use=in_use), self.phone.codecs))
+        except (OfferAnswerError, ValueError) as exc:
+            oa.rollback()
+            raise SIPError(488, str(exc)) from None
+        log.info("a new offer before the 2xx; answered %s", _summary(stamped))
+        return stamped.to_bytes()
 
     @staticmethod
     def _undo(failure: Any, pc: PhoneCall) -> Any:

@@ -408,10 +408,31 @@ class IncomingCall:
         self.replaced: Call | None = ua.call(event.replaces_call) if event.replaces_call else None
         self.cancelled: defer.Deferred[None] = defer.Deferred()
         self._accepted: defer.Deferred[Call] | None = None
+        self._early_answer: bytes | None = None
+        self._early_offer_handler: Callable[[IncomingCall, Request],
+                                            bytes | defer.Deferred[bytes]] | None = None
+        self._unanswered: Callable[[], None] | None = None
+
+    def answer_early(self, sdp: bytes,
+                     handler: Callable[[IncomingCall, Request], bytes | defer.Deferred[bytes]],
+                     unanswered: Callable[[], None]) -> None:
+        """Put our answer `sdp` to the INVITE's offer in the 180 (which goes reliably: call this only
+        when the caller supports or requires 100rel), so that the caller may offer again before the
+        200: `handler` answers such an offer (in a PRACK, RFC 3262 §5, or an UPDATE, RFC 3311 §5.2)
+        as `on_reinvite`'s handler does. `unanswered` is called when the INVITE ends without a 2xx
+        (refused, cancelled)."""
+        self._early_answer = sdp
+        self._early_offer_handler = handler
+        self._unanswered = unanswered
+
+    def _never_answered(self) -> None:
+        gone, self._unanswered = self._unanswered, None
+        if gone is not None:
+            gone()
 
     def ringing(self) -> None:
-        """Send 180 Ringing (an early dialog)."""
-        self.ua.machine.answer_invite(self.handle, 180, self.ua.now())
+        """Send 180 Ringing (an early dialog; with our answer when `answer_early` gave one)."""
+        self.ua.machine.answer_invite(self.handle, 180, self.ua.now(), sdp=self._early_answer)
         self.ua.flush()
 
     def accept(self, sdp: bytes) -> defer.Deferred[Call]:
@@ -430,6 +451,7 @@ class IncomingCall:
         """Refuse the call with a final status (and `headers`, such as Retry-After)."""
         self.ua.machine.answer_invite(self.handle, status, self.ua.now(), reason=reason, headers=headers)
         self.ua.flush()
+        self._never_answered()
 
 
 class UserAgent:
@@ -478,6 +500,8 @@ class UserAgent:
         self._early_notifies: dict[int, list[tuple[int, bool]]] = {}
         self._subscriptions: dict[int, Subscription] = {}
         self._ack_sdp: dict[int, AckSdp] = {}  # by call handle, for a late-offer INVITE
+        # by call handle: who answers the callee's offers before its 2xx (RFC 3311 §5.2)
+        self._early_offers: dict[int, Callable[[Any, Request], bytes | defer.Deferred[bytes]]] = {}
         self._registrations: dict[int, Registration] = {}
         self.contact: URI | None = None
         self.aor: URI | None = None
@@ -574,9 +598,15 @@ class UserAgent:
 
     def invite(self, target: str | URI, sdp: bytes | None, *, headers: Sequence[tuple[str, str]] = (),
                on_provisional: Callable[[Response], Any] | None = None,
-               ack_sdp: AckSdp | None = None, local: Address | None = None) -> defer.Deferred[Call]:
+               ack_sdp: AckSdp | None = None, local: Address | None = None,
+               on_early_offer: Callable[[Request], bytes | defer.Deferred[bytes]] | None = None,
+               ) -> defer.Deferred[Call]:
         """Call `target` with our offer. Fires with the `Call` on 2xx, once ACKed; errback
         `CallFailed(status, reason)`. Cancelling the Deferred sends CANCEL.
+
+        `on_early_offer(request)` answers an offer of the callee's before its 2xx (an UPDATE, RFC 3311
+        §5.2, once its reliable 1xx answered ours): our answer, or a Deferred of it; `SIPError` refuses.
+        Without it such an offer gets 488.
 
         Late offer (`sdp` None): `ack_sdp(offer)` returns the answer for the ACK, or a Deferred of
         it (3PCC, RFC 3725: the answer comes from another dialog); without `ack_sdp` the Deferred
@@ -589,6 +619,9 @@ class UserAgent:
             self._core.layer.bind_call(self._core.call_id(handle), local)
         if ack_sdp is not None:
             self._ack_sdp[handle] = ack_sdp
+        if on_early_offer is not None:
+            early_offer = on_early_offer
+            self._early_offers[handle] = lambda _call, request: early_offer(request)
 
         def cancel(_: Any) -> None:
             if self._core.call_state(handle) in ("calling", "early"):
@@ -846,6 +879,7 @@ class UserAgent:
         registration._changed()
 
     def _call_established(self, event: core.CallEstablished) -> None:
+        self._early_offers.pop(event.call, None)
         call = Call(self, event.call)
         self._calls[event.call] = call
         out = self._outgoing.pop(event.call, None)
@@ -869,6 +903,8 @@ class UserAgent:
         if call is not None:
             call._ended(event.reason)
         incoming = self._incoming.pop(event.call, None)
+        if incoming is not None:
+            incoming._never_answered()
         if incoming is not None and incoming._accepted is not None and not incoming._accepted.called:
             status = 408 if event.reason == "no-ack" else 487
             incoming._accepted.errback(CallFailed(status, f"ended before the ACK ({event.reason})"))
@@ -889,11 +925,13 @@ class UserAgent:
 
     def _call_failed(self, event: core.CallFailed) -> None:
         error = CallFailed(event.status, event.reason)
+        self._early_offers.pop(event.call, None)
         out = self._outgoing.pop(event.call, None)
         if out is not None and not out[0].called:
             out[0].errback(error)
         incoming = self._incoming.pop(event.call, None)
         if incoming is not None:
+            incoming._never_answered()
             if not incoming.cancelled.called:
                 incoming.cancelled.callback(None)
             if incoming._accepted is not None and not incoming._accepted.called:
@@ -961,11 +999,18 @@ class UserAgent:
             self._answer_refer(call, event)
             return
         if method == "UPDATE" and call is not None and call._reinvite_handler is not None and request.body:
-            self._answer_update(call, event)
+            self._answer_update(call._reinvite_handler, call, event)
             return
-        if method == "UPDATE" and call is None and request.body:
-            # an offer in an early dialog (RFC 3311 §5.2): nobody here answers one before the 2xx
-            self._respond(rid, 488)
+        if method in ("UPDATE", "PRACK") and call is None and request.body:
+            # an offer in an early dialog (RFC 3311 §5.2, RFC 3262 §5): answered when the
+            # application said how (`IncomingCall.answer_early`)
+            ringing = self._incoming.get(event.call)
+            early = (ringing._early_offer_handler if ringing is not None
+                     else self._early_offers.get(event.call) if method == "UPDATE" else None)
+            if early is None:
+                self._respond(rid, 488)
+            else:
+                self._answer_update(early, ringing, event)
             return
         call_handler = call._request_handlers.get(method) if call is not None else None
         if call is None or call_handler is None:
@@ -979,9 +1024,11 @@ class UserAgent:
 
         self._run_handler(lambda: call_handler(call, request), respond_once, lambda: done[0])
 
-    def _answer_update(self, call: Call, event: core.RequestReceived) -> None:
+    def _answer_update(self, handler: Callable[[Any, Request], bytes | defer.Deferred[bytes]],
+                       subject: Call | IncomingCall | None, event: core.RequestReceived) -> None:
         """RFC 3311 §5.2: an UPDATE's offer is answered in its 2xx like a re-INVITE's, by the same
-        handler (one without an offer, such as an RFC 4028 refresh, is an ordinary request)."""
+        handler (one without an offer, such as an RFC 4028 refresh, is an ordinary request); so is
+        the offer of a PRACK (RFC 3262 §5)."""
         rid = event.rid
 
         def answer(sdp: bytes) -> None:
@@ -994,9 +1041,7 @@ class UserAgent:
                 log.error("the UPDATE handler failed: %s", exc)
             self._respond(rid, exc.status if isinstance(exc, SIPError) else 500)
 
-        handler = call._reinvite_handler
-        assert handler is not None
-        d = defer.maybeDeferred(handler, call, event.request)
+        d = defer.maybeDeferred(handler, subject, event.request)
         d.addCallbacks(answer, reject).addErrback(lambda f: log.error("UPDATE answer: %s", f.value))
 
     def _answer_in_subscription(self, subscription: Subscription, event: core.RequestReceived) -> None:

@@ -42,6 +42,7 @@ from sipmob.sip.uaevents import (
     IncomingInvite,
     ReinviteCompleted,
     ReinviteReceived,
+    RequestReceived,
     UAError,
 )
 from sipmob.sip.uri import URI, NameAddr
@@ -182,6 +183,12 @@ class InviteSessions(SessionRefreshes):
         c.ok_give_up = now + 64 * self.timers.t1
 
     def _send_final_or_1xx(self, c: _Call, responses: list[Response], now: float) -> None:
+        pending = next((sr for sr in self._server.values()
+                        if sr.call == c.handle and sr.request.method == "PRACK"), None)
+        if pending is not None:
+            # RFC 3262 §5: a PRACK's offer is being answered; what follows goes after that answer
+            pending.held += responses
+            return
         for response in responses:
             if 200 <= response.status < 300:
                 self._ok_sent(c, now)  # the 2xx's own retransmission starts when it first leaves
@@ -201,14 +208,25 @@ class InviteSessions(SessionRefreshes):
         if not matched:
             self._reply(request, 481, now)
             return
-        status = 200
-        if request.body and c.remote_sdp is None and c.local_sdp is not None:
+        if request.body and request.content_type != SDP:
+            status = 415
+        elif request.body and c.remote_sdp is None and c.local_sdp is not None:
             c.remote_sdp = request.body  # the answer to the offer in our reliable 1xx
+            status = 200
+        elif request.body and c.remote_sdp is not None and c.local_sdp is not None:
+            # §5: a new offer, the first exchange being done: the application answers it in the
+            # PRACK's 2xx (`respond`), and what the PRACK released follows that answer
+            rid = self._new_handle()
+            self._server[rid] = _ServerRequest(request, event.transaction_key, c.handle, None,
+                                               held=release)
+            self._events.append(RequestReceived(c.handle, rid, request))
+            return
         elif request.body:
-            # §5 lets a PRACK carry a new offer once the first exchange is done; nobody here can
-            # answer one before the 2xx, so it is refused (the 1xx counts as acknowledged all the
-            # same, and the session stays as the INVITE's exchange made it)
-            status = 488
+            # an offer while the INVITE's is unanswered (RFC 3264 §4 allows one at a time); the
+            # 1xx counts as acknowledged all the same
+            status = 491
+        else:
+            status = 200
         self.layer.send_response(make_response(request, status, headers=self._response_common()), now)
         self._send_final_or_1xx(c, release, now)
 
@@ -238,12 +256,16 @@ class InviteSessions(SessionRefreshes):
         if c.dialog is not None and c.dialog.remote_tag == tag:
             dialog = c.dialog
         else:
-            # another fork's early dialog: acknowledged through a dialog of its own
-            dialog = Dialog.from_uac(c.invite, response, self.local_contact)
+            # another fork's early dialog (RFC 3261 §12.1.2): its PRACKs go in a dialog of its
+            # own, kept so that each one's CSeq is one higher than the last
+            dialog = c.forks.get(tag) or Dialog.from_uac(c.invite, response, self.local_contact)
+            c.forks[tag] = dialog
         body = b""
         if response.body:
-            if c.local_sdp is not None and c.remote_sdp is None:
-                c.remote_sdp = response.body  # §5: the answer to our INVITE's offer
+            if c.invite.body and tag not in c.early_answers:
+                c.early_answers[tag] = response.body  # §5: this fork's answer to our offer
+                if dialog is c.dialog:
+                    c.remote_sdp = response.body
             elif c.local_sdp is None and c.answer_for is not None:
                 # §5: the offer of a late-offer INVITE comes in the first reliable 1xx, the
                 # answer in the PRACK
@@ -514,6 +536,8 @@ class InviteSessions(SessionRefreshes):
                     c.invite = self._sent[retry].request
                     c.invite_key = retry
                     self._by_invite_key[retry] = c.handle
+                    c.forks.clear()  # early dialogs end with the final response (§12.3), all of them
+                    c.early_answers.clear()
                     if c.dialog is not None:  # an early dialog ends with the final response
                         self._by_dialog.pop(c.dialog.id, None)
                         c.dialog = None
@@ -531,17 +555,31 @@ class InviteSessions(SessionRefreshes):
             else:
                 self._ack_and_bye(c.invite, response, now)  # a forked 2xx we do not want
             return
+        # RFC 3262 §5: an exchange completed in this early dialog (a reliable 1xx, PRACK, UPDATE)
+        # stands; an SDP the 2xx repeats is not a new answer
+        early_answer = c.early_answers.get(response.to.tag or "")
+        main_fork = c.dialog is not None and c.dialog.remote_tag == response.to.tag
         if c.dialog is None or c.dialog.remote_tag != response.to.tag:
             if c.dialog is not None:
                 self._by_dialog.pop(c.dialog.id, None)
-            c.dialog = Dialog.from_uac(c.invite, response, self.local_contact)
+            # a fork whose reliable 1xx we PRACKed goes on in its early dialog (its CSeq counts on)
+            c.dialog = c.forks.pop(response.to.tag or "", None)
+            if c.dialog is None:
+                c.dialog = Dialog.from_uac(c.invite, response, self.local_contact)
+            else:
+                c.dialog.update_from_response(response)
             self._by_dialog[c.dialog.id] = c.handle
         else:
             c.dialog.update_from_response(response)
         c.dialog.confirm()
         body = b""
         hold_ack = False
-        if response.body:
+        if not main_fork and c.invite.body:
+            c.local_sdp = c.invite.body  # what another fork's early UPDATE changed is not this one's
+        if early_answer is not None:
+            if not main_fork:  # the main fork's is in remote_sdp already, with its UPDATEs
+                c.remote_sdp = early_answer
+        elif response.body:
             c.remote_sdp = response.body
             if c.local_sdp is None:
                 if c.answer_for is not None:

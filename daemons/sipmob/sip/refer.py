@@ -150,10 +150,10 @@ class Referrals(SessionRefreshes):
             h += sr.timer.headers  # an UPDATE (RFC 4028 §9)
             self._timer_agreed(timed, sr.timer.agreement, now)
         updated = self._calls.get(sr.call) if sr.call is not None else None
-        if (updated is not None and request.method == "UPDATE" and request.body and body
+        if (updated is not None and request.method in ("UPDATE", "PRACK") and request.body and body
                 and 200 <= status < 300):
-            # RFC 3311: the session changed as a re-INVITE would change it; a refresh re-INVITE
-            # of ours must carry this description, not the one before
+            # RFC 3311, RFC 3262 §5: the session changed as a re-INVITE would change it; a refresh
+            # re-INVITE of ours (or the 2xx of an INVITE still ringing) carries this description
             updated.local_sdp, updated.remote_sdp = body, request.body
         tag = (sr.to_tag or self._token()) if request.to.tag is None else None
         if request.method == "SUBSCRIBE" and tag is not None and 200 <= status < 300:
@@ -163,6 +163,9 @@ class Referrals(SessionRefreshes):
             status = 513
             response = make_response(request, 513, to_tag=tag, headers=self._response_common())
         self.layer.send_response(response, now)
+        if sr.held and updated is not None:
+            # RFC 3262 §5: what waited for the PRACK's answer (`sr` is no longer in _server)
+            self._send_final_or_1xx(updated, sr.held, now)
         created: int | None = None
         ok = 200 <= status < 300
         if request.method == "SUBSCRIBE" and tag is not None and ok:

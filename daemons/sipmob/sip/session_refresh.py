@@ -51,6 +51,10 @@ class SessionRefreshes(ChallengeRetry):
     def _send_bye(self, c: _Call, now: float) -> int:
         """BYE in the call's dialog (`sipmob.sip.invite`)."""
 
+    @abc.abstractmethod
+    def _send_final_or_1xx(self, c: _Call, responses: list[Response], now: float) -> None:
+        """Send responses to the INVITE that reliable 1xx held back (`sipmob.sip.invite`)."""
+
     # What our requests carry --------------------------------------------------------------------
 
     def _timer_request_headers(self, c: _Call | None) -> list[tuple[str, str]]:

@@ -60,6 +60,9 @@ class _ServerRequest:
     call: int | None
     to_tag: str | None
     timer: UasDecision | None = None  # RFC 4028: what its 2xx states about session timers
+    # RFC 3262 §5: what a PRACK carrying a new offer released (the 1xx or 2xx queued behind the
+    # 1xx it acknowledges), sent after the PRACK's own 2xx with the answer
+    held: list[Response] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(slots=True)
@@ -117,6 +120,10 @@ class _Call:
     reliable: ReliableProvisionals | None = None
     reliable_required: bool = False
     rseqs: dict[str, ReliableReceiver] = dataclasses.field(default_factory=dict)
+    # the early dialogs of forks other than `dialog` (each PRACK in its own, CSeq rising in it),
+    # and the answer each fork's reliable 1xx carried (its 2xx then brings no new one)
+    forks: dict[str, Dialog] = dataclasses.field(default_factory=dict)
+    early_answers: dict[str, bytes] = dataclasses.field(default_factory=dict)
     # RFC 4028 (`sipmob.sip.session_refresh`): the call's timer, what our 2xx to the INVITE states,
     # the peer's Allow (UPDATE refreshes), our UPDATE refresh under way, whether a 422 was retried
     timer: SessionTimer | None = None

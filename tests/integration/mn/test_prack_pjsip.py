@@ -122,3 +122,51 @@ def test_the_phone_calls_pjsip_and_pracks_its_reliable_180(party: dict[str, Any]
         path = cap.stop() if cap is not None else None
     if path is not None:
         check_reliable_ringing(path, cn.port)
+
+
+def test_pjsip_moving_its_media_by_update_while_the_phone_rings_gets_the_phones_audio_there(
+        party: dict[str, Any]) -> None:
+    """RFC 3311 §5.2 after RFC 3262 §5: the phone's answer went in its reliable 180, so PJSIP may
+    offer again before the 200; it recreates its media on a new port and sends UPDATE. The phone
+    answers it from the call's state and its RTP goes to the new port once the call is answered."""
+    phone, cn = party["phone"], party["cn"]
+    cap = capture(party, "early-update")
+    try:
+        ident = cn.make_call(phone.uri)
+        incoming = until(lambda: [c for c in phone.calls() if c["state"] == "ringing"], timeout=10)
+        assert incoming, phone.output()
+        cn.wait_call_state("EARLY", call=ident, timeout=10)
+        start = len(cn.events)
+        cn.update(ident, new_media=True)
+        # PJSIP's media is renegotiated by the UPDATE's 200 (its media state event)
+        cn.wait_event(lambda e: e.get("event") == "media_state" and e.get("call") == ident,
+                      timeout=10, start=start)
+        out = phone.sipmob("answer", incoming[0]["id"])
+        assert out.returncode == 0, out.stderr + phone.output()
+        cn.wait_call_state("CONFIRMED", call=ident, timeout=10)
+        assert until(lambda: cn.stream(ident)["rx_packets"] > 20, timeout=15), cn.stream(ident)
+        stream = cn.stream(ident)
+    finally:
+        path = cap.stop() if cap is not None else None
+    if path is None:
+        return
+    assert tshark.malformed(path, "sip") == "" and tshark.malformed(path, "sdp") == ""
+    names = ("frame.number", "sip.Method", "sip.Status-Code", "sip.CSeq.method", "sdp.media",
+             "sdp.media_attr", "sdp.owner.version")
+    rows = [dict(zip(names, row + [""] * (len(names) - len(row)), strict=True))
+            for row in tshark.fields(path, "sdp", *names)]
+    invite = next(r for r in rows if r["sip.Method"] == "INVITE")
+    early = next(r for r in rows if r["sip.Status-Code"] == "180")
+    update = next(r for r in rows if r["sip.Method"] == "UPDATE")
+    update_ok = next(r for r in rows if r["sip.Status-Code"] == "200" and r["sip.CSeq.method"] == "UPDATE")
+    moved_to = update["sdp.media"].split(" ")[1]
+    assert moved_to != invite["sdp.media"].split(" ")[1], (invite, update)  # really a new port
+    # our port kept, a codec subset, sendrecv answered with sendrecv, the version kept (nothing of
+    # ours changed: RFC 3264 §8)
+    assert update_ok["sdp.media"].split(" ")[1] == early["sdp.media"].split(" ")[1], (early, update_ok)
+    assert set(update_ok["sdp.media"].split(" ")[3:]) <= set(update["sdp.media"].split(" ")[3:]), update_ok
+    assert not {"sendonly", "recvonly", "inactive"} & set(update_ok["sdp.media_attr"].split(",")), update_ok
+    assert update_ok["sdp.owner.version"] == early["sdp.owner.version"], (early, update_ok)
+    # the phone's audio reaches PJSIP's new port, from the port of the phone's answer
+    assert stream["local_rtp"].endswith(f":{moved_to}"), stream
+    assert stream["remote_rtp"].endswith(f":{early['sdp.media'].split(' ')[1]}"), stream

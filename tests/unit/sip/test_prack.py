@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.unit.sip.test_ua import ALICE, ANSWER, BOB, OFFER, T1, Net, core, one, uri
 
-from sipmob.sip.message import Headers, Request, Response, make_response
+from sipmob.sip.message import Headers, Request, Response, make_response, parse_message
 from sipmob.sip.prack import (
     TRANSITIONS,
     Input,
@@ -258,6 +258,7 @@ def test_a_late_offer_without_require_rings_unreliably_without_sdp() -> None:
 # UPDATE in an early dialog (RFC 3311 §5.2) ------------------------------------------------------------
 
 UPDATE_OFFER = OFFER.replace(b"4000", b"4002").replace(b"a 1 1", b"a 1 2")
+ANSWER_AGAIN = ANSWER + b"a=sendrecv\r\n"
 
 
 def _updating_pair() -> tuple[Net, UACore, UACore]:
@@ -356,25 +357,144 @@ def test_no_2xx_ever_overtakes_an_unacknowledged_reliable_1xx(steps: list[str]) 
             unacknowledged.clear()
 
 
-def test_a_new_offer_in_a_prack_is_refused_488_and_still_acknowledges_the_1xx() -> None:
+def _prack_with(a: UACore, body: bytes) -> None:
+    """The caller's core sends PRACK without a body; stand in for a peer that puts one in it."""
+    original = a.layer.send_request
+
+    def with_body(request: Request, *args: object, **kw: object) -> object:
+        if request.method == "PRACK":
+            request = Request("PRACK", request.uri, request.headers.copy(), body)
+            request.headers.set("Content-Type", "application/sdp")
+        return original(request, *args, **kw)  # type: ignore[arg-type]
+
+    a.layer.send_request = with_body  # type: ignore[method-assign]
+
+
+def test_a_new_offer_in_a_prack_is_answered_by_the_application_before_the_2xx_goes() -> None:
     a, b = core(ALICE, "alice"), core(BOB, "bob", seed=2)
     net = Net(a, b)
     ca, cb = _ring(net, a, b)
     b.answer_invite(cb, 183, net.now, sdp=ANSWER)  # the first exchange completes here
+    _prack_with(a, UPDATE_OFFER)
+    net.run()
+    received = one(net.take(b, RequestReceived))
+    assert received.request.method == "PRACK" and received.request.body == UPDATE_OFFER  # type: ignore[attr-defined]
+    assert [m for m in net.sent("PRACK") if isinstance(m, Response)] == []
+    # the 2xx the application sends meanwhile waits behind the PRACK's answer (RFC 3262 §5)
+    b.answer_invite(cb, 200, net.now, sdp=ANSWER_AGAIN)
+    net.run()
+    assert not [m for m in net.sent("INVITE") if isinstance(m, Response) and m.status == 200]
+    b.respond(received.rid, 200, net.now, body=ANSWER_AGAIN, content_type="application/sdp")  # type: ignore[attr-defined]
+    net.run()
+    (prack_ok,) = [m for m in net.sent("PRACK") if isinstance(m, Response)]
+    assert prack_ok.status == 200 and prack_ok.body == ANSWER_AGAIN
+    finals = [m for m in (parse_message(data) for _, _, data in net.wire)
+              if isinstance(m, Response) and m.status == 200 and m.cseq.method in ("PRACK", "INVITE")]
+    assert [m.cseq.method for m in finals][-2:] == ["PRACK", "INVITE"]  # the 183's PRACK had none
+    assert a.call_state(ca) == b.call_state(cb) == "confirmed"
+    assert b.sdp(cb) == (ANSWER_AGAIN, UPDATE_OFFER)
 
-    # the caller's core sends PRACK without a body; stand in for a peer that puts an offer in it
-    original = a.layer.send_request
 
-    def with_offer(request: Request, *args: object, **kw: object) -> object:
-        if request.method == "PRACK":
-            request = Request("PRACK", request.uri, request.headers.copy(), OFFER)
-            request.headers.set("Content-Type", "application/sdp")
-        return original(request, *args, **kw)  # type: ignore[arg-type]
-
-    a.layer.send_request = with_offer  # type: ignore[method-assign]
+def test_an_offer_in_a_prack_refused_by_the_application_keeps_the_session_and_the_call() -> None:
+    a, b = core(ALICE, "alice"), core(BOB, "bob", seed=2)
+    net = Net(a, b)
+    ca, cb = _ring(net, a, b)
+    b.answer_invite(cb, 183, net.now, sdp=ANSWER)
+    _prack_with(a, UPDATE_OFFER)
+    net.run()
+    received = one(net.take(b, RequestReceived))
+    b.respond(received.rid, 488, net.now)  # type: ignore[attr-defined]
     net.run()
     assert [m.status for m in net.sent("PRACK") if isinstance(m, Response)] == [488]
     b.answer_invite(cb, 200, net.now, sdp=ANSWER)  # not held: the 183 counts as acknowledged
     net.run()
     assert a.call_state(ca) == b.call_state(cb) == "confirmed"
     assert b.sdp(cb) == (ANSWER, OFFER)
+
+
+def test_an_offer_in_a_prack_while_the_invites_is_unanswered_gets_491() -> None:
+    a, b = core(ALICE, "alice"), core(BOB, "bob", seed=2)
+    net = Net(a, b)
+    ca, cb = _ring(net, a, b)
+    b.answer_invite(cb, 180, net.now)  # reliable, without SDP: the INVITE's offer is unanswered
+    _prack_with(a, UPDATE_OFFER)
+    net.run()
+    assert [m.status for m in net.sent("PRACK") if isinstance(m, Response)] == [491]
+    assert net.take(b, RequestReceived) == []
+    b.answer_invite(cb, 200, net.now, sdp=ANSWER)
+    net.run()
+    assert a.call_state(ca) == b.call_state(cb) == "confirmed"
+
+
+def test_the_callees_early_update_offer_reaches_the_caller_and_its_2xx_repeats_no_answer() -> None:
+    net, a, b = _updating_pair()
+    ca, cb = _ring(net, a, b)
+    b.answer_invite(cb, 183, net.now, sdp=ANSWER)  # the answer, reliably: the callee may offer now
+    net.run()
+    moved = ANSWER.replace(b"5000", b"5002").replace(b"b 1 1", b"b 1 2")
+    b.request_in_call(cb, "UPDATE", net.now, body=moved, content_type="application/sdp")
+    net.run()
+    received = one(net.take(a, RequestReceived))
+    assert received.call == ca and received.request.body == moved  # type: ignore[attr-defined]
+    ours = OFFER.replace(b"a 1 1", b"a 1 2") + b"a=sendrecv\r\n"
+    a.respond(received.rid, 200, net.now, body=ours, content_type="application/sdp")  # type: ignore[attr-defined]
+    net.run()
+    assert one(_update_finals(net)).body == ours  # type: ignore[union-attr]
+    b.answer_invite(cb, 200, net.now, sdp=moved)
+    net.run()
+    assert a.call_state(ca) == b.call_state(cb) == "confirmed"
+    assert a.sdp(ca) == (ours, moved)
+    established = one(net.take(a, CallEstablished))
+    assert established.remote_sdp == moved  # type: ignore[attr-defined]
+
+
+# Forked early dialogs (RFC 3262 §4 with RFC 3261 §12.1.2) ---------------------------------------------
+
+
+def _as_fork(response: Response, tag: str, *, status: int = 183, rseq: int | None = None,
+             body: bytes = b"") -> Response:
+    """`response` as another fork of the same INVITE would send it: another To tag."""
+    h = response.headers.copy()
+    h.set("To", f"<{response.to.uri}>;tag={tag}")
+    for name in ("RSeq", "Require", "Content-Type"):
+        h.remove(name)
+    if rseq is not None:
+        h.set("Require", "100rel")
+        h.set("RSeq", str(rseq))
+    if body:
+        h.set("Content-Type", "application/sdp")
+    return Response(status, "OK" if status == 200 else "Session Progress", h, body)
+
+
+def test_each_forks_reliable_1xx_is_pracked_in_its_own_early_dialog_and_its_2xx_keeps_its_answer() -> None:
+    a, b = core(ALICE, "alice"), core(BOB, "bob", seed=2)
+    net = Net(a, b)
+    ca, cb = _ring(net, a, b)
+    b.answer_invite(cb, 183, net.now, sdp=ANSWER)  # fork 1: b itself
+    net.run()
+    first = one([m for m in net.sent("INVITE") if isinstance(m, Response) and m.status == 183])
+    assert isinstance(first, Response)
+    other = ANSWER.replace(b"5000", b"6000").replace(b"o=b", b"o=c")
+    for rseq in (500, 501, 501):  # fork 2: two reliable 183s, the second one repeated
+        a.receive(_as_fork(first, "fork2", rseq=rseq, body=other if rseq == 500 else b"").to_bytes(),
+                  net.addr_of(b), net.now)
+        net.run()
+    pracks = [m for m in net.sent("PRACK") if isinstance(m, Request)]
+    by_tag: dict[str, list[Request]] = {}
+    for p in pracks:
+        by_tag.setdefault(p.to.tag or "", []).append(p)
+    assert set(by_tag) == {first.to.tag, "fork2"}
+    assert [p.headers.get("RAck") for p in by_tag["fork2"]] == ["500 1 INVITE", "501 1 INVITE"]
+    seqs = [p.cseq.seq for p in by_tag["fork2"]]
+    assert seqs[1] == seqs[0] + 1  # one early dialog of its own, its CSeq counting on
+    # fork 2 answers: the call is that fork's, with the answer its reliable 183 carried
+    a.receive(_as_fork(first, "fork2", status=200, body=ANSWER).to_bytes(), net.addr_of(b), net.now)
+    net.run(lambda m: isinstance(m, Request) and m.method == "ACK" and m.to.tag == first.to.tag)
+    assert a.call_state(ca) == "confirmed"
+    assert a.sdp(ca) == (OFFER, other)
+    d = a.dialog(ca)
+    assert d is not None and d.remote_tag == "fork2"
+    a.bye(ca, net.now)
+    net.run()
+    bye = [m for m in net.sent("BYE") if isinstance(m, Request) and m.to.tag == "fork2"]
+    assert bye and bye[0].cseq.seq > seqs[1]  # in order after the PRACKs of that dialog
