@@ -12,6 +12,11 @@ node to the CN with Replaces for our dialog); and, for the life of the call, con
 back, a member's re-INVITE propagated to the CN, a member that leaves has its streams disabled in
 the CN's session (port 0), the CN's BYE ends every member's leg.
 
+A member that shares no audio codec with the CN (its codecs from its OPTIONS answer) is reached
+through a `sipmob-transcoder` found in the DA (draft §6.1, RFC 4117 3PCC, docs/mdsm.md): the CN is
+offered the transcoder's side, the member ACKed with the other side, the transcoder's dialog kept
+with the call (`Via`). No transcoder: that member's stream is disabled (port 0).
+
 A member that left is still asked OPTIONS at each keepalive round: one that had been out of reach
 (it stopped answering, or it BYEd and then stopped answering, as a device switched off does) and
 answers again is invited back: an INVITE without SDP, its offer put back at the m-lines it had in

@@ -10,8 +10,8 @@ from what each baresip decodes: the CN sends baresip's 440 Hz sine, the speaker 
 recording must peak at the other's frequency, which it can only do if Opus was decoded and
 re-encoded as PCMU and back. tshark decodes the SIP and SDP of the exchange without a malformed
 packet. Also: the CN's BYE ends the transcoder's leg; an MDSM killed with -9 and restarted takes
-the leg back and a CN BYE still ends it; with no transcoder the speaker's audio is disabled and
-the call goes on with the other member.
+the leg back and a CN BYE still ends it; with no transcoder the speaker's audio is disabled
+(port 0) with one clear line.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from tests.peers.tshark import TSHARK, LiveCapture, fields, malformed
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "slpda"), str(HERE.parent / "mn"), str(HERE)]
-from mdsm_process import HOST, Mdsm, Member  # noqa: E402
+from mdsm_process import HOST, Mdsm  # noqa: E402
 from phone_process import Phone, until  # noqa: E402
 from slpda_process import Slpda  # noqa: E402
 from test_phone_transcoder import transcoder_calls  # noqa: E402
@@ -42,7 +42,7 @@ class Home:
     """The DA, the MDSM with a living room of a PCMU-only speaker (and a video member), the
     phone, the Opus CN; the transcoder started on demand."""
 
-    def __init__(self, directory: Path, with_tv: bool = False) -> None:
+    def __init__(self, directory: Path) -> None:
         self.dir = directory
         self.started: list[Any] = []
         for d in ("da", "mn", "mdsm", "tx"):
@@ -58,16 +58,10 @@ class Home:
         self.speaker = Baresip(directory, user="speaker", codecs="PCMU", audio=wav,
                                record_dir=directory / "speaker-rec")
         self.started.append(self.speaker)
-        members = '"speaker", "tv"' if with_tv else '"speaker"'
-        self.tv = Member("tv", "video", "recvonly") if with_tv else None
-        if self.tv is not None:
-            self.started.append(self.tv)
         self.mdsm = Mdsm(directory / "mdsm", self.address,
-                         f'[[system]]\nname = "living-room"\nmembers = [{members}]\n'
+                         '[[system]]\nname = "living-room"\nmembers = ["speaker"]\n'
                          'owners = ["sip:mn@127.0.0.1"]\n')
         (self.mdsm.devices / "speaker.toml").write_text(f'uri = "{self.speaker.uri}"\naudio = "sendrecv"\n')
-        if self.tv is not None:
-            (self.mdsm.devices / "tv.toml").write_text(f'uri = "{self.tv.uri}"\nvideo = "recvonly"\n')
         self.mdsm.start()
         self.started.append(self.mdsm)
         self.phone = Phone(directory / "mn", self.address, auto_answer=True)
@@ -75,8 +69,8 @@ class Home:
         assert until(lambda: "living-room" in self.phone.sipmob("devices", "--json").stdout, timeout=10), \
             self.mdsm.output()
 
-    def start_transcoder(self) -> Transcoder:
-        self.transcoder = Transcoder(self.dir / "tx", channels=20,
+    def start_transcoder(self, channels: int = 20) -> Transcoder:
+        self.transcoder = Transcoder(self.dir / "tx", channels=channels,
                                      slp=f'das = ["{self.address}"]\nupdate_interval = 0.5')
         self.transcoder.start()
         with self.da.client() as slp:
@@ -173,13 +167,35 @@ def test_a_restarted_mdsm_keeps_the_transcoder_leg_and_the_cn_bye_still_ends_it(
     assert until(lambda: transcoder_calls(t) == (1, 1), 10), t.output() + home.mdsm.output()
 
 
-def test_without_a_transcoder_the_speakers_audio_is_disabled_and_the_call_goes_on(tmp_path: Path) -> None:
-    h = Home(tmp_path, with_tv=True)
-    try:
-        h.hand_over()
-        assert h.tv is not None and h.tv.wait("established", 10), h.mdsm.output()
-        out = h.mdsm.output()
-        assert "member speaker of living-room shares no audio codec" in out, out
-        assert "no transcoder in the DA converts between" in out and "port 0" in out, out
-    finally:
-        h.stop()
+def test_without_a_transcoder_the_speaker_is_left_out_with_a_clear_line_and_the_call_stays(
+        home: Home) -> None:
+    """No transcoder in the DA: the speaker's audio is disabled (port 0). It is the living room's
+    only stream, so nothing is left to offer the CN: the handoff fails, the speaker's leg is
+    ended and the call stays on the phone with audio flowing."""
+    done = home.phone.sipmob("call", home.cn.uri)
+    assert done.returncode == 0, done.stderr + home.phone.output()
+    assert until(lambda: home.phone.received() > 20), "no RTP from the CN"
+    out = home.phone.sipmob("transfer", "1", "--to", "living-room", "--mode", "handoff")
+    assert out.returncode != 0 and "488" in out.stderr, out.stdout + out.stderr
+    log = home.mdsm.output()
+    assert "member speaker of living-room shares no audio codec" in log, log
+    assert "no transcoder in the DA converts between opus/PCMA and PCMU" in log, log
+    assert "its audio is disabled (port 0)" in log and "no stream is left for the CN" in log, log
+    home.speaker.wait_call_event("CALL_CLOSED", timeout=10)
+    [call] = home.phone.calls()
+    assert call["state"] == "confirmed", call
+    before = home.phone.received()
+    assert until(lambda: home.phone.received() > before + 20), "the CN's audio stopped"
+
+
+def test_a_full_transcoder_answers_503_and_the_speaker_is_left_out_with_a_clear_line(home: Home) -> None:
+    t = home.start_transcoder(channels=1)  # registered with a free channel, but a call needs two
+    done = home.phone.sipmob("call", home.cn.uri)
+    assert done.returncode == 0, done.stderr + home.phone.output()
+    out = home.phone.sipmob("transfer", "1", "--to", "living-room", "--mode", "handoff")
+    assert out.returncode != 0, out.stdout + out.stderr
+    log = home.mdsm.output()
+    assert f"and the transcoder {t.uri} refused (503" in log and "its audio is disabled (port 0)" in log, log
+    home.speaker.wait_call_event("CALL_CLOSED", timeout=10)
+    [call] = home.phone.calls()
+    assert call["state"] == "confirmed", call
