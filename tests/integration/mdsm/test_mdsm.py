@@ -220,8 +220,8 @@ def test_the_phone_lists_a_call_handed_to_the_virtual_device_and_hangs_it_up(hom
 
 def test_a_phone_killed_after_a_handoff_still_lists_the_call_and_hangs_it_up(home: dict[str, Any]) -> None:
     """The handed-off call is in the phone's SQLite store: after a kill -9 and a restart ``sipmob
-    calls`` lists it as before, and ``sipmob hangup`` REFERs the
-    MDSM (method=BYE, Target-Dialog) which ends PJSIP's call and both members' legs."""
+    calls`` lists it as before, and ``sipmob hangup`` REFERs the MDSM (method=BYE, Target-Dialog),
+    which ends PJSIP's call and both members' legs."""
     phone, cn, speaker, tv, mdsm = home["phone"], home["cn"], home["speaker"], home["tv"], home["mdsm"]
     call_and_hand_over(home)
     assert speaker.wait("established", 5) and tv.wait("established", 5), mdsm.output()
