@@ -672,7 +672,7 @@ class MdsmApp:
         """The CN's codecs from its OPTIONS answer (RFC 3261 §11.2); None when it gives none."""
         try:
             response = yield self.ua.options(target.replace(headers=()),
-                                             timeout=min(4.0, self.config.limits.setup_timeout))
+                                             timeout=min(2.0, self.config.limits.setup_timeout))
             return parse(response.body) if response.status < 300 and response.body else None
         except Exception as exc:
             log.info("OPTIONS to %s failed (%s): its codecs are not known", target, exc)
