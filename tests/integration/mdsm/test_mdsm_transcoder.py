@@ -140,6 +140,9 @@ def test_a_pcmu_member_hears_an_opus_cn_through_the_transcoder_and_the_cn_bye_re
                            "sdp.media_attr")
             assert to_cn and " 0 " not in f"{to_cn[-1][0]} ", to_cn  # no PCMU (payload type 0)
             assert "opus/48000" in to_cn[-1][1].lower(), to_cn
+            # the referrer is told in the final NOTIFY's sipfrag
+            frags = [row[0] for row in fields(path, "sip.Method == NOTIFY", "sipfrag.line")]
+            assert "SIP/2.0 200 OK (speaker via transcoder: Opus <-> PCMU)" in frags, frags
         start = len(home.speaker.events)
         home.cn.hangup()
         home.speaker.wait_call_event("CALL_CLOSED", start=start, timeout=10)
