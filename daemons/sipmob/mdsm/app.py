@@ -575,6 +575,8 @@ class MdsmApp:
     def _hand_over(self, system: System, members: list[Member], what: Referred, referrer: str,
                    accepted: AcceptedRefer, setup: Setup) -> Any:
         sess_id = secrets.randbelow(2**31)
+        # the CN's codecs, asked while the members answer: a member sharing none needs a transcoder
+        caps = self._cn_capabilities(what.target)
         # messages 3-4: an INVITE without SDP to each member; their 200s carry offers
         results = yield defer.DeferredList([self._leg_invite(setup, m.name, m.uri, None) for m in members],
                                            consumeErrors=True)
@@ -609,7 +611,7 @@ class MdsmApp:
         offers = {m.name: sdp for m, _, sdp in answered}
         cn_call: Call | None = None
         # §6.1: a member sharing no audio codec with the CN is reached through a transcoder
-        facing, vias = yield self._transcoders(system, what, plan, offers, setup)
+        facing, vias = yield self._transcoders(system, what, plan, offers, setup, caps)
 
         def abandon(status: int) -> None:
             for _, call, _sdp in answered:
@@ -686,7 +688,8 @@ class MdsmApp:
 
     @defer.inlineCallbacks
     def _transcoders(self, system: System, what: Referred, plan: Plan,
-                     offers: Mapping[str, SessionDescription], setup: Setup) -> Any:
+                     offers: Mapping[str, SessionDescription], setup: Setup,
+                     capabilities: defer.Deferred[SessionDescription | None]) -> Any:
         """What the CN is offered for each member, and the transcoders invoked for those sharing
         no audio codec with it. A member whose transcoder cannot be had has that stream disabled
         (port 0): the call goes on with the others."""
@@ -695,9 +698,9 @@ class MdsmApp:
         lines = [s for s in plan.slots if offers[s.member].media[s.k].media == "audio"
                  and offers[s.member].media[s.k].is_rtp
                  and sum(1 for t in plan.slots if t.i == s.i) == 1]  # not a duplex pair
+        caps = yield capabilities
         if not lines:
             return facing, vias
-        caps = yield self._cn_capabilities(what.target)
         cn_media = next((m for m in caps.media if m.media == "audio" and m.is_rtp), None) if caps else None
         cn = cn_names(cn_media) if cn_media is not None else []
         if cn_media is None or not cn:
