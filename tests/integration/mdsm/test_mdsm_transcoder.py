@@ -17,6 +17,7 @@ the leg back and a CN BYE still ends it; with no transcoder the speaker's audio 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,11 @@ class Home:
         done = self.phone.sipmob("call", self.cn.uri)
         assert done.returncode == 0, done.stderr + self.phone.output()
         assert until(lambda: self.phone.received() > 20), "no RTP from the CN"
+        # baresip names a call's recording after the second it started: the call with the MDSM
+        # must start in another second than the one with the phone, or it reuses the same file
+        first = sorted((self.dir / "cn-rec").glob("*-dec.wav"))
+        assert first, "the CN records nothing"
+        assert until(lambda: time.strftime("%Y-%m-%d-%H-%M-%S") > first[0].name[5:24], 5)
         out = self.phone.sipmob("transfer", "1", "--to", "living-room", "--mode", "handoff")
         assert out.returncode == 0, out.stderr + self.phone.output() + self.mdsm.output()
 
