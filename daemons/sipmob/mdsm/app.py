@@ -698,9 +698,9 @@ class MdsmApp:
         lines = [s for s in plan.slots if offers[s.member].media[s.k].media == "audio"
                  and offers[s.member].media[s.k].is_rtp
                  and sum(1 for t in plan.slots if t.i == s.i) == 1]  # not a duplex pair
-        caps = yield capabilities
         if not lines:
-            return facing, vias
+            return facing, vias  # no audio: whatever the CN's OPTIONS answer says is not waited for
+        caps = yield capabilities
         cn_media = next((m for m in caps.media if m.media == "audio" and m.is_rtp), None) if caps else None
         cn = cn_names(cn_media) if cn_media is not None else []
         if cn_media is None or not cn:
