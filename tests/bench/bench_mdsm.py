@@ -21,7 +21,7 @@ after the first packet at the new place), which is what the command causes. With
 every action's longest gap is placed against the SIP messages of the phone, the MDSM and the CN
 (ms from the command): a gap with no SIP in it and the same place on both sides is the CN's.
 
-Part 2 (load and restart): `--calls` N REFERs (bounded: at most 40, 4 per PJSIP instance)
+Part 2 (load and restart): `--calls` N REFERs (bounded: at most 64, 4 per PJSIP instance)
 from a small UA of our own acting as the mobile node, each handing a new call with a PJSIP
 instance to ``living-room``; all sent at once. Printed: how many were established (final NOTIFY
 200), the time from the first REFER to the last final NOTIFY, the MDSM's RSS and CPU per call set
@@ -50,7 +50,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "daemons"), str(ROOT / "tests/integration/
                 str(ROOT / "tests/integration/mn"), str(ROOT / "tests/integration/mdsm"),
                 str(ROOT / "tests/bench")]
 
-MAX_CALLS = 40
+MAX_CALLS = 64
 PER_CN = 4  # Debian's PJSIP is built with PJSUA_MAX_CALLS 4: more calls get 486
 
 SYSTEM = ('[[system]]\nname = "living-room"\nmembers = ["speaker", "tv", "camera"]\n'

@@ -12,6 +12,11 @@ node to the CN with Replaces for our dialog); and, for the life of the call, con
 back, a member's re-INVITE propagated to the CN, a member that leaves has its streams disabled in
 the CN's session (port 0), the CN's BYE ends every member's leg.
 
+A member that shares no audio codec with the CN (its codecs from its OPTIONS answer) is reached
+through a `sipmob-transcoder` found in the DA (draft §6.1, RFC 4117 3PCC, docs/mdsm.md): the CN is
+offered the transcoder's side, the member ACKed with the other side, the transcoder's dialog kept
+with the call (`Via`). No transcoder: that member's stream is disabled (port 0).
+
 A member that left is still asked OPTIONS at each keepalive round: one that had been out of reach
 (it stopped answering, or it BYEd and then stopped answering, as a device switched off does) and
 answers again is invited back: an INVITE without SDP, its offer put back at the m-lines it had in
@@ -95,6 +100,17 @@ from sipmob.mdsm.rooms import per_room
 from sipmob.mdsm.store import Store, dialog_from_dict, dialog_to_dict
 from sipmob.mn.devices import SERVICE_TYPE, Found, discover
 from sipmob.mn.handoff import names_dialog, same_party
+from sipmob.mn.transcoding import (
+    TranscodingFailed,
+    cn_names,
+    codec_of,
+    display,
+    find,
+    invocation,
+    null_section,
+    party,
+    section,
+)
 from sipmob.sdp import Origin, SDPParseError, SessionDescription, parse
 from sipmob.service.daemon import Runtime
 from sipmob.service.sipua import (
@@ -153,6 +169,25 @@ class Gone:
 
 
 @dataclasses.dataclass(slots=True)
+class Via:
+    """A member that shares no audio codec with the CN: its stream goes through a transcoder
+    (RFC 4117 3PCC, the convention of `sipmob.transcoder.invocation`: line 1 the CN, line 2 the
+    member). ``leg`` is our dialog with the transcoder; the CN is told ``facing`` (the member's
+    description with m-line ``k`` replaced by the transcoder's side for the CN, TA), the member
+    was told the transcoder's side for it (TB) in its ACK."""
+
+    leg: Leg
+    i: int  # the CN's m-line
+    k: int  # the member's m-line
+    summary: str  # "Opus <-> PCMU"
+    facing: bytes
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"leg": self.leg.as_dict(), "i": self.i, "k": self.k, "summary": self.summary,
+                "facing": self.facing.decode()}
+
+
+@dataclasses.dataclass(slots=True)
 class ManagedCall:
     id: str
     system: str
@@ -164,12 +199,20 @@ class ManagedCall:
     ending: bool = False
     replaced: Replaces | None = None  # the referrer's dialog with the CN that ours replaced (Fig. 6)
     gone: dict[str, Gone] = dataclasses.field(default_factory=dict)  # members that left, by name
+    via: dict[str, Via] = dataclasses.field(default_factory=dict)  # members behind a transcoder
 
     def as_dict(self) -> dict[str, Any]:
         return {"referrer": self.referrer, "sess_id": self.sess_id, "plan": self.plan.as_dict(),
                 "cn": self.cn.as_dict(), "members": {n: leg.as_dict() for n, leg in self.members.items()},
                 "replaced": str(self.replaced) if self.replaced is not None else None,
-                "gone": {n: g.as_dict() for n, g in self.gone.items()}}
+                "gone": {n: g.as_dict() for n, g in self.gone.items()},
+                "via": {n: v.as_dict() for n, v in self.via.items()}}
+
+    def facing(self) -> dict[str, SessionDescription]:
+        """Each member's description as the CN sees it: a transcoded member's audio is the
+        transcoder's side for the CN."""
+        return {n: parse(self.via[n].facing) if n in self.via else parse(leg.remote)
+                for n, leg in self.members.items()}
 
     def named_by(self, target_dialog: str) -> bool:
         """Whether a Target-Dialog value (RFC 4538) names this call: our dialog with the CN, or the
@@ -532,6 +575,8 @@ class MdsmApp:
     def _hand_over(self, system: System, members: list[Member], what: Referred, referrer: str,
                    accepted: AcceptedRefer, setup: Setup) -> Any:
         sess_id = secrets.randbelow(2**31)
+        # the CN's codecs, asked while the members answer: a member sharing none needs a transcoder
+        caps = self._cn_capabilities(what.target)
         # messages 3-4: an INVITE without SDP to each member; their 200s carry offers
         results = yield defer.DeferredList([self._leg_invite(setup, m.name, m.uri, None) for m in members],
                                            consumeErrors=True)
@@ -565,18 +610,26 @@ class MdsmApp:
         answered = [a for a in answered if a[0].name in used]
         offers = {m.name: sdp for m, _, sdp in answered}
         cn_call: Call | None = None
+        # §6.1: a member sharing no audio codec with the CN is reached through a transcoder
+        facing, vias = yield self._transcoders(system, what, plan, offers, setup, caps)
 
         def abandon(status: int) -> None:
             for _, call, _sdp in answered:
                 self._release(call, call.remote_sdp, sess_id)
+            for via in vias.values():
+                via.leg.call.bye()
             if cn_call is not None:
                 cn_call.bye()
             accepted.notify(status if status >= 300 else 500)
 
         try:
-            offer = cn_description(plan, offers, self._origin(sess_id, 1))
+            offer = cn_description(plan, facing, self._origin(sess_id, 1))
         except PlanError as exc:
             log.warning("handoff to %s: the members' offers make no session: %s", system.name, exc)
+            abandon(488)
+            return None
+        if not any(m.port for m in offer.media):
+            log.warning("handoff to %s: no stream is left for the CN", system.name)
             abandon(488)
             return None
         # message 5: the CN, with the members' offers as one, Replaces and Referred-By
@@ -586,6 +639,10 @@ class MdsmApp:
             answer = parse(cn_call.remote_sdp or b"")
             parts = {m.name: member_description(plan, m.name, answer, sdp, self._origin(sess_id, 1))
                      for m, _, sdp in answered}
+            for name, via in vias.items():  # the member sends to, and hears, the transcoder
+                tb = party(parse(via.leg.remote), 1).media[0]
+                parts[name] = parts[name].with_media(via.k, tb.with_connection(
+                    tb.connection or party(parse(via.leg.remote), 1).connection))
         except Exception as exc:
             status = exc.status if isinstance(exc, SIPError) else 488 if isinstance(exc, PlanError) else 500
             log.info("the CN %s refused the handoff to %s: %s", what.target, system.name, exc)
@@ -595,17 +652,133 @@ class MdsmApp:
         legs = {m.name: Leg(m.name, m.uri, call, parts[m.name].to_bytes(), call.remote_sdp or b"")
                 for m, call, _sdp in answered}
         mc = ManagedCall(cn_call.call_id, system.name, referrer, cn, legs, plan, sess_id,
-                         replaced=what.replaces)
+                         replaced=what.replaces, via=vias)
         self._save(mc)
         self._drop_setup(setup)  # a call now: a restart takes it up rather than undoing it
         # messages 7-8: each member's ACK with its part of the CN's answer (the CN's ACK is out)
         for leg in legs.values():
             leg.call.ack(leg.local)
         self._adopt(mc)
-        accepted.notify(200)
-        log.info("call with %s handed to %s by %s (%s)", what.target, system.name, referrer,
-                 ", ".join(f"m{s.i}->{s.member}" for s in plan.slots))
+        for name, via in vias.items():  # the transcoder learns where the CN is
+            yield self._tell_transcoder(mc, name, via, answer)
+        through = "; ".join(f"{n} via transcoder: {v.summary}" for n, v in vias.items())
+        accepted.notify(200, f"OK ({through})" if through else None)
+        log.info("call with %s handed to %s by %s (%s)%s", what.target, system.name, referrer,
+                 ", ".join(f"m{s.i}->{s.member}" for s in plan.slots), f"; {through}" if through else "")
         return mc
+
+    # Members that share no codec with the CN: through a transcoder (draft §6.1, RFC 4117) -----------
+
+    @defer.inlineCallbacks
+    def _cn_capabilities(self, target: URI) -> Any:
+        """The CN's codecs from its OPTIONS answer (RFC 3261 §11.2); None when it gives none."""
+        try:
+            response = yield self.ua.options(target.replace(headers=()),
+                                             timeout=min(2.0, self.config.limits.setup_timeout))
+            return parse(response.body) if response.status < 300 and response.body else None
+        except Exception as exc:
+            log.info("OPTIONS to %s failed (%s): its codecs are not known", target, exc)
+            return None
+
+    def _slp_client(self) -> SLPClient:
+        if self.slp is None:
+            da = self.config.da_address
+            self.slp = SLPClient(self.reactor, da=da, scopes=self.config.slp.scopes, multicast=da is None)
+        return self.slp
+
+    @defer.inlineCallbacks
+    def _transcoders(self, system: System, what: Referred, plan: Plan,
+                     offers: Mapping[str, SessionDescription], setup: Setup,
+                     capabilities: defer.Deferred[SessionDescription | None]) -> Any:
+        """What the CN is offered for each member, and the transcoders invoked for those sharing
+        no audio codec with it. A member whose transcoder cannot be had has that stream disabled
+        (port 0): the call goes on with the others."""
+        facing = dict(offers)
+        vias: dict[str, Via] = {}
+        lines = [s for s in plan.slots if offers[s.member].media[s.k].media == "audio"
+                 and offers[s.member].media[s.k].is_rtp
+                 and sum(1 for t in plan.slots if t.i == s.i) == 1]  # not a duplex pair
+        if not lines:
+            return facing, vias  # no audio: whatever the CN's OPTIONS answer says is not waited for
+        caps = yield capabilities
+        cn_media = next((m for m in caps.media if m.media == "audio" and m.is_rtp), None) if caps else None
+        cn = cn_names(cn_media) if cn_media is not None else []
+        if cn_media is None or not cn:
+            return facing, vias  # its codecs are unknown: offered as before, it answers what it takes
+        for s in lines:
+            media = offers[s.member].media[s.k]
+            mine = cn_names(media)
+            if {c.lower() for c in cn} & {c.lower() for c in mine}:
+                continue
+            gap = (f"member {s.member} of {system.name} shares no audio codec with {what.target} "
+                   f"({'/'.join(mine) or 'none'} vs {'/'.join(cn)})")
+            try:
+                via = yield self._invoke(setup, s, cn_media, offers[s.member], cn, mine)
+            except TranscodingFailed as exc:
+                log.warning("%s, and %s: its audio is disabled (port 0), the call goes on without it",
+                            gap, exc)
+                facing[s.member] = facing[s.member].with_media(s.k, media.with_port(0))
+                continue
+            log.info("%s: via transcoder %s: %s", gap, via.leg.uri, via.summary)
+            vias[s.member] = via
+            facing[s.member] = parse(via.facing)
+        return facing, vias
+
+    @defer.inlineCallbacks
+    def _invoke(self, setup: Setup, s: Slot, cn_media: Any, member: SessionDescription,
+                cn: list[str], mine: list[str]) -> Any:
+        """RFC 4117 §3.3: one INVITE to the transcoder with the CN's codecs (no address yet: it
+        has not answered us) and the member's offer; its 200 gives TA (for the CN) and TB."""
+        timeout = min(5.0, self.config.limits.setup_timeout)
+        url = yield find(self._slp_client(), self.reactor, timeout, cn, mine)
+        body = invocation(null_section(cn_media), section(member, s.k), self.host)
+        try:
+            call = yield self._leg_invite(setup, f"{s.member}+transcoder", url, body.to_bytes())
+        except Exception as exc:
+            raise TranscodingFailed(f"the transcoder {url} refused ({exc})") from None
+        if call.ack_pending:
+            call.ack(None)
+        try:
+            tx = parse(call.remote_sdp or b"")
+            ta = party(tx, 0)
+            summary = f"{display(codec_of(tx, 0))} <-> {display(codec_of(tx, 1))}"
+        except (SDPParseError, ValueError, IndexError) as exc:
+            call.bye()
+            why = f"the transcoder {url} answered an unusable description ({exc})"
+            raise TranscodingFailed(why) from None
+        side = ta.media[0].with_connection(ta.media[0].connection or ta.connection)
+        leg = Leg("transcoder", url, call, body.to_bytes(), call.remote_sdp or b"")
+        return Via(leg, s.i, s.k, summary, member.with_media(s.k, side).to_bytes())
+
+    @defer.inlineCallbacks
+    def _tell_transcoder(self, mc: ManagedCall, name: str, via: Via, cn: SessionDescription) -> Any:
+        """re-INVITE the transcoder with the CN's address (line 1) and the member's (line 2)."""
+        try:
+            body = invocation(section(cn, via.i), section(parse(mc.members[name].remote), via.k),
+                              self.host).to_bytes()
+            via.leg.version += 1
+            response = yield via.leg.call.reinvite(body)
+        except Exception as exc:
+            log.error("call %s: the transcoder %s did not take the CN's address (%s): %s hears nothing",
+                      mc.id, via.leg.uri, exc, name)
+            return None
+        via.leg.local, via.leg.remote = body, response.body or via.leg.remote
+        self._save(mc)
+        return None
+
+    def _transcoder_gone(self, mc: ManagedCall, name: str, via: Via, reason: str) -> None:
+        if mc.ending or mc.via.get(name) is not via:
+            return
+        del mc.via[name]
+        self._save(mc)
+        log.warning("call %s: the transcoder %s ended its leg (%s): %s hears nothing now", mc.id,
+                    via.leg.uri, reason, name)
+
+    def _release_transcoders(self, mc: ManagedCall) -> None:
+        for name, via in list(mc.via.items()):
+            if via.leg.call.state != "terminated":
+                log.info("call %s: transcoder %s released (%s)", mc.id, via.leg.uri, name)
+                via.leg.call.bye()
 
     def _retrieve(self, incoming: IncomingRequest, system: System, what: Referred, who: URI) -> None:
         """Fig. 5: the nested REFER; we REFER its target to the CN with Replaces for our dialog."""
@@ -682,6 +855,7 @@ class MdsmApp:
         for leg in mc.members.values():
             if leg.call.state != "terminated":
                 leg.call.bye()
+        self._release_transcoders(mc)
         self._bye_status(mc.cn.call).addCallback(lambda status: accepted.notify(status))
 
     def _bye_status(self, call: Call) -> defer.Deferred[int]:
@@ -793,6 +967,11 @@ class MdsmApp:
         mc.cn.call.on_terminated(lambda call, reason: self._cn_gone(mc, reason))
         for name, leg in mc.members.items():
             self._watch_member(mc, name, leg)
+        for name, via in mc.via.items():
+            def ended(call: Call, reason: str, name: str = name, via: Via = via) -> None:
+                self._transcoder_gone(mc, name, via, reason)
+
+            via.leg.call.on_terminated(ended)
         self.runtime.status_changed(self)
 
     def _watch_member(self, mc: ManagedCall, name: str, leg: Leg) -> None:
@@ -813,11 +992,13 @@ class MdsmApp:
     def _cn_gone(self, mc: ManagedCall, reason: str) -> None:
         if mc.ending:
             return
-        log.info("call %s: the CN's leg ended (%s): releasing %s", mc.id, reason, ", ".join(mc.members))
+        log.info("call %s: the CN's leg ended (%s): releasing %s", mc.id, reason,
+                 ", ".join([*mc.members, *(f"the transcoder of {n}" for n in mc.via)]))
         self._forget(mc)
         for leg in mc.members.values():
             if leg.call.state != "terminated":
                 leg.call.bye()
+        self._release_transcoders(mc)
 
     def _member_gone(self, mc: ManagedCall, name: str, reason: str) -> None:
         if mc.ending or name not in mc.members:
@@ -825,15 +1006,20 @@ class MdsmApp:
         leg = mc.members.pop(name)
         mc.gone[name] = Gone(leg.uri, tuple(mc.plan.of(name)), away=reason != "bye")
         mc.plan = without_member(mc.plan, name)
+        via = mc.via.pop(name, None)
+        if via is not None and via.leg.call.state != "terminated":
+            log.info("call %s: transcoder %s released (%s left)", mc.id, via.leg.uri, name)
+            via.leg.call.bye()
         if not mc.plan.slots:
             log.info("call %s: its last member %s left (%s): ending it", mc.id, name, reason)
             self._forget(mc)
+            self._release_transcoders(mc)
             mc.cn.call.bye()
             return
         log.info("call %s: member %s left (%s): its streams removed from the CN's session",
                  mc.id, name, reason)
         try:
-            offer = cn_description(mc.plan, {n: parse(leg.remote) for n, leg in mc.members.items()},
+            offer = cn_description(mc.plan, mc.facing(),
                                    self._origin(mc.sess_id, mc.cn.version + 1), template=parse(mc.cn.local))
         except (SDPParseError, PlanError) as exc:
             log.error("call %s: cannot describe what is left (%s): ending it", mc.id, exc)
@@ -862,6 +1048,8 @@ class MdsmApp:
                 raise PlanError("the CN's offer has fewer m-lines than the session (RFC 3264 §8)")
             changed: dict[str, SessionDescription] = {}
             for name in mc.plan.members():
+                if name in mc.via:
+                    continue  # the transcoder follows the CN, not the member (below)
                 leg = mc.members[name]
                 current = parse(leg.local)
                 part = member_description(mc.plan, name, offer, parse(leg.remote),
@@ -883,8 +1071,11 @@ class MdsmApp:
                 raise SIPError(value.value.status if isinstance(value.value, SIPError) else 500,
                                f"member {name} refused the change")
             mc.members[name].remote = value.body or mc.members[name].remote
+        for name, via in list(mc.via.items()):
+            if _endpoint(offer, via.i) != _endpoint(parse(mc.cn.remote), via.i):
+                yield self._tell_transcoder(mc, name, via, offer)
         try:
-            answer = cn_description(mc.plan, {n: parse(leg.remote) for n, leg in mc.members.items()},
+            answer = cn_description(mc.plan, mc.facing(),
                                     self._origin(mc.sess_id, mc.cn.version + 1), template=offer)
         except (SDPParseError, PlanError) as exc:
             raise SIPError(488, str(exc)) from None
@@ -899,9 +1090,14 @@ class MdsmApp:
         leg = mc.members.get(name)
         if leg is None or not request.body:
             return leg.local if leg is not None else b""
+        via = mc.via.get(name)
+        if via is not None:  # the member talks to the transcoder: it, not the CN, learns the change
+            leg.remote = request.body
+            yield self._tell_transcoder(mc, name, via, parse(mc.cn.remote))
+            return leg.local
         try:
             theirs = parse(request.body)
-            members = {n: parse(m.remote) for n, m in mc.members.items()}
+            members = mc.facing()
             members[name] = theirs
             offer = cn_description(mc.plan, members, self._origin(mc.sess_id, mc.cn.version + 1),
                                    template=parse(mc.cn.local))
@@ -997,7 +1193,7 @@ class MdsmApp:
             if not slots:
                 raise PlanError("it offers none of the streams it carried")
             plan = Plan(tuple(sorted((*mc.plan.slots, *slots), key=lambda s: s.i)), mc.plan.cn_lines)
-            members = {n: parse(leg.remote) for n, leg in mc.members.items()}
+            members = mc.facing()
             members[name] = theirs
             offer = cn_description(plan, members, self._origin(mc.sess_id, mc.cn.version + 1),
                                    template=current)
@@ -1092,9 +1288,17 @@ class MdsmApp:
         members = {n: leg(n, d) for n, d in data["members"].items()}
         replaced = data.get("replaced")
         gone = {str(n): Gone.from_dict(g) for n, g in (data.get("gone") or {}).items()}
+        via = {str(n): Via(leg("transcoder", v["leg"]), int(v["i"]), int(v["k"]), str(v["summary"]),
+                           str(v["facing"]).encode())
+               for n, v in (data.get("via") or {}).items()}
         return ManagedCall(call_id, system, str(data["referrer"]), cn, members, Plan.from_dict(data["plan"]),
                            int(data["sess_id"]), replaced=Replaces.parse(replaced) if replaced else None,
-                           gone=gone)
+                           gone=gone, via=via)
+
+
+def _endpoint(sdp: SessionDescription, index: int) -> tuple[str, int]:
+    connection = sdp.connection_for(index)
+    return (connection.host if connection is not None else "", sdp.media[index].port)
 
 
 def request_uri_of(incoming: IncomingCall) -> URI:

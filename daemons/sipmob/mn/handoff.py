@@ -7,7 +7,9 @@ the transfer (Fig. 4: REFER outside a dialog to the device, ``Refer-To: <CN?Repl
 stays listed as "handed off to <device>"); the retrieval (Fig. 5: the nested REFER, ``Refer-To:
 <us;method=REFER?Refer-To=<CN>>``; the device REFERs us back, we INVITE the CN with Replaces and
 Referred-By, and the call gets its old number again); and the rule for an INVITE with Replaces to
-us (RFC 3891 §6 leaves it to us: `sipmob.sip.policy` decides, in the core).
+us (RFC 3891 §6 leaves it to us: `sipmob.sip.policy` decides, in the core). A handed-off call
+is written to the phone's call store (`sipmob.mn.store`) once the device has it, and removed when
+it is hung up or retrieved: a phone killed and restarted still lists it and can hang it up.
 
 Not here: the device's half (`sipmob.mn.device`), SIP itself (`sipmob.service.sipua`), media, MNC
 mode (`sipmob.mn.mobility`, `sipmob.mn.executor`).
@@ -18,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import sqlite3
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +79,19 @@ class HandedOff:
     nested: int | None = None  # the core's handle of our nested REFER while it lasts
     ending: bool = False
 
+    def to_record(self) -> dict[str, Any]:
+        r = self.replaced
+        return {"peer": self.peer, "cn_target": str(self.cn_target), "device": self.device,
+                "device_uri": str(self.device_uri), "replaced": str(r) if r is not None else None,
+                "members": list(self.members), "short": self.short}
+
+    @classmethod
+    def from_record(cls, call_id: str, data: Mapping[str, Any]) -> HandedOff:
+        replaced = data.get("replaced")
+        return cls(call_id, str(data["peer"]), URI.parse(str(data["cn_target"])), str(data["device"]),
+                   URI.parse(str(data["device_uri"])), Replaces.parse(replaced) if replaced else None,
+                   tuple(str(m) for m in data.get("members") or ()), str(data.get("short") or ""))
+
     def describe(self) -> dict[str, Any]:
         state = f"handed off to {self.device}"
         if self.members:
@@ -98,6 +114,49 @@ class PhoneHandoff:
 
     def describe(self) -> list[dict[str, Any]]:
         return [h.describe() for h in self.handed_off.values()]
+
+    # On disk ---------------------------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """The calls a previous run handed off, from the phone's store (at start, before any new
+        call takes a number)."""
+        store = self.phone.store
+        if store is None:
+            return
+        try:
+            rows = store.handed_off()
+        except sqlite3.Error as exc:
+            log.warning("cannot read handed-off calls from %s: %s", store.path, exc)
+            return
+        for call_id, data in rows:
+            try:
+                record = HandedOff.from_record(call_id, data)
+            except (KeyError, TypeError, ValueError, SIPParseError) as exc:
+                log.warning("dropping handed-off call %s: %s", call_id, exc)
+                self._drop(call_id)
+                continue
+            self.handed_off[call_id] = record
+            if call_id.isdigit():
+                self.phone._next_id = max(self.phone._next_id, int(call_id) + 1)
+            log.info("call %s with %s: still handed off to %s", call_id, record.peer, record.device)
+
+    def _save(self, record: HandedOff) -> None:
+        store = self.phone.store
+        if store is None:
+            return
+        try:
+            store.put_handed_off(record.id, record.to_record())
+        except sqlite3.Error as exc:
+            log.warning("call %s: cannot write %s: %s", record.id, store.path, exc)
+
+    def _drop(self, call_id: str) -> None:
+        store = self.phone.store
+        if store is None:
+            return
+        try:
+            store.delete_handed_off(call_id)
+        except sqlite3.Error as exc:
+            log.warning("call %s: cannot remove it from %s: %s", call_id, store.path, exc)
 
     # Transfer (Fig. 4) ---------------------------------------------------------------------------
 
@@ -142,6 +201,7 @@ class PhoneHandoff:
         finally:
             pc.busy = False
         self.handed_off[pc.id] = record
+        self._save(record)
         # each step as the device's NOTIFYs reported it (RFC 3515 §2.4.5)
         steps = ", ".join(str(s) for s in progress.statuses)
         log.info("call %s with %s handed off to %s (REFER %d, NOTIFY %s)", pc.id, pc.peer, device.name,
@@ -229,6 +289,7 @@ class PhoneHandoff:
         finally:
             record.ending = False
         self.handed_off.pop(cid, None)
+        self._drop(cid)
         self.phone.controls.log.announce("state", call=cid, peer=record.peer, state="ended", reason="hung up")
         log.info("call %s with %s (handed off to %s) hung up: the BYE to the other party got %d", cid,
                  record.peer, record.device, final)
@@ -261,6 +322,7 @@ class PhoneHandoff:
 
         def established(pc: PhoneCall) -> None:
             self.handed_off.pop(record.id, None)
+            self._drop(record.id)
             self.phone.renumber(pc.id, record.id)
             accepted.notify(200)
             log.info("call %s with %s retrieved from %s", record.id, record.peer, record.device)

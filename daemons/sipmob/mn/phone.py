@@ -429,6 +429,7 @@ class Phone:
         for call in stored:
             if not self._resume(call):
                 self._end_stored(call)
+        self.handoff.restore()
 
     def _resume(self, stored: StoredCall) -> bool:
         """Take back a call a killed phone left: its dialogs (the CN's and the devices'), where its

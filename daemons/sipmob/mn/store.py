@@ -5,8 +5,10 @@ end it or take it back (ARCHITECTURE: "Calls are durable where a daemon controls
 with the CN and every device leg (`sipmob.sip.dialog.Dialog.to_record`: Call-ID, tags, CSeqs,
 remote target, route set), the session descriptions, the devices' names and where each stream is.
 A record is written (and synced: ``synchronous=FULL``) before the request that depends on it is
-sent, and removed when the call ends. Rows belong to one phone (its Contact URI), so two phones on
-one host, or a test's phones on one machine, never end each other's calls.
+sent, and removed when the call ends. Calls handed off to a device (Session Handoff mode,
+`sipmob.mn.handoff.HandedOff`) have a table of their own: the phone is no longer in them, but a
+restarted phone still lists them and can hang them up. Rows belong to one phone (its Contact
+URI), so two phones on one host, or a test's phones on one machine, never end each other's calls.
 
 Not here: when to write (`sipmob.mn.phone`), what a dialog is (`sipmob.sip.dialog`).
 """
@@ -25,6 +27,15 @@ log = logging.getLogger("sipmob.mn")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
+    owner TEXT NOT NULL,
+    id TEXT NOT NULL,
+    record TEXT NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (owner, id)
+)
+"""
+HANDED_OFF_SCHEMA = """
+CREATE TABLE IF NOT EXISTS handed_off (
     owner TEXT NOT NULL,
     id TEXT NOT NULL,
     record TEXT NOT NULL,
@@ -85,6 +96,7 @@ class CallStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(SCHEMA)
+        self._db.execute(HANDED_OFF_SCHEMA)
 
     def put(self, call: StoredCall) -> None:
         self._db.execute("INSERT OR REPLACE INTO calls (owner, id, record, updated) VALUES (?, ?, ?, ?)",
@@ -104,6 +116,29 @@ class CallStore:
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("dropping damaged call record %s in %s: %s", call_id, self.path, exc)
                 self.delete(call_id)
+        return out
+
+    def put_handed_off(self, call_id: str, record: dict[str, Any]) -> None:
+        self._db.execute("INSERT OR REPLACE INTO handed_off (owner, id, record, updated) VALUES (?, ?, ?, ?)",
+                         (self.owner, call_id, json.dumps(record, separators=(",", ":")), time.time()))
+
+    def delete_handed_off(self, call_id: str) -> None:
+        self._db.execute("DELETE FROM handed_off WHERE owner = ? AND id = ?", (self.owner, call_id))
+
+    def handed_off(self) -> list[tuple[str, dict[str, Any]]]:
+        """Our handed-off calls as written (id, record); a damaged one is logged and dropped."""
+        out = []
+        rows = self._db.execute("SELECT id, record FROM handed_off WHERE owner = ? ORDER BY updated",
+                                (self.owner,)).fetchall()
+        for call_id, record in rows:
+            try:
+                data = json.loads(record)
+                if not isinstance(data, dict):
+                    raise ValueError("not a record")
+                out.append((str(call_id), data))
+            except ValueError as exc:
+                log.warning("dropping damaged handed-off call %s in %s: %s", call_id, self.path, exc)
+                self.delete_handed_off(call_id)
         return out
 
     def close(self) -> None:

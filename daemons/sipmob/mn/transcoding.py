@@ -113,7 +113,7 @@ def cn_names(media: MediaDescription) -> list[str]:
     return [c.encoding for _, c in codecs_of(media) if not c.auxiliary]
 
 
-def _null(media: MediaDescription) -> list[str]:
+def null_section(media: MediaDescription) -> list[str]:
     """An m-section with port 0 on 0.0.0.0: the codecs, no address yet (RFC 4117 §3.3)."""
     return list(media.with_port(0).with_connection("0.0.0.0").lines())
 
@@ -209,6 +209,35 @@ class TranscoderLeg:
                    str(record["device_codec"]))
 
 
+@defer.inlineCallbacks
+def find(slp: Any, reactor: Any, timeout: float, cn: Sequence[str], device: Sequence[str]) -> Any:
+    """The URL of a trusted transcoder in the DA (through the SLP client ``slp``) that converts
+    between one of the ``cn`` codecs and one of the ``device`` codecs and has room; raises
+    `TranscodingFailed` with why not. Shared by the phone and the MDSM."""
+    wanted = f"{'/'.join(cn)} and {'/'.join(device)}"
+    try:
+        d = slp.find_services(SERVICE_TYPE, predicate(cn, device))
+        d.addTimeout(timeout, reactor)
+        urls = yield d
+        entries = []
+        for entry in urls:
+            q = slp.find_attributes(entry.url, "")  # all: the keyword `trusted` too
+            q.addTimeout(timeout, reactor)
+            attrs = yield q
+            entries.append((entry.url, {a.tag.lower(): tuple(a.values) for a in attrs.values()}))
+    except Exception as exc:
+        raise TranscodingFailed(f"cannot look for a transcoder: no answer from the DA ({exc})") from None
+    if not urls:
+        raise TranscodingFailed(f"no transcoder in the DA converts between {wanted}")
+    url = choose(entries)
+    if url is None:
+        if not any(trusted(a) for _, a in entries):
+            raise TranscodingFailed(f"no transcoder the DA trusts converts between {wanted} "
+                                    f"({len(entries)} registered by others)")
+        raise TranscodingFailed(f"every transcoder that converts between {wanted} is full")
+    return url
+
+
 # The phone's side ----------------------------------------------------------------------------------
 
 class Transcoding:
@@ -217,32 +246,10 @@ class Transcoding:
     def __init__(self, phone: Phone) -> None:
         self.phone = phone
 
-    @defer.inlineCallbacks
-    def find(self, cn: Sequence[str], device: Sequence[str]) -> Any:
+    def find(self, cn: Sequence[str], device: Sequence[str]) -> defer.Deferred[str]:
         """The URL of a transcoder that converts between ``cn`` and ``device`` codecs and has room."""
         phone = self.phone
-        wanted = f"{'/'.join(cn)} and {'/'.join(device)}"
-        try:
-            d = phone.slp.find_services(SERVICE_TYPE, predicate(cn, device))
-            d.addTimeout(phone.config.slp.timeout, phone.reactor)
-            urls = yield d
-            entries = []
-            for entry in urls:
-                q = phone.slp.find_attributes(entry.url, "")  # all: the keyword `trusted` too
-                q.addTimeout(phone.config.slp.timeout, phone.reactor)
-                attrs = yield q
-                entries.append((entry.url, {a.tag.lower(): tuple(a.values) for a in attrs.values()}))
-        except Exception as exc:
-            raise TranscodingFailed(f"cannot look for a transcoder: no answer from the DA ({exc})") from None
-        if not urls:
-            raise TranscodingFailed(f"no transcoder in the DA converts between {wanted}")
-        url = choose(entries)
-        if url is None:
-            if not any(trusted(a) for _, a in entries):
-                raise TranscodingFailed(f"no transcoder the DA trusts converts between {wanted} "
-                                        f"({len(entries)} registered by others)")
-            raise TranscodingFailed(f"every transcoder that converts between {wanted} is full")
-        return url
+        return find(phone.slp, phone.reactor, phone.config.slp.timeout, cn, device)
 
     @defer.inlineCallbacks
     def transfer(self, pc: PhoneCall, gap: NoCommonCodec, capabilities: SessionDescription | None,
@@ -265,7 +272,8 @@ class Transcoding:
         where = f"{action} of call {pc.id}"
         try:
             url = yield self.find(cn_names(cn_media), device.codecs("audio"))
-            first = invocation(_null(cn_media), device_section(device.codecs("audio")), self.phone.address)
+            first = invocation(null_section(cn_media), device_section(device.codecs("audio")),
+                               self.phone.address)
         except TranscodingFailed as exc:
             raise CommandError(f"{gap}, and {exc}; the call stays as it was") from None
         if url in pc.device_calls:

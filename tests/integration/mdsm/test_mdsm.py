@@ -218,6 +218,34 @@ def test_the_phone_lists_a_call_handed_to_the_virtual_device_and_hangs_it_up(hom
     assert stranger_sends(mdsm.port, "REFER", mdsm.uri("living-room"), bye_to) == 403
 
 
+def test_a_phone_killed_after_a_handoff_still_lists_the_call_and_hangs_it_up(home: dict[str, Any]) -> None:
+    """The handed-off call is in the phone's SQLite store: after a kill -9 and a restart ``sipmob
+    calls`` lists it as before, and ``sipmob hangup`` REFERs the MDSM (method=BYE, Target-Dialog),
+    which ends PJSIP's call and both members' legs."""
+    phone, cn, speaker, tv, mdsm = home["phone"], home["cn"], home["speaker"], home["tv"], home["mdsm"]
+    call_and_hand_over(home)
+    assert speaker.wait("established", 5) and tv.wait("established", 5), mdsm.output()
+    phone.kill()
+    phone.restart()
+    out = phone.sipmob("calls")
+    assert out.returncode == 0 and "handed off to Living room (speaker, tv)" in out.stdout, \
+        out.stdout + out.stderr + phone.output()
+    (record,) = phone.calls()
+    assert record["id"] == "1" and record["handed_off_to"] == "living-room", record
+    (ours,) = [c for c in cn.calls() if "living-room" in c["remote_uri"]]
+    n = len(cn.events)
+    out = phone.sipmob("hangup", "1")
+    assert out.returncode == 0, out.stderr + phone.output() + mdsm.output()
+    assert out.stdout.strip() == "call 1 hung up by Living room", out.stdout
+    cn.wait_call_state("DISCONNECTED", call=ours["id"], timeout=10, start=n)
+    assert speaker.wait("terminated bye", 10) and tv.wait("terminated bye", 10), mdsm.output()
+    assert phone.calls() == []
+    # and it stays gone: a second restart lists nothing
+    phone.kill()
+    phone.restart()
+    assert phone.calls() == [], phone.output()
+
+
 def test_tshark_decodes_the_hang_up_refer_its_notify_and_the_byes(home: dict[str, Any]) -> None:
     phone, cn, speaker, mdsm = home["phone"], home["cn"], home["speaker"], home["mdsm"]
     call_and_hand_over(home)

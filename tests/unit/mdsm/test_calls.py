@@ -9,7 +9,7 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
-from sipmob.mdsm.app import Gone, Leg, ManagedCall, _cancel_fields, _refer_method
+from sipmob.mdsm.app import Gone, Leg, ManagedCall, Via, _cancel_fields, _refer_method
 from sipmob.mdsm.plan import Plan, Slot
 from sipmob.mdsm.store import Store, dialog_from_dict
 from sipmob.sip.headers import Replaces
@@ -52,6 +52,28 @@ def test_a_call_saved_and_read_back_keeps_what_it_replaced_and_who_left() -> Non
     gone = Gone.from_dict(data["gone"]["tv"])
     assert gone == Gone("sip:tv@127.0.0.1:5080", (Slot(1, "tv", 0),), away=True)
     assert not gone.rejoining  # a take-back in progress is not carried over a restart
+
+
+SPEAKER = (b"v=0\r\no=speaker 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+           b"m=audio 4000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+FACING = (b"v=0\r\no=speaker 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+          b"m=audio 6000 RTP/AVP 111\r\nc=IN IP4 127.0.0.9\r\na=rtpmap:111 opus/48000/2\r\n")
+
+
+def test_the_cn_sees_a_transcoded_members_audio_at_the_transcoder_and_the_leg_is_saved() -> None:
+    mc = managed(None)
+    mc.plan = Plan((Slot(0, "speaker", 0),), 1)
+    mc.members["speaker"] = Leg("speaker", "sip:speaker@127.0.0.1:5090", mc.cn.call, b"", SPEAKER)
+    assert mc.facing()["speaker"].media[0].port == 4000  # no transcoder: its own offer
+    tx = Leg("transcoder", "sip:transcoder@127.0.0.1:5062", mc.cn.call, b"A+B", b"TA+TB", 2)
+    mc.via["speaker"] = Via(tx, 0, 0, "Opus <-> PCMU", FACING)
+    facing = mc.facing()["speaker"]
+    assert facing.media[0].port == 6000 and facing.connection_for(0).host == "127.0.0.9"
+    data = json.loads(json.dumps(mc.as_dict()))["via"]["speaker"]
+    assert (data["i"], data["k"], data["summary"]) == (0, 0, "Opus <-> PCMU")
+    assert data["facing"].encode() == FACING
+    assert data["leg"]["uri"] == tx.uri and data["leg"]["version"] == 2
+    assert data["leg"]["dialog"]["call_id"] == "mdsm-1@gw"
 
 
 def refer(refer_to: str | None) -> Request:
