@@ -846,12 +846,10 @@ class Phone:
             return
         self.accept_incoming(incoming).addErrback(lambda _: None)
 
-    def _answer_early(self, incoming: IncomingCall) -> None:
-        """A caller that requires 100rel gets our answer in the reliable 180 (RFC 3262 §5), so that
-        it may offer again while we ring (`RemoteOffers.answer_early`); the media is made now and
-        kept for the 200. Only one that requires it: a caller that sees an answer in a 180 takes it
-        for early media (RFC 3960) and stops its own ringback, and we send none, so one that only
-        supports 100rel rings as before. An unusable offer is left for the answer to refuse."""
+    def _answer_offer(self, incoming: IncomingCall) -> tuple[Any, Any, OfferAnswerState, SessionDescription]:
+        """Our answer to an incoming INVITE's offer, with the media sockets it names made: (audio
+        RTP, video RTP or None, the call's offer/answer state, the stamped answer). An unusable offer
+        raises `SDPParseError` or `OfferAnswerError` with the sockets closed again."""
         rtp = self._new_rtp()
         video_rtp = None
         oa = OfferAnswerState(_origin(self.address))
@@ -867,6 +865,18 @@ class Phone:
             stamped, _ = oa.create_answer(ours)
         except (SDPParseError, OfferAnswerError):
             self._close(rtp, video_rtp)
+            raise
+        return rtp, video_rtp, oa, stamped
+
+    def _answer_early(self, incoming: IncomingCall) -> None:
+        """A caller that requires 100rel gets our answer in the reliable 180 (RFC 3262 §5), so that
+        it may offer again while we ring (`RemoteOffers.answer_early`); the media is made now and
+        kept for the 200. Only one that requires it: a caller that sees an answer in a 180 takes it
+        for early media (RFC 3960) and stops its own ringback, and we send none, so one that only
+        supports 100rel rings as before. An unusable offer is left for the answer to refuse."""
+        try:
+            rtp, video_rtp, oa, stamped = self._answer_offer(incoming)
+        except (SDPParseError, OfferAnswerError):
             return
         self._early[incoming.handle] = (rtp, video_rtp, oa)
 
@@ -888,25 +898,12 @@ class Phone:
             assert oa.local is not None
             stamped = oa.local
         else:
-            rtp = self._new_rtp()
-            video_rtp = None
-            oa = OfferAnswerState(_origin(self.address))
-        try:
-            if early is None:
-                offer = parse(incoming.offer or b"")
-                ports = {"audio": rtp.port}
-                if any(m.media == "video" and m.port for m in offer.media):
-                    video_rtp = self._new_rtp(video=True)
-                    ports["video"] = video_rtp.port
-                oa.receive_offer(offer)
-                ours = own_fmtp(answer(offer, self._local_caps(), origin=oa.origin,
-                                       connection_address=self.address, ports=ports), self.codecs)
-                stamped, _ = oa.create_answer(ours)
-        except (SDPParseError, OfferAnswerError) as exc:
-            log.warning("incoming call refused: %s", exc)
-            incoming.reject(488)
-            self._close(rtp, video_rtp)
-            return defer.fail(CommandError(f"incoming call refused: {exc}"))
+            try:
+                rtp, video_rtp, oa, stamped = self._answer_offer(incoming)
+            except (SDPParseError, OfferAnswerError) as exc:
+                log.warning("incoming call refused: %s", exc)
+                incoming.reject(488)
+                return defer.fail(CommandError(f"incoming call refused: {exc}"))
         source = incoming.source.host if incoming.source is not None else ""
         self._answering += 1
         self._answering_from[source] += 1
