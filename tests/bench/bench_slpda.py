@@ -135,6 +135,27 @@ def load(port: int, in_flight: int, rooms: int, seconds: float, mode: str = "cac
             "lost": lost, "errors": errors}
 
 
+def echo(port: int, seconds: float) -> None:
+    """The floor of any Python UDP server here: a bare recvfrom/sendto loop sending each request
+    back, bounded by time and count; runs in its own process."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    sock.bind(("127.0.0.1", port))
+    sock.settimeout(1.0)
+    recvfrom, sendto = sock.recvfrom, sock.sendto
+    deadline = time.monotonic() + seconds
+    for _ in range(50 * MAX_REQUESTS):
+        try:
+            data, addr = recvfrom(65535)
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                break
+            continue
+        if data[:1] == b"\x00":  # the end
+            break
+        sendto(data, addr)
+
+
 def run_point(port: int, in_flight: int, rooms: int, seconds: float, mode: str) -> dict[str, float]:
     out = subprocess.run([sys.executable, __file__, "--load", str(port), str(in_flight), str(rooms),
                           str(seconds), mode], capture_output=True, text=True,
@@ -208,13 +229,38 @@ class OpenSlpd:
             self.proc = None
 
 
+def floor(seconds: float, rounds: int) -> None:
+    """Round trips per second against `echo`: what no Python server on this machine can beat."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, __file__, "--echo", str(port),
+                               str(seconds * rounds * 2 + 30)])
+    try:
+        time.sleep(0.5)
+        for in_flight in (1, 16):
+            runs = [run_point(port, in_flight, 5, seconds, "uncached") for _ in range(max(1, rounds))]
+            r, rates = median(runs), [x["rate"] for x in runs]
+            print(f"{'echo floor':>12} {'-':>8} {'-':>8} {in_flight:>9} {r['rate']:>10.0f} "
+                  f"{f'{min(rates):.0f}-{max(rates):.0f}':>13} "
+                  f"{r['p50_us']:>8.0f} {r['p99_us']:>8.0f} {r['lost']:>5.0f}", flush=True)
+    finally:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stop:
+            stop.sendto(b"\x00", ("127.0.0.1", port))
+        terminate(server, 10.0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each point")
     parser.add_argument("--slpd", help="an OpenSLP slpd binary to measure side by side")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each point; the median is shown")
+    parser.add_argument("--floor", action="store_true",
+                        help="also measure a bare Python recvfrom/sendto echo loop: the floor")
     parser.add_argument("--load", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--echo", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.echo:
+        echo(int(args.echo[0]), float(args.echo[1]))
+        return
     if args.load:
         port, in_flight, rooms, seconds, mode = args.load
         print(json.dumps(load(int(port), int(in_flight), int(rooms), float(seconds), mode)))
@@ -257,6 +303,8 @@ def main() -> None:
                                   f"{f'{min(rates):.0f}-{max(rates):.0f}':>13} {r['p50_us']:>8.0f} "
                                   f"{r['p99_us']:>8.0f} {r['lost']:>5.0f} {r['errors']:>6.0f} {ratio}",
                                   flush=True)
+            if args.floor:
+                floor(args.seconds, args.rounds)
             print(f"daemon VmRSS: {rss_mb(daemon.pid):.1f} MB")
             before = cpu_seconds(daemon.pid)
             time.sleep(5)
