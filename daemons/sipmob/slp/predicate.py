@@ -686,6 +686,12 @@ def _binder(part: _Part) -> tuple[Matcher | None, Binder | None]:
     if kind == "slot":
         at, tag = part[1], part[2]
         return None, lambda values: _equal(tag, values[at])
+    leaves = [_leaf(c) for c in part[1]] if kind == "&" else []
+    spec = [leaf for leaf in leaves if leaf is not None]
+    if spec and len(spec) == len(leaves):
+        # The usual question, "(&(room=x)(!(id=y)))": one closure testing each in turn.
+        return None, lambda values: _conjunction(
+            [(tag, values[at] if tag is not None else "", want, f) for tag, at, want, f in spec])
     children = [_binder(c) for c in part[1]]
     if all(b is None for _, b in children):
         return _combine(kind, [m for m, _ in children if m is not None]), None
@@ -697,6 +703,55 @@ def _binder(part: _Part) -> tuple[Matcher | None, Binder | None]:
         g0, g1 = getters
         return None, lambda values: _combine(kind, [g0(values), g1(values)])
     return None, lambda values: _combine(kind, [g(values) for g in getters])
+
+
+_Leaf = tuple[TagRef | None, int, bool, Matcher | None]
+
+
+def _leaf(part: _Part) -> _Leaf | None:
+    """A child `_conjunction` tests itself: a slot, a slot under "!", or an item (its matcher)."""
+    if part[0] == "slot":
+        return part[2], part[1], True, None
+    if part[0] == "!" and part[1][0][0] == "slot":
+        return part[1][0][2], part[1][0][1], False, None
+    if part[0] == "item":
+        return None, 0, True, part[2]
+    return None
+
+
+def _conjunction(tests: list[tuple[TagRef | None, str, bool, Matcher | None]]) -> Matcher:
+    """``&`` of equality items on slots, each maybe under ``!``, and of other items' matchers, in
+    one closure: each tested as `_equal` (negated if not ``want``) or its matcher, in order."""
+    steps = tuple((tag.key if tag is not None else None, value.lower(), want, f, k)
+                  for k, (tag, value, want, f) in enumerate(tests))
+    slow: dict[int, Compare] = {}
+
+    def conjunction(attrs: Mapping[str, Attribute]) -> bool:
+        for key, folded, want, f, k in steps:
+            if key is None:
+                assert f is not None
+                if not f(attrs):
+                    return False
+                continue
+            a = attrs.get(key)
+            if a is None:
+                if want:
+                    return False
+                continue
+            values = a.values
+            if values and type(values[0]) is str:
+                hit = folded in a.folded
+            else:
+                node = slow.get(k)
+                if node is None:  # other types read the value as the tree does, once
+                    tag, value, _, _ = tests[k]
+                    assert tag is not None
+                    node = slow[k] = Compare(tag, "=", FilterValue.read(value, 0))
+                hit = node._matches_one(a)
+            if hit is not want:
+                return False
+        return True
+    return conjunction
 
 
 def _constant(m: Matcher | None) -> Binder:
