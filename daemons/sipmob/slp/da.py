@@ -5,9 +5,10 @@ the bytes of one datagram or one TCP message with its source and the current tim
 bytes to send back. It also says when its next deadline is (a registration expiring, the DAAdvert
 heartbeat) and what to multicast when it passes. Beyond the RFC it indexes registrations (service
 type + scope + language, attribute values) so that a SrvRqst with a predicate does not scan the
-store, keeps each URL entry encoded, caches the replies of requests that repeat, limits the request
-rate per source (deciding admission for a whole batch of datagrams before parsing any,
-`handle_batch`), bounds the store, restricts who may register, and can snapshot itself with
+store, keeps each URL entry encoded, reads a plain SrvRqst straight from its bytes and binds its
+predicate to a shape seen before (`predicate.prepare`), caches the replies of requests that
+repeat, limits the request rate per source (deciding admission for a whole batch of datagrams
+before parsing any, `handle_batch`), bounds the store, restricts who may register, and can snapshot itself with
 absolute expiry times for persistence across a power cut.
 
 Not here: sockets, multicast membership, the clock, logging and the state file (the daemon,

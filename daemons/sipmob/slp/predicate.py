@@ -32,9 +32,11 @@ error precisely, and `_fast_parse` reads a well-formed predicate with one regula
 tokenizer (a handful of C-level scans instead of a Python step per character) and declines
 anything it does not like, so that `_Parser` reports it. Evaluation is by closures compiled from
 the tree (`_compile`), specialised to the common cases: the tree's own ``matches`` methods are
-the reference semantics, and the unit tests check both agree.
+the reference semantics, and the unit tests check both agree. `prepare` skips the reading for a
+predicate whose shape (its text without its plain values) was met before: the shape's compiled
+form takes the new values, as a prepared statement does.
 
-Not here: caching parsed predicates (the Directory Agent does it), attribute list parsing
+Not here: caching parsed predicates by their text (the Directory Agent does it), attribute list parsing
 (`sipmob.slp.attrs`).
 """
 
