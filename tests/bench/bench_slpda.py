@@ -1,6 +1,7 @@
 """Benchmark `sipmob-slpda`: SrvRqst throughput and latency over loopback UDP, memory, idle CPU.
 
-Run: .venv/bin/python tests/bench/bench_slpda.py [--seconds 3] [--rounds 3] [--slpd PATH]
+Run: .venv/bin/python tests/bench/bench_slpda.py [--seconds 3] [--rounds 3] [--slpd PATH] [--floor]
+     .venv/bin/python tests/bench/bench_slpda.py --in-process [--rounds 3]
 
 The daemon runs as its own process. It gets 50 and then 1,000 `service:sip-device` registrations,
 ten per room (attribute room=roomN). For each number of requests kept in flight (1 and 16), a
@@ -24,12 +25,18 @@ A point is bounded by count and by time. Printed: replies/s, p50 and p99 latency
 then the daemon's VmRSS and the CPU time it used during 5 s idle. With --slpd PATH (an OpenSLP slpd
 built elsewhere: it is not in Debian 12) the same points run against it too, side by side, each DA
 on its own port with the same registrations made over its own UDP interface.
+
+With --floor, a bare Python recvfrom/sendto loop that sends each request back is measured the same
+way: no Python server can answer faster on this machine. With --in-process, only the CPU time of
+the DA's own code per uncached request is printed (`DirectoryAgent.handle_batch`, no sockets):
+steadier than the rates when the machine is shared.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import select
 import socket
@@ -135,6 +142,27 @@ def load(port: int, in_flight: int, rooms: int, seconds: float, mode: str = "cac
             "lost": lost, "errors": errors}
 
 
+def echo(port: int, seconds: float) -> None:
+    """The floor of any Python UDP server here: a bare recvfrom/sendto loop sending each request
+    back, bounded by time and count; runs in its own process."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    sock.bind(("127.0.0.1", port))
+    sock.settimeout(1.0)
+    recvfrom, sendto = sock.recvfrom, sock.sendto
+    deadline = time.monotonic() + seconds
+    for _ in range(50 * MAX_REQUESTS):
+        try:
+            data, addr = recvfrom(65535)
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                break
+            continue
+        if data[:1] == b"\x00":  # the end
+            break
+        sendto(data, addr)
+
+
 def run_point(port: int, in_flight: int, rooms: int, seconds: float, mode: str) -> dict[str, float]:
     out = subprocess.run([sys.executable, __file__, "--load", str(port), str(in_flight), str(rooms),
                           str(seconds), mode], capture_output=True, text=True,
@@ -208,13 +236,82 @@ class OpenSlpd:
             self.proc = None
 
 
+def floor(seconds: float, rounds: int) -> None:
+    """Round trips per second against `echo`: what no Python server on this machine can beat."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, __file__, "--echo", str(port),
+                               str(seconds * rounds * 2 + 30)])
+    try:
+        time.sleep(0.5)
+        for in_flight in (1, 16):
+            runs = [run_point(port, in_flight, 5, seconds, "uncached") for _ in range(max(1, rounds))]
+            r, rates = median(runs), [x["rate"] for x in runs]
+            print(f"{'echo floor':>12} {'-':>8} {'-':>8} {in_flight:>9} {r['rate']:>10.0f} "
+                  f"{f'{min(rates):.0f}-{max(rates):.0f}':>13} "
+                  f"{r['p50_us']:>8.0f} {r['p99_us']:>8.0f} {r['lost']:>5.0f}", flush=True)
+    finally:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stop:
+            stop.sendto(b"\x00", ("127.0.0.1", port))
+        terminate(server, 10.0)
+
+
+def in_process(rounds: int) -> None:
+    """CPU time of `DirectoryAgent.handle_batch` per uncached SrvRqst, without sockets: what the
+    Python code costs, apart from the machine's scheduling (best of `rounds` runs of 5,000)."""
+    import tomllib
+
+    from sipmob.service.config import parse_config
+    from sipmob.slp.da import DirectoryAgent
+    from sipmob.slp.messages import Flags, SrvReg, UrlEntry
+    from sipmob.slpda.config import SlpdaConfig
+
+    config = parse_config(SlpdaConfig, tomllib.loads("[limits]\nrate = 0\nmax_registrations = 10000\n"))
+    for services in (50, 1000):
+        da = DirectoryAgent(config.da_config(), 1000.0)
+        for i in range(services):
+            da.handle(wire.encode(SrvReg(
+                Header(FunctionId.SrvReg, 1, flags=Flags.FRESH),
+                UrlEntry(f"sip:device{i}@192.168.{i // 250}.{i % 250 + 1}", 3600), "service:sip-device",
+                "DEFAULT", f"(room=room{i // 10}),(media=audio-sendrecv),(name=Device {i})")),
+                ("127.0.0.1", 5000), "udp", 1000.0)
+        for mode in ("uncached", "multi"):
+            text = PREDICATES[mode]
+            requests = []
+            for n in range(5000 * (max(1, rounds) + 1)):
+                r = n % (services // 10)
+                requests.append(wire.encode(SrvRqst(Header(FunctionId.SrvRqst, n % 0xFFFF + 1), "",
+                                                    "service:sip-device", "DEFAULT",
+                                                    text.format(r=r).replace(COUNTER.decode(), f"{n:08d}"))))
+            best = math.inf
+            for k in range(max(1, rounds) + 1):
+                started = time.process_time()
+                for data in requests[k * 5000:(k + 1) * 5000]:
+                    for _ in da.handle_batch([(data, ("127.0.0.1", 40000))], "udp", 1001.0):
+                        pass
+                if k:  # the first warms the caches up
+                    best = min(best, time.process_time() - started)
+            print(f"{'in process':>12} {services:>8} {mode:>8} CPU per request: {best / 5000 * 1e6:.1f} µs",
+                  flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each point")
     parser.add_argument("--slpd", help="an OpenSLP slpd binary to measure side by side")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each point; the median is shown")
+    parser.add_argument("--floor", action="store_true",
+                        help="also measure a bare Python recvfrom/sendto echo loop: the floor")
+    parser.add_argument("--in-process", action="store_true",
+                        help="only the CPU time of the DA's code per uncached request, no sockets")
     parser.add_argument("--load", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--echo", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.echo:
+        echo(int(args.echo[0]), float(args.echo[1]))
+        return
+    if args.in_process:
+        in_process(args.rounds)
+        return
     if args.load:
         port, in_flight, rooms, seconds, mode = args.load
         print(json.dumps(load(int(port), int(in_flight), int(rooms), float(seconds), mode)))
@@ -257,6 +354,8 @@ def main() -> None:
                                   f"{f'{min(rates):.0f}-{max(rates):.0f}':>13} {r['p50_us']:>8.0f} "
                                   f"{r['p99_us']:>8.0f} {r['lost']:>5.0f} {r['errors']:>6.0f} {ratio}",
                                   flush=True)
+            if args.floor:
+                floor(args.seconds, args.rounds)
             print(f"daemon VmRSS: {rss_mb(daemon.pid):.1f} MB")
             before = cpu_seconds(daemon.pid)
             time.sleep(5)

@@ -5,10 +5,11 @@ the bytes of one datagram or one TCP message with its source and the current tim
 bytes to send back. It also says when its next deadline is (a registration expiring, the DAAdvert
 heartbeat) and what to multicast when it passes. Beyond the RFC it indexes registrations (service
 type + scope + language, attribute values) so that a SrvRqst with a predicate does not scan the
-store, keeps each URL entry encoded, caches the replies of requests that repeat, limits the request
-rate per source (deciding admission for a whole batch of datagrams before parsing any,
-`handle_batch`), bounds the store, restricts who may register, and can snapshot itself with
-absolute expiry times for persistence across a power cut.
+store, keeps each URL entry encoded, reads a plain SrvRqst straight from its bytes and binds its
+predicate to a shape seen before (`predicate.prepare`), caches the replies of requests that
+repeat, limits the request rate per source (deciding admission for a whole batch of datagrams
+before parsing any, `handle_batch`), bounds the store, restricts who may register, and can
+snapshot itself with absolute expiry times for persistence across a power cut.
 
 Not here: sockets, multicast membership, the clock, logging and the state file (the daemon,
 `sipmob.slpda.app`); the wire format (`wire`); attribute and predicate semantics (`attrs`,
@@ -20,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import ipaddress
+import itertools
 import math
 import re
 import struct
@@ -66,7 +68,7 @@ from sipmob.slp.names import (
     unescape,
     wildcard_match,
 )
-from sipmob.slp.predicate import Predicate, PredicateError
+from sipmob.slp.predicate import Bound, Predicate, PredicateError, prepare
 
 Via = Literal["udp", "mcast", "tcp"]
 
@@ -85,6 +87,8 @@ MAX_REPLY = 0xFFFF  # the largest reply over TCP; a larger one is cut and flagge
 TRUSTED_TAG = "trusted"  # set by the DA on registrations from trusted registrants, never by them
 NAME_TAG = "name"
 WORK_PER_TOKEN = 1000  # work units (`_spend`) that cost a source one request of its rate
+_CHUNK = 64  # candidates evaluated together: a reply cut short wastes at most this many
+_SRVRQST_ID = bytes((FunctionId.SrvRqst,))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -206,8 +210,9 @@ class _Registration:
     index: tuple[tuple[str, str], ...] = ()
     cost: int = 0
     entry: bytes = b""  # the URL entry's bytes after its lifetime, encoded once (`_store`)
-    sent: bytes = b""  # the whole entry as last sent, with the lifetime `sent_life`
-    sent_life: int = -1
+    sent: bytes = b""  # the whole entry as last sent, valid while sent_from <= now < sent_to
+    sent_from: float = math.inf
+    sent_to: float = -math.inf
 
     @property
     def type_name(self) -> str:
@@ -439,6 +444,13 @@ class DirectoryAgent:
         return True
 
     def _handle(self, data: bytes, source: tuple[str, int], via: Via, now: float) -> list[bytes]:
+        if data[1:2] == _SRVRQST_ID:
+            # Most requests: read straight from the bytes, without building the message.
+            fields = wire.srv_rqst_fields(data)
+            if fields is not None:
+                replies = self._srv_rqst_fields(fields, via, now)
+                if replies is not None:
+                    return replies
         try:
             msg = wire.decode(data)
         except SLPParseError as exc:
@@ -618,36 +630,61 @@ class DirectoryAgent:
             return self._error(msg.header, ErrorCode.PARSE_ERROR, via)
         if self._scopes.isdisjoint(scopes):
             return self._error(msg.header, ErrorCode.SCOPE_NOT_SUPPORTED, via)
-        predicate: Predicate | None = None
+        predicate: Predicate | Bound | None = None
         if msg.predicate.strip():
             predicate = self._predicate(msg.predicate)
             if predicate is None:
                 return self._error(msg.header, ErrorCode.PARSE_ERROR, via)
+        return self._srv_rply(msg.header.xid, msg.header.lang, stype, scopes, predicate, via, now)
+
+    def _srv_rqst_fields(self, fields: tuple[int, str, str, str, str, str], via: Via,
+                         now: float) -> list[bytes] | None:
+        """`_srv_rqst` from `wire.srv_rqst_fields`, for a request of a known type and scopes with
+        a well-formed predicate; None for anything else, which `_srv_rqst` answers instead."""
+        xid, lang, prlist, service_type, scope_list, text = fields
+        if prlist and via == "mcast":
+            return None
+        stype = self._service_types.get(service_type)
+        if stype is None:
+            return None
+        scopes = self._scope_lists.get(scope_list)
+        if scopes is None or self._scopes.isdisjoint(scopes):
+            return None
+        predicate: Predicate | Bound | None = None
+        if text.strip():
+            predicate = self._predicate(text)
+            if predicate is None:
+                return None
+        return self._srv_rply(xid, lang, stype, scopes, predicate, via, now)
+
+    def _srv_rply(self, xid: int, lang_tag: str, stype: ServiceType, scopes: frozenset[str],
+                  predicate: Predicate | Bound | None, via: Via, now: float) -> list[bytes]:
         # The reply is framed here from each registration's entry, encoded when it was stored:
         # only the lifetime changes from one reply to the next.
-        lang = msg.header.lang.encode("utf-8")
+        lang = lang_tag.encode("utf-8")
         budget = self._reply_limit(via) - wire.HEADER_FIXED_LEN - len(lang) - 4
-        overflow = budget < 0
         entries: list[bytes] = []
-        lifetime = _LIFETIME.pack
-        for reg in self._matching(stype, scopes, msg.header.lang, predicate):
-            left = reg.expires - now
-            life = 1 if left <= 1 else MAX_LIFETIME if left >= MAX_LIFETIME else math.ceil(left)
-            if life == reg.sent_life:
-                entry = reg.sent
-            else:
-                entry = reg.sent = lifetime(0, life) + reg.entry
-                reg.sent_life = life
-            budget -= len(entry)
-            if budget < 0 or len(entries) == 0xFFFF:
-                overflow = True  # §8.2: whole entries only; the client may ask again over TCP
-                break
-            entries.append(entry)
+        overflow = budget < 0
+        for regs in self._matching(stype, scopes, lang_tag, predicate):
+            # Each entry as last sent while its lifetime still reads the same (`_entry`).
+            more = [r.sent if r.sent_from <= now < r.sent_to else _entry(r, now) for r in regs]
+            size = sum(map(len, more))
+            if size <= budget and len(entries) + len(more) <= 0xFFFF:
+                budget -= size
+                entries += more
+                continue
+            for entry in more:
+                budget -= len(entry)
+                if budget < 0 or len(entries) == 0xFFFF:
+                    break
+                entries.append(entry)
+            overflow = True  # §8.2: whole entries only; the client may ask again over TCP
+            break
         if not entries and via == "mcast":  # §6.1: a multicast request with no result gets silence
             return []
-        return [wire.srv_rply_frame(msg.header.xid, lang, entries, overflow or self._cut)]
+        return [wire.srv_rply_frame(xid, lang, entries, overflow or self._cut)]
 
-    def _predicate(self, text: str) -> Predicate | None:
+    def _predicate(self, text: str) -> Predicate | Bound | None:
         cache = self._predicates
         predicate = cache.get(text)
         if predicate is not None:
@@ -655,6 +692,11 @@ class DirectoryAgent:
             return predicate
         if len(text) > self.config.max_predicate:
             return None
+        # A shape asked before, with new values: bound without reading the text again.
+        bound = prepare(text, self.config.max_predicate_items)
+        if bound is not None:
+            self._spend(len(text) // 16)
+            return bound
         try:
             predicate = Predicate.parse(text, self.config.max_predicate_items)
         except PredicateError:
@@ -676,9 +718,10 @@ class DirectoryAgent:
         return predicate
 
     def _matching(self, stype: ServiceType, scopes: frozenset[str], lang: str,
-                  predicate: Predicate | None) -> Iterator[_Registration]:
+                  predicate: Predicate | Bound | None) -> Iterator[list[_Registration]]:
         """Registrations of a type `stype` matches, in one of `scopes`, in `lang`, satisfying
-        `predicate`, one by one in URL order, for a caller that may stop early.
+        `predicate`, in URL order, a list at a time (of `_CHUNK` candidates), for a caller that
+        may stop early.
 
         Set operations count a work unit per 16 keys they touch, each registration looked at one
         plus one per predicate item; iteration ends when the budget is spent.
@@ -715,15 +758,24 @@ class DirectoryAgent:
         each = 1 + (predicate.items if predicate is not None else 0)
         match = predicate.match if predicate is not None else None
         regs = self._regs
-        limit = self._work_limit
-        for key in sorted(candidates):
-            self._work += each
-            if self._work > limit:
+        ordered = sorted(candidates)
+        # Work is counted for a chunk of candidates at once, as many as the budget still allows;
+        # a chunk is evaluated in one comprehension, and the caller may stop after any chunk.
+        for at in range(0, len(ordered), _CHUNK):
+            chunk = ordered[at:at + _CHUNK]
+            room = (self._work_limit - self._work) // each
+            cut = room < len(chunk)
+            if cut:
+                chunk = chunk[:max(0, int(room))]
+            self._work += each * len(chunk)
+            if match is None:
+                yield [regs[k] for k in chunk]
+            else:
+                yield [r for k in chunk if match((r := regs[k]).attrs)]
+            if cut:
+                self._work += each
                 self._spend(0)  # marks the reply cut
                 return
-            reg = regs[key]
-            if match is None or match(reg.attrs):
-                yield reg
 
     def _da_discovery(self, msg: SrvRqst, via: Via) -> list[bytes]:
         # §8.5, §12.2: any DA answers a DA discovery with no scopes; otherwise the scopes must meet.
@@ -736,7 +788,7 @@ class DirectoryAgent:
             predicate = self._predicate(msg.predicate)
             if predicate is None:
                 return self._error(msg.header, ErrorCode.PARSE_ERROR, via)
-            if not predicate.matches(self._own_attrs()):
+            if predicate.match is not None and not predicate.match(self._own_attrs()):
                 return [] if via == "mcast" else self._send(
                     SrvRply(self._reply_header(msg.header, FunctionId.SrvRply), ErrorCode.OK), via)
         return self._send(self._advert(self._reply_header(msg.header, FunctionId.DAAdvert),
@@ -767,7 +819,8 @@ class DirectoryAgent:
                 stype = ServiceType.parse(msg.url)
             except SLPValueError:
                 return self._error(msg.header, ErrorCode.PARSE_ERROR, via)
-            regs: Iterable[_Registration] = self._matching(stype, scopes, msg.header.lang, None)
+            regs: Iterable[_Registration] = itertools.chain.from_iterable(
+                self._matching(stype, scopes, msg.header.lang, None))
         else:
             regs = [self._regs[key] for key in sorted(self._by_url.get(msg.url, ()))]
             regs = [reg for reg in regs if reg.scopes & scopes and lang_matches(msg.header.lang, reg.lang)]
@@ -1185,6 +1238,23 @@ class DirectoryAgent:
 _UNKNOWN: Any = object()
 _LIFETIME = struct.Struct("!BH")  # a URL entry's reserved byte and lifetime (§4.3)
 _PARSED_CACHE = 1024  # request strings (types, scope lists) whose parse is remembered
+
+
+def _entry(reg: _Registration, now: float) -> bytes:
+    """`reg`'s URL entry with its remaining lifetime, kept for the second in which it is the same."""
+    left = reg.expires - now
+    if left <= 1:
+        life, reg.sent_from, reg.sent_to = 1, reg.expires - 1, math.inf
+    elif left >= MAX_LIFETIME:
+        life, reg.sent_from, reg.sent_to = MAX_LIFETIME, math.inf, -math.inf  # rare: not kept
+    else:
+        life = math.ceil(left)
+        # ceil(expires - now) == life exactly while life - 1 < expires - now <= life.
+        reg.sent_from, reg.sent_to = reg.expires - life, reg.expires - life + 1
+        if not reg.sent_from <= now < reg.sent_to:
+            reg.sent_from, reg.sent_to = math.inf, -math.inf  # rounding at the edge: not kept
+    reg.sent = _LIFETIME.pack(0, life) + reg.entry
+    return reg.sent
 
 
 def _remember(cache: dict[str, Any], text: str, value: Any) -> None:

@@ -32,9 +32,11 @@ error precisely, and `_fast_parse` reads a well-formed predicate with one regula
 tokenizer (a handful of C-level scans instead of a Python step per character) and declines
 anything it does not like, so that `_Parser` reports it. Evaluation is by closures compiled from
 the tree (`_compile`), specialised to the common cases: the tree's own ``matches`` methods are
-the reference semantics, and the unit tests check both agree.
+the reference semantics, and the unit tests check both agree. `prepare` skips the reading for a
+predicate whose shape (its text without its plain values) was met before: the shape's compiled
+form takes the new values, as a prepared statement does.
 
-Not here: caching parsed predicates (the Directory Agent does it), attribute list parsing
+Not here: caching parsed predicates by their text (the Directory Agent does it), attribute list parsing
 (`sipmob.slp.attrs`).
 """
 
@@ -43,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
 
 from sipmob.slp.attrs import (
     BAD_TAG,
@@ -451,17 +454,22 @@ def _fast_item(body: str) -> tuple[Node, Matcher]:
     return known
 
 
-def _read_item(body: str) -> Node:
-    m = _ITEM.match(body)
-    if m is None:
-        raise _Decline
-    raw_tag, op, raw = m.groups()
+def _tag_ref(raw_tag: str) -> TagRef:
     tag = _TAG_CACHE.get(raw_tag)
     if tag is None:
         tag = _Parser.tag(raw_tag, 0)
         if len(_TAG_CACHE) >= _TAG_CACHE_SIZE:
             _TAG_CACHE.clear()
         _TAG_CACHE[raw_tag] = tag
+    return tag
+
+
+def _read_item(body: str) -> Node:
+    m = _ITEM.match(body)
+    if m is None:
+        raise _Decline
+    raw_tag, op, raw = m.groups()
+    tag = _tag_ref(raw_tag)
     value = raw.strip(WHITESPACE)
     if not value:
         raise _Decline
@@ -602,3 +610,253 @@ class Predicate:
         12 and the string "012", whose keys differ.
         """
         return self.terms
+
+
+# Prepared predicates -------------------------------------------------------------------------------
+#
+# A household asks the same questions with different values: "(&(room=kitchen)(!(id=4711)))".
+# The text without those values is the predicate's shape; a shape seen before is bound to the
+# new values without reading the text again (as a prepared statement is). Only equality items
+# whose value is a plain word or number (at most 64 characters) are slots: such a value is never
+# a wildcard, an opaque or an escape, so it cannot change what the item is, only what it equals.
+
+_SLOT = re.compile(r"\(([^()=~<>*\\&|!]+)=([A-Za-z0-9]{1,64})\)")
+_SLOT_BODY = re.compile(r"([^()=~<>*\\&|!]+)=([A-Za-z0-9]{1,64})")
+_SHAPE_TEXT = 256  # longer predicates are read as text: each shape holds a few objects per item
+_SHAPE_CACHE_SIZE = 128
+_SHAPES: dict[tuple[str, ...], _Shape | None] = {}
+_SHAPES_SEEN: set[int] = set()  # hashes of shapes met once: prepared when met again
+_MISSING: Any = object()
+
+Binder = Callable[[list[str]], Matcher]
+
+
+class Bound(NamedTuple):
+    """A predicate read through its shape: what the Directory Agent evaluates, without a tree.
+
+    ``terms``, ``items`` and ``match`` are those `Predicate.parse` gives for the same text."""
+
+    text: str
+    items: int
+    terms: frozenset[tuple[str, str]]
+    match: Matcher
+
+
+@dataclasses.dataclass(slots=True)
+class _Shape:
+    items: int
+    bind: Binder
+    terms: frozenset[tuple[str, str]]  # of the items that are not slots
+    slot_terms: tuple[tuple[int, str], ...]  # (slot, folded tag) of slots giving a term
+
+
+def _value_key(value: str) -> str | None:
+    """`FilterValue.index_key` of a slot's value."""
+    if value[0] == "0" and len(value) > 1 and value.isdigit():
+        return None  # "012" equals the integer 12 and the string "012": no single key
+    return value.lower()
+
+
+def _equal(tag: TagRef, value: str) -> Matcher:
+    """`_compile` of ``Compare(tag, "=", FilterValue.read(value))`` for a slot's value."""
+    key = tag.key
+    folded = value.lower()
+    slow: list[Compare] = []
+
+    def equal(attrs: Mapping[str, Attribute]) -> bool:
+        a = attrs.get(key)
+        if a is None:
+            return False
+        values = a.values
+        if values and type(values[0]) is str:
+            return folded in a.folded
+        if not slow:  # other types read the value as the tree does, once
+            slow.append(Compare(tag, "=", FilterValue.read(value, 0)))
+        return slow[0]._matches_one(a)
+    return equal
+
+
+# A part of a shape: ("slot", index, TagRef), ("item", Node, Matcher), or (op, [parts]).
+_Part = tuple[Any, ...]
+
+
+def _binder(part: _Part) -> tuple[Matcher | None, Binder | None]:
+    """A part's matcher when it holds no slot, else a function binding values to one."""
+    kind = part[0]
+    if kind == "item":
+        return part[2], None
+    if kind == "slot":
+        at, tag = part[1], part[2]
+        return None, lambda values: _equal(tag, values[at])
+    leaves = [_leaf(c) for c in part[1]] if kind == "&" else []
+    spec = [leaf for leaf in leaves if leaf is not None]
+    if spec and len(spec) == len(leaves):
+        # The usual question, "(&(room=x)(!(id=y)))": one closure testing each in turn.
+        return None, lambda values: _conjunction(
+            [(tag, values[at] if tag is not None else "", want, f) for tag, at, want, f in spec])
+    children = [_binder(c) for c in part[1]]
+    if all(b is None for _, b in children):
+        return _combine(kind, [m for m, _ in children if m is not None]), None
+    getters = [b if b is not None else _constant(m) for m, b in children]
+    if len(getters) == 1:
+        (g,) = getters
+        return None, lambda values: _combine(kind, [g(values)])
+    if len(getters) == 2:
+        g0, g1 = getters
+        return None, lambda values: _combine(kind, [g0(values), g1(values)])
+    return None, lambda values: _combine(kind, [g(values) for g in getters])
+
+
+_Leaf = tuple[TagRef | None, int, bool, Matcher | None]
+
+
+def _leaf(part: _Part) -> _Leaf | None:
+    """A child `_conjunction` tests itself: a slot, a slot under "!", or an item (its matcher)."""
+    if part[0] == "slot":
+        return part[2], part[1], True, None
+    if part[0] == "!" and part[1][0][0] == "slot":
+        return part[1][0][2], part[1][0][1], False, None
+    if part[0] == "item":
+        return None, 0, True, part[2]
+    return None
+
+
+def _conjunction(tests: list[tuple[TagRef | None, str, bool, Matcher | None]]) -> Matcher:
+    """``&`` of equality items on slots, each maybe under ``!``, and of other items' matchers, in
+    one closure: each tested as `_equal` (negated if not ``want``) or its matcher, in order."""
+    steps = tuple((tag.key if tag is not None else None, value.lower(), want, f, k)
+                  for k, (tag, value, want, f) in enumerate(tests))
+    slow: dict[int, Compare] = {}
+
+    def conjunction(attrs: Mapping[str, Attribute]) -> bool:
+        for key, folded, want, f, k in steps:
+            if key is None:
+                assert f is not None
+                if not f(attrs):
+                    return False
+                continue
+            a = attrs.get(key)
+            if a is None:
+                if want:
+                    return False
+                continue
+            values = a.values
+            if values and type(values[0]) is str:
+                hit = folded in a.folded
+            else:
+                node = slow.get(k)
+                if node is None:  # other types read the value as the tree does, once
+                    tag, value, _, _ = tests[k]
+                    assert tag is not None
+                    node = slow[k] = Compare(tag, "=", FilterValue.read(value, 0))
+                hit = node._matches_one(a)
+            if hit is not want:
+                return False
+        return True
+    return conjunction
+
+
+def _constant(m: Matcher | None) -> Binder:
+    assert m is not None
+    return lambda values: m
+
+
+def _part_terms(part: _Part, fixed: set[tuple[str, str]], slots: list[tuple[int, str]]) -> None:
+    """`_collect_terms` of a shape: the items' terms now, the slots' once bound."""
+    kind = part[0]
+    if kind == "&":
+        for c in part[1]:
+            _part_terms(c, fixed, slots)
+    elif kind == "slot":
+        slots.append((part[1], part[2].key))
+    elif kind == "item":
+        _collect_terms(part[1], fixed)
+
+
+def _shape(text: str, slots: int) -> _Shape | None:
+    """The shape of a well-formed (stripped) predicate with `slots` slots, or None when
+    `_fast_parse` would decline it (the text is then read by `Predicate.parse`)."""
+    stack: list[tuple[str, list[_Part]]] = []
+    root: _Part | None = None
+    items = slot = 0
+    try:
+        for op, body, close, other in _TOKEN.findall(text):
+            if root is not None or other:
+                return None
+            part: _Part
+            if op:
+                if len(stack) >= MAX_DEPTH:
+                    return None
+                stack.append((op, []))
+                continue
+            if close:
+                if not stack:
+                    return None
+                kind, children = stack.pop()
+                if not children or (kind == "!" and len(children) != 1):
+                    return None
+                part = (kind, children)
+            else:
+                items += 1
+                if len(stack) >= MAX_DEPTH:
+                    return None
+                m = _SLOT_BODY.fullmatch(body)
+                if m is not None:
+                    part = ("slot", slot, _tag_ref(m.group(1)))
+                    slot += 1
+                else:
+                    node, f = _fast_item(body)
+                    part = ("item", node, f)
+            if stack:
+                top = stack[-1]
+                if top[0] == "!" and top[1]:
+                    return None
+                top[1].append(part)
+            else:
+                root = part
+    except (SLPValueError, _Decline):
+        return None
+    if root is None or stack or slot != slots:
+        return None
+    match, bind = _binder(root)
+    if bind is None:
+        return None
+    fixed: set[tuple[str, str]] = set()
+    slot_terms: list[tuple[int, str]] = []
+    _part_terms(root, fixed, slot_terms)
+    return _Shape(items, bind, frozenset(fixed), tuple(slot_terms))
+
+
+def prepare(s: str, max_items: int = MAX_ITEMS) -> Bound | None:
+    """`s` bound through its shape when that shape was met before, else None: the caller then
+    uses `Predicate.parse`, which also reports errors. Evaluates as `Predicate.parse(s)` does."""
+    text = s.strip(WHITESPACE)
+    if len(text) > _SHAPE_TEXT:
+        return None
+    parts = _SLOT.split(text)
+    if len(parts) == 1:
+        return None
+    values = parts[2::3]
+    del parts[2::3]
+    key = tuple(parts)
+    shape = _SHAPES.get(key, _MISSING)
+    if shape is _MISSING:
+        # Prepared once met twice, so that shapes asked once do not push out those that recur.
+        seen = hash(key)
+        if seen not in _SHAPES_SEEN:
+            if len(_SHAPES_SEEN) >= 8 * _SHAPE_CACHE_SIZE:
+                _SHAPES_SEEN.clear()
+            _SHAPES_SEEN.add(seen)
+            return None
+        shape = _shape(text, len(values))
+        if len(_SHAPES) >= _SHAPE_CACHE_SIZE:
+            del _SHAPES[next(iter(_SHAPES))]
+        _SHAPES[key] = shape
+    if shape is None or shape.items > max_items:
+        return None
+    terms = shape.terms
+    if shape.slot_terms:
+        more = [(tag, k) for at, tag in shape.slot_terms if (k := _value_key(values[at])) is not None]
+        if more:
+            terms = terms.union(more)
+    return Bound(s, shape.items, terms, shape.bind(values))

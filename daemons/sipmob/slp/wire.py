@@ -365,6 +365,35 @@ def decode(data: bytes, understood_extensions: Collection[int] = ()) -> Message:
                             Header(function, xid, lang, header.flags)) from None
 
 
+def srv_rqst_fields(data: bytes) -> tuple[int, str, str, str, str, str] | None:
+    """``(xid, lang, prlist, service type, scope list, predicate)`` of a SrvRqst without
+    extensions, reserved flags or an SPI, read straight from its bytes; None for anything else
+    (another message, or anything `decode` would object to), which `decode` then reads."""
+    size = len(data)
+    if size < HEADER_FIXED_LEN:
+        return None
+    version, fid, len_hi, len_lo, flags, ext_hi, ext_lo, xid, lang_len = _HEADER.unpack_from(data)
+    if (version != SLP_VERSION or fid != FunctionId.SrvRqst or len_hi << 8 | len_lo != size
+            or flags & RESERVED_FLAG_BITS or ext_hi or ext_lo):
+        return None
+    pos = HEADER_FIXED_LEN + lang_len
+    # Four strings, then an empty SPI: each a 2-byte length and its bytes, ending with the data.
+    ends = []
+    for _ in range(4):
+        if pos + 2 > size:
+            return None
+        stop = pos + 2 + (data[pos] << 8 | data[pos + 1])
+        ends.append((pos + 2, stop))
+        pos = stop
+    if pos + 2 != size or data[pos] or data[pos + 1]:
+        return None
+    try:
+        return (xid, data[HEADER_FIXED_LEN:HEADER_FIXED_LEN + lang_len].decode("utf-8"),
+                *[data[a:b].decode("utf-8") for a, b in ends])
+    except UnicodeDecodeError:
+        return None
+
+
 def peek_length(buf: bytes) -> int | None:
     """The length of the message at the start of a TCP stream buffer, once enough is there.
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from sipmob.slp import wire
+from sipmob.slp import predicate, wire
 from sipmob.slp.attrs import parse_attr_list
 from sipmob.slp.da import DAConfig, DirectoryAgent
 from sipmob.slp.messages import (
@@ -124,14 +124,29 @@ def test_predicates_over_the_size_or_item_limit_are_parse_errors() -> None:
 
 
 def test_predicate_cache_is_bounded_by_bytes() -> None:
+    # Values with a space are not slots of a prepared shape (`predicate.prepare`): read as text.
     da = make_da(predicate_cache_bytes=20_000)
     for i in range(500):
-        find(da, f"(&(a={i})(b={i})(c={i}))")
-        find(da, f"(&(b={i})(a={i})(c={i}))")
+        find(da, f"(&(a=v {i})(b=v {i})(c=v {i}))")
+        find(da, f"(&(b=v {i})(a=v {i})(c=v {i}))")
     assert not da._predicates  # each asked once: none kept
     for i in range(500):
-        find(da, f"(&(a={i})(b={i})(c={i}))")  # asked again: kept, within the bytes
+        find(da, f"(&(a=v {i})(b=v {i})(c=v {i}))")  # asked again: kept, within the bytes
     assert 0 < len(da._predicates) < 500 and da._predicate_bytes <= 20_000
+
+
+def test_prepared_shapes_are_bounded() -> None:
+    da = make_da()
+    for i in range(3 * predicate._SHAPE_CACHE_SIZE):
+        shape = "".join(f"(t{k}=1)" for k in range(i % 7 + 1))
+        assert find(da, f"(&(s{i}=x){shape})").error == ErrorCode.OK
+        assert find(da, f"(&(s{i}=y){shape})").error == ErrorCode.OK  # met again: prepared
+    assert 0 < len(predicate._SHAPES) <= predicate._SHAPE_CACHE_SIZE
+    assert len(predicate._SHAPES_SEEN) <= 8 * predicate._SHAPE_CACHE_SIZE
+    long = "(&" + "(a=1)" * 60 + ")"  # over the shape's text limit: read as text every time
+    for _ in range(3):
+        assert find(da, long).error == ErrorCode.OK
+    assert predicate.prepare(long) is None
 
 
 # Memory ---------------------------------------------------------------------------------------------

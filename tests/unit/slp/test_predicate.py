@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from sipmob.slp import predicate
 from sipmob.slp.attrs import Attribute, Opaque, escape_value, index_keys, parse_attr_list
 from sipmob.slp.names import SLPValueError
 from sipmob.slp.predicate import MAX_DEPTH, Predicate, PredicateError
@@ -369,3 +372,46 @@ def test_compiled_match_agrees_with_the_tree_on_the_semantics_table(text: str, _
     p = Predicate.parse(text)
     assert p.matches(ATTRS) is p.matches_by_tree(ATTRS)
     assert p == Predicate.parse_slowly(text)
+
+
+# Prepared shapes (`prepare`) against the recursive descent and the tree ---------------------------
+
+
+_SLOT_VALUES = st.sampled_from(["1", "01", "0", "00", "7", "20", "x", "X", "y", "true", "FALSE",
+                                "Hello", "a" * 64, "1" * 65, "x y", "*"])
+
+
+@st.composite
+def _shaped(draw: st.DrawFn, depth: int = 0) -> list[object]:
+    """A filter as pieces: text, and ``(tag,)`` for an equality item whose value varies."""
+    ws = draw(st.sampled_from(["", "", " "]))
+    if depth > 3 or draw(st.integers(0, 2)) == 0:
+        if draw(st.booleans()):
+            return [f"{ws}(", (draw(st.sampled_from(["a", "B", "c d", " a ", "x"])),), f"){ws}"]
+        return [f"{ws}({draw(_ITEM_TEXT)}){ws}"]
+    op = draw(st.sampled_from(["&", "|", "!", "&"]))
+    count = 1 if op == "!" else draw(st.integers(1, 3))
+    out: list[object] = [f"({op}{ws}"]
+    for _ in range(count):
+        out += draw(_shaped(depth + 1))
+    return [*out, f"){ws}"]
+
+
+@given(_shaped(), st.lists(st.lists(_SLOT_VALUES, min_size=12, max_size=12), min_size=3,
+                           max_size=3), _attr_sets)
+@settings(max_examples=1000)
+def test_prepared_shapes_agree_with_the_reference(pieces: list[object], values: list[list[str]],
+                                                  attrs: dict[str, Attribute]) -> None:
+    for row in values:  # the same shape with other values: the second and third are bound
+        slots = itertools.cycle(row)
+        text = "".join(p if isinstance(p, str) else f"{p[0]}={next(slots)}" for p in pieces)
+        bound = predicate.prepare(text)
+        slow = _outcome(Predicate.parse_slowly, text)
+        if bound is None:
+            event("read as text")
+            continue
+        event("bound")
+        assert isinstance(slow, Predicate), text  # only well-formed text is ever bound
+        assert bound.items == slow.items and bound.terms == slow.terms
+        for candidate in (attrs, ATTRS, RFC2254_ATTRS, {}):
+            assert bound.match(candidate) is slow.matches_by_tree(candidate), (text, candidate)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.unit.slp.strategies import STRATEGIES, attr_rplys, messages, srv_rplys, srv_type_rplys
+from tests.unit.slp.strategies import (
+    STRATEGIES,
+    attr_rplys,
+    messages,
+    srv_rplys,
+    srv_rqsts,
+    srv_type_rplys,
+)
 
 from sipmob.slp.messages import (
     NO_FLAGS,
@@ -30,7 +37,7 @@ from sipmob.slp.messages import (
     SrvTypeRqst,
     UrlEntry,
 )
-from sipmob.slp.wire import decode, encode, encode_within, error_reply, peek_length
+from sipmob.slp.wire import decode, encode, encode_within, error_reply, peek_length, srv_rqst_fields
 
 FAST = settings(max_examples=25, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -553,3 +560,27 @@ def test_encode_refuses_a_lifetime_beyond_16_bits() -> None:
         encode(SrvReg(Header(FunctionId.SrvReg), UrlEntry("service:x://h", 70000), "service:x",
                       "DEFAULT", ""))
 
+
+
+@given(st.one_of(srv_rqsts(), messages()), st.data())
+@settings(max_examples=1000)
+def test_srv_rqst_fields_read_what_decode_reads_or_decline(msg: Message, data: st.DataObject) -> None:
+    raw = bytearray(encode(msg))
+    if data.draw(st.booleans()):  # mutated, as in the test above
+        for at in data.draw(st.lists(st.integers(0, len(raw) - 1), min_size=1, max_size=3)):
+            raw[at] ^= data.draw(st.integers(1, 255))
+        if data.draw(st.booleans()) and len(raw) >= 5:
+            raw[2:5] = u24(len(raw))
+    fields = srv_rqst_fields(bytes(raw))
+    try:
+        decoded = decode(bytes(raw))
+    except SLPParseError:
+        assert fields is None  # whatever `decode` objects to is declined
+        return
+    if fields is None:
+        # Declined only what is not a plain SrvRqst: another message, extensions, an SPI.
+        assert not isinstance(decoded, SrvRqst) or decoded.spi or decoded.header.extensions
+        return
+    assert isinstance(decoded, SrvRqst)
+    assert fields == (decoded.header.xid, decoded.header.lang, decoded.prlist, decoded.service_type,
+                      decoded.scope_list, decoded.predicate)
