@@ -37,6 +37,7 @@ from sipmob.service.config import ConfigError, ConfigProblem, split_host_port
 from sipmob.service.daemon import Runtime
 from sipmob.service.sipua import Call, IncomingCall, SIPError, UserAgent
 from sipmob.sip.message import Request
+from sipmob.sip.session_timer import Policy as SessionTimerPolicy
 from sipmob.transcoder.config import TranscoderConfig
 from sipmob.transcoder.invocation import InvocationError, Plan, answer, parse_invocation
 from sipmob.transcoder.media import CallMedia, PortPool, Workers, default_workers
@@ -124,7 +125,10 @@ class TranscoderApp:
         sip = self.config.sip
         workers_ready = self.workers.start()
         self.ua = UserAgent(self.reactor, listen=[(sip.address, sip.port, "udp")], user="transcoder",
-                            user_agent="sipmob-transcoder/0.1")
+                            user_agent="sipmob-transcoder/0.1",
+                            # RFC 4028: a controller that dies without BYE stops refreshing, and
+                            # the core ends the call, so its channels do not stay taken for good
+                            session_timer=SessionTimerPolicy())
         self.ua.on_incoming_call(self._incoming)
         # SIP is served (OPTIONS, INVITE) only once the workers can take calls.
         ua = self.ua

@@ -179,6 +179,22 @@ def test_a_body_that_is_not_two_media_lines_gets_488(tmp_path: Path) -> None:
         assert response.status == 488
 
 
+def test_session_timers_a_too_short_interval_gets_422_and_the_200_states_the_agreed_one(
+        tmp_path: Path) -> None:
+    """RFC 4028 with the controller: a controller that dies without BYE stops refreshing, and the
+    transcoder's core then ends the call, so the channels are not held for good."""
+    body = invocation(side(0, [(0, "PCMU/8000")]), side(0, [(111, "opus/48000/2")]))
+    with Transcoder(tmp_path) as transcoder, Controller(transcoder.uri) as c:
+        short = c.invite(body, headers=("Supported: timer", "Session-Expires: 60"))
+        assert short.status == 422, transcoder.output()
+        assert int(short.headers.get("Min-SE").split(";")[0]) >= 90
+        agreed = c.invite(body, headers=("Supported: timer", "Session-Expires: 120;refresher=uac"))
+        assert agreed.status == 200, transcoder.output()
+        assert agreed.headers.get("Session-Expires").replace(" ", "") == "120;refresher=uac"
+        assert "timer" in agreed.headers.get("Require")
+        assert c.bye().status == 200
+
+
 def test_over_capacity_gets_503_with_retry_after_and_the_admitted_call_keeps_flowing(tmp_path: Path) -> None:
     with Transcoder(tmp_path, channels=2) as transcoder, Controller(transcoder.uri) as c1, \
             Controller(transcoder.uri) as c2, \

@@ -182,10 +182,10 @@ class Controller:
         self._send("OPTIONS")
         return self._final("OPTIONS", timeout)
 
-    def invite(self, body: bytes, timeout: float = 5.0) -> Response:
+    def invite(self, body: bytes, timeout: float = 5.0, headers: tuple[str, ...] = ()) -> Response:
         self.call_id = secrets.token_hex(8)
         self.to = None
-        branch = self._send("INVITE", body)
+        branch = self._send("INVITE", body, headers=headers)
         response = self._final("INVITE", timeout)
         self.to = response.headers.get("To")
         if response.status >= 300:  # RFC 3261 §17.1.1.3: same branch, the response's To
