@@ -14,6 +14,9 @@ Three tables, CPU time (process time) per 20 ms packet, median of 3 rounds:
    sockets, N packets sent to it on loopback in bursts and received back; its CPU from /proc per
    packet, which is everything the worker does for a packet (epoll, recvfrom, the channel, sendto,
    RTCP statistics). ``sendto`` on loopback also carries the kernel's delivery to the receiver.
+   ``--syscalls`` runs the worker under ``strace -c -f`` and prints its system calls per packet;
+   ``--profile-worker`` runs it under cProfile and prints its top entries (both slow the worker:
+   their CPU figures are not comparable with a plain run's).
 
 Every loop is bounded by count and time; the worker is stopped by closing its control socket and
 waited for by PID.
@@ -26,11 +29,13 @@ import cProfile
 import os
 import pickle
 import pstats
+import shutil
 import socket
 import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -141,13 +146,30 @@ def cpu_of(pid: int) -> float:
                for task in Path(f"/proc/{pid}/task").iterdir()) / 1e9
 
 
-def loop(n: int, burst: int) -> None:
+def syscalls_per_packet(path: Path, n: int) -> str:
+    """The worker's most frequent system calls from an ``strace -c`` summary, per packet."""
+    rows = []
+    for line in path.read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and fields[0][0].isdigit() and fields[3].isdigit() and fields[-1] != "total":
+            rows.append((int(fields[3]), fields[-1]))
+    return ", ".join(f"{name} {calls / n:.2f}" for calls, name in sorted(rows, reverse=True)[:4])
+
+
+def loop(n: int, burst: int, cases: list[str], syscalls: bool, profile: bool) -> None:
     print(f"\nmedia worker process, us of its CPU per packet ({n} packets in bursts of {burst}, one call)")
-    for case, (source, sink) in CASES.items():
+    for case in cases:
+        source, sink = CASES[case]
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {**os.environ, "PYTHONPATH": str(ROOT / "daemons")}
         command = [sys.executable, "-m", "sipmob.transcoder.worker", "--fd", str(theirs.fileno()),
                    "--log-level", "warning"]
+        tmp = Path(tempfile.mkdtemp(prefix="bench-path-"))
+        if profile:
+            command[1:3] = ["-m", "cProfile", "-o", str(tmp / "worker.prof"),
+                            "-m", "sipmob.transcoder.worker"]
+        if syscalls:
+            command = ["strace", "-c", "-f", "-o", str(tmp / "strace.txt"), *command]
         proc = subprocess.Popen(command, pass_fds=[theirs.fileno()], env=env)
         theirs.close()
         socks = []
@@ -205,6 +227,13 @@ def loop(n: int, burst: int) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+        # Both summaries cover the worker's whole life: start-up (imports) shows beside the
+        # per-packet calls, which are the ones counted about n (+ the 50 of the warm-up) times.
+        if syscalls and (tmp / "strace.txt").exists():
+            print(f"             system calls per packet: {syscalls_per_packet(tmp / 'strace.txt', n + 50)}")
+        if profile and (tmp / "worker.prof").exists():
+            pstats.Stats(str(tmp / "worker.prof")).sort_stats("tottime").print_stats(12)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:
@@ -212,6 +241,11 @@ def main() -> None:
     parser.add_argument("--packets", type=int, default=3000)
     parser.add_argument("--profile", choices=list(CASES), help="cProfile one case's Channel.receive")
     parser.add_argument("--only", choices=["codecs", "channel", "loop"])
+    parser.add_argument("--cases", default=",".join(CASES), help="the worker loop's cases, comma-separated")
+    parser.add_argument("--syscalls", action="store_true",
+                        help="the worker under strace -c: its system calls per packet")
+    parser.add_argument("--profile-worker", action="store_true",
+                        help="the worker under cProfile: its top entries")
     parser.add_argument("--burst", type=int, default=1,
                         help="packets sent to the worker at once (1: each wakes it, as calls spread "
                              "over the 20 ms do)")
@@ -221,7 +255,10 @@ def main() -> None:
     if args.only in (None, "channel"):
         channels(args.packets, args.profile)
     if args.only in (None, "loop"):
-        loop(args.packets, args.burst)
+        cases = args.cases.split(",")
+        if unknown := [c for c in cases if c not in CASES]:
+            parser.error(f"unknown cases {unknown}; known: {', '.join(CASES)}")
+        loop(args.packets, args.burst, cases, args.syscalls, args.profile_worker)
 
 
 if __name__ == "__main__":
