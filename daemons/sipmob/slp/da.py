@@ -350,14 +350,9 @@ class DirectoryAgent:
 
     def handle(self, data: bytes, source: tuple[str, int], via: Via, now: float) -> list[bytes]:
         """Process one message from `source`; return the replies to send back to it."""
-        self.counters.received += 1
-        address = source[0]
-        limited = self._limited(address)
-        if limited:
-            refused_by = self._admit(address, now)
-            if refused_by is not None:
-                return self._over_rate(data, address, via, now, refused_by)
-        return self._serve(data, source, via, now, limited)
+        for _source, replies in self.handle_batch([(data, source)], via, now):
+            return replies
+        return []  # refused without a reply
 
     def handle_batch(self, batch: list[tuple[bytes, tuple[str, int]]], via: Via,
                      now: float) -> Iterator[tuple[tuple[str, int], list[bytes]]]:
