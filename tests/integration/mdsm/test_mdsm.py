@@ -581,6 +581,30 @@ def test_a_cn_that_refuses_gets_the_members_released_and_the_referrer_its_status
             peer.stop()
 
 
+def stop_all(started: list[Any]) -> None:
+    """Stop what a test started, the last first; a referrer still running is killed."""
+    for peer in reversed(started):
+        if isinstance(peer, subprocess.Popen):
+            if peer.poll() is None:
+                peer.kill()
+                peer.wait(timeout=10)
+        else:
+            peer.stop()
+
+
+def refer_in_background(mdsm: Mdsm, cn_uri: str) -> subprocess.Popen[str]:
+    """The phone's REFER to ``living-room`` (referrer.py), left running: it prints the final
+    NOTIFY's status when the handoff ends."""
+    return subprocess.Popen([sys.executable, str(HERE / "referrer.py"), "mn", "-", mdsm.uri("living-room"),
+                             cn_uri], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def setup_legs(mdsm: Mdsm) -> dict[str, Any]:
+    """The legs of the handoff being set up, as the MDSM saved them."""
+    rows = list(Store(mdsm.state).setups())
+    return rows[0][2]["legs"] if rows else {}
+
+
 def test_a_handoff_half_done_when_the_mdsm_is_killed_is_rolled_back_on_restart(tmp_path: Path) -> None:
     """``kill -9`` between Fig. 6's messages 4 and 5: the speaker has answered (its ACK held back
     for the CN's answer), the TV is still ringing, the CN has not been invited. The state file
@@ -599,18 +623,12 @@ def test_a_handoff_half_done_when_the_mdsm_is_killed_is_rolled_back_on_restart(t
                     'owners = ["sip:mn@127.0.0.1"]\n', extra="[limits]\nsetup_timeout = 60\n")
         mdsm.start()
         started.append(mdsm)
-        referrer = subprocess.Popen([sys.executable, str(HERE / "referrer.py"), "mn", "-",
-                                     mdsm.uri("living-room"), cn.uri],
-                                    env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        referrer = refer_in_background(mdsm, cn.uri)
         started.append(referrer)
 
-        def legs() -> dict[str, Any]:
-            rows = list(Store(mdsm.state).setups())
-            return rows[0][2]["legs"] if rows else {}
-
         assert tv.wait("ringing", 10), tv.lines
-        assert until(lambda: {k: sorted(v) for k, v in legs().items()}
-                     == {speaker.uri: ["dialog", "uri"], tv.uri: ["ringing", "uri"]}, 10), legs()
+        assert until(lambda: {k: sorted(v) for k, v in setup_legs(mdsm).items()}
+                     == {speaker.uri: ["dialog", "uri"], tv.uri: ["ringing", "uri"]}, 10), setup_legs(mdsm)
         mdsm.kill9()
         assert tv.count("cancelled") == 0
         mdsm.start()
@@ -624,13 +642,7 @@ def test_a_handoff_half_done_when_the_mdsm_is_killed_is_rolled_back_on_restart(t
         assert not any(e["event"] == "incoming_call" for e in cn.events)
         assert list(Store(mdsm.state).setups()) == [] and len(Store(mdsm.state)) == 0
     finally:
-        for peer in reversed(started):
-            if isinstance(peer, subprocess.Popen):
-                if peer.poll() is None:
-                    peer.kill()
-                    peer.wait(timeout=10)
-            else:
-                peer.stop()
+        stop_all(started)
 
 
 def test_a_handoff_killed_while_the_cn_rings_is_cancelled_on_restart(tmp_path: Path) -> None:
@@ -648,19 +660,13 @@ def test_a_handoff_killed_while_the_cn_rings_is_cancelled_on_restart(tmp_path: P
                     'owners = ["sip:mn@127.0.0.1"]\n', extra="[limits]\nsetup_timeout = 60\n")
         mdsm.start()
         started.append(mdsm)
-        referrer = subprocess.Popen([sys.executable, str(HERE / "referrer.py"), "mn", "-",
-                                     mdsm.uri("living-room"), cn.uri],
-                                    env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        referrer = refer_in_background(mdsm, cn.uri)
         started.append(referrer)
 
-        def legs() -> dict[str, Any]:
-            rows = list(Store(mdsm.state).setups())
-            return rows[0][2]["legs"] if rows else {}
-
         cn.wait("incoming_call", 10)
-        assert until(lambda: {k: sorted(v) for k, v in legs().items()}
+        assert until(lambda: {k: sorted(v) for k, v in setup_legs(mdsm).items()}
                      == {speaker.uri: ["dialog", "uri"], tv.uri: ["dialog", "uri"],
-                         "CN": ["ringing", "uri"]}, 10), legs()
+                         "CN": ["ringing", "uri"]}, 10), setup_legs(mdsm)
         mdsm.kill9()
         mdsm.start()
         cn.wait("incoming_cancelled", 10)
@@ -671,13 +677,7 @@ def test_a_handoff_killed_while_the_cn_rings_is_cancelled_on_restart(tmp_path: P
         assert cn.count("established") == 0
         assert list(Store(mdsm.state).setups()) == [] and len(Store(mdsm.state)) == 0
     finally:
-        for peer in reversed(started):
-            if isinstance(peer, subprocess.Popen):
-                if peer.poll() is None:
-                    peer.kill()
-                    peer.wait(timeout=10)
-            else:
-                peer.stop()
+        stop_all(started)
 
 
 def test_a_call_to_the_virtual_device_killed_while_a_member_rings_is_cancelled_on_restart(
