@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
+import stat
 from pathlib import Path
 
 from sipmob.service.config import (
@@ -23,6 +25,7 @@ from sipmob.service.config import (
     state_path,
     this_host_address,
 )
+from sipmob.slp import auth
 from sipmob.slp.da import DAConfig
 from sipmob.slp.messages import SLP_PORT
 
@@ -124,6 +127,43 @@ class Limits:
                                               "arrived; slower senders are disconnected")
 
 
+def read_key(path: str) -> bytes:
+    """A registrant's secret: the file's bytes without surrounding whitespace (so a key made with
+    ``head -c 32 /dev/urandom | base64`` works as written). Raises ValueError saying what is wrong:
+    unreadable, readable by group or others (it must be mode 0600), or too short."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise ValueError(f"cannot read the key file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"the key file {path} is not a regular file")
+        if mode & 0o077:
+            raise ValueError(f"the key file {path} is mode {stat.S_IMODE(mode):04o}: others may read "
+                             f"it (chmod 600)")
+        key = fh.read(4097).strip()
+    problem = auth.check_key(key)
+    if problem:
+        raise ValueError(f"the key in {path} {problem}")
+    return key
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RegistrantKey:
+    spi: str = setting(check=auth.check_spi, help="the registrant's name (SLP SPI) in its "
+                                                  "authentication blocks")
+    file: str = setting(help="file holding its secret key, mode 0600, at least 16 bytes; read at "
+                             "start and on reload")
+
+    def validate(self) -> list[tuple[str, str]]:
+        try:
+            read_key(self.file)
+        except ValueError as exc:
+            return [("file", str(exc))]
+        return []
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Registration:
     allowed_networks: list[str] = setting(default_factory=lambda: list(PRIVATE_NETWORKS),
@@ -135,6 +175,28 @@ class Registration:
                                  help="trusted registrants (the SA proxy on this box; devices): their "
                                       "registrations get the `trusted` attribute, their names cannot be "
                                       "taken by others, and the rate limits do not apply to them")
+    keys: list[RegistrantKey] = setting(
+        default_factory=list,
+        help="registrants with a secret ([[registration.keys]] tables of spi and file): a URL "
+             "registered with a valid authentication block of one can be changed or deregistered "
+             "only with that registrant's key, from any address")
+    trusted_spis: list[str] = setting(default_factory=list, check=each(auth.check_spi),
+                                      help="registrants (SPIs of keys) trusted as the trusted networks "
+                                           "are, whatever address they register from")
+    auth_window: float = setting(300.0, check=lambda v: None if 1 <= v <= 86400 else
+                                 f"must be 1-86400 seconds, got {v}",
+                                 help="seconds an authentication block's timestamp may differ from "
+                                      "this box's clock")
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        spis = [k.spi for k in self.keys]
+        for spi in sorted({s for s in spis if spis.count(s) > 1}):
+            problems.append(("keys", f"SPI {spi!r} is given more than once"))
+        for spi in self.trusted_spis:
+            if spi not in spis:
+                problems.append(("trusted_spis", f"{spi!r} has no key in [[registration.keys]]"))
+        return problems
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -198,4 +260,7 @@ class SlpdaConfig:
             stranger_rate=self.limits.stranger_rate,
             stranger_burst=self.limits.stranger_burst,
             rate_sources=self.limits.rate_sources,
+            keys=tuple((k.spi, read_key(k.file)) for k in self.registration.keys),
+            trusted_spis=tuple(self.registration.trusted_spis),
+            auth_window=self.registration.auth_window,
         )

@@ -321,3 +321,50 @@ def test_the_mac_is_not_computed_for_a_source_outside_the_allowed_networks(
     assert send(da, signed(srvreg()), ("203.0.113.5", 1)) == ErrorCode.AUTHENTICATION_ABSENT
     assert send(da, signed(srvreg(url="bad url")), HOME) == ErrorCode.INVALID_REGISTRATION
     assert calls == []
+
+
+# The registrant's side ------------------------------------------------------------------------
+
+
+def test_a_service_agent_with_a_key_signs_once_per_request_and_the_da_takes_it() -> None:
+    from sipmob.slp.agent import AgentConfig, Registration, ServiceAgent
+
+    da = make_da()
+    da_address = ("192.168.1.1", 427)
+    agent = ServiceAgent(AgentConfig(das=(da_address,), auth_spi="speaker", auth_key=KEY), NOW)
+    out = agent.register(Registration(URL, "service:sip-device", ("DEFAULT",), "(name=Kitchen)", 300),
+                         NOW)
+    (first,) = out
+    msg = wire.decode(first.data)
+    assert isinstance(msg, SrvReg)
+    (block,) = msg.url_entry.auths
+    assert block.spi == "speaker" and auth.verify(msg, block, KEY)
+    # Unanswered: the retransmission is the same request, with the same block.
+    due = agent.get_timer()
+    assert due is not None
+    (again,) = agent.handle_timer(due)
+    assert again.data == first.data
+    # The DA answers both alike, and applies the first only.
+    replies = da.handle(first.data, MOVED, "udp", NOW)
+    assert replies == da.handle(again.data, MOVED, "udp", NOW)
+    assert da.counters.registrations == 1
+    agent.receive(replies[0], da_address, NOW)
+    # The deregistration is signed with a later timestamp, and accepted from another address.
+    (bye,) = agent.deregister(URL, NOW + 1)
+    dereg = wire.decode(bye.data)
+    assert isinstance(dereg, SrvDeReg) and dereg.url_entry.auths[0].timestamp > block.timestamp
+    (reply,) = da.handle(bye.data, HOME, "udp", NOW + 1)
+    ack = wire.decode(reply)
+    assert isinstance(ack, SrvAck) and ack.error == ErrorCode.OK
+    assert urls(da) == []
+
+
+def test_a_service_agent_without_a_key_sends_no_block() -> None:
+    from sipmob.slp.agent import AgentConfig, Registration, ServiceAgent
+
+    agent = ServiceAgent(AgentConfig(das=(("192.168.1.1", 427),)), NOW)
+    (out,) = agent.register(Registration(URL, "service:sip-device", ("DEFAULT",)), NOW)
+    msg = wire.decode(out.data)
+    assert isinstance(msg, SrvReg) and msg.url_entry.auths == ()
+    with pytest.raises(ValueError):
+        AgentConfig(auth_spi="speaker", auth_key=b"short")
