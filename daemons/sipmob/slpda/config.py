@@ -30,6 +30,8 @@ from sipmob.slp.da import DAConfig
 from sipmob.slp.messages import SLP_PORT
 
 DEFAULT_STATE_FILE = "/var/lib/sipmob/slpda.json"
+DEFAULT_KEY_DIRECTORY = "/etc/sipmob/keys"  # the packages put the SA proxy's key here at install
+MAX_KEYS = 256
 
 # RFC 1918 and RFC 4193 private ranges, link-local and loopback: the home network and the box itself.
 PRIVATE_NETWORKS = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
@@ -175,14 +177,18 @@ class Registration:
                                  help="trusted registrants (the SA proxy on this box; devices): their "
                                       "registrations get the `trusted` attribute, their names cannot be "
                                       "taken by others, and the rate limits do not apply to them")
+    key_directory: str = setting(DEFAULT_KEY_DIRECTORY,
+                                 help="directory of registrants' secrets: each SPI.key file in it is the "
+                                      "key of registrant SPI (mode 0600, at least 16 bytes); read at "
+                                      "start and on reload; a missing directory means no keys")
     keys: list[RegistrantKey] = setting(
         default_factory=list,
-        help="registrants with a secret ([[registration.keys]] tables of spi and file): a URL "
-             "registered with a valid authentication block of one can be changed or deregistered "
-             "only with that registrant's key, from any address")
-    trusted_spis: list[str] = setting(default_factory=list, check=each(auth.check_spi),
-                                      help="registrants (SPIs of keys) trusted as the trusted networks "
-                                           "are, whatever address they register from")
+        help="more registrants' secrets, as [[registration.keys]] tables of spi and file. A URL "
+             "registered with a valid authentication block can then be changed or deregistered "
+             "only with the same registrant's key, from any address")
+    trusted_spis: list[str] = setting(default_factory=lambda: ["saproxy"], check=each(auth.check_spi),
+                                      help="registrants trusted by their key as the trusted networks are "
+                                           "by address, whatever address they register from")
     auth_window: float = setting(300.0, check=lambda v: None if 1 <= v <= 86400 else
                                  f"must be 1-86400 seconds, got {v}",
                                  help="seconds an authentication block's timestamp may differ from "
@@ -193,10 +199,32 @@ class Registration:
         spis = [k.spi for k in self.keys]
         for spi in sorted({s for s in spis if spis.count(s) > 1}):
             problems.append(("keys", f"SPI {spi!r} is given more than once"))
-        for spi in self.trusted_spis:
-            if spi not in spis:
-                problems.append(("trusted_spis", f"{spi!r} has no key in [[registration.keys]]"))
+        try:
+            self.read_keys()
+        except ValueError as exc:
+            problems.append(("key_directory", str(exc)))
         return problems
+
+    def read_keys(self) -> tuple[tuple[str, bytes], ...]:
+        """Every registrant's (SPI, key): the key directory's, then the `keys` tables' (which win).
+        Raises ValueError naming the file that cannot be used."""
+        keys: dict[str, bytes] = {}
+        directory = Path(self.key_directory) if self.key_directory else None
+        if directory is not None and directory.exists():
+            try:
+                files = sorted(directory.glob("*.key"))
+            except OSError as exc:
+                raise ValueError(f"cannot list {directory}: {exc.strerror}") from None
+            if len(files) > MAX_KEYS:
+                raise ValueError(f"{directory} holds more than {MAX_KEYS} keys")
+            for path in files:
+                problem = auth.check_spi(path.stem)
+                if problem:
+                    raise ValueError(f"{path}: the name before .key is the SPI, which {problem}")
+                keys[path.stem] = read_key(str(path))
+        for k in self.keys:
+            keys[k.spi] = read_key(k.file)
+        return tuple(sorted(keys.items()))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -260,7 +288,7 @@ class SlpdaConfig:
             stranger_rate=self.limits.stranger_rate,
             stranger_burst=self.limits.stranger_burst,
             rate_sources=self.limits.rate_sources,
-            keys=tuple((k.spi, read_key(k.file)) for k in self.registration.keys),
+            keys=self.registration.read_keys(),
             trusted_spis=tuple(self.registration.trusted_spis),
             auth_window=self.registration.auth_window,
         )
