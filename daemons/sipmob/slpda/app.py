@@ -248,6 +248,9 @@ class SlpdaApp:
         self.timer.update()
         log.info("listening on %s port %d (UDP, TCP%s) for scopes %s", listen.address, listen.port,
                  ", multicast" if self.multicast_joined else "", ",".join(self.da.scopes))
+        spis = [spi for spi, _ in self.da.config.keys]
+        if spis:
+            log.info("registrants with a key: %s", ", ".join(spis))
 
     def _restore(self) -> None:
         """The state file, then the journal's changes after it; then one rewrite to compact them."""
