@@ -8,8 +8,9 @@ type + scope + language, attribute values) so that a SrvRqst with a predicate do
 store, keeps each URL entry encoded, reads a plain SrvRqst straight from its bytes and binds its
 predicate to a shape seen before (`predicate.prepare`), caches the replies of requests that
 repeat, limits the request rate per source (deciding admission for a whole batch of datagrams
-before parsing any, `handle_batch`), bounds the store, restricts who may register, and can
-snapshot itself with absolute expiry times for persistence across a power cut.
+before parsing any, `handle_batch`), bounds the store, restricts who may register and who owns a
+URL (its source address, or its registrant's secret: `auth`), and can snapshot itself with
+absolute expiry times for persistence across a power cut.
 
 Not here: sockets, multicast membership, the clock, logging and the state file (the daemon,
 `sipmob.slpda.app`); the wire format (`wire`); attribute and predicate semantics (`attrs`,
@@ -199,7 +200,7 @@ class Counters:
     deregistrations: int = 0
     expired: int = 0
     cut_by_work: int = 0  # replies flagged OVERFLOW because the request's work budget ran out
-    auth_failed: int = 0  # SrvReg/SrvDeReg blocks refused: bad MAC, expired or replayed
+    auth_failed: int = 0  # SrvReg/SrvDeReg blocks refused: bad MAC, unknown SPI, expired, replayed
 
 
 @dataclasses.dataclass(slots=True)
