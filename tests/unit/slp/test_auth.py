@@ -368,3 +368,27 @@ def test_a_service_agent_without_a_key_sends_no_block() -> None:
     assert isinstance(msg, SrvReg) and msg.url_entry.auths == ()
     with pytest.raises(ValueError):
         AgentConfig(auth_spi="speaker", auth_key=b"short")
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_a_mutated_signed_request_from_a_rogue_changes_nothing_the_owner_did_not_sign(
+        data: st.DataObject) -> None:
+    da = make_da()
+    assert send(da, signed(srvreg(), ts=int(NOW) + 30)) == ErrorCode.OK
+    original = signed(data.draw(st.sampled_from([srvdereg(), srvdereg(tags="name"),
+                                                  srvreg(attrs="(name=Rogue)")])), ts=int(NOW) + 31)
+    encoded = bytearray(wire.encode(original))
+    for _ in range(data.draw(st.integers(1, 3))):
+        pos = data.draw(st.integers(0, len(encoded) - 1))
+        encoded[pos] ^= data.draw(st.integers(1, 255))
+    replies = da.handle(bytes(encoded), ROGUE, "udp", NOW)
+    assert len(replies) <= 1
+    reg = da._regs.get((URL, "en"))
+    if reg is None or reg.attr_list != "(name=Kitchen speaker)":
+        # Changed: only by a request whose covered fields are the owner's, unchanged.
+        changed = wire.decode(bytes(encoded))
+        assert isinstance(changed, SrvReg | SrvDeReg)
+        assert auth.verify(changed, changed.url_entry.auths[0], KEY)
+        assert auth.authenticated(changed, "speaker", int(NOW) + 31) == \
+            auth.authenticated(original, "speaker", int(NOW) + 31)
