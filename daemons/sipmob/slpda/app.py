@@ -21,6 +21,7 @@ from typing import Any
 from twisted.internet import defer, protocol
 from twisted.protocols.policies import TimeoutMixin
 
+from sipmob.service.config import ConfigError, ConfigProblem
 from sipmob.service.daemon import Runtime
 from sipmob.service.statefile import DebouncedWriter, Journal, read_json
 from sipmob.service.timers import TimerDriver
@@ -305,7 +306,10 @@ class SlpdaApp:
         if (config.listen, config.multicast, config.state_file) != (
                 self.config.listen, self.config.multicast, self.config.state_file):
             log.warning("listen, multicast and state settings apply at the next restart")
-        da_config = config.da_config()  # reads the registrants' keys again; may raise ValueError
+        try:
+            da_config = config.da_config()  # reads the registrants' keys again
+        except ValueError as exc:  # a key file changed since the file was checked
+            raise ConfigError([ConfigProblem("keys", "registration", str(exc))]) from None
         self.config = config
         self.da.reconfigure(da_config, self.reactor.seconds())
         logging.getLogger().setLevel(config.log.level.upper())
