@@ -101,7 +101,8 @@ class Slp:
                             help="file holding our secret key (mode 0600, at least 16 bytes), which the "
                                  "DA knows as the key of `spi` (sipmob-slpda: SPI.key in its "
                                  "key_directory): every registration and deregistration is then "
-                                 "signed, and only we can change them; missing or empty: unsigned")
+                                 "signed, and only we can change them; read at start; missing or "
+                                 "empty: unsigned")
 
     @property
     def da_interval(self) -> float:
