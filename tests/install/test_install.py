@@ -219,6 +219,16 @@ def test_slpda_answers_srvrqst_for_directory_agent_with_daadvert(box: Container)
     assert "DEFAULT" in str(reply["scope_list"]).split(",")
 
 
+def test_saproxy_key_is_made_at_install_and_used_by_both_daemons(box: Container) -> None:
+    out = box.run(["stat", "-c", "%a %U %G", "/etc/sipmob/keys/saproxy.key", "/etc/sipmob/keys"]).stdout
+    assert out.split("\n")[:2] == ["600 sipmob sipmob", "750 root sipmob"], out
+    assert len(box.run(["cat", "/etc/sipmob/keys/saproxy.key"]).stdout.strip()) >= 32
+    wait_for("sipmob-slpda to read the key", lambda: "registrants with a key: saproxy" in box.run(
+        ["journalctl", "--no-pager", "-u", "sipmob-slpda.service"]).stdout)
+    saproxy_log = box.run(["journalctl", "--no-pager", "-u", "sipmob-saproxy.service"]).stdout
+    assert "probing" in saproxy_log and "unsigned" not in saproxy_log
+
+
 def test_transcoder_converts_pcmu_to_opus_under_its_unit(box: Container) -> None:
     # PyAV and libavcodec under MemoryDenyWriteExecute and the system call filter, as installed.
     out = box.run(["python3", "/probe/transcoder_probe.py", "--timeout", "5"], timeout=30)

@@ -93,7 +93,10 @@ class SaproxyApp:
         slp = self.config.slp
         self.sa = SLPServiceAgent(self.reactor, das=[split_host_port(d, 427) for d in slp.das],
                                   scopes=slp.scopes, multicast=slp.multicast,
-                                  config=AgentConfig(da_find=slp.da_interval))
+                                  config=self._agent_config(slp.da_interval))
+        if not self.sa.agent.config.auth_spi:
+            log.warning("no key in %s: registrations are unsigned, and only their source address "
+                        "protects them", slp.key_file or "[slp] key_file")
         self.sa.start()
         self._deregister_stale()
         if self.config.mdns.enabled:
@@ -300,13 +303,20 @@ class SaproxyApp:
         if not stale:
             return
         slp = self.config.slp
-        client = SLPClient(self.reactor, das=[split_host_port(d, 427) for d in slp.das], scopes=slp.scopes)
+        client = SLPClient(self.reactor, das=[split_host_port(d, 427) for d in slp.das], scopes=slp.scopes,
+                           config=self._agent_config(slp.da_interval))
         done = []
         for url in stale:
             log.info("deregistering %s, registered by the previous run and no longer configured", url)
             done.append(client.deregister(url).addErrback(
                 lambda f, url=url: log.warning("could not deregister %s: %s", url, f.getErrorMessage())))
         defer.DeferredList(done).addBoth(lambda _: client.close())
+
+    def _agent_config(self, da_find: float) -> AgentConfig:
+        """With a key, our registrations are signed: only we can change them at the DA."""
+        slp = self.config.slp
+        key = slp.auth_key()
+        return AgentConfig(da_find=da_find, auth_spi=slp.spi if key else "", auth_key=key)
 
     def _report_status(self) -> None:
         status = self.status()

@@ -16,9 +16,12 @@ port), via)``; `get_timer()` gives the next deadline and `handle_timer(now)` run
 reported as events (`events()`). Addresses are IP literals: resolving names is the caller's business.
 
 Not here: sockets, TCP connections and the clock (`sipmob.service.slp`), the encoding (`wire`),
-attribute list syntax (`attrs`), what a DA does (`da`). Not implemented: answering requests as an SA
-when no DA exists (§6.1 "SA without DA"), authentication blocks, TCP to multicast responders whose
-reply overflowed (their truncated replies are used as they are).
+attribute list syntax (`attrs`), what a DA does (`da`). With an SPI and key configured
+(`AgentConfig.auth_spi`), every SrvReg and SrvDeReg carries an HMAC-SHA-256 authentication block
+(`auth`), made once per request so that its retransmissions are the same request. Not implemented:
+answering requests as an SA when no DA exists (§6.1 "SA without DA"), DSA authentication blocks
+(§9.2.2), TCP to multicast responders whose reply overflowed (their truncated replies are used as
+they are).
 """
 
 from __future__ import annotations
@@ -29,13 +32,14 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, Literal, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
-from sipmob.slp import wire
+from sipmob.slp import auth, wire
 from sipmob.slp.attrs import Attribute, AttrParseError, parse_attr_list
 from sipmob.slp.messages import (
     SLP_MCAST_V4,
     SLP_PORT,
     AttrRply,
     AttrRqst,
+    AuthBlock,
     DAAdvert,
     ErrorCode,
     Flags,
@@ -93,10 +97,16 @@ class AgentConfig:
     mtu: int = 1400  # a multicast request whose PR list would grow past this stops converging (§6.3)
     reg_retry: float = 30.0  # wait after a failed registration before the next attempt
     reg_wait: tuple[float, float] = CONFIG_REG_ACTIVE
+    # The registrant's secret: with an SPI, SrvReg and SrvDeReg are signed (`auth`); ``now``
+    # must then be wall-clock time, since the DA compares the block's timestamp with its own.
+    auth_spi: str = ""
+    auth_key: bytes = dataclasses.field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         if not self.scopes:
             raise ValueError("at least one scope is needed")
+        if self.auth_spi and (auth.check_spi(self.auth_spi) or auth.check_key(self.auth_key)):
+            raise ValueError(auth.check_spi(self.auth_spi) or auth.check_key(self.auth_key))
         if self.retry <= 0 or self.retry_max < self.retry or self.mc_max < self.retry:
             raise ValueError("retry intervals must be positive and retry <= retry_max, mc_max")
 
@@ -358,6 +368,7 @@ class _Agent:
         self._discovery_at: float | None = None
         self._started = False
         self.dropped = 0  # datagrams that could not be decoded or matched nothing
+        self._signer = auth.Signer(config.auth_spi, config.auth_key) if config.auth_spi else None
 
     # public interface ---------------------------------------------------------------------------
 
@@ -514,6 +525,24 @@ class _Agent:
         if fresh:
             flags |= Flags.FRESH
         return Header(function_id=function_id, xid=xid, lang=self.config.lang, flags=flags)
+
+    def _signing(self, build: Callable[[int, bool, str], Message],
+                 now: float) -> Callable[[int, bool, str], Message]:
+        """`build` of a SrvReg or SrvDeReg, with our block when we have a key: signed once, at
+        `now`, so that every retransmission carries the same block (the XID is not covered)."""
+        signer = self._signer
+        if signer is None:
+            return build
+        blocks: list[tuple[AuthBlock, ...]] = []
+
+        def signed(xid: int, mcast: bool, prlist: str) -> Message:
+            msg = build(xid, mcast, prlist)
+            assert isinstance(msg, SrvReg | SrvDeReg)
+            if not blocks:
+                blocks.append(signer.sign(msg, now).url_entry.auths)
+            return dataclasses.replace(msg, url_entry=dataclasses.replace(msg.url_entry,
+                                                                          auths=blocks[0]))
+        return signed
 
     def _transaction(self, build: Callable[[int, bool, str], Message], mode: _Mode, dest: Address,
                      now: float, on_reply: Callable[[Message, Address, float], bool],
@@ -714,7 +743,8 @@ class UserAgent(_Agent):
         def build(xid: int, mcast: bool, prlist: str) -> Message:
             return _srvreg(self._header(FunctionId.SrvReg, xid, fresh=True), reg)
 
-        query = self._query(FunctionId.SrvReg, build, _Done(), self.das_for(reg.scopes)[:1], False, now)
+        query = self._query(FunctionId.SrvReg, self._signing(build, now), _Done(),
+                            self.das_for(reg.scopes)[:1], False, now)
         return query, self._take()
 
     def deregister_once(self, url: str, now: float, scopes: Sequence[str] | None = None
@@ -724,7 +754,7 @@ class UserAgent(_Agent):
         def build(xid: int, mcast: bool, prlist: str) -> Message:
             return SrvDeReg(self._header(FunctionId.SrvDeReg, xid), scope_list, UrlEntry(url, 0))
 
-        query = self._query(FunctionId.SrvDeReg, build, _Done(),
+        query = self._query(FunctionId.SrvDeReg, self._signing(build, now), _Done(),
                             self.das_for(split_list(scope_list))[:1], False, now)
         return query, self._take()
 
@@ -872,7 +902,8 @@ class ServiceAgent(_Agent):
         def build(xid: int, mcast: bool, prlist: str) -> Message:
             return _srvreg(self._header(FunctionId.SrvReg, xid, fresh=True), reg)
 
-        state.xid = self._transaction(build, "unicast", address, now, on_reply, on_end).xid
+        state.xid = self._transaction(self._signing(build, now), "unicast", address, now, on_reply,
+                                      on_end).xid
 
     def _send_dereg(self, url: str, address: Address, state: _RegState, reg: Registration,
                     now: float) -> None:
@@ -901,7 +932,8 @@ class ServiceAgent(_Agent):
             return SrvDeReg(self._header(FunctionId.SrvDeReg, xid), ",".join(reg.scopes),
                             UrlEntry(reg.url, 0))
 
-        state.xid = self._transaction(build, "unicast", address, now, on_reply, on_end).xid
+        state.xid = self._transaction(self._signing(build, now), "unicast", address, now, on_reply,
+                                      on_end).xid
 
     def _after(self, url: str, address: Address, state: _RegState, now: float) -> None:
         if self._states.get((url, address)) is state:

@@ -8,8 +8,9 @@ type + scope + language, attribute values) so that a SrvRqst with a predicate do
 store, keeps each URL entry encoded, reads a plain SrvRqst straight from its bytes and binds its
 predicate to a shape seen before (`predicate.prepare`), caches the replies of requests that
 repeat, limits the request rate per source (deciding admission for a whole batch of datagrams
-before parsing any, `handle_batch`), bounds the store, restricts who may register, and can
-snapshot itself with absolute expiry times for persistence across a power cut.
+before parsing any, `handle_batch`), bounds the store, restricts who may register and who owns a
+URL (its source address, or its registrant's secret: `auth`), and can snapshot itself with
+absolute expiry times for persistence across a power cut.
 
 Not here: sockets, multicast membership, the clock, logging and the state file (the daemon,
 `sipmob.slpda.app`); the wire format (`wire`); attribute and predicate semantics (`attrs`,
@@ -26,10 +27,10 @@ import math
 import re
 import struct
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
-from sipmob.slp import wire
+from sipmob.slp import auth, wire
 from sipmob.slp.attrs import (
     Attribute,
     AttrParseError,
@@ -42,6 +43,7 @@ from sipmob.slp.attrs import remove_tags as attrs_remove_tags
 from sipmob.slp.messages import (
     AttrRply,
     AttrRqst,
+    AuthBlock,
     DAAdvert,
     ErrorCode,
     Flags,
@@ -124,6 +126,11 @@ class DAConfig:
     reply_cache_bytes: int = 1 << 21
     predicate_cache_size: int = 256
     predicate_cache_bytes: int = 1 << 20
+    # Per-registrant secrets (`auth`): SPI -> key. A URL registered with a valid block belongs to
+    # its SPI, whatever the source address; registrants named in `trusted_spis` are trusted.
+    keys: tuple[tuple[str, bytes], ...] = dataclasses.field(default=(), repr=False)
+    trusted_spis: tuple[str, ...] = ()
+    auth_window: float = 300.0  # seconds a block's timestamp may differ from our clock
 
 
 # Events for the daemon to log. -----------------------------------------------------------------
@@ -137,6 +144,7 @@ class Registered:
     lifetime: int
     fresh: bool
     source: str
+    spi: str = ""  # the registrant's SPI when the request carried a valid block
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -146,6 +154,7 @@ class Deregistered:
     lang: str
     source: str
     tags: str = ""  # non-empty when only these attributes were removed
+    spi: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -162,6 +171,7 @@ class Refused:
     url: str
     error: ErrorCode
     source: str
+    detail: str = ""  # why, when the error code alone does not say (a bad authenticator...)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -190,6 +200,7 @@ class Counters:
     deregistrations: int = 0
     expired: int = 0
     cut_by_work: int = 0  # replies flagged OVERFLOW because the request's work budget ran out
+    auth_failed: int = 0  # SrvReg/SrvDeReg blocks refused: bad MAC, unknown SPI, expired, replayed
 
 
 @dataclasses.dataclass(slots=True)
@@ -207,6 +218,8 @@ class _Registration:
     expires: float
     source: str
     trusted: bool = False
+    spi: str = ""  # the owner when registered with a valid block: only it may change the URL
+    auth_ts: int = 0  # the timestamp of that block
     index: tuple[tuple[str, str], ...] = ()
     cost: int = 0
     entry: bytes = b""  # the URL entry's bytes after its lifetime, encoded once (`_store`)
@@ -273,6 +286,8 @@ class DirectoryAgent:
         self.boot_timestamp = max(int(now), 1)
         self.generation = 0  # bumped on every change of the store, for persistence
         self._next_beat: float | None = None
+        self._auth_detail = ""
+        self._replay = auth.ReplayGuard(config.auth_window, 2 * config.max_registrations + 64)
         self._apply_config(config)
         if self.config.heartbeat > 0:
             self._next_beat = now + self.config.heartbeat
@@ -290,6 +305,10 @@ class DirectoryAgent:
         self._subnet_burst = float(config.subnet_burst or max(config.subnet_rate, 1.0))
         self._stranger_burst = float(config.stranger_burst or max(config.stranger_rate, 1.0))
         self._work_limit = config.request_work or math.inf
+        self._keys = dict(config.keys)
+        self._trusted_spis = frozenset(config.trusted_spis)
+        self._replay.window = config.auth_window
+        self._replay.capacity = 2 * config.max_registrations + 64
         self._reply_cache.clear()
         self._reply_cache_bytes = 0
 
@@ -466,11 +485,12 @@ class DirectoryAgent:
         if isinstance(msg, SrvReg | SrvDeReg):
             if via == "mcast":  # §8.3: registrations are unicast; a multicast one is dropped
                 return []
+            self._auth_detail = ""
             error = (self._srv_reg(msg, source[0], now) if isinstance(msg, SrvReg)
                      else self._srv_dereg(msg, source[0], now))
             if error != ErrorCode.OK:
                 self.counters.errors += 1
-                self._events.append(Refused(msg.url_entry.url, error, source[0]))
+                self._events.append(Refused(msg.url_entry.url, error, source[0], self._auth_detail))
             return [wire.encode(SrvAck(self._reply_header(msg.header, FunctionId.SrvAck), error))]
         # Replies and adverts from other agents need no answer from a DA.
         return []
@@ -908,19 +928,80 @@ class DirectoryAgent:
     def _may_register(self, address: str) -> bool:
         return not self._allowed or _in_networks(address, self._allowed)
 
-    def _owned_by_other(self, url: str, source: str) -> bool:
-        """Whether a registration of `url` (in any language) came from another source.
+    def _owned_by_other(self, url: str, source: str, spi: str = "") -> ErrorCode | None:
+        """The error to answer when a registration of `url` (in any language) is another's.
 
-        Ownership is by source address: only the registrant changes or removes its URL, except
-        that a trusted registrant may take over one from an untrusted source. See docs/slpda.md.
+        A URL registered with a valid block belongs to its SPI: only a valid block of the same
+        SPI changes or removes it, from any address, and a request without one is
+        AUTHENTICATION_ABSENT (RFC 2608 §8.3). Otherwise ownership is by source address: only
+        the registrant changes or removes its URL, except that a trusted registrant (by address,
+        or by SPI with a valid block) may take over one from an untrusted source. See docs/slpda.md.
         """
         keys = self._by_url.get(url)
         if not keys:
-            return False
+            return None
         regs = [self._regs[key] for key in keys]
-        if all(reg.source == source for reg in regs):
-            return False
-        return not self.is_trusted(source) or any(reg.trusted and reg.source != source for reg in regs)
+        if any(reg.spi for reg in regs):
+            if not spi:
+                return ErrorCode.AUTHENTICATION_ABSENT
+            if any(reg.spi and reg.spi != spi for reg in regs):
+                return ErrorCode.AUTHENTICATION_FAILED
+        by_source = [reg for reg in regs if not reg.spi]
+        if all(reg.source == source for reg in by_source):
+            return None
+        trusted = self.is_trusted(source) or spi in self._trusted_spis
+        if not trusted or any(reg.trusted and reg.source != source for reg in by_source):
+            return ErrorCode.AUTHENTICATION_FAILED
+        return None
+
+    def _authenticate(self, msg: SrvReg | SrvDeReg,
+                      now: float) -> tuple[AuthBlock | None, ErrorCode | None]:
+        """The request's verified block (None without one), or the error to answer instead.
+
+        Called after the cheap checks; the MAC is computed only for a block of ours naming a
+        configured SPI with a MAC of the right size. A retransmission of the block last
+        accepted gets the answer it got, as an error code with no block: nothing is applied.
+        """
+        entry = msg.url_entry
+        if not entry.auths:
+            return None, None
+        block = auth.block_of(entry)
+        key = self._keys.get(block.spi) if block is not None else None
+        if block is None or key is None:
+            # §7: an SPI (or a kind of block) we do not support
+            return None, self._auth_failed(
+                f"no key for SPI {block.spi!r}" if block is not None else "no HMAC-SHA-256 block",
+                ErrorCode.AUTHENTICATION_UNKNOWN)
+        if isinstance(msg, SrvReg) and not msg.header.fresh:
+            return None, ErrorCode.AUTHENTICATION_FAILED  # §8.3: no incremental signed updates
+        if not auth.verify(msg, block, key):
+            return None, self._auth_failed(f"bad MAC for SPI {block.spi}")
+        freshness, previous = self._replay.check(entry.url, block, now)
+        if freshness is auth.Freshness.NEW:
+            return block, None
+        if freshness is auth.Freshness.DUPLICATE:
+            return None, ErrorCode(previous)
+        if freshness is auth.Freshness.FULL:
+            return None, ErrorCode.DA_BUSY_NOW
+        return None, self._auth_failed(f"{freshness.value} timestamp {block.timestamp} "
+                                       f"for SPI {block.spi}")
+
+    def _auth_failed(self, why: str, error: ErrorCode = ErrorCode.AUTHENTICATION_FAILED) -> ErrorCode:
+        self.counters.auth_failed += 1
+        self._auth_detail = f"{why} ({self.counters.auth_failed} refused since start)"
+        return error
+
+    def _signed(self, msg: SrvReg | SrvDeReg, now: float,
+                apply: Callable[[AuthBlock | None], ErrorCode]) -> ErrorCode:
+        """`apply(block)` for a request whose block (if any) is valid and new; the answer is
+        remembered with the block, for its retransmissions."""
+        block, error = self._authenticate(msg, now)
+        if error is not None:
+            return error
+        result = apply(block)
+        if block is not None:
+            self._replay.accept(msg.url_entry.url, block, result)
+        return result
 
     def _shadows(self, attrs: dict[str, Attribute]) -> bool:
         """Whether untrusted attributes claim a name that a trusted registration holds."""
@@ -935,8 +1016,14 @@ class DirectoryAgent:
         entry = msg.url_entry
         if entry.lifetime == 0 or not _URL_SCHEME.match(entry.url) or _CONTROL.search(entry.url):
             return ErrorCode.INVALID_REGISTRATION
-        if self._owned_by_other(entry.url, source):
-            return ErrorCode.AUTHENTICATION_FAILED
+        return self._signed(msg, now, lambda block: self._register(msg, source, now, block))
+
+    def _register(self, msg: SrvReg, source: str, now: float, block: AuthBlock | None) -> ErrorCode:
+        entry = msg.url_entry
+        spi = block.spi if block is not None else ""
+        owned = self._owned_by_other(entry.url, source, spi)
+        if owned is not None:
+            return owned
         try:
             stype = ServiceType.parse(msg.service_type)
             url_type = service_type_of_url(entry.url)
@@ -970,7 +1057,7 @@ class DirectoryAgent:
         elif old is None and len(self._regs) >= self.config.max_registrations:
             # A full store frees itself as registrations expire: the SA should retry later.
             return ErrorCode.DA_BUSY_NOW
-        trusted = self.is_trusted(source)
+        trusted = self.is_trusted(source) or spi in self._trusted_spis
         attrs = _with_trust(attrs, trusted)
         if not trusted and self._shadows(attrs):
             return ErrorCode.AUTHENTICATION_FAILED
@@ -979,14 +1066,15 @@ class DirectoryAgent:
             url=entry.url, lang=fold(msg.header.lang), service_type=msg.service_type, stype=stype,
             type_key=stype.key, scope_list=msg.scope_list, scopes=scopes, attrs=attrs,
             attr_list=format_attr_list(attrs), lifetime=lifetime,
-            expires=now + lifetime, source=source, trusted=trusted)
+            expires=now + lifetime, source=source, trusted=trusted, spi=spi,
+            auth_ts=block.timestamp if block is not None else 0)
         if not self._fits(reg, old):
             return ErrorCode.DA_BUSY_NOW
         self._store(reg)
         self._changes.append(_record(reg))
         self.counters.registrations += 1
         self._events.append(Registered(entry.url, msg.service_type, msg.header.lang, lifetime,
-                                       msg.header.fresh, source))
+                                       msg.header.fresh, source, spi))
         return ErrorCode.OK
 
     def _fits(self, reg: _Registration, old: _Registration | None) -> bool:
@@ -1000,9 +1088,14 @@ class DirectoryAgent:
     def _srv_dereg(self, msg: SrvDeReg, source: str, now: float) -> ErrorCode:
         if not self._may_register(source):
             return ErrorCode.AUTHENTICATION_ABSENT
+        return self._signed(msg, now, lambda block: self._deregister(msg, source, block))
+
+    def _deregister(self, msg: SrvDeReg, source: str, block: AuthBlock | None) -> ErrorCode:
         url = msg.url_entry.url
-        if self._owned_by_other(url, source):
-            return ErrorCode.AUTHENTICATION_FAILED
+        spi = block.spi if block is not None else ""
+        owned = self._owned_by_other(url, source, spi)
+        if owned is not None:
+            return owned
         scopes = self._request_scopes(msg.scope_list)
         if scopes is None:
             return ErrorCode.PARSE_ERROR
@@ -1015,9 +1108,12 @@ class DirectoryAgent:
                 return ErrorCode.SCOPE_NOT_SUPPORTED
             for r in regs:
                 self._remove(r)
-                self._changes.append({"op": "del", "url": r.url, "lang": r.lang})
+                change: dict[str, Any] = {"op": "del", "url": r.url, "lang": r.lang}
+                if block is not None:  # a replayed older block must stay refused after a restart
+                    change.update(spi=block.spi, auth_ts=block.timestamp)
+                self._changes.append(change)
                 self.counters.deregistrations += 1
-                self._events.append(Deregistered(url, r.service_type, r.lang, source))
+                self._events.append(Deregistered(url, r.service_type, r.lang, source, spi=spi))
             return ErrorCode.OK
         reg = self._regs.get((url, fold(msg.header.lang)))
         if reg is None:
@@ -1029,10 +1125,12 @@ class DirectoryAgent:
         except AttrParseError:
             return ErrorCode.PARSE_ERROR
         updated = dataclasses.replace(reg, attrs=attrs, attr_list=format_attr_list(attrs))
+        if block is not None:
+            updated.auth_ts = block.timestamp
         self._store(updated)
         self._changes.append(_record(updated))
         self.counters.deregistrations += 1
-        self._events.append(Deregistered(url, reg.service_type, reg.lang, source, msg.tag_list))
+        self._events.append(Deregistered(url, reg.service_type, reg.lang, source, msg.tag_list, spi))
         return ErrorCode.OK
 
     # The store and its indexes ------------------------------------------------------------------
@@ -1180,6 +1278,7 @@ class DirectoryAgent:
         kept = 0
         for item in records:
             if item.get("op") == "del":
+                self._seed(item)
                 for key in list(self._by_url.get(str(item.get("url")), ())):
                     if key[1] == str(item.get("lang")):
                         self._remove(self._regs[key])
@@ -1187,6 +1286,7 @@ class DirectoryAgent:
             reg = self._parse_record(item, now)
             if reg is None:
                 continue
+            self._seed(item)
             old = self._regs.get((reg.url, reg.lang))
             if old is None and len(self._regs) >= self.config.max_registrations:
                 continue
@@ -1210,7 +1310,8 @@ class DirectoryAgent:
             if limit and self._store_bytes + _MIN_COST + 3 * len(attr_list) > limit:
                 return None  # it cannot fit: not worth parsing (a huge state file stays cheap)
             source = str(item.get("source", ""))
-            trusted = self.is_trusted(source)
+            spi = str(item.get("spi", ""))
+            trusted = self.is_trusted(source) or (bool(spi) and spi in self._trusted_spis)
             attrs = _with_trust(parse_attr_list(attr_list), trusted)
             scope_list = str(item["scope_list"])
             scopes = self._request_scopes(scope_list)
@@ -1222,9 +1323,17 @@ class DirectoryAgent:
                 service_type=str(item["service_type"]), stype=stype, type_key=stype.key,
                 scope_list=scope_list, scopes=scopes, attrs=attrs,
                 attr_list=format_attr_list(attrs), lifetime=lifetime,
-                expires=min(expires, now + lifetime), source=source, trusted=trusted)
+                expires=min(expires, now + lifetime), source=source, trusted=trusted, spi=spi,
+                auth_ts=int(item.get("auth_ts", 0)))
         except (KeyError, TypeError, ValueError, SLPValueError, AttrParseError):
             return None
+
+    def _seed(self, item: dict[str, Any]) -> None:
+        """The replay guard learns a record's last accepted timestamp, so a block captured before
+        a restart is still refused after it."""
+        spi, stamp = item.get("spi"), item.get("auth_ts")
+        if isinstance(spi, str) and spi and isinstance(stamp, int):
+            self._replay.seed(spi, str(item.get("url")), stamp)
 
 
 # Helpers ----------------------------------------------------------------------------------------
@@ -1377,9 +1486,12 @@ def _record(r: _Registration) -> dict[str, Any]:
     attr_list = r.attr_list
     if r.trusted:
         attr_list = format_attr_list({k: a for k, a in r.attrs.items() if k != TRUSTED_TAG})
-    return {"op": "put", "url": r.url, "lang": r.lang, "service_type": r.service_type,
-            "scope_list": r.scope_list, "attr_list": attr_list, "lifetime": r.lifetime,
-            "expires": r.expires, "source": r.source}
+    record = {"op": "put", "url": r.url, "lang": r.lang, "service_type": r.service_type,
+              "scope_list": r.scope_list, "attr_list": attr_list, "lifetime": r.lifetime,
+              "expires": r.expires, "source": r.source}
+    if r.spi:
+        record.update(spi=r.spi, auth_ts=r.auth_ts)
+    return record
 
 
 def _records(value: object) -> Iterable[dict[str, Any]]:

@@ -21,6 +21,7 @@ from typing import Any
 from twisted.internet import defer, protocol
 from twisted.protocols.policies import TimeoutMixin
 
+from sipmob.service.config import ConfigError, ConfigProblem
 from sipmob.service.daemon import Runtime
 from sipmob.service.statefile import DebouncedWriter, Journal, read_json
 from sipmob.service.timers import TimerDriver
@@ -248,6 +249,9 @@ class SlpdaApp:
         self.timer.update()
         log.info("listening on %s port %d (UDP, TCP%s) for scopes %s", listen.address, listen.port,
                  ", multicast" if self.multicast_joined else "", ",".join(self.da.scopes))
+        spis = [spi for spi, _ in self.da.config.keys]
+        if spis:
+            log.info("registrants with a key: %s", ", ".join(spis))
 
     def _restore(self) -> None:
         """The state file, then the journal's changes after it; then one rewrite to compact them."""
@@ -302,8 +306,12 @@ class SlpdaApp:
         if (config.listen, config.multicast, config.state_file) != (
                 self.config.listen, self.config.multicast, self.config.state_file):
             log.warning("listen, multicast and state settings apply at the next restart")
+        try:
+            da_config = config.da_config()  # reads the registrants' keys again
+        except ValueError as exc:  # a key file changed since the file was checked
+            raise ConfigError([ConfigProblem("keys", "registration", str(exc))]) from None
         self.config = config
-        self.da.reconfigure(config.da_config(), self.reactor.seconds())
+        self.da.reconfigure(da_config, self.reactor.seconds())
         logging.getLogger().setLevel(config.log.level.upper())
         self._debug = log.isEnabledFor(logging.DEBUG)
         self.timer.update()
@@ -399,18 +407,21 @@ def shown(text: str) -> str:
 
 def _log_event(event: Event) -> None:
     if isinstance(event, Registered):
-        log.info("%s %s (%s, %s) for %d s from %s", "registered" if event.fresh else "updated",
+        log.info("%s %s (%s, %s) for %d s from %s%s", "registered" if event.fresh else "updated",
                  event.url, shown(event.service_type), shown(event.lang), event.lifetime, event.source,
+                 f" as {event.spi}" if event.spi else "",
                  extra={"SIPMOB_SERVICE_URL": event.url, "SIPMOB_SERVICE_TYPE": event.service_type})
     elif isinstance(event, Deregistered):
         what = f"attributes {shown(event.tags)} of" if event.tags else ""
-        log.info("deregistered %s %s (%s, %s) by %s", what, event.url, shown(event.service_type),
-                 shown(event.lang), event.source, extra={"SIPMOB_SERVICE_URL": event.url})
+        log.info("deregistered %s %s (%s, %s) by %s%s", what, event.url, shown(event.service_type),
+                 shown(event.lang), event.source, f" as {event.spi}" if event.spi else "",
+                 extra={"SIPMOB_SERVICE_URL": event.url})
     elif isinstance(event, Expired):
         log.info("expired %s (%s, %s)", event.url, shown(event.service_type), shown(event.lang),
                  extra={"SIPMOB_SERVICE_URL": event.url})
     elif isinstance(event, Refused):
-        log.info("refused %s from %s: %s", shown(event.url), event.source, event.error.name,
+        log.info("refused %s from %s: %s%s", shown(event.url), event.source, event.error.name,
+                 f" ({shown(event.detail)})" if event.detail else "",
                  extra={"SIPMOB_SERVICE_URL": shown(event.url)})
     elif isinstance(event, RateLimited):
         log.warning("rate limit: %d requests refused, the latest from %s", event.suppressed,

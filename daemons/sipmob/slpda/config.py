@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
+import stat
 from pathlib import Path
 
 from sipmob.service.config import (
@@ -23,10 +25,13 @@ from sipmob.service.config import (
     state_path,
     this_host_address,
 )
+from sipmob.slp import auth
 from sipmob.slp.da import DAConfig
 from sipmob.slp.messages import SLP_PORT
 
 DEFAULT_STATE_FILE = "/var/lib/sipmob/slpda.json"
+DEFAULT_KEY_DIRECTORY = "/etc/sipmob/keys"  # the packages put the SA proxy's key here at install
+MAX_KEYS = 256
 
 # RFC 1918 and RFC 4193 private ranges, link-local and loopback: the home network and the box itself.
 PRIVATE_NETWORKS = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
@@ -124,6 +129,43 @@ class Limits:
                                               "arrived; slower senders are disconnected")
 
 
+def read_key(path: str) -> bytes:
+    """A registrant's secret: the file's bytes without surrounding whitespace (so a key made with
+    ``head -c 32 /dev/urandom | base64`` works as written). Raises ValueError saying what is wrong:
+    unreadable, readable by group or others (it must be mode 0600), or too short."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise ValueError(f"cannot read the key file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"the key file {path} is not a regular file")
+        if mode & 0o077:
+            raise ValueError(f"the key file {path} is mode {stat.S_IMODE(mode):04o}: others may read "
+                             f"it (chmod 600)")
+        key = fh.read(4097).strip()
+    problem = auth.check_key(key)
+    if problem:
+        raise ValueError(f"the key in {path} {problem}")
+    return key
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RegistrantKey:
+    spi: str = setting(check=auth.check_spi, help="the registrant's name (SLP SPI) in its "
+                                                  "authentication blocks")
+    file: str = setting(help="file holding its secret key, mode 0600, at least 16 bytes; read at "
+                             "start and on reload")
+
+    def validate(self) -> list[tuple[str, str]]:
+        try:
+            read_key(self.file)
+        except ValueError as exc:
+            return [("file", str(exc))]
+        return []
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Registration:
     allowed_networks: list[str] = setting(default_factory=lambda: list(PRIVATE_NETWORKS),
@@ -135,6 +177,54 @@ class Registration:
                                  help="trusted registrants (the SA proxy on this box; devices): their "
                                       "registrations get the `trusted` attribute, their names cannot be "
                                       "taken by others, and the rate limits do not apply to them")
+    key_directory: str = setting(DEFAULT_KEY_DIRECTORY,
+                                 help="directory of registrants' secrets: each SPI.key file in it is the "
+                                      "key of registrant SPI (mode 0600, at least 16 bytes); read at "
+                                      "start and on reload; a missing directory means no keys")
+    keys: list[RegistrantKey] = setting(
+        default_factory=list,
+        help="more registrants' secrets, as [[registration.keys]] tables of spi and file. A URL "
+             "registered with a valid authentication block can then be changed or deregistered "
+             "only with the same registrant's key, from any address")
+    trusted_spis: list[str] = setting(default_factory=lambda: ["saproxy"], check=each(auth.check_spi),
+                                      help="registrants trusted by their key as the trusted networks are "
+                                           "by address, whatever address they register from")
+    auth_window: float = setting(300.0, check=lambda v: None if 1 <= v <= 86400 else
+                                 f"must be 1-86400 seconds, got {v}",
+                                 help="seconds an authentication block's timestamp may differ from "
+                                      "this box's clock")
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        spis = [k.spi for k in self.keys]
+        for spi in sorted({s for s in spis if spis.count(s) > 1}):
+            problems.append(("keys", f"SPI {spi!r} is given more than once"))
+        try:
+            self.read_keys()
+        except ValueError as exc:
+            problems.append(("key_directory", str(exc)))
+        return problems
+
+    def read_keys(self) -> tuple[tuple[str, bytes], ...]:
+        """Every registrant's (SPI, key): the key directory's, then the `keys` tables' (which win).
+        Raises ValueError naming the file that cannot be used."""
+        keys: dict[str, bytes] = {}
+        directory = Path(self.key_directory) if self.key_directory else None
+        if directory is not None and directory.exists():
+            try:
+                files = sorted(directory.glob("*.key"))
+            except OSError as exc:
+                raise ValueError(f"cannot list {directory}: {exc.strerror}") from None
+            if len(files) > MAX_KEYS:
+                raise ValueError(f"{directory} holds more than {MAX_KEYS} keys")
+            for path in files:
+                problem = auth.check_spi(path.stem)
+                if problem:
+                    raise ValueError(f"{path}: the name before .key is the SPI, which {problem}")
+                keys[path.stem] = read_key(str(path))
+        for k in self.keys:
+            keys[k.spi] = read_key(k.file)
+        return tuple(sorted(keys.items()))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -198,4 +288,7 @@ class SlpdaConfig:
             stranger_rate=self.limits.stranger_rate,
             stranger_burst=self.limits.stranger_burst,
             rate_sources=self.limits.rate_sources,
+            keys=self.registration.read_keys(),
+            trusted_spis=tuple(self.registration.trusted_spis),
+            auth_window=self.registration.auth_window,
         )
