@@ -315,3 +315,18 @@ def test_a_restarted_mdsm_keeps_the_anchored_call_and_its_egress_and_still_moves
     t = time.monotonic()
     assert until(lambda: len(home.capture.rtp_from(HOME1, t)) > 20, 10)  # media never went through it
     moves_to_wan2(home)
+
+
+def test_an_address_change_on_the_calls_egress_moves_it_to_the_new_address(home: Home) -> None:
+    """DHCP gave wan1 another address (HMMP): the relay's CN side and the CN's re-INVITE follow."""
+    home.hand_over()
+    anchored_on_wan1(home)
+    new = "10.200.1.3"
+    t0 = time.monotonic()
+    home.net.readdress("h1", HOME1, new)
+    assert until(lambda: len(home.capture.rtp_from(new, t0)) > 20, 15), \
+        home.mdsm.output() + home.transcoder.output()
+    first = home.capture.rtp_from(new, t0)[0]
+    assert until(lambda: home.heard.rtp_after(first + 0.3) > 20, 10), home.mdsm.output()
+    assert f"moved to {new}" in home.mdsm.output()
+    assert "wan1 (1 call)" in home.status.last(), home.status.lines
