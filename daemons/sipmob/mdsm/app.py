@@ -336,10 +336,11 @@ class MdsmApp:
         """Systems added, changed or removed; calls in progress keep going on what they had."""
         configured = members_of(config, self.runtime.config_path)
         old = self.config
-        if (config.listen, config.state, config.slp) != (old.listen, old.state, old.slp):
-            log.warning("[listen], [slp] and [state] changes need a restart")
+        if (config.listen, config.state, config.slp, config.egress) != (old.listen, old.state, old.slp,
+                                                                         old.egress):
+            log.warning("[listen], [slp], [state] and [egress] changes need a restart")
         self.config = dataclasses.replace(config, listen=self.config.listen, state=self.config.state,
-                                          slp=self.config.slp)
+                                          slp=self.config.slp, egress=self.config.egress)
         self.configured = configured
         self.passwords = read_users(config.auth.users_file) if config.auth.users_file else {}
         if config.auth.realm != self.digest.realm:
