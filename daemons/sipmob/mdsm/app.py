@@ -17,6 +17,11 @@ through a `sipmob-transcoder` found in the DA (draft §6.1, RFC 4117 3PCC, docs/
 offered the transcoder's side, the member ACKed with the other side, the transcoder's dialog kept
 with the call (`Via`). No transcoder: that member's stream is disabled (port 0).
 
+With ``[egress] file`` a handoff whose CN is outside the home puts the CN's dialog on the egress
+the policy picks, and (``[egress] anchor``) every audio stream through the transcoder with its CN
+side bound to that egress's address, a relay when the codecs are common; `move_call` moves both
+to another egress when it fails or readdresses (`sipmob.mdsm.egress` says why it is done so).
+
 A member that left is still asked OPTIONS at each keepalive round: one that had been out of reach
 (it stopped answering, or it BYEd and then stopped answering, as a device switched off does) and
 answers again is invited back: an INVITE without SDP, its offer put back at the m-lines it had in
