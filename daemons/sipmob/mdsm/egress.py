@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.error import CannotListenError
 
-from sipmob.net.egress import AddressChanged, EgressEvent, LocalError, MoveSession, SessionStranded
+from sipmob.net.egress import AddressChanged, EgressEvent, MoveSession, SessionStranded, State
 from sipmob.service.config import load_config
 from sipmob.service.egress import EgressMonitor
 from sipmob.service.egress_config import EgressConfig
@@ -143,15 +143,31 @@ class MdsmEgress:
                  "; its audio anchored in the transcoder" if any(v.bind for v in mc.via.values()) else "")
 
     def restored(self, mc: ManagedCall) -> None:
-        """A call taken up after a restart: its SIP back on its egress's address."""
+        """A call taken up after a restart: its SIP back on its egress's address, or moved at once
+        when that egress failed or readdressed while we were away (the kernel's state was read
+        when the monitor started)."""
         if mc.egress is None or mc.egress_address is None:
             return
+        egresses = self.monitor.egresses
+        e = egresses.egresses.get(mc.egress)
         try:
-            self.monitor.egresses.moved(mc.id, mc.egress)
             self.app.ua.bind_call(mc.cn.call.call_id, self.app.ua.local_address(mc.egress_address))
-        except (LocalError, CannotListenError) as exc:
-            log.warning("call %s: cannot go back on egress %s (%s): %s", mc.id, mc.egress,
-                        mc.egress_address, exc)
+        except CannotListenError as exc:  # the address is gone: the move below takes it elsewhere
+            log.info("call %s: its address %s is gone (%s)", mc.id, mc.egress_address, exc)
+        if e is not None and e.state is State.UP and e.address == mc.egress_address:
+            egresses.moved(mc.id, e.name)
+            return
+        target = e if e is not None and e.state is State.UP and e.address else egresses.best()
+        if target is None or target.address is None:
+            log.warning("call %s: its egress %s (%s) is not usable and no other is up: it stays "
+                        "where it was", mc.id, mc.egress, mc.egress_address)
+            if e is not None:
+                egresses.moved(mc.id, e.name)
+            return
+        egresses.moved(mc.id, target.name)
+        self.app.move_call(mc, target.name, target.address,
+                           f"{mc.egress} ({mc.egress_address}) changed while the MDSM was down",
+                           time.monotonic())
 
     def ended(self, mc: ManagedCall) -> None:
         self.monitor.egresses.release(mc.id)

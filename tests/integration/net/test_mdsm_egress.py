@@ -100,3 +100,18 @@ def test_an_address_change_on_the_calls_egress_moves_it_to_the_new_address(home:
     assert until(lambda: home.heard.rtp_after(first + 0.3) > 20, 10), home.mdsm.output()
     assert f"moved to {new}" in home.mdsm.output()
     assert "wan1 (1 call)" in home.status.last(), home.status.lines
+
+
+def test_a_link_that_failed_while_the_mdsm_was_down_is_left_as_soon_as_it_restarts(home: Home) -> None:
+    home.hand_over()
+    anchored_on_wan1(home)
+    home.mdsm.kill9()
+    t0 = time.monotonic()
+    home.net.link_down("h1")
+    home.mdsm.start()
+    assert until(lambda: len(home.capture.rtp_from(HOME2, t0)) > 20, 15), \
+        home.mdsm.output() + home.transcoder.output()
+    first = home.capture.rtp_from(HOME2, t0)[0]
+    assert until(lambda: home.heard.rtp_after(first + 0.3) > 20, 10), home.mdsm.output()
+    assert "changed while the MDSM was down" in home.mdsm.output()
+    assert until(lambda: "wan2 (1 call)" in home.status.last(), 10), home.status.lines
