@@ -10,7 +10,9 @@ address (the transcoder's side moved and the CN re-INVITEd from wan2), and at th
 CN's audio again, while the speaker's own leg is never re-INVITEd. STATUS= (read from a
 NOTIFY_SOCKET of ours) names the call's egress. A second test kills the MDSM with -9 before
 pulling the link: the restarted daemon takes the call, its transcoder leg and its egress up
-again from its store and still moves it. Needs root (namespaces) and baresip.
+again from its store and still moves it; a third pulls the link while the MDSM is dead (the
+restarted daemon moves the call at once); a fourth changes wan1's address (DHCP). Needs root
+(namespaces) and baresip. The stage is in `mdsm_home.py`.
 """
 
 from __future__ import annotations
