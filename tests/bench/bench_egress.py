@@ -2,7 +2,7 @@
 
 Run (root, for the namespaces): .venv/bin/python tests/bench/bench_egress.py [--trials 20]
      [--silent-trials 5] [--readdress-trials 10] [--calls 20] [--spread-trials 5] [--gateway-trials 10]
-     [--flap-seconds 20] [--max-seconds 400]
+     [--flap-seconds 20] [--max-seconds 400] [--mdsm-trials 10]
 
 The stage is tests/integration/net/twowan.py: `sipmob phone` in `home` with two WAN links (source
 routing, one table per WAN), baresip as the CN in `internet`, a fresh stage for every trial. The
@@ -34,6 +34,13 @@ independent of the phone. Per trial:
   re-INVITE sent through them), and -> the re-INVITE arrives at the CN; the call is dropped if A
   does not hear the CN again within 5 s.
 
+- an MDSM call (--mdsm-trials): tests/integration/net/mdsm_home.py's stage (the DA, the transcoder
+  and `sipmob-mdsm` with the egress list in `home`, a baresip speaker as the virtual device's member,
+  the phone handing its call over); the call's audio is anchored in the transcoder's relay on wan1;
+  h1 goes down. Latency = netlink news -> the CN gets the relay's RTP from wan2's address (the
+  transcoder's CN side moved, then the CN re-INVITEd), and from the command's start; dropped if the
+  speaker does not hear the CN again within 5 s.
+
 A call counts as dropped if it is no longer confirmed at the phone 1 s after the move, or if the
 CN's RTP stops reaching the phone. With --calls N, N calls are up at once and the link-down latency
 is the time until RTP of all N calls arrives from the new address.
@@ -57,6 +64,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "daemons")]
 SCENARIOS = ROOT / "tests/integration/net/scenarios"
 
+from tests.integration.net.mdsm_home import Home as MdsmHome  # noqa: E402
 from tests.integration.net.twowan import (  # noqa: E402
     CN,
     HOME1,
@@ -374,6 +382,52 @@ def flapping(seconds: float, deadline: float) -> None:
           f"re-INVITEs {invites}, call {'survived' if ok else 'DROPPED'}")
 
 
+def one_mdsm() -> tuple[float, float] | None:
+    """(netlink news -> the CN gets the relay's RTP from wan2, command start -> same); None: dropped."""
+    net = TwoWan()
+    home = netlink = None
+    try:
+        home = MdsmHome(net, Path(tempfile.mkdtemp(prefix="bench-egress-mdsm-")))
+        netlink = NetlinkClock(net)
+        home.hand_over()
+        t = time.monotonic()
+        if not until(lambda: len(home.capture.rtp_from(HOME1, t)) > 20, 10):
+            raise RuntimeError("the CN hears no relay from wan1")
+        start = time.monotonic()
+        net.link_down("h1")
+        news = until(lambda: netlink.first(NetlinkClock.RTM_NEWLINK, start), 2, 0.005)
+        moved = until(lambda: next(iter(home.capture.rtp_from(HOME2, start)), None), 5, 0.005)
+        if moved is None or news is None or not until(lambda: home.heard.rtp_after(moved + 0.3) > 20, 5):
+            return None
+        return moved - news, moved - start
+    except (AssertionError, RuntimeError) as exc:
+        print(f"MDSM trial failed to set up: {str(exc)[-300:]}")
+        return None
+    finally:
+        if netlink is not None:
+            netlink.close()
+        if home is not None:
+            home.stop()
+        net.delete()
+
+
+def mdsm(trials: int, deadline: float) -> None:
+    after_news, from_start, dropped = [], [], 0
+    for _ in range(trials):
+        if time.monotonic() > deadline:
+            break
+        result = one_mdsm()
+        if result is None:
+            dropped += 1
+            continue
+        after_news.append(result[0])
+        from_start.append(result[1])
+    print(summary("MDSM call (audio anchored in the transcoder): netlink news -> CN gets the relay's RTP "
+                  "from the new address", after_news))
+    print(summary("MDSM call: `ip link set down` started -> same", from_start))
+    print(f"MDSM call: dropped {dropped} of {len(after_news) + dropped}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20)
@@ -384,8 +438,11 @@ def main() -> int:
     parser.add_argument("--gateway-trials", type=int, default=0)
     parser.add_argument("--flap-seconds", type=float, default=20.0)
     parser.add_argument("--max-seconds", type=float, default=400.0)
+    parser.add_argument("--mdsm-trials", type=int, default=0)
     args = parser.parse_args()
     deadline = time.monotonic() + args.max_seconds
+    if args.mdsm_trials:
+        mdsm(args.mdsm_trials, deadline)
     link_down(args.trials, 1, deadline)
     if args.calls > 1:
         link_down(max(1, args.trials // 4), args.calls, deadline)

@@ -17,6 +17,11 @@ through a `sipmob-transcoder` found in the DA (draft §6.1, RFC 4117 3PCC, docs/
 offered the transcoder's side, the member ACKed with the other side, the transcoder's dialog kept
 with the call (`Via`). No transcoder: that member's stream is disabled (port 0).
 
+With ``[egress] file`` a handoff whose CN is outside the home puts the CN's dialog on the egress
+the policy picks, and (``[egress] anchor``) every audio stream through the transcoder with its CN
+side bound to that egress's address, a relay when the codecs are common; `move_call` moves both
+to another egress when it fails or readdresses (`sipmob.mdsm.egress` says why it is done so).
+
 A member that left is still asked OPTIONS at each keepalive round: one that had been out of reach
 (it stopped answering, or it BYEd and then stopped answering, as a device switched off does) and
 answers again is invited back: an INVITE without SDP, its offer put back at the m-lines it had in
@@ -78,6 +83,7 @@ import logging
 import re
 import secrets
 import socket
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -85,6 +91,7 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 
 from sipmob.mdsm.config import MdsmConfig, Member, System, device_members, members_of, read_users
+from sipmob.mdsm.egress import MdsmEgress, Route
 from sipmob.mdsm.plan import (
     Plan,
     PlanError,
@@ -181,10 +188,11 @@ class Via:
     k: int  # the member's m-line
     summary: str  # "Opus <-> PCMU"
     facing: bytes
+    bind: str | None = None  # the address of the transcoder's CN side (the call's egress), anchored
 
     def as_dict(self) -> dict[str, Any]:
         return {"leg": self.leg.as_dict(), "i": self.i, "k": self.k, "summary": self.summary,
-                "facing": self.facing.decode()}
+                "facing": self.facing.decode(), "bind": self.bind}
 
 
 @dataclasses.dataclass(slots=True)
@@ -200,13 +208,16 @@ class ManagedCall:
     replaced: Replaces | None = None  # the referrer's dialog with the CN that ours replaced (Fig. 6)
     gone: dict[str, Gone] = dataclasses.field(default_factory=dict)  # members that left, by name
     via: dict[str, Via] = dataclasses.field(default_factory=dict)  # members behind a transcoder
+    egress: str | None = None  # the egress the CN's dialog (and anchored audio) uses
+    egress_address: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"referrer": self.referrer, "sess_id": self.sess_id, "plan": self.plan.as_dict(),
                 "cn": self.cn.as_dict(), "members": {n: leg.as_dict() for n, leg in self.members.items()},
                 "replaced": str(self.replaced) if self.replaced is not None else None,
                 "gone": {n: g.as_dict() for n, g in self.gone.items()},
-                "via": {n: v.as_dict() for n, v in self.via.items()}}
+                "via": {n: v.as_dict() for n, v in self.via.items()},
+                "egress": [self.egress, self.egress_address] if self.egress is not None else None}
 
     def facing(self) -> dict[str, SessionDescription]:
         """Each member's description as the CN sees it: a transcoded member's audio is the
@@ -248,6 +259,8 @@ class Setup:
         return {"referrer": self.referrer, "refer": refer, "legs": self.legs}
 
 
+MOVE_RETRIES = 5  # re-INVITEs of a moved call while another re-INVITE of the dialog is in progress
+MOVE_RETRY_DELAY = 0.3
 CN_LEG = "CN"  # the key of the CN's leg in `Setup.legs` (member names are lower-case)
 
 
@@ -279,6 +292,9 @@ class MdsmApp:
         self.keepalive_loop: LoopingCall | None = None
         self.passwords: dict[str, str] = read_users(config.auth.users_file) if config.auth.users_file else {}
         self.digest = DigestServer(config.auth.realm, secrets.token_bytes(32))
+        self.egress: MdsmEgress | None = None
+        if config.egress.file:  # calls with an outside CN on the egress list (sipmob.mdsm.egress)
+            self.egress = MdsmEgress.from_file(self, config.egress.file, config.egress.anchor)
 
     # Life cycle -----------------------------------------------------------------------------------
 
@@ -290,6 +306,8 @@ class MdsmApp:
                 machine = self.ua.machine
                 machine.contact_uri = machine.contact_uri.replace(host=self.host)
             self.store = Store(self.config.state_file)
+            if self.egress is not None:
+                self.egress.start()
             self._restore()
             self._roll_back()
             self._register_all()
@@ -310,6 +328,8 @@ class MdsmApp:
         if self.sa is not None:
             sa, self.sa = self.sa, None
             waits.append(sa.stop().addTimeout(5, self.reactor).addErrback(lambda _: None))
+        if self.egress is not None:
+            waits.append(self.egress.stop())
         waits.append(self.ua.stop())
         d = defer.DeferredList(waits)
         if self.store is not None:
@@ -321,10 +341,11 @@ class MdsmApp:
         """Systems added, changed or removed; calls in progress keep going on what they had."""
         configured = members_of(config, self.runtime.config_path)
         old = self.config
-        if (config.listen, config.state, config.slp) != (old.listen, old.state, old.slp):
-            log.warning("[listen], [slp] and [state] changes need a restart")
+        if (config.listen, config.state, config.slp, config.egress) != (old.listen, old.state, old.slp,
+                                                                         old.egress):
+            log.warning("[listen], [slp], [state] and [egress] changes need a restart")
         self.config = dataclasses.replace(config, listen=self.config.listen, state=self.config.state,
-                                          slp=self.config.slp)
+                                          slp=self.config.slp, egress=self.config.egress)
         self.configured = configured
         self.passwords = read_users(config.auth.users_file) if config.auth.users_file else {}
         if config.auth.realm != self.digest.realm:
@@ -387,7 +408,8 @@ class MdsmApp:
 
     def status(self) -> str:
         n, c = len(self.systems), len(self.calls)
-        return f"{n} virtual device{'' if n == 1 else 's'}, {c} call{'' if c == 1 else 's'}"
+        egress = f"; {self.egress.status()}" if self.egress is not None else ""
+        return f"{n} virtual device{'' if n == 1 else 's'}, {c} call{'' if c == 1 else 's'}{egress}"
 
     # SLP ------------------------------------------------------------------------------------------
 
@@ -525,9 +547,11 @@ class MdsmApp:
 
     def _invite(self, system: System | str, target: str, sdp: bytes | None,
                 headers: tuple[tuple[str, str], ...] = (),
-                on_provisional: Callable[[Response], Any] | None = None) -> defer.Deferred[Call]:
+                on_provisional: Callable[[Response], Any] | None = None,
+                route: Route | None = None) -> defer.Deferred[Call]:
         with self._as(system if isinstance(system, str) else system.name):
-            d = self.ua.invite(target, sdp, headers=headers, on_provisional=on_provisional)
+            d = self.ua.invite(target, sdp, headers=headers, on_provisional=on_provisional,
+                               local=route.local if route is not None else None)
         return d.addTimeout(self.config.limits.setup_timeout, self.reactor)
 
     # A handoff being set up, on disk ------------------------------------------------------------------
@@ -541,7 +565,8 @@ class MdsmApp:
             self.store.delete_setup(setup.id)
 
     def _leg_invite(self, setup: Setup, name: str, target: str, sdp: bytes | None,
-                    headers: tuple[tuple[str, str], ...] = ()) -> defer.Deferred[Call]:
+                    headers: tuple[tuple[str, str], ...] = (), route: Route | None = None
+                    ) -> defer.Deferred[Call]:
         """`_invite`, with the leg written to the setup's row as soon as we learn how to undo it:
         its first provisional response (a CANCEL repeats its Via, From, To, Call-ID and CSeq), then
         its dialog once it answers (before its ACK, which waits for the CN's answer)."""
@@ -555,7 +580,7 @@ class MdsmApp:
             self._save_setup(setup)
             return call
 
-        return self._invite(setup.system, target, sdp, headers, provisional).addCallback(answered)
+        return self._invite(setup.system, target, sdp, headers, provisional, route).addCallback(answered)
 
     def _origin(self, sess_id: int, leg_version: int) -> Origin:
         host = self.host
@@ -574,6 +599,18 @@ class MdsmApp:
     @defer.inlineCallbacks
     def _hand_over(self, system: System, members: list[Member], what: Referred, referrer: str,
                    accepted: AcceptedRefer, setup: Setup) -> Any:
+        """Fig. 6, with the CN on an egress when it is outside (`sipmob.mdsm.egress`)."""
+        route = self.egress.route(what.target.host) if self.egress is not None else None
+        try:
+            mc = yield self._hand_over_on(system, members, what, referrer, accepted, setup, route)
+        finally:
+            if route is not None and self.egress is not None:
+                self.egress.done(route)
+        return mc
+
+    @defer.inlineCallbacks
+    def _hand_over_on(self, system: System, members: list[Member], what: Referred, referrer: str,
+                      accepted: AcceptedRefer, setup: Setup, route: Route | None) -> Any:
         sess_id = secrets.randbelow(2**31)
         # the CN's codecs, asked while the members answer: a member sharing none needs a transcoder
         caps = self._cn_capabilities(what.target)
@@ -611,7 +648,9 @@ class MdsmApp:
         offers = {m.name: sdp for m, _, sdp in answered}
         cn_call: Call | None = None
         # §6.1: a member sharing no audio codec with the CN is reached through a transcoder
-        facing, vias = yield self._transcoders(system, what, plan, offers, setup, caps)
+        anchored = route is not None and self.egress is not None and self.egress.anchor
+        anchor = route.address if route is not None and anchored else None
+        facing, vias = yield self._transcoders(system, what, plan, offers, setup, caps, anchor)
 
         def abandon(status: int) -> None:
             for _, call, _sdp in answered:
@@ -634,7 +673,8 @@ class MdsmApp:
             return None
         # message 5: the CN, with the members' offers as one, Replaces and Referred-By
         try:
-            cn_call = yield self._leg_invite(setup, CN_LEG, str(what.target), offer.to_bytes(), what.headers)
+            cn_call = yield self._leg_invite(setup, CN_LEG, str(what.target), offer.to_bytes(), what.headers,
+                                             route)
             assert cn_call is not None
             answer = parse(cn_call.remote_sdp or b"")
             parts = {m.name: member_description(plan, m.name, answer, sdp, self._origin(sess_id, 1))
@@ -653,12 +693,16 @@ class MdsmApp:
                 for m, call, _sdp in answered}
         mc = ManagedCall(cn_call.call_id, system.name, referrer, cn, legs, plan, sess_id,
                          replaced=what.replaces, via=vias)
+        if route is not None:
+            mc.egress, mc.egress_address = route.egress, route.address
         self._save(mc)
         self._drop_setup(setup)  # a call now: a restart takes it up rather than undoing it
         # messages 7-8: each member's ACK with its part of the CN's answer (the CN's ACK is out)
         for leg in legs.values():
             leg.call.ack(leg.local)
         self._adopt(mc)
+        if route is not None and self.egress is not None:
+            self.egress.placed(mc, route)
         for name, via in vias.items():  # the transcoder learns where the CN is
             yield self._tell_transcoder(mc, name, via, answer)
         through = "; ".join(f"{n} via transcoder: {v.summary}" for n, v in vias.items())
@@ -689,10 +733,16 @@ class MdsmApp:
     @defer.inlineCallbacks
     def _transcoders(self, system: System, what: Referred, plan: Plan,
                      offers: Mapping[str, SessionDescription], setup: Setup,
-                     capabilities: defer.Deferred[SessionDescription | None]) -> Any:
+                     capabilities: defer.Deferred[SessionDescription | None],
+                     anchor: str | None = None) -> Any:
         """What the CN is offered for each member, and the transcoders invoked for those sharing
         no audio codec with it. A member whose transcoder cannot be had has that stream disabled
-        (port 0): the call goes on with the others."""
+        (port 0): the call goes on with the others.
+
+        With `anchor` (the call's egress address, `sipmob.mdsm.egress`) every audio stream goes
+        through a transcoder, its CN side bound to `anchor` (a relay when the codecs are common); a
+        member sharing a codec whose anchor cannot be had talks to the CN directly, with a warning
+        that a failure of the link will cut its audio."""
         facing = dict(offers)
         vias: dict[str, Via] = {}
         lines = [s for s in plan.slots if offers[s.member].media[s.k].media == "audio"
@@ -703,17 +753,33 @@ class MdsmApp:
         caps = yield capabilities
         cn_media = next((m for m in caps.media if m.media == "audio" and m.is_rtp), None) if caps else None
         cn = cn_names(cn_media) if cn_media is not None else []
-        if cn_media is None or not cn:
+        if (cn_media is None or not cn) and anchor is None:
             return facing, vias  # its codecs are unknown: offered as before, it answers what it takes
         for s in lines:
             media = offers[s.member].media[s.k]
             mine = cn_names(media)
-            if {c.lower() for c in cn} & {c.lower() for c in mine}:
+            # unknown CN codecs: the member's are offered to it through the relay, as without one
+            common = not cn or bool({c.lower() for c in cn} & {c.lower() for c in mine})
+            if common and anchor is None:
+                continue
+            if common:
+                try:
+                    via = yield self._invoke(setup, s, cn_media if cn else media, offers[s.member],
+                                             cn or mine, mine, anchor)
+                except TranscodingFailed as exc:
+                    log.warning("member %s of %s: its audio is not anchored (%s): it flows to %s directly, "
+                                "and a failure of the call's link will cut it", s.member, system.name, exc,
+                                what.target)
+                    continue
+                log.info("member %s of %s: audio anchored in transcoder %s on %s: %s", s.member, system.name,
+                         via.leg.uri, anchor, via.summary)
+                vias[s.member] = via
+                facing[s.member] = parse(via.facing)
                 continue
             gap = (f"member {s.member} of {system.name} shares no audio codec with {what.target} "
                    f"({'/'.join(mine) or 'none'} vs {'/'.join(cn)})")
             try:
-                via = yield self._invoke(setup, s, cn_media, offers[s.member], cn, mine)
+                via = yield self._invoke(setup, s, cn_media, offers[s.member], cn, mine, anchor)
             except TranscodingFailed as exc:
                 log.warning("%s, and %s: its audio is disabled (port 0), the call goes on without it",
                             gap, exc)
@@ -726,12 +792,13 @@ class MdsmApp:
 
     @defer.inlineCallbacks
     def _invoke(self, setup: Setup, s: Slot, cn_media: Any, member: SessionDescription,
-                cn: list[str], mine: list[str]) -> Any:
+                cn: list[str], mine: list[str], bind: str | None = None) -> Any:
         """RFC 4117 §3.3: one INVITE to the transcoder with the CN's codecs (no address yet: it
-        has not answered us) and the member's offer; its 200 gives TA (for the CN) and TB."""
+        has not answered us) and the member's offer; its 200 gives TA (for the CN) and TB. With
+        `bind`, TA is on that address (the call's egress)."""
         timeout = min(5.0, self.config.limits.setup_timeout)
         url = yield find(self._slp_client(), self.reactor, timeout, cn, mine)
-        body = invocation(null_section(cn_media), section(member, s.k), self.host)
+        body = invocation(_bound(null_section(cn_media), bind), section(member, s.k), self.host)
         try:
             call = yield self._leg_invite(setup, f"{s.member}+transcoder", url, body.to_bytes())
         except Exception as exc:
@@ -741,21 +808,22 @@ class MdsmApp:
         try:
             tx = parse(call.remote_sdp or b"")
             ta = party(tx, 0)
-            summary = f"{display(codec_of(tx, 0))} <-> {display(codec_of(tx, 1))}"
+            first, second = display(codec_of(tx, 0)), display(codec_of(tx, 1))
+            summary = f"relay {first}" if first == second else f"{first} <-> {second}"
         except (SDPParseError, ValueError, IndexError) as exc:
             call.bye()
             why = f"the transcoder {url} answered an unusable description ({exc})"
             raise TranscodingFailed(why) from None
         side = ta.media[0].with_connection(ta.media[0].connection or ta.connection)
         leg = Leg("transcoder", url, call, body.to_bytes(), call.remote_sdp or b"")
-        return Via(leg, s.i, s.k, summary, member.with_media(s.k, side).to_bytes())
+        return Via(leg, s.i, s.k, summary, member.with_media(s.k, side).to_bytes(), bind)
 
     @defer.inlineCallbacks
     def _tell_transcoder(self, mc: ManagedCall, name: str, via: Via, cn: SessionDescription) -> Any:
         """re-INVITE the transcoder with the CN's address (line 1) and the member's (line 2)."""
         try:
-            body = invocation(section(cn, via.i), section(parse(mc.members[name].remote), via.k),
-                              self.host).to_bytes()
+            body = invocation(_bound(section(cn, via.i), via.bind),
+                              section(parse(mc.members[name].remote), via.k), self.host).to_bytes()
             via.leg.version += 1
             response = yield via.leg.call.reinvite(body)
         except Exception as exc:
@@ -985,6 +1053,8 @@ class MdsmApp:
     def _forget(self, mc: ManagedCall) -> None:
         mc.ending = True
         self.calls.pop(mc.id, None)
+        if self.egress is not None:
+            self.egress.ended(mc)
         if self.store is not None:
             self.store.delete(mc.id)
         self.runtime.status_changed(self)
@@ -1230,6 +1300,74 @@ class MdsmApp:
         log.info("call %s: member %s is back (%s)", mc.id, name, ", ".join(f"m{s.i}" for s in slots))
         return mc
 
+    # A failed or readdressed egress (`sipmob.mdsm.egress`) -------------------------------------------
+
+    def move_call(self, mc: ManagedCall, egress: str, address: str, reason: str, started: float) -> None:
+        """The call's egress failed (or changed address): its SIP goes to `address` at once, each
+        anchored stream's transcoder side is moved there, then the CN is re-INVITEd from it."""
+        if mc.ending or (mc.egress, mc.egress_address) == (egress, address):
+            return
+        mc.egress, mc.egress_address = egress, address
+        assert self.egress is not None
+        self.egress.bind(mc, address)
+        self._save(mc)
+        self._move(mc, address, reason, started, MOVE_RETRIES).addErrback(
+            lambda f: log.error("call %s: moving to %s failed: %s", mc.id, address, f.getErrorMessage()))
+
+    @defer.inlineCallbacks
+    def _move(self, mc: ManagedCall, address: str, reason: str, started: float, retries: int) -> Any:
+        if mc.ending or mc.egress_address != address:
+            return None  # ended, or moved again meanwhile
+        cn_remote = parse(mc.cn.remote)
+        for name, via in list(mc.via.items()):
+            if via.bind is None or via.bind == address or name not in mc.members:
+                continue
+            body = invocation(_bound(section(cn_remote, via.i), address),
+                              section(parse(mc.members[name].remote), via.k), self.host).to_bytes()
+            via.leg.version += 1
+            try:
+                response = yield via.leg.call.reinvite(body)
+                ta = party(parse(response.body or b""), 0)
+            except Exception as exc:
+                log.error("call %s: the transcoder %s could not move %s's CN side to %s: %s", mc.id,
+                          via.leg.uri, name, address, exc)
+                continue
+            side = ta.media[0].with_connection(ta.media[0].connection or ta.connection)
+            via.facing = parse(via.facing).with_media(via.k, side).to_bytes()
+            via.leg.local, via.leg.remote, via.bind = body, response.body or via.leg.remote, address
+            self._save(mc)
+        if mc.ending or mc.egress_address != address:
+            return None
+        try:
+            offer = cn_description(mc.plan, mc.facing(), self._origin(mc.sess_id, mc.cn.version + 1),
+                                   template=parse(mc.cn.local))
+        except (SDPParseError, PlanError) as exc:
+            log.error("call %s cannot be moved to %s: %s", mc.id, address, exc)
+            return None
+        mc.cn.version += 1
+        mc.cn.local = offer.to_bytes()
+        self._save(mc)
+        log.info("call %s: moving to %s (%s); re-INVITE to the CN sent %.0f ms after the news", mc.id,
+                 address, reason, (time.monotonic() - started) * 1000)
+        try:
+            response = yield mc.cn.call.reinvite(mc.cn.local)
+        except SIPError as exc:
+            if exc.status == 491 and retries > 0:  # a re-INVITE of ours (or theirs) was in progress
+                yield _sleep(self.reactor, MOVE_RETRY_DELAY)
+                mc.cn.version -= 1  # the offer is made again from what is current then
+                return (yield self._move(mc, address, reason, started, retries - 1))
+            log.warning("call %s could not be moved to %s: %s %s; its audio leaves from there, the CN "
+                        "may not answer it", mc.id, address, exc.status, exc.reason)
+            return None
+        mc.cn.remote = response.body or mc.cn.remote
+        self._save(mc)
+        elapsed = time.monotonic() - started
+        if self.egress is not None:
+            self.egress.moved(mc, address, reason, elapsed)
+        log.info("call %s with %s moved to %s in %.0f ms", mc.id, mc.cn.uri, address, elapsed * 1000)
+        self.runtime.status_changed(self)
+        return mc
+
     # Restart ----------------------------------------------------------------------------------------
 
     def _roll_back(self) -> None:
@@ -1276,7 +1414,10 @@ class MdsmApp:
                 self.store.delete(call_id)
                 continue
             self._adopt(mc)
-            log.info("call %s taken up again: %s with %s", call_id, system, ", ".join(mc.members))
+            if self.egress is not None:
+                self.egress.restored(mc)
+            log.info("call %s taken up again: %s with %s%s", call_id, system, ", ".join(mc.members),
+                     f" on egress {mc.egress} ({mc.egress_address})" if mc.egress else "")
 
     def _revive(self, call_id: str, system: str, data: dict[str, Any]) -> ManagedCall:
         def leg(name: str, d: dict[str, Any]) -> Leg:
@@ -1289,11 +1430,24 @@ class MdsmApp:
         replaced = data.get("replaced")
         gone = {str(n): Gone.from_dict(g) for n, g in (data.get("gone") or {}).items()}
         via = {str(n): Via(leg("transcoder", v["leg"]), int(v["i"]), int(v["k"]), str(v["summary"]),
-                           str(v["facing"]).encode())
+                           str(v["facing"]).encode(), str(v["bind"]) if v.get("bind") else None)
                for n, v in (data.get("via") or {}).items()}
+        egress, address = data.get("egress") or (None, None)
         return ManagedCall(call_id, system, str(data["referrer"]), cn, members, Plan.from_dict(data["plan"]),
                            int(data["sess_id"]), replaced=Replaces.parse(replaced) if replaced else None,
-                           gone=gone, via=via)
+                           gone=gone, via=via, egress=str(egress) if egress else None,
+                           egress_address=str(address) if address else None)
+
+
+def _sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:
+    d: defer.Deferred[None] = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
+
+
+def _bound(lines: list[str], address: str | None) -> list[str]:
+    """An m-section of "SDP A + SDP B" asking the transcoder to bind that side to `address`."""
+    return [*lines, f"a=x-bind:{address}"] if address else lines
 
 
 def _endpoint(sdp: SessionDescription, index: int) -> tuple[str, int]:

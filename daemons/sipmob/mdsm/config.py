@@ -168,6 +168,34 @@ class Limits:
     keepalive_timeout: float = setting(4.0, check=positive, help="seconds a member has to answer OPTIONS")
 
 
+def _egress_file(value: str) -> str | None:
+    if not value:
+        return None
+    from sipmob.service.config import load_config
+    from sipmob.service.egress_config import EgressConfig
+
+    try:
+        load_config(EgressConfig, value)
+    except ConfigError as exc:
+        return "; ".join(str(p) for p in exc.problems)
+    except OSError as exc:
+        return f"no egress list at {value!r}: {exc.strerror}"
+    return None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Egress:
+    file: str = setting("", check=_egress_file,
+                        help="an egress.toml (the phone's format): a call whose CN is reached through "
+                             "an egress has its SIP on that egress's address, and is re-INVITEd from "
+                             "another when it fails or readdresses; empty: no egress list")
+    anchor: bool = setting(True, help="with an egress list, put the transcoder's relay between the members "
+                                      "and a CN outside, its CN side on the call's egress, so that the "
+                                      "audio moves with the call when the link fails (two relay channels "
+                                      "a call); false: the members' audio goes to the CN directly and a "
+                                      "failed link silences it")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class State:
     file: str = setting("", help="SQLite database of the calls' dialogs, kept across restarts; empty: "
@@ -184,6 +212,7 @@ class MdsmConfig:
     auth: Auth = setting(default_factory=Auth)
     devices: Devices = setting(default_factory=Devices)
     limits: Limits = setting(default_factory=Limits)
+    egress: Egress = setting(default_factory=Egress)
     state: State = setting(default_factory=State)
     log: Log = setting(default_factory=Log)
 

@@ -12,8 +12,21 @@ An INVITE is handled in this order, each step before any cost is taken on:
 4. Two port pairs are bound, the channels built, and the 200 carries "SDP TA + SDP TB".
 
 A re-INVITE in the call with the same two lines updates where each party is and, if the controller
-changed a party's codec, the conversion (the output streams carry on). BYE, or no RTP from either
-party for ``[capacity] idle_timeout`` seconds, ends the call and frees its channels.
+changed a party's codec, the conversion (the output streams carry on).
+
+Egress (calls that survive a failing WAN link): the transcoder follows no egress list of
+its own. A controller that anchors a call's media here for a CN outside the home names, per side,
+the address to bind (``a=x-bind``, `sipmob.transcoder.invocation`): its CN-facing side on the
+call's egress address, its member-facing side on ``[rtp] address``. When the egress fails the
+controller re-INVITEs us with the surviving egress's address, we answer the new port there, and it
+re-INVITEs the CN with it. Why the controller decides and not the transcoder: the controller
+already holds the CN's dialog and must re-INVITE it from the new egress with our new port in the
+same breath; two daemons reacting to the same netlink event would each have half the move and a
+race between them. Our SIP with the controller stays inside the home and never moves. An address
+that is not this host's (nothing can be bound there) gets 488 and the side stays where it was.
+
+BYE, or no RTP from either party for ``[capacity] idle_timeout`` seconds, ends the call and frees
+its channels.
 
 Discovery: one ``service:sip-transcoder`` registration (docs/slp-schema.md) with the codec pairs,
 capacity and ``free-channels``, re-registered when the free count changes (at most every
@@ -29,6 +42,7 @@ import gc
 import ipaddress
 import itertools
 import logging
+import socket
 from typing import Any
 
 from twisted.internet import defer
@@ -253,14 +267,19 @@ class TranscoderApp:
         number = next(self._numbers)
         try:
             media = CallMedia(number, self.workers, self.pool, self.url, plan.format_a, plan.format_b,
-                              plan.a.destination, plan.b.destination, self.config.capacity.idle_timeout)
+                              plan.a.destination, plan.b.destination, self.config.capacity.idle_timeout,
+                              plan.a.bind, plan.b.bind)
         except OSError as exc:
-            self._refuse(incoming, 503, str(exc), retry)
+            bound = [b for b in (plan.a.bind, plan.b.bind) if b]
+            if bound and any(not self._local(b) for b in bound):
+                self._refuse(incoming, 488, f"a=x-bind names an address not of this host ({exc})")
+            else:
+                self._refuse(incoming, 503, str(exc), retry)
             return
         tc = TranscoderCall(number, plan, media, host)
         self.calls[tc.number] = tc
         self._status_changed()
-        sdp = answer(plan, self.config.advertised_address(), media.port_a, media.port_b, tc.number)
+        sdp = self._answer(tc)
         log.info("call %s from %s: %s (A %s, B %s)", request.call_id, host, plan.summary,
                  plan.a.destination, plan.b.destination)
         d = incoming.accept(sdp)
@@ -279,13 +298,36 @@ class TranscoderApp:
             plan = parse_invocation(body, self.enabled, self.config.media.relay)
         except InvocationError as exc:
             raise SIPError(exc.status, exc.reason) from None
+        for side, bind, current in (("A", plan.a.bind, tc.media.address_a),
+                                    ("B", plan.b.bind, tc.media.address_b)):
+            if bind is not None and bind != current:
+                try:
+                    port = tc.media.rebind(side, bind)
+                except OSError as exc:
+                    raise SIPError(488, f"side {side} cannot move to {bind}: {exc}") from None
+                log.info("call %d: side %s moved from %s to %s:%d", tc.number, side, current, bind, port)
         tc.media.update(plan.format_a, plan.format_b, plan.a.destination, plan.b.destination)
         tc.plan = plan
         tc.version += 1
         log.info("call %d updated: %s (A %s, B %s)", tc.number, plan.summary, plan.a.destination,
                  plan.b.destination)
-        return answer(plan, self.config.advertised_address(), tc.media.port_a, tc.media.port_b, tc.number,
-                      tc.version)
+        return self._answer(tc)
+
+    def _answer(self, tc: TranscoderCall) -> bytes:
+        media, default = tc.media, self.pool.address
+        return answer(tc.plan, self.config.advertised_address(), media.port_a, media.port_b, tc.number,
+                      tc.version, address_a=media.address_a if media.address_a != default else None,
+                      address_b=media.address_b if media.address_b != default else None)
+
+    @staticmethod
+    def _local(address: str) -> bool:
+        """Whether `address` is one of this host's (a socket can be bound to it)."""
+        try:
+            with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind((address, 0))
+        except OSError:
+            return False
+        return True
 
     def _end(self, tc: TranscoderCall, reason: str) -> None:
         if self.calls.pop(tc.number, None) is None:

@@ -15,6 +15,13 @@ port 0 or ``c=IN IP4 0.0.0.0`` and its codec list; T answers it and starts sendi
 re-INVITE with the same two lines gives its address. Each line is checked alone: at least one codec
 we convert, an address that is an IP address (no names: nothing to resolve), a ptime we can frame.
 
+A line may carry ``a=x-bind:ADDRESS``: T's side for that party (its RTP and RTCP sockets, the
+address in its answer) is bound to ADDRESS, one of T's own addresses, rather than ``[rtp]
+address``. A controller on a multihomed gateway puts the CN-facing side on the source address
+of the call's egress, so the admin's source routing sends it out of that link; a re-INVITE naming
+another ADDRESS moves that side there (new sockets, a new port in the answer; the other side keeps
+its port and sockets, so its party notices nothing). A line without it stays where it is.
+
 **The 200's SDP** has the same two lines in the same order: line 1 is TA, T's own receive address
 and port for A with the one codec chosen for A (plus telephone-event if A offered it) in A's
 payload-type numbers, ``a=ptime`` A's and ``a=sendrecv``; line 2 is TB for B likewise. RTCP is on
@@ -63,6 +70,7 @@ class Side:
     address: str | None  # None: not known yet (port 0 or a null connection)
     port: int
     formats: tuple[AudioFormat, ...]  # the ones we convert, in the party's order of preference
+    bind: str | None = None  # our address for this side (a=x-bind); None: where it is, or [rtp] address
 
     @property
     def destination(self) -> tuple[str, int] | None:
@@ -125,7 +133,13 @@ def _side(media: MediaDescription, session: SessionDescription, index: int, enab
             continue
     if not formats:
         raise InvocationError(488, f"side {label}: none of its codecs is converted here")
-    return Side(address, media.port, tuple(formats))
+    bind = media.attribute("x-bind")
+    if bind is not None:
+        try:
+            bind = str(ipaddress.ip_address(bind.strip()))
+        except ValueError:
+            raise InvocationError(488, f"side {label}: a=x-bind {bind!r} is not an IP address") from None
+    return Side(address, media.port, tuple(formats), bind)
 
 
 def parse_invocation(body: bytes, enabled: set[str], relay: bool = True) -> Plan:
@@ -164,10 +178,12 @@ def _media_lines(fmt: AudioFormat, address: str, port: int) -> list[str]:
     return lines
 
 
-def answer(plan: Plan, address: str, port_a: int, port_b: int, session_id: int, version: int = 1) -> bytes:
-    """"SDP TA + SDP TB": our receive address and port for each side, with its codec."""
+def answer(plan: Plan, address: str, port_a: int, port_b: int, session_id: int, version: int = 1, *,
+           address_a: str | None = None, address_b: str | None = None) -> bytes:
+    """"SDP TA + SDP TB": our receive address and port for each side, with its codec (a side
+    bound elsewhere, `address_a`/`address_b`, names its own address)."""
     family = "IP6" if ":" in address else "IP4"
     lines = ["v=0", f"o=sipmob-transcoder {session_id} {version} IN {family} {address}", "s=transcoder",
-             "t=0 0", *_media_lines(plan.format_a, address, port_a),
-             *_media_lines(plan.format_b, address, port_b)]
+             "t=0 0", *_media_lines(plan.format_a, address_a or address, port_a),
+             *_media_lines(plan.format_b, address_b or address, port_b)]
     return ("\r\n".join(lines) + "\r\n").encode()

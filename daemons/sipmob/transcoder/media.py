@@ -1,10 +1,14 @@
 """The transcoder's media seen from the main process: port pairs, media workers, one `CallMedia` per call.
 
 `PortPool` hands out even RTP ports with RTCP on the next one (RFC 3550 §11) from the configured
-range, binding both before saying yes. The main process binds them (so the SDP answer is written
-at once, with no round trip to a worker) and hands the four sockets of a call to a worker
-(`sipmob.transcoder.worker`) with SCM_RIGHTS; it then closes its own copies, so the worker alone
-reads and writes them.
+range, binding both before saying yes, on ``[rtp] address`` or on the address a controller names
+for one side (``a=x-bind``: a call's egress on a multihomed gateway). `CallMedia.rebind` moves one
+side to new sockets on another address (the egress failed): the worker swaps that side's sockets
+and keeps the call, its channels and the other side as they are.
+
+The main process binds them (so the SDP answer is written at once, with no round trip to a
+worker) and hands the four sockets of a call to a worker (`sipmob.transcoder.worker`) with
+SCM_RIGHTS; it then closes its own copies, so the worker alone reads and writes them.
 
 `Workers` starts the worker processes (``python -m sipmob.transcoder.worker``, the control socket
 inherited), gives each new call to the one with the fewest channels (so one core's load stays
@@ -53,27 +57,33 @@ class PortPool:
         self._used: set[int] = set()
         self._next = self.low
 
-    def _bound(self, port: int) -> socket.socket | None:
-        sock = socket.socket(self.family, socket.SOCK_DGRAM)
+    def _bound(self, port: int, address: str) -> socket.socket | None:
+        sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            sock.bind((self.address, port))
+            sock.bind((address, port))
         except OSError:
             sock.close()
             return None
         return sock
 
-    def bind(self) -> tuple[int, socket.socket, socket.socket]:
-        """(port, RTP socket, RTCP socket); OSError when the range is exhausted."""
+    def bind(self, address: str | None = None) -> tuple[int, socket.socket, socket.socket]:
+        """(port, RTP socket, RTCP socket) on `address` (default the pool's); OSError when the
+        range is exhausted, or when `address` is none of this host's."""
+        address = address or self.address
+        if address != self.address:
+            # an address we do not have fails every port alike: say so at once, not after the range
+            with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind((address, 0))
         span = (self.high - self.low + 1) // 2
         for _ in range(span):
             port = self._next
             self._next = port + 2 if port + 3 <= self.high else self.low
             if port in self._used:
                 continue
-            rtp = self._bound(port)
+            rtp = self._bound(port, address)
             if rtp is None:
                 continue
-            rtcp = self._bound(port + 1)
+            rtcp = self._bound(port + 1, address)
             if rtcp is None:
                 rtp.close()
                 continue
@@ -261,16 +271,17 @@ class CallMedia:
 
     def __init__(self, number: int, workers: Workers, pool: PortPool, cname: str, format_a: AudioFormat,
                  format_b: AudioFormat, destination_a: Address | None, destination_b: Address | None,
-                 idle_timeout: float) -> None:
+                 idle_timeout: float, bind_a: str | None = None, bind_b: str | None = None) -> None:
         self.number = number
         self.pool = pool
         worker = workers.least_loaded()
         if worker is None:
             raise OSError("no media worker running")
         self.worker = worker
-        port_a, rtp_a, rtcp_a = pool.bind()
+        self.address_a, self.address_b = bind_a or pool.address, bind_b or pool.address
+        port_a, rtp_a, rtcp_a = pool.bind(self.address_a)
         try:
-            port_b, rtp_b, rtcp_b = pool.bind()
+            port_b, rtp_b, rtcp_b = pool.bind(self.address_b)
         except OSError:
             rtp_a.close()
             rtcp_a.close()
@@ -295,6 +306,26 @@ class CallMedia:
                destination_b: Address | None) -> None:
         """A re-INVITE's plan: new destinations and, if they changed, formats (streams carry on)."""
         self.worker.send(("update", self.number, format_a, format_b, destination_a, destination_b))
+
+    def rebind(self, side: str, address: str) -> int:
+        """Side ``A`` or ``B`` on new sockets at `address` (its egress failed or readdressed): the
+        new port; OSError when nothing can be bound there (the side stays where it was)."""
+        port, rtp, rtcp = self.pool.bind(address)
+        try:
+            sent = self.worker.send(("rebind", self.number, side), [rtp, rtcp])
+        finally:
+            rtp.close()
+            rtcp.close()
+        if not sent:
+            self.pool.release(port)
+            raise OSError(f"worker {self.worker.index} unreachable")
+        if side == "A":
+            self.pool.release(self.port_a)
+            self.port_a, self.address_a = port, address
+        else:
+            self.pool.release(self.port_b)
+            self.port_b, self.address_b = port, address
+        return port
 
     def close(self, reason: str) -> None:
         if self.closed:

@@ -17,7 +17,8 @@ between two processes of the same program) carries:
 
 - main to worker: ``("open", number, format_a, format_b, dest_a, dest_b, cname, idle_timeout)``
   with the four sockets (A's RTP and RTCP, B's), ``("update", number, format_a, format_b, dest_a,
-  dest_b)``, ``("close", number, reason)``;
+  dest_b)``, ``("rebind", number, side)`` with one side's two new sockets (its old ones are
+  closed: the side moved to another address), ``("close", number, reason)``;
 - worker to main: ``("ready", index)`` once its codecs are loaded, ``("idle", number)`` once a
   call has had no RTP from either side for its ``idle_timeout``.
 
@@ -184,6 +185,14 @@ class Leg:
         self.rtp.close()
         self.rtcp.close()
 
+    def replace_sockets(self, rtp: socket.socket, rtcp: socket.socket) -> None:
+        """New sockets on another address (the controller moved this side); the caller rewatches."""
+        self.close()
+        rtp.setblocking(False)
+        rtcp.setblocking(False)
+        self.rtp, self.rtcp = rtp, rtcp
+        self.port = rtp.getsockname()[1]
+
 
 class Call:
     """The media of one call in this worker: two legs, two channels, its RTCP due time."""
@@ -297,6 +306,17 @@ class Worker:
             call.a.set_destination(dest_a)
             call.b.set_destination(dest_b)
             call.update(format_a, format_b)
+        elif kind == "rebind":
+            if len(socks) != 2:
+                raise ValueError(f"rebind with {len(socks)} sockets")
+            call = self.calls[number]
+            leg = call.a if message[2] == "A" else call.b
+            self._unwatch(leg.rtp.fileno())
+            self._unwatch(leg.rtcp.fileno())
+            leg.replace_sockets(socks[0], socks[1])
+            buf, view = self._buf, self._view
+            self._watch(leg.rtp.fileno(), lambda leg=leg: leg.rtp_ready(buf, view))
+            self._watch(leg.rtcp.fileno(), leg.rtcp_ready)
         elif kind == "close":
             self.end(number, message[2])
         else:

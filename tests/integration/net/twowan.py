@@ -382,6 +382,7 @@ class HomePhone:
             f'[listen]\naddress = "{address}"\nport = 5060\n{egress_line}'
             f'[identity]\nregistrar = "{registrar}"\n'
             f'[calls]\nauto_answer = true\n[slp]\nda = "{da}"\n[control]\npath = "{self.control}"\n'
+            f'[state]\nfile = "{directory / "calls.sqlite"}"\n'  # not the machine's own state file
             f'[log]\nlevel = "{log_level}"\n')
         self.log_path = directory / "phone.log"
         self.log = open(self.log_path, "wb")  # closed in stop()

@@ -85,3 +85,18 @@ def test_the_answer_is_two_lines_in_order_with_our_ports_and_each_sides_numbers(
     assert str(ta.rtpmap(111)) == "opus/48000/2" and str(ta.rtpmap(101)) == "telephone-event/48000"
     assert (tb.port, tb.payload_types, tb.ptime) == (20002, (0, 100), 30.0)
     assert ta.direction.value == tb.direction.value == "sendrecv"
+
+
+def test_a_side_may_name_the_address_it_is_bound_to_and_the_answer_names_it() -> None:
+    a = A_OPUS + "a=x-bind:198.51.100.7\r\n"
+    plan = parse_invocation(body(a, B_G711), ALL)
+    assert (plan.a.bind, plan.b.bind) == ("198.51.100.7", None)
+    sdp = parse(answer(plan, "192.0.2.1", 20000, 20002, 7, address_a="198.51.100.7"))
+    assert sdp.media[0].connection.host == "198.51.100.7"  # type: ignore[union-attr]
+    assert sdp.media[1].connection.host == "192.0.2.1"  # type: ignore[union-attr]
+
+
+def test_a_bind_that_is_no_ip_address_is_refused() -> None:
+    with pytest.raises(InvocationError) as caught:
+        parse_invocation(body(A_OPUS + "a=x-bind:wan1.example\r\n", B_G711), ALL)
+    assert caught.value.status == 488 and "x-bind" in caught.value.reason
