@@ -9,7 +9,8 @@
 
 Options: ``--da HOST[:PORT]`` (repeatable), ``--scope a,b``, ``--json``, ``--multicast`` to ask the
 SLP multicast group when no DA is given, ``--bind ADDR``, ``--timeout SECONDS``, ``--spi NAME
---key-file PATH`` to sign register and deregister (a registrant's key, `sipmob.service.slpkeys`).
+--key-file PATH`` to sign register and deregister (a registrant's key, `sipmob.service.slpkeys`;
+such a run first waits for the next whole second, so that it never reuses the last run's timestamp).
 Exit status: 0 success, 1 the request failed (the DA's error or no answer, one line on stderr), 2
 usage.
 
@@ -175,6 +176,11 @@ def _execute(args: argparse.Namespace) -> tuple[str, Any]:
     if not 0 < args.timeout <= 600:
         raise UsageError("--timeout must be 0-600 seconds")
     spi, key = _signing(args)
+    if spi and args.command in ("register", "deregister"):
+        # A block's timestamp counts whole seconds and the DA takes only a later one for a URL:
+        # starting in a second of our own, this run's cannot equal the previous run's (which
+        # signed in an earlier second), as two runs in one second otherwise would.
+        time.sleep(1.01 - _clock() % 1.0)
     # the retransmission schedule is the RFC's; --timeout shortens how long it goes on
     retry = min(2.0, args.timeout)
     config = AgentConfig(scopes=scopes, das=das, multicast=args.multicast and not das, lang=args.lang,
