@@ -223,10 +223,55 @@ def test_saproxy_key_is_made_at_install_and_used_by_both_daemons(box: Container)
     out = box.run(["stat", "-c", "%a %U %G", "/etc/sipmob/keys/saproxy.key", "/etc/sipmob/keys"]).stdout
     assert out.split("\n")[:2] == ["600 sipmob sipmob", "750 root sipmob"], out
     assert len(box.run(["cat", "/etc/sipmob/keys/saproxy.key"]).stdout.strip()) >= 32
-    wait_for("sipmob-slpda to read the key", lambda: "registrants with a key: saproxy" in box.run(
-        ["journalctl", "--no-pager", "-u", "sipmob-slpda.service"]).stdout)
+    wait_for("sipmob-slpda to read the key", lambda: re.search(
+        r"registrants with a key: [^;]*\bsaproxy\b", box.run(
+            ["journalctl", "--no-pager", "-u", "sipmob-slpda.service"]).stdout))
     saproxy_log = box.run(["journalctl", "--no-pager", "-u", "sipmob-saproxy.service"]).stdout
     assert "probing" in saproxy_log and "unsigned" not in saproxy_log
+
+
+def slptool(box: Container, *args: str) -> subprocess.CompletedProcess[str]:
+    return box.run(["python3", "-m", "sipmob.service.slptool", "--da", "127.0.0.1", "--timeout", "5",
+                    *args], check=False, timeout=30)
+
+
+def test_mdsm_and_transcoder_keys_are_made_at_install_and_the_da_trusts_them(box: Container) -> None:
+    keys = ["/etc/sipmob/keys/mdsm.key", "/etc/sipmob/keys/transcoder.key"]
+    out = box.run(["stat", "-c", "%a %U %G", *keys]).stdout
+    assert out.split("\n")[:2] == ["600 sipmob sipmob"] * 2, out
+    assert all(len(box.run(["cat", key]).stdout.strip()) >= 32 for key in keys)
+
+    def da_log() -> str:
+        return box.run(["journalctl", "--no-pager", "-o", "cat", "-u", "sipmob-slpda.service"]).stdout
+
+    wait_for("sipmob-slpda to know and trust both keys", lambda: re.search(
+        r"registrants with a key: mdsm, saproxy, transcoder; trusted: mdsm, saproxy, transcoder", da_log()))
+    # The transcoder's registration is signed (the DA names its SPI), trusted, and no one else may
+    # remove it, not even from the box itself.
+    url = wait_for("the transcoder's signed registration",
+                   lambda: (m := re.search(r"registered (sip:transcoder@\S+) .* as transcoder", da_log()))
+                   and m.group(1))
+    assert "trusted" in slptool(box, "findattrs", url).stdout
+    refused = slptool(box, "deregister", url)
+    assert refused.returncode == 1 and "AUTHENTICATION_ABSENT" in refused.stderr, refused
+    # The MDSM's virtual devices likewise, once it has one.
+    unit, config = "sipmob-mdsm.service", "/etc/sipmob/mdsm.toml"
+    saved = box.run(["cat", config]).stdout
+    box.run(["tee", "-a", config], input='\n[[system]]\nname = "signed"\n'
+            'members = ["sip:speaker@127.0.0.1:5092"]\n')
+    try:
+        box.run(["systemctl", "reload", unit])
+        url = wait_for("the MDSM's signed registration", lambda: (
+            m := re.search(r"registered (sip:signed@\S+) .* as mdsm", da_log())) and m.group(1))
+        assert "trusted" in slptool(box, "findattrs", url).stdout
+        refused = slptool(box, "deregister", url)
+        assert refused.returncode == 1 and "AUTHENTICATION_ABSENT" in refused.stderr, refused
+    finally:
+        box.run(["tee", config], input=saved)
+        box.run(["systemctl", "reload", unit], check=False)
+    # Removed from the configuration, the MDSM's own signed deregistration is accepted.
+    wait_for("the MDSM to deregister it",
+             lambda: re.search(r"deregistered +sip:signed@\S+ .* as mdsm", da_log()))
 
 
 def test_transcoder_converts_pcmu_to_opus_under_its_unit(box: Container) -> None:

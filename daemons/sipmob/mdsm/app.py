@@ -119,6 +119,7 @@ from sipmob.mn.transcoding import (
     section,
 )
 from sipmob.sdp import Origin, SDPParseError, SessionDescription, parse
+from sipmob.service import slpkeys
 from sipmob.service.daemon import Runtime
 from sipmob.service.sipua import (
     AcceptedRefer,
@@ -432,7 +433,8 @@ class MdsmApp:
         if self.sa is None:
             da = self.config.da_address
             self.sa = SLPServiceAgent(self.reactor, das=[da] if da is not None else [],
-                                      scopes=self.config.slp.scopes, multicast=da is None)
+                                      scopes=self.config.slp.scopes, multicast=da is None,
+                                      config=slpkeys.signing(self.config.slp, log))  # only we change them
             self.sa.start()
         wanted = {self.config.uri(name): s for name, s in self.systems.items()}
         for url in sorted(self.registered - set(wanted)):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from sipmob.mn.devices import slug
 from sipmob.saproxy.devices import Device, load_devices
+from sipmob.service import slpkeys
 from sipmob.service.config import (
     ConfigError,
     ConfigProblem,
@@ -79,6 +80,11 @@ class Slp:
     lifetime: int = setting(300, check=lambda v: None if 10 <= v <= 65535 else
                             f"must be 10-65535 seconds, got {v}",
                             help="registration lifetime in seconds, refreshed before it runs out")
+    spi: str = slpkeys.spi_setting("mdsm")
+    key_file: str = slpkeys.key_file_setting(slpkeys.key_path("mdsm"))  # made at install
+
+    def validate(self) -> list[tuple[str, str]]:
+        return slpkeys.key_problems(self)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

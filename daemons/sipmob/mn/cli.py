@@ -14,6 +14,7 @@
     sipmob dtmf CALL DIGITS                                       (sipmob.mn.controls)
     sipmob watch [--json]                                         prints the phone's events as they come
     sipmob web-password [--stdin]                                 sets the web page's password
+    sipmob keygen NAME [--copy FILE]                              makes a phone's SLP key (service.slpkeys)
 
 Global options: ``--config PATH`` (default /etc/sipmob/mn.toml; the control path and the DA come from
 it), ``--control PATH``, ``--da HOST:PORT``. Exit status: 0 done, 1 refused or failed (one line on
@@ -98,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     web = sub.add_parser("web-password", help="set the web page's password (sipmob web-password --help)",
                          add_help=False)
     web.add_argument("options", nargs=argparse.REMAINDER)
+    keygen = sub.add_parser("keygen", help="make a phone's or device's SLP key (sipmob keygen --help)",
+                            add_help=False)
+    keygen.add_argument("options", nargs=argparse.REMAINDER)
     return p
 
 
@@ -294,6 +298,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sipmob.web import password
 
         return password.main(argv[1:])
+    if argv[:1] == ["keygen"]:
+        from sipmob.service import slpkeys
+
+        return slpkeys.main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     try:

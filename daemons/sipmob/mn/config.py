@@ -13,6 +13,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+from sipmob.service import slpkeys
 from sipmob.service.config import (
     Log,
     each,
@@ -186,6 +187,12 @@ class Slp:
                       help="the Directory Agent, HOST[:PORT]; empty: ask by multicast")
     scopes: list[str] = setting(default_factory=lambda: ["DEFAULT"], help="SLP scopes to search")
     timeout: float = setting(3.0, check=positive, help="seconds to wait for the DA")
+    # No key is made for a phone: `sipmob keygen NAME` makes one where the DA reads it.
+    spi: str = slpkeys.spi_setting("")
+    key_file: str = slpkeys.key_file_setting("")
+
+    def validate(self) -> list[tuple[str, str]]:
+        return slpkeys.key_problems(self)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -68,7 +68,8 @@ class DeviceRole:
         config = self.phone.config
         da = config.da_address
         self.sa = SLPServiceAgent(self.phone.reactor, das=[da] if da is not None else [],
-                                  scopes=config.slp.scopes, multicast=da is None)
+                                  scopes=config.slp.scopes, multicast=da is None,
+                                  config=self.phone.slp_signing)
         self.sa.start()
         contact = self.phone.ua.contact
         assert contact is not None

@@ -131,7 +131,8 @@ class PhoneEgress:
 
             da = self.phone.config.da_address
             self.advert = SLPServiceAgent(self.phone.reactor, das=[da] if da else [],
-                                          scopes=self.phone.config.slp.scopes, multicast=da is None)
+                                          scopes=self.phone.config.slp.scopes, multicast=da is None,
+                                          config=self.phone.slp_signing)
             self.monitor.on_event(lambda _event: self._advertise())
         best = self._best()
         if best is not None:

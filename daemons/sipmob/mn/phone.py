@@ -103,7 +103,7 @@ from sipmob.sdp import (
     codecs_of,
     parse,
 )
-from sipmob.service import daemon
+from sipmob.service import daemon, slpkeys
 from sipmob.service.config import ConfigError, ConfigProblem, split_host_port
 from sipmob.service.nexthop import LocatingUserAgent
 from sipmob.service.resolver import Resolver
@@ -341,6 +341,9 @@ class Phone:
         if config.listen.egress:  # SIP and RTP follow the egress list (sipmob.mn.egress)
             from sipmob.mn.egress import PhoneEgress
             self.egress = PhoneEgress.from_file(self, config.listen.egress)
+        # Our SLP registrations (device, egress: one URL, two types) signed by one signer, if we have a key.
+        self.slp_signing = slpkeys.signing(config.slp, log) if config.device.enabled or (
+            self.egress is not None and self.egress.config.share.allow) else None
         self.controls = CallControls(self, reactor, ring_timeout=config.calls.ring_timeout)
         self.handoff = PhoneHandoff(self)
         self.device = DeviceRole(self) if config.device.enabled else None

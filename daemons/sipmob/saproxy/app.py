@@ -31,6 +31,7 @@ from sipmob.saproxy.probe import (
     StateChanged,
     merge,
 )
+from sipmob.service import slpkeys
 from sipmob.service.config import split_host_port
 from sipmob.service.daemon import Runtime
 from sipmob.service.sipua import SIPError, UserAgent
@@ -40,7 +41,6 @@ from sipmob.service.timers import TimerDriver
 from sipmob.sip.message import Response
 from sipmob.sip.transaction import TimerConfig
 from sipmob.sip.transport import Address
-from sipmob.slp.agent import AgentConfig
 from sipmob.slp.attrs import format_attr_list
 
 log = logging.getLogger("sipmob.saproxy")
@@ -91,12 +91,10 @@ class SaproxyApp:
         self.sip.start()
         (bound,) = self.sip.addresses
         slp = self.config.slp
+        # With a key, our registrations are signed: only we can change them at the DA.
+        self._agent_config = slpkeys.signing(slp, log, da_find=slp.da_interval)
         self.sa = SLPServiceAgent(self.reactor, das=[split_host_port(d, 427) for d in slp.das],
-                                  scopes=slp.scopes, multicast=slp.multicast,
-                                  config=self._agent_config(slp.da_interval))
-        if not self.sa.agent.config.auth_spi:
-            log.warning("no key in %s: registrations are unsigned, and only their source address "
-                        "protects them", slp.key_file or "[slp] key_file")
+                                  scopes=slp.scopes, multicast=slp.multicast, config=self._agent_config)
         self.sa.start()
         self._deregister_stale()
         if self.config.mdns.enabled:
@@ -304,19 +302,13 @@ class SaproxyApp:
             return
         slp = self.config.slp
         client = SLPClient(self.reactor, das=[split_host_port(d, 427) for d in slp.das], scopes=slp.scopes,
-                           config=self._agent_config(slp.da_interval))
+                           config=self._agent_config)
         done = []
         for url in stale:
             log.info("deregistering %s, registered by the previous run and no longer configured", url)
             done.append(client.deregister(url).addErrback(
                 lambda f, url=url: log.warning("could not deregister %s: %s", url, f.getErrorMessage())))
         defer.DeferredList(done).addBoth(lambda _: client.close())
-
-    def _agent_config(self, da_find: float) -> AgentConfig:
-        """With a key, our registrations are signed: only we can change them at the DA."""
-        slp = self.config.slp
-        key = slp.auth_key()
-        return AgentConfig(da_find=da_find, auth_spi=slp.spi if key else "", auth_key=key)
 
     def _report_status(self) -> None:
         status = self.status()

@@ -7,10 +7,10 @@ Not here: the device files of ``devices.d/`` (`sipmob.saproxy.devices`), what th
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 from sipmob.saproxy.devices import Device
+from sipmob.service import slpkeys
 from sipmob.service.config import (
     Log,
     each,
@@ -22,12 +22,10 @@ from sipmob.service.config import (
     setting,
     state_path,
 )
-from sipmob.slp import auth
-from sipmob.slpda.config import read_key
 
 DEFAULT_DEVICES_DIR = "/etc/sipmob/devices.d"
 DEFAULT_STATE_FILE = "/var/lib/sipmob/saproxy.json"
-DEFAULT_KEY_FILE = "/etc/sipmob/keys/saproxy.key"  # made at install, read by sipmob-slpda too
+DEFAULT_KEY_FILE = slpkeys.key_path("saproxy")  # made at install, read by sipmob-slpda too
 
 
 # The daemon does no DNS: addresses are IP literals, a port may follow.
@@ -95,32 +93,15 @@ class Slp:
                                    "instead of da_find, so a restarted DA (new boot timestamp) gets "
                                    "every device again within seconds; 0: every da_find")
 
-    spi: str = setting("saproxy", check=auth.check_spi,
-                       help="our name (SLP SPI) in the authentication blocks of our registrations")
-    key_file: str = setting(DEFAULT_KEY_FILE,
-                            help="file holding our secret key (mode 0600, at least 16 bytes), which the "
-                                 "DA knows as the key of `spi` (sipmob-slpda: SPI.key in its "
-                                 "key_directory): every registration and deregistration is then "
-                                 "signed, and only we can change them; read at start; missing or "
-                                 "empty: unsigned")
+    spi: str = slpkeys.spi_setting("saproxy")
+    key_file: str = slpkeys.key_file_setting(DEFAULT_KEY_FILE)
 
     @property
     def da_interval(self) -> float:
         return self.da_watch if self.da_watch > 0 and not self.multicast else self.da_find
 
-    def auth_key(self) -> bytes:
-        """The key of `key_file` (b"" when there is none); raises ValueError when it cannot be used."""
-        if not self.key_file or not os.path.lexists(self.key_file):
-            return b""
-        return read_key(self.key_file)
-
     def validate(self) -> list[tuple[str, str]]:
-        problems = []
-        if self.key_file:
-            try:
-                self.auth_key()
-            except ValueError as exc:
-                problems.append(("key_file", str(exc)))
+        problems = slpkeys.key_problems(self)
         if not self.scopes:
             problems.append(("scopes", "must list at least one scope"))
         if not self.das and not self.multicast:

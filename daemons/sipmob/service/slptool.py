@@ -8,8 +8,11 @@
     findda                           the DAs that answer
 
 Options: ``--da HOST[:PORT]`` (repeatable), ``--scope a,b``, ``--json``, ``--multicast`` to ask the
-SLP multicast group when no DA is given, ``--bind ADDR``, ``--timeout SECONDS``. Exit status: 0 success,
-1 the request failed (the DA's error or no answer, one line on stderr), 2 usage.
+SLP multicast group when no DA is given, ``--bind ADDR``, ``--timeout SECONDS``, ``--spi NAME
+--key-file PATH`` to sign register and deregister (a registrant's key, `sipmob.service.slpkeys`;
+such a run first waits for the next whole second, so that it never reuses the last run's timestamp).
+Exit status: 0 success, 1 the request failed (the DA's error or no answer, one line on stderr), 2
+usage.
 
 It drives the sans-I/O `UserAgent` with one blocking UDP socket and a short TCP connection when a
 reply overflowed; it keeps no state and does not read any daemon's configuration.
@@ -27,8 +30,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from sipmob.service import slpkeys
 from sipmob.service.config import split_host_port
-from sipmob.slp import wire
+from sipmob.slp import auth, wire
 from sipmob.slp.agent import Address, AgentConfig, Outgoing, Query, Registration, SLPError, UserAgent
 from sipmob.slp.attrs import Attribute, AttrParseError, Opaque, format_attr_list, parse_attr_list
 from sipmob.slp.messages import SLP_PORT
@@ -38,8 +42,28 @@ PROG = "sipmob-slptool"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+# Wall-clock time: an authentication block's timestamp is compared with the DA's own clock, and
+# a run lasts seconds, so a clock step hardly matters.
+_clock = time.time
+
+
 class UsageError(Exception):
     pass
+
+
+def _signing(args: argparse.Namespace) -> tuple[str, bytes]:
+    """The SPI and key to sign with (``--spi``, ``--key-file``), or ("", b"")."""
+    if bool(args.spi) != bool(args.key_file):
+        raise UsageError("--spi and --key-file go together")
+    if not args.spi:
+        return "", b""
+    problem = auth.check_spi(args.spi)
+    if problem:
+        raise UsageError(f"--spi {problem}")
+    try:
+        return args.spi, slpkeys.read_key(args.key_file)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def parse_hostport(text: str, default_port: int = SLP_PORT) -> Address:
@@ -74,16 +98,16 @@ class _Runner:
 
     def run(self, query: Query[Any], out: list[Outgoing]) -> Any:
         # the agent's deadlines end every query; the count and the wall-clock bound are a safety net
-        limit = time.monotonic() + 2 * (self.agent.config.retry_max + self.agent.config.mc_max)
+        limit = _clock() + 2 * (self.agent.config.retry_max + self.agent.config.mc_max)
         for _ in range(10000):
             self._send(out)
             out = []
-            if query.done or time.monotonic() > limit:
+            if query.done or _clock() > limit:
                 break
             due = self.agent.get_timer()
-            wait = 1.0 if due is None else max(0.0, due - time.monotonic())
+            wait = 1.0 if due is None else max(0.0, due - _clock())
             readable, _, _ = select.select([self.sock], [], [], wait)
-            now = time.monotonic()
+            now = _clock()
             if readable:
                 try:
                     data, source = self.sock.recvfrom(65535)
@@ -124,7 +148,7 @@ class _Runner:
                     buf += chunk
         except OSError:
             return
-        self._send(self.agent.receive(buf[:length], o.dest, time.monotonic()))
+        self._send(self.agent.receive(buf[:length], o.dest, _clock()))
 
     def close(self) -> None:
         self.sock.close()
@@ -151,14 +175,21 @@ def _execute(args: argparse.Namespace) -> tuple[str, Any]:
         raise UsageError("--scope: at least one scope is needed")
     if not 0 < args.timeout <= 600:
         raise UsageError("--timeout must be 0-600 seconds")
+    spi, key = _signing(args)
+    if spi and args.command in ("register", "deregister"):
+        # A block's timestamp counts whole seconds and the DA takes only a later one for a URL:
+        # starting in a second of our own, this run's cannot equal the previous run's (which
+        # signed in an earlier second), as two runs in one second otherwise would.
+        time.sleep(1.01 - _clock() % 1.0)
     # the retransmission schedule is the RFC's; --timeout shortens how long it goes on
     retry = min(2.0, args.timeout)
     config = AgentConfig(scopes=scopes, das=das, multicast=args.multicast and not das, lang=args.lang,
-                         retry=retry, retry_max=args.timeout, mc_max=max(retry, args.timeout))
-    agent = UserAgent(config, time.monotonic())
+                         retry=retry, retry_max=args.timeout, mc_max=max(retry, args.timeout),
+                         auth_spi=spi, auth_key=key)
+    agent = UserAgent(config, _clock())
     bind = args.bind or ("::" if das and ":" in das[0][0] else "0.0.0.0")
     runner = _Runner(agent, bind)
-    now = time.monotonic()
+    now = _clock()
     try:
         if args.command == "findsrvs":
             urls = runner.run(*agent.find_services(args.type, now, args.predicate))
@@ -201,6 +232,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--bind", default="", metavar="ADDR", help="local address for the UDP socket")
     parser.add_argument("--lang", default="en", help="language tag (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--spi", default="", metavar="NAME",
+                        help="sign register and deregister as this registrant (with --key-file)")
+    parser.add_argument("--key-file", default="", metavar="PATH",
+                        help="the registrant's secret key (mode 0600), as sipmob keygen makes it")
     parser.add_argument("--timeout", type=float, default=15.0, metavar="SECONDS",
                         help="give up on a DA after this long (RFC 2608 CONFIG_RETRY_MAX, default "
                              "%(default)s)")

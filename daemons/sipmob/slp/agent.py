@@ -101,12 +101,20 @@ class AgentConfig:
     # must then be wall-clock time, since the DA compares the block's timestamp with its own.
     auth_spi: str = ""
     auth_key: bytes = dataclasses.field(default=b"", repr=False)
+    # Made from auth_spi and auth_key; agents built from one config (or its copies) share it, so
+    # two of them registering the same URL under two service types (a phone's sip-device and
+    # sip-egress) never give the DA the same timestamp twice.
+    signer: auth.Signer | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.scopes:
             raise ValueError("at least one scope is needed")
         if self.auth_spi and (auth.check_spi(self.auth_spi) or auth.check_key(self.auth_key)):
             raise ValueError(auth.check_spi(self.auth_spi) or auth.check_key(self.auth_key))
+        if self.auth_spi and (self.signer is None or not self.signer.uses(self.auth_spi, self.auth_key)):
+            object.__setattr__(self, "signer", auth.Signer(self.auth_spi, self.auth_key))
+        elif not self.auth_spi and self.signer is not None:
+            object.__setattr__(self, "signer", None)
         if self.retry <= 0 or self.retry_max < self.retry or self.mc_max < self.retry:
             raise ValueError("retry intervals must be positive and retry <= retry_max, mc_max")
 
@@ -368,7 +376,7 @@ class _Agent:
         self._discovery_at: float | None = None
         self._started = False
         self.dropped = 0  # datagrams that could not be decoded or matched nothing
-        self._signer = auth.Signer(config.auth_spi, config.auth_key) if config.auth_spi else None
+        self._signer = config.signer
 
     # public interface ---------------------------------------------------------------------------
 

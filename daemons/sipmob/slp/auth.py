@@ -164,6 +164,10 @@ class Signer:
     def __repr__(self) -> str:
         return f"Signer(spi={self.spi!r})"  # never the key
 
+    def uses(self, spi: str, key: bytes) -> bool:
+        """Whether this signer signs as `spi` with `key`."""
+        return self.spi == spi and hmac.compare_digest(self._key, key)
+
     def timestamp(self, url: str, now: float) -> int:
         stamp = max(int(now) + self.validity, self._last.get(url, 0) + 1)
         if len(self._last) >= 4096:

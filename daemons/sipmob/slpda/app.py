@@ -27,6 +27,7 @@ from sipmob.service.statefile import DebouncedWriter, Journal, read_json
 from sipmob.service.timers import TimerDriver
 from sipmob.slp import wire
 from sipmob.slp.da import (
+    DAConfig,
     Deregistered,
     DirectoryAgent,
     Event,
@@ -249,9 +250,20 @@ class SlpdaApp:
         self.timer.update()
         log.info("listening on %s port %d (UDP, TCP%s) for scopes %s", listen.address, listen.port,
                  ", multicast" if self.multicast_joined else "", ",".join(self.da.scopes))
-        spis = [spi for spi, _ in self.da.config.keys]
+        self._log_keys(None)
+
+    def _log_keys(self, before: DAConfig | None) -> None:
+        """Which registrants have a key and which of those we trust, at start and when it changes."""
+        config = self.da.config
+        spis = [spi for spi, _ in config.keys]
+        if before is not None and ([spi for spi, _ in before.keys], before.trusted_spis) == (
+                spis, config.trusted_spis):
+            return
+        trusted = [spi for spi in spis if spi in config.trusted_spis]
         if spis:
-            log.info("registrants with a key: %s", ", ".join(spis))
+            log.info("registrants with a key: %s; trusted: %s", ", ".join(spis), ", ".join(trusted) or "none")
+        elif before is not None:
+            log.info("no registrant has a key")
 
     def _restore(self) -> None:
         """The state file, then the journal's changes after it; then one rewrite to compact them."""
@@ -311,7 +323,9 @@ class SlpdaApp:
         except ValueError as exc:  # a key file changed since the file was checked
             raise ConfigError([ConfigProblem("keys", "registration", str(exc))]) from None
         self.config = config
+        before = self.da.config
         self.da.reconfigure(da_config, self.reactor.seconds())
+        self._log_keys(before)
         logging.getLogger().setLevel(config.log.level.upper())
         self._debug = log.isEnabledFor(logging.DEBUG)
         self.timer.update()

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import os
-import stat
 from pathlib import Path
 
 from sipmob.service.config import (
@@ -25,13 +23,16 @@ from sipmob.service.config import (
     state_path,
     this_host_address,
 )
+from sipmob.service.slpkeys import KEY_DIRECTORY, read_key
 from sipmob.slp import auth
 from sipmob.slp.da import DAConfig
 from sipmob.slp.messages import SLP_PORT
 
 DEFAULT_STATE_FILE = "/var/lib/sipmob/slpda.json"
-DEFAULT_KEY_DIRECTORY = "/etc/sipmob/keys"  # the packages put the SA proxy's key here at install
+DEFAULT_KEY_DIRECTORY = KEY_DIRECTORY  # the packages put their daemons' keys here at install
 MAX_KEYS = 256
+# The registrants whose packages make their key at install: the SA proxy, the MDSM, the transcoder.
+DAEMON_SPIS = ("saproxy", "mdsm", "transcoder")
 
 # RFC 1918 and RFC 4193 private ranges, link-local and loopback: the home network and the box itself.
 PRIVATE_NETWORKS = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
@@ -129,28 +130,6 @@ class Limits:
                                               "arrived; slower senders are disconnected")
 
 
-def read_key(path: str) -> bytes:
-    """A registrant's secret: the file's bytes without surrounding whitespace (so a key made with
-    ``head -c 32 /dev/urandom | base64`` works as written). Raises ValueError saying what is wrong:
-    unreadable, readable by group or others (it must be mode 0600), or too short."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as exc:
-        raise ValueError(f"cannot read the key file {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as fh:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise ValueError(f"the key file {path} is not a regular file")
-        if mode & 0o077:
-            raise ValueError(f"the key file {path} is mode {stat.S_IMODE(mode):04o}: others may read "
-                             f"it (chmod 600)")
-        key = fh.read(4097).strip()
-    problem = auth.check_key(key)
-    if problem:
-        raise ValueError(f"the key in {path} {problem}")
-    return key
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class RegistrantKey:
     spi: str = setting(check=auth.check_spi, help="the registrant's name (SLP SPI) in its "
@@ -186,7 +165,7 @@ class Registration:
         help="more registrants' secrets, as [[registration.keys]] tables of spi and file. A URL "
              "registered with a valid authentication block can then be changed or deregistered "
              "only with the same registrant's key, from any address")
-    trusted_spis: list[str] = setting(default_factory=lambda: ["saproxy"], check=each(auth.check_spi),
+    trusted_spis: list[str] = setting(default_factory=lambda: list(DAEMON_SPIS), check=each(auth.check_spi),
                                       help="registrants trusted by their key as the trusted networks are "
                                            "by address, whatever address they register from")
     auth_window: float = setting(300.0, check=lambda v: None if 1 <= v <= 86400 else

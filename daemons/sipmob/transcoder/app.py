@@ -153,11 +153,12 @@ class TranscoderApp:
             host = self.config.advertised_address()
             self.url = f"sip:transcoder@{f'[{host}]' if ':' in host else host}:{port}"
             if self.config.slp.enabled:
+                from sipmob.service import slpkeys
                 from sipmob.service.slp import SLPServiceAgent
 
                 slp = self.config.slp
                 self.sa = SLPServiceAgent(self.reactor, das=[split_host_port(d, 427) for d in slp.das],
-                                          scopes=slp.scopes)
+                                          scopes=slp.scopes, config=slpkeys.signing(slp, log))
                 self.sa.start()
                 self._register()
             log.info("transcoder at %s, RTP ports %d-%d, codecs %s, %d media worker(s) (pids %s)", self.url,

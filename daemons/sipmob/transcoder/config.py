@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from sipmob.service import slpkeys
 from sipmob.service.config import Log, each, host_port, ip_address, ip_network, port, positive, setting
 
 # RFC 1918 and RFC 4193 private ranges, link-local and loopback: the home network and the box itself.
@@ -96,6 +97,11 @@ class Slp:
                                      help="least seconds between re-registrations when free-channels "
                                           "changes")
     name: str = setting("Transcoder", help="the name attribute")
+    spi: str = slpkeys.spi_setting("transcoder")
+    key_file: str = slpkeys.key_file_setting(slpkeys.key_path("transcoder"))  # made at install
+
+    def validate(self) -> list[tuple[str, str]]:
+        return slpkeys.key_problems(self) if self.enabled else []
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -42,8 +42,9 @@ class Phone:
     def __init__(self, directory: Path, da: str, grace: float = 0.5, auto_answer: bool = False,
                  ring_timeout: float = 60.0,
                  user: str = "mn", extra: str = "", media_timeout: float = 30.0,
-                 calls: str = "") -> None:
-        """`extra` is appended to the configuration file (more sections), `calls` to its [calls]."""
+                 calls: str = "", slp: str = "") -> None:
+        """`extra` is appended to the configuration file (more sections), `calls` to its [calls],
+        `slp` to its [slp]."""
         self.port = free_udp_port()
         self.uri = f"sip:{user}@127.0.0.1:{self.port}"
         self.control = directory / "mn.sock"
@@ -53,7 +54,7 @@ class Phone:
             f'[calls]\nauto_answer = {str(auto_answer).lower()}\ngrace_period = {grace}\n'
             f'device_timeout = 2.0\noptions_timeout = 1.0\nring_timeout = {ring_timeout}\n'
             f'media_timeout = {media_timeout}\n{calls}'
-            f'[slp]\nda = "{da}"\n[control]\npath = "{self.control}"\n'
+            f'[slp]\nda = "{da}"\n{slp}[control]\npath = "{self.control}"\n'
             f'[state]\nfile = "{directory / "calls.sqlite"}"\n' + extra)
         self.log = open(directory / "phone.log", "wb")  # closed in stop()
         self.log_path = directory / "phone.log"

@@ -371,7 +371,8 @@ class HomePhone:
 
     def __init__(self, net: TwoWan, directory: Path, egress_toml: str, log_level: str = "info",
                  registrar: str = "", da: str = "127.0.0.1:1", *, ns: Namespace | None = None,
-                 address: str = HOME1) -> None:
+                 address: str = HOME1, slp: str = "", extra: str = "") -> None:
+        """`slp` is added to the [slp] table of mn.toml, `extra` (more tables) at its end."""
         directory.mkdir(parents=True, exist_ok=True)
         self.control = directory / "mn.sock"
         self.config = directory / "mn.toml"
@@ -381,9 +382,9 @@ class HomePhone:
         self.config.write_text(
             f'[listen]\naddress = "{address}"\nport = 5060\n{egress_line}'
             f'[identity]\nregistrar = "{registrar}"\n'
-            f'[calls]\nauto_answer = true\n[slp]\nda = "{da}"\n[control]\npath = "{self.control}"\n'
+            f'[calls]\nauto_answer = true\n[slp]\nda = "{da}"\n{slp}[control]\npath = "{self.control}"\n'
             f'[state]\nfile = "{directory / "calls.sqlite"}"\n'  # not the machine's own state file
-            f'[log]\nlevel = "{log_level}"\n')
+            f'[log]\nlevel = "{log_level}"\n{extra}')
         self.log_path = directory / "phone.log"
         self.log = open(self.log_path, "wb")  # closed in stop()
         self.proc = (ns or net.home).popen([sys.executable, "-m", "sipmob.mn.cli", "phone", "--config",
