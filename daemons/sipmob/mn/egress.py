@@ -31,6 +31,10 @@ SIP relay's outside address (Via and Contact name it; the datagrams go to the re
 from our home-side socket), receives RTP on our home-side address and re-INVITEs the CN with the
 audio relay's outside address in ``c=``. When one of our egresses comes back the call moves
 there (an ordinary move) and the relays are given back. Audio only; video stays where it was.
+
+A SIP socket opened on an address that has since gone (or whose egress is down) is closed once
+no call is on it and no transaction sent from it may retransmit (`_sweep`): a link readdressed
+again and again keeps one socket, not one per address it ever had.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ RETRY_DELAY = 0.3
 PEER_SCAN = 30.0  # seconds between two looks for other gateways in SLP
 MAX_PEERS = 8
 RELAY_EXPIRES = 600  # seconds a relay subscription is asked for, refreshed at 80 %
+SWEEP_AGAIN = 2.0  # seconds before another look at a SIP socket that was still in use
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +105,7 @@ class PhoneEgress:
         self._peer_scan: Any = None
         self._relayed: dict[str, tuple[Any, Any, Address]] = {}  # call -> (relay subscription,
         # the CN's own description, the relay's outside SIP address)
+        self._sweep_later: Any = None  # a delayed `_sweep`, while a socket to close is still busy
 
     @classmethod
     def from_file(cls, phone: Phone, path: str) -> PhoneEgress:
@@ -149,6 +155,8 @@ class PhoneEgress:
 
     @defer.inlineCallbacks
     def stop(self) -> Any:
+        if self._sweep_later is not None and self._sweep_later.active():
+            self._sweep_later.cancel()
         if self._peer_scan is not None and self._peer_scan.running:
             self._peer_scan.stop()
         if self.advert is not None:
@@ -212,6 +220,35 @@ class PhoneEgress:
             self.phone.ua.bind_call(pc.call.call_id, None)
         except Exception:  # the dialog is gone already: nothing is bound any more
             pass
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Close our SIP sockets on addresses nothing needs any more: an address that has gone (a
+        DHCP renewal gave another; the link went) or whose egress is down, once no call is on it
+        and no transaction sent from it may still retransmit (else again in `SWEEP_AGAIN`).
+        The calls' RTP sockets go with their moves (`_reinvite`)."""
+        self._sweep_later = None
+        egresses = self.monitor.egresses
+        active = set(egresses.active())
+        keep = {self.phone.config.listen.address, self.phone.address, *self._call_address.values()}
+        for e in egresses.egresses.values():
+            if e.name in active:
+                keep.update(e.addresses)
+        busy = []
+        for host in self.phone.ua.added_addresses():
+            if host in keep:
+                continue
+            if self.phone.ua.release_address(host):
+                log.info("SIP socket on %s closed: no egress or call uses that address", host)
+            else:
+                busy.append(host)
+        if busy:
+            log.debug("SIP sockets on %s still in use; closed later", ", ".join(busy))
+            self._sweep_later = self.phone.reactor.callLater(SWEEP_AGAIN, self._sweep)
+
+    def _sweep_soon(self) -> None:
+        if self._sweep_later is None:
+            self._sweep_later = self.phone.reactor.callLater(0, self._sweep)
 
     def rows(self) -> dict[str, Any]:
         egresses = self.monitor.rows()
@@ -256,6 +293,8 @@ class PhoneEgress:
             best = self._best()
             if best is not None:
                 self._move_sip(best[0], best[1])
+        if isinstance(event, EgressDown | AddressChanged):
+            self._sweep_soon()
 
     def _move_sip(self, egress: str, address: str) -> None:
         self.egress = egress
@@ -285,6 +324,7 @@ class PhoneEgress:
             self.phone.reactor.callLater(5.0, self._unrelay, pc.id)
         self._bind(pc, address)
         self._reinvite(pc, address, reason, started, RETRIES)
+        self._sweep_soon()
 
     @defer.inlineCallbacks
     def _reinvite(self, pc: PhoneCall, address: str, reason: str, started: float, retries: int) -> Any:

@@ -7,7 +7,8 @@ from a TCP stream into one sans-I/O machine (a `sipmob.sip.transaction.Transacti
 open connection to a (host, port), whichever side opened it, and opens one when there is none.
 A datagram the machine says must leave from a local address (a call bound to an egress,
 `TransactionLayer.bind_call`) goes out of the UDP socket bound to that address: one per local
-address (`add_udp`), so the kernel's source routing sends it out of that egress's link.
+address (`add_udp`), so the kernel's source routing sends it out of that egress's link, until
+the owner closes it (`release_udp`) once its address has gone.
 Events go to one callback, the layer above, which answers through the machine (or, over a bare
 transaction layer, through `send_response` and friends).
 
@@ -151,6 +152,7 @@ class SIPTransport:
         self.addresses: list[Address] = []
         self._ports: list[Any] = []
         self._udp: dict[str, _Datagrams] = {}  # by local host
+        self._added: dict[str, Any] = {}  # host -> the port `add_udp` bound there
         # a local address that is another host's relay: (our socket's host, where the relay listens)
         self._relays: dict[Address, tuple[str, tuple[str, int]]] = {}
         self._streams: dict[Address, _Stream] = {}
@@ -197,7 +199,25 @@ class SIPTransport:
             self._ports.append(listening)
             self.addresses.append(Address(host, listening.getHost().port, "udp"))
             self._udp[host] = proto
+            self._added[host] = listening
         return next(a for a in reversed(self.addresses) if a.host == host and a.transport == "udp")
+
+    def added_udp(self) -> list[str]:
+        """The hosts of the UDP sockets `add_udp` and `bind_udp` opened (not the listeners)."""
+        return list(self._added)
+
+    def release_udp(self, host: str) -> Address | None:
+        """Close the socket `add_udp` opened on `host` (its address has gone, nothing leaves from it
+        any more); the listeners we started with stay. Returns the address it was bound to."""
+        listening = self._added.pop(host, None)
+        if listening is None:
+            return None
+        bound = Address(host, listening.getHost().port, "udp")
+        self._udp.pop(host, None)
+        self._ports = [p for p in self._ports if p is not listening]
+        self.addresses = [a for a in self.addresses if a != bound]
+        listening.stopListening()
+        return bound
 
     def add_relay(self, advertised: Address, from_host: str, via: tuple[str, int]) -> None:
         """Datagrams that must leave from `advertised` (a relay's outside address, on another

@@ -558,6 +558,24 @@ class UserAgent:
         except CannotListenError:
             return self._transport.add_udp(host, 0)
 
+    def release_address(self, host: str) -> bool:
+        """Close our SIP socket on `host` (one `local_address` or `move_to` opened: an address that
+        has gone) unless something may still leave from it: a call bound there, our Contact, a
+        transaction sent from it that may retransmit. True once it is closed (or there was none);
+        False: still in use, ask again later."""
+        if host not in self._transport.added_udp():
+            return True
+        if (self.contact is not None and self.contact.host == host) or self._core.layer.sends_from(host):
+            return False
+        bound = self._transport.release_udp(host)
+        if bound is not None:
+            self._core.layer.forget_local(bound)
+        return True
+
+    def added_addresses(self) -> list[str]:
+        """The hosts we opened SIP sockets on after start (`local_address`, `move_to`)."""
+        return self._transport.added_udp()
+
     def bind_call(self, call_id: str, local: Address | None) -> None:
         """The call's SIP leaves from `local` from now on (None: from the default address), Via
         and our Contact naming it; the next re-INVITE tells the peer."""

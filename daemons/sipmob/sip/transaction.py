@@ -478,6 +478,13 @@ class _Transaction:
 _BACKOFF = frozenset({Timer.A, Timer.E, Timer.G})  # the timers whose next interval doubles
 _SERVERS = frozenset({Machine.INVITE_SERVER, Machine.NON_INVITE_SERVER})
 _FINAL_SENT = frozenset({State.COMPLETED, State.ACCEPTED, State.CONFIRMED, State.TERMINATED})
+# states in which a transaction sends nothing more of its own (Figures 5-8 with RFC 6026): a 2xx's
+# ACK is the TU's, sent from the call's address of the moment
+_QUIET = frozenset({(Machine.INVITE_CLIENT, State.ACCEPTED), (Machine.NON_INVITE_CLIENT, State.COMPLETED)})
+
+
+def _silent(tx: _Transaction) -> bool:
+    return tx.state in (State.CONFIRMED, State.TERMINATED) or (tx.machine, tx.state) in _QUIET
 
 
 def _input_for_status(status: int, sending: bool) -> Input:
@@ -703,6 +710,20 @@ class TransactionLayer:
     def bound(self, call_id: str) -> Address | None:
         """The local address `call_id` is bound to, if any."""
         return self._calls.get(call_id)
+
+    def sends_from(self, host: str) -> bool:
+        """Whether anything may still leave from `host`: a call bound to it, or a transaction that
+        started there and may yet (re)send (a request not answered, a response a retransmitted
+        request would get again). Transactions that only absorb late copies do not count."""
+        if any(local.host == host for local in self._calls.values()):
+            return True
+        return any(tx.local is not None and tx.local.host == host and not _silent(tx)
+                   for tx in self._transactions.values())
+
+    def forget_local(self, address: Address) -> None:
+        """`address` is ours no more (its socket is closed): responses naming it are not ours."""
+        if address not in self._local.values() and address not in self._calls.values():
+            self._local_sent_by.discard((address.host, address.port))
 
     # Internals ----------------------------------------------------------------------------------
 

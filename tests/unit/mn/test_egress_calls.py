@@ -23,8 +23,11 @@ class FakeUA:
         self.contact = type("C", (), {"host": WAN1})()
         self.bound: dict[str, Address | None] = {}
         self.moved_to: list[str] = []
+        self.sockets: set[str] = set()  # hosts of the SIP sockets opened after start
+        self.busy: set[str] = set()  # hosts a transaction still sends from
 
     def local_address(self, host: str) -> Address:
+        self.sockets.add(host)
         return Address(host, 5060, "udp")
 
     def bind_call(self, call_id: str, local: Address | None) -> None:
@@ -33,7 +36,18 @@ class FakeUA:
     def move_to(self, host: str) -> Address:
         self.moved_to.append(host)
         self.contact.host = host
+        self.sockets.add(host)
         return Address(host, 5060, "udp")
+
+    def added_addresses(self) -> list[str]:
+        return sorted(self.sockets)
+
+    def release_address(self, host: str) -> bool:
+        if host in self.busy or host == self.contact.host \
+                or any(a is not None and a.host == host for a in self.bound.values()):
+            return False
+        self.sockets.discard(host)
+        return True
 
 
 class FakeCall:
@@ -61,6 +75,7 @@ class FakePhone:
         self.ua = FakeUA()
         self.address = WAN1
         self.calls: dict[str, Any] = {}
+        self.config = type("Config", (), {"listen": type("Listen", (), {"address": "192.168.1.2"})()})()
 
 
 @pytest.fixture
@@ -139,3 +154,32 @@ def test_an_ended_call_is_unbound_and_uncounted(egress: Any) -> None:
     pe.call_ended(pc)
     assert phone.ua.bound["sip-1"] is None
     assert [r["sessions"] for r in pe.monitor.rows()] == [0, 0]
+
+
+def test_sockets_on_a_gone_address_close_once_nothing_sends_from_them(egress: Any) -> None:
+    pe, phone, _ = egress
+    place(pe, phone, "1")
+    place(pe, phone, "2")
+    assert phone.ua.sockets == {WAN1, WAN2}
+    phone.ua.busy.add(WAN2)  # the call's last request from there is not answered yet
+    pe.monitor._address("eth2", "10.2.0.3", True)
+    pe.monitor._address("eth2", WAN2, False)
+    phone.reactor.advance(0)
+    assert phone.ua.sockets == {WAN1, WAN2, "10.2.0.3"}
+    phone.ua.busy.clear()
+    phone.reactor.advance(2.0)
+    assert phone.ua.sockets == {WAN1, "10.2.0.3"}
+    # a link down: its address stays on the interface, but nothing is on it any more
+    pe.monitor._link("eth2", False)
+    phone.reactor.advance(0)
+    assert phone.ua.sockets == {WAN1}
+    assert not phone.reactor.getDelayedCalls()  # nothing left to look at again
+
+
+def test_the_address_of_a_call_that_cannot_move_keeps_its_socket(egress: Any) -> None:
+    pe, phone, _ = egress
+    place(pe, phone, "1")
+    pe.monitor._link("eth2", False)
+    pe.monitor._link("eth1", False)  # stranded: no egress up
+    phone.reactor.advance(0)
+    assert WAN1 in phone.ua.sockets
