@@ -198,19 +198,48 @@ class PhoneEgress:
     def route_done(self, route: Route) -> None:
         self.monitor.egresses.release(route.token)
 
-    def call_added(self, pc: PhoneCall) -> None:
+    def call_added(self, pc: PhoneCall, restored: bool = False) -> None:
         """A call is established: counted on the egress its media is on, its SIP bound there (an
-        incoming call stays where it came in even when the phone's own SIP moves later)."""
+        incoming call stays where it came in even when the phone's own SIP moves later). A call
+        `restored` after a restart whose address has gone, or whose egress is down, is moved to
+        the best egress at once (a re-INVITE, as on a failure seen while running)."""
         address = _our_address(pc.oa.local) if pc.oa.local is not None else None
         address = address or self.phone.address
         self._call_address[pc.id] = address
-        egress = next((e for e in self.monitor.egresses.egresses.values() if e.address == address), None)
+        egress = next((e for e in self.monitor.egresses.egresses.values()
+                       if e.address == address or address in e.addresses), None)
         if egress is None:
+            if restored and not self.has_address(address):
+                self._move_restored(pc, f"its address {address} went while the phone was not running")
+                return
             log.info("call %s on %s, which is no egress's address", pc.id, address)
             return
         self.monitor.egresses.moved(pc.id, egress.name)
         self._bind(pc, address)
         log.info("call %s with %s on egress %s (%s)", pc.id, pc.peer, egress.name, address)
+        if restored and egress.name not in self.monitor.egresses.active():
+            self._move_restored(pc, f"its egress {egress.name} went down while the phone was not running")
+
+    def has_address(self, address: str) -> bool:
+        """Whether `address` is one of ours now (an egress's, or the one we listen on)."""
+        if address in (self.phone.config.listen.address, self.phone.address):
+            return True
+        return any(address in e.addresses for e in self.monitor.egresses.egresses.values())
+
+    def fallback_address(self) -> str:
+        """Where a restored call's media waits for its move: the best egress, else our own address."""
+        best = self._best()
+        return best[1] if best is not None else self.phone.address
+
+    def _move_restored(self, pc: PhoneCall, reason: str) -> None:
+        best = self.monitor.egresses.best()
+        if best is None or best.address is None:
+            log.warning("call %s cannot be moved now: %s and no egress is up", pc.id, reason)
+            return
+        self.monitor.egresses.moved(pc.id, best.name)
+        started = time.monotonic()
+        # once the phone has taken the call back entirely (its media started, its end watched)
+        self.phone.reactor.callLater(0, self._move_call, pc, best.address, reason, started)
 
     def call_ended(self, pc: PhoneCall) -> None:
         self.monitor.egresses.release(pc.id)

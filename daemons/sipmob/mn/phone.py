@@ -451,15 +451,23 @@ class Phone:
         if len(layout) != len(remote.media):
             return False
         ports = {m.media: m.port for m in local.media if m.port}
+        # with an egress list the call's media was on its egress's address, which our description
+        # names (session-level c=; streams on devices have their own): the CN sends there
+        address = local.connection.address if self.egress is not None and local.connection else self.address
+        if self.egress is not None and not self.egress.has_address(address):
+            # gone while we were not running: any port on an address we have, until the call moves
+            # (at once, `PhoneEgress.call_added`) to a surviving egress
+            log.warning("call %s: its address %s is gone", stored.id, address)
+            address, ports = self.egress.fallback_address(), dict.fromkeys(ports, 0)
         endpoints: list[Any] = []
         try:
             from sipmob.service.rtp import RtpEndpoint
 
-            rtp = RtpEndpoint(self.reactor, (self.address, ports.get("audio", 0)), rtcp=True)
+            rtp = RtpEndpoint(self.reactor, (address, ports.get("audio", 0)), rtcp=True)
             endpoints.append(rtp)
             video_rtp = None
             if "video" in ports:
-                video_rtp = RtpEndpoint(self.reactor, (self.address, ports["video"]), clock_rate=90000)
+                video_rtp = RtpEndpoint(self.reactor, (address, ports["video"]), clock_rate=90000)
                 endpoints.append(video_rtp)
         except (CannotListenError, OSError) as exc:
             log.warning("call %s: cannot resume it: its RTP port is taken (%s)", stored.id, exc)
@@ -486,7 +494,8 @@ class Phone:
         if stored.id.isdigit():
             self._next_id = max(self._next_id, int(stored.id) + 1)
         index = self.audio_index(pc)
-        self._track(pc, play=index is not None and index < len(layout) and layout[index] == MOBILE_NODE)
+        self._track(pc, play=index is not None and index < len(layout) and layout[index] == MOBILE_NODE,
+                    restored=True)
         log.warning("call %s with %s resumed after a restart (%s)", pc.id, pc.peer,
                     "; ".join(f"{s['media']}: {s['where']}" for s in pc.describe()["streams"]) or "no media")
         return True
@@ -716,12 +725,13 @@ class Phone:
         self._ended(pc, linger)
         self.controls.ended(pc, reason)
 
-    def _track(self, pc: PhoneCall, *, play: bool) -> None:
+    def _track(self, pc: PhoneCall, *, play: bool, restored: bool = False) -> None:
         """A call is ours from now on: its end heard, our audio started if it `play`s here, its
-        record written, its media watched."""
+        record written, its media watched. A `restored` call (from the state file) whose egress
+        went while we were not running is moved at once."""
         self.calls[pc.id] = pc
         if self.egress is not None:
-            self.egress.call_added(pc)
+            self.egress.call_added(pc, restored=restored)
         pc.call.on_terminated(lambda c, reason: self._remote_ended(pc, reason))
         self.remote_offers.attach(pc)
         # not from inside the port's own error handling, which a hang-up would close under it

@@ -382,13 +382,27 @@ class HomePhone:
             f'[listen]\naddress = "{address}"\nport = 5060\n{egress_line}'
             f'[identity]\nregistrar = "{registrar}"\n'
             f'[calls]\nauto_answer = true\n[slp]\nda = "{da}"\n[control]\npath = "{self.control}"\n'
+            f'[state]\nfile = "{directory / "mn-calls.sqlite"}"\n'
             f'[log]\nlevel = "{log_level}"\n')
         self.log_path = directory / "phone.log"
+        self.ns = ns or net.home
         self.log = open(self.log_path, "wb")  # closed in stop()
-        self.proc = (ns or net.home).popen([sys.executable, "-m", "sipmob.mn.cli", "phone", "--config",
-                                    str(self.config)], env=ENV, stdout=self.log, stderr=subprocess.STDOUT)
+        self._start()
+
+    def _start(self) -> None:
+        self.proc = self.ns.popen([sys.executable, "-m", "sipmob.mn.cli", "phone", "--config",
+                                   str(self.config)], env=ENV, stdout=self.log, stderr=subprocess.STDOUT)
         if not until(self._answers, timeout=15) or self.proc.poll() is not None:
             raise RuntimeError(self.output())
+
+    def kill(self) -> None:
+        """kill -9: no BYE, no deregistration; the calls stay in the state file."""
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(5)
+
+    def restart(self) -> None:
+        """Start again (after `kill`), with the same configuration and state file."""
+        self._start()
 
     def _answers(self) -> bool:
         if self.proc.poll() is not None:

@@ -183,3 +183,16 @@ def test_the_address_of_a_call_that_cannot_move_keeps_its_socket(egress: Any) ->
     pe.monitor._link("eth1", False)  # stranded: no egress up
     phone.reactor.advance(0)
     assert WAN1 in phone.ua.sockets
+
+
+def test_a_restored_call_on_a_down_egress_or_a_gone_address_moves_at_once(egress: Any) -> None:
+    pe, phone, reinvited = egress
+    pe.monitor._link("eth2", False)
+    for cid, address in (("1", WAN1), ("2", WAN2), ("3", "10.9.0.2")):
+        pc = FakePC(cid, address)
+        phone.calls[cid] = pc
+        pe.call_added(pc, restored=True)  # type: ignore[arg-type]
+    assert reinvited == []  # not before the phone has taken the call back entirely
+    phone.reactor.advance(0)
+    assert sorted(reinvited) == [("2", WAN1), ("3", WAN1)]
+    assert {r["name"]: r["calls"] for r in pe.rows()["egresses"]} == {"wan1": ["1", "2", "3"], "wan2": []}
