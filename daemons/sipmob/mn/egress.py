@@ -87,6 +87,23 @@ class Route:
     local: Address | None
 
 
+@dataclasses.dataclass
+class Ringing:
+    """An outgoing call not answered yet (`Phone.place_call`): what moving it while it rings needs.
+    `oa` and `rtp` are the call's, replaced here when an UPDATE moves it; `again` is set when it
+    is CANCELled to be placed again from another egress (its source address and SIP socket)."""
+
+    route: Route
+    address: str
+    oa: Any
+    rtp: Any
+    invite: Any = None  # the Deferred of the INVITE
+    handle: int | None = None  # the UA's handle of the INVITE (of its last attempt)
+    answered_early: bool = False  # a reliable 18x answered our offer: an UPDATE may carry another
+    updating: Any = None  # a Deferred while our UPDATE is out
+    again: tuple[str, Address] | None = None
+
+
 class PhoneEgress:
     def __init__(self, phone: Phone, config: EgressConfig) -> None:
         self.phone = phone
@@ -106,6 +123,7 @@ class PhoneEgress:
         self._relayed: dict[str, tuple[Any, Any, Address]] = {}  # call -> (relay subscription,
         # the CN's own description, the relay's outside SIP address)
         self._sweep_later: Any = None  # a delayed `_sweep`, while a socket to close is still busy
+        self._ringing: dict[str, Ringing] = {}  # outgoing calls not answered yet, by route token
 
     @classmethod
     def from_file(cls, phone: Phone, path: str) -> PhoneEgress:
@@ -198,6 +216,13 @@ class PhoneEgress:
     def route_done(self, route: Route) -> None:
         self.monitor.egresses.release(route.token)
 
+    def ringing_started(self, ringing: Ringing) -> None:
+        self._ringing[ringing.route.token] = ringing
+
+    def ringing_ended(self, ringing: Ringing) -> None:
+        if self._ringing.get(ringing.route.token) is ringing:
+            del self._ringing[ringing.route.token]
+
     def call_added(self, pc: PhoneCall, restored: bool = False) -> None:
         """A call is established: counted on the egress its media is on, its SIP bound there (an
         incoming call stays where it came in even when the phone's own SIP moves later). A call
@@ -217,8 +242,9 @@ class PhoneEgress:
         self.monitor.egresses.moved(pc.id, egress.name)
         self._bind(pc, address)
         log.info("call %s with %s on egress %s (%s)", pc.id, pc.peer, egress.name, address)
-        if restored and egress.name not in self.monitor.egresses.active():
-            self._move_restored(pc, f"its egress {egress.name} went down while the phone was not running")
+        if egress.name not in self.monitor.egresses.active():
+            self._move_restored(pc, f"its egress {egress.name} went down while the phone was not running"
+                                if restored else f"its egress {egress.name} went down while it was set up")
 
     def has_address(self, address: str) -> bool:
         """Whether `address` is one of ours now (an egress's, or the one we listen on)."""
@@ -303,6 +329,9 @@ class PhoneEgress:
             pc = self.phone.calls.get(event.session)
             if pc is not None:
                 self._move_call(pc, event.address, event.reason, started)
+            elif event.session in self._ringing:
+                self._move_ringing(self._ringing[event.session], event.address, event.from_egress,
+                                   event.reason, started)
         elif isinstance(event, AddressChanged):
             if event.egress == self.egress:
                 self._move_sip(event.egress, event.new)
@@ -311,6 +340,8 @@ class PhoneEgress:
                 pc = self.phone.calls.get(session)
                 if pc is not None:
                     self._move_call(pc, event.new, reason, started)
+                elif session in self._ringing:
+                    self._move_ringing(self._ringing[session], event.new, event.egress, reason, started)
         elif isinstance(event, SessionStranded):
             log.warning("call %s cannot be moved now: %s is down (%s) and no egress is up; it moves "
                         "as soon as one is", event.session, event.egress, event.reason)
@@ -411,6 +442,74 @@ class PhoneEgress:
                                          "seconds": round(elapsed, 3)}]
         log.info("call %s with %s moved to %s in %.0f ms", pc.id, pc.peer, address, elapsed * 1000)
 
+
+    # Calls still ringing ----------------------------------------------------------------------------
+
+    def _move_ringing(self, r: Ringing, address: str, failed: str, reason: str, started: float) -> None:
+        """An outgoing call rings on an egress that failed. With an early dialog whose offer/answer
+        is complete (a reliable 18x, PRACKed: RFC 3262, RFC 3311 §5.1) and a way in still there
+        (the link up, the address ours: the callee's 2xx follows the INVITE's Via to it), UPDATE
+        it from `address`. Else CANCEL it (from `address`, with the INVITE's Via, §9.1) and INVITE
+        again from `address`: the callee rings anew."""
+        handle = r.handle
+        if handle is None or not self.phone.ua.ringing(handle) or r.address == address or r.again is not None:
+            return  # answered meanwhile (then moved as a call), or being moved already
+        try:
+            local = self.phone.ua.local_address(address)
+        except CannotListenError as exc:
+            log.warning("call being placed: no SIP socket on %s (%s); it stays where it is", address, exc)
+            return
+        old, r.address = r.address, address
+        self.phone.ua.bind_ringing(handle, local)
+        e = self.monitor.egresses.egresses.get(failed)
+        way_in = e is not None and e.link_up is not False and old in e.addresses
+        if r.answered_early and way_in and r.updating is None:
+            log.info("call being placed rings on %s (%s): UPDATE in its early dialog from %s", old, reason,
+                     address)
+            r.updating = self._update_ringing(r, handle, old, address, local, reason, started)
+            return
+        why = ("no early dialog can carry an UPDATE (no reliable 18x answered our offer)"
+               if not r.answered_early else f"the callee's answer could not reach {old} any more")
+        self._cancel_ringing(r, old, address, local, f"{reason}; {why}")
+
+    def _cancel_ringing(self, r: Ringing, old: str, address: str, local: Address, why: str) -> None:
+        log.warning("call being placed rang on %s: %s: CANCEL, and the INVITE again from %s", old, why,
+                    address)
+        r.again = (address, local)
+        self.moves = [*self.moves[-9:], {"call": "(ringing)", "to": address, "reason": why,
+                                         "how": "CANCEL and INVITE again", "seconds": 0.0}]
+        r.invite.cancel()
+
+    @defer.inlineCallbacks
+    def _update_ringing(self, r: Ringing, handle: int, old: str, address: str, local: Address, reason: str,
+                        started: float) -> Any:
+        phone = self.phone
+        new_rtp = phone._new_rtp(address=address)
+        offer = _readdressed(r.oa.local, old, address, new_rtp.port, None)
+        failure = ""
+        try:
+            response = yield phone.ua.update_early(handle, r.oa.create_offer(offer).to_bytes())
+            if response.status >= 300:
+                failure = f"{response.status} {response.reason}"
+            else:
+                r.oa.receive_answer(parse(response.body or b""))
+        except (SIPError, SDPParseError, OfferAnswerError) as exc:
+            failure = str(exc)
+        finally:
+            r.updating = None
+        if failure:
+            r.oa.rollback()
+            new_rtp.close()
+            log.warning("call being placed: the UPDATE moving it to %s failed: %s", address, failure)
+            if phone.ua.ringing(handle):
+                self._cancel_ringing(r, old, address, local, f"{reason}; the UPDATE failed ({failure})")
+            return
+        r.rtp, old_rtp = new_rtp, r.rtp
+        old_rtp.close()
+        elapsed = time.monotonic() - started
+        self.moves = [*self.moves[-9:], {"call": "(ringing)", "to": address, "reason": reason,
+                                         "how": "UPDATE", "seconds": round(elapsed, 3)}]
+        log.info("call being placed moved to %s by UPDATE while ringing, in %.0f ms", address, elapsed * 1000)
 
     # Other gateways ---------------------------------------------------------------------------------
 

@@ -975,44 +975,75 @@ class Phone:
     @defer.inlineCallbacks
     def place_call(self, uri: str, headers: Sequence[tuple[str, str]] = ()) -> Any:
         """INVITE `uri` (with `headers`, such as Replaces and Referred-By); Deferred[PhoneCall].
-        With an egress list, the call's SIP and RTP use the egress the policy picks for it."""
+        With an egress list, the call's SIP and RTP use the egress the policy picks for it; when
+        that egress fails while the call rings, `PhoneEgress` moves it (an UPDATE in the early
+        dialog, or CANCEL, and the INVITE again from here with the new egress's address)."""
+        from sipmob.mn.egress import Ringing
+
         route = self.egress.route() if self.egress is not None else None
         address = route.address if route is not None else self.address
+        local = route.local if route is not None else None
         try:
-            rtp = self._new_rtp(address=address)
-            oa = OfferAnswerState(_origin(address))
-            offer = oa.create_offer(self._local_sdp(rtp.port, oa.origin, address))
+            while True:
+                rtp = self._new_rtp(address=address)
+                oa = OfferAnswerState(_origin(address))
+                offer = oa.create_offer(self._local_sdp(rtp.port, oa.origin, address))
+                ringing = Ringing(route, address, oa, rtp) if route is not None else None
+                answered_by: dict[str, Any] = {}
 
-            answered_by: dict[str, Any] = {}
+                def early_answer(response: Response, oa: OfferAnswerState = oa,
+                                 answered_by: dict[str, Any] = answered_by, ringing: Any = ringing) -> None:
+                    # RFC 3262 §5: the answer in a reliable 18x completes our offer's exchange, after
+                    # which the callee may offer again before its 2xx (UPDATE, answered below)
+                    if response.body and rseq_of(response) is not None and not answered_by \
+                            and oa.pending is Pending.LOCAL_OFFER:
+                        before = copy.copy(oa)
+                        try:
+                            oa.receive_answer(parse(response.body))
+                        except (SDPParseError, OfferAnswerError) as exc:
+                            log.info("call to %s: unusable answer in its %d (%s)", uri, response.status, exc)
+                        else:
+                            answered_by.update(tag=response.to.tag, before=before)
+                            if ringing is not None:
+                                ringing.answered_early = True
 
-            def early_answer(response: Response) -> None:
-                # RFC 3262 §5: the answer in a reliable 18x completes our offer's exchange, after
-                # which the callee may offer again before its 2xx (UPDATE, answered below)
-                if response.body and rseq_of(response) is not None and oa.pending is Pending.LOCAL_OFFER:
-                    before = copy.copy(oa)
-                    try:
-                        oa.receive_answer(parse(response.body))
-                    except (SDPParseError, OfferAnswerError) as exc:
-                        log.info("call to %s: unusable answer in its %d (%s)", uri, response.status, exc)
-                    else:
-                        answered_by.update(tag=response.to.tag, before=before)
+                def sent(handle: int, ringing: Any = ringing) -> None:
+                    if ringing is not None:
+                        ringing.handle = handle
 
-            try:
-                call = yield self.ua.invite(uri, offer.to_bytes(), headers=headers,
-                                            local=route.local if route is not None else None,
-                                            on_provisional=early_answer,
-                                            on_early_offer=lambda request: self.remote_offers.answer_early(
-                                                oa, request))
-                if answered_by and call.dialog.remote_tag != answered_by["tag"]:
-                    oa = answered_by["before"]  # another fork answered: its answer is the one
-                if oa.pending is Pending.LOCAL_OFFER:  # else answered early; a 2xx's copy is no answer
-                    oa.receive_answer(parse(call.remote_sdp or b""))
-            except CallFailed as exc:
-                rtp.close()
-                raise CommandError(f"call to {uri} failed: {exc.status} {exc.reason}") from None
-            except (SDPParseError, OfferAnswerError) as exc:
-                rtp.close()
-                raise CommandError(f"call to {uri}: unusable answer: {exc}") from None
+                invite = self.ua.invite(uri, offer.to_bytes(), headers=headers, local=local,
+                                        on_provisional=early_answer, on_sent=sent,
+                                        on_early_offer=lambda request, oa=oa: self.remote_offers.answer_early(
+                                            oa, request))
+                if ringing is not None:
+                    ringing.invite = invite
+                    self.egress.ringing_started(ringing)
+                try:
+                    call = yield invite
+                    if ringing is not None and ringing.updating is not None:
+                        yield ringing.updating  # its answer first: the 2xx only repeats an older one
+                    if ringing is not None:
+                        rtp = ringing.rtp  # an UPDATE while it rang put it elsewhere
+                    if answered_by and call.dialog.remote_tag != answered_by["tag"]:
+                        oa = answered_by["before"]  # another fork answered: its answer is the one
+                    if oa.pending is Pending.LOCAL_OFFER:  # else answered early; a 2xx's copy is no answer
+                        oa.receive_answer(parse(call.remote_sdp or b""))
+                except defer.CancelledError:
+                    (ringing.rtp if ringing is not None else rtp).close()
+                    if ringing is None or ringing.again is None:
+                        raise
+                    address, local = ringing.again  # CANCELled to ring again from another egress
+                    continue
+                except CallFailed as exc:
+                    (ringing.rtp if ringing is not None else rtp).close()
+                    raise CommandError(f"call to {uri} failed: {exc.status} {exc.reason}") from None
+                except (SDPParseError, OfferAnswerError) as exc:
+                    (ringing.rtp if ringing is not None else rtp).close()
+                    raise CommandError(f"call to {uri}: unusable answer: {exc}") from None
+                finally:
+                    if ringing is not None:
+                        self.egress.ringing_ended(ringing)
+                break
         finally:
             if route is not None:
                 self.egress.route_done(route)

@@ -618,7 +618,7 @@ class UserAgent:
                on_provisional: Callable[[Response], Any] | None = None,
                ack_sdp: AckSdp | None = None, local: Address | None = None,
                on_early_offer: Callable[[Request], bytes | defer.Deferred[bytes]] | None = None,
-               ) -> defer.Deferred[Call]:
+               on_sent: Callable[[int], None] | None = None) -> defer.Deferred[Call]:
         """Call `target` with our offer. Fires with the `Call` on 2xx, once ACKed; errback
         `CallFailed(status, reason)`. Cancelling the Deferred sends CANCEL.
 
@@ -631,8 +631,11 @@ class UserAgent:
         fires with the ACK still held and the application sends it with `Call.ack`.
 
         `local` (from `local_address`): the call's SIP leaves from there, Via and Contact naming
-        it (a multihomed gateway's per-session egress), until `bind_call` moves it."""
+        it (a multihomed gateway's per-session egress), until `bind_call` moves it. `on_sent(handle)`
+        hears the handle of the INVITE (for `ringing`, `bind_ringing`, `update_early`)."""
         handle = self._core.invite(_uri(target), sdp, self._now(), headers=headers)
+        if on_sent is not None:
+            on_sent(handle)
         if local is not None:
             self._core.layer.bind_call(self._core.call_id(handle), local)
         if ack_sdp is not None:
@@ -650,6 +653,20 @@ class UserAgent:
         self._outgoing[handle] = (d, on_provisional)
         self._flush()
         return d
+
+    def ringing(self, handle: int) -> bool:
+        """Whether our INVITE `handle` (see `invite`'s `on_sent`) has no final answer yet."""
+        return handle in self._outgoing
+
+    def bind_ringing(self, handle: int, local: Address) -> None:
+        """The rest of a ringing call's SIP (its PRACKs, an UPDATE, its CANCEL, the ACK) leaves from
+        `local`; the INVITE's own transaction keeps the address it started from."""
+        self._core.layer.bind_call(self._core.call_id(handle), local)
+
+    def update_early(self, handle: int, sdp: bytes) -> defer.Deferred[Response]:
+        """UPDATE with a new offer in the early dialog of our ringing INVITE `handle` (RFC 3311
+        §5.1: once the INVITE's offer was answered reliably); fires with its final response."""
+        return self.in_dialog(handle, "UPDATE", body=sdp, content_type="application/sdp")
 
     def subscribe(self, target: str | URI, event: str, *, expires: int = 600,
                   headers: Sequence[tuple[str, str]] = (),
