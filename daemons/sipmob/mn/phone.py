@@ -316,11 +316,13 @@ class Phone:
         self._answering_from: collections.Counter[str] = collections.Counter()
         self.policy = self._policy(config)
         # Names in URIs (callee, registrar, outbound proxy) are located by RFC 3263.
-        resolver = Resolver(reactor, servers=config.dns_servers or None, transports=("udp",),
+        resolver = Resolver(reactor, servers=config.dns_servers or None,
+                            transports=("udp", "tcp") if config.listen.tcp else ("udp",),
                             families=(RType.AAAA,) if ":" in config.listen.address else (RType.A,))
         self.ua: UserAgent = LocatingUserAgent(
             reactor, resolver=resolver, outbound_proxy=identity.outbound_proxy or None,
-            listen=[(config.listen.address, config.listen.port, "udp")],
+            listen=[(config.listen.address, config.listen.port, "udp"),
+                    *([(config.listen.address, config.listen.port, "tcp")] if config.listen.tcp else [])],
             user=identity.user, display_name=identity.display_name or None,
             capabilities_sdp=self._capabilities, credentials=credentials, policy=self.policy,
             allow=(*ALLOW, "UPDATE"),  # RFC 3311 (remote_offer)

@@ -541,7 +541,11 @@ class UserAgent:
             bound = self._transport.bind_udp(host, port)
         except CannotListenError:
             bound = self._transport.bind_udp(host, 0)
-        self.machine.set_local([bound], self.now())
+        local = [bound]
+        if self._tcp():
+            local.append(self._add_tcp(host, port))  # and TCP too leaves from there: a new connection
+            self._transport.send_tcp_from(host)
+        self.machine.set_local(local, self.now())
         self.contact = self.machine.contact_uri
         self.flush()
         return bound
@@ -554,9 +558,24 @@ class UserAgent:
 
         port = self.contact.port if self.contact is not None and self.contact.port else 5060
         try:
-            return self._transport.add_udp(host, port)
+            bound = self._transport.add_udp(host, port)
         except CannotListenError:
-            return self._transport.add_udp(host, 0)
+            bound = self._transport.add_udp(host, 0)
+        if self._tcp():
+            # a call bound to `host` that goes over TCP opens its connection from there
+            self._core.layer.add_local(self._add_tcp(host, port))
+        return bound
+
+    def _tcp(self) -> bool:
+        return any(a.transport == "tcp" for a in self.addresses)
+
+    def _add_tcp(self, host: str, port: int) -> Address:
+        from twisted.internet.error import CannotListenError
+
+        try:
+            return self._transport.add_tcp(host, port)
+        except CannotListenError:
+            return self._transport.add_tcp(host, 0)
 
     def release_address(self, host: str) -> bool:
         """Close our SIP socket on `host` (one `local_address` or `move_to` opened: an address that
@@ -570,6 +589,7 @@ class UserAgent:
         bound = self._transport.release_udp(host)
         if bound is not None:
             self._core.layer.forget_local(bound)
+        self._transport.release_tcp(host)
         return True
 
     def added_addresses(self) -> list[str]:

@@ -223,6 +223,7 @@ class CaptureAtCN:
 
     def __init__(self, net: TwoWan) -> None:
         self.packets: list[tuple[float, str, int, bytes]] = []
+        self.tcp: list[tuple[float, str, int, int, bytes]] = []
         self._lock = threading.Lock()
         self._socks = []
         for ifname in ("i1", "i2"):
@@ -250,11 +251,18 @@ class CaptureAtCN:
             if data[:1] and data[0] >> 4 == 6:
                 self._read6(data, now)
                 continue
-            if len(data) < 28 or data[9] != 17:
+            if len(data) < 28 or data[9] not in (6, 17):
                 continue
             ihl = (data[0] & 0x0F) * 4
             dst = socket.inet_ntoa(data[16:20])
             if dst != CN:
+                continue
+            if data[9] == 6:  # TCP: (time, source, dport, flags, the first bytes of the payload)
+                offset = ihl + (data[ihl + 12] >> 4) * 4
+                with self._lock:
+                    self.tcp.append((now, socket.inet_ntoa(data[12:16]),
+                                     int.from_bytes(data[ihl + 2:ihl + 4], "big"), data[ihl + 13],
+                                     data[offset:offset + 16]))
                 continue
             source = socket.inet_ntoa(data[12:16])
             dport = int.from_bytes(data[ihl + 2:ihl + 4], "big")
@@ -281,6 +289,13 @@ class CaptureAtCN:
         with self._lock:
             return [t for t, s, p, head in self.packets
                     if s == source and p == port and t > after and head.startswith(method.encode())]
+
+    def tcp_from(self, source: str, after: float = 0.0, *, syn: bool = False, start: str = "") -> list[float]:
+        """Arrival times of TCP segments from `source` after `after`: connection openings (`syn`), or
+        segments whose payload begins with `start` (a SIP request's method)."""
+        with self._lock:
+            return [t for t, s, _port, flags, head in self.tcp if s == source and t > after
+                    and (not syn or flags & 0x12 == 0x02) and head.startswith(start.encode())]
 
     def close(self) -> None:
         self._stop = True
@@ -371,7 +386,7 @@ class HomePhone:
 
     def __init__(self, net: TwoWan, directory: Path, egress_toml: str, log_level: str = "info",
                  registrar: str = "", da: str = "127.0.0.1:1", *, ns: Namespace | None = None,
-                 address: str = HOME1) -> None:
+                 address: str = HOME1, tcp: bool = False) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.control = directory / "mn.sock"
         self.config = directory / "mn.toml"
@@ -379,7 +394,7 @@ class HomePhone:
         egress.write_text(egress_toml)
         egress_line = f"egress = \"{egress}\"\n" if egress_toml else ""
         self.config.write_text(
-            f'[listen]\naddress = "{address}"\nport = 5060\n{egress_line}'
+            f'[listen]\naddress = "{address}"\nport = 5060\n{egress_line}{"tcp = true" if tcp else ""}\n'
             f'[identity]\nregistrar = "{registrar}"\n'
             f'[calls]\nauto_answer = true\n[slp]\nda = "{da}"\n[control]\npath = "{self.control}"\n'
             f'[state]\nfile = "{directory / "mn-calls.sqlite"}"\n'
