@@ -17,17 +17,22 @@ from typing import Any
 
 import pytest
 from tests.integration.net.twowan import (
+    CN,
     HOME1,
     HOME2,
     CaptureAtCN,
     Correspondent,
     HomePhone,
+    SippInInternet,
     TwoWan,
     egress_toml,
     until,
 )
 from tests.peers.baresip import BARESIP
 from tests.peers.netns import available
+from tests.peers.sipp import SIPP
+
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
 pytestmark = [pytest.mark.peer,
               pytest.mark.skipif(BARESIP is None, reason="baresip is not installed (apt baresip-core)"),
@@ -74,3 +79,33 @@ def test_a_tcp_call_opens_a_new_connection_from_the_surviving_egress(stage: dict
     # the call ends over the new connection too (or the CN's own way to our Contact): nothing hangs
     assert phone.command("hangup", call="1") is not None
     assert until(lambda: not phone.command("calls"), 10), phone.command("calls")
+
+
+@pytest.mark.skipif(SIPP is None, reason="sipp is not installed (apt sip-tester)")
+def test_a_registrar_over_tcp_gets_the_new_contact_over_a_connection_from_the_survivor(
+        tmp_path: Path) -> None:
+    net = TwoWan()
+    phone = capture = None
+    try:
+        capture = CaptureAtCN(net)
+        registrar = SippInInternet(net, SCENARIOS / "registrar_move.xml", tmp_path, 5070, transport="t1")
+        phone = HomePhone(net, tmp_path, egress_toml(probe=False), registrar=f"sip:{CN}:5070;transport=tcp",
+                          tcp=True)
+        assert until(lambda: "registered sip:mn@" in phone.output(), 5), phone.output()
+        assert capture.tcp_from(HOME1, syn=True) and capture.tcp_from(HOME1, start="REGISTER ")
+        t0 = time.monotonic()
+        net.link_down("h1")
+        # the second REGISTER (new Contact, the old one removed: sipp's scenario checks) over a new
+        # connection from wan2's address
+        assert until(lambda: capture.tcp_from(HOME2, t0, start="REGISTER "), 5), phone.output()
+        assert capture.tcp_from(HOME2, t0, syn=True)
+        time.sleep(0.5)
+        phone.stop()  # the un-REGISTER ends sipp's scenario
+        phone = None
+        assert registrar.wait() == 0, registrar.report()
+    finally:
+        if phone is not None:
+            phone.stop()
+        if capture is not None:
+            capture.close()
+        net.delete()

@@ -307,16 +307,16 @@ class CaptureAtCN:
 
 class SippInInternet:
     """sipp running a scenario in `internet` on CN:`port` (or in `ns` on `host`, and as a UAC when
-    given a `target`); `wait()` gives its exit status."""
+    given a `target`; over TCP with `transport` "t1"); `wait()` gives its exit status."""
 
     def __init__(self, net: TwoWan, scenario: Path, directory: Path, port: int,
                  timeout: float = 30.0, *, ns: Namespace | None = None, host: str = CN,
-                 target: str | None = None) -> None:
+                 target: str | None = None, transport: str = "u1") -> None:
         assert SIPP is not None
         self.dir = directory / f"sipp-{port}"
         self.dir.mkdir(parents=True, exist_ok=True)
         argv = [SIPP, *([target] if target else []), "-sf", str(scenario), "-i", host, "-p", str(port),
-                "-m", "1", "-timeout",
+                "-t", transport, "-m", "1", "-timeout",
                 f"{round(timeout)}s", "-timeout_error", "-nostdin", "-aa", "-trace_err", "-error_file",
                 str(self.dir / "errors.log"), "-trace_msg", "-message_file", str(self.dir / "messages.log")]
         self._out = open(self.dir / "stdout.log", "wb")  # closed in wait()
