@@ -30,7 +30,10 @@ is down) moves it over a gateway whose list has an egress ON: it asks that gatew
 SIP relay's outside address (Via and Contact name it; the datagrams go to the relay's inside end
 from our home-side socket), receives RTP on our home-side address and re-INVITEs the CN with the
 audio relay's outside address in ``c=``. When one of our egresses comes back the call moves
-there (an ordinary move) and the relays are given back. Audio only; video stays where it was.
+there (an ordinary move) and the relays are given back. When the other gateway's list says the
+egress under our relays is no longer ON, the relays are given back and asked for again (that gateway
+allocates them on its best egress now) and the CN gets one more re-INVITE. Audio only; video stays
+where it was.
 
 A SIP socket opened on an address that has since gone (or whose egress is down) is closed once
 no call is on it and no transaction sent from it may retransmit (`_sweep`): a link readdressed
@@ -123,6 +126,7 @@ class PhoneEgress:
         self._relayed: dict[str, tuple[Any, Any, Address]] = {}  # call -> (relay subscription,
         # the CN's own description, the relay's outside SIP address)
         self._sweep_later: Any = None  # a delayed `_sweep`, while a socket to close is still busy
+        self._relay_gateway: dict[str, str] = {}  # relayed call -> the gateway relaying it
         self._ringing: dict[str, Ringing] = {}  # outgoing calls not answered yet, by route token
 
     @classmethod
@@ -562,6 +566,7 @@ class PhoneEgress:
                 return
             log.info("gateway %s: egresses %s", target, ", ".join(
                 f"{e.eface} {'ON' if e.status else 'OFF'}" for e in self.peers[target].entries))
+            self._check_relays(target)
             self._relay_stranded()
 
         def subscribed(subscription: Any) -> None:
@@ -583,6 +588,31 @@ class PhoneEgress:
             log.info("gateway %s: cannot SUBSCRIBE: %s", target, exc)
             return
         d.addCallbacks(subscribed, failed)
+
+    def _check_relays(self, target: str) -> None:
+        """The egress of gateway `target` under one of our relays is no longer ON (its NOTIFY
+        says so): give those relays back and let `_relay_stranded` ask again; the gateway
+        allocates new ones on its best egress now, and the CN gets one more re-INVITE."""
+        body = self.peers.get(target)
+        if body is None:
+            return
+        on = {e.contact for e in body.entries if e.status and e.contact}
+        for call, (subscription, real, outside) in list(self._relayed.items()):
+            if subscription is None or self._relay_gateway.get(call) != target or outside.host in on:
+                continue
+            pc = self.phone.calls.get(call)
+            log.warning("call %s: the egress of gateway %s under its relay (%s) is down; asking for "
+                        "new relays", call, target, outside.host)
+            del self._relayed[call]
+            subscription.unsubscribe().addErrback(lambda _f: None)
+            # the old relay address stays usable until the new one is bound to the call
+            self.phone.reactor.callLater(10.0, self._drop_relay_address, outside)
+            if pc is not None:
+                pc.cn_sdp = real  # the CN's own description: the new relays are asked for its ends
+
+    def _drop_relay_address(self, outside: Address) -> None:
+        if all(r[2] != outside for r in self._relayed.values()):
+            self.phone.ua.remove_relay(outside)
 
     def _peer_with_egress(self) -> str | None:
         usable = [(min(e.load for e in body.entries if e.status and e.contact), url)
@@ -648,6 +678,7 @@ class PhoneEgress:
         phone.ua.relay_address(outside, lan, sip_relay.lan)
         phone.ua.bind_call(pc.call.call_id, outside)
         self._relayed[pc.id] = (subscription, pc.cn_sdp, outside)
+        self._relay_gateway[pc.id] = target
         self._call_address[pc.id] = outside.host
         self._keep_relay(pc.id, subscription)
         old_rtp = pc.rtp
@@ -698,6 +729,7 @@ class PhoneEgress:
         if relayed is None or (call in self.phone.calls and self._call_address.get(call) == relayed[2].host):
             return  # still relayed (or being set up): keep it
         del self._relayed[call]
+        self._relay_gateway.pop(call, None)
         if relayed[0] is not None:
             relayed[0].unsubscribe().addErrback(lambda _f: None)
         self.phone.ua.remove_relay(relayed[2])

@@ -467,6 +467,7 @@ def egress_toml(*, interval: float = 1.0, down_after: int = 3, hold_down: float 
 # Two gateways ---------------------------------------------------------------------------------------
 
 LAN_A, LAN_B = "192.168.50.1", "192.168.50.2"
+HOME3 = "10.200.3.2"  # gwB's second link, with `b_second_link`
 
 
 class TwoGateways:
@@ -474,13 +475,15 @@ class TwoGateways:
     With ``ipv6=True`` the WANs and the CN are dual-stack (the home LAN stays IPv4): gwA has
     2001:db8:1::2 on a1, gwB 2001:db8:2::2 on b2, the CN 2001:db8:100::1."""
 
-    def __init__(self, ipv6: bool = False) -> None:
+    def __init__(self, ipv6: bool = False, b_second_link: bool = False) -> None:
         self.spaces: list[Namespace] = []
         self.ipv6 = ipv6
         try:
             self._build()
             if ipv6:
                 self._build6()
+            if b_second_link:
+                self._build_b1()
         except BaseException:
             self.delete()
             raise
@@ -489,6 +492,16 @@ class TwoGateways:
         ns = Namespace(name)
         self.spaces.append(ns)
         return ns
+
+    def _build_b1(self) -> None:
+        """gwB's second link, b1 (HOME3) through wan1, source-routed as `TwoWan`'s home is."""
+        self.gw_b.veth(self.wan1, f"{HOME3}/24", "10.200.3.1/24", "b1", "w1b")
+        self.internet.run(["ip", "route", "add", "10.200.3.0/24", "via", "10.200.11.1"], check=True)
+        for n, (prefix, gateway, dev) in ((2, ("10.200.2.0/24", "10.200.2.1", "b2")),
+                                          (3, ("10.200.3.0/24", "10.200.3.1", "b1"))):
+            table, b = str(100 + n), self.gw_b
+            b.run(["ip", "rule", "add", "from", prefix, "table", table, "pref", str(1000 + n)], check=True)
+            b.run(["ip", "route", "add", "default", "via", gateway, "dev", dev, "table", table], check=True)
 
     def _build(self) -> None:
         self.gw_a, self.gw_b, self.wan1, self.wan2, self.internet = (
@@ -548,8 +561,8 @@ class Gateways:
     """The two-gateway stage at work: the CN, the DA on B's LAN address, B relaying for the home,
     A (``[share] peers``) following B; the capture at the CN."""
 
-    def __init__(self, directory: Path, ipv6: bool = False) -> None:
-        self.net = TwoGateways(ipv6)
+    def __init__(self, directory: Path, ipv6: bool = False, b_second_link: bool = False) -> None:
+        self.net = TwoGateways(ipv6, b_second_link)
         self.capture = self.cn = self.a = self.b = self.da = self.log = None
         try:
             self.capture = CaptureAtCN(self.net)  # type: ignore[arg-type]
@@ -560,8 +573,11 @@ class Gateways:
                                            str(directory / "slpda.toml"), "--listen", f"{LAN_B}:4270"],
                                           env=ENV, stdout=self.log, stderr=subprocess.STDOUT)
             time.sleep(0.5)
-            self.b = HomePhone(self.net, directory / "b", gateway_egress(  # type: ignore[arg-type]
-                "wan2", "b2", '[share]\nallow = ["192.168.50.0/24"]\nrelays = 8\n', HOME2_6 if ipv6 else ""),
+            b_egress = gateway_egress("wan2", "b2", '[share]\nallow = ["192.168.50.0/24"]\nrelays = 8\n',
+                                      HOME2_6 if ipv6 else "")
+            if b_second_link:
+                b_egress += 'priority = 1\n[[egress]]\nname = "wan3"\ninterface = "b1"\npriority = 2\n'
+            self.b = HomePhone(self.net, directory / "b", b_egress,  # type: ignore[arg-type]
                 da=f"{LAN_B}:4270",
                 ns=self.net.gw_b, address=LAN_B)
             peers = gateway_egress("wan1", "a1", "[share]\npeers = true\n", HOME1_6 if ipv6 else "")
