@@ -25,15 +25,16 @@ through our egress (`sipmob.service.egress_relay`).
 Other gateways (SIP-NEMO §3.2, §4.2, §4.5; ``[share] peers``): the phone finds them in SLP
 (``service:sip-egress``, their ``home`` attribute: the SIP URI they take requests from the home
 network at), SUBSCRIBEs to their Egress Lists, and when a call is stranded (every egress of ours
-is down) moves it over a gateway whose list has an egress ON: it asks that gateway for two relays
-(``sip-egress-relay``: one to the CN's SIP address, one to its audio), binds the call's SIP to the
-SIP relay's outside address (Via and Contact name it; the datagrams go to the relay's inside end
-from our home-side socket), receives RTP on our home-side address and re-INVITEs the CN with the
-audio relay's outside address in ``c=``. When one of our egresses comes back the call moves
-there (an ordinary move) and the relays are given back. When the other gateway's list says the
-egress under our relays is no longer ON, the relays are given back and asked for again (that gateway
-allocates them on its best egress now) and the CN gets one more re-INVITE. Audio only; video stays
-where it was.
+is down) moves it over a gateway whose list has an egress ON: it asks that gateway for relays
+(``sip-egress-relay``: one to the CN's SIP address, one to its audio, one to its video), binds
+the call's SIP to the SIP relay's outside address (Via and Contact name it; the datagrams go to the
+relay's inside end from our home-side socket), receives RTP on our home-side address and
+re-INVITEs the CN with the relays' outside addresses in ``c=`` (the video the phone receives too:
+an empty datagram from our video socket tells its relay where to deliver, since the phone sends no
+video). When one of our egresses comes back the call moves there (an ordinary move) and the relays
+are given back. When the other gateway's list says the egress under our relays is no longer ON,
+the relays are given back and asked for again (that gateway allocates them on its best egress
+now) and the CN gets one more re-INVITE.
 
 A SIP socket opened on an address that has since gone (or whose egress is down) is closed once
 no call is on it and no transaction sent from it may retransmit (`_sweep`): a link readdressed
@@ -650,6 +651,13 @@ class PhoneEgress:
             raise RuntimeError("the CN's audio has no address")
         sip_peer = pc.call.dialog.destination()
         far_ends = [(sip_peer.host, sip_peer.port), (conn.address, pc.cn_sdp.media[index].port)]
+        video = _our_video(pc, base)
+        if video is not None:  # the video we receive here is relayed too (a third far end)
+            video_conn = pc.cn_sdp.connection_for(video)
+            if video_conn is not None:
+                far_ends.append((video_conn.address, pc.cn_sdp.media[video].port))
+            else:
+                video = None
         answered: defer.Deferred[tuple[relay.Allocation, ...]] = defer.Deferred()
 
         def notified(_subscription: Any, request: Any) -> None:
@@ -665,7 +673,9 @@ class PhoneEgress:
                                                 headers=[(relay.HEADER, relay.encode_request(far_ends))])
         answered.addTimeout(5, phone.reactor)
         try:
-            sip_relay, rtp_relay = (yield answered)[:2]
+            allocations = yield answered
+            sip_relay, rtp_relay = allocations[:2]
+            video_relay = allocations[2] if video is not None else None
         except Exception:
             subscription.unsubscribe()
             raise
@@ -681,12 +691,19 @@ class PhoneEgress:
         self._relay_gateway[pc.id] = target
         self._call_address[pc.id] = outside.host
         self._keep_relay(pc.id, subscription)
-        old_rtp = pc.rtp
+        old_rtp, old_video = pc.rtp, None
         was_sending = bool(old_rtp.sending)
         pc.rtp = phone._new_rtp(address=lan)
-        offer = _readdressed(base, _our_address(base), rtp_relay.wan[0], rtp_relay.wan[1], None)
+        if video is not None and video_relay is not None:
+            old_video, pc.video_rtp = pc.video_rtp, phone._new_rtp(video=True, address=lan)
+            for _ in range(3):  # the relay learns where we take its video (empty: not passed on)
+                pc.video_rtp.hello(video_relay.lan)
+        offer = _readdressed(base, _our_address(base), rtp_relay.wan[0], rtp_relay.wan[1],
+                             video_relay.wan[1] if video_relay is not None else None)
         real = pc.cn_sdp
         pc.cn_sdp = _towards(real, index, rtp_relay.lan)  # our audio goes to the relay at once
+        if video is not None and video_relay is not None:
+            pc.cn_sdp = _towards(pc.cn_sdp, video, video_relay.lan)
         old_rtp.stop_sending()
         if was_sending:
             phone.start_media(pc)
@@ -698,14 +715,16 @@ class PhoneEgress:
             pc.oa.receive_answer(answer)
         except (SIPError, SDPParseError, OfferAnswerError) as exc:
             log.warning("call %s could not be moved over gateway %s: %s", pc.id, target, exc)
-            old_rtp.close()
+            _close(old_rtp, old_video)
             return
         pc.local_sdp = offer
         self._relayed[pc.id] = (subscription, answer, outside)
         pc.cn_sdp = _towards(answer, index, rtp_relay.lan)
+        if video is not None and video_relay is not None:
+            pc.cn_sdp = _towards(pc.cn_sdp, video, video_relay.lan)
         if was_sending:
             phone.start_media(pc)
-        old_rtp.close()
+        _close(old_rtp, old_video)
         elapsed = time.monotonic() - started
         self.moves = [*self.moves[-9:], {"call": pc.id, "to": f"{outside.host} (gateway {target})",
                                          "reason": "every egress of ours is down",
@@ -738,6 +757,18 @@ class PhoneEgress:
 def _towards(sdp: SessionDescription, index: int, address: tuple[str, int]) -> SessionDescription:
     """The CN's description as our audio sees it through a relay: stream `index` at `address`."""
     return sdp.with_media(index, sdp.media[index].with_connection(address[0]).with_port(address[1]))
+
+
+def _our_video(pc: PhoneCall, ours: SessionDescription) -> int | None:
+    """The index of the call's video stream when it is received here (not on a device)."""
+    if pc.video_rtp is None:
+        return None
+    here = _our_address(ours)
+    for i, m in enumerate(pc.cn_sdp.media):
+        conn = ours.connection_for(i) if i < len(ours.media) else None
+        if m.media == "video" and m.port and conn is not None and conn.address == here:
+            return i
+    return None
 
 
 def _our_address(sdp: SessionDescription) -> str | None:

@@ -187,7 +187,10 @@ class TwoWan:
 class Correspondent:
     """baresip in `internet`, answering at once, sending a tone (the CN of the tests)."""
 
-    def __init__(self, net: TwoWan, directory: Path, port: int = 5060, host: str = CN) -> None:
+    def __init__(self, net: TwoWan, directory: Path, port: int = 5060, host: str = CN, *,
+                 video: bool = False, dial: str | None = None) -> None:
+        """With `video`, a synthetic camera (fakevideo, VP8) too; with `dial`, it calls that URI
+        as soon as it has started."""
         assert BARESIP is not None
         self.dir = directory / f"cn-{port}"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -200,12 +203,15 @@ class Correspondent:
                  *(["net_prefer_ipv6 yes"] if ":" in host else []),
                  f"dns_server {literal}:53", f"module_path {MODULE_PATH}",
                  *(f"module {m}.so" for m in ("g711", "aufile", "ausine", "aubridge")),
-                 "module_tmp account.so", "module_app menu.so"]
+                 "module_tmp account.so", "module_app menu.so",
+                 *(["module vp8.so", "module fakevideo.so", "video_source fakevideo,nil",
+                    "video_display fakevideo,nil", "video_size 320x240", "video_fps 10"] if video else [])]
         (self.dir / "config").write_text("\n".join(lines) + "\n")
         (self.dir / "accounts").write_text(f"<{self.uri}>;regint=0;answermode=auto\n")
         (self.dir / "contacts").write_text("")
         self.log = open(self.dir / "baresip.log", "wb")  # closed in stop()
-        self.proc = net.internet.popen([BARESIP, *(["-6"] if ":" in host else []), "-f", str(self.dir)],
+        self.proc = net.internet.popen([BARESIP, *(["-6"] if ":" in host else []), "-f", str(self.dir),
+                                        *(["-e", f"/dial {dial}"] if dial else [])],
                                        stdin=subprocess.DEVNULL,
                                        stdout=self.log, stderr=subprocess.STDOUT, cwd=self.dir)
         time.sleep(0.5)
