@@ -489,10 +489,17 @@ class PhoneEgress:
     def _update_ringing(self, r: Ringing, handle: int, old: str, address: str, local: Address, reason: str,
                         started: float) -> Any:
         phone = self.phone
-        new_rtp = phone._new_rtp(address=address)
-        offer = _readdressed(r.oa.local, old, address, new_rtp.port, None)
+        try:
+            new_rtp = phone._new_rtp(address=address)
+        except CannotListenError as exc:
+            r.updating = None
+            self._cancel_ringing(r, old, address, local, f"{reason}; no RTP socket on {address} ({exc})")
+            return
         failure = ""
         try:
+            if r.oa.local is None:
+                raise OfferAnswerError("no description of ours agreed yet")
+            offer = _readdressed(r.oa.local, old, address, new_rtp.port, None)
             response = yield phone.ua.update_early(handle, r.oa.create_offer(offer).to_bytes())
             if response.status >= 300:
                 failure = f"{response.status} {response.reason}"

@@ -196,3 +196,60 @@ def test_a_restored_call_on_a_down_egress_or_a_gone_address_moves_at_once(egress
     phone.reactor.advance(0)
     assert sorted(reinvited) == [("2", WAN1), ("3", WAN1)]
     assert {r["name"]: r["calls"] for r in pe.rows()["egresses"]} == {"wan1": ["1", "2", "3"], "wan2": []}
+
+
+class FakeInvite:
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def ringing_call(pe: PhoneEgress, phone: FakePhone, answered_early: bool) -> Any:
+    from twisted.internet import defer
+
+    from sipmob.mn.egress import Ringing
+    from sipmob.sdp import OfferAnswerState
+
+    route = pe.route()
+    assert route.egress == "wan1"
+    oa = OfferAnswerState(FakeOA(WAN1).local.origin)
+    oa.create_offer(FakeOA(WAN1).local)
+    oa.receive_answer(FakeOA("192.0.2.1").local)  # the callee's answer in its reliable 18x
+    ringing = Ringing(route, WAN1, oa, object(), FakeInvite(), 7, answered_early)
+    phone.ua.ringing = lambda handle: handle == 7  # type: ignore[attr-defined]
+    phone.ua.bind_ringing = lambda handle, local: phone.ua.bound.update(ringing=local)  # type: ignore[attr-defined]
+    phone.ua.updates = []  # type: ignore[attr-defined]
+    phone.ua.update_early = lambda handle, sdp: (phone.ua.updates.append(sdp), defer.Deferred())[1]  # type: ignore[attr-defined]
+    phone._new_rtp = lambda **_kw: type("Rtp", (), {"port": 4010, "close": lambda self: None})()  # type: ignore[attr-defined]
+    pe.ringing_started(ringing)
+    return ringing
+
+
+def test_a_ringing_call_whose_link_is_down_is_cancelled_to_be_invited_again(egress: Any) -> None:
+    pe, phone, _ = egress
+    ringing = ringing_call(pe, phone, answered_early=True)
+    pe.monitor._link("eth1", False)  # the way in is gone with the link: no UPDATE can help
+    assert ringing.invite.cancelled and ringing.again == (WAN2, Address(WAN2, 5060, "udp"))
+    assert phone.ua.bound["ringing"] == Address(WAN2, 5060, "udp")  # the CANCEL leaves from wan2
+
+
+def test_a_ringing_call_with_an_early_answer_and_a_way_in_moves_by_update(egress: Any) -> None:
+    pe, phone, _ = egress
+    ringing = ringing_call(pe, phone, answered_early=True)
+    for _ in range(3):  # probes unanswered: the upstream is dead, the link and address are there
+        pe.monitor.egresses.probe_result("wan1", False, None, 0.0)
+    pe.monitor._pump()
+    assert not ringing.invite.cancelled and ringing.updating is not None
+    [offer] = phone.ua.updates
+    assert b"c=IN IP4 10.2.0.2" in offer and b"m=audio 4010 " in offer
+
+
+def test_a_ringing_call_without_an_early_answer_is_cancelled(egress: Any) -> None:
+    pe, phone, _ = egress
+    ringing = ringing_call(pe, phone, answered_early=False)
+    for _ in range(3):
+        pe.monitor.egresses.probe_result("wan1", False, None, 0.0)
+    pe.monitor._pump()
+    assert ringing.invite.cancelled and not phone.ua.updates
