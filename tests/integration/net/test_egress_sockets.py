@@ -89,12 +89,14 @@ def test_a_readdressed_link_keeps_no_socket_on_its_old_addresses(stage: dict[str
         seen.append(current)
         current = new
         old = [a for a in seen if a != HOME1]  # the configured listener stays, one socket however often
-        assert until(lambda old=old: not set(old) & set(udp_sockets(pid)), 20), \
+        assert until(lambda old=old: not set(old) & set(udp_sockets(pid))
+                     and udp_sockets(pid).count(HOME1) == 1, 20), \
             (old, udp_sockets(pid), phone.output()[-3000:])
+        # on the address of now: SIP, the call's RTP and RTCP, and the probe's (made at its next probe)
+        assert until(lambda current=current: udp_sockets(pid).count(current) == 4, 10), \
+            (current, udp_sockets(pid), phone.output()[-3000:])
         counts.append(len(udp_sockets(pid)))
     assert len(set(counts)) == 1, counts  # no socket more per change
-    on_current = udp_sockets(pid).count(current)
-    assert on_current >= 3, udp_sockets(pid)  # SIP, RTP, RTCP (and the probe's) on the address of now
     # the call survived every change: the CN hears us from the present address, we hear the CN
     t0 = time.monotonic()
     assert until(lambda: len(capture.rtp_from(current, t0)) > 20, 5), phone.output()[-3000:]
