@@ -3,7 +3,8 @@
 pjsua2 runs its own threads and may crash or hang at shutdown; in a child process that is
 harmless to pytest and the parent can always stop it by PID. The child runs pjsua2 on one thread
 (`threadCnt = 0`, `mainThreadOnly`), polling the library and its stdin in turn, binds SIP over UDP
-and RTP to 127.0.0.1, uses the null audio device with VAD off, and lets the library itself handle
+and RTP to 127.0.0.1 (or `host`; `wrap` runs the child another way, e.g. in a network
+namespace), uses the null audio device with VAD off, and lets the library itself handle
 REFER (blind and with Replaces) and INVITE with Replaces, reporting each step as an event.
 
 Parent side: `Pjsua(port, user)` with `make_call`, `answer`, `hangup`, `transfer` (blind REFER),
@@ -41,10 +42,11 @@ class Pjsua:
     def __init__(self, port: int, user: str = "pjsua", auto_answer: bool = True,
                  workdir: str | os.PathLike[str] | None = None, log_level: int = 5,
                  startup_timeout: float = 15.0, session_expires: int | None = None,
-                 prack: str | None = None) -> None:
+                 prack: str | None = None, host: str = "127.0.0.1",
+                 wrap: Callable[[list[str]], list[str]] | None = None) -> None:
         self.port = port
         self.user = user
-        self.uri = f"sip:{user}@127.0.0.1:{port}"
+        self.uri = f"sip:{user}@{host}:{port}"
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="pjsua-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / f"pjsua-{user}.log"
@@ -54,9 +56,10 @@ class Pjsua:
         self._next_id = 0
         options = {"port": port, "user": user, "auto_answer": auto_answer,
                    "log": str(self.log_path), "log_level": log_level,
-                   "session_expires": session_expires, "prack": prack}
+                   "session_expires": session_expires, "prack": prack, "host": host}
         self._stderr = (self.workdir / f"pjsua-{user}.stderr").open("wb")
-        self.proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(options)],
+        argv = [sys.executable, __file__, "--child", json.dumps(options)]
+        self.proc = subprocess.Popen(wrap(argv) if wrap is not None else argv,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
         self._reader = threading.Thread(target=self._read, name=f"pjsua-{user}", daemon=True)
         self._reader.start()
@@ -316,20 +319,21 @@ def _child(options: dict[str, Any]) -> None:
     endpoint.libInit(config)
     transport = pj.TransportConfig()
     transport.port = int(options["port"])
-    transport.boundAddress = "127.0.0.1"
-    transport.publicAddress = "127.0.0.1"
+    host = options.get("host") or "127.0.0.1"
+    transport.boundAddress = host
+    transport.publicAddress = host
     endpoint.transportCreate(pj.PJSIP_TRANSPORT_UDP, transport)
     endpoint.libStart()
     endpoint.audDevManager().setNullDev()
 
     account_config = pj.AccountConfig()
-    account_config.idUri = f"sip:{options['user']}@127.0.0.1:{options['port']}"
+    account_config.idUri = f"sip:{options['user']}@{host}:{options['port']}"
     account_config.regConfig.registerOnAdd = False
     account_config.natConfig.sipStunUse = pj.PJSUA_STUN_USE_DISABLED
     account_config.natConfig.mediaStunUse = pj.PJSUA_STUN_USE_DISABLED
     account_config.natConfig.iceEnabled = False
-    account_config.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
-    account_config.mediaConfig.transportConfig.publicAddress = "127.0.0.1"
+    account_config.mediaConfig.transportConfig.boundAddress = host
+    account_config.mediaConfig.transportConfig.publicAddress = host
     account_config.mediaConfig.transportConfig.port = 0  # let the OS choose: many instances at once
     if options.get("session_expires"):
         # RFC 4028 with the given interval: Session-Expires sent, refreshes by pjsua itself.

@@ -103,6 +103,8 @@ class Listen:
     egress: str = setting("", check=_egress_file,
                           help="an egress.toml: SIP and RTP leave from the chosen egress's address "
                                "instead of the one above, and calls move when it fails; empty: no")
+    tcp: bool = setting(False, help="SIP over TCP too, on the same address and port (callees and "
+                                    "registrars with ;transport=tcp or TCP in DNS)")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -25,12 +25,20 @@ through our egress (`sipmob.service.egress_relay`).
 Other gateways (SIP-NEMO §3.2, §4.2, §4.5; ``[share] peers``): the phone finds them in SLP
 (``service:sip-egress``, their ``home`` attribute: the SIP URI they take requests from the home
 network at), SUBSCRIBEs to their Egress Lists, and when a call is stranded (every egress of ours
-is down) moves it over a gateway whose list has an egress ON: it asks that gateway for two relays
-(``sip-egress-relay``: one to the CN's SIP address, one to its audio), binds the call's SIP to the
-SIP relay's outside address (Via and Contact name it; the datagrams go to the relay's inside end
-from our home-side socket), receives RTP on our home-side address and re-INVITEs the CN with the
-audio relay's outside address in ``c=``. When one of our egresses comes back the call moves
-there (an ordinary move) and the relays are given back. Audio only; video stays where it was.
+is down) moves it over a gateway whose list has an egress ON: it asks that gateway for relays
+(``sip-egress-relay``: one to the CN's SIP address, one to its audio, one to its video), binds
+the call's SIP to the SIP relay's outside address (Via and Contact name it; the datagrams go to the
+relay's inside end from our home-side socket), receives RTP on our home-side address and
+re-INVITEs the CN with the relays' outside addresses in ``c=`` (the video the phone receives too:
+an empty datagram from our video socket tells its relay where to deliver, since the phone sends no
+video). When one of our egresses comes back the call moves there (an ordinary move) and the relays
+are given back. When the other gateway's list says the egress under our relays is no longer ON,
+the relays are given back and asked for again (that gateway allocates them on its best egress
+now) and the CN gets one more re-INVITE.
+
+A SIP socket opened on an address that has since gone (or whose egress is down) is closed once
+no call is on it and no transaction sent from it may retransmit (`_sweep`): a link readdressed
+again and again keeps one socket, not one per address it ever had.
 """
 
 from __future__ import annotations
@@ -69,6 +77,7 @@ RETRY_DELAY = 0.3
 PEER_SCAN = 30.0  # seconds between two looks for other gateways in SLP
 MAX_PEERS = 8
 RELAY_EXPIRES = 600  # seconds a relay subscription is asked for, refreshed at 80 %
+SWEEP_AGAIN = 2.0  # seconds before another look at a SIP socket that was still in use
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +89,23 @@ class Route:
     egress: str | None
     address: str
     local: Address | None
+
+
+@dataclasses.dataclass
+class Ringing:
+    """An outgoing call not answered yet (`Phone.place_call`): what moving it while it rings needs.
+    `oa` and `rtp` are the call's, replaced here when an UPDATE moves it; `again` is set when it
+    is CANCELled to be placed again from another egress (its source address and SIP socket)."""
+
+    route: Route
+    address: str
+    oa: Any
+    rtp: Any
+    invite: Any = None  # the Deferred of the INVITE
+    handle: int | None = None  # the UA's handle of the INVITE (of its last attempt)
+    answered_early: bool = False  # a reliable 18x answered our offer: an UPDATE may carry another
+    updating: Any = None  # a Deferred while our UPDATE is out
+    again: tuple[str, Address] | None = None
 
 
 class PhoneEgress:
@@ -100,6 +126,9 @@ class PhoneEgress:
         self._peer_scan: Any = None
         self._relayed: dict[str, tuple[Any, Any, Address]] = {}  # call -> (relay subscription,
         # the CN's own description, the relay's outside SIP address)
+        self._sweep_later: Any = None  # a delayed `_sweep`, while a socket to close is still busy
+        self._relay_gateway: dict[str, str] = {}  # relayed call -> the gateway relaying it
+        self._ringing: dict[str, Ringing] = {}  # outgoing calls not answered yet, by route token
 
     @classmethod
     def from_file(cls, phone: Phone, path: str) -> PhoneEgress:
@@ -150,6 +179,8 @@ class PhoneEgress:
 
     @defer.inlineCallbacks
     def stop(self) -> Any:
+        if self._sweep_later is not None and self._sweep_later.active():
+            self._sweep_later.cancel()
         if self._peer_scan is not None and self._peer_scan.running:
             self._peer_scan.stop()
         if self.advert is not None:
@@ -191,19 +222,56 @@ class PhoneEgress:
     def route_done(self, route: Route) -> None:
         self.monitor.egresses.release(route.token)
 
-    def call_added(self, pc: PhoneCall) -> None:
+    def ringing_started(self, ringing: Ringing) -> None:
+        self._ringing[ringing.route.token] = ringing
+
+    def ringing_ended(self, ringing: Ringing) -> None:
+        if self._ringing.get(ringing.route.token) is ringing:
+            del self._ringing[ringing.route.token]
+
+    def call_added(self, pc: PhoneCall, restored: bool = False) -> None:
         """A call is established: counted on the egress its media is on, its SIP bound there (an
-        incoming call stays where it came in even when the phone's own SIP moves later)."""
+        incoming call stays where it came in even when the phone's own SIP moves later). A call
+        `restored` after a restart whose address has gone, or whose egress is down, is moved to
+        the best egress at once (a re-INVITE, as on a failure seen while running)."""
         address = _our_address(pc.oa.local) if pc.oa.local is not None else None
         address = address or self.phone.address
         self._call_address[pc.id] = address
-        egress = next((e for e in self.monitor.egresses.egresses.values() if e.address == address), None)
+        egress = next((e for e in self.monitor.egresses.egresses.values()
+                       if e.address == address or address in e.addresses), None)
         if egress is None:
+            if restored and not self.has_address(address):
+                self._move_restored(pc, f"its address {address} went while the phone was not running")
+                return
             log.info("call %s on %s, which is no egress's address", pc.id, address)
             return
         self.monitor.egresses.moved(pc.id, egress.name)
         self._bind(pc, address)
         log.info("call %s with %s on egress %s (%s)", pc.id, pc.peer, egress.name, address)
+        if egress.name not in self.monitor.egresses.active():
+            self._move_restored(pc, f"its egress {egress.name} went down while the phone was not running"
+                                if restored else f"its egress {egress.name} went down while it was set up")
+
+    def has_address(self, address: str) -> bool:
+        """Whether `address` is one of ours now (an egress's, or the one we listen on)."""
+        if address in (self.phone.config.listen.address, self.phone.address):
+            return True
+        return any(address in e.addresses for e in self.monitor.egresses.egresses.values())
+
+    def fallback_address(self) -> str:
+        """Where a restored call's media waits for its move: the best egress, else our own address."""
+        best = self._best()
+        return best[1] if best is not None else self.phone.address
+
+    def _move_restored(self, pc: PhoneCall, reason: str) -> None:
+        best = self.monitor.egresses.best()
+        if best is None or best.address is None:
+            log.warning("call %s cannot be moved now: %s and no egress is up", pc.id, reason)
+            return
+        self.monitor.egresses.moved(pc.id, best.name)
+        started = time.monotonic()
+        # once the phone has taken the call back entirely (its media started, its end watched)
+        self.phone.reactor.callLater(0, self._move_call, pc, best.address, reason, started)
 
     def call_ended(self, pc: PhoneCall) -> None:
         self.monitor.egresses.release(pc.id)
@@ -213,6 +281,35 @@ class PhoneEgress:
             self.phone.ua.bind_call(pc.call.call_id, None)
         except Exception:  # the dialog is gone already: nothing is bound any more
             pass
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Close our SIP sockets on addresses nothing needs any more: an address that has gone (a
+        DHCP renewal gave another; the link went) or whose egress is down, once no call is on it
+        and no transaction sent from it may still retransmit (else again in `SWEEP_AGAIN`).
+        The calls' RTP sockets go with their moves (`_reinvite`)."""
+        self._sweep_later = None
+        egresses = self.monitor.egresses
+        active = set(egresses.active())
+        keep = {self.phone.config.listen.address, self.phone.address, *self._call_address.values()}
+        for e in egresses.egresses.values():
+            if e.name in active:
+                keep.update(e.addresses)
+        busy = []
+        for host in self.phone.ua.added_addresses():
+            if host in keep:
+                continue
+            if self.phone.ua.release_address(host):
+                log.info("SIP socket on %s closed: no egress or call uses that address", host)
+            else:
+                busy.append(host)
+        if busy:
+            log.debug("SIP sockets on %s still in use; closed later", ", ".join(busy))
+            self._sweep_later = self.phone.reactor.callLater(SWEEP_AGAIN, self._sweep)
+
+    def _sweep_soon(self) -> None:
+        if self._sweep_later is None:
+            self._sweep_later = self.phone.reactor.callLater(0, self._sweep)
 
     def rows(self) -> dict[str, Any]:
         egresses = self.monitor.rows()
@@ -238,6 +335,9 @@ class PhoneEgress:
             pc = self.phone.calls.get(event.session)
             if pc is not None:
                 self._move_call(pc, event.address, event.reason, started)
+            elif event.session in self._ringing:
+                self._move_ringing(self._ringing[event.session], event.address, event.from_egress,
+                                   event.reason, started)
         elif isinstance(event, AddressChanged):
             if event.egress == self.egress:
                 self._move_sip(event.egress, event.new)
@@ -246,6 +346,8 @@ class PhoneEgress:
                 pc = self.phone.calls.get(session)
                 if pc is not None:
                     self._move_call(pc, event.new, reason, started)
+                elif session in self._ringing:
+                    self._move_ringing(self._ringing[session], event.new, event.egress, reason, started)
         elif isinstance(event, SessionStranded):
             log.warning("call %s cannot be moved now: %s is down (%s) and no egress is up; it moves "
                         "as soon as one is", event.session, event.egress, event.reason)
@@ -257,6 +359,8 @@ class PhoneEgress:
             best = self._best()
             if best is not None:
                 self._move_sip(best[0], best[1])
+        if isinstance(event, EgressDown | AddressChanged):
+            self._sweep_soon()
 
     def _move_sip(self, egress: str, address: str) -> None:
         self.egress = egress
@@ -286,6 +390,7 @@ class PhoneEgress:
             self.phone.reactor.callLater(5.0, self._unrelay, pc.id)
         self._bind(pc, address)
         self._reinvite(pc, address, reason, started, RETRIES)
+        self._sweep_soon()
 
     @defer.inlineCallbacks
     def _reinvite(self, pc: PhoneCall, address: str, reason: str, started: float, retries: int) -> Any:
@@ -344,6 +449,81 @@ class PhoneEgress:
         log.info("call %s with %s moved to %s in %.0f ms", pc.id, pc.peer, address, elapsed * 1000)
 
 
+    # Calls still ringing ----------------------------------------------------------------------------
+
+    def _move_ringing(self, r: Ringing, address: str, failed: str, reason: str, started: float) -> None:
+        """An outgoing call rings on an egress that failed. With an early dialog whose offer/answer
+        is complete (a reliable 18x, PRACKed: RFC 3262, RFC 3311 §5.1) and a way in still there
+        (the link up, the address ours: the callee's 2xx follows the INVITE's Via to it), UPDATE
+        it from `address`. Else CANCEL it (from `address`, with the INVITE's Via, §9.1) and INVITE
+        again from `address`: the callee rings anew."""
+        handle = r.handle
+        if handle is None or not self.phone.ua.ringing(handle) or r.address == address or r.again is not None:
+            return  # answered meanwhile (then moved as a call), or being moved already
+        try:
+            local = self.phone.ua.local_address(address)
+        except CannotListenError as exc:
+            log.warning("call being placed: no SIP socket on %s (%s); it stays where it is", address, exc)
+            return
+        old, r.address = r.address, address
+        self.phone.ua.bind_ringing(handle, local)
+        e = self.monitor.egresses.egresses.get(failed)
+        way_in = e is not None and e.link_up is not False and old in e.addresses
+        if r.answered_early and way_in and r.updating is None:
+            log.info("call being placed rings on %s (%s): UPDATE in its early dialog from %s", old, reason,
+                     address)
+            r.updating = self._update_ringing(r, handle, old, address, local, reason, started)
+            return
+        why = ("no early dialog can carry an UPDATE (no reliable 18x answered our offer)"
+               if not r.answered_early else f"the callee's answer could not reach {old} any more")
+        self._cancel_ringing(r, old, address, local, f"{reason}; {why}")
+
+    def _cancel_ringing(self, r: Ringing, old: str, address: str, local: Address, why: str) -> None:
+        log.warning("call being placed rang on %s: %s: CANCEL, and the INVITE again from %s", old, why,
+                    address)
+        r.again = (address, local)
+        self.moves = [*self.moves[-9:], {"call": "(ringing)", "to": address, "reason": why,
+                                         "how": "CANCEL and INVITE again", "seconds": 0.0}]
+        r.invite.cancel()
+
+    @defer.inlineCallbacks
+    def _update_ringing(self, r: Ringing, handle: int, old: str, address: str, local: Address, reason: str,
+                        started: float) -> Any:
+        phone = self.phone
+        try:
+            new_rtp = phone._new_rtp(address=address)
+        except CannotListenError as exc:
+            r.updating = None
+            self._cancel_ringing(r, old, address, local, f"{reason}; no RTP socket on {address} ({exc})")
+            return
+        failure = ""
+        try:
+            if r.oa.local is None:
+                raise OfferAnswerError("no description of ours agreed yet")
+            offer = _readdressed(r.oa.local, old, address, new_rtp.port, None)
+            response = yield phone.ua.update_early(handle, r.oa.create_offer(offer).to_bytes())
+            if response.status >= 300:
+                failure = f"{response.status} {response.reason}"
+            else:
+                r.oa.receive_answer(parse(response.body or b""))
+        except (SIPError, SDPParseError, OfferAnswerError) as exc:
+            failure = str(exc)
+        finally:
+            r.updating = None
+        if failure:
+            r.oa.rollback()
+            new_rtp.close()
+            log.warning("call being placed: the UPDATE moving it to %s failed: %s", address, failure)
+            if phone.ua.ringing(handle):
+                self._cancel_ringing(r, old, address, local, f"{reason}; the UPDATE failed ({failure})")
+            return
+        r.rtp, old_rtp = new_rtp, r.rtp
+        old_rtp.close()
+        elapsed = time.monotonic() - started
+        self.moves = [*self.moves[-9:], {"call": "(ringing)", "to": address, "reason": reason,
+                                         "how": "UPDATE", "seconds": round(elapsed, 3)}]
+        log.info("call being placed moved to %s by UPDATE while ringing, in %.0f ms", address, elapsed * 1000)
+
     # Other gateways ---------------------------------------------------------------------------------
 
     @defer.inlineCallbacks
@@ -395,6 +575,7 @@ class PhoneEgress:
                 return
             log.info("gateway %s: egresses %s", target, ", ".join(
                 f"{e.eface} {'ON' if e.status else 'OFF'}" for e in self.peers[target].entries))
+            self._check_relays(target)
             self._relay_stranded()
 
         def subscribed(subscription: Any) -> None:
@@ -416,6 +597,31 @@ class PhoneEgress:
             log.info("gateway %s: cannot SUBSCRIBE: %s", target, exc)
             return
         d.addCallbacks(subscribed, failed)
+
+    def _check_relays(self, target: str) -> None:
+        """The egress of gateway `target` under one of our relays is no longer ON (its NOTIFY
+        says so): give those relays back and let `_relay_stranded` ask again; the gateway
+        allocates new ones on its best egress now, and the CN gets one more re-INVITE."""
+        body = self.peers.get(target)
+        if body is None:
+            return
+        on = {e.contact for e in body.entries if e.status and e.contact}
+        for call, (subscription, real, outside) in list(self._relayed.items()):
+            if subscription is None or self._relay_gateway.get(call) != target or outside.host in on:
+                continue
+            pc = self.phone.calls.get(call)
+            log.warning("call %s: the egress of gateway %s under its relay (%s) is down; asking for "
+                        "new relays", call, target, outside.host)
+            del self._relayed[call]
+            subscription.unsubscribe().addErrback(lambda _f: None)
+            # the old relay address stays usable until the new one is bound to the call
+            self.phone.reactor.callLater(10.0, self._drop_relay_address, outside)
+            if pc is not None:
+                pc.cn_sdp = real  # the CN's own description: the new relays are asked for its ends
+
+    def _drop_relay_address(self, outside: Address) -> None:
+        if all(r[2] != outside for r in self._relayed.values()):
+            self.phone.ua.remove_relay(outside)
 
     def _peer_with_egress(self) -> str | None:
         usable = [(min(e.load for e in body.entries if e.status and e.contact), url)
@@ -453,6 +659,13 @@ class PhoneEgress:
             raise RuntimeError("the CN's audio has no address")
         sip_peer = pc.call.dialog.destination()
         far_ends = [(sip_peer.host, sip_peer.port), (conn.address, pc.cn_sdp.media[index].port)]
+        video = _our_video(pc, base)
+        if video is not None:  # the video we receive here is relayed too (a third far end)
+            video_conn = pc.cn_sdp.connection_for(video)
+            if video_conn is not None:
+                far_ends.append((video_conn.address, pc.cn_sdp.media[video].port))
+            else:
+                video = None
         answered: defer.Deferred[tuple[relay.Allocation, ...]] = defer.Deferred()
 
         def notified(_subscription: Any, request: Any) -> None:
@@ -468,7 +681,9 @@ class PhoneEgress:
                                                 headers=[(relay.HEADER, relay.encode_request(far_ends))])
         answered.addTimeout(5, phone.reactor)
         try:
-            sip_relay, rtp_relay = (yield answered)[:2]
+            allocations = yield answered
+            sip_relay, rtp_relay = allocations[:2]
+            video_relay = allocations[2] if video is not None else None
         except Exception:
             subscription.unsubscribe()
             raise
@@ -481,14 +696,22 @@ class PhoneEgress:
         phone.ua.relay_address(outside, lan, sip_relay.lan)
         phone.ua.bind_call(pc.call.call_id, outside)
         self._relayed[pc.id] = (subscription, pc.cn_sdp, outside)
+        self._relay_gateway[pc.id] = target
         self._call_address[pc.id] = outside.host
         self._keep_relay(pc.id, subscription)
-        old_rtp = pc.rtp
+        old_rtp, old_video = pc.rtp, None
         was_sending = bool(old_rtp.sending)
         pc.rtp = phone._new_rtp(address=lan)
-        offer = _readdressed(base, _our_address(base), rtp_relay.wan[0], rtp_relay.wan[1], None)
+        if video is not None and video_relay is not None:
+            old_video, pc.video_rtp = pc.video_rtp, phone._new_rtp(video=True, address=lan)
+            for _ in range(3):  # the relay learns where we take its video (empty: not passed on)
+                pc.video_rtp.hello(video_relay.lan)
+        offer = _readdressed(base, _our_address(base), rtp_relay.wan[0], rtp_relay.wan[1],
+                             video_relay.wan[1] if video_relay is not None else None)
         real = pc.cn_sdp
         pc.cn_sdp = _towards(real, index, rtp_relay.lan)  # our audio goes to the relay at once
+        if video is not None and video_relay is not None:
+            pc.cn_sdp = _towards(pc.cn_sdp, video, video_relay.lan)
         old_rtp.stop_sending()
         if was_sending:
             phone.start_media(pc)
@@ -500,14 +723,16 @@ class PhoneEgress:
             pc.oa.receive_answer(answer)
         except (SIPError, SDPParseError, OfferAnswerError) as exc:
             log.warning("call %s could not be moved over gateway %s: %s", pc.id, target, exc)
-            old_rtp.close()
+            _close(old_rtp, old_video)
             return
         pc.local_sdp = offer
         self._relayed[pc.id] = (subscription, answer, outside)
         pc.cn_sdp = _towards(answer, index, rtp_relay.lan)
+        if video is not None and video_relay is not None:
+            pc.cn_sdp = _towards(pc.cn_sdp, video, video_relay.lan)
         if was_sending:
             phone.start_media(pc)
-        old_rtp.close()
+        _close(old_rtp, old_video)
         elapsed = time.monotonic() - started
         self.moves = [*self.moves[-9:], {"call": pc.id, "to": f"{outside.host} (gateway {target})",
                                          "reason": "every egress of ours is down",
@@ -531,6 +756,7 @@ class PhoneEgress:
         if relayed is None or (call in self.phone.calls and self._call_address.get(call) == relayed[2].host):
             return  # still relayed (or being set up): keep it
         del self._relayed[call]
+        self._relay_gateway.pop(call, None)
         if relayed[0] is not None:
             relayed[0].unsubscribe().addErrback(lambda _f: None)
         self.phone.ua.remove_relay(relayed[2])
@@ -539,6 +765,18 @@ class PhoneEgress:
 def _towards(sdp: SessionDescription, index: int, address: tuple[str, int]) -> SessionDescription:
     """The CN's description as our audio sees it through a relay: stream `index` at `address`."""
     return sdp.with_media(index, sdp.media[index].with_connection(address[0]).with_port(address[1]))
+
+
+def _our_video(pc: PhoneCall, ours: SessionDescription) -> int | None:
+    """The index of the call's video stream when it is received here (not on a device)."""
+    if pc.video_rtp is None:
+        return None
+    here = _our_address(ours)
+    for i, m in enumerate(pc.cn_sdp.media):
+        conn = ours.connection_for(i) if i < len(ours.media) else None
+        if m.media == "video" and m.port and conn is not None and conn.address == here:
+            return i
+    return None
 
 
 def _our_address(sdp: SessionDescription) -> str | None:

@@ -316,11 +316,13 @@ class Phone:
         self._answering_from: collections.Counter[str] = collections.Counter()
         self.policy = self._policy(config)
         # Names in URIs (callee, registrar, outbound proxy) are located by RFC 3263.
-        resolver = Resolver(reactor, servers=config.dns_servers or None, transports=("udp",),
+        resolver = Resolver(reactor, servers=config.dns_servers or None,
+                            transports=("udp", "tcp") if config.listen.tcp else ("udp",),
                             families=(RType.AAAA,) if ":" in config.listen.address else (RType.A,))
         self.ua: UserAgent = LocatingUserAgent(
             reactor, resolver=resolver, outbound_proxy=identity.outbound_proxy or None,
-            listen=[(config.listen.address, config.listen.port, "udp")],
+            listen=[(config.listen.address, config.listen.port, "udp"),
+                    *([(config.listen.address, config.listen.port, "tcp")] if config.listen.tcp else [])],
             user=identity.user, display_name=identity.display_name or None,
             capabilities_sdp=self._capabilities, credentials=credentials, policy=self.policy,
             allow=(*ALLOW, "UPDATE"),  # RFC 3311 (remote_offer)
@@ -454,15 +456,23 @@ class Phone:
         if len(layout) != len(remote.media):
             return False
         ports = {m.media: m.port for m in local.media if m.port}
+        # with an egress list the call's media was on its egress's address, which our description
+        # names (session-level c=; streams on devices have their own): the CN sends there
+        address = local.connection.address if self.egress is not None and local.connection else self.address
+        if self.egress is not None and not self.egress.has_address(address):
+            # gone while we were not running: any port on an address we have, until the call moves
+            # (at once, `PhoneEgress.call_added`) to a surviving egress
+            log.warning("call %s: its address %s is gone", stored.id, address)
+            address, ports = self.egress.fallback_address(), dict.fromkeys(ports, 0)
         endpoints: list[Any] = []
         try:
             from sipmob.service.rtp import RtpEndpoint
 
-            rtp = RtpEndpoint(self.reactor, (self.address, ports.get("audio", 0)), rtcp=True)
+            rtp = RtpEndpoint(self.reactor, (address, ports.get("audio", 0)), rtcp=True)
             endpoints.append(rtp)
             video_rtp = None
             if "video" in ports:
-                video_rtp = RtpEndpoint(self.reactor, (self.address, ports["video"]), clock_rate=90000)
+                video_rtp = RtpEndpoint(self.reactor, (address, ports["video"]), clock_rate=90000)
                 endpoints.append(video_rtp)
         except (CannotListenError, OSError) as exc:
             log.warning("call %s: cannot resume it: its RTP port is taken (%s)", stored.id, exc)
@@ -489,7 +499,8 @@ class Phone:
         if stored.id.isdigit():
             self._next_id = max(self._next_id, int(stored.id) + 1)
         index = self.audio_index(pc)
-        self._track(pc, play=index is not None and index < len(layout) and layout[index] == MOBILE_NODE)
+        self._track(pc, play=index is not None and index < len(layout) and layout[index] == MOBILE_NODE,
+                    restored=True)
         log.warning("call %s with %s resumed after a restart (%s)", pc.id, pc.peer,
                     "; ".join(f"{s['media']}: {s['where']}" for s in pc.describe()["streams"]) or "no media")
         return True
@@ -719,12 +730,13 @@ class Phone:
         self._ended(pc, linger)
         self.controls.ended(pc, reason)
 
-    def _track(self, pc: PhoneCall, *, play: bool) -> None:
+    def _track(self, pc: PhoneCall, *, play: bool, restored: bool = False) -> None:
         """A call is ours from now on: its end heard, our audio started if it `play`s here, its
-        record written, its media watched."""
+        record written, its media watched. A `restored` call (from the state file) whose egress
+        went while we were not running is moved at once."""
         self.calls[pc.id] = pc
         if self.egress is not None:
-            self.egress.call_added(pc)
+            self.egress.call_added(pc, restored=restored)
         pc.call.on_terminated(lambda c, reason: self._remote_ended(pc, reason))
         self.remote_offers.attach(pc)
         # not from inside the port's own error handling, which a hang-up would close under it
@@ -968,44 +980,75 @@ class Phone:
     @defer.inlineCallbacks
     def place_call(self, uri: str, headers: Sequence[tuple[str, str]] = ()) -> Any:
         """INVITE `uri` (with `headers`, such as Replaces and Referred-By); Deferred[PhoneCall].
-        With an egress list, the call's SIP and RTP use the egress the policy picks for it."""
+        With an egress list, the call's SIP and RTP use the egress the policy picks for it; when
+        that egress fails while the call rings, `PhoneEgress` moves it (an UPDATE in the early
+        dialog, or CANCEL, and the INVITE again from here with the new egress's address)."""
+        from sipmob.mn.egress import Ringing
+
         route = self.egress.route() if self.egress is not None else None
         address = route.address if route is not None else self.address
+        local = route.local if route is not None else None
         try:
-            rtp = self._new_rtp(address=address)
-            oa = OfferAnswerState(_origin(address))
-            offer = oa.create_offer(self._local_sdp(rtp.port, oa.origin, address))
+            while True:
+                rtp = self._new_rtp(address=address)
+                oa = OfferAnswerState(_origin(address))
+                offer = oa.create_offer(self._local_sdp(rtp.port, oa.origin, address))
+                ringing = Ringing(route, address, oa, rtp) if route is not None else None
+                answered_by: dict[str, Any] = {}
 
-            answered_by: dict[str, Any] = {}
+                def early_answer(response: Response, oa: OfferAnswerState = oa,
+                                 answered_by: dict[str, Any] = answered_by, ringing: Any = ringing) -> None:
+                    # RFC 3262 §5: the answer in a reliable 18x completes our offer's exchange, after
+                    # which the callee may offer again before its 2xx (UPDATE, answered below)
+                    if response.body and rseq_of(response) is not None and not answered_by \
+                            and oa.pending is Pending.LOCAL_OFFER:
+                        before = copy.copy(oa)
+                        try:
+                            oa.receive_answer(parse(response.body))
+                        except (SDPParseError, OfferAnswerError) as exc:
+                            log.info("call to %s: unusable answer in its %d (%s)", uri, response.status, exc)
+                        else:
+                            answered_by.update(tag=response.to.tag, before=before)
+                            if ringing is not None:
+                                ringing.answered_early = True
 
-            def early_answer(response: Response) -> None:
-                # RFC 3262 §5: the answer in a reliable 18x completes our offer's exchange, after
-                # which the callee may offer again before its 2xx (UPDATE, answered below)
-                if response.body and rseq_of(response) is not None and oa.pending is Pending.LOCAL_OFFER:
-                    before = copy.copy(oa)
-                    try:
-                        oa.receive_answer(parse(response.body))
-                    except (SDPParseError, OfferAnswerError) as exc:
-                        log.info("call to %s: unusable answer in its %d (%s)", uri, response.status, exc)
-                    else:
-                        answered_by.update(tag=response.to.tag, before=before)
+                def sent(handle: int, ringing: Any = ringing) -> None:
+                    if ringing is not None:
+                        ringing.handle = handle
 
-            try:
-                call = yield self.ua.invite(uri, offer.to_bytes(), headers=headers,
-                                            local=route.local if route is not None else None,
-                                            on_provisional=early_answer,
-                                            on_early_offer=lambda request: self.remote_offers.answer_early(
-                                                oa, request))
-                if answered_by and call.dialog.remote_tag != answered_by["tag"]:
-                    oa = answered_by["before"]  # another fork answered: its answer is the one
-                if oa.pending is Pending.LOCAL_OFFER:  # else answered early; a 2xx's copy is no answer
-                    oa.receive_answer(parse(call.remote_sdp or b""))
-            except CallFailed as exc:
-                rtp.close()
-                raise CommandError(f"call to {uri} failed: {exc.status} {exc.reason}") from None
-            except (SDPParseError, OfferAnswerError) as exc:
-                rtp.close()
-                raise CommandError(f"call to {uri}: unusable answer: {exc}") from None
+                invite = self.ua.invite(uri, offer.to_bytes(), headers=headers, local=local,
+                                        on_provisional=early_answer, on_sent=sent,
+                                        on_early_offer=lambda request, oa=oa: self.remote_offers.answer_early(
+                                            oa, request))
+                if ringing is not None:
+                    ringing.invite = invite
+                    self.egress.ringing_started(ringing)
+                try:
+                    call = yield invite
+                    if ringing is not None and ringing.updating is not None:
+                        yield ringing.updating  # its answer first: the 2xx only repeats an older one
+                    if ringing is not None:
+                        rtp = ringing.rtp  # an UPDATE while it rang put it elsewhere
+                    if answered_by and call.dialog.remote_tag != answered_by["tag"]:
+                        oa = answered_by["before"]  # another fork answered: its answer is the one
+                    if oa.pending is Pending.LOCAL_OFFER:  # else answered early; a 2xx's copy is no answer
+                        oa.receive_answer(parse(call.remote_sdp or b""))
+                except defer.CancelledError:
+                    (ringing.rtp if ringing is not None else rtp).close()
+                    if ringing is None or ringing.again is None:
+                        raise
+                    address, local = ringing.again  # CANCELled to ring again from another egress
+                    continue
+                except CallFailed as exc:
+                    (ringing.rtp if ringing is not None else rtp).close()
+                    raise CommandError(f"call to {uri} failed: {exc.status} {exc.reason}") from None
+                except (SDPParseError, OfferAnswerError) as exc:
+                    (ringing.rtp if ringing is not None else rtp).close()
+                    raise CommandError(f"call to {uri}: unusable answer: {exc}") from None
+                finally:
+                    if ringing is not None:
+                        self.egress.ringing_ended(ringing)
+                break
         finally:
             if route is not None:
                 self.egress.route_done(route)

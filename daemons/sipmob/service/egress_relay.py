@@ -56,6 +56,8 @@ class _Relay:
             self.dropped += 1
             return
         self.asker = source
+        if not data:
+            return  # only says where the asking gateway takes what comes back (its video, say)
         try:
             self.wan.write(data, self.grant.peers[self.peer])
         except OSError as exc:

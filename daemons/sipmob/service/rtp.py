@@ -300,6 +300,14 @@ class RtpEndpoint:
         except OSError:
             self.send_errors += 1
 
+    def hello(self, destination: Address) -> None:
+        """An empty datagram to `destination` from our RTP socket: tells a relay (or a NAT) where
+        we receive, when we send nothing ourselves. RTP receivers drop it (no header)."""
+        try:
+            self._protocol.wire.write(b"", destination)
+        except OSError:
+            self.send_errors += 1
+
     def stats(self) -> EndpointStats:
         sender = self._sender
         return EndpointStats(self.ssrc, sender.packet_count if sender else 0,

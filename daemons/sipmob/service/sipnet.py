@@ -7,7 +7,8 @@ from a TCP stream into one sans-I/O machine (a `sipmob.sip.transaction.Transacti
 open connection to a (host, port), whichever side opened it, and opens one when there is none.
 A datagram the machine says must leave from a local address (a call bound to an egress,
 `TransactionLayer.bind_call`) goes out of the UDP socket bound to that address: one per local
-address (`add_udp`), so the kernel's source routing sends it out of that egress's link.
+address (`add_udp`), so the kernel's source routing sends it out of that egress's link, until
+the owner closes it (`release_udp`) once its address has gone.
 Events go to one callback, the layer above, which answers through the machine (or, over a bare
 transaction layer, through `send_response` and friends).
 
@@ -92,6 +93,7 @@ class _Stream(protocol.Protocol):
         self.owner = owner
         self.framer = StreamFramer()
         self.remote: Address | None = None
+        self.local_host = ""
 
     @property
     def wire(self) -> Any:
@@ -100,6 +102,7 @@ class _Stream(protocol.Protocol):
     def connectionMade(self) -> None:
         peer = self.wire.getPeer()
         self.remote = Address(peer.host, peer.port, "tcp")
+        self.local_host = str(self.wire.getHost().host)
         self.owner._connected(self.remote, self)
 
     def dataReceived(self, data: bytes) -> None:
@@ -120,16 +123,18 @@ class _Stream(protocol.Protocol):
 
 
 class _StreamFactory(protocol.ClientFactory):
-    def __init__(self, owner: SIPTransport, destination: Address | None = None) -> None:
+    def __init__(self, owner: SIPTransport, destination: Address | None = None,
+                 source: str | None = None) -> None:
         self.owner = owner
         self.destination = destination
+        self.source = source  # the local host an outgoing connection is bound to (None: any)
 
     def buildProtocol(self, addr: Any) -> _Stream:
         return _Stream(self.owner)
 
     def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
         assert self.destination is not None
-        self.owner._connect_failed(self.destination, reason)
+        self.owner._connect_failed(self.destination, reason, self.source)
 
 
 class SIPTransport:
@@ -151,10 +156,16 @@ class SIPTransport:
         self.addresses: list[Address] = []
         self._ports: list[Any] = []
         self._udp: dict[str, _Datagrams] = {}  # by local host
+        self._added: dict[str, Any] = {}  # host -> the port `add_udp` bound there
         # a local address that is another host's relay: (our socket's host, where the relay listens)
         self._relays: dict[Address, tuple[str, tuple[str, int]]] = {}
         self._streams: dict[Address, _Stream] = {}
         self._pending: dict[Address, list[bytes]] = {}  # TCP connections being opened
+        # TCP by (local host, remote): a call bound to an egress sends over a connection from it
+        self._streams_from: dict[tuple[str, Address], _Stream] = {}
+        self._pending_from: dict[tuple[str, Address], list[bytes]] = {}
+        self._tcp_from: str | None = None  # the host unbound TCP leaves from (None: any connection)
+        self._added_tcp: dict[str, Any] = {}  # host -> the TCP port `add_tcp` listens on
         self._timer: TimerDriver | None = None
         self._flushing = False
 
@@ -197,7 +208,55 @@ class SIPTransport:
             self._ports.append(listening)
             self.addresses.append(Address(host, listening.getHost().port, "udp"))
             self._udp[host] = proto
+            self._added[host] = listening
         return next(a for a in reversed(self.addresses) if a.host == host and a.transport == "udp")
+
+    def add_tcp(self, host: str, port: int = 0) -> Address:
+        """A TCP listener on `host` (ours already, or bound now on `port`; 0: any), where peers may
+        open connections to a call bound to `host`. Raises CannotListenError."""
+        for a in self.addresses:
+            if a.host == host and a.transport == "tcp":
+                return a
+        listening = self.reactor.listenTCP(port, _StreamFactory(self), interface=host)
+        self._ports.append(listening)
+        bound = Address(host, listening.getHost().port, "tcp")
+        self.addresses.append(bound)
+        self._added_tcp[host] = listening
+        return bound
+
+    def send_tcp_from(self, host: str | None) -> None:
+        """TCP not bound to a call leaves over connections from `host` from now on (an egress
+        failover moved our SIP there); None: over any connection to the destination."""
+        self._tcp_from = host
+
+    def release_tcp(self, host: str) -> None:
+        """Stop the listener `add_tcp` opened on `host` and close our connections from it."""
+        listening = self._added_tcp.pop(host, None)
+        if listening is not None:
+            self._ports = [p for p in self._ports if p is not listening]
+            self.addresses = [a for a in self.addresses
+                              if not (a.host == host and a.transport == "tcp")]
+            listening.stopListening()
+        for (local, _remote), stream in list(self._streams_from.items()):
+            if local == host:
+                stream.wire.loseConnection()
+
+    def added_udp(self) -> list[str]:
+        """The hosts of the UDP sockets `add_udp` and `bind_udp` opened (not the listeners)."""
+        return list(self._added)
+
+    def release_udp(self, host: str) -> Address | None:
+        """Close the socket `add_udp` opened on `host` (its address has gone, nothing leaves from it
+        any more); the listeners we started with stay. Returns the address it was bound to."""
+        listening = self._added.pop(host, None)
+        if listening is None:
+            return None
+        bound = Address(host, listening.getHost().port, "udp")
+        self._udp.pop(host, None)
+        self._ports = [p for p in self._ports if p is not listening]
+        self.addresses = [a for a in self.addresses if a != bound]
+        listening.stopListening()
+        return bound
 
     def add_relay(self, advertised: Address, from_host: str, via: tuple[str, int]) -> None:
         """Datagrams that must leave from `advertised` (a relay's outside address, on another
@@ -310,6 +369,20 @@ class SIPTransport:
                 log.info("cannot send to %s:%d: %s", to[0], to[1], exc)
                 self._layer.transport_error(destination, self.reactor.seconds())
             return
+        source = local.host if local is not None else self._tcp_from
+        if source is not None:
+            key = (source, destination)
+            stream = self._streams_from.get(key)
+            if stream is not None:
+                stream.wire.write(data)
+            elif key in self._pending_from:
+                self._pending_from[key].append(data)
+            else:
+                # a connection of its own from `source`: the kernel's source routing takes the link
+                self._pending_from[key] = [data]
+                self.reactor.connectTCP(destination.host, destination.port,
+                                        _StreamFactory(self, destination, source), bindAddress=(source, 0))
+            return
         stream = self._streams.get(destination)
         if stream is not None:
             stream.wire.write(data)
@@ -331,17 +404,27 @@ class SIPTransport:
 
     def _connected(self, remote: Address, stream: _Stream) -> None:
         self._streams[remote] = stream
+        self._streams_from[(stream.local_host, remote)] = stream
         self._layer.connections.opened(remote)
-        for data in self._pending.pop(remote, []):
+        waiting = self._pending.pop(remote, []) + self._pending_from.pop((stream.local_host, remote), [])
+        for data in waiting:
             stream.wire.write(data)
 
     def _disconnected(self, remote: Address, stream: _Stream) -> None:
+        if self._streams_from.get((stream.local_host, remote)) is stream:
+            del self._streams_from[(stream.local_host, remote)]
         if self._streams.get(remote) is stream:
             del self._streams[remote]
-            self._layer.connections.closed(remote)
+            other = next((s for (_h, r), s in self._streams_from.items() if r == remote), None)
+            if other is not None:
+                self._streams[remote] = other  # another connection to the same peer stays
+            else:
+                self._layer.connections.closed(remote)
 
-    def _connect_failed(self, destination: Address, reason: Any) -> None:
+    def _connect_failed(self, destination: Address, reason: Any, source: str | None = None) -> None:
         self._pending.pop(destination, None)
+        if source is not None:
+            self._pending_from.pop((source, destination), None)
         log.info("cannot connect to %s:%d: %s", destination.host, destination.port,
                  reason.getErrorMessage())
         self._layer.transport_error(destination, self.reactor.seconds())

@@ -541,7 +541,11 @@ class UserAgent:
             bound = self._transport.bind_udp(host, port)
         except CannotListenError:
             bound = self._transport.bind_udp(host, 0)
-        self.machine.set_local([bound], self.now())
+        local = [bound]
+        if self._tcp():
+            local.append(self._add_tcp(host, port))  # and TCP too leaves from there: a new connection
+            self._transport.send_tcp_from(host)
+        self.machine.set_local(local, self.now())
         self.contact = self.machine.contact_uri
         self.flush()
         return bound
@@ -554,9 +558,43 @@ class UserAgent:
 
         port = self.contact.port if self.contact is not None and self.contact.port else 5060
         try:
-            return self._transport.add_udp(host, port)
+            bound = self._transport.add_udp(host, port)
         except CannotListenError:
-            return self._transport.add_udp(host, 0)
+            bound = self._transport.add_udp(host, 0)
+        if self._tcp():
+            # a call bound to `host` that goes over TCP opens its connection from there
+            self._core.layer.add_local(self._add_tcp(host, port))
+        return bound
+
+    def _tcp(self) -> bool:
+        return any(a.transport == "tcp" for a in self.addresses)
+
+    def _add_tcp(self, host: str, port: int) -> Address:
+        from twisted.internet.error import CannotListenError
+
+        try:
+            return self._transport.add_tcp(host, port)
+        except CannotListenError:
+            return self._transport.add_tcp(host, 0)
+
+    def release_address(self, host: str) -> bool:
+        """Close our SIP socket on `host` (one `local_address` or `move_to` opened: an address that
+        has gone) unless something may still leave from it: a call bound there, our Contact, a
+        transaction sent from it that may retransmit. True once it is closed (or there was none);
+        False: still in use, ask again later."""
+        if host not in self._transport.added_udp():
+            return True
+        if (self.contact is not None and self.contact.host == host) or self._core.layer.sends_from(host):
+            return False
+        bound = self._transport.release_udp(host)
+        if bound is not None:
+            self._core.layer.forget_local(bound)
+        self._transport.release_tcp(host)
+        return True
+
+    def added_addresses(self) -> list[str]:
+        """The hosts we opened SIP sockets on after start (`local_address`, `move_to`)."""
+        return self._transport.added_udp()
 
     def bind_call(self, call_id: str, local: Address | None) -> None:
         """The call's SIP leaves from `local` from now on (None: from the default address), Via
@@ -600,7 +638,7 @@ class UserAgent:
                on_provisional: Callable[[Response], Any] | None = None,
                ack_sdp: AckSdp | None = None, local: Address | None = None,
                on_early_offer: Callable[[Request], bytes | defer.Deferred[bytes]] | None = None,
-               ) -> defer.Deferred[Call]:
+               on_sent: Callable[[int], None] | None = None) -> defer.Deferred[Call]:
         """Call `target` with our offer. Fires with the `Call` on 2xx, once ACKed; errback
         `CallFailed(status, reason)`. Cancelling the Deferred sends CANCEL.
 
@@ -613,8 +651,11 @@ class UserAgent:
         fires with the ACK still held and the application sends it with `Call.ack`.
 
         `local` (from `local_address`): the call's SIP leaves from there, Via and Contact naming
-        it (a multihomed gateway's per-session egress), until `bind_call` moves it."""
+        it (a multihomed gateway's per-session egress), until `bind_call` moves it. `on_sent(handle)`
+        hears the handle of the INVITE (for `ringing`, `bind_ringing`, `update_early`)."""
         handle = self._core.invite(_uri(target), sdp, self._now(), headers=headers)
+        if on_sent is not None:
+            on_sent(handle)
         if local is not None:
             self._core.layer.bind_call(self._core.call_id(handle), local)
         if ack_sdp is not None:
@@ -632,6 +673,20 @@ class UserAgent:
         self._outgoing[handle] = (d, on_provisional)
         self._flush()
         return d
+
+    def ringing(self, handle: int) -> bool:
+        """Whether our INVITE `handle` (see `invite`'s `on_sent`) has no final answer yet."""
+        return handle in self._outgoing
+
+    def bind_ringing(self, handle: int, local: Address) -> None:
+        """The rest of a ringing call's SIP (its PRACKs, an UPDATE, its CANCEL, the ACK) leaves from
+        `local`; the INVITE's own transaction keeps the address it started from."""
+        self._core.layer.bind_call(self._core.call_id(handle), local)
+
+    def update_early(self, handle: int, sdp: bytes) -> defer.Deferred[Response]:
+        """UPDATE with a new offer in the early dialog of our ringing INVITE `handle` (RFC 3311
+        §5.1: once the INVITE's offer was answered reliably); fires with its final response."""
+        return self.in_dialog(handle, "UPDATE", body=sdp, content_type="application/sdp")
 
     def subscribe(self, target: str | URI, event: str, *, expires: int = 600,
                   headers: Sequence[tuple[str, str]] = (),

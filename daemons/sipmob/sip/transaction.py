@@ -478,6 +478,13 @@ class _Transaction:
 _BACKOFF = frozenset({Timer.A, Timer.E, Timer.G})  # the timers whose next interval doubles
 _SERVERS = frozenset({Machine.INVITE_SERVER, Machine.NON_INVITE_SERVER})
 _FINAL_SENT = frozenset({State.COMPLETED, State.ACCEPTED, State.CONFIRMED, State.TERMINATED})
+# states in which a transaction sends nothing more of its own (Figures 5-8 with RFC 6026): a 2xx's
+# ACK is the TU's, sent from the call's address of the moment
+_QUIET = frozenset({(Machine.INVITE_CLIENT, State.ACCEPTED), (Machine.NON_INVITE_CLIENT, State.COMPLETED)})
+
+
+def _silent(tx: _Transaction) -> bool:
+    return tx.state in (State.CONFIRMED, State.TERMINATED) or (tx.machine, tx.state) in _QUIET
 
 
 def _input_for_status(status: int, sending: bool) -> Input:
@@ -539,6 +546,8 @@ class TransactionLayer:
         self._events: collections.deque[Event] = collections.deque()
         self._outgoing: list[tuple[bytes, Address, Address | None]] = []
         self._calls: dict[str, Address] = {}  # Call-ID -> the local address its messages leave from
+        # (host, transport) -> our address there over another transport than a call is bound with
+        self._also: dict[tuple[str, str], Address] = {}
 
     # What the owner reads -----------------------------------------------------------------------
 
@@ -625,7 +634,8 @@ class TransactionLayer:
                 raise LocalProtocolError("response without a Via to route it by")
             local = self._bound(response, destination)
             if local is not None:
-                response = _with_contact(response, local, self._local_sent_by)
+                response = _with_contact(response, self._calls.get(response.call_id, local),
+                                         self._local_sent_by)
             self._outgoing.append((response.to_bytes(), destination, local))
             return
         self._fire(tx, _input_for_status(response.status, sending=True), now, response)
@@ -704,15 +714,42 @@ class TransactionLayer:
         """The local address `call_id` is bound to, if any."""
         return self._calls.get(call_id)
 
+    def add_local(self, address: Address) -> None:
+        """Our address on a bound host over another transport (TCP beside the UDP one a call is
+        bound to): the call's messages over that transport leave from it, Via naming it."""
+        self._also[(address.host, address.transport.lower())] = address
+        self._local_sent_by.add((address.host, address.port))
+
+    def _bound_over(self, call_id: str, transport: str) -> Address | None:
+        bound = self._calls.get(call_id) if self._calls else None
+        if bound is None or bound.transport == transport:
+            return bound
+        return self._also.get((bound.host, transport))
+
+    def sends_from(self, host: str) -> bool:
+        """Whether anything may still leave from `host`: a call bound to it, or a transaction that
+        started there and may yet (re)send (a request not answered, a response a retransmitted
+        request would get again). Transactions that only absorb late copies do not count."""
+        if any(local.host == host for local in self._calls.values()):
+            return True
+        return any(tx.local is not None and tx.local.host == host and not _silent(tx)
+                   for tx in self._transactions.values())
+
+    def forget_local(self, address: Address) -> None:
+        """`address` is ours no more (its socket is closed): responses naming it are not ours."""
+        if address not in self._local.values() and address not in self._calls.values():
+            self._local_sent_by.discard((address.host, address.port))
+
     # Internals ----------------------------------------------------------------------------------
 
     def _stamp(self, request: Request, destination: Address) -> tuple[Request, Address]:
         transport = destination.transport.lower()
         local = self._local.get(transport)
-        bound = self._calls.get(request.call_id) if self._calls else None
-        if bound is not None and bound.transport == transport:
+        bound = self._bound_over(request.call_id, transport)
+        if bound is not None:
             local = bound
-            request = _with_contact(request, bound, self._local_sent_by)
+            # our Contact names the call's UDP address (where requests without transport=tcp come)
+            request = _with_contact(request, self._calls[request.call_id], self._local_sent_by)
         if local is None:
             raise LocalProtocolError(f"no local {transport} address to send from")
         branch = new_branch(self._branch_token())
@@ -727,8 +764,7 @@ class TransactionLayer:
         """The local address `message` leaves from, when its call is bound (over that transport)."""
         if not self._calls:
             return None
-        bound = self._calls.get(message.call_id)
-        return bound if bound is not None and bound.transport == destination.transport else None
+        return self._bound_over(message.call_id, destination.transport.lower())
 
     def _answer_malformed(self, data: bytes, exc: SIPParseError, source: Address) -> None:
         response = None
@@ -857,7 +893,8 @@ class TransactionLayer:
             # the call's address when the final response goes, kept for its retransmissions
             tx.local = self._bound(message, tx.destination)
             if tx.local is not None:
-                message = _with_contact(message, tx.local, self._local_sent_by)
+                message = _with_contact(message, self._calls.get(message.call_id, tx.local),
+                                        self._local_sent_by)
             tx.last_response = message.to_bytes()
             self._send_response_bytes(tx, tx.last_response)
         elif action is Action.RESEND_RESPONSE:

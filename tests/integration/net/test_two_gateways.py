@@ -19,7 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.integration.net.twowan import HOME1, HOME1_6, HOME2, HOME2_6, LAN_B, Gateways, until
+from tests.integration.net.twowan import (
+    HOME1,
+    HOME1_6,
+    HOME2,
+    HOME2_6,
+    HOME3,
+    LAN_B,
+    Correspondent,
+    Gateways,
+    until,
+)
 from tests.peers.baresip import BARESIP
 from tests.peers.netns import available
 
@@ -97,4 +107,63 @@ def test_over_ipv6_wans_the_call_continues_through_b(tmp_path: Path) -> None:
         assert until(lambda: a.received() > before + 25, 5), f"the CN's RTP does not reach A\n{a.output()}"
         assert a.command("egress")["relayed"]["1"].startswith(HOME2_6)
     finally:
+        gateways.close()
+
+
+def test_when_bs_link_under_the_relay_fails_the_call_moves_to_bs_other_link(tmp_path: Path) -> None:
+    """B has two links (b2 first, b1); A relays through b2, then b2 goes down: B's NOTIFY says
+    so, A asks B for relays again (now on b1) and re-INVITEs the CN once more."""
+    gateways = Gateways(tmp_path, b_second_link=True)
+    try:
+        net, cn, a, b, capture = gateways.net, gateways.cn, gateways.a, gateways.b, gateways.capture
+        assert cn is not None and a is not None and b is not None and capture is not None
+        assert "established" in a.command("call", uri=cn.uri), a.output()
+        assert until(lambda: capture.rtp_from(HOME1), 5), a.output()
+        net.gw_a.set_link("a1", False)
+        assert until(lambda: a.command("egress")["relayed"].get("1", "").startswith(HOME2), 5), \
+            f"{a.output()}\n{b.output()}"
+        t0 = time.monotonic()
+        net.gw_b.set_link("b2", False)
+        assert until(lambda: capture.sip_from(HOME3, t0, "INVITE"), 10), f"{a.output()}\n{b.output()}"
+        assert until(lambda: capture.rtp_from(HOME3, t0), 5), f"{a.output()}\n{b.output()}"
+        before = a.received()
+        assert until(lambda: a.received() > before + 25, 5), \
+            f"the CN's RTP does not reach A\n{a.output()}\n{b.output()}"
+        listing = a.command("egress")
+        assert listing["relayed"]["1"].startswith(HOME3), listing
+        calls = a.command("calls")
+        assert len(calls) == 1 and calls[0]["state"] == "confirmed", calls
+        assert "asking for new relays" in a.output()
+    finally:
+        gateways.close()
+
+
+FAKEVIDEO = Path("/usr/lib/baresip/modules/fakevideo.so")
+
+
+@pytest.mark.skipif(not FAKEVIDEO.exists(), reason="baresip with fakevideo and vp8 is not installed")
+def test_the_video_a_receives_is_relayed_through_b_too(tmp_path: Path) -> None:
+    """A CN with a camera (baresip, fakevideo, VP8) calls A; all of A's links go down: B relays the
+    call's SIP, audio and video, and A goes on receiving both."""
+    gateways = Gateways(tmp_path)
+    cn = None
+    try:
+        net, a, b = gateways.net, gateways.a, gateways.b
+        assert a is not None and b is not None
+        cn = Correspondent(net, tmp_path, port=5062, video=True,  # type: ignore[arg-type]
+                           dial=f"sip:mn@{HOME1}:5060")
+        assert until(lambda: a.command("calls") and a.command("calls")[0]["video_received"] > 10, 15), \
+            f"no video from the CN\n{a.output()}\n{a.command('calls')}"
+        net.gw_a.set_link("a1", False)
+        assert until(lambda: a.command("egress")["relayed"].get("1", "").startswith(HOME2), 5), \
+            f"{a.output()}\n{b.output()}"
+        time.sleep(0.5)  # what was on its way to A's old address is lost
+        call = a.command("calls")[0]
+        assert until(lambda: a.command("calls")[0]["video_received"] > call["video_received"] + 10, 5), \
+            f"no video through B\n{a.output()}\n{b.output()}"
+        assert until(lambda: a.command("calls")[0]["rtp_received"] > call["rtp_received"] + 25, 5)
+        assert "relaying for 192.168.50.1" in b.output() and b.output().count("<->") >= 3 * 2
+    finally:
+        if cn is not None:
+            cn.stop()
         gateways.close()

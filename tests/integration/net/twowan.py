@@ -187,7 +187,10 @@ class TwoWan:
 class Correspondent:
     """baresip in `internet`, answering at once, sending a tone (the CN of the tests)."""
 
-    def __init__(self, net: TwoWan, directory: Path, port: int = 5060, host: str = CN) -> None:
+    def __init__(self, net: TwoWan, directory: Path, port: int = 5060, host: str = CN, *,
+                 video: bool = False, dial: str | None = None) -> None:
+        """With `video`, a synthetic camera (fakevideo, VP8) too; with `dial`, it calls that URI
+        as soon as it has started."""
         assert BARESIP is not None
         self.dir = directory / f"cn-{port}"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -200,12 +203,15 @@ class Correspondent:
                  *(["net_prefer_ipv6 yes"] if ":" in host else []),
                  f"dns_server {literal}:53", f"module_path {MODULE_PATH}",
                  *(f"module {m}.so" for m in ("g711", "aufile", "ausine", "aubridge")),
-                 "module_tmp account.so", "module_app menu.so"]
+                 "module_tmp account.so", "module_app menu.so",
+                 *(["module vp8.so", "module fakevideo.so", "video_source fakevideo,nil",
+                    "video_display fakevideo,nil", "video_size 320x240", "video_fps 10"] if video else [])]
         (self.dir / "config").write_text("\n".join(lines) + "\n")
         (self.dir / "accounts").write_text(f"<{self.uri}>;regint=0;answermode=auto\n")
         (self.dir / "contacts").write_text("")
         self.log = open(self.dir / "baresip.log", "wb")  # closed in stop()
-        self.proc = net.internet.popen([BARESIP, *(["-6"] if ":" in host else []), "-f", str(self.dir)],
+        self.proc = net.internet.popen([BARESIP, *(["-6"] if ":" in host else []), "-f", str(self.dir),
+                                        *(["-e", f"/dial {dial}"] if dial else [])],
                                        stdin=subprocess.DEVNULL,
                                        stdout=self.log, stderr=subprocess.STDOUT, cwd=self.dir)
         time.sleep(0.5)
@@ -223,6 +229,7 @@ class CaptureAtCN:
 
     def __init__(self, net: TwoWan) -> None:
         self.packets: list[tuple[float, str, int, bytes]] = []
+        self.tcp: list[tuple[float, str, int, int, bytes]] = []
         self._lock = threading.Lock()
         self._socks = []
         for ifname in ("i1", "i2"):
@@ -250,11 +257,18 @@ class CaptureAtCN:
             if data[:1] and data[0] >> 4 == 6:
                 self._read6(data, now)
                 continue
-            if len(data) < 28 or data[9] != 17:
+            if len(data) < 28 or data[9] not in (6, 17):
                 continue
             ihl = (data[0] & 0x0F) * 4
             dst = socket.inet_ntoa(data[16:20])
             if dst != CN:
+                continue
+            if data[9] == 6:  # TCP: (time, source, dport, flags, the first bytes of the payload)
+                offset = ihl + (data[ihl + 12] >> 4) * 4
+                with self._lock:
+                    self.tcp.append((now, socket.inet_ntoa(data[12:16]),
+                                     int.from_bytes(data[ihl + 2:ihl + 4], "big"), data[ihl + 13],
+                                     data[offset:offset + 16]))
                 continue
             source = socket.inet_ntoa(data[12:16])
             dport = int.from_bytes(data[ihl + 2:ihl + 4], "big")
@@ -282,6 +296,13 @@ class CaptureAtCN:
             return [t for t, s, p, head in self.packets
                     if s == source and p == port and t > after and head.startswith(method.encode())]
 
+    def tcp_from(self, source: str, after: float = 0.0, *, syn: bool = False, start: str = "") -> list[float]:
+        """Arrival times of TCP segments from `source` after `after`: connection openings (`syn`), or
+        segments whose payload begins with `start` (a SIP request's method)."""
+        with self._lock:
+            return [t for t, s, _port, flags, head in self.tcp if s == source and t > after
+                    and (not syn or flags & 0x12 == 0x02) and head.startswith(start.encode())]
+
     def close(self) -> None:
         self._stop = True
         for t in self._threads:
@@ -292,16 +313,16 @@ class CaptureAtCN:
 
 class SippInInternet:
     """sipp running a scenario in `internet` on CN:`port` (or in `ns` on `host`, and as a UAC when
-    given a `target`); `wait()` gives its exit status."""
+    given a `target`; over TCP with `transport` "t1"); `wait()` gives its exit status."""
 
     def __init__(self, net: TwoWan, scenario: Path, directory: Path, port: int,
                  timeout: float = 30.0, *, ns: Namespace | None = None, host: str = CN,
-                 target: str | None = None) -> None:
+                 target: str | None = None, transport: str = "u1") -> None:
         assert SIPP is not None
         self.dir = directory / f"sipp-{port}"
         self.dir.mkdir(parents=True, exist_ok=True)
         argv = [SIPP, *([target] if target else []), "-sf", str(scenario), "-i", host, "-p", str(port),
-                "-m", "1", "-timeout",
+                "-t", transport, "-m", "1", "-timeout",
                 f"{round(timeout)}s", "-timeout_error", "-nostdin", "-aa", "-trace_err", "-error_file",
                 str(self.dir / "errors.log"), "-trace_msg", "-message_file", str(self.dir / "messages.log")]
         self._out = open(self.dir / "stdout.log", "wb")  # closed in wait()
@@ -371,7 +392,7 @@ class HomePhone:
 
     def __init__(self, net: TwoWan, directory: Path, egress_toml: str, log_level: str = "info",
                  registrar: str = "", da: str = "127.0.0.1:1", *, ns: Namespace | None = None,
-                 address: str = HOME1, slp: str = "", extra: str = "") -> None:
+                 address: str = HOME1, slp: str = "", extra: str = "", tcp: bool = False) -> None:
         """`slp` is added to the [slp] table of mn.toml, `extra` (more tables) at its end."""
         directory.mkdir(parents=True, exist_ok=True)
         self.control = directory / "mn.sock"
@@ -380,17 +401,30 @@ class HomePhone:
         egress.write_text(egress_toml)
         egress_line = f"egress = \"{egress}\"\n" if egress_toml else ""
         self.config.write_text(
-            f'[listen]\naddress = "{address}"\nport = 5060\n{egress_line}'
+            f'[listen]\naddress = "{address}"\nport = 5060\n{egress_line}{"tcp = true" if tcp else ""}\n'
             f'[identity]\nregistrar = "{registrar}"\n'
             f'[calls]\nauto_answer = true\n[slp]\nda = "{da}"\n{slp}[control]\npath = "{self.control}"\n'
             f'[state]\nfile = "{directory / "calls.sqlite"}"\n'  # not the machine's own state file
             f'[log]\nlevel = "{log_level}"\n{extra}')
         self.log_path = directory / "phone.log"
+        self.ns = ns or net.home
         self.log = open(self.log_path, "wb")  # closed in stop()
-        self.proc = (ns or net.home).popen([sys.executable, "-m", "sipmob.mn.cli", "phone", "--config",
-                                    str(self.config)], env=ENV, stdout=self.log, stderr=subprocess.STDOUT)
+        self._start()
+
+    def _start(self) -> None:
+        self.proc = self.ns.popen([sys.executable, "-m", "sipmob.mn.cli", "phone", "--config",
+                                   str(self.config)], env=ENV, stdout=self.log, stderr=subprocess.STDOUT)
         if not until(self._answers, timeout=15) or self.proc.poll() is not None:
             raise RuntimeError(self.output())
+
+    def kill(self) -> None:
+        """kill -9: no BYE, no deregistration; the calls stay in the state file."""
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(5)
+
+    def restart(self) -> None:
+        """Start again (after `kill`), with the same configuration and state file."""
+        self._start()
 
     def _answers(self) -> bool:
         if self.proc.poll() is not None:
@@ -440,6 +474,7 @@ def egress_toml(*, interval: float = 1.0, down_after: int = 3, hold_down: float 
 # Two gateways ---------------------------------------------------------------------------------------
 
 LAN_A, LAN_B = "192.168.50.1", "192.168.50.2"
+HOME3 = "10.200.3.2"  # gwB's second link, with `b_second_link`
 
 
 class TwoGateways:
@@ -447,13 +482,15 @@ class TwoGateways:
     With ``ipv6=True`` the WANs and the CN are dual-stack (the home LAN stays IPv4): gwA has
     2001:db8:1::2 on a1, gwB 2001:db8:2::2 on b2, the CN 2001:db8:100::1."""
 
-    def __init__(self, ipv6: bool = False) -> None:
+    def __init__(self, ipv6: bool = False, b_second_link: bool = False) -> None:
         self.spaces: list[Namespace] = []
         self.ipv6 = ipv6
         try:
             self._build()
             if ipv6:
                 self._build6()
+            if b_second_link:
+                self._build_b1()
         except BaseException:
             self.delete()
             raise
@@ -462,6 +499,16 @@ class TwoGateways:
         ns = Namespace(name)
         self.spaces.append(ns)
         return ns
+
+    def _build_b1(self) -> None:
+        """gwB's second link, b1 (HOME3) through wan1, source-routed as `TwoWan`'s home is."""
+        self.gw_b.veth(self.wan1, f"{HOME3}/24", "10.200.3.1/24", "b1", "w1b")
+        self.internet.run(["ip", "route", "add", "10.200.3.0/24", "via", "10.200.11.1"], check=True)
+        for n, (prefix, gateway, dev) in ((2, ("10.200.2.0/24", "10.200.2.1", "b2")),
+                                          (3, ("10.200.3.0/24", "10.200.3.1", "b1"))):
+            table, b = str(100 + n), self.gw_b
+            b.run(["ip", "rule", "add", "from", prefix, "table", table, "pref", str(1000 + n)], check=True)
+            b.run(["ip", "route", "add", "default", "via", gateway, "dev", dev, "table", table], check=True)
 
     def _build(self) -> None:
         self.gw_a, self.gw_b, self.wan1, self.wan2, self.internet = (
@@ -521,8 +568,8 @@ class Gateways:
     """The two-gateway stage at work: the CN, the DA on B's LAN address, B relaying for the home,
     A (``[share] peers``) following B; the capture at the CN."""
 
-    def __init__(self, directory: Path, ipv6: bool = False) -> None:
-        self.net = TwoGateways(ipv6)
+    def __init__(self, directory: Path, ipv6: bool = False, b_second_link: bool = False) -> None:
+        self.net = TwoGateways(ipv6, b_second_link)
         self.capture = self.cn = self.a = self.b = self.da = self.log = None
         try:
             self.capture = CaptureAtCN(self.net)  # type: ignore[arg-type]
@@ -533,8 +580,11 @@ class Gateways:
                                            str(directory / "slpda.toml"), "--listen", f"{LAN_B}:4270"],
                                           env=ENV, stdout=self.log, stderr=subprocess.STDOUT)
             time.sleep(0.5)
-            self.b = HomePhone(self.net, directory / "b", gateway_egress(  # type: ignore[arg-type]
-                "wan2", "b2", '[share]\nallow = ["192.168.50.0/24"]\nrelays = 8\n', HOME2_6 if ipv6 else ""),
+            b_egress = gateway_egress("wan2", "b2", '[share]\nallow = ["192.168.50.0/24"]\nrelays = 8\n',
+                                      HOME2_6 if ipv6 else "")
+            if b_second_link:
+                b_egress += 'priority = 1\n[[egress]]\nname = "wan3"\ninterface = "b1"\npriority = 2\n'
+            self.b = HomePhone(self.net, directory / "b", b_egress,  # type: ignore[arg-type]
                 da=f"{LAN_B}:4270",
                 ns=self.net.gw_b, address=LAN_B)
             peers = gateway_egress("wan1", "a1", "[share]\npeers = true\n", HOME1_6 if ipv6 else "")

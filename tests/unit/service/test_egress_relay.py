@@ -127,3 +127,15 @@ def test_a_refreshing_subscribe_keeps_the_relay_past_its_first_lifetime() -> Non
     assert "c/1" in pub.relay.relays
     reactor.advance(500)
     assert pub.relay.relays == {}
+
+
+def test_an_empty_datagram_from_the_asker_says_where_it_receives_and_goes_no_further() -> None:
+    pub, reactor = server()
+    far_ends = "203.0.113.7:5060, 203.0.113.7:4000, 203.0.113.7:4002"  # SIP, audio, video
+    pub._subscribe(relay_subscribe("192.168.1.7:5060", far_ends))
+    video = pub.relay.relays["c/1"][2]
+    video.lan.proto.datagramReceived(b"", ("192.168.1.66", 6000))  # not the asker: ignored
+    video.lan.proto.datagramReceived(b"", ("192.168.1.7", 6002))
+    video.wan.proto.datagramReceived(b"\x80" + bytes(15), ("203.0.113.7", 4002))
+    assert video.wan.written == []  # the empty one was not sent to the CN
+    assert video.lan.written == [(b"\x80" + bytes(15), ("192.168.1.7", 6002))]

@@ -185,3 +185,46 @@ def test_responses_to_a_bound_address_are_ours_and_others_are_not() -> None:
     a.layer.receive(stray, B, w.now)
     assert type(a.layer.next_event()).__name__ == "MessageDiscarded"
     assert ca
+
+
+def test_an_address_is_in_use_while_a_call_is_bound_or_a_transaction_may_resend_from_it() -> None:
+    w, a, b = pair()
+    ca, cb = outgoing_call(w, a, b, WAN2)
+    assert a.layer.sends_from(WAN2.host) and not a.layer.sends_from(WAN3.host)
+    # the call moves; its re-INVITE leaves from WAN3 while an earlier request is still unanswered on WAN2
+    a.reinvite(ca, OFFER.replace(b"4000", b"4006"), w.now)
+    w.run(drop=lambda data: data.startswith(b"INVITE "))
+    a.layer.bind_call(a.call_id(ca), WAN3)
+    assert a.layer.sends_from(WAN2.host), "the lost re-INVITE is still resent from WAN2"
+    w.now = a.get_timer() or w.now
+    a.handle_timer(w.now)
+    w.run()  # resent from WAN2 and answered: the transaction only absorbs late 2xx copies now
+    rx = one(w.take(b, ReinviteReceived))
+    assert a.layer.sends_from(WAN2.host), "not answered yet"
+    b.answer_reinvite(cb, rx.rid, 200, w.now, sdp=ANSWER)  # type: ignore[attr-defined]
+    w.run()
+    assert not a.layer.sends_from(WAN2.host) and a.layer.sends_from(WAN3.host)
+    a.layer.forget_local(WAN2)
+    stray = (b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 10.0.2.2:5062;branch=z9hG4bKgone\r\n"
+             b"From: <sip:a@x>;tag=1\r\nTo: <sip:b@y>;tag=2\r\nCall-ID: nope\r\nCSeq: 1 OPTIONS\r\n"
+             b"Content-Length: 0\r\n\r\n")
+    while a.layer.next_event() is not None:
+        pass
+    a.layer.receive(stray, B, w.now)
+    assert type(a.layer.next_event()).__name__ == "MessageDiscarded"  # WAN2 is ours no more
+    assert cb
+
+
+def test_a_server_transaction_answering_from_an_address_keeps_it_in_use() -> None:
+    w, a, b = pair()
+    cb = b.invite(uri(A, "a"), OFFER, w.now)
+    w.run()
+    inc = one(w.take(a, IncomingInvite))
+    assert isinstance(inc, IncomingInvite)
+    a.layer.bind_call(inc.request.call_id, WAN2)
+    a.answer_invite(inc.call, 486, w.now)  # a final answer the peer may ask for again
+    a.layer.bind_call(inc.request.call_id, None)
+    assert a.layer.sends_from(WAN2.host)
+    w.run()  # the peer's ACK: the server transaction is Confirmed
+    assert not a.layer.sends_from(WAN2.host)
+    assert cb

@@ -1,0 +1,111 @@
+"""A call over TCP on a multihomed gateway: its connection is opened from the chosen egress's
+address, and when that egress fails a new connection is opened from the surviving one and the
+re-INVITE goes over it.
+
+``sipmob phone`` (``[listen] tcp = true``) in the `home` namespace of `twowan.TwoWan` calls baresip
+in `internet` at ``;transport=tcp``. The capture at the CN sees the TCP connection openings (SYN)
+and the first bytes of each segment, so it says which address each connection and each INVITE
+came from; RTP (UDP) is checked as in the UDP failover tests. Needs root and baresip.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.integration.net.twowan import (
+    CN,
+    HOME1,
+    HOME2,
+    CaptureAtCN,
+    Correspondent,
+    HomePhone,
+    SippInInternet,
+    TwoWan,
+    egress_toml,
+    until,
+)
+from tests.peers.baresip import BARESIP
+from tests.peers.netns import available
+from tests.peers.sipp import SIPP
+
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+
+pytestmark = [pytest.mark.peer,
+              pytest.mark.skipif(BARESIP is None, reason="baresip is not installed (apt baresip-core)"),
+              pytest.mark.skipif(not available(), reason="needs network namespaces (root)")]
+
+
+@pytest.fixture
+def stage(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    net = TwoWan()
+    capture = cn = phone = None
+    try:
+        capture = CaptureAtCN(net)
+        cn = Correspondent(net, tmp_path)
+        phone = HomePhone(net, tmp_path, egress_toml(probe=False), tcp=True)
+        yield {"net": net, "cn": cn, "phone": phone, "capture": capture}
+    finally:
+        if phone is not None:
+            phone.stop()
+        if cn is not None:
+            cn.stop()
+        if capture is not None:
+            capture.close()
+        net.delete()
+
+
+def test_a_tcp_call_opens_a_new_connection_from_the_surviving_egress(stage: dict[str, Any]) -> None:
+    net, cn, phone, capture = stage["net"], stage["cn"], stage["phone"], stage["capture"]
+    assert "established" in phone.command("call", uri=f"{cn.uri};transport=tcp"), phone.output()
+    assert capture.tcp_from(HOME1, syn=True) and capture.tcp_from(HOME1, start="INVITE ")
+    assert not capture.sip_from(HOME1, 0, "INVITE"), "the INVITE went over UDP"
+    assert until(lambda: phone.received() > 10, 5), phone.output()
+    assert until(lambda: capture.rtp_from(HOME1), 5)
+    t0 = time.monotonic()
+    net.link_down("h1")
+    assert until(lambda: capture.tcp_from(HOME2, t0, start="INVITE "), 5), phone.output()[-4000:]
+    assert capture.tcp_from(HOME2, t0, syn=True), "the re-INVITE did not open its own connection"
+    assert not capture.tcp_from(HOME1, t0, start="INVITE ")
+    assert until(lambda: capture.rtp_from(HOME2, t0), 5), phone.output()[-4000:]
+    before = phone.received()
+    assert until(lambda: phone.received() > before + 20, 5), f"the CN's RTP did not follow\n{phone.output()}"
+    calls = phone.command("calls")
+    assert len(calls) == 1 and calls[0]["state"] == "confirmed", calls
+    assert "moved to 10.200.2.2" in phone.output()
+    # the call ends over the new connection too (or the CN's own way to our Contact): nothing hangs
+    assert phone.command("hangup", call="1") is not None
+    assert until(lambda: not phone.command("calls"), 10), phone.command("calls")
+
+
+@pytest.mark.skipif(SIPP is None, reason="sipp is not installed (apt sip-tester)")
+def test_a_registrar_over_tcp_gets_the_new_contact_over_a_connection_from_the_survivor(
+        tmp_path: Path) -> None:
+    net = TwoWan()
+    phone = capture = None
+    try:
+        capture = CaptureAtCN(net)
+        registrar = SippInInternet(net, SCENARIOS / "registrar_move.xml", tmp_path, 5070, transport="t1")
+        phone = HomePhone(net, tmp_path, egress_toml(probe=False), registrar=f"sip:{CN}:5070;transport=tcp",
+                          tcp=True)
+        assert until(lambda: "registered sip:mn@" in phone.output(), 5), phone.output()
+        assert capture.tcp_from(HOME1, syn=True) and capture.tcp_from(HOME1, start="REGISTER ")
+        t0 = time.monotonic()
+        net.link_down("h1")
+        # the second REGISTER (new Contact, the old one removed: sipp's scenario checks) over a new
+        # connection from wan2's address
+        assert until(lambda: capture.tcp_from(HOME2, t0, start="REGISTER "), 5), phone.output()
+        assert capture.tcp_from(HOME2, t0, syn=True)
+        time.sleep(0.5)
+        phone.stop()  # the un-REGISTER ends sipp's scenario
+        phone = None
+        assert registrar.wait() == 0, registrar.report()
+    finally:
+        if phone is not None:
+            phone.stop()
+        if capture is not None:
+            capture.close()
+        net.delete()
