@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -224,10 +225,12 @@ class Home:
         self.phone = HomePhone(net, directory / "mn", "", da=f"{LO}:{DA_PORT}", address=HOME1)
         self.started.append(self.phone)
 
-    def hand_over(self) -> None:
+    def hand_over(self, before_transfer: Callable[[], None] | None = None) -> None:
         done = self.phone.command("call", uri=self.cn.uri)
         assert "established" in done, done
         assert until(lambda: self.phone.received() > 10, 10), self.phone.output()
+        if before_transfer is not None:
+            before_transfer()
         [call] = self.phone.command("calls")
         out = self.phone.command("transfer", timeout=30, call=str(call["id"]), to=["living-room"],
                                  mode="handoff")
