@@ -294,7 +294,8 @@ class MdsmApp:
         self.digest = DigestServer(config.auth.realm, secrets.token_bytes(32))
         self.egress: MdsmEgress | None = None
         if config.egress.file:  # calls with an outside CN on the egress list (sipmob.mdsm.egress)
-            self.egress = MdsmEgress.from_file(self, config.egress.file, config.egress.anchor)
+            self.egress = MdsmEgress.from_file(self, config.egress.file, config.egress.anchor,
+                                               config.egress.control)
 
     # Life cycle -----------------------------------------------------------------------------------
 

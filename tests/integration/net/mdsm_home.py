@@ -207,11 +207,13 @@ class Home:
             f'uri = "{self.speaker.uri}"\naudio = "sendrecv"\n')
         (directory / "mdsm" / "egress.toml").write_text(egress_toml())
         self.mdsm_config = directory / "mdsm" / "mdsm.toml"
+        self.control = directory / "mdsm" / "egress.sock"  # `sipmob egress --mdsm-control`
         self.mdsm_config.write_text(
             f'[listen]\naddress = "0.0.0.0"\nport = {MDSM_PORT}\nadvertise_address = "{LO}"\n'
             f'[slp]\nda = "{LO}:{DA_PORT}"\n[devices]\ndirectory = "{directory / "mdsm" / "devices.d"}"\n'
             f'[state]\nfile = "{directory / "mdsm" / "mdsm.sqlite"}"\n'
-            f'[egress]\nfile = "{directory / "mdsm" / "egress.toml"}"\n[log]\nlevel = "debug"\n'
+            f'[egress]\nfile = "{directory / "mdsm" / "egress.toml"}"\ncontrol = "{self.control}"\n'
+            f'[log]\nlevel = "debug"\n'
             f'[[system]]\nname = "living-room"\nmembers = ["speaker"]\nowners = ["sip:mn@{HOME1}"]\n')
         self.status = StatusReader(directory / "notify.sock")
         self.mdsm = Daemon(home, [sys.executable, "-m", "sipmob.mdsm", "--config", str(self.mdsm_config)],

@@ -10,21 +10,24 @@ the first packet (logged), the speaker hears the CN and the CN hears the relay t
 Attack: once latched, a stranger in `internet` sending to the relay's CN port does not take the
 media (no second latch, the CN still hears the relay), nor does a stranger in the home on its
 loopback. Then the link is pulled: the side moved to wan2 is armed anew and latches to the NAT's
-mapping of the new flow (often the same port), and the CN keeps hearing the relay. Needs root (namespaces, iptables) and baresip.
+mapping of the new flow (often the same port), and the CN keeps hearing the relay. `sipmob egress`
+shows the MDSM's call on wan1, then on wan2. Needs root (namespaces, iptables) and baresip.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import socket
 import struct
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.integration.net.mdsm_home import Home
+from tests.integration.net.mdsm_home import ENV, Home
 from tests.integration.net.twowan import CN, HOME1, HOME2, TwoWan, until
 from tests.peers.baresip import BARESIP
 from tests.peers.netns import available
@@ -76,6 +79,13 @@ def relay_port(home: Home, address: str) -> int:
     return port
 
 
+def calls_per_egress(home: Home) -> dict[str, int]:
+    """What `sipmob egress` says of the MDSM's calls (its egress socket), run in `home`."""
+    out = home.net.home.run([sys.executable, "-m", "sipmob.mn.cli", "--control", str(home.dir / "none.sock"),
+                             "egress", "--json", "--mdsm-control", str(home.control)], env=ENV, check=True)
+    return {e["name"]: len(e["calls"]) for e in json.loads(out.stdout)["mdsm"]["egresses"]}
+
+
 def rtp(seq: int) -> bytes:
     return struct.pack("!BBHII", 0x80, 0, seq, seq * 160, 0x7777) + b"\xd5" * 160
 
@@ -89,6 +99,7 @@ def test_a_cn_behind_a_nat_is_latched_and_strangers_do_not_take_its_media(home: 
     before = reached_cn(home)
     assert until(lambda: reached_cn(home) > before + 20, 10), home.transcoder.output()
     latches = len(re.findall("latched to", home.transcoder.output()))
+    assert calls_per_egress(home) == {"wan1": 1, "wan2": 0}
 
     # strangers after the latch: one outside, one in the home on its loopback
     port = relay_port(home, HOME1)
@@ -114,3 +125,4 @@ def test_a_cn_behind_a_nat_is_latched_and_strangers_do_not_take_its_media(home: 
     assert until(lambda: reached_cn(home) > before + 20, 10), home.transcoder.output()
     t = time.monotonic()
     assert until(lambda: home.heard.rtp_after(t) > 20, 10), home.transcoder.output()
+    assert until(lambda: calls_per_egress(home) == {"wan1": 0, "wan2": 1}, 10)
