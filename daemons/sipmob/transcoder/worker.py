@@ -33,7 +33,8 @@ multicast, unspecified, nor in `home` (the networks the controllers are in, ``[a
 allowed_networks``): the home's devices can never take a party's media. A stranger outside the
 window, or once latched, is counted and dropped as before; like rtpengine's latching, an outsider
 that beats the party to its first packet inside the window wins it, which only the controller's
-next re-INVITE undoes.
+next re-INVITE undoes. After an RTP latch, the party's first RTCP packet (from the latched address)
+sets where our RTCP goes: a NAT maps the RTCP port apart, so the RTP port + 1 would not reach it.
 
 The end of a call (its figures) is logged here, where they are. When the control socket closes
 (the main process stopping or gone) the worker ends every call, with an RTCP BYE on each side, and
@@ -100,6 +101,8 @@ class Leg:
         self.peer: Leg | None = None
         self.latch_until = 0.0  # while armed: time.monotonic() the window closes; 0.0: not armed
         self.described: Address | None = None  # where the controller last said the party is
+        self.rtcp_to: Address | None = None  # RTCP's own latched source (a NAT maps it apart)
+        self.rtcp_armed = False  # after an RTP latch, until the party's first RTCP
         self.latch_home: list[Any] = []
 
     def set_destination(self, destination: Address | None) -> None:
@@ -112,6 +115,7 @@ class Leg:
         if destination != self.described or self.destination is None:
             self.described = destination
             self.set_destination(destination)
+            self.rtcp_to, self.rtcp_armed = None, False
 
     def rtp_ready(self, buf: bytearray, view: memoryview) -> None:
         """Read one datagram from the RTP socket and send what it becomes.
@@ -182,6 +186,7 @@ class Leg:
                     log.info("call %d side %s: latched to %s:%d (symmetric RTP; described as %s)",
                              self.call.number, self.name, addr[0], addr[1], self.destination)
                     self.set_destination((addr[0], addr[1]))
+                    self.rtcp_to, self.rtcp_armed = None, True
                 return True
         if addr[0] == self.host:
             return True
@@ -208,6 +213,8 @@ class Leg:
             if addr[0] != self.host or self.rtcp_session is None:
                 self.strangers += 1
                 continue
+            if self.rtcp_armed:  # the latched party's first RTCP: where its NAT maps RTCP
+                self.rtcp_to, self.rtcp_armed = (addr[0], addr[1]), False
             try:
                 self.rtcp_session.receive(data, time.time())
             except RtcpParseError as exc:
@@ -231,7 +238,7 @@ class Leg:
         data = self.rtcp_session.bye(now, sender, sources) if bye else \
             self.rtcp_session.report(now, sender, sources)
         try:
-            self.rtcp.sendto(data, (self.destination[0], self.destination[1] + 1))
+            self.rtcp.sendto(data, self.rtcp_to or (self.destination[0], self.destination[1] + 1))
         except OSError as exc:
             log.debug("RTCP to %s not sent: %s", self.destination, exc)
 

@@ -97,3 +97,26 @@ def test_a_latched_side_stays_latched_while_its_description_is_unchanged(leg: Le
     assert leg.destination == NAT
     leg.describe(("10.200.100.1", 40200))  # the party moved its port: its word again
     assert leg.destination == ("10.200.100.1", 40200)
+
+
+def test_rtcp_follows_the_latched_partys_first_rtcp_and_nothing_else(leg: Leg) -> None:
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.settimeout(5)
+    try:
+        leg.arm_latch([])  # loopback stays refused; the party here is the described host itself
+        leg.set_destination(("127.0.0.1", 9))  # described: RTP on 9, RTCP on 10
+        leg.latch_until = time.monotonic() + 5
+        assert leg.latch(("127.0.0.1", 40000))  # its RTP from its own host, another port
+        assert leg.rtcp_armed and leg.rtcp_to is None
+        peer.sendto(b"\x81\xc9\x00\x01" + b"\x00" * 4, leg.rtcp.getsockname())  # an RR
+        deadline = time.monotonic() + 5
+        while leg.rtcp_to is None and time.monotonic() < deadline:
+            leg.rtcp_ready()
+        assert leg.rtcp_to == peer.getsockname() and not leg.rtcp_armed
+        leg.rtcp_report()
+        assert peer.recvfrom(2048)[1] == leg.rtcp.getsockname()  # our report went where its RTCP came from
+        leg.describe(("10.200.100.1", 40300))  # the party's word anew: RTCP to its port + 1 again
+        assert leg.rtcp_to is None and not leg.rtcp_armed
+    finally:
+        peer.close()
