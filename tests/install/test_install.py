@@ -282,6 +282,50 @@ def test_transcoder_converts_pcmu_to_opus_under_its_unit(box: Container) -> None
     assert reply["received"] >= 20 and reply["payload_types"] == [111] and reply["bye"] == 200
 
 
+LO_EGRESS = ("from pyroute2 import IPRoute\n"
+             "with IPRoute() as ip:\n"
+             "    lo = ip.link_lookup(ifname='lo')[0]\n"
+             "    ip.addr('{op}', index=lo, address='192.0.2.1', prefixlen=32, scope=0)\n"
+             "    ip.route('{op}', dst='0.0.0.0/0', oif=lo)\n")
+
+
+def test_phone_with_an_egress_list_watches_netlink_under_its_unit(box: Container) -> None:
+    # The phone is installed but not enabled. Given an egress list it must start under its unit's
+    # sandbox (RestrictAddressFamilies= with AF_NETLINK) and learn its egress from the kernel: lo,
+    # given a global address and a default route (the container's own namespace, no network).
+    unit, config, egress = "sipmob-phone.service", "/etc/sipmob/mn.toml", "/etc/sipmob/egress.toml"
+    saved = {path: box.run(["cat", path]).stdout for path in (config, egress)}
+    box.run(["python3", "-c", LO_EGRESS.format(op="add")])
+    box.run(["sed", "-i", 's|^#egress = ""|egress = "/etc/sipmob/egress.toml"|', config])
+    box.run(["sed", "-i", "s|^#port = 5060|port = 5066|", config])
+    box.run(["tee", "-a", egress], input='\n[[egress]]\nname = "loop"\ninterface = "lo"\n')
+    last: list[str] = []
+    try:
+        box.run(["systemctl", "start", unit], timeout=60)
+        assert show(box, unit)["SubState"] == "running"
+        deadline = time.monotonic() + 30
+        while "loop  up  192.0.2.1" not in (last[-1] if last else "") and time.monotonic() < deadline:
+            time.sleep(0.5)
+            last.append(box.run(["sipmob", "--control", "/run/sipmob/mn.sock", "egress"], check=False,
+                                timeout=20).stdout)
+    finally:
+        journal = box.run(["journalctl", "--no-pager", "-u", unit], check=False).stdout
+        box.run(["systemctl", "stop", unit], check=False, timeout=60)
+        box.run(["systemctl", "reset-failed", unit], check=False)
+        for path, text in saved.items():
+            box.run(["tee", path], input=text)
+        box.run(["python3", "-c", LO_EGRESS.format(op="del")], check=False)
+    assert "loop  up  192.0.2.1" in last[-1], last[-1:] + [journal]
+    assert "Address family not supported" not in journal and "Traceback" not in journal, journal
+
+
+def test_phone_unit_exposure_is_at_most_2(box: Container) -> None:
+    out = box.run(["systemd-analyze", "security", "--no-pager", "sipmob-phone.service"]).stdout
+    exposure = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out).group(1))  # type: ignore[union-attr]
+    print(f"\nsipmob-phone.service: exposure {exposure}")
+    assert exposure <= EXPOSURE_LIMIT, out
+
+
 def test_slpda_reload_applies_edited_scopes(box: Container) -> None:
     pid = show(box, "sipmob-slpda.service")["MainPID"]
     # The shipped file lists every key commented out with its default, scopes under [da].

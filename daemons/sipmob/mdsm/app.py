@@ -295,7 +295,8 @@ class MdsmApp:
         self.digest = DigestServer(config.auth.realm, secrets.token_bytes(32))
         self.egress: MdsmEgress | None = None
         if config.egress.file:  # calls with an outside CN on the egress list (sipmob.mdsm.egress)
-            self.egress = MdsmEgress.from_file(self, config.egress.file, config.egress.anchor)
+            self.egress = MdsmEgress.from_file(self, config.egress.file, config.egress.anchor,
+                                               config.egress.control)
 
     # Life cycle -----------------------------------------------------------------------------------
 
@@ -615,7 +616,7 @@ class MdsmApp:
                       accepted: AcceptedRefer, setup: Setup, route: Route | None) -> Any:
         sess_id = secrets.randbelow(2**31)
         # the CN's codecs, asked while the members answer: a member sharing none needs a transcoder
-        caps = self._cn_capabilities(what.target)
+        caps = self._cn_capabilities(what.target, route)
         # messages 3-4: an INVITE without SDP to each member; their 200s carry offers
         results = yield defer.DeferredList([self._leg_invite(setup, m.name, m.uri, None) for m in members],
                                            consumeErrors=True)
@@ -716,11 +717,13 @@ class MdsmApp:
     # Members that share no codec with the CN: through a transcoder (draft §6.1, RFC 4117) -----------
 
     @defer.inlineCallbacks
-    def _cn_capabilities(self, target: URI) -> Any:
-        """The CN's codecs from its OPTIONS answer (RFC 3261 §11.2); None when it gives none."""
+    def _cn_capabilities(self, target: URI, route: Route | None = None) -> Any:
+        """The CN's codecs from its OPTIONS answer (RFC 3261 §11.2); None when it gives none. On the
+        call's egress (`route`) as the INVITE that follows: the same link, the same NAT binding."""
         try:
             response = yield self.ua.options(target.replace(headers=()),
-                                             timeout=min(2.0, self.config.limits.setup_timeout))
+                                             timeout=min(2.0, self.config.limits.setup_timeout),
+                                             local=route.local if route is not None else None)
             return parse(response.body) if response.status < 300 and response.body else None
         except Exception as exc:
             log.info("OPTIONS to %s failed (%s): its codecs are not known", target, exc)

@@ -200,6 +200,10 @@ class Egress:
                                       "audio moves with the call when the link fails (two relay channels "
                                       "a call); false: the members' audio goes to the CN directly and a "
                                       "failed link silences it")
+    control: str = setting("", help="a unix socket (mode 0600: the MDSM's user and root only) where "
+                                    "`sipmob egress` reads the MDSM's calls per egress; empty: "
+                                    "egress.sock in $RUNTIME_DIRECTORY when systemd gives one "
+                                    "(/run/sipmob-mdsm), else none")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -7,7 +7,10 @@ means on a gateway with source routing, and it needs no privilege to ask); the e
 being set up (`route`: its SIP leaves from that egress's address, Via and Contact name it); the
 egress of each call (`placed`, `ended`, `restored`), and the moves: on "egress down" and "address
 changed" each call on that egress is handed to `MdsmApp.move_call` with the surviving (or new)
-address; `rows` and `status` (calls per egress) for STATUS= and the journal.
+address; `rows` and `status` (calls per egress) for STATUS= and the journal; the read-only
+control socket (``[egress] control``) where ``sipmob egress`` asks for the same rows: one command,
+``egress``, answered to whoever can open the socket (mode 0600: the daemon's user, and root), the
+protocol and its bounds those of the phone's control socket (`sipmob.mn.control`).
 
 Why media anchoring: an MDSM call's media flows between the members in the home and the CN, not
 through the MDSM, so moving the MDSM's SIP alone would leave the members' RTP on the dead link.
@@ -30,8 +33,10 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import os
 import socket
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.error import CannotListenError
@@ -75,7 +80,7 @@ def source_towards(host: str) -> str | None:
 
 
 class MdsmEgress:
-    def __init__(self, app: MdsmApp, config: EgressConfig, anchor: bool) -> None:
+    def __init__(self, app: MdsmApp, config: EgressConfig, anchor: bool, control: str = "") -> None:
         self.app = app
         self.config = config
         self.anchor = anchor
@@ -83,16 +88,41 @@ class MdsmEgress:
         self.monitor.on_event(self._event)
         self._placing = 0
         self.moves: list[dict[str, Any]] = []  # the last ten moves
+        path = control or (
+            os.path.join(os.environ["RUNTIME_DIRECTORY"].split(":")[0], "egress.sock")
+            if os.environ.get("RUNTIME_DIRECTORY") else "")
+        self.control: Any = None
+        if path:
+            from sipmob.mn.control import ControlServer
+
+            self.control = ControlServer(app.reactor, path, self.handle)
 
     @classmethod
-    def from_file(cls, app: MdsmApp, path: str, anchor: bool) -> MdsmEgress:
-        return cls(app, load_config(EgressConfig, path), anchor)
+    def from_file(cls, app: MdsmApp, path: str, anchor: bool, control: str = "") -> MdsmEgress:
+        return cls(app, load_config(EgressConfig, path), anchor, control)
 
     def start(self) -> None:
         self.monitor.start()
+        if self.control is not None:
+            try:
+                self.control.start()
+                log.info("egress control socket %s", self.control.path)
+            except OSError as exc:  # the calls matter more than their listing
+                log.warning("no egress control socket at %s: %s", self.control.path, exc)
+                self.control = None
 
     def stop(self) -> Any:
+        if self.control is not None:
+            self.control.stop()
         return self.monitor.stop()
+
+    def handle(self, command: str, args: Mapping[str, Any]) -> Any:
+        """The control socket's one command: read only, nothing in `args` is used."""
+        from sipmob.mn.control import CommandError
+
+        if command != "egress":
+            raise CommandError(f"unknown command {command!r}: the MDSM answers only 'egress'")
+        return {"egresses": self.rows(), "moves": list(self.moves)}
 
     # Calls ------------------------------------------------------------------------------------------
 

@@ -5,7 +5,8 @@
     sipmob devices [--room R] [--media audio|video] [--json]     asks the DA itself
     sipmob call URI                                               the rest ask the phone over
     sipmob calls [--json]                                         its control socket
-    sipmob egress [--json]                                        (status, sessions, probe RTT per egress)
+    sipmob egress [--json] [--mdsm-control PATH]                  (status, sessions, probe RTT per egress;
+                                                                  the MDSM's calls per egress too)
     sipmob transfer CALL --to DEVICE[,DEVICE...] [--media audio|video|all]
                     [--mode auto|mnc|handoff] [--untrusted]
     sipmob split CALL --video-out DISPLAY --video-in CAMERA [--audio DEVICE] [--untrusted]
@@ -69,8 +70,11 @@ def _parser() -> argparse.ArgumentParser:
 
     calls = sub.add_parser("calls", help="list the phone's calls and where their media is")
     calls.add_argument("--json", action="store_true")
-    egress = sub.add_parser("egress", help="the phone's egress list: status, sessions, last probe RTT")
+    egress = sub.add_parser("egress", help="the phone's egress list: status, sessions, last probe RTT; "
+                                           "and the MDSM's calls per egress when it runs")
     egress.add_argument("--json", action="store_true")
+    egress.add_argument("--mdsm-control", default=os.environ.get("SIPMOB_MDSM_CONTROL", MDSM_CONTROL),
+                        help="the MDSM's egress socket ([egress] control; default %(default)s)")
 
     transfer = sub.add_parser("transfer", help="move a call's media to one or more devices")
     transfer.add_argument("call")
@@ -288,6 +292,41 @@ def format_egress(listing: dict[str, Any]) -> str:
     return "\n".join(lines) or "no egress"
 
 
+MDSM_CONTROL = "/run/sipmob-mdsm/egress.sock"
+
+
+def _egress(path: Path, mdsm_path: str, timeout: float, as_json: bool) -> int:
+    """The phone's list and, when an MDSM answers on `mdsm_path`, its calls per egress."""
+    phone: Any = None
+    mdsm: Any = None
+    problems = []
+    try:
+        phone = control.request(path, "egress", {}, timeout=timeout)
+    except (control.CommandError, control.ControlUnavailable, TimeoutError) as exc:
+        problems.append(str(exc))
+    if mdsm_path:
+        try:
+            mdsm = control.request(mdsm_path, "egress", {}, timeout=timeout)
+        except control.ControlUnavailable:
+            pass  # no MDSM here: the phone's list alone
+        except (control.CommandError, TimeoutError, OSError) as exc:
+            problems.append(f"MDSM at {mdsm_path}: {exc}")
+    if phone is None and mdsm is None:
+        for problem in problems:
+            print(f"{PROG}: {problem}", file=sys.stderr)
+        return EXIT_FAILED
+    if as_json:
+        print(json.dumps({**(phone or {}), **({"mdsm": mdsm} if mdsm is not None else {})}, indent=2))
+    else:
+        if phone is not None:
+            print(format_egress(phone))
+        if mdsm is not None:
+            print("MDSM:\n" + "\n".join(f"  {line}" for line in format_egress(mdsm).splitlines()))
+    for problem in problems:
+        print(f"{PROG}: {problem}", file=sys.stderr)
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["phone"]:
@@ -332,6 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "watch":
         return _watch(path, args.json)
     timeout = args.timeout if args.timeout is not None else 60.0
+    if command == "egress":
+        return _egress(path, args.mdsm_control, timeout, args.json)
     try:
         result = control.request(path, command, payload, timeout=timeout)
     except (control.CommandError, control.ControlUnavailable, TimeoutError) as exc:

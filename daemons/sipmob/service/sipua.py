@@ -773,21 +773,24 @@ class UserAgent:
         self._calls[handle] = call
         return call
 
-    def options(self, target: str | URI, *, timeout: float | None = None) -> defer.Deferred[Response]:
-        """Send OPTIONS; fires with the final response (any status), errback `SIPError(408)` on a
-        transaction timeout or twisted's TimeoutError after `timeout` seconds."""
-        d = self.request("OPTIONS", target)
+    def options(self, target: str | URI, *, timeout: float | None = None,
+                local: Address | None = None) -> defer.Deferred[Response]:
+        """Send OPTIONS (from `local` if given, as `request`); fires with the final response (any
+        status), errback `SIPError(408)` on a transaction timeout or twisted's TimeoutError after
+        `timeout` seconds."""
+        d = self.request("OPTIONS", target, local=local)
         if timeout is not None:
             d.addTimeout(timeout, self.reactor)
         return d
 
     def request(self, method: str, target: str | URI, *, headers: Sequence[tuple[str, str]] = (),
                 body: bytes = b"", content_type: str | None = None,
-                destination: Address | None = None) -> defer.Deferred[Response]:
-        """Send an out-of-dialog request (to `destination` if given, else where `target` says);
-        fires with the final response (any status), errback `SIPError(408)` on a timeout."""
+                destination: Address | None = None, local: Address | None = None) -> defer.Deferred[Response]:
+        """Send an out-of-dialog request (to `destination` if given, else where `target` says; from
+        `local`, one of our addresses from `local_address`, if given); fires with the final response
+        (any status), errback `SIPError(408)` on a timeout."""
         op = self._core.request(method.upper(), _uri(target), self._now(), headers=headers, body=body,
-                                content_type=content_type, destination=destination)
+                                content_type=content_type, destination=destination, local=local)
         d: defer.Deferred[Response] = defer.Deferred()
         self._requests[op] = _fire_response(d, any_status=True)
         self._flush()

@@ -172,10 +172,12 @@ class UACore(InviteSessions, Referrals, Registrations):
 
     def request(self, method: str, target: URI, now: float, *,
                 headers: Sequence[tuple[str, str]] = (), body: bytes = b"",
-                content_type: str | None = None, destination: Address | None = None) -> int:
+                content_type: str | None = None, destination: Address | None = None,
+                local: Address | None = None) -> int:
         """Send a request outside any dialog (OPTIONS, MESSAGE...); returns the op number of its
         `RequestCompleted`. `destination` sends it there rather than where `target` says (an
-        outbound proxy, §8.1.2)."""
+        outbound proxy, §8.1.2); `local` sends it from that address of ours, Via naming it (a
+        multihomed gateway's egress), until its final response."""
         if method in ("INVITE", "ACK", "CANCEL"):
             raise UAError(f"use invite/cancel for {method}")
         op = self._new_handle()
@@ -188,8 +190,10 @@ class UACore(InviteSessions, Referrals, Registrations):
         if body:
             h.add("Content-Type", content_type or SDP)
         request = Request(method, target.replace(headers=()), h, body)
+        if local is not None:
+            self.layer.bind_call(request.call_id, local)
         key = self._send(request, destination or self.next_hop(target), None, now)
-        self._client[key] = _ClientOp(op, None, method)
+        self._client[key] = _ClientOp(op, None, method, request.call_id if local is not None else None)
         self._pump(now)
         return op
 
@@ -362,6 +366,8 @@ class UACore(InviteSessions, Referrals, Registrations):
                 self._refer_resent(entry, response.cseq.seq, self._sent[retry].request)
             return
         entry = self._client.pop(key)
+        if entry.bound is not None:
+            self.layer.bind_call(entry.bound, None)
         op, handle, kind = entry.op, entry.call, entry.method
         c = self._calls.get(handle) if handle is not None else None
         if c is not None and kind == "UPDATE" and self._refresh_completed(c, key, response, now):
@@ -425,6 +431,8 @@ class UACore(InviteSessions, Referrals, Registrations):
         entry = self._client.pop(key, None)
         if entry is None:
             return
+        if entry.bound is not None:
+            self.layer.bind_call(entry.bound, None)
         op, call, kind = entry.op, entry.call, entry.method
         c = self._calls.get(call) if call is not None else None
         if c is not None and kind == "UPDATE":

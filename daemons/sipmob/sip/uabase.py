@@ -83,6 +83,7 @@ class _ClientOp:
     op: int
     call: int | None
     method: str
+    bound: str | None = None  # the Call-ID bound to a local address for this request alone
 
 
 @dataclasses.dataclass(slots=True)

@@ -17,7 +17,9 @@ changed a party's codec, the conversion (the output streams carry on).
 Egress (calls that survive a failing WAN link): the transcoder follows no egress list of
 its own. A controller that anchors a call's media here for a CN outside the home names, per side,
 the address to bind (``a=x-bind``, `sipmob.transcoder.invocation`): its CN-facing side on the
-call's egress address, its member-facing side on ``[rtp] address``. When the egress fails the
+call's egress address, its member-facing side on ``[rtp] address``. The egress side is latched to
+its party's first packet (symmetric RTP for a CN behind a NAT; the rules in
+`sipmob.transcoder.worker`). When the egress fails the
 controller re-INVITEs us with the surviving egress's address, we answer the new port there, and it
 re-INVITEs the CN with it. Why the controller decides and not the transcoder: the controller
 already holds the CN's dialog and must re-INVITE it from the new egress with our new port in the
@@ -279,6 +281,7 @@ class TranscoderApp:
             return
         tc = TranscoderCall(number, plan, media, host)
         self.calls[tc.number] = tc
+        self._latch(tc, plan)
         self._status_changed()
         sdp = self._answer(tc)
         log.info("call %s from %s: %s (A %s, B %s)", request.call_id, host, plan.summary,
@@ -308,11 +311,22 @@ class TranscoderApp:
                     raise SIPError(488, f"side {side} cannot move to {bind}: {exc}") from None
                 log.info("call %d: side %s moved from %s to %s:%d", tc.number, side, current, bind, port)
         tc.media.update(plan.format_a, plan.format_b, plan.a.destination, plan.b.destination)
+        self._latch(tc, plan, tc.plan)
         tc.plan = plan
         tc.version += 1
         log.info("call %d updated: %s (A %s, B %s)", tc.number, plan.summary, plan.a.destination,
                  plan.b.destination)
         return self._answer(tc)
+
+    def _latch(self, tc: TranscoderCall, plan: Plan, before: Plan | None = None) -> None:
+        """A side bound to an egress (a=x-bind) faces a party outside, maybe behind a NAT:
+        symmetric RTP from its next first packet, never to the home. Armed at the offer/answer and
+        again by a re-INVITE that moves the side or describes its party anew, not by any other."""
+        for side, now, then in (("A", plan.a, before.a if before else None),
+                                ("B", plan.b, before.b if before else None)):
+            if now.bind is not None and (then is None or (now.bind, now.destination)
+                                         != (then.bind, then.destination)):
+                tc.media.latch(side, self.config.access.allowed_networks)
 
     def _answer(self, tc: TranscoderCall) -> bytes:
         media, default = tc.media, self.pool.address

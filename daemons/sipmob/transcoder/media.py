@@ -327,6 +327,11 @@ class CallMedia:
             self.port_b, self.address_b = port, address
         return port
 
+    def latch(self, side: str, home: list[str]) -> None:
+        """Side ``A`` or ``B`` faces the outside: take its first packet's source as where it is
+        (symmetric RTP through a NAT; `sipmob.transcoder.worker`), never an address in `home`."""
+        self.worker.send(("latch", self.number, side, home))
+
     def close(self, reason: str) -> None:
         if self.closed:
             return

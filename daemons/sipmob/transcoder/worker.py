@@ -18,9 +18,23 @@ between two processes of the same program) carries:
 - main to worker: ``("open", number, format_a, format_b, dest_a, dest_b, cname, idle_timeout)``
   with the four sockets (A's RTP and RTCP, B's), ``("update", number, format_a, format_b, dest_a,
   dest_b)``, ``("rebind", number, side)`` with one side's two new sockets (its old ones are
-  closed: the side moved to another address), ``("close", number, reason)``;
+  closed: the side moved to another address), ``("latch", number, side, home)`` (symmetric RTP
+  for that side until its first packet, below), ``("close", number, reason)``;
 - worker to main: ``("ready", index)`` once its codecs are loaded, ``("idle", number)`` once a
   call has had no RTP from either side for its ``idle_timeout``.
+
+Symmetric RTP (a party behind a NAT sends from another address or port than its description
+gives, and hears us only there): a side the controller marks as facing the outside (``a=x-bind``)
+is armed after the offer/answer, each re-INVITE and each move (the "latch" command). While armed,
+for `LATCH_WINDOW` seconds, the first RTP packet from a plausible source sets where that side is
+(address and port) and disarms it: one latch per arming, logged. Plausible: from the described
+address (its port may differ), or from any other address that is not loopback, link-local,
+multicast, unspecified, nor in `home` (the networks the controllers are in, ``[access]
+allowed_networks``): the home's devices can never take a party's media. A stranger outside the
+window, or once latched, is counted and dropped as before; like rtpengine's latching, an outsider
+that beats the party to its first packet inside the window wins it, which only the controller's
+next re-INVITE undoes. After an RTP latch, the party's first RTCP packet (from the latched address)
+sets where our RTCP goes: a NAT maps the RTCP port apart, so the RTP port + 1 would not reach it.
 
 The end of a call (its figures) is logged here, where they are. When the control socket closes
 (the main process stopping or gone) the worker ends every call, with an RTCP BYE on each side, and
@@ -35,6 +49,7 @@ from __future__ import annotations
 import argparse
 import gc
 import heapq
+import ipaddress
 import logging
 import pickle
 import random
@@ -57,6 +72,7 @@ BATCH = 64  # datagrams read from one socket per wake-up before the next socket'
 RECV_SIZE = 2048  # larger than any RTP packet on an Ethernet path
 IDLE_CHECK = 5.0
 MAX_FDS = 4
+LATCH_WINDOW = 10.0  # seconds after an arming in which a side's first packet may latch it
 _HEADER = struct.Struct("!BBHII")
 Address = tuple[str, int]
 
@@ -83,10 +99,23 @@ class Leg:
         self.out: Channel | None = None  # the channel whose output goes to this side
         self.into: Channel | None = None  # the channel this side's packets feed
         self.peer: Leg | None = None
+        self.latch_until = 0.0  # while armed: time.monotonic() the window closes; 0.0: not armed
+        self.described: Address | None = None  # where the controller last said the party is
+        self.rtcp_to: Address | None = None  # RTCP's own latched source (a NAT maps it apart)
+        self.rtcp_armed = False  # after an RTP latch, until the party's first RTCP
+        self.latch_home: list[Any] = []
 
     def set_destination(self, destination: Address | None) -> None:
         self.destination = destination
         self.host = destination[0] if destination else None
+
+    def describe(self, destination: Address | None) -> None:
+        """The controller's word on where the party is: a latched side stays latched while it is
+        unchanged (a re-INVITE about something else must not send our RTP to a private address)."""
+        if destination != self.described or self.destination is None:
+            self.described = destination
+            self.set_destination(destination)
+            self.rtcp_to, self.rtcp_armed = None, False
 
     def rtp_ready(self, buf: bytearray, view: memoryview) -> None:
         """Read one datagram from the RTP socket and send what it becomes.
@@ -103,8 +132,7 @@ class Leg:
                 size, addr = self.rtp.recvfrom_into(buf)
             except OSError:  # nothing after all (EAGAIN, EINTR), or an ICMP error queued
                 return
-            if addr[0] != self.host:
-                self.strangers += 1
+            if (addr[0] != self.host or self.latch_until) and not self.latch(addr):
                 return
             now = self.last_heard = time.monotonic()
             if size >= 12:
@@ -123,8 +151,7 @@ class Leg:
             data, addr = self.rtp.recvfrom(RECV_SIZE)
         except OSError:
             return
-        if addr[0] != self.host:
-            self.strangers += 1
+        if (addr[0] != self.host or self.latch_until) and not self.latch(addr):
             return
         now = self.last_heard = time.monotonic()
         if len(data) >= 12:
@@ -143,6 +170,38 @@ class Leg:
             except OSError:
                 peer.send_errors += 1
 
+    def arm_latch(self, home: list[str]) -> None:
+        self.latch_until = time.monotonic() + LATCH_WINDOW
+        self.latch_home = [ipaddress.ip_network(n, strict=False) for n in home]
+
+    def latch(self, addr: Address) -> bool:
+        """A packet from `addr` while armed, or from elsewhere than the party: whether to take it
+        (latching this side to `addr` if it is plausibly the party), else it is a stranger's."""
+        if self.latch_until:
+            if time.monotonic() > self.latch_until:
+                self.latch_until = 0.0
+            elif addr[0] == self.host or self._plausible(addr[0]):
+                self.latch_until = 0.0
+                if (addr[0], addr[1]) != self.destination:
+                    log.info("call %d side %s: latched to %s:%d (symmetric RTP; described as %s)",
+                             self.call.number, self.name, addr[0], addr[1], self.destination)
+                    self.set_destination((addr[0], addr[1]))
+                    self.rtcp_to, self.rtcp_armed = None, True
+                return True
+        if addr[0] == self.host:
+            return True
+        self.strangers += 1
+        return False
+
+    def _plausible(self, host: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        if ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified:
+            return False
+        return not any(ip in n for n in self.latch_home if n.version == ip.version)
+
     def rtcp_ready(self) -> None:
         for _ in range(BATCH):
             try:
@@ -154,6 +213,8 @@ class Leg:
             if addr[0] != self.host or self.rtcp_session is None:
                 self.strangers += 1
                 continue
+            if self.rtcp_armed:  # the latched party's first RTCP: where its NAT maps RTCP
+                self.rtcp_to, self.rtcp_armed = (addr[0], addr[1]), False
             try:
                 self.rtcp_session.receive(data, time.time())
             except RtcpParseError as exc:
@@ -177,7 +238,7 @@ class Leg:
         data = self.rtcp_session.bye(now, sender, sources) if bye else \
             self.rtcp_session.report(now, sender, sources)
         try:
-            self.rtcp.sendto(data, (self.destination[0], self.destination[1] + 1))
+            self.rtcp.sendto(data, self.rtcp_to or (self.destination[0], self.destination[1] + 1))
         except OSError as exc:
             log.debug("RTCP to %s not sent: %s", self.destination, exc)
 
@@ -292,8 +353,8 @@ class Worker:
             if len(socks) != 4:
                 raise ValueError(f"open with {len(socks)} sockets")
             call = Call(number, socks, format_a, format_b, cname, idle_timeout)
-            call.a.set_destination(dest_a)
-            call.b.set_destination(dest_b)
+            call.a.describe(dest_a)
+            call.b.describe(dest_b)
             self.calls[number] = call
             buf, view = self._buf, self._view
             for leg in (call.a, call.b):
@@ -303,8 +364,8 @@ class Worker:
         elif kind == "update":
             _, _, format_a, format_b, dest_a, dest_b = message
             call = self.calls[number]
-            call.a.set_destination(dest_a)
-            call.b.set_destination(dest_b)
+            call.a.describe(dest_a)
+            call.b.describe(dest_b)
             call.update(format_a, format_b)
         elif kind == "rebind":
             if len(socks) != 2:
@@ -317,6 +378,9 @@ class Worker:
             buf, view = self._buf, self._view
             self._watch(leg.rtp.fileno(), lambda leg=leg: leg.rtp_ready(buf, view))
             self._watch(leg.rtcp.fileno(), leg.rtcp_ready)
+        elif kind == "latch":
+            call = self.calls[number]
+            (call.a if message[2] == "A" else call.b).arm_latch(message[3])
         elif kind == "close":
             self.end(number, message[2])
         else:

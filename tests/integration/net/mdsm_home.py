@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -206,11 +207,13 @@ class Home:
             f'uri = "{self.speaker.uri}"\naudio = "sendrecv"\n')
         (directory / "mdsm" / "egress.toml").write_text(egress_toml())
         self.mdsm_config = directory / "mdsm" / "mdsm.toml"
+        self.control = directory / "mdsm" / "egress.sock"  # `sipmob egress --mdsm-control`
         self.mdsm_config.write_text(
             f'[listen]\naddress = "0.0.0.0"\nport = {MDSM_PORT}\nadvertise_address = "{LO}"\n'
             f'[slp]\nda = "{LO}:{DA_PORT}"\n[devices]\ndirectory = "{directory / "mdsm" / "devices.d"}"\n'
             f'[state]\nfile = "{directory / "mdsm" / "mdsm.sqlite"}"\n'
-            f'[egress]\nfile = "{directory / "mdsm" / "egress.toml"}"\n[log]\nlevel = "debug"\n'
+            f'[egress]\nfile = "{directory / "mdsm" / "egress.toml"}"\ncontrol = "{self.control}"\n'
+            f'[log]\nlevel = "debug"\n'
             f'[[system]]\nname = "living-room"\nmembers = ["speaker"]\nowners = ["sip:mn@{HOME1}"]\n')
         self.status = StatusReader(directory / "notify.sock")
         self.mdsm = Daemon(home, [sys.executable, "-m", "sipmob.mdsm", "--config", str(self.mdsm_config)],
@@ -224,10 +227,12 @@ class Home:
         self.phone = HomePhone(net, directory / "mn", "", da=f"{LO}:{DA_PORT}", address=HOME1)
         self.started.append(self.phone)
 
-    def hand_over(self) -> None:
+    def hand_over(self, before_transfer: Callable[[], None] | None = None) -> None:
         done = self.phone.command("call", uri=self.cn.uri)
         assert "established" in done, done
         assert until(lambda: self.phone.received() > 10, 10), self.phone.output()
+        if before_transfer is not None:
+            before_transfer()
         [call] = self.phone.command("calls")
         out = self.phone.command("transfer", timeout=30, call=str(call["id"]), to=["living-room"],
                                  mode="handoff")

@@ -14,6 +14,7 @@ from sipmob.sip.ua import (
     IncomingInvite,
     ReinviteCompleted,
     ReinviteReceived,
+    RequestCompleted,
     UACore,
 )
 
@@ -228,3 +229,32 @@ def test_a_server_transaction_answering_from_an_address_keeps_it_in_use() -> Non
     w.run()  # the peer's ACK: the server transaction is Confirmed
     assert not a.layer.sends_from(WAN2.host)
     assert cb
+
+
+def test_an_out_of_dialog_request_from_a_local_address_leaves_from_it_and_unbinds_when_answered() -> None:
+    # the MDSM's OPTIONS to a CN outside: on the call's egress, as the INVITE that follows
+    w, a, _b = pair()
+    op = a.request("OPTIONS", uri(B, "b"), w.now, local=WAN2)
+    w.run()
+    [(src, options)] = w.from_a(b"OPTIONS")
+    assert src == WAN2 and (options.vias[0].host, options.vias[0].port) == ("10.0.2.2", 5062)
+    [done] = w.take(a, RequestCompleted)
+    assert done.op == op and done.response is not None and done.response.status == 200  # type: ignore[attr-defined]
+    assert a.layer.bound(options.call_id) is None  # nothing kept per request
+    a.request("OPTIONS", uri(B, "b"), w.now)  # without: the default address
+    w.run()
+    assert [src for src, _m in w.from_a(b"OPTIONS")] == [WAN2, A]
+
+
+def test_a_request_from_a_local_address_that_times_out_unbinds_too() -> None:
+    w, a, _b = pair()
+    a.request("OPTIONS", uri(B, "b"), w.now, local=WAN3)
+    w.run(drop=lambda data: True)
+    [(src, options)] = w.from_a(b"OPTIONS")
+    assert src == WAN3
+    for _ in range(20):  # past timer F (64*T1)
+        w.now += 4 * T1 * 8
+        a.handle_timer(w.now)
+        w.run(drop=lambda data: True)
+    assert w.take(a, RequestCompleted)
+    assert a.layer.bound(options.call_id) is None
