@@ -191,7 +191,8 @@ class PhoneEgress:
         """``service:sip-egress`` in SLP (docs/slp-schema.md): our SIP URI, where gateways SUBSCRIBE."""
         if self.advert is None or self.phone.ua.contact is None:
             return
-        url = str(self.phone.ua.contact)
+        # A URL of its own: the [device] registration holds the bare contact (RFC 2608 §9.3).
+        url = egress_event.advert_url(str(self.phone.ua.contact))
         if self._advertised is not None and self._advertised != url:
             self.advert.deregister(self._advertised)
         rows = self.monitor.rows()
@@ -201,7 +202,7 @@ class PhoneEgress:
         home = f"sip:mn@{f'[{listen.address}]' if ':' in listen.address else listen.address}:{listen.port}"
         attrs = f"(egresses={names}),(event=sip-egress),(home={home})" + (
             f",(active={active})" if active else "")
-        self.advert.register(url, "service:sip-egress", attrs, lifetime=300)
+        self.advert.register(url, egress_event.SERVICE_TYPE, attrs, lifetime=300)
         self._advertised = url
 
     def route(self) -> Route:
@@ -544,7 +545,7 @@ class PhoneEgress:
                 attrs = {}
             home = attrs.get("home")
             values = getattr(home, "values", ())
-            target = str(values[0]) if values else entry.url
+            target = str(values[0]) if values else egress_event.contact_of(entry.url)
             if target in self._peer_subscriptions or target == self._home_uri():
                 continue
             self._peer_subscriptions[target] = None

@@ -13,6 +13,11 @@ use it), Load (sessions on it); ``priority``, ``cost`` and ``rtt_ms`` (last prob
 follows every change of the list. Bodies are bounded (`MAX_BODY`, `MAX_ENTRIES`); anything else is
 an `EgressEventError` naming what is wrong.
 
+In SLP the gateway is ``service:sip-egress`` under a URL of its own, `advert_url`
+(``service:sip-egress://mn@10.200.1.2:5060``, RFC 2609 §2.1): a phone also registers its SIP URI as
+``service:sip-device``, and a DA keeps one registration per URL (RFC 2608 §9.3), so the two must
+not share one.
+
 Not here: the subscription dialogs (`sipmob.service.sipua`), who may subscribe (the daemon's
 policy), the list itself (`sipmob.net.egress`).
 """
@@ -27,6 +32,8 @@ EVENT = "sip-egress"
 CONTENT_TYPE = "application/sip-egress+json"
 MAX_BODY = 8192
 MAX_ENTRIES = 32
+SERVICE_TYPE = "service:sip-egress"
+_URL_HEAD = SERVICE_TYPE + "://"
 
 
 class EgressEventError(ValueError):
@@ -48,6 +55,24 @@ class Entry:
 class EgressListBody:
     host: str
     entries: tuple[Entry, ...]
+
+
+def advert_url(contact: str) -> str:
+    """The ``service:sip-egress`` URL of a gateway whose SIP contact is `contact` (``sip:mn@h:5060``
+    -> ``service:sip-egress://mn@h:5060``): the contact's address, in a URL of the egress service's
+    own, apart from the same SIP URI registered as another service."""
+    _scheme, colon, rest = contact.partition(":")
+    if not colon or not rest:
+        raise ValueError(f"contact {contact!r} has no scheme")
+    return _URL_HEAD + rest
+
+
+def contact_of(url: str) -> str:
+    """The SIP URI a ``service:sip-egress`` URL names (the inverse of `advert_url`); a URL of
+    another form (a gateway that registered its SIP URI itself) is returned as it is."""
+    if url[: len(_URL_HEAD)].lower() == _URL_HEAD:
+        return "sip:" + url[len(_URL_HEAD):]
+    return url
 
 
 def from_rows(host: str, rows: Sequence[Mapping[str, object]]) -> EgressListBody:

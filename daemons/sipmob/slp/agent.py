@@ -102,8 +102,8 @@ class AgentConfig:
     auth_spi: str = ""
     auth_key: bytes = dataclasses.field(default=b"", repr=False)
     # Made from auth_spi and auth_key; agents built from one config (or its copies) share it, so
-    # two of them registering the same URL under two service types (a phone's sip-device and
-    # sip-egress) never give the DA the same timestamp twice.
+    # two of them signing for one URL never give the DA the same timestamp twice (a phone's
+    # sip-device and sip-egress agents share it, though their URLs differ).
     signer: auth.Signer | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -1,16 +1,20 @@
-"""The phone's two registrations of one URL, signed by one key: ``service:sip-device`` ([device])
-and ``service:sip-egress`` (its shared Egress List), both of ``sip:mn@HOME:5060``.
+"""The phone's two services in one DA, signed by one key: ``service:sip-device`` ([device], its
+SIP URI ``sip:mn@HOME:5060``) and ``service:sip-egress`` (its shared Egress List, under a URL of
+its own, ``service:sip-egress://mn@HOME:5060``).
 
-The DA keeps the last timestamp per SPI and URL, so the two must come from one signer: the
-second would otherwise be refused as a replay. When wan1 fails the egress registration moves to
-the other address with a signed deregistration of the old URL. In the namespaces of twowan.py
-(root); the DA and the phone run in the home namespace on its loopback.
+A DA keeps one registration per URL (RFC 2608 §9.3): were the two one URL, the later SrvReg would
+replace the other's type and attributes, and the egress's deregistration of an old address would
+remove the device. Both are found, each with its attributes, and when wan1 fails the egress
+registration moves to the other address (the old URL deregistered, signed) while the device
+registration stays. In the namespaces of twowan.py (root); the DA and the phone run in the home
+namespace on its loopback.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +23,12 @@ from tests.integration.net.twowan import ENV, HOME1, HOME2, HomePhone, TwoWan, e
 from tests.peers.netns import available
 from tests.peers.process import terminate
 
+from sipmob.net.egress_event import advert_url
+
 pytestmark = pytest.mark.skipif(not available(), reason="needs network namespaces (root)")
+
+DA = "127.0.0.1:4270"
+DEVICE = f"sip:mn@{HOME1}:5060"
 
 
 class DaLog:
@@ -30,7 +39,28 @@ class DaLog:
         return self.path.read_text(errors="replace") if self.path.exists() else ""
 
 
-def test_device_and_egress_registrations_of_one_url_are_both_signed_and_taken(tmp_path: Path) -> None:
+class Home:
+    def __init__(self, net: TwoWan, da: DaLog, phone: HomePhone) -> None:
+        self.net, self.da, self.phone = net, da, phone
+
+    def slptool(self, *args: str) -> str:
+        done = self.net.home.run([sys.executable, "-m", "sipmob.service.slptool", "--da", DA, *args], env=ENV)
+        return done.stdout if done.returncode == 0 else f"failed: {done.stderr}"
+
+    def urls(self, service_type: str) -> set[str]:
+        """The URLs a SrvRqst for `service_type` finds (none when the DA does not answer)."""
+        found = self.slptool("findsrvs", service_type)
+        if found.startswith("failed"):
+            return set()
+        return {line.rsplit(",", 1)[0] for line in found.splitlines()}
+
+    def why(self) -> str:
+        return f"{self.da.output()}\n--- phone\n{self.phone.output()}"
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[Home]:
+    """A DA that knows the phone's key and a phone with [device] and a shared Egress List."""
     keys = make_keys(tmp_path / "keys", "mn-phone")
     net = TwoWan()
     phone = da_proc = None
@@ -40,23 +70,13 @@ def test_device_and_egress_registrations_of_one_url_are_both_signed_and_taken(tm
         (tmp_path / "slpda.toml").write_text(f'[state]\nfile = "{tmp_path / "slpda.json"}"\n'
                                              f'[registration]\nkey_directory = "{keys}"\n')
         da_proc = net.home.popen([sys.executable, "-m", "sipmob.slpda", "--config",
-                                  str(tmp_path / "slpda.toml"), "--listen", "127.0.0.1:4270"],
+                                  str(tmp_path / "slpda.toml"), "--listen", DA],
                                  env=ENV, stdout=log, stderr=subprocess.STDOUT)
         assert until(lambda: "listening on" in da.output(), 10)
         phone = HomePhone(net, tmp_path / "mn", egress_toml(probe=False, share="10.200.0.0/16"),
-                          da="127.0.0.1:4270",
-                          slp=f'spi = "mn-phone"\nkey_file = "{keys / "mn-phone.key"}"\n',
+                          da=DA, slp=f'spi = "mn-phone"\nkey_file = "{keys / "mn-phone.key"}"\n',
                           extra='[device]\nenabled = true\nname = "Hall phone"\n')
-        first = f"sip:mn@{HOME1}:5060"
-        assert until(lambda: registered_as(da, first, "mn-phone"), 10), da.output()  # type: ignore[arg-type]
-        assert until(lambda: da.output().count(f"registered {first} ") >= 2, 10), da.output()
-        assert "service:sip-device" in da.output() and "service:sip-egress" in da.output()
-        assert "AUTHENTICATION_FAILED" not in da.output(), da.output()
-        net.link_down("h1")
-        second = f"sip:mn@{HOME2}:5060"
-        assert until(lambda: registered_as(da, second, "mn-phone"), 10), da.output()  # type: ignore[arg-type]
-        assert until(lambda: deregistered_as(da, first, "mn-phone"), 10), da.output()  # type: ignore[arg-type]
-        assert "AUTHENTICATION_FAILED" not in da.output(), da.output()
+        yield Home(net, da, phone)
     finally:
         if phone is not None:
             phone.stop()
@@ -64,3 +84,36 @@ def test_device_and_egress_registrations_of_one_url_are_both_signed_and_taken(tm
             terminate(da_proc, 5)
         log.close()
         net.delete()
+
+
+def test_device_and_egress_registrations_are_both_signed_and_taken(home: Home) -> None:
+    da, first, second = home.da, advert_url(DEVICE), advert_url(f"sip:mn@{HOME2}:5060")
+    assert until(lambda: registered_as(da, DEVICE, "mn-phone"), 10), home.why()  # type: ignore[arg-type]
+    assert until(lambda: registered_as(da, first, "mn-phone"), 10), home.why()  # type: ignore[arg-type]
+    assert "AUTHENTICATION_FAILED" not in da.output(), home.why()
+    home.net.link_down("h1")
+    assert until(lambda: registered_as(da, second, "mn-phone"), 10), home.why()  # type: ignore[arg-type]
+    assert until(lambda: deregistered_as(da, first, "mn-phone"), 10), home.why()  # type: ignore[arg-type]
+    assert not deregistered_as(da, DEVICE, "mn-phone"), home.why()  # type: ignore[arg-type]
+    assert "AUTHENTICATION_FAILED" not in da.output(), home.why()
+
+
+def test_each_service_is_found_with_its_attributes_and_the_egress_move_leaves_the_device(home: Home) -> None:
+    first, second = advert_url(DEVICE), advert_url(f"sip:mn@{HOME2}:5060")
+    assert until(lambda: home.urls("service:sip-device") == {DEVICE}
+                 and home.urls("service:sip-egress") == {first}, 10), home.why()
+    device = home.slptool("findattrs", DEVICE)
+    assert "(name=Hall phone)" in device and "(mobility=enhanced)" in device, device
+    assert "sip-egress" not in device and "egresses" not in device, device
+    egress = home.slptool("findattrs", first)
+    assert "(event=sip-egress)" in egress and "(active=" in egress, egress
+    assert "name=" not in egress and "mobility" not in egress, egress
+
+    home.net.link_down("h1")  # the egress advert moves to wan2's address: the old URL deregistered
+    assert until(lambda: deregistered_as(home.da, first, "mn-phone"), 10), home.why()  # type: ignore[arg-type]
+    assert until(lambda: home.urls("service:sip-egress") == {second}, 10), home.why()
+    assert "(active=wan2)" in home.slptool("findattrs", second)
+    assert home.urls("service:sip-device") == {DEVICE}, home.why()
+    device = home.slptool("findattrs", DEVICE)
+    assert "(name=Hall phone)" in device and "(mobility=enhanced)" in device, device
+    assert "sip-egress" not in device, device
