@@ -126,7 +126,7 @@ def parse_info(body: bytes, content_type: str) -> Digit:
         raise DtmfError("a DTMF body that is not ASCII") from None
     duration = DEFAULT_DURATION_MS
     if kind == "application/dtmf":
-        signal = text
+        signal = text.splitlines()[0].strip() if text else ""  # (the transcoder's Side= may follow)
     else:
         signal = ""
         for line in text.splitlines():
