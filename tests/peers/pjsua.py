@@ -433,7 +433,8 @@ def _child(options: dict[str, Any]) -> None:
             prm.digits = args["digits"]
             prm.method = pj.PJSUA_DTMF_METHOD_SIP_INFO if args.get("method") == "info" \
                 else pj.PJSUA_DTMF_METHOD_RFC2833
-            prm.duration = int(args.get("duration") or 0)
+            if args.get("duration"):
+                prm.duration = int(args["duration"])
             live[args["call"]].sendDtmf(prm)
             return None
         if cmd == "stream":

@@ -11,6 +11,9 @@ rewritten and reach baresip the same way. A flood of INFO from the CN is bounded
 
 from __future__ import annotations
 
+import re
+import socket
+import struct
 import sys
 import time
 from collections.abc import Iterator
@@ -22,7 +25,10 @@ from tests.integration.transcoder.transcoder_process import Transcoder
 from tests.peers.baresip import BARESIP, Baresip
 from tests.peers.pjsua import Pjsua
 from tests.peers.ports import free_udp_port
+from tests.peers.sipp import SIPP, SippProcess
 from tests.peers.tshark import TSHARK, LiveCapture, tshark
+
+from sipmob.media import dtmf
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "slpda"), str(Path(__file__).resolve().parent)]
 from phone_process import Phone, until  # noqa: E402
@@ -32,6 +38,7 @@ pytestmark = [pytest.mark.peer,
               pytest.mark.skipif(BARESIP is None, reason="baresip is not installed (apt baresip-core)"),
               pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")]
 pj = pytest.importorskip("pjsua2")
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
 
 class Home:
@@ -54,17 +61,17 @@ class Home:
         self.phone = Phone(directory, f"{HOST}:{self.da.port}", auto_answer=True)
         self.stoppers.append(self.phone.stop)
 
-    def moved(self) -> int:
-        """A call to the CN, moved to the desk phone through the transcoder; the CN's call id."""
+    def moved(self, device: str = "desk-phone", name: str = "Desk phone") -> int:
+        """A call to the CN, moved to ``device`` through the transcoder; the CN's call id."""
         with self.da.client() as slp:
             assert until(lambda: bool(getattr(slp.udp(slp.srv_rqst("service:sip-transcoder")), "urls", ())),
                          10), self.transcoder.output()
         done = self.phone.sipmob("call", self.cn.uri)
         assert done.returncode == 0, done.stderr + self.phone.output()
         assert until(lambda: self.phone.received() > 20), "no RTP from the CN"
-        done = self.phone.sipmob("transfer", "1", "--to", "desk-phone")
+        done = self.phone.sipmob("transfer", "1", "--to", device)
         assert done.returncode == 0, done.stderr + self.phone.output() + self.transcoder.output()
-        assert done.stdout.strip() == "call 1: audio on Desk phone via transcoder: PCMA <-> PCMU"
+        assert done.stdout.strip() == f"call 1: audio on {name} via transcoder: PCMA <-> PCMU"
         [call] = self.cn.calls()
         return int(call["id"])
 
@@ -88,9 +95,9 @@ def desk_digits(h: Home, start: int, count: int) -> list[str]:
     return [e.get("param") for e in h.desk.events[start:] if e.get("type") == "CALL_DTMF_START"]
 
 
-def capture(h: Home, name: str) -> LiveCapture:
+def capture(h: Home, name: str, *more: int) -> LiveCapture:
     # SIP of every party, and RTP datagrams of an RFC 4733 event's size (12 + 4 octets).
-    ports = " or ".join(f"port {p}" for p in (h.phone.port, h.transcoder.port, h.cn.port, h.desk.port))
+    ports = " or ".join(f"port {p}" for p in (h.phone.port, h.transcoder.port, h.cn.port, h.desk.port, *more))
     return LiveCapture(h.dir / name, f"udp and ({ports} or (udp[4:2] = 24 and (udp[8] & 0xc0) = 0x80))")
 
 
@@ -161,3 +168,51 @@ def test_a_flood_of_info_from_the_cn_is_bounded_by_the_phone(home: Home) -> None
     assert 0 < played <= passed
     [call] = home.phone.calls()
     assert call["state"] == "confirmed"
+
+
+@pytest.mark.skipif(SIPP is None, reason="sipp is not installed (apt sip-tester)")
+def test_digits_for_a_desk_phone_without_telephone_event_reach_it_as_sip_info(home: Home) -> None:
+    """sipp as a PCMU desk phone without telephone-event: the CN's RFC 2833 events become one INFO
+    each at the transcoder, which the phone passes on; the CN's INFO gets 488 from the transcoder
+    and the phone passes it on itself. sipp receives both digits as INFO, once each."""
+    plain = SippProcess(SCENARIOS / "uas_no_telephone_event.xml", workdir=home.dir / "sipp", timeout=60,
+                        # -rtp_echo: it sends the transcoder's audio back, so the CN gets audio
+                        # from the transcoder and PJSIP's address latching settles on it rather
+                        # than on the phone's last packets
+                        extra_args=["-aa", "-mp", str(free_udp_port()), "-rtp_echo"])
+    live = None
+    try:
+        plain.wait_listening()
+        with home.da.client() as slp:
+            slp.register(f"sip:plain@127.0.0.1:{plain.local_port}",
+                         "(name=Plain phone),(media=audio-sendrecv),(audio-codecs=PCMU)")
+        live = capture(home, "plain.pcap", plain.local_port)
+        cn_call = home.moved("plain-phone", "Plain phone")
+        # The desk phone's audio (sipp echoes what it gets): a second of it from the test, to the
+        # transcoder's port for it, named in the INVITE sipp received.
+        log = plain.workdir / "messages.log"
+        assert until(lambda: log.exists() and "m=audio" in log.read_text(errors="replace"), 10)
+        port = int(re.findall(r"m=audio (\d+) ", log.read_text(errors="replace"))[0])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as desk_audio:
+            for seq in range(50):
+                desk_audio.sendto(struct.pack("!BBHII", 0x80, 0, seq, seq * 160, 0x7777) + b"\xff" * 160,
+                                  ("127.0.0.1", port))
+                time.sleep(0.02)
+        home.cn.dtmf(cn_call, "7", method="rfc2833")
+        assert until(lambda: "digit 7 from sip:cn" in home.phone.output(), 10), \
+            home.phone.output() + home.transcoder.output()
+        home.cn.dtmf(cn_call, "9", method="info")
+        time.sleep(2.0)
+    finally:
+        path = live.stop() if live is not None else None
+        home.phone.sipmob("hangup", "1")
+        plain.stop()
+    assert path is not None
+    rows = tshark("-r", str(path), "-Y", f'sip.Method == "INFO" && udp.dstport == {plain.local_port}',
+                  "-T", "fields", "-e", "sip.Content-Type", "-e", "text").splitlines()
+    # tshark's text lines of the body: "Timestamps,Signal=7\r\n,Duration=200\r\n"
+    bodies = [r.split("\t")[1].split(",", 1)[1].replace("\\r\\n,", "\r\n").replace("\\r\\n", "\r\n").encode()
+              for r in rows]
+    assert [r.split("\t")[0] for r in rows] == ["application/dtmf-relay"] * 2, rows
+    assert [dtmf.parse_info(b, "application/dtmf-relay").digit for b in bodies] == ["7", "9"], rows
+    assert all(dtmf.info_side(b) is None for b in bodies), rows  # Side= stays between us and the transcoder
