@@ -749,7 +749,6 @@ class Phone:
             return
         pc.ended = True
         self._forget_stored(pc)
-        self.transcoding.forget(pc)
         if self.egress is not None:
             self.egress.call_ended(pc)
         pc.rtp.stop_sending()

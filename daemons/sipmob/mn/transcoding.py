@@ -265,52 +265,36 @@ class Transcoding:
     def info(self, pc: PhoneCall, source: str | None, request: Any) -> Any:
         """An INFO in one of the call's dialogs: ``source`` None for the CN's, else the key of the
         device or transcoder leg. Returns the status (or a Deferred of it) to answer."""
-        content_type = request.headers.get("Content-Type") or ""
-        body = request.body or b""
-        if content_type.split(";", 1)[0].strip().lower() not in dtmf.INFO_TYPES:
-            return None  # not DTMF: answered 200 as any INFO, passed nowhere
-        try:
-            digit = dtmf.parse_info(body, content_type)
-        except dtmf.DtmfError as exc:
-            log.info("call %s: DTMF INFO refused: %s", pc.id, exc)
-            return 400
+        digit = dtmf_of(request)
+        if not isinstance(digit, dtmf.Digit):
+            return digit
         if pc.ended or self.phone.calls.get(pc.id) is not pc:
             return 481
         bucket = self._buckets.get(pc.id)
         if bucket is None:
+            for gone in [c for c in self._buckets if c not in self.phone.calls]:  # calls ended since
+                del self._buckets[gone]
             bucket = self._buckets[pc.id] = dtmf.TokenBucket(DIGIT_RATE, DIGIT_BURST)
         if not bucket.take(self.phone.reactor.seconds()):
             return 503
         leg = pc.transcoder
         device_call = pc.device_calls.get(leg.device) if leg is not None else None
         if leg is not None and source == leg.url:
-            side = dtmf.info_side(body)
+            side = dtmf.info_side(request.body or b"")
             target = device_call if side == "A" else pc.call if side == "B" else None
             if target is None:
                 return 400
             log.info("call %s: digit %s from %s passed on", pc.id, digit.digit,
                      pc.peer if side == "A" else pc.names.get(leg.device, leg.device))
-            return _forward(target, dtmf.relay_body(digit))
+            return forward_dtmf(target, digit)
         if leg is not None and device_call is not None and source in (None, leg.device):
             side = "A" if source is None else "B"
-            other = device_call if source is None else pc.call
-            tx = pc.device_calls.get(leg.url)
-            if tx is None:
-                return _forward(other, dtmf.relay_body(digit))
-            d = _forward(tx, dtmf.relay_body(digit, side))
-
-            def passed(status: int) -> Any:
-                # 488: the other side has no telephone-event; it gets the INFO from us.
-                return _forward(other, dtmf.relay_body(digit)) if status == 488 else status
-
             log.info("call %s: digit %s from side %s passed to the transcoder", pc.id, digit.digit, side)
-            return d.addCallback(passed)
+            return pass_digit(digit, side, pc.device_calls.get(leg.url),
+                              device_call if source is None else pc.call)
         if source is not None and source in pc.device_calls:
-            return _forward(pc.call, dtmf.relay_body(digit))  # a device dialling to the CN
+            return forward_dtmf(pc.call, digit)  # a device dialling to the CN
         return None
-
-    def forget(self, pc: PhoneCall) -> None:
-        self._buckets.pop(pc.id, None)
 
     def find(self, cn: Sequence[str], device: Sequence[str]) -> defer.Deferred[str]:
         """The URL of a transcoder that converts between ``cn`` and ``device`` codecs and has room."""
@@ -504,10 +488,33 @@ def _within(d: defer.Deferred[Any], timeout: float, reactor: Any) -> defer.Defer
     return d.addErrback(timed_out)
 
 
-def _forward(call: Any, body: bytes) -> defer.Deferred[int]:
-    """Send a DTMF INFO in ``call``; fires with the status to answer the one it came from."""
-    d = call.info(body, "application/dtmf-relay")
+def dtmf_of(request: Any) -> dtmf.Digit | int | None:
+    """The digit of a DTMF INFO; else what to answer it: None (200, as any INFO that is not DTMF:
+    passed nowhere) or 400 (a DTMF body we cannot read). Shared by the phone and the MDSM."""
+    content_type = request.headers.get("Content-Type") or ""
+    if content_type.split(";", 1)[0].strip().lower() not in dtmf.INFO_TYPES:
+        return None
+    try:
+        return dtmf.parse_info(request.body or b"", content_type)
+    except dtmf.DtmfError as exc:
+        log.info("DTMF INFO refused: %s", exc)
+        return 400
+
+
+def forward_dtmf(call: Any, digit: dtmf.Digit, side: str | None = None) -> defer.Deferred[int]:
+    """Send ``digit`` as an INFO in ``call``; fires with the status to answer the one it came from."""
+    d = call.info(dtmf.relay_body(digit, side), "application/dtmf-relay")
     return d.addCallbacks(lambda response: response.status, lambda failure: 408)
+
+
+def pass_digit(digit: dtmf.Digit, side: str, transcoder: Any, other: Any) -> defer.Deferred[int]:
+    """Party ``side``'s digit to the transcoder's dialog (played as events to the other side), or
+    to the ``other`` party's dialog when the transcoder answers 488 (that side has no
+    telephone-event) or there is no transcoder dialog."""
+    if transcoder is None:
+        return forward_dtmf(other, digit)
+    d = forward_dtmf(transcoder, digit, side)
+    return d.addCallback(lambda status: forward_dtmf(other, digit) if status == 488 else status)
 
 
 def _endpoint(sdp: SessionDescription, index: int) -> tuple[str, int]:
