@@ -985,8 +985,10 @@ class MdsmApp:
                 self._transcoder_gone(mc, name, via, reason)
 
             via.leg.call.on_terminated(ended)
-            via.leg.call.on_request("INFO",
-                                    lambda call, request, name=name: self._info(mc, name, request, True))
+            def info(call: Call, request: Request, name: str = name) -> Any:
+                return self._info(mc, name, request, True)
+
+            via.leg.call.on_request("INFO", info)
         self.runtime.status_changed(self)
 
     def _watch_member(self, mc: ManagedCall, name: str, leg: Leg) -> None:

@@ -503,8 +503,9 @@ def dtmf_of(request: Any) -> dtmf.Digit | int | None:
 
 def forward_dtmf(call: Any, digit: dtmf.Digit, side: str | None = None) -> defer.Deferred[int]:
     """Send ``digit`` as an INFO in ``call``; fires with the status to answer the one it came from."""
-    d = call.info(dtmf.relay_body(digit, side), "application/dtmf-relay")
-    return d.addCallbacks(lambda response: response.status, lambda failure: 408)
+    d: defer.Deferred[int] = call.info(dtmf.relay_body(digit, side), "application/dtmf-relay").addCallbacks(
+        lambda response: response.status, lambda failure: 408)
+    return d
 
 
 def pass_digit(digit: dtmf.Digit, side: str, transcoder: Any, other: Any) -> defer.Deferred[int]:
@@ -513,8 +514,11 @@ def pass_digit(digit: dtmf.Digit, side: str, transcoder: Any, other: Any) -> def
     telephone-event) or there is no transcoder dialog."""
     if transcoder is None:
         return forward_dtmf(other, digit)
-    d = forward_dtmf(transcoder, digit, side)
-    return d.addCallback(lambda status: forward_dtmf(other, digit) if status == 488 else status)
+    def passed(status: int) -> int | defer.Deferred[int]:
+        return forward_dtmf(other, digit) if status == 488 else status
+
+    d: defer.Deferred[int] = forward_dtmf(transcoder, digit, side).addCallback(passed)
+    return d
 
 
 def _endpoint(sdp: SessionDescription, index: int) -> tuple[str, int]:

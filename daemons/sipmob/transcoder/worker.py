@@ -40,6 +40,7 @@ Not here: SIP, admission and choosing a worker (`sipmob.transcoder.app`), the po
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import heapq
 import logging
@@ -355,8 +356,8 @@ class Worker:
                 self._watch(leg.rtp.fileno(), lambda leg=leg: leg.rtp_ready(buf, view))
                 self._watch(leg.rtcp.fileno(), leg.rtcp_ready)
             heapq.heappush(self._rtcp_heap, (call.rtcp_due, number))
-            call.a_to_b.on_digit = lambda digit, call=call: self._heard(call, "A", digit)
-            call.b_to_a.on_digit = lambda digit, call=call: self._heard(call, "B", digit)
+            call.a_to_b.on_digit = functools.partial(self._heard, call, "A")
+            call.b_to_a.on_digit = functools.partial(self._heard, call, "B")
         elif kind == "update":
             _, _, format_a, format_b, dest_a, dest_b = message
             call = self.calls[number]
