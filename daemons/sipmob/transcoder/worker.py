@@ -257,6 +257,7 @@ class Tones:
         self.index = 0
         self.started = 0.0
         self.base_ts = 0
+        self.after_ts: int | None = None  # the end of the last digit played (and a gap)
         self.due = 0.0  # when the next packet (or the next digit) is due; 0: idle
 
     def add(self, digit: dtmf.Digit, now: float) -> bool:
@@ -280,7 +281,14 @@ class Tones:
                                                 interval=max(20, sink.ptime_ms) / 1000, gap=0.0)
             self.index = 0
             self.started = now
-            self.base_ts = self.channel.out_ts  # where our output stream stands: the event starts now
+            # Where our output stream stands: the event starts now; but never at or before the
+            # last one's end, which with no audio flowing meanwhile is still ahead of out_ts (the
+            # same timestamp would make it the same event to the receiver).
+            self.base_ts = self.channel.out_ts
+            if self.after_ts is not None and (self.after_ts - self.base_ts) % (1 << 32) < (1 << 31):
+                self.base_ts = self.after_ts
+            length = int.from_bytes(self.schedule[-1].payload[2:4], "big")
+            self.after_ts = (self.base_ts + length + round(DIGIT_GAP * sink.clock_rate)) % (1 << 32)
         packet = self.schedule[self.index]
         self.index += 1
         data = self.channel.event_packet(packet.payload, (self.base_ts + packet.timestamp_offset) % (1 << 32),
