@@ -18,8 +18,9 @@ a digit that party sent: the worker plays it as RFC 4733 events to the other sid
 that side has no telephone-event, 488 tells the controller to pass the INFO on itself. The other
 way, digits a party sends as events that the other side cannot take come back from the worker and
 go to the controller as one INFO each (``Side=`` the party that sent it), one at a time in order.
-Both ways are bounded per call (`DIGIT_RATE`; 503 over it, and at most `MAX_PENDING_INFO` INFOs
-waiting: more are dropped and counted).
+Only the host that invoked the call may send them (403 otherwise). Both ways are bounded per call
+(`DIGIT_RATE`; 503 over it, and at most `MAX_PENDING_INFO` INFOs waiting: more are dropped and
+counted).
 
 A re-INVITE in the call with the same two lines updates where each party is and, if the controller
 changed a party's codec, the conversion (the output streams carry on). BYE, or no RTP from either
@@ -309,6 +310,11 @@ class TranscoderApp:
 
     def _info(self, tc: TranscoderCall, request: Request) -> int:
         """A digit from the controller: ``Side=`` says which party sent it; played to the other."""
+        if source_host(request) != tc.source:
+            # Only the host that invoked us speaks for the parties (knowing the dialog is not enough).
+            log.info("call %d: INFO from %s, not the controller %s: 403", tc.number, source_host(request),
+                     tc.source)
+            return 403
         content_type = request.headers.get("Content-Type") or ""
         if content_type.split(";", 1)[0].strip().lower() not in dtmf.INFO_TYPES:
             return 415

@@ -10,7 +10,7 @@ controller, which passes it to the transcoder in its own dialog with ``Side=A`` 
 - events from A, B without telephone-event: one INFO per digit to the controller, whatever the
   end retransmissions, with its duration and ``Side=A``; decoded by tshark's SIP dissector.
 - a side without telephone-event: INFO for it gets 488 (the controller passes it on itself);
-  wrong bodies 415/400.
+  wrong bodies 415/400; an INFO in the dialog from a host other than the controller's, 403.
 - attack: 300 INFOs and 500 distinct events as fast as a socket can send: the work done (events
   generated, INFOs sent) stays within the per-call bound, and the call keeps its audio.
 """
@@ -180,6 +180,12 @@ def test_info_for_a_side_without_telephone_event_gets_488_and_bad_bodies_are_ref
         assert c.info(b"Signal=1\r\n").status == 400  # which party?
         assert c.info(b"Signal=Z\r\nSide=B\r\n").status == 400
         assert c.info(b"hello", "text/plain").status == 415
+        # Someone else who knows the dialog (another host, allowed to invoke calls of its own)
+        # does not speak for this call's parties.
+        with Controller(transcoder.uri, bind="127.0.0.2") as other:
+            other.call_id, other.from_tag, other.to, other.cseq = c.call_id, c.from_tag, c.to, c.cseq + 10
+            assert other.info(b"Signal=1\r\nSide=B\r\n").status == 403
+            c.cseq = other.cseq  # the dialog counted its CSeq (RFC 3261 §12.2.2)
         assert c.bye().status == 200
 
 
