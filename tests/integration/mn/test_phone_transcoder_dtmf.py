@@ -73,7 +73,17 @@ class Home:
         assert done.returncode == 0, done.stderr + self.phone.output() + self.transcoder.output()
         assert done.stdout.strip() == f"call 1: audio on {name} via transcoder: PCMA <-> PCMU"
         [call] = self.cn.calls()
-        return int(call["id"])
+        cid = int(call["id"])
+        # PJSIP follows where RTP comes from (latching): the phone's last packets (its grace
+        # period) can win it back from the transcoder for a while, and meanwhile its RTP (and
+        # events) go to the phone. Wait until the phone hears nothing from it for half a second.
+        def cn_sends_elsewhere() -> bool:
+            before = self.phone.received()
+            time.sleep(0.5)
+            return self.phone.received() == before
+
+        assert until(cn_sends_elsewhere, 15), "PJSIP still sends its RTP to the phone"
+        return cid
 
     def stop(self) -> None:
         for stop in reversed(self.stoppers):
