@@ -61,8 +61,9 @@ class Home:
         self.phone = Phone(directory, f"{HOST}:{self.da.port}", auto_answer=True)
         self.stoppers.append(self.phone.stop)
 
-    def moved(self, device: str = "desk-phone", name: str = "Desk phone") -> int:
-        """A call to the CN, moved to ``device`` through the transcoder; the CN's call id."""
+    def moved(self, device: str = "desk-phone", name: str = "Desk phone", settle: bool = True) -> int:
+        """A call to the CN, moved to ``device`` through the transcoder; the CN's call id. With
+        ``settle``, once the CN sends its RTP to the transcoder (`settled`)."""
         with self.da.client() as slp:
             assert until(lambda: bool(getattr(slp.udp(slp.srv_rqst("service:sip-transcoder")), "urls", ())),
                          10), self.transcoder.output()
@@ -73,7 +74,11 @@ class Home:
         assert done.returncode == 0, done.stderr + self.phone.output() + self.transcoder.output()
         assert done.stdout.strip() == f"call 1: audio on {name} via transcoder: PCMA <-> PCMU"
         [call] = self.cn.calls()
-        cid = int(call["id"])
+        if settle:
+            self.settled()
+        return int(call["id"])
+
+    def settled(self) -> None:
         # PJSIP follows where RTP comes from (latching): the phone's last packets (its grace
         # period) can win it back from the transcoder for a while, and meanwhile its RTP (and
         # events) go to the phone. Wait until the phone hears nothing from it for half a second.
@@ -83,7 +88,6 @@ class Home:
             return self.phone.received() == before
 
         assert until(cn_sends_elsewhere, 15), "PJSIP still sends its RTP to the phone"
-        return cid
 
     def stop(self) -> None:
         for stop in reversed(self.stoppers):
@@ -197,7 +201,7 @@ def test_digits_for_a_desk_phone_without_telephone_event_reach_it_as_sip_info(ho
             slp.register(f"sip:plain@127.0.0.1:{plain.local_port}",
                          "(name=Plain phone),(media=audio-sendrecv),(audio-codecs=PCMU)")
         live = capture(home, "plain.pcap", plain.local_port)
-        cn_call = home.moved("plain-phone", "Plain phone")
+        cn_call = home.moved("plain-phone", "Plain phone", settle=False)
         # The desk phone's audio (sipp echoes what it gets): a second of it from the test, to the
         # transcoder's port for it, named in the INVITE sipp received.
         log = plain.workdir / "messages.log"
@@ -208,6 +212,7 @@ def test_digits_for_a_desk_phone_without_telephone_event_reach_it_as_sip_info(ho
                 desk_audio.sendto(struct.pack("!BBHII", 0x80, 0, seq, seq * 160, 0x7777) + b"\xff" * 160,
                                   ("127.0.0.1", port))
                 time.sleep(0.02)
+            home.settled()
         home.cn.dtmf(cn_call, "7", method="rfc2833")
         assert until(lambda: "digit 7 from sip:cn" in home.phone.output(), 10), \
             home.phone.output() + home.transcoder.output()
