@@ -9,9 +9,10 @@ REFER (blind and with Replaces) and INVITE with Replaces, reporting each step as
 
 Parent side: `Pjsua(port, user)` with `make_call`, `answer`, `hangup`, `transfer` (blind REFER),
 `transfer_replaces` (attended: REFER whose Refer-To carries Replaces), `reinvite`, `calls()` and
-`events` / `wait_event()`. Events are dicts with an "event" key: incoming_call (with the whole
-INVITE in "message"), call_state, media_state, transfer_request, transfer_status,
-replace_request, replaced. Not responsible for judging PJSIP's behaviour: tests do that.
+`events` / `wait_event()`, `dtmf` (SIP INFO or RFC 2833 events). Events are dicts with an "event"
+key: incoming_call (with the whole INVITE in "message"), call_state, media_state, transfer_request,
+transfer_status, replace_request, replaced, dtmf (a digit received, with its method). ``codecs``
+keeps only the codecs named (by id prefix). Not responsible for judging PJSIP's behaviour: tests do that.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class Pjsua:
                  workdir: str | os.PathLike[str] | None = None, log_level: int = 5,
                  startup_timeout: float = 15.0, session_expires: int | None = None,
                  prack: str | None = None, host: str = "127.0.0.1",
-                 wrap: Callable[[list[str]], list[str]] | None = None) -> None:
+                 wrap: Callable[[list[str]], list[str]] | None = None,
+                 codecs: list[str] | None = None) -> None:
         self.port = port
         self.user = user
         self.uri = f"sip:{user}@{host}:{port}"
@@ -56,7 +58,7 @@ class Pjsua:
         self._next_id = 0
         options = {"port": port, "user": user, "auto_answer": auto_answer,
                    "log": str(self.log_path), "log_level": log_level,
-                   "session_expires": session_expires, "prack": prack, "host": host}
+                   "session_expires": session_expires, "prack": prack, "host": host, "codecs": codecs}
         self._stderr = (self.workdir / f"pjsua-{user}.stderr").open("wb")
         argv = [sys.executable, __file__, "--child", json.dumps(options)]
         self.proc = subprocess.Popen(wrap(argv) if wrap is not None else argv,
@@ -171,6 +173,10 @@ class Pjsua:
         """UPDATE with a new offer (in an early dialog as in a confirmed one)."""
         self.command("update", call=call, new_media=new_media)
 
+    def dtmf(self, call: int, digits: str, method: str = "info", duration_ms: int = 0) -> None:
+        """Send ``digits`` as SIP INFO (``application/dtmf-relay``) or as RFC 2833/4733 events."""
+        self.command("dtmf", call=call, digits=digits, method=method, duration=duration_ms)
+
     def stream(self, call: int) -> Event:
         """The audio stream of `call`: local RTP port, where it sends, RTP packets received."""
         return dict(self.command("stream", call=call))
@@ -269,6 +275,11 @@ def _child(options: dict[str, Any]) -> None:
                     active = True
             emit({"event": "media_state", "call": info.id, "active": active})
 
+        def onDtmfDigit(self, prm: Any) -> None:
+            emit({"event": "dtmf", "call": self.getId(), "digit": prm.digit,
+                  "method": "info" if prm.method == pj.PJSUA_DTMF_METHOD_SIP_INFO else "rfc2833",
+                  "duration": int(prm.duration)})
+
         def onCallTransferRequest(self, prm: Any) -> None:
             new_call = Call(account)
             prm.newCall = new_call
@@ -325,6 +336,11 @@ def _child(options: dict[str, Any]) -> None:
     endpoint.transportCreate(pj.PJSIP_TRANSPORT_UDP, transport)
     endpoint.libStart()
     endpoint.audDevManager().setNullDev()
+    if options.get("codecs"):
+        # Only these (codec id prefixes, "PCMA/8000"): a party sharing no codec with another.
+        for codec in endpoint.codecEnum2():
+            keep = any(codec.codecId.lower().startswith(c.lower()) for c in options["codecs"])
+            endpoint.codecSetPriority(codec.codecId, 128 if keep else 0)
 
     account_config = pj.AccountConfig()
     account_config.idUri = f"sip:{options['user']}@{host}:{options['port']}"
@@ -416,6 +432,15 @@ def _child(options: dict[str, Any]) -> None:
             prm.opt.flag = pj.PJSUA_CALL_UNHOLD | (pj.PJSUA_CALL_REINIT_MEDIA
                                                     if cmd == "reinvite_new_media" else 0)
             live[args["call"]].reinvite(prm)
+            return None
+        if cmd == "dtmf":
+            prm = pj.CallSendDtmfParam()
+            prm.digits = args["digits"]
+            prm.method = pj.PJSUA_DTMF_METHOD_SIP_INFO if args.get("method") == "info" \
+                else pj.PJSUA_DTMF_METHOD_RFC2833
+            if args.get("duration"):
+                prm.duration = int(args["duration"])
+            live[args["call"]].sendDtmf(prm)
             return None
         if cmd == "stream":
             call = live[args["call"]]

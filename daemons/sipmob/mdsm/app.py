@@ -15,7 +15,12 @@ the CN's session (port 0), the CN's BYE ends every member's leg.
 A member that shares no audio codec with the CN (its codecs from its OPTIONS answer) is reached
 through a `sipmob-transcoder` found in the DA (draft §6.1, RFC 4117 3PCC, docs/mdsm.md): the CN is
 offered the transcoder's side, the member ACKed with the other side, the transcoder's dialog kept
-with the call (`Via`). No transcoder: that member's stream is disabled (port 0).
+with the call (`Via`). No transcoder: that member's stream is disabled (port 0). DTMF as SIP INFO
+crosses as the phone's does (`sipmob.mn.transcoding`): the CN's INFO goes to the transcoder of
+the first member behind one with ``Side=A`` (played there as RFC 4733 events; on 488 to that
+member itself), that member's INFO with ``Side=B`` (or to the CN), the transcoder's INFO to the
+party on the other side, and a member's INFO on a call without a transcoder to the CN; digits
+bounded per call (503 over the rate).
 
 With ``[egress] file`` a handoff whose CN is outside the home puts the CN's dialog on the egress
 the policy picks, and (``[egress] anchor``) every audio stream through the transcoder with its CN
@@ -105,17 +110,23 @@ from sipmob.mdsm.plan import (
 )
 from sipmob.mdsm.rooms import per_room
 from sipmob.mdsm.store import Store, dialog_from_dict, dialog_to_dict
+from sipmob.media.dtmf import Digit, TokenBucket, info_side
 from sipmob.mn.devices import SERVICE_TYPE, Found, discover
 from sipmob.mn.handoff import names_dialog, same_party
 from sipmob.mn.transcoding import (
+    DIGIT_BURST,
+    DIGIT_RATE,
     TranscodingFailed,
     cn_names,
     codec_of,
     display,
+    dtmf_of,
     find,
+    forward_dtmf,
     invocation,
     null_section,
     party,
+    pass_digit,
     section,
 )
 from sipmob.sdp import Origin, SDPParseError, SessionDescription, parse
@@ -285,6 +296,7 @@ class MdsmApp:
         self.ua.on_incoming_call(self._on_invite)
         self.store: Store | None = None
         self.calls: dict[str, ManagedCall] = {}
+        self._digit_buckets: dict[str, TokenBucket] = {}  # per call: DTMF INFOs passed on
         self.setting_up = 0
         self.sa: SLPServiceAgent | None = None
         self.registered: set[str] = set()
@@ -1038,6 +1050,7 @@ class MdsmApp:
         self.calls[mc.id] = mc
         mc.cn.call.on_reinvite(lambda call, request: self._cn_reinvite(mc, request))
         mc.cn.call.on_terminated(lambda call, reason: self._cn_gone(mc, reason))
+        mc.cn.call.on_request("INFO", lambda call, request: self._info(mc, None, request))
         for name, leg in mc.members.items():
             self._watch_member(mc, name, leg)
         for name, via in mc.via.items():
@@ -1045,11 +1058,44 @@ class MdsmApp:
                 self._transcoder_gone(mc, name, via, reason)
 
             via.leg.call.on_terminated(ended)
+            def info(call: Call, request: Request, name: str = name) -> Any:
+                return self._info(mc, name, request, True)
+
+            via.leg.call.on_request("INFO", info)
         self.runtime.status_changed(self)
 
     def _watch_member(self, mc: ManagedCall, name: str, leg: Leg) -> None:
         leg.call.on_terminated(lambda call, reason: self._member_gone(mc, name, reason))
         leg.call.on_reinvite(lambda call, request: self._member_reinvite(mc, name, request))
+        leg.call.on_request("INFO", lambda call, request: self._info(mc, name, request))
+
+    def _info(self, mc: ManagedCall, name: str | None, request: Request, transcoder: bool = False) -> Any:
+        """A DTMF INFO from the CN (``name`` None), member ``name``, or the transcoder of member
+        ``name``: passed on as the module docstring says; the status (or a Deferred of it)."""
+        digit = dtmf_of(request)
+        if not isinstance(digit, Digit):
+            return digit
+        if mc.ending or self.calls.get(mc.id) is not mc:
+            return 481
+        bucket = self._digit_buckets.setdefault(mc.id, TokenBucket(DIGIT_RATE, DIGIT_BURST))
+        if not bucket.take(self.reactor.seconds()):
+            return 503
+        if transcoder:
+            side = info_side(request.body or b"")
+            member = mc.members.get(name or "")
+            target = (member.call if side == "A" and member is not None
+                      else mc.cn.call if side == "B" else None)
+            return forward_dtmf(target, digit) if target is not None else 400
+        if name is None:
+            through = next(((n, v) for n, v in mc.via.items() if n in mc.members), None)
+            if through is None:
+                return None  # the members hear the CN directly: nothing of ours to convert
+            log.info("call %s: digit %s from the CN passed to the transcoder of %s", mc.id, digit.digit,
+                     through[0])
+            return pass_digit(digit, "A", through[1].leg.call, mc.members[through[0]].call)
+        via = mc.via.get(name)
+        log.info("call %s: digit %s from %s passed on", mc.id, digit.digit, name)
+        return pass_digit(digit, "B", via.leg.call if via is not None else None, mc.cn.call)
 
     def _save(self, mc: ManagedCall) -> None:
         if self.store is not None and not mc.ending:
@@ -1057,6 +1103,7 @@ class MdsmApp:
 
     def _forget(self, mc: ManagedCall) -> None:
         mc.ending = True
+        self._digit_buckets.pop(mc.id, None)
         self.calls.pop(mc.id, None)
         if self.egress is not None:
             self.egress.ended(mc)

@@ -25,7 +25,10 @@ same pause in the output: the output timestamp jumps by the same time and the ma
 **telephone-event** (RFC 4733) packets are passed across, not decoded: payload type mapped, the
 event's timestamp moved to the output's timeline (anchored on the last audio packet) and its
 duration rescaled when the two sides' event clocks differ (8000 vs 48000 for Opus). The volume,
-end bit and redundant end packets are kept. A side without telephone-event gets none.
+end bit and redundant end packets are kept. A side without telephone-event gets none of the
+packets: the digits are told instead (`on_digit`, each once, with its duration: the transcoder
+sends them as SIP INFO). The other way, `event_packet` puts a generated event (a digit that came
+as SIP INFO) into the output stream, numbered in its sequence.
 
 **Relay**: when both sides use the same codec, clock, channels and ptime, payloads are not
 decoded: only payload type, SSRC, sequence and timestamp are rewritten, in place in the receive
@@ -44,10 +47,12 @@ from __future__ import annotations
 import dataclasses
 import random
 import struct
+from collections.abc import Callable
 
 import numpy as np
 
 from sipmob.media.audioformat import AudioFormat, Pcm, Resampler, make_decoder, make_encoder
+from sipmob.media.dtmf import Digit, DigitDetector
 
 _HEADER = struct.Struct("!BBHII")
 SEQ_MOD = 1 << 16
@@ -116,6 +121,8 @@ class Channel:
         self.out_ts = rng.getrandbits(32)
         self.stats = ChannelStats()
         self._marker = True
+        # Told each digit that arrives as telephone-events when the sink has none.
+        self.on_digit: Callable[[Digit], None] | None = None
         self.set_formats(source, sink)
 
     # Set-up -------------------------------------------------------------------------------------
@@ -141,6 +148,8 @@ class Channel:
         self._relay_ts_offset = 0
         self._marker = True
         self._event_ts: int | None = None
+        self._detector = DigitDetector(source.dtmf_clock_rate) \
+            if source.dtmf_payload_type is not None and sink.dtmf_payload_type is None else None
         self._concealed: list[int] = []  # recent sequence numbers given up on, to tell late from duplicate
 
     # Packets in, packets out --------------------------------------------------------------------
@@ -280,7 +289,10 @@ class Channel:
     def _event(self, ts: int, payload: bytes, out: list[bytes]) -> None:
         """RFC 4733 §2.3: one telephone-event packet moved to the output's timeline."""
         sink = self.sink
-        if sink.dtmf_payload_type is None or len(payload) < 4:
+        if sink.dtmf_payload_type is None:
+            self._detect(ts, payload)
+            return
+        if len(payload) < 4:
             return
         if self._anchor is None:
             self._anchor = (ts, self.out_ts)
@@ -333,6 +345,8 @@ class Channel:
                 self.out_ts = (out_ts + self.sink.frame_ticks) % TS_MOD
         out_pt = self.sink.payload_type if audio else self.sink.dtmf_payload_type
         if out_pt is None:
+            if not audio and ahead >= 0:
+                self._detect(ts, bytes(buf[12 + 4 * (first & 0x0F):size]))
             return False
         stats.sent += 1
         stats.octets += size - 12 - 4 * (first & 0x0F)
@@ -340,3 +354,24 @@ class Channel:
             stats.events += 1
         _HEADER.pack_into(buf, 0, first, marker | out_pt, out_seq, out_ts, self.ssrc)
         return True
+
+    # Digits ------------------------------------------------------------------------------------
+
+    def _detect(self, ts: int, payload: bytes) -> None:
+        """An event for a sink without telephone-event: the digit, once, to `on_digit`."""
+        if self._detector is None or self.on_digit is None:
+            return
+        for digit in self._detector.feed(ts, payload):
+            self.stats.events += 1
+            self.on_digit(digit)
+
+    @property
+    def can_send_events(self) -> bool:
+        return self.sink.dtmf_payload_type is not None
+
+    def event_packet(self, payload: bytes, ts: int, marker: bool) -> bytes:
+        """One generated telephone-event packet (RFC 4733 §2.3 ``payload``) at output timestamp
+        ``ts``, numbered next in our stream; a relay's later packets are numbered after it."""
+        assert self.sink.dtmf_payload_type is not None
+        self._relay_seq_offset = (self._relay_seq_offset + 1) % SEQ_MOD
+        return self._packet(self.sink.dtmf_payload_type, payload, 0, marker=marker, ts=ts)

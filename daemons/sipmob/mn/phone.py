@@ -226,6 +226,7 @@ class _CallControl:
         self.pc.device_calls[device] = call
         self.pc.device_oas[device] = oa
         call.on_terminated(lambda c, reason: self._device_ended(device, c, reason))
+        call.on_request("INFO", lambda c, request: self.phone.transcoding.info(self.pc, device, request))
         self.phone.persist(self.pc)  # before anything is sent that moves media to this device
         return self._answer_of(oa, call.remote_sdp, device)
 
@@ -488,6 +489,7 @@ class Phone:
             pc.device_oas[uri] = device_oas[uri]
             pc.device_sdps[uri] = theirs
             device_call.on_terminated(lambda c, reason, d=uri: control._device_ended(d, c, reason))
+            device_call.on_request("INFO", lambda c, request, d=uri: self.transcoding.info(pc, d, request))
         if stored.transcoder:
             try:
                 leg = TranscoderLeg.from_record(stored.transcoder)
@@ -738,6 +740,7 @@ class Phone:
         if self.egress is not None:
             self.egress.call_added(pc, restored=restored)
         pc.call.on_terminated(lambda c, reason: self._remote_ended(pc, reason))
+        pc.call.on_request("INFO", lambda c, request: self.transcoding.info(pc, None, request))
         self.remote_offers.attach(pc)
         # not from inside the port's own error handling, which a hang-up would close under it
         pc.rtp.on_unreachable = lambda destination: self.reactor.callLater(0, self._check_unreachable, pc)

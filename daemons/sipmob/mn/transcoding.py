@@ -18,6 +18,17 @@ Responsible for the phone's side of draft §6.1 with `sipmob-transcoder` (its SD
 6. Our own audio keeps flowing for the grace period, then stops; a device or transcoder the audio
    was on before is released (BYE).
 
+**DTMF** (RFC 4117: the parties' dialogs end here, so their INFO comes to us, not to the
+transcoder). A digit the CN sends as SIP INFO (``application/dtmf-relay`` or ``application/dtmf``)
+while its audio goes through a transcoder is passed to the transcoder in our dialog with it with
+``Side=A`` (the device's with ``Side=B``), and the transcoder plays it as RFC 4733 events to the
+other party; when that party has no telephone-event the transcoder answers 488 and we pass the
+INFO to the party ourselves. A digit the transcoder sends us (a party's events the other side
+cannot take) goes, without its ``Side=`` line, to the other party. A device's INFO on a call with
+no transcoder goes to the CN (the person is dialling on the device). The party's INFO is answered
+with what the next hop answered; digits are bounded per call (`DIGIT_RATE`, 503 over it) and an
+INFO that is not DTMF is answered 200 and goes nowhere, as before.
+
 A failure leaves the call where it was: up to step 5 only the new legs are ended (BYE, or CANCEL
 for a device that does not answer); a transcoder that fails the last re-INVITE after the CN moved
 makes us re-INVITE the CN with what it had agreed before. The transcoder's dialog is kept among the call's
@@ -40,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, task
 
+from sipmob.media import dtmf
 from sipmob.mn.control import CommandError
 from sipmob.mn.executor import SignallingFailed
 from sipmob.mn.mobility import MOBILE_NODE, NoCommonCodec
@@ -57,6 +69,7 @@ TRUSTED = "trusted"
 _RTPMAPS: Mapping[str, tuple[int, str]] = {"pcmu": (0, "PCMU/8000"), "pcma": (8, "PCMA/8000"),
                                            "g722": (9, "G722/8000"), "opus": (111, "opus/48000/2")}
 _EVENT_PT = 101
+DIGIT_RATE, DIGIT_BURST = 8.0, 16  # DTMF INFOs a second passed on per call (a person dials under 10)
 _NAMES = {"opus": "Opus", "l16": "L16"}
 
 
@@ -245,6 +258,43 @@ class Transcoding:
 
     def __init__(self, phone: Phone) -> None:
         self.phone = phone
+        self._buckets: dict[str, dtmf.TokenBucket] = {}
+
+    # DTMF ------------------------------------------------------------------------------------------
+
+    def info(self, pc: PhoneCall, source: str | None, request: Any) -> Any:
+        """An INFO in one of the call's dialogs: ``source`` None for the CN's, else the key of the
+        device or transcoder leg. Returns the status (or a Deferred of it) to answer."""
+        digit = dtmf_of(request)
+        if not isinstance(digit, dtmf.Digit):
+            return digit
+        if pc.ended or self.phone.calls.get(pc.id) is not pc:
+            return 481
+        bucket = self._buckets.get(pc.id)
+        if bucket is None:
+            for gone in [c for c in self._buckets if c not in self.phone.calls]:  # calls ended since
+                del self._buckets[gone]
+            bucket = self._buckets[pc.id] = dtmf.TokenBucket(DIGIT_RATE, DIGIT_BURST)
+        if not bucket.take(self.phone.reactor.seconds()):
+            return 503
+        leg = pc.transcoder
+        device_call = pc.device_calls.get(leg.device) if leg is not None else None
+        if leg is not None and source == leg.url:
+            side = dtmf.info_side(request.body or b"")
+            target = device_call if side == "A" else pc.call if side == "B" else None
+            if target is None:
+                return 400
+            log.info("call %s: digit %s from %s passed on", pc.id, digit.digit,
+                     pc.peer if side == "A" else pc.names.get(leg.device, leg.device))
+            return forward_dtmf(target, digit)
+        if leg is not None and device_call is not None and source in (None, leg.device):
+            side = "A" if source is None else "B"
+            log.info("call %s: digit %s from side %s passed to the transcoder", pc.id, digit.digit, side)
+            return pass_digit(digit, side, pc.device_calls.get(leg.url),
+                              device_call if source is None else pc.call)
+        if source is not None and source in pc.device_calls:
+            return forward_dtmf(pc.call, digit)  # a device dialling to the CN
+        return None
 
     def find(self, cn: Sequence[str], device: Sequence[str]) -> defer.Deferred[str]:
         """The URL of a transcoder that converts between ``cn`` and ``device`` codecs and has room."""
@@ -436,6 +486,39 @@ def _within(d: defer.Deferred[Any], timeout: float, reactor: Any) -> defer.Defer
         raise SignallingFailed(None, f"no answer in {timeout:g} s")
 
     return d.addErrback(timed_out)
+
+
+def dtmf_of(request: Any) -> dtmf.Digit | int | None:
+    """The digit of a DTMF INFO; else what to answer it: None (200, as any INFO that is not DTMF:
+    passed nowhere) or 400 (a DTMF body we cannot read). Shared by the phone and the MDSM."""
+    content_type = request.headers.get("Content-Type") or ""
+    if content_type.split(";", 1)[0].strip().lower() not in dtmf.INFO_TYPES:
+        return None
+    try:
+        return dtmf.parse_info(request.body or b"", content_type)
+    except dtmf.DtmfError as exc:
+        log.info("DTMF INFO refused: %s", exc)
+        return 400
+
+
+def forward_dtmf(call: Any, digit: dtmf.Digit, side: str | None = None) -> defer.Deferred[int]:
+    """Send ``digit`` as an INFO in ``call``; fires with the status to answer the one it came from."""
+    d: defer.Deferred[int] = call.info(dtmf.relay_body(digit, side), "application/dtmf-relay").addCallbacks(
+        lambda response: response.status, lambda failure: 408)
+    return d
+
+
+def pass_digit(digit: dtmf.Digit, side: str, transcoder: Any, other: Any) -> defer.Deferred[int]:
+    """Party ``side``'s digit to the transcoder's dialog (played as events to the other side), or
+    to the ``other`` party's dialog when the transcoder answers 488 (that side has no
+    telephone-event) or there is no transcoder dialog."""
+    if transcoder is None:
+        return forward_dtmf(other, digit)
+    def passed(status: int) -> int | defer.Deferred[int]:
+        return forward_dtmf(other, digit) if status == 488 else status
+
+    d: defer.Deferred[int] = forward_dtmf(transcoder, digit, side).addCallback(passed)
+    return d
 
 
 def _endpoint(sdp: SessionDescription, index: int) -> tuple[str, int]:

@@ -11,6 +11,17 @@ An INVITE is handled in this order, each step before any cost is taken on:
    share of the core; so is a port range with no pair left.
 4. Two port pairs are bound, the channels built, and the 200 carries "SDP TA + SDP TB".
 
+**DTMF** (RFC 4117 §3.2 puts the parties' dialogs at the controller, so their INFO reaches it, not
+us): an INFO in the call with an ``application/dtmf-relay`` (``Signal=``, ``Duration=``) or
+``application/dtmf`` body and a ``Side=A`` or ``Side=B`` line (`sipmob.transcoder.invocation`) is
+a digit that party sent: the worker plays it as RFC 4733 events to the other side (200), or, when
+that side has no telephone-event, 488 tells the controller to pass the INFO on itself. The other
+way, digits a party sends as events that the other side cannot take come back from the worker and
+go to the controller as one INFO each (``Side=`` the party that sent it), one at a time in order.
+Only the host that invoked the call may send them (403 otherwise). Both ways are bounded per call
+(`DIGIT_RATE`; 503 over it, and at most `MAX_PENDING_INFO` INFOs waiting: more are dropped and
+counted).
+
 A re-INVITE in the call with the same two lines updates where each party is and, if the controller
 changed a party's codec, the conversion (the output streams carry on).
 
@@ -49,6 +60,7 @@ from typing import Any
 
 from twisted.internet import defer
 
+from sipmob.media import dtmf
 from sipmob.service.config import ConfigError, ConfigProblem, split_host_port
 from sipmob.service.daemon import Runtime
 from sipmob.service.sipua import Call, IncomingCall, SIPError, UserAgent
@@ -63,6 +75,8 @@ log = logging.getLogger("sipmob.transcoder")
 SERVICE_TYPE = "service:sip-transcoder"
 CHANNELS_PER_CALL = 2
 STOP_BYE_TIMEOUT = 2.0
+DIGIT_RATE, DIGIT_BURST = 8.0, 16  # INFO digits a second per call from the controller
+MAX_PENDING_INFO = 16  # digits waiting to go to the controller as INFO, per call
 
 
 def source_host(request: Request) -> str:
@@ -82,6 +96,10 @@ class TranscoderCall:
         self.source = source
         self.call: Call | None = None
         self.version = 1
+        self.info_bucket = dtmf.TokenBucket(DIGIT_RATE, DIGIT_BURST)
+        self.outbox: list[bytes] = []  # INFO bodies for the controller, sent one at a time
+        self.sending = False
+        self.digits_refused = 0
 
 
 class TranscoderApp:
@@ -100,7 +118,7 @@ class TranscoderApp:
         self.sa: Any = None
         self.pool = PortPool(config.rtp.address, config.rtp.port_min, config.rtp.port_max)
         self.workers = Workers(self.reactor, config.media.workers or default_workers(), config.log.level,
-                               self._idle_call, self._calls_lost)
+                               self._idle_call, self._calls_lost, on_digit=self._digit_heard)
         self.calls: dict[int, TranscoderCall] = {}
         self._numbers = itertools.count(1)
         self._slp_update: Any = None
@@ -292,6 +310,7 @@ class TranscoderApp:
     def _answered(self, tc: TranscoderCall, call: Call) -> None:
         tc.call = call
         call.on_reinvite(lambda c, request: self._reinvite(tc, request))
+        call.on_request("INFO", lambda c, request: self._info(tc, request))
         call.on_terminated(lambda c, reason: self._end(tc, reason))
 
     def _reinvite(self, tc: TranscoderCall, request: Request) -> bytes:
@@ -343,6 +362,67 @@ class TranscoderApp:
         except OSError:
             return False
         return True
+
+    # DTMF ---------------------------------------------------------------------------------------
+
+    def _info(self, tc: TranscoderCall, request: Request) -> int:
+        """A digit from the controller: ``Side=`` says which party sent it; played to the other."""
+        if source_host(request) != tc.source:
+            # Only the host that invoked us speaks for the parties (knowing the dialog is not enough).
+            log.info("call %d: INFO from %s, not the controller %s: 403", tc.number, source_host(request),
+                     tc.source)
+            return 403
+        content_type = request.headers.get("Content-Type") or ""
+        if content_type.split(";", 1)[0].strip().lower() not in dtmf.INFO_TYPES:
+            return 415
+        try:
+            digit = dtmf.parse_info(request.body or b"", content_type)
+        except dtmf.DtmfError as exc:
+            log.info("call %d: INFO refused: %s", tc.number, exc)
+            return 400
+        side = dtmf.info_side(request.body or b"")
+        if side is None:
+            log.info("call %d: DTMF INFO without Side=A or Side=B", tc.number)
+            return 400
+        to = tc.plan.format_b if side == "A" else tc.plan.format_a
+        if to.dtmf_payload_type is None:
+            return 488  # the other side has no telephone-event: the controller passes the INFO on
+        if not tc.info_bucket.take(self.reactor.seconds()):
+            tc.digits_refused += 1
+            return 503
+        tc.media.dtmf(side, digit.digit, digit.duration_ms)
+        log.info("call %d: digit %s from %s (%d ms) played to the other side", tc.number, digit.digit, side,
+                 digit.duration_ms)
+        return 200
+
+    def _digit_heard(self, number: int, side: str, digit: str, duration_ms: int) -> None:
+        """Party ``side`` sent a digit as events the other cannot take: one INFO to the controller."""
+        tc = self.calls.get(number)
+        if tc is None or tc.call is None:
+            return
+        if len(tc.outbox) >= MAX_PENDING_INFO:
+            tc.digits_refused += 1
+            return
+        tc.outbox.append(dtmf.relay_body(dtmf.Digit(digit, duration_ms), side))
+        log.info("call %d: digit %s from %s (%d ms) sent to the controller as INFO", number, digit, side,
+                 duration_ms)
+        self._send_info(tc)
+
+    def _send_info(self, tc: TranscoderCall) -> None:
+        # One at a time: INFOs in flight together could arrive out of order (RFC 6086 §4.2.2).
+        if tc.sending or not tc.outbox or tc.call is None or self.calls.get(tc.number) is not tc:
+            return
+        tc.sending = True
+        body = tc.outbox.pop(0)
+
+        def done(result: Any) -> None:
+            tc.sending = False
+            if not hasattr(result, "status") or result.status >= 300:
+                log.info("call %d: the controller did not take a DTMF INFO (%s)", tc.number,
+                         getattr(result, "status", None) or result.getErrorMessage())
+            self._send_info(tc)
+
+        tc.call.info(body, "application/dtmf-relay").addBoth(done)
 
     def _end(self, tc: TranscoderCall, reason: str) -> None:
         if self.calls.pop(tc.number, None) is None:

@@ -32,6 +32,14 @@ channels), the first of A's that B also has is used on both sides and T relays w
 otherwise each side gets the first codec of its own list that T converts. A re-INVITE may change
 either side; the output streams carry on (`sipmob.media.transcode.Channel.set_formats`).
 
+**DTMF in the dialog** (RFC 4117 keeps the parties' INFO at the controller): an INFO from C with
+an ``application/dtmf-relay`` body (``Signal=5``, ``Duration=160`` in ms) or ``application/dtmf``
+(``5``) and one more line, ``Side=A`` or ``Side=B``, says party A (or B) sent that digit; T plays it
+as RFC 4733 events on the other side's stream (200), or answers 488 when that side has no
+telephone-event (C then passes the INFO to that party itself). T sends C the same kind of INFO
+(``application/dtmf-relay`` with ``Side=``) for each digit a party sends as events that the other
+side cannot take; C passes it, without the ``Side=`` line, to the other party.
+
 A wrong body gets `InvocationError` with the SIP status to answer: 488 Not Acceptable Here (RFC 3261
 §21.4.26) with a Warning-style reason for a description we cannot serve, 400 for one that is not SDP.
 

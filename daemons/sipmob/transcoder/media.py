@@ -203,8 +203,10 @@ class Workers:
     """The worker processes and which calls each holds."""
 
     def __init__(self, reactor: Any, count: int, log_level: str, on_idle: Callable[[int], None],
-                 on_calls_lost: Callable[[list[int]], None]) -> None:
+                 on_calls_lost: Callable[[list[int]], None],
+                 on_digit: Callable[[int, str, str, int], None] | None = None) -> None:
         self.reactor = reactor
+        self._on_digit = on_digit
         self.count = count
         self.log_level = log_level
         self._on_idle = on_idle
@@ -226,6 +228,9 @@ class Workers:
     def _message(self, worker: WorkerProcess, message: tuple[Any, ...]) -> None:
         if message and message[0] == "idle":
             self._on_idle(int(message[1]))
+        elif message and message[0] == "dtmf" and self._on_digit is not None and len(message) == 5:
+            _, number, side, digit, duration_ms = message
+            self._on_digit(int(number), str(side), str(digit), int(duration_ms))
         elif message and message[0] == "ready":
             ready = self._ready.pop(worker.pid, None)
             if ready is not None:
@@ -331,6 +336,11 @@ class CallMedia:
         """Side ``A`` or ``B`` faces the outside: take its first packet's source as where it is
         (symmetric RTP through a NAT; `sipmob.transcoder.worker`), never an address in `home`."""
         self.worker.send(("latch", self.number, side, home))
+
+    def dtmf(self, side: str, digit: str, duration_ms: int) -> None:
+        """Party ``side`` sent ``digit`` as SIP INFO: the worker plays it as events to the other side."""
+        if not self.closed:
+            self.worker.send(("dtmf", self.number, side, digit, duration_ms))
 
     def close(self, reason: str) -> None:
         if self.closed:

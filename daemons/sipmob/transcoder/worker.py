@@ -19,9 +19,18 @@ between two processes of the same program) carries:
   with the four sockets (A's RTP and RTCP, B's), ``("update", number, format_a, format_b, dest_a,
   dest_b)``, ``("rebind", number, side)`` with one side's two new sockets (its old ones are
   closed: the side moved to another address), ``("latch", number, side, home)`` (symmetric RTP
-  for that side until its first packet, below), ``("close", number, reason)``;
+  for that side until its first packet, below), ``("close", number, reason)``, ``("dtmf", number,
+  side, digit, duration_ms)`` (a digit party ``side`` sent as SIP INFO: played as RFC 4733 events to
+  the other side);
 - worker to main: ``("ready", index)`` once its codecs are loaded, ``("idle", number)`` once a
-  call has had no RTP from either side for its ``idle_timeout``.
+  call has had no RTP from either side for its ``idle_timeout``, ``("dtmf", number, side, digit,
+  duration_ms)`` (a digit party ``side`` sent as events that the other side cannot take).
+
+Digits each way are bounded per call (`DIGIT_RATE`, `DIGIT_BURST`, `MAX_QUEUED_DIGITS`): what is
+over is dropped and counted in the call's figures, so a party flooding events or INFO costs this
+loop a bounded amount of work. A generated digit is paced by the timers of this loop (`Tones`):
+a start packet, an update every ptime, three end packets, all with the timestamp where the
+output stream stood when it began, numbered in the output stream's sequence.
 
 Symmetric RTP (a party behind a NAT sends from another address or port than its description
 gives, and hears us only there): a side the controller marks as facing the outside (``a=x-bind``)
@@ -47,6 +56,7 @@ Not here: SIP, admission and choosing a worker (`sipmob.transcoder.app`), the po
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import heapq
 import ipaddress
@@ -61,6 +71,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sipmob.media import dtmf
 from sipmob.media.audioformat import AudioFormat
 from sipmob.media.rtcp import RtcpParseError, RtcpSession, SenderInfo
 from sipmob.media.rtp import SourceStats
@@ -73,6 +84,10 @@ RECV_SIZE = 2048  # larger than any RTP packet on an Ethernet path
 IDLE_CHECK = 5.0
 MAX_FDS = 4
 LATCH_WINDOW = 10.0  # seconds after an arming in which a side's first packet may latch it
+DIGIT_RATE = 8.0  # digits a second per call, both ways together (a person dials under 10)
+DIGIT_BURST = 16
+MAX_QUEUED_DIGITS = 16  # digits waiting to be played to one side
+DIGIT_GAP = 0.05  # seconds between two generated digits (ITU-T Q.24: at least 40 ms)
 _HEADER = struct.Struct("!BBHII")
 Address = tuple[str, int]
 
@@ -271,6 +286,9 @@ class Call:
         self.a.start_rtcp()
         self.b.start_rtcp()
         self.started = time.monotonic()
+        self.tones = {"A": Tones(self.a_to_b), "B": Tones(self.b_to_a)}  # digits from A, played to B
+        self.digit_bucket = dtmf.TokenBucket(DIGIT_RATE, DIGIT_BURST)
+        self.digits_dropped = 0
         self.idle_timeout = idle_timeout
         self.idle_said = False
         self.rtcp_due = self.started + self.interval()
@@ -295,7 +313,62 @@ class Call:
                     f"{leg.peer.send_errors if leg.peer else 0} "
                     f"unsent, longest gap in {(leg.stats.max_gap if leg.stats else 0.0) * 1000:.0f} ms")
 
-        return f"A->B {one(self.a_to_b, self.a)}; B->A {one(self.b_to_a, self.b)}"
+        dropped = f"; {self.digits_dropped} digits dropped (over the rate)" if self.digits_dropped else ""
+        return f"A->B {one(self.a_to_b, self.a)}; B->A {one(self.b_to_a, self.b)}{dropped}"
+
+
+class Tones:
+    """The digits waiting to be played as RFC 4733 events into one channel's output, and the one
+    playing (its packet schedule, `sipmob.media.dtmf.event_schedule`, and where it started)."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.queue: list[dtmf.Digit] = []
+        self.schedule: list[dtmf.EventPacket] = []
+        self.index = 0
+        self.started = 0.0
+        self.base_ts = 0
+        self.after_ts: int | None = None  # the end of the last digit played (and a gap)
+        self.due = 0.0  # when the next packet (or the next digit) is due; 0: idle
+
+    def add(self, digit: dtmf.Digit, now: float) -> bool:
+        if len(self.queue) >= MAX_QUEUED_DIGITS:
+            return False
+        self.queue.append(digit)
+        if not self.due:
+            self.due = now
+        return True
+
+    def step(self, now: float) -> bytes | None:
+        """The packet due now (None when a digit is only starting or all are played)."""
+        if self.index >= len(self.schedule):
+            if not self.queue:
+                self.due = 0.0
+                return None
+            digit = self.queue.pop(0)
+            sink = self.channel.sink
+            self.schedule = dtmf.event_schedule(digit.digit, clock_rate=sink.dtmf_clock_rate,
+                                                duration=digit.duration_ms / 1000,
+                                                interval=max(20, sink.ptime_ms) / 1000, gap=0.0)
+            self.index = 0
+            self.started = now
+            # Where our output stream stands: the event starts now; but never at or before the
+            # last one's end, which with no audio flowing meanwhile is still ahead of out_ts (the
+            # same timestamp would make it the same event to the receiver).
+            self.base_ts = self.channel.out_ts
+            if self.after_ts is not None and (self.after_ts - self.base_ts) % (1 << 32) < (1 << 31):
+                self.base_ts = self.after_ts
+            length = int.from_bytes(self.schedule[-1].payload[2:4], "big")
+            self.after_ts = (self.base_ts + length + round(DIGIT_GAP * sink.clock_rate)) % (1 << 32)
+        packet = self.schedule[self.index]
+        self.index += 1
+        data = self.channel.event_packet(packet.payload, (self.base_ts + packet.timestamp_offset) % (1 << 32),
+                                         packet.marker)
+        if self.index < len(self.schedule):
+            self.due = self.started + self.schedule[self.index].at
+        else:
+            self.due = now + DIGIT_GAP
+        return data
 
 
 class Worker:
@@ -310,6 +383,7 @@ class Worker:
         self.calls: dict[int, Call] = {}
         self._rtcp_heap: list[tuple[float, int]] = []
         self._next_idle_check = time.monotonic() + IDLE_CHECK
+        self._tone_heap: list[tuple[float, int, str]] = []  # (due, call, side whose digits play)
         self._buf = bytearray(RECV_SIZE)
         self._view = memoryview(self._buf)
         self.running = True
@@ -361,6 +435,8 @@ class Worker:
                 self._watch(leg.rtp.fileno(), lambda leg=leg: leg.rtp_ready(buf, view))
                 self._watch(leg.rtcp.fileno(), leg.rtcp_ready)
             heapq.heappush(self._rtcp_heap, (call.rtcp_due, number))
+            call.a_to_b.on_digit = functools.partial(self._heard, call, "A")
+            call.b_to_a.on_digit = functools.partial(self._heard, call, "B")
         elif kind == "update":
             _, _, format_a, format_b, dest_a, dest_b = message
             call = self.calls[number]
@@ -383,6 +459,8 @@ class Worker:
             (call.a if message[2] == "A" else call.b).arm_latch(message[3])
         elif kind == "close":
             self.end(number, message[2])
+        elif kind == "dtmf":
+            self._play(number, message[2], dtmf.Digit(message[3], message[4]))
         else:
             raise ValueError(f"unknown command {kind!r}")
 
@@ -405,7 +483,50 @@ class Worker:
             leg.close()
         log.info("call %d ended (%s): %s", number, reason, call.figures())
 
+    # Digits -------------------------------------------------------------------------------------
+
+    def _heard(self, call: Call, side: str, digit: dtmf.Digit) -> None:
+        """Party ``side`` sent a digit as events the other side cannot take: main sends it as INFO."""
+        if not call.digit_bucket.take(time.monotonic()):
+            call.digits_dropped += 1
+            return
+        self.tell(("dtmf", call.number, side, digit.digit, digit.duration_ms))
+
+    def _play(self, number: int, side: str, digit: dtmf.Digit) -> None:
+        """Party ``side`` sent a digit as SIP INFO: play it as events to the other side."""
+        call = self.calls.get(number)
+        if call is None or side not in call.tones:
+            return
+        tones = call.tones[side]
+        now = time.monotonic()
+        idle = not tones.due
+        if not tones.channel.can_send_events or not call.digit_bucket.take(now) or not tones.add(digit, now):
+            call.digits_dropped += 1
+            return
+        if idle:
+            heapq.heappush(self._tone_heap, (now, number, side))
+
+    def _tones_due(self, now: float) -> None:
+        heap = self._tone_heap
+        while heap and heap[0][0] <= now:
+            _, number, side = heapq.heappop(heap)
+            call = self.calls.get(number)
+            if call is None:
+                continue
+            tones = call.tones[side]
+            data = tones.step(now)
+            leg = call.b if side == "A" else call.a
+            if data is not None and leg.destination is not None:
+                try:
+                    leg.rtp.sendto(data, leg.destination)
+                except OSError:
+                    leg.send_errors += 1
+            if tones.due:
+                heapq.heappush(heap, (tones.due, number, side))
+
     def _timers(self, now: float) -> None:
+        if self._tone_heap:
+            self._tones_due(now)
         heap = self._rtcp_heap
         while heap and heap[0][0] <= now:
             _, number = heapq.heappop(heap)
@@ -427,6 +548,8 @@ class Worker:
         due = self._next_idle_check
         if self._rtcp_heap and self._rtcp_heap[0][0] < due:
             due = self._rtcp_heap[0][0]
+        if self._tone_heap and self._tone_heap[0][0] < due:
+            due = self._tone_heap[0][0]
         return due
 
     # The loop -----------------------------------------------------------------------------------

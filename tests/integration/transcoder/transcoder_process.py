@@ -20,7 +20,7 @@ from pathlib import Path
 from tests.peers.ports import free_udp_port
 from tests.peers.process import terminate
 
-from sipmob.sip.message import Response, parse_message
+from sipmob.sip.message import Request, Response, parse_message
 
 ROOT = Path(__file__).resolve().parents[3]
 HOST = "127.0.0.1"
@@ -136,6 +136,8 @@ class Controller:
         self.call_id = ""
         self.from_tag = secrets.token_hex(4)
         self.to: str | None = None
+        self.requests: list[Request] = []  # what the transcoder sent us (answered answer_status)
+        self.answer_status = 200
 
     def close(self) -> None:
         self.sock.close()
@@ -147,7 +149,7 @@ class Controller:
         self.close()
 
     def _send(self, method: str, body: bytes = b"", cseq: int | None = None, branch: str | None = None,
-              headers: tuple[str, ...] = ()) -> str:
+              headers: tuple[str, ...] = (), content_type: str = "application/sdp") -> str:
         if cseq is None:
             self.cseq += 1
             cseq = self.cseq
@@ -159,7 +161,7 @@ class Controller:
                  f"Call-ID: {self.call_id}", f"CSeq: {cseq} {method}",
                  f"Contact: <sip:ctl@{self.local[0]}:{self.local[1]}>", *headers]
         if body:
-            lines.append("Content-Type: application/sdp")
+            lines.append(f"Content-Type: {content_type}")
         lines.append(f"Content-Length: {len(body)}")
         self.sock.sendto(("\r\n".join(lines) + "\r\n\r\n").encode() + body, self.dest)
         return branch
@@ -175,7 +177,41 @@ class Controller:
             message = parse_message(data)
             if isinstance(message, Response) and message.status >= 200 and message.cseq.method == method:
                 return message
+            if isinstance(message, Request):
+                self.requests.append(message)
+                self._respond(message, self.answer_status)
         raise TimeoutError(f"no final response to {method}")
+
+    def _respond(self, request: Request, status: int) -> None:
+        headers = request.headers
+        lines = [f"SIP/2.0 {status} {'OK' if status == 200 else 'Refused'}",
+                 *(f"Via: {v}" for v in headers.get_lines("via")), f"From: {headers.get('from')}",
+                 f"To: {headers.get('to')}", f"Call-ID: {headers.get('call-id')}",
+                 f"CSeq: {headers.get('cseq')}",
+                 "Content-Length: 0"]
+        via = request.top_via
+        self.sock.sendto(("\r\n".join(lines) + "\r\n\r\n").encode(),
+                         (via.received or via.host, via.port or 5060))
+
+    def serve(self, seconds: float) -> list[Request]:
+        """Answer what the transcoder sends us (its INFOs) for ``seconds``; every request so far."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data, _ = self.sock.recvfrom(65535)
+            except TimeoutError:
+                break
+            message = parse_message(data)
+            if isinstance(message, Request):
+                self.requests.append(message)
+                self._respond(message, self.answer_status)
+        return self.requests
+
+    def info(self, body: bytes, content_type: str = "application/dtmf-relay",
+             timeout: float = 5.0) -> Response:
+        self._send("INFO", body, content_type=content_type)
+        return self._final("INFO", timeout)
 
     def options(self, timeout: float = 2.0) -> Response:
         self.call_id = secrets.token_hex(8)
