@@ -372,8 +372,9 @@ class Worker:
         come within `gather` of each other, the loop stops blocking in epoll between rounds: it
         sleeps until `gather` after the last wake-up, takes whatever arrived (epoll with no wait),
         and blocks again only when a round finds nothing. A packet waits at most `gather` more; a
-        round that took longer than `gather` (a loaded worker) does not sleep, so no capacity is
-        lost to the pause; under load rounds batch by themselves. Measured beside rtpengine
+        round that took longer than `gather` (a loaded worker) does not sleep, nor does one after
+        which a socket is still ready (a backlog after a stall), so no capacity is lost to the
+        pause; under load rounds batch by themselves. Measured beside rtpengine
         (``tests/bench/bench_transcoder.py --fixed 20``): see ``[media] gather_ms`` in the README.
         An earlier version slept after every wake-up and then blocked: two wake-ups per pause,
         which cost more than they saved. Here the pause replaces the blocking wait.
@@ -390,11 +391,16 @@ class Worker:
             if now >= self._due:
                 self._timers(now)
             if gathering:
-                # Until `gather` after the last wake-up: a round that took that long sleeps not at all.
-                pause = min(now + gather, self._due) - monotonic()
-                if pause > 0:
-                    sleep(pause)
+                # A socket still ready after its round has a backlog (one datagram a round): serve
+                # it now, not a pause later, or a worker behind after a stall would catch up at
+                # one packet per socket and `gather`.
                 events = poll(0)
+                if not events:
+                    # Until `gather` after the last wake-up: a round that took that long sleeps not.
+                    pause = min(now + gather, self._due) - monotonic()
+                    if pause > 0:
+                        sleep(pause)
+                    events = poll(0)
             else:
                 events = poll(max(0.0, min(self._due - now, 1.0)))
             # One clock read per wake-up, handed to every handler of the round.

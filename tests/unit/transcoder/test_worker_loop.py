@@ -83,22 +83,33 @@ def test_sparse_packets_each_wake_the_loop_blocked_in_epoll(worker: Worker) -> N
 
 
 def test_packets_within_gather_are_served_a_round_per_gather_until_one_finds_none(worker: Worker) -> None:
-    script, served = run(worker, [([(FD, 1)], 0.020), ([(FD, 1)], 0.001), ([(FD, 1), (FD, 1)], 0.0),
-                                  ([], 0.0)])
-    # Woken 1 ms after the previous round: from then on it sleeps the rest of `gather` and polls
-    # without waiting, until a round finds nothing; then it blocks again.
-    assert script.calls == [("poll", 1.0), ("poll", 1.0), ("sleep", 0.004), ("poll", 0.0),
-                            ("sleep", 0.004), ("poll", 0.0), ("poll", 1.0)]
+    script, served = run(worker, [([(FD, 1)], 0.020), ([(FD, 1)], 0.001), ([], 0.0),
+                                  ([(FD, 1), (FD, 1)], 0.0), ([], 0.0), ([], 0.0)])
+    # Woken 1 ms after the previous round: from then on, nothing still ready, it sleeps the rest of
+    # `gather` and polls without waiting, until a round finds nothing; then it blocks again.
+    assert script.calls == [("poll", 1.0), ("poll", 1.0), ("poll", 0.0), ("sleep", 0.004), ("poll", 0.0),
+                            ("poll", 0.0), ("sleep", 0.004), ("poll", 0.0), ("poll", 1.0)]
     assert served == pytest.approx([100.020, 100.021, 100.025, 100.025])
 
 
 def test_a_round_longer_than_gather_does_not_sleep(worker: Worker) -> None:
     # Once gathering, a round that takes 5 ms (a loaded worker) is followed by no pause at all:
     # pausing would only lose capacity. A round of 1 ms is followed by the rest of `gather`.
-    script, _ = run(worker, [([(FD, 1)], 0.020), ([(FD, 1)], 0.001), ([(FD, 1)], 0.0), ([(FD, 1)], 0.0),
-                             ([], 0.0)], handler_takes=(0.0, 0.005, 0.001, 0.0))
-    assert script.calls == [("poll", 1.0), ("poll", 1.0), ("poll", 0.0), ("sleep", 0.003), ("poll", 0.0),
+    script, _ = run(worker, [([(FD, 1)], 0.020), ([(FD, 1)], 0.001), ([], 0.0), ([(FD, 1)], 0.0), ([], 0.0),
+                             ([(FD, 1)], 0.0), ([], 0.0), ([], 0.0)], handler_takes=(0.0, 0.005, 0.001, 0.0))
+    assert script.calls == [("poll", 1.0), ("poll", 1.0), ("poll", 0.0), ("poll", 0.0),
+                            ("poll", 0.0), ("sleep", 0.003), ("poll", 0.0),
+                            ("poll", 0.0), ("sleep", 0.004), ("poll", 0.0), ("poll", 1.0)]
+
+
+def test_a_socket_still_ready_after_its_round_is_served_without_a_pause(worker: Worker) -> None:
+    # One datagram per socket and round: a socket with a backlog (after a stall) is ready again at
+    # once, and is served at once rather than at one packet per `gather`.
+    script, served = run(worker, [([(FD, 1)], 0.020), ([(FD, 1)], 0.001), ([(FD, 1)], 0.0), ([(FD, 1)], 0.0),
+                                  ([], 0.0), ([], 0.0)])
+    assert script.calls == [("poll", 1.0), ("poll", 1.0), ("poll", 0.0), ("poll", 0.0), ("poll", 0.0),
                             ("sleep", 0.004), ("poll", 0.0), ("poll", 1.0)]
+    assert served == pytest.approx([100.020, 100.021, 100.021, 100.021])
 
 
 def test_gather_zero_always_blocks(worker: Worker) -> None:
