@@ -374,10 +374,12 @@ class Worker:
         and blocks again only when a round finds nothing. A packet waits at most `gather` more; a
         round that took longer than `gather` (a loaded worker) does not sleep, nor does one after
         which a socket is still ready (a backlog after a stall), so no capacity is lost to the
-        pause; under load rounds batch by themselves. Measured beside rtpengine
-        (``tests/bench/bench_transcoder.py --fixed 20``): see ``[media] gather_ms`` in the README.
-        An earlier version slept after every wake-up and then blocked: two wake-ups per pause,
-        which cost more than they saved. Here the pause replaces the blocking wait.
+        pause; under load rounds batch by themselves. Measured beside rtpengine 10.5 (20 channels,
+        both pinned, trials alternated, medians of 5): relay 41 us a packet with 4 ms, 60 with
+        none, rtpengine 52 (added latency p50 2.6 ms against 0.2); when the machine's other work
+        already batches the wake-ups the three come closer (28, 32, 26). An earlier version slept
+        after every wake-up and then blocked: two wake-ups per pause, which cost more than they
+        saved. Here the pause replaces the blocking wait.
         """
         poll = self.poller.poll
         handlers = self.handlers
