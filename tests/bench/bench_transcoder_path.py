@@ -14,6 +14,8 @@ Three tables, CPU time (process time) per 20 ms packet, median of 3 rounds:
    sockets, N packets sent to it on loopback in bursts and received back; its CPU from /proc per
    packet, which is everything the worker does for a packet (epoll, recvfrom, the channel, sendto,
    RTCP statistics). ``sendto`` on loopback also carries the kernel's delivery to the receiver.
+   The worker serves each packet as it comes (``--gather-ms 0``): here the sender waits for each
+   packet to come back, so a pause to let packets gather would only be waited out.
    ``--syscalls`` runs the worker under ``strace -c -f`` and prints its system calls per packet;
    ``--profile-worker`` runs it under cProfile and prints its top entries (both slow the worker:
    their CPU figures are not comparable with a plain run's).
@@ -156,14 +158,15 @@ def syscalls_per_packet(path: Path, n: int) -> str:
     return ", ".join(f"{name} {calls / n:.2f}" for calls, name in sorted(rows, reverse=True)[:4])
 
 
-def loop(n: int, burst: int, cases: list[str], syscalls: bool, profile: bool) -> None:
-    print(f"\nmedia worker process, us of its CPU per packet ({n} packets in bursts of {burst}, one call)")
+def loop(n: int, burst: int, cases: list[str], syscalls: bool, profile: bool, gather_ms: float) -> None:
+    print(f"\nmedia worker process, us of its CPU per packet ({n} packets in bursts of {burst}, one call, "
+          f"gather {gather_ms:g} ms)")
     for case in cases:
         source, sink = CASES[case]
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {**os.environ, "PYTHONPATH": str(ROOT / "daemons")}
         command = [sys.executable, "-m", "sipmob.transcoder.worker", "--fd", str(theirs.fileno()),
-                   "--log-level", "warning"]
+                   "--log-level", "warning", "--gather-ms", str(gather_ms)]
         tmp = Path(tempfile.mkdtemp(prefix="bench-path-"))
         if profile:
             command[1:3] = ["-m", "cProfile", "-o", str(tmp / "worker.prof"),
@@ -246,6 +249,10 @@ def main() -> None:
                         help="the worker under strace -c: its system calls per packet")
     parser.add_argument("--profile-worker", action="store_true",
                         help="the worker under cProfile: its top entries")
+    parser.add_argument("--gather-ms", type=float, default=0.0,
+                        help="the worker's [media] gather_ms (default 0: each packet served as it comes, "
+                             "the path alone; the pacing is measured beside rtpengine by "
+                             "bench_transcoder.py)")
     parser.add_argument("--burst", type=int, default=1,
                         help="packets sent to the worker at once (1: each wakes it, as calls spread "
                              "over the 20 ms do)")
@@ -258,7 +265,7 @@ def main() -> None:
         cases = args.cases.split(",")
         if unknown := [c for c in cases if c not in CASES]:
             parser.error(f"unknown cases {unknown}; known: {', '.join(CASES)}")
-        loop(args.packets, args.burst, cases, args.syscalls, args.profile_worker)
+        loop(args.packets, args.burst, cases, args.syscalls, args.profile_worker, args.gather_ms)
 
 
 if __name__ == "__main__":

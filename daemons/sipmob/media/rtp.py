@@ -26,6 +26,7 @@ TS_MOD = 1 << 32
 # Appendix A.1: a jump of more than this many packets ahead is a restart, not loss.
 MAX_DROPOUT = 3000
 MAX_MISORDER = 100
+_SEEN_MASK = (1 << (MAX_MISORDER + 1)) - 1
 
 _HEADER = struct.Struct("!BBHII")
 
@@ -277,7 +278,7 @@ class SourceStats:
         self._bad_seq: int | None = None
         self._transit: float | None = None
         self._last_arrival: float | None = None
-        self._last_seqs: set[int] = set()
+        self._seen = 0  # bit k set: max_seq - k arrived (k <= MAX_MISORDER), for duplicates
         self._expected_prior = 0
         self._received_prior = 0
 
@@ -286,55 +287,57 @@ class SourceStats:
         self.receive_header(packet.payload_type, packet.sequence, packet.timestamp, arrival)
 
     def receive_header(self, payload_type: int, seq: int, timestamp: int, arrival: float) -> None:
-        """`receive` from the three header fields it reads, for a relay that builds no packet."""
+        """`receive` from the three header fields it reads, for a relay that builds no packet.
+
+        Called for every packet a relay forwards, so the sequence arithmetic is written out here
+        and recent arrivals are a bit mask rather than a set: the in-order packet costs a shift.
+        """
         if self.received == 0 and self._bad_seq is None:
             self.base_seq = self.max_seq = seq
+            self._seen = 1
         else:
-            delta = seq_diff(seq, self.max_seq)
-            if delta > 0 and delta < MAX_DROPOUT:
-                if seq < self.max_seq:
+            max_seq = self.max_seq
+            delta = (seq - max_seq + 32768) % SEQ_MOD - 32768  # seq_diff
+            if 0 < delta < MAX_DROPOUT:
+                if seq < max_seq:
                     self.cycles += SEQ_MOD
                 self.max_seq = seq
                 self._bad_seq = None
+                self._seen = ((self._seen << delta) | 1) & _SEEN_MASK
             elif delta == 0 or (delta < 0 and -delta <= MAX_MISORDER):
-                if self._is_duplicate(seq):
+                bit = 1 << -delta
+                if self._seen & bit:
                     self.duplicates += 1
                     return
+                self._seen |= bit
             elif self._bad_seq is not None and seq == self._bad_seq:
                 # Two packets in sequence after a big jump: the source restarted (A.1).
                 self.base_seq = self.max_seq = seq
                 self.cycles = 0
                 self.received = 0
                 self._expected_prior = self._received_prior = 0
-                self._last_seqs.clear()
+                self._seen = 1
                 self._bad_seq = None
             else:
                 self._bad_seq = seq_add(seq, 1)
                 return
-        self._remember(seq)
         self.received += 1
         self.payload_types.add(payload_type)
         # A.8: transit time in timestamp units; its absolute value does not matter, only differences.
         transit = arrival * self.clock_rate - timestamp
-        if self._transit is not None:
-            d = abs(transit - self._transit)
+        last = self._transit
+        if last is not None:
+            d = abs(transit - last)
             # Timestamps wrap at 2^32; a difference that large is the wrap, not jitter.
             if d > TS_MOD / 2:
                 d = abs(d - TS_MOD)
             self.jitter += (d - self.jitter) / 16.0
         self._transit = transit
         if self._last_arrival is not None:
-            self.max_gap = max(self.max_gap, arrival - self._last_arrival)
+            gap = arrival - self._last_arrival
+            if gap > self.max_gap:
+                self.max_gap = gap
         self._last_arrival = arrival
-
-    def _is_duplicate(self, seq: int) -> bool:
-        return seq in self._last_seqs
-
-    def _remember(self, seq: int) -> None:
-        # Only recent numbers can be duplicates that matter (within MAX_MISORDER of the highest).
-        self._last_seqs.add(seq)
-        if len(self._last_seqs) > 2 * MAX_MISORDER:
-            self._last_seqs = {s for s in self._last_seqs if 0 <= seq_diff(self.max_seq, s) <= MAX_MISORDER}
 
     @property
     def extended_highest_sequence(self) -> int:

@@ -131,6 +131,11 @@ class Channel:
         """Start converting `source` to `sink`; the output stream (SSRC, seq, ts) carries on."""
         self.source, self.sink = source, sink
         self.relay = source.same_payload(sink)
+        # What `relay_header` reads for every packet, looked up once (frame_ticks is computed).
+        self._relay_in_pt, self._relay_in_event_pt = source.payload_type, source.dtmf_payload_type
+        self._relay_out_pt: int = sink.payload_type
+        self._relay_out_event_pt = sink.dtmf_payload_type
+        self._relay_ticks = sink.frame_ticks
         self._encoder = None if self.relay else make_encoder(sink, source.sample_rate)
         self._decoder = None if self._encoder is None else make_decoder(source, self._encoder.rate)
         if self._decoder is not None and self._encoder is not None:
@@ -315,14 +320,19 @@ class Channel:
         ``struct.pack_into``): payload type, marker, sequence, timestamp, SSRC. True when it is to
         be sent. CSRCs, header extension and padding stay as they came: the payload is not touched.
         """
-        stats = self.stats
         if size < 12:
-            stats.bad += 1
+            self.stats.bad += 1
             return False
         first, second, seq, ts, ssrc = _HEADER.unpack_from(buf)
+        return self.relay_header(buf, size, first, second, seq, ts, ssrc)
+
+    def relay_header(self, buf: bytearray, size: int, first: int, second: int, seq: int, ts: int,
+                     ssrc: int) -> bool:
+        """`relay_into` for a caller that has already unpacked the 12-octet header of ``buf[:size]``."""
+        stats = self.stats
         pt = second & 0x7F
-        source = self.source
-        if first >> 6 != 2 or (pt != source.payload_type and pt != source.dtmf_payload_type):
+        audio = pt == self._relay_in_pt
+        if first >> 6 != 2 or not (audio or pt == self._relay_in_event_pt):
             stats.bad += 1
             return False
         stats.received += 1
@@ -337,21 +347,23 @@ class Channel:
             ahead = 0
         out_seq = (seq + self._relay_seq_offset) % SEQ_MOD
         out_ts = (ts + self._relay_ts_offset) % TS_MOD
-        audio = pt == source.payload_type
         if ahead >= 0:
             self._expected_seq = (seq + 1) % SEQ_MOD
             self.out_seq = (out_seq + 1) % SEQ_MOD
             if audio:
-                self.out_ts = (out_ts + self.sink.frame_ticks) % TS_MOD
-        out_pt = self.sink.payload_type if audio else self.sink.dtmf_payload_type
-        if out_pt is None:
-            if not audio and ahead >= 0:
-                self._detect(ts, bytes(buf[12 + 4 * (first & 0x0F):size]))
-            return False
+                self.out_ts = (out_ts + self._relay_ticks) % TS_MOD
+        if audio:
+            out_pt = self._relay_out_pt
+        else:
+            event_pt = self._relay_out_event_pt
+            if event_pt is None:
+                if ahead >= 0:
+                    self._detect(ts, bytes(buf[12 + 4 * (first & 0x0F):size]))
+                return False
+            out_pt = event_pt
+            stats.events += 1
         stats.sent += 1
         stats.octets += size - 12 - 4 * (first & 0x0F)
-        if not audio:
-            stats.events += 1
         _HEADER.pack_into(buf, 0, first, marker | out_pt, out_seq, out_ts, self.ssrc)
         return True
 

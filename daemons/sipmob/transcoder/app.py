@@ -118,7 +118,8 @@ class TranscoderApp:
         self.sa: Any = None
         self.pool = PortPool(config.rtp.address, config.rtp.port_min, config.rtp.port_max)
         self.workers = Workers(self.reactor, config.media.workers or default_workers(), config.log.level,
-                               self._idle_call, self._calls_lost, on_digit=self._digit_heard)
+                               self._idle_call, self._calls_lost, on_digit=self._digit_heard,
+                               gather=config.media.gather_ms / 1000)
         self.calls: dict[int, TranscoderCall] = {}
         self._numbers = itertools.count(1)
         self._slp_update: Any = None

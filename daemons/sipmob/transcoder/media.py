@@ -105,7 +105,7 @@ class WorkerProcess:
 
     def __init__(self, index: int, reactor: Any, log_level: str,
                  on_message: Callable[[WorkerProcess, tuple[Any, ...]], None],
-                 on_lost: Callable[[WorkerProcess], None]) -> None:
+                 on_lost: Callable[[WorkerProcess], None], gather: float | None = None) -> None:
         self.index = index
         self.reactor = reactor
         self.calls: set[int] = set()
@@ -116,6 +116,8 @@ class WorkerProcess:
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
         command = [sys.executable, "-m", "sipmob.transcoder.worker", "--fd", str(theirs.fileno()),
                    "--index", str(index), "--log-level", log_level]
+        if gather is not None:
+            command += ["--gather-ms", str(gather * 1000)]
         self.proc = subprocess.Popen(command, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         theirs.close()
         ours.setblocking(False)
@@ -204,9 +206,11 @@ class Workers:
 
     def __init__(self, reactor: Any, count: int, log_level: str, on_idle: Callable[[int], None],
                  on_calls_lost: Callable[[list[int]], None],
-                 on_digit: Callable[[int, str, str, int], None] | None = None) -> None:
+                 on_digit: Callable[[int, str, str, int], None] | None = None,
+                 gather: float | None = None) -> None:
         self.reactor = reactor
         self._on_digit = on_digit
+        self.gather = gather  # seconds, or None for the worker's default
         self.count = count
         self.log_level = log_level
         self._on_idle = on_idle
@@ -221,7 +225,7 @@ class Workers:
         return defer.gatherResults([self._ready[w.pid] for w in self.processes], consumeErrors=True)
 
     def _spawn(self, index: int) -> WorkerProcess:
-        worker = WorkerProcess(index, self.reactor, self.log_level, self._message, self._lost)
+        worker = WorkerProcess(index, self.reactor, self.log_level, self._message, self._lost, self.gather)
         self._ready[worker.pid] = defer.Deferred()
         return worker
 

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from sipmob.media.rtp import (
     MAX_DROPOUT,
+    MAX_MISORDER,
     RtpExtension,
     RtpPacket,
     RtpParseError,
@@ -252,6 +253,30 @@ def test_duplicate_is_counted_apart_and_not_as_received() -> None:
     stats = SourceStats(1, 8000)
     feed(stats, [0, 1, 1, 2])
     assert (stats.received, stats.duplicates, stats.lost) == (3, 1, 0)
+
+
+def test_a_late_packet_repeated_and_a_repeat_across_the_wrap_are_duplicates() -> None:
+    stats = SourceStats(1, 8000)
+    feed(stats, [0xFFFC, 0xFFFD, 0xFFFF, 0xFFFE, 0xFFFE, 0x10000, 0xFFFF, 0x10001])
+    assert (stats.received, stats.duplicates, stats.lost) == (6, 2, 0)
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(1, MAX_MISORDER)), min_size=1, max_size=60),
+       st.integers(0, 0xFFFF))
+@settings(max_examples=60, deadline=None)
+def test_repeats_within_the_reorder_window_are_each_one_duplicate(
+        repeats: list[tuple[bool, int]], start: int) -> None:
+    # An in-order stream, with some packets sent again up to MAX_MISORDER packets later.
+    seqs: list[int] = []
+    for i, (again, back) in enumerate(repeats):
+        seqs.append(start + i)
+        if again and back <= i:
+            seqs.append(start + i - back)
+    stats = SourceStats(1, 8000)
+    feed(stats, seqs)
+    assert stats.received == len(repeats)
+    assert stats.duplicates == len(seqs) - len(repeats)
+    assert stats.lost == 0
 
 
 def test_sequence_wrap_extends_the_highest_sequence() -> None:

@@ -112,7 +112,7 @@ def test_rtcp_follows_the_latched_partys_first_rtcp_and_nothing_else(leg: Leg) -
         peer.sendto(b"\x81\xc9\x00\x01" + b"\x00" * 4, leg.rtcp.getsockname())  # an RR
         deadline = time.monotonic() + 5
         while leg.rtcp_to is None and time.monotonic() < deadline:
-            leg.rtcp_ready()
+            leg.rtcp_ready(time.monotonic())
         assert leg.rtcp_to == peer.getsockname() and not leg.rtcp_armed
         leg.rtcp_report()
         assert peer.recvfrom(2048)[1] == leg.rtcp.getsockname()  # our report went where its RTCP came from
