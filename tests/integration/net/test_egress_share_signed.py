@@ -5,9 +5,10 @@ its own, ``service:sip-egress://mn@HOME:5060``).
 A DA keeps one registration per URL (RFC 2608 §9.3): were the two one URL, the later SrvReg would
 replace the other's type and attributes, and the egress's deregistration of an old address would
 remove the device. Both are found, each with its attributes, and when wan1 fails the egress
-registration moves to the other address (the old URL deregistered, signed) while the device
-registration stays. In the namespaces of twowan.py (root); the DA and the phone run in the home
-namespace on its loopback.
+registration moves to the other address (the old URL deregistered, signed), and so does the
+device's: the phone listens on wan1's address (no LAN side), so the home reaches it at wan2's now
+(an OPTIONS to the URL the DA gives is answered), and the old device URL is deregistered. In the
+namespaces of twowan.py (root); the DA and the phone run in the home namespace on its loopback.
 """
 
 from __future__ import annotations
@@ -29,6 +30,19 @@ pytestmark = pytest.mark.skipif(not available(), reason="needs network namespace
 
 DA = "127.0.0.1:4270"
 DEVICE = f"sip:mn@{HOME1}:5060"
+MOVED = f"sip:mn@{HOME2}:5060"
+OPTIONS = """import socket, sys
+from sipmob.sip.uri import URI
+to = URI.parse(sys.argv[1])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+s.connect((to.host, to.port or 5060))
+me = "%s:%d" % s.getsockname()
+s.send(("OPTIONS %s SIP/2.0\\r\\nVia: SIP/2.0/UDP %s;branch=z9hG4bKdev%d\\r\\nMax-Forwards: 70\\r\\n"
+        "From: <sip:probe@%s>;tag=1\\r\\nTo: <%s>\\r\\nCall-ID: dev%d@home\\r\\nCSeq: 1 OPTIONS\\r\\n"
+        "Content-Length: 0\\r\\n\\r\\n" % (to, me, s.getsockname()[1], me, to, s.getsockname()[1])).encode())
+print(s.recv(65535).split(b"\\r\\n", 1)[0].decode())
+"""
 
 
 class DaLog:
@@ -53,6 +67,11 @@ class Home:
         if found.startswith("failed"):
             return set()
         return {line.rsplit(",", 1)[0] for line in found.splitlines()}
+
+    def answers(self, url: str) -> str:
+        """The status line of the answer to an OPTIONS sent to `url` from the home ("" if none)."""
+        done = self.net.home.run([sys.executable, "-c", OPTIONS, url], env=ENV)
+        return done.stdout.strip() if done.returncode == 0 else ""
 
     def why(self) -> str:
         return f"{self.da.output()}\n--- phone\n{self.phone.output()}"
@@ -94,14 +113,17 @@ def test_device_and_egress_registrations_are_both_signed_and_taken(home: Home) -
     home.net.link_down("h1")
     assert until(lambda: registered_as(da, second, "mn-phone"), 10), home.why()  # type: ignore[arg-type]
     assert until(lambda: deregistered_as(da, first, "mn-phone"), 10), home.why()  # type: ignore[arg-type]
-    assert not deregistered_as(da, DEVICE, "mn-phone"), home.why()  # type: ignore[arg-type]
+    # the device follows the phone's contact: the new URL registered, the old one gone, both signed
+    assert until(lambda: registered_as(da, MOVED, "mn-phone"), 10), home.why()  # type: ignore[arg-type]
+    assert until(lambda: deregistered_as(da, DEVICE, "mn-phone"), 10), home.why()  # type: ignore[arg-type]
     assert "AUTHENTICATION_FAILED" not in da.output(), home.why()
 
 
-def test_each_service_is_found_with_its_attributes_and_the_egress_move_leaves_the_device(home: Home) -> None:
+def test_each_service_is_found_with_its_attributes_and_both_follow_the_egress_move(home: Home) -> None:
     first, second = advert_url(DEVICE), advert_url(f"sip:mn@{HOME2}:5060")
     assert until(lambda: home.urls("service:sip-device") == {DEVICE}
                  and home.urls("service:sip-egress") == {first}, 10), home.why()
+    assert home.answers(DEVICE).startswith("SIP/2.0 200"), home.why()
     device = home.slptool("findattrs", DEVICE)
     assert "(name=Hall phone)" in device and "(mobility=enhanced)" in device, device
     assert "sip-egress" not in device and "egresses" not in device, device
@@ -113,7 +135,8 @@ def test_each_service_is_found_with_its_attributes_and_the_egress_move_leaves_th
     assert until(lambda: deregistered_as(home.da, first, "mn-phone"), 10), home.why()  # type: ignore[arg-type]
     assert until(lambda: home.urls("service:sip-egress") == {second}, 10), home.why()
     assert "(active=wan2)" in home.slptool("findattrs", second)
-    assert home.urls("service:sip-device") == {DEVICE}, home.why()
-    device = home.slptool("findattrs", DEVICE)
+    assert until(lambda: home.urls("service:sip-device") == {MOVED}, 10), home.why()
+    assert home.answers(MOVED).startswith("SIP/2.0 200"), home.why()  # the home reaches it there
+    device = home.slptool("findattrs", MOVED)
     assert "(name=Hall phone)" in device and "(mobility=enhanced)" in device, device
     assert "sip-egress" not in device, device
