@@ -1,7 +1,8 @@
 """`sipmob phone` as a mobility-enhanced device of the home (draft §5.3, Figs. 4 and 5).
 
 Responsible for: the device's SLP registration (``service:sip-device`` with ``mobility=enhanced``, its
-name, room, media and codecs from ``mn.toml``, kept alive by `SLPServiceAgent`); who may hand it a
+name, room, media and codecs from ``mn.toml``, kept alive by `SLPServiceAgent`, under the LAN
+address or moved with the contact, see `DeviceRole.url`); who may hand it a
 call (`DeviceRole.allowed`: the ``[device] owners``, and for a call it took over, the party that
 handed it over; anyone else gets 403); acting on a REFER with Replaces (§6.1 first: OPTIONS to the
 CN and its codecs against ours, then INVITE the CN with Replaces and Referred-By, Fig. 4) and on
@@ -52,6 +53,7 @@ class DeviceRole:
         self.taken: dict[str, TakenOver] = {}
         self.sa: SLPServiceAgent | None = None
         self.registered: str | None = None  # the URL the device is registered under
+        self.apart = False  # whether we listen on the home network apart from our egresses, see `url`
 
     # SLP ------------------------------------------------------------------------------------------
 
@@ -72,6 +74,9 @@ class DeviceRole:
                                   scopes=config.slp.scopes, multicast=da is None,
                                   config=self.phone.slp_signing)
         self.sa.start()
+        # Decided once, while the listen address is certainly there: once an egress is renumbered,
+        # its old address (our listen address) would look apart from the egresses, yet be gone.
+        self.apart = self.phone.egress is not None and self.phone.egress._home_apart()
         self.registered = self.url()
         self.sa.register(self.registered, SERVICE_TYPE, self.attributes(), lifetime=self.config.lifetime)
         log.info("registered in SLP as a mobility-enhanced device: %s", self.registered)
@@ -84,8 +89,7 @@ class DeviceRole:
         stays, so the device follows the contact (HMMP), see `follow`."""
         contact = self.phone.ua.contact
         assert contact is not None
-        egress = self.phone.egress
-        if egress is not None and egress._home_apart():
+        if self.apart:
             listen = self.phone.config.listen
             return str(contact.replace(host=listen.address, port=listen.port))
         return str(contact)

@@ -29,8 +29,8 @@ class Agent:
 
 def role(contact: str, listen: str, home_apart: bool | None) -> DeviceRole:
     r = DeviceRole.__new__(DeviceRole)
-    egress = None if home_apart is None else SimpleNamespace(_home_apart=lambda: home_apart)
-    r.phone = SimpleNamespace(ua=SimpleNamespace(contact=URI.parse(contact)), egress=egress,
+    r.apart = bool(home_apart)  # as start() found it
+    r.phone = SimpleNamespace(ua=SimpleNamespace(contact=URI.parse(contact)),
                               config=SimpleNamespace(listen=SimpleNamespace(address=listen, port=5060)),
                               codecs=[])
     r.config = SimpleNamespace(lifetime=300, name="Hall", room="")
