@@ -1,7 +1,8 @@
 """`sipmob phone` as a mobility-enhanced device of the home (draft §5.3, Figs. 4 and 5).
 
 Responsible for: the device's SLP registration (``service:sip-device`` with ``mobility=enhanced``, its
-name, room, media and codecs from ``mn.toml``, kept alive by `SLPServiceAgent`); who may hand it a
+name, room, media and codecs from ``mn.toml``, kept alive by `SLPServiceAgent`, under the LAN
+address or moved with the contact, see `DeviceRole.url`); who may hand it a
 call (`DeviceRole.allowed`: the ``[device] owners``, and for a call it took over, the party that
 handed it over; anyone else gets 403); acting on a REFER with Replaces (§6.1 first: OPTIONS to the
 CN and its codecs against ours, then INVITE the CN with Replaces and Referred-By, Fig. 4) and on
@@ -51,6 +52,8 @@ class DeviceRole:
         self.owners = [URI.parse(o) for o in self.config.owners]
         self.taken: dict[str, TakenOver] = {}
         self.sa: SLPServiceAgent | None = None
+        self.registered: str | None = None  # the URL the device is registered under
+        self.apart = False  # whether we listen on the home network apart from our egresses, see `url`
 
     # SLP ------------------------------------------------------------------------------------------
 
@@ -71,10 +74,39 @@ class DeviceRole:
                                   scopes=config.slp.scopes, multicast=da is None,
                                   config=self.phone.slp_signing)
         self.sa.start()
+        # Decided once, while the listen address is certainly there: once an egress is renumbered,
+        # its old address (our listen address) would look apart from the egresses, yet be gone.
+        self.apart = self.phone.egress is not None and self.phone.egress._home_apart()
+        self.registered = self.url()
+        self.sa.register(self.registered, SERVICE_TYPE, self.attributes(), lifetime=self.config.lifetime)
+        log.info("registered in SLP as a mobility-enhanced device: %s", self.registered)
+
+    def url(self) -> str:
+        """Where the home's devices and the MDSM reach this phone. A phone that listens on the home
+        network apart from its egresses (a LAN side) is reached there: that address stays when an
+        egress fails or is renumbered, while the contact follows the egress (a WAN address the home
+        may not even route to). A phone whose listen address is an egress's has no address that
+        stays, so the device follows the contact (HMMP), see `follow`."""
         contact = self.phone.ua.contact
         assert contact is not None
-        self.sa.register(str(contact), SERVICE_TYPE, self.attributes(), lifetime=self.config.lifetime)
-        log.info("registered in SLP as a mobility-enhanced device: %s", contact)
+        if self.apart:
+            listen = self.phone.config.listen
+            return str(contact.replace(host=listen.address, port=listen.port))
+        return str(contact)
+
+    def follow(self) -> None:
+        """The phone's contact moved: the device is registered under its new URL first, then the old
+        one is deregistered (only the device's: the egress advert has a URL of its own), both signed
+        by the shared signer, so no one calls a dead address and there is no gap."""
+        if self.sa is None or self.registered is None:
+            return
+        url = self.url()
+        if url == self.registered:
+            return
+        old, self.registered = self.registered, url
+        self.sa.register(url, SERVICE_TYPE, self.attributes(), lifetime=self.config.lifetime)
+        self.sa.deregister(old)
+        log.info("device registration moved in SLP: %s -> %s", old, url)
 
     def stop(self) -> defer.Deferred[Any]:
         if self.sa is None:

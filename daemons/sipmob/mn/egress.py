@@ -370,6 +370,8 @@ class PhoneEgress:
             return
         self.phone.ua.move_to(address)
         self.phone.address = address
+        if self.phone.device is not None:
+            self.phone.device.follow()  # its SLP registration too, unless it is on the home network
         log.info("SIP on egress %s, contact %s", egress, self.phone.ua.contact)
 
     def _bind(self, pc: PhoneCall, address: str) -> bool:

@@ -5,9 +5,11 @@ its own, ``service:sip-egress://mn@HOME:5060``).
 A DA keeps one registration per URL (RFC 2608 §9.3): were the two one URL, the later SrvReg would
 replace the other's type and attributes, and the egress's deregistration of an old address would
 remove the device. Both are found, each with its attributes, and when wan1 fails the egress
-registration moves to the other address (the old URL deregistered, signed) while the device
-registration stays. In the namespaces of twowan.py (root); the DA and the phone run in the home
-namespace on its loopback.
+registration moves to the other address (the old URL deregistered, signed), and so does the
+device's: the phone listens on wan1's address (no LAN side), so the home reaches it at wan2's now
+(an OPTIONS to the URL the DA gives is answered), and the old device URL is deregistered; the same
+on a renumbering of wan1. A phone with a LAN side is a device at its LAN address, which stays. In
+the namespaces of twowan.py (root); the DA and the phone run in the home namespace on its loopback.
 """
 
 from __future__ import annotations
@@ -29,6 +31,25 @@ pytestmark = pytest.mark.skipif(not available(), reason="needs network namespace
 
 DA = "127.0.0.1:4270"
 DEVICE = f"sip:mn@{HOME1}:5060"
+MOVED = f"sip:mn@{HOME2}:5060"
+LAN = "192.168.50.1"  # the home LAN side of a gateway, apart from its egresses
+OPTIONS = """import socket, sys
+from sipmob.sip.uri import URI
+to = URI.parse(sys.argv[1])
+dest = (to.host, to.port or 5060)
+probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+probe.connect(dest)  # only to learn our address towards it: the answer may come from another
+# of the phone's addresses (it answers from its default socket), which a connected socket would drop
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+s.bind((probe.getsockname()[0], 0))
+me, n = "%s:%d" % s.getsockname(), s.getsockname()[1]
+s.sendto(("OPTIONS %s SIP/2.0\\r\\nVia: SIP/2.0/UDP %s;branch=z9hG4bKdev%d\\r\\nMax-Forwards: 70\\r\\n"
+          "From: <sip:probe@%s>;tag=1\\r\\nTo: <%s>\\r\\nCall-ID: dev%d@home\\r\\nCSeq: 1 OPTIONS\\r\\n"
+          "Content-Length: 0\\r\\n\\r\\n" % (to, me, n, me, to, n)).encode(), dest)
+data, source = s.recvfrom(65535)
+print(data.split(b"\\r\\n", 1)[0].decode(), "from %s:%d" % source)
+"""
 
 
 class DaLog:
@@ -54,15 +75,27 @@ class Home:
             return set()
         return {line.rsplit(",", 1)[0] for line in found.splitlines()}
 
+    def answers(self, url: str) -> str:
+        """The status line of the answer to an OPTIONS sent to `url` from the home ("" if none)."""
+        done = self.net.home.run([sys.executable, "-c", OPTIONS, url], env=ENV)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
     def why(self) -> str:
         return f"{self.da.output()}\n--- phone\n{self.phone.output()}"
 
 
 @pytest.fixture
-def home(tmp_path: Path) -> Iterator[Home]:
-    """A DA that knows the phone's key and a phone with [device] and a shared Egress List."""
+def home(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Home]:
+    """A DA that knows the phone's key and a phone with [device] and a shared Egress List, listening
+    on wan1's address or (indirect parameter LAN) on a home LAN interface apart from the egresses."""
+    listen = getattr(request, "param", HOME1)
     keys = make_keys(tmp_path / "keys", "mn-phone")
     net = TwoWan()
+    if listen == LAN:
+        for command in (["ip", "link", "add", "lan0", "type", "veth", "peer", "name", "lan1"],
+                        ["ip", "addr", "add", f"{LAN}/24", "dev", "lan0"],
+                        ["ip", "link", "set", "lan0", "up"], ["ip", "link", "set", "lan1", "up"]):
+            net.home.run(command, check=True)
     phone = da_proc = None
     da = DaLog(tmp_path / "slpda.log")
     log = open(da.path, "wb")  # closed below
@@ -74,7 +107,8 @@ def home(tmp_path: Path) -> Iterator[Home]:
                                  env=ENV, stdout=log, stderr=subprocess.STDOUT)
         assert until(lambda: "listening on" in da.output(), 10)
         phone = HomePhone(net, tmp_path / "mn", egress_toml(probe=False, share="10.200.0.0/16"),
-                          da=DA, slp=f'spi = "mn-phone"\nkey_file = "{keys / "mn-phone.key"}"\n',
+                          da=DA, address=listen,
+                          slp=f'spi = "mn-phone"\nkey_file = "{keys / "mn-phone.key"}"\n',
                           extra='[device]\nenabled = true\nname = "Hall phone"\n')
         yield Home(net, da, phone)
     finally:
@@ -94,14 +128,17 @@ def test_device_and_egress_registrations_are_both_signed_and_taken(home: Home) -
     home.net.link_down("h1")
     assert until(lambda: registered_as(da, second, "mn-phone"), 10), home.why()  # type: ignore[arg-type]
     assert until(lambda: deregistered_as(da, first, "mn-phone"), 10), home.why()  # type: ignore[arg-type]
-    assert not deregistered_as(da, DEVICE, "mn-phone"), home.why()  # type: ignore[arg-type]
+    # the device follows the phone's contact: the new URL registered, the old one gone, both signed
+    assert until(lambda: registered_as(da, MOVED, "mn-phone"), 10), home.why()  # type: ignore[arg-type]
+    assert until(lambda: deregistered_as(da, DEVICE, "mn-phone"), 10), home.why()  # type: ignore[arg-type]
     assert "AUTHENTICATION_FAILED" not in da.output(), home.why()
 
 
-def test_each_service_is_found_with_its_attributes_and_the_egress_move_leaves_the_device(home: Home) -> None:
+def test_each_service_is_found_with_its_attributes_and_both_follow_the_egress_move(home: Home) -> None:
     first, second = advert_url(DEVICE), advert_url(f"sip:mn@{HOME2}:5060")
     assert until(lambda: home.urls("service:sip-device") == {DEVICE}
                  and home.urls("service:sip-egress") == {first}, 10), home.why()
+    assert home.answers(DEVICE).startswith("SIP/2.0 200"), home.why()
     device = home.slptool("findattrs", DEVICE)
     assert "(name=Hall phone)" in device and "(mobility=enhanced)" in device, device
     assert "sip-egress" not in device and "egresses" not in device, device
@@ -113,7 +150,35 @@ def test_each_service_is_found_with_its_attributes_and_the_egress_move_leaves_th
     assert until(lambda: deregistered_as(home.da, first, "mn-phone"), 10), home.why()  # type: ignore[arg-type]
     assert until(lambda: home.urls("service:sip-egress") == {second}, 10), home.why()
     assert "(active=wan2)" in home.slptool("findattrs", second)
-    assert home.urls("service:sip-device") == {DEVICE}, home.why()
-    device = home.slptool("findattrs", DEVICE)
+    assert until(lambda: home.urls("service:sip-device") == {MOVED}, 10), home.why()
+    assert home.answers(MOVED).startswith("SIP/2.0 200"), home.why()  # the home reaches it there
+    device = home.slptool("findattrs", MOVED)
     assert "(name=Hall phone)" in device and "(mobility=enhanced)" in device, device
     assert "sip-egress" not in device, device
+
+
+def test_an_address_change_moves_the_device_registration_to_the_new_address(home: Home) -> None:
+    new = "10.200.1.3"
+    renumbered = f"sip:mn@{new}:5060"
+    assert until(lambda: home.urls("service:sip-device") == {DEVICE}, 10), home.why()
+    home.net.readdress("h1", HOME1, new)  # DHCP gave wan1 another address (HMMP)
+    assert until(lambda: registered_as(home.da, renumbered, "mn-phone"), 10), home.why()  # type: ignore[arg-type]
+    assert until(lambda: deregistered_as(home.da, DEVICE, "mn-phone"), 10), home.why()  # type: ignore[arg-type]
+    assert until(lambda: home.urls("service:sip-device") == {renumbered}, 10), home.why()
+    assert home.answers(renumbered).startswith("SIP/2.0 200"), home.why()
+    assert "AUTHENTICATION_FAILED" not in home.da.output(), home.why()
+
+
+@pytest.mark.parametrize("home", [LAN], indirect=True)
+def test_a_phone_with_a_lan_side_is_a_device_there_and_stays_when_wan1_fails(home: Home) -> None:
+    """Not under its WAN contact (the egress's address, which moves and which the home's devices
+    need not route to) but under its LAN address, which wan1's failure does not touch."""
+    lan = f"sip:mn@{LAN}:5060"
+    assert until(lambda: home.urls("service:sip-egress") == {advert_url(DEVICE)}, 10), home.why()
+    assert home.urls("service:sip-device") == {lan}, home.why()
+    assert home.answers(lan).startswith("SIP/2.0 200"), home.why()
+    home.net.link_down("h1")
+    assert until(lambda: home.urls("service:sip-egress") == {advert_url(MOVED)}, 10), home.why()
+    assert home.urls("service:sip-device") == {lan}, home.why()
+    assert not deregistered_as(home.da, lan, "mn-phone"), home.why()  # type: ignore[arg-type]
+    assert home.answers(lan).startswith("SIP/2.0 200"), home.why()
