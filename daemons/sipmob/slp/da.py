@@ -676,7 +676,8 @@ class DirectoryAgent:
             # The usual request: one chunk, evaluated and framed here, without `_chunks`.
             self._work += each * len(ordered)
             regs = self._regs
-            match = predicate.match if predicate is not None else None
+            # Every candidate carries the predicate's index terms: only the rest is tested.
+            match = predicate.residual if predicate is not None else None
             if match is None:
                 found = [regs[k] for k in ordered]
             else:
@@ -800,7 +801,7 @@ class DirectoryAgent:
                 predicate: Predicate | Bound | None) -> Iterator[list[_Registration]]:
         """`_matching`'s lists: the registrations of `ordered` satisfying `predicate`."""
         each = 1 + (predicate.items if predicate is not None else 0)
-        match = predicate.match if predicate is not None else None
+        match = predicate.residual if predicate is not None else None  # the terms are met
         regs = self._regs
         # Work is counted for a chunk of candidates at once, as many as the budget still allows;
         # a chunk is evaluated in one comprehension, and the caller may stop after any chunk.

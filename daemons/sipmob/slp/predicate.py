@@ -45,7 +45,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from sipmob.slp.attrs import (
     BAD_TAG,
@@ -597,6 +597,11 @@ class Predicate:
         """Whether a service with these attributes (keyed by folded tag) satisfies the predicate."""
         return self.match is None or self.match(attrs)
 
+    @property
+    def residual(self) -> Matcher | None:
+        """`Bound.residual`'s counterpart: here ``match`` itself (None: everything matches)."""
+        return self.match
+
     def matches_by_tree(self, attrs: Mapping[str, Attribute]) -> bool:
         """`matches` by walking the tree: the reference semantics the compiled form must keep."""
         return self.root is None or self.root.matches(attrs)
@@ -631,15 +636,33 @@ _MISSING: Any = object()
 Binder = Callable[[list[str]], Matcher]
 
 
-class Bound(NamedTuple):
+class Bound:
     """A predicate read through its shape: what the Directory Agent evaluates, without a tree.
 
-    ``terms``, ``items`` and ``match`` are those `Predicate.parse` gives for the same text."""
+    ``terms``, ``items`` and ``match`` are those `Predicate.parse` gives for the same text.
+    ``residual`` is ``match`` for a service already known to carry every one of ``terms`` (one
+    found through the index): the equality items those terms decide are not tested again."""
 
-    text: str
-    items: int
-    terms: frozenset[tuple[str, str]]
-    match: Matcher
+    __slots__ = ("_bind", "_match", "_values", "items", "residual", "terms", "text")
+
+    def __init__(self, text: str, items: int, terms: frozenset[tuple[str, str]], bind: Binder,
+                 values: list[str], residual: Binder | None) -> None:
+        self.text = text
+        self.items = items
+        self.terms = terms
+        self._bind = bind
+        self._values = values
+        self._match: Matcher | None = None
+        if residual is None:
+            self._match = self.residual = bind(values)
+        else:
+            self.residual = residual(values)
+
+    @property
+    def match(self) -> Matcher:
+        if self._match is None:
+            self._match = self._bind(self._values)
+        return self._match
 
 
 @dataclasses.dataclass(slots=True)
@@ -648,6 +671,7 @@ class _Shape:
     bind: Binder
     terms: frozenset[tuple[str, str]]  # of the items that are not slots
     slot_terms: tuple[tuple[int, str], ...]  # (slot, folded tag) of slots giving a term
+    residual: Binder | None = None  # `Bound.residual`'s, when it differs from `bind`
 
 
 def _value_key(value: str) -> str | None:
@@ -756,6 +780,22 @@ def _conjunction(tests: list[tuple[TagRef | None, str, bool, Matcher | None]]) -
     return conjunction
 
 
+def _residual(part: _Part) -> Binder | None:
+    """For a top-level ``&`` that `_conjunction` tests: a binder of the same without its
+    equality items on slots whose value gives an index term (`_value_key`): a service found
+    through the index carries those terms, which decide the items (`attrs.index_keys`)."""
+    if part[0] != "&":
+        return None
+    leaves = [_leaf(c) for c in part[1]]
+    spec = [leaf for leaf in leaves if leaf is not None]
+    if not spec or len(spec) != len(leaves) or not any(tag is not None and want
+                                                       for tag, _, want, _ in spec):
+        return None
+    return lambda values: _conjunction(
+        [(tag, values[at] if tag is not None else "", want, f) for tag, at, want, f in spec
+         if tag is None or not want or _value_key(values[at]) is None])
+
+
 def _constant(m: Matcher | None) -> Binder:
     assert m is not None
     return lambda values: m
@@ -824,7 +864,7 @@ def _shape(text: str, slots: int) -> _Shape | None:
     fixed: set[tuple[str, str]] = set()
     slot_terms: list[tuple[int, str]] = []
     _part_terms(root, fixed, slot_terms)
-    return _Shape(items, bind, frozenset(fixed), tuple(slot_terms))
+    return _Shape(items, bind, frozenset(fixed), tuple(slot_terms), _residual(root))
 
 
 def prepare(s: str, max_items: int = MAX_ITEMS) -> Bound | None:
@@ -859,4 +899,4 @@ def prepare(s: str, max_items: int = MAX_ITEMS) -> Bound | None:
         more = [(tag, k) for at, tag in shape.slot_terms if (k := _value_key(values[at])) is not None]
         if more:
             terms = terms.union(more)
-    return Bound(s, shape.items, terms, shape.bind(values))
+    return Bound(s, shape.items, terms, shape.bind, values, shape.residual)
