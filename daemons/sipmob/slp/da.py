@@ -677,24 +677,25 @@ class DirectoryAgent:
             self._work += each * len(ordered)
             regs = self._regs
             # Every candidate carries the predicate's index terms: only the rest is tested.
+            # Each entry as last sent while its lifetime still reads the same (`_entry`).
             match = predicate.residual if predicate is not None else None
             if match is None:
-                found = [regs[k] for k in ordered]
+                entries = [r.sent if r.sent_from <= now < r.sent_to else _entry(r, now)
+                           for k in ordered if (r := regs[k])]
             else:
-                found = [r for k in ordered if match((r := regs[k]).attrs)]
-            # Each entry as last sent while its lifetime still reads the same (`_entry`).
-            entries = [r.sent if r.sent_from <= now < r.sent_to else _entry(r, now) for r in found]
+                entries = [r.sent if r.sent_from <= now < r.sent_to else _entry(r, now)
+                           for k in ordered if match((r := regs[k]).attrs)]
             if sum(map(len, entries)) <= budget:
                 if not entries and via == "mcast":  # §6.1: no result, no answer to a multicast
                     return []
                 return [wire.srv_rply_frame(xid, lang, entries, self._cut)]
-            chunks: Iterable[list[_Registration]] = (found,)
+            parts: Iterable[list[bytes]] = (entries,)
         else:
-            chunks = self._chunks(ordered, predicate)
+            parts = ([r.sent if r.sent_from <= now < r.sent_to else _entry(r, now) for r in regs]
+                     for regs in self._chunks(ordered, predicate))
         entries = []
         overflow = budget < 0
-        for regs_ in chunks:
-            more = [r.sent if r.sent_from <= now < r.sent_to else _entry(r, now) for r in regs_]
+        for more in parts:
             size = sum(map(len, more))
             if size <= budget and len(entries) + len(more) <= 0xFFFF:
                 budget -= size
