@@ -781,19 +781,33 @@ def _conjunction(tests: list[tuple[TagRef | None, str, bool, Matcher | None]]) -
 
 
 def _residual(part: _Part) -> Binder | None:
-    """For a top-level ``&`` that `_conjunction` tests: a binder of the same without its
-    equality items on slots whose value gives an index term (`_value_key`): a service found
-    through the index carries those terms, which decide the items (`attrs.index_keys`)."""
+    """For a top-level ``&`` that `_conjunction` tests: a binder of the same without the equality
+    items that give an index term (`_collect_terms`; for a slot, once its value is known:
+    `_value_key`). A service found through the index carries those terms, and a term carried
+    is the item met: both are the value's key (`attrs.attr_value_key`)."""
     if part[0] != "&":
         return None
     leaves = [_leaf(c) for c in part[1]]
-    spec = [leaf for leaf in leaves if leaf is not None]
-    if not spec or len(spec) != len(leaves) or not any(tag is not None and want
-                                                       for tag, _, want, _ in spec):
+    if not leaves or None in leaves:
+        return None
+    kept: list[_Leaf] = []
+    slots: list[_Leaf] = []  # decided once bound, when the value has a key
+    for c, leaf in zip(part[1], leaves, strict=True):
+        assert leaf is not None
+        if c[0] == "item":
+            terms: set[tuple[str, str]] = set()
+            _collect_terms(c[1], terms)
+            if not terms:
+                kept.append(leaf)
+        elif leaf[2]:
+            slots.append(leaf)
+        else:
+            kept.append(leaf)
+    if len(kept) == len(leaves):
         return None
     return lambda values: _conjunction(
-        [(tag, values[at] if tag is not None else "", want, f) for tag, at, want, f in spec
-         if tag is None or not want or _value_key(values[at]) is None])
+        [(tag, values[at] if tag is not None else "", want, f) for tag, at, want, f in kept]
+        + [(tag, values[at], True, None) for tag, at, _, _ in slots if _value_key(values[at]) is None])
 
 
 def _constant(m: Matcher | None) -> Binder:
