@@ -790,9 +790,8 @@ class DirectoryAgent:
         if len(terms) == 1:
             (term,) = terms
             posting = by_attr.get(term, _NOTHING)
-            smallest, other = (posting, pool) if len(posting) <= len(pool) else (pool, posting)
-            self._spend(len(smallest) * 2 // 16)
-            return sorted([k for k in smallest if k in other])
+            self._spend(min(len(posting), len(pool)) * 2 // 16)
+            return sorted(pool.intersection(posting))  # iterates the smaller
         postings = sorted([pool, *(by_attr.get(t, _NOTHING) for t in terms)], key=len)
         smallest, others = postings[0], postings[1:]
         self._spend(len(smallest) * len(postings) // 16)

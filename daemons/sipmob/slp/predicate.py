@@ -646,13 +646,14 @@ class Bound:
     __slots__ = ("_bind", "_match", "_values", "items", "residual", "terms", "text")
 
     def __init__(self, text: str, items: int, terms: frozenset[tuple[str, str]], bind: Binder,
-                 values: list[str], residual: Binder | None) -> None:
+                 values: list[str], residual: Callable[[list[str]], Matcher | None] | None) -> None:
         self.text = text
         self.items = items
         self.terms = terms
         self._bind = bind
         self._values = values
         self._match: Matcher | None = None
+        self.residual: Matcher | None  # None: every service carrying the terms matches
         if residual is None:
             self._match = self.residual = bind(values)
         else:
@@ -671,7 +672,7 @@ class _Shape:
     bind: Binder
     terms: frozenset[tuple[str, str]]  # of the items that are not slots
     slot_terms: tuple[tuple[int, str], ...]  # (slot, folded tag) of slots giving a term
-    residual: Binder | None = None  # `Bound.residual`'s, when it differs from `bind`
+    residual: Callable[[list[str]], Matcher | None] | None = None  # when it differs from `bind`
 
 
 def _value_key(value: str) -> str | None:
@@ -748,8 +749,8 @@ def _leaf(part: _Part) -> _Leaf | None:
 def _conjunction(tests: list[tuple[TagRef | None, str, bool, Matcher | None]]) -> Matcher:
     """``&`` of equality items on slots, each maybe under ``!``, and of other items' matchers, in
     one closure: each tested as `_equal` (negated if not ``want``) or its matcher, in order."""
-    steps = tuple((tag.key if tag is not None else None, value.lower(), want, f, k)
-                  for k, (tag, value, want, f) in enumerate(tests))
+    steps = tuple([(tag.key if tag is not None else None, value.lower(), want, f, k)
+                   for k, (tag, value, want, f) in enumerate(tests)])
     slow: dict[int, Compare] = {}
 
     def conjunction(attrs: Mapping[str, Attribute]) -> bool:
@@ -777,10 +778,25 @@ def _conjunction(tests: list[tuple[TagRef | None, str, bool, Matcher | None]]) -
             if hit is not want:
                 return False
         return True
-    return conjunction
+
+    if len(steps) != 1 or steps[0][0] is None:
+        return conjunction
+    # One slot: what a residual usually is, "(!(id=4711))", tested without the loop.
+    key, folded, want, _, _ = steps[0]
+    assert key is not None
+
+    def one(attrs: Mapping[str, Attribute]) -> bool:
+        a = attrs.get(key)
+        if a is None:
+            return not want
+        values = a.values
+        if values and type(values[0]) is str:
+            return (folded in a.folded) is want
+        return conjunction(attrs)  # other types as the tree reads them
+    return one
 
 
-def _residual(part: _Part) -> Binder | None:
+def _residual(part: _Part) -> Callable[[list[str]], Matcher | None] | None:
     """For a top-level ``&`` that `_conjunction` tests: a binder of the same without the equality
     items that give an index term (`_collect_terms`; for a slot, once its value is known:
     `_value_key`). A service found through the index carries those terms, and a term carried
@@ -805,9 +821,13 @@ def _residual(part: _Part) -> Binder | None:
             kept.append(leaf)
     if len(kept) == len(leaves):
         return None
-    return lambda values: _conjunction(
-        [(tag, values[at] if tag is not None else "", want, f) for tag, at, want, f in kept]
-        + [(tag, values[at], True, None) for tag, at, _, _ in slots if _value_key(values[at]) is None])
+
+    def bind(values: list[str]) -> Matcher | None:
+        tests = [(tag, values[at] if tag is not None else "", want, f) for tag, at, want, f in kept]
+        tests += [(tag, values[at], True, None) for tag, at, _, _ in slots
+                  if _value_key(values[at]) is None]
+        return _conjunction(tests) if tests else None  # None: the terms decide it all
+    return bind
 
 
 def _constant(m: Matcher | None) -> Binder:
