@@ -681,7 +681,7 @@ class DirectoryAgent:
             match = predicate.residual if predicate is not None else None
             if match is None:
                 entries = [r.sent if r.sent_from <= now < r.sent_to else _entry(r, now)
-                           for k in ordered if (r := regs[k])]
+                           for r in map(regs.__getitem__, ordered)]
             else:
                 entries = [r.sent if r.sent_from <= now < r.sent_to else _entry(r, now)
                            for k in ordered if match((r := regs[k]).attrs)]
