@@ -105,6 +105,7 @@ class _Datagrams(protocol.DatagramProtocol):
             size += len(data)
         for addr, replies in self.app.received_batch(batch, self.via):
             self._answer(replies, addr)
+        self.app.batch_done()
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         self._answer(self.app.received(data, addr, self.via), addr)
@@ -362,12 +363,18 @@ class SlpdaApp:
 
     def received_batch(self, batch: list[tuple[bytes, tuple[str, int]]],
                        via: Via) -> Iterator[tuple[tuple[str, int], list[bytes]]]:
-        now = self.reactor.seconds()
-        for addr, replies in self.da.handle_batch(batch, via, now):
-            if self._debug:
-                log.debug("%s from %s:%d: %d replies (%s bytes)", via, addr[0], addr[1],
-                          len(replies), ",".join(str(len(r)) for r in replies))
+        """The DA's answers to `batch`, each as it is made; `batch_done` once all are sent."""
+        answers = self.da.handle_batch(batch, via, self.reactor.seconds())
+        return self._logged(answers, via) if self._debug else answers
+
+    def _logged(self, answers: Iterator[tuple[tuple[str, int], list[bytes]]],
+                via: Via) -> Iterator[tuple[tuple[str, int], list[bytes]]]:
+        for addr, replies in answers:
+            log.debug("%s from %s:%d: %d replies (%s bytes)", via, addr[0], addr[1],
+                      len(replies), ",".join(str(len(r)) for r in replies))
             yield addr, replies
+
+    def batch_done(self) -> None:
         if self.da.generation != self._generation or self.da.has_events:
             self._after_change()
 
