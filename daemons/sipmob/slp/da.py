@@ -795,7 +795,7 @@ class DirectoryAgent:
         postings = sorted([pool, *(by_attr.get(t, _NOTHING) for t in terms)], key=len)
         smallest, others = postings[0], postings[1:]
         self._spend(len(smallest) * len(postings) // 16)
-        return sorted([k for k in smallest if all(k in p for p in others)])
+        return sorted(smallest.intersection(*others))  # each step iterates the smaller
 
     def _chunks(self, ordered: list[tuple[str, str]],
                 predicate: Predicate | Bound | None) -> Iterator[list[_Registration]]:
