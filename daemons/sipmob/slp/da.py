@@ -368,10 +368,15 @@ class DirectoryAgent:
     # Input --------------------------------------------------------------------------------------
 
     def handle(self, data: bytes, source: tuple[str, int], via: Via, now: float) -> list[bytes]:
-        """Process one message from `source`; return the replies to send back to it."""
-        for _source, replies in self.handle_batch([(data, source)], via, now):
-            return replies
-        return []  # refused without a reply
+        """Process one message from `source`; return the replies to send back to it.
+
+        `handle_batch` of this one message (nothing else to triage), without its generator."""
+        self.counters.received += 1
+        address = source[0]
+        limited = self._limited(address)
+        if limited and (refusal := self._refused(data, address, via, now)) is not None:
+            return refusal
+        return self._serve(data, source, via, now, limited)
 
     def handle_batch(self, batch: list[tuple[bytes, tuple[str, int]]], via: Via,
                      now: float) -> Iterator[tuple[tuple[str, int], list[bytes]]]:
@@ -389,9 +394,8 @@ class DirectoryAgent:
             address = source[0]
             limited = self._limited(address)
             if limited:
-                refused_by = self._admit(address, now)
-                if refused_by is not None:
-                    refusal = self._over_rate(data, address, via, now, refused_by)
+                refusal = self._refused(data, address, via, now)
+                if refusal is not None:
                     if refusal:
                         yield source, refusal
                     continue
@@ -401,6 +405,13 @@ class DirectoryAgent:
             yield source, self._serve(data, source, via, now, limited)
         for data, source in later:
             yield source, self._serve(data, source, via, now, True)
+
+    def _refused(self, data: bytes, address: str, via: Via, now: float) -> list[bytes] | None:
+        """None when a limited source is admitted (its tokens taken), else what to answer it."""
+        refused_by = self._admit(address, now)
+        if refused_by is None:
+            return None
+        return self._over_rate(data, address, via, now, refused_by)
 
     def _serve(self, data: bytes, source: tuple[str, int], via: Via, now: float,
                limited: bool) -> list[bytes]:
@@ -677,12 +688,34 @@ class DirectoryAgent:
         # The reply is framed here from each registration's entry, encoded when it was stored:
         # only the lifetime changes from one reply to the next.
         lang = lang_tag.encode("utf-8")
-        budget = self._reply_limit(via) - wire.HEADER_FIXED_LEN - len(lang) - 4
-        entries: list[bytes] = []
-        overflow = budget < 0
-        for regs in self._matching(stype, scopes, lang_tag, predicate):
+        budget = ((MAX_REPLY if via == "tcp" else self.config.udp_reply_limit)
+                  - wire.HEADER_FIXED_LEN - len(lang) - 4)
+        ordered = self._candidates(stype, scopes, lang_tag, predicate)
+        each = 1 + (predicate.items if predicate is not None else 0)
+        if len(ordered) <= _CHUNK and self._work + each * len(ordered) <= self._work_limit:
+            # The usual request: one chunk, evaluated and framed here, without `_chunks`.
+            self._work += each * len(ordered)
+            regs = self._regs
+            # Every candidate carries the predicate's index terms: only the rest is tested.
             # Each entry as last sent while its lifetime still reads the same (`_entry`).
-            more = [r.sent if r.sent_from <= now < r.sent_to else _entry(r, now) for r in regs]
+            match = predicate.residual if predicate is not None else None
+            if match is None:
+                entries = [r.sent if r.sent_from <= now < r.sent_to else _entry(r, now)
+                           for r in map(regs.__getitem__, ordered)]
+            else:
+                entries = [r.sent if r.sent_from <= now < r.sent_to else _entry(r, now)
+                           for k in ordered if match((r := regs[k]).attrs)]
+            if sum(map(len, entries)) <= budget:
+                if not entries and via == "mcast":  # §6.1: no result, no answer to a multicast
+                    return []
+                return [wire.srv_rply_frame(xid, lang, entries, self._cut)]
+            parts: Iterable[list[bytes]] = (entries,)
+        else:
+            parts = ([r.sent if r.sent_from <= now < r.sent_to else _entry(r, now) for r in regs]
+                     for regs in self._chunks(ordered, predicate))
+        entries = []
+        overflow = budget < 0
+        for more in parts:
             size = sum(map(len, more))
             if size <= budget and len(entries) + len(more) <= 0xFFFF:
                 budget -= size
@@ -741,39 +774,55 @@ class DirectoryAgent:
         Set operations count a work unit per 16 keys they touch, each registration looked at one
         plus one per predicate item; iteration ends when the budget is spent.
         """
+        return self._chunks(self._candidates(stype, scopes, lang, predicate), predicate)
+
+    def _candidates(self, stype: ServiceType, scopes: frozenset[str], lang: str,
+                    predicate: Predicate | Bound | None) -> list[tuple[str, str]]:
+        """The keys of the registrations `_matching` looks at, in URL order (the work of the
+        set operations counted)."""
         names = self._names_by_key.get(stype.key)
         if not names:
-            return
+            return []
         if stype.abstract is not None or not stype.is_service_url:
             # A full abstract:concrete type matches only itself (`ServiceType.matches`).
             names = {_type_name(stype)} & names
-        lang_key = _lang_key(lang)
+        lang_key = lang.strip(WHITESPACE).lower()  # `_lang_key`
         tsl = self._by_tsl
-        pools = [keys for name in names for scope in scopes
-                 if (keys := tsl.get((name, scope, lang_key))) is not None]
-        if not pools:
-            return
-        pool = pools[0] if len(pools) == 1 else set().union(*pools)
-        terms = predicate.terms if predicate is not None else _NOTHING
-        candidates: Iterable[tuple[str, str]]
-        if terms:
-            # Every match carries each index term: start from the smallest posting list and test
-            # membership in the others, so the work follows the answer, not the store.
-            postings = sorted([pool, *(self._by_attr.get(t, _NOTHING) for t in terms)], key=len)
-            smallest, others = postings[0], postings[1:]
-            self._spend(len(smallest) * len(postings) // 16)
-            if len(others) == 1:
-                other = others[0]
-                candidates = [k for k in smallest if k in other]
-            else:
-                candidates = [k for k in smallest if all(k in p for p in others)]
+        if len(names) == 1 and len(scopes) == 1:
+            (name,) = names
+            (scope,) = scopes
+            pool = tsl.get((name, scope, lang_key))
+            if pool is None:
+                return []
         else:
+            pools = [keys for name in names for scope in scopes
+                     if (keys := tsl.get((name, scope, lang_key))) is not None]
+            if not pools:
+                return []
+            pool = pools[0] if len(pools) == 1 else set().union(*pools)
+        terms = predicate.terms if predicate is not None else _NOTHING
+        if not terms:
             self._spend(len(pool) // 16)
-            candidates = pool
+            return sorted(pool)
+        # Every match carries each index term: start from the smallest posting list and test
+        # membership in the others, so the work follows the answer, not the store.
+        by_attr = self._by_attr
+        if len(terms) == 1:
+            (term,) = terms
+            posting = by_attr.get(term, _NOTHING)
+            self._spend(min(len(posting), len(pool)) * 2 // 16)
+            return sorted(pool.intersection(posting))  # iterates the smaller
+        postings = sorted([pool, *(by_attr.get(t, _NOTHING) for t in terms)], key=len)
+        smallest, others = postings[0], postings[1:]
+        self._spend(len(smallest) * len(postings) // 16)
+        return sorted(smallest.intersection(*others))  # each step iterates the smaller
+
+    def _chunks(self, ordered: list[tuple[str, str]],
+                predicate: Predicate | Bound | None) -> Iterator[list[_Registration]]:
+        """`_matching`'s lists: the registrations of `ordered` satisfying `predicate`."""
         each = 1 + (predicate.items if predicate is not None else 0)
-        match = predicate.match if predicate is not None else None
+        match = predicate.residual if predicate is not None else None  # the terms are met
         regs = self._regs
-        ordered = sorted(candidates)
         # Work is counted for a chunk of candidates at once, as many as the budget still allows;
         # a chunk is evaluated in one comprehension, and the caller may stop after any chunk.
         for at in range(0, len(ordered), _CHUNK):

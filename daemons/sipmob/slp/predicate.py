@@ -45,7 +45,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from sipmob.slp.attrs import (
     BAD_TAG,
@@ -597,6 +597,11 @@ class Predicate:
         """Whether a service with these attributes (keyed by folded tag) satisfies the predicate."""
         return self.match is None or self.match(attrs)
 
+    @property
+    def residual(self) -> Matcher | None:
+        """`Bound.residual`'s counterpart: here ``match`` itself (None: everything matches)."""
+        return self.match
+
     def matches_by_tree(self, attrs: Mapping[str, Attribute]) -> bool:
         """`matches` by walking the tree: the reference semantics the compiled form must keep."""
         return self.root is None or self.root.matches(attrs)
@@ -631,15 +636,34 @@ _MISSING: Any = object()
 Binder = Callable[[list[str]], Matcher]
 
 
-class Bound(NamedTuple):
+class Bound:
     """A predicate read through its shape: what the Directory Agent evaluates, without a tree.
 
-    ``terms``, ``items`` and ``match`` are those `Predicate.parse` gives for the same text."""
+    ``terms``, ``items`` and ``match`` are those `Predicate.parse` gives for the same text.
+    ``residual`` is ``match`` for a service already known to carry every one of ``terms`` (one
+    found through the index): the equality items those terms decide are not tested again."""
 
-    text: str
-    items: int
-    terms: frozenset[tuple[str, str]]
-    match: Matcher
+    __slots__ = ("_bind", "_match", "_values", "items", "residual", "terms", "text")
+
+    def __init__(self, text: str, items: int, terms: frozenset[tuple[str, str]], bind: Binder,
+                 values: list[str], residual: Callable[[list[str]], Matcher | None] | None) -> None:
+        self.text = text
+        self.items = items
+        self.terms = terms
+        self._bind = bind
+        self._values = values
+        self._match: Matcher | None = None
+        self.residual: Matcher | None  # None: every service carrying the terms matches
+        if residual is None:
+            self._match = self.residual = bind(values)
+        else:
+            self.residual = residual(values)
+
+    @property
+    def match(self) -> Matcher:
+        if self._match is None:
+            self._match = self._bind(self._values)
+        return self._match
 
 
 @dataclasses.dataclass(slots=True)
@@ -648,6 +672,7 @@ class _Shape:
     bind: Binder
     terms: frozenset[tuple[str, str]]  # of the items that are not slots
     slot_terms: tuple[tuple[int, str], ...]  # (slot, folded tag) of slots giving a term
+    residual: Callable[[list[str]], Matcher | None] | None = None  # when it differs from `bind`
 
 
 def _value_key(value: str) -> str | None:
@@ -724,8 +749,8 @@ def _leaf(part: _Part) -> _Leaf | None:
 def _conjunction(tests: list[tuple[TagRef | None, str, bool, Matcher | None]]) -> Matcher:
     """``&`` of equality items on slots, each maybe under ``!``, and of other items' matchers, in
     one closure: each tested as `_equal` (negated if not ``want``) or its matcher, in order."""
-    steps = tuple((tag.key if tag is not None else None, value.lower(), want, f, k)
-                  for k, (tag, value, want, f) in enumerate(tests))
+    steps = tuple([(tag.key if tag is not None else None, value.lower(), want, f, k)
+                   for k, (tag, value, want, f) in enumerate(tests)])
     slow: dict[int, Compare] = {}
 
     def conjunction(attrs: Mapping[str, Attribute]) -> bool:
@@ -753,7 +778,56 @@ def _conjunction(tests: list[tuple[TagRef | None, str, bool, Matcher | None]]) -
             if hit is not want:
                 return False
         return True
-    return conjunction
+
+    if len(steps) != 1 or steps[0][0] is None:
+        return conjunction
+    # One slot: what a residual usually is, "(!(id=4711))", tested without the loop.
+    key, folded, want, _, _ = steps[0]
+    assert key is not None
+
+    def one(attrs: Mapping[str, Attribute]) -> bool:
+        a = attrs.get(key)
+        if a is None:
+            return not want
+        values = a.values
+        if values and type(values[0]) is str:
+            return (folded in a.folded) is want
+        return conjunction(attrs)  # other types as the tree reads them
+    return one
+
+
+def _residual(part: _Part) -> Callable[[list[str]], Matcher | None] | None:
+    """For a top-level ``&`` that `_conjunction` tests: a binder of the same without the equality
+    items that give an index term (`_collect_terms`; for a slot, once its value is known:
+    `_value_key`). A service found through the index carries those terms, and a term carried
+    is the item met: both are the value's key (`attrs.attr_value_key`)."""
+    if part[0] != "&":
+        return None
+    leaves = [_leaf(c) for c in part[1]]
+    if not leaves or None in leaves:
+        return None
+    kept: list[_Leaf] = []
+    slots: list[_Leaf] = []  # decided once bound, when the value has a key
+    for c, leaf in zip(part[1], leaves, strict=True):
+        assert leaf is not None
+        if c[0] == "item":
+            terms: set[tuple[str, str]] = set()
+            _collect_terms(c[1], terms)
+            if not terms:
+                kept.append(leaf)
+        elif leaf[2]:
+            slots.append(leaf)
+        else:
+            kept.append(leaf)
+    if len(kept) == len(leaves):
+        return None
+
+    def bind(values: list[str]) -> Matcher | None:
+        tests = [(tag, values[at] if tag is not None else "", want, f) for tag, at, want, f in kept]
+        tests += [(tag, values[at], True, None) for tag, at, _, _ in slots
+                  if _value_key(values[at]) is None]
+        return _conjunction(tests) if tests else None  # None: the terms decide it all
+    return bind
 
 
 def _constant(m: Matcher | None) -> Binder:
@@ -824,7 +898,7 @@ def _shape(text: str, slots: int) -> _Shape | None:
     fixed: set[tuple[str, str]] = set()
     slot_terms: list[tuple[int, str]] = []
     _part_terms(root, fixed, slot_terms)
-    return _Shape(items, bind, frozenset(fixed), tuple(slot_terms))
+    return _Shape(items, bind, frozenset(fixed), tuple(slot_terms), _residual(root))
 
 
 def prepare(s: str, max_items: int = MAX_ITEMS) -> Bound | None:
@@ -859,4 +933,4 @@ def prepare(s: str, max_items: int = MAX_ITEMS) -> Bound | None:
         more = [(tag, k) for at, tag in shape.slot_terms if (k := _value_key(values[at])) is not None]
         if more:
             terms = terms.union(more)
-    return Bound(s, shape.items, terms, shape.bind(values))
+    return Bound(s, shape.items, terms, shape.bind, values, shape.residual)

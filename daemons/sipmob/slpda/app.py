@@ -11,9 +11,11 @@ answers is `sipmob.slp.da`'s business.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import socket
+import termios
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,7 @@ STATE_DELAY, STATE_MAX_DELAY = 30.0, 600.0  # the journal carries changes; rewri
 STRANGER_TCP_SHARE = 0.75  # of tcp_connections; the rest is kept for trusted and registered sources
 IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)  # Linux, ip(7)
 MULTICAST_TTL = 255  # RFC 2608 §13 net.slp.multicastTTL default; 239.255/16 stays in the site
+_NONE_QUEUED = bytes(4)
 
 
 class _Datagrams(protocol.DatagramProtocol):
@@ -63,27 +66,48 @@ class _Datagrams(protocol.DatagramProtocol):
     def startProtocol(self) -> None:
         # Straight to the socket: Port.write re-validates the address three times per datagram,
         # a tenth of the cost of answering a cached SrvRqst (measured with cProfile).
-        self._sendto = self.transport.socket.sendto
-        self._recvfrom = self.transport.socket.recvfrom
-        # The port's own doRead hands datagrams over one at a time, up to 256 KB of them: read
-        # a bounded batch instead, so that the DA decides admission for all of it before parsing
-        # any, and answers the household's requests in it first (`DirectoryAgent.handle_batch`).
-        self.transport.doRead = self._read_batch
+        sock = self.transport.socket
+        self._sendto = sock.sendto
+        self._recvfrom = sock.recvfrom
+        self._fd = sock.fileno()
+        self._queued = bytearray(4)  # FIONREAD's answer, reused
+        # The port's own doRead hands datagrams over one at a time, up to 256 KB of them, and
+        # ends every wake-up with a recvfrom that raises EAGAIN: read them here instead, called
+        # straight from epoll under `DirectReactor` (the daemon's), else by Twisted's dispatch.
+        self.transport.doRead = self.transport.read_direct = self._read
 
-    def _read_batch(self) -> None:
-        batch = []
+    def _more_queued(self) -> bool:
+        """Whether another datagram waits (FIONREAD: the size of the next, 0 when none). An
+        empty datagram also reads 0: it waits for the next wake-up, epoll being level-triggered."""
+        fcntl.ioctl(self._fd, termios.FIONREAD, self._queued)
+        return self._queued != _NONE_QUEUED
+
+    def _read(self) -> None:
+        try:
+            data, addr = self._recvfrom(MAX_DATAGRAM)
+        except OSError:  # an error queued by ICMP, or a wake-up with nothing left
+            return
+        if not self._more_queued():
+            # One datagram per wake-up, as when a household asks: answered at once, alone.
+            self._answer(self.app.received(data, addr, self.via), addr)
+            return
+        self._read_batch([(data, (addr[0], addr[1]))], len(data))
+
+    def _read_batch(self, batch: list[tuple[bytes, tuple[str, int]]], size: int) -> None:
+        # More are queued (a burst, or a flood): read a bounded batch, so that the DA decides
+        # admission for all of it before parsing any, and answers the household's requests in it
+        # first (`DirectoryAgent.handle_batch`).
         recvfrom = self._recvfrom
-        size = 0
         while len(batch) < READ_BATCH and size < READ_BATCH_BYTES:
             try:
                 data, addr = recvfrom(MAX_DATAGRAM)
-            except OSError:  # nothing left (EAGAIN), or an error queued by ICMP: read again later
+            except OSError:  # nothing left (EAGAIN): once per batch, not per datagram
                 break
             batch.append((data, (addr[0], addr[1])))
             size += len(data)
-        if batch:
-            for addr, replies in self.app.received_batch(batch, self.via):
-                self._answer(replies, addr)
+        for addr, replies in self.app.received_batch(batch, self.via):
+            self._answer(replies, addr)
+        self.app.batch_done()
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         self._answer(self.app.received(data, addr, self.via), addr)
@@ -361,12 +385,18 @@ class SlpdaApp:
 
     def received_batch(self, batch: list[tuple[bytes, tuple[str, int]]],
                        via: Via) -> Iterator[tuple[tuple[str, int], list[bytes]]]:
-        now = self.reactor.seconds()
-        for addr, replies in self.da.handle_batch(batch, via, now):
-            if self._debug:
-                log.debug("%s from %s:%d: %d replies (%s bytes)", via, addr[0], addr[1],
-                          len(replies), ",".join(str(len(r)) for r in replies))
+        """The DA's answers to `batch`, each as it is made; `batch_done` once all are sent."""
+        answers = self.da.handle_batch(batch, via, self.reactor.seconds())
+        return self._logged(answers, via) if self._debug else answers
+
+    def _logged(self, answers: Iterator[tuple[tuple[str, int], list[bytes]]],
+                via: Via) -> Iterator[tuple[tuple[str, int], list[bytes]]]:
+        for addr, replies in answers:
+            log.debug("%s from %s:%d: %d replies (%s bytes)", via, addr[0], addr[1],
+                      len(replies), ",".join(str(len(r)) for r in replies))
             yield addr, replies
+
+    def batch_done(self) -> None:
         if self.da.generation != self._generation or self.da.has_events:
             self._after_change()
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 
 from sipmob.service.config import split_host_port
-from sipmob.service.daemon import DaemonSpec, Runtime, main_for
+from sipmob.service.daemon import DaemonSpec, Runtime, keep_tls_out, run
 from sipmob.slpda.app import SlpdaApp
 from sipmob.slpda.config import SlpdaConfig
 
@@ -39,4 +40,11 @@ spec = DaemonSpec(name="slpda", config_type=SlpdaConfig, build=build,
                   description="SLPv2 Directory Agent for the devices of a home (RFC 2608)",
                   add_arguments=add_arguments, override=override)
 
-main = main_for(spec)
+
+def main() -> None:
+    keep_tls_out()  # before the reactor module loads
+    from sipmob.service import direct_reactor
+
+    # Each SrvRqst is a wake-up of its own: its datagram goes from epoll to the DA directly.
+    direct_reactor.install()
+    sys.exit(run(spec))

@@ -9,7 +9,15 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from sipmob.slp import predicate
-from sipmob.slp.attrs import Attribute, Opaque, escape_value, index_keys, parse_attr_list
+from sipmob.slp.attrs import (
+    Attribute,
+    AttrParseError,
+    Opaque,
+    escape_tag,
+    escape_value,
+    index_keys,
+    parse_attr_list,
+)
 from sipmob.slp.names import SLPValueError
 from sipmob.slp.predicate import MAX_DEPTH, Predicate, PredicateError
 
@@ -298,7 +306,7 @@ def _equality_predicates(draw: st.DrawFn, attrs: dict[str, Attribute]) -> str:
 
 
 @given(st.data())
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)  # a loaded machine must not fail it
 def test_matching_services_have_every_index_term_among_their_keys(data: st.DataObject) -> None:
     attrs = data.draw(_attr_sets)
     pred = Predicate.parse(data.draw(_equality_predicates(attrs)))
@@ -399,7 +407,7 @@ def _shaped(draw: st.DrawFn, depth: int = 0) -> list[object]:
 
 @given(_shaped(), st.lists(st.lists(_SLOT_VALUES, min_size=12, max_size=12), min_size=3,
                            max_size=3), _attr_sets)
-@settings(max_examples=1000)
+@settings(max_examples=1000, deadline=None)  # a loaded machine must not fail it
 def test_prepared_shapes_agree_with_the_reference(pieces: list[object], values: list[list[str]],
                                                   attrs: dict[str, Attribute]) -> None:
     for row in values:  # the same shape with other values: the second and third are bound
@@ -415,3 +423,29 @@ def test_prepared_shapes_agree_with_the_reference(pieces: list[object], values: 
         assert bound.items == slow.items and bound.terms == slow.terms
         for candidate in (attrs, ATTRS, RFC2254_ATTRS, {}):
             assert bound.match(candidate) is slow.matches_by_tree(candidate), (text, candidate)
+        # What the index finds carries every term: there `residual` must agree as well. The
+        # services are built to carry them, plus, in turn, each of the drawn attributes.
+        carrying = _carrying(bound.terms)
+        if carrying is None:
+            continue
+        for extra in (None, *attrs.values(), *ATTRS.values()):
+            candidate = dict(carrying)
+            if extra is not None and extra.key not in candidate:
+                candidate[extra.key] = extra
+            if not bound.terms <= {k for a in candidate.values() for k in index_keys(a)}:
+                continue
+            event("residual checked")
+            residual = bound.residual is None or bound.residual(candidate)  # None: all match
+            assert residual is slow.matches_by_tree(candidate), (text, candidate)
+
+
+def _carrying(terms: frozenset[tuple[str, str]]) -> dict[str, Attribute] | None:
+    """Attributes carrying exactly the index `terms`, or None when no attribute list can."""
+    values: dict[str, list[str]] = {}
+    for tag, key in sorted(terms):
+        values.setdefault(tag, []).append(key)
+    try:
+        return parse_attr_list(",".join(f"({escape_tag(t)}={','.join(escape_value(v) for v in vs)})"
+                                        for t, vs in values.items()))
+    except (AttrParseError, SLPValueError):
+        return None  # mixed types in one attribute, say
