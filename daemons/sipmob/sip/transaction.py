@@ -16,8 +16,10 @@ A call may be bound to one of our local addresses (``bind_call``: a multihomed h
 session on an egress of its own). Every message of that Call-ID then says where it must leave from
 (``messages_to_send_from`` gives ``(bytes, destination, local)``), its Via names that address and
 our Contact in it is stamped with it, as Via is: the UA core builds one Contact for all its calls,
-the layer that knows the call's egress puts the right host in it. A transaction keeps the address
-it started from, so its retransmissions are the same datagram from the same place (§17.1.1.2).
+the layer that knows the call's egress puts the right host in it. Over TCP our Contact names our
+TCP address with ``transport=tcp`` (bound call or not), so the peer's requests of the dialog keep TCP.
+A transaction keeps the address it started from, so its retransmissions are the same datagram from
+the same place (§17.1.1.2).
 
 Not here: parsing and building messages (`sipmob.sip.message`), where a message goes and how the Via
 is stamped (`sipmob.sip.transport`), dialogs and the 2xx/ACK retransmission of the UA core
