@@ -26,7 +26,8 @@ Other gateways (SIP-NEMO §3.2, §4.2, §4.5; ``[share] peers``): the phone find
 (``service:sip-egress``, their ``home`` attribute: the SIP URI they take requests from the home
 network at), SUBSCRIBEs to their Egress Lists, and when a call is stranded (every egress of ours
 is down) moves it over a gateway whose list has an egress ON: it asks that gateway for relays
-(``sip-egress-relay``: one to the CN's SIP address, one to its audio, one to its video), binds
+(``sip-egress-relay``: one to the CN's SIP address, one to its audio, one to its video, one to
+its audio's RTCP, offered in ``a=rtcp``), binds
 the call's SIP to the SIP relay's outside address (Via and Contact name it; the datagrams go to the
 relay's inside end from our home-side socket), receives RTP on our home-side address and
 re-INVITEs the CN with the relays' outside addresses in ``c=`` (the video the phone receives too:
@@ -60,7 +61,7 @@ from sipmob.net.egress import (
     MoveSession,
     SessionStranded,
 )
-from sipmob.sdp import OfferAnswerError, SDPParseError, SessionDescription, parse
+from sipmob.sdp import Attribute, OfferAnswerError, SDPParseError, SessionDescription, parse
 from sipmob.service.config import load_config
 from sipmob.service.egress import EgressMonitor, EgressPublisher
 from sipmob.service.egress_config import EgressConfig
@@ -669,6 +670,7 @@ class PhoneEgress:
                 far_ends.append((video_conn.address, pc.cn_sdp.media[video].port))
             else:
                 video = None
+        far_ends.append(_rtcp_far_end(pc.cn_sdp, index, conn.host))  # last: the audio's RTCP
         answered: defer.Deferred[tuple[relay.Allocation, ...]] = defer.Deferred()
 
         def notified(_subscription: Any, request: Any) -> None:
@@ -687,6 +689,7 @@ class PhoneEgress:
             allocations = yield answered
             sip_relay, rtp_relay = allocations[:2]
             video_relay = allocations[2] if video is not None else None
+            rtcp_relay = allocations[-1] if len(allocations) == len(far_ends) else None
         except Exception:
             subscription.unsubscribe()
             raise
@@ -711,8 +714,10 @@ class PhoneEgress:
                 pc.video_rtp.hello(video_relay.lan)
         offer = _readdressed(base, _our_address(base), rtp_relay.wan[0], rtp_relay.wan[1],
                              video_relay.wan[1] if video_relay is not None else None)
+        if rtcp_relay is not None:  # the CN's RTCP to the relay (RFC 3605), ours to its LAN end
+            offer = _with_rtcp(offer, index, rtcp_relay.wan)
         real = pc.cn_sdp
-        pc.cn_sdp = _towards(real, index, rtp_relay.lan)  # our audio goes to the relay at once
+        pc.cn_sdp = _towards(real, index, rtp_relay.lan, rtcp_relay)  # our audio goes to the relay at once
         if video is not None and video_relay is not None:
             pc.cn_sdp = _towards(pc.cn_sdp, video, video_relay.lan)
         old_rtp.stop_sending()
@@ -730,7 +735,7 @@ class PhoneEgress:
             return
         pc.local_sdp = offer
         self._relayed[pc.id] = (subscription, answer, outside)
-        pc.cn_sdp = _towards(answer, index, rtp_relay.lan)
+        pc.cn_sdp = _towards(answer, index, rtp_relay.lan, rtcp_relay)
         if video is not None and video_relay is not None:
             pc.cn_sdp = _towards(pc.cn_sdp, video, video_relay.lan)
         if was_sending:
@@ -765,9 +770,31 @@ class PhoneEgress:
         self.phone.ua.remove_relay(relayed[2])
 
 
-def _towards(sdp: SessionDescription, index: int, address: tuple[str, int]) -> SessionDescription:
-    """The CN's description as our audio sees it through a relay: stream `index` at `address`."""
-    return sdp.with_media(index, sdp.media[index].with_connection(address[0]).with_port(address[1]))
+def _towards(sdp: SessionDescription, index: int, address: tuple[str, int],
+             rtcp: relay.Allocation | None = None) -> SessionDescription:
+    """The CN's description as our audio sees it through a relay: stream `index` at `address`,
+    its RTCP at the `rtcp` relay's LAN end (without one, the CN's own ``a=rtcp`` is dropped:
+    port + 1 of the relay, as before)."""
+    out = sdp.with_media(index, sdp.media[index].with_connection(address[0]).with_port(address[1]))
+    return _with_rtcp(out, index, rtcp.lan if rtcp is not None else None)
+
+
+def _rtcp_far_end(sdp: SessionDescription, index: int, host: str) -> tuple[str, int]:
+    """Where the CN takes the RTCP of stream `index` (RFC 3605 ``a=rtcp``, else RTP's port + 1)."""
+    stated = sdp.media[index].rtcp
+    if stated is None:
+        return host, sdp.media[index].port + 1
+    return (stated.connection.host if stated.connection is not None else host), stated.port
+
+
+def _with_rtcp(sdp: SessionDescription, index: int, address: tuple[str, int] | None) -> SessionDescription:
+    """Stream `index` with ``a=rtcp`` (RFC 3605) naming `address` (None: without one)."""
+    media = sdp.media[index]
+    attributes = [a for a in media.attributes if a.name.lower() != "rtcp"]
+    if address is not None:
+        family = "IP6" if ":" in address[0] else "IP4"
+        attributes.append(Attribute("rtcp", f"{address[1]} IN {family} {address[0]}"))
+    return sdp.with_media(index, media.with_attributes(attributes))
 
 
 def _our_video(pc: PhoneCall, ours: SessionDescription) -> int | None:

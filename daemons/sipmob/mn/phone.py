@@ -197,6 +197,7 @@ class PhoneCall:
                 "devices": sorted(self.device_calls), "sending": bool(self.rtp.sending),
                 "rtp_sent": stats.sent_packets,
                 "rtp_received": sum(r.received for r in stats.sources.values()),
+                "rtcp_sent": stats.rtcp_sent, "rtcp_received": stats.rtcp_received,
                 "video_received": (sum(r.received for r in self.video_rtp.stats().sources.values())
                                    if self.video_rtp is not None else 0)}
 

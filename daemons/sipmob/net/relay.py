@@ -5,7 +5,8 @@ When every egress of a gateway is down, its sessions may continue over another g
 (one it found with SLP, ``service:sip-egress``, and whose Egress List it subscribed to). The
 mechanism chosen here is a re-INVITE through the other gateway acting as a relay for signalling
 and media: the stranded gateway asks for one UDP relay per far end of the session (the CN's SIP
-address, the CN's RTP address) by a SUBSCRIBE for the ``sip-egress-relay`` event naming them in
+address, the CN's RTP address, its video's, and last its audio's RTCP address, which our offer names
+in ``a=rtcp``, RFC 3605) by a SUBSCRIBE for the ``sip-egress-relay`` event naming them in
 ``Relay-To: HOST:PORT, [V6]:PORT`` (the subscription *is* the relay: it lives as long as the
 subscription, refreshed by re-SUBSCRIBE, closed by an un-SUBSCRIBE or its expiry); the first
 NOTIFY (``application/sip-egress-relay+json``) says, per far end, the LAN address to send to and

@@ -16,8 +16,10 @@ A call may be bound to one of our local addresses (``bind_call``: a multihomed h
 session on an egress of its own). Every message of that Call-ID then says where it must leave from
 (``messages_to_send_from`` gives ``(bytes, destination, local)``), its Via names that address and
 our Contact in it is stamped with it, as Via is: the UA core builds one Contact for all its calls,
-the layer that knows the call's egress puts the right host in it. A transaction keeps the address
-it started from, so its retransmissions are the same datagram from the same place (§17.1.1.2).
+the layer that knows the call's egress puts the right host in it. Over TCP our Contact names our
+TCP address with ``transport=tcp`` (bound call or not), so the peer's requests of the dialog keep TCP.
+A transaction keeps the address it started from, so its retransmissions are the same datagram from
+the same place (§17.1.1.2).
 
 Not here: parsing and building messages (`sipmob.sip.message`), where a message goes and how the Via
 is stamped (`sipmob.sip.transport`), dialogs and the 2xx/ACK retransmission of the UA core
@@ -538,6 +540,7 @@ class TransactionLayer:
         self.connections = Connections()
         self._local = {addr.transport.lower(): addr for addr in local}
         self._local_sent_by = {(addr.host, addr.port) for addr in local}
+        self._left_tcp: dict[tuple[str, int], Address] = {}  # our old UDP address -> its TCP one
         self._udp_size_limit = udp_size_limit
         self._branch_token = branch_token or (lambda: secrets.token_hex(8))
         self._transactions: dict[TransactionKey, _Transaction] = {}
@@ -633,9 +636,7 @@ class TransactionLayer:
             if destination is None:
                 raise LocalProtocolError("response without a Via to route it by")
             local = self._bound(response, destination)
-            if local is not None:
-                response = _with_contact(response, self._calls.get(response.call_id, local),
-                                         self._local_sent_by)
+            response = self._our_contact(response, destination)
             self._outgoing.append((response.to_bytes(), destination, local))
             return
         self._fire(tx, _input_for_status(response.status, sending=True), now, response)
@@ -683,6 +684,9 @@ class TransactionLayer:
     def set_local(self, local: list[Address]) -> None:
         """New addresses to stamp in Via; responses to requests sent from the old ones are still
         ours (§18.1.2) while they are in flight."""
+        udp, tcp = self._local.get("udp"), self._local.get("tcp")
+        if udp is not None and tcp is not None:
+            self._left_tcp[(udp.host, udp.port)] = tcp  # a REGISTER removes the Contact it bound
         self._local.update({addr.transport.lower(): addr for addr in local})
         self._local_sent_by |= {(addr.host, addr.port) for addr in local}
 
@@ -698,17 +702,18 @@ class TransactionLayer:
         self._calls[call_id] = local
         self._local_sent_by.add((local.host, local.port))
         for i, (data, destination, was) in enumerate(self._outgoing):
-            if was == local or destination.transport != local.transport:
+            over = self._bound_over(call_id, destination.transport.lower())  # TCP beside UDP too
+            if over is None or was == over:
                 continue
             tx = next((tx for tx in self._transactions.values()
                        if tx.request_bytes is data and tx.machine not in _SERVERS), None)
             if tx is None or tx.request is None or tx.request.call_id != call_id:
                 continue
             branch = tx.request.top_via.branch or new_branch(self._branch_token())
-            tx.request = _with_contact(_with_sent_by(tx.request, local, branch), local, self._local_sent_by)
+            tx.request = self._our_contact(_with_sent_by(tx.request, over, branch), destination)
             tx.request_bytes = tx.request.to_bytes()
-            tx.local = local
-            self._outgoing[i] = (tx.request_bytes, destination, local)
+            tx.local = over
+            self._outgoing[i] = (tx.request_bytes, destination, over)
 
     def bound(self, call_id: str) -> Address | None:
         """The local address `call_id` is bound to, if any."""
@@ -748,8 +753,7 @@ class TransactionLayer:
         bound = self._bound_over(request.call_id, transport)
         if bound is not None:
             local = bound
-            # our Contact names the call's UDP address (where requests without transport=tcp come)
-            request = _with_contact(request, self._calls[request.call_id], self._local_sent_by)
+        request = self._our_contact(request, destination)
         if local is None:
             raise LocalProtocolError(f"no local {transport} address to send from")
         branch = new_branch(self._branch_token())
@@ -759,6 +763,21 @@ class TransactionLayer:
             destination = Address(destination.host, destination.port, size_transport)
             stamped = stamp_via(stamped, self._local[size_transport], branch)
         return stamped, destination
+
+    def _our_contact(self, message: M, destination: Address) -> M:
+        """`message` with our Contact naming where the peer must send its requests of the dialog:
+        the call's address, over the transport the message travels (RFC 3261 §12.1: the Contact is
+        the remote target; a Contact without ``transport=tcp`` would bring them back over UDP)."""
+        transport = destination.transport.lower()
+        bound = self._calls.get(message.call_id) if self._calls else None
+        if bound is not None:
+            local = self._bound_over(message.call_id, transport) if is_reliable(transport) else bound
+            return _with_contact(message, local or bound, self._local_sent_by)
+        udp, local = self._local.get("udp"), self._local.get(transport)
+        if udp is None or local is None or not is_reliable(transport):
+            return message
+        # the Contact naming our default address; an old one a REGISTER removes, as it was bound
+        return _with_contacts(message, {**self._left_tcp, (udp.host, udp.port): local})
 
     def _bound(self, message: Request | Response, destination: Address) -> Address | None:
         """The local address `message` leaves from, when its call is bound (over that transport)."""
@@ -892,9 +911,7 @@ class TransactionLayer:
             assert isinstance(message, Response)
             # the call's address when the final response goes, kept for its retransmissions
             tx.local = self._bound(message, tx.destination)
-            if tx.local is not None:
-                message = _with_contact(message, self._calls.get(message.call_id, tx.local),
-                                        self._local_sent_by)
+            message = self._our_contact(message, tx.destination)
             tx.last_response = message.to_bytes()
             self._send_response_bytes(tx, tx.last_response)
         elif action is Action.RESEND_RESPONSE:
@@ -973,19 +990,31 @@ M = TypeVar("M", Request, Response)
 
 
 def _with_contact(message: M, local: Address, ours: set[tuple[str, int]]) -> M:
-    """`message` with our Contact (a URI naming one of `ours`) naming `local` instead."""
+    """`message` with our Contact (a URI naming one of `ours`) naming `local` instead, with
+    ``transport=`` when `local` is not UDP."""
+    return _with_contacts(message, dict.fromkeys(ours, local))
+
+
+def _with_contacts(message: M, ours: dict[tuple[str, int], Address]) -> M:
+    """`message` with each Contact naming a key of `ours` naming its value instead."""
     lines = message.headers.get_lines("Contact")
     if not lines:
         return message
     contacts = message.contact
-    if not any((c.uri.host, c.uri.port or 5060) in ours
-               and (c.uri.host, c.uri.port) != (local.host, local.port) for c in contacts):
+    changed = []
+    for c in contacts:
+        local = ours.get((c.uri.host, c.uri.port or 5060))
+        if local is not None:
+            uri = c.uri.replace(host=local.host, port=local.port)
+            if local.transport.lower() != "udp":
+                uri = uri.with_params(transport=local.transport.lower())
+            c = dataclasses.replace(c, uri=uri)
+        changed.append(c)
+    if changed == list(contacts):
         return message
     headers = message.headers.copy()
     headers.remove("Contact")
-    for c in contacts:
-        if (c.uri.host, c.uri.port or 5060) in ours:
-            c = dataclasses.replace(c, uri=c.uri.replace(host=local.host, port=local.port))
+    for c in changed:
         headers.add("Contact", str(c))
     return message.replace(headers=headers)
 

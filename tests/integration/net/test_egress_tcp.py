@@ -5,11 +5,15 @@ re-INVITE goes over it.
 ``sipmob phone`` (``[listen] tcp = true``) in the `home` namespace of `twowan.TwoWan` calls baresip
 in `internet` at ``;transport=tcp``. The capture at the CN sees the TCP connection openings (SYN)
 and the first bytes of each segment, so it says which address each connection and each INVITE
-came from; RTP (UDP) is checked as in the UDP failover tests. Needs root and baresip.
+came from; RTP (UDP) is checked as in the UDP failover tests. A capture in `home` sees which transport
+the CN's requests of the dialog arrive over (our Contact says ``transport=tcp``), for a call we
+place and one the CN places. Needs root and baresip.
 """
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +33,7 @@ from tests.integration.net.twowan import (
     until,
 )
 from tests.peers.baresip import BARESIP
-from tests.peers.netns import available
+from tests.peers.netns import Namespace, available
 from tests.peers.sipp import SIPP
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
@@ -37,6 +41,42 @@ SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 pytestmark = [pytest.mark.peer,
               pytest.mark.skipif(BARESIP is None, reason="baresip is not installed (apt baresip-core)"),
               pytest.mark.skipif(not available(), reason="needs network namespaces (root)")]
+
+
+class CaptureAtHome:
+    """SIP requests reaching the home's wan1 side: (transport, the first bytes of the payload)."""
+
+    def __init__(self, ns: Namespace) -> None:
+        self.seen: list[tuple[str, bytes]] = []
+        self._sock = ns.socket(socket.AF_PACKET, socket.SOCK_DGRAM)
+        self._sock.bind(("h1", 0x0800))
+        self._sock.settimeout(0.2)
+        self._stop = False
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop:
+            try:
+                data, meta = self._sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if meta[2] == socket.PACKET_OUTGOING or len(data) < 28 or data[9] not in (6, 17):
+                continue
+            ihl = (data[0] & 0x0F) * 4
+            offset = ihl + ((data[ihl + 12] >> 4) * 4 if data[9] == 6 else 8)
+            self.seen.append(("tcp" if data[9] == 6 else "udp", data[offset:offset + 16]))
+
+    def transports(self, method: str) -> set[str]:
+        """Over which transports requests of `method` arrived."""
+        return {t for t, head in list(self.seen) if head.startswith(f"{method} ".encode())}
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(2)
+        self._sock.close()
 
 
 @pytest.fixture
@@ -108,4 +148,45 @@ def test_a_registrar_over_tcp_gets_the_new_contact_over_a_connection_from_the_su
             phone.stop()
         if capture is not None:
             capture.close()
+        net.delete()
+
+
+def test_the_cns_requests_of_a_tcp_call_come_back_over_tcp(stage: dict[str, Any]) -> None:
+    """Our Contact says transport=tcp: the CN's BYE (baresip hangs up as it stops) comes over TCP."""
+    net, cn, phone = stage["net"], stage["cn"], stage["phone"]
+    home = CaptureAtHome(net.home)
+    try:
+        assert "established" in phone.command("call", uri=f"{cn.uri};transport=tcp"), phone.output()
+        cn.stop()
+        assert until(lambda: not phone.command("calls"), 10), phone.output()[-4000:]
+        assert home.transports("BYE") == {"tcp"}, home.seen
+    finally:
+        home.close()
+
+
+def test_a_call_the_cn_places_over_tcp_is_answered_over_tcp(tmp_path: Path) -> None:
+    """The CN calls the phone's egress address at transport=tcp: our 200 names a TCP Contact, so
+    the CN's ACK and BYE come over TCP too."""
+    net = TwoWan()
+    phone = cn = home = None
+    try:
+        phone = HomePhone(net, tmp_path, egress_toml(probe=False), tcp=True)
+        home = CaptureAtHome(net.home)
+        cn = Correspondent(net, tmp_path, dial=f"sip:mn@{HOME1}:5060;transport=tcp")
+        assert until(lambda: [c for c in phone.command("calls") if c["state"] == "confirmed"], 10), \
+            phone.output()[-4000:]
+        assert until(lambda: phone.received() > 10, 5), phone.output()[-4000:]
+        assert until(lambda: home.transports("ACK") == {"tcp"}, 5), home.seen
+        assert home.transports("INVITE") == {"tcp"}
+        cn.stop()
+        cn = None
+        assert until(lambda: not phone.command("calls"), 10), phone.output()[-4000:]
+        assert home.transports("BYE") == {"tcp"}, home.seen
+    finally:
+        if phone is not None:
+            phone.stop()
+        if cn is not None:
+            cn.stop()
+        if home is not None:
+            home.close()
         net.delete()

@@ -8,11 +8,14 @@ through gateway B's egress (SIP-NEMO §3.2, §4.2, §4.5).
 B advertises ``service:sip-egress`` in the DA (sipmob-slpda, on B's LAN address) and relays for the
 home's network; A finds B there, SUBSCRIBEs to its Egress List, and when its only link goes down
 asks B for relays and re-INVITEs the CN from B's WAN address. The capture at the CN says where the
-re-INVITE and the RTP come from. Needs root (namespaces), baresip and the slpda.
+re-INVITE and the RTP come from; tshark, capturing at the CN, decodes the RTCP that reaches it through
+B. Needs root (namespaces), baresip and the slpda.
 """
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +35,7 @@ from tests.integration.net.twowan import (
 )
 from tests.peers.baresip import BARESIP
 from tests.peers.netns import available
+from tests.peers.tshark import TSHARK, tshark
 
 pytestmark = [pytest.mark.peer,
               pytest.mark.skipif(BARESIP is None, reason="baresip is not installed (apt baresip-core)"),
@@ -68,6 +72,47 @@ def test_all_links_of_a_down_the_call_continues_through_b(stage: dict[str, Any])
     assert [(p["gateway"], p["egresses"][0]["on"]) for p in listing["peers"]] == [
         (f"sip:mn@{LAN_B}:5060", True)], listing
     assert "1" in listing["relayed"] and listing["relayed"]["1"].startswith(HOME2), listing
+
+
+@pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
+def test_through_b_the_cn_gets_our_rtcp_and_we_get_its(stage: dict[str, Any], tmp_path: Path) -> None:
+    """A asks B for a relay of the audio's RTCP too (the last far end of its Relay-To) and offers it
+    in ``a=rtcp`` (RFC 3605): our reports reach the CN from B's WAN address, the CN's reach A."""
+    net, cn, a = stage["net"], stage["cn"], stage["a"]
+    assert "established" in a.command("call", uri=cn.uri), a.output()
+    pcap = tmp_path / "cn.pcap"
+    stderr = tmp_path / "tshark.stderr"
+    with stderr.open("wb") as err:
+        dumper = net.internet.popen([TSHARK, "-i", "i2", "-f", f"udp and src host {HOME2}", "-w", str(pcap)],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        assert until(lambda: "Capturing on" in stderr.read_text(errors="replace"), 15), stderr.read_text()
+        net.gw_a.set_link("a1", False)
+        assert until(lambda: stage["capture"].rtp_from(HOME2), 5), a.output()
+        # RTCP's interval is 5 s on average (RFC 3550 §6.2, randomised): wait for a few
+        assert until(lambda: _rtcp_received(a) >= 2, 30), f"{a.command('calls')}\n{a.output()}"
+    finally:
+        dumper.send_signal(signal.SIGINT)
+        try:
+            dumper.wait(10)
+        except subprocess.TimeoutExpired:
+            dumper.kill()
+            dumper.wait(5)
+    rows = _rtcp_rows(pcap)
+    assert any(pt in ("200", "201") for _src, pt in rows), rows  # a Sender or Receiver Report
+    assert {src for src, _pt in rows} == {HOME2}
+
+
+def _rtcp_received(phone: Any) -> int:
+    calls = phone.command("calls")
+    return int(calls[0].get("rtcp_received", 0)) if calls else 0
+
+
+def _rtcp_rows(pcap: Path) -> list[tuple[str, str]]:
+    """(source, first packet type) of each RTCP packet, found by Wireshark's RTCP heuristic."""
+    out = tshark("-r", str(pcap), "-o", "rtcp.heuristic_rtcp:TRUE", "-Y", "rtcp", "-T", "fields",
+                 "-e", "ip.src", "-e", "rtcp.pt")
+    return [(line.split("\t")[0], line.split("\t")[1].split(",")[0]) for line in out.splitlines() if line]
 
 
 def test_when_a_link_of_a_returns_the_call_comes_back_and_the_relays_go(stage: dict[str, Any]) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from sipmob.mn.config import MnConfig
-from sipmob.mn.egress import _readdressed
+from sipmob.mn.egress import _readdressed, _rtcp_far_end, _towards, _with_rtcp
+from sipmob.net.relay import Allocation
 from sipmob.sdp import parse
 from sipmob.service.config import ConfigError, parse_config
 
@@ -47,3 +48,30 @@ def test_a_missing_egress_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(MnConfig, {"listen": {"egress": str(tmp_path / "nope.toml")}}, "mn.toml")
     assert "nope.toml" in str(caught.value)
+
+
+CN = parse("v=0\r\no=cn 1 1 IN IP4 203.0.113.5\r\ns=-\r\nc=IN IP4 203.0.113.5\r\nt=0 0\r\n"
+           "m=audio 7000 RTP/AVP 0\r\na=sendrecv\r\n")
+
+
+def test_the_cns_rtcp_far_end_is_where_its_a_rtcp_says_else_port_plus_one() -> None:
+    assert _rtcp_far_end(CN, 0, "203.0.113.5") == ("203.0.113.5", 7001)
+    stated = parse(CN.to_bytes().decode().replace("a=sendrecv", "a=rtcp:7100 IN IP4 203.0.113.9"))
+    assert _rtcp_far_end(stated, 0, "203.0.113.5") == ("203.0.113.9", 7100)
+    port_only = parse(CN.to_bytes().decode().replace("a=sendrecv", "a=rtcp:7100"))
+    assert _rtcp_far_end(port_only, 0, "203.0.113.5") == ("203.0.113.5", 7100)
+
+
+def test_through_a_relay_rtcp_goes_to_the_rtcp_relays_lan_end_and_the_offer_names_its_wan_end() -> None:
+    rtcp = Allocation(("203.0.113.5", 7001), ("192.168.50.3", 41000), ("10.200.2.2", 42000))
+    towards = _towards(CN, 0, ("192.168.50.3", 40000), rtcp)
+    assert (towards.media[0].port, towards.connection_for(0).address) == (40000, "192.168.50.3")  # type: ignore[union-attr]
+    stated = towards.media[0].rtcp
+    assert stated is not None and stated.port == 41000 and stated.connection is not None
+    assert stated.connection.host == "192.168.50.3"
+    offer = _with_rtcp(OURS, 0, rtcp.wan)
+    assert "a=rtcp:42000 IN IP4 10.200.2.2" in offer.to_bytes().decode()
+    assert parse(offer.to_bytes()).media[0].rtcp.port == 42000  # type: ignore[union-attr]
+    # without an RTCP relay, a CN's own a=rtcp (not reachable through the relay) is not kept
+    own = parse(CN.to_bytes().decode().replace("a=sendrecv", "a=rtcp:7100"))
+    assert _towards(own, 0, ("192.168.50.3", 40000)).media[0].rtcp is None
