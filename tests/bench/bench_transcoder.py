@@ -41,15 +41,12 @@ Every loop is bounded by count and time; every process started is stopped by its
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import resource
-import select
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -61,6 +58,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "daemons"), str(ROOT)]
 
 import numpy as np  # noqa: E402
+from tests.bench import rtpload  # noqa: E402
 
 from sipmob.media.audioformat import AudioFormat, make_decoder, make_encoder  # noqa: E402
 from sipmob.sdp.session import parse as parse_sdp  # noqa: E402
@@ -93,126 +91,6 @@ def payloads(codec: str, seconds: int = 1) -> list[bytes]:
     encoder = make_encoder(fmt, rate)
     n = encoder.frame_samples
     return [encoder.encode(pcm[i * n:(i + 1) * n]) for i in range(len(pcm) // n)]
-
-
-def generate(spec: dict[str, Any]) -> dict[str, Any]:
-    """Send N channels for `seconds`, receive at B, return the figures (runs in its own process)."""
-    targets = [tuple(t) for t in spec["targets"]]
-    receivers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in targets]
-    for sock, port in zip(receivers, spec["b_ports"], strict=True):
-        sock.bind((HOST, port))
-        sock.setblocking(False)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sender.bind((HOST, spec["a_port"]))
-    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
-    poller = select.epoll()
-    by_fd = {}
-    for i, sock in enumerate(receivers):
-        poller.register(sock.fileno(), select.EPOLLIN)
-        by_fd[sock.fileno()] = i
-    frames = [bytes.fromhex(p) for p in spec["payloads"]]
-    pt, ticks = spec["pt"], spec["ticks"]
-    n = len(targets)
-    seconds = spec["seconds"]
-    warmup = 1.0
-    rng = random.Random(1)
-    ssrcs = [rng.getrandbits(32) for _ in range(n)]
-    phases = sorted(((i * PTIME / n), i) for i in range(n))
-    last_sent = [0.0] * n
-    sent = [0] * n
-    sent_all = 0
-    received = [0] * n
-    first_seq: list[int | None] = [None] * n
-    max_seq = [0] * n
-    last_arrival = [0.0] * n
-    gaps: list[float] = []
-    latencies: list[float] = []
-    lags: list[float] = []
-    sample: list[str] = []
-    start = time.monotonic() + 0.1
-    end = start + warmup + seconds
-    measure_from = start + warmup
-    tick = 0
-    pointer = 0
-    buf = bytearray(4096)
-    view = memoryview(buf)
-
-    def drain(now: float) -> None:
-        for fd, _ in poller.poll(0):
-            i = by_fd[fd]
-            sock = receivers[i]
-            for _ in range(64):  # bounded: the socket may be refilled while we read
-                try:
-                    size = sock.recv_into(buf)
-                except BlockingIOError:
-                    break
-                if now < measure_from or size < 12 or 72 <= (buf[1] & 0x7F) <= 76:
-                    continue  # warm-up, or RTCP (RFC 5761 §4 types) that strayed here
-                seq = struct.unpack_from("!H", buf, 2)[0]
-                if first_seq[i] is None:
-                    first_seq[i] = seq
-                    max_seq[i] = 0
-                else:
-                    ahead = (seq - first_seq[i]) % 65536  # type: ignore[operator]
-                    if ahead < 32768:
-                        max_seq[i] = max(max_seq[i], ahead)
-                received[i] += 1
-                if last_arrival[i]:
-                    gaps.append(now - last_arrival[i])
-                last_arrival[i] = now
-                latencies.append(now - last_sent[i])
-                if i == 0 and len(sample) < 200:
-                    sample.append(bytes(view[12:size]).hex())
-
-    while True:
-        now = time.monotonic()
-        if now >= end:
-            break
-        slot_time = start + tick * PTIME + phases[pointer][0]
-        if now < slot_time:
-            drain(now)
-            wait = slot_time - time.monotonic()
-            if wait > 0.0005:
-                poller.poll(min(wait - 0.0003, 0.005))
-            continue
-        i = phases[pointer][1]
-        k = tick
-        packet = struct.pack("!BBHII", 0x80, pt, k % 65536, (k * ticks) % (1 << 32), ssrcs[i]) + \
-            frames[k % len(frames)]
-        try:
-            sender.sendto(packet, targets[i])
-            sent_all += 1
-        except OSError:
-            pass
-        if now >= measure_from:
-            sent[i] += 1
-            lags.append(now - slot_time)
-        last_sent[i] = now
-        pointer += 1
-        if pointer == n:
-            pointer = 0
-            tick += 1
-    drain_end = time.monotonic() + 0.1
-    while time.monotonic() < drain_end:
-        drain(time.monotonic())
-        poller.poll(0.01)
-    total_sent = sum(sent)
-    total_received = sum(received)
-    expected_out = sum(m + 1 for m, f in zip(max_seq, first_seq, strict=True) if f is not None)
-    lost = max(total_sent - total_received, expected_out - total_received, 0)
-    for sock in receivers:
-        sock.close()
-    sender.close()
-
-    def pct(xs: list[float], q: float) -> float:
-        return float(np.percentile(xs, q)) * 1000 if xs else float("nan")
-
-    return {"sent": total_sent, "sent_all": sent_all, "received": total_received,
-            "loss": lost / max(total_sent, 1),
-            "gap_p99_ms": pct(gaps, 99), "latency_p50_ms": pct(latencies, 50),
-            "latency_p99_ms": pct(latencies, 99), "lag_p99_ms": pct(lags, 99), "sample": sample,
-            "silent_channels": sum(1 for r in received if r == 0)}
 
 
 # Systems under test --------------------------------------------------------------------------
@@ -330,6 +208,9 @@ class Sipmob:
             self.calls.append(parse_sdp(response.body).media[0].port)
         return [(HOST, p) for p in self.calls[:n]]
 
+    def log_tail(self, lines: int) -> list[str]:
+        return self.daemon.output().splitlines()[-lines:]
+
     def stop(self) -> None:
         self.controller.close()
         self.daemon.stop()
@@ -434,6 +315,9 @@ class Rtpengine:
             self.calls.append(parse_sdp(answer["sdp"]).media[0].port)
         return [(HOST, p) for p in self.calls[:n]]
 
+    def log_tail(self, lines: int) -> list[str]:
+        return self.log_path.read_text(errors="replace").splitlines()[-lines:]
+
     def stop(self) -> None:
         self.sock.close()
         if self.proc.poll() is None:
@@ -449,87 +333,132 @@ class Rtpengine:
 # Trials and the search ----------------------------------------------------------------------
 
 
-def trial(system: Any, case: str, n: int, seconds: float, gen_cpu: int, a_port: int,
+def machine() -> tuple[list[int], float]:
+    """Busy jiffies per CPU (user..steal, not idle/iowait) and the 1-minute load average."""
+    busy = []
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu") and line[3:4].isdigit():
+            f = [int(x) for x in line.split()[1:]]
+            busy.append(sum(f[:8]) - f[3] - f[4])
+    return busy, float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def failed(n: int, why: str, system: Any) -> dict[str, Any]:
+    print(f"    generator failed: {why}", flush=True)
+    nan = float("nan")
+    return {"n": n, "ok": False, "generator_bound": True, "loss": 1.0, "gap_p99_ms": nan,
+            "latency_p50_ms": nan, "latency_p99_ms": nan, "lag_p99_ms": nan, "cpu": 0.0, "gen_cpu": 0.0,
+            "us_per_packet": nan, "rss_mb": rss_mb(system.pid), "peak_hz": 0.0, "audio_ok": False,
+            "silent_channels": n, "load": nan, "others_sut_core": nan, "anchor_late": 0}
+
+
+def trial(system: Any, case: str, n: int, args: argparse.Namespace, a_port: int,
           b_ports: list[int]) -> dict[str, Any]:
     source, sink = CASES[case]
     targets = system.ensure(n, source, sink, a_port, b_ports)
     pt, rtpmap = FORMATS[source]
-    clock = int(rtpmap.split("/")[1])
-    spec = {"targets": targets, "b_ports": b_ports[:n], "a_port": a_port, "pt": pt,
-            "ticks": int(clock * PTIME), "payloads": [p.hex() for p in PAYLOADS[source]],
-            "seconds": seconds}
-    spec_path = WORKDIR / "spec.json"
-    spec_path.write_text(json.dumps(spec))
+    out_clock = int(FORMATS[sink][1].split("/")[1])
+    load = rtpload.Load(targets=[port for _, port in targets], b_ports=b_ports[:n], a_port=a_port, pt=pt,
+                        ticks=int(int(rtpmap.split("/")[1]) * PTIME), out_ticks=int(out_clock * PTIME),
+                        payloads=PAYLOADS[source], seconds=args.seconds, warmup=args.warmup,
+                        seed=random.randrange(1 << 31))
+    busy0, load0 = machine()
     cpu0, wall0 = cpu_seconds(system.pid), time.monotonic()
-    out = subprocess.run(["taskset", "-c", str(gen_cpu), sys.executable, __file__, "--generate",
-                          str(spec_path)], capture_output=True, timeout=seconds + 60, check=False)
-    cpu1, wall1 = cpu_seconds(system.pid), time.monotonic()
-    if out.returncode != 0:
+    try:
+        result = rtpload.run(GENERATOR, load, WORKDIR, cpu=args.gen_cpu, realtime=args.rt_generator)
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
         # Most often a B port taken meanwhile by another program on this shared machine.
-        error = out.stderr.decode(errors="replace").strip().splitlines()[-1:]
-        print(f"    generator failed: {error}", flush=True)
-        return {"n": n, "ok": False, "generator_bound": True, "loss": 1.0, "gap_p99_ms": float("nan"),
-                "latency_p50_ms": float("nan"), "latency_p99_ms": float("nan"), "lag_p99_ms": float("nan"),
-                "cpu": 0.0, "us_per_packet": float("nan"), "rss_mb": rss_mb(system.pid), "peak_hz": 0.0,
-                "audio_ok": False,
-                "silent_channels": n}
-    result: dict[str, Any] = json.loads(out.stdout)
-    result["cpu"] = (cpu1 - cpu0) / (wall1 - wall0)  # share of one core over the trial (incl. start-up)
-    # CPU per packet: over every packet sent in the trial, warm-up included, so the generator's
-    # start-up (the SUT idle) does not dilute it.
-    result["us_per_packet"] = (cpu1 - cpu0) / max(result.get("sent_all", 0), 1) * 1e6
+        return failed(n, str(e).splitlines()[-1:][0] if str(e) else repr(e), system)
+    cpu1, wall1 = cpu_seconds(system.pid), time.monotonic()
+    busy1, load1 = machine()
+    span = args.seconds + args.warmup  # the SUT is idle before the first packet and after the last
+    result["cpu"] = (cpu1 - cpu0) / span  # share of one core while the load ran
+    result["gen_cpu"] = result["gen_cpu_s"] / span
+    # What else ran on the SUT's core meanwhile (other jobs of the machine, the kernel's softirqs),
+    # over the whole run of the generator (start-up and drain included).
+    hz = os.sysconf("SC_CLK_TCK")
+    core = (busy1[args.sut_cpu] - busy0[args.sut_cpu]) / hz
+    result["others_sut_core"] = max(core - (cpu1 - cpu0), 0.0) / (wall1 - wall0)
+    if result["silent_channels"]:
+        tail = "\n      ".join(system.log_tail(6))
+        print(f"    {result['silent_channels']} of {n} channels silent; the end of {system.name}'s log:\n"
+              f"      {tail}", flush=True)
+    result["load"] = max(load0, load1)
+    # CPU per packet: over every packet sent, warm-up included (the SUT idle outside the load).
+    result["us_per_packet"] = (cpu1 - cpu0) / max(result["sent_all"], 1) * 1e6
     result["rss_mb"] = rss_mb(system.pid)
     result["n"] = n
-    result["ok"] = result["loss"] <= 0.001 and result["gap_p99_ms"] < 40 and result["silent_channels"] == 0
-    result["generator_bound"] = result["lag_p99_ms"] > 5.0
     fmt_pt, fmt_map = FORMATS[sink]
     fmt = AudioFormat.of(fmt_map.split("/")[0], fmt_pt, int(fmt_map.split("/")[1]))
     decoder = make_decoder(fmt)
-    decoded = [decoder.decode(bytes.fromhex(p)) for p in result.pop("sample")]
+    decoded = [decoder.decode(p) for p in result.pop("sample")]
     pcm = np.concatenate(decoded or [np.zeros(1, np.int16)])
     y = pcm[len(pcm) // 4:].astype(float)
     peak = float(np.argmax(np.abs(np.fft.rfft(y * np.hanning(len(y))))) * decoder.rate / max(len(y), 1))
     result["peak_hz"] = peak
     result["audio_ok"] = abs(peak - 440) < 10
+    result["ok"] = (result["loss"] <= 0.001 and result["gap_p99_ms"] < 40 and result["silent_channels"] == 0
+                    and result["audio_ok"])
+    result["generator_bound"] = not result["lag_p99_ms"] <= 5.0
     return result
+
+
+def show(system: Any, case: str, r: dict[str, Any], note: str = "") -> None:
+    mark = "ok" if r["ok"] else "FAIL"
+    gen = " (generator-bound)" if r["generator_bound"] and not r["ok"] else ""
+    print(f"    {system.name:18s} {case:10s} N={r['n']:5d}{note} loss {r['loss'] * 100:6.3f}% gap p99 "
+          f"{r['gap_p99_ms']:5.1f} ms lat p50/p99 {r['latency_p50_ms']:5.2f}/{r['latency_p99_ms']:5.2f} ms "
+          f"cpu {r['cpu'] * 100:5.1f}% ({r['us_per_packet']:5.1f} us/pkt) others on its core "
+          f"{r['others_sut_core'] * 100:4.1f}% gen cpu {r['gen_cpu'] * 100:4.1f}% lag p99 "
+          f"{r['lag_p99_ms']:4.1f} ms rss {r['rss_mb']:5.1f} MB peak {r['peak_hz']:.0f} Hz load "
+          f"{r['load']:.2f} {mark}{gen}", flush=True)
+
+
+def run_trial(system: Any, case: str, n: int, args: argparse.Namespace, a_port: int,
+              b_ports: list[int], note: str = "") -> dict[str, Any]:
+    r = trial(system, case, n, args, a_port, b_ports)
+    if not r["ok"]:
+        # On a shared machine a neighbour can starve the SUT for a moment at any load: a failure
+        # counts once it happened twice in a row.
+        show(system, case, r, note + " (once more)")
+        r = trial(system, case, n, args, a_port, b_ports)
+    show(system, case, r, note)
+    return r
 
 
 def search(system: Any, case: str, args: argparse.Namespace, a_port: int,
            b_ports: list[int]) -> dict[str, Any]:
+    """Sustained channels: a first trial at --start gives the CPU per packet, the second goes to 90 %
+    of what that predicts for one core, then steps up by a quarter until a trial fails, then bisects
+    to 5 %. Bounded by --steps trials and --budget seconds; then 80 % of the best for latency."""
+    deadline = time.monotonic() + args.budget
     best: dict[str, Any] | None = None
     worst_fail: dict[str, Any] | None = None
+    low, high = 0, args.max + 1
     n = args.start
-    low, high = 0, None
-    for _ in range(args.steps):
-        r = trial(system, case, n, args.seconds, args.gen_cpu, a_port, b_ports)
-        if not r["ok"] and r["generator_bound"]:
-            # The generator was starved (the machine is shared): once more before calling it a limit.
-            r = trial(system, case, n, args.seconds, args.gen_cpu, a_port, b_ports)
-        mark = "ok" if r["ok"] else "FAIL"
-        gen = " (generator-bound)" if r["generator_bound"] else ""
-        print(f"    {system.name:18s} {case:10s} N={n:5d} loss {r['loss'] * 100:6.3f}% gap p99 "
-              f"{r['gap_p99_ms']:5.1f} ms lat p50/p99 {r['latency_p50_ms']:5.2f}/"
-              f"{r['latency_p99_ms']:5.2f} ms gen lag {r['lag_p99_ms']:4.1f} ms cpu {r['cpu'] * 100:5.1f}% "
-              f"rss {r['rss_mb']:5.1f} MB peak {r['peak_hz']:.0f} Hz {mark}{gen}", flush=True)
+    for step in range(args.steps):
+        r = run_trial(system, case, n, args, a_port, b_ports)
         if r["ok"]:
             low, best = n, r
         else:
             high, worst_fail = n, r
-        if high is None:
-            if n >= args.max:
-                break
-            n = min(args.max, n * 2)
+        if time.monotonic() > deadline:
+            print(f"    (search stopped: --budget {args.budget:.0f} s spent)", flush=True)
+            break
+        if step == 0 and r["ok"] and r["us_per_packet"] > 0:
+            guess = int(0.9 * 1e6 / 50 / r["us_per_packet"])
+            n = max(low + 1, guess)
+        elif high > args.max:
+            n = int(n * 1.25) + 1
         else:
-            if high - low <= max(2, low // 10):
-                break
             n = (low + high) // 2
+        n = min(n, args.max)
+        if n <= low or n >= high or high - low <= max(1, low // 20):
+            break
     at80 = None
     if best is not None:
         # Added latency where the issue asks for it: at 80 % of what was sustained.
-        n80 = max(1, best["n"] * 4 // 5)
-        at80 = trial(system, case, n80, args.seconds, args.gen_cpu, a_port, b_ports)
-        print(f"    {system.name:18s} {case:10s} N={n80:5d} (80 %) loss {at80['loss'] * 100:6.3f}% "
-              f"lat p50/p99 {at80['latency_p50_ms']:5.2f}/{at80['latency_p99_ms']:5.2f} ms", flush=True)
+        at80 = run_trial(system, case, max(1, best["n"] * 4 // 5), args, a_port, b_ports, " (80 %)")
     return {"best": best, "fail": worst_fail, "at80": at80}
 
 
@@ -547,17 +476,14 @@ def fixed_rounds(case: str, args: argparse.Namespace) -> dict[tuple[str, str], d
         results: dict[str, list[dict[str, Any]]] = {system.name: [] for system, _, _ in systems}
         for _ in range(args.rounds):
             for system, a_port, b_ports in systems:
-                r = trial(system, case, args.fixed, args.seconds, args.gen_cpu, a_port, b_ports)
-                print(f"    {system.name:18s} {case:10s} N={args.fixed:5d} loss {r['loss'] * 100:6.3f}% "
-                      f"gap p99 {r['gap_p99_ms']:5.1f} ms cpu {r['cpu'] * 100:5.1f}%", flush=True)
-                results[system.name].append(r)
+                results[system.name].append(run_trial(system, case, args.fixed, args, a_port, b_ports))
     finally:
         for system, _, _ in systems:
             system.stop()
     out = {}
     for name, rs in results.items():
         rs.sort(key=lambda r: r["cpu"])
-        out[(case, name)] = {"best": rs[len(rs) // 2], "fail": None}
+        out[(case, name)] = {"best": rs[len(rs) // 2], "fail": None, "at80": None}
     return out
 
 
@@ -582,7 +508,7 @@ def overload(case: str, args: argparse.Namespace) -> None:
                                  + sdp_side(a_port, source) + sdp_side(b_ports[i], sink)).encode())
             c.close()
             refused += response.status == 503 and "Retry-After" in response.headers
-        r = trial(system, case, calls, args.seconds, args.gen_cpu, a_port, b_ports)
+        r = run_trial(system, case, calls, args, a_port, b_ports)
         print(f"overload {case}: {calls} calls admitted, {refused} of {calls // 2} more refused with 503 + "
               f"Retry-After; admitted: loss {r['loss'] * 100:.3f}% gap p99 {r['gap_p99_ms']:.1f} ms "
               f"lat p50/p99 {r['latency_p50_ms']:.2f}/{r['latency_p99_ms']:.2f} ms cpu {r['cpu'] * 100:.1f}% "
@@ -591,43 +517,134 @@ def overload(case: str, args: argparse.Namespace) -> None:
         system.stop()
 
 
+
 PAYLOADS: dict[str, list[bytes]] = {}
 WORKDIR = Path(".")
+GENERATOR = Path(".")
+
+
+def fmt(value: float, spec: str = ".2f") -> str:
+    return "-" if value != value else format(value, spec)  # NaN: not measured
+
+
+def cell(entry: dict[str, Any] | None, what: str, fixed: bool) -> str:
+    """One system's figure for the side-by-side table."""
+    if entry is None:
+        return "-"
+    best, at80 = entry["best"], entry.get("at80") or entry["best"]
+    if what == "n":
+        if fixed:
+            return f"{best['n']}{'' if best['ok'] else '!'}"
+        fail = entry["fail"]
+        return f"{best['n']}{'+' if fail is None or fail['generator_bound'] else ''}"
+    if what == "core":
+        return fmt(best["cpu"] / best["n"] * 100, ".3f")
+    if what == "us":
+        return fmt(best["us_per_packet"], ".1f")
+    if what == "lat":
+        return f"{fmt(at80['latency_p50_ms'], '.1f')}/{fmt(at80['latency_p99_ms'], '.1f')}"
+    if what == "rss":
+        return fmt(best["rss_mb"], ".0f")
+    if what == "audio":
+        return "ok" if best["audio_ok"] else "WRONG"
+    return fmt(best["load"], ".1f")
+
+
+def table(summary: dict[tuple[str, str], dict[str, Any]], args: argparse.Namespace,
+          loads: tuple[float, float]) -> None:
+    print()
+    if args.fixed:
+        print(f"{args.fixed} channels for {args.seconds:.0f} s per case and system (no search: 'channels' "
+              f"is that load, '!' if it was not carried cleanly)")
+    else:
+        print(f"sustained channels on one core (<= 0.1 % loss, p99 gap < 40 ms, 440 Hz out of channel 0), "
+              f"{args.seconds:g} s trials after {args.warmup:g} s warm-up")
+    rt = "SCHED_FIFO" if args.rt_generator else "normal priority"
+    print(f"SUT pinned to CPU {args.sut_cpu}, generator (C, rtpload.c, {rt}) to CPU {args.gen_cpu}; "
+          f"load average (1 min) {loads[0]:.2f} at start, {loads[1]:.2f} at end, {os.cpu_count()} CPUs")
+    names = ("rtpengine", "sipmob-transcoder")
+    print(f"{'':10s} | {'channels':^21s} | {'% core per channel':^20s} | {'us per packet':^21s} | "
+          f"{'latency p50/p99 ms':^23s} | {'RSS MB':^11s} | {'audio':^9s} | {'load':^9s}")
+    cols = "rtpe  sipmob  ratio"
+    print(f"{'case':10s} | {cols:>21s} | {'rtpe':>9s} {'sipmob':>10s} | {cols:>21s} | {'rtpe':>11s} "
+          f"{'sipmob':>11s} | {'rtpe':>5s} {'sipmob':>5s} | {'rtpe':>4s} {'sip':>4s} | "
+          f"{'rtpe':>4s} {'sip':>4s}")
+    for case in args.cases.split(","):
+        got: dict[str, dict[str, Any]] = {}
+        for name in names:
+            entry = summary.get((case, name))
+            if entry is not None and entry["best"] is not None:
+                got[name] = entry
+        if not got:
+            print(f"{case:10s} | nothing sustained (not even --start {args.start})")
+            continue
+
+        ratio_n = ratio_us = "-"
+        if len(got) == 2:
+            r, s = got["rtpengine"]["best"], got["sipmob-transcoder"]["best"]
+            ratio_n = f"{s['n'] / r['n']:.2f}x"
+            ratio_us = f"{r['us_per_packet'] / s['us_per_packet']:.2f}x"
+        rtpe, ours = got.get("rtpengine"), got.get("sipmob-transcoder")
+        f = bool(args.fixed)
+        print(f"{case:10s} | {cell(rtpe, 'n', f):>5s} {cell(ours, 'n', f):>6s} {ratio_n:>6s} | "
+              f"{cell(rtpe, 'core', f):>9s} {cell(ours, 'core', f):>10s} | "
+              f"{cell(rtpe, 'us', f):>5s} {cell(ours, 'us', f):>6s} {ratio_us:>6s} | "
+              f"{cell(rtpe, 'lat', f):>11s} {cell(ours, 'lat', f):>11s} | "
+              f"{cell(rtpe, 'rss', f):>5s} {cell(ours, 'rss', f):>5s} | "
+              f"{cell(rtpe, 'audio', f):>4s} {cell(ours, 'audio', f):>4s} | "
+              f"{cell(rtpe, 'load', f):>4s} {cell(ours, 'load', f):>4s}")
+    if not args.fixed:
+        print("+: not shown to be the system's limit (no trial above it failed, or the one that did had a "
+              "starved generator).")
+        print("ratio: sipmob / rtpengine for channels; rtpengine / sipmob for us per packet (above 1: sipmob "
+              "cheaper).")
+        print("% core per channel and us per packet at the sustained load; latency (packet in -> converted "
+              "packet out) at 80 % of it; load: 1-minute load average during that trial (the bench's two "
+              "processes add about 2).")
 
 
 def main() -> None:
-    global WORKDIR
+    global WORKDIR, GENERATOR
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--generate", help=argparse.SUPPRESS)
-    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--cases", default=None, help=f"comma separated, of {','.join(CASES)} (default: all)")
     parser.add_argument("--systems", default="rtpengine,sipmob")
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--start", type=int, default=25)
-    parser.add_argument("--max", type=int, default=1600)
+    parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per trial")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds sent before measuring")
+    parser.add_argument("--start", type=int, default=50, help="channels of the first trial of a search")
+    parser.add_argument("--max", type=int, default=2400)
     parser.add_argument("--steps", type=int, default=9, help="trials per case and system at most")
+    parser.add_argument("--budget", type=float, default=150.0,
+                        help="seconds per case and system after which the search stops")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: pcmu-opus and relay, 2 s trials, 3 steps, at most 400 channels")
     parser.add_argument("--fixed", type=int, default=0, metavar="N",
-                        help="no search: one trial of N channels per case and system, for CPU per packet "
-                             "and latency at a load both carry (on a shared machine the search measures "
-                             "the neighbours as much as the system)")
+                        help="no search: N channels per case and system, alternated --rounds times, for CPU "
+                             "per packet and latency at a load both carry")
     parser.add_argument("--rounds", type=int, default=3, help="with --fixed: alternated trials per system")
     parser.add_argument("--overload", type=int, default=0, metavar="N",
                         help="sipmob only: capacity of N calls, N * 1.5 offered; the extra must get 503 "
                              "and the admitted keep <= 0.1 %% loss")
+    parser.add_argument("--no-rt-generator", dest="rt_generator", action="store_false",
+                        help="run the generator at normal priority (by default SCHED_FIFO, so the other "
+                             "jobs of a shared machine do not delay its packets; it sleeps between them)")
     parser.add_argument("--sut-cpu", type=int, default=0)
     parser.add_argument("--gen-cpu", type=int, default=1)
     args = parser.parse_args()
-    if args.generate:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
-        print(json.dumps(generate(json.loads(Path(args.generate).read_text()))))
-        return
+    if args.quick:
+        args.cases = args.cases or "pcmu-opus,relay"
+        args.seconds, args.warmup, args.steps, args.max = 2.0, 0.5, 3, min(args.max, 400)
+    args.cases = args.cases or ",".join(CASES)
     resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
     # SIGTERM unwinds like Ctrl-C, so the systems started below are stopped by their PIDs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     for codec in FORMATS:
         PAYLOADS[codec] = payloads(codec)
     summary: dict[tuple[str, str], dict[str, Any]] = {}
+    load_start = machine()[1]
+    print(f"load average (1 min) at start: {load_start:.2f}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-transcoder-") as tmp:
         WORKDIR = Path(tmp)
+        GENERATOR = rtpload.build(WORKDIR)
         for case in args.cases.split(","):
             print(f"{case}:", flush=True)
             if args.overload:
@@ -648,53 +665,8 @@ def main() -> None:
                     summary[(case, system.name)] = search(system, case, args, a_port, b_ports)
                 finally:
                     system.stop()
-    if args.overload:
-        return
-    print()
-    if args.fixed:
-        print(f"{args.fixed} channels for {args.seconds:.0f} s per case and system (no search: 'channels' is "
-              f"that load, with its loss in the last column), SUT on CPU {args.sut_cpu}, generator on CPU "
-              f"{args.gen_cpu}")
-    else:
-        print(f"sustained channels on one core (<= 0.1 % loss, p99 gap < 40 ms), {args.seconds:.0f} s "
-              f"trials, SUT on CPU {args.sut_cpu}, generator on CPU {args.gen_cpu}")
-    print(f"{'case':10s} {'system':18s} {'channels':>8s} {'us/pkt':>7s} {'by CPU':>7s} {'lat p50':>8s} "
-          f"{'lat p99':>8s} {'RSS MB':>7s} {'audio':>6s}")
-    for case in args.cases.split(","):
-        row: dict[str, tuple[int, float]] = {}
-        for name in ("rtpengine", "sipmob-transcoder"):
-            entry = summary.get((case, name))
-            if entry is None:
-                continue
-            best = entry["best"]
-            if best is None:
-                print(f"{case:10s} {name:18s} {'<' + str(args.start):>8s}")
-                continue
-            us = best["us_per_packet"]
-            by_cpu = int(1e6 / 50 / us) if us else 0
-            if args.fixed:
-                bound = " " if best["ok"] else "!"
-            else:
-                bound = "+" if entry["fail"] is None or entry["fail"]["generator_bound"] else " "
-            lat = entry.get("at80") or best
-            print(f"{case:10s} {name:18s} {best['n']:>7d}{bound} {us:7.1f} {by_cpu:7d} "
-                  f"{lat['latency_p50_ms']:8.2f} {lat['latency_p99_ms']:8.2f} {best['rss_mb']:7.1f} "
-                  f"{'ok' if best['audio_ok'] else 'WRONG':>6s} loss {best['loss'] * 100:.3f}% "
-                  f"gap p99 {best['gap_p99_ms']:.1f} ms")
-            row[name] = (best["n"], us)
-        if len(row) == 2:
-            (n_r, us_r), (n_s, us_s) = row["rtpengine"], row["sipmob-transcoder"]
-            sustained = "" if args.fixed else f"sustained {n_s / n_r:.2f}x, "
-            print(f"{'':10s} sipmob/rtpengine: {sustained}by CPU per packet {us_r / us_s:.2f}x")
-    if args.fixed:
-        print("!: that load was not carried cleanly (loss over 0.1 % or p99 gap of 40 ms or more).")
-    else:
-        print("+: not a limit of the system (the last trial passed, or the generator fell behind).")
-    print("channels: measured (a trial carried it); by CPU: an estimate, the channels one whole core would")
-    print("carry at the CPU per packet measured (us/pkt), which the neighbours on a shared machine "
-          "disturb less.")
-    if not args.fixed:
-        print("lat p50/p99: added latency at 80 % of the sustained channels.")
+    if not args.overload:
+        table(summary, args, (load_start, machine()[1]))
 
 
 if __name__ == "__main__":

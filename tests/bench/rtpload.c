@@ -13,13 +13,13 @@
  *
  * Arrival times are the kernel's (SO_TIMESTAMPNS), so a late wake-up of this process does not
  * count as latency or as a gap. Latency pairs an output packet with its input by the output RTP
- * timestamp: (ts - first output ts) / out_ticks is the input frame it came from, the first output
- * packet being the first input's. A system whose output timestamps skip where its input's do is
- * measured exactly; one that drops a packet (or the first) and keeps its timestamps contiguous
- * shows the packets after it 20 ms late: an overestimate, never an underestimate.
+ * timestamp: (ts - first output ts) / out_ticks counts input frames from the one the first output
+ * came of (see the offset below). A system whose output timestamps skip where its input's do is
+ * measured exactly; one that drops a packet in the middle and keeps its timestamps contiguous
+ * shows the packets after the drop 20 ms late: an overestimate, never an underestimate.
  *
  * Spec file (whitespace separated):
- *   n seconds warmup pt ticks out_ticks a_port sample_channel sample_max max_seconds
+ *   n seconds warmup pt ticks out_ticks a_port sample_channel sample_max max_seconds seed
  *   n lines: target_port b_port
  *   m, then m payloads in hex
  * Every address is 127.0.0.1: the program cannot send anywhere else.
@@ -100,8 +100,9 @@ int main(int argc, char **argv) {
     int n, pt, a_port, sample_channel, sample_max;
     double seconds, warmup, max_seconds;
     long ticks, out_ticks;
-    if (fscanf(f, "%d %lf %lf %d %ld %ld %d %d %d %lf", &n, &seconds, &warmup, &pt, &ticks, &out_ticks,
-               &a_port, &sample_channel, &sample_max, &max_seconds) != 10 || n <= 0 || n > 100000 ||
+    unsigned seed;
+    if (fscanf(f, "%d %lf %lf %d %ld %ld %d %d %d %lf %u", &n, &seconds, &warmup, &pt, &ticks, &out_ticks,
+               &a_port, &sample_channel, &sample_max, &max_seconds, &seed) != 11 || n <= 0 || n > 100000 ||
         out_ticks <= 0 || max_seconds <= 0) {
         fprintf(stderr, "bad spec header\n");
         return 2;
@@ -172,9 +173,13 @@ int main(int argc, char **argv) {
     double *lags = calloc((size_t)n * total_ticks, sizeof(double));
     size_t nlags = 0;
     uint32_t *ssrc = calloc(n, sizeof(uint32_t));
-    srand(1);
+    /* A new stream per run (SSRC, first sequence number and timestamp), as after a re-INVITE: a run
+     * after another on the same channels must not look like packets from the past. */
+    srand(seed);
     for (int i = 0; i < n; i++)
         ssrc[i] = ((uint32_t)rand() << 16) ^ (uint32_t)rand();
+    uint16_t seq0 = (uint16_t)rand();
+    uint32_t ts0 = ((uint32_t)rand() << 16) ^ (uint32_t)rand();
 
     /* Receive state. */
     size_t rec_cap = (size_t)n * (total_ticks + 100) + 1024, nrec = 0;
@@ -231,9 +236,10 @@ int main(int argc, char **argv) {
                 uint8_t *h = sbuf[batch];
                 h[0] = 0x80;
                 h[1] = (uint8_t)pt;
-                h[2] = (uint8_t)(k >> 8);
-                h[3] = (uint8_t)k;
-                uint32_t ts = (uint32_t)(k * ticks);
+                uint16_t seq = (uint16_t)(seq0 + k);
+                h[2] = (uint8_t)(seq >> 8);
+                h[3] = (uint8_t)seq;
+                uint32_t ts = ts0 + (uint32_t)(k * ticks);
                 h[4] = ts >> 24; h[5] = ts >> 16; h[6] = ts >> 8; h[7] = ts;
                 h[8] = ssrc[i] >> 24; h[9] = ssrc[i] >> 16; h[10] = ssrc[i] >> 8; h[11] = ssrc[i];
                 memcpy(h + 12, payloads[pl], payload_len[pl]);
@@ -376,19 +382,44 @@ int main(int argc, char **argv) {
                      (double)(ru1.ru_utime.tv_usec - ru0.ru_utime.tv_usec + ru1.ru_stime.tv_usec -
                               ru0.ru_stime.tv_usec) / 1e6;
 
-    /* Latency: output frame f of a channel is paired with its input frame f (the first output
-     * packet with the first input). A channel none of whose packets came within 20 ms of its pair
-     * is counted in anchor_late: a constant delay of 20 ms or more, or a system that dropped the
-     * first input (then every figure of that channel is 20 ms too high: an overestimate). */
-    int64_t *min_lat = malloc(n * sizeof(int64_t));
-    for (int i = 0; i < n; i++)
-        min_lat[i] = INT64_MAX;
+    /* Latency: output frame f of a channel comes from input frame f + o. The offset o is the
+     * smallest of two bounds: the one that puts the channel's smallest latency in [0, 20 ms) (o
+     * cannot be more, or some packet would have left before its input came), and the one that pairs
+     * the last output with the last input (o cannot be more, or that output would have no input).
+     * A system that drops the first input gets o = 1 from both; one that holds every packet 40 ms
+     * gets o = 0 from the second. */
+    int64_t *min_d = malloc(n * sizeof(int64_t));
+    long *max_frame = malloc(n * sizeof(long));
+    for (int i = 0; i < n; i++) {
+        min_d[i] = INT64_MAX;
+        max_frame[i] = -1;
+    }
+    for (size_t r = 0; r < nrec; r++) {
+        int i = records[r].channel;
+        int64_t d = records[r].arrival - (start + (int64_t)records[r].frame * PTIME_NS + (int64_t)i * PTIME_NS / n);
+        if (d < min_d[i])
+            min_d[i] = d;
+        if (records[r].frame > max_frame[i])
+            max_frame[i] = records[r].frame;
+    }
+    long *offset = calloc(n, sizeof(long));
+    int anchor_late = 0; /* channels whose first output was not of the first input */
+    for (int i = 0; i < n; i++) {
+        if (max_frame[i] < 0)
+            continue;
+        long by_min = (long)(min_d[i] >= 0 ? min_d[i] / PTIME_NS : -((-min_d[i] + PTIME_NS - 1) / PTIME_NS));
+        long by_end = total_ticks - 1 - max_frame[i];
+        offset[i] = by_min < by_end ? by_min : by_end;
+        if (offset[i] < 0)
+            offset[i] = 0;
+        anchor_late += offset[i] > 0;
+    }
     double *lat = malloc((nrec + 1) * sizeof(double));
     uint8_t *got = calloc((size_t)n * total_ticks, 1);
     size_t nlat = 0, unmatched = 0, duplicates = 0;
     for (size_t r = 0; r < nrec; r++) {
         int i = records[r].channel;
-        long j = records[r].frame;
+        long j = records[r].frame + offset[i];
         if (j < 0 || j >= total_ticks || send_time[(size_t)i * total_ticks + j] == 0) {
             unmatched++;
             continue;
@@ -397,16 +428,9 @@ int main(int argc, char **argv) {
             duplicates++;
             continue;
         }
-        int64_t l = records[r].arrival - send_time[(size_t)i * total_ticks + j];
-        if (l < min_lat[i])
-            min_lat[i] = l;
         if (records[r].arrival >= measure_from)
-            lat[nlat++] = (double)l / 1e6;
+            lat[nlat++] = (double)(records[r].arrival - send_time[(size_t)i * total_ticks + j]) / 1e6;
     }
-    int anchor_late = 0;
-    for (int i = 0; i < n; i++)
-        if (min_lat[i] != INT64_MAX && min_lat[i] >= PTIME_NS)
-            anchor_late++;
 
     long total_sent = 0, total_received = 0, expected = 0;
     int silent = 0;

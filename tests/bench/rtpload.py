@@ -51,24 +51,31 @@ class Load:
     warmup: float = 1.0
     sample_channel: int = 0
     sample_max: int = 200
+    seed: int = 1  # SSRCs, first sequence number and timestamp: vary it between runs on the same calls
 
     def spec(self) -> str:
         header = (f"{len(self.targets)} {self.seconds} {self.warmup} {self.pt} {self.ticks} {self.out_ticks} "
-                  f"{self.a_port} {self.sample_channel} {self.sample_max} {self.seconds + self.warmup + 30}")
+                  f"{self.a_port} {self.sample_channel} {self.sample_max} {self.seconds + self.warmup + 30} "
+                  f"{self.seed}")
         rows = [f"{t} {b}" for t, b in zip(self.targets, self.b_ports, strict=True)]
         return "\n".join([header, *rows, str(len(self.payloads)), *(p.hex() for p in self.payloads)]) + "\n"
 
 
-def run(binary: Path, load: Load, workdir: Path, cpu: int | None = None) -> dict[str, Any]:
+def run(binary: Path, load: Load, workdir: Path, cpu: int | None = None,
+        realtime: bool = False) -> dict[str, Any]:
     """Run one load; the figures as the generator printed them, the sample decoded to payloads.
 
-    Raises RuntimeError with the generator's own message if it failed (most often a B port taken
-    meanwhile by another program on a shared machine)."""
+    `realtime` needs CAP_SYS_NICE. Raises RuntimeError with the generator's own message if it
+    failed (most often a B port taken meanwhile by another program on a shared machine)."""
     spec = workdir / "rtpload.spec"
     spec.write_text(load.spec())
     command = [str(binary), str(spec)]
     if cpu is not None:
         command = ["taskset", "-c", str(cpu), *command]
+    if realtime:
+        # SCHED_FIFO: other jobs of a shared machine cannot delay the packets; the generator sleeps
+        # between them and stops after a bounded time, so it cannot hold the core.
+        command = ["chrt", "-f", "10", *command]
     out = subprocess.run(command, capture_output=True, timeout=load.seconds + load.warmup + 60, check=False)
     if out.returncode != 0:
         raise RuntimeError(out.stderr.decode(errors="replace").strip() or f"exit {out.returncode}")
