@@ -164,10 +164,10 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
-def prioritise(pid: int, nice: int) -> None:
-    """Every thread of `pid` and its descendants at `nice`: on a machine shared with other jobs the
-    SUT's core is then the SUT's (the scheduler moves the others to the other core), so the search
-    finds the system's limit, not its neighbours'. Both systems get the same."""
+def prioritise(pid: int, nice: int, realtime: bool) -> None:
+    """Every thread of `pid` and its descendants at `nice`, or SCHED_FIFO: on a machine shared with
+    other jobs the SUT's core is then the SUT's (the scheduler moves the others to the other core),
+    so the search finds the system's limit, not its neighbours'. Both systems get the same."""
     for p in family(pid):
         try:
             tasks = [int(t.name) for t in Path(f"/proc/{p}/task").iterdir()]
@@ -175,7 +175,10 @@ def prioritise(pid: int, nice: int) -> None:
             continue
         for task in tasks:
             try:
-                os.setpriority(os.PRIO_PROCESS, task, nice)
+                if realtime:
+                    os.sched_setscheduler(task, os.SCHED_FIFO, os.sched_param(5))
+                else:
+                    os.setpriority(os.PRIO_PROCESS, task, nice)
             except OSError:
                 continue
 
@@ -211,7 +214,7 @@ class Sipmob:
         self.daemon.start()
         self.pid = self._pid()
         self.controller = Controller(self.daemon.uri)
-        self.calls: list[int] = []  # the transcoder's port for A, per channel
+        self.calls: list[tuple[int, int]] = []  # the transcoder's ports facing A and B, per channel
 
     def _pid(self) -> int:
         assert self.daemon.proc is not None
@@ -219,7 +222,7 @@ class Sipmob:
         return self.daemon.proc.pid
 
     def ensure(self, n: int, source: str, sink: str, a_port: int,
-               b_ports: list[int]) -> list[tuple[str, int]]:
+               b_ports: list[int]) -> list[tuple[int, int]]:
         while len(self.calls) < n:
             i = len(self.calls)
             c = self._controller(self.daemon.uri)
@@ -228,8 +231,9 @@ class Sipmob:
             c.close()
             if response.status != 200:
                 raise RuntimeError(f"INVITE {i}: {response.status}")
-            self.calls.append(parse_sdp(response.body).media[0].port)
-        return [(HOST, p) for p in self.calls[:n]]
+            media = parse_sdp(response.body).media
+            self.calls.append((media[0].port, media[1].port))
+        return self.calls[:n]
 
     def log_tail(self, lines: int) -> list[str]:
         return self.daemon.output().splitlines()[-lines:]
@@ -318,7 +322,7 @@ class Rtpengine:
         raise TimeoutError("no NG answer")
 
     def ensure(self, n: int, source: str, sink: str, a_port: int,
-               b_ports: list[int]) -> list[tuple[str, int]]:
+               b_ports: list[int]) -> list[tuple[int, int]]:
         while len(self.calls) < n:
             i = len(self.calls)
             call_id = f"bench-{i}-{os.urandom(3).hex()}"
@@ -335,8 +339,10 @@ class Rtpengine:
                               "sdp": answer_sdp})
             if answer.get("result") != b"ok":
                 raise RuntimeError(f"rtpengine answer: {answer}")
-            self.calls.append(parse_sdp(answer["sdp"]).media[0].port)
-        return [(HOST, p) for p in self.calls[:n]]
+            # The answer's SDP goes to A (where A sends), the offer's to B (where B's media comes from).
+            self.calls.append((parse_sdp(answer["sdp"]).media[0].port,
+                               parse_sdp(offer["sdp"]).media[0].port))
+        return self.calls[:n]
 
     def log_tail(self, lines: int) -> list[str]:
         return self.log_path.read_text(errors="replace").splitlines()[-lines:]
@@ -379,11 +385,12 @@ def trial(system: Any, case: str, n: int, args: argparse.Namespace, a_port: int,
           b_ports: list[int]) -> dict[str, Any]:
     source, sink = CASES[case]
     targets = system.ensure(n, source, sink, a_port, b_ports)
-    if args.sut_nice:
-        prioritise(system.pid, args.sut_nice)
+    if args.sut_nice or args.sut_rt:
+        prioritise(system.pid, args.sut_nice, args.sut_rt)
     pt, rtpmap = FORMATS[source]
     out_clock = int(FORMATS[sink][1].split("/")[1])
-    load = rtpload.Load(targets=[port for _, port in targets], b_ports=b_ports[:n], a_port=a_port, pt=pt,
+    load = rtpload.Load(targets=[a for a, _ in targets], src_ports=[b for _, b in targets],
+                        b_ports=b_ports[:n], a_port=a_port, pt=pt,
                         ticks=int(int(rtpmap.split("/")[1]) * PTIME), out_ticks=int(out_clock * PTIME),
                         payloads=PAYLOADS[source], seconds=args.seconds, warmup=args.warmup,
                         seed=random.randrange(1 << 31))
@@ -496,8 +503,7 @@ def fixed_rounds(case: str, args: argparse.Namespace) -> dict[tuple[str, str], d
             workdir = WORKDIR / f"{name}-{case}"
             workdir.mkdir()
             system = (Rtpengine if name == "rtpengine" else Sipmob)(args.sut_cpu, workdir, args.fixed)
-            b_low = port_block(2 * args.fixed)
-            systems.append((system, free_port(), list(range(b_low, b_low + 2 * args.fixed, 2))))
+            systems.append((system, port_block(2), [port_block(2)] * args.fixed))
         results: dict[str, list[dict[str, Any]]] = {system.name: [] for system, _, _ in systems}
         for _ in range(args.rounds):
             for system, a_port, b_ports in systems:
@@ -522,9 +528,8 @@ def overload(case: str, args: argparse.Namespace) -> None:
     # A call is two channels (one per direction) in the transcoder's capacity.
     system = Sipmob(args.sut_cpu, workdir, calls * 2, capacity=2 * calls)
     try:
-        a_port = free_port()
-        b_low = port_block(4 * calls)
-        b_ports = list(range(b_low, b_low + 4 * calls, 2))
+        a_port = port_block(2)
+        b_ports = [port_block(2)] * (2 * calls)
         source, sink = CASES[case]
         system.ensure(calls, source, sink, a_port, b_ports)
         refused = 0
@@ -587,7 +592,8 @@ def table(summary: dict[tuple[str, str], dict[str, Any]], args: argparse.Namespa
         print(f"sustained channels on one core (<= 0.1 % loss, p99 gap < 40 ms, 440 Hz out of channel 0), "
               f"{args.seconds:g} s trials after {args.warmup:g} s warm-up")
     rt = "SCHED_FIFO" if args.rt_generator else "normal priority"
-    print(f"SUT pinned to CPU {args.sut_cpu} at nice {args.sut_nice}, generator (C, rtpload.c, {rt}) to CPU "
+    how = "SCHED_FIFO" if args.sut_rt else f"nice {args.sut_nice}"
+    print(f"SUT pinned to CPU {args.sut_cpu} at {how}, generator (C, rtpload.c, {rt}) to CPU "
           f"{args.gen_cpu}; load average (1 min) {loads[0]:.2f} at start, {loads[1]:.2f} at end, "
           f"{os.cpu_count()} CPUs")
     names = ("rtpengine", "sipmob-transcoder")
@@ -656,7 +662,10 @@ def main() -> None:
                         help="run the generator at normal priority (by default SCHED_FIFO, so the other "
                              "jobs of a shared machine do not delay its packets; it sleeps between them)")
     parser.add_argument("--sut-nice", type=int, default=-15,
-                        help="nice value of every thread of the SUT (same for both; 0 leaves it as started)")
+                        help="with --no-sut-rt: nice of every thread of the SUT (0: as started)")
+    parser.add_argument("--sut-rt", action=argparse.BooleanOptionalAction, default=True,
+                        help="every thread of the SUT SCHED_FIFO (default; the kernel still leaves 5 %% of "
+                             "the core to others), or with --no-sut-rt at --sut-nice")
     parser.add_argument("--sut-cpu", type=int, default=0)
     parser.add_argument("--gen-cpu", type=int, default=1)
     args = parser.parse_args()
@@ -684,10 +693,10 @@ def main() -> None:
                 summary.update(fixed_rounds(case, args))
                 continue
             for name in args.systems.split(","):
-                a_port = free_port()
-                # Even ports only: each system sends RTCP to B's port + 1.
-                b_low = port_block(2 * args.max)
-                b_ports = list(range(b_low, b_low + 2 * args.max, 2))
+                a_port = port_block(2)
+                # Every channel's B on one port (the generator tells them apart by the system's port
+                # they come from): one recvmmsg reads many channels' packets.
+                b_ports = [port_block(2)] * args.max
                 workdir = WORKDIR / f"{name}-{case}"
                 workdir.mkdir()
                 system: Any = (Rtpengine if name == "rtpengine" else Sipmob)(args.sut_cpu, workdir, args.max)

@@ -8,8 +8,10 @@
  * Not here: codecs, SIP/NG set-up, capacity search (the Python bench does those).
  *
  * Why C: the Python generator could not pace more than a few tens of channels on a loaded 2-core
- * machine, so the bench measured the generator. Here a wake-up sends every packet due with one
- * sendmmsg, and each readable socket is emptied with recvmmsg.
+ * machine, so the bench measured the generator. Here the process wakes at most every QUANTUM, sends
+ * every packet due with sendmmsg and empties the receive sockets with recvmmsg. Channels may share
+ * one receive port (b_port): the system's source port (src_port, its port facing B) then tells
+ * them apart, and one recvmmsg reads 64 channels' packets.
  *
  * Arrival times are the kernel's (SO_TIMESTAMPNS), so a late wake-up of this process does not
  * count as latency or as a gap. Latency pairs an output packet with its input by the output RTP
@@ -20,7 +22,7 @@
  *
  * Spec file (whitespace separated):
  *   n seconds warmup pt ticks out_ticks a_port sample_channel sample_max max_seconds seed
- *   n lines: target_port b_port
+ *   n lines: target_port b_port src_port
  *   m, then m payloads in hex
  * Every address is 127.0.0.1: the program cannot send anywhere else.
  * Bounded: it stops after max_seconds of wall time whatever happens.
@@ -45,6 +47,7 @@
 #define BATCH 256
 #define RBATCH 64
 #define MAXPAYLOAD 1400
+#define QUANTUM 500000LL /* ns between wake-ups at most: a packet leaves at most this late */
 
 typedef struct {
     int32_t channel;
@@ -107,9 +110,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bad spec header\n");
         return 2;
     }
-    int *targets = calloc(n, sizeof(int)), *b_ports = calloc(n, sizeof(int));
+    int *targets = calloc(n, sizeof(int)), *b_ports = calloc(n, sizeof(int)), *src_ports = calloc(n, sizeof(int));
     for (int i = 0; i < n; i++)
-        if (fscanf(f, "%d %d", &targets[i], &b_ports[i]) != 2) {
+        if (fscanf(f, "%d %d %d", &targets[i], &b_ports[i], &src_ports[i]) != 3 || targets[i] <= 0 ||
+            targets[i] > 65535 || b_ports[i] <= 0 || b_ports[i] > 65535 || src_ports[i] < 0 || src_ports[i] > 65535) {
             fprintf(stderr, "bad spec ports\n");
             return 2;
         }
@@ -143,30 +147,57 @@ int main(int argc, char **argv) {
 
     int sender = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
     if (sender < 0) die("socket");
-    int big = 4 << 20;
-    setsockopt(sender, SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
+    int big = 8 << 20;
+    if (setsockopt(sender, SOL_SOCKET, SO_SNDBUFFORCE, &big, sizeof big) < 0)
+        setsockopt(sender, SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
     struct sockaddr_in a = lo;
     a.sin_port = htons((uint16_t)a_port);
     if (bind(sender, (struct sockaddr *)&a, sizeof a) < 0) die("bind A");
 
     int ep = epoll_create1(0);
     if (ep < 0) die("epoll");
-    int maxfd = 0;
-    int *fds = calloc(n, sizeof(int));
+    /* One socket per distinct receive port; a packet's channel is its socket's only channel, or
+     * the channel whose system port it came from. */
+    static int sock_of_port[65536], by_src[65536];
+    for (int x = 0; x < 65536; x++)
+        sock_of_port[x] = by_src[x] = -1;
+    int nsock = 0;
+    int *fds = calloc(n, sizeof(int)), *sock_port = calloc(n, sizeof(int)), *sock_single = calloc(n, sizeof(int));
     for (int i = 0; i < n; i++) {
+        if (src_ports[i]) {
+            if (by_src[src_ports[i]] >= 0) {
+                fprintf(stderr, "src_port %d twice\n", src_ports[i]);
+                return 2;
+            }
+            by_src[src_ports[i]] = i;
+        }
+        int x = sock_of_port[b_ports[i]];
+        if (x >= 0) {
+            sock_single[x] = -1;
+            continue;
+        }
         int s = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
         if (s < 0) die("socket B");
-        int one = 1, rcv = 1 << 20;
+        int one = 1, rcv = 8 << 20;
         setsockopt(s, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one);
-        setsockopt(s, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
+        if (setsockopt(s, SOL_SOCKET, SO_RCVBUFFORCE, &rcv, sizeof rcv) < 0) /* root: above rmem_max */
+            setsockopt(s, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
         struct sockaddr_in b = lo;
         b.sin_port = htons((uint16_t)b_ports[i]);
         if (bind(s, (struct sockaddr *)&b, sizeof b) < 0) die("bind B");
-        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)nsock};
         if (epoll_ctl(ep, EPOLL_CTL_ADD, s, &ev) < 0) die("epoll_ctl");
-        fds[i] = s;
-        if (s > maxfd) maxfd = s;
+        sock_of_port[b_ports[i]] = nsock;
+        fds[nsock] = s;
+        sock_port[nsock] = b_ports[i];
+        sock_single[nsock] = i;
+        nsock++;
     }
+    for (int i = 0; i < n; i++)
+        if (!src_ports[i] && sock_single[sock_of_port[b_ports[i]]] != i) {
+            fprintf(stderr, "channel %d shares its receive port and has no src_port\n", i);
+            return 2;
+        }
 
     long total_ticks = (long)((warmup + seconds) * 1e9 / PTIME_NS + 0.5);
     int64_t *send_time = calloc((size_t)n * total_ticks, sizeof(int64_t));
@@ -206,6 +237,7 @@ int main(int argc, char **argv) {
     static long sk[BATCH];
     static uint8_t rbuf[RBATCH][2048];
     static char rctl[RBATCH][CMSG_SPACE(sizeof(struct timespec))];
+    static struct sockaddr_in rfrom[RBATCH];
     static struct mmsghdr rmsg[RBATCH];
     static struct iovec riov[RBATCH];
     struct epoll_event events[512];
@@ -221,7 +253,7 @@ int main(int argc, char **argv) {
     getrusage(RUSAGE_SELF, &ru0);
 
     for (;;) {
-        int64_t now = now_ns();
+        int64_t now = now_ns(), woke = now;
         if (now >= hard_end || (k >= total_ticks && now >= drain_end))
             break;
         /* Send every packet due, in batches. */
@@ -291,8 +323,8 @@ int main(int argc, char **argv) {
         /* Receive what is there. */
         int ne = epoll_wait(ep, events, 512, 0);
         for (int e = 0; e < ne; e++) {
-            int i = (int)events[e].data.u32;
-            for (int round = 0; round < 16; round++) {
+            int sk_index = (int)events[e].data.u32;
+            for (int round = 0; round < 64; round++) {
                 for (int j = 0; j < RBATCH; j++) {
                     riov[j].iov_base = rbuf[j];
                     riov[j].iov_len = sizeof rbuf[j];
@@ -301,8 +333,10 @@ int main(int argc, char **argv) {
                     rmsg[j].msg_hdr.msg_iovlen = 1;
                     rmsg[j].msg_hdr.msg_control = rctl[j];
                     rmsg[j].msg_hdr.msg_controllen = sizeof rctl[j];
+                    rmsg[j].msg_hdr.msg_name = &rfrom[j];
+                    rmsg[j].msg_hdr.msg_namelen = sizeof rfrom[j];
                 }
-                int r = recvmmsg(fds[i], rmsg, RBATCH, MSG_DONTWAIT, NULL);
+                int r = recvmmsg(fds[sk_index], rmsg, RBATCH, MSG_DONTWAIT, NULL);
                 if (r <= 0)
                     break;
                 int64_t fallback = now_ns();
@@ -317,6 +351,13 @@ int main(int argc, char **argv) {
                             memcpy(&ts, CMSG_DATA(c), sizeof ts);
                             at = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
                         }
+                    int i = by_src[ntohs(rfrom[j].sin_port)];
+                    if (i < 0 || b_ports[i] != sock_port[sk_index])
+                        i = sock_single[sk_index];
+                    if (i < 0) {
+                        stray++; /* from a port no channel names, on a shared socket */
+                        continue;
+                    }
                     int rpt = d[1] & 0x7F;
                     if (len < 12 || (d[0] >> 6) != 2 || (rpt >= 72 && rpt <= 76)) {
                         stray++; /* RTCP (RFC 5761 §4 types) or not RTP */
@@ -364,16 +405,16 @@ int main(int argc, char **argv) {
                     break;
             }
         }
-        /* Sleep until the next packet is due (or something arrives). */
-        now = now_ns();
-        int64_t next = k < total_ticks ? start + k * PTIME_NS + (int64_t)p * PTIME_NS / n : now + 5000000;
-        int64_t wait = next - now;
-        if (wait > 20000) {
-            if (wait > 5000000)
-                wait = 5000000;
-            struct timespec to = {0, (long)(wait - 10000)};
-            epoll_pwait2(ep, events, 1, &to, NULL); /* only a wake-up: drained above */
-        }
+        /* Sleep until the next packet is due, but at least QUANTUM since this wake-up: what
+         * arrives meanwhile waits in the socket with the kernel's arrival time on it. */
+        int64_t next = k < total_ticks ? start + k * PTIME_NS + (int64_t)p * PTIME_NS / n : drain_end;
+        if (next < woke + QUANTUM)
+            next = woke + QUANTUM;
+        if (next > woke + 5 * QUANTUM)
+            next = woke + 5 * QUANTUM;
+        struct timespec until = {(time_t)(next / 1000000000LL), (long)(next % 1000000000LL)};
+        while (clock_nanosleep(CLOCK_REALTIME, TIMER_ABSTIME, &until, NULL) == EINTR)
+            ;
     }
     struct rusage ru1;
     getrusage(RUSAGE_SELF, &ru1);

@@ -38,7 +38,10 @@ def build(directory: Path | None = None) -> Path:
 
 @dataclass
 class Load:
-    """N channels from one A port to `targets`, received on `b_ports` (all on 127.0.0.1)."""
+    """N channels from one A port to `targets`, received on `b_ports` (all on 127.0.0.1).
+
+    Channels may share a receive port if `src_ports` names the port each one's packets come from
+    (the system's port facing B): one socket read with recvmmsg then serves them all."""
 
     targets: list[int]
     b_ports: list[int]
@@ -52,12 +55,14 @@ class Load:
     sample_channel: int = 0
     sample_max: int = 200
     seed: int = 1  # SSRCs, first sequence number and timestamp: vary it between runs on the same calls
+    src_ports: list[int] | None = None
 
     def spec(self) -> str:
         header = (f"{len(self.targets)} {self.seconds} {self.warmup} {self.pt} {self.ticks} {self.out_ticks} "
                   f"{self.a_port} {self.sample_channel} {self.sample_max} {self.seconds + self.warmup + 30} "
                   f"{self.seed}")
-        rows = [f"{t} {b}" for t, b in zip(self.targets, self.b_ports, strict=True)]
+        sources = self.src_ports or [0] * len(self.targets)
+        rows = [f"{t} {b} {s}" for t, b, s in zip(self.targets, self.b_ports, sources, strict=True)]
         return "\n".join([header, *rows, str(len(self.payloads)), *(p.hex() for p in self.payloads)]) + "\n"
 
 

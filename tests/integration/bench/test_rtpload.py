@@ -42,7 +42,6 @@ class Echo:
         held: list[tuple[float, int, bytes]] = []
         index = {s.fileno(): i for i, s in enumerate(self.socks)}
         first: dict[int, int] = {}  # per channel, the first sequence number seen
-        out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         while not self.stopping.is_set():
             ready, _, _ = select.select(self.socks, [], [], 0.002)
             for s in ready:
@@ -61,8 +60,8 @@ class Echo:
                 held.append((time.monotonic() + self.hold, i, bytes(data)))
             while held and held[0][0] <= time.monotonic():
                 _, i, data = held.pop(0)
-                out.sendto(data, (HOST, self.b_ports[i]))
-        out.close()
+                # From the port it came to, as a media relay does (symmetric RTP).
+                self.socks[i].sendto(data, (HOST, self.b_ports[i]))
 
     def close(self) -> None:
         self.stopping.set()
@@ -81,20 +80,22 @@ def b_ports(count: int) -> list[int]:
 
 
 def test_counts_loss_and_latency_through_an_echo(tmp_path: Path) -> None:
+    """Three channels received on one port, told apart by the echo's port they come from."""
     binary = rtpload.build(tmp_path / "build")
     payloads = [bytes([k] * 160) for k in range(100)]  # one per packet: the sample shows which
-    receive = b_ports(3)
+    receive = b_ports(1) * 3
     echo = Echo(receive, drop_every={0: 10}, shift={1: 1000}, drop_first={2})
     try:
         load = rtpload.Load(targets=echo.targets, b_ports=receive, a_port=free_udp_port(HOST), pt=0,
-                            ticks=160, out_ticks=160, payloads=payloads, seconds=1.5, warmup=0.5)
+                            ticks=160, out_ticks=160, payloads=payloads, seconds=1.5, warmup=0.5,
+                            src_ports=echo.targets)
         result = rtpload.run(binary, load, tmp_path)
     finally:
         echo.close()
     # 2 s at 20 ms: 100 packets per channel, 75 of them after the 0.5 s warm-up.
     assert result["sent_all"] == 300
     assert result["sent"] == 225
-    assert result["send_errors"] == 0
+    assert result["send_errors"] == 0 and result["stray"] == 0
     assert result["silent_channels"] == 0
     # Channel 0 sends frames 25..99 in the measured window: 33, 43, ... 93 are dropped. Channel 2's
     # first packet was in the warm-up.
@@ -111,9 +112,10 @@ def test_counts_loss_and_latency_through_an_echo(tmp_path: Path) -> None:
 
 
 def test_latency_is_paired_by_timestamp(tmp_path: Path) -> None:
-    """Packets held 45 ms are seen at least ~40 ms late, not 5 (the pairing is by frame)."""
+    """Packets held 45 ms are seen at least ~40 ms late, not 5 (the pairing is by frame). Two
+    channels, each on a receive port of its own."""
     binary = rtpload.build(tmp_path / "build")
-    receive = b_ports(1)
+    receive = b_ports(2)
     echo = Echo(receive, drop_every={}, shift={0: 7}, hold=0.045)
     try:
         load = rtpload.Load(targets=echo.targets, b_ports=receive, a_port=free_udp_port(HOST), pt=0,
@@ -121,6 +123,6 @@ def test_latency_is_paired_by_timestamp(tmp_path: Path) -> None:
         result = rtpload.run(binary, load, tmp_path)
     finally:
         echo.close()
-    assert result["lost"] == 0
+    assert result["sent"] == 100 and result["lost"] == 0 and result["stray"] == 0
     assert result["latency_p50_ms"] >= 40
     assert result["anchor_late"] == 0
