@@ -51,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -458,11 +459,14 @@ def run_trial(system: Any, case: str, n: int, args: argparse.Namespace, a_port: 
     return r
 
 
-def search(system: Any, case: str, args: argparse.Namespace, a_port: int,
+def search(systems: list[Any], start: Callable[[], Any], case: str, args: argparse.Namespace, a_port: int,
            b_ports: list[int]) -> dict[str, Any]:
     """Sustained channels: a first trial at --start gives the CPU per packet, the second goes to 90 %
     of what that predicts for one core, then steps up by a quarter until a trial fails, then bisects
-    to 5 %. Bounded by --steps trials and --budget seconds; then 80 % of the best for latency."""
+    to 5 %. Bounded by --steps trials and --budget seconds. Then 80 % of the best for latency, on a
+    system started afresh: one overloaded may keep a backlog (rtpengine's memory and latency grow
+    after an overload and stay so)."""
+    system = systems[-1]
     deadline = time.monotonic() + args.budget
     best: dict[str, Any] | None = None
     worst_fail: dict[str, Any] | None = None
@@ -490,6 +494,10 @@ def search(system: Any, case: str, args: argparse.Namespace, a_port: int,
     at80 = None
     if best is not None:
         # Added latency where the issue asks for it: at 80 % of what was sustained.
+        if worst_fail is not None:
+            system.stop()
+            system = start()
+            systems.append(system)
         at80 = run_trial(system, case, max(1, best["n"] * 4 // 5), args, a_port, b_ports, " (80 %)")
     return {"best": best, "fail": worst_fail, "at80": at80}
 
@@ -697,13 +705,19 @@ def main() -> None:
                 # Every channel's B on one port (the generator tells them apart by the system's port
                 # they come from): one recvmmsg reads many channels' packets.
                 b_ports = [port_block(2)] * args.max
-                workdir = WORKDIR / f"{name}-{case}"
-                workdir.mkdir()
-                system: Any = (Rtpengine if name == "rtpengine" else Sipmob)(args.sut_cpu, workdir, args.max)
+                runs = iter(range(100))
+
+                def start(name: str = name, case: str = case, runs: Iterator[int] = runs) -> Any:
+                    workdir = WORKDIR / f"{name}-{case}-{next(runs)}"
+                    workdir.mkdir()
+                    return (Rtpengine if name == "rtpengine" else Sipmob)(args.sut_cpu, workdir, args.max)
+
+                systems = [start()]
                 try:
-                    summary[(case, system.name)] = search(system, case, args, a_port, b_ports)
+                    summary[(case, systems[0].name)] = search(systems, start, case, args, a_port, b_ports)
                 finally:
-                    system.stop()
+                    for system in systems:
+                        system.stop()
                     RESERVED.clear()
     if not args.overload:
         table(summary, args, (load_start, machine()[1]))
