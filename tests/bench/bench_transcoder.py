@@ -1,18 +1,24 @@
 """Channels per core: sipmob-transcoder beside rtpengine, the same RTP load, the same run.
 
 Run: .venv/bin/python tests/bench/bench_transcoder.py [--cases pcmu-opus,...] [--seconds S]
-     [--start N] [--max N] [--systems sipmob,rtpengine] [--sut-cpu 0] [--gen-cpu 1]
+     [--start N] [--max N] [--steps N] [--budget S] [--systems rtpengine,sipmob] [--sut-cpu 0]
+     [--gen-cpu 1] [--no-sut-rt] [--no-rt-generator]
+     .venv/bin/python tests/bench/bench_transcoder.py --quick        # smoke run, ~3 minutes
      .venv/bin/python tests/bench/bench_transcoder.py --fixed 20 --seconds 6 --rounds 3
      .venv/bin/python tests/bench/bench_transcoder.py --overload 20 --cases pcmu-opus,relay
 
-The first form searches for the sustained channels of each system; the second runs both at one
-load, alternating their trials, for CPU per packet and latency. On a machine shared with other
-work the search measures the neighbours as much as the system (a starved generator or SUT fails a
-trial at any load); the CPU per packet of the second form is the steadier comparison there.
+The first form searches for the sustained channels of each system and prints both side by side
+with the ratio; the second runs both at one load, alternating their trials, for CPU per packet and
+latency; the third checks admission control.
 
-Both systems run on 127.0.0.1, each pinned to one core with taskset (`--sut-cpu`); the load
-generator is a separate process on another core (`--gen-cpu`). One channel is one converted
-direction (party A sends, B receives), 20 ms ptime, a 440 Hz tone. For each case:
+Both systems run on 127.0.0.1, each pinned to one core with taskset (`--sut-cpu`), every thread
+SCHED_FIFO (or at `--sut-nice` with --no-sut-rt), so that on a machine shared with other jobs the
+core is the system's and the search finds its limit rather than its neighbours'. The load is
+`rtpload.c` (built with gcc at the start, SCHED_FIFO on `--gen-cpu`): it sends each channel's
+precomputed packets (a 440 Hz tone encoded once per codec with the project's encoders) every 20 ms,
+phases spread evenly, with sendmmsg, and reads every channel's output on one port with recvmmsg,
+telling channels apart by the system's port they come from. One channel is one converted direction
+(party A sends, B receives). For each case:
 
 - sipmob-transcoder is started with a config of its own (SLP off, capacity far above the test) and
   invoked by 3PCC (RFC 4117 "SDP A + SDP B"), one INVITE per channel;
@@ -21,19 +27,23 @@ direction (party A sends, B receives), 20 ms ptime, a 440 Hz tone. For each case
   ``offer`` (A's SDP, with ``codec: {transcode: [...]}`` when converting) and an ``answer`` (B's SDP
   with the target codec only), as a SIP proxy would send them.
 
-A trial sends N channels for S seconds (phases spread evenly over the 20 ms, as independent calls
-are) and measures at B: loss (expected from the output sequence numbers and the packets sent, the
-stricter), the p99 of inter-arrival gaps, added latency (output arrival minus the send time of the
-input packet that caused it: both systems convert synchronously), the SUT's CPU from /proc (the
-schedstat run time of every thread of the process and of its children, sipmob-transcoder's media
-workers; CPU per packet is that over every packet sent, warm-up included) and RSS (summed likewise).
-In the search, added latency is also measured at 80 % of the sustained channels. ``--overload N``
-(sipmob only) configures a capacity of N calls, offers half as many again, and checks that those get
-503 with Retry-After while the admitted calls keep <= 0.1 % loss.
-N is sustained when loss <= 0.1 % and p99 gap < 40 ms; the search doubles N until
-a trial fails, then bisects (bounded by --max and by --bisect steps). The output of channel 0 is
-decoded and its spectral peak must be 440 Hz. A trial the generator itself could not keep up with
-(more than 5 ms behind its schedule at p99) is reported as generator-bound, not as the SUT's limit.
+A trial sends N channels for S seconds after a warm-up and measures at B (`rtpload.c` says how):
+loss (inputs of the window whose output never came, paired by RTP timestamp, or the gaps in the
+output sequence numbers if more), the p99 of inter-arrival gaps and the added latency (kernel
+arrival time of an output packet minus the send time of the input it came from), how late the
+generator itself sent (p99; over 5 ms the trial is generator-bound), and a sample of channel 0's
+output, decoded: its spectral peak must be 440 Hz. From /proc: the SUT's CPU (schedstat of every
+thread of the process and its children, sipmob-transcoder's media workers; CPU per packet is that
+over every packet sent), its RSS (summed likewise), what else ran on its core, and the load
+average. N is sustained when loss <= 0.1 %, p99 gap < 40 ms, every channel heard and the tone right.
+A failed trial is run once more before it counts (a neighbour can starve anything for a moment).
+
+The search: a first trial at --start gives the CPU per packet, the second goes to 90 % of what that
+predicts for one core, then up by a quarter until a trial fails, then bisection to 5 %; bounded by
+--steps trials and --budget seconds. Added latency is then measured at 80 % of the sustained
+channels, on a system started afresh if one trial overloaded it. ``--overload N`` (sipmob only)
+configures a capacity of N calls, offers half as many again, and checks that those get 503 with
+Retry-After while the admitted calls keep <= 0.1 % loss.
 
 Every loop is bounded by count and time; every process started is stopped by its PID.
 """
@@ -106,23 +116,32 @@ def free_port() -> int:
 RESERVED: list[range] = []  # ours already: the SUTs' RTP ranges and the generator's B ports
 
 
-def port_block(count: int) -> int:
+def port_block(count: int, low_limit: int = 10000, high_limit: int = 60000) -> int:
     """The start of `count` consecutive free UDP ports (checked by binding them all), clear of the
-    blocks handed out before (which are not bound until their owner starts)."""
-    for _ in range(200):
-        low = random.randrange(20000, 60000 - count) & ~1
-        if any(low < r.stop and r.start < low + count for r in RESERVED):
+    blocks handed out before (which are not bound until their owner starts). A scan from a random
+    even port, jumping past each port found taken: other jobs' sockets are scattered over the
+    ephemeral range, and a large block is rarely free at a random place."""
+    low = random.randrange(low_limit, high_limit - count) & ~1
+    for _ in range(2000):  # bounded: each round moves past at least one port
+        if low + count > high_limit:
+            low = low_limit
+        clash = next((r for r in RESERVED if low < r.stop and r.start < low + count), None)
+        if clash is not None:
+            low = (clash.stop + 1) & ~1
             continue
         socks = []
         try:
             for p in range(low, low + count):
                 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 socks.append(s)
-                s.bind((HOST, p))
-            RESERVED.append(range(low, low + count))
-            return low
-        except OSError:
-            continue
+                try:
+                    s.bind((HOST, p))
+                except OSError:
+                    low = (p + 2) & ~1
+                    break
+            else:
+                RESERVED.append(range(low, low + count))
+                return low
         finally:
             for s in socks:
                 s.close()
