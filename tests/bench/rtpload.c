@@ -21,7 +21,8 @@
  * shows the packets after it 20 ms late: an overestimate, never an underestimate.
  *
  * Spec file (whitespace separated):
- *   n seconds warmup pt ticks out_ticks a_port sample_channel sample_max max_seconds seed
+ *   n seconds warmup pt ticks out_ticks a_port sample_channel sample_max max_seconds seed seq0 ts0
+ * (seed: the channels' SSRCs; seq0, ts0: the first sequence number and timestamp of every channel)
  *   n lines: target_port b_port src_port
  *   m, then m payloads in hex
  * Every address is 127.0.0.1: the program cannot send anywhere else.
@@ -103,9 +104,9 @@ int main(int argc, char **argv) {
     int n, pt, a_port, sample_channel, sample_max;
     double seconds, warmup, max_seconds;
     long ticks, out_ticks;
-    unsigned seed;
-    if (fscanf(f, "%d %lf %lf %d %ld %ld %d %d %d %lf %u", &n, &seconds, &warmup, &pt, &ticks, &out_ticks,
-               &a_port, &sample_channel, &sample_max, &max_seconds, &seed) != 11 || n <= 0 || n > 100000 ||
+    unsigned seed, seq0_in, ts0_in;
+    if (fscanf(f, "%d %lf %lf %d %ld %ld %d %d %d %lf %u %u %u", &n, &seconds, &warmup, &pt, &ticks, &out_ticks,
+               &a_port, &sample_channel, &sample_max, &max_seconds, &seed, &seq0_in, &ts0_in) != 13 || n <= 0 || n > 100000 ||
         out_ticks <= 0 || max_seconds <= 0) {
         fprintf(stderr, "bad spec header\n");
         return 2;
@@ -204,13 +205,13 @@ int main(int argc, char **argv) {
     double *lags = calloc((size_t)n * total_ticks, sizeof(double));
     size_t nlags = 0;
     uint32_t *ssrc = calloc(n, sizeof(uint32_t));
-    /* A new stream per run (SSRC, first sequence number and timestamp), as after a re-INVITE: a run
-     * after another on the same channels must not look like packets from the past. */
+    /* The caller continues a channel's stream from one run to the next (same SSRC, sequence numbers
+     * on from the last run's, timestamps moved by the time between): as a sender pausing. */
     srand(seed);
     for (int i = 0; i < n; i++)
         ssrc[i] = ((uint32_t)rand() << 16) ^ (uint32_t)rand();
-    uint16_t seq0 = (uint16_t)rand();
-    uint32_t ts0 = ((uint32_t)rand() << 16) ^ (uint32_t)rand();
+    uint16_t seq0 = (uint16_t)seq0_in;
+    uint32_t ts0 = (uint32_t)ts0_in;
 
     /* Receive state. */
     size_t rec_cap = (size_t)n * (total_ticks + 100) + 1024, nrec = 0;

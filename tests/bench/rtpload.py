@@ -54,13 +54,19 @@ class Load:
     warmup: float = 1.0
     sample_channel: int = 0
     sample_max: int = 200
-    seed: int = 1  # SSRCs, first sequence number and timestamp: vary it between runs on the same calls
+    seed: int = 1  # the channels' SSRCs
+    seq0: int = 0  # every channel's first sequence number and timestamp
+    ts0: int = 0
     src_ports: list[int] | None = None
+
+    @property
+    def packets_per_channel(self) -> int:
+        return round((self.seconds + self.warmup) / 0.02)
 
     def spec(self) -> str:
         header = (f"{len(self.targets)} {self.seconds} {self.warmup} {self.pt} {self.ticks} {self.out_ticks} "
                   f"{self.a_port} {self.sample_channel} {self.sample_max} {self.seconds + self.warmup + 30} "
-                  f"{self.seed}")
+                  f"{self.seed} {self.seq0 % 65536} {self.ts0 % (1 << 32)}")
         sources = self.src_ports or [0] * len(self.targets)
         rows = [f"{t} {b} {s}" for t, b, s in zip(self.targets, self.b_ports, sources, strict=True)]
         return "\n".join([header, *rows, str(len(self.payloads)), *(p.hex() for p in self.payloads)]) + "\n"
