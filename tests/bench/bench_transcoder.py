@@ -30,7 +30,9 @@ telling channels apart by the system's port they come from. One channel is one c
 A trial sends N channels for S seconds after a warm-up and measures at B (`rtpload.c` says how):
 loss (inputs of the window whose output never came, paired by RTP timestamp, or the gaps in the
 output sequence numbers if more), the p99 of inter-arrival gaps and the added latency (kernel
-arrival time of an output packet minus the send time of the input it came from), how late the
+arrival time of an output packet minus the send time of the input that caused it; "held": channels
+whose output frame f leaves when input f + 1 comes, a frame of audio held by a resampler or encoder
+look-ahead, which that latency does not include), how late the
 generator itself sent (p99; over 5 ms the trial is generator-bound), and a sample of channel 0's
 output, decoded: its spectral peak must be 440 Hz. From /proc: the SUT's CPU (schedstat of every
 thread of the process and its children, sipmob-transcoder's media workers; CPU per packet is that
@@ -474,7 +476,8 @@ def show(system: Any, case: str, r: dict[str, Any], note: str = "") -> None:
           f"{r['gap_p99_ms']:5.1f} ms lat p50/p99 {r['latency_p50_ms']:5.2f}/{r['latency_p99_ms']:5.2f} ms "
           f"cpu {r['cpu'] * 100:5.1f}% ({r['us_per_packet']:5.1f} us/pkt) others on its core "
           f"{r['others_sut_core'] * 100:4.1f}% gen cpu {r['gen_cpu'] * 100:4.1f}% lag p99 "
-          f"{r['lag_p99_ms']:4.1f} ms rss {r['rss_mb']:5.1f} MB peak {r['peak_hz']:.0f} Hz load "
+          f"{r['lag_p99_ms']:4.1f} ms rss {r['rss_mb']:5.1f} MB peak {r['peak_hz']:.0f} Hz held "
+          f"{r.get('anchor_late', 0)} load "
           f"{r['load']:.2f} {mark}{gen}", flush=True)
 
 

@@ -15,9 +15,9 @@
  *
  * Arrival times are the kernel's (SO_TIMESTAMPNS), so a late wake-up of this process does not
  * count as latency or as a gap. Latency pairs an output packet with its input by the output RTP
- * timestamp: (ts - first output ts) / out_ticks counts frames from the first output, which carries
- * the first input's audio (see the pairings below). A system whose output timestamps skip where
- * its input's do is measured exactly; one that drops a packet and keeps its timestamps contiguous
+ * timestamp: (ts - first output ts) / out_ticks counts frames from the first output (see the
+ * pairing below for which input that answers). A system whose output timestamps skip where its
+ * input's do is measured exactly; one that drops a packet and keeps its timestamps contiguous
  * shows the packets after it 20 ms late: an overestimate, never an underestimate.
  *
  * Spec file (whitespace separated):
@@ -424,16 +424,17 @@ int main(int argc, char **argv) {
                      (double)(ru1.ru_utime.tv_usec - ru0.ru_utime.tv_usec + ru1.ru_stime.tv_usec -
                               ru0.ru_stime.tv_usec) / 1e6;
 
-    /* Pairing for loss: output frame f of a channel answers input frame f + o. The offset o is the
-     * smallest of two bounds: the one that puts the channel's smallest latency in [0, 20 ms) (o
-     * cannot be more, or some packet would have left before its input came), and the one that pairs
-     * the last output with the last input (o cannot be more, or that output would have no input).
-     * A system that drops the first input gets o = 1 from both, one that holds every packet 40 ms
-     * gets o = 0 from the second, and one that emits frame f when input f + 1 comes (a resampler's
-     * look-ahead) and never flushes the last gets o = 1: no input is counted lost for any of them.
-     * Pairing for latency: frame f with input f, the first output carrying the first input's audio
-     * (true unless a system drops the very first packet: then 20 ms too much, never too little), so
-     * a system that holds audio back one frame shows it. */
+    /* Pairing: output frame f of a channel answers input frame f + o. The offset o is the smallest
+     * of two bounds: the one that puts the channel's smallest latency in [0, 20 ms) (o cannot be
+     * more, or some packet would have left before its input came), and the one that pairs the last
+     * output with the last input (o cannot be more, or that output would have no input). A system
+     * that drops the first input gets o = 1 from both, one that holds every packet 40 ms gets o = 0
+     * from the second, and one that sends frame f when input f + 1 comes (a resampler's look-ahead)
+     * and never flushes the last gets o = 1: latency is then packet in -> the packet out it caused,
+     * and the frame held is counted in anchor_late (channels with o > 0), not as latency. On a
+     * stream's first run such a system's first output is the first input's audio: o = 0 would show
+     * the 20 ms held, but on later runs the held frame of the run before comes first; the pairing
+     * must mean the same on every run. */
     int64_t *min_d = malloc(n * sizeof(int64_t));
     long *max_frame = malloc(n * sizeof(long));
     for (int i = 0; i < n; i++) {
@@ -474,9 +475,8 @@ int main(int argc, char **argv) {
             duplicates++;
             continue;
         }
-        long a = records[r].frame; /* the latency's pairing */
-        if (records[r].arrival >= measure_from && a >= 0 && a < total_ticks && send_time[(size_t)i * total_ticks + a])
-            lat[nlat++] = (double)(records[r].arrival - send_time[(size_t)i * total_ticks + a]) / 1e6;
+        if (records[r].arrival >= measure_from)
+            lat[nlat++] = (double)(records[r].arrival - send_time[(size_t)i * total_ticks + j]) / 1e6;
     }
 
     long total_sent = 0, total_received = 0, expected = 0;
