@@ -41,7 +41,7 @@ average. N is sustained when loss <= 0.1 %, p99 gap < 40 ms, every channel heard
 A failed trial is run once more before it counts (a neighbour can starve anything for a moment).
 
 The search: a first trial at --start gives the CPU per packet, the second goes to 90 % of what that
-predicts for one core, then up by a quarter until a trial fails, then bisection to 5 %; bounded by
+predicts for one core, then up by half until a trial fails, then bisection to 5 %; bounded by
 --steps trials and --budget seconds. Added latency is then measured at 80 % of the sustained
 channels, on a system started afresh if one trial overloaded it. ``--overload N`` (sipmob only)
 configures a capacity of N calls, offers half as many again, and checks that those get 503 with
@@ -118,7 +118,7 @@ def free_port() -> int:
 RESERVED: list[range] = []  # ours already: the SUTs' RTP ranges and the generator's B ports
 
 
-def port_block(count: int, low_limit: int = 10000, high_limit: int = 60000) -> int:
+def port_block(count: int, low_limit: int = 2000, high_limit: int = 60000) -> int:
     """The start of `count` consecutive free UDP ports (checked by binding them all), clear of the
     blocks handed out before (which are not bound until their owner starts). A scan from a random
     even port, jumping past each port found taken: other jobs' sockets are scattered over the
@@ -501,7 +501,7 @@ def run_trial(system: Any, case: str, n: int, args: argparse.Namespace, a_port: 
 def search(systems: list[Any], start: Callable[[], Any], case: str, args: argparse.Namespace, a_port: int,
            b_ports: list[int]) -> dict[str, Any]:
     """Sustained channels: a first trial at --start gives the CPU per packet, the second goes to 90 %
-    of what that predicts for one core, then steps up by a quarter until a trial fails, then bisects
+    of what that predicts for one core, then steps up by half until a trial fails, then bisects
     to 5 %. Bounded by --steps trials and --budget seconds. Then 80 % of the best for latency, on a
     system started afresh: one overloaded may keep a backlog (rtpengine's memory and latency grow
     after an overload and stay so)."""
@@ -524,7 +524,7 @@ def search(systems: list[Any], start: Callable[[], Any], case: str, args: argpar
             guess = int(0.9 * 1e6 / 50 / r["us_per_packet"])
             n = max(low + 1, guess)
         elif high > args.max:
-            n = int(n * 1.25) + 1
+            n = int(n * 1.5) + 1  # the first estimate is low: a lightly loaded SUT pays a wake-up a packet
         else:
             n = (low + high) // 2
         n = min(n, args.max)
