@@ -405,6 +405,18 @@ def failed(n: int, why: str, system: Any) -> dict[str, Any]:
             "silent_channels": n, "load": nan, "others_sut_core": nan, "anchor_late": 0}
 
 
+def settle(system: Any, limit: float = 20.0) -> None:
+    """Wait until the SUT is idle (under 5 % of a core over 0.5 s), at most `limit` seconds: after
+    an overloaded trial both systems still work through the packets queued in their sockets, and
+    a trial started then would pay for the one before."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        before = cpu_seconds(system.pid)
+        time.sleep(0.5)
+        if cpu_seconds(system.pid) - before < 0.025:
+            return
+
+
 def trial(system: Any, case: str, n: int, args: argparse.Namespace, a_port: int,
           b_ports: list[int]) -> dict[str, Any]:
     source, sink = CASES[case]
@@ -414,6 +426,7 @@ def trial(system: Any, case: str, n: int, args: argparse.Namespace, a_port: int,
         # A call is answered before its media is ready everywhere (sipmob-transcoder hands the
         # sockets to its worker afterwards): new calls' first second is set-up, not capacity.
         time.sleep(1.0)
+    settle(system)
     if args.sut_nice or args.sut_rt:
         prioritise(system.pid, args.sut_nice, args.sut_rt)
     pt, rtpmap = FORMATS[source]
