@@ -1,18 +1,24 @@
 """Channels per core: sipmob-transcoder beside rtpengine, the same RTP load, the same run.
 
 Run: .venv/bin/python tests/bench/bench_transcoder.py [--cases pcmu-opus,...] [--seconds S]
-     [--start N] [--max N] [--systems sipmob,rtpengine] [--sut-cpu 0] [--gen-cpu 1]
+     [--start N] [--max N] [--steps N] [--budget S] [--systems rtpengine,sipmob] [--sut-cpu 0]
+     [--gen-cpu 1] [--no-sut-rt] [--no-rt-generator]
+     .venv/bin/python tests/bench/bench_transcoder.py --quick        # smoke run, ~3 minutes
      .venv/bin/python tests/bench/bench_transcoder.py --fixed 20 --seconds 6 --rounds 3
      .venv/bin/python tests/bench/bench_transcoder.py --overload 20 --cases pcmu-opus,relay
 
-The first form searches for the sustained channels of each system; the second runs both at one
-load, alternating their trials, for CPU per packet and latency. On a machine shared with other
-work the search measures the neighbours as much as the system (a starved generator or SUT fails a
-trial at any load); the CPU per packet of the second form is the steadier comparison there.
+The first form searches for the sustained channels of each system and prints both side by side
+with the ratio; the second runs both at one load, alternating their trials, for CPU per packet and
+latency; the third checks admission control.
 
-Both systems run on 127.0.0.1, each pinned to one core with taskset (`--sut-cpu`); the load
-generator is a separate process on another core (`--gen-cpu`). One channel is one converted
-direction (party A sends, B receives), 20 ms ptime, a 440 Hz tone. For each case:
+Both systems run on 127.0.0.1, each pinned to one core with taskset (`--sut-cpu`), every thread
+SCHED_FIFO (or at `--sut-nice` with --no-sut-rt), so that on a machine shared with other jobs the
+core is the system's and the search finds its limit rather than its neighbours'. The load is
+`rtpload.c` (built with gcc at the start, SCHED_FIFO on `--gen-cpu`): it sends each channel's
+precomputed packets (a 440 Hz tone encoded once per codec with the project's encoders) every 20 ms,
+phases spread evenly, with sendmmsg, and reads every channel's output on one port with recvmmsg,
+telling channels apart by the system's port they come from. One channel is one converted direction
+(party A sends, B receives). For each case:
 
 - sipmob-transcoder is started with a config of its own (SLP off, capacity far above the test) and
   invoked by 3PCC (RFC 4117 "SDP A + SDP B"), one INVITE per channel;
@@ -21,19 +27,25 @@ direction (party A sends, B receives), 20 ms ptime, a 440 Hz tone. For each case
   ``offer`` (A's SDP, with ``codec: {transcode: [...]}`` when converting) and an ``answer`` (B's SDP
   with the target codec only), as a SIP proxy would send them.
 
-A trial sends N channels for S seconds (phases spread evenly over the 20 ms, as independent calls
-are) and measures at B: loss (expected from the output sequence numbers and the packets sent, the
-stricter), the p99 of inter-arrival gaps, added latency (output arrival minus the send time of the
-input packet that caused it: both systems convert synchronously), the SUT's CPU from /proc (the
-schedstat run time of every thread of the process and of its children, sipmob-transcoder's media
-workers; CPU per packet is that over every packet sent, warm-up included) and RSS (summed likewise).
-In the search, added latency is also measured at 80 % of the sustained channels. ``--overload N``
-(sipmob only) configures a capacity of N calls, offers half as many again, and checks that those get
-503 with Retry-After while the admitted calls keep <= 0.1 % loss.
-N is sustained when loss <= 0.1 % and p99 gap < 40 ms; the search doubles N until
-a trial fails, then bisects (bounded by --max and by --bisect steps). The output of channel 0 is
-decoded and its spectral peak must be 440 Hz. A trial the generator itself could not keep up with
-(more than 5 ms behind its schedule at p99) is reported as generator-bound, not as the SUT's limit.
+A trial sends N channels for S seconds after a warm-up and measures at B (`rtpload.c` says how):
+loss (inputs of the window whose output never came, paired by RTP timestamp, or the gaps in the
+output sequence numbers if more), the p99 of inter-arrival gaps and the added latency (kernel
+arrival time of an output packet minus the send time of the input that caused it; "held": channels
+whose output frame f leaves when input f + 1 comes, a frame of audio held by a resampler or encoder
+look-ahead, which that latency does not include), how late the
+generator itself sent (p99; over 5 ms the trial is generator-bound), and a sample of channel 0's
+output, decoded: its spectral peak must be 440 Hz. From /proc: the SUT's CPU (schedstat of every
+thread of the process and its children, sipmob-transcoder's media workers; CPU per packet is that
+over every packet sent), its RSS (summed likewise), what else ran on its core, and the load
+average. N is sustained when loss <= 0.1 %, p99 gap < 40 ms, every channel heard and the tone right.
+A failed trial is run once more before it counts (a neighbour can starve anything for a moment).
+
+The search: a first trial at --start gives the CPU per packet, the second goes to 90 % of what that
+predicts for one core, then up by half until a trial fails, then bisection to 5 %; bounded by
+--steps trials and --budget seconds. Added latency is then measured at 80 % of the sustained
+channels, on a system started afresh if one trial overloaded it. ``--overload N`` (sipmob only)
+configures a capacity of N calls, offers half as many again, and checks that those get 503 with
+Retry-After while the admitted calls keep <= 0.1 % loss.
 
 Every loop is bounded by count and time; every process started is stopped by its PID.
 """
@@ -41,19 +53,17 @@ Every loop is bounded by count and time; every process started is stopped by its
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import resource
-import select
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +71,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "daemons"), str(ROOT)]
 
 import numpy as np  # noqa: E402
+from tests.bench import rtpload  # noqa: E402
 
 from sipmob.media.audioformat import AudioFormat, make_decoder, make_encoder  # noqa: E402
 from sipmob.sdp.session import parse as parse_sdp  # noqa: E402
@@ -95,126 +106,6 @@ def payloads(codec: str, seconds: int = 1) -> list[bytes]:
     return [encoder.encode(pcm[i * n:(i + 1) * n]) for i in range(len(pcm) // n)]
 
 
-def generate(spec: dict[str, Any]) -> dict[str, Any]:
-    """Send N channels for `seconds`, receive at B, return the figures (runs in its own process)."""
-    targets = [tuple(t) for t in spec["targets"]]
-    receivers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in targets]
-    for sock, port in zip(receivers, spec["b_ports"], strict=True):
-        sock.bind((HOST, port))
-        sock.setblocking(False)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sender.bind((HOST, spec["a_port"]))
-    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
-    poller = select.epoll()
-    by_fd = {}
-    for i, sock in enumerate(receivers):
-        poller.register(sock.fileno(), select.EPOLLIN)
-        by_fd[sock.fileno()] = i
-    frames = [bytes.fromhex(p) for p in spec["payloads"]]
-    pt, ticks = spec["pt"], spec["ticks"]
-    n = len(targets)
-    seconds = spec["seconds"]
-    warmup = 1.0
-    rng = random.Random(1)
-    ssrcs = [rng.getrandbits(32) for _ in range(n)]
-    phases = sorted(((i * PTIME / n), i) for i in range(n))
-    last_sent = [0.0] * n
-    sent = [0] * n
-    sent_all = 0
-    received = [0] * n
-    first_seq: list[int | None] = [None] * n
-    max_seq = [0] * n
-    last_arrival = [0.0] * n
-    gaps: list[float] = []
-    latencies: list[float] = []
-    lags: list[float] = []
-    sample: list[str] = []
-    start = time.monotonic() + 0.1
-    end = start + warmup + seconds
-    measure_from = start + warmup
-    tick = 0
-    pointer = 0
-    buf = bytearray(4096)
-    view = memoryview(buf)
-
-    def drain(now: float) -> None:
-        for fd, _ in poller.poll(0):
-            i = by_fd[fd]
-            sock = receivers[i]
-            for _ in range(64):  # bounded: the socket may be refilled while we read
-                try:
-                    size = sock.recv_into(buf)
-                except BlockingIOError:
-                    break
-                if now < measure_from or size < 12 or 72 <= (buf[1] & 0x7F) <= 76:
-                    continue  # warm-up, or RTCP (RFC 5761 §4 types) that strayed here
-                seq = struct.unpack_from("!H", buf, 2)[0]
-                if first_seq[i] is None:
-                    first_seq[i] = seq
-                    max_seq[i] = 0
-                else:
-                    ahead = (seq - first_seq[i]) % 65536  # type: ignore[operator]
-                    if ahead < 32768:
-                        max_seq[i] = max(max_seq[i], ahead)
-                received[i] += 1
-                if last_arrival[i]:
-                    gaps.append(now - last_arrival[i])
-                last_arrival[i] = now
-                latencies.append(now - last_sent[i])
-                if i == 0 and len(sample) < 200:
-                    sample.append(bytes(view[12:size]).hex())
-
-    while True:
-        now = time.monotonic()
-        if now >= end:
-            break
-        slot_time = start + tick * PTIME + phases[pointer][0]
-        if now < slot_time:
-            drain(now)
-            wait = slot_time - time.monotonic()
-            if wait > 0.0005:
-                poller.poll(min(wait - 0.0003, 0.005))
-            continue
-        i = phases[pointer][1]
-        k = tick
-        packet = struct.pack("!BBHII", 0x80, pt, k % 65536, (k * ticks) % (1 << 32), ssrcs[i]) + \
-            frames[k % len(frames)]
-        try:
-            sender.sendto(packet, targets[i])
-            sent_all += 1
-        except OSError:
-            pass
-        if now >= measure_from:
-            sent[i] += 1
-            lags.append(now - slot_time)
-        last_sent[i] = now
-        pointer += 1
-        if pointer == n:
-            pointer = 0
-            tick += 1
-    drain_end = time.monotonic() + 0.1
-    while time.monotonic() < drain_end:
-        drain(time.monotonic())
-        poller.poll(0.01)
-    total_sent = sum(sent)
-    total_received = sum(received)
-    expected_out = sum(m + 1 for m, f in zip(max_seq, first_seq, strict=True) if f is not None)
-    lost = max(total_sent - total_received, expected_out - total_received, 0)
-    for sock in receivers:
-        sock.close()
-    sender.close()
-
-    def pct(xs: list[float], q: float) -> float:
-        return float(np.percentile(xs, q)) * 1000 if xs else float("nan")
-
-    return {"sent": total_sent, "sent_all": sent_all, "received": total_received,
-            "loss": lost / max(total_sent, 1),
-            "gap_p99_ms": pct(gaps, 99), "latency_p50_ms": pct(latencies, 50),
-            "latency_p99_ms": pct(latencies, 99), "lag_p99_ms": pct(lags, 99), "sample": sample,
-            "silent_channels": sum(1 for r in received if r == 0)}
-
-
 # Systems under test --------------------------------------------------------------------------
 
 
@@ -224,19 +115,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def port_block(count: int) -> int:
-    """The start of `count` consecutive free UDP ports (checked by binding them all)."""
-    for _ in range(200):
-        low = random.randrange(20000, 60000 - count) & ~1
+RESERVED: list[range] = []  # ours already: the SUTs' RTP ranges and the generator's B ports
+
+
+def port_block(count: int, low_limit: int = 2000, high_limit: int = 60000) -> int:
+    """The start of `count` consecutive free UDP ports (checked by binding them all), clear of the
+    blocks handed out before (which are not bound until their owner starts). A scan from a random
+    even port, jumping past each port found taken: other jobs' sockets are scattered over the
+    ephemeral range, and a large block is rarely free at a random place."""
+    low = random.randrange(low_limit, high_limit - count) & ~1
+    for _ in range(2000):  # bounded: each round moves past at least one port
+        if low + count > high_limit:
+            low = low_limit
+        clash = next((r for r in RESERVED if low < r.stop and r.start < low + count), None)
+        if clash is not None:
+            low = (clash.stop + 1) & ~1
+            continue
         socks = []
         try:
             for p in range(low, low + count):
                 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 socks.append(s)
-                s.bind((HOST, p))
-            return low
-        except OSError:
-            continue
+                try:
+                    s.bind((HOST, p))
+                except OSError:
+                    low = (p + 2) & ~1
+                    break
+            else:
+                RESERVED.append(range(low, low + count))
+                return low
         finally:
             for s in socks:
                 s.close()
@@ -279,6 +186,25 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def prioritise(pid: int, nice: int, realtime: bool) -> None:
+    """Every thread of `pid` and its descendants at `nice`, or SCHED_FIFO: on a machine shared with
+    other jobs the SUT's core is then the SUT's (the scheduler moves the others to the other core),
+    so the search finds the system's limit, not its neighbours'. Both systems get the same."""
+    for p in family(pid):
+        try:
+            tasks = [int(t.name) for t in Path(f"/proc/{p}/task").iterdir()]
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                if realtime:
+                    os.sched_setscheduler(task, os.SCHED_FIFO, os.sched_param(5))
+                else:
+                    os.setpriority(os.PRIO_PROCESS, task, nice)
+            except OSError:
+                continue
+
+
 def rss_mb(pid: int) -> float:
     total = 0.0
     for p in family(pid):
@@ -305,12 +231,13 @@ class Sipmob:
         self._controller = Controller
         low = port_block(4 * max_channels + 8)
         self.refused = 0
+        self.ports = range(low, low + 4 * max_channels + 8)
         self.daemon = Transcoder(workdir, channels=capacity or 4 * max_channels, cpu=cpu,
                                  rtp_ports=(low, low + 4 * max_channels + 7), idle_timeout=3600)
         self.daemon.start()
         self.pid = self._pid()
         self.controller = Controller(self.daemon.uri)
-        self.calls: list[int] = []  # the transcoder's port for A, per channel
+        self.calls: list[tuple[int, int]] = []  # the transcoder's ports facing A and B, per channel
 
     def _pid(self) -> int:
         assert self.daemon.proc is not None
@@ -318,7 +245,7 @@ class Sipmob:
         return self.daemon.proc.pid
 
     def ensure(self, n: int, source: str, sink: str, a_port: int,
-               b_ports: list[int]) -> list[tuple[str, int]]:
+               b_ports: list[int]) -> list[tuple[int, int]]:
         while len(self.calls) < n:
             i = len(self.calls)
             c = self._controller(self.daemon.uri)
@@ -327,8 +254,12 @@ class Sipmob:
             c.close()
             if response.status != 200:
                 raise RuntimeError(f"INVITE {i}: {response.status}")
-            self.calls.append(parse_sdp(response.body).media[0].port)
-        return [(HOST, p) for p in self.calls[:n]]
+            media = parse_sdp(response.body).media
+            self.calls.append((media[0].port, media[1].port))
+        return self.calls[:n]
+
+    def log_tail(self, lines: int) -> list[str]:
+        return self.daemon.output().splitlines()[-lines:]
 
     def stop(self) -> None:
         self.controller.close()
@@ -375,6 +306,7 @@ class Rtpengine:
     def __init__(self, cpu: int, workdir: Path, max_channels: int) -> None:
         self.ng_port = free_port()
         low = port_block(4 * max_channels + 8)
+        self.ports = range(low, low + 4 * max_channels + 8)
         self.log_path = workdir / "rtpengine.log"
         self._log = open(self.log_path, "wb")
         command = ["taskset", "-c", str(cpu), self.BINARY, "--config-file=none", "--foreground",
@@ -414,7 +346,7 @@ class Rtpengine:
         raise TimeoutError("no NG answer")
 
     def ensure(self, n: int, source: str, sink: str, a_port: int,
-               b_ports: list[int]) -> list[tuple[str, int]]:
+               b_ports: list[int]) -> list[tuple[int, int]]:
         while len(self.calls) < n:
             i = len(self.calls)
             call_id = f"bench-{i}-{os.urandom(3).hex()}"
@@ -431,8 +363,13 @@ class Rtpengine:
                               "sdp": answer_sdp})
             if answer.get("result") != b"ok":
                 raise RuntimeError(f"rtpengine answer: {answer}")
-            self.calls.append(parse_sdp(answer["sdp"]).media[0].port)
-        return [(HOST, p) for p in self.calls[:n]]
+            # The answer's SDP goes to A (where A sends), the offer's to B (where B's media comes from).
+            self.calls.append((parse_sdp(answer["sdp"]).media[0].port,
+                               parse_sdp(offer["sdp"]).media[0].port))
+        return self.calls[:n]
+
+    def log_tail(self, lines: int) -> list[str]:
+        return self.log_path.read_text(errors="replace").splitlines()[-lines:]
 
     def stop(self) -> None:
         self.sock.close()
@@ -449,87 +386,176 @@ class Rtpengine:
 # Trials and the search ----------------------------------------------------------------------
 
 
-def trial(system: Any, case: str, n: int, seconds: float, gen_cpu: int, a_port: int,
+def machine() -> tuple[list[int], float]:
+    """Busy jiffies per CPU (user..steal, not idle/iowait) and the 1-minute load average."""
+    busy = []
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu") and line[3:4].isdigit():
+            f = [int(x) for x in line.split()[1:]]
+            busy.append(sum(f[:8]) - f[3] - f[4])
+    return busy, float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def failed(n: int, why: str, system: Any) -> dict[str, Any]:
+    print(f"    generator failed: {why}", flush=True)
+    nan = float("nan")
+    return {"n": n, "ok": False, "generator_bound": True, "loss": 1.0, "gap_p99_ms": nan,
+            "latency_p50_ms": nan, "latency_p99_ms": nan, "lag_p99_ms": nan, "cpu": 0.0, "gen_cpu": 0.0,
+            "us_per_packet": nan, "rss_mb": rss_mb(system.pid), "peak_hz": 0.0, "audio_ok": False,
+            "silent_channels": n, "load": nan, "others_sut_core": nan, "anchor_late": 0}
+
+
+def settle(system: Any, limit: float = 20.0) -> None:
+    """Wait until the SUT is idle (under 5 % of a core over 0.5 s), at most `limit` seconds: after
+    an overloaded trial both systems still work through the packets queued in their sockets, and
+    a trial started then would pay for the one before."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        before = cpu_seconds(system.pid)
+        time.sleep(0.5)
+        if cpu_seconds(system.pid) - before < 0.025:
+            return
+
+
+def trial(system: Any, case: str, n: int, args: argparse.Namespace, a_port: int,
           b_ports: list[int]) -> dict[str, Any]:
     source, sink = CASES[case]
+    before = len(system.calls)
     targets = system.ensure(n, source, sink, a_port, b_ports)
+    if len(system.calls) > before:
+        # A call is answered before its media is ready everywhere (sipmob-transcoder hands the
+        # sockets to its worker afterwards): new calls' first second is set-up, not capacity.
+        time.sleep(1.0)
+    settle(system)
+    if args.sut_nice or args.sut_rt:
+        prioritise(system.pid, args.sut_nice, args.sut_rt)
     pt, rtpmap = FORMATS[source]
-    clock = int(rtpmap.split("/")[1])
-    spec = {"targets": targets, "b_ports": b_ports[:n], "a_port": a_port, "pt": pt,
-            "ticks": int(clock * PTIME), "payloads": [p.hex() for p in PAYLOADS[source]],
-            "seconds": seconds}
-    spec_path = WORKDIR / "spec.json"
-    spec_path.write_text(json.dumps(spec))
+    out_clock = int(FORMATS[sink][1].split("/")[1])
+    ticks = int(int(rtpmap.split("/")[1]) * PTIME)
+    # One stream per channel across the trials (same SSRC, sequence numbers on, timestamps moved by
+    # the time between), as a sender that paused: a new SSRC per trial made rtpengine keep every old
+    # one (its memory and latency grew trial after trial).
+    if not hasattr(system, "stream"):
+        system.stream = {"seed": random.randrange(1 << 31), "seq": random.randrange(65536),
+                         "ts": random.randrange(1 << 32), "t0": time.monotonic()}
+    stream = system.stream
+    load = rtpload.Load(targets=[a for a, _ in targets], src_ports=[b for _, b in targets],
+                        b_ports=b_ports[:n], a_port=a_port, pt=pt,
+                        ticks=ticks, out_ticks=int(out_clock * PTIME),
+                        payloads=PAYLOADS[source], seconds=args.seconds, warmup=args.warmup,
+                        seed=stream["seed"], seq0=stream["seq"],
+                        ts0=stream["ts"] + round((time.monotonic() - stream["t0"]) / PTIME) * ticks)
+    stream["seq"] += load.packets_per_channel
+    busy0, load0 = machine()
     cpu0, wall0 = cpu_seconds(system.pid), time.monotonic()
-    out = subprocess.run(["taskset", "-c", str(gen_cpu), sys.executable, __file__, "--generate",
-                          str(spec_path)], capture_output=True, timeout=seconds + 60, check=False)
-    cpu1, wall1 = cpu_seconds(system.pid), time.monotonic()
-    if out.returncode != 0:
+    try:
+        result = rtpload.run(GENERATOR, load, WORKDIR, cpu=args.gen_cpu, realtime=args.rt_generator)
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
         # Most often a B port taken meanwhile by another program on this shared machine.
-        error = out.stderr.decode(errors="replace").strip().splitlines()[-1:]
-        print(f"    generator failed: {error}", flush=True)
-        return {"n": n, "ok": False, "generator_bound": True, "loss": 1.0, "gap_p99_ms": float("nan"),
-                "latency_p50_ms": float("nan"), "latency_p99_ms": float("nan"), "lag_p99_ms": float("nan"),
-                "cpu": 0.0, "us_per_packet": float("nan"), "rss_mb": rss_mb(system.pid), "peak_hz": 0.0,
-                "audio_ok": False,
-                "silent_channels": n}
-    result: dict[str, Any] = json.loads(out.stdout)
-    result["cpu"] = (cpu1 - cpu0) / (wall1 - wall0)  # share of one core over the trial (incl. start-up)
-    # CPU per packet: over every packet sent in the trial, warm-up included, so the generator's
-    # start-up (the SUT idle) does not dilute it.
-    result["us_per_packet"] = (cpu1 - cpu0) / max(result.get("sent_all", 0), 1) * 1e6
+        return failed(n, str(e).splitlines()[-1:][0] if str(e) else repr(e), system)
+    cpu1, wall1 = cpu_seconds(system.pid), time.monotonic()
+    busy1, load1 = machine()
+    span = args.seconds + args.warmup  # the SUT is idle before the first packet and after the last
+    result["cpu"] = (cpu1 - cpu0) / span  # share of one core while the load ran
+    result["gen_cpu"] = result["gen_cpu_s"] / span
+    # What else ran on the SUT's core meanwhile (other jobs of the machine, the kernel's softirqs),
+    # over the whole run of the generator (start-up and drain included).
+    hz = os.sysconf("SC_CLK_TCK")
+    core = (busy1[args.sut_cpu] - busy0[args.sut_cpu]) / hz
+    result["others_sut_core"] = max(core - (cpu1 - cpu0), 0.0) / (wall1 - wall0)
+    if result["silent_channels"]:
+        tail = "\n      ".join(system.log_tail(6))
+        print(f"    {result['silent_channels']} of {n} channels silent; the end of {system.name}'s log:\n"
+              f"      {tail}", flush=True)
+    result["load"] = max(load0, load1)
+    # CPU per packet: over every packet sent, warm-up included (the SUT idle outside the load).
+    result["us_per_packet"] = (cpu1 - cpu0) / max(result["sent_all"], 1) * 1e6
     result["rss_mb"] = rss_mb(system.pid)
     result["n"] = n
-    result["ok"] = result["loss"] <= 0.001 and result["gap_p99_ms"] < 40 and result["silent_channels"] == 0
-    result["generator_bound"] = result["lag_p99_ms"] > 5.0
     fmt_pt, fmt_map = FORMATS[sink]
     fmt = AudioFormat.of(fmt_map.split("/")[0], fmt_pt, int(fmt_map.split("/")[1]))
     decoder = make_decoder(fmt)
-    decoded = [decoder.decode(bytes.fromhex(p)) for p in result.pop("sample")]
+    decoded = [decoder.decode(p) for p in result.pop("sample")]
     pcm = np.concatenate(decoded or [np.zeros(1, np.int16)])
     y = pcm[len(pcm) // 4:].astype(float)
     peak = float(np.argmax(np.abs(np.fft.rfft(y * np.hanning(len(y))))) * decoder.rate / max(len(y), 1))
     result["peak_hz"] = peak
     result["audio_ok"] = abs(peak - 440) < 10
+    result["ok"] = (result["loss"] <= 0.001 and result["gap_p99_ms"] < 40 and result["silent_channels"] == 0
+                    and result["audio_ok"])
+    result["generator_bound"] = not result["lag_p99_ms"] <= 5.0
     return result
 
 
-def search(system: Any, case: str, args: argparse.Namespace, a_port: int,
+def show(system: Any, case: str, r: dict[str, Any], note: str = "") -> None:
+    mark = "ok" if r["ok"] else "FAIL"
+    gen = " (generator-bound)" if r["generator_bound"] and not r["ok"] else ""
+    print(f"    {system.name:18s} {case:10s} N={r['n']:5d}{note} loss {r['loss'] * 100:6.3f}% gap p99 "
+          f"{r['gap_p99_ms']:5.1f} ms lat p50/p99 {r['latency_p50_ms']:5.2f}/{r['latency_p99_ms']:5.2f} ms "
+          f"cpu {r['cpu'] * 100:5.1f}% ({r['us_per_packet']:5.1f} us/pkt) others on its core "
+          f"{r['others_sut_core'] * 100:4.1f}% gen cpu {r['gen_cpu'] * 100:4.1f}% lag p99 "
+          f"{r['lag_p99_ms']:4.1f} ms rss {r['rss_mb']:5.1f} MB peak {r['peak_hz']:.0f} Hz held "
+          f"{r.get('anchor_late', 0)} load "
+          f"{r['load']:.2f} {mark}{gen}", flush=True)
+
+
+def run_trial(system: Any, case: str, n: int, args: argparse.Namespace, a_port: int,
+              b_ports: list[int], note: str = "") -> dict[str, Any]:
+    r = trial(system, case, n, args, a_port, b_ports)
+    if not r["ok"]:
+        # On a shared machine a neighbour can starve the SUT for a moment at any load: a failure
+        # counts once it happened twice in a row.
+        show(system, case, r, note + " (once more)")
+        r = trial(system, case, n, args, a_port, b_ports)
+    show(system, case, r, note)
+    return r
+
+
+def search(systems: list[Any], start: Callable[[], Any], case: str, args: argparse.Namespace, a_port: int,
            b_ports: list[int]) -> dict[str, Any]:
+    """Sustained channels: a first trial at --start gives the CPU per packet, the second goes to 90 %
+    of what that predicts for one core, then steps up by half until a trial fails, then bisects
+    to 5 %. Bounded by --steps trials and --budget seconds. Then 80 % of the best for latency, on a
+    system started afresh: one overloaded may keep a backlog (rtpengine's memory and latency grow
+    after an overload and stay so)."""
+    system = systems[-1]
+    deadline = time.monotonic() + args.budget
     best: dict[str, Any] | None = None
     worst_fail: dict[str, Any] | None = None
+    low, high = 0, args.max + 1
     n = args.start
-    low, high = 0, None
-    for _ in range(args.steps):
-        r = trial(system, case, n, args.seconds, args.gen_cpu, a_port, b_ports)
-        if not r["ok"] and r["generator_bound"]:
-            # The generator was starved (the machine is shared): once more before calling it a limit.
-            r = trial(system, case, n, args.seconds, args.gen_cpu, a_port, b_ports)
-        mark = "ok" if r["ok"] else "FAIL"
-        gen = " (generator-bound)" if r["generator_bound"] else ""
-        print(f"    {system.name:18s} {case:10s} N={n:5d} loss {r['loss'] * 100:6.3f}% gap p99 "
-              f"{r['gap_p99_ms']:5.1f} ms lat p50/p99 {r['latency_p50_ms']:5.2f}/"
-              f"{r['latency_p99_ms']:5.2f} ms gen lag {r['lag_p99_ms']:4.1f} ms cpu {r['cpu'] * 100:5.1f}% "
-              f"rss {r['rss_mb']:5.1f} MB peak {r['peak_hz']:.0f} Hz {mark}{gen}", flush=True)
+    for step in range(args.steps):
+        r = run_trial(system, case, n, args, a_port, b_ports)
         if r["ok"]:
             low, best = n, r
         else:
             high, worst_fail = n, r
-        if high is None:
-            if n >= args.max:
-                break
-            n = min(args.max, n * 2)
+        if time.monotonic() > deadline:
+            print(f"    (search stopped: --budget {args.budget:.0f} s spent)", flush=True)
+            break
+        if step == 0 and r["ok"] and r["us_per_packet"] > 0:
+            guess = int(0.9 * 1e6 / 50 / r["us_per_packet"])
+            n = max(low + 1, guess)
+        elif high > args.max:
+            n = int(n * 1.5) + 1  # the first estimate is low: a lightly loaded SUT pays a wake-up a packet
         else:
-            if high - low <= max(2, low // 10):
-                break
             n = (low + high) // 2
+        n = min(n, args.max)
+        if n <= low or n >= high or high - low <= max(1, low // 20):
+            break
     at80 = None
     if best is not None:
         # Added latency where the issue asks for it: at 80 % of what was sustained.
-        n80 = max(1, best["n"] * 4 // 5)
-        at80 = trial(system, case, n80, args.seconds, args.gen_cpu, a_port, b_ports)
-        print(f"    {system.name:18s} {case:10s} N={n80:5d} (80 %) loss {at80['loss'] * 100:6.3f}% "
-              f"lat p50/p99 {at80['latency_p50_ms']:5.2f}/{at80['latency_p99_ms']:5.2f} ms", flush=True)
+        if worst_fail is not None:
+            system.stop()
+            RESERVED.remove(system.ports)
+            system = start()
+            systems.append(system)
+            # A fresh process's first seconds are not its steady state (its calls just set up, the
+            # interpreter warming): a short trial first, not counted.
+            quick = argparse.Namespace(**{**vars(args), "seconds": 1.0, "warmup": 0.5})
+            trial(system, case, max(1, best["n"] * 4 // 5), quick, a_port, b_ports)
+        at80 = run_trial(system, case, max(1, best["n"] * 4 // 5), args, a_port, b_ports, " (80 %)")
     return {"best": best, "fail": worst_fail, "at80": at80}
 
 
@@ -542,22 +568,19 @@ def fixed_rounds(case: str, args: argparse.Namespace) -> dict[tuple[str, str], d
             workdir = WORKDIR / f"{name}-{case}"
             workdir.mkdir()
             system = (Rtpengine if name == "rtpengine" else Sipmob)(args.sut_cpu, workdir, args.fixed)
-            b_low = port_block(2 * args.fixed)
-            systems.append((system, free_port(), list(range(b_low, b_low + 2 * args.fixed, 2))))
+            systems.append((system, port_block(2), [port_block(2)] * args.fixed))
         results: dict[str, list[dict[str, Any]]] = {system.name: [] for system, _, _ in systems}
         for _ in range(args.rounds):
             for system, a_port, b_ports in systems:
-                r = trial(system, case, args.fixed, args.seconds, args.gen_cpu, a_port, b_ports)
-                print(f"    {system.name:18s} {case:10s} N={args.fixed:5d} loss {r['loss'] * 100:6.3f}% "
-                      f"gap p99 {r['gap_p99_ms']:5.1f} ms cpu {r['cpu'] * 100:5.1f}%", flush=True)
-                results[system.name].append(r)
+                results[system.name].append(run_trial(system, case, args.fixed, args, a_port, b_ports))
     finally:
         for system, _, _ in systems:
             system.stop()
+        RESERVED.clear()
     out = {}
     for name, rs in results.items():
         rs.sort(key=lambda r: r["cpu"])
-        out[(case, name)] = {"best": rs[len(rs) // 2], "fail": None}
+        out[(case, name)] = {"best": rs[len(rs) // 2], "fail": None, "at80": None}
     return out
 
 
@@ -570,9 +593,8 @@ def overload(case: str, args: argparse.Namespace) -> None:
     # A call is two channels (one per direction) in the transcoder's capacity.
     system = Sipmob(args.sut_cpu, workdir, calls * 2, capacity=2 * calls)
     try:
-        a_port = free_port()
-        b_low = port_block(4 * calls)
-        b_ports = list(range(b_low, b_low + 4 * calls, 2))
+        a_port = port_block(2)
+        b_ports = [port_block(2)] * (2 * calls)
         source, sink = CASES[case]
         system.ensure(calls, source, sink, a_port, b_ports)
         refused = 0
@@ -582,52 +604,153 @@ def overload(case: str, args: argparse.Namespace) -> None:
                                  + sdp_side(a_port, source) + sdp_side(b_ports[i], sink)).encode())
             c.close()
             refused += response.status == 503 and "Retry-After" in response.headers
-        r = trial(system, case, calls, args.seconds, args.gen_cpu, a_port, b_ports)
+        r = run_trial(system, case, calls, args, a_port, b_ports)
         print(f"overload {case}: {calls} calls admitted, {refused} of {calls // 2} more refused with 503 + "
               f"Retry-After; admitted: loss {r['loss'] * 100:.3f}% gap p99 {r['gap_p99_ms']:.1f} ms "
               f"lat p50/p99 {r['latency_p50_ms']:.2f}/{r['latency_p99_ms']:.2f} ms cpu {r['cpu'] * 100:.1f}% "
               f"{'ok' if r['ok'] and refused == calls // 2 else 'FAIL'}", flush=True)
     finally:
         system.stop()
+        RESERVED.clear()
+
 
 
 PAYLOADS: dict[str, list[bytes]] = {}
 WORKDIR = Path(".")
+GENERATOR = Path(".")
+
+
+def fmt(value: float, spec: str = ".2f") -> str:
+    return "-" if value != value else format(value, spec)  # NaN: not measured
+
+
+def cell(entry: dict[str, Any] | None, what: str, fixed: bool) -> str:
+    """One system's figure for the side-by-side table."""
+    if entry is None:
+        return "-"
+    best, at80 = entry["best"], entry.get("at80") or entry["best"]
+    if what == "n":
+        if fixed:
+            return f"{best['n']}{'' if best['ok'] else '!'}"
+        fail = entry["fail"]
+        return f"{best['n']}{'+' if fail is None or fail['generator_bound'] else ''}"
+    if what == "core":
+        return fmt(best["cpu"] / best["n"] * 100, ".3f")
+    if what == "us":
+        return fmt(best["us_per_packet"], ".1f")
+    if what == "lat":
+        return f"{fmt(at80['latency_p50_ms'], '.1f')}/{fmt(at80['latency_p99_ms'], '.1f')}"
+    if what == "rss":
+        return fmt(best["rss_mb"], ".0f")
+    if what == "audio":
+        return "ok" if best["audio_ok"] else "WRONG"
+    return fmt(best["load"], ".1f")
+
+
+def table(summary: dict[tuple[str, str], dict[str, Any]], args: argparse.Namespace,
+          loads: tuple[float, float]) -> None:
+    print()
+    if args.fixed:
+        print(f"{args.fixed} channels for {args.seconds:.0f} s per case and system (no search: 'channels' "
+              f"is that load, '!' if it was not carried cleanly)")
+    else:
+        print(f"sustained channels on one core (<= 0.1 % loss, p99 gap < 40 ms, 440 Hz out of channel 0), "
+              f"{args.seconds:g} s trials after {args.warmup:g} s warm-up")
+    rt = "SCHED_FIFO" if args.rt_generator else "normal priority"
+    how = "SCHED_FIFO" if args.sut_rt else f"nice {args.sut_nice}"
+    print(f"SUT pinned to CPU {args.sut_cpu} at {how}, generator (C, rtpload.c, {rt}) to CPU "
+          f"{args.gen_cpu}; load average (1 min) {loads[0]:.2f} at start, {loads[1]:.2f} at end, "
+          f"{os.cpu_count()} CPUs")
+    names = ("rtpengine", "sipmob-transcoder")
+    print(f"{'':10s} | {'channels':^21s} | {'% core per channel':^20s} | {'us per packet':^21s} | "
+          f"{'latency p50/p99 ms':^23s} | {'RSS MB':^11s} | {'audio':^9s} | {'load':^9s}")
+    cols = "rtpe  sipmob  ratio"
+    print(f"{'case':10s} | {cols:>21s} | {'rtpe':>9s} {'sipmob':>10s} | {cols:>21s} | {'rtpe':>11s} "
+          f"{'sipmob':>11s} | {'rtpe':>5s} {'sipmob':>5s} | {'rtpe':>4s} {'sip':>4s} | "
+          f"{'rtpe':>4s} {'sip':>4s}")
+    for case in args.cases.split(","):
+        if not any((case, name) in summary for name in names):
+            continue  # not run (yet)
+        got: dict[str, dict[str, Any]] = {}
+        for name in names:
+            entry = summary.get((case, name))
+            if entry is not None and entry["best"] is not None:
+                got[name] = entry
+        if not got:
+            print(f"{case:10s} | nothing sustained (not even --start {args.start})")
+            continue
+
+        ratio_n = ratio_us = "-"
+        if len(got) == 2:
+            r, s = got["rtpengine"]["best"], got["sipmob-transcoder"]["best"]
+            ratio_n = f"{s['n'] / r['n']:.2f}x"
+            ratio_us = f"{r['us_per_packet'] / s['us_per_packet']:.2f}x"
+        rtpe, ours = got.get("rtpengine"), got.get("sipmob-transcoder")
+        f = bool(args.fixed)
+        print(f"{case:10s} | {cell(rtpe, 'n', f):>5s} {cell(ours, 'n', f):>6s} {ratio_n:>6s} | "
+              f"{cell(rtpe, 'core', f):>9s} {cell(ours, 'core', f):>10s} | "
+              f"{cell(rtpe, 'us', f):>5s} {cell(ours, 'us', f):>6s} {ratio_us:>6s} | "
+              f"{cell(rtpe, 'lat', f):>11s} {cell(ours, 'lat', f):>11s} | "
+              f"{cell(rtpe, 'rss', f):>5s} {cell(ours, 'rss', f):>5s} | "
+              f"{cell(rtpe, 'audio', f):>4s} {cell(ours, 'audio', f):>4s} | "
+              f"{cell(rtpe, 'load', f):>4s} {cell(ours, 'load', f):>4s}")
+    if not args.fixed:
+        print("+: not shown to be the system's limit (no trial above it failed, or the one that did had a "
+              "starved generator).")
+        print("ratio: sipmob / rtpengine for channels; rtpengine / sipmob for us per packet (above 1: sipmob "
+              "cheaper).")
+        print("% core per channel and us per packet at the sustained load; latency (packet in -> converted "
+              "packet out) at 80 % of it; load: 1-minute load average during that trial (the bench's two "
+              "processes add about 2).")
 
 
 def main() -> None:
-    global WORKDIR
+    global WORKDIR, GENERATOR
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--generate", help=argparse.SUPPRESS)
-    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--cases", default=None, help=f"comma separated, of {','.join(CASES)} (default: all)")
     parser.add_argument("--systems", default="rtpengine,sipmob")
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--start", type=int, default=25)
-    parser.add_argument("--max", type=int, default=1600)
+    parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per trial")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds sent before measuring")
+    parser.add_argument("--start", type=int, default=50, help="channels of the first trial of a search")
+    parser.add_argument("--max", type=int, default=2400)
     parser.add_argument("--steps", type=int, default=9, help="trials per case and system at most")
+    parser.add_argument("--budget", type=float, default=150.0,
+                        help="seconds per case and system after which the search stops")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: pcmu-opus and relay, 2 s trials, 3 steps, at most 400 channels")
     parser.add_argument("--fixed", type=int, default=0, metavar="N",
-                        help="no search: one trial of N channels per case and system, for CPU per packet "
-                             "and latency at a load both carry (on a shared machine the search measures "
-                             "the neighbours as much as the system)")
+                        help="no search: N channels per case and system, alternated --rounds times, for CPU "
+                             "per packet and latency at a load both carry")
     parser.add_argument("--rounds", type=int, default=3, help="with --fixed: alternated trials per system")
     parser.add_argument("--overload", type=int, default=0, metavar="N",
                         help="sipmob only: capacity of N calls, N * 1.5 offered; the extra must get 503 "
                              "and the admitted keep <= 0.1 %% loss")
+    parser.add_argument("--no-rt-generator", dest="rt_generator", action="store_false",
+                        help="run the generator at normal priority (by default SCHED_FIFO, so the other "
+                             "jobs of a shared machine do not delay its packets; it sleeps between them)")
+    parser.add_argument("--sut-nice", type=int, default=-15,
+                        help="with --no-sut-rt: nice of every thread of the SUT (0: as started)")
+    parser.add_argument("--sut-rt", action=argparse.BooleanOptionalAction, default=True,
+                        help="every thread of the SUT SCHED_FIFO (default; the kernel still leaves 5 %% of "
+                             "the core to others), or with --no-sut-rt at --sut-nice")
     parser.add_argument("--sut-cpu", type=int, default=0)
     parser.add_argument("--gen-cpu", type=int, default=1)
     args = parser.parse_args()
-    if args.generate:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
-        print(json.dumps(generate(json.loads(Path(args.generate).read_text()))))
-        return
+    if args.quick:
+        args.cases = args.cases or "pcmu-opus,relay"
+        args.seconds, args.warmup, args.steps, args.max = 2.0, 0.5, 3, min(args.max, 400)
+    args.cases = args.cases or ",".join(CASES)
     resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
     # SIGTERM unwinds like Ctrl-C, so the systems started below are stopped by their PIDs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     for codec in FORMATS:
         PAYLOADS[codec] = payloads(codec)
     summary: dict[tuple[str, str], dict[str, Any]] = {}
+    load_start = machine()[1]
+    print(f"load average (1 min) at start: {load_start:.2f}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-transcoder-") as tmp:
         WORKDIR = Path(tmp)
+        GENERATOR = rtpload.build(WORKDIR)
         for case in args.cases.split(","):
             print(f"{case}:", flush=True)
             if args.overload:
@@ -637,64 +760,33 @@ def main() -> None:
                 summary.update(fixed_rounds(case, args))
                 continue
             for name in args.systems.split(","):
-                a_port = free_port()
-                # Even ports only: each system sends RTCP to B's port + 1.
-                b_low = port_block(2 * args.max)
-                b_ports = list(range(b_low, b_low + 2 * args.max, 2))
-                workdir = WORKDIR / f"{name}-{case}"
-                workdir.mkdir()
-                system: Any = (Rtpengine if name == "rtpengine" else Sipmob)(args.sut_cpu, workdir, args.max)
+                a_port = port_block(2)
+                # Every channel's B on one port (the generator tells them apart by the system's port
+                # they come from): one recvmmsg reads many channels' packets.
+                b_ports = [port_block(2)] * args.max
+                runs = iter(range(100))
+
+                def start(name: str = name, case: str = case, runs: Iterator[int] = runs) -> Any:
+                    workdir = WORKDIR / f"{name}-{case}-{next(runs)}"
+                    workdir.mkdir()
+                    return (Rtpengine if name == "rtpengine" else Sipmob)(args.sut_cpu, workdir, args.max)
+
+                systems: list[Any] = []
                 try:
-                    summary[(case, system.name)] = search(system, case, args, a_port, b_ports)
+                    systems.append(start())
+                    summary[(case, systems[0].name)] = search(systems, start, case, args, a_port, b_ports)
+                except (RuntimeError, OSError) as e:
+                    # One system failing to start or set up calls on a shared machine (ports taken
+                    # meanwhile): the other cases and systems still run.
+                    print(f"    {name} {case}: {e}", flush=True)
                 finally:
-                    system.stop()
-    if args.overload:
-        return
-    print()
-    if args.fixed:
-        print(f"{args.fixed} channels for {args.seconds:.0f} s per case and system (no search: 'channels' is "
-              f"that load, with its loss in the last column), SUT on CPU {args.sut_cpu}, generator on CPU "
-              f"{args.gen_cpu}")
-    else:
-        print(f"sustained channels on one core (<= 0.1 % loss, p99 gap < 40 ms), {args.seconds:.0f} s "
-              f"trials, SUT on CPU {args.sut_cpu}, generator on CPU {args.gen_cpu}")
-    print(f"{'case':10s} {'system':18s} {'channels':>8s} {'us/pkt':>7s} {'by CPU':>7s} {'lat p50':>8s} "
-          f"{'lat p99':>8s} {'RSS MB':>7s} {'audio':>6s}")
-    for case in args.cases.split(","):
-        row: dict[str, tuple[int, float]] = {}
-        for name in ("rtpengine", "sipmob-transcoder"):
-            entry = summary.get((case, name))
-            if entry is None:
-                continue
-            best = entry["best"]
-            if best is None:
-                print(f"{case:10s} {name:18s} {'<' + str(args.start):>8s}")
-                continue
-            us = best["us_per_packet"]
-            by_cpu = int(1e6 / 50 / us) if us else 0
-            if args.fixed:
-                bound = " " if best["ok"] else "!"
-            else:
-                bound = "+" if entry["fail"] is None or entry["fail"]["generator_bound"] else " "
-            lat = entry.get("at80") or best
-            print(f"{case:10s} {name:18s} {best['n']:>7d}{bound} {us:7.1f} {by_cpu:7d} "
-                  f"{lat['latency_p50_ms']:8.2f} {lat['latency_p99_ms']:8.2f} {best['rss_mb']:7.1f} "
-                  f"{'ok' if best['audio_ok'] else 'WRONG':>6s} loss {best['loss'] * 100:.3f}% "
-                  f"gap p99 {best['gap_p99_ms']:.1f} ms")
-            row[name] = (best["n"], us)
-        if len(row) == 2:
-            (n_r, us_r), (n_s, us_s) = row["rtpengine"], row["sipmob-transcoder"]
-            sustained = "" if args.fixed else f"sustained {n_s / n_r:.2f}x, "
-            print(f"{'':10s} sipmob/rtpengine: {sustained}by CPU per packet {us_r / us_s:.2f}x")
-    if args.fixed:
-        print("!: that load was not carried cleanly (loss over 0.1 % or p99 gap of 40 ms or more).")
-    else:
-        print("+: not a limit of the system (the last trial passed, or the generator fell behind).")
-    print("channels: measured (a trial carried it); by CPU: an estimate, the channels one whole core would")
-    print("carry at the CPU per packet measured (us/pkt), which the neighbours on a shared machine "
-          "disturb less.")
-    if not args.fixed:
-        print("lat p50/p99: added latency at 80 % of the sustained channels.")
+                    for system in systems:
+                        system.stop()
+                    RESERVED.clear()
+            if not args.fixed and case != args.cases.split(",")[-1]:
+                table(summary, args, (load_start, machine()[1]))  # so far: a long run shows as it goes
+    if not args.overload:
+        table(summary, args, (load_start, machine()[1]))
 
 
 if __name__ == "__main__":
