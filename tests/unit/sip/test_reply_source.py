@@ -7,7 +7,7 @@ from __future__ import annotations
 from tests.unit.sip.test_bind_call import WAN1, WAN2, WAN3, B, Wire, pair, via_contact
 from tests.unit.sip.test_ua import ANSWER, OFFER, T1, one, uri
 
-from sipmob.sip.message import make_response, parse_message
+from sipmob.sip.message import Request, make_response, parse_message
 from sipmob.sip.transaction import RequestReceived, TimerConfig, TransactionLayer
 from sipmob.sip.transport import Address
 from sipmob.sip.ua import IncomingInvite, ReinviteCompleted, ReinviteReceived, UACore
@@ -57,7 +57,9 @@ def test_a_request_arriving_on_an_address_is_answered_from_it_when_its_call_is_b
     [(_data, _dest, local)] = lay.messages_to_send_from()
     assert local == LAN
     # our own requests of that call still leave from its egress
-    lay.send_request(parse_message(options("z9hG4bKmine")).replace(), PEER, 0.0)  # type: ignore[union-attr]
+    mine = parse_message(options("z9hG4bKmine"))
+    assert isinstance(mine, Request)
+    lay.send_request(mine, PEER, 0.0)
     [(_data, _dest, local)] = lay.messages_to_send_from()
     assert local == WAN3
 
