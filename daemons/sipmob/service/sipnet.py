@@ -8,7 +8,9 @@ open connection to a (host, port), whichever side opened it, and opens one when 
 A datagram the machine says must leave from a local address (a call bound to an egress,
 `TransactionLayer.bind_call`) goes out of the UDP socket bound to that address: one per local
 address (`add_udp`), so the kernel's source routing sends it out of that egress's link, until
-the owner closes it (`release_udp`) once its address has gone.
+the owner closes it (`release_udp`) once its address has gone. Every message goes up with the local
+address it arrived on (the socket that read it, the connection's local end): the layer answers a
+request from there (RFC 3581 §4, RFC 3261 §18.2.2), whatever socket the call's requests use.
 Events go to one callback, the layer above, which answers through the machine (or, over a bare
 transaction layer, through `send_response` and friends).
 
@@ -44,7 +46,7 @@ class SIPMachine(Protocol):
     @property
     def connections(self) -> Connections: ...
 
-    def receive(self, data: bytes, source: Address, now: float) -> None: ...
+    def receive(self, data: bytes, source: Address, now: float, local: Address | None = None) -> None: ...
 
     def transport_error(self, destination: Address, now: float) -> None: ...
 
@@ -65,6 +67,9 @@ class _Datagrams(protocol.DatagramProtocol):
         # Hosts this port has written to once: Port.write checks that a host is an IP literal of
         # the port's family, three checks per datagram; once is enough for the same host.
         self.checked: set[str] = set()
+        # our address as `SIPTransport._udp` knows it (its key, the bound port): where a request
+        # read here is answered from
+        self.local: Address | None = None
 
     @property
     def wire(self) -> Any:
@@ -72,7 +77,7 @@ class _Datagrams(protocol.DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         # interned: the layer keeps the source of every lingering transaction, mostly a few peers
-        self.owner._received(data, Address(sys.intern(addr[0]), addr[1], "udp"))
+        self.owner._received(data, Address(sys.intern(addr[0]), addr[1], "udp"), self.local)
 
     def send(self, data: bytes, host: str, port: int) -> None:
         """Write one datagram; raises OSError (or twisted's MessageLengthError, InvalidAddressError)."""
@@ -94,6 +99,7 @@ class _Stream(protocol.Protocol):
         self.framer = StreamFramer()
         self.remote: Address | None = None
         self.local_host = ""
+        self.local: Address | None = None
 
     @property
     def wire(self) -> Any:
@@ -102,7 +108,9 @@ class _Stream(protocol.Protocol):
     def connectionMade(self) -> None:
         peer = self.wire.getPeer()
         self.remote = Address(peer.host, peer.port, "tcp")
-        self.local_host = str(self.wire.getHost().host)
+        here = self.wire.getHost()
+        self.local_host = str(here.host)
+        self.local = Address(self.local_host, here.port, "tcp")
         self.owner._connected(self.remote, self)
 
     def dataReceived(self, data: bytes) -> None:
@@ -115,7 +123,7 @@ class _Stream(protocol.Protocol):
             self.wire.loseConnection()
             return
         for message in messages:
-            self.owner._received(message, self.remote)
+            self.owner._received(message, self.remote, self.local)
 
     def connectionLost(self, reason: Any = None) -> None:
         if self.remote is not None:
@@ -178,6 +186,7 @@ class SIPTransport:
                 proto = _Datagrams(self)
                 # Twisted reads 8192 bytes per datagram by default; a SIP datagram may be 65535 (§18.1.1)
                 port = self.reactor.listenUDP(addr.port, proto, interface=addr.host, maxPacketSize=65535)
+                proto.local = Address(addr.host, port.getHost().port, "udp")
                 self._udp[addr.host] = proto
             elif addr.transport == "tcp":
                 port = self.reactor.listenTCP(addr.port, _StreamFactory(self), interface=addr.host)
@@ -205,6 +214,7 @@ class SIPTransport:
         if host not in self._udp:
             proto = _Datagrams(self)
             listening = self.reactor.listenUDP(port, proto, interface=host, maxPacketSize=65535)
+            proto.local = Address(host, listening.getHost().port, "udp")
             self._ports.append(listening)
             self.addresses.append(Address(host, listening.getHost().port, "udp"))
             self._udp[host] = proto
@@ -344,10 +354,10 @@ class SIPTransport:
         layer = self._layer
         self._timer = TimerDriver(self.reactor, layer.get_timer, layer.handle_timer, after=self.flush)
 
-    def _received(self, data: bytes, source: Address) -> None:
+    def _received(self, data: bytes, source: Address, local: Address | None = None) -> None:
         if self.layer is None:
             return
-        self.layer.receive(data, source, self.reactor.seconds())
+        self.layer.receive(data, source, self.reactor.seconds(), local)
         self.flush()
 
     def _write(self, data: bytes, destination: Address, local: Address | None = None) -> None:

@@ -19,7 +19,11 @@ our Contact in it is stamped with it, as Via is: the UA core builds one Contact 
 the layer that knows the call's egress puts the right host in it. Over TCP our Contact names our
 TCP address with ``transport=tcp`` (bound call or not), so the peer's requests of the dialog keep TCP.
 A transaction keeps the address it started from, so its retransmissions are the same datagram from
-the same place (§17.1.1.2).
+the same place (§17.1.1.2). A server transaction answers from the local address its request arrived
+on, when the owner says which (``receive(..., local=)``: the socket it read the datagram from), bound
+call or not: RFC 3581 §4 and §18.2.2 want the response from where the request went, and a peer with a
+connected socket or a strict firewall drops any other. The call's binding still decides where our
+requests leave from and the Contact of our answers, so the dialog moves with it.
 
 Not here: parsing and building messages (`sipmob.sip.message`), where a message goes and how the Via
 is stamped (`sipmob.sip.transport`), dialogs and the 2xx/ACK retransmission of the UA core
@@ -453,7 +457,7 @@ class _Transaction:
     then on it only resends that response, and thousands of them linger for Timer J or L. What
     routing and the RFC 2543 match still need is kept apart (``via``, ``legacy_match``)."""
 
-    __slots__ = ("ack", "deadlines", "destination", "intervals", "key", "last_response",
+    __slots__ = ("ack", "arrived", "deadlines", "destination", "intervals", "key", "last_response",
                  "legacy_match", "local", "machine", "reliable", "request", "request_bytes", "source",
                  "state", "via")
 
@@ -470,6 +474,7 @@ class _Transaction:
         self.destination = destination  # where requests (client) or responses (server) go
         self.source = source  # server: where the request came from
         self.local: Address | None = None  # the bound address it sends from; None: the default
+        self.arrived: Address | None = None  # server: our address its request arrived on, if known
         self.reliable = is_reliable(destination.transport)
         self.last_response: bytes | None = None
         self.ack: bytes | None = None
@@ -665,8 +670,10 @@ class TransactionLayer:
         for tx in [tx for tx in self._transactions.values() if tx.destination == destination]:
             self._fire(tx, Input.TRANSPORT_ERROR, now, None)
 
-    def receive(self, data: bytes, source: Address, now: float) -> None:
-        """One whole message (a datagram, or a message cut from a stream by `StreamFramer`)."""
+    def receive(self, data: bytes, source: Address, now: float, local: Address | None = None) -> None:
+        """One whole message (a datagram, or a message cut from a stream by `StreamFramer`);
+        `local` is our address it arrived on (the socket's), where the answers to a request leave
+        from (None: not known, the call's address or the default)."""
         try:
             message = parse_message(data)
         except SIPGarbage as exc:
@@ -674,10 +681,10 @@ class TransactionLayer:
             self._events.append(MessageDiscarded(source, exc.reason))
             return
         except SIPParseError as exc:
-            self._answer_malformed(data, exc, source)
+            self._answer_malformed(data, exc, source, local)
             return
         if isinstance(message, Request):
-            self._receive_request(message, source, now)
+            self._receive_request(message, source, now, local)
         else:
             self._receive_response(message, source, now)
 
@@ -785,7 +792,8 @@ class TransactionLayer:
             return None
         return self._bound_over(message.call_id, destination.transport.lower())
 
-    def _answer_malformed(self, data: bytes, exc: SIPParseError, source: Address) -> None:
+    def _answer_malformed(self, data: bytes, exc: SIPParseError, source: Address,
+                          local: Address | None) -> None:
         response = None
         is_request = data.lstrip(b"\r\n")[:4].upper() != b"SIP/"
         if is_request and isinstance(exc.headers, Headers):
@@ -798,9 +806,10 @@ class TransactionLayer:
         response = apply_received(response, source)
         destination = response_destination(response, source, self.connections)
         if destination is not None:
-            self._outgoing.append((response.to_bytes(), destination, None))
+            self._outgoing.append((response.to_bytes(), destination, local))
 
-    def _receive_request(self, request: Request, source: Address, now: float) -> None:
+    def _receive_request(self, request: Request, source: Address, now: float,
+                         local: Address | None) -> None:
         key = _server_key(request)  # before apply_received, which makes the Via parsed anew
         if key is None:  # parse_message guarantees Via and CSeq; this is a belt for the braces
             self._events.append(MessageDiscarded(source, "request without Via or CSeq"))
@@ -831,6 +840,7 @@ class TransactionLayer:
         if destination == source:
             destination = source  # one Address for both, for as long as the transaction lingers
         tx = _Transaction(key, machine, request, destination, source)
+        tx.arrived = tx.local = local  # a 100 Trying or a 1xx leaves from there too
         if tx.reliable:
             tx.via = request.top_via  # to route each response anew (`_send_response_bytes`)
         if key.legacy:
@@ -909,8 +919,9 @@ class TransactionLayer:
             self._events.append(AckReceived(message, tx.source or tx.destination, tx.key))
         elif action is Action.SEND_RESPONSE:
             assert isinstance(message, Response)
-            # the call's address when the final response goes, kept for its retransmissions
-            tx.local = self._bound(message, tx.destination)
+            # where the request arrived (RFC 3581 §4), else the call's address when the final
+            # response goes; kept for its retransmissions
+            tx.local = tx.arrived or self._bound(message, tx.destination)
             message = self._our_contact(message, tx.destination)
             tx.last_response = message.to_bytes()
             self._send_response_bytes(tx, tx.last_response)

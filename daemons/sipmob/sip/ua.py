@@ -137,9 +137,10 @@ class UACore(InviteSessions, Referrals, Registrations):
 
     # Input ----------------------------------------------------------------------------------------
 
-    def receive(self, data: bytes, source: Address, now: float) -> None:
-        """One message from the network; never raises for the peer's mistakes."""
-        self.layer.receive(data, source, now)
+    def receive(self, data: bytes, source: Address, now: float, local: Address | None = None) -> None:
+        """One message from the network (`local`: our address it arrived on, see
+        `TransactionLayer.receive`); never raises for the peer's mistakes."""
+        self.layer.receive(data, source, now, local)
         self._pump(now)
 
     def transport_error(self, destination: Address, now: float) -> None:

@@ -37,16 +37,13 @@ OPTIONS = """import socket, sys
 from sipmob.sip.uri import URI
 to = URI.parse(sys.argv[1])
 dest = (to.host, to.port or 5060)
-probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-probe.connect(dest)  # only to learn our address towards it: the answer may come from another
-# of the phone's addresses (it answers from its default socket), which a connected socket would drop
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(2)
-s.bind((probe.getsockname()[0], 0))
+s.connect(dest)  # as a strict peer: an answer from any other of the phone's addresses is dropped
 me, n = "%s:%d" % s.getsockname(), s.getsockname()[1]
-s.sendto(("OPTIONS %s SIP/2.0\\r\\nVia: SIP/2.0/UDP %s;branch=z9hG4bKdev%d\\r\\nMax-Forwards: 70\\r\\n"
-          "From: <sip:probe@%s>;tag=1\\r\\nTo: <%s>\\r\\nCall-ID: dev%d@home\\r\\nCSeq: 1 OPTIONS\\r\\n"
-          "Content-Length: 0\\r\\n\\r\\n" % (to, me, n, me, to, n)).encode(), dest)
+s.send(("OPTIONS %s SIP/2.0\\r\\nVia: SIP/2.0/UDP %s;branch=z9hG4bKdev%d\\r\\nMax-Forwards: 70\\r\\n"
+        "From: <sip:probe@%s>;tag=1\\r\\nTo: <%s>\\r\\nCall-ID: dev%d@home\\r\\nCSeq: 1 OPTIONS\\r\\n"
+        "Content-Length: 0\\r\\n\\r\\n" % (to, me, n, me, to, n)).encode())
 data, source = s.recvfrom(65535)
 print(data.split(b"\\r\\n", 1)[0].decode(), "from %s:%d" % source)
 """
