@@ -30,6 +30,7 @@ from tests.integration.net.twowan import (
     SippInInternet,
     TwoWan,
     egress_toml,
+    phone_stage,
     until,
 )
 from tests.peers.baresip import BARESIP
@@ -81,21 +82,8 @@ class CaptureAtHome:
 
 @pytest.fixture
 def stage(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    net = TwoWan()
-    capture = cn = phone = None
-    try:
-        capture = CaptureAtCN(net)
-        cn = Correspondent(net, tmp_path)
-        phone = HomePhone(net, tmp_path, egress_toml(probe=False), tcp=True)
-        yield {"net": net, "cn": cn, "phone": phone, "capture": capture}
-    finally:
-        if phone is not None:
-            phone.stop()
-        if cn is not None:
-            cn.stop()
-        if capture is not None:
-            capture.close()
-        net.delete()
+    with phone_stage(tmp_path, egress_toml(probe=False), tcp=True) as stage:
+        yield stage
 
 
 def test_a_tcp_call_opens_a_new_connection_from_the_surviving_egress(stage: dict[str, Any]) -> None:

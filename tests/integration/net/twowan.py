@@ -28,7 +28,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -469,6 +470,54 @@ def egress_toml(*, interval: float = 1.0, down_after: int = 3, hold_down: float 
             f"{shared}"
             f'[[egress]]\nname = "wan1"\ninterface = "h1"\n{addresses[0]}priority = 1\n'
             f'[[egress]]\nname = "wan2"\ninterface = "h2"\n{addresses[1]}priority = 2\n')
+
+
+
+@contextmanager
+def phone_stage(directory: Path, egress: str, *, calls: int = 0, ipv6: bool = False, tcp: bool = False,
+                phone_dir: Path | None = None,
+                cn: Callable[[TwoWan], Any] | None = None) -> Iterator[dict[str, Any]]:
+    """The one-phone stage: `TwoWan`, the capture at the CN, the CN (baresip, or what `cn` starts
+    on the net) and ``sipmob phone`` with `egress` in `phone_dir` (else `directory`), having placed
+    `calls` calls to the CN; torn down in the reverse order whatever fails, the namespaces last."""
+    net = TwoWan(ipv6=ipv6)
+    capture = peer = phone = None
+    try:
+        capture = CaptureAtCN(net)
+        peer = cn(net) if cn is not None else Correspondent(net, directory, host=CN6 if ipv6 else CN)
+        phone = HomePhone(net, phone_dir or directory, egress, tcp=tcp)
+        place_calls(phone, peer.uri, calls)
+        yield {"net": net, "cn": peer, "phone": phone, "capture": capture}
+    finally:
+        if phone is not None:
+            phone.stop()
+        if peer is not None:
+            peer.stop()
+        if capture is not None:
+            capture.close()
+        net.delete()
+
+
+def place_calls(phone: HomePhone, uri: str, count: int) -> None:
+    for _ in range(count):
+        assert "established" in phone.command("call", uri=uri), phone.output()
+
+
+def calls_on(phone: HomePhone) -> dict[str, list[str]]:
+    """Egress name: the ids of the calls on it."""
+    return {e["name"]: e["calls"] for e in phone.command("egress")["egresses"]}
+
+
+def received_by_call(phone: HomePhone) -> dict[str, int]:
+    """Call id: the RTP packets the phone has received on it."""
+    return {c["id"]: int(c["rtp_received"]) for c in phone.command("calls")}
+
+
+def every_call_hears_the_cn(phone: HomePhone, more: int, timeout: float = 5.0) -> None:
+    """Each call receives `more` RTP packets more than now."""
+    before = received_by_call(phone)
+    assert until(lambda: all(n > before[cid] + more for cid, n in received_by_call(phone).items()),
+                 timeout), f"{before} {received_by_call(phone)}\n{phone.output()[-4000:]}"
 
 
 # Two gateways ---------------------------------------------------------------------------------------
