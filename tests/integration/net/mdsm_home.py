@@ -15,7 +15,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -250,3 +251,17 @@ class Home:
         self.capture.close()
         self.heard.close()
         self.status.close()
+
+
+@contextmanager
+def mdsm_stage(directory: Path) -> Iterator[Home]:
+    """`Home` on a `TwoWan` of its own: stopped, then the namespaces deleted, whatever fails."""
+    net = TwoWan()
+    home = None
+    try:
+        home = Home(net, directory)
+        yield home
+    finally:
+        if home is not None:
+            home.stop()
+        net.delete()
