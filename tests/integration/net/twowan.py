@@ -474,6 +474,21 @@ def egress_toml(*, interval: float = 1.0, down_after: int = 3, hold_down: float 
 
 
 @contextmanager
+def lone_phone(directory: Path, egress: str, **options: Any) -> Iterator[tuple[TwoWan, HomePhone]]:
+    """``sipmob phone`` with `egress` (and `HomePhone`'s `options`) on a `TwoWan`, no CN: stopped,
+    then the namespaces deleted, whatever fails."""
+    net = TwoWan()
+    phone = None
+    try:
+        phone = HomePhone(net, directory, egress, **options)
+        yield net, phone
+    finally:
+        if phone is not None:
+            phone.stop()
+        net.delete()
+
+
+@contextmanager
 def phone_stage(directory: Path, egress: str, *, calls: int = 0, ipv6: bool = False, tcp: bool = False,
                 phone_dir: Path | None = None,
                 cn: Callable[[TwoWan], Any] | None = None) -> Iterator[dict[str, Any]]:
