@@ -26,6 +26,7 @@ from tests.integration.net.twowan import (
     CaptureAtCN,
     Correspondent,
     HomePhone,
+    PacketTap,
     TwoWan,
     egress_toml,
     until,
@@ -102,44 +103,27 @@ class Speaker:
         self.log.close()
 
 
-class HeardOnLo:
+class HeardOnLo(PacketTap):
     """Arrival times of RTP on `home`'s loopback to the speaker's RTP ports, and of SIP INVITEs to
     the speaker's SIP port (a re-INVITE of its leg would show here)."""
 
     def __init__(self, net: TwoWan) -> None:
         self.rtp: list[float] = []
         self.invites: list[float] = []
-        self._sock = net.home.socket(socket.AF_PACKET, socket.SOCK_DGRAM)
-        self._sock.bind(("lo", 0x0800))
-        self._sock.settimeout(0.2)
-        self._stop = False
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
+        super().__init__(net.home, "lo")
 
-    def _read(self) -> None:
-        while not self._stop:
-            try:
-                data, meta = self._sock.recvfrom(2048)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if meta[2] == socket.PACKET_OUTGOING or len(data) < 28 or data[9] != 17:
-                continue
-            ihl = (data[0] & 0x0F) * 4
-            dport = int.from_bytes(data[ihl + 2:ihl + 4], "big")
-            if SPEAKER_RTP[0] <= dport <= SPEAKER_RTP[1]:
-                self.rtp.append(time.monotonic())
-            elif dport == SPEAKER_PORT and data[ihl + 8:ihl + 14] == b"INVITE":
-                self.invites.append(time.monotonic())
+    def packet(self, data: bytes, now: float) -> None:
+        if len(data) < 28 or data[9] != 17:
+            return
+        ihl = (data[0] & 0x0F) * 4
+        dport = int.from_bytes(data[ihl + 2:ihl + 4], "big")
+        if SPEAKER_RTP[0] <= dport <= SPEAKER_RTP[1]:
+            self.rtp.append(now)
+        elif dport == SPEAKER_PORT and data[ihl + 8:ihl + 14] == b"INVITE":
+            self.invites.append(now)
 
     def rtp_after(self, t: float) -> int:
         return sum(1 for x in list(self.rtp) if x > t)
-
-    def close(self) -> None:
-        self._stop = True
-        self._thread.join(2)
-        self._sock.close()
 
 
 class StatusReader:

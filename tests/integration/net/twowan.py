@@ -312,6 +312,39 @@ class CaptureAtCN:
             s.close()
 
 
+class PacketTap:
+    """A thread of this process reading what arrives on `ifname` of `ns` (AF_PACKET, IP
+    `protocol`), not what leaves it, each packet handed to `packet` with its arrival time."""
+
+    def __init__(self, ns: Namespace, ifname: str, protocol: int = ETH_P_IP, size: int = 2048) -> None:
+        self._size = size
+        self._sock = ns.socket(socket.AF_PACKET, socket.SOCK_DGRAM)
+        self._sock.bind((ifname, protocol))
+        self._sock.settimeout(0.2)
+        self._stop = False
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop:
+            try:
+                data, meta = self._sock.recvfrom(self._size)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if meta[2] != socket.PACKET_OUTGOING:
+                self.packet(data, time.monotonic())
+
+    def packet(self, data: bytes, now: float) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(2)
+        self._sock.close()
+
+
 class SippInInternet:
     """sipp running a scenario in `internet` on CN:`port` (or in `ns` on `host`, and as a UAC when
     given a `target`; over TCP with `transport` "t1"); `wait()` gives its exit status."""
