@@ -13,7 +13,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from tests.integration.net.twowan import (
     Correspondent,
     HomePhone,
     PacketTap,
+    SocketReader,
     TwoWan,
     egress_toml,
     until,
@@ -126,38 +126,23 @@ class HeardOnLo(PacketTap):
         return sum(1 for x in list(self.rtp) if x > t)
 
 
-class StatusReader:
+class StatusReader(SocketReader):
     """A NOTIFY_SOCKET of ours: the STATUS= lines a daemon sends (sd_notify), in order."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
         self.lines: list[str] = []
-        self._stop = False
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(path))
+        super().__init__(sock, 65536)
 
-    def _read(self) -> None:
-        while not self._stop:
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            for line in data.decode(errors="replace").splitlines():
-                if line.startswith("STATUS="):
-                    self.lines.append(line[7:])
+    def received(self, data: bytes, sender: Any, now: float) -> None:
+        for line in data.decode(errors="replace").splitlines():
+            if line.startswith("STATUS="):
+                self.lines.append(line[7:])
 
     def last(self) -> str:
         return self.lines[-1] if self.lines else ""
-
-    def close(self) -> None:
-        self._stop = True
-        self._thread.join(2)
-        self.sock.close()
 
 
 class Home:

@@ -312,15 +312,13 @@ class CaptureAtCN:
             s.close()
 
 
-class PacketTap:
-    """A thread of this process reading what arrives on `ifname` of `ns` (AF_PACKET, IP
-    `protocol`), not what leaves it, each packet handed to `packet` with its arrival time."""
+class SocketReader:
+    """A thread of this process reading `sock` (bound by the caller) until `close`, each datagram
+    handed to `received` with its sender and arrival time."""
 
-    def __init__(self, ns: Namespace, ifname: str, protocol: int = ETH_P_IP, size: int = 2048) -> None:
-        self._size = size
-        self._sock = ns.socket(socket.AF_PACKET, socket.SOCK_DGRAM)
-        self._sock.bind((ifname, protocol))
-        self._sock.settimeout(0.2)
+    def __init__(self, sock: socket.socket, size: int = 2048) -> None:
+        self._sock, self._size = sock, size
+        self._sock.settimeout(0.2)  # how soon `close` is seen
         self._stop = False
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -328,21 +326,37 @@ class PacketTap:
     def _read(self) -> None:
         while not self._stop:
             try:
-                data, meta = self._sock.recvfrom(self._size)
+                data, sender = self._sock.recvfrom(self._size)
             except TimeoutError:
                 continue
             except OSError:
                 return
-            if meta[2] != socket.PACKET_OUTGOING:
-                self.packet(data, time.monotonic())
+            self.received(data, sender, time.monotonic())
 
-    def packet(self, data: bytes, now: float) -> None:
+    def received(self, data: bytes, sender: Any, now: float) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
         self._stop = True
         self._thread.join(2)
         self._sock.close()
+
+
+class PacketTap(SocketReader):
+    """What arrives on `ifname` of `ns` (AF_PACKET, IP `protocol`), not what leaves it, each packet
+    handed to `packet` with its arrival time."""
+
+    def __init__(self, ns: Namespace, ifname: str, protocol: int = ETH_P_IP, size: int = 2048) -> None:
+        sock = ns.socket(socket.AF_PACKET, socket.SOCK_DGRAM)
+        sock.bind((ifname, protocol))
+        super().__init__(sock, size)
+
+    def received(self, data: bytes, sender: Any, now: float) -> None:
+        if sender[2] != socket.PACKET_OUTGOING:
+            self.packet(data, now)
+
+    def packet(self, data: bytes, now: float) -> None:
+        raise NotImplementedError
 
 
 class SippInInternet:
@@ -377,7 +391,7 @@ class SippInInternet:
                          for name in ("errors.log", "messages.log") if (self.dir / name).exists())
 
 
-class NetlinkClock:
+class NetlinkClock(SocketReader):
     """When the kernel of `home` announced link and address changes: (time.monotonic(), type), read
     by a thread of this process on its own rtnetlink socket, as independent of the phone as the
     capture at the CN is."""
@@ -387,38 +401,22 @@ class NetlinkClock:
 
     def __init__(self, net: TwoWan) -> None:
         self.news: list[tuple[float, int]] = []
-        self._sock = net.home.socket(socket.AF_NETLINK, socket.SOCK_RAW)  # protocol 0: NETLINK_ROUTE
-        self._sock.bind((0, self.GROUPS))
-        self._sock.settimeout(0.2)
-        self._stop = False
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
+        sock = net.home.socket(socket.AF_NETLINK, socket.SOCK_RAW)  # protocol 0: NETLINK_ROUTE
+        sock.bind((0, self.GROUPS))
+        super().__init__(sock, 65536)
 
-    def _read(self) -> None:
-        while not self._stop:
-            try:
-                data = self._sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            now = time.monotonic()
-            offset = 0
-            while offset + 16 <= len(data):
-                length = int.from_bytes(data[offset:offset + 4], sys.byteorder)
-                kind = int.from_bytes(data[offset + 4:offset + 6], sys.byteorder)
-                self.news.append((now, kind))
-                if length < 16:
-                    break
-                offset += (length + 3) & ~3
+    def received(self, data: bytes, sender: Any, now: float) -> None:
+        offset = 0
+        while offset + 16 <= len(data):
+            length = int.from_bytes(data[offset:offset + 4], sys.byteorder)
+            kind = int.from_bytes(data[offset + 4:offset + 6], sys.byteorder)
+            self.news.append((now, kind))
+            if length < 16:
+                break
+            offset += (length + 3) & ~3
 
     def first(self, kind: int, after: float) -> float | None:
         return next((t for t, k in self.news if k == kind and t > after), None)
-
-    def close(self) -> None:
-        self._stop = True
-        self._thread.join(2)
-        self._sock.close()
 
 
 class HomePhone:
