@@ -25,11 +25,9 @@ from tests.integration.net.twowan import (  # noqa: E402
     ENV,
     HOME1,
     HOME2,
-    CaptureAtCN,
-    Correspondent,
     HomePhone,
-    TwoWan,
     egress_toml,
+    phone_stage,
     until,
 )
 
@@ -47,23 +45,19 @@ def show(title: str, text: str) -> None:
 
 def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="sipmob-egress-demo-"))
-    net = TwoWan()
-    capture = cn = phone = None
-    try:
-        capture = CaptureAtCN(net)
-        cn = Correspondent(net, workdir)
-        phone = HomePhone(net, workdir, egress_toml(policy="least_load"))
+    with phone_stage(workdir, egress_toml(policy="least_load")) as stage:
+        net, cn, phone, capture = stage["net"], stage["cn"], stage["phone"], stage["capture"]
         show("the home: wan1 (priority 1) and wan2 (priority 2), probed with SIP OPTIONS every second; "
              "new calls go to the link with fewer calls", sipmob(phone, "egress"))
         for _ in range(2):
             show(f"sipmob call {cn.uri}", sipmob(phone, "call", cn.uri))
-        until(lambda: phone is not None and phone.received() > 25, 5)
+        until(lambda: phone.received() > 25, 5)
         show("two calls, one over each link", sipmob(phone, "egress"))
         ports = {p for _, s, p, _ in capture.packets if s == HOME1 and p != 5060}
         start = time.monotonic()
         net.link_down("h1")
-        moved = until(lambda: capture is not None and [t for t, s, p, _ in capture.packets
-                                                       if s == HOME2 and p in ports and t > start], 5, 0.002)
+        moved = until(lambda: [t for t, s, p, _ in capture.packets
+                               if s == HOME2 and p in ports and t > start], 5, 0.002)
         print("\n== ip link set h1 down (wan1's cable pulled)")
         if not moved:
             print("   the other party never heard call 1 over wan2: see", workdir / "phone.log")
@@ -80,14 +74,6 @@ def main() -> int:
         print("\nmwan3 with its defaults (a probe every 5 s, down after 5 failures) would notice after "
               "about 25 s, and route only new flows over wan2: call 1 would have died.")
         return 0
-    finally:
-        if phone is not None:
-            phone.stop()
-        if cn is not None:
-            cn.stop()
-        if capture is not None:
-            capture.close()
-        net.delete()
 
 
 if __name__ == "__main__":

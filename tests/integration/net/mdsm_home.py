@@ -13,9 +13,9 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ from tests.integration.net.twowan import (
     CaptureAtCN,
     Correspondent,
     HomePhone,
+    PacketTap,
+    SocketReader,
     TwoWan,
     egress_toml,
     until,
@@ -101,78 +103,46 @@ class Speaker:
         self.log.close()
 
 
-class HeardOnLo:
+class HeardOnLo(PacketTap):
     """Arrival times of RTP on `home`'s loopback to the speaker's RTP ports, and of SIP INVITEs to
     the speaker's SIP port (a re-INVITE of its leg would show here)."""
 
     def __init__(self, net: TwoWan) -> None:
         self.rtp: list[float] = []
         self.invites: list[float] = []
-        self._sock = net.home.socket(socket.AF_PACKET, socket.SOCK_DGRAM)
-        self._sock.bind(("lo", 0x0800))
-        self._sock.settimeout(0.2)
-        self._stop = False
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
+        super().__init__(net.home, "lo")
 
-    def _read(self) -> None:
-        while not self._stop:
-            try:
-                data, meta = self._sock.recvfrom(2048)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if meta[2] == socket.PACKET_OUTGOING or len(data) < 28 or data[9] != 17:
-                continue
-            ihl = (data[0] & 0x0F) * 4
-            dport = int.from_bytes(data[ihl + 2:ihl + 4], "big")
-            if SPEAKER_RTP[0] <= dport <= SPEAKER_RTP[1]:
-                self.rtp.append(time.monotonic())
-            elif dport == SPEAKER_PORT and data[ihl + 8:ihl + 14] == b"INVITE":
-                self.invites.append(time.monotonic())
+    def packet(self, data: bytes, now: float) -> None:
+        if len(data) < 28 or data[9] != 17:
+            return
+        ihl = (data[0] & 0x0F) * 4
+        dport = int.from_bytes(data[ihl + 2:ihl + 4], "big")
+        if SPEAKER_RTP[0] <= dport <= SPEAKER_RTP[1]:
+            self.rtp.append(now)
+        elif dport == SPEAKER_PORT and data[ihl + 8:ihl + 14] == b"INVITE":
+            self.invites.append(now)
 
     def rtp_after(self, t: float) -> int:
         return sum(1 for x in list(self.rtp) if x > t)
 
-    def close(self) -> None:
-        self._stop = True
-        self._thread.join(2)
-        self._sock.close()
 
-
-class StatusReader:
+class StatusReader(SocketReader):
     """A NOTIFY_SOCKET of ours: the STATUS= lines a daemon sends (sd_notify), in order."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
         self.lines: list[str] = []
-        self._stop = False
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(path))
+        super().__init__(sock, 65536)
 
-    def _read(self) -> None:
-        while not self._stop:
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            for line in data.decode(errors="replace").splitlines():
-                if line.startswith("STATUS="):
-                    self.lines.append(line[7:])
+    def received(self, data: bytes, sender: Any, now: float) -> None:
+        for line in data.decode(errors="replace").splitlines():
+            if line.startswith("STATUS="):
+                self.lines.append(line[7:])
 
     def last(self) -> str:
         return self.lines[-1] if self.lines else ""
-
-    def close(self) -> None:
-        self._stop = True
-        self._thread.join(2)
-        self.sock.close()
 
 
 class Home:
@@ -250,3 +220,17 @@ class Home:
         self.capture.close()
         self.heard.close()
         self.status.close()
+
+
+@contextmanager
+def mdsm_stage(directory: Path) -> Iterator[Home]:
+    """`Home` on a `TwoWan` of its own: stopped, then the namespaces deleted, whatever fails."""
+    net = TwoWan()
+    home = None
+    try:
+        home = Home(net, directory)
+        yield home
+    finally:
+        if home is not None:
+            home.stop()
+        net.delete()

@@ -20,11 +20,12 @@ import pytest
 from tests.integration.net.twowan import (
     HOME1,
     HOME2,
-    CaptureAtCN,
-    Correspondent,
     HomePhone,
-    TwoWan,
+    calls_on,
     egress_toml,
+    every_call_hears_the_cn,
+    phone_stage,
+    received_by_call,
     until,
 )
 from tests.peers.baresip import BARESIP
@@ -37,40 +38,16 @@ pytestmark = [pytest.mark.peer,
 
 @pytest.fixture
 def stage(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    net = TwoWan()
-    capture = cn = phone = None
-    try:
-        capture = CaptureAtCN(net)
-        cn = Correspondent(net, tmp_path)
-        phone = HomePhone(net, tmp_path, egress_toml(policy="least_load", probe=False))
-        for _ in range(2):
-            assert "established" in phone.command("call", uri=cn.uri)
+    with phone_stage(tmp_path, egress_toml(policy="least_load", probe=False), calls=2) as stage:
+        phone, capture = stage["phone"], stage["capture"]
         assert calls_on(phone) == {"wan1": ["1"], "wan2": ["2"]}
         assert until(lambda: capture.rtp_from(HOME2), 5), phone.output()
-        yield {"net": net, "cn": cn, "phone": phone, "capture": capture}
-    finally:
-        if phone is not None:
-            phone.stop()
-        if cn is not None:
-            cn.stop()
-        if capture is not None:
-            capture.close()
-        net.delete()
-
-
-def calls_on(phone: HomePhone) -> dict[str, list[str]]:
-    return {e["name"]: e["calls"] for e in phone.command("egress")["egresses"]}
-
-
-def received(phone: HomePhone) -> dict[str, int]:
-    return {c["id"]: int(c["rtp_received"]) for c in phone.command("calls")}
+        yield stage
 
 
 def both_hear_the_cn(phone: HomePhone) -> None:
-    before = received(phone)
-    assert set(before) == {"1", "2"}, phone.command("calls")
-    assert until(lambda: all(n > before[cid] + 20 for cid, n in received(phone).items()), 5), \
-        f"{before} {received(phone)}\n{phone.output()[-4000:]}"
+    assert set(received_by_call(phone)) == {"1", "2"}, phone.command("calls")
+    every_call_hears_the_cn(phone, 20)
 
 
 def test_a_restored_call_keeps_its_media_on_its_egress(stage: dict[str, Any]) -> None:

@@ -28,6 +28,7 @@ from tests.integration.net.twowan import (
     HomePhone,
     TwoWan,
     egress_toml,
+    phone_stage,
     until,
 )
 from tests.peers.netns import available
@@ -43,22 +44,13 @@ PORT = 5070
 @pytest.fixture
 def stage(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     prack = request.param
-    net = TwoWan()
-    capture = cn = phone = None
-    try:
-        capture = CaptureAtCN(net)
-        cn = Pjsua(PORT, "cn", workdir=tmp_path / "cn", auto_answer=False, prack=prack, host=CN,
-                   wrap=net.internet.command)
-        phone = HomePhone(net, tmp_path / "mn", egress_toml(interval=0.5, down_after=3, probe_port=PORT))
-        yield {"net": net, "cn": cn, "phone": phone, "capture": capture}
-    finally:
-        if phone is not None:
-            phone.stop()
-        if cn is not None:
-            cn.stop()
-        if capture is not None:
-            capture.close()
-        net.delete()
+    def callee(net: TwoWan) -> Pjsua:
+        return Pjsua(PORT, "cn", workdir=tmp_path / "cn", auto_answer=False, prack=prack, host=CN,
+                     wrap=net.internet.command)
+
+    with phone_stage(tmp_path, egress_toml(interval=0.5, down_after=3, probe_port=PORT),
+                     phone_dir=tmp_path / "mn", cn=callee) as stage:
+        yield stage
 
 
 def call_in_background(phone: HomePhone, uri: str) -> tuple[threading.Thread, list[Any]]:

@@ -20,6 +20,7 @@ from tests.integration.net.twowan import (
     SippInInternet,
     TwoWan,
     egress_toml,
+    lone_phone,
     until,
 )
 from tests.peers.netns import available
@@ -36,34 +37,20 @@ pytestmark = [pytest.mark.peer,
 
 
 def test_a_gateway_of_the_home_is_notified_of_the_list_and_of_each_change(tmp_path: Path) -> None:
-    net = TwoWan()
-    phone = None
-    try:
-        phone = HomePhone(net, tmp_path, egress_toml(probe=False, share="10.200.2.0/24"))
+    with lone_phone(tmp_path, egress_toml(probe=False, share="10.200.2.0/24")) as (net, phone):
         gateway = SippInInternet(net, SCENARIOS / "subscriber_egress.xml", tmp_path, 5080, ns=net.home,
                                  host=HOME2, target=f"{HOME1}:5060")
         time.sleep(1.0)
         net.link_down("h1")
         assert gateway.wait(15) == 0, gateway.report() + phone.output()
-    finally:
-        if phone is not None:
-            phone.stop()
-        net.delete()
 
 
 def test_a_subscriber_outside_the_allowed_networks_is_refused(tmp_path: Path) -> None:
-    net = TwoWan()
-    phone = None
-    try:
-        phone = HomePhone(net, tmp_path, egress_toml(probe=False, share="10.200.2.0/24"))
+    with lone_phone(tmp_path, egress_toml(probe=False, share="10.200.2.0/24")) as (net, phone):
         outsider = SippInInternet(net, SCENARIOS / "subscriber_refused.xml", tmp_path, 5080,
                                   target=f"{HOME1}:5060")
         assert outsider.wait(15) == 0, outsider.report() + phone.output()
         assert "not an allowed network" in phone.output()
-    finally:
-        if phone is not None:
-            phone.stop()
-        net.delete()
 
 
 def slptool(net: TwoWan, da: str, *args: str) -> str:

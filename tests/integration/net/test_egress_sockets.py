@@ -19,11 +19,8 @@ from typing import Any
 import pytest
 from tests.integration.net.twowan import (
     HOME1,
-    CaptureAtCN,
-    Correspondent,
-    HomePhone,
-    TwoWan,
     egress_toml,
+    phone_stage,
     until,
 )
 from tests.peers.baresip import BARESIP
@@ -58,23 +55,10 @@ def udp_sockets(pid: int) -> list[str]:
 
 @pytest.fixture
 def stage(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    net = TwoWan()
-    capture = cn = phone = None
-    try:
-        capture = CaptureAtCN(net)
-        cn = Correspondent(net, tmp_path)
-        phone = HomePhone(net, tmp_path, egress_toml())
-        assert "established" in phone.command("call", uri=cn.uri)
+    with phone_stage(tmp_path, egress_toml(), calls=1) as stage:
+        phone = stage["phone"]
         assert until(lambda: phone.received() > 10, 5), phone.output()
-        yield {"net": net, "cn": cn, "phone": phone, "capture": capture}
-    finally:
-        if phone is not None:
-            phone.stop()
-        if cn is not None:
-            cn.stop()
-        if capture is not None:
-            capture.close()
-        net.delete()
+        yield stage
 
 
 def test_a_readdressed_link_keeps_no_socket_on_its_old_addresses(stage: dict[str, Any]) -> None:

@@ -12,8 +12,6 @@ place and one the CN places. Needs root and baresip.
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,9 +25,11 @@ from tests.integration.net.twowan import (
     CaptureAtCN,
     Correspondent,
     HomePhone,
+    PacketTap,
     SippInInternet,
     TwoWan,
     egress_toml,
+    phone_stage,
     until,
 )
 from tests.peers.baresip import BARESIP
@@ -43,59 +43,29 @@ pytestmark = [pytest.mark.peer,
               pytest.mark.skipif(not available(), reason="needs network namespaces (root)")]
 
 
-class CaptureAtHome:
+class CaptureAtHome(PacketTap):
     """SIP requests reaching the home's wan1 side: (transport, the first bytes of the payload)."""
 
     def __init__(self, ns: Namespace) -> None:
         self.seen: list[tuple[str, bytes]] = []
-        self._sock = ns.socket(socket.AF_PACKET, socket.SOCK_DGRAM)
-        self._sock.bind(("h1", 0x0800))
-        self._sock.settimeout(0.2)
-        self._stop = False
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
+        super().__init__(ns, "h1", size=4096)
 
-    def _read(self) -> None:
-        while not self._stop:
-            try:
-                data, meta = self._sock.recvfrom(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if meta[2] == socket.PACKET_OUTGOING or len(data) < 28 or data[9] not in (6, 17):
-                continue
-            ihl = (data[0] & 0x0F) * 4
-            offset = ihl + ((data[ihl + 12] >> 4) * 4 if data[9] == 6 else 8)
-            self.seen.append(("tcp" if data[9] == 6 else "udp", data[offset:offset + 16]))
+    def packet(self, data: bytes, now: float) -> None:
+        if len(data) < 28 or data[9] not in (6, 17):
+            return
+        ihl = (data[0] & 0x0F) * 4
+        offset = ihl + ((data[ihl + 12] >> 4) * 4 if data[9] == 6 else 8)
+        self.seen.append(("tcp" if data[9] == 6 else "udp", data[offset:offset + 16]))
 
     def transports(self, method: str) -> set[str]:
         """Over which transports requests of `method` arrived."""
         return {t for t, head in list(self.seen) if head.startswith(f"{method} ".encode())}
 
-    def close(self) -> None:
-        self._stop = True
-        self._thread.join(2)
-        self._sock.close()
-
 
 @pytest.fixture
 def stage(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    net = TwoWan()
-    capture = cn = phone = None
-    try:
-        capture = CaptureAtCN(net)
-        cn = Correspondent(net, tmp_path)
-        phone = HomePhone(net, tmp_path, egress_toml(probe=False), tcp=True)
-        yield {"net": net, "cn": cn, "phone": phone, "capture": capture}
-    finally:
-        if phone is not None:
-            phone.stop()
-        if cn is not None:
-            cn.stop()
-        if capture is not None:
-            capture.close()
-        net.delete()
+    with phone_stage(tmp_path, egress_toml(probe=False), tcp=True) as stage:
+        yield stage
 
 
 def test_a_tcp_call_opens_a_new_connection_from_the_surviving_egress(stage: dict[str, Any]) -> None:

@@ -17,11 +17,8 @@ import pytest
 from tests.integration.net.twowan import (
     HOME1,
     HOME2,
-    CaptureAtCN,
-    Correspondent,
-    HomePhone,
-    TwoWan,
     egress_toml,
+    phone_stage,
     until,
 )
 from tests.peers.baresip import BARESIP
@@ -35,25 +32,11 @@ pytestmark = [pytest.mark.peer,
 @pytest.fixture
 def stage(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     toml = getattr(request, "param", None) or egress_toml()
-    net = TwoWan()
-    capture = cn = phone = None
-    try:
-        capture = CaptureAtCN(net)
-        cn = Correspondent(net, tmp_path)
-        phone = HomePhone(net, tmp_path, toml)
-        done = phone.command("call", uri=cn.uri)
-        assert "established" in done
+    with phone_stage(tmp_path, toml, calls=1) as stage:
+        phone, capture = stage["phone"], stage["capture"]
         assert until(lambda: phone.received() > 10, 5), phone.output()
         assert until(lambda: capture.rtp_from(HOME1), 5), "no RTP from wan1's address at the CN"
-        yield {"net": net, "cn": cn, "phone": phone, "capture": capture}
-    finally:
-        if phone is not None:
-            phone.stop()
-        if cn is not None:
-            cn.stop()
-        if capture is not None:
-            capture.close()
-        net.delete()
+        yield stage
 
 
 def survives(stage: dict[str, Any], new_address: str, since: float, timeout: float) -> None:

@@ -15,14 +15,13 @@ from typing import Any
 
 import pytest
 from tests.integration.net.twowan import (
-    CN6,
     HOME1_6,
     HOME2_6,
-    CaptureAtCN,
-    Correspondent,
-    HomePhone,
-    TwoWan,
     egress_toml,
+    every_call_hears_the_cn,
+    phone_stage,
+    place_calls,
+    received_by_call,
     until,
 )
 from tests.peers.baresip import BARESIP
@@ -35,38 +34,19 @@ pytestmark = [pytest.mark.peer,
 
 @pytest.fixture
 def stage(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    net = TwoWan(ipv6=True)
-    capture = cn = phone = None
-    try:
-        capture = CaptureAtCN(net)
-        cn = Correspondent(net, tmp_path, host=CN6)
-        phone = HomePhone(net, tmp_path, egress_toml(policy="least_load", probe=False, ipv6=True))
-        yield {"net": net, "cn": cn, "phone": phone, "capture": capture}
-    finally:
-        if phone is not None:
-            phone.stop()
-        if cn is not None:
-            cn.stop()
-        if capture is not None:
-            capture.close()
-        net.delete()
-
-
-def received(phone: HomePhone) -> dict[str, int]:
-    return {c["id"]: int(c["rtp_received"]) for c in phone.command("calls")}
+    with phone_stage(tmp_path, egress_toml(policy="least_load", probe=False, ipv6=True), ipv6=True) as stage:
+        yield stage
 
 
 def test_two_ipv6_calls_one_link_down_only_its_call_moves(stage: dict[str, Any]) -> None:
     net, cn, phone, capture = stage["net"], stage["cn"], stage["phone"], stage["capture"]
-    for _ in range(2):
-        assert "established" in phone.command("call", uri=cn.uri), phone.output()
+    place_calls(phone, cn.uri, 2)
     listing = {e["name"]: e for e in phone.command("egress")["egresses"]}
     assert (listing["wan1"]["address"], listing["wan1"]["calls"]) == (HOME1_6, ["1"])
     assert (listing["wan2"]["address"], listing["wan2"]["calls"]) == (HOME2_6, ["2"])
     assert until(lambda: capture.rtp_from(HOME1_6) and capture.rtp_from(HOME2_6), 5), phone.output()
     assert capture.sip_from(HOME1_6, 0, "INVITE") and capture.sip_from(HOME2_6, 0, "INVITE")
-    before = received(phone)
-    assert until(lambda: all(n > 10 for n in received(phone).values()), 5), phone.output()
+    assert until(lambda: all(n > 10 for n in received_by_call(phone).values()), 5), phone.output()
     t0 = time.monotonic()
     net.link_down("h1")
     assert until(lambda: [m["call"] for m in phone.command("egress")["moves"]] == ["1"], 5), phone.output()
@@ -75,8 +55,6 @@ def test_two_ipv6_calls_one_link_down_only_its_call_moves(stage: dict[str, Any])
     assert not capture.rtp_from(HOME1_6, later)
     invites = capture.sip_from(HOME1_6, t0, "INVITE") + capture.sip_from(HOME2_6, t0, "INVITE")
     assert len(invites) == 1 and capture.sip_from(HOME2_6, t0, "INVITE"), phone.output()
-    before = received(phone)
-    assert until(lambda: all(n > before[cid] + 10 for cid, n in received(phone).items()), 5), \
-        f"the CN's RTP did not follow\n{phone.output()}"
+    every_call_hears_the_cn(phone, 10)  # the CN's RTP followed
     calls = phone.command("calls")
     assert [c["state"] for c in calls] == ["confirmed", "confirmed"], calls

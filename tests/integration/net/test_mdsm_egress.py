@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.integration.net.mdsm_home import Home
-from tests.integration.net.twowan import HOME1, HOME2, TwoWan, until
+from tests.integration.net.mdsm_home import Home, mdsm_stage
+from tests.integration.net.twowan import HOME1, HOME2, until
 from tests.peers.baresip import BARESIP
 from tests.peers.netns import available
 
@@ -34,15 +34,8 @@ pytestmark = [pytest.mark.peer,
 
 @pytest.fixture
 def home(tmp_path: Path) -> Iterator[Home]:
-    net = TwoWan()
-    h = None
-    try:
-        h = Home(net, tmp_path)
+    with mdsm_stage(tmp_path) as h:
         yield h
-    finally:
-        if h is not None:
-            h.stop()
-        net.delete()
 
 
 def anchored_on_wan1(home: Home) -> float:

@@ -27,8 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.integration.net.mdsm_home import ENV, Home
-from tests.integration.net.twowan import CN, HOME1, HOME2, TwoWan, until
+from tests.integration.net.mdsm_home import ENV, Home, mdsm_stage
+from tests.integration.net.twowan import CN, HOME1, HOME2, until
 from tests.peers.baresip import BARESIP
 from tests.peers.netns import available
 
@@ -43,15 +43,8 @@ STRANGER = "10.200.100.7"
 
 @pytest.fixture
 def home(tmp_path: Path) -> Iterator[Home]:
-    net = TwoWan()
-    h = None
-    try:
-        h = Home(net, tmp_path)
+    with mdsm_stage(tmp_path) as h:
         yield h
-    finally:
-        if h is not None:
-            h.stop()
-        net.delete()
 
 
 def behind_a_nat(home: Home) -> None:

@@ -18,11 +18,10 @@ import pytest
 from tests.integration.net.twowan import (
     HOME1,
     HOME2,
-    CaptureAtCN,
-    Correspondent,
-    HomePhone,
-    TwoWan,
+    calls_on,
     egress_toml,
+    every_call_hears_the_cn,
+    phone_stage,
     until,
 )
 from tests.peers.baresip import BARESIP
@@ -35,37 +34,8 @@ pytestmark = [pytest.mark.peer,
 
 @pytest.fixture
 def stage(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    net = TwoWan()
-    capture = cn = phone = None
-    try:
-        capture = CaptureAtCN(net)
-        cn = Correspondent(net, tmp_path)
-        phone = HomePhone(net, tmp_path, egress_toml(policy="least_load", probe=False))
-        for _ in range(2):
-            assert "established" in phone.command("call", uri=cn.uri)
-        yield {"net": net, "cn": cn, "phone": phone, "capture": capture}
-    finally:
-        if phone is not None:
-            phone.stop()
-        if cn is not None:
-            cn.stop()
-        if capture is not None:
-            capture.close()
-        net.delete()
-
-
-def calls_on(phone: HomePhone) -> dict[str, list[str]]:
-    return {e["name"]: e["calls"] for e in phone.command("egress")["egresses"]}
-
-
-def received(phone: HomePhone) -> dict[str, int]:
-    return {c["id"]: int(c["rtp_received"]) for c in phone.command("calls")}
-
-
-def both_hear_the_cn(phone: HomePhone) -> None:
-    before = received(phone)
-    assert until(lambda: all(n > before[cid] + 10 for cid, n in received(phone).items()), 5), \
-        f"{before} {received(phone)}\n{phone.output()}"
+    with phone_stage(tmp_path, egress_toml(policy="least_load", probe=False), calls=2) as stage:
+        yield stage
 
 
 def test_two_calls_leave_over_two_links(stage: dict[str, Any]) -> None:
@@ -74,7 +44,7 @@ def test_two_calls_leave_over_two_links(stage: dict[str, Any]) -> None:
     # each call's INVITE left from its own egress's address, and so does its RTP
     assert capture.sip_from(HOME1, 0, "INVITE") and capture.sip_from(HOME2, 0, "INVITE")
     assert until(lambda: capture.rtp_from(HOME1) and capture.rtp_from(HOME2), 5), phone.output()
-    both_hear_the_cn(phone)
+    every_call_hears_the_cn(phone, 10)
     assert phone.command("egress")["current"] == "wan1"  # the phone's own SIP stays on wan1
 
 
@@ -89,7 +59,7 @@ def test_a_link_down_moves_only_the_call_on_it(stage: dict[str, Any], link: str,
     net.link_down(link)
     assert until(lambda: [m["call"] for m in phone.command("egress")["moves"]] == [moved], 5), phone.output()
     assert calls_on(phone)[target] == ["1", "2"]
-    both_hear_the_cn(phone)
+    every_call_hears_the_cn(phone, 10)
     # one re-INVITE, from the surviving address: the other call was left alone
     invites = capture.sip_from(HOME1, t0, "INVITE") + capture.sip_from(HOME2, t0, "INVITE")
     assert len(invites) == 1 and capture.sip_from(survivor, t0, "INVITE"), phone.output()

@@ -28,7 +28,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -311,6 +312,53 @@ class CaptureAtCN:
             s.close()
 
 
+class SocketReader:
+    """A thread of this process reading `sock` (bound by the caller) until `close`, each datagram
+    handed to `received` with its sender and arrival time."""
+
+    def __init__(self, sock: socket.socket, size: int = 2048) -> None:
+        self._sock, self._size = sock, size
+        self._sock.settimeout(0.2)  # how soon `close` is seen
+        self._stop = False
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop:
+            try:
+                data, sender = self._sock.recvfrom(self._size)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.received(data, sender, time.monotonic())
+
+    def received(self, data: bytes, sender: Any, now: float) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(2)
+        self._sock.close()
+
+
+class PacketTap(SocketReader):
+    """What arrives on `ifname` of `ns` (AF_PACKET, IP `protocol`), not what leaves it, each packet
+    handed to `packet` with its arrival time."""
+
+    def __init__(self, ns: Namespace, ifname: str, protocol: int = ETH_P_IP, size: int = 2048) -> None:
+        sock = ns.socket(socket.AF_PACKET, socket.SOCK_DGRAM)
+        sock.bind((ifname, protocol))
+        super().__init__(sock, size)
+
+    def received(self, data: bytes, sender: Any, now: float) -> None:
+        if sender[2] != socket.PACKET_OUTGOING:
+            self.packet(data, now)
+
+    def packet(self, data: bytes, now: float) -> None:
+        raise NotImplementedError
+
+
 class SippInInternet:
     """sipp running a scenario in `internet` on CN:`port` (or in `ns` on `host`, and as a UAC when
     given a `target`; over TCP with `transport` "t1"); `wait()` gives its exit status."""
@@ -343,7 +391,7 @@ class SippInInternet:
                          for name in ("errors.log", "messages.log") if (self.dir / name).exists())
 
 
-class NetlinkClock:
+class NetlinkClock(SocketReader):
     """When the kernel of `home` announced link and address changes: (time.monotonic(), type), read
     by a thread of this process on its own rtnetlink socket, as independent of the phone as the
     capture at the CN is."""
@@ -353,38 +401,22 @@ class NetlinkClock:
 
     def __init__(self, net: TwoWan) -> None:
         self.news: list[tuple[float, int]] = []
-        self._sock = net.home.socket(socket.AF_NETLINK, socket.SOCK_RAW)  # protocol 0: NETLINK_ROUTE
-        self._sock.bind((0, self.GROUPS))
-        self._sock.settimeout(0.2)
-        self._stop = False
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
+        sock = net.home.socket(socket.AF_NETLINK, socket.SOCK_RAW)  # protocol 0: NETLINK_ROUTE
+        sock.bind((0, self.GROUPS))
+        super().__init__(sock, 65536)
 
-    def _read(self) -> None:
-        while not self._stop:
-            try:
-                data = self._sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            now = time.monotonic()
-            offset = 0
-            while offset + 16 <= len(data):
-                length = int.from_bytes(data[offset:offset + 4], sys.byteorder)
-                kind = int.from_bytes(data[offset + 4:offset + 6], sys.byteorder)
-                self.news.append((now, kind))
-                if length < 16:
-                    break
-                offset += (length + 3) & ~3
+    def received(self, data: bytes, sender: Any, now: float) -> None:
+        offset = 0
+        while offset + 16 <= len(data):
+            length = int.from_bytes(data[offset:offset + 4], sys.byteorder)
+            kind = int.from_bytes(data[offset + 4:offset + 6], sys.byteorder)
+            self.news.append((now, kind))
+            if length < 16:
+                break
+            offset += (length + 3) & ~3
 
     def first(self, kind: int, after: float) -> float | None:
         return next((t for t, k in self.news if k == kind and t > after), None)
-
-    def close(self) -> None:
-        self._stop = True
-        self._thread.join(2)
-        self._sock.close()
 
 
 class HomePhone:
@@ -469,6 +501,69 @@ def egress_toml(*, interval: float = 1.0, down_after: int = 3, hold_down: float 
             f"{shared}"
             f'[[egress]]\nname = "wan1"\ninterface = "h1"\n{addresses[0]}priority = 1\n'
             f'[[egress]]\nname = "wan2"\ninterface = "h2"\n{addresses[1]}priority = 2\n')
+
+
+
+@contextmanager
+def lone_phone(directory: Path, egress: str, **options: Any) -> Iterator[tuple[TwoWan, HomePhone]]:
+    """``sipmob phone`` with `egress` (and `HomePhone`'s `options`) on a `TwoWan`, no CN: stopped,
+    then the namespaces deleted, whatever fails."""
+    net = TwoWan()
+    phone = None
+    try:
+        phone = HomePhone(net, directory, egress, **options)
+        yield net, phone
+    finally:
+        if phone is not None:
+            phone.stop()
+        net.delete()
+
+
+@contextmanager
+def phone_stage(directory: Path, egress: str, *, calls: int = 0, ipv6: bool = False, tcp: bool = False,
+                phone_dir: Path | None = None,
+                cn: Callable[[TwoWan], Any] | None = None) -> Iterator[dict[str, Any]]:
+    """The one-phone stage: `TwoWan`, the capture at the CN, the CN (baresip, or what `cn` starts
+    on the net) and ``sipmob phone`` with `egress` in `phone_dir` (else `directory`), having placed
+    `calls` calls to the CN; torn down in the reverse order whatever fails, the namespaces last."""
+    net = TwoWan(ipv6=ipv6)
+    capture = peer = phone = None
+    try:
+        capture = CaptureAtCN(net)
+        peer = cn(net) if cn is not None else Correspondent(net, directory, host=CN6 if ipv6 else CN)
+        phone = HomePhone(net, phone_dir or directory, egress, tcp=tcp)
+        place_calls(phone, peer.uri, calls)
+        yield {"net": net, "cn": peer, "phone": phone, "capture": capture}
+    finally:
+        if phone is not None:
+            phone.stop()
+        if peer is not None:
+            peer.stop()
+        if capture is not None:
+            capture.close()
+        net.delete()
+
+
+def place_calls(phone: HomePhone, uri: str, count: int) -> None:
+    for _ in range(count):
+        assert "established" in phone.command("call", uri=uri), phone.output()
+
+
+def calls_on(phone: HomePhone) -> dict[str, list[str]]:
+    """Egress name: the ids of the calls on it."""
+    return {e["name"]: e["calls"] for e in phone.command("egress")["egresses"]}
+
+
+def received_by_call(phone: HomePhone) -> dict[str, int]:
+    """Call id: the RTP packets the phone has received on it."""
+    return {c["id"]: int(c["rtp_received"]) for c in phone.command("calls")}
+
+
+def every_call_hears_the_cn(phone: HomePhone, more: int, timeout: float = 5.0) -> None:
+    """Each call receives `more` RTP packets more than now."""
+    before = received_by_call(phone)
+    assert until(lambda: all(n > before[cid] + more for cid, n in received_by_call(phone).items()),
+                 timeout), f"{before} {received_by_call(phone)}\n{phone.output()[-4000:]}"
 
 
 # Two gateways ---------------------------------------------------------------------------------------
