@@ -9,7 +9,10 @@ An INVITE is handled in this order, each step before any cost is taken on:
 3. **Admission**: a call takes two channels (one per direction). Over ``[capacity] channels`` the
    answer is 503 with ``Retry-After`` (RFC 3261 §21.5.4), so the calls already running keep their
    share of the core; so is a port range with no pair left.
-4. Two port pairs are bound, the channels built, and the 200 carries "SDP TA + SDP TB".
+4. Two port pairs are bound and handed to a worker; once it says they are in its epoll set (the
+   parties send as soon as they have the answer, and their first packets must be served at once)
+   the 200 carries "SDP TA + SDP TB". A worker that does not say so within `OPEN_WAIT` (or dies)
+   gets the call 503 with ``Retry-After`` and its ports back.
 
 **DTMF** (RFC 4117 §3.2 puts the parties' dialogs at the controller, so their INFO reaches it, not
 us): an INFO in the call with an ``application/dtmf-relay`` (``Signal=``, ``Duration=``) or
@@ -75,6 +78,7 @@ log = logging.getLogger("sipmob.transcoder")
 SERVICE_TYPE = "service:sip-transcoder"
 CHANNELS_PER_CALL = 2
 STOP_BYE_TIMEOUT = 2.0
+OPEN_WAIT = 2.0  # seconds a worker has to watch a new call's sockets before the INVITE gets 503
 DIGIT_RATE, DIGIT_BURST = 8.0, 16  # INFO digits a second per call from the controller
 MAX_PENDING_INFO = 16  # digits waiting to go to the controller as INFO, per call
 
@@ -302,11 +306,31 @@ class TranscoderApp:
         self.calls[tc.number] = tc
         self._latch(tc, plan)
         self._status_changed()
+        media.opened.addTimeout(OPEN_WAIT, self.reactor)
+        media.opened.addCallbacks(lambda _: self._opened(tc, incoming),
+                                  lambda f: self._not_opened(tc, incoming, f.getErrorMessage()))
+
+    def _opened(self, tc: TranscoderCall, incoming: IncomingCall) -> None:
+        """The worker watches the call's sockets: answer."""
+        request = incoming.request
+        if tc.number not in self.calls:  # ended meanwhile (its worker died, the daemon stopping)
+            self._refuse(incoming, 503, "media worker lost",
+                         (("Retry-After", str(self.config.capacity.retry_after)),))
+            return
+        if incoming.cancelled.called:
+            self._end(tc, "cancelled before the answer")
+            return
         sdp = self._answer(tc)
-        log.info("call %s from %s: %s (A %s, B %s)", request.call_id, host, plan.summary,
-                 plan.a.destination, plan.b.destination)
+        log.info("call %s from %s: %s (A %s, B %s)", request.call_id, tc.source, tc.plan.summary,
+                 tc.plan.a.destination, tc.plan.b.destination)
         d = incoming.accept(sdp)
         d.addCallbacks(lambda call: self._answered(tc, call), lambda f: self._end(tc, f.getErrorMessage()))
+
+    def _not_opened(self, tc: TranscoderCall, incoming: IncomingCall, why: str) -> None:
+        self._end(tc, f"media not ready: {why}")
+        if not incoming.cancelled.called:
+            self._refuse(incoming, 503, f"media worker did not take the call in {OPEN_WAIT:.0f} s ({why})",
+                         (("Retry-After", str(self.config.capacity.retry_after)),))
 
     def _answered(self, tc: TranscoderCall, call: Call) -> None:
         tc.call = call

@@ -9,6 +9,8 @@ and keeps the call, its channels and the other side as they are.
 The main process binds them (so the SDP answer is written at once, with no round trip to a
 worker) and hands the four sockets of a call to a worker (`sipmob.transcoder.worker`) with
 SCM_RIGHTS; it then closes its own copies, so the worker alone reads and writes them.
+`CallMedia.opened` fires when the worker says the sockets are in its epoll set: the app sends the
+200 only then (a party starts sending once it has the answer), 503 if that does not come in time.
 
 `Workers` starts the worker processes (``python -m sipmob.transcoder.worker``, the control socket
 inherited), gives each new call to the one with the fewest channels (so one core's load stays
@@ -218,6 +220,14 @@ class Workers:
         self.processes: list[WorkerProcess] = []
         self.stopping = False
         self._ready: dict[int, defer.Deferred[None]] = {}
+        # Calls handed to a worker that has not yet said "opened": (its pid, fired then).
+        self._opening: dict[int, tuple[int, defer.Deferred[None]]] = {}
+
+    def opening(self, number: int, worker: WorkerProcess) -> defer.Deferred[None]:
+        """Fires once `worker` has call `number`'s sockets watched; errback if the worker dies first."""
+        d: defer.Deferred[None] = defer.Deferred(lambda _: self._opening.pop(number, None))
+        self._opening[number] = (worker.pid, d)
+        return d
 
     def start(self) -> defer.Deferred[Any]:
         """Start them; fires once each has loaded its codecs and entered its loop."""
@@ -235,12 +245,20 @@ class Workers:
         elif message and message[0] == "dtmf" and self._on_digit is not None and len(message) == 5:
             _, number, side, digit, duration_ms = message
             self._on_digit(int(number), str(side), str(digit), int(duration_ms))
+        elif message and message[0] == "opened" and len(message) == 2:
+            pending = self._opening.pop(int(message[1]), None)
+            if pending is not None and pending[0] == worker.pid:
+                pending[1].callback(None)
         elif message and message[0] == "ready":
             ready = self._ready.pop(worker.pid, None)
             if ready is not None:
                 ready.callback(None)
 
     def _lost(self, worker: WorkerProcess) -> None:
+        for number, (pid, d) in list(self._opening.items()):
+            if pid == worker.pid:
+                del self._opening[number]
+                d.errback(OSError(f"media worker {worker.index} died"))
         ready = self._ready.pop(worker.pid, None)
         calls = sorted(worker.calls)
         worker.calls.clear()
@@ -267,6 +285,8 @@ class Workers:
 
     def stop(self) -> None:
         self.stopping = True
+        for _, d in list(self._opening.values()):  # never to be opened: their INVITEs get 503 now
+            d.cancel()
         for worker in self.processes:
             worker.stop()
 
@@ -310,6 +330,7 @@ class CallMedia:
             raise OSError(f"worker {self.worker.index} unreachable")
         self.worker.calls.add(number)
         self.closed = False
+        self.opened = workers.opening(number, self.worker)
 
     def update(self, format_a: AudioFormat, format_b: AudioFormat, destination_a: Address | None,
                destination_b: Address | None) -> None:

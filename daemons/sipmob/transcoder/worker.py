@@ -24,7 +24,8 @@ between two processes of the same program) carries:
   for that side until its first packet, below), ``("close", number, reason)``, ``("dtmf", number,
   side, digit, duration_ms)`` (a digit party ``side`` sent as SIP INFO: played as RFC 4733 events to
   the other side);
-- worker to main: ``("ready", index)`` once its codecs are loaded, ``("idle", number)`` once a
+- worker to main: ``("ready", index)`` once its codecs are loaded, ``("opened", number)`` once a
+  call's four sockets are in its epoll set (the 200 waits for it), ``("idle", number)`` once a
   call has had no RTP from either side for its ``idle_timeout``, ``("dtmf", number, side, digit,
   duration_ms)`` (a digit party ``side`` sent as events that the other side cannot take).
 
@@ -451,6 +452,9 @@ class Worker:
             call.a_to_b.on_digit = functools.partial(self._heard, call, "A")
             call.b_to_a.on_digit = functools.partial(self._heard, call, "B")
             self._timer_added(call.rtcp_due)
+            # The main process answers the INVITE only now: a party sends once it has the 200, and
+            # its first packets must find the sockets watched, not wait for a round that comes late.
+            self.tell(("opened", number))
         elif kind == "update":
             _, _, format_a, format_b, dest_a, dest_b = message
             call = self.calls[number]
