@@ -359,6 +359,7 @@ class InviteSessions(SessionRefreshes):
             response = make_response(sr.request, 513, headers=self._response_common())
             status = 513
         self.layer.send_response(response, now)
+        self._accept_in_dialog(sr, status)
         if 200 <= status < 300:
             c.ok = response
             c.ok_seq = sr.request.cseq.seq
