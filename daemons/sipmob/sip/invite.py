@@ -208,6 +208,8 @@ class InviteSessions(SessionRefreshes):
         if not matched:
             self._reply(request, 481, now)
             return
+        if c.dialog is not None:
+            c.dialog.accept_remote_cseq(request)  # §12.2.2: it names our reliable 1xx: accepted
         if request.body and request.content_type != SDP:
             status = 415
         elif request.body and c.remote_sdp is None and c.local_sdp is not None:

@@ -245,6 +245,8 @@ class Referrals(SessionRefreshes):
             self._reply(request, 400, now, reason="Bad sipfrag")
             return
         terminated = _subscription_state(request) == "terminated"
+        if c.dialog is not None:
+            c.dialog.accept_remote_cseq(request)  # §12.2.2: accepted (a 4xx above changed nothing)
         self._reply(request, 200, now)
         if terminated:
             assert ident is not None

@@ -295,11 +295,11 @@ class UACore(InviteSessions, Referrals, Registrations):
         if self._refused(event, None, now, dialog=dialog):
             return  # nothing of the dialog moved: the peer's next CSeq is still in order
         method = request.method
-        if (method in ("BYE", "PRACK") or (method == "NOTIFY" and _event_package(request) == "refer")
-                or (method == "OPTIONS" and "OPTIONS" not in self.app_methods)):
+        if method == "BYE" or (method == "OPTIONS" and "OPTIONS" not in self.app_methods):
             dialog.accept_remote_cseq(request)  # the core acts on it here and now
-        # the rest is accepted (CSeq recorded, target refreshed) by the answer the application
-        # gives it, unless that is a 4xx (`_accept_in_dialog`)
+        # a PRACK or a REFER's NOTIFY is accepted where the core finds it names what it should
+        # (`_on_prack`, `_on_refer_notify`); the rest by the answer the application gives it,
+        # unless that is a 4xx (`_accept_in_dialog`)
         if method == "BYE":
             self._reply(request, 200, now)
             if c.state in UNANSWERED and not c.is_uac:

@@ -183,3 +183,21 @@ def test_a_reinvite_refused_by_the_application_with_4xx_is_not_recorded() -> Non
     assert isinstance(rx, ReinviteReceived)
     b.answer_reinvite(cb, rx.rid, 200, net.now, sdp=ANSWER)
     assert ours.remote_seq == rx.request.cseq.seq
+
+
+def test_a_prack_or_refer_notify_naming_nothing_of_ours_gets_481_and_records_nothing() -> None:
+    a, b = core(ALICE, "alice"), core(BOB, "bob")
+    net = Net(a, b)
+    ca, cb = establish(net, a, b)
+    theirs, ours = a.dialog(ca), b.dialog(cb)
+    assert theirs is not None and ours is not None
+    seq = ours.remote_seq
+    prack = _forged(theirs, "PRACK", body=b"", contact=None)
+    prack = prack.replace(b"\r\nCSeq:", b"\r\nRAck: 1 1 INVITE\r\nCSeq:", 1)
+    assert _answers(b, prack, net.now) == [481]
+    notify = _forged(theirs, "NOTIFY", body=b"SIP/2.0 200 OK\r\n", content_type="message/sipfrag")
+    notify = notify.replace(b"\r\nCSeq:", b"\r\nEvent: refer;id=999\r\nCSeq:", 1)
+    assert _answers(b, notify, net.now) == [481]
+    assert ours.remote_seq == seq
+    rx = _peer_info_reaches(net, a, b, ca)
+    assert rx.request.cseq.seq == theirs.local_seq
