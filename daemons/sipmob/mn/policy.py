@@ -99,6 +99,8 @@ class PhonePolicy:
 
     def _decide(self, admission: Admission) -> Refusal | None:
         request = admission.request
+        if admission.dialog is not None:
+            return None  # within a call: its Request-URI is our Contact, and no setup is counted
         if not user_is_ours(request, (self.user,), hostless_ok=request.method == "OPTIONS"):
             return Refusal(404)
         if request.method != "INVITE":

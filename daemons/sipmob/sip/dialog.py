@@ -181,17 +181,29 @@ class Dialog:
     def terminate(self) -> None:
         self.state = DialogState.TERMINATED
 
-    def check_remote_cseq(self, request: Request) -> bool:
-        """§12.2.2: False for a request whose CSeq is lower than the last one (answer 500); the
-        remote sequence number moves forward otherwise. ACK and CANCEL carry the INVITE's number
-        and are not checked."""
+    def cseq_in_order(self, request: Request) -> bool:
+        """§12.2.2: False for a request whose CSeq is not above the last one accepted (answer
+        500). ACK and CANCEL carry the INVITE's number and are not checked. Nothing changes here:
+        the number is recorded by `accept_remote_cseq` once the request is accepted, so a request
+        refused first (a stranger's, 403) cannot push the peer's next requests out of order."""
         if request.method in ("ACK", "CANCEL"):
             return True
-        seq = request.cseq.seq
-        if self.remote_seq is not None and seq <= self.remote_seq:
-            # equal means a request we have seen, which a transaction would have absorbed
+        # equal means a request we have seen, which a transaction would have absorbed
+        return self.remote_seq is None or request.cseq.seq > self.remote_seq
+
+    def accept_remote_cseq(self, request: Request) -> None:
+        """§12.2.2: the remote sequence number becomes the accepted request's (never lower: two
+        requests may be answered in another order than they came)."""
+        if request.method in ("ACK", "CANCEL"):
+            return
+        if self.remote_seq is None or request.cseq.seq > self.remote_seq:
+            self.remote_seq = request.cseq.seq
+
+    def check_remote_cseq(self, request: Request) -> bool:
+        """`cseq_in_order`, recording the number when it is: for a request accepted as it comes."""
+        if not self.cseq_in_order(request):
             return False
-        self.remote_seq = seq
+        self.accept_remote_cseq(request)
         return True
 
     def refresh_target(self, request: Request) -> None:

@@ -208,6 +208,8 @@ class InviteSessions(SessionRefreshes):
         if not matched:
             self._reply(request, 481, now)
             return
+        if c.dialog is not None:
+            c.dialog.accept_remote_cseq(request)  # §12.2.2: it names our reliable 1xx: accepted
         if request.body and request.content_type != SDP:
             status = 415
         elif request.body and c.remote_sdp is None and c.local_sdp is not None:
@@ -359,6 +361,7 @@ class InviteSessions(SessionRefreshes):
             response = make_response(sr.request, 513, headers=self._response_common())
             status = 513
         self.layer.send_response(response, now)
+        self._accept_in_dialog(sr, status)
         if 200 <= status < 300:
             c.ok = response
             c.ok_seq = sr.request.cseq.seq

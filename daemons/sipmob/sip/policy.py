@@ -2,8 +2,9 @@
 
 Responsible for the contract between `sipmob.sip.ua.UACore` and the policy of the daemon it runs in
 (ARCHITECTURE: "Policy at the edge of trust"): before the core turns a request from outside any
-dialog into an event (a new call, an OPTIONS answer, an application's request), it hands an
-`Admission` (the request, where it came from, the dialog a Replaces header names) to a
+dialog into an event (a new call, an OPTIONS answer, an application's request), or lets one within
+a dialog change it, it hands an `Admission` (the request, where it came from, the dialog a Replaces
+header names, the dialog it is in) to a
 `RequestPolicy`, which answers None (go on) or a `Refusal` (the status to answer with). The rules
 any UA needs live here as plain functions, so every daemon's policy object applies the same ones:
 
@@ -49,16 +50,20 @@ class Refusal:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Admission:
-    """A request from outside any dialog, as the core is about to act on it.
+    """A request, as the core is about to act on it.
 
     ``replaced`` is the dialog its Replaces header names (the core has checked it exists, RFC
-    3891 §3); ``dialogs`` the INVITE dialogs the core holds (being set up or established)."""
+    3891 §3); ``dialogs`` the INVITE dialogs the core holds (being set up or established);
+    ``dialog`` the dialog an in-dialog request matched (None outside any): it is asked before the
+    request changes anything of that dialog (its remote CSeq, target, route set), so a policy that
+    refuses one from a host that is not the dialog's peer leaves the call as it was."""
 
     request: Request
     source: Address
     now: float
     replaced: Dialog | None = None
     dialogs: int = 0
+    dialog: Dialog | None = None
 
 
 class RequestPolicy(Protocol):

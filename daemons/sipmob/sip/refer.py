@@ -163,6 +163,7 @@ class Referrals(SessionRefreshes):
             status = 513
             response = make_response(request, 513, to_tag=tag, headers=self._response_common())
         self.layer.send_response(response, now)
+        self._accept_in_dialog(sr, status)
         if sr.held and updated is not None:
             # RFC 3262 §5: what waited for the PRACK's answer (`sr` is no longer in _server)
             self._send_final_or_1xx(updated, sr.held, now)
@@ -244,6 +245,8 @@ class Referrals(SessionRefreshes):
             self._reply(request, 400, now, reason="Bad sipfrag")
             return
         terminated = _subscription_state(request) == "terminated"
+        if c.dialog is not None:
+            c.dialog.accept_remote_cseq(request)  # §12.2.2: accepted (a 4xx above changed nothing)
         self._reply(request, 200, now)
         if terminated:
             assert ident is not None

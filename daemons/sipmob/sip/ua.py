@@ -290,10 +290,17 @@ class UACore(InviteSessions, Referrals, Registrations):
             self._reply(request, 481, now)  # §12.2.2
             return
         dialog = c.dialog
-        if not dialog.check_remote_cseq(request):
+        if not dialog.cseq_in_order(request) or not self._above_pending(c, request):
             self._reply(request, 500, now, reason="CSeq Out of Order")
             return
+        if self._refused(event, None, now, dialog=dialog):
+            return  # nothing of the dialog moved: the peer's next CSeq is still in order
         method = request.method
+        if method == "BYE" or (method == "OPTIONS" and "OPTIONS" not in self.app_methods):
+            dialog.accept_remote_cseq(request)  # the core acts on it here and now
+        # a PRACK or a REFER's NOTIFY is accepted where the core finds it names what it should
+        # (`_on_prack`, `_on_refer_notify`); the rest by the answer the application gives it,
+        # unless that is a 4xx (`_accept_in_dialog`)
         if method == "BYE":
             self._reply(request, 200, now)
             if c.state in UNANSWERED and not c.is_uac:
@@ -322,12 +329,19 @@ class UACore(InviteSessions, Referrals, Registrations):
                 go_on, timer_decision = self._timer_decide(request, now)  # RFC 4028 §9
                 if not go_on:
                     return
-            if method in ("SUBSCRIBE", "NOTIFY", "UPDATE"):
-                # RFC 6665 §4.1.2.4, §4.2.1.3, RFC 3311 §5.2: target refresh requests
-                dialog.refresh_target(request)
             rid = self._new_handle()
             self._server[rid] = _ServerRequest(request, event.transaction_key, c.handle, None, timer_decision)
             self._events.append(RequestReceived(c.handle, rid, request))
+
+    def _above_pending(self, c: _Call, request: Request) -> bool:
+        """§12.2.2 for requests of the dialog still waiting for the application's answer: their
+        CSeq is recorded only by an answer that accepts them, yet one that comes later with a lower
+        number is out of order all the same."""
+        if request.method in ("ACK", "CANCEL"):
+            return True
+        seq = request.cseq.seq
+        return all(sr.request.cseq.seq < seq for sr in self._server.values()
+                   if sr.call == c.handle and sr.request.to.tag is not None)
 
     def _notify_before_2xx(self, notify: Request) -> _Call | None:
         """RFC 6665 §4.1.2.4, RFC 3515 §2.4.5: a NOTIFY may overtake the 2xx to our SUBSCRIBE or

@@ -277,16 +277,30 @@ class UABase(abc.ABC):
     def _dispatch(self, event: tx.Event, now: float) -> None:
         """Route one transaction-layer event; the whole core's (`sipmob.sip.ua.UACore`)."""
 
-    def _refused(self, event: tx.RequestReceived, replaced: Dialog | None, now: float) -> bool:
+    def _refused(self, event: tx.RequestReceived, replaced: Dialog | None, now: float, *,
+                 dialog: Dialog | None = None) -> bool:
         """Ask the policy; answer a refusal here. True when the request was refused."""
         dialogs = sum(1 for c in self._calls.values() if c.kind == "invite")
-        refusal = self.policy.admit(Admission(event.request, event.source, now, replaced, dialogs))
+        refusal = self.policy.admit(Admission(event.request, event.source, now, replaced, dialogs, dialog))
         if refusal is None:
             return False
         log.debug("refused %s from %s:%d: %d %s", event.request.method, event.source.host, event.source.port,
                   refusal.status, refusal.reason or reason_phrase(refusal.status))
         self._reply(event.request, refusal.status, now, reason=refusal.reason, headers=refusal.headers)
         return True
+
+    def _accept_in_dialog(self, sr: _ServerRequest, status: int) -> None:
+        """§12.2.2 once the answer to a request within a dialog is decided: any but a 4xx (the
+        request refused before it acted, e.g. 403 to a host that is not the peer) accepts it, its
+        CSeq becomes the remote sequence number; a 2xx to a target refresh request (RFC 6665
+        §4.1.2.4, §4.2.1.3, RFC 3311 §5.2; a re-INVITE's is `answer_reinvite`'s) takes its Contact
+        as the remote target."""
+        c = self._calls.get(sr.call) if sr.call is not None else None
+        if c is None or c.dialog is None or sr.request.to.tag is None or 400 <= status < 500:
+            return
+        c.dialog.accept_remote_cseq(sr.request)
+        if 200 <= status < 300 and sr.request.method in ("SUBSCRIBE", "NOTIFY", "UPDATE"):
+            c.dialog.refresh_target(sr.request)
 
     @staticmethod
     def _fits(response: Response) -> bool:

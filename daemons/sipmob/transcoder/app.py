@@ -25,6 +25,10 @@ Only the host that invoked the call may send them (403 otherwise). Both ways are
 (`DIGIT_RATE`; 503 over it, and at most `MAX_PENDING_INFO` INFOs waiting: more are dropped and
 counted).
 
+Within a call, only the host that invoked it speaks (`ControllerOnly`): a BYE, re-INVITE or INFO
+from any other, whoever knows the Call-ID and tags, gets 403 before it changes anything of the
+dialog, its CSeq included (RFC 3261 §12.2.2), so the controller's next requests stay in order.
+
 A re-INVITE in the call with the same two lines updates where each party is and, if the controller
 changed a party's codec, the conversion (the output streams carry on).
 
@@ -68,6 +72,7 @@ from sipmob.service.config import ConfigError, ConfigProblem, split_host_port
 from sipmob.service.daemon import Runtime
 from sipmob.service.sipua import Call, IncomingCall, SIPError, UserAgent
 from sipmob.sip.message import Request
+from sipmob.sip.policy import Admission, Refusal, ReplacesPolicy
 from sipmob.sip.session_timer import Policy as SessionTimerPolicy
 from sipmob.transcoder.config import TranscoderConfig
 from sipmob.transcoder.invocation import InvocationError, Plan, answer, parse_invocation
@@ -90,11 +95,35 @@ def source_host(request: Request) -> str:
     return via.received or via.host
 
 
+class ControllerOnly(ReplacesPolicy):
+    """The core's policy: RFC 3891 §6 on Replaces, and within a call only the host that invoked
+    it (`controllers`, by Call-ID, kept by the application while the call lasts)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.controllers: dict[str, str] = {}
+        self.refused = 0
+
+    def admit(self, admission: Admission) -> Refusal | None:
+        refusal = super().admit(admission)
+        dialog = admission.dialog
+        if refusal is not None or dialog is None:
+            return refusal
+        controller = self.controllers.get(dialog.call_id)
+        if controller is None or admission.source.host == controller:
+            return None
+        self.refused += 1
+        log.info("%s in call %s from %s, not its controller %s: 403", admission.request.method,
+                 dialog.call_id, admission.source.host, controller)
+        return Refusal(403, "Not The Controller")
+
+
 class TranscoderCall:
     """One invocation: its SIP call (once answered), its plan and media."""
 
-    def __init__(self, number: int, plan: Plan, media: CallMedia, source: str) -> None:
+    def __init__(self, number: int, plan: Plan, media: CallMedia, source: str, call_id: str = "") -> None:
         self.number = number
+        self.call_id = call_id
         self.plan = plan
         self.media = media
         self.source = source
@@ -125,6 +154,7 @@ class TranscoderApp:
                                self._idle_call, self._calls_lost, on_digit=self._digit_heard,
                                gather=config.media.gather_ms / 1000)
         self.calls: dict[int, TranscoderCall] = {}
+        self.policy = ControllerOnly()  # who may speak within a call
         self._numbers = itertools.count(1)
         self._slp_update: Any = None
         self._slp_last = 0.0
@@ -167,7 +197,7 @@ class TranscoderApp:
                             user_agent="sipmob-transcoder/0.1",
                             # RFC 4028: a controller that dies without BYE stops refreshing, and
                             # the core ends the call, so its channels do not stay taken for good
-                            session_timer=SessionTimerPolicy())
+                            session_timer=SessionTimerPolicy(), policy=self.policy)
         self.ua.on_incoming_call(self._incoming)
         # SIP is served (OPTIONS, INVITE) only once the workers can take calls.
         ua = self.ua
@@ -302,8 +332,9 @@ class TranscoderApp:
             else:
                 self._refuse(incoming, 503, str(exc), retry)
             return
-        tc = TranscoderCall(number, plan, media, host)
+        tc = TranscoderCall(number, plan, media, host, request.call_id)
         self.calls[tc.number] = tc
+        self.policy.controllers[request.call_id] = host
         self._latch(tc, plan)
         self._status_changed()
         media.opened.addTimeout(OPEN_WAIT, self.reactor)
@@ -452,6 +483,7 @@ class TranscoderApp:
     def _end(self, tc: TranscoderCall, reason: str) -> None:
         if self.calls.pop(tc.number, None) is None:
             return
+        self.policy.controllers.pop(tc.call_id, None)
         # Its worker logs "call N ended" with the figures it holds (in, out, concealed, late...).
         tc.media.close(reason)
         log.debug("call %d closing (%s)", tc.number, reason)
@@ -474,6 +506,7 @@ class TranscoderApp:
                 tc.call.bye().addErrback(lambda _: None)
             tc.media.closed = True  # its worker and sockets are gone
             self.calls.pop(number, None)
+            self.policy.controllers.pop(tc.call_id, None)
             self.pool.release(tc.media.port_a)
             self.pool.release(tc.media.port_b)
             log.error("call %d ended: its media worker died", number)

@@ -11,6 +11,8 @@ controller, which passes it to the transcoder in its own dialog with ``Side=A`` 
   end retransmissions, with its duration and ``Side=A``; decoded by tshark's SIP dissector.
 - a side without telephone-event: INFO for it gets 488 (the controller passes it on itself);
   wrong bodies 415/400; an INFO in the dialog from a host other than the controller's, 403.
+- attack: a stranger's INFO, re-INVITE and BYE in the call with CSeq 2**31-1 get 403 and change
+  nothing: the call goes on and the controller's next requests are in order.
 - attack: 300 INFOs and 500 distinct events as fast as a socket can send: the work done (events
   generated, INFOs sent) stays within the per-call bound, and the call keeps its audio.
 """
@@ -185,7 +187,33 @@ def test_info_for_a_side_without_telephone_event_gets_488_and_bad_bodies_are_ref
         with Controller(transcoder.uri, bind="127.0.0.2") as other:
             other.call_id, other.from_tag, other.to, other.cseq = c.call_id, c.from_tag, c.to, c.cseq + 10
             assert other.info(b"Signal=1\r\nSide=B\r\n").status == 403
-            c.cseq = other.cseq  # the dialog counted its CSeq (RFC 3261 §12.2.2)
+        # A refused request is not counted in the dialog (RFC 3261 §12.2.2): ours go on in order.
+        assert c.info(b"Signal=2\r\nSide=B\r\n").status == 200
+        assert c.bye().status == 200
+
+
+def test_a_strangers_info_reinvite_and_bye_with_the_highest_cseq_get_403_and_the_call_goes_on(
+        tmp_path: Path) -> None:
+    """Attack: a host that knows the call's Call-ID and tags (allowed to invoke calls of its own)
+    sends INFO, re-INVITE and BYE in it with CSeq 2**31-1. Each gets 403 before it changes the
+    dialog: the call is not ended, and the controller's next requests, numbered as before, are
+    not answered 500 for being lower than the stranger's (RFC 3261 §12.2.2)."""
+    offer = invocation(side(0, PCMU_TE), side(0, PCMA))
+    with Transcoder(tmp_path) as transcoder, Controller(transcoder.uri) as c:
+        assert c.invite(offer).status == 200
+        with Controller(transcoder.uri, bind="127.0.0.2") as other:
+            other.call_id, other.from_tag, other.to = c.call_id, c.from_tag, c.to
+            other.cseq = 2**31 - 2  # each request takes the next number: the highest legal one
+            assert other.info(b"Signal=1\r\nSide=B\r\n").status == 403
+            other.cseq = 2**31 - 2
+            branch = other._send("INVITE", offer)
+            assert other._final("INVITE", 5.0).status == 403
+            other._send("ACK", cseq=other.cseq, branch=branch)  # §17.1.1.3: the 403's ACK
+            other.cseq = 2**31 - 2
+            assert other.bye().status == 403
+        assert c.info(b"Signal=1\r\nSide=B\r\n").status == 200
+        assert c.reinvite(offer).status == 200
+        assert c.info(b"Signal=2\r\nSide=B\r\n").status == 200
         assert c.bye().status == 200
 
 

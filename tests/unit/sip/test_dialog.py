@@ -143,3 +143,14 @@ def test_dialog_needs_tags_and_a_contact() -> None:
 ])
 def test_uri_destination(uri: str, address: Address) -> None:
     assert uri_destination(URI.parse(uri)) == address
+
+
+def test_cseq_in_order_changes_nothing_until_accepted() -> None:
+    d = Dialog.from_uas(invite(seq=5), "b1", CONTACT_B)
+    highest = Request("INFO", URI.parse("sip:bob@x"), Headers([("CSeq", f"{2**31 - 1} INFO")]))
+    assert d.cseq_in_order(highest) and d.remote_seq == 5  # a stranger's, refused later: not recorded
+    later = Request("INFO", URI.parse("sip:bob@x"), Headers([("CSeq", "6 INFO")]))
+    assert d.cseq_in_order(later)
+    d.accept_remote_cseq(highest)
+    d.accept_remote_cseq(later)  # answered after a higher one: the number never goes back
+    assert d.remote_seq == 2**31 - 1 and not d.cseq_in_order(later)

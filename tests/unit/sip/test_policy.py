@@ -88,14 +88,15 @@ def test_the_policy_is_asked_before_any_out_of_dialog_request_and_its_refusal_an
         [404, 404]
 
 
-def test_in_dialog_requests_are_not_the_policys() -> None:
+def test_in_dialog_requests_are_asked_with_their_dialog_before_they_act() -> None:
     policy = _Counting(None)
     a, b = core(ALICE, "alice"), core(BOB, "bob", policy=policy)
     net = Net(a, b)
-    ca, _ = establish(net, a, b)
+    ca, cb = establish(net, a, b)
     a.reinvite(ca, OFFER, net.now)
     net.run()
-    assert [s.request.method for s in policy.seen] == ["INVITE"]
+    assert [s.request.method for s in policy.seen] == ["INVITE", "INVITE"]
+    assert policy.seen[0].dialog is None and policy.seen[1].dialog is b.dialog(cb)
 
 
 def test_same_identity_ignores_parameters_and_a_missing_port() -> None:
