@@ -129,6 +129,8 @@ class PhoneEgress:
         # the CN's own description, the relay's outside SIP address)
         self._sweep_later: Any = None  # a delayed `_sweep`, while a socket to close is still busy
         self._relay_gateway: dict[str, str] = {}  # relayed call -> the gateway relaying it
+        # relayed call -> the inside ends of its SIP relays: the CN's requests arrive from there
+        self._relay_inside: dict[str, set[str]] = {}
         self._ringing: dict[str, Ringing] = {}  # outgoing calls not answered yet, by route token
 
     @classmethod
@@ -623,6 +625,15 @@ class PhoneEgress:
             if pc is not None:
                 pc.cn_sdp = real  # the CN's own description: the new relays are asked for its ends
 
+    def relay_hosts(self, call_id: str) -> frozenset[str]:
+        """The hosts the CN's requests of the call with SIP `call_id` arrive from through another
+        gateway's relays (the phone's policy takes requests inside the call from them)."""
+        for call, hosts in self._relay_inside.items():
+            pc = self.phone.calls.get(call)
+            if pc is not None and pc.call.call_id == call_id:
+                return frozenset(hosts)
+        return frozenset()
+
     def _drop_relay_address(self, outside: Address) -> None:
         if all(r[2] != outside for r in self._relayed.values()):
             self.phone.ua.remove_relay(outside)
@@ -703,6 +714,7 @@ class PhoneEgress:
         phone.ua.bind_call(pc.call.call_id, outside)
         self._relayed[pc.id] = (subscription, pc.cn_sdp, outside)
         self._relay_gateway[pc.id] = target
+        self._relay_inside.setdefault(pc.id, set()).add(sip_relay.lan[0])
         self._call_address[pc.id] = outside.host
         self._keep_relay(pc.id, subscription)
         old_rtp, old_video = pc.rtp, None
@@ -765,6 +777,7 @@ class PhoneEgress:
             return  # still relayed (or being set up): keep it
         del self._relayed[call]
         self._relay_gateway.pop(call, None)
+        self._relay_inside.pop(call, None)
         if relayed[0] is not None:
             relayed[0].unsubscribe().addErrback(lambda _f: None)
         self.phone.ua.remove_relay(relayed[2])

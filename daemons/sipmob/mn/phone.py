@@ -385,7 +385,12 @@ class Phone:
                            max_calls_per_source=calls.max_calls_per_source,
                            setups_per_minute=calls.setups_per_minute,
                            calls=lambda: len(self.calls) + self._answering,
-                           calls_from=self._calls_from)
+                           calls_from=self._calls_from,
+                           proxies=(config.identity.outbound_proxy, config.identity.registrar),
+                           relays=self._relay_hosts)
+
+    def _relay_hosts(self, call_id: str) -> frozenset[str]:
+        return self.egress.relay_hosts(call_id) if self.egress is not None else frozenset()
 
     def _calls_from(self, host: str) -> int:
         return self._answering_from[host] + sum(1 for pc in self.calls.values() if pc.source == host)

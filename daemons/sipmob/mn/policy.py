@@ -19,8 +19,15 @@ Responsible for, in this order (the cheapest refusal first):
    answered by ``auto_answer``. The default is loopback and the private and link-local ranges, the
    networks a home is made of; a caller behind a provider's proxy needs the proxy's address added.
 
-Re-INVITEs, BYEs and everything else inside a dialog are the dialog's (the core matches them by
-Call-ID and tags, and only the peer knows those); they never come here.
+6. 403 for a request inside a dialog (BYE, re-INVITE, INFO, REFER, NOTIFY...) from a host the
+   dialog does not involve (`in_dialog_hosts`): knowing a call's Call-ID and tags (anyone on the
+   path saw them) must not let a stranger end the call or move its media. The core asks before
+   the request changes anything of the dialog, its CSeq included, so the peer's next request is
+   still in order. Only addresses the core saw or the configuration names count; nothing is
+   resolved (a name-based Contact matches only a source written the same way).
+
+A handoff's own dialogs (the REFER to a device, its NOTIFYs, the calls to devices) are dialogs
+like any other whose peer is the device or MDSM, so rule 6 covers them unchanged.
 
 Not here: the SIP rules themselves (`sipmob.sip`), media timeouts (`sipmob.mn.phone`).
 """
@@ -34,6 +41,7 @@ import logging
 from collections.abc import Callable, Iterable
 
 from sipmob.mn.config import HOME_NETWORKS
+from sipmob.sip.dialog import Dialog, uri_destination
 from sipmob.sip.message import reason_phrase
 from sipmob.sip.policy import Admission, Refusal, replaces_permitted, user_is_ours
 from sipmob.sip.uri import URI
@@ -58,8 +66,15 @@ class PhonePolicy:
     def __init__(self, *, user: str, owners: Iterable[str] = (), answer_from: Iterable[str] = HOME_NETWORKS,
                  max_calls: int = 4, max_calls_per_source: int = 2, setups_per_minute: float = 10.0,
                  calls: Callable[[], int] = lambda: 0,
-                 calls_from: Callable[[str], int] = lambda host: 0) -> None:
+                 calls_from: Callable[[str], int] = lambda host: 0,
+                 proxies: Iterable[str] = (),
+                 relays: Callable[[str], Iterable[str]] = lambda call_id: ()) -> None:
+        """`proxies`: the SIP URIs (or hosts) of the configured outbound proxy and registrar, whose
+        hosts relay the peer's requests inside a dialog; `relays(call_id)` the inside ends of the
+        other gateways' relays the call's SIP goes through now (a call moved over another gateway)."""
         self.user = user
+        self.proxies = frozenset(_norm(_host_of(p)) for p in proxies if p)
+        self.relays = relays
         self.owners = tuple(URI.parse(o) for o in owners)
         self.answer_from = tuple(ipaddress.ip_network(n, strict=False) for n in answer_from)
         self.max_calls = max_calls
@@ -100,7 +115,10 @@ class PhonePolicy:
     def _decide(self, admission: Admission) -> Refusal | None:
         request = admission.request
         if admission.dialog is not None:
-            return None  # within a call: its Request-URI is our Contact, and no setup is counted
+            # within a call: its Request-URI is our Contact, and no setup is counted
+            if _norm(admission.source.host) in self.in_dialog_hosts(admission.dialog, admission.peer):
+                return None
+            return Refusal(403, "Not From This Dialog's Peer")
         if not user_is_ours(request, (self.user,), hostless_ok=request.method == "OPTIONS"):
             return Refusal(404)
         if request.method != "INVITE":
@@ -119,6 +137,19 @@ class PhonePolicy:
         if not self.answers(admission.source.host):
             return Refusal(403, "Not Answered From This Network")
         return None
+
+    def in_dialog_hosts(self, dialog: Dialog, peer: str = "") -> frozenset[str]:
+        """The hosts that may send requests inside `dialog`: its remote target's (the peer's
+        Contact), `peer` (where the core saw its forming request come from or sent it: the right
+        one for a peer behind a NAT), its route set's first hop, the configured proxies, and the
+        relays the call goes through now."""
+        hosts = {_norm(uri_destination(dialog.remote_target).host), *self.proxies}
+        if peer:
+            hosts.add(_norm(peer))
+        if dialog.route_set:
+            hosts.add(_norm(uri_destination(dialog.route_set[0].uri).host))
+        hosts.update(_norm(h) for h in self.relays(dialog.call_id))
+        return frozenset(hosts)
 
     def answers(self, host: str) -> bool:
         """Whether a caller at `host` is one ``auto_answer`` answers."""
@@ -158,6 +189,22 @@ def _refill(buckets: collections.OrderedDict[str, _Bucket], key: str, burst: flo
     bucket.tokens = min(burst, bucket.tokens + (now - bucket.at) * rate)
     bucket.at = now
     return bucket
+
+
+def _host_of(uri_or_host: str) -> str:
+    try:
+        return URI.parse(uri_or_host).host
+    except ValueError:
+        return uri_or_host
+
+
+def _norm(host: str) -> str:
+    """One spelling per address (IPv6 brackets, case, zeros); a name only lower-cased."""
+    host = host.strip("[]").lower()
+    try:
+        return str(ipaddress.ip_address(host.split("%", 1)[0]))
+    except ValueError:
+        return host
 
 
 def subnet_of(host: str) -> str:

@@ -70,9 +70,11 @@ class InviteSessions(SessionRefreshes):
         if sdp:
             h.add("Content-Type", SDP)
         request = Request("INVITE", target.replace(headers=()), h, sdp or b"")
-        c = _Call(handle, True, CallState.CALLING, request, local_sdp=sdp, answer_for=answer_for)
+        destination = self.next_hop(target)
+        c = _Call(handle, True, CallState.CALLING, request, local_sdp=sdp, answer_for=answer_for,
+                  peer_host=destination.host)
         self._calls[handle] = c
-        key = self._send(request, self.next_hop(target), None, now)
+        key = self._send(request, destination, None, now)
         c.invite_key = key
         self._by_invite_key[key] = handle
         self._pump(now)
@@ -421,7 +423,8 @@ class InviteSessions(SessionRefreshes):
         handle = self._new_handle()
         c = _Call(handle, False, CallState.INCOMING, request, invite_key=event.transaction_key,
                   remote_sdp=request.body or None, replaces_call=replaces_call,
-                  timer_decision=timer_decision, peer_allow=_allow_of(request))
+                  timer_decision=timer_decision, peer_allow=_allow_of(request),
+                  peer_host=event.source.host)
         self._calls[handle] = c
         self._by_invite_key[event.transaction_key] = handle
         self._events.append(IncomingInvite(handle, request, request.body or None, replaces,

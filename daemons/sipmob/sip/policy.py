@@ -64,6 +64,7 @@ class Admission:
     replaced: Dialog | None = None
     dialogs: int = 0
     dialog: Dialog | None = None
+    peer: str = ""  # with `dialog`: the host its forming request came from or went to ("" unknown)
 
 
 class RequestPolicy(Protocol):

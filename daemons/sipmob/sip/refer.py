@@ -82,10 +82,12 @@ class Referrals(SessionRefreshes):
         for name, value in headers:
             h.add(name, value)
         request = Request("REFER", target.replace(headers=()), h)
-        c = _Call(handle, True, CallState.SUBSCRIBING, request, kind="subscription")
+        destination = self.next_hop(target)
+        c = _Call(handle, True, CallState.SUBSCRIBING, request, kind="subscription",
+                  peer_host=destination.host)
         c.refers[request.cseq.seq] = handle
         self._calls[handle] = c
-        key = self._send(request, self.next_hop(target), None, now)
+        key = self._send(request, destination, None, now)
         self._client[key] = _ClientOp(handle, handle, "REFER")
         self._pump(now)
         return handle
@@ -104,7 +106,8 @@ class Referrals(SessionRefreshes):
         self.layer.send_response(make_response(request, 202, to_tag=tag, headers=h), now)
         handle = self._new_handle()
         dialog = Dialog.from_uas(request, tag, self.local_contact, confirmed=True)
-        c = _Call(handle, False, CallState.CONFIRMED, request, dialog=dialog, kind="subscription")
+        c = _Call(handle, False, CallState.CONFIRMED, request, dialog=dialog, kind="subscription",
+                  peer_host=sr.source)
         self._calls[handle] = c
         self._by_dialog[dialog.id] = handle
         seq = request.cseq.seq
@@ -173,7 +176,7 @@ class Referrals(SessionRefreshes):
             created = self._new_handle()
             dialog = Dialog.from_uas(request, tag, self.local_contact, confirmed=True)
             self._calls[created] = _Call(created, False, CallState.CONFIRMED, request, dialog=dialog,
-                                         kind="subscription")
+                                         kind="subscription", peer_host=sr.source)
             self._by_dialog[dialog.id] = created
         c = self._calls.get(sr.call) if sr.call is not None else None
         if c is not None and c.kind == "subscription" and request.method == "NOTIFY" and ok \
@@ -196,8 +199,10 @@ class Referrals(SessionRefreshes):
         for name, value in headers:
             h.add(name, value)
         request = Request("SUBSCRIBE", target.replace(headers=()), h)
-        self._calls[handle] = _Call(handle, True, CallState.SUBSCRIBING, request, kind="subscription")
-        key = self._send(request, self.next_hop(target), None, now)
+        destination = self.next_hop(target)
+        self._calls[handle] = _Call(handle, True, CallState.SUBSCRIBING, request, kind="subscription",
+                                    peer_host=destination.host)
+        key = self._send(request, destination, None, now)
         self._client[key] = _ClientOp(handle, handle, "SUBSCRIBE")
         self._pump(now)
         return handle

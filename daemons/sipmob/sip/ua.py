@@ -256,12 +256,14 @@ class UACore(InviteSessions, Referrals, Registrations):
             # RFC 3515 §2.4.1 outside a dialog too; the application decides whether to act
             if self._check_refer(request, now):
                 rid = self._new_handle()
-                self._server[rid] = _ServerRequest(request, event.transaction_key, None, self._token())
+                self._server[rid] = _ServerRequest(request, event.transaction_key, None, self._token(),
+                                                   source=event.source.host)
                 self._events.append(RequestReceived(None, rid, request))
             return
         if method in self.app_methods:
             rid = self._new_handle()
-            self._server[rid] = _ServerRequest(request, event.transaction_key, None, self._token())
+            self._server[rid] = _ServerRequest(request, event.transaction_key, None, self._token(),
+                                               source=event.source.host)
             self._events.append(RequestReceived(None, rid, request))
         elif method == "OPTIONS":
             self._answer_options(request, now)
@@ -293,7 +295,7 @@ class UACore(InviteSessions, Referrals, Registrations):
         if not dialog.cseq_in_order(request) or not self._above_pending(c, request):
             self._reply(request, 500, now, reason="CSeq Out of Order")
             return
-        if self._refused(event, None, now, dialog=dialog):
+        if self._refused(event, None, now, dialog=dialog, peer=c.peer_host):
             return  # nothing of the dialog moved: the peer's next CSeq is still in order
         method = request.method
         if method == "BYE" or (method == "OPTIONS" and "OPTIONS" not in self.app_methods):

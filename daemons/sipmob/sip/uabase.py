@@ -63,6 +63,7 @@ class _ServerRequest:
     # RFC 3262 §5: what a PRACK carrying a new offer released (the 1xx or 2xx queued behind the
     # 1xx it acknowledges), sent after the PRACK's own 2xx with the answer
     held: list[Response] = dataclasses.field(default_factory=list)
+    source: str = ""  # the host it came from (a request that may form a dialog: its peer's host)
 
 
 @dataclasses.dataclass(slots=True)
@@ -111,6 +112,9 @@ class _Call:
     reinvite_answer_for: Callable[[bytes], bytes] | None = None
     ack_pending: int | None = None  # CSeq of a 2xx whose ACK waits for `UACore.ack`
     kind: str = "invite"  # or "subscription" (RFC 6665), which has no INVITE, ACK or BYE
+    # the host the dialog-forming request came from (UAS) or was sent to (UAC), as the core saw
+    # it, whatever the peer's Contact says (a peer behind a NAT); "" for an adopted dialog
+    peer_host: str = ""
     # re-INVITE we received and have not answered finally yet
     incoming_reinvite: int | None = None
     replaces_call: int | None = None
@@ -278,10 +282,11 @@ class UABase(abc.ABC):
         """Route one transaction-layer event; the whole core's (`sipmob.sip.ua.UACore`)."""
 
     def _refused(self, event: tx.RequestReceived, replaced: Dialog | None, now: float, *,
-                 dialog: Dialog | None = None) -> bool:
+                 dialog: Dialog | None = None, peer: str = "") -> bool:
         """Ask the policy; answer a refusal here. True when the request was refused."""
         dialogs = sum(1 for c in self._calls.values() if c.kind == "invite")
-        refusal = self.policy.admit(Admission(event.request, event.source, now, replaced, dialogs, dialog))
+        refusal = self.policy.admit(Admission(event.request, event.source, now, replaced, dialogs, dialog,
+                                              peer))
         if refusal is None:
             return False
         log.debug("refused %s from %s:%d: %d %s", event.request.method, event.source.host, event.source.port,

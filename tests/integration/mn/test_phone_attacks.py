@@ -166,6 +166,65 @@ def test_a_reinvite_outside_the_dialog_cannot_move_the_media(home: Home) -> None
         call.close()
 
 
+def in_dialog(call: Call, sender: Party, method: str, seq: int, sdp_to: str | None = None) -> str:
+    """A request of `call`'s dialog as the CN would send it (its Call-ID, both tags, its URI in
+    From), sent from `sender`'s address; returns the request's CSeq line."""
+    body = ""
+    if sdp_to is not None:
+        body = (f"v=0\r\no=- 3 3 IN IP4 {sdp_to}\r\ns=-\r\nc=IN IP4 {sdp_to}\r\nt=0 0\r\n"
+                f"m=audio {VICTIM_PORT if sdp_to == VICTIM else call.rtp.port} RTP/AVP 0\r\n"
+                "a=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n")
+    lines = [f"{method} sip:mn@{PHONE}:{SIP_PORT} SIP/2.0",
+             f"Via: SIP/2.0/UDP {sender.host}:{sender.port};branch=z9hG4bK{seq}x{method.lower()};rport",
+             "Max-Forwards: 70", f"From: <{call.cn.uri}>;tag={call.from_tag}",
+             f"To: <sip:mn@{PHONE}>;tag={call.to_tag}", f"Call-ID: {call.call_id}", f"CSeq: {seq} {method}",
+             f"Contact: <{call.cn.uri}>"]
+    if body:
+        lines.append("Content-Type: application/sdp")
+    lines += [f"Content-Length: {len(body)}", "", ""]
+    sender.send(("\r\n".join(lines) + body).encode())
+    return f"{seq} {method}"
+
+
+def response_for(party: Party, call_id: str, cseq: str) -> int | None:
+    for m in list(party.messages):
+        if m.startswith(b"SIP/2.0 ") and header(m, "Call-ID") == call_id and header(m, "CSeq") == cseq \
+                and status(m) >= 200:
+            return status(m)
+    return None
+
+
+def test_a_stranger_knowing_the_dialog_gets_403_and_the_peers_next_requests_work(home: Home) -> None:
+    """A stranger who learnt the Call-ID and both tags sends BYE and a re-INVITE to a victim with
+    a CSeq far ahead: 403 to both, the call and its audio stay with the CN, and the CN's own next
+    re-INVITE (CSeq 2: the stranger's numbers were not recorded) and BYE are taken."""
+    call = Call(home)
+    victim = Counter(home.ns, VICTIM, VICTIM_PORT)
+    stranger = home.party(STRANGER, "mallory")
+    try:
+        bye = in_dialog(call, stranger, "BYE", 1000)
+        reinvite = in_dialog(call, stranger, "INVITE", 1001, sdp_to=VICTIM)
+        assert until(lambda: response_for(stranger, call.call_id, bye) == 403, 5), stranger.messages
+        assert until(lambda: response_for(stranger, call.call_id, reinvite) == 403, 5), stranger.messages
+        assert len(home.calls()) == 1, home.calls()
+        assert call.received_in(1.0) > 30 and victim.arrivals == []
+        assert call.cn.byes == []
+        # the CN's own re-INVITE, in order after its INVITE (1): the refused ones moved nothing
+        ours = in_dialog(call, call.cn, "INVITE", 2, sdp_to=CN)
+        assert until(lambda: response_for(call.cn, call.call_id, ours) == 200, 5), call.cn.messages
+        ok = next(m for m in call.cn.messages if m.startswith(b"SIP/2.0 200")
+                  and header(m, "CSeq") == ours)
+        call.cn.ack(ok)
+        assert call.received_in(1.0) > 30 and victim.arrivals == []
+        ours_bye = in_dialog(call, call.cn, "BYE", 3)
+        assert until(lambda: response_for(call.cn, call.call_id, ours_bye) == 200, 5), call.cn.messages
+        assert until(lambda: home.calls() == [], 5), home.calls()
+    finally:
+        stranger.close()
+        victim.close()
+        call.close()
+
+
 # Item 9: flooding through the phone ------------------------------------------------------------------
 
 

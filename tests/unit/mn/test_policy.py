@@ -13,10 +13,11 @@ from sipmob.mn.config import MnConfig
 from sipmob.mn.phone import Phone
 from sipmob.mn.policy import PhonePolicy
 from sipmob.service.config import parse_config
+from sipmob.sip.dialog import Dialog, DialogState
 from sipmob.sip.message import Headers, Request
 from sipmob.sip.policy import Admission
 from sipmob.sip.transport import Address
-from sipmob.sip.uri import URI
+from sipmob.sip.uri import URI, NameAddr
 
 LAN = Address("192.168.1.20", 5060, "udp")
 STRANGER = Address("203.0.113.5", 5060, "udp")
@@ -116,3 +117,69 @@ def test_a_host_rotating_through_its_subnet_gets_a_few_addresses_share_not_one_p
     assert status(p, request(), source=Address("192.168.1.20", 5060, "udp")) is None
     assert status(p, request(), source=Address("192.168.7.250", 5060, "udp"), now=2.5) is None
     assert len(p._subnets) == 3
+
+
+# Rule 6: within a dialog, only the hosts it involves ---------------------------------------------
+
+def _dialog(contact: str = "sip:cn@192.168.1.20:5062", routes: tuple[str, ...] = ()) -> Dialog:
+    return Dialog(call_id="c1", local_tag="ours", remote_tag="theirs", local_uri=NameAddr.parse("<sip:mn@h>"),
+                  remote_uri=NameAddr.parse("<sip:cn@cn.example>"), remote_target=URI.parse(contact),
+                  route_set=[NameAddr.parse(r) for r in routes], local_seq=1, remote_seq=1, is_uac=False,
+                  local_contact=NameAddr.parse("<sip:mn@192.168.1.10>"), state=DialogState.CONFIRMED)
+
+
+def _in_dialog(p: PhonePolicy, dialog: Dialog, host: str, peer: str = "", method: str = "BYE") -> int | None:
+    refusal = p.admit(Admission(request(method), Address(host, 5060, "udp"), 0.0, dialog=dialog, peer=peer))
+    return None if refusal is None else refusal.status
+
+
+def test_in_a_dialog_the_peers_contact_host_is_taken_and_a_stranger_gets_403() -> None:
+    p = PhonePolicy(user="mn")
+    d = _dialog()
+    for method in ("BYE", "INVITE", "INFO", "REFER", "NOTIFY"):
+        assert _in_dialog(p, d, "192.168.1.20", method=method) is None, method
+        assert _in_dialog(p, d, "192.168.1.66", method=method) == 403, method
+        assert _in_dialog(p, d, "203.0.113.5", peer="192.168.1.20", method=method) == 403, method
+    assert p.refused[403] == 10
+    # a source inside answer_from is no reason either: the rule is the dialog's, not the network's
+    assert p.answers("192.168.1.66")
+
+
+def test_a_peer_behind_a_nat_is_known_by_where_its_dialog_forming_request_came_from() -> None:
+    p = PhonePolicy(user="mn")
+    d = _dialog("sip:cn@10.0.0.5:5060")  # its Contact: an address of its own LAN
+    assert _in_dialog(p, d, "198.51.100.9", peer="198.51.100.9") is None
+    assert _in_dialog(p, d, "198.51.100.10", peer="198.51.100.9") == 403
+
+
+def test_a_name_based_contact_is_resolved_by_nothing_and_matches_no_address() -> None:
+    p = PhonePolicy(user="mn")
+    d = _dialog("sip:cn@cn.example")
+    assert _in_dialog(p, d, "198.51.100.9") == 403
+    assert _in_dialog(p, d, "198.51.100.9", peer="198.51.100.9") is None
+
+
+def test_the_route_sets_first_hop_and_the_configured_proxies_relay_the_peers_requests() -> None:
+    p = PhonePolicy(user="mn", proxies=("sip:proxy.example.net;transport=tcp", "sip:192.0.2.50:5070", ""))
+    d = _dialog(routes=("<sip:192.0.2.60;lr>", "<sip:192.0.2.61;lr>"))
+    assert _in_dialog(p, d, "192.0.2.60") is None
+    assert _in_dialog(p, d, "192.0.2.61") == 403  # not our next hop: we never hear from it
+    assert _in_dialog(p, d, "192.0.2.50") is None
+    assert _in_dialog(p, d, "proxy.example.net") is None  # a host written as configured
+    assert _in_dialog(p, _dialog(), "192.0.2.60") == 403  # another dialog, without that route
+
+
+def test_the_relays_a_call_goes_through_now_are_its_hosts_and_ipv6_is_compared_as_addresses() -> None:
+    relays = {"c1": ("192.168.50.1",)}
+    p = PhonePolicy(user="mn", relays=lambda call_id: relays.get(call_id, ()))
+    assert _in_dialog(p, _dialog(), "192.168.50.1") is None
+    relays.clear()
+    assert _in_dialog(p, _dialog(), "192.168.50.1") == 403
+    d6 = _dialog("sip:cn@[2001:DB8:0::20]:5060")
+    assert _in_dialog(p, d6, "2001:db8::20") is None
+    assert _in_dialog(p, d6, "2001:db8::21") == 403
+
+
+def test_requests_outside_a_dialog_are_not_rule_6s() -> None:
+    p = PhonePolicy(user="mn")
+    assert p.admit(Admission(request("OPTIONS"), Address("203.0.113.5", 5060, "udp"), 0.0)) is None

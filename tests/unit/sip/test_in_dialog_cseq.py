@@ -201,3 +201,28 @@ def test_a_prack_or_refer_notify_naming_nothing_of_ours_gets_481_and_records_not
     assert ours.remote_seq == seq
     rx = _peer_info_reaches(net, a, b, ca)
     assert rx.request.cseq.seq == theirs.local_seq
+
+
+class _Recording:
+    def __init__(self) -> None:
+        self.seen: list[Admission] = []
+
+    def admit(self, admission: Admission) -> Refusal | None:
+        self.seen.append(admission)
+        return None
+
+
+def test_the_policy_hears_where_each_sides_dialog_forming_request_came_from_or_went_to() -> None:
+    """`Admission.peer`: the INVITE's source for the side that answered it, its destination for
+    the side that sent it (what a policy checks a peer behind a NAT by, its Contact aside)."""
+    pa, pb = _Recording(), _Recording()
+    a, b = core(ALICE, "alice", policy=pa), core(BOB, "bob", policy=pb)
+    net = Net(a, b)
+    ca, cb = establish(net, a, b)
+    _peer_info_reaches(net, a, b, ca)
+    assert pb.seen[-1].dialog is b.dialog(cb) and pb.seen[-1].peer == ALICE.host
+    b.request_in_call(cb, "INFO", net.now, body=b"x", content_type="text/plain")
+    net.run()
+    assert pa.seen[-1].dialog is a.dialog(ca) and pa.seen[-1].peer == BOB.host
+    b.receive(_forged(a.dialog(ca), "INFO", seq=50), STRANGER, net.now)  # type: ignore[arg-type]
+    assert pb.seen[-1].source == STRANGER and pb.seen[-1].peer == ALICE.host
