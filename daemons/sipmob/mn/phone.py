@@ -485,12 +485,14 @@ class Phone:
             log.warning("call %s: cannot resume it: its RTP port is taken (%s)", stored.id, exc)
             self._close(*endpoints)
             return False
-        call = self.ua.adopt(cn_dialog, local_sdp=local.to_bytes(), remote_sdp=remote.to_bytes())
+        call = self.ua.adopt(cn_dialog, local_sdp=local.to_bytes(), remote_sdp=remote.to_bytes(),
+                             peer_host=stored.peer_host)
         pc = PhoneCall(stored.id, stored.peer, call, oa, remote, local, rtp, layout, video_rtp=video_rtp,
                        names=dict(stored.names))
         control = _CallControl(self, pc)
         for uri, (dialog, ours, theirs) in devices.items():
-            device_call = self.ua.adopt(dialog, local_sdp=ours.to_bytes(), remote_sdp=theirs.to_bytes())
+            device_call = self.ua.adopt(dialog, local_sdp=ours.to_bytes(), remote_sdp=theirs.to_bytes(),
+                                        peer_host=stored.device_peer_hosts.get(uri, ""))
             pc.device_calls[uri] = device_call
             pc.device_oas[uri] = device_oas[uri]
             pc.device_sdps[uri] = theirs
@@ -520,13 +522,14 @@ class Phone:
         assert self.store is not None
         if stored.id.isdigit():
             self._next_id = max(self._next_id, int(stored.id) + 1)
-        legs = [(stored.peer, stored.cn)]
-        legs += [(stored.names.get(d, d), record) for d, record in stored.devices.items()]
+        legs = [(stored.peer, stored.cn, stored.peer_host)]
+        legs += [(stored.names.get(d, d), record, stored.device_peer_hosts.get(d, ""))
+                 for d, record in stored.devices.items()]
         byes: list[defer.Deferred[Any]] = []
-        for who, record in legs:
+        for who, record, peer_host in legs:
             try:
                 dialog = Dialog.from_record(record, seq_margin=RESTART_SEQ_MARGIN)
-                byes.append(self.ua.adopt(dialog).bye())
+                byes.append(self.ua.adopt(dialog, peer_host=peer_host).bye())
             except Exception as exc:  # a damaged record must not stop the phone
                 log.warning("call %s: cannot end the leg with %s: %s", stored.id, who, exc)
         entry = {"id": stored.id, "peer": stored.peer, "state": "ending (the phone restarted)",
@@ -556,7 +559,9 @@ class Phone:
                             device_sdps={d: ((c.local_sdp or b"").decode(errors="replace"),
                                              (c.remote_sdp or b"").decode(errors="replace"))
                                          for d, c in pc.device_calls.items()},
-                            transcoder=pc.transcoder.to_record() if pc.transcoder is not None else {})
+                            transcoder=pc.transcoder.to_record() if pc.transcoder is not None else {},
+                            peer_host=pc.call.peer_host,
+                            device_peer_hosts={d: c.peer_host for d, c in pc.device_calls.items()})
         try:
             self.store.put(record)
         except sqlite3.Error as exc:

@@ -3,7 +3,8 @@
 Responsible for keeping, for every call ``sipmob phone`` holds, what a restarted phone needs to
 end it or take it back (ARCHITECTURE: "Calls are durable where a daemon controls them"): the dialog
 with the CN and every device leg (`sipmob.sip.dialog.Dialog.to_record`: Call-ID, tags, CSeqs,
-remote target, route set), the session descriptions, the devices' names and where each stream is.
+remote target, route set) and where its forming request came from or went to, the session
+descriptions, the devices' names and where each stream is.
 A record is written (and synced: ``synchronous=FULL``) before the request that depends on it is
 sent, and removed when the call ends. Calls handed off to a device (Session Handoff mode,
 `sipmob.mn.handoff.HandedOff`) have a table of their own: the phone is no longer in them, but a
@@ -64,6 +65,11 @@ class StoredCall:
     # the transcoder the audio goes through (`sipmob.mn.transcoding.TranscoderLeg`); its dialog is
     # among `devices`, keyed by its URI
     transcoder: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # where each dialog-forming request came from or went to (`sipmob.sip.ua.UACore.peer_host`):
+    # the CN's, and each device's by URI; the policy knows a peer behind a NAT by it, not by its
+    # Contact. Absent from records written before it was kept: "" (only the Contact then)
+    peer_host: str = ""
+    device_peer_hosts: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
@@ -81,7 +87,10 @@ class StoredCall:
                    layout=tuple(data.get("layout") or ()),
                    device_sdps={str(k): (str(v[0]), str(v[1]))
                                 for k, v in dict(data.get("device_sdps") or {}).items()},
-                   transcoder=dict(data.get("transcoder") or {}))
+                   transcoder=dict(data.get("transcoder") or {}),
+                   peer_host=str(data.get("peer_host") or ""),
+                   device_peer_hosts={str(k): str(v)
+                                      for k, v in dict(data.get("device_peer_hosts") or {}).items()})
 
 
 class CallStore:

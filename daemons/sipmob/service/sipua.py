@@ -271,6 +271,11 @@ class Call:
         return self.dialog.call_id
 
     @property
+    def peer_host(self) -> str:
+        """Where its dialog-forming request came from or went to (`sipmob.sip.ua.UACore.peer_host`)."""
+        return self.ua.machine.peer_host(self.handle)
+
+    @property
     def state(self) -> str:
         return self.ua.machine.call_state(self.handle)
 
@@ -762,11 +767,12 @@ class UserAgent:
         return first
 
     def adopt(self, dialog: Dialog, *, local_sdp: bytes | None = None,
-              remote_sdp: bytes | None = None) -> Call:
+              remote_sdp: bytes | None = None, peer_host: str = "") -> Call:
         """A `Call` for a confirmed dialog held before a restart (`sipmob.sip.ua.UACore.adopt`): it
         hears its peer's re-INVITEs and BYE like any other."""
         try:
-            handle = self.machine.adopt(dialog, local_sdp=local_sdp, remote_sdp=remote_sdp)
+            handle = self.machine.adopt(dialog, local_sdp=local_sdp, remote_sdp=remote_sdp,
+                                        peer_host=peer_host)
         except core.UAError as exc:
             raise _misuse(exc) from None
         call = Call(self, handle)

@@ -305,9 +305,11 @@ class InviteSessions(SessionRefreshes):
         return op
 
     def adopt(self, dialog: Dialog, *, local_sdp: bytes | None = None,
-              remote_sdp: bytes | None = None) -> int:
+              remote_sdp: bytes | None = None, peer_host: str = "") -> int:
         """Take over a confirmed INVITE dialog this UA held before a restart (from its state file):
-        it becomes a call like any other (BYE, re-INVITE, requests from the peer). Returns its handle."""
+        it becomes a call like any other (BYE, re-INVITE, requests from the peer). `peer_host` is
+        where its forming request came from or went to, as `peer_host` said before the restart.
+        Returns its handle."""
         if dialog.id in self._by_dialog:
             raise UAError(f"dialog {dialog.call_id} is held already")
         dialog.state = DialogState.CONFIRMED
@@ -315,7 +317,7 @@ class InviteSessions(SessionRefreshes):
         # What the INVITE was matters no more: a request of the dialog's shape stands in for it.
         invite = dialog.create_request("INVITE", cseq=max(dialog.local_seq, 1))
         self._calls[handle] = _Call(handle, dialog.is_uac, CallState.CONFIRMED, invite, dialog=dialog,
-                                    local_sdp=local_sdp, remote_sdp=remote_sdp)
+                                    local_sdp=local_sdp, remote_sdp=remote_sdp, peer_host=peer_host)
         self._by_dialog[dialog.id] = handle
         return handle
 

@@ -113,7 +113,7 @@ class _Call:
     ack_pending: int | None = None  # CSeq of a 2xx whose ACK waits for `UACore.ack`
     kind: str = "invite"  # or "subscription" (RFC 6665), which has no INVITE, ACK or BYE
     # the host the dialog-forming request came from (UAS) or was sent to (UAC), as the core saw
-    # it, whatever the peer's Contact says (a peer behind a NAT); "" for an adopted dialog
+    # it, whatever the peer's Contact says (a peer behind a NAT); an adopted dialog's as stored
     peer_host: str = ""
     # re-INVITE we received and have not answered finally yet
     incoming_reinvite: int | None = None
@@ -255,6 +255,12 @@ class UABase(abc.ABC):
         """The call's (local, remote) session descriptions as last negotiated."""
         c = self._call(call)
         return c.local_sdp, c.remote_sdp
+
+    def peer_host(self, call: int) -> str:
+        """Where the call's dialog-forming request came from or went to ("" if unknown or ended):
+        what a restarted UA needs to `adopt` it with, for the policy to know its peer as before."""
+        c = self._calls.get(call)
+        return c.peer_host if c is not None else ""
 
     def __len__(self) -> int:
         """Live calls (dialogs being set up or established)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -215,6 +216,15 @@ def test_a_phone_killed_mid_call_takes_the_call_back_when_restarted(home: dict[s
     assert done.returncode == 0, done.stderr + phone.output()
     desk.wait_call_event("CALL_ESTABLISHED")
     cn_start, desk_start = len(cn.events), len(desk.events)
+    # where each dialog was formed with is kept: the restarted phone's policy knows the CN by it
+    # (a CN behind a NAT: its Contact names another host), as it did before the kill
+    db = sqlite3.connect(phone.config.parent / "calls.sqlite")
+    try:
+        [(text,)] = db.execute("SELECT record FROM calls").fetchall()
+    finally:
+        db.close()
+    record = json.loads(text)
+    assert record["peer_host"] == "127.0.0.1" and record["device_peer_hosts"] == {desk.uri: "127.0.0.1"}
     phone.kill()
     phone.restart()
     [call] = phone.calls()

@@ -12,11 +12,13 @@ from sipmob.mn import policy as policy_module
 from sipmob.mn.config import MnConfig
 from sipmob.mn.phone import Phone
 from sipmob.mn.policy import PhonePolicy
+from sipmob.mn.store import CallStore, StoredCall
 from sipmob.service.config import parse_config
 from sipmob.sip.dialog import Dialog, DialogState
-from sipmob.sip.message import Headers, Request
+from sipmob.sip.message import Headers, Request, Response, parse_message
 from sipmob.sip.policy import Admission
 from sipmob.sip.transport import Address
+from sipmob.sip.ua import RequestReceived, UACore
 from sipmob.sip.uri import URI, NameAddr
 
 LAN = Address("192.168.1.20", 5060, "udp")
@@ -178,6 +180,47 @@ def test_the_relays_a_call_goes_through_now_are_its_hosts_and_ipv6_is_compared_a
     d6 = _dialog("sip:cn@[2001:DB8:0::20]:5060")
     assert _in_dialog(p, d6, "2001:db8::20") is None
     assert _in_dialog(p, d6, "2001:db8::21") == 403
+
+
+def test_a_restored_call_knows_its_peer_behind_a_nat_by_the_stored_forming_address(tmp_path: Path) -> None:
+    """After a restart (kill -9, then the call store), the CN whose Contact is an address of its
+    own LAN is still known by where its INVITE came from; a stranger is still refused."""
+    forming, contact = "198.51.100.9", "sip:cn@10.0.0.5:5060"
+    ours = _dialog(contact)
+    store = CallStore(tmp_path / "calls.sqlite", "sip:mn@192.168.1.10")
+    store.put(StoredCall("1", "sip:cn@cn.example", ours.to_record(), peer_host=forming))
+    store.close()
+    (stored,) = CallStore(tmp_path / "calls.sqlite", "sip:mn@192.168.1.10").calls()
+    ua = UACore([Address("192.168.1.10", 5060, "udp")], user="mn", policy=PhonePolicy(user="mn"))
+    handle = ua.adopt(Dialog.from_record(stored.cn, seq_margin=100), peer_host=stored.peer_host)
+    assert ua.peer_host(handle) == forming
+    # the CN's side of the dialog: what it sends within it
+    theirs = Dialog(call_id="c1", local_tag="theirs", remote_tag="ours", local_uri=ours.remote_uri,
+                    remote_uri=ours.local_uri, remote_target=URI.parse("sip:mn@192.168.1.10"), route_set=[],
+                    local_seq=5, remote_seq=1, is_uac=True, local_contact=NameAddr.parse(f"<{contact}>"),
+                    state=DialogState.CONFIRMED)
+
+    def sent() -> list[int]:
+        return [m.status for d, _ in ua.messages_to_send() if isinstance(m := parse_message(d), Response)]
+
+    def answers(method: str, host: str) -> list[int]:
+        request = theirs.create_request(method, body=b"x", content_type="text/plain")
+        request.headers.add("Via", f"SIP/2.0/UDP {host}:5060;branch=z9hG4bK{method}{theirs.local_seq};rport")
+        ua.receive(request.to_bytes(), Address(host, 5060, "udp"), 0.0)
+        return sent()
+
+    ua.app_methods.add("INFO")
+    assert answers("INFO", "203.0.113.5") == [403]
+    assert answers("BYE", "10.0.0.6") == [403]  # a neighbour of the Contact's address: no reason either
+    assert answers("INFO", forming) == []  # admitted: it is the application's to answer
+    events = []
+    while (event := ua.next_event()) is not None:
+        events.append(event)
+    (info,) = [e for e in events if isinstance(e, RequestReceived)]
+    ua.respond(info.rid, 200, 0.0)
+    assert sent() == [200]
+    assert answers("BYE", forming) == [200]
+    assert ua.call_state(handle) == "terminated"
 
 
 def test_requests_outside_a_dialog_are_not_rule_6s() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -50,6 +51,19 @@ def test_calls_are_kept_per_owner_and_survive_reopening(tmp_path: Path) -> None:
     assert again.calls() == [call]
     again.delete("1")
     assert again.calls() == [] and len(CallStore(path, "sip:other@10.0.0.2:5062").calls()) == 1
+
+
+def test_where_each_dialog_was_formed_survives_and_an_older_record_reads_as_unknown(tmp_path: Path) -> None:
+    path = tmp_path / "calls.sqlite"
+    call = StoredCall("1", "sip:cn@h", dialog().to_record(), devices={"sip:tv@h": dialog().to_record()},
+                      peer_host="198.51.100.9", device_peer_hosts={"sip:tv@h": "192.168.1.30"})
+    CallStore(path, "me").put(call)
+    again = CallStore(path, "me").calls()
+    assert again == [call] and again[0].peer_host == "198.51.100.9"
+    assert again[0].device_peer_hosts == {"sip:tv@h": "192.168.1.30"}
+    older = json.loads(call.to_json())
+    del older["peer_host"], older["device_peer_hosts"]
+    assert StoredCall.from_json(json.dumps(older)).peer_host == ""
 
 
 def test_a_damaged_record_is_dropped_not_raised(tmp_path: Path) -> None:
