@@ -387,7 +387,7 @@ class Phone:
                            calls=lambda: len(self.calls) + self._answering,
                            calls_from=self._calls_from,
                            proxies=(config.identity.outbound_proxy, config.identity.registrar),
-                           relays=self._relay_hosts)
+                           relays=self._relay_hosts, own=lambda host: self.ua.own_host(host))
 
     def _relay_hosts(self, call_id: str) -> frozenset[str]:
         return self.egress.relay_hosts(call_id) if self.egress is not None else frozenset()

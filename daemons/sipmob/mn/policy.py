@@ -24,7 +24,9 @@ Responsible for, in this order (the cheapest refusal first):
    path saw them) must not let a stranger end the call or move its media. The core asks before
    the request changes anything of the dialog, its CSeq included, so the peer's next request is
    still in order. Only addresses the core saw or the configuration names count; nothing is
-   resolved (a name-based Contact matches only a source written the same way).
+   resolved (a name-based Contact matches only a source written the same way). A source that is
+   one of the phone's own SIP addresses is this host itself: a daemon here bound to every address
+   (the MDSM) sends its in-dialog requests from whichever address the kernel picks.
 
 A handoff's own dialogs (the REFER to a device, its NOTIFYs, the calls to devices) are dialogs
 like any other whose peer is the device or MDSM, so rule 6 covers them unchanged.
@@ -68,13 +70,18 @@ class PhonePolicy:
                  calls: Callable[[], int] = lambda: 0,
                  calls_from: Callable[[str], int] = lambda host: 0,
                  proxies: Iterable[str] = (),
-                 relays: Callable[[str], Iterable[str]] = lambda call_id: ()) -> None:
+                 relays: Callable[[str], Iterable[str]] = lambda call_id: (),
+                 own: Callable[[str], bool] = lambda host: False) -> None:
         """`proxies`: the SIP URIs (or hosts) of the configured outbound proxy and registrar, whose
         hosts relay the peer's requests inside a dialog; `relays(call_id)` the inside ends of the
-        other gateways' relays the call's SIP goes through now (a call moved over another gateway)."""
+        other gateways' relays the call's SIP goes through now (a call moved over another gateway);
+        `own(host)` whether `host` is an address the phone itself sends SIP from: a daemon on this
+        very host (the MDSM bound to every address) may answer from any of them, and only a process
+        here can use those addresses."""
         self.user = user
         self.proxies = frozenset(_norm(_host_of(p)) for p in proxies if p)
         self.relays = relays
+        self.own = own
         self.owners = tuple(URI.parse(o) for o in owners)
         self.answer_from = tuple(ipaddress.ip_network(n, strict=False) for n in answer_from)
         self.max_calls = max_calls
@@ -116,7 +123,8 @@ class PhonePolicy:
         request = admission.request
         if admission.dialog is not None:
             # within a call: its Request-URI is our Contact, and no setup is counted
-            if _norm(admission.source.host) in self.in_dialog_hosts(admission.dialog, admission.peer):
+            source = _norm(admission.source.host)
+            if source in self.in_dialog_hosts(admission.dialog, admission.peer) or self.own(source):
                 return None
             return Refusal(403, "Not From This Dialog's Peer")
         if not user_is_ours(request, (self.user,), hostless_ok=request.method == "OPTIONS"):

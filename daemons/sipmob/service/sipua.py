@@ -617,6 +617,11 @@ class UserAgent:
     def bound(self, call_id: str) -> Address | None:
         return self._core.layer.bound(call_id)
 
+    def own_host(self, host: str) -> bool:
+        """Whether `host` is an address this agent sends SIP from (a process on this very host)."""
+        return host == (self.contact.host if self.contact is not None else None) or \
+            self._core.layer.is_local_host(host)
+
     # Handlers -----------------------------------------------------------------------------------
 
     def set_policy(self, policy: RequestPolicy) -> None:

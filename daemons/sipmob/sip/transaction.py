@@ -747,6 +747,10 @@ class TransactionLayer:
         return any(tx.local is not None and tx.local.host == host and not _silent(tx)
                    for tx in self._transactions.values())
 
+    def is_local_host(self, host: str) -> bool:
+        """Whether `host` is one of the addresses we send from (now, or for messages in flight)."""
+        return any(sent_host == host for sent_host, _port in self._local_sent_by)
+
     def forget_local(self, address: Address) -> None:
         """`address` is ours no more (its socket is closed): responses naming it are not ours."""
         if address not in self._local.values() and address not in self._calls.values():

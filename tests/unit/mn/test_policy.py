@@ -147,6 +147,16 @@ def test_in_a_dialog_the_peers_contact_host_is_taken_and_a_stranger_gets_403() -
     assert p.answers("192.168.1.66")
 
 
+def test_a_request_from_one_of_the_phones_own_addresses_is_this_host_itself() -> None:
+    # the MDSM beside the phone, bound to every address: its NOTIFY leaves from the phone's address
+    ours = {"10.200.1.2"}
+    p = PhonePolicy(user="mn", own=lambda host: host in ours)
+    d = _dialog("sip:living-room@127.0.0.1:5064")
+    assert _in_dialog(p, d, "10.200.1.2", method="NOTIFY") is None
+    assert _in_dialog(p, d, "10.200.1.3", method="NOTIFY") == 403
+    assert _in_dialog(PhonePolicy(user="mn"), d, "10.200.1.2", method="NOTIFY") == 403
+
+
 def test_a_peer_behind_a_nat_is_known_by_where_its_dialog_forming_request_came_from() -> None:
     p = PhonePolicy(user="mn")
     d = _dialog("sip:cn@10.0.0.5:5060")  # its Contact: an address of its own LAN
