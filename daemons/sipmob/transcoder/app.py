@@ -368,6 +368,7 @@ class TranscoderApp:
         call.on_reinvite(lambda c, request: self._reinvite(tc, request))
         call.on_request("INFO", lambda c, request: self._info(tc, request))
         call.on_terminated(lambda c, reason: self._end(tc, reason))
+        self._send_info(tc)
 
     def _reinvite(self, tc: TranscoderCall, request: Request) -> bytes:
         body = request.body or b""
@@ -454,8 +455,10 @@ class TranscoderApp:
     def _digit_heard(self, number: int, side: str, digit: str, duration_ms: int) -> None:
         """Party ``side`` sent a digit as events the other cannot take: one INFO to the controller."""
         tc = self.calls.get(number)
-        if tc is None or tc.call is None:
+        if tc is None:
             return
+        # A digit heard before the controller's ACK (the worker has the call once it is answered)
+        # waits in the outbox: `_answered` sends it.
         if len(tc.outbox) >= MAX_PENDING_INFO:
             tc.digits_refused += 1
             return
